@@ -1,0 +1,52 @@
+"""Control commands over NATS request/reply: operator -> owning service -> control event.
+
+Replies are JSON ``{"ok": true, "data": ...}`` or ``{"ok": false, "code": ..., "message": ...}``
+so every failure reaches the operator as one sentence with a stable code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from writ_common.subjects import command_subject
+
+
+class CommandError(Exception):
+    """A command was refused or could not be delivered; ``code`` is stable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def ok(data: Any = None) -> bytes:
+    return json.dumps({"ok": True, "data": data}).encode()
+
+
+def refuse(code: str, message: str) -> bytes:
+    return json.dumps({"ok": False, "code": code, "message": message}).encode()
+
+
+async def call(nc: Client, service: str, command: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+    """Send a command to ``service`` and return its ``data``.
+
+    Raises:
+        CommandError: the service refused it, or is not running, or did not answer in time.
+    """
+    subject = command_subject(service, command)
+    try:
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+    except NoRespondersError as exc:
+        raise CommandError("service_down", f"the {service} service is not running (no responder on {subject})") from exc
+    except NatsTimeout as exc:
+        raise CommandError("timeout", f"the {service} service did not answer {command} within {timeout:g}s") from exc
+    data = json.loads(reply.data)
+    if not data.get("ok"):
+        raise CommandError(data.get("code", "error"), data.get("message", "refused"))
+    return data.get("data")

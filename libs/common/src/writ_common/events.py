@@ -1,0 +1,236 @@
+"""The event catalog: every event payload Writ publishes, as versioned msgspec Structs.
+
+A published ``(type, version)`` never changes. New fields get defaults; a breaking change is a
+new version plus an upcaster in :mod:`writ_common.envelope`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Base of every event payload."""
+
+
+# --- the intent's history (stream WRIT_INTENTS) ---------------------------------------------
+
+
+class IntentSubmitted(Payload, frozen=True, kw_only=True):
+    """An agent asks to call ``tool`` with ``arguments``; signed by the agent's key."""
+
+    agent_id: str
+    idempotency_key: str
+    tool: str
+    arguments: dict[str, Any]
+    on_behalf_of: str | None = None
+    deadline: str | None = None
+    issued_at: str
+    nonce: str
+    signature: str = ""
+
+    def signed_fields(self) -> dict[str, Any]:
+        """What the agent signs: every field but the signature itself."""
+        fields = msgspec.to_builtins(self)
+        fields.pop("signature", None)
+        return dict(fields)
+
+
+class IntentAuthenticated(Payload, frozen=True, kw_only=True):
+    key_id: str
+    owner: str | None = None
+    teams: list[str] = []
+
+
+Stage = Literal["authenticate", "plan", "authorize", "execute", "record"]
+
+
+class IntentRejected(Payload, frozen=True, kw_only=True):
+    stage: Stage
+    code: str
+    reason: str
+
+
+class ToolAnnotations(msgspec.Struct, frozen=True, kw_only=True):
+    read_only: bool = False
+    destructive: bool = True
+    idempotent: bool = False
+    open_world: bool = True
+
+
+class IntentPlanned(Payload, frozen=True, kw_only=True):
+    server: str
+    tool: str
+    tool_digest: str
+    args_digest: str
+    annotations: ToolAnnotations
+
+
+class IntentAuthorized(Payload, frozen=True, kw_only=True):
+    policy_digest: str
+    policy_ids: list[str]
+    reasons: list[str] = []
+
+
+class IntentDenied(Payload, frozen=True, kw_only=True):
+    policy_digest: str | None
+    policy_ids: list[str]
+    code: str
+    reason: str
+
+
+class IntentExpired(Payload, frozen=True, kw_only=True):
+    stage: Stage
+    reason: str
+
+
+class ApprovalRequested(Payload, frozen=True, kw_only=True):
+    approval_digest: str
+    policy_digest: str
+    policy_ids: list[str]
+    approvers: str
+    quorum: int
+    expires_at: str
+
+
+class ExecutionStarted(Payload, frozen=True, kw_only=True):
+    attempt: int
+    idempotency_key: str
+    server: str
+    tool: str
+
+
+class ExecutionSucceeded(Payload, frozen=True, kw_only=True):
+    attempt: int
+    result: dict[str, Any]
+    result_digest: str
+    duration_ms: float
+
+
+class ExecutionFailed(Payload, frozen=True, kw_only=True):
+    attempt: int
+    retryable: bool
+    code: str
+    reason: str
+    result: dict[str, Any] | None = None
+
+
+class ExecutionOutcomeUnknown(Payload, frozen=True, kw_only=True):
+    attempt: int
+    reason: str
+
+
+# --- control streams: identity, registry, policy, ledger ------------------------------------
+
+
+class AgentRegistered(Payload, frozen=True, kw_only=True):
+    agent_id: str
+    public_key: str
+    owner: str
+    teams: list[str] = []
+    acts_for: list[str] = []
+
+
+class ServerRegistered(Payload, frozen=True, kw_only=True):
+    name: str
+    transport: Literal["stdio", "http"]
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+
+
+class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] | None = None
+    annotations: ToolAnnotations
+    tool_digest: str
+
+
+class ToolsDiscovered(Payload, frozen=True, kw_only=True):
+    server: str
+    tools: list[ToolDefinition]
+
+
+class PolicyBundlePublished(Payload, frozen=True, kw_only=True):
+    policy_digest: str
+    cedar: str
+    policy_ids: dict[str, str]  # Cedar's internal id -> the policy's @id annotation
+
+
+class Receipt(Payload, frozen=True, kw_only=True):
+    """The ledger's signed statement of how one intent ended; hash-chained to the previous one."""
+
+    position: int
+    intent_id: str
+    agent_id: str
+    status: Literal["succeeded", "failed", "rejected", "denied", "expired", "cancelled", "outcome_unknown"]
+    stage: Stage
+    code: str
+    reason: str
+    tool: str | None = None
+    server: str | None = None
+    tool_digest: str | None = None
+    args_digest: str | None = None
+    policy_digest: str | None = None
+    policy_ids: list[str] = []
+    approval_digest: str | None = None
+    result: dict[str, Any] | None = None
+    result_digest: str | None = None
+    event_ids: list[str]
+    submitted_at: str | None = None
+    recorded_at: str
+    ledger_key_id: str
+    prev_hash: str
+    receipt_hash: str = ""
+    signature: str = ""
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The body the hash covers: everything but the hash and the signature."""
+        fields = msgspec.to_builtins(self)
+        fields.pop("receipt_hash", None)
+        fields.pop("signature", None)
+        return dict(fields)
+
+
+# (type, version) -> payload Struct. The single source for decoding and for schemas/.
+CATALOG: dict[tuple[str, int], type[Payload]] = {
+    ("intent.submitted", 1): IntentSubmitted,
+    ("intent.authenticated", 1): IntentAuthenticated,
+    ("intent.rejected", 1): IntentRejected,
+    ("intent.planned", 1): IntentPlanned,
+    ("intent.authorized", 1): IntentAuthorized,
+    ("intent.denied", 1): IntentDenied,
+    ("intent.expired", 1): IntentExpired,
+    ("approval.requested", 1): ApprovalRequested,
+    ("execution.started", 1): ExecutionStarted,
+    ("execution.succeeded", 1): ExecutionSucceeded,
+    ("execution.failed", 1): ExecutionFailed,
+    ("execution.outcome_unknown", 1): ExecutionOutcomeUnknown,
+    ("agent.registered", 1): AgentRegistered,
+    ("server.registered", 1): ServerRegistered,
+    ("tools.discovered", 1): ToolsDiscovered,
+    ("policy.published", 1): PolicyBundlePublished,
+    ("receipt.recorded", 1): Receipt,
+}
+
+EVENT_TYPE: dict[type[Payload], str] = {cls: name for (name, _v), cls in CATALOG.items()}
+CURRENT_VERSION: dict[str, int] = {}
+for _name, _version in CATALOG:
+    CURRENT_VERSION[_name] = max(_version, CURRENT_VERSION.get(_name, 0))
+
+TERMINAL_TYPES = frozenset(
+    {
+        "intent.rejected",
+        "intent.denied",
+        "intent.expired",
+        "execution.succeeded",
+        "execution.failed",
+        "execution.outcome_unknown",
+    }
+)

@@ -1,0 +1,102 @@
+"""Folding an intent's history into the state every stage decides on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from writ_common import events as ev
+from writ_common.envelope import StoredEvent, parse_time
+
+
+@dataclass(slots=True)
+class IntentView:
+    """What the log says about one intent, so far."""
+
+    intent_id: str | None = None
+    agent_id: str | None = None
+    submitted: ev.IntentSubmitted | None = None
+    submitted_event: StoredEvent | None = None
+    authenticated: ev.IntentAuthenticated | None = None
+    planned: ev.IntentPlanned | None = None
+    authorized: ev.IntentAuthorized | None = None
+    approval: ev.ApprovalRequested | None = None
+    started: list[ev.ExecutionStarted] = field(default_factory=list)
+    terminal: StoredEvent | None = None
+    events: list[StoredEvent] = field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.terminal is not None
+
+    @property
+    def deadline(self) -> datetime | None:
+        if self.submitted is None or not self.submitted.deadline:
+            return None
+        try:
+            return parse_time(self.submitted.deadline)
+        except ValueError:
+            return None
+
+    @property
+    def last_attempt(self) -> int:
+        return self.started[-1].attempt if self.started else 0
+
+    def has(self, event_type: str) -> bool:
+        return any(e.type == event_type for e in self.events)
+
+    @property
+    def status(self) -> str:
+        """A one-word status for people: the stage reached, or how it ended."""
+        if self.terminal is not None:
+            return {
+                "intent.rejected": "rejected",
+                "intent.denied": "denied",
+                "intent.expired": "expired",
+                "execution.succeeded": "succeeded",
+                "execution.failed": "failed",
+                "execution.outcome_unknown": "outcome_unknown",
+            }[self.terminal.type]
+        if self.started:
+            return "executing"
+        if self.authorized is not None:
+            return "authorized"
+        if self.approval is not None:
+            return "awaiting_approval"
+        if self.planned is not None:
+            return "planned"
+        if self.authenticated is not None:
+            return "authenticated"
+        return "submitted" if self.submitted is not None else "unknown"
+
+
+def fold_intent(history: list[StoredEvent]) -> IntentView:
+    """Fold events (in stream order) into an :class:`IntentView`. Events after the terminal one
+    are kept in ``events`` but change nothing: the first terminal event wins."""
+    view = IntentView()
+    for event in history:
+        view.events.append(event)
+        if view.terminal is not None:
+            continue
+        payload = event.payload
+        match payload:
+            case ev.IntentSubmitted() if view.submitted is None:
+                view.submitted = payload
+                view.submitted_event = event
+                view.intent_id = event.envelope.intent_id
+                view.agent_id = event.envelope.agent_id
+            case ev.IntentAuthenticated():
+                view.authenticated = payload
+            case ev.IntentPlanned():
+                view.planned = payload
+            case ev.IntentAuthorized():
+                view.authorized = payload
+            case ev.ApprovalRequested():
+                view.approval = payload
+            case ev.ExecutionStarted():
+                view.started.append(payload)
+            case _:
+                pass
+        if event.type in ev.TERMINAL_TYPES:
+            view.terminal = event
+    return view

@@ -1,0 +1,85 @@
+"""Talking to tool servers through the official ``mcp`` SDK (stdio and streamable HTTP)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.types import PaginatedRequestParams, Tool
+
+from writ_common import events as ev
+from writ_common.digest import tool_digest
+
+
+@asynccontextmanager
+async def open_session(server: ev.ServerRegistered) -> AsyncIterator[ClientSession]:
+    """An initialized MCP client session to ``server``; closed (and a stdio process stopped) on exit."""
+    async with AsyncExitStack() as stack:
+        if server.transport == "stdio":
+            if not server.command:
+                raise ValueError(f"stdio server {server.name!r} has no command")
+            params = StdioServerParameters(command=server.command, args=list(server.args), env=dict(server.env) or None)
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
+        else:
+            if not server.url:
+                raise ValueError(f"http server {server.name!r} has no url")
+            http = await stack.enter_async_context(create_mcp_http_client(headers=dict(server.headers) or None))
+            read, write = await stack.enter_async_context(streamable_http_client(server.url, http_client=http))
+        session = await stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        yield session
+
+
+def annotations_of(tool: Tool) -> ev.ToolAnnotations:
+    """MCP tool annotations, with the spec's defaults where a hint is absent."""
+    hints = tool.annotations
+    if hints is None:
+        return ev.ToolAnnotations()
+    return ev.ToolAnnotations(
+        read_only=bool(hints.read_only_hint) if hints.read_only_hint is not None else False,
+        destructive=bool(hints.destructive_hint) if hints.destructive_hint is not None else True,
+        idempotent=bool(hints.idempotent_hint) if hints.idempotent_hint is not None else False,
+        open_world=bool(hints.open_world_hint) if hints.open_world_hint is not None else True,
+    )
+
+
+def definition_of(tool: Tool) -> ev.ToolDefinition:
+    """A discovered tool as Writ pins it: its definition and the digest that is its version."""
+    raw_annotations: dict[str, Any] | None = (
+        tool.annotations.model_dump(mode="json", by_alias=True, exclude_none=True) if tool.annotations else None
+    )
+    input_schema = dict(tool.input_schema)
+    output_schema = dict(tool.output_schema) if tool.output_schema else None
+    return ev.ToolDefinition(
+        name=tool.name,
+        description=tool.description,
+        input_schema=input_schema,
+        output_schema=output_schema,
+        annotations=annotations_of(tool),
+        tool_digest=tool_digest(
+            name=tool.name,
+            description=tool.description,
+            input_schema=input_schema,
+            output_schema=output_schema,
+            annotations=raw_annotations,
+        ),
+    )
+
+
+async def discover(server: ev.ServerRegistered) -> list[ev.ToolDefinition]:
+    """List a server's tools over MCP (following pagination)."""
+    async with open_session(server) as session:
+        found: list[ev.ToolDefinition] = []
+        cursor: str | None = None
+        while True:
+            page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+            found.extend(definition_of(t) for t in page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                return found

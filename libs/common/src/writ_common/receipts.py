@@ -1,0 +1,110 @@
+"""Receipts: built from an intent's folded history, hash-chained and Ed25519-signed; verifiable
+by anyone holding the ledger's public key."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nacl.signing import SigningKey
+
+from writ_common import events as ev
+from writ_common.digest import canonical_json
+from writ_common.fold import IntentView
+from writ_common.signing import SignatureInvalid, sign, verify
+
+GENESIS = "sha256:" + "0" * 64
+
+_STATUS = {
+    "intent.rejected": "rejected",
+    "intent.denied": "denied",
+    "intent.expired": "expired",
+    "execution.succeeded": "succeeded",
+    "execution.failed": "failed",
+    "execution.outcome_unknown": "outcome_unknown",
+}
+
+
+def receipt_hash(receipt: ev.Receipt) -> str:
+    """sha256 over the canonical JSON of the receipt body (all but hash and signature)."""
+    return "sha256:" + hashlib.sha256(canonical_json(receipt.hashed_fields())).hexdigest()
+
+
+def build_receipt(
+    view: IntentView, *, position: int, prev_hash: str, recorded_at: str, key: SigningKey, ledger_key_id: str
+) -> ev.Receipt:
+    """The signed receipt for a terminal intent."""
+    terminal = view.terminal
+    assert terminal is not None and view.intent_id and view.agent_id
+    payload = terminal.payload
+    status = _STATUS[terminal.type]
+    stage: ev.Stage = "execute"
+    code, reason = "ok", "the tool ran and returned its result"
+    result: dict[str, object] | None = None
+    result_digest: str | None = None
+    match payload:
+        case ev.IntentRejected():
+            stage, code, reason = payload.stage, payload.code, payload.reason
+        case ev.IntentDenied():
+            stage, code, reason = "authorize", payload.code, payload.reason
+        case ev.IntentExpired():
+            stage, code, reason = payload.stage, "deadline_exceeded", payload.reason
+        case ev.ExecutionSucceeded():
+            result, result_digest = payload.result, payload.result_digest
+        case ev.ExecutionFailed():
+            code, reason, result = payload.code, payload.reason, payload.result
+        case ev.ExecutionOutcomeUnknown():
+            code, reason = "outcome_unknown", payload.reason
+        case _:
+            pass
+    planned, authorized = view.planned, view.authorized
+    denied = payload if isinstance(payload, ev.IntentDenied) else None
+    policy_source = authorized or view.approval or denied
+    unsigned = ev.Receipt(
+        position=position,
+        intent_id=view.intent_id,
+        agent_id=view.agent_id,
+        status=status,  # type: ignore[arg-type]
+        stage=stage,
+        code=code,
+        reason=reason,
+        tool=view.submitted.tool if view.submitted else None,
+        server=planned.server if planned else None,
+        tool_digest=planned.tool_digest if planned else None,
+        args_digest=planned.args_digest if planned else None,
+        policy_digest=policy_source.policy_digest if policy_source else None,
+        policy_ids=list(policy_source.policy_ids) if policy_source else [],
+        approval_digest=view.approval.approval_digest if view.approval else None,
+        result=result,
+        result_digest=result_digest,
+        event_ids=[e.envelope.id for e in view.events if e.seq <= terminal.seq],
+        submitted_at=view.submitted_event.envelope.occurred_at if view.submitted_event else None,
+        recorded_at=recorded_at,
+        ledger_key_id=ledger_key_id,
+        prev_hash=prev_hash,
+    )
+    digest = receipt_hash(unsigned)
+    return msgspec.structs.replace(unsigned, receipt_hash=digest, signature=sign(key, digest.encode()))
+
+
+class ReceiptInvalid(Exception):
+    """A receipt does not verify; the message says which check failed."""
+
+
+def verify_receipt(receipt: ev.Receipt, public_key: str, *, prev_hash: str | None = None) -> None:
+    """Check the receipt's hash, its signature, and (when given) its link to the previous receipt.
+
+    Raises:
+        ReceiptInvalid: naming the first check that failed.
+    """
+    digest = receipt_hash(receipt)
+    if digest != receipt.receipt_hash:
+        raise ReceiptInvalid(f"hash mismatch: the receipt body hashes to {digest}, not {receipt.receipt_hash}")
+    try:
+        verify(public_key, receipt.receipt_hash.encode(), receipt.signature)
+    except SignatureInvalid as exc:
+        raise ReceiptInvalid("bad signature: not signed by the ledger's key") from exc
+    if prev_hash is not None and receipt.prev_hash != prev_hash:
+        raise ReceiptInvalid(
+            f"broken chain at position {receipt.position}: prev_hash {receipt.prev_hash} != previous receipt {prev_hash}"
+        )

@@ -1,0 +1,255 @@
+"""What every Writ service shares: the broker, the intent consumer adapter, the stage runner and
+control commands. A service's own module wires its rules into these and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from writ_common import commands, subjects
+from writ_common.bus import StaleAppend, append, dead_letter, read_history, stored
+from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope
+from writ_common.events import IntentExpired, Payload, Stage
+from writ_common.fold import IntentView, fold_intent
+from writ_common.settings import WritSettings
+from writ_common.streams import ensure_streams
+from writ_common.telemetry import stage_span
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+FENCE_RETRIES = 8
+
+Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
+CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Service:
+    """One Writ service process: a faststream NATS broker plus the helpers its handlers use."""
+
+    def __init__(self, name: str, settings: WritSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.producer = Producer(service=name, instance=settings.instance, version=VERSION)
+        self.broker = NatsBroker(
+            settings.resolved_nats_url(), name=f"writ-{name}", max_reconnect_attempts=-1, logger=None
+        )
+        self.dead_letters = 0
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def nc(self) -> Client:
+        return self.broker.connection
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    def on_startup(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._startup.append(fn)
+
+    def on_shutdown(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._shutdown.append(fn)
+
+    # -- intents ------------------------------------------------------------------------------
+
+    def consume_intents(
+        self,
+        filter_subject: str,
+        handler: Callable[[StoredEvent, Msg], Awaitable[None]],
+        *,
+        durable: str | None = None,
+        max_ack_pending: int = 256,
+        ack_wait: float = 30.0,
+        batch_size: int = 16,
+    ) -> None:
+        """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
+
+        Acks are manual: acked after the handler returned, nacked with backoff if it raised
+        (redelivered, never terminated), dead-lettered then acked if the message is not a
+        valid Writ event. ``max_ack_pending`` bounds work in flight; ``ack_wait`` must cover
+        one handler run (the executor extends it while a tool runs).
+        """
+
+        @self.broker.subscriber(
+            filter_subject,
+            stream=JStream(name=subjects.INTENTS_STREAM, declare=False),
+            durable=durable or f"writ-{self.name}",
+            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+            config=ConsumerConfig(
+                ack_wait=ack_wait,
+                max_ack_pending=max_ack_pending,
+                max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+        )
+        async def consume(msg: NatsMessage) -> None:
+            raw: Msg = msg.raw_message
+            try:
+                event = stored(raw)
+                check_subject(event)
+            except UndecodableEvent as exc:
+                await self.dead_letter(raw, exc.code, exc.reason)
+                await msg.ack()
+                return
+            try:
+                with stage_span(
+                    f"{self.name}.{event.type}",
+                    raw.headers,
+                    **{"writ.intent_id": event.envelope.intent_id or "", "writ.service": self.name},
+                ):
+                    await handler(event, raw)
+            except Exception:
+                delivered = raw.metadata.num_delivered
+                log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
+                await msg.nack(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
+                return
+            await msg.ack()
+
+    async def dead_letter(self, raw: Msg, code: str, reason: str) -> None:
+        self.dead_letters += 1
+        log.warning("%s: dead-lettered %s: %s: %s", self.name, raw.subject, code, reason)
+        await dead_letter(self.js, self.name, raw, code=code, reason=reason)
+
+    async def run_stage(self, trigger: StoredEvent, stage: Stage, decide: Decide) -> list[int]:
+        """Fold the intent, decide, append fenced; on a stale append fold again.
+
+        A redelivered trigger whose effect is already in the history makes ``decide`` return
+        nothing: replay is resumption. Returns the stream sequences appended.
+        """
+        agent_id, intent_id = trigger.envelope.agent_id, trigger.envelope.intent_id
+        assert agent_id and intent_id
+        for _ in range(FENCE_RETRIES):
+            history = await read_history(self.nc, agent_id, intent_id)
+            view = fold_intent(history.events)
+            payloads = expired_or_none(view, stage) or await decide(view)
+            if view.is_terminal or not payloads:
+                return []
+            try:
+                return await self.append_all(view, trigger, payloads, history.last_seq)
+            except StaleAppend:
+                log.info("%s: %s moved on while deciding; folding again", self.name, intent_id)
+        raise RuntimeError(f"{intent_id}: gave up after {FENCE_RETRIES} stale appends")
+
+    async def append_all(
+        self, view: IntentView, trigger: StoredEvent, payloads: Sequence[Payload], last_seq: int, attempt: int = 0
+    ) -> list[int]:
+        seqs = []
+        for payload in payloads:
+            envelope = make_envelope(
+                payload,
+                producer=self.producer,
+                intent_id=trigger.envelope.intent_id,
+                agent_id=trigger.envelope.agent_id,
+                causation_id=trigger.envelope.id,
+                correlation_id=view.submitted_event.envelope.id if view.submitted_event else trigger.envelope.id,
+            )
+            ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt)
+            last_seq = ack.seq
+            seqs.append(ack.seq)
+        return seqs
+
+    # -- control commands ---------------------------------------------------------------------
+
+    def command(self, name: str, handler: CommandHandler) -> None:
+        """Serve ``writ.cmd.<service>.<name>`` (queue group: one replica answers)."""
+
+        @self.broker.subscriber(subjects.command_subject(self.name, name), queue=f"writ-{self.name}-cmd")
+        async def serve(msg: NatsMessage) -> bytes:
+            try:
+                body = msgspec.json.decode(msg.raw_message.data or b"{}")
+                if not isinstance(body, dict):
+                    return commands.refuse("invalid_request", "the command body must be a JSON object")
+                return commands.ok(await handler(body))
+            except commands.CommandError as exc:
+                return commands.refuse(exc.code, exc.message)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return commands.refuse("invalid_request", str(exc))
+            except Exception as exc:
+                log.exception("%s: command %s failed", self.name, name)
+                return commands.refuse("internal", f"{name} failed: {exc}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.connect()
+        await ensure_streams(self.js)
+        for fn in self._startup:
+            await fn()
+        await self.broker.start()
+        log.info("%s: serving", self.name)
+
+    async def stop(self) -> None:
+        # Stop consuming first, so no handler runs against closed resources.
+        await self.broker.stop()
+        for fn in self._shutdown:
+            with contextlib.suppress(Exception):
+                await fn()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM, then stop cleanly (unacked work is redelivered)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def check_subject(event: StoredEvent) -> None:
+    """The subject must agree with the envelope, or the event is a forgery or a bug.
+
+    Raises:
+        UndecodableEvent: subject and envelope disagree.
+    """
+    env = event.envelope
+    if not env.agent_id or not env.intent_id:
+        raise UndecodableEvent("missing_ids", "an intent event must name its agent_id and intent_id")
+    expected = subjects.intent_subject(env.agent_id, env.intent_id, env.type)
+    if event.subject != expected:
+        raise UndecodableEvent(
+            "subject_mismatch", f"event published on {event.subject} but its envelope says {expected}"
+        )
+
+
+def expired_or_none(view: IntentView, stage: Stage) -> list[Payload]:
+    """Every stage checks the agent's deadline first: past it, the intent ends as expired."""
+    deadline = view.deadline
+    if view.is_terminal or deadline is None or datetime.now(UTC) <= deadline:
+        return []
+    return [
+        IntentExpired(
+            stage=stage, reason=f"deadline {view.submitted.deadline if view.submitted else ''} passed before {stage}"
+        )
+    ]
+
+
+def configure_logging(service: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+
+
+def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
+    """Entry point of ``python -m writ_<name>``: logging, tracing, then serve until signalled."""
+    from writ_common.telemetry import setup_tracing
+
+    configure_logging(name)
+    setup_tracing(f"writ-{name}")
+    asyncio.run(build(WritSettings()).serve_forever())

@@ -1,0 +1,51 @@
+"""Settings shared by every process, from ``WRIT_*`` environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WritSettings(BaseSettings):
+    """Where the plane lives and how to reach it.
+
+    ``nats_url`` and ``redis_url`` default to what the embedded runtime wrote into
+    ``<data_dir>/runtime.json``, so CLI and services find a running plane with no flags.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WRIT_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".writ"), description="The one directory all local state lives in")
+    nats_url: str | None = None
+    redis_url: str | None = None
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    clock_skew_seconds: float = 300.0
+    request_timeout: float = 30.0
+    tool_timeout: float = 60.0
+    default_deadline_seconds: float = 300.0
+
+    def runtime_file(self) -> Path:
+        return self.data_dir / "runtime.json"
+
+    def _runtime(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.runtime_file().read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: str(v) for k, v in data.items()}
+
+    def resolved_nats_url(self) -> str:
+        return self.nats_url or self._runtime().get("nats_url", "nats://127.0.0.1:4222")
+
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or self._runtime().get("redis_url", "redis://127.0.0.1:6379/0")
+
+    def service_dir(self, service: str) -> Path:
+        path = self.data_dir / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path

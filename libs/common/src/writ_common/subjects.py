@@ -1,0 +1,65 @@
+"""Streams and subjects: the one place that names them."""
+
+from __future__ import annotations
+
+INTENTS_STREAM = "WRIT_INTENTS"
+IDENTITY_STREAM = "WRIT_IDENTITY"
+REGISTRY_STREAM = "WRIT_REGISTRY"
+POLICY_STREAM = "WRIT_POLICY"
+LEDGER_STREAM = "WRIT_LEDGER"
+DLQ_STREAM = "WRIT_DLQ"
+
+INTENT_PREFIX = "writ.intent"
+
+
+def event_token(event_type: str) -> str:
+    """Last subject token for an event type: ``intent.planned`` -> ``planned``,
+    ``execution.started`` -> ``execution_started``."""
+    if event_type.startswith("intent."):
+        return event_type.removeprefix("intent.")
+    return event_type.replace(".", "_")
+
+
+def intent_subject(agent_id: str, intent_id: str, event_type: str) -> str:
+    return f"{INTENT_PREFIX}.{agent_id}.{intent_id}.{event_token(event_type)}"
+
+
+def intent_filter(agent_id: str, intent_id: str) -> str:
+    """Every event of one intent: the fence subject for expected-sequence checks."""
+    return f"{INTENT_PREFIX}.{agent_id}.{intent_id}.>"
+
+
+def intents_of_type(event_type: str) -> str:
+    """Every intent's events of one type (a service's consumer filter)."""
+    return f"{INTENT_PREFIX}.*.*.{event_token(event_type)}"
+
+
+def agent_subject(agent_id: str) -> str:
+    return f"writ.identity.agent.{agent_id}.registered"
+
+
+def server_subject(server: str) -> str:
+    return f"writ.registry.server.{server}.registered"
+
+
+def tools_subject(server: str) -> str:
+    return f"writ.registry.server.{server}.tools"
+
+
+POLICY_SUBJECT = "writ.policy.bundle.published"
+
+
+def receipt_subject(intent_id: str) -> str:
+    return f"writ.ledger.receipt.{intent_id}"
+
+
+RECEIPTS_FILTER = "writ.ledger.receipt.*"
+
+
+def dlq_subject(service: str) -> str:
+    return f"writ.dlq.{service}"
+
+
+def command_subject(service: str, command: str) -> str:
+    """Request/reply subject of a control command handled by ``service``."""
+    return f"writ.cmd.{service}.{command}"

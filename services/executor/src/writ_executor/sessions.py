@@ -1,0 +1,110 @@
+"""Warm MCP sessions, one per tool server, reused across calls.
+
+An MCP session's transport must be opened and closed in the same task (anyio cancel scopes),
+so each session lives in its own task and calls are made from any task through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from mcp import ClientSession
+from mcp.types import CallToolResult
+
+from writ_common import events as ev
+from writ_common.mcp_client import open_session
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 30.0
+
+
+class ServerUnavailable(Exception):
+    """The tool server could not be reached or dropped the connection: retryable."""
+
+
+class _Warm:
+    def __init__(self, server: ev.ServerRegistered) -> None:
+        self.server = server
+        self.session: ClientSession | None = None
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.error: BaseException | None = None
+        self.task = asyncio.create_task(self._hold(), name=f"mcp-session-{server.name}")
+
+    async def _hold(self) -> None:
+        try:
+            async with open_session(self.server) as session:
+                self.session = session
+                self.ready.set()
+                await self.stop.wait()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.session = None
+            self.ready.set()
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done() and not self.stop.is_set()
+
+    async def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self.task, 10)
+
+
+class SessionPool:
+    """One warm session per server; a dead or reconfigured one is replaced on next use."""
+
+    def __init__(self) -> None:
+        self._warm: dict[str, _Warm] = {}
+        self._lock = asyncio.Lock()
+
+    async def _session(self, server: ev.ServerRegistered) -> ClientSession:
+        async with self._lock:
+            warm = self._warm.get(server.name)
+            if warm is not None and (not warm.alive or warm.server != server):
+                await warm.close()
+                warm = None
+            if warm is None:
+                warm = self._warm[server.name] = _Warm(server)
+        try:
+            await asyncio.wait_for(warm.ready.wait(), CONNECT_TIMEOUT)
+        except TimeoutError as exc:
+            raise ServerUnavailable(f"server {server.name!r} did not start within {CONNECT_TIMEOUT:g}s") from exc
+        if warm.session is None:
+            raise ServerUnavailable(f"server {server.name!r} could not be started: {warm.error!r}")
+        return warm.session
+
+    async def call(
+        self, server: ev.ServerRegistered, tool: str, arguments: dict[str, Any], *, meta: dict[str, Any], timeout: float
+    ) -> CallToolResult:
+        """Call ``tool`` on ``server`` within ``timeout`` seconds.
+
+        Raises:
+            ServerUnavailable: the server could not be reached or the session broke.
+            TimeoutError: no answer in time (the call may or may not have taken effect).
+        """
+        session = await self._session(server)
+        try:
+            return await asyncio.wait_for(
+                session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=meta),  # type: ignore[arg-type]
+                timeout,
+            )
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            warm = self._warm.get(server.name)
+            if warm is not None and not warm.alive:
+                raise ServerUnavailable(f"server {server.name!r} went away: {exc!r}") from exc
+            raise
+
+    async def close(self) -> None:
+        for warm in list(self._warm.values()):
+            await warm.close()
+        self._warm.clear()

@@ -1,0 +1,133 @@
+"""Identity service wiring: consumes intent.submitted, answers agent commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from nats.aio.msg import Msg
+
+from writ_common import events as ev
+from writ_common import subjects
+from writ_common.bus import StaleAppend, append_control
+from writ_common.commands import CommandError
+from writ_common.control import ControlFollower
+from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.fold import IntentView
+from writ_common.ids import is_token
+from writ_common.service import Service
+from writ_common.settings import WritSettings
+from writ_common.signing import key_id, unb64
+from writ_identity.domain import Agent, apply_identity_event, authenticated, check_intent
+
+
+class RegisterAgent(msgspec.Struct, kw_only=True):
+    agent_id: str
+    public_key: str
+    owner: str = "unknown"
+    teams: list[str] = []
+    acts_for: list[str] = []
+
+
+def build(settings: WritSettings) -> Service:
+    svc = Service("identity", settings)
+    agents: dict[str, Agent] = {}
+    redis = aioredis.from_url(settings.resolved_redis_url())
+    follower: ControlFollower | None = None
+
+    async def startup() -> None:
+        nonlocal follower
+        follower = ControlFollower(svc.js, subjects.IDENTITY_STREAM, lambda e: apply_identity_event(agents, e))
+        await follower.start()
+
+    async def lookup(agent_id: str) -> Agent | None:
+        if agent_id not in agents and follower is not None:
+            await follower.ensure_fresh()
+        return agents.get(agent_id)
+
+    async def nonce_is_fresh(intent: ev.IntentSubmitted, intent_id: str) -> bool:
+        # The value is the intent id so a redelivery of the same intent is not a replay.
+        key = f"writ:nonce:{intent.agent_id}:{intent.nonce}"
+        ttl = int(2 * settings.clock_skew_seconds) + 1
+        if await redis.set(key, intent_id, nx=True, ex=ttl):
+            return True
+        seen = await redis.get(key)
+        return seen is not None and seen.decode() == intent_id
+
+    async def on_submitted(trigger: StoredEvent, _raw: Msg) -> None:
+        async def decide(view: IntentView) -> list[ev.Payload]:
+            if view.authenticated is not None or view.submitted_event is None:
+                return []
+            if view.submitted_event.envelope.id != trigger.envelope.id:
+                return []  # a second "submitted" on a live intent changes nothing
+            agent = await lookup(view.submitted.agent_id if view.submitted else "")
+            now = datetime.now(UTC)
+            rejection = check_intent(view, agent, now=now, clock_skew=timedelta(seconds=settings.clock_skew_seconds))
+            if rejection is not None:
+                return [rejection]
+            assert agent is not None and view.submitted is not None and view.intent_id
+            if not await nonce_is_fresh(view.submitted, view.intent_id):
+                return [
+                    ev.IntentRejected(
+                        stage="authenticate",
+                        code="nonce_reused",
+                        reason=f"nonce_reused: nonce {view.submitted.nonce!r} was already used by another intent",
+                    )
+                ]
+            return [authenticated(agent)]
+
+        await svc.run_stage(trigger, "authenticate", decide)
+
+    async def register_agent(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RegisterAgent)
+        if not is_token(cmd.agent_id):
+            raise CommandError("invalid_agent_id", f"agent id {cmd.agent_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        try:
+            if len(unb64(cmd.public_key)) != 32:
+                raise ValueError
+        except ValueError as exc:
+            raise CommandError(
+                "invalid_public_key", "public_key must be a base64 Ed25519 public key (32 bytes)"
+            ) from exc
+        payload = ev.AgentRegistered(
+            agent_id=cmd.agent_id, public_key=cmd.public_key, owner=cmd.owner, teams=cmd.teams, acts_for=cmd.acts_for
+        )
+        envelope = make_envelope(payload, producer=svc.producer, agent_id=cmd.agent_id)
+        try:
+            await append_control(
+                svc.js,
+                subjects.agent_subject(cmd.agent_id),
+                envelope,
+                message_id=f"agent:{cmd.agent_id}:registered",
+                expected_last_subject_seq=0,
+            )
+        except StaleAppend as exc:
+            raise CommandError("agent_exists", f"agent {cmd.agent_id!r} is already registered") from exc
+        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key)}
+
+    async def list_agents(_body: dict[str, Any]) -> Any:
+        if follower is not None:
+            await follower.ensure_fresh()
+        return [
+            {
+                "agent_id": a.agent_id,
+                "owner": a.owner,
+                "teams": list(a.teams),
+                "acts_for": list(a.acts_for),
+                "key_id": a.key_id,
+            }
+            for a in sorted(agents.values(), key=lambda a: a.agent_id)
+        ]
+
+    async def ping(_body: dict[str, Any]) -> Any:
+        return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
+
+    svc.on_startup(startup)
+    svc.on_shutdown(redis.aclose)
+    svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
+    svc.command("register_agent", register_agent)
+    svc.command("list_agents", list_agents)
+    svc.command("ping", ping)
+    return svc

@@ -1,0 +1,125 @@
+"""The intent-status view in SQLite (WAL). Idempotent by construction: the stream sequence applied
+is stored in the same transaction as the rows it changed, so a replayed event is a no-op."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from writ_common import events as ev
+from writ_common.envelope import StoredEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS intents (
+    intent_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    tool TEXT,
+    server TEXT,
+    status TEXT NOT NULL,
+    code TEXT,
+    reason TEXT,
+    submitted_at TEXT,
+    updated_at TEXT NOT NULL,
+    receipt_position INTEGER
+);
+CREATE INDEX IF NOT EXISTS intents_by_status ON intents(status);
+CREATE TABLE IF NOT EXISTS tracking (view TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+_STATUS = {
+    "intent.submitted": "submitted",
+    "intent.authenticated": "authenticated",
+    "intent.planned": "planned",
+    "intent.authorized": "authorized",
+    "approval.requested": "awaiting_approval",
+    "execution.started": "executing",
+    "intent.rejected": "rejected",
+    "intent.denied": "denied",
+    "intent.expired": "expired",
+    "execution.succeeded": "succeeded",
+    "execution.failed": "failed",
+    "execution.outcome_unknown": "outcome_unknown",
+}
+_FINAL = {"rejected", "denied", "expired", "succeeded", "failed", "outcome_unknown"}
+
+
+class Projection:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def position(self, view: str = "intents") -> int:
+        row = self._db.execute("SELECT seq FROM tracking WHERE view = ?", (view,)).fetchone()
+        return int(row["seq"]) if row else 0
+
+    def apply(self, event: StoredEvent) -> None:
+        """Apply one intent event at its stream sequence (skipped if already applied)."""
+        status = _STATUS.get(event.type)
+        env = event.envelope
+        with self._tx():
+            if event.seq <= self.position():
+                return
+            if status is not None and env.intent_id and env.agent_id:
+                self._apply_status(event, status)
+            self._db.execute(
+                "INSERT INTO tracking(view, seq) VALUES('intents', ?) ON CONFLICT(view) DO UPDATE SET seq = excluded.seq",
+                (event.seq,),
+            )
+
+    def _apply_status(self, event: StoredEvent, status: str) -> None:
+        env, p = event.envelope, event.payload
+        if isinstance(p, ev.IntentSubmitted):
+            self._db.execute(
+                "INSERT OR IGNORE INTO intents(intent_id, agent_id, tool, status, submitted_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (env.intent_id, env.agent_id, p.tool, status, env.occurred_at, env.occurred_at),
+            )
+            return
+        code = getattr(p, "code", None)
+        reason = getattr(p, "reason", None)
+        server = p.server if isinstance(p, ev.IntentPlanned) else None
+        self._db.execute(
+            "UPDATE intents SET status = ?, code = COALESCE(?, code), reason = COALESCE(?, reason),"
+            " server = COALESCE(?, server), updated_at = ?"
+            f" WHERE intent_id = ? AND status NOT IN ({','.join('?' * len(_FINAL))})",
+            (status, code, reason, server, env.occurred_at, env.intent_id, *_FINAL),
+        )
+
+    def record_receipt(self, intent_id: str, position: int) -> None:
+        with self._tx():
+            self._db.execute("UPDATE intents SET receipt_position = ? WHERE intent_id = ?", (position, intent_id))
+
+    def intent(self, intent_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM intents WHERE intent_id = ?", (intent_id,)).fetchone()
+        return dict(row) if row else None
+
+    def intents(self, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM intents"
+        args: tuple[Any, ...] = ()
+        if status:
+            sql += " WHERE status = ?"
+            args = (status,)
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        return [dict(r) for r in self._db.execute(sql, (*args, limit))]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,152 @@
+"""Policy's rules: may this agent make this call, now? Cedar decides; pure functions here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import cedarpy
+
+from writ_common import events as ev
+from writ_common.digest import approval_digest, policy_digest
+from writ_common.envelope import StoredEvent
+from writ_common.fold import IntentView
+
+DEFAULT_APPROVAL_TTL = timedelta(hours=1)
+
+
+class PolicyError(Exception):
+    """A policy bundle that Cedar cannot parse; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A parsed Cedar bundle: parsed once when published, reused for every decision."""
+
+    digest: str
+    cedar: str
+    policy_set: cedarpy.PolicySet
+    names: dict[str, str]  # Cedar's policy id -> @id annotation (or the Cedar id)
+    annotations: dict[str, dict[str, str]]
+
+
+def compile_bundle(cedar: str) -> Bundle:
+    """Parse and index a Cedar policy bundle.
+
+    Raises:
+        PolicyError: the text is not valid Cedar, or has no policy.
+    """
+    try:
+        policy_set = cedarpy.PolicySet.from_str(cedar)
+        as_json = json.loads(cedarpy.policies_to_json_str(cedar))
+    except (ValueError, RuntimeError) as exc:
+        raise PolicyError(str(exc)) from exc
+    static: dict[str, Any] = as_json.get("staticPolicies", {})
+    if not static:
+        raise PolicyError("the bundle contains no policy")
+    annotations = {pid: dict(p.get("annotations") or {}) for pid, p in static.items()}
+    names = {pid: ann.get("id", pid) for pid, ann in annotations.items()}
+    return Bundle(policy_digest(cedar), cedar, policy_set, names, annotations)
+
+
+def bundle_from_event(event: StoredEvent) -> Bundle | None:
+    if isinstance(event.payload, ev.PolicyBundlePublished):
+        return compile_bundle(event.payload.cedar)
+    return None
+
+
+def _cedar_value(value: Any) -> Any:
+    """Cedar has no floats or nulls: floats become strings, nulls are dropped."""
+    if isinstance(value, dict):
+        return {str(k): _cedar_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_cedar_value(v) for v in value if v is not None]
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The Cedar request and entities for this intent."""
+    intent, planned, auth = view.submitted, view.planned, view.authenticated
+    assert intent is not None and planned is not None and view.agent_id
+    teams = auth.teams if auth else []
+    tool_uid = f"{planned.server}/{planned.tool}"
+    entities = [
+        {
+            "uid": {"type": "Agent", "id": view.agent_id},
+            "attrs": {"owner": (auth.owner if auth and auth.owner else "")},
+            "parents": [{"type": "Team", "id": t} for t in teams],
+        },
+        *({"uid": {"type": "Team", "id": t}, "attrs": {}, "parents": []} for t in teams),
+        {
+            "uid": {"type": "Tool", "id": tool_uid},
+            "attrs": {
+                "server": planned.server,
+                "name": planned.tool,
+                "read_only": planned.annotations.read_only,
+                "destructive": planned.annotations.destructive,
+                "idempotent": planned.annotations.idempotent,
+                "open_world": planned.annotations.open_world,
+            },
+            "parents": [],
+        },
+    ]
+    request = {
+        "principal": f'Agent::"{view.agent_id}"',
+        "action": 'Action::"call_tool"',
+        "resource": f'Tool::"{tool_uid}"',
+        "context": {"arguments": _cedar_value(intent.arguments), "on_behalf_of": intent.on_behalf_of or ""},
+    }
+    return request, entities
+
+
+def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payload:
+    """Allow, deny, or ask a person: forbid -> deny; permit with @approval -> approval;
+    permit -> allow; nothing matches -> deny."""
+    if bundle is None:
+        return ev.IntentDenied(
+            policy_digest=None, policy_ids=[], code="no_policy", reason="no_policy: no policy bundle is loaded"
+        )
+    planned = view.planned
+    assert planned is not None and view.submitted is not None
+    request, entities = cedar_request(view)
+    result = cedarpy.is_authorized(request, bundle.policy_set, entities)
+    deciding = list(result.diagnostics.reasons)
+    names = [bundle.names.get(pid, pid) for pid in deciding]
+    if result.decision != cedarpy.Decision.Allow:
+        errors = "; ".join(str(e) for e in result.diagnostics.errors)
+        if names:
+            reason = f"forbidden: {', '.join(names)} forbids {planned.server}/{planned.tool}"
+            code = "forbidden"
+        else:
+            reason = f"no_permit: no policy permits agent {view.agent_id!r} to call {planned.server}/{planned.tool}"
+            code = "no_permit"
+        if errors:
+            reason += f" (policy errors: {errors})"
+        return ev.IntentDenied(policy_digest=bundle.digest, policy_ids=names, code=code, reason=reason)
+    needing = [bundle.annotations.get(pid, {}) for pid in deciding if "approval" in bundle.annotations.get(pid, {})]
+    if needing:
+        ann = needing[0]
+        ttl = timedelta(seconds=int(ann.get("ttl", DEFAULT_APPROVAL_TTL.total_seconds())))
+        return ev.ApprovalRequested(
+            approval_digest=approval_digest(
+                intent_id=view.intent_id or "",
+                agent_id=view.agent_id or "",
+                on_behalf_of=view.submitted.on_behalf_of,
+                tool_digest=planned.tool_digest,
+                args_digest=planned.args_digest,
+                policy_digest=bundle.digest,
+                deadline=view.submitted.deadline,
+            ),
+            policy_digest=bundle.digest,
+            policy_ids=names,
+            approvers=ann["approval"],
+            quorum=int(ann.get("quorum", "1")),
+            expires_at=(now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        )
+    return ev.IntentAuthorized(
+        policy_digest=bundle.digest, policy_ids=names, reasons=[f"permitted by {', '.join(names)}"]
+    )

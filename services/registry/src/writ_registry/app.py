@@ -1,0 +1,152 @@
+"""Registry service wiring: consumes intent.authenticated, registers and discovers tool servers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import msgspec
+from nats.aio.msg import Msg
+
+from writ_common import events as ev
+from writ_common import subjects
+from writ_common.bus import StaleAppend, append_control
+from writ_common.catalog import Catalog
+from writ_common.commands import CommandError
+from writ_common.control import ControlFollower
+from writ_common.digest import sha256_digest
+from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.fold import IntentView
+from writ_common.ids import is_token
+from writ_common.mcp_client import discover
+from writ_common.service import Service
+from writ_common.settings import WritSettings
+from writ_registry.domain import Validators, plan
+
+DISCOVERY_TIMEOUT = 60.0
+
+
+class AddServer(msgspec.Struct, kw_only=True):
+    name: str
+    transport: Literal["stdio", "http"] = "stdio"
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+
+
+class ListTools(msgspec.Struct, kw_only=True):
+    server: str | None = None
+
+
+def build(settings: WritSettings) -> Service:
+    svc = Service("registry", settings)
+    catalog = Catalog()
+    validators = Validators()
+    follower: ControlFollower | None = None
+
+    async def startup() -> None:
+        nonlocal follower
+        follower = ControlFollower(svc.js, subjects.REGISTRY_STREAM, catalog.apply)
+        await follower.start()
+
+    async def on_authenticated(trigger: StoredEvent, _raw: Msg) -> None:
+        async def decide(view: IntentView) -> list[ev.Payload]:
+            if view.planned is not None or view.authenticated is None or view.submitted is None:
+                return []
+            decision = plan(view, catalog, validators)
+            if isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool" and follower:
+                # A server registered a moment ago may not be folded yet: catch up once, then decide.
+                if await follower.ensure_fresh():
+                    decision = plan(view, catalog, validators)
+            return [decision]
+
+        await svc.run_stage(trigger, "plan", decide)
+
+    async def add_server(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, AddServer)
+        if not is_token(cmd.name):
+            raise CommandError("invalid_server_name", f"server name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if cmd.transport == "stdio" and not cmd.command:
+            raise CommandError("invalid_server", "a stdio server needs a command")
+        if cmd.transport == "http" and not cmd.url:
+            raise CommandError("invalid_server", "an http server needs a url")
+        server = msgspec.convert(msgspec.to_builtins(cmd), ev.ServerRegistered)
+        if follower is not None:
+            await follower.ensure_fresh()
+        existing = catalog.servers.get(cmd.name)
+        if existing is not None and existing != server:
+            raise CommandError("server_exists", f"server {cmd.name!r} is already registered with another configuration")
+        try:
+            tools = await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
+        except Exception as exc:
+            raise CommandError(
+                "discovery_failed", f"could not list the tools of {cmd.name!r} over MCP: {type(exc).__name__}: {exc}"
+            ) from exc
+        config_digest = sha256_digest(msgspec.to_builtins(server))
+        try:
+            await append_control(
+                svc.js,
+                subjects.server_subject(cmd.name),
+                make_envelope(server, producer=svc.producer),
+                message_id=f"server:{cmd.name}:{config_digest}",
+                expected_last_subject_seq=None if existing else 0,
+            )
+        except StaleAppend as exc:
+            raise CommandError("server_exists", f"server {cmd.name!r} was registered concurrently") from exc
+        discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools)
+        tools_digest = sha256_digest([t.tool_digest for t in tools])
+        await append_control(
+            svc.js,
+            subjects.tools_subject(cmd.name),
+            make_envelope(discovered, producer=svc.producer),
+            message_id=f"tools:{cmd.name}:{tools_digest}",
+        )
+        return {"server": cmd.name, "tools": [tool_row(cmd.name, t) for t in tools]}
+
+    async def list_servers(_body: dict[str, Any]) -> Any:
+        if follower is not None:
+            await follower.ensure_fresh()
+        return [
+            {
+                "name": s.name,
+                "transport": s.transport,
+                "target": s.url if s.transport == "http" else " ".join([s.command or "", *s.args]).strip(),
+                "tools": len(catalog.tools.get(s.name, {})),
+            }
+            for s in sorted(catalog.servers.values(), key=lambda s: s.name)
+        ]
+
+    async def list_tools(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, ListTools)
+        if follower is not None:
+            await follower.ensure_fresh()
+        return [
+            tool_row(server, t)
+            for server, tools in sorted(catalog.tools.items())
+            if cmd.server in (None, server)
+            for t in sorted(tools.values(), key=lambda t: t.name)
+        ]
+
+    async def ping(_body: dict[str, Any]) -> Any:
+        return {"service": svc.name, "servers": len(catalog.servers), "dead_letters": svc.dead_letters}
+
+    svc.on_startup(startup)
+    svc.consume_intents(subjects.intents_of_type("intent.authenticated"), on_authenticated)
+    svc.command("add_server", add_server)
+    svc.command("list_servers", list_servers)
+    svc.command("list_tools", list_tools)
+    svc.command("ping", ping)
+    return svc
+
+
+def tool_row(server: str, tool: ev.ToolDefinition) -> dict[str, Any]:
+    return {
+        "server": server,
+        "name": tool.name,
+        "description": tool.description,
+        "tool_digest": tool.tool_digest,
+        "annotations": msgspec.to_builtins(tool.annotations),
+        "input_schema": tool.input_schema,
+    }

@@ -1,0 +1,65 @@
+"""Registry's rules: which tool, at which pinned version, with valid arguments? Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from writ_common import events as ev
+from writ_common.catalog import Catalog
+from writ_common.digest import args_digest
+from writ_common.fold import IntentView
+
+
+class Validators:
+    """Compiled input-schema validators, built once per tool version (tool_digest)."""
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, Draft202012Validator | str] = {}
+
+    def for_tool(self, definition: ev.ToolDefinition) -> Draft202012Validator | str:
+        """The validator, or why the tool's own schema is unusable."""
+        found = self._by_digest.get(definition.tool_digest)
+        if found is None:
+            try:
+                Draft202012Validator.check_schema(definition.input_schema)
+                found = Draft202012Validator(definition.input_schema)
+            except SchemaError as exc:
+                found = f"the tool's own input schema is invalid: {exc.message}"
+            self._by_digest[definition.tool_digest] = found
+        return found
+
+
+def argument_errors(validator: Draft202012Validator, arguments: dict[str, Any]) -> list[str]:
+    """Every way ``arguments`` break the tool's input schema, as ``path: message``."""
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors]
+
+
+def plan(view: IntentView, catalog: Catalog, validators: Validators) -> ev.IntentPlanned | ev.IntentRejected:
+    """Pin the tool version and check the arguments, or say why not."""
+    intent = view.submitted
+    assert intent is not None
+    resolved = catalog.resolve(intent.tool)
+    if isinstance(resolved, str):
+        code = resolved.split(":", 1)[0]
+        return ev.IntentRejected(stage="plan", code=code, reason=resolved)
+    server, definition = resolved
+    validator = validators.for_tool(definition)
+    errors = [validator] if isinstance(validator, str) else argument_errors(validator, intent.arguments)
+    if errors:
+        shown = "; ".join(errors[:5])
+        return ev.IntentRejected(
+            stage="plan",
+            code="invalid_arguments",
+            reason=f"invalid_arguments: arguments do not match {server}/{definition.name}'s input schema: {shown}",
+        )
+    return ev.IntentPlanned(
+        server=server,
+        tool=definition.name,
+        tool_digest=definition.tool_digest,
+        args_digest=args_digest(intent.arguments),
+        annotations=definition.annotations,
+    )

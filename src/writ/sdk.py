@@ -1,0 +1,176 @@
+"""The agent SDK: sign an intent, submit it, await its receipt.
+
+agent = await WritAgent.connect("nats://127.0.0.1:4222", "billing-bot", load_key(path))
+receipt = await agent.call("get_current_time", {"timezone": "Europe/Paris"})
+print(receipt.status, receipt.result)
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import nats
+from nacl.signing import SigningKey
+from nats.aio.client import Client
+
+from writ_common import subjects
+from writ_common.bus import StaleAppend, append, last_on_subject
+from writ_common.digest import canonical_json
+from writ_common.envelope import Producer, UndecodableEvent, decode, make_envelope
+from writ_common.events import IntentSubmitted, Receipt
+from writ_common.ids import derive_intent_id
+from writ_common.signing import sign
+from writ_common.telemetry import tracer
+
+SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
+
+
+class ReceiptTimeout(Exception):
+    """No receipt arrived in time; the intent may still be in flight (query it again later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    intent_id: str
+    duplicate: bool  # True: this idempotency key was already used; the original intent stands
+
+
+def sign_intent(intent: IntentSubmitted, key: SigningKey) -> IntentSubmitted:
+    """Return ``intent`` with its Ed25519 signature over its canonical fields."""
+    return msgspec.structs.replace(intent, signature=sign(key, canonical_json(intent.signed_fields())))
+
+
+def new_intent(
+    agent_id: str,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    on_behalf_of: str | None = None,
+    deadline_seconds: float = 300.0,
+) -> IntentSubmitted:
+    """An unsigned intent with a fresh nonce, issue time and deadline."""
+    now = datetime.now(UTC)
+    return IntentSubmitted(
+        agent_id=agent_id,
+        idempotency_key=idempotency_key or str(uuid.uuid4()),
+        tool=tool,
+        arguments=arguments,
+        on_behalf_of=on_behalf_of,
+        deadline=(now + timedelta(seconds=deadline_seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        issued_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        nonce=secrets.token_urlsafe(16),
+    )
+
+
+async def publish_intent(nc: Client, intent: IntentSubmitted) -> Submission:
+    """Publish a signed intent as the first event of its intent.
+
+    The append expects the intent's subject to be empty: a resubmission with the same
+    idempotency key (same derived intent id) is refused by the server and reported as a
+    duplicate, whenever it comes.
+    """
+    intent_id = derive_intent_id(intent.agent_id, intent.idempotency_key)
+    envelope = make_envelope(intent, producer=SDK_PRODUCER, intent_id=intent_id, agent_id=intent.agent_id)
+    with tracer().start_as_current_span("agent.submit", attributes={"writ.intent_id": intent_id}):
+        try:
+            ack = await append(nc.jetstream(), envelope, expected_last_seq=0)
+        except StaleAppend:
+            return Submission(intent_id=intent_id, duplicate=True)
+    return Submission(intent_id=intent_id, duplicate=bool(ack.duplicate))
+
+
+async def fetch_receipt(nc: Client, intent_id: str) -> Receipt | None:
+    """The stored receipt of ``intent_id``, or None if it has none yet."""
+    raw = await last_on_subject(nc.jetstream(), subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id))
+    if raw is None:
+        return None
+    return _as_receipt(raw.data or b"")
+
+
+async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Receipt:
+    """Wait for the receipt of ``intent_id`` (returns at once if it already exists).
+
+    Raises:
+        ReceiptTimeout: none within ``timeout`` seconds.
+    """
+    sub = await nc.subscribe(subjects.receipt_subject(intent_id))  # subscribe first: no gap
+    try:
+        existing = await fetch_receipt(nc, intent_id)
+        if existing is not None:
+            return existing
+        try:
+            msg = await sub.next_msg(timeout=timeout)
+        except nats.errors.TimeoutError as exc:
+            raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s") from exc
+        return _as_receipt(msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+def _as_receipt(data: bytes) -> Receipt:
+    payload = decode(data).payload
+    if not isinstance(payload, Receipt):
+        raise UndecodableEvent("not_a_receipt", f"expected receipt.recorded, got {type(payload).__name__}")
+    return payload
+
+
+class WritAgent:
+    """An agent's handle on Writ: one NATS connection and the agent's signing key."""
+
+    def __init__(self, nc: Client, agent_id: str, key: SigningKey) -> None:
+        self.nc = nc
+        self.agent_id = agent_id
+        self._key = key
+
+    @classmethod
+    async def connect(cls, nats_url: str, agent_id: str, key: SigningKey, **options: Any) -> WritAgent:
+        return cls(await nats.connect(nats_url, name=f"writ-agent-{agent_id}", **options), agent_id, key)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def submit(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        on_behalf_of: str | None = None,
+        deadline_seconds: float = 300.0,
+    ) -> Submission:
+        """Sign and submit an intent; returns its id (the same id for the same idempotency key)."""
+        intent = new_intent(
+            self.agent_id,
+            tool,
+            arguments,
+            idempotency_key=idempotency_key,
+            on_behalf_of=on_behalf_of,
+            deadline_seconds=deadline_seconds,
+        )
+        return await publish_intent(self.nc, sign_intent(intent, self._key))
+
+    async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
+        return await wait_receipt(self.nc, intent_id, timeout)
+
+    async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
+        """Submit and wait for the receipt."""
+        submission = await self.submit(tool, arguments, **kwargs)
+        return await self.receipt(submission.intent_id, timeout)
+
+
+__all__ = [
+    "ReceiptTimeout",
+    "Submission",
+    "WritAgent",
+    "fetch_receipt",
+    "new_intent",
+    "publish_intent",
+    "sign_intent",
+    "wait_receipt",
+]
