@@ -1,0 +1,180 @@
+"""The services' rules as pure functions over folded state: no broker, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from writ.sdk import new_intent, sign_intent
+from writ_common import events as ev
+from writ_common.catalog import Catalog
+from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope
+from writ_common.fold import IntentView, fold_intent
+from writ_common.ids import derive_intent_id
+from writ_common.signing import generate_key, key_id, public_key_b64
+from writ_executor.domain import Invoke, next_step
+from writ_identity.domain import Agent, check_intent
+from writ_policy.domain import PolicyError, compile_bundle, decide
+from writ_registry.domain import Validators, plan
+
+pytestmark = pytest.mark.unit
+
+PRODUCER = Producer(service="test", instance="t", version="0")
+NOW = datetime.now(UTC)
+SKEW = timedelta(minutes=5)
+
+
+def stored(payload: ev.Payload, intent: ev.IntentSubmitted, seq: int) -> StoredEvent:
+    intent_id = derive_intent_id(intent.agent_id, intent.idempotency_key)
+    env = make_envelope(payload, producer=PRODUCER, intent_id=intent_id, agent_id=intent.agent_id)
+    return decode(encode(env), seq=seq)
+
+
+def view_of(intent: ev.IntentSubmitted, *later: ev.Payload) -> IntentView:
+    return fold_intent([stored(p, intent, i + 1) for i, p in enumerate((intent, *later))])
+
+
+KEY = generate_key()
+AGENT = Agent(
+    agent_id="bot", public_key=public_key_b64(KEY), key_id=key_id(public_key_b64(KEY)), owner="alice",
+    teams=("ops",), acts_for=("carol",),
+)
+
+
+def signed(**overrides: Any) -> ev.IntentSubmitted:
+    intent = new_intent("bot", overrides.pop("tool", "get_current_time"), overrides.pop("arguments", {"timezone": "UTC"}),
+                        **overrides)
+    return sign_intent(intent, KEY)
+
+
+class TestIdentity:
+    def test_a_correctly_signed_fresh_intent_passes(self) -> None:
+        assert check_intent(view_of(signed()), AGENT, now=NOW, clock_skew=SKEW) is None
+
+    def test_a_different_key_is_a_bad_signature(self) -> None:
+        forged = sign_intent(new_intent("bot", "t", {}), generate_key())
+        rejection = check_intent(view_of(forged), AGENT, now=NOW, clock_skew=SKEW)
+        assert rejection is not None and rejection.code == "bad_signature"
+
+    def test_changing_an_argument_after_signing_breaks_the_signature(self) -> None:
+        intent = signed()
+        tampered = ev.IntentSubmitted(**{**{f: getattr(intent, f) for f in intent.__struct_fields__},
+                                         "arguments": {"timezone": "Asia/Tokyo"}})
+        rejection = check_intent(view_of(tampered), AGENT, now=NOW, clock_skew=SKEW)
+        assert rejection is not None and rejection.code == "bad_signature"
+
+    def test_unknown_agent_stale_intent_and_refused_delegation(self) -> None:
+        assert check_intent(view_of(signed()), None, now=NOW, clock_skew=SKEW).code == "unknown_agent"  # type: ignore[union-attr]
+        late = check_intent(view_of(signed()), AGENT, now=NOW + timedelta(hours=1), clock_skew=SKEW)
+        assert late is not None and late.code == "stale_intent"
+        other = check_intent(view_of(signed(on_behalf_of="mallory")), AGENT, now=NOW, clock_skew=SKEW)
+        assert other is not None and other.code == "delegation_refused"
+        assert check_intent(view_of(signed(on_behalf_of="carol")), AGENT, now=NOW, clock_skew=SKEW) is None
+
+
+def catalog_with_time_tool(read_only: bool = True) -> Catalog:
+    tool = ev.ToolDefinition(
+        name="get_current_time",
+        input_schema={"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]},
+        annotations=ev.ToolAnnotations(read_only=read_only, destructive=not read_only, idempotent=True),
+        tool_digest="sha256:t1",
+    )
+    catalog = Catalog()
+    catalog.tools["time"] = {"get_current_time": tool}
+    return catalog
+
+
+class TestRegistry:
+    def test_resolves_and_pins_the_tool_version(self) -> None:
+        planned = plan(view_of(signed()), catalog_with_time_tool(), Validators())
+        assert isinstance(planned, ev.IntentPlanned)
+        assert (planned.server, planned.tool, planned.tool_digest) == ("time", "get_current_time", "sha256:t1")
+
+    def test_invalid_arguments_name_the_offending_field(self) -> None:
+        rejected = plan(view_of(signed(arguments={"timezone": 3})), catalog_with_time_tool(), Validators())
+        assert isinstance(rejected, ev.IntentRejected) and rejected.code == "invalid_arguments"
+        assert "timezone" in rejected.reason
+
+    def test_unknown_and_ambiguous_tools(self) -> None:
+        catalog = catalog_with_time_tool()
+        assert plan(view_of(signed(tool="nope")), catalog, Validators()).code == "unknown_tool"  # type: ignore[union-attr]
+        catalog.tools["time2"] = dict(catalog.tools["time"])
+        ambiguous = plan(view_of(signed()), catalog, Validators())
+        assert isinstance(ambiguous, ev.IntentRejected) and ambiguous.code == "ambiguous_tool"
+        assert isinstance(plan(view_of(signed(tool="time2/get_current_time")), catalog, Validators()), ev.IntentPlanned)
+
+
+POLICY = """
+@id("read-only-tools")
+permit(principal, action == Action::"call_tool", resource) when { resource.read_only };
+@id("destructive-needs-approval") @approval("operators") @quorum("2")
+permit(principal, action == Action::"call_tool", resource) when { resource.destructive };
+@id("no-tokyo")
+forbid(principal, action, resource) when { context.arguments has timezone && context.arguments.timezone == "Asia/Tokyo" };
+"""
+
+
+def planned_view(read_only: bool, arguments: dict[str, Any] | None = None) -> IntentView:
+    intent = signed(arguments=arguments or {"timezone": "UTC"})
+    p = plan(view_of(intent), catalog_with_time_tool(read_only), Validators())
+    return view_of(intent, ev.IntentAuthenticated(key_id="k", teams=["ops"]), p)
+
+
+class TestPolicy:
+    def test_read_only_is_allowed_with_the_deciding_policy_named(self) -> None:
+        decision = decide(planned_view(True), compile_bundle(POLICY), now=NOW)
+        assert isinstance(decision, ev.IntentAuthorized) and decision.policy_ids == ["read-only-tools"]
+
+    def test_destructive_asks_for_approval_with_group_quorum_and_digest(self) -> None:
+        decision = decide(planned_view(False), compile_bundle(POLICY), now=NOW)
+        assert isinstance(decision, ev.ApprovalRequested)
+        assert (decision.approvers, decision.quorum) == ("operators", 2)
+        assert decision.approval_digest.startswith("sha256:")
+
+    def test_forbid_wins_and_nothing_loaded_denies(self) -> None:
+        decision = decide(planned_view(True, {"timezone": "Asia/Tokyo"}), compile_bundle(POLICY), now=NOW)
+        assert isinstance(decision, ev.IntentDenied) and decision.code == "forbidden" and "no-tokyo" in decision.reason
+        none = decide(planned_view(True), None, now=NOW)
+        assert isinstance(none, ev.IntentDenied) and none.code == "no_policy"
+
+    def test_nothing_matching_is_a_deny(self) -> None:
+        bundle = compile_bundle('@id("x") permit(principal, action, resource) when { false };')
+        decision = decide(planned_view(True), bundle, now=NOW)
+        assert isinstance(decision, ev.IntentDenied) and decision.code == "no_permit"
+
+    def test_invalid_cedar_is_refused(self) -> None:
+        with pytest.raises(PolicyError):
+            compile_bundle("permit(principal, action")
+
+
+class TestExecutor:
+    def authorized(self, idempotent: bool, *later: ev.Payload) -> IntentView:
+        intent = signed()
+        planned = ev.IntentPlanned(server="s", tool="t", tool_digest="d", args_digest="a",
+                                   annotations=ev.ToolAnnotations(idempotent=idempotent))
+        return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
+
+    def test_first_delivery_invokes_attempt_one(self) -> None:
+        assert next_step(self.authorized(False)) == Invoke(attempt=1)
+
+    def test_interrupted_non_idempotent_call_is_outcome_unknown_never_a_second_call(self) -> None:
+        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
+        assert isinstance(next_step(self.authorized(False, started)), ev.ExecutionOutcomeUnknown)
+
+    def test_interrupted_idempotent_call_is_invoked_again(self) -> None:
+        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
+        assert next_step(self.authorized(True, started)) == Invoke(attempt=2)
+
+    def test_finished_intent_needs_nothing(self) -> None:
+        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
+        done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
+        assert next_step(self.authorized(False, started, done)) is None
+
+
+def test_fold_keeps_the_first_terminal_event() -> None:
+    intent = signed()
+    view = view_of(intent, ev.IntentRejected(stage="plan", code="x", reason="x"),
+                   ev.IntentExpired(stage="plan", reason="late"))
+    assert view.status == "rejected" and view.terminal is not None and view.terminal.type == "intent.rejected"
