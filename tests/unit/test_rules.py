@@ -38,14 +38,19 @@ def view_of(intent: ev.IntentSubmitted, *later: ev.Payload) -> IntentView:
 
 KEY = generate_key()
 AGENT = Agent(
-    agent_id="bot", public_key=public_key_b64(KEY), key_id=key_id(public_key_b64(KEY)), owner="alice",
-    teams=("ops",), acts_for=("carol",),
+    agent_id="bot",
+    public_key=public_key_b64(KEY),
+    key_id=key_id(public_key_b64(KEY)),
+    owner="alice",
+    teams=("ops",),
+    acts_for=("carol",),
 )
 
 
 def signed(**overrides: Any) -> ev.IntentSubmitted:
-    intent = new_intent("bot", overrides.pop("tool", "get_current_time"), overrides.pop("arguments", {"timezone": "UTC"}),
-                        **overrides)
+    intent = new_intent(
+        "bot", overrides.pop("tool", "get_current_time"), overrides.pop("arguments", {"timezone": "UTC"}), **overrides
+    )
     return sign_intent(intent, KEY)
 
 
@@ -60,8 +65,9 @@ class TestIdentity:
 
     def test_changing_an_argument_after_signing_breaks_the_signature(self) -> None:
         intent = signed()
-        tampered = ev.IntentSubmitted(**{**{f: getattr(intent, f) for f in intent.__struct_fields__},
-                                         "arguments": {"timezone": "Asia/Tokyo"}})
+        tampered = ev.IntentSubmitted(
+            **{**{f: getattr(intent, f) for f in intent.__struct_fields__}, "arguments": {"timezone": "Asia/Tokyo"}}
+        )
         rejection = check_intent(view_of(tampered), AGENT, now=NOW, clock_skew=SKEW)
         assert rejection is not None and rejection.code == "bad_signature"
 
@@ -112,7 +118,8 @@ permit(principal, action == Action::"call_tool", resource) when { resource.read_
 @id("destructive-needs-approval") @approval("operators") @quorum("2")
 permit(principal, action == Action::"call_tool", resource) when { resource.destructive };
 @id("no-tokyo")
-forbid(principal, action, resource) when { context.arguments has timezone && context.arguments.timezone == "Asia/Tokyo" };
+forbid(principal, action, resource)
+    when { context.arguments has timezone && context.arguments.timezone == "Asia/Tokyo" };
 """
 
 
@@ -152,8 +159,13 @@ class TestPolicy:
 class TestExecutor:
     def authorized(self, idempotent: bool, *later: ev.Payload) -> IntentView:
         intent = signed()
-        planned = ev.IntentPlanned(server="s", tool="t", tool_digest="d", args_digest="a",
-                                   annotations=ev.ToolAnnotations(idempotent=idempotent))
+        planned = ev.IntentPlanned(
+            server="s",
+            tool="t",
+            tool_digest="d",
+            args_digest="a",
+            annotations=ev.ToolAnnotations(idempotent=idempotent),
+        )
         return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
 
     def test_first_delivery_invokes_attempt_one(self) -> None:
@@ -175,6 +187,7 @@ class TestExecutor:
 
 def test_fold_keeps_the_first_terminal_event() -> None:
     intent = signed()
-    view = view_of(intent, ev.IntentRejected(stage="plan", code="x", reason="x"),
-                   ev.IntentExpired(stage="plan", reason="late"))
+    view = view_of(
+        intent, ev.IntentRejected(stage="plan", code="x", reason="x"), ev.IntentExpired(stage="plan", reason="late")
+    )
     assert view.status == "rejected" and view.terminal is not None and view.terminal.type == "intent.rejected"

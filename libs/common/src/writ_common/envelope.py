@@ -129,7 +129,8 @@ def decode_payload(envelope: Envelope) -> Payload:
                 raise UndecodableEvent("unknown_version", f"no upcaster for {kind} v{version}")
             data, version = upcast(data), version + 1
         return msgspec.convert(data, CATALOG[(kind, current)])
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        # An upcaster fed a payload of the wrong shape fails like any invalid payload.
         raise UndecodableEvent("invalid_payload", f"{kind} v{version}: {exc}") from exc
 
 

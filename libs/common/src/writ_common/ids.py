@@ -19,7 +19,7 @@ def new_event_id() -> str:
 
 def is_token(value: str) -> bool:
     """True when ``value`` may be used as one NATS subject token (lowercase id)."""
-    return bool(TOKEN_RE.match(value))
+    return bool(TOKEN_RE.fullmatch(value))
 
 
 def derive_intent_id(agent_id: str, idempotency_key: str) -> str:

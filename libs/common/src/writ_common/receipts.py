@@ -106,5 +106,6 @@ def verify_receipt(receipt: ev.Receipt, public_key: str, *, prev_hash: str | Non
         raise ReceiptInvalid("bad signature: not signed by the ledger's key") from exc
     if prev_hash is not None and receipt.prev_hash != prev_hash:
         raise ReceiptInvalid(
-            f"broken chain at position {receipt.position}: prev_hash {receipt.prev_hash} != previous receipt {prev_hash}"
+            f"broken chain at position {receipt.position}: prev_hash {receipt.prev_hash}"
+            f" != previous receipt {prev_hash}"
         )
