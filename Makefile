@@ -1,0 +1,56 @@
+# Every target works from a fresh clone with only python3.11 (or python3) and pip: the first run
+# bootstraps a pinned uv into .venv-tools, and uv builds .venv from uv.lock.
+SHELL := bash
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+UV_VERSION := 0.13.9
+UV := .venv-tools/bin/uv
+BIN := .venv/bin
+
+.PHONY: venv run demo test unit integration e2e check schemas bench lock clean distclean
+
+$(UV):
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Cheap when nothing changed, so every target depends on it rather than on a stamp file.
+venv: $(UV)
+	$(UV) sync --frozen
+
+run: venv
+	$(BIN)/writ up
+
+demo: venv
+	$(BIN)/writ demo --embedded
+
+test: venv
+	$(BIN)/pytest -q
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration
+
+e2e: venv
+	$(BIN)/pytest -q tests/e2e
+
+check: venv
+	$(BIN)/ruff check . && $(BIN)/mypy libs/common/src services/*/src src
+
+schemas: venv
+	$(BIN)/python -m writ_common.schemagen schemas
+
+bench: venv
+	$(BIN)/python -m writ.bench
+
+lock: $(UV)
+	$(UV) lock
+
+# Leaves .writ alone: it is the plane's data, not a build product.
+clean:
+	find . -path ./.venv -prune -o -path ./.venv-tools -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
+	find . -path ./.venv -prune -o -path ./.venv-tools -prune -o -type d -name '*.egg-info' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf .venv .venv-tools

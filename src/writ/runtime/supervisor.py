@@ -1,0 +1,581 @@
+"""The embedded plane: nats-server, redis-server and the five services as child processes under
+one data directory, supervised (crashed children restart with backoff) until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from writ.runtime.processes import (
+    HOST,
+    ManagedProcess,
+    log_tail,
+    pick_port,
+    start_module,
+    start_nats,
+    start_redis,
+)
+from writ_common.settings import WritSettings
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+SERVICES: tuple[str, ...] = ("identity", "registry", "policy", "executor", "ledger")
+DEFAULT_NATS_PORT = 4222
+DEFAULT_REDIS_PORT = 6379
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+HEALTHY_AFTER = 60.0  # a child that ran this long before dying restarts with the shortest backoff
+STOP_TIMEOUT = 10.0
+POLL_INTERVAL = 0.2
+
+T = TypeVar("T")
+EventSink = Callable[[str, str], None]
+
+
+class PlaneAlreadyRunning(RuntimeError):
+    """Another supervisor is serving the same data directory."""
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    """A snapshot of one supervised process, for status displays and tests."""
+
+    name: str
+    pid: int | None
+    state: str
+    restarts: int
+    uptime: float
+    last_exit: int | None
+
+
+@dataclass
+class _Unit:
+    name: str
+    launch: Callable[[], ManagedProcess]
+    process: ManagedProcess | None = None
+    state: str = "stopped"  # starting | running | backoff | stopped
+    restarts: int = 0
+    backoff: float = BACKOFF_START
+    next_start: float = 0.0
+    last_exit: int | None = None
+    # Held while launching or stopping, so the monitor and an operator never act at once.
+    busy: threading.Lock = field(default_factory=threading.Lock)
+
+    def status(self) -> UnitStatus:
+        proc = self.process
+        running = self.state == "running" and proc is not None
+        return UnitStatus(
+            name=self.name,
+            pid=proc.pid if running and proc else None,
+            state=self.state,
+            restarts=self.restarts,
+            uptime=time.monotonic() - proc.started_at if running and proc else 0.0,
+            last_exit=self.last_exit,
+        )
+
+
+def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a private loop, even when called from inside a running one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="writ-plane-io") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # An orphan nobody reaps stays a zombie: dead, though signal 0 still reaches it.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _accepts(url: str) -> bool:
+    hostport = url.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or HOST, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _port_of(url: str | None) -> int | None:
+    if not url:
+        return None
+    try:
+        return int(url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")[2])
+    except ValueError:
+        return None
+
+
+class Plane:
+    """The embedded plane, usable from a CLI, a test fixture or a benchmark.
+
+    ``start()`` returns once nats and redis answer and the services' processes are running;
+    ``wait_ready()`` then waits until each service answers ``ping``. A background thread
+    restarts any child that exits until ``stop()``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        nats_port: int | None = None,
+        redis_port: int | None = None,
+        services: Sequence[str] = SERVICES,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.services = tuple(services)
+        self._nats_port = nats_port
+        self._redis_port = redis_port
+        self._on_event = on_event
+        self._units: dict[str, _Unit] = {}
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._file_lock = threading.Lock()
+        self._started_at = ""
+        self.nats_url = ""
+        self.redis_url = ""
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> WritSettings:
+        """Settings that point a client at this plane."""
+        return WritSettings(data_dir=self.data_dir, nats_url=self.nats_url, redis_url=self.redis_url)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def start(self) -> None:
+        """Start nats, redis and the services; resume from whatever the data dir holds.
+
+        Raises:
+            PlaneAlreadyRunning: a live supervisor already serves this data dir.
+            RuntimeError: a server failed to start (the message carries its log tail).
+        """
+        if self._units:
+            raise RuntimeError("this Plane was already started")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        previous = self._read_runtime()
+        self._reap_stale(previous)
+        nats_port = self._nats_port or pick_port(_port_of(previous.get("nats_url")), DEFAULT_NATS_PORT)
+        redis_port = self._redis_port or pick_port(_port_of(previous.get("redis_url")), DEFAULT_REDIS_PORT)
+        self._started_at = datetime.now(UTC).isoformat()
+        try:
+            nats_dir, redis_dir = self.data_dir / "nats", self.data_dir / "redis"
+            self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port)))
+            self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port)))
+            self.nats_url = f"nats://{HOST}:{nats_port}"
+            self.redis_url = f"redis://{HOST}:{redis_port}/0"
+            self._write_runtime()
+            _run_coro(self._ensure_streams())
+            env = self._service_env()
+            for name in self.services:
+                self._start_unit(_Unit(name, self._service_launcher(name, env)))
+        except BaseException:
+            self.stop()
+            raise
+        self._monitor = threading.Thread(target=self._watch, name="writ-plane-monitor", daemon=True)
+        self._monitor.start()
+
+    def stop(self) -> None:
+        """Stop services (SIGTERM, SIGKILL after 10s), then redis, then nats; forget runtime.json."""
+        self._stopping.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
+        services = [u for u in self._units.values() if u.name not in ("nats", "redis")]
+        # Signal every service first so they drain in parallel, then wait on one shared deadline.
+        for unit in services:
+            if unit.process is not None and unit.process.alive():
+                unit.process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for unit in services:
+            self._stop_unit(unit, max(0.0, deadline - time.monotonic()))
+        for name in ("redis", "nats"):
+            if name in self._units:
+                self._stop_unit(self._units[name], STOP_TIMEOUT)
+        runtime = self._read_runtime()
+        if runtime.get("pid") == os.getpid() and runtime.get("started_at") == self._started_at:
+            self.data_dir.joinpath("runtime.json").unlink(missing_ok=True)
+
+    def status(self) -> list[UnitStatus]:
+        """One snapshot per supervised process: nats, redis, then the services."""
+        return [unit.status() for unit in self._units.values()]
+
+    def pid(self, name: str) -> int | None:
+        return self._unit(name).status().pid
+
+    def kill_service(self, name: str) -> int:
+        """SIGKILL one child (a service, ``nats`` or ``redis``); the monitor restarts it.
+
+        Returns the killed pid.
+        """
+        unit = self._unit(name)
+        with unit.busy:
+            if unit.process is None:
+                raise RuntimeError(f"{name} has no process to kill (state {unit.state})")
+            unit.process.kill()
+            return unit.process.pid
+
+    def restart_service(self, name: str) -> int:
+        """Stop one child gracefully and start it again at once. Returns the new pid."""
+        unit = self._unit(name)
+        with unit.busy:
+            if unit.process is not None:
+                unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+            unit.restarts += 1
+            self._launch(unit)
+            assert unit.process is not None
+            return unit.process.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every service answers ``writ.cmd.<service>.ping``.
+
+        Raises:
+            TimeoutError: some service did not answer in time (the message has its log tail).
+        """
+        _run_coro(self.wait_ready_async(timeout))
+
+    async def wait_ready_async(self, timeout: float = 60.0) -> None:
+        """Async form of :meth:`wait_ready`."""
+        import nats
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+
+        from writ_common.subjects import command_subject
+
+        deadline = time.monotonic() + timeout
+        pending = set(self.services)
+        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane-ready")
+        try:
+            while pending and time.monotonic() < deadline:
+                for name in sorted(pending):
+                    try:
+                        reply = await nc.request(command_subject(name, "ping"), b"{}", timeout=1.0)
+                        if json.loads(reply.data).get("ok"):
+                            pending.discard(name)
+                    except (NoRespondersError, NatsTimeout, ValueError):
+                        continue  # not subscribed yet, busy starting, or a half-started reply
+                if pending:
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+        if pending:
+            tails = "\n".join(
+                f"--- {name} ({self._units[name].state}), {self.logs_dir / f'{name}.log'}:\n"
+                f"{log_tail(self.logs_dir / f'{name}.log', 10)}"
+                for name in sorted(pending)
+                if name in self._units
+            )
+            raise TimeoutError(f"not ready after {timeout:g}s: {', '.join(sorted(pending))}\n{tails}")
+
+    def __enter__(self) -> Plane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _unit(self, name: str) -> _Unit:
+        try:
+            return self._units[name]
+        except KeyError:
+            raise KeyError(f"no process named {name!r}; known: {', '.join(self._units)}") from None
+
+    def _emit(self, name: str, message: str) -> None:
+        if self._on_event is not None:
+            self._on_event(name, message)
+
+    def _service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            WRIT_DATA_DIR=str(self.data_dir),
+            WRIT_NATS_URL=self.nats_url,
+            WRIT_REDIS_URL=self.redis_url,
+            PYTHONUNBUFFERED="1",  # logs reach the file as they are written
+        )
+        return env
+
+    def _service_launcher(self, name: str, env: Mapping[str, str]) -> Callable[[], ManagedProcess]:
+        log_path = self.logs_dir / f"{name}.log"
+        return lambda: start_module(name, f"writ_{name}", log_path, env)
+
+    def _start_unit(self, unit: _Unit) -> None:
+        self._units[unit.name] = unit
+        with unit.busy:
+            self._launch(unit)
+
+    def _launch(self, unit: _Unit) -> None:
+        """Start ``unit``'s process (caller holds ``unit.busy``)."""
+        unit.state = "starting"
+        try:
+            unit.process = unit.launch()
+        except Exception as exc:
+            self._schedule_retry(unit, time.monotonic(), f"failed to start: {exc}")
+            raise
+        unit.state = "running"
+        self._emit(unit.name, f"running, pid {unit.process.pid}")
+        if self.nats_url:
+            self._write_runtime()
+
+    def _stop_unit(self, unit: _Unit, timeout: float) -> None:
+        with unit.busy:
+            if unit.process is not None and unit.state != "stopped":
+                unit.last_exit = unit.process.stop(timeout)
+                self._emit(unit.name, f"stopped (exit {unit.last_exit})")
+            unit.state = "stopped"
+
+    def _schedule_retry(self, unit: _Unit, now: float, why: str) -> None:
+        unit.state = "backoff"
+        unit.next_start = now + unit.backoff
+        self._emit(unit.name, f"{why}; restarting in {unit.backoff:g}s")
+        unit.backoff = min(unit.backoff * 2, BACKOFF_MAX)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(POLL_INTERVAL):
+            for unit in list(self._units.values()):
+                if self._stopping.is_set():
+                    return
+                if not unit.busy.acquire(blocking=False):
+                    continue  # an operator is restarting or killing it right now
+                try:
+                    self._check(unit)
+                finally:
+                    unit.busy.release()
+
+    def _check(self, unit: _Unit) -> None:
+        now = time.monotonic()
+        proc = unit.process
+        if unit.state == "running" and proc is not None and not proc.alive():
+            unit.last_exit = proc.popen.returncode
+            if now - proc.started_at >= HEALTHY_AFTER:
+                unit.backoff = BACKOFF_START
+            self._schedule_retry(unit, now, f"exited with code {unit.last_exit}")
+        elif unit.state == "backoff" and now >= unit.next_start:
+            unit.restarts += 1
+            with contextlib.suppress(Exception):  # _launch already scheduled the next try
+                self._launch(unit)
+
+    async def _ensure_streams(self) -> None:
+        import nats
+        from nats.errors import Error as NatsError
+
+        from writ_common.streams import ensure_streams
+
+        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane")
+        try:
+            for attempt in range(50):
+                try:
+                    await ensure_streams(nc.jetstream())
+                    return
+                except NatsError:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)  # JetStream may still be recovering its store
+        finally:
+            await nc.close()
+
+    # -- runtime.json -------------------------------------------------------------------------
+
+    def _read_runtime(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.data_dir.joinpath("runtime.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_runtime(self) -> None:
+        with self._file_lock:
+            _write_json_atomic(
+                self.data_dir / "runtime.json",
+                {
+                    "nats_url": self.nats_url,
+                    "redis_url": self.redis_url,
+                    "pid": os.getpid(),
+                    "started_at": self._started_at,
+                    # Lets the next start reap children orphaned by a killed supervisor.
+                    "processes": {
+                        u.name: {"pid": u.process.pid, "argv": u.process.argv}
+                        for u in self._units.values()
+                        if u.process is not None
+                    },
+                },
+            )
+
+    def _reap_stale(self, previous: Mapping[str, Any]) -> None:
+        """Refuse to share the data dir with a live plane; stop orphans of a dead one.
+
+        Two nats-servers on one store would corrupt it, and nats-server does not lock it.
+        """
+        if not previous:
+            return
+        pid = previous.get("pid")
+        if isinstance(pid, int) and _pid_alive(pid) and _accepts(str(previous.get("nats_url", ""))):
+            raise PlaneAlreadyRunning(
+                f"a Writ plane (pid {pid}) is already running on {self.data_dir} at "
+                f"{previous.get('nats_url')}; stop it first"
+            )
+        processes = previous.get("processes")
+        if isinstance(processes, dict):
+            orphans = [
+                (name, entry["pid"])
+                for name, entry in processes.items()
+                if isinstance(entry, dict) and self._owns(entry.get("pid"), entry.get("argv"))
+            ]
+            for name, orphan in orphans:
+                self._emit(name, f"stopping orphan pid {orphan} left by a previous run")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGTERM)
+            _wait_gone([pid for _, pid in orphans], STOP_TIMEOUT)
+        self.data_dir.joinpath("runtime.json").unlink(missing_ok=True)
+
+    def _owns(self, pid: object, argv: object) -> bool:
+        """Whether ``pid`` is still the process we recorded (same binary, same data dir)."""
+        if not isinstance(pid, int) or not isinstance(argv, list) or not argv:
+            return False
+        proc = Path("/proc") / str(pid)
+        try:
+            exe = os.path.realpath(proc / "exe")
+            cwd = Path(os.path.realpath(proc / "cwd"))
+            cmdline = [part.decode(errors="replace") for part in proc.joinpath("cmdline").read_bytes().split(b"\0")]
+            environ = b"\0" + proc.joinpath("environ").read_bytes() + b"\0"
+        except OSError:
+            return False  # gone, not ours to read, or no /proc on this OS
+        if exe != os.path.realpath(argv[0]):
+            return False
+        if cwd.is_relative_to(self.data_dir):
+            return True  # redis-server rewrites its cmdline but chdirs into its --dir
+        marker = str(self.data_dir)
+        return [part for part in cmdline if part] == [part for part in argv if part] and (
+            marker in " ".join(argv) or f"\0WRIT_DATA_DIR={marker}\0".encode() in environ
+        )
+
+
+def _wait_gone(pids: Iterable[int], timeout: float) -> None:
+    remaining = list(pids)
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        remaining = [pid for pid in remaining if _pid_alive(pid)]
+        time.sleep(0.05)
+    for pid in remaining:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- the blocking entry point ---------------------------------------------------------------------
+
+
+def _uptime(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _table(plane: Plane) -> Table:
+    from rich.table import Table
+
+    styles = {"running": "green", "backoff": "red", "starting": "yellow", "stopped": "dim"}
+    table = Table(
+        title=f"writ plane · {plane.data_dir}",
+        caption=f"{plane.nats_url} · {plane.redis_url} · logs in {plane.logs_dir} · Ctrl-C to stop",
+    )
+    for column in ("service", "pid", "state", "restarts", "uptime", "last exit"):
+        table.add_column(column, justify="right" if column in ("pid", "restarts", "uptime") else "left")
+    for s in plane.status():
+        table.add_row(
+            s.name,
+            str(s.pid or "-"),
+            f"[{styles.get(s.state, '')}]{s.state}[/]",
+            str(s.restarts),
+            _uptime(s.uptime),
+            "-" if s.last_exit is None else str(s.last_exit),
+        )
+    return table
+
+
+def run_plane(settings: WritSettings, *, nats_port: int | None = None, show_status: bool = True) -> None:
+    """Run the embedded plane in the foreground until Ctrl-C or SIGTERM.
+
+    Args:
+        settings: ``data_dir`` is where everything lives; a second run resumes from it.
+        nats_port: client port for nats-server (default: the last one used, else 4222, else free).
+        show_status: draw a live status table when stdout is a terminal; otherwise (or when
+            False) print one line per state change.
+
+    Raises:
+        PlaneAlreadyRunning: another supervisor serves this data dir.
+        RuntimeError: nats or redis failed to start.
+    """
+    asyncio.run(_run_plane(settings, nats_port, show_status))
+
+
+async def _run_plane(settings: WritSettings, nats_port: int | None, show_status: bool) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    live = show_status and console.is_terminal
+
+    def on_event(name: str, message: str) -> None:
+        if not live:
+            console.print(f"{time.strftime('%H:%M:%S')} {name:<9} {message}", highlight=False)
+
+    plane = Plane(settings.data_dir, nats_port=nats_port, on_event=on_event)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await asyncio.to_thread(plane.start)
+        console.print(
+            f"writ plane up · nats {plane.nats_url} · redis {plane.redis_url} · data {plane.data_dir}",
+            highlight=False,
+        )
+        if live:
+            with Live(_table(plane), console=console, refresh_per_second=4) as view:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    view.update(_table(plane))
+        else:
+            await stop.wait()
+        console.print("stopping…")
+        await asyncio.to_thread(plane.stop)
+        console.print("stopped")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

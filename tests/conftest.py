@@ -1,0 +1,63 @@
+"""Session fixtures: real servers on free ports with temporary stores; nothing is mocked.
+
+``nats_server`` and ``redis_server`` need only the binaries; ``plane`` also runs the five
+services and waits until each answers ``ping``. Everything is stopped by pid at teardown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from writ.runtime.processes import ManagedProcess, free_port, start_nats, start_redis
+from writ.runtime.supervisor import Plane
+
+
+@pytest.fixture(scope="session")
+def nats_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A nats-server with JetStream (fsync always) on a free port and a temporary store."""
+    proc = start_nats(tmp_path_factory.mktemp("nats") / "store")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(nats_process: ManagedProcess) -> str:
+    """URL of the session's nats-server."""
+    return nats_process.url
+
+
+@pytest.fixture(scope="session")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A redis-server (append-only file) on a free port and a temporary directory."""
+    proc = start_redis(tmp_path_factory.mktemp("redis") / "data")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_process: ManagedProcess) -> str:
+    """URL of the session's redis-server."""
+    return redis_process.url
+
+
+@pytest.fixture(scope="session")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    """The whole embedded plane on a temporary data dir, started once per session.
+
+    Has ``.data_dir``, ``.nats_url``, ``.redis_url`` and ``.settings`` (a ``WritSettings``
+    pointing at it), plus ``kill_service`` / ``restart_service`` for fault tests.
+    """
+    # Free ports, not 4222/6379: never collide with a developer's own `writ up`.
+    running = Plane(tmp_path_factory.mktemp("plane") / "data", nats_port=free_port(), redis_port=free_port())
+    running.start()
+    try:
+        running.wait_ready(timeout=60.0)
+        yield running
+    finally:
+        running.stop()

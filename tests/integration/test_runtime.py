@@ -1,0 +1,80 @@
+"""The embedded runtime's servers: durable JetStream, a live Redis, a supervisor that restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import nats
+import pytest
+import redis.asyncio
+
+from writ.runtime.processes import ManagedProcess, free_port, start_nats
+from writ.runtime.supervisor import Plane
+
+pytestmark = pytest.mark.integration
+
+
+def test_nats_runs_jetstream_with_fsync_on_every_write(nats_process: ManagedProcess) -> None:
+    conf = Path(nats_process.argv[-1]).read_text()
+    assert "sync_interval: always" in conf
+    assert "listen: 127.0.0.1:" in conf
+    assert nats_process.monitor_url is not None
+    with urllib.request.urlopen(f"{nats_process.monitor_url}/varz", timeout=5) as response:
+        varz = json.load(response)
+    assert varz["jetstream"]["config"]["sync_always"] is True
+    assert varz["host"] == "127.0.0.1"
+
+
+async def test_redis_answers_ping_with_append_only_file(redis_server: str) -> None:
+    client = redis.asyncio.from_url(redis_server)
+    try:
+        assert await client.ping() is True
+        assert await client.config_get("appendonly") == {"appendonly": "yes"}
+    finally:
+        await client.aclose()
+
+
+async def test_acked_message_survives_sigkill_and_restart_on_same_store(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = start_nats(store, monitor=False)
+    try:
+        nc = await nats.connect(first.url)
+        js = nc.jetstream()
+        await js.add_stream(name="RUNTIME_T", subjects=["runtime.t.>"])
+        ack = await js.publish("runtime.t.1", b"kept")
+        await nc.close()
+    finally:
+        first.kill()  # no graceful shutdown: only the fsync before the ack can save it
+
+    second = start_nats(store, monitor=False)
+    try:
+        nc = await nats.connect(second.url)
+        msg = await nc.jetstream().get_msg("RUNTIME_T", ack.seq)
+        await nc.close()
+    finally:
+        second.stop()
+    assert msg.data == b"kept"
+
+
+def test_plane_restarts_a_killed_child_and_forgets_runtime_file_on_stop(tmp_path: Path) -> None:
+    plane = Plane(tmp_path / "data", nats_port=free_port(), redis_port=free_port(), services=())
+    plane.start()
+    try:
+        runtime = json.loads((plane.data_dir / "runtime.json").read_text())
+        assert runtime["nats_url"] == plane.nats_url
+        assert runtime["redis_url"] == plane.redis_url
+        assert plane.settings.resolved_nats_url() == plane.nats_url
+
+        killed = plane.kill_service("redis")
+        deadline = time.monotonic() + 10
+        while plane.pid("redis") in (None, killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert plane.pid("redis") not in (None, killed)
+        assert {s.name: s.restarts for s in plane.status()} == {"nats": 0, "redis": 1}
+    finally:
+        plane.stop()
+    assert not (plane.data_dir / "runtime.json").exists()
+    assert all(s.state == "stopped" for s in plane.status())
