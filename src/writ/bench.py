@@ -38,7 +38,9 @@ def percentile(samples: list[float], q: float) -> float:
 async def through_plane(nats_url: str, n: int, warmup: int) -> list[float]:
     nc = await nats.connect(nats_url)
     key = generate_key()
-    await commands.call(nc, "identity", "register_agent", {"agent_id": "bench-agent", "public_key": public_key_b64(key)})
+    await commands.call(
+        nc, "identity", "register_agent", {"agent_id": "bench-agent", "public_key": public_key_b64(key)}
+    )
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     await commands.call(nc, "policy", "load", {"cedar": POLICY.read_text()})
     agent = WritAgent(nc, "bench-agent", key)

@@ -101,8 +101,13 @@ async def test_allowed_intent_returns_the_tools_real_output_in_a_signed_receipt(
 @pytest.mark.parametrize(
     ("tool", "arguments", "status", "stage", "code"),
     [
-        ("convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}, "denied",
-         "authorize", "forbidden"),
+        (
+            "convert_time",
+            {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"},
+            "denied",
+            "authorize",
+            "forbidden",
+        ),
         ("get_current_time", {"timezone": 42}, "rejected", "plan", "invalid_arguments"),
         ("get_current_time", {}, "rejected", "plan", "invalid_arguments"),
         ("no_such_tool", {}, "rejected", "plan", "unknown_tool"),
@@ -184,12 +189,24 @@ async def test_stale_append_is_refused_by_the_server_and_the_handler_recovers(sp
         calls += 1
         if calls == 1:  # another replica appends between our fold and our append
             last = (await read_history(spine.nc, spine.agent.agent_id, intent_id)).last_seq
-            await append(spine.js, event(ev.IntentPlanned(
-                server="s", tool="t", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations()
-            )), expected_last_seq=last)
-        return [] if view.planned else [ev.IntentPlanned(
-            server="s", tool="mine", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations()
-        )]
+            await append(
+                spine.js,
+                event(
+                    ev.IntentPlanned(
+                        server="s", tool="t", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations()
+                    )
+                ),
+                expected_last_seq=last,
+            )
+        return (
+            []
+            if view.planned
+            else [
+                ev.IntentPlanned(
+                    server="s", tool="mine", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations()
+                )
+            ]
+        )
 
     appended = await spine.services[0].run_stage(trigger, "plan", racing_decide)
     assert calls == 2 and appended == []
@@ -216,7 +233,9 @@ async def test_malformed_message_is_dead_lettered_and_the_consumer_keeps_serving
     bogus_intent = f"in-bogus{uuid.uuid4().hex[:10]}"
     subject = f"writ.intent.{spine.agent.agent_id}.{bogus_intent}.{event}"
     await spine.js.publish(subject, b'{"this is": "not an event"')
-    consumer = {"submitted": "identity", "authenticated": "registry", "planned": "policy", "authorized": "executor"}[event]
+    consumer = {"submitted": "identity", "authenticated": "registry", "planned": "policy", "authorized": "executor"}[
+        event
+    ]
 
     async def dead_letters() -> list[str]:
         msgs = await direct_get_batch(spine.nc, subjects.DLQ_STREAM, subjects.dlq_subject(consumer))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from mcp import ClientSession
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, RequestParamsMeta
 
 from writ_common import events as ev
 from writ_common.mcp_client import open_session
@@ -93,7 +93,7 @@ class SessionPool:
         session = await self._session(server)
         try:
             return await asyncio.wait_for(
-                session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=meta),  # type: ignore[arg-type]
+                session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)),
                 timeout,
             )
         except TimeoutError:

@@ -54,7 +54,7 @@ def build(settings: WritSettings) -> Service:
         if await redis.set(key, intent_id, nx=True, ex=ttl):
             return True
         seen = await redis.get(key)
-        return seen is not None and seen.decode() == intent_id
+        return seen is not None and (seen.decode() if isinstance(seen, bytes) else seen) == intent_id
 
     async def on_submitted(trigger: StoredEvent, _raw: Msg) -> None:
         async def decide(view: IntentView) -> list[ev.Payload]:

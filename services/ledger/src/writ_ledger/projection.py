@@ -67,7 +67,8 @@ class Projection:
             if status is not None and env.intent_id and env.agent_id:
                 self._apply_status(event, status)
             self._db.execute(
-                "INSERT INTO tracking(view, seq) VALUES('intents', ?) ON CONFLICT(view) DO UPDATE SET seq = excluded.seq",
+                "INSERT INTO tracking(view, seq) VALUES('intents', ?)"
+                " ON CONFLICT(view) DO UPDATE SET seq = excluded.seq",
                 (event.seq,),
             )
 

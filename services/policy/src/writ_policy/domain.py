@@ -74,7 +74,7 @@ def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]
     assert intent is not None and planned is not None and view.agent_id
     teams = auth.teams if auth else []
     tool_uid = f"{planned.server}/{planned.tool}"
-    entities = [
+    entities: list[dict[str, Any]] = [
         {
             "uid": {"type": "Agent", "id": view.agent_id},
             "attrs": {"owner": (auth.owner if auth and auth.owner else "")},
@@ -94,7 +94,7 @@ def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]
             "parents": [],
         },
     ]
-    request = {
+    request: dict[str, Any] = {
         "principal": f'Agent::"{view.agent_id}"',
         "action": 'Action::"call_tool"',
         "resource": f'Tool::"{tool_uid}"',

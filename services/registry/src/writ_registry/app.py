@@ -56,10 +56,10 @@ def build(settings: WritSettings) -> Service:
             if view.planned is not None or view.authenticated is None or view.submitted is None:
                 return []
             decision = plan(view, catalog, validators)
-            if isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool" and follower:
-                # A server registered a moment ago may not be folded yet: catch up once, then decide.
-                if await follower.ensure_fresh():
-                    decision = plan(view, catalog, validators)
+            unknown = isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool"
+            # A server registered a moment ago may not be folded yet: catch up once, then decide.
+            if unknown and follower is not None and await follower.ensure_fresh():
+                decision = plan(view, catalog, validators)
             return [decision]
 
         await svc.run_stage(trigger, "plan", decide)
