@@ -275,3 +275,35 @@ async def assert_one_receipt(spine: Spine, intent_id: str) -> None:
     msgs = await direct_get_batch(spine.nc, subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id))
     assert len(msgs) == 1
     assert await fetch_receipt(spine.nc, intent_id) is not None
+
+
+async def test_a_tool_server_over_streamable_http(spine: Spine) -> None:
+    import subprocess
+
+    from writ.runtime import free_port
+
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).parents[1] / "servers" / "echo_http.py"),
+        str(port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        for _ in range(100):
+            try:
+                body = {"name": "echo", "transport": "http", "url": url}
+                await commands.call(spine.nc, "registry", "add_server", body)
+                break
+            except commands.CommandError as exc:
+                assert exc.code == "discovery_failed"
+                await asyncio.sleep(0.1)
+        receipt = await spine.agent.call("echo/echo", {"text": "über-ok"}, timeout=30)
+        assert receipt.status == "succeeded", receipt.reason
+        assert receipt.result is not None
+        assert "über-ok" in str(receipt.result["content"])
+    finally:
+        server.terminate()
+        await server.wait()
