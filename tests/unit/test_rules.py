@@ -14,7 +14,8 @@ from writ_common.envelope import Producer, StoredEvent, decode, encode, make_env
 from writ_common.fold import IntentView, fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import generate_key, key_id, public_key_b64
-from writ_executor.domain import Invoke, next_step
+from writ_executor.breaker import CircuitBreaker
+from writ_executor.domain import CallError, Invoke, after_error, next_step
 from writ_identity.domain import Agent, check_intent
 from writ_policy.domain import PolicyError, compile_bundle, decide
 from writ_registry.domain import Validators, plan
@@ -191,3 +192,69 @@ def test_fold_keeps_the_first_terminal_event() -> None:
         intent, ev.IntentRejected(stage="plan", code="x", reason="x"), ev.IntentExpired(stage="plan", reason="late")
     )
     assert view.status == "rejected" and view.terminal is not None and view.terminal.type == "intent.rejected"
+
+
+class TestRetries:
+    def authorized(self, idempotent: bool, *later: ev.Payload, deadline_seconds: float = 300) -> IntentView:
+        intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=deadline_seconds), KEY)
+        planned = ev.IntentPlanned(
+            server="s",
+            tool="t",
+            tool_digest="d",
+            args_digest="a",
+            annotations=ev.ToolAnnotations(idempotent=idempotent),
+        )
+        return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
+
+    def started(self, attempt: int) -> ev.ExecutionStarted:
+        return ev.ExecutionStarted(attempt=attempt, idempotency_key="k", server="s", tool="t")
+
+    def test_a_call_that_surely_did_not_run_is_retried_with_backoff_even_if_not_idempotent(self) -> None:
+        view = self.authorized(False, self.started(1))
+        payload = after_error(view, 1, CallError("not_sent", "server_unavailable", "down"), now=datetime.now(UTC))
+        assert isinstance(payload, ev.ExecutionAttemptFailed)
+        assert 0 <= payload.retry_after_ms <= 500
+        assert next_step(self.authorized(False, self.started(1), payload)) == Invoke(attempt=2)
+
+    def test_an_interrupted_call_is_unknown_unless_the_tool_is_idempotent(self) -> None:
+        error = CallError("interrupted", "call_interrupted", "connection reset")
+        unknown = after_error(self.authorized(False, self.started(1)), 1, error, now=datetime.now(UTC))
+        assert isinstance(unknown, ev.ExecutionOutcomeUnknown)
+        retry = after_error(self.authorized(True, self.started(1)), 1, error, now=datetime.now(UTC))
+        assert isinstance(retry, ev.ExecutionAttemptFailed)
+
+    def test_attempts_are_bounded(self) -> None:
+        error = CallError("not_sent", "server_unavailable", "down")
+        final = after_error(self.authorized(True, self.started(3)), 3, error, now=datetime.now(UTC), max_attempts=3)
+        assert isinstance(final, ev.ExecutionFailed) and "gave up after 3 attempts" in final.reason
+
+    def test_no_retry_past_the_deadline(self) -> None:
+        view = self.authorized(True, self.started(1), deadline_seconds=0.01)
+        error = CallError("not_sent", "server_unavailable", "down")
+        final = after_error(view, 1, error, now=datetime.now(UTC) + timedelta(seconds=1))
+        assert isinstance(final, ev.ExecutionFailed) and "deadline" in final.reason
+
+    def test_a_protocol_refusal_is_final(self) -> None:
+        error = CallError("refused", "mcp_error", "unknown tool")
+        assert isinstance(after_error(self.authorized(True), 1, error, now=datetime.now(UTC)), ev.ExecutionFailed)
+
+
+class TestCircuitBreaker:
+    def test_opens_after_threshold_fails_fast_then_half_opens_and_closes(self) -> None:
+        breaker = CircuitBreaker(failure_threshold=2, cooldown=5)
+        assert breaker.record_failure(0, "x") is None
+        opened = breaker.record_failure(1, "x")
+        assert opened is not None and (opened.from_state, opened.to_state) == ("closed", "open")
+        assert breaker.allow(2) == (False, None)
+        allowed, half = breaker.allow(7)
+        assert allowed and half is not None and half.to_state == "half_open"
+        assert breaker.allow(7.1) == (False, None)  # one trial at a time
+        closed = breaker.record_success()
+        assert closed is not None and closed.to_state == "closed"
+
+    def test_a_failed_trial_reopens(self) -> None:
+        breaker = CircuitBreaker(failure_threshold=1, cooldown=1)
+        breaker.record_failure(0, "x")
+        breaker.allow(2)
+        reopened = breaker.record_failure(2, "still down")
+        assert reopened is not None and (reopened.from_state, reopened.to_state) == ("half_open", "open")

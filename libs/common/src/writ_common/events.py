@@ -66,6 +66,7 @@ class IntentPlanned(Payload, frozen=True, kw_only=True):
     tool_digest: str
     args_digest: str
     annotations: ToolAnnotations
+    idempotency_arg: str | None = None  # the tool takes the idempotency key as this argument
 
 
 class IntentAuthorized(Payload, frozen=True, kw_only=True):
@@ -122,6 +123,16 @@ class ExecutionOutcomeUnknown(Payload, frozen=True, kw_only=True):
     reason: str
 
 
+class ExecutionAttemptFailed(Payload, frozen=True, kw_only=True):
+    """One attempt failed in a way known not to have taken effect (or on an idempotent tool);
+    another attempt follows after ``retry_after_ms`` unless attempts or the deadline run out."""
+
+    attempt: int
+    code: str
+    reason: str
+    retry_after_ms: int
+
+
 # --- control streams: identity, registry, policy, ledger ------------------------------------
 
 
@@ -155,6 +166,28 @@ class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
 class ToolsDiscovered(Payload, frozen=True, kw_only=True):
     server: str
     tools: list[ToolDefinition]
+
+
+class ToolOverrideSet(Payload, frozen=True, kw_only=True):
+    """An operator's word on a tool where its MCP annotations are missing or wrong."""
+
+    server: str
+    tool: str
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+    idempotency_arg: str | None = None
+
+
+class BreakerTransitioned(Payload, frozen=True, kw_only=True):
+    """A tool server's circuit breaker changed state (closed, open, half_open)."""
+
+    server: str
+    from_state: Literal["closed", "open", "half_open"]
+    to_state: Literal["closed", "open", "half_open"]
+    reason: str
+    consecutive_failures: int
 
 
 class PolicyBundlePublished(Payload, frozen=True, kw_only=True):
@@ -212,9 +245,12 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("execution.succeeded", 1): ExecutionSucceeded,
     ("execution.failed", 1): ExecutionFailed,
     ("execution.outcome_unknown", 1): ExecutionOutcomeUnknown,
+    ("execution.attempt_failed", 1): ExecutionAttemptFailed,
     ("agent.registered", 1): AgentRegistered,
     ("server.registered", 1): ServerRegistered,
     ("tools.discovered", 1): ToolsDiscovered,
+    ("tool.override_set", 1): ToolOverrideSet,
+    ("breaker.transitioned", 1): BreakerTransitioned,
     ("policy.published", 1): PolicyBundlePublished,
     ("receipt.recorded", 1): Receipt,
 }

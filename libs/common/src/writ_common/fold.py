@@ -22,6 +22,7 @@ class IntentView:
     authorized: ev.IntentAuthorized | None = None
     approval: ev.ApprovalRequested | None = None
     started: list[ev.ExecutionStarted] = field(default_factory=list)
+    attempt_failures: list[ev.ExecutionAttemptFailed] = field(default_factory=list)
     terminal: StoredEvent | None = None
     events: list[StoredEvent] = field(default_factory=list)
 
@@ -41,6 +42,13 @@ class IntentView:
     @property
     def last_attempt(self) -> int:
         return self.started[-1].attempt if self.started else 0
+
+    @property
+    def last_attempt_failed(self) -> ev.ExecutionAttemptFailed | None:
+        """The failure of the latest attempt, if that attempt is known to have failed."""
+        if self.attempt_failures and self.attempt_failures[-1].attempt == self.last_attempt:
+            return self.attempt_failures[-1]
+        return None
 
     def has(self, event_type: str) -> bool:
         return any(e.type == event_type for e in self.events)
@@ -95,6 +103,8 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
                 view.approval = payload
             case ev.ExecutionStarted():
                 view.started.append(payload)
+            case ev.ExecutionAttemptFailed():
+                view.attempt_failures.append(payload)
             case _:
                 pass
         if event.type in ev.TERMINAL_TYPES:

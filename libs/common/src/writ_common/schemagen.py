@@ -40,6 +40,8 @@ CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "agent.registered": (subjects.agent_subject("{agent_id}"), subjects.IDENTITY_STREAM),
     "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
     "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
+    "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
+    "breaker.transitioned": (subjects.breaker_subject("{server}"), subjects.EXECUTOR_STREAM),
     "policy.published": (subjects.POLICY_SUBJECT, subjects.POLICY_STREAM),
     "receipt.recorded": (subjects.receipt_subject("{intent_id}"), subjects.LEDGER_STREAM),
 }
@@ -57,18 +59,25 @@ INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
 # "agent" is the SDK / CLI acting for an agent.
 SENDS: dict[str, tuple[str, ...]] = {
     "agent": ("intent.submitted",),
-    "identity": ("intent.authenticated", "intent.rejected", "agent.registered"),
-    "registry": ("intent.planned", "intent.rejected", "server.registered", "tools.discovered"),
+    "identity": ("intent.authenticated", "intent.rejected", "intent.expired", "agent.registered"),
+    "registry": (
+        "intent.planned",
+        "intent.rejected",
+        "intent.expired",
+        "server.registered",
+        "tools.discovered",
+        "tool.override_set",
+    ),
     "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.requested", "policy.published"),
-    "executor": ("execution.*",),
+    "executor": ("execution.*", "intent.expired", "breaker.transitioned"),
     "ledger": ("receipt.recorded",),
 }
 RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
     "identity": ("intent.submitted", "agent.registered"),
-    "registry": ("intent.authenticated", "server.registered", "tools.discovered"),
+    "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set"),
     "policy": ("intent.planned", "policy.published"),
-    "executor": ("intent.authorized", "server.registered", "tools.discovered"),
+    "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set"),
     "ledger": (INTENTS,),
 }
 SERVICES = ("identity", "registry", "policy", "executor", "ledger")  # each may dead-letter

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +34,17 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 FENCE_RETRIES = 8
 
+
+class Redeliver(Exception):
+    """Ask JetStream to deliver this message again after ``delay`` seconds (a scheduled retry,
+    a lease held elsewhere): not a failure, so no traceback in the log."""
+
+    def __init__(self, delay: float, why: str) -> None:
+        super().__init__(why)
+        self.delay = delay
+        self.why = why
+
+
 Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -48,6 +60,7 @@ class Service:
             settings.resolved_nats_url(), name=f"writ-{name}", max_reconnect_attempts=-1, logger=None
         )
         self.dead_letters = 0
+        self._appends = 0
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
 
@@ -114,6 +127,10 @@ class Service:
                     **{"writ.intent_id": event.envelope.intent_id or "", "writ.service": self.name},
                 ):
                     await handler(event, raw)
+            except Redeliver as again:
+                log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
+                await msg.nack(delay=again.delay)
+                return
             except Exception:
                 delivered = raw.metadata.num_delivered
                 log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
@@ -162,7 +179,15 @@ class Service:
             ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt)
             last_seq = ack.seq
             seqs.append(ack.seq)
+            self._fault_point()
         return seqs
+
+    def _fault_point(self) -> None:
+        """Test-only fault hook: die right after the N-th append, before the ack (fault tests)."""
+        self._appends += 1
+        if self.settings.fault_exit_after_appends and self._appends == self.settings.fault_exit_after_appends:
+            log.warning("%s: fault hook: exiting after append %d, before the ack", self.name, self._appends)
+            os._exit(86)
 
     # -- control commands ---------------------------------------------------------------------
 

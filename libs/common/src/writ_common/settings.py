@@ -28,6 +28,10 @@ class WritSettings(BaseSettings):
     request_timeout: float = 30.0
     tool_timeout: float = 60.0
     default_deadline_seconds: float = 300.0
+    max_attempts: int = 3
+    fault_exit_after_appends: int = Field(
+        default=0, description="Test only: exit the process right after this many appends, before acking"
+    )
 
     def runtime_file(self) -> Path:
         return self.data_dir / "runtime.json"

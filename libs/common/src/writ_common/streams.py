@@ -44,6 +44,13 @@ STREAMS: tuple[StreamConfig, ...] = (
         allow_direct=True,
     ),
     StreamConfig(
+        name=subjects.EXECUTOR_STREAM,
+        subjects=["writ.executor.>"],
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        allow_direct=True,
+    ),
+    StreamConfig(
         name=subjects.LEDGER_STREAM,
         subjects=["writ.ledger.>"],
         storage=StorageType.FILE,

@@ -6,6 +6,7 @@ INTENTS_STREAM = "WRIT_INTENTS"
 IDENTITY_STREAM = "WRIT_IDENTITY"
 REGISTRY_STREAM = "WRIT_REGISTRY"
 POLICY_STREAM = "WRIT_POLICY"
+EXECUTOR_STREAM = "WRIT_EXECUTOR"
 LEDGER_STREAM = "WRIT_LEDGER"
 DLQ_STREAM = "WRIT_DLQ"
 
@@ -46,7 +47,15 @@ def tools_subject(server: str) -> str:
     return f"writ.registry.server.{server}.tools"
 
 
+def override_subject(server: str) -> str:
+    return f"writ.registry.server.{server}.override"
+
+
 POLICY_SUBJECT = "writ.policy.bundle.published"
+
+
+def breaker_subject(server: str) -> str:
+    return f"writ.executor.breaker.{server}"
 
 
 def receipt_subject(intent_id: str) -> str:

@@ -1,4 +1,9 @@
-"""Executor service wiring: consumes intent.authorized and makes the one call with outside effects."""
+"""Executor service wiring: consumes intent.authorized and makes the one call with outside effects.
+
+Order of a call: fold -> lease (Redis, fail closed) -> fold again -> append execution.started
+(fenced) -> call under the lease, renewing it and the ack deadline -> append the outcome -> ack.
+A crash anywhere is seen on redelivery by the fold.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,37 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.asyncio as aioredis
+from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import StaleAppend, read_history
+from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
 from writ_common.control import ControlFollower
-from writ_common.envelope import StoredEvent
+from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Service, expired_or_none
+from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
 from writ_common.settings import WritSettings
-from writ_executor.domain import Invoke, idempotency_key, next_step, outcome
-from writ_executor.sessions import ServerUnavailable, SessionPool
+from writ_executor.breaker import CircuitBreaker, Transition
+from writ_executor.domain import CallError, Invoke, after_error, call_arguments, idempotency_key, next_step, outcome
+from writ_executor.lease import Leases, LeaseUnavailable
+from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
 
 log = logging.getLogger(__name__)
 
 ACK_WAIT = 30.0
+LEASE_BUSY_RETRY = 2.0
 
 
 def build(settings: WritSettings) -> Service:
     svc = Service("executor", settings)
     catalog = Catalog()
     pool = SessionPool()
+    breakers: dict[str, CircuitBreaker] = {}
+    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
     follower: ControlFollower | None = None
 
     async def startup() -> None:
@@ -44,9 +57,28 @@ def build(settings: WritSettings) -> Service:
             await follower.ensure_fresh()
         return catalog.servers.get(name)
 
+    async def record_transition(server: str, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        log.warning("breaker %s: %s -> %s (%s)", server, transition.from_state, transition.to_state, transition.reason)
+        event = ev.BreakerTransitioned(
+            server=server,
+            from_state=transition.from_state,
+            to_state=transition.to_state,
+            reason=transition.reason,
+            consecutive_failures=transition.consecutive_failures,
+        )
+        with contextlib.suppress(Exception):  # a lost transition record must not fail the call
+            await append_control(
+                svc.js,
+                subjects.breaker_subject(server),
+                make_envelope(event, producer=svc.producer),
+                message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
+            )
+
     async def invoke(view: IntentView, attempt: int, raw: Msg) -> ev.Payload:
-        planned, intent = view.planned, view.submitted
-        assert planned is not None and intent is not None
+        planned = view.planned
+        assert planned is not None and view.intent_id
         server = await server_for(planned.server)
         if server is None:
             return ev.ExecutionFailed(
@@ -55,73 +87,108 @@ def build(settings: WritSettings) -> Service:
                 code="unknown_server",
                 reason=f"unknown_server: {planned.server!r} is not registered",
             )
+        breaker = breakers.setdefault(server.name, CircuitBreaker())
+        allowed, transition = breaker.allow(time.monotonic())
+        await record_transition(server.name, transition)
+        if not allowed:
+            wait = breaker.retry_in(time.monotonic())
+            fast = CallError("not_sent", "circuit_open", f"{server.name!r} is failing; breaker open for {wait:.1f}s more")
+            return after_error(view, attempt, fast, now=datetime.now(UTC), max_attempts=settings.max_attempts)
         timeout = settings.tool_timeout
         if (deadline := view.deadline) is not None:
             timeout = min(timeout, max(0.001, (deadline - datetime.now(UTC)).total_seconds()))
         meta = {"writ/idempotency_key": idempotency_key(view), "writ/attempt": attempt}
-        heartbeat = asyncio.create_task(keep_alive(raw))
+        heartbeat = asyncio.create_task(keep_alive(raw, leases, view.intent_id, attempt))
         started = time.perf_counter()
+        error: CallError | None = None
         try:
-            result = await pool.call(server, planned.tool, intent.arguments, meta=meta, timeout=timeout)
-        except TimeoutError:
-            if planned.annotations.idempotent:
-                return ev.ExecutionFailed(
-                    attempt=attempt, retryable=True, code="timeout", reason=f"timeout: no answer within {timeout:.1f}s"
-                )
-            return ev.ExecutionOutcomeUnknown(
-                attempt=attempt,
-                reason=f"outcome_unknown: no answer within {timeout:.1f}s; the call may have taken effect",
-            )
+            result = await pool.call(server, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
         except ServerUnavailable as exc:
-            return ev.ExecutionFailed(
-                attempt=attempt, retryable=True, code="server_unavailable", reason=f"server_unavailable: {exc}"
-            )
-        except Exception as exc:
-            return ev.ExecutionFailed(
-                attempt=attempt, retryable=False, code="mcp_error", reason=f"mcp_error: {type(exc).__name__}: {exc}"
-            )
+            error = CallError("not_sent", "server_unavailable", str(exc))
+        except CallInterrupted as exc:
+            error = CallError("interrupted", "call_interrupted", str(exc))
+        except MCPError as exc:
+            error = CallError("refused", "mcp_error", f"{server.name!r} refused the call: {exc.message}")
         finally:
             heartbeat.cancel()
+        if error is not None:
+            if error.kind != "refused":
+                await record_transition(server.name, breaker.record_failure(time.monotonic(), error.message))
+            return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=settings.max_attempts)
+        await record_transition(server.name, breaker.record_success())
         elapsed = (time.perf_counter() - started) * 1000
         dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return outcome(attempt, dumped, bool(result.is_error), elapsed)
 
+    async def fold(trigger: StoredEvent) -> tuple[IntentView, int]:
+        history = await read_history(svc.nc, trigger.envelope.agent_id or "", trigger.envelope.intent_id or "")
+        return fold_intent(history.events), history.last_seq
+
+    def decide(view: IntentView) -> Invoke | ev.Payload | None:
+        expired = expired_or_none(view, "execute")
+        return expired[0] if expired else next_step(view, settings.max_attempts)
+
     async def on_authorized(trigger: StoredEvent, raw: Msg) -> None:
         for _ in range(FENCE_RETRIES):
-            history = await read_history(svc.nc, trigger.envelope.agent_id or "", trigger.envelope.intent_id or "")
-            view = fold_intent(history.events)
-            expired = expired_or_none(view, "execute")
-            step = expired[0] if expired else next_step(view)
+            view, last_seq = await fold(trigger)
+            step = decide(view)
             if step is None:
                 return
-            try:
-                if not isinstance(step, Invoke):
-                    await svc.append_all(view, trigger, [step], history.last_seq, attempt=view.last_attempt)
-                    return
-                assert view.planned is not None
-                started = ev.ExecutionStarted(
-                    attempt=step.attempt,
-                    idempotency_key=idempotency_key(view),
-                    server=view.planned.server,
-                    tool=view.planned.tool,
-                )
-                # Recorded before the call: a crash after this point is seen on redelivery.
-                [started_seq] = await svc.append_all(view, trigger, [started], history.last_seq, attempt=step.attempt)
-            except StaleAppend:
-                continue
-            result = await invoke(view, step.attempt, raw)
-            try:
-                await svc.append_all(view, trigger, [result], started_seq, attempt=step.attempt)
-            except StaleAppend:
-                log.warning("%s: intent ended elsewhere while attempt %d ran", view.intent_id, step.attempt)
+            if not isinstance(step, Invoke):
+                try:
+                    await svc.append_all(view, trigger, [step], last_seq, attempt=view.last_attempt)
+                except StaleAppend:
+                    continue
+                return
+            await attempt_call(trigger, raw, step.attempt)
             return
         raise RuntimeError(f"{trigger.envelope.intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
+    async def attempt_call(trigger: StoredEvent, raw: Msg, attempt: int) -> None:
+        intent_id = trigger.envelope.intent_id or ""
+        try:
+            if not await leases.acquire(intent_id, attempt):
+                raise Redeliver(LEASE_BUSY_RETRY, f"attempt {attempt} is leased by another executor")
+        except LeaseUnavailable as exc:
+            raise Redeliver(LEASE_BUSY_RETRY, f"not executing without a lease: {exc}") from exc
+        try:
+            view, last_seq = await fold(trigger)  # under the lease: the latest word
+            if decide(view) != Invoke(attempt):
+                raise Redeliver(0.0, "the intent moved on while taking the lease")
+            assert view.planned is not None
+            started = ev.ExecutionStarted(
+                attempt=attempt,
+                idempotency_key=idempotency_key(view),
+                server=view.planned.server,
+                tool=view.planned.tool,
+            )
+            try:
+                # Recorded before the call: a crash after this point is seen on redelivery.
+                [started_seq] = await svc.append_all(view, trigger, [started], last_seq, attempt=attempt)
+            except StaleAppend as exc:
+                raise Redeliver(0.0, "the intent moved on before the call started") from exc
+            result = await invoke(view, attempt, raw)
+            try:
+                await svc.append_all(view, trigger, [result], started_seq, attempt=attempt)
+            except StaleAppend:
+                log.warning("%s: intent ended elsewhere while attempt %d ran", intent_id, attempt)
+                return
+        finally:
+            await leases.release(intent_id, attempt)
+        if isinstance(result, ev.ExecutionAttemptFailed):
+            raise Redeliver(result.retry_after_ms / 1000, f"attempt {attempt} failed: {result.reason}")
+
     async def ping(_body: dict[str, Any]) -> Any:
-        return {"service": svc.name, "servers": len(catalog.servers), "dead_letters": svc.dead_letters}
+        return {
+            "service": svc.name,
+            "servers": len(catalog.servers),
+            "dead_letters": svc.dead_letters,
+            "breakers": {name: b.state for name, b in breakers.items()},
+        }
 
     svc.on_startup(startup)
     svc.on_shutdown(pool.close)
+    svc.on_shutdown(redis.aclose)
     # One call at a time per replica; ack_wait is extended by in_progress() while a call runs.
     svc.consume_intents(
         subjects.intents_of_type("intent.authorized"),
@@ -134,9 +201,10 @@ def build(settings: WritSettings) -> Service:
     return svc
 
 
-async def keep_alive(raw: Msg) -> None:
-    """Tell JetStream we are still working on ``raw`` so it is not redelivered mid-call."""
+async def keep_alive(raw: Msg, leases: Leases, intent_id: str, attempt: int) -> None:
+    """While a call runs: keep the message from redelivery and the lease from expiring."""
     while True:
         await asyncio.sleep(ACK_WAIT / 3)
         with contextlib.suppress(Exception):
             await raw.in_progress()
+        await leases.renew(intent_id, attempt)

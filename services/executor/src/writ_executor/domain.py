@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from writ_common import events as ev
 from writ_common.digest import approval_digest, sha256_digest
 from writ_common.fold import IntentView
+
+MAX_ATTEMPTS = 3
+BACKOFF_BASE = 0.5  # seconds; attempt n waits uniform(0, min(cap, base * 2**(n-1)))
+BACKOFF_CAP = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +23,21 @@ class Invoke:
     attempt: int
 
 
-def next_step(view: IntentView) -> Invoke | ev.Payload | None:
+@dataclass(frozen=True, slots=True)
+class CallError:
+    """How a call went wrong, as far as the executor can tell.
+
+    ``not_sent``: the server was unreachable or its breaker open; the call surely did not run.
+    ``interrupted``: the connection broke or timed out after the call was sent; it may have run.
+    ``refused``: the server answered with a protocol error; retrying will not help.
+    """
+
+    kind: Literal["not_sent", "interrupted", "refused"]
+    code: str
+    message: str
+
+
+def next_step(view: IntentView, max_attempts: int = MAX_ATTEMPTS) -> Invoke | ev.Payload | None:
     """What the executor must do for an authorized intent, given what the log says happened.
 
     Started but never finished means a previous executor died mid-call: only a tool known to
@@ -28,9 +48,10 @@ def next_step(view: IntentView) -> Invoke | ev.Payload | None:
         return None
     if view.approval is not None and (mismatch := approval_mismatch(view)):
         return ev.ExecutionFailed(attempt=view.last_attempt, retryable=False, code="approval_mismatch", reason=mismatch)
-    if view.started:
-        if view.planned.annotations.idempotent:
-            return Invoke(attempt=view.last_attempt + 1)
+    if not view.started:
+        return Invoke(attempt=1)
+    failed = view.last_attempt_failed
+    if failed is None and not view.planned.annotations.idempotent:
         return ev.ExecutionOutcomeUnknown(
             attempt=view.last_attempt,
             reason=(
@@ -38,7 +59,52 @@ def next_step(view: IntentView) -> Invoke | ev.Payload | None:
                 f"{view.planned.tool} was interrupted; it may or may not have run"
             ),
         )
-    return Invoke(attempt=1)
+    if view.last_attempt >= max_attempts:
+        why = failed.reason if failed else "the executor was interrupted during every attempt"
+        return ev.ExecutionFailed(
+            attempt=view.last_attempt,
+            retryable=True,
+            code=failed.code if failed else "attempts_exhausted",
+            reason=f"{why} (gave up after {view.last_attempt} attempts)",
+        )
+    return Invoke(attempt=view.last_attempt + 1)
+
+
+def after_error(
+    view: IntentView,
+    attempt: int,
+    error: CallError,
+    *,
+    now: datetime,
+    max_attempts: int = MAX_ATTEMPTS,
+    rng: random.Random | None = None,
+) -> ev.Payload:
+    """The event for a failed call: retry later, give up, or admit the outcome is unknown."""
+    assert view.planned is not None
+    idempotent = view.planned.annotations.idempotent
+    if error.kind == "refused":
+        return ev.ExecutionFailed(
+            attempt=attempt, retryable=False, code=error.code, reason=f"{error.code}: {error.message}"
+        )
+    if error.kind == "interrupted" and not idempotent:
+        return ev.ExecutionOutcomeUnknown(
+            attempt=attempt, reason=f"outcome_unknown: {error.message}; the call may have taken effect"
+        )
+    reason = f"{error.code}: {error.message}"
+    if attempt >= max_attempts:
+        return ev.ExecutionFailed(
+            attempt=attempt, retryable=True, code=error.code, reason=f"{reason} (gave up after {attempt} attempts)"
+        )
+    delay = (rng or random).uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+    deadline = view.deadline
+    if deadline is not None and now + timedelta(seconds=delay) >= deadline:
+        return ev.ExecutionFailed(
+            attempt=attempt,
+            retryable=True,
+            code=error.code,
+            reason=f"{reason} (no time left before the deadline to retry)",
+        )
+    return ev.ExecutionAttemptFailed(attempt=attempt, code=error.code, reason=reason, retry_after_ms=int(delay * 1000))
 
 
 def approval_mismatch(view: IntentView) -> str | None:
@@ -62,6 +128,15 @@ def idempotency_key(view: IntentView) -> str:
     """The key the tool server sees: stable across attempts and executor restarts."""
     assert view.intent_id
     return view.intent_id
+
+
+def call_arguments(view: IntentView) -> dict[str, Any]:
+    """The arguments sent: the intent's, plus the idempotency key where the tool takes one."""
+    assert view.submitted is not None and view.planned is not None
+    arguments = dict(view.submitted.arguments)
+    if view.planned.idempotency_arg:
+        arguments[view.planned.idempotency_arg] = idempotency_key(view)
+    return arguments
 
 
 def outcome(attempt: int, result: dict[str, Any], is_error: bool, duration_ms: float) -> ev.Payload:

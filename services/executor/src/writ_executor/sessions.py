@@ -12,7 +12,8 @@ import logging
 from typing import Any, cast
 
 from mcp import ClientSession
-from mcp.types import CallToolResult, RequestParamsMeta
+from mcp.shared.exceptions import MCPError
+from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, RequestParamsMeta
 
 from writ_common import events as ev
 from writ_common.mcp_client import open_session
@@ -24,6 +25,10 @@ CONNECT_TIMEOUT = 30.0
 
 class ServerUnavailable(Exception):
     """The tool server could not be reached or dropped the connection: retryable."""
+
+
+class CallInterrupted(Exception):
+    """The call was sent but no answer came back: it may or may not have taken effect."""
 
 
 class _Warm:
@@ -87,8 +92,9 @@ class SessionPool:
         """Call ``tool`` on ``server`` within ``timeout`` seconds.
 
         Raises:
-            ServerUnavailable: the server could not be reached or the session broke.
-            TimeoutError: no answer in time (the call may or may not have taken effect).
+            ServerUnavailable: the server could not be reached; the call was not sent.
+            CallInterrupted: the session broke or timed out after sending; the call may have run.
+            MCPError: the server refused the request (a protocol-level error).
         """
         session = await self._session(server)
         try:
@@ -96,13 +102,24 @@ class SessionPool:
                 session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)),
                 timeout,
             )
-        except TimeoutError:
-            raise
+        except MCPError as exc:
+            if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                raise
+            await self.discard(server.name)
+            raise CallInterrupted(f"{server.name!r}: {exc.message}") from exc
+        except TimeoutError as exc:
+            await self.discard(server.name)  # a stuck session is not reused
+            raise CallInterrupted(f"no answer from {server.name!r} within {timeout:.1f}s") from exc
         except Exception as exc:
-            warm = self._warm.get(server.name)
-            if warm is not None and not warm.alive:
-                raise ServerUnavailable(f"server {server.name!r} went away: {exc!r}") from exc
-            raise
+            await self.discard(server.name)
+            raise CallInterrupted(f"connection to {server.name!r} broke during the call: {exc!r}") from exc
+
+    async def discard(self, name: str) -> None:
+        """Close a server's session; the next call starts a fresh one (and a fresh stdio process)."""
+        async with self._lock:
+            warm = self._warm.pop(name, None)
+        if warm is not None:
+            await warm.close()
 
     async def close(self) -> None:
         for warm in list(self._warm.values()):

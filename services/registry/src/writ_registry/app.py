@@ -36,6 +36,16 @@ class AddServer(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = {}
 
 
+class SetOverride(msgspec.Struct, kw_only=True):
+    server: str
+    tool: str
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+    idempotency_arg: str | None = None
+
+
 class ListTools(msgspec.Struct, kw_only=True):
     server: str | None = None
 
@@ -103,7 +113,7 @@ def build(settings: WritSettings) -> Service:
             make_envelope(discovered, producer=svc.producer),
             message_id=f"tools:{cmd.name}:{tools_digest}",
         )
-        return {"server": cmd.name, "tools": [tool_row(cmd.name, t) for t in tools]}
+        return {"server": cmd.name, "tools": [tool_row(cmd.name, t, catalog) for t in tools]}
 
     async def list_servers(_body: dict[str, Any]) -> Any:
         if follower is not None:
@@ -123,11 +133,32 @@ def build(settings: WritSettings) -> Service:
         if follower is not None:
             await follower.ensure_fresh()
         return [
-            tool_row(server, t)
+            tool_row(server, t, catalog)
             for server, tools in sorted(catalog.tools.items())
             if cmd.server in (None, server)
             for t in sorted(tools.values(), key=lambda t: t.name)
         ]
+
+    async def set_override(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, SetOverride)
+        if follower is not None:
+            await follower.ensure_fresh()
+        if cmd.tool not in catalog.tools.get(cmd.server, {}):
+            raise CommandError("unknown_tool", f"no tool {cmd.tool!r} on server {cmd.server!r}")
+        override = msgspec.convert(msgspec.to_builtins(cmd), ev.ToolOverrideSet)
+        await append_control(
+            svc.js,
+            subjects.override_subject(cmd.server),
+            make_envelope(override, producer=svc.producer),
+            message_id=f"override:{sha256_digest(msgspec.to_builtins(override))}:{catalog_seq()}",
+        )
+        if follower is not None:
+            await follower.ensure_fresh()
+        definition = catalog.tools[cmd.server][cmd.tool]
+        return tool_row(cmd.server, definition, catalog)
+
+    def catalog_seq() -> int:
+        return follower.applied_seq if follower is not None else 0
 
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "servers": len(catalog.servers), "dead_letters": svc.dead_letters}
@@ -137,16 +168,19 @@ def build(settings: WritSettings) -> Service:
     svc.command("add_server", add_server)
     svc.command("list_servers", list_servers)
     svc.command("list_tools", list_tools)
+    svc.command("set_override", set_override)
     svc.command("ping", ping)
     return svc
 
 
-def tool_row(server: str, tool: ev.ToolDefinition) -> dict[str, Any]:
+def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str, Any]:
     return {
         "server": server,
         "name": tool.name,
         "description": tool.description,
         "tool_digest": tool.tool_digest,
-        "annotations": msgspec.to_builtins(tool.annotations),
+        "annotations": msgspec.to_builtins(catalog.annotations(server, tool)),
+        "overridden": (server, tool.name) in catalog.overrides,
+        "idempotency_arg": catalog.idempotency_arg(server, tool.name),
         "input_schema": tool.input_schema,
     }

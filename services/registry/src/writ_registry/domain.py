@@ -61,5 +61,6 @@ def plan(view: IntentView, catalog: Catalog, validators: Validators) -> ev.Inten
         tool=definition.name,
         tool_digest=definition.tool_digest,
         args_digest=args_digest(intent.arguments),
-        annotations=definition.annotations,
+        annotations=catalog.annotations(server, definition),
+        idempotency_arg=catalog.idempotency_arg(server, definition.name),
     )
