@@ -13,6 +13,8 @@ import pytest
 from writ.runtime.processes import ManagedProcess, free_port, start_nats, start_redis
 from writ.runtime.supervisor import Plane
 
+pytest_plugins = ["mcp_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def nats_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:

@@ -7,7 +7,9 @@ print(receipt.status, receipt.result)
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,16 +101,21 @@ async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Rec
     Raises:
         ReceiptTimeout: none within ``timeout`` seconds.
     """
+    # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
+    # losing the chain fence) still reaches core subscribers, so the receipt is always read back
+    # from the stream, where only the stored one lives.
     sub = await nc.subscribe(subjects.receipt_subject(intent_id))  # subscribe first: no gap
+    deadline = time.monotonic() + timeout
     try:
-        existing = await fetch_receipt(nc, intent_id)
-        if existing is not None:
-            return existing
-        try:
-            msg = await sub.next_msg(timeout=timeout)
-        except nats.errors.TimeoutError as exc:
-            raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s") from exc
-        return _as_receipt(msg.data)
+        while True:
+            stored = await fetch_receipt(nc, intent_id)
+            if stored is not None:
+                return stored
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s")
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=min(left, 1.0))
     finally:
         await sub.unsubscribe()
 

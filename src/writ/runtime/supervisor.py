@@ -162,6 +162,7 @@ class Plane:
         self._started_at = ""
         self.nats_url = ""
         self.redis_url = ""
+        self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -230,6 +231,9 @@ class Plane:
         """One snapshot per supervised process: nats, redis, then the services."""
         return [unit.status() for unit in self._units.values()]
 
+    def status_of(self, name: str) -> UnitStatus:
+        return self._unit(name).status()
+
     def pid(self, name: str) -> int | None:
         return self._unit(name).status().pid
 
@@ -251,6 +255,24 @@ class Plane:
         with unit.busy:
             if unit.process is not None:
                 unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+            unit.restarts += 1
+            self._launch(unit)
+            assert unit.process is not None
+            return unit.process.pid
+
+    def hold_service(self, name: str) -> None:
+        """Stop one child gracefully and keep it down (the monitor leaves it) until released."""
+        unit = self._unit(name)
+        with unit.busy:
+            if unit.process is not None:
+                unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+            unit.state = "held"
+            self._emit(name, "held down")
+
+    def release_service(self, name: str) -> int:
+        """Start a held child again. Returns the new pid."""
+        unit = self._unit(name)
+        with unit.busy:
             unit.restarts += 1
             self._launch(unit)
             assert unit.process is not None
@@ -328,7 +350,8 @@ class Plane:
 
     def _service_launcher(self, name: str, env: Mapping[str, str]) -> Callable[[], ManagedProcess]:
         log_path = self.logs_dir / f"{name}.log"
-        return lambda: start_module(name, f"writ_{name}", log_path, env)
+        # Extra env is read at each launch, so a test can change it before a restart.
+        return lambda: start_module(name, f"writ_{name}", log_path, {**env, **self.service_env.get(name, {})})
 
     def _start_unit(self, unit: _Unit) -> None:
         self._units[unit.name] = unit

@@ -110,18 +110,18 @@ async def direct_get_batch(
         try:
             request = {"seq": seq, "next_by_subj": subject_filter, "batch": batch}
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-            got = 0
             more = False
             while True:
                 msg = await sub.next_msg(timeout=timeout)
-                status = (msg.headers or {}).get("Status")
+                headers = msg.headers or {}
+                status = headers.get("Status")
                 if status is not None:
-                    # 204 end of batch; 404 nothing (more) found.
-                    more = status == "204" and got == batch
+                    # 204: end of this batch (the server may cap it below ``batch``), and how many
+                    # matching messages remain; 404: nothing (more) found.
+                    more = status == "204" and int(headers.get("Nats-Num-Pending", "0")) > 0
                     break
                 out.append(msg)
-                got += 1
-                seq = int((msg.headers or {})["Nats-Sequence"]) + 1
+                seq = int(headers["Nats-Sequence"]) + 1
         finally:
             await sub.unsubscribe()
         if not more:

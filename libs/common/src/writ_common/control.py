@@ -3,31 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 
-from writ_common.bus import stored
+from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
 log = logging.getLogger(__name__)
 
+POLL_INTERVAL = 2.0
+
 
 class ControlFollower:
-    """Replays a whole control stream at start, then follows it live.
+    """Replays a whole control stream at start, then follows it.
 
-    The view is rebuilt from the log on every start: the process keeps nothing of its own.
+    Reads are gap-free Direct Gets from the last applied sequence, so the view is exact even
+    across nats-server restarts; a core subscription on the stream's subjects is only a nudge to
+    read now, and a slow poll covers a missed nudge. The process keeps nothing of its own.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, apply: Callable[[StoredEvent], None]) -> None:
-        self._js = js
+    def __init__(self, nc: Client, stream: str, apply: Callable[[StoredEvent], None]) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
         self._stream = stream
         self._apply = apply
         self._applied = 0
-        self._changed = asyncio.Condition()
+        self._subject = ">"
+        self._lock = asyncio.Lock()
+        self._nudge: Subscription | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def applied_seq(self) -> int:
@@ -35,31 +45,49 @@ class ControlFollower:
 
     async def start(self) -> None:
         info = await self._js.stream_info(self._stream)
-        subject = info.config.subjects[0] if info.config.subjects else ">"
-        await self._js.subscribe(
-            subject, stream=self._stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, cb=self._on_msg
-        )
-        await self.ensure_fresh()
+        self._subject = info.config.subjects[0] if info.config.subjects else ">"
+        await self.catch_up()
+        self._nudge = await self._nc.subscribe(self._subject, cb=self._on_nudge)
+        self._poller = asyncio.create_task(self._poll(), name=f"follow-{self._stream}")
 
-    async def _on_msg(self, msg: Msg) -> None:
-        try:
-            self._apply(stored(msg))
-        except UndecodableEvent as exc:
-            log.warning("control event skipped on %s: %s", msg.subject, exc)
-        async with self._changed:
-            self._applied = msg.metadata.sequence.stream
-            self._changed.notify_all()
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._nudge is not None:
+            with contextlib.suppress(Exception):
+                await self._nudge.unsubscribe()
+
+    async def catch_up(self) -> None:
+        """Apply every control event after the last one applied, in stream order."""
+        async with self._lock:
+            for msg in await direct_get_batch(self._nc, self._stream, self._subject, start_seq=self._applied + 1):
+                try:
+                    self._apply(stored(msg))
+                except UndecodableEvent as exc:
+                    log.warning("control event skipped on %s: %s", msg.subject, exc)
+                self._applied = int((msg.headers or {})["Nats-Sequence"])
+
+    async def _on_nudge(self, _msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            await self.catch_up()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                await self.catch_up()
+            except Exception as exc:  # the server may be restarting; the next poll retries
+                log.debug("follow %s: %s", self._stream, exc)
 
     async def ensure_fresh(self, timeout: float = 5.0) -> bool:
-        """Wait until everything in the stream right now has been applied.
+        """Catch up with everything in the stream right now.
 
         Called before answering "unknown" so a registration made a moment ago on another
-        replica is never missed. Returns False if the view could not catch up in time.
+        replica is never missed. Returns False if the stream could not be read in time.
         """
-        target = (await self._js.stream_info(self._stream)).state.last_seq
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self._applied >= target), timeout)
-            except TimeoutError:
-                return False
+        try:
+            await asyncio.wait_for(self.catch_up(), timeout)
+        except Exception as exc:
+            log.warning("follow %s: could not catch up: %s", self._stream, exc)
+            return False
         return True

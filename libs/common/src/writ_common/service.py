@@ -87,7 +87,7 @@ class Service:
         *,
         durable: str | None = None,
         max_ack_pending: int = 256,
-        ack_wait: float = 30.0,
+        ack_wait: float = 10.0,
         batch_size: int = 16,
     ) -> None:
         """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
@@ -179,10 +179,10 @@ class Service:
             ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt)
             last_seq = ack.seq
             seqs.append(ack.seq)
-            self._fault_point()
+            self.fault_point()
         return seqs
 
-    def _fault_point(self) -> None:
+    def fault_point(self) -> None:
         """Test-only fault hook: die right after the N-th append, before the ack (fault tests)."""
         self._appends += 1
         if self.settings.fault_exit_after_appends and self._appends == self.settings.fault_exit_after_appends:

@@ -34,7 +34,7 @@ from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPo
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 30.0
+ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
 
 
@@ -49,7 +49,7 @@ def build(settings: WritSettings) -> Service:
 
     async def startup() -> None:
         nonlocal follower
-        follower = ControlFollower(svc.js, subjects.REGISTRY_STREAM, catalog.apply)
+        follower = ControlFollower(svc.nc, subjects.REGISTRY_STREAM, catalog.apply)
         await follower.start()
 
     async def server_for(name: str) -> ev.ServerRegistered | None:
@@ -92,7 +92,9 @@ def build(settings: WritSettings) -> Service:
         await record_transition(server.name, transition)
         if not allowed:
             wait = breaker.retry_in(time.monotonic())
-            fast = CallError("not_sent", "circuit_open", f"{server.name!r} is failing; breaker open for {wait:.1f}s more")
+            fast = CallError(
+                "not_sent", "circuit_open", f"{server.name!r} is failing; breaker open for {wait:.1f}s more"
+            )
             return after_error(view, attempt, fast, now=datetime.now(UTC), max_attempts=settings.max_attempts)
         timeout = settings.tool_timeout
         if (deadline := view.deadline) is not None:

@@ -47,9 +47,7 @@ class Leases:
 
     async def renew(self, intent_id: str, attempt: int) -> bool:
         try:
-            return bool(
-                await self._redis.eval(_RENEW, 1, self.key(intent_id), self.holder(attempt), self.ttl_ms)
-            )
+            return bool(await self._redis.eval(_RENEW, 1, self.key(intent_id), self.holder(attempt), self.ttl_ms))
         except RedisError:
             return False
 

@@ -39,7 +39,7 @@ def build(settings: WritSettings) -> Service:
 
     async def startup() -> None:
         nonlocal follower
-        follower = ControlFollower(svc.js, subjects.IDENTITY_STREAM, lambda e: apply_identity_event(agents, e))
+        follower = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, lambda e: apply_identity_event(agents, e))
         await follower.start()
 
     async def lookup(agent_id: str) -> Agent | None:

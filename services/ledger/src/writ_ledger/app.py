@@ -11,9 +11,9 @@ from nats.js.errors import APIError
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject, read_history
+from writ_common.bus import WRONG_LAST_SEQUENCE, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.commands import CommandError
-from writ_common.envelope import StoredEvent, decode, encode, make_envelope, utcnow
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
 from writ_common.fold import fold_intent
 from writ_common.receipts import GENESIS, build_receipt
 from writ_common.service import FENCE_RETRIES, Service
@@ -85,12 +85,16 @@ def build(settings: WritSettings) -> Service:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     continue  # another ledger replica extended the chain: re-read the head
                 raise
-            views.record_receipt(intent_id, receipt.position)
+            svc.fault_point()
             return
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")
 
     async def on_event(event: StoredEvent, _raw: Msg) -> None:
-        views.apply(event)
+        # The view is applied strictly in stream order, whatever order redeliveries come in.
+        if event.seq == views.position() + 1:
+            views.apply(event.seq, event)
+        elif event.seq > views.position():
+            await catch_up()
         if event.type in ev.TERMINAL_TYPES:
             await record(event)
 
@@ -111,14 +115,34 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "applied_seq": views.position(), "dead_letters": svc.dead_letters}
 
+    async def views_digest(_body: dict[str, Any]) -> Any:
+        return {"digest": views.digest(), "applied_seq": views.position()}
+
+    async def catch_up() -> None:
+        """Rebuild the view from the log where it is behind (a deleted or older views file):
+        the durable consumer only brings what it has not acked yet."""
+        msgs = await direct_get_batch(
+            svc.nc, subjects.INTENTS_STREAM, "writ.intent.>", start_seq=views.position() + 1, batch=1024
+        )
+        for msg in msgs:
+            try:
+                event: StoredEvent | None = stored(msg)
+            except UndecodableEvent:
+                event = None  # dead-lettered by the consumer; the view only moves past it
+            views.apply(int((msg.headers or {})["Nats-Sequence"]), event)
+        if msgs:
+            log.info("ledger: view caught up over %d events to seq %d", len(msgs), views.position())
+
     async def shutdown() -> None:
         views.close()
 
+    svc.on_startup(catch_up)
     svc.on_shutdown(shutdown)
     # One writer extends the chain, in log order: a single sequential consumer.
     svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512)
     svc.command("intent_status", intent_status)
     svc.command("list_intents", list_intents)
     svc.command("public_key", get_public_key)
+    svc.command("views_digest", views_digest)
     svc.command("ping", ping)
     return svc

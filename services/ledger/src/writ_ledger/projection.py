@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from writ_common import events as ev
+from writ_common.digest import sha256_digest
 from writ_common.envelope import StoredEvent
 
 SCHEMA = """
@@ -20,8 +21,7 @@ CREATE TABLE IF NOT EXISTS intents (
     code TEXT,
     reason TEXT,
     submitted_at TEXT,
-    updated_at TEXT NOT NULL,
-    receipt_position INTEGER
+    updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS intents_by_status ON intents(status);
 CREATE TABLE IF NOT EXISTS tracking (view TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -57,19 +57,21 @@ class Projection:
         row = self._db.execute("SELECT seq FROM tracking WHERE view = ?", (view,)).fetchone()
         return int(row["seq"]) if row else 0
 
-    def apply(self, event: StoredEvent) -> None:
-        """Apply one intent event at its stream sequence (skipped if already applied)."""
-        status = _STATUS.get(event.type)
-        env = event.envelope
+    def apply(self, seq: int, event: StoredEvent | None) -> None:
+        """Apply the event at stream sequence ``seq`` (None: not a valid event, only advance).
+
+        Callers apply in stream order; an already applied sequence is a no-op.
+        """
         with self._tx():
-            if event.seq <= self.position():
+            if seq <= self.position():
                 return
-            if status is not None and env.intent_id and env.agent_id:
-                self._apply_status(event, status)
+            if event is not None:
+                status = _STATUS.get(event.type)
+                if status is not None and event.envelope.intent_id and event.envelope.agent_id:
+                    self._apply_status(event, status)
             self._db.execute(
-                "INSERT INTO tracking(view, seq) VALUES('intents', ?)"
-                " ON CONFLICT(view) DO UPDATE SET seq = excluded.seq",
-                (event.seq,),
+                "INSERT INTO tracking(view, seq) VALUES('intents', ?) ON CONFLICT(view) DO UPDATE SET seq = excluded.seq",
+                (seq,),
             )
 
     def _apply_status(self, event: StoredEvent, status: str) -> None:
@@ -91,9 +93,10 @@ class Projection:
             (status, code, reason, server, env.occurred_at, env.intent_id, *_FINAL),
         )
 
-    def record_receipt(self, intent_id: str, position: int) -> None:
-        with self._tx():
-            self._db.execute("UPDATE intents SET receipt_position = ? WHERE intent_id = ?", (position, intent_id))
+    def digest(self) -> str:
+        """sha256 over every row in key order: equal digests mean identical views (rebuild check)."""
+        rows = [list(r) for r in self._db.execute("SELECT * FROM intents ORDER BY intent_id")]
+        return sha256_digest(rows)
 
     def intent(self, intent_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM intents WHERE intent_id = ?", (intent_id,)).fetchone()

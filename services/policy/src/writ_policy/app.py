@@ -36,7 +36,7 @@ def build(settings: WritSettings) -> Service:
 
     async def startup() -> None:
         nonlocal follower
-        follower = ControlFollower(svc.js, subjects.POLICY_STREAM, apply)
+        follower = ControlFollower(svc.nc, subjects.POLICY_STREAM, apply)
         await follower.start()
 
     async def on_planned(trigger: StoredEvent, _raw: Msg) -> None:

@@ -58,7 +58,7 @@ def build(settings: WritSettings) -> Service:
 
     async def startup() -> None:
         nonlocal follower
-        follower = ControlFollower(svc.js, subjects.REGISTRY_STREAM, catalog.apply)
+        follower = ControlFollower(svc.nc, subjects.REGISTRY_STREAM, catalog.apply)
         await follower.start()
 
     async def on_authenticated(trigger: StoredEvent, _raw: Msg) -> None:

@@ -1,0 +1,282 @@
+"""Nothing lost, nothing twice: real processes killed with SIGKILL mid-run, on a real plane.
+
+Each scenario drives intents through the embedded plane (separate service processes, nats-server
+with fsync always, Redis) against real side-effecting MCP servers, kills something, and then
+checks the promises: every intent has exactly one receipt, every succeeded call wrote exactly
+one row, no row was written twice, and outcome_unknown appears only where a non-idempotent call
+was really interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from writ.runtime.processes import free_port
+from writ.runtime.supervisor import Plane
+from writ.sdk import WritAgent, wait_receipt
+from writ_common import commands, subjects
+from writ_common import events as ev
+from writ_common.bus import direct_get_batch, read_history
+from writ_common.envelope import decode
+from writ_common.receipts import verify_receipt
+from writ_common.signing import generate_key, public_key_b64
+
+pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
+
+PERMIT_ALL = '@id("fault-tests-permit-all")\npermit(principal, action == Action::"call_tool", resource);\n'
+INTENTS_PER_RUN = 200
+KILLS_PER_RUN = 3
+
+
+@pytest.fixture(scope="module")
+def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    plane = Plane(tmp_path_factory.mktemp("fault") / "data", nats_port=free_port(), redis_port=free_port())
+    plane.start()
+    try:
+        plane.wait_ready(timeout=60)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@dataclass
+class Rig:
+    plane: Plane
+    nc: Client
+    agent: WritAgent
+    sqlite_db: Path
+    faulty_db: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def rig(
+    fault_plane: Plane,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_mcp: Callable[[Path], list[str]],
+    faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
+) -> AsyncIterator[Rig]:
+    work = tmp_path_factory.mktemp("fault-dbs")
+    sqlite_db, faulty_db = work / "rows.sqlite3", work / "faulty.sqlite3"
+    with sqlite3.connect(sqlite_db) as db:
+        db.execute("CREATE TABLE rows (token TEXT NOT NULL)")
+    nc = await nats.connect(fault_plane.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    key = generate_key()
+    await commands.call(
+        nc, "identity", "register_agent", {"agent_id": "fault-agent", "public_key": public_key_b64(key)}
+    )
+    sqlite_argv = sqlite_mcp(sqlite_db)
+    await commands.call(
+        nc, "registry", "add_server", {"name": "sqlite", "command": sqlite_argv[0], "args": sqlite_argv[1:]}
+    )
+    # mcp-server-sqlite declares no annotations: the operator says what write_query is.
+    await commands.call(
+        nc,
+        "registry",
+        "set_override",
+        {"server": "sqlite", "tool": "write_query", "read_only": False, "destructive": False, "idempotent": False},
+    )
+    faulty_argv, faulty_env = faulty_mcp(faulty_db)
+    await commands.call(
+        nc,
+        "registry",
+        "add_server",
+        {"name": "faulty", "command": faulty_argv[0], "args": faulty_argv[1:], "env": faulty_env},
+    )
+    await commands.call(nc, "policy", "load", {"cedar": PERMIT_ALL})
+    try:
+        yield Rig(fault_plane, nc, WritAgent(nc, "fault-agent", key), sqlite_db, faulty_db)
+    finally:
+        await nc.close()
+
+
+async def submit_rows(rig: Rig, n: int, run: str) -> dict[str, str]:
+    """Submit ``n`` row-writing intents concurrently; returns intent id -> row token."""
+    tokens: dict[str, str] = {}
+
+    async def one(i: int) -> None:
+        token = f"{run}-{i}"
+        query = f"INSERT INTO rows (token) VALUES ('{token}')"
+        submission = await rig.agent.submit("sqlite/write_query", {"query": query}, idempotency_key=token)
+        tokens[submission.intent_id] = token
+
+    for start in range(0, n, 25):
+        await asyncio.gather(*(one(i) for i in range(start, min(n, start + 25))))
+    return tokens
+
+
+async def receipts_of(rig: Rig, intent_ids: list[str], timeout: float = 120) -> dict[str, ev.Receipt]:
+    found = await asyncio.gather(*(wait_receipt(rig.nc, i, timeout=timeout) for i in intent_ids))
+    return dict(zip(intent_ids, found, strict=True))
+
+
+async def all_receipts(nc: Client) -> list[ev.Receipt]:
+    msgs = await direct_get_batch(nc, subjects.LEDGER_STREAM, subjects.RECEIPTS_FILTER, batch=1024)
+    out = []
+    for msg in msgs:
+        payload = decode(msg.data).payload
+        assert isinstance(payload, ev.Receipt)
+        out.append(payload)
+    return out
+
+
+def row_counts(db: Path) -> Counter[str]:
+    with sqlite3.connect(db) as conn:
+        return Counter(token for (token,) in conn.execute("SELECT token FROM rows"))
+
+
+async def killer(plane: Plane, service: str, kills: int) -> None:
+    """Kill ``service`` at random moments; once with the fault hook armed, so the restarted
+    process dies right after an append and before its ack."""
+    rng = random.Random(f"{service}-kills")
+    for k in range(kills):
+        await asyncio.sleep(rng.uniform(0.2, 0.8))
+        if k == 0:
+            plane.service_env[service] = {"WRIT_FAULT_EXIT_AFTER_APPENDS": "3"}
+        await asyncio.to_thread(plane.kill_service, service)
+        if k == 0:
+            await wait_until(lambda: plane.status_of(service).restarts >= 2, 30)  # the hook fired once
+            plane.service_env.pop(service, None)
+        await asyncio.to_thread(plane.wait_ready, 60)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def assert_chain_verifies(rig: Rig) -> None:
+    public_key = (await commands.call(rig.nc, "ledger", "public_key", {}))["public_key"]
+    previous: ev.Receipt | None = None
+    for receipt in await all_receipts(rig.nc):
+        verify_receipt(receipt, public_key, prev_hash=previous.receipt_hash if previous else None)
+        previous = receipt
+
+
+@pytest.mark.parametrize("service", ["identity", "registry", "policy", "executor", "ledger"])
+async def test_killing_a_service_mid_run_loses_nothing_and_runs_nothing_twice(rig: Rig, service: str) -> None:
+    run = f"{service}-{uuid.uuid4().hex[:6]}"
+    kills = asyncio.create_task(killer(rig.plane, service, KILLS_PER_RUN))
+    tokens = await submit_rows(rig, INTENTS_PER_RUN, run)
+    await kills
+    receipts = await receipts_of(rig, list(tokens))
+
+    per_intent = Counter(r.intent_id for r in await all_receipts(rig.nc))
+    wrong = {i: per_intent[i] for i in tokens if per_intent[i] != 1}
+    assert not wrong, f"every intent has exactly one receipt: {wrong}"
+    rows = row_counts(rig.sqlite_db)
+    assert all(rows[t] <= 1 for t in tokens.values()), "no row written twice"
+    statuses = Counter(r.status for r in receipts.values())
+    for intent_id, receipt in receipts.items():
+        written = rows[tokens[intent_id]]
+        if receipt.status == "succeeded":
+            assert written == 1, f"{intent_id}: succeeded but wrote {written} rows"
+        else:
+            assert receipt.status == "outcome_unknown", f"{intent_id}: {receipt.status}: {receipt.reason}"
+    if service != "executor":
+        assert statuses == {"succeeded": INTENTS_PER_RUN}
+    else:
+        for intent_id, receipt in receipts.items():
+            if receipt.status == "outcome_unknown":
+                view = await read_history(rig.nc, "fault-agent", intent_id)
+                types = [e.type for e in view.events]
+                # Interrupted for real: started, then nothing from that attempt until outcome_unknown.
+                assert types[-2:] == ["execution.started", "execution.outcome_unknown"]
+    await assert_chain_verifies(rig)
+
+
+async def test_killing_the_nats_server_loses_no_acknowledged_intent(rig: Rig) -> None:
+    run = f"nats-{uuid.uuid4().hex[:6]}"
+    first = await submit_rows(rig, 50, run + "a")
+    await asyncio.to_thread(rig.plane.kill_service, "nats")
+    await asyncio.to_thread(rig.plane.wait_ready, 60)
+    second = await submit_rows(rig, 50, run + "b")
+    receipts = await receipts_of(rig, [*first, *second])
+    assert len(receipts) == 100  # every intent the server acknowledged came back with its receipt
+    rows = row_counts(rig.sqlite_db)
+    tokens = {**first, **second}
+    for intent_id, receipt in receipts.items():
+        assert rows[tokens[intent_id]] == (1 if receipt.status == "succeeded" else rows[tokens[intent_id]])
+        assert rows[tokens[intent_id]] <= 1
+        assert receipt.status in ("succeeded", "outcome_unknown")
+
+
+async def test_a_crashing_tool_server_is_restarted_and_the_breaker_opens_and_closes(
+    rig: Rig, tmp_path: Path, faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]]
+) -> None:
+    # A server started through a script we can break: the way an operator's binary disappears.
+    argv, env = faulty_mcp(tmp_path / "flaky.sqlite3")
+    script = tmp_path / "flaky-server.sh"
+    working = "#!/bin/sh\n" + " ".join(f"'{a}'" for a in argv) + ' "$@"\n'
+    script.write_text(working.replace("#!/bin/sh\n", "#!/bin/sh\nexec "))
+    script.chmod(0o755)
+    await commands.call(rig.nc, "registry", "add_server", {"name": "flaky", "command": str(script), "env": env})
+
+    # The process dies mid-call: not idempotent -> outcome_unknown, never retried blindly.
+    crashed = await rig.agent.call("flaky/crash", {}, timeout=60)
+    assert crashed.status == "outcome_unknown", crashed.reason
+    # The executor starts a fresh process for the next call.
+    ok = await rig.agent.call("flaky/put", {"key": "k", "value": "v"}, timeout=60)
+    assert ok.status == "succeeded", ok.reason
+
+    # Now the server cannot start: attempts are retried, then the breaker opens and fails fast.
+    await rig.agent.call("flaky/crash", {}, timeout=60)
+    script.write_text("#!/bin/sh\nexit 1\n")
+    failures = [await rig.agent.call("flaky/put", {"key": f"k{i}", "value": "v"}, timeout=60) for i in range(3)]
+    assert {f.status for f in failures} == {"failed"}, [f.reason for f in failures]
+    assert failures[0].code == "server_unavailable" and "gave up after 3 attempts" in failures[0].reason
+    assert any(f.code == "circuit_open" for f in failures), [f.reason for f in failures]
+
+    script.write_text(working.replace("#!/bin/sh\n", "#!/bin/sh\nexec "))
+    await asyncio.sleep(5.5)  # the breaker's cooldown
+    healed = await rig.agent.call("flaky/put", {"key": "k-after", "value": "v"}, timeout=60)
+    assert healed.status == "succeeded", healed.reason
+    msgs = await direct_get_batch(rig.nc, subjects.EXECUTOR_STREAM, subjects.breaker_subject("flaky"))
+    moves = [
+        (p.from_state, p.to_state)
+        for p in (decode(m.data).payload for m in msgs)
+        if isinstance(p, ev.BreakerTransitioned)
+    ]
+    assert ("closed", "open") in moves and ("half_open", "closed") in moves
+
+
+async def test_an_idempotent_put_honours_the_key_across_attempts(rig: Rig) -> None:
+    receipt = await rig.agent.call("faulty/put", {"key": "same", "value": "once"}, idempotency_key="idem-1", timeout=60)
+    again = await rig.agent.call("faulty/put", {"key": "same", "value": "once"}, idempotency_key="idem-1", timeout=60)
+    assert receipt.intent_id == again.intent_id and receipt.receipt_hash == again.receipt_hash
+
+
+async def test_an_intent_whose_deadline_passes_while_it_waits_ends_expired(rig: Rig) -> None:
+    await asyncio.to_thread(rig.plane.hold_service, "executor")
+    try:
+        submission = await rig.agent.submit("faulty/count", {}, deadline_seconds=1.0)
+        await asyncio.sleep(1.5)
+    finally:
+        await asyncio.to_thread(rig.plane.release_service, "executor")
+    receipt = await wait_receipt(rig.nc, submission.intent_id, timeout=60)
+    assert (receipt.status, receipt.stage, receipt.code) == ("expired", "execute", "deadline_exceeded")
+
+
+async def test_replay_from_nothing_rebuilds_identical_views(rig: Rig) -> None:
+    before = await commands.call(rig.nc, "ledger", "views_digest", {})
+    await asyncio.to_thread(rig.plane.hold_service, "ledger")
+    for path in (rig.plane.data_dir / "ledger").glob("views.sqlite3*"):
+        path.unlink()
+    await asyncio.to_thread(rig.plane.release_service, "ledger")
+    await asyncio.to_thread(rig.plane.wait_ready, 60)
+    after = await commands.call(rig.nc, "ledger", "views_digest", {})
+    assert after == before
