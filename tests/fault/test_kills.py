@@ -280,3 +280,18 @@ async def test_replay_from_nothing_rebuilds_identical_views(rig: Rig) -> None:
     await asyncio.to_thread(rig.plane.wait_ready, 60)
     after = await commands.call(rig.nc, "ledger", "views_digest", {})
     assert after == before
+
+
+async def test_with_redis_down_nothing_runs_and_the_plane_recovers_by_itself(rig: Rig) -> None:
+    await asyncio.to_thread(rig.plane.hold_service, "redis")
+    try:
+        submission = await rig.agent.submit("faulty/put", {"key": "redis-down", "value": "v"})
+        await asyncio.sleep(3)
+        history = await read_history(rig.nc, "fault-agent", submission.intent_id)
+        # Fail closed: no nonce check, no lease -> no execution, and no receipt either.
+        assert not any(e.type == "execution.started" for e in history.events)
+        assert not history.events[-1].type.startswith("execution.")
+    finally:
+        await asyncio.to_thread(rig.plane.release_service, "redis")
+    receipt = await wait_receipt(rig.nc, submission.intent_id, timeout=60)
+    assert receipt.status == "succeeded", receipt.reason
