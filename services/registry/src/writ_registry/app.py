@@ -91,8 +91,10 @@ def build(settings: WritSettings) -> Service:
         try:
             tools = await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
         except Exception as exc:
+            cause = root_cause(exc)
             raise CommandError(
-                "discovery_failed", f"could not list the tools of {cmd.name!r} over MCP: {type(exc).__name__}: {exc}"
+                "discovery_failed",
+                f"could not list the tools of {cmd.name!r} over MCP: {type(cause).__name__}: {cause}",
             ) from exc
         config_digest = sha256_digest(msgspec.to_builtins(server))
         try:
@@ -171,6 +173,13 @@ def build(settings: WritSettings) -> Service:
     svc.command("set_override", set_override)
     svc.command("ping", ping)
     return svc
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: anyio task groups wrap them."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str, Any]:

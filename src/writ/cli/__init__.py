@@ -1,0 +1,77 @@
+"""``writ``: run the plane, register agents, servers and policy, submit intents, verify receipts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from writ.cli.base import OPTIONS, report, settings
+from writ.cli.control import agent_app, policy_app, server_app, tool_app
+from writ.cli.intents import intent_app
+from writ.cli.receipts import receipt_app
+
+app = typer.Typer(
+    name="writ",
+    help="Writ: the agent control plane. Agents submit signed intents; the plane authenticates, plans, "
+    "authorizes, executes and records each one as a signed receipt.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold private keys
+    rich_markup_mode="rich",
+)
+app.add_typer(agent_app, name="agent")
+app.add_typer(server_app, name="server")
+app.add_typer(tool_app, name="tool")
+app.add_typer(policy_app, name="policy")
+app.add_typer(intent_app, name="intent")
+app.add_typer(receipt_app, name="receipt")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where all local state lives (default: $WRIT_DATA_DIR or .writ)"),
+]
+
+
+@app.callback()
+def _global(
+    data_dir: DataDir = None,
+    nats_url: Annotated[
+        str | None, typer.Option(help="The plane's NATS (default: $WRIT_NATS_URL, else <data>/runtime.json)")
+    ] = None,
+) -> None:
+    OPTIONS.data_dir = data_dir
+    OPTIONS.nats_url = nats_url
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    nats_port: Annotated[int | None, typer.Option(help="NATS client port (default: last used, else 4222)")] = None,
+) -> None:
+    """Run the whole plane (nats, redis, five services) in the foreground; Ctrl-C stops it."""
+    from writ.runtime.supervisor import run_plane
+
+    report(lambda: run_plane(settings(data_dir), nats_port=nats_port))
+
+
+@app.command()
+def demo(
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="Start a plane (on a temporary dir unless --data-dir) and stop it after")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """The tour: an agent, an MCP server, a policy, allowed and refused intents, and a verified receipt."""
+    from writ.demo import run_demo
+
+    chosen = data_dir or OPTIONS.data_dir
+    if not report(lambda: run_demo(settings(chosen), embedded=embedded, data_dir=chosen)):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,187 @@
+"""What every command shares: settings, the NATS connection, and turning expected failures into one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from nats.aio.client import Client
+from rich.console import Console
+
+from writ_common.settings import WritSettings
+
+T = TypeVar("T")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+CONNECT_TIMEOUT = 2.0
+ADD_SERVER_TIMEOUT = 75.0  # the registry allows discovery 60s
+
+
+class CliError(Exception):
+    """An expected failure: printed as ``error: <code>: <message>``, exit 1."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Options:
+    """Global options (``writ --data-dir D --nats-url U ...``); None means: from WRIT_* or defaults."""
+
+    data_dir: Path | None = None
+    nats_url: str | None = None
+
+
+OPTIONS = Options()
+
+
+def settings(data_dir: Path | None = None) -> WritSettings:
+    overrides: dict[str, Any] = {}
+    if data_dir or OPTIONS.data_dir:
+        overrides["data_dir"] = data_dir or OPTIONS.data_dir
+    if OPTIONS.nats_url:
+        overrides["nats_url"] = OPTIONS.nats_url
+    return WritSettings(**overrides)
+
+
+def fail(code: str, message: str) -> NoReturn:
+    raise CliError(code, message)
+
+
+def print_error(code: str, message: str) -> None:
+    if message.startswith(f"{code}: "):
+        message = message.removeprefix(f"{code}: ")
+    err_console.print(f"[bold red]error:[/] [red]{code}: {message}[/]", soft_wrap=True)
+
+
+def _expected(exc: BaseException) -> tuple[str, str] | None:
+    """(code, message) of an expected failure, or None for a bug (which keeps its traceback)."""
+    import nats.errors
+
+    from writ.keys import KeyFileError
+    from writ.runtime.supervisor import PlaneAlreadyRunning
+    from writ.sdk import ReceiptTimeout
+    from writ_common.commands import CommandError
+    from writ_common.envelope import UndecodableEvent
+
+    match exc:
+        case CliError() | CommandError() | KeyFileError():
+            return exc.code, exc.message
+        case ReceiptTimeout():
+            return "receipt_timeout", f"{exc}; the intent may still be in flight: `writ intent status ID` shows it"
+        case UndecodableEvent():
+            return exc.code, exc.reason
+        case PlaneAlreadyRunning():
+            return "plane_running", str(exc)
+        case nats.errors.ConnectionClosedError() | nats.errors.NoServersError():
+            return "disconnected", "lost the connection to the Writ plane's NATS server"
+        case nats.errors.TimeoutError():
+            return "timeout", "the Writ plane's NATS server did not answer in time"
+        case nats.errors.Error():
+            return "nats_error", f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def report(fn: Callable[[], T]) -> T:
+    """Run ``fn``; an expected failure becomes one red line on stderr and exit code 1."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        expected = _expected(exc)
+        if expected is None:
+            raise
+        print_error(*expected)
+        raise typer.Exit(1) from None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` one command's coroutine, reporting expected failures."""
+    return report(lambda: asyncio.run(coro))
+
+
+async def _ignore(_exc: Exception) -> None:
+    """nats-py logs every failed attempt with a traceback by default; we report one line instead."""
+
+
+def not_running(url: str) -> CliError:
+    return CliError("no_plane", f"no Writ plane is running at {url}; start one with `make run` (or `writ up`)")
+
+
+@asynccontextmanager
+async def connect(cfg: WritSettings) -> AsyncIterator[Client]:
+    """One short-lived NATS connection: a 2s connect timeout and no reconnect loop."""
+    import nats
+    import nats.errors
+
+    url = cfg.resolved_nats_url()
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                url,
+                name="writ-cli",
+                connect_timeout=CONNECT_TIMEOUT,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # 0 would mean "forever" on the first connect
+                reconnect_time_wait=0.1,
+                error_cb=_ignore,
+            ),
+            CONNECT_TIMEOUT + 1.0,
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise not_running(url) from exc
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def call(nc: Client, service: str, command: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+    from writ_common import commands
+
+    return await commands.call(nc, service, command, body, timeout=timeout)
+
+
+# -- the default policy ---------------------------------------------------------------------------
+
+DEFAULT_POLICY_RELATIVE = Path("deploy") / "policies" / "default.cedar"
+
+# A copy of deploy/policies/default.cedar, used when the CLI runs outside a checkout.
+DEFAULT_POLICY_FALLBACK = """\
+@id("read-only-tools")
+permit(principal, action == Action::"call_tool", resource) when { resource.read_only };
+
+@id("destructive-needs-approval")
+@approval("operators")
+@quorum("1")
+permit(principal, action == Action::"call_tool", resource) when { resource.destructive && !resource.read_only };
+"""
+
+
+def default_policy_file() -> Path | None:
+    """deploy/policies/default.cedar of the checkout this package (or the current directory) is in."""
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            candidate = parent / DEFAULT_POLICY_RELATIVE
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def default_policy() -> tuple[str, str]:
+    """(Cedar text, where it came from)."""
+    path = default_policy_file()
+    if path is not None:
+        return path.read_text(), str(path)
+    return DEFAULT_POLICY_FALLBACK, "the built-in copy of deploy/policies/default.cedar"

@@ -1,0 +1,179 @@
+"""Operator commands: agents, MCP servers, tools, policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.syntax import Syntax
+
+from writ.cli import render
+from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, run, settings
+
+agent_app = typer.Typer(help="Register and list agents.", no_args_is_help=True)
+server_app = typer.Typer(help="Register and list MCP servers.", no_args_is_help=True)
+tool_app = typer.Typer(help="List the tools the registered servers offer.", no_args_is_help=True)
+policy_app = typer.Typer(help="Load and show the Cedar policy bundle.", no_args_is_help=True)
+
+
+# -- agents -----------------------------------------------------------------------------------------
+
+
+async def register_agent(
+    name: str, *, owner: str, teams: list[str], acts_for: list[str], key_file: Path | None
+) -> dict[str, Any]:
+    """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
+    from writ.keys import agent_key_path, ensure_absent, read_key, write_new_key
+    from writ_common.signing import generate_key, public_key_b64
+
+    cfg = settings()
+    if key_file is not None:
+        key, path, new = read_key(key_file), key_file, False
+    else:
+        path = agent_key_path(cfg.data_dir, name)
+        ensure_absent(path, name)
+        key, new = generate_key(), True
+    body = {
+        "agent_id": name,
+        "public_key": public_key_b64(key),
+        "owner": owner,
+        "teams": teams,
+        "acts_for": acts_for,
+    }
+    async with connect(cfg) as nc:
+        registered = await call(nc, "identity", "register_agent", body)
+    if new:
+        write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
+    return {**registered, "key_file": str(path.resolve())}
+
+
+@agent_app.command("register")
+def agent_register(
+    name: Annotated[str, typer.Argument(help="Agent id: [a-z0-9][a-z0-9_-]{0,62}")],
+    owner: Annotated[str, typer.Option(help="Who answers for this agent")] = "unknown",
+    team: Annotated[list[str] | None, typer.Option("--team", help="A team it belongs to (repeat)")] = None,
+    acts_for: Annotated[list[str] | None, typer.Option("--acts-for", help="A user it may act for (repeat)")] = None,
+    key: Annotated[Path | None, typer.Option(help="Register this existing key instead of generating one")] = None,
+) -> None:
+    """Generate an Ed25519 key (saved 0600 under <data>/keys/agents/) and register its public half."""
+    done = run(register_agent(name, owner=owner, teams=team or [], acts_for=acts_for or [], key_file=key))
+    console.print(f"[green]registered[/] agent [bold]{done['agent_id']}[/]")
+    console.print(f"  key id    {done['key_id']}")
+    console.print(f"  key file  {done['key_file']}")
+
+
+async def _list_agents() -> list[dict[str, Any]]:
+    async with connect(settings()) as nc:
+        return list(await call(nc, "identity", "list_agents", {}))
+
+
+@agent_app.command("list")
+def agent_list() -> None:
+    """The registered agents."""
+    console.print(render.agents_table(run(_list_agents())))
+
+
+# -- servers and tools ------------------------------------------------------------------------------
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail("invalid_option", f"{option} takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+async def _add_server(
+    name: str, command: list[str], url: str | None, env: list[str] | None, headers: list[str] | None
+) -> dict[str, Any]:
+    body = server_body(name, command, url, parse_pairs(env, "--env"), parse_pairs(headers, "--header"))
+    async with connect(settings()) as nc:
+        return dict(await call(nc, "registry", "add_server", body, timeout=ADD_SERVER_TIMEOUT))
+
+
+def server_body(
+    name: str, command: list[str], url: str | None, env: dict[str, str], headers: dict[str, str]
+) -> dict[str, Any]:
+    if url and command:
+        fail("invalid_server", "give either --url URL (streamable HTTP) or `-- COMMAND [ARGS...]` (stdio), not both")
+    if url:
+        return {"name": name, "transport": "http", "url": url, "headers": headers}
+    if not command:
+        fail("invalid_server", "give the server's command after `--` (stdio) or --url URL (streamable HTTP)")
+    return {"name": name, "transport": "stdio", "command": command[0], "args": command[1:], "env": env}
+
+
+@server_app.command("add")
+def server_add(
+    name: Annotated[str, typer.Argument(help="Server name: [a-z0-9][a-z0-9_-]{0,62}")],
+    command: Annotated[list[str] | None, typer.Argument(help="stdio: `-- COMMAND [ARGS...]`")] = None,
+    url: Annotated[str | None, typer.Option(help="Streamable HTTP endpoint")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="K=V for a stdio server (repeat)")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", help="K=V for an HTTP server (repeat)")] = None,
+) -> None:
+    """Register an MCP server (stdio: `writ server add NAME -- COMMAND ARGS`; HTTP: --url) and list its tools."""
+    added = run(_add_server(name, command or [], url, env, header))
+    console.print(f"[green]registered[/] server [bold]{added['server']}[/] · {len(added['tools'])} tools discovered")
+    console.print(render.tools_table(added["tools"], title=f"tools of {added['server']}", width=console.width))
+
+
+async def _query(service: str, command: str, body: dict[str, Any]) -> Any:
+    async with connect(settings()) as nc:
+        return await call(nc, service, command, body)
+
+
+@server_app.command("list")
+def server_list() -> None:
+    """The registered MCP servers."""
+    console.print(render.servers_table(run(_query("registry", "list_servers", {}))))
+
+
+@tool_app.command("list")
+def tool_list(server: Annotated[str | None, typer.Option(help="Only this server's tools")] = None) -> None:
+    """Every tool, pinned by version (a digest of its definition)."""
+    console.print(render.tools_table(run(_query("registry", "list_tools", {"server": server})), width=console.width))
+
+
+# -- policy -----------------------------------------------------------------------------------------
+
+
+def read_policy(file: Path | None, use_default: bool) -> tuple[str, str]:
+    if use_default == (file is not None):
+        fail("invalid_option", "give a Cedar FILE or --default (deploy/policies/default.cedar), not both or neither")
+    if use_default:
+        return default_policy()
+    assert file is not None
+    try:
+        return file.read_text(), str(file)
+    except OSError as exc:
+        fail("file_unreadable", f"cannot read {file}: {exc.strerror or exc}")
+
+
+async def _load_policy(file: Path | None, use_default: bool) -> tuple[str, dict[str, Any]]:
+    cedar, source = read_policy(file, use_default)
+    return source, dict(await _query("policy", "load", {"cedar": cedar}))
+
+
+@policy_app.command("load")
+def policy_load(
+    file: Annotated[Path | None, typer.Argument(help="A Cedar policy bundle")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Load deploy/policies/default.cedar")] = False,
+) -> None:
+    """Publish a Cedar bundle; it replaces the current one for every decision that follows."""
+    source, loaded = run(_load_policy(file, default))
+    console.print(f"[green]loaded[/] {source}")
+    console.print(f"  digest    {loaded['policy_digest']}")
+    console.print(f"  policies  {', '.join(loaded.get('policy_ids') or []) or '-'}")
+
+
+@policy_app.command("show")
+def policy_show() -> None:
+    """The bundle in force: its digest, policy ids and Cedar text."""
+    shown = run(_query("policy", "show", {}))
+    console.print(f"digest    {shown['policy_digest']}")
+    console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
+    console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))

@@ -1,0 +1,162 @@
+"""How agents, servers, tools, intents and receipts look on a terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from writ_common.events import Receipt
+
+STATUS_STYLE = {
+    "succeeded": "bold green",
+    "failed": "bold red",
+    "rejected": "bold red",
+    "denied": "bold red",
+    "expired": "bold yellow",
+    "cancelled": "bold yellow",
+    "outcome_unknown": "bold magenta",
+    "awaiting_approval": "bold yellow",
+}
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, "bold cyan"))
+
+
+def short_digest(digest: str | None, length: int = 12) -> str:
+    if not digest:
+        return "-"
+    algo, _, hexpart = digest.partition(":")
+    return f"{algo}:{hexpart[:length]}" if hexpart else digest[:length]
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[dim]no[/]"
+
+
+def agents_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="agents", title_justify="left")
+    for column in ("agent", "owner", "teams", "acts for", "key id"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["agent_id"],
+            row.get("owner") or "-",
+            ", ".join(row.get("teams") or []) or "-",
+            ", ".join(row.get("acts_for") or []) or "-",
+            row.get("key_id") or "-",
+        )
+    return table
+
+
+def servers_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="servers", title_justify="left")
+    for column in ("server", "transport", "target", "tools"):
+        table.add_column(column, justify="right" if column == "tools" else "left")
+    for row in rows:
+        table.add_row(row["name"], row["transport"], row.get("target") or "-", str(row.get("tools", 0)))
+    return table
+
+
+def tools_table(rows: list[dict[str, Any]], title: str = "tools", *, width: int = 80) -> Table:
+    """Server, tool, version (short digest) and the hints policy reads; descriptions when there is room."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column, key in (("server", "server"), ("tool", "name")):
+        table.add_column(column, no_wrap=True, min_width=max([len(column), *(len(r[key]) for r in rows)]))
+    table.add_column("version", no_wrap=True, min_width=12)
+    for column in ("read-only", "destructive", "idempotent"):
+        table.add_column(column, justify="center", min_width=len(column), no_wrap=True)
+    fixed = sum(c.min_width or 0 for c in table.columns) + 3 * len(table.columns)
+    described = width - fixed >= 30
+    if described:
+        table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=width - fixed - 3)
+    for row in rows:
+        ann = row.get("annotations") or {}
+        cells = [
+            row["server"],
+            row["name"],
+            short_digest(row.get("tool_digest")).partition(":")[2] or "-",
+            _yes(bool(ann.get("read_only"))),
+            _yes(bool(ann.get("destructive"))),
+            _yes(bool(ann.get("idempotent"))),
+        ]
+        if described:
+            lines = (row.get("description") or "").strip().splitlines()
+            cells.append(lines[0] if lines else "")
+        table.add_row(*cells)
+    return table
+
+
+def tool_name(server: str | None, tool: str | None) -> str:
+    if tool and "/" in tool:
+        return tool  # already server/tool, as the agent named it
+    return "/".join(p for p in (server, tool) if p) or "-"
+
+
+def intent_row(row: dict[str, Any], receipt_position: int | None) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("intent", row.get("intent_id") or "-")
+    table.add_row("agent", row.get("agent_id") or "-")
+    table.add_row("tool", tool_name(row.get("server"), row.get("tool")))
+    table.add_row("status", status_text(str(row.get("status"))))
+    for field in ("code", "reason", "submitted_at", "updated_at"):
+        if row.get(field):
+            table.add_row(field.replace("_", " "), str(row[field]))
+    receipt = f"#{receipt_position} · `writ receipt show {row.get('intent_id')}`" if receipt_position else None
+    table.add_row("receipt", receipt or "no receipt yet")
+    return table
+
+
+def tool_output(result: dict[str, Any] | None) -> RenderableType | None:
+    """The tool's answer: structuredContent as JSON if present, else its text content."""
+    if not result:
+        return None
+    structured = result.get("structuredContent")
+    if structured is not None:
+        return Syntax(json.dumps(structured, indent=2, ensure_ascii=False), "json", background_color="default")
+    texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, dict) and c.get("type") == "text"]
+    text = "\n".join(texts).strip()
+    if not text:
+        return Text("(no text content)", style="dim")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return Text(text)
+    return Syntax(json.dumps(parsed, indent=2, ensure_ascii=False), "json", background_color="default")
+
+
+def receipt_panel(receipt: Receipt, title: str | None = None) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("status", status_text(receipt.status))
+    table.add_row("stage", receipt.stage)
+    table.add_row("code", receipt.code)
+    table.add_row("reason", receipt.reason)
+    table.add_row("tool", tool_name(receipt.server, receipt.tool))
+    table.add_row("agent", receipt.agent_id)
+    if receipt.policy_ids:
+        table.add_row("policies", ", ".join(receipt.policy_ids))
+    table.add_row("position", f"#{receipt.position}")
+    table.add_row("hash", receipt.receipt_hash)
+    table.add_row("prev", receipt.prev_hash)
+    table.add_row("signed by", receipt.ledger_key_id)
+    parts: list[RenderableType] = [table]
+    output = tool_output(receipt.result)
+    if output is not None:
+        parts += [Text(""), Text("tool output", style="bold"), output]
+    return Panel(
+        Group(*parts),
+        title=title or f"receipt · {receipt.intent_id}",
+        title_align="left",
+        border_style=STATUS_STYLE.get(receipt.status, "cyan").removeprefix("bold "),
+    )

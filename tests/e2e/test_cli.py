@@ -1,0 +1,202 @@
+"""The `writ` CLI against the session's running plane: register, submit, verify, and fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from writ.cli import app
+from writ.runtime.processes import free_port
+from writ.runtime.supervisor import Plane
+from writ_common.signing import generate_key, public_key_b64
+
+pytestmark = pytest.mark.e2e
+
+TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
+WRIT = str(Path(sys.executable).parent / "writ")
+INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
+
+Writ = Callable[..., Result]
+
+
+@pytest.fixture
+def writ(plane: Plane) -> Writ:
+    """Run `writ ARGS...` in-process against the session plane."""
+    runner = CliRunner()
+    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+@dataclass(frozen=True)
+class Ready:
+    agent: str
+    server: str
+
+
+@pytest.fixture
+def ready(writ: Writ) -> Ready:
+    """A fresh agent with its key, a fresh server running mcp-server-time, and the default policy."""
+    suffix = uuid.uuid4().hex[:8]
+    name, server = f"cli-agent-{suffix}", f"time-{suffix}"
+    registered = writ("agent", "register", name, "--owner", "tests")
+    assert registered.exit_code == 0, registered.output
+    added = writ("server", "add", server, "--", TIME_SERVER)
+    assert added.exit_code == 0, added.output
+    assert "get_current_time" in added.stdout
+    loaded = writ("policy", "load", "--default")
+    assert loaded.exit_code == 0, loaded.output
+    return Ready(name, server)
+
+
+def submit(writ: Writ, ready: Ready, tool: str, args: dict[str, object]) -> tuple[Result, str]:
+    result = writ(
+        "intent", "submit", f"{ready.server}/{tool}", "--args", json.dumps(args), "--as", ready.agent, "--wait"
+    )
+    found = INTENT_ID.search(result.stdout)
+    assert found, result.output
+    return result, found.group(1)
+
+
+def assert_one_error_line(result: Result, code: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {code}: "), lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_submit_and_wait_prints_the_tool_output(writ: Writ, ready: Ready) -> None:
+    result, _ = submit(writ, ready, "get_current_time", {"timezone": "Europe/Paris"})
+
+    assert result.exit_code == 0, result.output
+    assert "succeeded" in result.stdout
+    assert "Europe/Paris" in result.stdout
+
+
+def test_arguments_failing_the_schema_exit_1_with_invalid_arguments(writ: Writ, ready: Ready) -> None:
+    result, _ = submit(writ, ready, "get_current_time", {"timezone": 42})
+
+    assert result.exit_code == 1
+    assert "rejected" in result.stdout
+    assert "invalid_arguments" in result.stdout
+
+
+def test_agent_list_shows_the_registered_agent(writ: Writ, ready: Ready) -> None:
+    listed = writ("agent", "list")
+
+    assert listed.exit_code == 0, listed.output
+    assert ready.agent in listed.stdout
+
+
+def test_registering_twice_refuses_to_overwrite_the_key(writ: Writ, ready: Ready) -> None:
+    again = writ("agent", "register", ready.agent)
+
+    assert_one_error_line(again, "key_exists")
+
+
+def test_stored_receipt_verifies(writ: Writ, ready: Ready) -> None:
+    _, intent_id = submit(writ, ready, "get_current_time", {"timezone": "UTC"})
+
+    verified = writ("receipt", "verify", intent_id)
+
+    assert verified.exit_code == 0, verified.output
+    assert verified.stdout.splitlines()[0] == "valid"
+    assert "chain      ok" in verified.stdout
+
+
+def test_receipt_file_verifies_offline_until_one_byte_changes(writ: Writ, ready: Ready, tmp_path: Path) -> None:
+    _, intent_id = submit(writ, ready, "get_current_time", {"timezone": "Europe/Paris"})
+    shown = writ("receipt", "show", intent_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    original = shown.stdout.encode()
+    path = tmp_path / "r.json"
+    path.write_bytes(original)
+    assert writ("receipt", "verify", "--file", str(path)).exit_code == 0
+
+    def altered(position: int, byte: int) -> Result:
+        data = bytearray(original)
+        data[position] = byte
+        path.write_bytes(bytes(data))
+        return writ("receipt", "verify", "--file", str(path))
+
+    paris = original.index(b"Europe/Paris")
+    space = original.index(b'": ') + 2
+    newline = original.index(b"\n")
+    cases = {
+        "a letter of the tool output": (paris + 7, ord("X")),
+        "a space (still valid JSON)": (space, ord("\t")),
+        "a quote (no longer JSON)": (original.index(b'"'), ord("'")),
+        "a newline (still valid JSON)": (newline, ord(" ")),
+    }
+    # ...and, spread over the whole file, flipping the lowest bit of a byte.
+    for position in range(0, len(original), max(1, len(original) // 40)):
+        cases[f"bit 0 of byte {position}"] = (position, original[position] ^ 1)
+    for what, (position, byte) in cases.items():
+        result = altered(position, byte)
+        assert result.exit_code == 1, f"{what}: {result.output}"
+        assert result.stderr.startswith("error: receipt_invalid: "), f"{what}: {result.stderr}"
+        assert "Traceback" not in result.output
+
+
+def test_receipt_file_signed_by_another_key_is_refused(writ: Writ, ready: Ready, tmp_path: Path) -> None:
+    _, intent_id = submit(writ, ready, "get_current_time", {"timezone": "UTC"})
+    path = tmp_path / "r.json"
+    path.write_text(writ("receipt", "show", intent_id, "--json").stdout)
+
+    result = writ("receipt", "verify", "--file", str(path), "--public-key", public_key_b64(generate_key()))
+
+    assert_one_error_line(result, "receipt_invalid")
+    assert "wrong key" in result.stderr
+
+
+def test_missing_key_file_is_one_error_line(writ: Writ, ready: Ready) -> None:
+    result = writ("intent", "submit", "get_current_time", "--as", "nobody-has-this-key")
+
+    assert_one_error_line(result, "key_missing")
+
+
+def test_without_a_plane_a_command_prints_one_error_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "WRIT_DATA_DIR": str(tmp_path), "WRIT_NATS_URL": f"nats://127.0.0.1:{port}"}
+
+    done = subprocess.run([WRIT, "agent", "list"], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: no_plane: no Writ plane is running at nats://127.0.0.1:{port}; "
+        "start one with `make run` (or `writ up`)"
+    ]
+
+
+def test_demo_tells_the_whole_story_against_the_running_plane(writ: Writ) -> None:
+    told = writ("demo")
+
+    assert told.exit_code == 0, told.output
+    for expected in ("succeeded", "Europe/Paris", "forbidden", "invalid_arguments", "unknown_tool", "bad_signature"):
+        assert expected in told.stdout, expected
+    assert "\nvalid\n" in told.stdout
+    assert "demo complete" in told.stdout
+
+
+def test_built_in_default_policy_matches_the_deploy_file() -> None:
+    from writ.cli.base import DEFAULT_POLICY_FALLBACK, default_policy_file
+
+    path = default_policy_file()
+    assert path is not None
+    assert path.read_text() == DEFAULT_POLICY_FALLBACK, "update DEFAULT_POLICY_FALLBACK in src/writ/cli/base.py"
