@@ -22,7 +22,8 @@ run: venv
 demo: venv
 	$(BIN)/writ demo --embedded
 
-test: venv
+# CI runs exactly this: lint and types first, then every test tier against real servers.
+test: check
 	$(BIN)/pytest -q
 
 unit: venv
@@ -35,7 +36,7 @@ e2e: venv
 	$(BIN)/pytest -q tests/e2e
 
 check: venv
-	$(BIN)/ruff check . && $(BIN)/mypy libs/common/src services/*/src src
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy libs/common/src services/*/src src
 
 schemas: venv
 	$(BIN)/python -m writ_common.schemagen schemas
