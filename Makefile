@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo test unit integration e2e check schemas bench lock clean distclean
+.PHONY: venv run demo test unit integration e2e check schemas bench soak lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -43,6 +43,12 @@ schemas: venv
 
 bench: venv
 	$(BIN)/python -m writ.bench
+
+# Not in CI: the kill scenarios at length (override with SOAK_INTENTS / SOAK_KILLS), then a summary.
+SOAK_INTENTS ?= 1000
+SOAK_KILLS ?= 8
+soak: venv
+	WRIT_SOAK_INTENTS=$(SOAK_INTENTS) WRIT_SOAK_KILLS=$(SOAK_KILLS) $(BIN)/pytest -q -s -p no:cacheprovider tests/fault -k "killing_a_service"
 
 lock: $(UV)
 	$(UV) lock

@@ -10,12 +10,14 @@ was really interrupted.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -36,8 +38,40 @@ from writ_common.signing import generate_key, public_key_b64
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
 PERMIT_ALL = '@id("fault-tests-permit-all")\npermit(principal, action == Action::"call_tool", resource);\n'
-INTENTS_PER_RUN = 200
-KILLS_PER_RUN = 3
+# `make soak` raises these (WRIT_SOAK_INTENTS, WRIT_SOAK_KILLS) and prints the summary table.
+INTENTS_PER_RUN = int(os.environ.get("WRIT_SOAK_INTENTS", "200"))
+KILLS_PER_RUN = int(os.environ.get("WRIT_SOAK_KILLS", "3"))
+
+
+@dataclass
+class RunSummary:
+    killed: str
+    intents: int = 0
+    receipts: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    outcome_unknown: int = 0
+    recoveries: list[float] = field(default_factory=list)
+
+
+SUMMARY: list[RunSummary] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_summary() -> Iterator[None]:
+    yield
+    if not SUMMARY:
+        return
+    lines = [
+        "",
+        f"{'killed':10} {'intents':>8} {'receipts':>9} {'duplicates':>11} {'lost':>5} {'unknown':>8}  recovery s (restart -> first new receipt)",
+    ]
+    for s in SUMMARY:
+        recoveries = ", ".join(f"{r:.2f}" for r in s.recoveries) or "-"
+        lines.append(
+            f"{s.killed:10} {s.intents:8} {s.receipts:9} {s.duplicates:11} {s.lost:5} {s.outcome_unknown:8}  {recoveries}"
+        )
+    print("\n".join(lines))
 
 
 @pytest.fixture(scope="module")
@@ -136,18 +170,30 @@ def row_counts(db: Path) -> Counter[str]:
         return Counter(token for (token,) in conn.execute("SELECT token FROM rows"))
 
 
-async def killer(plane: Plane, service: str, kills: int) -> None:
+async def killer(plane: Plane, nc: Client, service: str, kills: int, summary: RunSummary) -> None:
     """Kill ``service`` at random moments; once with the fault hook armed, so the restarted
-    process dies right after an append and before its ack."""
+    process dies right after an append and before its ack. Records the recovery time: from the
+    restarted process running to the next receipt the ledger stores."""
     rng = random.Random(f"{service}-kills")
     for k in range(kills):
         await asyncio.sleep(rng.uniform(0.2, 0.8))
         if k == 0:
             plane.service_env[service] = {"WRIT_FAULT_EXIT_AFTER_APPENDS": "3"}
+        restarts = plane.status_of(service).restarts
         await asyncio.to_thread(plane.kill_service, service)
         if k == 0:
-            await wait_until(lambda: plane.status_of(service).restarts >= 2, 30)  # the hook fired once
+            await wait_until(lambda r=restarts: plane.status_of(service).restarts >= r + 2, 30)  # the hook fired
             plane.service_env.pop(service, None)
+        else:
+            await wait_until(lambda r=restarts: plane.status_of(service).restarts > r, 30)
+        await wait_until(lambda: plane.status_of(service).state == "running", 30)
+        restarted = time.monotonic()
+        head = (await nc.jetstream().stream_info(subjects.LEDGER_STREAM)).state.last_seq
+        for _ in range(200):
+            if (await nc.jetstream().stream_info(subjects.LEDGER_STREAM)).state.last_seq > head:
+                summary.recoveries.append(time.monotonic() - restarted)
+                break
+            await asyncio.sleep(0.05)
         await asyncio.to_thread(plane.wait_ready, 60)
 
 
@@ -170,12 +216,18 @@ async def assert_chain_verifies(rig: Rig) -> None:
 @pytest.mark.parametrize("service", ["identity", "registry", "policy", "executor", "ledger"])
 async def test_killing_a_service_mid_run_loses_nothing_and_runs_nothing_twice(rig: Rig, service: str) -> None:
     run = f"{service}-{uuid.uuid4().hex[:6]}"
-    kills = asyncio.create_task(killer(rig.plane, service, KILLS_PER_RUN))
+    summary = RunSummary(killed=service, intents=INTENTS_PER_RUN)
+    SUMMARY.append(summary)
+    kills = asyncio.create_task(killer(rig.plane, rig.nc, service, KILLS_PER_RUN, summary))
     tokens = await submit_rows(rig, INTENTS_PER_RUN, run)
     await kills
     receipts = await receipts_of(rig, list(tokens))
 
     per_intent = Counter(r.intent_id for r in await all_receipts(rig.nc))
+    summary.receipts = sum(per_intent[i] for i in tokens)
+    summary.duplicates = sum(per_intent[i] - 1 for i in tokens if per_intent[i] > 1)
+    summary.lost = sum(1 for i in tokens if per_intent[i] == 0)
+    summary.outcome_unknown = sum(1 for r in receipts.values() if r.status == "outcome_unknown")
     wrong = {i: per_intent[i] for i in tokens if per_intent[i] != 1}
     assert not wrong, f"every intent has exactly one receipt: {wrong}"
     rows = row_counts(rig.sqlite_db)
