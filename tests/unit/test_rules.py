@@ -157,33 +157,32 @@ class TestPolicy:
             compile_bundle("permit(principal, action")
 
 
-class TestExecutor:
-    def authorized(self, idempotent: bool, *later: ev.Payload) -> IntentView:
-        intent = signed()
-        planned = ev.IntentPlanned(
-            server="s",
-            tool="t",
-            tool_digest="d",
-            args_digest="a",
-            annotations=ev.ToolAnnotations(idempotent=idempotent),
-        )
-        return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
+def authorized(idempotent: bool, *later: ev.Payload, deadline_seconds: float = 300) -> IntentView:
+    """An intent authorized for a tool that is (or is not) idempotent, then ``later`` events."""
+    intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=deadline_seconds), KEY)
+    planned = ev.IntentPlanned(
+        server="s", tool="t", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations(idempotent=idempotent)
+    )
+    return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
 
+
+def started(attempt: int) -> ev.ExecutionStarted:
+    return ev.ExecutionStarted(attempt=attempt, idempotency_key="k", server="s", tool="t")
+
+
+class TestExecutor:
     def test_first_delivery_invokes_attempt_one(self) -> None:
-        assert next_step(self.authorized(False)) == Invoke(attempt=1)
+        assert next_step(authorized(False)) == Invoke(attempt=1)
 
     def test_interrupted_non_idempotent_call_is_outcome_unknown_never_a_second_call(self) -> None:
-        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
-        assert isinstance(next_step(self.authorized(False, started)), ev.ExecutionOutcomeUnknown)
+        assert isinstance(next_step(authorized(False, started(1))), ev.ExecutionOutcomeUnknown)
 
     def test_interrupted_idempotent_call_is_invoked_again(self) -> None:
-        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
-        assert next_step(self.authorized(True, started)) == Invoke(attempt=2)
+        assert next_step(authorized(True, started(1))) == Invoke(attempt=2)
 
     def test_finished_intent_needs_nothing(self) -> None:
-        started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
         done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
-        assert next_step(self.authorized(False, started, done)) is None
+        assert next_step(authorized(False, started(1), done)) is None
 
 
 def test_fold_keeps_the_first_terminal_event() -> None:
@@ -195,48 +194,34 @@ def test_fold_keeps_the_first_terminal_event() -> None:
 
 
 class TestRetries:
-    def authorized(self, idempotent: bool, *later: ev.Payload, deadline_seconds: float = 300) -> IntentView:
-        intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=deadline_seconds), KEY)
-        planned = ev.IntentPlanned(
-            server="s",
-            tool="t",
-            tool_digest="d",
-            args_digest="a",
-            annotations=ev.ToolAnnotations(idempotent=idempotent),
-        )
-        return view_of(intent, planned, ev.IntentAuthorized(policy_digest="p", policy_ids=[]), *later)
-
-    def started(self, attempt: int) -> ev.ExecutionStarted:
-        return ev.ExecutionStarted(attempt=attempt, idempotency_key="k", server="s", tool="t")
-
     def test_a_call_that_surely_did_not_run_is_retried_with_backoff_even_if_not_idempotent(self) -> None:
-        view = self.authorized(False, self.started(1))
+        view = authorized(False, started(1))
         payload = after_error(view, 1, CallError("not_sent", "server_unavailable", "down"), now=datetime.now(UTC))
         assert isinstance(payload, ev.ExecutionAttemptFailed)
         assert 0 <= payload.retry_after_ms <= 500
-        assert next_step(self.authorized(False, self.started(1), payload)) == Invoke(attempt=2)
+        assert next_step(authorized(False, started(1), payload)) == Invoke(attempt=2)
 
     def test_an_interrupted_call_is_unknown_unless_the_tool_is_idempotent(self) -> None:
         error = CallError("interrupted", "call_interrupted", "connection reset")
-        unknown = after_error(self.authorized(False, self.started(1)), 1, error, now=datetime.now(UTC))
+        unknown = after_error(authorized(False, started(1)), 1, error, now=datetime.now(UTC))
         assert isinstance(unknown, ev.ExecutionOutcomeUnknown)
-        retry = after_error(self.authorized(True, self.started(1)), 1, error, now=datetime.now(UTC))
+        retry = after_error(authorized(True, started(1)), 1, error, now=datetime.now(UTC))
         assert isinstance(retry, ev.ExecutionAttemptFailed)
 
     def test_attempts_are_bounded(self) -> None:
         error = CallError("not_sent", "server_unavailable", "down")
-        final = after_error(self.authorized(True, self.started(3)), 3, error, now=datetime.now(UTC), max_attempts=3)
+        final = after_error(authorized(True, started(3)), 3, error, now=datetime.now(UTC), max_attempts=3)
         assert isinstance(final, ev.ExecutionFailed) and "gave up after 3 attempts" in final.reason
 
     def test_no_retry_past_the_deadline(self) -> None:
-        view = self.authorized(True, self.started(1), deadline_seconds=0.01)
+        view = authorized(True, started(1), deadline_seconds=0.01)
         error = CallError("not_sent", "server_unavailable", "down")
         final = after_error(view, 1, error, now=datetime.now(UTC) + timedelta(seconds=1))
         assert isinstance(final, ev.ExecutionFailed) and "deadline" in final.reason
 
     def test_a_protocol_refusal_is_final(self) -> None:
         error = CallError("refused", "mcp_error", "unknown tool")
-        assert isinstance(after_error(self.authorized(True), 1, error, now=datetime.now(UTC)), ev.ExecutionFailed)
+        assert isinstance(after_error(authorized(True), 1, error, now=datetime.now(UTC)), ev.ExecutionFailed)
 
 
 class TestCircuitBreaker:

@@ -12,58 +12,28 @@ from writ_common import subjects
 # the intent's subject (and the derived intent id) still refuse a second submission.
 DUPLICATE_WINDOW_SECONDS = 24 * 3600.0
 
-STREAMS: tuple[StreamConfig, ...] = (
-    StreamConfig(
-        name=subjects.INTENTS_STREAM,
-        subjects=["writ.intent.>"],
+
+def _stream(name: str, subject: str) -> StreamConfig:
+    """A file-backed stream with the dedupe window and Direct Get that every Writ stream uses."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
         discard=DiscardPolicy.OLD,
-    ),
-    StreamConfig(
-        name=subjects.IDENTITY_STREAM,
-        subjects=["writ.identity.>"],
-        storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.REGISTRY_STREAM,
-        subjects=["writ.registry.>"],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.POLICY_STREAM,
-        subjects=["writ.policy.>"],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.EXECUTOR_STREAM,
-        subjects=["writ.executor.>"],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.LEDGER_STREAM,
-        subjects=["writ.ledger.>"],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-    ),
-    StreamConfig(
-        name=subjects.DLQ_STREAM,
-        subjects=["writ.dlq.>"],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
-        allow_direct=True,
-    ),
+    )
+
+
+STREAMS: tuple[StreamConfig, ...] = (
+    _stream(subjects.INTENTS_STREAM, "writ.intent.>"),
+    _stream(subjects.IDENTITY_STREAM, "writ.identity.>"),
+    _stream(subjects.REGISTRY_STREAM, "writ.registry.>"),
+    _stream(subjects.POLICY_STREAM, "writ.policy.>"),
+    _stream(subjects.EXECUTOR_STREAM, "writ.executor.>"),
+    _stream(subjects.LEDGER_STREAM, "writ.ledger.>"),
+    _stream(subjects.DLQ_STREAM, "writ.dlq.>"),
 )
 
 

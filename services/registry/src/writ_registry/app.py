@@ -36,16 +36,6 @@ class AddServer(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = {}
 
 
-class SetOverride(msgspec.Struct, kw_only=True):
-    server: str
-    tool: str
-    read_only: bool | None = None
-    destructive: bool | None = None
-    idempotent: bool | None = None
-    open_world: bool | None = None
-    idempotency_arg: str | None = None
-
-
 class ListTools(msgspec.Struct, kw_only=True):
     server: str | None = None
 
@@ -142,17 +132,16 @@ def build(settings: WritSettings) -> Service:
         ]
 
     async def set_override(body: dict[str, Any]) -> Any:
-        cmd = msgspec.convert(body, SetOverride)
+        cmd = msgspec.convert(body, ev.ToolOverrideSet)  # the command is the event it asks for
         if follower is not None:
             await follower.ensure_fresh()
         if cmd.tool not in catalog.tools.get(cmd.server, {}):
             raise CommandError("unknown_tool", f"no tool {cmd.tool!r} on server {cmd.server!r}")
-        override = msgspec.convert(msgspec.to_builtins(cmd), ev.ToolOverrideSet)
         await append_control(
             svc.js,
             subjects.override_subject(cmd.server),
-            make_envelope(override, producer=svc.producer),
-            message_id=f"override:{sha256_digest(msgspec.to_builtins(override))}:{catalog_seq()}",
+            make_envelope(cmd, producer=svc.producer),
+            message_id=f"override:{sha256_digest(msgspec.to_builtins(cmd))}:{catalog_seq()}",
         )
         if follower is not None:
             await follower.ensure_fresh()
