@@ -6,19 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 import pytest_asyncio
-from nacl.signing import SigningKey
-from nats.aio.client import Client
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from inprocess import DEFAULT_POLICY, SPANS, Spine
 
 from writ.sdk import WritAgent, fetch_receipt
 from writ_common import commands, subjects
@@ -26,61 +18,19 @@ from writ_common import events as ev
 from writ_common.bus import StaleAppend, append, direct_get_batch, read_history
 from writ_common.envelope import Producer, make_envelope
 from writ_common.receipts import verify_receipt
-from writ_common.service import Service
-from writ_common.settings import WritSettings
-from writ_common.signing import generate_key, public_key_b64
-from writ_executor.app import build as build_executor
-from writ_identity.app import build as build_identity
-from writ_ledger.app import build as build_ledger
-from writ_policy.app import build as build_policy
-from writ_registry.app import build as build_registry
+from writ_common.signing import generate_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-SPANS = InMemorySpanExporter()
-_provider = TracerProvider()
-_provider.add_span_processor(SimpleSpanProcessor(SPANS))
-trace.set_tracer_provider(_provider)
-
-POLICY = (Path(__file__).parents[2] / "deploy" / "policies" / "default.cedar").read_text() + (
+POLICY = DEFAULT_POLICY + (
     '\n@id("no-convert")\nforbid(principal, action == Action::"call_tool", resource)'
     ' when { resource.name == "convert_time" };\n'
 )
-TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 
 
-@dataclass
-class Spine:
-    nc: Client
-    services: list[Service]
-    agent: WritAgent
-    key: SigningKey
-
-    @property
-    def js(self):  # type: ignore[no-untyped-def]
-        return self.nc.jetstream()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spine]:
-    settings = WritSettings(
-        data_dir=tmp_path_factory.mktemp("spine"), nats_url=nats_server, redis_url=redis_server, instance="test"
-    )
-    services = [b(settings) for b in (build_identity, build_registry, build_policy, build_executor, build_ledger)]
-    for svc in services:
-        await svc.start()
-    nc = await nats.connect(nats_server)
-    key = generate_key()
-    agent_id = f"spine-{uuid.uuid4().hex[:8]}"
-    await commands.call(nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)})
-    await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
-    await commands.call(nc, "policy", "load", {"cedar": POLICY})
-    try:
-        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key)
-    finally:
-        await nc.close()
-        for svc in reversed(services):
-            await svc.stop()
+@pytest_asyncio.fixture(scope="module", loop_scope="session", autouse=True)
+async def spine_policy(spine: Spine) -> None:
+    await commands.call(spine.nc, "policy", "load", {"cedar": POLICY})
 
 
 async def ledger_public_key(spine: Spine) -> str:

@@ -32,8 +32,12 @@ class History:
     undecodable: int = 0
 
 
-def msg_id(intent_id: str, event_type: str, attempt: int = 0) -> str:
-    """``Nats-Msg-Id`` of an intent event: a re-run handler cannot append it twice."""
+def msg_id(intent_id: str, event_type: str, attempt: int | str = 0) -> str:
+    """``Nats-Msg-Id`` of an intent event: a re-run handler cannot append it twice.
+
+    ``attempt`` tells apart events of one type that may legitimately repeat: the execution
+    attempt, or for approval decisions the approver and the position decided at.
+    """
     return f"{intent_id}:{event_type}:{attempt}"
 
 
@@ -42,7 +46,7 @@ async def append(
     envelope: Envelope,
     *,
     expected_last_seq: int,
-    attempt: int = 0,
+    attempt: int | str = 0,
     headers: dict[str, str] | None = None,
 ) -> PubAck:
     """Append an intent event, fenced and deduplicated.

@@ -88,12 +88,51 @@ class IntentExpired(Payload, frozen=True, kw_only=True):
 
 
 class ApprovalRequested(Payload, frozen=True, kw_only=True):
+    """Policy asks people: everything an approver needs to judge, and the digest they sign."""
+
     approval_digest: str
     policy_digest: str
     policy_ids: list[str]
-    approvers: str
+    approvers: str  # the approver group that may decide
     quorum: int
     expires_at: str
+    owner_may_approve: bool = False
+
+
+class ApprovalGranted(Payload, frozen=True, kw_only=True):
+    """A valid, signed grant, counted toward the quorum."""
+
+    approver_id: str
+    key_id: str
+    approval_digest: str
+    signed_at: str
+    signature: str
+    comment: str = ""
+
+
+class ApprovalDenied(Payload, frozen=True, kw_only=True):
+    """A valid, signed denial: the intent ends as denied."""
+
+    approver_id: str
+    key_id: str
+    approval_digest: str
+    signed_at: str
+    signature: str
+    comment: str = ""
+
+
+class ApprovalRefused(Payload, frozen=True, kw_only=True):
+    """A grant or denial that did not hold; recorded with its reason, it changes nothing else."""
+
+    approver_id: str
+    decision: str
+    code: str
+    reason: str
+
+
+class ApprovalExpired(Payload, frozen=True, kw_only=True):
+    expires_at: str
+    granted_by: list[str] = []
 
 
 class ExecutionStarted(Payload, frozen=True, kw_only=True):
@@ -134,6 +173,15 @@ class ExecutionAttemptFailed(Payload, frozen=True, kw_only=True):
 
 
 # --- control streams: identity, registry, policy, ledger ------------------------------------
+
+
+class ApproverRegistered(Payload, frozen=True, kw_only=True):
+    """A person (or approver service) who may answer approval requests for its groups."""
+
+    approver_id: str
+    public_key: str
+    groups: list[str]
+    active: bool = True
 
 
 class AgentRegistered(Payload, frozen=True, kw_only=True):
@@ -213,6 +261,7 @@ class Receipt(Payload, frozen=True, kw_only=True):
     policy_digest: str | None = None
     policy_ids: list[str] = []
     approval_digest: str | None = None
+    approvers: list[str] = []  # who granted (or denied) the approval, in order
     result: dict[str, Any] | None = None
     result_digest: str | None = None
     event_ids: list[str]
@@ -241,12 +290,17 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("intent.denied", 1): IntentDenied,
     ("intent.expired", 1): IntentExpired,
     ("approval.requested", 1): ApprovalRequested,
+    ("approval.granted", 1): ApprovalGranted,
+    ("approval.denied", 1): ApprovalDenied,
+    ("approval.refused", 1): ApprovalRefused,
+    ("approval.expired", 1): ApprovalExpired,
     ("execution.started", 1): ExecutionStarted,
     ("execution.succeeded", 1): ExecutionSucceeded,
     ("execution.failed", 1): ExecutionFailed,
     ("execution.outcome_unknown", 1): ExecutionOutcomeUnknown,
     ("execution.attempt_failed", 1): ExecutionAttemptFailed,
     ("agent.registered", 1): AgentRegistered,
+    ("approver.registered", 1): ApproverRegistered,
     ("server.registered", 1): ServerRegistered,
     ("tools.discovered", 1): ToolsDiscovered,
     ("tool.override_set", 1): ToolOverrideSet,

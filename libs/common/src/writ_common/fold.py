@@ -21,6 +21,8 @@ class IntentView:
     planned: ev.IntentPlanned | None = None
     authorized: ev.IntentAuthorized | None = None
     approval: ev.ApprovalRequested | None = None
+    grants: list[ev.ApprovalGranted] = field(default_factory=list)
+    denial: ev.ApprovalDenied | None = None
     started: list[ev.ExecutionStarted] = field(default_factory=list)
     attempt_failures: list[ev.ExecutionAttemptFailed] = field(default_factory=list)
     terminal: StoredEvent | None = None
@@ -49,6 +51,11 @@ class IntentView:
         if self.attempt_failures and self.attempt_failures[-1].attempt == self.last_attempt:
             return self.attempt_failures[-1]
         return None
+
+    @property
+    def approval_pending(self) -> bool:
+        """Waiting for people: requested, not yet authorized, denied or ended."""
+        return self.approval is not None and self.authorized is None and self.denial is None and not self.is_terminal
 
     def has(self, event_type: str) -> bool:
         return any(e.type == event_type for e in self.events)
@@ -101,6 +108,10 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
                 view.authorized = payload
             case ev.ApprovalRequested():
                 view.approval = payload
+            case ev.ApprovalGranted():
+                view.grants.append(payload)
+            case ev.ApprovalDenied():
+                view.denial = payload
             case ev.ExecutionStarted():
                 view.started.append(payload)
             case ev.ExecutionAttemptFailed():

@@ -38,6 +38,7 @@ EVENTS_DIR = "events"
 # ``writ.intent.{agent_id}.{intent_id}.<token>`` in WRIT_INTENTS.
 CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "agent.registered": (subjects.agent_subject("{agent_id}"), subjects.IDENTITY_STREAM),
+    "approver.registered": (subjects.approver_subject("{approver_id}"), subjects.IDENTITY_STREAM),
     "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
     "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
     "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
@@ -51,6 +52,7 @@ PARAMETERS: dict[str, str] = {
     "intent_id": "The intent's id, derived from (agent_id, idempotency_key).",
     "server": "The MCP server's registered name.",
     "service": "The Writ service that parked the message.",
+    "approver_id": "The approver's id (a subject token).",
 }
 
 INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
@@ -59,7 +61,13 @@ INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
 # "agent" is the SDK / CLI acting for an agent.
 SENDS: dict[str, tuple[str, ...]] = {
     "agent": ("intent.submitted",),
-    "identity": ("intent.authenticated", "intent.rejected", "intent.expired", "agent.registered"),
+    "identity": (
+        "intent.authenticated",
+        "intent.rejected",
+        "intent.expired",
+        "agent.registered",
+        "approver.registered",
+    ),
     "registry": (
         "intent.planned",
         "intent.rejected",
@@ -68,7 +76,7 @@ SENDS: dict[str, tuple[str, ...]] = {
         "tools.discovered",
         "tool.override_set",
     ),
-    "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.requested", "policy.published"),
+    "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.*", "policy.published"),
     "executor": ("execution.*", "intent.expired", "breaker.transitioned"),
     "ledger": ("receipt.recorded",),
 }
@@ -76,7 +84,7 @@ RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
     "identity": ("intent.submitted", "agent.registered"),
     "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set"),
-    "policy": ("intent.planned", "policy.published"),
+    "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
     "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set"),
     "ledger": (INTENTS,),
 }

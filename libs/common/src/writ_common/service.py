@@ -164,7 +164,12 @@ class Service:
         raise RuntimeError(f"{intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
     async def append_all(
-        self, view: IntentView, trigger: StoredEvent, payloads: Sequence[Payload], last_seq: int, attempt: int = 0
+        self,
+        view: IntentView,
+        trigger: StoredEvent,
+        payloads: Sequence[Payload],
+        last_seq: int,
+        attempt: int | str = 0,
     ) -> list[int]:
         seqs = []
         for payload in payloads:

@@ -39,6 +39,10 @@ def agent_subject(agent_id: str) -> str:
     return f"writ.identity.agent.{agent_id}.registered"
 
 
+def approver_subject(approver_id: str) -> str:
+    return f"writ.identity.approver.{approver_id}.registered"
+
+
 def server_subject(server: str) -> str:
     return f"writ.registry.server.{server}.registered"
 

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 
 from writ_common import events as ev
 from writ_common import subjects
+from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, append_control
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
@@ -31,15 +32,35 @@ class RegisterAgent(msgspec.Struct, kw_only=True):
     acts_for: list[str] = []
 
 
+class RegisterApprover(msgspec.Struct, kw_only=True):
+    approver_id: str
+    public_key: str
+    groups: list[str]
+
+
+def check_public_key(public_key: str) -> None:
+    try:
+        if len(unb64(public_key)) != 32:
+            raise ValueError
+    except ValueError as exc:
+        raise CommandError("invalid_public_key", "public_key must be a base64 Ed25519 public key (32 bytes)") from exc
+
+
 def build(settings: WritSettings) -> Service:
     svc = Service("identity", settings)
     agents: dict[str, Agent] = {}
+    approvers: dict[str, Approver] = {}
+
+    def apply(event: StoredEvent) -> None:
+        apply_identity_event(agents, event)
+        apply_approver_event(approvers, event)
+
     redis = aioredis.from_url(settings.resolved_redis_url())
     follower: ControlFollower | None = None
 
     async def startup() -> None:
         nonlocal follower
-        follower = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, lambda e: apply_identity_event(agents, e))
+        follower = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, apply)
         await follower.start()
 
     async def lookup(agent_id: str) -> Agent | None:
@@ -84,13 +105,7 @@ def build(settings: WritSettings) -> Service:
         cmd = msgspec.convert(body, RegisterAgent)
         if not is_token(cmd.agent_id):
             raise CommandError("invalid_agent_id", f"agent id {cmd.agent_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
-        try:
-            if len(unb64(cmd.public_key)) != 32:
-                raise ValueError
-        except ValueError as exc:
-            raise CommandError(
-                "invalid_public_key", "public_key must be a base64 Ed25519 public key (32 bytes)"
-            ) from exc
+        check_public_key(cmd.public_key)
         payload = ev.AgentRegistered(
             agent_id=cmd.agent_id, public_key=cmd.public_key, owner=cmd.owner, teams=cmd.teams, acts_for=cmd.acts_for
         )
@@ -121,6 +136,36 @@ def build(settings: WritSettings) -> Service:
             for a in sorted(agents.values(), key=lambda a: a.agent_id)
         ]
 
+    async def register_approver(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RegisterApprover)
+        if not is_token(cmd.approver_id):
+            raise CommandError(
+                "invalid_approver_id", f"approver id {cmd.approver_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}"
+            )
+        check_public_key(cmd.public_key)
+        if not cmd.groups:
+            raise CommandError("invalid_groups", "an approver belongs to at least one group")
+        payload = ev.ApproverRegistered(approver_id=cmd.approver_id, public_key=cmd.public_key, groups=cmd.groups)
+        try:
+            await append_control(
+                svc.js,
+                subjects.approver_subject(cmd.approver_id),
+                make_envelope(payload, producer=svc.producer),
+                message_id=f"approver:{cmd.approver_id}:registered",
+                expected_last_subject_seq=0,
+            )
+        except StaleAppend as exc:
+            raise CommandError("approver_exists", f"approver {cmd.approver_id!r} is already registered") from exc
+        return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups}
+
+    async def list_approvers(_body: dict[str, Any]) -> Any:
+        if follower is not None:
+            await follower.ensure_fresh()
+        return [
+            {"approver_id": a.approver_id, "groups": list(a.groups), "key_id": a.key_id, "active": a.active}
+            for a in sorted(approvers.values(), key=lambda a: a.approver_id)
+        ]
+
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
@@ -129,5 +174,7 @@ def build(settings: WritSettings) -> Service:
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)
     svc.command("list_agents", list_agents)
+    svc.command("register_approver", register_approver)
+    svc.command("list_approvers", list_approvers)
     svc.command("ping", ping)
     return svc

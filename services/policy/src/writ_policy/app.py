@@ -2,32 +2,61 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import StaleAppend, append_control, last_on_subject
+from writ_common.approvals import Approver, apply_approver_event
+from writ_common.bus import StaleAppend, append_control, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
-from writ_common.envelope import StoredEvent, make_envelope
-from writ_common.fold import IntentView
-from writ_common.service import Service
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode, make_envelope, parse_time
+from writ_common.fold import IntentView, fold_intent
+from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
+from writ_policy.approvals import SignedDecision, expire, is_expired, judge
 from writ_policy.domain import Bundle, PolicyError, bundle_from_event, compile_bundle, decide
+
+log = logging.getLogger(__name__)
+
+EXPIRY_TICK = 1.0
 
 
 class LoadPolicy(msgspec.Struct, kw_only=True):
     cedar: str
 
 
+class DecideApproval(msgspec.Struct, kw_only=True):
+    intent_id: str
+    agent_id: str
+    approver_id: str
+    decision: Literal["grant", "deny"]
+    approval_digest: str
+    signed_at: str
+    signature: str
+    comment: str = ""
+
+
+class ApprovalQuery(msgspec.Struct, kw_only=True):
+    approver_id: str | None = None
+    intent_id: str | None = None
+
+
 def build(settings: WritSettings) -> Service:
     svc = Service("policy", settings)
     current: list[Bundle] = []  # the last published bundle, if any
     follower: ControlFollower | None = None
+    approvers: dict[str, Approver] = {}
+    directory: ControlFollower | None = None
+    pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
+    tasks: list[asyncio.Task[None]] = []
 
     def apply(event: StoredEvent) -> None:
         bundle = bundle_from_event(event)
@@ -35,9 +64,125 @@ def build(settings: WritSettings) -> Service:
             current[:] = [bundle]
 
     async def startup() -> None:
-        nonlocal follower
+        nonlocal follower, directory
         follower = ControlFollower(svc.nc, subjects.POLICY_STREAM, apply)
         await follower.start()
+        directory = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, lambda e: apply_approver_event(approvers, e))
+        await directory.start()
+        # Open approvals are found in the log, so expiry fires even if we were down at the time.
+        requested = await direct_get_batch(
+            svc.nc, subjects.INTENTS_STREAM, subjects.intents_of_type("approval.requested")
+        )
+        for msg in requested:
+            with contextlib.suppress(UndecodableEvent):
+                remember(stored(msg))
+        await svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=on_requested_nudge)
+        tasks.append(asyncio.create_task(expire_loop(), name="approval-expiry"))
+
+    def remember(event: StoredEvent) -> None:
+        if isinstance(event.payload, ev.ApprovalRequested) and event.envelope.intent_id:
+            pending[event.envelope.intent_id] = event
+
+    async def on_requested_nudge(msg: Msg) -> None:
+        with contextlib.suppress(UndecodableEvent):
+            remember(decode(msg.data, subject=msg.subject))
+
+    async def expire_loop() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_TICK)
+            now = datetime.now(UTC)
+            for intent_id, requested in list(pending.items()):
+                assert isinstance(requested.payload, ev.ApprovalRequested)
+                if now <= parse_time(requested.payload.expires_at):
+                    continue
+                try:
+                    await expire_one(requested)
+                    pending.pop(intent_id, None)
+                except Exception:
+                    log.exception("policy: could not expire approval of %s; will retry", intent_id)
+
+    async def expire_one(requested: StoredEvent) -> None:
+        async def decide_expiry(view: IntentView) -> list[ev.Payload]:
+            return expire(view) if is_expired(view, datetime.now(UTC)) else []
+
+        await svc.run_stage(requested, "authorize", decide_expiry)
+
+    async def open_view(intent_id: str, agent_id: str | None = None) -> tuple[IntentView, int, StoredEvent]:
+        requested = pending.get(intent_id)
+        agent = agent_id or (requested.envelope.agent_id if requested else None)
+        if not agent:
+            raise CommandError("not_found", f"no approval request for intent {intent_id!r}")
+        history = await read_history(svc.nc, agent, intent_id)
+        view = fold_intent(history.events)
+        trigger = next((e for e in view.events if e.type == "approval.requested"), None)
+        if view.approval is None or trigger is None:
+            raise CommandError("not_found", f"intent {intent_id!r} has no approval request")
+        return view, history.last_seq, trigger
+
+    async def decide_approval(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, DecideApproval)
+        if directory is not None and cmd.approver_id not in approvers:
+            await directory.ensure_fresh()
+        signed = SignedDecision(
+            intent_id=cmd.intent_id,
+            approver_id=cmd.approver_id,
+            decision=cmd.decision,
+            approval_digest=cmd.approval_digest,
+            signed_at=cmd.signed_at,
+            signature=cmd.signature,
+            comment=cmd.comment,
+        )
+        for _ in range(FENCE_RETRIES):
+            view, last_seq, trigger = await open_view(cmd.intent_id, cmd.agent_id)
+            if not view.approval_pending:
+                raise CommandError(
+                    "not_pending", f"intent {cmd.intent_id!r} is {view.status}; it takes no more decisions"
+                )
+            payloads = judge(view, signed, approvers.get(cmd.approver_id), now=datetime.now(UTC))
+            try:
+                # Many decisions land on one intent: the approver and the position keep their ids apart.
+                await svc.append_all(view, trigger, payloads, last_seq, attempt=f"{cmd.approver_id}@{last_seq}")
+            except StaleAppend:
+                continue
+            return decision_reply(view, payloads)
+        raise CommandError("busy", "the intent kept changing while deciding; try again")
+
+    async def list_approvals(body: dict[str, Any]) -> Any:
+        query = msgspec.convert(body, ApprovalQuery)
+        groups = await groups_of(query.approver_id)
+        rows = []
+        for intent_id in sorted(pending):
+            if query.intent_id and intent_id != query.intent_id:
+                continue
+            view, _, _ = await open_view(intent_id)
+            if view.approval_pending and view.approval and (groups is None or view.approval.approvers in groups):
+                rows.append(approval_picture(view))
+        return rows
+
+    async def show_approval(body: dict[str, Any]) -> Any:
+        query = msgspec.convert(body, ApprovalQuery)
+        if not query.intent_id:
+            raise CommandError("invalid_request", "show needs an intent_id")
+        groups = await groups_of(query.approver_id)
+        view, _, _ = await open_view(query.intent_id)
+        assert view.approval is not None
+        if groups is not None and view.approval.approvers not in groups:
+            raise CommandError("forbidden", f"{query.approver_id!r} is not in group {view.approval.approvers!r}")
+        return approval_picture(view)
+
+    async def groups_of(approver_id: str | None) -> tuple[str, ...] | None:
+        """None: no approver named, everything is visible (an operator's view)."""
+        if approver_id is None:
+            return None
+        if approver_id not in approvers and directory is not None:
+            await directory.ensure_fresh()
+        if approver_id not in approvers:
+            raise CommandError("unknown_approver", f"no approver {approver_id!r} is registered")
+        return approvers[approver_id].groups
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
 
     async def on_planned(trigger: StoredEvent, _raw: Msg) -> None:
         async def decide_intent(view: IntentView) -> list[ev.Payload]:
@@ -83,8 +228,61 @@ def build(settings: WritSettings) -> Service:
         return {"service": svc.name, "policy_digest": current[0].digest if current else None}
 
     svc.on_startup(startup)
+    svc.on_shutdown(shutdown)
     svc.consume_intents(subjects.intents_of_type("intent.planned"), on_planned)
+    svc.command("decide_approval", decide_approval)
+    svc.command("list_approvals", list_approvals)
+    svc.command("show_approval", show_approval)
     svc.command("load", load)
     svc.command("show", show)
     svc.command("ping", ping)
     return svc
+
+
+def approval_picture(view: IntentView) -> dict[str, Any]:
+    """Everything a person needs to judge the call, and the digest they sign."""
+    request, intent, planned = view.approval, view.submitted, view.planned
+    assert request is not None and intent is not None and planned is not None
+    return {
+        "intent_id": view.intent_id,
+        "agent_id": view.agent_id,
+        "on_behalf_of": intent.on_behalf_of,
+        "owner": view.authenticated.owner if view.authenticated else None,
+        "tool": f"{planned.server}/{planned.tool}",
+        "tool_digest": planned.tool_digest,
+        "annotations": msgspec.to_builtins(planned.annotations),
+        "arguments": intent.arguments,
+        "args_digest": planned.args_digest,
+        "policy_digest": request.policy_digest,
+        "policy_ids": request.policy_ids,
+        "approvers": request.approvers,
+        "quorum": request.quorum,
+        "granted_by": [g.approver_id for g in view.grants],
+        "deadline": intent.deadline,
+        "expires_at": request.expires_at,
+        "approval_digest": request.approval_digest,
+        "status": view.status,
+    }
+
+
+def decision_reply(view: IntentView, payloads: list[ev.Payload]) -> dict[str, Any]:
+    """Tell the approver what their decision did."""
+    request = view.approval
+    assert request is not None
+    granted = [g.approver_id for g in view.grants]
+    outcome, code, reason = "recorded", "ok", ""
+    for payload in payloads:
+        match payload:
+            case ev.ApprovalRefused():
+                outcome, code, reason = "refused", payload.code, payload.reason
+                break
+            case ev.ApprovalGranted():
+                outcome = "granted"
+                granted.append(payload.approver_id)
+            case ev.IntentAuthorized():
+                outcome, reason = "authorized", payload.reasons[0]
+            case ev.IntentDenied():
+                outcome, code, reason = "denied", payload.code, payload.reason
+            case _:
+                pass
+    return {"outcome": outcome, "code": code, "reason": reason, "granted_by": granted, "quorum": request.quorum}

@@ -145,6 +145,7 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
             policy_ids=names,
             approvers=ann["approval"],
             quorum=int(ann.get("quorum", "1")),
+            owner_may_approve=ann.get("owner_may_approve", "false").lower() == "true",
             expires_at=(now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
     return ev.IntentAuthorized(

@@ -1,0 +1,47 @@
+"""Approvers and their signed decisions: what an approver signs, and the directory of approvers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from writ_common import events as ev
+from writ_common.digest import canonical_json
+from writ_common.envelope import StoredEvent
+from writ_common.signing import key_id
+
+Decision = Literal["grant", "deny"]
+
+
+def decision_statement(
+    *, intent_id: str, approval_digest: str, decision: Decision, approver_id: str, signed_at: str, comment: str
+) -> bytes:
+    """The exact bytes an approver signs: this decision, on this digest, for this intent."""
+    return canonical_json(
+        {
+            "intent_id": intent_id,
+            "approval_digest": approval_digest,
+            "decision": decision,
+            "approver_id": approver_id,
+            "signed_at": signed_at,
+            "comment": comment,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    approver_id: str
+    public_key: str
+    key_id: str
+    groups: tuple[str, ...]
+    active: bool
+
+
+def apply_approver_event(approvers: dict[str, Approver], event: StoredEvent) -> None:
+    """Fold one identity control event into the approver directory."""
+    if isinstance(event.payload, ev.ApproverRegistered):
+        p = event.payload
+        approvers[p.approver_id] = Approver(
+            p.approver_id, p.public_key, key_id(p.public_key), tuple(p.groups), p.active
+        )

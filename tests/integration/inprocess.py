@@ -1,0 +1,78 @@
+"""In-process plane for integration tests: the five real services run in the test's event loop
+against the session's real nats-server and Redis (so spans land in an in-memory exporter)."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+from nacl.signing import SigningKey
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from writ.sdk import WritAgent
+from writ_common import commands
+from writ_common.service import Service
+from writ_common.settings import WritSettings
+from writ_common.signing import generate_key, public_key_b64
+from writ_executor.app import build as build_executor
+from writ_identity.app import build as build_identity
+from writ_ledger.app import build as build_ledger
+from writ_policy.app import build as build_policy
+from writ_registry.app import build as build_registry
+
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+
+DEFAULT_POLICY = (Path(__file__).parents[2] / "deploy" / "policies" / "default.cedar").read_text()
+TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
+
+
+@dataclass
+class Spine:
+    nc: Client
+    services: list[Service]
+    agent: WritAgent
+    key: SigningKey
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spine]:
+    # One data dir for every module: one ledger key signs the whole chain on the shared server.
+    settings = WritSettings(
+        data_dir=tmp_path_factory.getbasetemp() / "inprocess-plane",
+        nats_url=nats_server,
+        redis_url=redis_server,
+        instance="test",
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    services = [b(settings) for b in (build_identity, build_registry, build_policy, build_executor, build_ledger)]
+    for svc in services:
+        await svc.start()
+    nc = await nats.connect(nats_server)
+    key = generate_key()
+    agent_id = f"spine-{uuid.uuid4().hex[:8]}"
+    await commands.call(nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)})
+    await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
+    try:
+        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key)
+    finally:
+        await nc.close()
+        for svc in reversed(services):
+            await svc.stop()

@@ -1,0 +1,184 @@
+"""Human approval bound to the exact intent: quorum, tampering, denial, expiry (real services)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from inprocess import DEFAULT_POLICY, Spine
+
+from writ.approver import ApproverClient, signed_decision
+from writ.sdk import WritAgent
+from writ_common import commands
+from writ_common import events as ev
+from writ_common.bus import read_history
+from writ_common.signing import generate_key, public_key_b64
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+APPROVAL_POLICY = DEFAULT_POLICY.replace('@quorum("1")', '@quorum("2")\n@ttl("60")') + (
+    '\n@id("quick-approval") @approval("oncall") @quorum("1") @ttl("2")'
+    '\npermit(principal, action == Action::"call_tool", resource) when { resource.name == "slow" };\n'
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session", autouse=True)
+async def faulty_server(
+    spine: Spine,
+    tmp_path_factory: pytest.TempPathFactory,
+    faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
+) -> Path:
+    db = tmp_path_factory.mktemp("approvals") / "faulty.sqlite3"
+    argv, env = faulty_mcp(db)
+    await commands.call(
+        spine.nc, "registry", "add_server", {"name": "faulty", "command": argv[0], "args": argv[1:], "env": env}
+    )
+    await commands.call(spine.nc, "policy", "load", {"cedar": APPROVAL_POLICY})
+    return db
+
+
+_approvers: dict[str, ApproverClient] = {}
+
+
+async def approver(spine: Spine, name: str, groups: list[str]) -> ApproverClient:
+    if name not in _approvers:
+        key = generate_key()
+        body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups}
+        await commands.call(spine.nc, "identity", "register_approver", body)
+        _approvers[name] = ApproverClient(spine.nc, name, key)
+    return _approvers[name]
+
+
+async def pending_request(spine: Spine, client: ApproverClient, intent_id: str) -> dict[str, Any]:
+    for _ in range(200):
+        for request in await client.pending():
+            if request["intent_id"] == intent_id:
+                return request
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no approval request for {intent_id}")
+
+
+def rows(db: Path, token: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0])
+
+
+async def destructive(spine: Spine, token: str, **kwargs: Any) -> str:
+    submission = await spine.agent.submit("faulty/append_row", {"token": token}, **kwargs)
+    return submission.intent_id
+
+
+async def test_quorum_of_two_distinct_approvers_then_the_tool_runs_once(spine: Spine, faulty_server: Path) -> None:
+    alice, bob = await approver(spine, "alice", ["operators"]), await approver(spine, "bob", ["operators"])
+    token = f"q-{uuid.uuid4().hex[:8]}"
+    intent_id = await destructive(spine, token)
+    request = await pending_request(spine, alice, intent_id)
+    assert request["tool"] == "faulty/append_row" and request["arguments"] == {"token": token}
+    assert request["quorum"] == 2 and request["policy_ids"] == ["destructive-needs-approval"]
+
+    first = await alice.decide(request, "grant", comment="looks right")
+    assert first["outcome"] == "granted" and first["granted_by"] == ["alice"]
+    await asyncio.sleep(0.5)
+    assert rows(faulty_server, token) == 0  # one grant is not enough
+
+    again = await alice.decide(request, "grant")
+    assert (again["outcome"], again["code"]) == ("refused", "duplicate_approver")
+
+    second = await bob.decide(request, "grant")
+    assert second["outcome"] == "authorized"
+    receipt = await spine.agent.receipt(intent_id, timeout=30)
+    assert receipt.status == "succeeded", receipt.reason
+    assert receipt.approvers == ["alice", "bob"]
+    assert rows(faulty_server, token) == 1
+
+
+async def test_tampered_grants_are_each_refused_with_their_reason_and_nothing_runs(
+    spine: Spine, faulty_server: Path
+) -> None:
+    alice = await approver(spine, "alice", ["operators"])
+    outsider = await approver(spine, "mallory", ["interns"])
+    token = f"t-{uuid.uuid4().hex[:8]}"
+    intent_id = await destructive(spine, token)
+    request = await pending_request(spine, alice, intent_id)
+    other_id = await destructive(spine, f"other-{token}")
+    other = await pending_request(spine, alice, other_id)
+
+    async def send(body: dict[str, Any]) -> dict[str, Any]:
+        return dict(await commands.call(spine.nc, "policy", "decide_approval", body))
+
+    key = alice._key  # the approver's own key, as a tampering client would have it
+    cases = {
+        "changed argument": {**request, "approval_digest": "sha256:" + "1" * 64},
+        "changed tool version": {**request, "tool_digest": "sha256:x", "approval_digest": "sha256:" + "2" * 64},
+        "changed policy bundle": {**request, "approval_digest": "sha256:" + "3" * 64},
+    }
+    for label, tampered in cases.items():
+        reply = await send(signed_decision(key, "alice", tampered, "grant"))
+        assert (reply["outcome"], reply["code"]) == ("refused", "digest_mismatch"), label
+
+    forged = signed_decision(generate_key(), "alice", request, "grant")
+    assert (await send(forged))["code"] == "bad_signature"
+    unknown = signed_decision(generate_key(), "nobody", request, "grant")
+    assert (await send(unknown))["code"] == "unknown_approver"
+    assert (await outsider.decide(request, "grant"))["code"] == "not_in_group"
+    replay = signed_decision(key, "alice", other, "grant")  # a real grant for another intent...
+    replay["intent_id"], replay["agent_id"] = request["intent_id"], request["agent_id"]  # ...sent for this one
+    assert (await send(replay))["code"] == "digest_mismatch"
+
+    history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
+    refused = [e.payload for e in history.events if isinstance(e.payload, ev.ApprovalRefused)]
+    assert [r.code for r in refused] == [
+        "digest_mismatch",
+        "digest_mismatch",
+        "digest_mismatch",
+        "bad_signature",
+        "unknown_approver",
+        "not_in_group",
+        "digest_mismatch",
+    ]
+    assert all(r.reason.startswith(r.code) for r in refused)
+    assert not any(e.type in ("approval.granted", "intent.authorized", "execution.started") for e in history.events)
+    assert rows(faulty_server, token) == 0
+
+
+async def test_a_denial_ends_the_intent_as_denied(spine: Spine, faulty_server: Path) -> None:
+    bob = await approver(spine, "bob", ["operators"])
+    token = f"d-{uuid.uuid4().hex[:8]}"
+    intent_id = await destructive(spine, token)
+    reply = await bob.decide(await pending_request(spine, bob, intent_id), "deny", comment="not during the freeze")
+    assert reply["outcome"] == "denied"
+    receipt = await spine.agent.receipt(intent_id, timeout=30)
+    assert (receipt.status, receipt.code) == ("denied", "approval_denied")
+    assert "not during the freeze" in receipt.reason and receipt.approvers == ["bob"]
+    assert rows(faulty_server, token) == 0
+
+
+async def test_an_unanswered_request_expires_with_a_receipt_and_a_late_grant_is_refused(spine: Spine) -> None:
+    oncall = await approver(spine, "olga", ["oncall"])
+    submission = await spine.agent.submit("faulty/slow", {"seconds": 0, "token": "late"})
+    request = await pending_request(spine, oncall, submission.intent_id)
+    assert request["approvers"] == "oncall"
+    receipt = await spine.agent.receipt(submission.intent_id, timeout=30)
+    assert (receipt.status, receipt.stage, receipt.code) == ("expired", "authorize", "deadline_exceeded")
+    assert "approval request expired" in receipt.reason
+    late = signed_decision(oncall._key, "olga", request, "grant")
+    with pytest.raises(commands.CommandError) as refused:
+        await commands.call(spine.nc, "policy", "decide_approval", late)
+    assert refused.value.code == "not_pending"
+
+
+async def test_the_agents_owner_may_not_approve_unless_policy_says_so(spine: Spine) -> None:
+    key = generate_key()
+    owned = f"owned-{uuid.uuid4().hex[:6]}"
+    body = {"agent_id": owned, "public_key": public_key_b64(key), "owner": "olivia"}
+    await commands.call(spine.nc, "identity", "register_agent", body)
+    olivia = await approver(spine, "olivia", ["operators"])
+    submission = await WritAgent(spine.nc, owned, key).submit("faulty/append_row", {"token": "own"})
+    request = await pending_request(spine, olivia, submission.intent_id)
+    assert (await olivia.decide(request, "grant"))["code"] == "owner_not_allowed"
