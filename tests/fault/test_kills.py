@@ -10,6 +10,7 @@ was really interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -19,12 +20,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
+from writ.approver import ApproverClient
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent, wait_receipt
@@ -347,3 +350,59 @@ async def test_with_redis_down_nothing_runs_and_the_plane_recovers_by_itself(rig
         await asyncio.to_thread(rig.plane.release_service, "redis")
     receipt = await wait_receipt(rig.nc, submission.intent_id, timeout=60)
     assert receipt.status == "succeeded", receipt.reason
+
+
+APPROVE_APPEND = PERMIT_ALL + (
+    '@id("append-needs-approval") @approval("ops") @quorum("1") @ttl("4")\n'
+    'permit(principal, action == Action::"call_tool", resource) when { resource.name == "append_row" };\n'
+)
+
+
+async def pending_for(client: ApproverClient, intent_id: str) -> dict[str, Any]:
+    for _ in range(400):
+        with contextlib.suppress(commands.CommandError):  # the policy service may be restarting
+            for request in await client.pending():
+                if request["intent_id"] == intent_id:
+                    return request
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no pending approval for {intent_id}")
+
+
+async def test_a_pending_approval_survives_restarting_everything_then_runs_once(rig: Rig) -> None:
+    key = generate_key()
+    await commands.call(
+        rig.nc,
+        "identity",
+        "register_approver",
+        {"approver_id": "ops-1", "public_key": public_key_b64(key), "groups": ["ops"]},
+    )
+    approver = ApproverClient(rig.nc, "ops-1", key)
+    await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND.replace('@ttl("4")', '@ttl("120")')})
+    try:
+        token = f"approved-{uuid.uuid4().hex[:6]}"
+        submission = await rig.agent.submit("faulty/append_row", {"token": token})
+        await pending_for(approver, submission.intent_id)
+        for name in ("identity", "registry", "policy", "executor", "ledger", "nats"):
+            await asyncio.to_thread(rig.plane.kill_service, name)
+            await asyncio.to_thread(rig.plane.wait_ready, 60)
+        request = await pending_for(approver, submission.intent_id)
+        reply = await approver.decide(request, "grant")
+        assert reply["outcome"] == "authorized"
+        receipt = await wait_receipt(rig.nc, submission.intent_id, timeout=60)
+        assert receipt.status == "succeeded" and receipt.approvers == ["ops-1"]
+        with sqlite3.connect(rig.faulty_db) as db:
+            assert db.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0] == 1
+
+        # Expiry is read from the log: it fires even though policy was down when the time came.
+        await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND})  # requests live 4 s
+        late = await rig.agent.submit("faulty/append_row", {"token": f"late-{token}"}, idempotency_key=f"late-{token}")
+        await pending_for(approver, late.intent_id)
+        await asyncio.to_thread(rig.plane.hold_service, "policy")
+        await asyncio.sleep(5)
+    finally:
+        if rig.plane.status_of("policy").state == "held":
+            await asyncio.to_thread(rig.plane.release_service, "policy")
+        await asyncio.to_thread(rig.plane.wait_ready, 60)
+        await commands.call(rig.nc, "policy", "load", {"cedar": PERMIT_ALL})
+    expired = await wait_receipt(rig.nc, late.intent_id, timeout=60)
+    assert (expired.status, expired.stage) == ("expired", "authorize"), expired.reason
