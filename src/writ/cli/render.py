@@ -160,3 +160,100 @@ def receipt_panel(receipt: Receipt, title: str | None = None) -> Panel:
         title_align="left",
         border_style=STATUS_STYLE.get(receipt.status, "cyan").removeprefix("bold "),
     )
+
+
+# -- approvals --------------------------------------------------------------------------------------
+
+
+def approvers_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="approvers", title_justify="left")
+    for column in ("approver", "groups", "key id", "active"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["approver_id"],
+            ", ".join(row.get("groups") or []) or "-",
+            row.get("key_id") or "-",
+            _yes(bool(row.get("active", True))),
+        )
+    return table
+
+
+def quorum_text(request: dict[str, Any]) -> str:
+    """``1/2 granted (alice)``: how far the request is from its quorum."""
+    granted = list(request.get("granted_by") or [])
+    who = f" ({', '.join(granted)})" if granted else ""
+    return f"{len(granted)}/{request.get('quorum', 1)} granted{who}"
+
+
+def approvals_table(rows: list[dict[str, Any]], title: str = "pending approvals") -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("intent", "agent", "tool", "arguments", "group", "quorum", "expires at"):
+        table.add_column(column, no_wrap=column != "arguments", overflow="ellipsis")
+    for row in rows:
+        table.add_row(
+            row["intent_id"],
+            row.get("agent_id") or "-",
+            row.get("tool") or "-",
+            json.dumps(row.get("arguments") or {}, ensure_ascii=False),
+            row.get("approvers") or "-",
+            quorum_text(row),
+            row.get("expires_at") or "-",
+        )
+    return table
+
+
+def approval_panel(request: dict[str, Any], title: str | None = None) -> Panel:
+    """Everything an approver judges: who asks, for whom, which tool version, which arguments, under which policy."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    ann = request.get("annotations") or {}
+    hints = [name for name in ("read_only", "destructive", "idempotent", "open_world") if ann.get(name)]
+    table.add_row("intent", request["intent_id"])
+    table.add_row("status", status_text(str(request.get("status") or "-")))
+    table.add_row("agent", request.get("agent_id") or "-")
+    table.add_row("on behalf of", request.get("on_behalf_of") or "-")
+    table.add_row("owner", request.get("owner") or "-")
+    table.add_row("tool", request.get("tool") or "-")
+    table.add_row("version", request.get("tool_digest") or "-")
+    table.add_row("hints", ", ".join(h.replace("_", "-") for h in hints) or "-")
+    table.add_row("args digest", request.get("args_digest") or "-")
+    table.add_row("policies", ", ".join(request.get("policy_ids") or []) or "-")
+    table.add_row("group", request.get("approvers") or "-")
+    table.add_row("quorum", quorum_text(request))
+    table.add_row("deadline", request.get("deadline") or "-")
+    table.add_row("expires at", request.get("expires_at") or "-")
+    table.add_row("digest", request.get("approval_digest") or "-")
+    arguments = json.dumps(request.get("arguments") or {}, indent=2, ensure_ascii=False, sort_keys=True)
+    parts: list[RenderableType] = [
+        table,
+        Text(""),
+        Text("arguments", style="bold"),
+        Syntax(arguments, "json", background_color="default", word_wrap=True),
+    ]
+    return Panel(
+        Group(*parts),
+        title=title or f"approval request · {request['intent_id']}",
+        title_align="left",
+        border_style="yellow",
+    )
+
+
+def decision_text(outcome: dict[str, Any], decision: str) -> Text:
+    """What a decision did: ``granted 1/2``, ``authorized``, ``denied``."""
+    granted = list(outcome.get("granted_by") or [])
+    quorum = outcome.get("quorum", 1)
+    match outcome.get("outcome"):
+        case "granted":
+            return Text.assemble(
+                ("granted", "bold green"), f" {len(granted)}/{quorum} · waiting for {quorum - len(granted)} more"
+            )
+        case "authorized":
+            return Text.assemble(
+                ("authorized", "bold green"),
+                f" {len(granted)}/{quorum} · {outcome.get('reason') or 'the call runs now'}",
+            )
+        case "denied":
+            return Text.assemble(("denied", "bold red"), f" · {outcome.get('reason') or 'the intent ends as denied'}")
+    return Text(f"{decision} recorded: {outcome.get('outcome')}")

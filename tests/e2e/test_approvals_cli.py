@@ -1,0 +1,203 @@
+"""Human approval through the `writ` CLI against the session's running plane, as a person would do it."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from writ.cli import app
+from writ.runtime.supervisor import Plane
+
+pytestmark = pytest.mark.e2e
+
+WRIT = str(Path(sys.executable).parent / "writ")
+SUBMITTED = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
+REQUESTED = re.compile(r"new approval request · (in-[a-z2-7]+)")
+POLICY = (Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar").read_text()
+
+Writ = Callable[..., Result]
+
+
+@dataclass(frozen=True)
+class Setup:
+    env: dict[str, str]
+    agent: str
+    server: str
+    approver: str  # in group operators
+    outsider: str  # in another group
+    db: Path
+
+
+@pytest.fixture
+def writ(plane: Plane) -> Writ:
+    """Run `writ ARGS...` in-process against the session plane."""
+    runner = CliRunner()
+    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def setup(
+    plane: Plane, writ: Writ, tmp_path: Path, faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]]
+) -> Setup:
+    """Our own policy (destructive tools need 1 approval from `operators`), a faulty MCP server, an agent,
+    an approver in `operators` and one outside it — all under fresh names."""
+    suffix = uuid.uuid4().hex[:8]
+    policy = tmp_path / "policy.cedar"
+    policy.write_text(re.sub(r'@quorum\("\d+"\)', '@quorum("1")', POLICY))
+    ok(writ("policy", "load", str(policy)))
+    db = tmp_path / "faulty.sqlite3"
+    argv, env = faulty_mcp(db)
+    server = f"faulty-{suffix}"
+    added = ok(writ("server", "add", server, *(f"--env={k}={v}" for k, v in env.items()), "--", *argv))
+    assert "append_row" in added.stdout
+    agent, approver, outsider = f"ap-agent-{suffix}", f"carol-{suffix}", f"mallory-{suffix}"
+    ok(writ("agent", "register", agent, "--owner", "tests"))
+    ok(writ("approver", "register", approver, "--group", "operators"))
+    ok(writ("approver", "register", outsider, "--group", f"auditors-{suffix}"))
+    full_env = {**os.environ, "WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+    return Setup(full_env, agent, server, approver, outsider, db)
+
+
+class Lines:
+    """Collects a pipe's lines on a thread, so a test can wait for one without blocking forever."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+
+    def _pump(self, pipe: IO[str]) -> None:
+        for line in pipe:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"{text!r} never came: {''.join(self.lines)}")
+            self.lines.append(line)
+
+    def rest(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (line := self._queue.get(timeout=max(0.01, deadline - time.monotonic()))) is not None:
+            self.lines.append(line)
+        return "".join(self.lines)
+
+
+def rows(db: Path, token: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0])
+
+
+def assert_one_error_line(result: Result, code: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {code}: "), lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_watch_then_approve_lets_the_waiting_agent_succeed(writ: Writ, setup: Setup) -> None:
+    token = f"tok-{uuid.uuid4().hex[:8]}"
+    watch = subprocess.Popen(
+        [WRIT, "approvals", "watch", "--as", setup.approver, "--count", "1"],
+        env=setup.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    submit: subprocess.Popen[str] | None = None
+    try:
+        watched = Lines(watch.stdout)  # type: ignore[arg-type]
+        watched.wait_for("watching approval requests", timeout=30)
+        tool, arguments = f"{setup.server}/append_row", json.dumps({"token": token})
+        submit = subprocess.Popen(
+            [WRIT, "intent", "submit", tool, "--args", arguments, "--as", setup.agent, "--wait", "--timeout", "60"],
+            env=setup.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        printed = watched.rest(timeout=60)
+        assert watch.wait(timeout=10) == 0, printed
+        assert f"{setup.server}/append_row" in printed
+        assert token in printed
+        assert "operators" in printed
+        found = REQUESTED.search(printed)
+        assert found, printed
+        intent_id = found.group(1)
+        assert rows(setup.db, token) == 0  # nothing ran before a person said yes
+
+        approved = ok(writ("approvals", "approve", intent_id, "--as", setup.approver, "--comment", "checked"))
+
+        assert "authorized" in approved.stdout
+        assert "1/1" in approved.stdout
+        out, _ = submit.communicate(timeout=90)
+        assert submit.returncode == 0, out
+        assert SUBMITTED.search(out) and SUBMITTED.search(out).group(1) == intent_id, out  # type: ignore[union-attr]
+        assert "succeeded" in out
+        assert rows(setup.db, token) == 1
+    finally:
+        for proc in (watch, submit):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_an_approver_outside_the_group_is_refused_and_a_member_can_deny(writ: Writ, setup: Setup) -> None:
+    token = f"tok-{uuid.uuid4().hex[:8]}"
+    tool, arguments = f"{setup.server}/append_row", json.dumps({"token": token})
+    submitted = ok(writ("intent", "submit", tool, "--args", arguments, "--as", setup.agent))
+    found = SUBMITTED.search(submitted.stdout)
+    assert found, submitted.output
+    intent_id = found.group(1)
+    listed = writ("approvals", "list", "--as", setup.approver)
+    for _ in range(100):  # the request appears once identity, registry and policy have had their turn
+        if intent_id in listed.stdout:
+            break
+        time.sleep(0.1)
+        listed = writ("approvals", "list", "--as", setup.approver)
+    assert intent_id in ok(listed).stdout
+
+    shown = ok(writ("approvals", "show", intent_id, "--as", setup.approver))
+    for expected in (setup.agent, f"{setup.server}/append_row", token, "destructive-needs-approval", "0/1 granted"):
+        assert expected in shown.stdout, expected
+    assert "sha256:" in shown.stdout
+
+    assert intent_id not in ok(writ("approvals", "list", "--as", setup.outsider)).stdout
+    refused = writ("approvals", "approve", intent_id, "--as", setup.outsider)
+    assert_one_error_line(refused, "not_in_group")
+    assert "operators" in refused.stderr
+
+    denied = ok(writ("approvals", "deny", intent_id, "--as", setup.approver, "--comment", "not today"))
+    assert "denied" in denied.stdout
+    status = ok(writ("intent", "status", intent_id))
+    assert "denied" in status.stdout
+    assert rows(setup.db, token) == 0
