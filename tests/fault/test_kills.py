@@ -185,11 +185,12 @@ async def killer(plane: Plane, nc: Client, service: str, kills: int, summary: Ru
         restarts = plane.status_of(service).restarts
         await asyncio.to_thread(plane.kill_service, service)
         if k == 0:
-            await wait_until(lambda r=restarts: plane.status_of(service).restarts >= r + 2, 30)  # the hook fired
+            # The hook fired. Waits are long: the supervisor's backoff doubles on repeated crashes.
+            await wait_until(lambda r=restarts: plane.status_of(service).restarts >= r + 2, 90)
             plane.service_env.pop(service, None)
         else:
-            await wait_until(lambda r=restarts: plane.status_of(service).restarts > r, 30)
-        await wait_until(lambda: plane.status_of(service).state == "running", 30)
+            await wait_until(lambda r=restarts: plane.status_of(service).restarts > r, 90)
+        await wait_until(lambda: plane.status_of(service).state == "running", 90)
         restarted = time.monotonic()
         head = (await nc.jetstream().stream_info(subjects.LEDGER_STREAM)).state.last_seq
         for _ in range(200):

@@ -10,7 +10,7 @@ import pytest
 from writ.sdk import new_intent, sign_intent
 from writ_common import events as ev
 from writ_common.catalog import Catalog
-from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope
+from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope, parse_time
 from writ_common.fold import IntentView, fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import generate_key, key_id, public_key_b64
@@ -140,6 +140,14 @@ class TestPolicy:
         assert isinstance(decision, ev.ApprovalRequested)
         assert (decision.approvers, decision.quorum) == ("operators", 2)
         assert decision.approval_digest.startswith("sha256:")
+
+    def test_an_approval_request_never_outlives_the_intents_deadline(self) -> None:
+        intent = signed(deadline_seconds=30)
+        p = plan(view_of(intent), catalog_with_time_tool(False), Validators())
+        view = view_of(intent, ev.IntentAuthenticated(key_id="k"), p)
+        decision = decide(view, compile_bundle(POLICY), now=NOW)
+        assert isinstance(decision, ev.ApprovalRequested) and view.deadline is not None
+        assert parse_time(decision.expires_at) <= view.deadline
 
     def test_forbid_wins_and_nothing_loaded_denies(self) -> None:
         decision = decide(planned_view(True, {"timezone": "Asia/Tokyo"}), compile_bundle(POLICY), now=NOW)

@@ -146,7 +146,8 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
             approvers=ann["approval"],
             quorum=int(ann.get("quorum", "1")),
             owner_may_approve=ann.get("owner_may_approve", "false").lower() == "true",
-            expires_at=(now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            # A request never outlives the intent: past the deadline the call may not run anyway.
+            expires_at=min(now + ttl, view.deadline or now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
     return ev.IntentAuthorized(
         policy_digest=bundle.digest, policy_ids=names, reasons=[f"permitted by {', '.join(names)}"]
