@@ -7,7 +7,7 @@ print(receipt.status, receipt.result)
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import secrets
 import time
 import uuid
@@ -114,8 +114,15 @@ async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Rec
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s")
-            with contextlib.suppress(nats.errors.TimeoutError):
+            try:
                 await sub.next_msg(timeout=min(left, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            # Core delivery can run a moment ahead of the stream's write: look again shortly.
+            for pause in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+                if (stored := await fetch_receipt(nc, intent_id)) is not None:
+                    return stored
+                await asyncio.sleep(pause)
     finally:
         await sub.unsubscribe()
 
