@@ -18,6 +18,7 @@ from writ.sdk import WritAgent
 from writ_common import commands
 from writ_common import events as ev
 from writ_common.bus import read_history
+from writ_common.digest import approval_digest, args_digest, policy_digest
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -81,6 +82,14 @@ async def test_quorum_of_two_distinct_approvers_then_the_tool_runs_once(spine: S
     request = await pending_request(spine, alice, intent_id)
     assert request["tool"] == "faulty/append_row" and request["arguments"] == {"token": token}
     assert request["quorum"] == 2 and request["policy_ids"] == ["destructive-needs-approval"]
+    # The event itself carries the picture, for approver services that only subscribe.
+    history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
+    [requested] = [e.payload for e in history.events if isinstance(e.payload, ev.ApprovalRequested)]
+    assert (requested.tool, requested.arguments, requested.approval_digest) == (
+        "faulty/append_row",
+        {"token": token},
+        request["approval_digest"],
+    )
 
     first = await alice.decide(request, "grant", comment="looks right")
     assert first["outcome"] == "granted" and first["granted_by"] == ["alice"]
@@ -113,11 +122,26 @@ async def test_tampered_grants_are_each_refused_with_their_reason_and_nothing_ru
         return dict(await commands.call(spine.nc, "policy", "decide_approval", body))
 
     key = alice._key  # the approver's own key, as a tampering client would have it
+
+    def digest_with(**changed: str) -> str:
+        fields = {
+            "intent_id": request["intent_id"],
+            "agent_id": request["agent_id"],
+            "on_behalf_of": request["on_behalf_of"],
+            "tool_digest": request["tool_digest"],
+            "args_digest": request["args_digest"],
+            "policy_digest": request["policy_digest"],
+            "deadline": request["deadline"],
+        }
+        assert approval_digest(**fields) == request["approval_digest"]  # the digest is what we think
+        return approval_digest(**{**fields, **changed})
+
     cases = {
-        "changed argument": {**request, "approval_digest": "sha256:" + "1" * 64},
-        "changed tool version": {**request, "tool_digest": "sha256:x", "approval_digest": "sha256:" + "2" * 64},
-        "changed policy bundle": {**request, "approval_digest": "sha256:" + "3" * 64},
+        "changed argument": digest_with(args_digest=args_digest({"token": "something-else"})),
+        "changed tool version": digest_with(tool_digest="sha256:" + "1" * 64),
+        "changed policy bundle": digest_with(policy_digest=policy_digest("permit(principal, action, resource);")),
     }
+    cases = {label: {**request, "approval_digest": digest} for label, digest in cases.items()}
     for label, tampered in cases.items():
         reply = await send(signed_decision(key, "alice", tampered, "grant"))
         assert (reply["outcome"], reply["code"]) == ("refused", "digest_mismatch"), label

@@ -97,6 +97,13 @@ class ApprovalRequested(Payload, frozen=True, kw_only=True):
     quorum: int
     expires_at: str
     owner_may_approve: bool = False
+    # The picture, so an approver service subscribed to the subject needs nothing else:
+    on_behalf_of: str | None = None
+    tool: str = ""  # server/tool
+    tool_digest: str = ""
+    arguments: dict[str, Any] = {}
+    args_digest: str = ""
+    deadline: str | None = None
 
 
 class ApprovalGranted(Payload, frozen=True, kw_only=True):

@@ -146,6 +146,12 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
             approvers=ann["approval"],
             quorum=int(ann.get("quorum", "1")),
             owner_may_approve=ann.get("owner_may_approve", "false").lower() == "true",
+            on_behalf_of=view.submitted.on_behalf_of,
+            tool=f"{planned.server}/{planned.tool}",
+            tool_digest=planned.tool_digest,
+            arguments=view.submitted.arguments,
+            args_digest=planned.args_digest,
+            deadline=view.submitted.deadline,
             # A request never outlives the intent: past the deadline the call may not run anyway.
             expires_at=min(now + ttl, view.deadline or now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
