@@ -200,3 +200,40 @@ def test_built_in_default_policy_matches_the_deploy_file() -> None:
     path = default_policy_file()
     assert path is not None
     assert path.read_text() == DEFAULT_POLICY_FALLBACK, "update DEFAULT_POLICY_FALLBACK in src/writ/cli/base.py"
+
+
+def test_ledger_verify_and_an_offline_export_that_names_each_tampering(
+    writ: Writ, ready: Ready, tmp_path: Path
+) -> None:
+    for zone in ("UTC", "Asia/Tokyo", "Europe/Paris"):
+        submit(writ, ready, "get_current_time", {"timezone": zone})
+    online = writ("ledger", "verify")
+    assert online.exit_code == 0 and "valid" in online.stdout, online.output
+
+    export = tmp_path / "export"
+    assert writ("ledger", "export", str(export)).exit_code == 0
+    assert writ("ledger", "verify", "--dir", str(export)).exit_code == 0
+    lines = (export / "receipts.jsonl").read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 3
+
+    def verify_with(tampered: list[bytes]) -> Result:
+        (export / "receipts.jsonl").write_bytes(b"".join(tampered))
+        return writ("ledger", "verify", "--dir", str(export))
+
+    altered = list(lines)
+    altered[1] = altered[1].replace(b'"reason":"', b'"reason":"X', 1)  # one byte more
+    result = verify_with(altered)
+    assert result.exit_code == 1 and "hash_mismatch at position 2" in result.stdout, result.output
+
+    result = verify_with([lines[0], *lines[2:]])  # one deleted
+    assert result.exit_code == 1 and "broken_link at position 3" in result.stdout, result.output
+
+    result = verify_with([lines[0], lines[2], lines[1], *lines[3:]])  # two reordered
+    assert result.exit_code == 1 and "broken_link" in result.stdout, result.output
+
+    forged = json.loads(lines[1])
+    forged["intent_id"] = "in-forged"
+    result = verify_with([lines[0], lines[1], json.dumps(forged).encode() + b"\n", *lines[2:]])
+    assert result.exit_code == 1 and "hash_mismatch at position 2" in result.stdout, result.output
+    assert "receipt_without_terminal" in result.stdout
+    assert result.stderr.strip().startswith("error: ledger_invalid: ")

@@ -11,6 +11,7 @@ from writ.cli.approvals import approvals_app, approver_app
 from writ.cli.base import OPTIONS, report, settings
 from writ.cli.control import agent_app, policy_app, server_app, tool_app
 from writ.cli.intents import intent_app
+from writ.cli.ledger import ledger_app
 from writ.cli.receipts import receipt_app
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(tool_app, name="tool")
 app.add_typer(policy_app, name="policy")
 app.add_typer(intent_app, name="intent")
 app.add_typer(receipt_app, name="receipt")
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(approver_app, name="approver")
 app.add_typer(approvals_app, name="approvals")
 

@@ -4,6 +4,8 @@ by anyone holding the ledger's public key."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import msgspec
 from nacl.signing import SigningKey
@@ -110,3 +112,81 @@ def verify_receipt(receipt: ev.Receipt, public_key: str, *, prev_hash: str | Non
             f"broken chain at position {receipt.position}: prev_hash {receipt.prev_hash}"
             f" != previous receipt {prev_hash}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong with the ledger, at an exact place."""
+
+    code: str  # hash_mismatch | bad_signature | broken_link | position_gap | duplicate_receipt |
+    # terminal_without_receipt | receipt_without_terminal
+    position: int | None
+    intent_id: str | None
+    message: str
+
+
+def verify_chain(
+    receipts: Sequence[ev.Receipt],
+    public_key: str,
+    *,
+    terminal_intents: Collection[str] | None = None,
+    first_prev_hash: str | None = None,
+) -> list[Finding]:
+    """Walk receipts in ledger order and name every break.
+
+    Args:
+        receipts: the chain or a contiguous range of it, in ledger order.
+        public_key: the ledger's base64 Ed25519 public key.
+        terminal_intents: intents the log says have ended; when given, each must have a receipt
+            and each receipt must be for one of them.
+        first_prev_hash: what the first receipt must link to (``GENESIS`` for a whole chain;
+            None for a range whose predecessor is not at hand).
+    """
+    findings: list[Finding] = []
+    seen: dict[str, int] = {}
+    previous: ev.Receipt | None = None
+    for receipt in receipts:
+        where = receipt.position
+
+        def add(code: str, message: str, r: ev.Receipt = receipt, at: int = where) -> None:
+            findings.append(Finding(code, at, r.intent_id, f"{code} at position {at}: {message}"))
+
+        if receipt_hash(receipt) != receipt.receipt_hash:
+            add("hash_mismatch", f"receipt for {receipt.intent_id} does not hash to its receipt_hash (altered)")
+        else:
+            try:
+                verify(public_key, receipt.receipt_hash.encode(), receipt.signature)
+            except SignatureInvalid:
+                add("bad_signature", f"receipt for {receipt.intent_id} is not signed by the ledger's key")
+        expected_prev = previous.receipt_hash if previous is not None else first_prev_hash
+        if expected_prev is not None and receipt.prev_hash != expected_prev:
+            add("broken_link", "prev_hash does not match the receipt before it (deleted, reordered or inserted)")
+        if previous is not None and receipt.position != previous.position + 1:
+            add("position_gap", f"follows position {previous.position}")
+        if receipt.intent_id in seen:
+            add("duplicate_receipt", f"{receipt.intent_id} already has a receipt at position {seen[receipt.intent_id]}")
+        else:
+            seen[receipt.intent_id] = where
+        previous = receipt
+    if terminal_intents is not None:
+        ended = set(terminal_intents)
+        for intent_id in sorted(ended - seen.keys()):
+            findings.append(
+                Finding(
+                    "terminal_without_receipt",
+                    None,
+                    intent_id,
+                    f"terminal_without_receipt: {intent_id} ended but has no receipt",
+                )
+            )
+        for intent_id, position in seen.items():
+            if intent_id not in ended:
+                findings.append(
+                    Finding(
+                        "receipt_without_terminal",
+                        position,
+                        intent_id,
+                        f"receipt_without_terminal at position {position}: the log has no terminal event for {intent_id}",
+                    )
+                )
+    return findings
