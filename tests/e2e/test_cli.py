@@ -237,3 +237,13 @@ def test_ledger_verify_and_an_offline_export_that_names_each_tampering(
     assert result.exit_code == 1 and "hash_mismatch at position 2" in result.stdout, result.output
     assert "receipt_without_terminal" in result.stdout
     assert result.stderr.strip().startswith("error: ledger_invalid: ")
+
+
+def test_tool_override_changes_the_hints_policy_and_retries_see(writ: Writ, ready: Ready) -> None:
+    overridden = writ("tool", "override", f"{ready.server}/convert_time", "--not-idempotent", "--destructive")
+    assert overridden.exit_code == 0, overridden.output
+    listed = writ("tool", "list", "--server", ready.server)
+    row = next(line for line in listed.stdout.splitlines() if "convert_time" in line)
+    assert row.split()[3:6] == ["yes", "yes", "no"], row  # read-only, destructive, idempotent
+    assert_one_error_line(writ("tool", "override", "no-slash", "--idempotent"), "invalid_tool")
+    assert_one_error_line(writ("tool", "override", f"{ready.server}/nope", "--idempotent"), "unknown_tool")

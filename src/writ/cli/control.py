@@ -9,11 +9,11 @@ import typer
 from rich.syntax import Syntax
 
 from writ.cli import render
-from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, run, settings
+from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, report, run, settings
 
 agent_app = typer.Typer(help="Register and list agents.", no_args_is_help=True)
 server_app = typer.Typer(help="Register and list MCP servers.", no_args_is_help=True)
-tool_app = typer.Typer(help="List the tools the registered servers offer.", no_args_is_help=True)
+tool_app = typer.Typer(help="List the tools the registered servers offer; correct their hints.", no_args_is_help=True)
 policy_app = typer.Typer(help="Load and show the Cedar policy bundle.", no_args_is_help=True)
 
 
@@ -136,6 +136,32 @@ def server_list() -> None:
 def tool_list(server: Annotated[str | None, typer.Option(help="Only this server's tools")] = None) -> None:
     """Every tool, pinned by version (a digest of its definition)."""
     console.print(render.tools_table(run(_query("registry", "list_tools", {"server": server})), width=console.width))
+
+
+@tool_app.command("override")
+def tool_override(
+    tool: Annotated[str, typer.Argument(help="SERVER/TOOL")],
+    read_only: Annotated[bool | None, typer.Option("--read-only/--not-read-only")] = None,
+    destructive: Annotated[bool | None, typer.Option("--destructive/--not-destructive")] = None,
+    idempotent: Annotated[bool | None, typer.Option("--idempotent/--not-idempotent")] = None,
+    idempotency_arg: Annotated[
+        str | None, typer.Option(help="the argument through which the tool takes Writ's idempotency key")
+    ] = None,
+) -> None:
+    """Say what a tool really is where its MCP annotations are missing or wrong (policy and retries use it)."""
+    server, _, name = tool.partition("/")
+    if not server or not name:
+        report(lambda: fail("invalid_tool", f"name the tool as SERVER/TOOL, not {tool!r}"))
+    body = {
+        "server": server,
+        "tool": name,
+        "read_only": read_only,
+        "destructive": destructive,
+        "idempotent": idempotent,
+        "idempotency_arg": idempotency_arg,
+    }
+    row = run(_query("registry", "set_override", body))
+    console.print(render.tools_table([row], title="overridden", width=console.width))
 
 
 # -- policy -----------------------------------------------------------------------------------------
