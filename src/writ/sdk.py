@@ -21,10 +21,11 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 
 from writ_common import subjects
-from writ_common.bus import StaleAppend, append, last_on_subject
+from writ_common.bus import StaleAppend, append, last_on_subject, read_history
 from writ_common.digest import canonical_json
 from writ_common.envelope import Producer, UndecodableEvent, decode, make_envelope
 from writ_common.events import IntentSubmitted, Receipt
+from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import sign
 from writ_common.telemetry import tracer
@@ -70,7 +71,7 @@ def new_intent(
     )
 
 
-async def publish_intent(nc: Client, intent: IntentSubmitted) -> Submission:
+async def publish_intent(nc: Client, intent: IntentSubmitted, *, causation_id: str | None = None) -> Submission:
     """Publish a signed intent as the first event of its intent.
 
     The append expects the intent's subject to be empty: a resubmission with the same
@@ -78,7 +79,9 @@ async def publish_intent(nc: Client, intent: IntentSubmitted) -> Submission:
     duplicate, whenever it comes.
     """
     intent_id = derive_intent_id(intent.agent_id, intent.idempotency_key)
-    envelope = make_envelope(intent, producer=SDK_PRODUCER, intent_id=intent_id, agent_id=intent.agent_id)
+    envelope = make_envelope(
+        intent, producer=SDK_PRODUCER, intent_id=intent_id, agent_id=intent.agent_id, causation_id=causation_id
+    )
     with tracer().start_as_current_span("agent.submit", attributes={"writ.intent_id": intent_id}):
         try:
             ack = await append(nc.jetstream(), envelope, expected_last_seq=0)
@@ -125,6 +128,25 @@ async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Rec
                 await asyncio.sleep(pause)
     finally:
         await sub.unsubscribe()
+
+
+async def retry_intent(nc: Client, key: SigningKey, agent_id: str, intent_id: str) -> Submission:
+    """A new intent that retries ``intent_id``'s call after an unknown outcome: same tool, arguments
+    and on-behalf-of, a derived idempotency key, signed by the agent and caused by the unknown
+    outcome. It goes through authentication, policy (and approval) like any new call.
+    """
+    view = fold_intent((await read_history(nc, agent_id, intent_id)).events)
+    if view.submitted is None or view.terminal is None or view.terminal.type != "execution.outcome_unknown":
+        raise ValueError(f"{intent_id} did not end with an unknown outcome; there is nothing to retry")
+    original = view.submitted
+    retry = new_intent(
+        agent_id,
+        original.tool,
+        original.arguments,
+        idempotency_key=f"{original.idempotency_key}#retry",
+        on_behalf_of=original.on_behalf_of,
+    )
+    return await publish_intent(nc, sign_intent(retry, key), causation_id=view.terminal.envelope.id)
 
 
 def _as_receipt(data: bytes) -> Receipt:
@@ -185,6 +207,7 @@ __all__ = [
     "fetch_receipt",
     "new_intent",
     "publish_intent",
+    "retry_intent",
     "sign_intent",
     "wait_receipt",
 ]

@@ -247,3 +247,23 @@ def test_tool_override_changes_the_hints_policy_and_retries_see(writ: Writ, read
     assert row.split()[3:6] == ["yes", "yes", "no"], row  # read-only, destructive, idempotent
     assert_one_error_line(writ("tool", "override", "no-slash", "--idempotent"), "invalid_tool")
     assert_one_error_line(writ("tool", "override", f"{ready.server}/nope", "--idempotent"), "unknown_tool")
+
+
+def test_reconcile_an_unknown_outcome_from_the_cli(
+    writ: Writ, ready: Ready, tmp_path: Path, faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]]
+) -> None:
+    argv, env = faulty_mcp(tmp_path / "faulty.sqlite3")
+    server = f"crashy-{uuid.uuid4().hex[:6]}"
+    added = writ("server", "add", server, "--env", f"FAULTY_DB={env['FAULTY_DB']}", "--", *argv)
+    assert added.exit_code == 0, added.output
+    policy = tmp_path / "crash.cedar"
+    policy.write_text('@id("let-it-crash")\npermit(principal, action == Action::"call_tool", resource);\n')
+    assert writ("policy", "load", str(policy)).exit_code == 0
+    result = writ("intent", "submit", f"{server}/crash", "--as", ready.agent, "--wait", "--timeout", "60")
+    assert result.exit_code == 1 and "outcome_unknown" in result.stdout, result.output
+    found = INTENT_ID.search(result.stdout)
+    assert found
+    assert_one_error_line(writ("intent", "reconcile", found.group(1)), "invalid_option")
+    settled = writ("intent", "reconcile", found.group(1), "--failed", "--by", "alice", "--note", "no effect seen")
+    assert settled.exit_code == 0 and "reconciled" in settled.stdout, settled.output
+    assert_one_error_line(writ("intent", "reconcile", found.group(1), "--succeeded"), "already_reconciled")

@@ -15,7 +15,7 @@ from writ_common.fold import IntentView, fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import generate_key, key_id, public_key_b64
 from writ_executor.breaker import CircuitBreaker
-from writ_executor.domain import CallError, Invoke, after_error, next_step
+from writ_executor.domain import CallError, Invoke, after_error, next_step, reconcile
 from writ_identity.domain import Agent, check_intent
 from writ_policy.domain import PolicyError, compile_bundle, decide
 from writ_registry.domain import Validators, plan
@@ -251,3 +251,22 @@ class TestCircuitBreaker:
         breaker.allow(2)
         reopened = breaker.record_failure(2, "still down")
         assert reopened is not None and (reopened.from_state, reopened.to_state) == ("half_open", "open")
+
+
+class TestReconcile:
+    def unknown(self) -> IntentView:
+        return authorized(False, started(1), ev.ExecutionOutcomeUnknown(attempt=1, reason="interrupted"))
+
+    def test_only_an_unknown_outcome_is_settled_and_only_once(self) -> None:
+        settled = reconcile(self.unknown(), "succeeded", "alice", "saw the row", None)
+        assert isinstance(settled, ev.ExecutionReconciled) and settled.attempt == 1
+        done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
+        assert str(reconcile(authorized(False, started(1), done), "failed", "a", "", None)).startswith("not_unknown")
+        twice = authorized(False, started(1), ev.ExecutionOutcomeUnknown(attempt=1, reason="x"), settled)
+        assert twice.reconciled == settled  # the fold keeps a person's word after the end
+        assert str(reconcile(twice, "failed", "bob", "", None)).startswith("already_reconciled")
+
+    def test_a_retry_names_its_new_intent(self) -> None:
+        assert str(reconcile(self.unknown(), "retry", "a", "", None)).startswith("invalid_request")
+        retry = reconcile(self.unknown(), "retry", "a", "", "in-new")
+        assert isinstance(retry, ev.ExecutionReconciled) and retry.retry_intent_id == "in-new"

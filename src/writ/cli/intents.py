@@ -131,3 +131,61 @@ def intent_status(intent_id: Annotated[str, typer.Argument(metavar="ID")]) -> No
         row = {"intent_id": intent_id, "agent_id": receipt.agent_id, "tool": receipt.tool, "server": receipt.server,
                "status": receipt.status, "code": receipt.code, "reason": receipt.reason}  # fmt: skip
     console.print(render.intent_row(row, receipt.position if receipt else None))
+
+
+async def reconcile(
+    intent_id: str, outcome: str, *, by: str, note: str, key_file: Path | None, wait: bool, timeout: float
+) -> None:
+    """Settle an unknown outcome; a retry is a new intent signed with the agent's key."""
+    from writ.keys import agent_key_path, read_key
+    from writ.sdk import fetch_receipt, retry_intent, wait_receipt
+
+    check_intent_id(intent_id)
+    cfg = settings()
+    async with connect(cfg) as nc:
+        receipt = await fetch_receipt(nc, intent_id)
+        if receipt is None:
+            fail("no_receipt", f"{intent_id} has not ended yet; only an outcome_unknown intent is reconciled")
+        if receipt.status != "outcome_unknown":
+            fail("not_unknown", f"{intent_id} ended as {receipt.status}; only an outcome_unknown intent is reconciled")
+        body: dict[str, Any] = {"intent_id": intent_id, "agent_id": receipt.agent_id, "outcome": outcome, "by": by}
+        body["note"] = note
+        retried = None
+        if outcome == "retry":
+            key = read_key(key_file or agent_key_path(cfg.data_dir, receipt.agent_id))
+            retried = await retry_intent(nc, key, receipt.agent_id, intent_id)
+            body["retry_intent_id"] = retried.intent_id
+        await call(nc, "executor", "reconcile", body)
+        console.print(f"reconciled {intent_id} as [bold]{outcome}[/] by {by}")
+        if retried is not None:
+            console.print(f"retry: intent {retried.intent_id} (authenticated, planned and authorized like a new call)")
+            if wait:
+                console.print(render.receipt_panel(await wait_receipt(nc, retried.intent_id, timeout)))
+
+
+@intent_app.command("reconcile")
+def intent_reconcile(
+    intent_id: Annotated[str, typer.Argument(metavar="ID")],
+    *,
+    succeeded: Annotated[bool, typer.Option("--succeeded", help="the call did take effect")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="the call did not take effect")] = False,
+    retry: Annotated[bool, typer.Option("--retry", help="run it again as a new, freshly authorized intent")] = False,
+    note: Annotated[str, typer.Option(help="why you know")] = "",
+    by: Annotated[str | None, typer.Option(help="who settles it (default: $USER)")] = None,
+    key: Annotated[Path | None, typer.Option(help="the agent's key, for --retry")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="with --retry: wait for the retry's receipt")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 60.0,
+) -> None:
+    """Settle an outcome_unknown intent: say it ran, it did not, or retry it as a new call."""
+    import getpass
+
+    chosen = [name for name, flag in (("succeeded", succeeded), ("failed", failed), ("retry", retry)) if flag]
+    if len(chosen) != 1:
+        run(_refuse("invalid_option", "give exactly one of --succeeded, --failed, --retry"))
+    run(
+        reconcile(intent_id, chosen[0], by=by or getpass.getuser(), note=note, key_file=key, wait=wait, timeout=timeout)
+    )
+
+
+async def _refuse(code: str, message: str) -> None:
+    fail(code, message)

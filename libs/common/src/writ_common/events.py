@@ -169,6 +169,17 @@ class ExecutionOutcomeUnknown(Payload, frozen=True, kw_only=True):
     reason: str
 
 
+class ExecutionReconciled(Payload, frozen=True, kw_only=True):
+    """A person's word on an ``outcome_unknown`` call: it did run, it did not, or it is retried as
+    a new intent (``retry_intent_id``) that goes through authorization like any new call."""
+
+    attempt: int
+    outcome: Literal["succeeded", "failed", "retry"]
+    by: str
+    note: str = ""
+    retry_intent_id: str | None = None
+
+
 class ExecutionAttemptFailed(Payload, frozen=True, kw_only=True):
     """One attempt failed in a way known not to have taken effect (or on an idempotent tool);
     another attempt follows after ``retry_after_ms`` unless attempts or the deadline run out."""
@@ -306,6 +317,7 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("execution.failed", 1): ExecutionFailed,
     ("execution.outcome_unknown", 1): ExecutionOutcomeUnknown,
     ("execution.attempt_failed", 1): ExecutionAttemptFailed,
+    ("execution.reconciled", 1): ExecutionReconciled,
     ("agent.registered", 1): AgentRegistered,
     ("approver.registered", 1): ApproverRegistered,
     ("server.registered", 1): ServerRegistered,

@@ -26,6 +26,7 @@ class IntentView:
     started: list[ev.ExecutionStarted] = field(default_factory=list)
     attempt_failures: list[ev.ExecutionAttemptFailed] = field(default_factory=list)
     terminal: StoredEvent | None = None
+    reconciled: ev.ExecutionReconciled | None = None  # a person's word after outcome_unknown
     events: list[StoredEvent] = field(default_factory=list)
 
     @property
@@ -92,6 +93,13 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
     for event in history:
         view.events.append(event)
         if view.terminal is not None:
+            # After the end only a reconciliation of an unknown outcome still means something.
+            if (
+                isinstance(event.payload, ev.ExecutionReconciled)
+                and view.terminal.type == "execution.outcome_unknown"
+                and view.reconciled is None
+            ):
+                view.reconciled = event.payload
             continue
         payload = event.payload
         match payload:

@@ -12,8 +12,9 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import redis.asyncio as aioredis
 from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
@@ -22,17 +23,37 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
+from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
 from writ_common.settings import WritSettings
 from writ_executor.breaker import CircuitBreaker, Transition
-from writ_executor.domain import CallError, Invoke, after_error, call_arguments, idempotency_key, next_step, outcome
+from writ_executor.domain import (
+    CallError,
+    Invoke,
+    after_error,
+    call_arguments,
+    idempotency_key,
+    next_step,
+    outcome,
+    reconcile,
+)
 from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
 
 log = logging.getLogger(__name__)
+
+
+class Reconcile(msgspec.Struct, kw_only=True):
+    intent_id: str
+    agent_id: str
+    outcome: Literal["succeeded", "failed", "retry"]
+    by: str
+    note: str = ""
+    retry_intent_id: str | None = None
+
 
 ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
@@ -180,6 +201,26 @@ def build(settings: WritSettings) -> Service:
         if isinstance(result, ev.ExecutionAttemptFailed):
             raise Redeliver(result.retry_after_ms / 1000, f"attempt {attempt} failed: {result.reason}")
 
+    async def reconcile_intent(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, Reconcile)
+        for _ in range(FENCE_RETRIES):
+            history = await read_history(svc.nc, cmd.agent_id, cmd.intent_id)
+            view = fold_intent(history.events)
+            if view.submitted_event is None:
+                raise CommandError("not_found", f"no intent {cmd.intent_id!r} for agent {cmd.agent_id!r}")
+            decision = reconcile(view, cmd.outcome, cmd.by, cmd.note, cmd.retry_intent_id)
+            if isinstance(decision, str):
+                code, _, reason = decision.partition(": ")
+                raise CommandError(code, reason)
+            try:
+                await svc.append_all(
+                    view, view.terminal or view.submitted_event, [decision], history.last_seq, "reconciled"
+                )
+            except StaleAppend:
+                continue
+            return {"intent_id": cmd.intent_id, "outcome": cmd.outcome, "by": cmd.by}
+        raise CommandError("busy", "the intent kept changing; try again")
+
     async def ping(_body: dict[str, Any]) -> Any:
         return {
             "service": svc.name,
@@ -199,6 +240,7 @@ def build(settings: WritSettings) -> Service:
         batch_size=1,
         max_ack_pending=64,
     )
+    svc.command("reconcile", reconcile_intent)
     svc.command("ping", ping)
     return svc
 

@@ -153,3 +153,18 @@ def outcome(attempt: int, result: dict[str, Any], is_error: bool, duration_ms: f
     return ev.ExecutionSucceeded(
         attempt=attempt, result=result, result_digest=sha256_digest(result), duration_ms=duration_ms
     )
+
+
+def reconcile(
+    view: IntentView, outcome: Literal["succeeded", "failed", "retry"], by: str, note: str, retry_intent_id: str | None
+) -> ev.ExecutionReconciled | str:
+    """A person settles an unknown outcome, once; returns the event or why it cannot be."""
+    if view.terminal is None or view.terminal.type != "execution.outcome_unknown":
+        return f"not_unknown: intent is {view.status}; only an outcome_unknown intent is reconciled"
+    if view.reconciled is not None:
+        return f"already_reconciled: {view.reconciled.by} settled it as {view.reconciled.outcome}"
+    if (outcome == "retry") != (retry_intent_id is not None):
+        return "invalid_request: a retry names the new intent that retries the call, and only a retry does"
+    return ev.ExecutionReconciled(
+        attempt=view.last_attempt, outcome=outcome, by=by, note=note, retry_intent_id=retry_intent_id
+    )

@@ -40,6 +40,7 @@ _STATUS = {
     "execution.succeeded": "succeeded",
     "execution.failed": "failed",
     "execution.outcome_unknown": "outcome_unknown",
+    "execution.reconciled": "reconciled",
 }
 _FINAL = {"rejected", "denied", "expired", "succeeded", "failed", "outcome_unknown"}
 
@@ -81,6 +82,23 @@ class Projection:
                 "INSERT OR IGNORE INTO intents(intent_id, agent_id, tool, status, submitted_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (env.intent_id, env.agent_id, p.tool, status, env.occurred_at, env.occurred_at),
+            )
+            return
+        if isinstance(p, ev.ExecutionReconciled):
+            # A person's word on an unknown outcome: the one change allowed after the end.
+            settled = {"succeeded": "reconciled_succeeded", "failed": "reconciled_failed", "retry": "retried"}
+            self._db.execute(
+                "UPDATE intents SET status = ?, code = ?, reason = ?, updated_at = ?"
+                " WHERE intent_id = ? AND status = 'outcome_unknown'",
+                (
+                    settled[p.outcome],
+                    "reconciled",
+                    f"reconciled by {p.by}: {p.outcome}"
+                    + (f" as {p.retry_intent_id}" if p.retry_intent_id else "")
+                    + (f" ({p.note})" if p.note else ""),
+                    env.occurred_at,
+                    env.intent_id,
+                ),
             )
             return
         code = getattr(p, "code", None)
