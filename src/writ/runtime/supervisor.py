@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from writ.runtime.processes import (
     HOST,
     ManagedProcess,
+    free_port,
     log_tail,
     pick_port,
     start_module,
@@ -163,6 +164,7 @@ class Plane:
         self.nats_url = ""
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
+        self.metrics_ports: dict[str, int] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -200,6 +202,9 @@ class Plane:
             _run_coro(self._ensure_streams())
             env = self._service_env()
             for name in self.services:
+                # Each service serves Prometheus /metrics on its own loopback port (runtime.json says which).
+                self.metrics_ports.setdefault(name, free_port())
+                self.service_env.setdefault(name, {})["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
                 self._start_unit(_Unit(name, self._service_launcher(name, env)))
         except BaseException:
             self.stop()
@@ -446,6 +451,7 @@ class Plane:
                     "redis_url": self.redis_url,
                     "pid": os.getpid(),
                     "started_at": self._started_at,
+                    "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
                         u.name: {"pid": u.process.pid, "argv": u.process.argv}

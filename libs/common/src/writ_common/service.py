@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +21,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from writ_common import commands, subjects
+from writ_common import commands, metrics, subjects
 from writ_common.bus import StaleAppend, append, dead_letter, read_history, stored
-from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope
+from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
 from writ_common.fold import IntentView, fold_intent
 from writ_common.settings import WritSettings
@@ -120,6 +121,10 @@ class Service:
                 await self.dead_letter(raw, exc.code, exc.reason)
                 await msg.ack()
                 return
+            with contextlib.suppress(ValueError):
+                age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
+                metrics.QUEUE_AGE_SECONDS.labels(self.name).observe(max(0.0, age))
+            started = time.perf_counter()
             try:
                 with stage_span(
                     f"{self.name}.{event.type}",
@@ -129,17 +134,21 @@ class Service:
                     await handler(event, raw)
             except Redeliver as again:
                 log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
+                metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
                 await msg.nack(delay=again.delay)
                 return
             except Exception:
+                metrics.REDELIVERIES.labels(self.name, "error").inc()
                 delivered = raw.metadata.num_delivered
                 log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
                 await msg.nack(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
                 return
+            metrics.STAGE_SECONDS.labels(self.name, event.type).observe(time.perf_counter() - started)
             await msg.ack()
 
     async def dead_letter(self, raw: Msg, code: str, reason: str) -> None:
         self.dead_letters += 1
+        metrics.DEAD_LETTERS.labels(self.name, code).inc()
         log.warning("%s: dead-lettered %s: %s: %s", self.name, raw.subject, code, reason)
         await dead_letter(self.js, self.name, raw, code=code, reason=reason)
 
@@ -184,6 +193,8 @@ class Service:
             ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt)
             last_seq = ack.seq
             seqs.append(ack.seq)
+            if code := getattr(payload, "code", None):
+                metrics.DECISIONS.labels(self.name, envelope.type, code).inc()
             self.fault_point()
         return seqs
 
@@ -217,6 +228,8 @@ class Service:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.metrics_port:
+            metrics.serve_metrics(self.settings.metrics_port)
         await self.broker.connect()
         await ensure_streams(self.js)
         for fn in self._startup:

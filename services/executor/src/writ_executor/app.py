@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import metrics, subjects
 from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
@@ -81,6 +81,8 @@ def build(settings: WritSettings) -> Service:
     async def record_transition(server: str, transition: Transition | None) -> None:
         if transition is None:
             return
+        metrics.BREAKER_STATE.labels(server).set(metrics.BREAKER_LEVEL[transition.to_state])
+        metrics.BREAKER_TRANSITIONS.labels(server, transition.from_state, transition.to_state).inc()
         log.warning("breaker %s: %s -> %s (%s)", server, transition.from_state, transition.to_state, transition.reason)
         event = ev.BreakerTransitioned(
             server=server,
@@ -135,6 +137,7 @@ def build(settings: WritSettings) -> Service:
         finally:
             heartbeat.cancel()
         if error is not None:
+            metrics.ATTEMPT_FAILURES.labels(server.name, error.code).inc()
             if error.kind != "refused":
                 await record_transition(server.name, breaker.record_failure(time.monotonic(), error.message))
             return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=settings.max_attempts)

@@ -1,0 +1,39 @@
+"""Prometheus metrics, one definition each; every service serves them on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+STAGE_SECONDS = Histogram(
+    "writ_stage_seconds",
+    "Time a service spent handling one event (fold, decide, append)",
+    ["service", "event"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+QUEUE_AGE_SECONDS = Histogram(
+    "writ_queue_age_seconds",
+    "How old an event was when a service consumed it (consume time minus occurred_at)",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+DEAD_LETTERS = Counter("writ_dead_letters_total", "Messages parked in WRIT_DLQ", ["service", "code"])
+REDELIVERIES = Counter("writ_redeliveries_total", "Messages handed back for redelivery", ["service", "why"])
+DECISIONS = Counter(
+    "writ_decisions_total", "Terminal and authorization decisions by code", ["service", "event", "code"]
+)
+ATTEMPT_FAILURES = Counter(
+    "writ_attempt_failures_total", "Tool call attempts that failed and may be retried", ["server", "code"]
+)
+BREAKER_STATE = Gauge(
+    "writ_breaker_state", "Circuit breaker per tool server: 0 closed, 1 half-open, 2 open", ["server"]
+)
+BREAKER_TRANSITIONS = Counter(
+    "writ_breaker_transitions_total", "Circuit breaker state changes", ["server", "from_state", "to_state"]
+)
+
+BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def serve_metrics(port: int) -> None:
+    """Serve ``/metrics`` on 127.0.0.1:``port`` (a daemon thread)."""
+    start_http_server(port, addr="127.0.0.1")
