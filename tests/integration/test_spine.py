@@ -244,7 +244,7 @@ async def test_a_tool_server_over_streamable_http(spine: Spine) -> None:
         url = f"http://127.0.0.1:{port}/mcp"
         for _ in range(100):
             try:
-                body = {"name": "echo", "transport": "http", "url": url}
+                body = {"name": "echo", "transport": "http", "url": url, "idempotency_header": "Idempotency-Key"}
                 await commands.call(spine.nc, "registry", "add_server", body)
                 break
             except commands.CommandError as exc:
@@ -254,6 +254,10 @@ async def test_a_tool_server_over_streamable_http(spine: Spine) -> None:
         assert receipt.status == "succeeded", receipt.reason
         assert receipt.result is not None
         assert "über-ok" in str(receipt.result["content"])
+        # The server said it takes the idempotency key as a header: the intent id arrives there.
+        keyed = await spine.agent.call("echo/idempotency_header", {}, timeout=30)
+        assert keyed.status == "succeeded", keyed.reason
+        assert keyed.result is not None and keyed.result["content"][0]["text"] == keyed.intent_id
     finally:
         server.terminate()
         await server.wait()

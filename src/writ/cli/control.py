@@ -88,9 +88,19 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
 
 
 async def _add_server(
-    name: str, command: list[str], url: str | None, env: list[str] | None, headers: list[str] | None
+    name: str,
+    command: list[str],
+    *,
+    url: str | None,
+    env: list[str] | None,
+    headers: list[str] | None,
+    idempotency_header: str | None,
 ) -> dict[str, Any]:
     body = server_body(name, command, url, parse_pairs(env, "--env"), parse_pairs(headers, "--header"))
+    if idempotency_header:
+        if body["transport"] != "http":
+            fail("invalid_server", "--idempotency-header is for an HTTP server (--url)")
+        body["idempotency_header"] = idempotency_header
     async with connect(settings()) as nc:
         return dict(await call(nc, "registry", "add_server", body, timeout=ADD_SERVER_TIMEOUT))
 
@@ -111,12 +121,18 @@ def server_body(
 def server_add(
     name: Annotated[str, typer.Argument(help="Server name: [a-z0-9][a-z0-9_-]{0,62}")],
     command: Annotated[list[str] | None, typer.Argument(help="stdio: `-- COMMAND [ARGS...]`")] = None,
+    *,
     url: Annotated[str | None, typer.Option(help="Streamable HTTP endpoint")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="K=V for a stdio server (repeat)")] = None,
     header: Annotated[list[str] | None, typer.Option("--header", help="K=V for an HTTP server (repeat)")] = None,
+    idempotency_header: Annotated[
+        str | None, typer.Option(help="HTTP: the header through which the server takes Writ's idempotency key")
+    ] = None,
 ) -> None:
     """Register an MCP server (stdio: `writ server add NAME -- COMMAND ARGS`; HTTP: --url) and list its tools."""
-    added = run(_add_server(name, command or [], url, env, header))
+    added = run(
+        _add_server(name, command or [], url=url, env=env, headers=header, idempotency_header=idempotency_header)
+    )
     console.print(f"[green]registered[/] server [bold]{added['server']}[/] · {len(added['tools'])} tools discovered")
     console.print(render.tools_table(added["tools"], title=f"tools of {added['server']}", width=console.width))
 

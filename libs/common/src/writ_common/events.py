@@ -218,6 +218,7 @@ class ServerRegistered(Payload, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     url: str | None = None
     headers: dict[str, str] = {}
+    idempotency_header: str | None = None  # http: the header through which the server takes the key
 
 
 class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -30,10 +31,35 @@ async def open_session(server: ev.ServerRegistered) -> AsyncIterator[ClientSessi
             if not server.url:
                 raise ValueError(f"http server {server.name!r} has no url")
             http = await stack.enter_async_context(create_mcp_http_client(headers=dict(server.headers) or None))
+            if server.idempotency_header:
+                http.event_hooks = {"request": [idempotency_header_hook(server.idempotency_header)]}
             read, write = await stack.enter_async_context(streamable_http_client(server.url, http_client=http))
         session = await stack.enter_async_context(ClientSession(read, write))
         await session.initialize()
         yield session
+
+
+IDEMPOTENCY_META_KEY = "writ/idempotency_key"
+
+
+def idempotency_header_hook(header: str) -> Callable[[Any], Awaitable[None]]:
+    """An HTTP request hook copying the call's idempotency key from the MCP ``_meta`` into ``header``:
+    the transport sends from its own task, so the key travels inside the request itself."""
+
+    async def hook(request: Any) -> None:
+        if request.method != "POST":
+            return
+        try:
+            message = json.loads(request.content)
+        except (ValueError, TypeError):
+            return
+        params = message.get("params") if isinstance(message, dict) else None
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        key = meta.get(IDEMPOTENCY_META_KEY) if isinstance(meta, dict) else None
+        if isinstance(key, str) and key:
+            request.headers[header] = key
+
+    return hook
 
 
 def annotations_of(tool: Tool) -> ev.ToolAnnotations:

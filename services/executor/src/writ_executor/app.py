@@ -27,6 +27,7 @@ from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
+from writ_common.mcp_client import IDEMPOTENCY_META_KEY
 from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
 from writ_common.settings import WritSettings
 from writ_executor.breaker import CircuitBreaker, Transition
@@ -122,7 +123,7 @@ def build(settings: WritSettings) -> Service:
         timeout = settings.tool_timeout
         if (deadline := view.deadline) is not None:
             timeout = min(timeout, max(0.001, (deadline - datetime.now(UTC)).total_seconds()))
-        meta = {"writ/idempotency_key": idempotency_key(view), "writ/attempt": attempt}
+        meta = {IDEMPOTENCY_META_KEY: idempotency_key(view), "writ/attempt": attempt}
         heartbeat = asyncio.create_task(keep_alive(raw, leases, view.intent_id, attempt))
         started = time.perf_counter()
         error: CallError | None = None

@@ -34,6 +34,7 @@ class AddServer(msgspec.Struct, kw_only=True):
     env: dict[str, str] = {}
     url: str | None = None
     headers: dict[str, str] = {}
+    idempotency_header: str | None = None
 
 
 class ListTools(msgspec.Struct, kw_only=True):
