@@ -316,6 +316,18 @@ async def test_an_idempotent_put_honours_the_key_across_attempts(rig: Rig) -> No
     assert receipt.intent_id == again.intent_id and receipt.receipt_hash == again.receipt_hash
 
 
+async def test_the_idempotency_key_reaches_a_tool_that_takes_it_as_an_argument(rig: Rig) -> None:
+    body = {"server": "faulty", "tool": "put", "idempotency_arg": "key"}
+    await commands.call(rig.nc, "registry", "set_override", body)
+    try:
+        receipt = await rig.agent.call("faulty/put", {"key": "ignored", "value": "v"}, timeout=60)
+        assert receipt.status == "succeeded", receipt.reason
+        assert receipt.result is not None
+        assert receipt.result["content"][0]["text"] == f"stored {receipt.intent_id}=v"
+    finally:
+        await commands.call(rig.nc, "registry", "set_override", {"server": "faulty", "tool": "put"})
+
+
 async def test_an_intent_whose_deadline_passes_while_it_waits_ends_expired(rig: Rig) -> None:
     await asyncio.to_thread(rig.plane.hold_service, "executor")
     try:
