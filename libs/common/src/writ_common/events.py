@@ -106,26 +106,23 @@ class ApprovalRequested(Payload, frozen=True, kw_only=True):
     deadline: str | None = None
 
 
-class ApprovalGranted(Payload, frozen=True, kw_only=True):
+class ApproverDecision(Payload, frozen=True, kw_only=True):
+    """What an approver signed, kept with the event so anyone can check it again."""
+
+    approver_id: str
+    key_id: str
+    approval_digest: str
+    signed_at: str
+    signature: str
+    comment: str = ""
+
+
+class ApprovalGranted(ApproverDecision, frozen=True, kw_only=True):
     """A valid, signed grant, counted toward the quorum."""
 
-    approver_id: str
-    key_id: str
-    approval_digest: str
-    signed_at: str
-    signature: str
-    comment: str = ""
 
-
-class ApprovalDenied(Payload, frozen=True, kw_only=True):
+class ApprovalDenied(ApproverDecision, frozen=True, kw_only=True):
     """A valid, signed denial: the intent ends as denied."""
-
-    approver_id: str
-    key_id: str
-    approval_digest: str
-    signed_at: str
-    signature: str
-    comment: str = ""
 
 
 class ApprovalRefused(Payload, frozen=True, kw_only=True):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,17 +31,6 @@ EXPIRY_TICK = 1.0
 
 class LoadPolicy(msgspec.Struct, kw_only=True):
     cedar: str
-
-
-class DecideApproval(msgspec.Struct, kw_only=True):
-    intent_id: str
-    agent_id: str
-    approver_id: str
-    decision: Literal["grant", "deny"]
-    approval_digest: str
-    signed_at: str
-    signature: str
-    comment: str = ""
 
 
 class ApprovalQuery(msgspec.Struct, kw_only=True):
@@ -120,25 +109,16 @@ def build(settings: WritSettings) -> Service:
         return view, history.last_seq, trigger
 
     async def decide_approval(body: dict[str, Any]) -> Any:
-        cmd = msgspec.convert(body, DecideApproval)
+        cmd = msgspec.convert(body, SignedDecision)
         if directory is not None and cmd.approver_id not in approvers:
             await directory.ensure_fresh()
-        signed = SignedDecision(
-            intent_id=cmd.intent_id,
-            approver_id=cmd.approver_id,
-            decision=cmd.decision,
-            approval_digest=cmd.approval_digest,
-            signed_at=cmd.signed_at,
-            signature=cmd.signature,
-            comment=cmd.comment,
-        )
         for _ in range(FENCE_RETRIES):
             view, last_seq, trigger = await open_view(cmd.intent_id, cmd.agent_id)
             if not view.approval_pending:
                 raise CommandError(
                     "not_pending", f"intent {cmd.intent_id!r} is {view.status}; it takes no more decisions"
                 )
-            payloads = judge(view, signed, approvers.get(cmd.approver_id), now=datetime.now(UTC))
+            payloads = judge(view, cmd, approvers.get(cmd.approver_id), now=datetime.now(UTC))
             try:
                 # Many decisions land on one intent: the approver and the position keep their ids apart.
                 await svc.append_all(view, trigger, payloads, last_seq, attempt=f"{cmd.approver_id}@{last_seq}")

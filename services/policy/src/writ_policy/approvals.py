@@ -3,8 +3,9 @@ request expires. Pure functions over the folded intent and the approver director
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
 
 from writ_common import events as ev
 from writ_common.approvals import Approver, Decision, decision_statement
@@ -13,11 +14,11 @@ from writ_common.fold import IntentView
 from writ_common.signing import SignatureInvalid, verify
 
 
-@dataclass(frozen=True, slots=True)
-class SignedDecision:
+class SignedDecision(msgspec.Struct, frozen=True, kw_only=True):
     """What an approver sends: a decision on a digest, signed with the approver's own key."""
 
     intent_id: str
+    agent_id: str
     approver_id: str
     decision: Decision
     approval_digest: str
