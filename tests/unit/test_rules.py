@@ -23,7 +23,6 @@ from writ_registry.domain import Validators, plan
 pytestmark = pytest.mark.unit
 
 PRODUCER = Producer(service="test", instance="t", version="0")
-NOW = datetime.now(UTC)
 SKEW = timedelta(minutes=5)
 
 
@@ -57,11 +56,11 @@ def signed(**overrides: Any) -> ev.IntentSubmitted:
 
 class TestIdentity:
     def test_a_correctly_signed_fresh_intent_passes(self) -> None:
-        assert check_intent(view_of(signed()), AGENT, now=NOW, clock_skew=SKEW) is None
+        assert check_intent(view_of(signed()), AGENT, now=datetime.now(UTC), clock_skew=SKEW) is None
 
     def test_a_different_key_is_a_bad_signature(self) -> None:
         forged = sign_intent(new_intent("bot", "t", {}), generate_key())
-        rejection = check_intent(view_of(forged), AGENT, now=NOW, clock_skew=SKEW)
+        rejection = check_intent(view_of(forged), AGENT, now=datetime.now(UTC), clock_skew=SKEW)
         assert rejection is not None and rejection.code == "bad_signature"
 
     def test_changing_an_argument_after_signing_breaks_the_signature(self) -> None:
@@ -69,16 +68,18 @@ class TestIdentity:
         tampered = ev.IntentSubmitted(
             **{**{f: getattr(intent, f) for f in intent.__struct_fields__}, "arguments": {"timezone": "Asia/Tokyo"}}
         )
-        rejection = check_intent(view_of(tampered), AGENT, now=NOW, clock_skew=SKEW)
+        rejection = check_intent(view_of(tampered), AGENT, now=datetime.now(UTC), clock_skew=SKEW)
         assert rejection is not None and rejection.code == "bad_signature"
 
     def test_unknown_agent_stale_intent_and_refused_delegation(self) -> None:
-        assert check_intent(view_of(signed()), None, now=NOW, clock_skew=SKEW).code == "unknown_agent"  # type: ignore[union-attr]
-        late = check_intent(view_of(signed()), AGENT, now=NOW + timedelta(hours=1), clock_skew=SKEW)
+        assert check_intent(view_of(signed()), None, now=datetime.now(UTC), clock_skew=SKEW).code == "unknown_agent"  # type: ignore[union-attr]
+        late = check_intent(view_of(signed()), AGENT, now=datetime.now(UTC) + timedelta(hours=1), clock_skew=SKEW)
         assert late is not None and late.code == "stale_intent"
-        other = check_intent(view_of(signed(on_behalf_of="mallory")), AGENT, now=NOW, clock_skew=SKEW)
+        other = check_intent(view_of(signed(on_behalf_of="mallory")), AGENT, now=datetime.now(UTC), clock_skew=SKEW)
         assert other is not None and other.code == "delegation_refused"
-        assert check_intent(view_of(signed(on_behalf_of="carol")), AGENT, now=NOW, clock_skew=SKEW) is None
+        assert (
+            check_intent(view_of(signed(on_behalf_of="carol")), AGENT, now=datetime.now(UTC), clock_skew=SKEW) is None
+        )
 
 
 def catalog_with_time_tool(read_only: bool = True) -> Catalog:
@@ -132,11 +133,11 @@ def planned_view(read_only: bool, arguments: dict[str, Any] | None = None) -> In
 
 class TestPolicy:
     def test_read_only_is_allowed_with_the_deciding_policy_named(self) -> None:
-        decision = decide(planned_view(True), compile_bundle(POLICY), now=NOW)
+        decision = decide(planned_view(True), compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.IntentAuthorized) and decision.policy_ids == ["read-only-tools"]
 
     def test_destructive_asks_for_approval_with_group_quorum_and_digest(self) -> None:
-        decision = decide(planned_view(False), compile_bundle(POLICY), now=NOW)
+        decision = decide(planned_view(False), compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.ApprovalRequested)
         assert (decision.approvers, decision.quorum) == ("operators", 2)
         assert decision.approval_digest.startswith("sha256:")
@@ -145,19 +146,19 @@ class TestPolicy:
         intent = signed(deadline_seconds=30)
         p = plan(view_of(intent), catalog_with_time_tool(False), Validators())
         view = view_of(intent, ev.IntentAuthenticated(key_id="k"), p)
-        decision = decide(view, compile_bundle(POLICY), now=NOW)
+        decision = decide(view, compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.ApprovalRequested) and view.deadline is not None
         assert parse_time(decision.expires_at) <= view.deadline
 
     def test_forbid_wins_and_nothing_loaded_denies(self) -> None:
-        decision = decide(planned_view(True, {"timezone": "Asia/Tokyo"}), compile_bundle(POLICY), now=NOW)
+        decision = decide(planned_view(True, {"timezone": "Asia/Tokyo"}), compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.IntentDenied) and decision.code == "forbidden" and "no-tokyo" in decision.reason
-        none = decide(planned_view(True), None, now=NOW)
+        none = decide(planned_view(True), None, now=datetime.now(UTC))
         assert isinstance(none, ev.IntentDenied) and none.code == "no_policy"
 
     def test_nothing_matching_is_a_deny(self) -> None:
         bundle = compile_bundle('@id("x") permit(principal, action, resource) when { false };')
-        decision = decide(planned_view(True), bundle, now=NOW)
+        decision = decide(planned_view(True), bundle, now=datetime.now(UTC))
         assert isinstance(decision, ev.IntentDenied) and decision.code == "no_permit"
 
     def test_invalid_cedar_is_refused(self) -> None:
