@@ -271,3 +271,37 @@ class TestReconcile:
         assert str(reconcile(self.unknown(), "retry", "a", "", None)).startswith("invalid_request")
         retry = reconcile(self.unknown(), "retry", "a", "", "in-new")
         assert isinstance(retry, ev.ExecutionReconciled) and retry.retry_intent_id == "in-new"
+
+
+class TestQuarantine:
+    def definition(self, name: str, description: str) -> ev.ToolDefinition:
+        return ev.ToolDefinition(
+            name=name,
+            description=description,
+            input_schema={"type": "object"},
+            annotations=ev.ToolAnnotations(read_only=True),
+            tool_digest=f"sha256:{name}:{description}",
+        )
+
+    def discovered(self, *tools: ev.ToolDefinition, initial: bool) -> StoredEvent:
+        env = make_envelope(ev.ToolsDiscovered(server="s", tools=list(tools), initial=initial), producer=PRODUCER)
+        return decode(encode(env))
+
+    def test_a_renamed_tool_does_not_carry_the_old_ones_acceptance(self) -> None:
+        catalog = Catalog()
+        catalog.apply(self.discovered(self.definition("read", "v1"), initial=True))
+        assert isinstance(catalog.resolve("s/read"), tuple)
+        catalog.apply(self.discovered(self.definition("read_v2", "v1"), initial=False))
+        assert str(catalog.resolve("s/read_v2")).startswith("quarantined_tool")
+        assert str(catalog.resolve("s/read")).startswith("unknown_tool")  # the server no longer offers it
+        accepted = ev.ToolAccepted(server="s", tool="read_v2", tool_digest="sha256:read_v2:v1")
+        catalog.apply(decode(encode(make_envelope(accepted, producer=PRODUCER))))
+        assert isinstance(catalog.resolve("s/read_v2"), tuple)
+
+    def test_accepting_a_different_digest_than_the_one_waiting_changes_nothing(self) -> None:
+        catalog = Catalog()
+        catalog.apply(self.discovered(self.definition("read", "v1"), initial=True))
+        catalog.apply(self.discovered(self.definition("read", "v2"), initial=False))
+        stale = ev.ToolAccepted(server="s", tool="read", tool_digest="sha256:read:v3")
+        catalog.apply(decode(encode(make_envelope(stale, producer=PRODUCER))))
+        assert str(catalog.resolve("s/read")).startswith("quarantined_tool")

@@ -154,6 +154,30 @@ def tool_list(server: Annotated[str | None, typer.Option(help="Only this server'
     console.print(render.tools_table(run(_query("registry", "list_tools", {"server": server})), width=console.width))
 
 
+@server_app.command("refresh")
+def server_refresh(name: Annotated[str, typer.Argument(help="Server name")]) -> None:
+    """Discover a server's tools again; a changed or new definition waits in quarantine."""
+    refreshed = run(_query("registry", "refresh_server", {"name": name}))
+    console.print(render.tools_table(refreshed["tools"], title=f"tools of {name}", width=console.width))
+    if refreshed["quarantined"]:
+        names = ", ".join(f"{name}/{t}" for t in refreshed["quarantined"])
+        console.print(f"[yellow]quarantined[/]: {names} · intents are refused until `writ tool accept` each")
+    else:
+        console.print("no change: every tool is at its accepted version")
+
+
+@tool_app.command("accept")
+def tool_accept(tool: Annotated[str, typer.Argument(help="SERVER/TOOL")]) -> None:
+    """Accept the quarantined version of a tool: intents may call it from now on."""
+    import getpass
+
+    server, _, name = tool.partition("/")
+    if not server or not name:
+        report(lambda: fail("invalid_tool", f"name the tool as SERVER/TOOL, not {tool!r}"))
+    row = run(_query("registry", "accept_tool", {"server": server, "tool": name, "accepted_by": getpass.getuser()}))
+    console.print(f"[green]accepted[/] {tool} at version {row['tool_digest'][7:19]}")
+
+
 @tool_app.command("override")
 def tool_override(
     tool: Annotated[str, typer.Argument(help="SERVER/TOOL")],

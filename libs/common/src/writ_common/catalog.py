@@ -1,6 +1,9 @@
 """The tool catalog folded from the registry stream: servers and their pinned tool definitions.
 
-Registry plans with it; executor finds the server configuration in it.
+A tool version is the digest of its definition. What intents may call is the *accepted* version;
+a definition discovered later that differs (or a new name) waits in quarantine until an operator
+accepts it, so a server cannot change what a tool does under an approved name.
+Registry plans with this; executor finds the server configuration in it.
 """
 
 from __future__ import annotations
@@ -14,15 +17,31 @@ from writ_common.envelope import StoredEvent
 @dataclass(slots=True)
 class Catalog:
     servers: dict[str, ev.ServerRegistered] = field(default_factory=dict)
-    tools: dict[str, dict[str, ev.ToolDefinition]] = field(default_factory=dict)  # server -> name -> def
+    tools: dict[str, dict[str, ev.ToolDefinition]] = field(default_factory=dict)  # server -> name -> accepted
+    quarantined: dict[str, dict[str, ev.ToolDefinition]] = field(default_factory=dict)  # server -> name -> pending
     overrides: dict[tuple[str, str], ev.ToolOverrideSet] = field(default_factory=dict)
 
     def apply(self, event: StoredEvent) -> None:
         match event.payload:
             case ev.ServerRegistered() as p:
                 self.servers[p.name] = p
-            case ev.ToolsDiscovered() as p:
+            case ev.ToolsDiscovered(initial=True) as p:
                 self.tools[p.server] = {t.name: t for t in p.tools}
+                self.quarantined[p.server] = {}
+            case ev.ToolsDiscovered() as p:
+                # A tool the server no longer offers cannot be called; the rest keep their acceptance.
+                offered = {t.name for t in p.tools}
+                accepted = {n: t for n, t in self.tools.get(p.server, {}).items() if n in offered}
+                self.tools[p.server] = accepted
+                self.quarantined[p.server] = {
+                    t.name: t
+                    for t in p.tools
+                    if t.name not in accepted or accepted[t.name].tool_digest != t.tool_digest
+                }
+            case ev.ToolAccepted() as p:
+                pending = self.quarantined.get(p.server, {})
+                if p.tool in pending and pending[p.tool].tool_digest == p.tool_digest:
+                    self.tools.setdefault(p.server, {})[p.tool] = pending.pop(p.tool)
             case ev.ToolOverrideSet() as p:
                 self.overrides[(p.server, p.tool)] = p
             case _:
@@ -49,17 +68,25 @@ class Catalog:
         """Find a tool by ``server/tool`` or by a bare name unique across servers.
 
         Returns ``(server, definition)``, or a reason (``code: sentence``) it cannot be resolved.
+        A tool whose current definition is in quarantine is refused, whatever was accepted before.
         """
         if "/" in name:
             server, _, tool = name.partition("/")
-            found = self.tools.get(server, {}).get(tool)
-            if found is None:
-                return f"unknown_tool: no tool {tool!r} on server {server!r}"
-            return server, found
-        matches = [(s, tools[name]) for s, tools in sorted(self.tools.items()) if name in tools]
-        if not matches:
-            return f"unknown_tool: no registered server offers a tool named {name!r}"
-        if len(matches) > 1:
-            servers = ", ".join(s for s, _ in matches)
-            return f"ambiguous_tool: {name!r} is offered by {servers}; name it as server/{name}"
-        return matches[0]
+            candidates = [server]
+        else:
+            tool = name
+            candidates = sorted(set(self.tools) | set(self.quarantined))
+        offering = [s for s in candidates if tool in self.tools.get(s, {}) or tool in self.quarantined.get(s, {})]
+        if not offering:
+            where = f"on server {candidates[0]!r}" if "/" in name else "on any registered server"
+            return f"unknown_tool: no tool {tool!r} {where}"
+        if len(offering) > 1:
+            return f"ambiguous_tool: {tool!r} is offered by {', '.join(offering)}; name it as server/{tool}"
+        server = offering[0]
+        pending = self.quarantined.get(server, {}).get(tool)
+        if pending is not None:
+            return (
+                f"quarantined_tool: {server}/{tool} changed (version {pending.tool_digest[7:19]}) and waits for an"
+                f" operator: `writ tool accept {server}/{tool}`"
+            )
+        return server, self.tools[server][tool]

@@ -228,8 +228,21 @@ class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ToolsDiscovered(Payload, frozen=True, kw_only=True):
+    """What a server offers, as discovered over MCP. At registration (``initial``) every tool is
+    accepted; on a later discovery a new or changed definition waits in quarantine."""
+
     server: str
     tools: list[ToolDefinition]
+    initial: bool = True
+
+
+class ToolAccepted(Payload, frozen=True, kw_only=True):
+    """An operator accepts a tool version out of quarantine."""
+
+    server: str
+    tool: str
+    tool_digest: str
+    accepted_by: str = ""
 
 
 class ToolOverrideSet(Payload, frozen=True, kw_only=True):
@@ -321,6 +334,7 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("server.registered", 1): ServerRegistered,
     ("tools.discovered", 1): ToolsDiscovered,
     ("tool.override_set", 1): ToolOverrideSet,
+    ("tool.accepted", 1): ToolAccepted,
     ("breaker.transitioned", 1): BreakerTransitioned,
     ("policy.published", 1): PolicyBundlePublished,
     ("receipt.recorded", 1): Receipt,

@@ -42,6 +42,7 @@ CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
     "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
     "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
+    "tool.accepted": (subjects.accepted_subject("{server}"), subjects.REGISTRY_STREAM),
     "breaker.transitioned": (subjects.breaker_subject("{server}"), subjects.EXECUTOR_STREAM),
     "policy.published": (subjects.POLICY_SUBJECT, subjects.POLICY_STREAM),
     "receipt.recorded": (subjects.receipt_subject("{intent_id}"), subjects.LEDGER_STREAM),
@@ -75,6 +76,7 @@ SENDS: dict[str, tuple[str, ...]] = {
         "server.registered",
         "tools.discovered",
         "tool.override_set",
+        "tool.accepted",
     ),
     "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.*", "policy.published"),
     "executor": ("execution.*", "intent.expired", "breaker.transitioned"),
@@ -83,9 +85,9 @@ SENDS: dict[str, tuple[str, ...]] = {
 RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
     "identity": ("intent.submitted", "agent.registered"),
-    "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set"),
+    "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
     "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
-    "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set"),
+    "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
     "ledger": (INTENTS,),
 }
 SERVICES = ("identity", "registry", "policy", "executor", "ledger")  # each may dead-letter

@@ -51,6 +51,10 @@ def tools_subject(server: str) -> str:
     return f"writ.registry.server.{server}.tools"
 
 
+def accepted_subject(server: str) -> str:
+    return f"writ.registry.server.{server}.accepted"
+
+
 def override_subject(server: str) -> str:
     return f"writ.registry.server.{server}.override"
 

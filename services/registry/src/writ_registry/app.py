@@ -37,6 +37,16 @@ class AddServer(msgspec.Struct, kw_only=True):
     idempotency_header: str | None = None
 
 
+class RefreshServer(msgspec.Struct, kw_only=True):
+    name: str
+
+
+class AcceptTool(msgspec.Struct, kw_only=True):
+    server: str
+    tool: str
+    accepted_by: str = ""
+
+
 class ListTools(msgspec.Struct, kw_only=True):
     server: str | None = None
 
@@ -108,6 +118,56 @@ def build(settings: WritSettings) -> Service:
         )
         return {"server": cmd.name, "tools": [tool_row(cmd.name, t, catalog) for t in tools]}
 
+    async def refresh_server(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RefreshServer)
+        if follower is not None:
+            await follower.ensure_fresh()
+        server = catalog.servers.get(cmd.name)
+        if server is None:
+            raise CommandError("unknown_server", f"no server {cmd.name!r} is registered")
+        try:
+            tools = await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
+        except Exception as exc:
+            cause = root_cause(exc)
+            raise CommandError(
+                "discovery_failed",
+                f"could not list the tools of {cmd.name!r} over MCP: {type(cause).__name__}: {cause}",
+            ) from exc
+        discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools, initial=False)
+        await append_control(
+            svc.js,
+            subjects.tools_subject(cmd.name),
+            make_envelope(discovered, producer=svc.producer),
+            message_id=f"tools:{cmd.name}:{sha256_digest([t.tool_digest for t in tools])}:{catalog_seq()}",
+        )
+        if follower is not None:
+            await follower.ensure_fresh()
+        return {
+            "server": cmd.name,
+            "tools": [tool_row(cmd.name, t, catalog) for t in tools],
+            "quarantined": sorted(catalog.quarantined.get(cmd.name, {})),
+        }
+
+    async def accept_tool(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, AcceptTool)
+        if follower is not None:
+            await follower.ensure_fresh()
+        pending = catalog.quarantined.get(cmd.server, {}).get(cmd.tool)
+        if pending is None:
+            raise CommandError("not_quarantined", f"{cmd.server}/{cmd.tool} has no version waiting in quarantine")
+        accepted = ev.ToolAccepted(
+            server=cmd.server, tool=cmd.tool, tool_digest=pending.tool_digest, accepted_by=cmd.accepted_by
+        )
+        await append_control(
+            svc.js,
+            subjects.accepted_subject(cmd.server),
+            make_envelope(accepted, producer=svc.producer),
+            message_id=f"accepted:{cmd.server}:{cmd.tool}:{pending.tool_digest}",
+        )
+        if follower is not None:
+            await follower.ensure_fresh()
+        return tool_row(cmd.server, pending, catalog)
+
     async def list_servers(_body: dict[str, Any]) -> Any:
         if follower is not None:
             await follower.ensure_fresh()
@@ -125,12 +185,19 @@ def build(settings: WritSettings) -> Service:
         cmd = msgspec.convert(body, ListTools)
         if follower is not None:
             await follower.ensure_fresh()
-        return [
+        accepted = [
             tool_row(server, t, catalog)
             for server, tools in sorted(catalog.tools.items())
             if cmd.server in (None, server)
             for t in sorted(tools.values(), key=lambda t: t.name)
         ]
+        waiting = [
+            {**tool_row(server, t, catalog), "status": "quarantined"}
+            for server, tools in sorted(catalog.quarantined.items())
+            if cmd.server in (None, server)
+            for t in sorted(tools.values(), key=lambda t: t.name)
+        ]
+        return accepted + waiting
 
     async def set_override(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, ev.ToolOverrideSet)  # the command is the event it asks for
@@ -161,6 +228,8 @@ def build(settings: WritSettings) -> Service:
     svc.command("list_servers", list_servers)
     svc.command("list_tools", list_tools)
     svc.command("set_override", set_override)
+    svc.command("refresh_server", refresh_server)
+    svc.command("accept_tool", accept_tool)
     svc.command("ping", ping)
     return svc
 
@@ -180,6 +249,7 @@ def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str
         "tool_digest": tool.tool_digest,
         "annotations": msgspec.to_builtins(catalog.annotations(server, tool)),
         "overridden": (server, tool.name) in catalog.overrides,
+        "status": "accepted",
         "idempotency_arg": catalog.idempotency_arg(server, tool.name),
         "input_schema": tool.input_schema,
     }
