@@ -44,7 +44,12 @@ class Submission:
 
 
 def sign_intent(intent: IntentSubmitted, key: SigningKey) -> IntentSubmitted:
-    """Return ``intent`` with its Ed25519 signature over its canonical fields."""
+    """Return ``intent`` with its Ed25519 signature over its canonical fields.
+
+    Raises:
+        ValueError: the arguments are outside canonical JSON (integers beyond ±2**53 - 1, NaN):
+            send such numbers as strings.
+    """
     return msgspec.structs.replace(intent, signature=sign(key, canonical_json(intent.signed_fields())))
 
 

@@ -247,3 +247,14 @@ def test_malformed_signature_is_signature_invalid(signature: str) -> None:
     key = generate_key()
     with pytest.raises(SignatureInvalid):
         verify(public_key_b64(key), b"hello", signature)
+
+
+def test_tool_output_is_brought_inside_the_canonical_domain() -> None:
+    from writ_common.digest import canonical_json, within_canonical_domain
+
+    wild = {"big": 2**60, "neg": -(2**60), "inf": float("inf"), "ok": [1, 2.5, "x", None, True], 3: "key"}
+    tamed = within_canonical_domain(wild)
+    assert tamed == {"big": str(2**60), "neg": str(-(2**60)), "inf": "inf", "ok": [1, 2.5, "x", None, True], "3": "key"}
+    canonical_json(tamed)  # no longer raises
+    with pytest.raises(ValueError):
+        canonical_json({"big": 2**60})

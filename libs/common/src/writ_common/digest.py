@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import rfc8785
 
+SAFE_INTEGER = 2**53 - 1
+
 
 def canonical_json(value: Any) -> bytes:
-    """Serialize ``value`` as RFC 8785 (JCS) canonical JSON bytes."""
+    """Serialize ``value`` as RFC 8785 (JCS) canonical JSON bytes.
+
+    Raises:
+        ValueError: the value is outside what JCS can represent (integers beyond ±2**53 - 1,
+            non-finite floats, non-string keys).
+    """
     return rfc8785.dumps(value)
+
+
+def within_canonical_domain(value: Any) -> Any:
+    """``value`` with what JCS cannot represent made representable: integers beyond ±2**53 - 1
+    become their decimal strings, non-finite floats become strings. Used on tool output, which
+    Writ records and signs but does not control."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if -SAFE_INTEGER <= value <= SAFE_INTEGER else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): within_canonical_domain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [within_canonical_domain(v) for v in value]
+    return str(value)
 
 
 def sha256_digest(value: Any) -> str:

@@ -25,6 +25,7 @@ from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
+from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY
@@ -144,7 +145,10 @@ def build(settings: WritSettings) -> Service:
             return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=settings.max_attempts)
         await record_transition(server.name, breaker.record_success())
         elapsed = (time.perf_counter() - started) * 1000
-        dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # Tool output is recorded, hashed and signed: keep it inside what canonical JSON can carry.
+        dumped: dict[str, Any] = within_canonical_domain(
+            result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        )
         return outcome(attempt, dumped, bool(result.is_error), elapsed)
 
     async def fold(trigger: StoredEvent) -> tuple[IntentView, int]:

@@ -58,7 +58,11 @@ def check_intent(
     if agent is None:
         return reject("unknown_agent", f"no agent {intent.agent_id!r} is registered")
     try:
-        verify(agent.public_key, canonical_json(intent.signed_fields()), intent.signature)
+        signed = canonical_json(intent.signed_fields())
+    except ValueError as exc:
+        return reject("unsignable_intent", f"the intent cannot be put in canonical form to check its signature ({exc})")
+    try:
+        verify(agent.public_key, signed, intent.signature)
     except SignatureInvalid:
         return reject("bad_signature", f"intent signed by a key not registered for agent {agent.agent_id!r}")
     try:
