@@ -184,8 +184,13 @@ class WritAgent:
         idempotency_key: str | None = None,
         on_behalf_of: str | None = None,
         deadline_seconds: float = 300.0,
+        caused_by: str | None = None,
     ) -> Submission:
-        """Sign and submit an intent; returns its id (the same id for the same idempotency key)."""
+        """Sign and submit an intent; returns its id (the same id for the same idempotency key).
+
+        ``caused_by`` names the event that led to this call (e.g. the last event of the receipt whose
+        tool output suggested it), so the ledger can show why an agent asked.
+        """
         intent = new_intent(
             self.agent_id,
             tool,
@@ -194,7 +199,7 @@ class WritAgent:
             on_behalf_of=on_behalf_of,
             deadline_seconds=deadline_seconds,
         )
-        return await publish_intent(self.nc, sign_intent(intent, self._key))
+        return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
         return await wait_receipt(self.nc, intent_id, timeout)

@@ -15,7 +15,7 @@ from writ_common.fold import IntentView, fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import generate_key, key_id, public_key_b64
 from writ_executor.breaker import CircuitBreaker
-from writ_executor.domain import CallError, Invoke, after_error, next_step, reconcile
+from writ_executor.domain import CallError, Invoke, after_error, next_step, outcome, reconcile
 from writ_identity.domain import Agent, check_intent
 from writ_policy.domain import PolicyError, compile_bundle, decide
 from writ_registry.domain import Validators, plan
@@ -305,3 +305,23 @@ class TestQuarantine:
         stale = ev.ToolAccepted(server="s", tool="read", tool_digest="sha256:read:v3")
         catalog.apply(decode(encode(make_envelope(stale, producer=PRODUCER))))
         assert str(catalog.resolve("s/read")).startswith("quarantined_tool")
+
+
+class TestSizeLimits:
+    def test_arguments_over_the_limit_are_rejected_with_their_size(self) -> None:
+        rejected = plan(
+            view_of(signed(arguments={"timezone": "x" * 2000})),
+            catalog_with_time_tool(),
+            Validators(),
+            max_argument_bytes=1000,
+        )
+        assert isinstance(rejected, ev.IntentRejected) and rejected.code == "arguments_too_large"
+        assert "1000" in rejected.reason
+
+    def test_output_over_the_limit_is_not_kept_and_the_reason_says_the_call_ran(self) -> None:
+        big = {"content": [{"type": "text", "text": "y" * 5000}]}
+        kept = outcome(1, big, False, 1.0, max_output_bytes=10_000)
+        assert isinstance(kept, ev.ExecutionSucceeded)
+        dropped = outcome(1, big, False, 1.0, max_output_bytes=1000)
+        assert isinstance(dropped, ev.ExecutionFailed) and dropped.code == "output_too_large"
+        assert "the call ran" in dropped.reason and dropped.result is None

@@ -294,6 +294,7 @@ class Receipt(Payload, frozen=True, kw_only=True):
     result: dict[str, Any] | None = None
     result_digest: str | None = None
     event_ids: list[str]
+    caused_by: str | None = None  # the event that led the agent to this intent (its causation_id)
     submitted_at: str | None = None
     recorded_at: str
     ledger_key_id: str

@@ -81,6 +81,7 @@ def build_receipt(
         result=result,
         result_digest=result_digest,
         event_ids=[e.envelope.id for e in view.events if e.seq <= terminal.seq],
+        caused_by=view.submitted_event.envelope.causation_id if view.submitted_event else None,
         submitted_at=view.submitted_event.envelope.occurred_at if view.submitted_event else None,
         recorded_at=recorded_at,
         ledger_key_id=ledger_key_id,

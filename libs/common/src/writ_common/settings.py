@@ -29,6 +29,8 @@ class WritSettings(BaseSettings):
     tool_timeout: float = 60.0
     default_deadline_seconds: float = 300.0
     max_attempts: int = 3
+    max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
+    max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"

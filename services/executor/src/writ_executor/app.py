@@ -149,7 +149,7 @@ def build(settings: WritSettings) -> Service:
         dumped: dict[str, Any] = within_canonical_domain(
             result.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        return outcome(attempt, dumped, bool(result.is_error), elapsed)
+        return outcome(attempt, dumped, bool(result.is_error), elapsed, max_output_bytes=settings.max_output_bytes)
 
     async def fold(trigger: StoredEvent) -> tuple[IntentView, int]:
         history = await read_history(svc.nc, trigger.envelope.agent_id or "", trigger.envelope.intent_id or "")

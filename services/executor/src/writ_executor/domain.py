@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -139,8 +140,22 @@ def call_arguments(view: IntentView) -> dict[str, Any]:
     return arguments
 
 
-def outcome(attempt: int, result: dict[str, Any], is_error: bool, duration_ms: float) -> ev.Payload:
-    """The event for a finished call: the tool's own error is a failure, not a retry."""
+def outcome(
+    attempt: int, result: dict[str, Any], is_error: bool, duration_ms: float, *, max_output_bytes: int = 1024 * 1024
+) -> ev.Payload:
+    """The event for a finished call: the tool's own error is a failure, not a retry; output over
+    the limit is not kept (the call did run, and the reason says so)."""
+    size = len(json.dumps(result))
+    if size > max_output_bytes:
+        return ev.ExecutionFailed(
+            attempt=attempt,
+            retryable=False,
+            code="output_too_large",
+            reason=(
+                f"output_too_large: the call ran, but its output is {size} bytes of JSON, over the"
+                f" {max_output_bytes}-byte limit, and was not kept"
+            ),
+        )
     if is_error:
         text = " ".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text").strip()
         return ev.ExecutionFailed(

@@ -66,11 +66,11 @@ def build(settings: WritSettings) -> Service:
         async def decide(view: IntentView) -> list[ev.Payload]:
             if view.planned is not None or view.authenticated is None or view.submitted is None:
                 return []
-            decision = plan(view, catalog, validators)
+            decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
             unknown = isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool"
             # A server registered a moment ago may not be folded yet: catch up once, then decide.
             if unknown and follower is not None and await follower.ensure_fresh():
-                decision = plan(view, catalog, validators)
+                decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
             return [decision]
 
         await svc.run_stage(trigger, "plan", decide)

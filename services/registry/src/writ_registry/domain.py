@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
@@ -38,10 +39,19 @@ def argument_errors(validator: Draft202012Validator, arguments: dict[str, Any]) 
     return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors]
 
 
-def plan(view: IntentView, catalog: Catalog, validators: Validators) -> ev.IntentPlanned | ev.IntentRejected:
+def plan(
+    view: IntentView, catalog: Catalog, validators: Validators, *, max_argument_bytes: int = 64 * 1024
+) -> ev.IntentPlanned | ev.IntentRejected:
     """Pin the tool version and check the arguments, or say why not."""
     intent = view.submitted
     assert intent is not None
+    size = len(msgspec.json.encode(intent.arguments))
+    if size > max_argument_bytes:
+        return ev.IntentRejected(
+            stage="plan",
+            code="arguments_too_large",
+            reason=f"arguments_too_large: the arguments are {size} bytes of JSON; the limit is {max_argument_bytes}",
+        )
     resolved = catalog.resolve(intent.tool)
     if isinstance(resolved, str):
         code = resolved.split(":", 1)[0]
