@@ -267,3 +267,16 @@ def test_reconcile_an_unknown_outcome_from_the_cli(
     settled = writ("intent", "reconcile", found.group(1), "--failed", "--by", "alice", "--note", "no effect seen")
     assert settled.exit_code == 0 and "reconciled" in settled.stdout, settled.output
     assert_one_error_line(writ("intent", "reconcile", found.group(1), "--succeeded"), "already_reconciled")
+
+
+def test_rotate_and_revoke_an_agent_from_the_cli(writ: Writ, ready: Ready) -> None:
+    rotated = writ("agent", "rotate-key", ready.agent, "--grace", "0")
+    assert rotated.exit_code == 0 and "rotated" in rotated.stdout, rotated.output
+    result, _ = submit(writ, ready, "get_current_time", {"timezone": "UTC"})  # signed with the new key file
+    assert result.exit_code == 0, result.output
+    shown = writ("agent", "show", ready.agent)
+    assert shown.exit_code == 0 and "previous_key_id" in shown.stdout
+    assert writ("agent", "revoke", ready.agent, "--reason", "test").exit_code == 0
+    result, _ = submit(writ, ready, "get_current_time", {"timezone": "UTC"})
+    assert result.exit_code == 1 and "agent_revoked" in result.stdout, result.output
+    assert_one_error_line(writ("agent", "revoke", ready.agent), "already_revoked")

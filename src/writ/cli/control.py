@@ -74,6 +74,55 @@ def agent_list() -> None:
     console.print(render.agents_table(run(_list_agents())))
 
 
+async def rotate_agent_key(name: str, grace: float) -> dict[str, Any]:
+    """A new key for ``name``; the old file is kept as NAME.key.previous while its grace lasts."""
+    from writ.keys import agent_key_path, read_key, write_new_key
+    from writ_common.signing import generate_key, public_key_b64
+
+    cfg = settings()
+    path = agent_key_path(cfg.data_dir, name)
+    old = read_key(path)
+    new = generate_key()
+    body = {"agent_id": name, "public_key": public_key_b64(new), "grace_seconds": grace}
+    async with connect(cfg) as nc:
+        rotated = dict(await call(nc, "identity", "rotate_key", body))
+    previous = path.with_suffix(".key.previous")
+    previous.unlink(missing_ok=True)
+    write_new_key(previous, old)
+    path.unlink()
+    write_new_key(path, new)
+    return rotated
+
+
+@agent_app.command("rotate-key")
+def agent_rotate_key(
+    name: Annotated[str, typer.Argument(help="Agent id")],
+    grace: Annotated[float, typer.Option(help="Seconds the old key still signs valid intents")] = 3600.0,
+) -> None:
+    """Generate a new key for the agent; the old one stays valid for --grace seconds."""
+    done = run(rotate_agent_key(name, grace))
+    console.print(f"[green]rotated[/] agent [bold]{name}[/] to key {done['key_id']}")
+    console.print(f"  the previous key signs valid intents until {done['previous_valid_until']}")
+
+
+@agent_app.command("revoke")
+def agent_revoke(
+    name: Annotated[str, typer.Argument(help="Agent id")],
+    reason: Annotated[str, typer.Option(help="Why, for the record")] = "",
+) -> None:
+    """Refuse every intent the agent issues from now on."""
+    done = run(_query("identity", "revoke_agent", {"agent_id": name, "reason": reason}))
+    console.print(f"[red]revoked[/] agent [bold]{name}[/] at {done['revoked_at']}")
+
+
+@agent_app.command("show")
+def agent_show(name: Annotated[str, typer.Argument(help="Agent id")]) -> None:
+    """One agent: owner, teams, delegation, current and previous key, revocation."""
+    shown = run(_query("identity", "show_agent", {"agent_id": name}))
+    for field_name, value in shown.items():
+        console.print(f"  {field_name:<22} {value if value not in (None, []) else '-'}")
+
+
 # -- servers and tools ------------------------------------------------------------------------------
 
 

@@ -190,6 +190,23 @@ class ExecutionAttemptFailed(Payload, frozen=True, kw_only=True):
 # --- control streams: identity, registry, policy, ledger ------------------------------------
 
 
+class AgentKeyRotated(Payload, frozen=True, kw_only=True):
+    """A new key for an agent; the previous one still verifies intents issued until ``previous_valid_until``."""
+
+    agent_id: str
+    public_key: str
+    previous_public_key: str
+    previous_valid_until: str
+
+
+class AgentRevoked(Payload, frozen=True, kw_only=True):
+    """No intent issued after ``revoked_at`` is accepted from this agent."""
+
+    agent_id: str
+    revoked_at: str
+    reason: str = ""
+
+
 class ApproverRegistered(Payload, frozen=True, kw_only=True):
     """A person (or approver service) who may answer approval requests for its groups."""
 
@@ -331,6 +348,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("execution.attempt_failed", 1): ExecutionAttemptFailed,
     ("execution.reconciled", 1): ExecutionReconciled,
     ("agent.registered", 1): AgentRegistered,
+    ("agent.key_rotated", 1): AgentKeyRotated,
+    ("agent.revoked", 1): AgentRevoked,
     ("approver.registered", 1): ApproverRegistered,
     ("server.registered", 1): ServerRegistered,
     ("tools.discovered", 1): ToolsDiscovered,

@@ -39,6 +39,8 @@ EVENTS_DIR = "events"
 CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "agent.registered": (subjects.agent_subject("{agent_id}"), subjects.IDENTITY_STREAM),
     "approver.registered": (subjects.approver_subject("{approver_id}"), subjects.IDENTITY_STREAM),
+    "agent.key_rotated": (subjects.agent_event_subject("{agent_id}", "key_rotated"), subjects.IDENTITY_STREAM),
+    "agent.revoked": (subjects.agent_event_subject("{agent_id}", "revoked"), subjects.IDENTITY_STREAM),
     "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
     "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
     "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
@@ -66,7 +68,7 @@ SENDS: dict[str, tuple[str, ...]] = {
         "intent.authenticated",
         "intent.rejected",
         "intent.expired",
-        "agent.registered",
+        "agent.*",
         "approver.registered",
     ),
     "registry": (
@@ -84,7 +86,7 @@ SENDS: dict[str, tuple[str, ...]] = {
 }
 RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
-    "identity": ("intent.submitted", "agent.registered"),
+    "identity": ("intent.submitted", "agent.*", "approver.registered"),
     "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
     "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
     "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),

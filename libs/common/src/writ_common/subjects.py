@@ -39,6 +39,11 @@ def agent_subject(agent_id: str) -> str:
     return f"writ.identity.agent.{agent_id}.registered"
 
 
+def agent_event_subject(agent_id: str, event: str) -> str:
+    """``key_rotated`` or ``revoked`` events of one agent."""
+    return f"writ.identity.agent.{agent_id}.{event}"
+
+
 def approver_subject(approver_id: str) -> str:
     return f"writ.identity.approver.{approver_id}.registered"
 

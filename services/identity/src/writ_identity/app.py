@@ -12,10 +12,10 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
-from writ_common.bus import StaleAppend, append_control
+from writ_common.bus import StaleAppend, append_control, last_on_subject
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
-from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.envelope import StoredEvent, make_envelope, utcnow
 from writ_common.fold import IntentView
 from writ_common.ids import is_token
 from writ_common.service import Service
@@ -30,6 +30,21 @@ class RegisterAgent(msgspec.Struct, kw_only=True):
     owner: str = "unknown"
     teams: list[str] = []
     acts_for: list[str] = []
+
+
+class RotateKey(msgspec.Struct, kw_only=True):
+    agent_id: str
+    public_key: str
+    grace_seconds: float = 3600.0
+
+
+class RevokeAgent(msgspec.Struct, kw_only=True):
+    agent_id: str
+    reason: str = ""
+
+
+class AgentQuery(msgspec.Struct, kw_only=True):
+    agent_id: str
 
 
 class RegisterApprover(msgspec.Struct, kw_only=True):
@@ -136,6 +151,76 @@ def build(settings: WritSettings) -> Service:
             for a in sorted(agents.values(), key=lambda a: a.agent_id)
         ]
 
+    async def known_agent(agent_id: str) -> Agent:
+        agent = await lookup(agent_id)
+        if agent is None:
+            raise CommandError("unknown_agent", f"no agent {agent_id!r} is registered")
+        return agent
+
+    async def append_agent_event(agent_id: str, event: str, payload: ev.Payload, message_id: str) -> None:
+        last = await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.agent_event_subject(agent_id, event))
+        await append_control(
+            svc.js,
+            subjects.agent_event_subject(agent_id, event),
+            make_envelope(payload, producer=svc.producer, agent_id=agent_id),
+            message_id=message_id,
+            expected_last_subject_seq=(last.seq or 0) if last else 0,
+        )
+        if follower is not None:
+            await follower.ensure_fresh()
+
+    async def rotate_key(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RotateKey)
+        check_public_key(cmd.public_key)
+        agent = await known_agent(cmd.agent_id)
+        if agent.revoked_at is not None:
+            raise CommandError("agent_revoked", f"agent {cmd.agent_id!r} is revoked; register a new agent")
+        until = datetime.now(UTC) + timedelta(seconds=max(0.0, cmd.grace_seconds))
+        rotated = ev.AgentKeyRotated(
+            agent_id=cmd.agent_id,
+            public_key=cmd.public_key,
+            previous_public_key=agent.public_key,
+            previous_valid_until=until.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        )
+        try:
+            await append_agent_event(
+                cmd.agent_id, "key_rotated", rotated, f"rotate:{cmd.agent_id}:{key_id(cmd.public_key)}"
+            )
+        except StaleAppend as exc:
+            raise CommandError("concurrent_update", "the agent's key changed at the same moment; retry") from exc
+        return {
+            "agent_id": cmd.agent_id,
+            "key_id": key_id(cmd.public_key),
+            "previous_valid_until": rotated.previous_valid_until,
+        }
+
+    async def revoke_agent(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RevokeAgent)
+        agent = await known_agent(cmd.agent_id)
+        if agent.revoked_at is not None:
+            raise CommandError(
+                "already_revoked", f"agent {cmd.agent_id!r} was revoked at {agent.revoked_at.isoformat()}"
+            )
+        revoked = ev.AgentRevoked(agent_id=cmd.agent_id, revoked_at=utcnow(), reason=cmd.reason)
+        try:
+            await append_agent_event(cmd.agent_id, "revoked", revoked, f"revoke:{cmd.agent_id}")
+        except StaleAppend as exc:
+            raise CommandError("already_revoked", f"agent {cmd.agent_id!r} was revoked at the same moment") from exc
+        return {"agent_id": cmd.agent_id, "revoked_at": revoked.revoked_at}
+
+    async def show_agent(body: dict[str, Any]) -> Any:
+        agent = await known_agent(msgspec.convert(body, AgentQuery).agent_id)
+        return {
+            "agent_id": agent.agent_id,
+            "owner": agent.owner,
+            "teams": list(agent.teams),
+            "acts_for": list(agent.acts_for),
+            "key_id": agent.key_id,
+            "previous_key_id": key_id(agent.previous_public_key) if agent.previous_public_key else None,
+            "previous_valid_until": agent.previous_valid_until.isoformat() if agent.previous_valid_until else None,
+            "revoked_at": agent.revoked_at.isoformat() if agent.revoked_at else None,
+        }
+
     async def register_approver(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RegisterApprover)
         if not is_token(cmd.approver_id):
@@ -175,6 +260,9 @@ def build(settings: WritSettings) -> Service:
     svc.command("register_agent", register_agent)
     svc.command("list_agents", list_agents)
     svc.command("register_approver", register_approver)
+    svc.command("rotate_key", rotate_key)
+    svc.command("revoke_agent", revoke_agent)
+    svc.command("show_agent", show_agent)
     svc.command("list_approvers", list_approvers)
     svc.command("ping", ping)
     return svc

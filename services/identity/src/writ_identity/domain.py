@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from writ_common import events as ev
@@ -21,6 +21,9 @@ class Agent:
     owner: str
     teams: tuple[str, ...]
     acts_for: tuple[str, ...]
+    previous_public_key: str | None = None
+    previous_valid_until: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
@@ -35,6 +38,16 @@ def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
                 teams=tuple(p.teams),
                 acts_for=tuple(p.acts_for),
             )
+        case ev.AgentKeyRotated() as p if p.agent_id in agents:
+            agents[p.agent_id] = replace(
+                agents[p.agent_id],
+                public_key=p.public_key,
+                key_id=key_id(p.public_key),
+                previous_public_key=p.previous_public_key,
+                previous_valid_until=parse_time(p.previous_valid_until),
+            )
+        case ev.AgentRevoked() as p if p.agent_id in agents:
+            agents[p.agent_id] = replace(agents[p.agent_id], revoked_at=parse_time(p.revoked_at))
         case _:
             pass
 
@@ -62,13 +75,21 @@ def check_intent(
     except ValueError as exc:
         return reject("unsignable_intent", f"the intent cannot be put in canonical form to check its signature ({exc})")
     try:
-        verify(agent.public_key, signed, intent.signature)
-    except SignatureInvalid:
-        return reject("bad_signature", f"intent signed by a key not registered for agent {agent.agent_id!r}")
-    try:
         issued = parse_time(intent.issued_at)
     except ValueError:
         return reject("bad_issued_at", f"issued_at {intent.issued_at!r} is not an RFC 3339 time")
+    if not verifies(agent.public_key, signed, intent.signature):
+        old_key = agent.previous_public_key
+        if not old_key or not verifies(old_key, signed, intent.signature):
+            return reject("bad_signature", f"intent signed by a key not registered for agent {agent.agent_id!r}")
+        if agent.previous_valid_until is None or issued > agent.previous_valid_until:
+            return reject(
+                "key_rotated",
+                f"intent signed with agent {agent.agent_id!r}'s previous key, valid only for intents issued"
+                f" until {agent.previous_valid_until}",
+            )
+    if agent.revoked_at is not None and issued >= agent.revoked_at:
+        return reject("agent_revoked", f"agent {agent.agent_id!r} was revoked at {agent.revoked_at.isoformat()}")
     if abs(now - issued) > clock_skew:
         return reject(
             "stale_intent",
@@ -77,6 +98,14 @@ def check_intent(
     if intent.on_behalf_of and intent.on_behalf_of not in agent.acts_for and "*" not in agent.acts_for:
         return reject("delegation_refused", f"agent {agent.agent_id!r} may not act for {intent.on_behalf_of!r}")
     return None
+
+
+def verifies(public_key: str, message: bytes, signature: str) -> bool:
+    try:
+        verify(public_key, message, signature)
+    except SignatureInvalid:
+        return False
+    return True
 
 
 def authenticated(agent: Agent) -> ev.IntentAuthenticated:
