@@ -56,10 +56,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     pointing at it), plus ``kill_service`` / ``restart_service`` for fault tests.
     """
     # Free ports, not 4222/6379: never collide with a developer's own `writ up`.
-    running = Plane(tmp_path_factory.mktemp("plane") / "data", nats_port=free_port(), redis_port=free_port())
-    running.start()
-    try:
+    with Plane(tmp_path_factory.mktemp("plane") / "data", nats_port=free_port(), redis_port=free_port()) as running:
         running.wait_ready(timeout=60.0)
         yield running
-    finally:
-        running.stop()

@@ -147,13 +147,14 @@ class ApproverDirectory:
 
     def __init__(self, nc: Client) -> None:
         self._approvers: dict[str, Approver] = {}
+        self._nc = nc
         self._follower = ControlFollower(
-            nc, subjects.IDENTITY_STREAM, lambda event: apply_approver_event(self._approvers, event)
+            subjects.IDENTITY_STREAM, lambda event: apply_approver_event(self._approvers, event)
         )
         self._refreshed = 0.0
 
     async def start(self) -> None:
-        await self._follower.start()
+        await self._follower.start(self._nc)
         self._refreshed = time.monotonic()
 
     async def stop(self) -> None:

@@ -80,14 +80,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=300, help="sequential calls per side (default 300)")
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp:
-        plane = Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port())
-        plane.start()
-        try:
-            plane.wait_ready(timeout=60)
-            plane_ms = asyncio.run(through_plane(plane.settings.resolved_nats_url(), args.n, args.warmup))
-        finally:
-            plane.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp,
+        Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
+    ):
+        plane.wait_ready(timeout=60)
+        plane_ms = asyncio.run(through_plane(plane.settings.resolved_nats_url(), args.n, args.warmup))
     direct_ms = asyncio.run(direct(args.n, args.warmup))
     rows = [("through Writ (submit -> signed receipt)", plane_ms), ("direct mcp SDK call", direct_ms)]
     print(f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from typer.testing import CliRunner, Result
+from cli_runner import Writ
+from typer.testing import Result
 
-from writ.cli import app
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +29,6 @@ WRIT = str(Path(sys.executable).parent / "writ")
 SUBMITTED = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 REQUESTED = re.compile(r"new approval request · (in-[a-z2-7]+)")
 POLICY = (Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar").read_text()
-
-Writ = Callable[..., Result]
 
 
 @dataclass(frozen=True)
@@ -41,18 +39,6 @@ class Setup:
     approver: str  # in group operators
     outsider: str  # in another group
     db: Path
-
-
-@pytest.fixture
-def writ(plane: Plane) -> Writ:
-    """Run `writ ARGS...` in-process against the session plane."""
-    runner = CliRunner()
-    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
-
-    def invoke(*args: str) -> Result:
-        return runner.invoke(app, list(args), env=env)
-
-    return invoke
 
 
 def ok(result: Result) -> Result:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_runner import Writ
 from click.testing import Result
-from typer.testing import CliRunner
 
-from writ.cli import app
 from writ.runtime.processes import free_port
-from writ.runtime.supervisor import Plane
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = pytest.mark.e2e
@@ -26,20 +24,6 @@ pytestmark = pytest.mark.e2e
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 WRIT = str(Path(sys.executable).parent / "writ")
 INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
-
-Writ = Callable[..., Result]
-
-
-@pytest.fixture
-def writ(plane: Plane) -> Writ:
-    """Run `writ ARGS...` in-process against the session plane."""
-    runner = CliRunner()
-    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
-
-    def invoke(*args: str) -> Result:
-        return runner.invoke(app, list(args), env=env)
-
-    return invoke
 
 
 @dataclass(frozen=True)

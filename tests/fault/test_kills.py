@@ -79,13 +79,9 @@ def print_summary() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
-    plane = Plane(tmp_path_factory.mktemp("fault") / "data", nats_port=free_port(), redis_port=free_port())
-    plane.start()
-    try:
+    with Plane(tmp_path_factory.mktemp("fault") / "data", nats_port=free_port(), redis_port=free_port()) as plane:
         plane.wait_ready(timeout=60)
         yield plane
-    finally:
-        plane.stop()
 
 
 @dataclass

@@ -13,7 +13,7 @@ import typer
 from nacl.signing import SigningKey
 
 from writ.cli import render
-from writ.cli.base import call, connect, console, fail, report, run, settings
+from writ.cli.base import call, connect, console, fail, query, report, run, settings
 from writ.cli.intents import check_intent_id
 from writ_common.approvals import Decision
 
@@ -92,15 +92,10 @@ def approver_register(
     console.print(f"  key file  {done['key_file']}")
 
 
-async def _query(service: str, command: str, body: dict[str, Any]) -> Any:
-    async with connect(settings()) as nc:
-        return await call(nc, service, command, body)
-
-
 @approver_app.command("list")
 def approver_list() -> None:
     """The registered approvers and their groups."""
-    console.print(render.approvers_table(run(_query("identity", "list_approvers", {}))))
+    console.print(render.approvers_table(run(query("identity", "list_approvers", {}))))
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -109,7 +104,7 @@ def approver_list() -> None:
 @approvals_app.command("list")
 def approvals_list(approver: As) -> None:
     """Open requests this approver's groups may decide."""
-    rows = run(_query("policy", "list_approvals", {"approver_id": approver}))
+    rows = run(query("policy", "list_approvals", {"approver_id": approver}))
     if not rows:
         console.print(f"no pending approval requests for {approver}")
         return
@@ -127,7 +122,7 @@ async def show(intent_id: str, approver: str) -> dict[str, Any]:
 
     check_intent_id(intent_id)
     try:
-        return dict(await _query("policy", "show_approval", {"intent_id": intent_id, "approver_id": approver}))
+        return dict(await query("policy", "show_approval", {"intent_id": intent_id, "approver_id": approver}))
     except CommandError as exc:
         if exc.code != "forbidden":
             raise

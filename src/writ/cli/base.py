@@ -153,6 +153,12 @@ async def call(nc: Client, service: str, command: str, body: dict[str, Any], tim
     return await commands.call(nc, service, command, body, timeout=timeout)
 
 
+async def query(service: str, command: str, body: dict[str, Any]) -> Any:
+    """One command to one service on a short-lived connection."""
+    async with connect(settings()) as nc:
+        return await call(nc, service, command, body)
+
+
 # -- the default policy ---------------------------------------------------------------------------
 
 DEFAULT_POLICY_RELATIVE = Path("deploy") / "policies" / "default.cedar"

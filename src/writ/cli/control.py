@@ -9,7 +9,7 @@ import typer
 from rich.syntax import Syntax
 
 from writ.cli import render
-from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, report, run, settings
+from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, query, report, run, settings
 
 agent_app = typer.Typer(help="Register and list agents.", no_args_is_help=True)
 server_app = typer.Typer(help="Register and list MCP servers.", no_args_is_help=True)
@@ -63,15 +63,10 @@ def agent_register(
     console.print(f"  key file  {done['key_file']}")
 
 
-async def _list_agents() -> list[dict[str, Any]]:
-    async with connect(settings()) as nc:
-        return list(await call(nc, "identity", "list_agents", {}))
-
-
 @agent_app.command("list")
 def agent_list() -> None:
     """The registered agents."""
-    console.print(render.agents_table(run(_list_agents())))
+    console.print(render.agents_table(run(query("identity", "list_agents", {}))))
 
 
 async def rotate_agent_key(name: str, grace: float) -> dict[str, Any]:
@@ -111,14 +106,14 @@ def agent_revoke(
     reason: Annotated[str, typer.Option(help="Why, for the record")] = "",
 ) -> None:
     """Refuse every intent the agent issues from now on."""
-    done = run(_query("identity", "revoke_agent", {"agent_id": name, "reason": reason}))
+    done = run(query("identity", "revoke_agent", {"agent_id": name, "reason": reason}))
     console.print(f"[red]revoked[/] agent [bold]{name}[/] at {done['revoked_at']}")
 
 
 @agent_app.command("show")
 def agent_show(name: Annotated[str, typer.Argument(help="Agent id")]) -> None:
     """One agent: owner, teams, delegation, current and previous key, revocation."""
-    shown = run(_query("identity", "show_agent", {"agent_id": name}))
+    shown = run(query("identity", "show_agent", {"agent_id": name}))
     for field_name, value in shown.items():
         console.print(f"  {field_name:<22} {value if value not in (None, []) else '-'}")
 
@@ -186,27 +181,22 @@ def server_add(
     console.print(render.tools_table(added["tools"], title=f"tools of {added['server']}", width=console.width))
 
 
-async def _query(service: str, command: str, body: dict[str, Any]) -> Any:
-    async with connect(settings()) as nc:
-        return await call(nc, service, command, body)
-
-
 @server_app.command("list")
 def server_list() -> None:
     """The registered MCP servers."""
-    console.print(render.servers_table(run(_query("registry", "list_servers", {}))))
+    console.print(render.servers_table(run(query("registry", "list_servers", {}))))
 
 
 @tool_app.command("list")
 def tool_list(server: Annotated[str | None, typer.Option(help="Only this server's tools")] = None) -> None:
     """Every tool, pinned by version (a digest of its definition)."""
-    console.print(render.tools_table(run(_query("registry", "list_tools", {"server": server})), width=console.width))
+    console.print(render.tools_table(run(query("registry", "list_tools", {"server": server})), width=console.width))
 
 
 @server_app.command("refresh")
 def server_refresh(name: Annotated[str, typer.Argument(help="Server name")]) -> None:
     """Discover a server's tools again; a changed or new definition waits in quarantine."""
-    refreshed = run(_query("registry", "refresh_server", {"name": name}))
+    refreshed = run(query("registry", "refresh_server", {"name": name}))
     console.print(render.tools_table(refreshed["tools"], title=f"tools of {name}", width=console.width))
     if refreshed["quarantined"]:
         names = ", ".join(f"{name}/{t}" for t in refreshed["quarantined"])
@@ -223,7 +213,7 @@ def tool_accept(tool: Annotated[str, typer.Argument(help="SERVER/TOOL")]) -> Non
     server, _, name = tool.partition("/")
     if not server or not name:
         report(lambda: fail("invalid_tool", f"name the tool as SERVER/TOOL, not {tool!r}"))
-    row = run(_query("registry", "accept_tool", {"server": server, "tool": name, "accepted_by": getpass.getuser()}))
+    row = run(query("registry", "accept_tool", {"server": server, "tool": name, "accepted_by": getpass.getuser()}))
     console.print(f"[green]accepted[/] {tool} at version {row['tool_digest'][7:19]}")
 
 
@@ -249,7 +239,7 @@ def tool_override(
         "idempotent": idempotent,
         "idempotency_arg": idempotency_arg,
     }
-    row = run(_query("registry", "set_override", body))
+    row = run(query("registry", "set_override", body))
     console.print(render.tools_table([row], title="overridden", width=console.width))
 
 
@@ -270,7 +260,7 @@ def read_policy(file: Path | None, use_default: bool) -> tuple[str, str]:
 
 async def _load_policy(file: Path | None, use_default: bool) -> tuple[str, dict[str, Any]]:
     cedar, source = read_policy(file, use_default)
-    return source, dict(await _query("policy", "load", {"cedar": cedar}))
+    return source, dict(await query("policy", "load", {"cedar": cedar}))
 
 
 @policy_app.command("load")
@@ -288,7 +278,7 @@ def policy_load(
 @policy_app.command("show")
 def policy_show() -> None:
     """The bundle in force: its digest, policy ids and Cedar text."""
-    shown = run(_query("policy", "show", {}))
+    shown = run(query("policy", "show", {}))
     console.print(f"digest    {shown['policy_digest']}")
     console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
     console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))

@@ -29,7 +29,6 @@ class History:
 
     events: list[StoredEvent]
     last_seq: int
-    undecodable: int = 0
 
 
 def msg_id(intent_id: str, event_type: str, attempt: int | str = 0) -> str:
@@ -150,20 +149,16 @@ async def read_history(nc: Client, agent_id: str, intent_id: str) -> History:
     """
     msgs = await direct_get_batch(nc, subjects.INTENTS_STREAM, subjects.intent_filter(agent_id, intent_id))
     events: list[StoredEvent] = []
-    bad = 0
     last = 0
     for msg in msgs:
         last = int((msg.headers or {})["Nats-Sequence"])
         try:
             event = stored(msg)
         except UndecodableEvent:
-            bad += 1
             continue
         if event.envelope.intent_id == intent_id and event.envelope.agent_id == agent_id:
             events.append(event)
-        else:
-            bad += 1
-    return History(events=events, last_seq=last, undecodable=bad)
+    return History(events=events, last_seq=last)
 
 
 async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> RawStreamMsg | None:

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 
 from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
@@ -28,9 +27,8 @@ class ControlFollower:
     read now, and a slow poll covers a missed nudge. The process keeps nothing of its own.
     """
 
-    def __init__(self, nc: Client, stream: str, apply: Callable[[StoredEvent], None]) -> None:
-        self._nc = nc
-        self._js: JetStreamContext = nc.jetstream()
+    def __init__(self, stream: str, apply: Callable[[StoredEvent], None]) -> None:
+        self._nc: Client | None = None
         self._stream = stream
         self._apply = apply
         self._applied = 0
@@ -43,11 +41,13 @@ class ControlFollower:
     def applied_seq(self) -> int:
         return self._applied
 
-    async def start(self) -> None:
-        info = await self._js.stream_info(self._stream)
+    async def start(self, nc: Client) -> None:
+        """Replay the stream, then follow it on ``nc``."""
+        self._nc = nc
+        info = await nc.jetstream().stream_info(self._stream)
         self._subject = info.config.subjects[0] if info.config.subjects else ">"
         await self.catch_up()
-        self._nudge = await self._nc.subscribe(self._subject, cb=self._on_nudge)
+        self._nudge = await nc.subscribe(self._subject, cb=self._on_nudge)
         self._poller = asyncio.create_task(self._poll(), name=f"follow-{self._stream}")
 
     async def stop(self) -> None:
@@ -59,6 +59,7 @@ class ControlFollower:
 
     async def catch_up(self) -> None:
         """Apply every control event after the last one applied, in stream order."""
+        assert self._nc is not None, "start() the follower first"
         async with self._lock:
             for msg in await direct_get_batch(self._nc, self._stream, self._subject, start_seq=self._applied + 1):
                 try:

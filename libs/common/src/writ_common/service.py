@@ -23,6 +23,7 @@ from nats.js.api import DeliverPolicy
 
 from writ_common import commands, metrics, subjects
 from writ_common.bus import StaleAppend, append, dead_letter, read_history, stored
+from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
 from writ_common.fold import IntentView, fold_intent
@@ -78,6 +79,17 @@ class Service:
 
     def on_shutdown(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._shutdown.append(fn)
+
+    def follow(self, stream: str, apply: Callable[[StoredEvent], None]) -> ControlFollower:
+        """Fold a control stream into a view: replayed at start, followed live, stopped at shutdown."""
+        follower = ControlFollower(stream, apply)
+
+        async def start() -> None:
+            await follower.start(self.nc)
+
+        self.on_startup(start)
+        self.on_shutdown(follower.stop)
+        return follower
 
     # -- intents ------------------------------------------------------------------------------
 

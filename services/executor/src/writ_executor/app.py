@@ -24,7 +24,6 @@ from writ_common import metrics, subjects
 from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
-from writ_common.control import ControlFollower
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
@@ -68,15 +67,10 @@ def build(settings: WritSettings) -> Service:
     breakers: dict[str, CircuitBreaker] = {}
     redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
-    follower: ControlFollower | None = None
-
-    async def startup() -> None:
-        nonlocal follower
-        follower = ControlFollower(svc.nc, subjects.REGISTRY_STREAM, catalog.apply)
-        await follower.start()
+    follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
 
     async def server_for(name: str) -> ev.ServerRegistered | None:
-        if name not in catalog.servers and follower is not None:
+        if name not in catalog.servers:
             await follower.ensure_fresh()
         return catalog.servers.get(name)
 
@@ -237,7 +231,6 @@ def build(settings: WritSettings) -> Service:
             "breakers": {name: b.state for name, b in breakers.items()},
         }
 
-    svc.on_startup(startup)
     svc.on_shutdown(pool.close)
     svc.on_shutdown(redis.aclose)
     # One call at a time per replica; ack_wait is extended by in_progress() while a call runs.

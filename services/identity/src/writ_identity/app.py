@@ -14,7 +14,6 @@ from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, append_control, last_on_subject
 from writ_common.commands import CommandError
-from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent, make_envelope, utcnow
 from writ_common.fold import IntentView
 from writ_common.ids import is_token
@@ -71,15 +70,10 @@ def build(settings: WritSettings) -> Service:
         apply_approver_event(approvers, event)
 
     redis = aioredis.from_url(settings.resolved_redis_url())
-    follower: ControlFollower | None = None
-
-    async def startup() -> None:
-        nonlocal follower
-        follower = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, apply)
-        await follower.start()
+    follower = svc.follow(subjects.IDENTITY_STREAM, apply)
 
     async def lookup(agent_id: str) -> Agent | None:
-        if agent_id not in agents and follower is not None:
+        if agent_id not in agents:
             await follower.ensure_fresh()
         return agents.get(agent_id)
 
@@ -138,8 +132,7 @@ def build(settings: WritSettings) -> Service:
         return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key)}
 
     async def list_agents(_body: dict[str, Any]) -> Any:
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return [
             {
                 "agent_id": a.agent_id,
@@ -166,8 +159,7 @@ def build(settings: WritSettings) -> Service:
             message_id=message_id,
             expected_last_subject_seq=(last.seq or 0) if last else 0,
         )
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
 
     async def rotate_key(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RotateKey)
@@ -244,8 +236,7 @@ def build(settings: WritSettings) -> Service:
         return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups}
 
     async def list_approvers(_body: dict[str, Any]) -> Any:
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return [
             {"approver_id": a.approver_id, "groups": list(a.groups), "key_id": a.key_id, "active": a.active}
             for a in sorted(approvers.values(), key=lambda a: a.approver_id)
@@ -254,7 +245,6 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
-    svc.on_startup(startup)
     svc.on_shutdown(redis.aclose)
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)

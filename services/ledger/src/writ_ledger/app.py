@@ -42,15 +42,25 @@ def build(settings: WritSettings) -> Service:
     ledger_key_id = key_id(public_key)
     views = Projection(home / "views.sqlite3")
 
+    head: list[tuple[int, str, int]] = []  # the chain head as this replica last wrote or read it
+
     async def chain_head() -> tuple[int, str, int]:
-        """(position, receipt_hash, stream seq) of the last receipt; the chain's one fence."""
+        """(position, receipt_hash, stream seq) of the last receipt; the chain's one fence.
+
+        Kept in memory after the first read and each append; the fence tells us when another
+        replica moved it, and then it is read again.
+        """
+        if head:
+            return head[0]
         state = (await svc.js.stream_info(subjects.LEDGER_STREAM)).state
         if not state.last_seq:
-            return 0, GENESIS, 0
+            head[:] = [(0, GENESIS, 0)]
+            return head[0]
         raw = await svc.js.get_msg(subjects.LEDGER_STREAM, state.last_seq, direct=True)
         last = decode(raw.data or b"", seq=state.last_seq).payload
         assert isinstance(last, ev.Receipt)
-        return last.position, last.receipt_hash, state.last_seq
+        head[:] = [(last.position, last.receipt_hash, state.last_seq)]
+        return head[0]
 
     async def record(trigger: StoredEvent) -> None:
         intent_id = trigger.envelope.intent_id or ""
@@ -80,11 +90,14 @@ def build(settings: WritSettings) -> Service:
             )
             headers = {"Nats-Msg-Id": f"receipt:{intent_id}", "Nats-Expected-Last-Sequence": str(head_seq)}
             try:
-                await svc.js.publish(subjects.receipt_subject(intent_id), encode(envelope), headers=headers)
+                ack = await svc.js.publish(subjects.receipt_subject(intent_id), encode(envelope), headers=headers)
             except APIError as exc:
+                head.clear()
                 if exc.err_code == WRONG_LAST_SEQUENCE:
                     continue  # another ledger replica extended the chain: re-read the head
                 raise
+            # A duplicate ack names the earlier message, not a new head: read it again next time.
+            head[:] = [] if ack.duplicate else [(receipt.position, receipt.receipt_hash, ack.seq)]
             svc.fault_point()
             return
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")

@@ -16,7 +16,6 @@ from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, append_control, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.commands import CommandError
-from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, make_envelope, parse_time
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Service
@@ -41,9 +40,7 @@ class ApprovalQuery(msgspec.Struct, kw_only=True):
 def build(settings: WritSettings) -> Service:
     svc = Service("policy", settings)
     current: list[Bundle] = []  # the last published bundle, if any
-    follower: ControlFollower | None = None
     approvers: dict[str, Approver] = {}
-    directory: ControlFollower | None = None
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
 
@@ -52,12 +49,10 @@ def build(settings: WritSettings) -> Service:
         if bundle is not None:
             current[:] = [bundle]
 
+    follower = svc.follow(subjects.POLICY_STREAM, apply)
+    directory = svc.follow(subjects.IDENTITY_STREAM, lambda e: apply_approver_event(approvers, e))
+
     async def startup() -> None:
-        nonlocal follower, directory
-        follower = ControlFollower(svc.nc, subjects.POLICY_STREAM, apply)
-        await follower.start()
-        directory = ControlFollower(svc.nc, subjects.IDENTITY_STREAM, lambda e: apply_approver_event(approvers, e))
-        await directory.start()
         # Open approvals are found in the log, so expiry fires even if we were down at the time.
         requested = await direct_get_batch(
             svc.nc, subjects.INTENTS_STREAM, subjects.intents_of_type("approval.requested")
@@ -110,7 +105,7 @@ def build(settings: WritSettings) -> Service:
 
     async def decide_approval(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, SignedDecision)
-        if directory is not None and cmd.approver_id not in approvers:
+        if cmd.approver_id not in approvers:
             await directory.ensure_fresh()
         for _ in range(FENCE_RETRIES):
             view, last_seq, trigger = await open_view(cmd.intent_id, cmd.agent_id)
@@ -154,7 +149,7 @@ def build(settings: WritSettings) -> Service:
         """None: no approver named, everything is visible (an operator's view)."""
         if approver_id is None:
             return None
-        if approver_id not in approvers and directory is not None:
+        if approver_id not in approvers:
             await directory.ensure_fresh()
         if approver_id not in approvers:
             raise CommandError("unknown_approver", f"no approver {approver_id!r} is registered")
@@ -192,13 +187,11 @@ def build(settings: WritSettings) -> Service:
             )
         except StaleAppend as exc:
             raise CommandError("concurrent_update", "another bundle was loaded at the same moment; retry") from exc
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values())}
 
     async def show(_body: dict[str, Any]) -> Any:
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         if not current:
             raise CommandError("no_policy", "no policy bundle is loaded; load one with `writ policy load FILE`")
         bundle = current[0]

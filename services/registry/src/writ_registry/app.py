@@ -13,7 +13,6 @@ from writ_common import subjects
 from writ_common.bus import StaleAppend, append_control
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
-from writ_common.control import ControlFollower
 from writ_common.digest import sha256_digest
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView
@@ -55,12 +54,7 @@ def build(settings: WritSettings) -> Service:
     svc = Service("registry", settings)
     catalog = Catalog()
     validators = Validators()
-    follower: ControlFollower | None = None
-
-    async def startup() -> None:
-        nonlocal follower
-        follower = ControlFollower(svc.nc, subjects.REGISTRY_STREAM, catalog.apply)
-        await follower.start()
+    follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
 
     async def on_authenticated(trigger: StoredEvent, _raw: Msg) -> None:
         async def decide(view: IntentView) -> list[ev.Payload]:
@@ -69,7 +63,7 @@ def build(settings: WritSettings) -> Service:
             decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
             unknown = isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool"
             # A server registered a moment ago may not be folded yet: catch up once, then decide.
-            if unknown and follower is not None and await follower.ensure_fresh():
+            if unknown and await follower.ensure_fresh():
                 decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
             return [decision]
 
@@ -84,19 +78,11 @@ def build(settings: WritSettings) -> Service:
         if cmd.transport == "http" and not cmd.url:
             raise CommandError("invalid_server", "an http server needs a url")
         server = msgspec.convert(msgspec.to_builtins(cmd), ev.ServerRegistered)
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         existing = catalog.servers.get(cmd.name)
         if existing is not None and existing != server:
             raise CommandError("server_exists", f"server {cmd.name!r} is already registered with another configuration")
-        try:
-            tools = await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
-        except Exception as exc:
-            cause = root_cause(exc)
-            raise CommandError(
-                "discovery_failed",
-                f"could not list the tools of {cmd.name!r} over MCP: {type(cause).__name__}: {cause}",
-            ) from exc
+        tools = await discover_tools(server)
         config_digest = sha256_digest(msgspec.to_builtins(server))
         try:
             await append_control(
@@ -120,19 +106,11 @@ def build(settings: WritSettings) -> Service:
 
     async def refresh_server(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RefreshServer)
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         server = catalog.servers.get(cmd.name)
         if server is None:
             raise CommandError("unknown_server", f"no server {cmd.name!r} is registered")
-        try:
-            tools = await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
-        except Exception as exc:
-            cause = root_cause(exc)
-            raise CommandError(
-                "discovery_failed",
-                f"could not list the tools of {cmd.name!r} over MCP: {type(cause).__name__}: {cause}",
-            ) from exc
+        tools = await discover_tools(server)
         discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools, initial=False)
         await append_control(
             svc.js,
@@ -140,8 +118,7 @@ def build(settings: WritSettings) -> Service:
             make_envelope(discovered, producer=svc.producer),
             message_id=f"tools:{cmd.name}:{sha256_digest([t.tool_digest for t in tools])}:{catalog_seq()}",
         )
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return {
             "server": cmd.name,
             "tools": [tool_row(cmd.name, t, catalog) for t in tools],
@@ -150,8 +127,7 @@ def build(settings: WritSettings) -> Service:
 
     async def accept_tool(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, AcceptTool)
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         pending = catalog.quarantined.get(cmd.server, {}).get(cmd.tool)
         if pending is None:
             raise CommandError("not_quarantined", f"{cmd.server}/{cmd.tool} has no version waiting in quarantine")
@@ -164,13 +140,11 @@ def build(settings: WritSettings) -> Service:
             make_envelope(accepted, producer=svc.producer),
             message_id=f"accepted:{cmd.server}:{cmd.tool}:{pending.tool_digest}",
         )
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return tool_row(cmd.server, pending, catalog)
 
     async def list_servers(_body: dict[str, Any]) -> Any:
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         return [
             {
                 "name": s.name,
@@ -183,8 +157,7 @@ def build(settings: WritSettings) -> Service:
 
     async def list_tools(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, ListTools)
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         accepted = [
             tool_row(server, t, catalog)
             for server, tools in sorted(catalog.tools.items())
@@ -201,8 +174,7 @@ def build(settings: WritSettings) -> Service:
 
     async def set_override(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, ev.ToolOverrideSet)  # the command is the event it asks for
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         if cmd.tool not in catalog.tools.get(cmd.server, {}):
             raise CommandError("unknown_tool", f"no tool {cmd.tool!r} on server {cmd.server!r}")
         await append_control(
@@ -211,18 +183,16 @@ def build(settings: WritSettings) -> Service:
             make_envelope(cmd, producer=svc.producer),
             message_id=f"override:{sha256_digest(msgspec.to_builtins(cmd))}:{catalog_seq()}",
         )
-        if follower is not None:
-            await follower.ensure_fresh()
+        await follower.ensure_fresh()
         definition = catalog.tools[cmd.server][cmd.tool]
         return tool_row(cmd.server, definition, catalog)
 
     def catalog_seq() -> int:
-        return follower.applied_seq if follower is not None else 0
+        return follower.applied_seq
 
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "servers": len(catalog.servers), "dead_letters": svc.dead_letters}
 
-    svc.on_startup(startup)
     svc.consume_intents(subjects.intents_of_type("intent.authenticated"), on_authenticated)
     svc.command("add_server", add_server)
     svc.command("list_servers", list_servers)
@@ -232,6 +202,21 @@ def build(settings: WritSettings) -> Service:
     svc.command("accept_tool", accept_tool)
     svc.command("ping", ping)
     return svc
+
+
+async def discover_tools(server: ev.ServerRegistered) -> list[ev.ToolDefinition]:
+    """The server's tools over MCP, or a command error saying what really went wrong.
+
+    Raises:
+        CommandError: ``discovery_failed``, with the first real error inside any task group.
+    """
+    try:
+        return await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
+    except Exception as exc:
+        cause = root_cause(exc)
+        raise CommandError(
+            "discovery_failed", f"could not list the tools of {server.name!r} over MCP: {type(cause).__name__}: {cause}"
+        ) from exc
 
 
 def root_cause(exc: BaseException) -> BaseException:

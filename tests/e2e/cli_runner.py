@@ -1,0 +1,26 @@
+"""Running the `writ` CLI in-process against the session's plane, for every e2e module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from writ.cli import app
+from writ.runtime.supervisor import Plane
+
+Writ = Callable[..., Result]
+
+
+@pytest.fixture
+def writ(plane: Plane) -> Writ:
+    """Run `writ ARGS...` in-process against the session plane."""
+    runner = CliRunner()
+    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
