@@ -13,6 +13,7 @@ from writ.cli.control import agent_app, policy_app, server_app, tool_app
 from writ.cli.intents import intent_app
 from writ.cli.ledger import ledger_app
 from writ.cli.receipts import receipt_app
+from writ.cli.secrets import secret_app
 
 app = typer.Typer(
     name="writ",
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(agent_app, name="agent")
 app.add_typer(server_app, name="server")
 app.add_typer(tool_app, name="tool")
+app.add_typer(secret_app, name="secret")
 app.add_typer(policy_app, name="policy")
 app.add_typer(intent_app, name="intent")
 app.add_typer(receipt_app, name="receipt")

@@ -121,14 +121,22 @@ def agent_show(name: Annotated[str, typer.Argument(help="Agent id")]) -> None:
 # -- servers and tools ------------------------------------------------------------------------------
 
 
-def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+SECRET_PREFIX = "secret:"
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``KEY=VALUE`` pairs, split into plain values and secret references (``KEY=secret:NAME``)."""
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail("invalid_option", f"{option} takes KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
+            fail("invalid_option", f"{option} takes KEY=VALUE or KEY=secret:NAME, got {pair!r}")
+        if value.startswith(SECRET_PREFIX):
+            secret[key] = value.removeprefix(SECRET_PREFIX)
+        else:
+            plain[key] = value
+    return plain, secret
 
 
 async def _add_server(
@@ -140,7 +148,13 @@ async def _add_server(
     headers: list[str] | None,
     idempotency_header: str | None,
 ) -> dict[str, Any]:
-    body = server_body(name, command, url, parse_pairs(env, "--env"), parse_pairs(headers, "--header"))
+    env_values, env_secrets = parse_pairs(env, "--env")
+    header_values, header_secrets = parse_pairs(headers, "--header")
+    body = server_body(name, command, url, env_values, header_values)
+    if env_secrets:
+        body["secret_env"] = env_secrets
+    if header_secrets:
+        body["secret_headers"] = header_secrets
     if idempotency_header:
         if body["transport"] != "http":
             fail("invalid_server", "--idempotency-header is for an HTTP server (--url)")
@@ -167,8 +181,14 @@ def server_add(
     command: Annotated[list[str] | None, typer.Argument(help="stdio: `-- COMMAND [ARGS...]`")] = None,
     *,
     url: Annotated[str | None, typer.Option(help="Streamable HTTP endpoint")] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", help="K=V for a stdio server (repeat)")] = None,
-    header: Annotated[list[str] | None, typer.Option("--header", help="K=V for an HTTP server (repeat)")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="stdio: K=V, or K=secret:NAME to take a stored secret (repeat)"),
+    ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", help="HTTP: K=V, or K=secret:NAME to take a stored secret (repeat)"),
+    ] = None,
     idempotency_header: Annotated[
         str | None, typer.Option(help="HTTP: the header through which the server takes Writ's idempotency key")
     ] = None,

@@ -58,10 +58,26 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
 
 def servers_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="servers", title_justify="left")
-    for column in ("server", "transport", "target", "tools"):
+    for column in ("server", "transport", "target", "tools", "secrets"):
         table.add_column(column, justify="right" if column == "tools" else "left")
     for row in rows:
-        table.add_row(row["name"], row["transport"], row.get("target") or "-", str(row.get("tools", 0)))
+        table.add_row(
+            row["name"],
+            row["transport"],
+            row.get("target") or "-",
+            str(row.get("tools", 0)),
+            ", ".join(row.get("secrets") or []) or "-",
+        )
+    return table
+
+
+def secrets_table(rows: list[dict[str, Any]]) -> Table:
+    """Names only: a value never reaches the CLI."""
+    table = Table(title="secrets", title_justify="left")
+    for column in ("secret", "set at", "referenced by"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row.get("set_at") or "-", ", ".join(row.get("referenced_by") or []) or "-")
     return table
 
 

@@ -233,6 +233,10 @@ class ServerRegistered(Payload, frozen=True, kw_only=True):
     url: str | None = None
     headers: dict[str, str] = {}
     idempotency_header: str | None = None  # http: the header through which the server takes the key
+    # Secrets by reference, never by value: variable or header name -> secret name. Only the
+    # executor resolves them, from its own store, when it opens a session.
+    secret_env: dict[str, str] = {}
+    secret_headers: dict[str, str] = {}
 
 
 class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
@@ -282,6 +286,21 @@ class BreakerTransitioned(Payload, frozen=True, kw_only=True):
     to_state: Literal["closed", "open", "half_open"]
     reason: str
     consecutive_failures: int
+
+
+class SecretSet(Payload, frozen=True, kw_only=True):
+    """An operator set (or replaced) a secret in the executor's store. The name only: neither the
+    value nor any digest of it (a digest of a guessable secret gives it away)."""
+
+    name: str
+    set_by: str = ""
+
+
+class SecretDeleted(Payload, frozen=True, kw_only=True):
+    """An operator deleted a secret from the executor's store."""
+
+    name: str
+    deleted_by: str = ""
 
 
 class PolicyBundlePublished(Payload, frozen=True, kw_only=True):
@@ -356,6 +375,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("tool.override_set", 1): ToolOverrideSet,
     ("tool.accepted", 1): ToolAccepted,
     ("breaker.transitioned", 1): BreakerTransitioned,
+    ("secret.set", 1): SecretSet,
+    ("secret.deleted", 1): SecretDeleted,
     ("policy.published", 1): PolicyBundlePublished,
     ("receipt.recorded", 1): Receipt,
 }

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -19,14 +19,19 @@ from writ_common.digest import tool_digest
 
 
 @asynccontextmanager
-async def open_session(server: ev.ServerRegistered) -> AsyncIterator[ClientSession]:
-    """An initialized MCP client session to ``server``; closed (and a stdio process stopped) on exit."""
+async def open_session(server: ev.ServerRegistered, *, errlog: TextIO | None = None) -> AsyncIterator[ClientSession]:
+    """An initialized MCP client session to ``server``; closed (and a stdio process stopped) on exit.
+
+    Args:
+        server: the server's configuration (for the executor: with its secrets resolved).
+        errlog: where a stdio server's stderr goes (a real file: it needs a descriptor); ours by default.
+    """
     async with AsyncExitStack() as stack:
         if server.transport == "stdio":
             if not server.command:
                 raise ValueError(f"stdio server {server.name!r} has no command")
             params = StdioServerParameters(command=server.command, args=list(server.args), env=dict(server.env) or None)
-            read, write = await stack.enter_async_context(stdio_client(params, errlog=sys.stderr))
+            read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog or sys.stderr))
         else:
             if not server.url:
                 raise ValueError(f"http server {server.name!r} has no url")
@@ -98,14 +103,36 @@ def definition_of(tool: Tool) -> ev.ToolDefinition:
     )
 
 
-async def discover(server: ev.ServerRegistered) -> list[ev.ToolDefinition]:
-    """List a server's tools over MCP (following pagination)."""
-    async with open_session(server) as session:
+async def discover(
+    server: ev.ServerRegistered,
+    *,
+    scrub: Callable[[Any], Any] | None = None,
+    errlog: TextIO | None = None,
+) -> list[ev.ToolDefinition]:
+    """List a server's tools over MCP (following pagination).
+
+    Args:
+        server: the server's configuration.
+        scrub: applied to each tool's JSON before it is pinned (the executor removes secret values).
+        errlog: where a stdio server's stderr goes.
+    """
+    async with open_session(server, errlog=errlog) as session:
         found: list[ev.ToolDefinition] = []
         cursor: str | None = None
         while True:
             page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
-            found.extend(definition_of(t) for t in page.tools)
+            tools = page.tools
+            if scrub is not None:
+                dumped = [scrub(t.model_dump(mode="json", by_alias=True, exclude_none=True)) for t in tools]
+                tools = [Tool.model_validate(t) for t in dumped]
+            found.extend(definition_of(t) for t in tools)
             cursor = page.next_cursor
             if not cursor:
                 return found
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: anyio task groups wrap them."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -46,6 +46,8 @@ CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
     "tool.accepted": (subjects.accepted_subject("{server}"), subjects.REGISTRY_STREAM),
     "breaker.transitioned": (subjects.breaker_subject("{server}"), subjects.EXECUTOR_STREAM),
+    "secret.set": (subjects.secret_subject("{name}", "set"), subjects.EXECUTOR_STREAM),
+    "secret.deleted": (subjects.secret_subject("{name}", "deleted"), subjects.EXECUTOR_STREAM),
     "policy.published": (subjects.POLICY_SUBJECT, subjects.POLICY_STREAM),
     "receipt.recorded": (subjects.receipt_subject("{intent_id}"), subjects.LEDGER_STREAM),
 }
@@ -56,6 +58,7 @@ PARAMETERS: dict[str, str] = {
     "server": "The MCP server's registered name.",
     "service": "The Writ service that parked the message.",
     "approver_id": "The approver's id (a subject token).",
+    "name": "The secret's name (a subject token); never its value.",
 }
 
 INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
@@ -81,7 +84,7 @@ SENDS: dict[str, tuple[str, ...]] = {
         "tool.accepted",
     ),
     "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.*", "policy.published"),
-    "executor": ("execution.*", "intent.expired", "breaker.transitioned"),
+    "executor": ("execution.*", "intent.expired", "breaker.transitioned", "secret.*"),
     "ledger": ("receipt.recorded",),
 }
 RECEIVES: dict[str, tuple[str, ...]] = {

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,11 @@ class WritSettings(BaseSettings):
     max_attempts: int = 3
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Executor: 32 random bytes, base64, that encrypt the secret store at rest"
+        " (unset: a key generated once into <data>/executor/secrets/key, 0600)",
+    )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"

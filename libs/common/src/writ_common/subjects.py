@@ -71,6 +71,11 @@ def breaker_subject(server: str) -> str:
     return f"writ.executor.breaker.{server}"
 
 
+def secret_subject(name: str, event: str) -> str:
+    """``set`` or ``deleted``: the audit trail of one secret (its name, never its value)."""
+    return f"writ.executor.secret.{name}.{event}"
+
+
 def receipt_subject(intent_id: str) -> str:
     return f"writ.ledger.receipt.{intent_id}"
 

@@ -27,7 +27,8 @@ from writ_common.commands import CommandError
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView, fold_intent
-from writ_common.mcp_client import IDEMPOTENCY_META_KEY
+from writ_common.ids import is_token
+from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
 from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
 from writ_common.settings import WritSettings
 from writ_executor.breaker import CircuitBreaker, Transition
@@ -42,6 +43,9 @@ from writ_executor.domain import (
     reconcile,
 )
 from writ_executor.lease import Leases, LeaseUnavailable
+from writ_executor.redaction import MIN_SECRET_LENGTH, Redactor, references, resolve
+from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
+from writ_executor.secret_store import SecretStore, SecretStoreError
 from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,22 @@ class Reconcile(msgspec.Struct, kw_only=True):
     retry_intent_id: str | None = None
 
 
+class SetSecret(msgspec.Struct, kw_only=True):
+    name: str
+    value: str
+    by: str = ""
+
+
+class DeleteSecret(msgspec.Struct, kw_only=True):
+    name: str
+    by: str = ""
+
+
+class Discover(msgspec.Struct, kw_only=True):
+    server: ev.ServerRegistered
+
+
+DISCOVERY_TIMEOUT = 60.0
 ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
 
@@ -63,7 +83,11 @@ LEASE_BUSY_RETRY = 2.0
 def build(settings: WritSettings) -> Service:
     svc = Service("executor", settings)
     catalog = Catalog()
-    pool = SessionPool()
+    key = settings.secrets_key.get_secret_value() if settings.secrets_key else None
+    store = SecretStore(settings.service_dir("executor") / "secrets", key)
+    secrets = Secrets(store)
+    pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text))
+    scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
     redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
@@ -106,6 +130,16 @@ def build(settings: WritSettings) -> Service:
                 code="unknown_server",
                 reason=f"unknown_server: {planned.server!r} is not registered",
             )
+        try:
+            known = secrets.current()
+        except SecretStoreError as exc:
+            if references(server):
+                return ev.ExecutionFailed(attempt=attempt, retryable=False, code="secrets_unavailable", reason=str(exc))
+            known = {}
+        redactor = secrets.redactor(known)
+        resolved = resolve(server, known)
+        if isinstance(resolved, str):
+            return ev.ExecutionFailed(attempt=attempt, retryable=False, code="secret_missing", reason=resolved)
         breaker = breakers.setdefault(server.name, CircuitBreaker())
         allowed, transition = breaker.allow(time.monotonic())
         await record_transition(server.name, transition)
@@ -123,13 +157,13 @@ def build(settings: WritSettings) -> Service:
         started = time.perf_counter()
         error: CallError | None = None
         try:
-            result = await pool.call(server, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
+            result = await pool.call(resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
         except ServerUnavailable as exc:
-            error = CallError("not_sent", "server_unavailable", str(exc))
+            error = CallError("not_sent", "server_unavailable", redactor.text(str(exc)))
         except CallInterrupted as exc:
-            error = CallError("interrupted", "call_interrupted", str(exc))
+            error = CallError("interrupted", "call_interrupted", redactor.text(str(exc)))
         except MCPError as exc:
-            error = CallError("refused", "mcp_error", f"{server.name!r} refused the call: {exc.message}")
+            error = CallError("refused", "mcp_error", redactor.text(f"{server.name!r} refused the call: {exc.message}"))
         finally:
             heartbeat.cancel()
         if error is not None:
@@ -139,9 +173,10 @@ def build(settings: WritSettings) -> Service:
             return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=settings.max_attempts)
         await record_transition(server.name, breaker.record_success())
         elapsed = (time.perf_counter() - started) * 1000
-        # Tool output is recorded, hashed and signed: keep it inside what canonical JSON can carry.
+        # Tool output is recorded, hashed and signed: no secret value in it (scrubbed before the
+        # digest), and inside what canonical JSON can carry.
         dumped: dict[str, Any] = within_canonical_domain(
-            result.model_dump(mode="json", by_alias=True, exclude_none=True)
+            redactor.value(result.model_dump(mode="json", by_alias=True, exclude_none=True))
         )
         return outcome(attempt, dumped, bool(result.is_error), elapsed, max_output_bytes=settings.max_output_bytes)
 
@@ -223,6 +258,66 @@ def build(settings: WritSettings) -> Service:
             return {"intent_id": cmd.intent_id, "outcome": cmd.outcome, "by": cmd.by}
         raise CommandError("busy", "the intent kept changing; try again")
 
+    # -- secrets: values arrive by request/reply and go to the store, never to a stream ---------
+
+    async def referenced_by(name: str) -> list[str]:
+        await follower.ensure_fresh()
+        return sorted(s.name for s in catalog.servers.values() if name in references(s))
+
+    async def audit(event: ev.SecretSet | ev.SecretDeleted, verb: str) -> None:
+        await append_control(
+            svc.js,
+            subjects.secret_subject(event.name, verb),
+            make_envelope(event, producer=svc.producer),
+            message_id=f"secret:{event.name}:{verb}:{settings.instance}:{time.time_ns()}",
+        )
+
+    async def set_secret(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, SetSecret)
+        if not is_token(cmd.name):
+            raise CommandError("invalid_secret_name", f"secret name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if len(cmd.value) < MIN_SECRET_LENGTH:
+            raise CommandError(
+                "invalid_secret",
+                f"a secret's value must be at least {MIN_SECRET_LENGTH} characters (got {len(cmd.value)})",
+            )
+        entry = await asyncio.to_thread(store_call, store.put, cmd.name, cmd.value)
+        await audit(ev.SecretSet(name=cmd.name, set_by=cmd.by), "set")
+        return {"name": entry.name, "set_at": entry.set_at, "referenced_by": await referenced_by(cmd.name)}
+
+    async def delete_secret(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, DeleteSecret)
+        if not await asyncio.to_thread(store_call, store.delete, cmd.name):
+            raise CommandError("unknown_secret", f"no secret {cmd.name!r} is set")
+        await audit(ev.SecretDeleted(name=cmd.name, deleted_by=cmd.by), "deleted")
+        return {"name": cmd.name, "referenced_by": await referenced_by(cmd.name)}
+
+    async def list_secrets(_body: dict[str, Any]) -> Any:
+        entries = await asyncio.to_thread(store_call, store.entries)
+        return [{"name": e.name, "set_at": e.set_at, "referenced_by": await referenced_by(e.name)} for e in entries]
+
+    async def discover_tools(body: dict[str, Any]) -> Any:
+        """For the registry: list the tools of a server whose configuration refers to secrets."""
+        server = msgspec.convert(body, Discover).server
+        known = store_call(secrets.current)
+        redactor = secrets.redactor(known)
+        resolved = resolve(server, known)
+        if isinstance(resolved, str):
+            code, _, reason = resolved.partition(": ")
+            raise CommandError(code, reason)
+        try:
+            with scrubbed_pipe(secrets.scrub_text) as errlog:
+                tools = await asyncio.wait_for(
+                    discover(resolved, scrub=redactor.value, errlog=errlog), DISCOVERY_TIMEOUT
+                )
+        except Exception as exc:
+            cause = root_cause(exc)
+            raise CommandError(
+                "discovery_failed",
+                redactor.text(f"could not list the tools of {server.name!r} over MCP: {type(cause).__name__}: {cause}"),
+            ) from None
+        return msgspec.to_builtins(tools)
+
     async def ping(_body: dict[str, Any]) -> Any:
         return {
             "service": svc.name,
@@ -242,8 +337,50 @@ def build(settings: WritSettings) -> Service:
         max_ack_pending=64,
     )
     svc.command("reconcile", reconcile_intent)
+    svc.command("set_secret", set_secret)
+    svc.command("delete_secret", delete_secret)
+    svc.command("list_secrets", list_secrets)
+    svc.command("discover", discover_tools)
     svc.command("ping", ping)
     return svc
+
+
+class Secrets:
+    """The store's current values, and a redactor for them (rebuilt only when they change)."""
+
+    def __init__(self, store: SecretStore) -> None:
+        self._store = store
+        self._known: dict[str, str] = {}
+        self._redactor = Redactor({})
+        self._redactor_for: dict[str, str] = {}
+
+    def current(self) -> dict[str, str]:
+        """Every secret's value.
+
+        Raises:
+            SecretStoreError: the store cannot be opened (wrong key, unreadable file).
+        """
+        self._known = self._store.values()
+        return self._known
+
+    def redactor(self, known: dict[str, str]) -> Redactor:
+        if known != self._redactor_for:
+            self._redactor, self._redactor_for = Redactor(known), known
+        return self._redactor
+
+    def scrub_text(self, text: str) -> str:
+        """For logs and tool stderr: scrub with the latest values that could be read."""
+        with contextlib.suppress(SecretStoreError):
+            self.current()
+        return self.redactor(self._known).text(text)
+
+
+def store_call(fn: Any, *args: Any) -> Any:
+    """Run a store operation; its failure is a command error with the store's code."""
+    try:
+        return fn(*args)
+    except SecretStoreError as exc:
+        raise CommandError(exc.code, exc.message) from None
 
 
 async def keep_alive(raw: Msg, leases: Leases, intent_id: str, attempt: int) -> None:

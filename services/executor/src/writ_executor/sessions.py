@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, cast
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TextIO, cast
 
 from mcp import ClientSession
 from mcp.shared.exceptions import MCPError
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
 
+Stderr = Callable[[], AbstractContextManager[TextIO | None]]
+
 
 class ServerUnavailable(Exception):
     """The tool server could not be reached or dropped the connection: retryable."""
@@ -32,8 +36,9 @@ class CallInterrupted(Exception):
 
 
 class _Warm:
-    def __init__(self, server: ev.ServerRegistered) -> None:
-        self.server = server
+    def __init__(self, server: ev.ServerRegistered, stderr: Stderr) -> None:
+        self.server = server  # resolved: it may hold secret values, so it is never logged or recorded
+        self._stderr = stderr
         self.session: ClientSession | None = None
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
@@ -42,10 +47,11 @@ class _Warm:
 
     async def _hold(self) -> None:
         try:
-            async with open_session(self.server) as session:
-                self.session = session
-                self.ready.set()
-                await self.stop.wait()
+            with self._stderr() if self.server.transport == "stdio" else nullcontext(None) as errlog:
+                async with open_session(self.server, errlog=errlog) as session:
+                    self.session = session
+                    self.ready.set()
+                    await self.stop.wait()
         except BaseException as exc:
             self.error = exc
             raise
@@ -64,11 +70,13 @@ class _Warm:
 
 
 class SessionPool:
-    """One warm session per server; a dead or reconfigured one is replaced on next use."""
+    """One warm session per server; a dead or reconfigured one (a changed secret too) is replaced
+    on next use. ``stderr`` gives each stdio server process its stderr (default: ours)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stderr: Stderr | None = None) -> None:
         self._warm: dict[str, _Warm] = {}
         self._lock = asyncio.Lock()
+        self._stderr: Stderr = stderr or (lambda: nullcontext(None))
 
     async def _session(self, server: ev.ServerRegistered) -> ClientSession:
         async with self._lock:
@@ -77,7 +85,7 @@ class SessionPool:
                 await warm.close()
                 warm = None
             if warm is None:
-                warm = self._warm[server.name] = _Warm(server)
+                warm = self._warm[server.name] = _Warm(server, self._stderr)
         try:
             await asyncio.wait_for(warm.ready.wait(), CONNECT_TIMEOUT)
         except TimeoutError as exc:

@@ -8,8 +8,8 @@ from typing import Any, Literal
 import msgspec
 from nats.aio.msg import Msg
 
+from writ_common import commands, subjects
 from writ_common import events as ev
-from writ_common import subjects
 from writ_common.bus import StaleAppend, append_control
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
@@ -17,7 +17,7 @@ from writ_common.digest import sha256_digest
 from writ_common.envelope import StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import is_token
-from writ_common.mcp_client import discover
+from writ_common.mcp_client import discover, root_cause
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_registry.domain import Validators, plan
@@ -34,6 +34,8 @@ class AddServer(msgspec.Struct, kw_only=True):
     url: str | None = None
     headers: dict[str, str] = {}
     idempotency_header: str | None = None
+    secret_env: dict[str, str] = {}  # variable -> secret name (stdio)
+    secret_headers: dict[str, str] = {}  # header -> secret name (http)
 
 
 class RefreshServer(msgspec.Struct, kw_only=True):
@@ -77,12 +79,14 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("invalid_server", "a stdio server needs a command")
         if cmd.transport == "http" and not cmd.url:
             raise CommandError("invalid_server", "an http server needs a url")
+        if problem := secret_reference_problem(cmd):
+            raise CommandError("invalid_server", problem)
         server = msgspec.convert(msgspec.to_builtins(cmd), ev.ServerRegistered)
         await follower.ensure_fresh()
         existing = catalog.servers.get(cmd.name)
         if existing is not None and existing != server:
             raise CommandError("server_exists", f"server {cmd.name!r} is already registered with another configuration")
-        tools = await discover_tools(server)
+        tools = await discover_tools(svc, server)
         config_digest = sha256_digest(msgspec.to_builtins(server))
         try:
             await append_control(
@@ -110,7 +114,7 @@ def build(settings: WritSettings) -> Service:
         server = catalog.servers.get(cmd.name)
         if server is None:
             raise CommandError("unknown_server", f"no server {cmd.name!r} is registered")
-        tools = await discover_tools(server)
+        tools = await discover_tools(svc, server)
         discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools, initial=False)
         await append_control(
             svc.js,
@@ -151,6 +155,10 @@ def build(settings: WritSettings) -> Service:
                 "transport": s.transport,
                 "target": s.url if s.transport == "http" else " ".join([s.command or "", *s.args]).strip(),
                 "tools": len(catalog.tools.get(s.name, {})),
+                "secrets": sorted(
+                    [f"env {k}=secret:{v}" for k, v in s.secret_env.items()]
+                    + [f"header {k}=secret:{v}" for k, v in s.secret_headers.items()]
+                ),
             }
             for s in sorted(catalog.servers.values(), key=lambda s: s.name)
         ]
@@ -204,12 +212,34 @@ def build(settings: WritSettings) -> Service:
     return svc
 
 
-async def discover_tools(server: ev.ServerRegistered) -> list[ev.ToolDefinition]:
+def secret_reference_problem(cmd: AddServer) -> str | None:
+    """Why the server's secret references cannot be accepted, or None."""
+    refs = {**cmd.secret_env, **cmd.secret_headers}
+    if bad := sorted(ref for ref in refs.values() if not is_token(ref)):
+        return f"secret name {bad[0]!r} must match [a-z0-9][a-z0-9_-]{{0,62}}"
+    if cmd.secret_env and cmd.transport != "stdio":
+        return "secret environment variables are for a stdio server; an HTTP server takes secret headers"
+    if cmd.secret_headers and cmd.transport != "http":
+        return "secret headers are for an HTTP server; a stdio server takes secret environment variables"
+    if both := sorted(set(cmd.env) & set(cmd.secret_env) | set(cmd.headers) & set(cmd.secret_headers)):
+        return f"{both[0]!r} is given both a value and a secret reference"
+    return None
+
+
+async def discover_tools(svc: Service, server: ev.ServerRegistered) -> list[ev.ToolDefinition]:
     """The server's tools over MCP, or a command error saying what really went wrong.
 
+    A server whose configuration refers to secrets is discovered by the executor, the only
+    service that resolves them; the registry never sees a value.
+
     Raises:
-        CommandError: ``discovery_failed``, with the first real error inside any task group.
+        CommandError: ``discovery_failed``, with the first real error inside any task group;
+            from the executor also ``secret_missing`` or ``service_down``.
     """
+    if server.secret_env or server.secret_headers:
+        body = {"server": msgspec.to_builtins(server)}
+        found = await commands.call(svc.nc, "executor", "discover", body, timeout=DISCOVERY_TIMEOUT + 5)
+        return msgspec.convert(found, list[ev.ToolDefinition])
     try:
         return await asyncio.wait_for(discover(server), DISCOVERY_TIMEOUT)
     except Exception as exc:
@@ -217,13 +247,6 @@ async def discover_tools(server: ev.ServerRegistered) -> list[ev.ToolDefinition]
         raise CommandError(
             "discovery_failed", f"could not list the tools of {server.name!r} over MCP: {type(cause).__name__}: {cause}"
         ) from exc
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups: anyio task groups wrap them."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str, Any]:
