@@ -33,6 +33,7 @@ pytestmark = pytest.mark.e2e
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
 SECRET = f"canary-{uuid.uuid4().hex}"
+ROTATED = f"rotated-{uuid.uuid4().hex}"
 MARKER = "[redacted:canary-token]"
 SECRETS_KEY = base64.b64encode(uuid.uuid4().bytes * 2).decode()
 INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
@@ -139,7 +140,9 @@ def test_calls_get_the_secret_and_nothing_the_plane_wrote_holds_it(canary: Canar
     stdio = [sys.executable, str(SERVERS / "secret_echo_stdio.py")]
     ok(canary("server", "add", "canary", "--env", "CANARY_TOKEN=secret:canary-token", "--", *stdio))
     for _ in range(100):  # the HTTP server may still be starting
-        added = canary("server", "add", "canary-http", "--url", http_server, "--header", "X-Api-Key=secret:canary-token")
+        added = canary(
+            "server", "add", "canary-http", "--url", http_server, "--header", "X-Api-Key=secret:canary-token"
+        )
         if added.exit_code == 0:
             break
         assert "discovery_failed" in added.stderr, added.output
@@ -171,6 +174,12 @@ def test_calls_get_the_secret_and_nothing_the_plane_wrote_holds_it(canary: Canar
     assert f"canary starting with CANARY_TOKEN={MARKER}" in executor_log
     assert f"unexpected failure with credentials {MARKER}" in executor_log
 
+    # A new value: the warm session is replaced, the tool gets the new value, and it is scrubbed too.
+    ok(canary("secret", "set", "canary-token", input=ROTATED + "\n"))
+    rotated = call(canary, "canary/reveal")
+    assert rotated["status"] == "succeeded" and f"my token is {MARKER}" in json.dumps(rotated["result"])
+    receipts.append(rotated)
+
     export = canary.plane.data_dir.parent / "export"
     ok(canary("ledger", "export", str(export)))
     ok(canary("ledger", "verify"))
@@ -180,10 +189,11 @@ def test_calls_get_the_secret_and_nothing_the_plane_wrote_holds_it(canary: Canar
     scanned = [p for p in [*canary.plane.data_dir.rglob("*"), *export.rglob("*")] if p.is_file()]
     kinds = {p.relative_to(canary.plane.data_dir.parent).parts[1] for p in scanned}
     assert {"nats", "logs", "ledger", "executor", "traces.jsonl"} <= kinds, kinds
-    hits = {str(p): found for p in scanned if (found := leaks(p.read_bytes(), SECRET))}
-    assert hits == {}
-    assert leaks(json.dumps(receipts).encode(), SECRET) == []
-    assert leaks("\n".join(canary.outputs).encode(), SECRET) == []
+    for secret in (SECRET, ROTATED):
+        hits = {str(p): found for p in scanned if (found := leaks(p.read_bytes(), secret))}
+        assert hits == {}
+        assert leaks(json.dumps(receipts).encode(), secret) == []
+        assert leaks("\n".join(canary.outputs).encode(), secret) == []
 
 
 def test_a_missing_secret_fails_the_intent_with_a_clear_reason(canary: Canary) -> None:
