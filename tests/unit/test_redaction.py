@@ -9,6 +9,7 @@ import pytest
 
 from writ_common import events as ev
 from writ_executor.redaction import Redactor, encodings, marker, references, resolve
+from writ_registry.domain import secret_reference_problem
 
 pytestmark = pytest.mark.unit
 
@@ -103,3 +104,22 @@ def test_resolve_names_every_missing_secret_and_no_value() -> None:
 def test_a_server_without_references_is_returned_unchanged() -> None:
     plain = ev.ServerRegistered(name="time", transport="stdio", command="mcp-server-time")
     assert resolve(plain, {}) is plain
+
+
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        (STDIO, None),
+        (HTTP, None),
+        (ev.ServerRegistered(name="s", transport="stdio", command="x", secret_env={"T": "Bad.Name"}), "secret name"),
+        (ev.ServerRegistered(name="s", transport="http", url="u", secret_env={"T": "ok"}), "for a stdio server"),
+        (ev.ServerRegistered(name="s", transport="stdio", command="x", secret_headers={"T": "ok"}), "for an HTTP"),
+        (
+            ev.ServerRegistered(name="s", transport="stdio", command="x", env={"T": "1"}, secret_env={"T": "ok"}),
+            "both a value and a secret reference",
+        ),
+    ],
+)
+def test_registry_accepts_only_well_formed_references(server: ev.ServerRegistered, problem: str | None) -> None:
+    found = secret_reference_problem(server)
+    assert (found is None) if problem is None else (found is not None and problem in found)

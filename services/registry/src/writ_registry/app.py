@@ -20,7 +20,7 @@ from writ_common.ids import is_token
 from writ_common.mcp_client import discover, root_cause
 from writ_common.service import Service
 from writ_common.settings import WritSettings
-from writ_registry.domain import Validators, plan
+from writ_registry.domain import Validators, plan, secret_reference_problem
 
 DISCOVERY_TIMEOUT = 60.0
 
@@ -79,9 +79,9 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("invalid_server", "a stdio server needs a command")
         if cmd.transport == "http" and not cmd.url:
             raise CommandError("invalid_server", "an http server needs a url")
-        if problem := secret_reference_problem(cmd):
-            raise CommandError("invalid_server", problem)
         server = msgspec.convert(msgspec.to_builtins(cmd), ev.ServerRegistered)
+        if problem := secret_reference_problem(server):
+            raise CommandError("invalid_server", problem)
         await follower.ensure_fresh()
         existing = catalog.servers.get(cmd.name)
         if existing is not None and existing != server:
@@ -210,20 +210,6 @@ def build(settings: WritSettings) -> Service:
     svc.command("accept_tool", accept_tool)
     svc.command("ping", ping)
     return svc
-
-
-def secret_reference_problem(cmd: AddServer) -> str | None:
-    """Why the server's secret references cannot be accepted, or None."""
-    refs = {**cmd.secret_env, **cmd.secret_headers}
-    if bad := sorted(ref for ref in refs.values() if not is_token(ref)):
-        return f"secret name {bad[0]!r} must match [a-z0-9][a-z0-9_-]{{0,62}}"
-    if cmd.secret_env and cmd.transport != "stdio":
-        return "secret environment variables are for a stdio server; an HTTP server takes secret headers"
-    if cmd.secret_headers and cmd.transport != "http":
-        return "secret headers are for an HTTP server; a stdio server takes secret environment variables"
-    if both := sorted(set(cmd.env) & set(cmd.secret_env) | set(cmd.headers) & set(cmd.secret_headers)):
-        return f"{both[0]!r} is given both a value and a secret reference"
-    return None
 
 
 async def discover_tools(svc: Service, server: ev.ServerRegistered) -> list[ev.ToolDefinition]:

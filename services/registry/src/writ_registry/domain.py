@@ -12,6 +12,7 @@ from writ_common import events as ev
 from writ_common.catalog import Catalog
 from writ_common.digest import args_digest
 from writ_common.fold import IntentView
+from writ_common.ids import is_token
 
 
 class Validators:
@@ -74,3 +75,17 @@ def plan(
         annotations=catalog.annotations(server, definition),
         idempotency_arg=catalog.idempotency_arg(server, definition.name),
     )
+
+
+def secret_reference_problem(server: ev.ServerRegistered) -> str | None:
+    """Why the server's secret references cannot be accepted, or None."""
+    refs = {**server.secret_env, **server.secret_headers}
+    if bad := sorted(ref for ref in refs.values() if not is_token(ref)):
+        return f"secret name {bad[0]!r} must match [a-z0-9][a-z0-9_-]{{0,62}}"
+    if server.secret_env and server.transport != "stdio":
+        return "secret environment variables are for a stdio server; an HTTP server takes secret headers"
+    if server.secret_headers and server.transport != "http":
+        return "secret headers are for an HTTP server; a stdio server takes secret environment variables"
+    if both := sorted(set(server.env) & set(server.secret_env) | set(server.headers) & set(server.secret_headers)):
+        return f"{both[0]!r} is given both a value and a secret reference"
+    return None
