@@ -277,10 +277,7 @@ def build(settings: WritSettings) -> Service:
         if not is_token(cmd.name):
             raise CommandError("invalid_secret_name", f"secret name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
         if len(cmd.value) < MIN_SECRET_LENGTH:
-            raise CommandError(
-                "invalid_secret",
-                f"a secret's value must be at least {MIN_SECRET_LENGTH} characters (got {len(cmd.value)})",
-            )
+            raise CommandError("invalid_secret", f"a secret's value must be at least {MIN_SECRET_LENGTH} characters")
         entry = await asyncio.to_thread(store_call, store.put, cmd.name, cmd.value)
         await audit(ev.SecretSet(name=cmd.name, set_by=cmd.by), "set")
         return {"name": entry.name, "set_at": entry.set_at, "referenced_by": await referenced_by(cmd.name)}
