@@ -22,25 +22,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
+from rig import (
+    PERMIT_ALL,
+    Rig,
+    all_receipts,
+    assert_chain_verifies,
+    open_rig,
+    receipts_of,
+    row_counts,
+    submit_rows,
+    wait_until,
+)
 
 from writ.approver import ApproverClient
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
-from writ.sdk import WritAgent, wait_receipt
+from writ.sdk import wait_receipt
 from writ_common import commands, subjects
 from writ_common import events as ev
 from writ_common.bus import direct_get_batch, read_history
 from writ_common.envelope import decode
-from writ_common.receipts import verify_receipt
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
-PERMIT_ALL = '@id("fault-tests-permit-all")\npermit(principal, action == Action::"call_tool", resource);\n'
 # `make soak` raises these (WRIT_SOAK_INTENTS, WRIT_SOAK_KILLS) and prints the summary table.
 INTENTS_PER_RUN = int(os.environ.get("WRIT_SOAK_INTENTS", "200"))
 KILLS_PER_RUN = int(os.environ.get("WRIT_SOAK_KILLS", "3"))
@@ -84,15 +92,6 @@ def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         yield plane
 
 
-@dataclass
-class Rig:
-    plane: Plane
-    nc: Client
-    agent: WritAgent
-    sqlite_db: Path
-    faulty_db: Path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def rig(
     fault_plane: Plane,
@@ -100,73 +99,8 @@ async def rig(
     sqlite_mcp: Callable[[Path], list[str]],
     faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
 ) -> AsyncIterator[Rig]:
-    work = tmp_path_factory.mktemp("fault-dbs")
-    sqlite_db, faulty_db = work / "rows.sqlite3", work / "faulty.sqlite3"
-    with sqlite3.connect(sqlite_db) as db:
-        db.execute("CREATE TABLE rows (token TEXT NOT NULL)")
-    nc = await nats.connect(fault_plane.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    key = generate_key()
-    await commands.call(
-        nc, "identity", "register_agent", {"agent_id": "fault-agent", "public_key": public_key_b64(key)}
-    )
-    sqlite_argv = sqlite_mcp(sqlite_db)
-    await commands.call(
-        nc, "registry", "add_server", {"name": "sqlite", "command": sqlite_argv[0], "args": sqlite_argv[1:]}
-    )
-    # mcp-server-sqlite declares no annotations: the operator says what write_query is.
-    await commands.call(
-        nc,
-        "registry",
-        "set_override",
-        {"server": "sqlite", "tool": "write_query", "read_only": False, "destructive": False, "idempotent": False},
-    )
-    faulty_argv, faulty_env = faulty_mcp(faulty_db)
-    await commands.call(
-        nc,
-        "registry",
-        "add_server",
-        {"name": "faulty", "command": faulty_argv[0], "args": faulty_argv[1:], "env": faulty_env},
-    )
-    await commands.call(nc, "policy", "load", {"cedar": PERMIT_ALL})
-    try:
-        yield Rig(fault_plane, nc, WritAgent(nc, "fault-agent", key), sqlite_db, faulty_db)
-    finally:
-        await nc.close()
-
-
-async def submit_rows(rig: Rig, n: int, run: str) -> dict[str, str]:
-    """Submit ``n`` row-writing intents concurrently; returns intent id -> row token."""
-    tokens: dict[str, str] = {}
-
-    async def one(i: int) -> None:
-        token = f"{run}-{i}"
-        query = f"INSERT INTO rows (token) VALUES ('{token}')"
-        submission = await rig.agent.submit("sqlite/write_query", {"query": query}, idempotency_key=token)
-        tokens[submission.intent_id] = token
-
-    for start in range(0, n, 25):
-        await asyncio.gather(*(one(i) for i in range(start, min(n, start + 25))))
-    return tokens
-
-
-async def receipts_of(rig: Rig, intent_ids: list[str], timeout: float = 120) -> dict[str, ev.Receipt]:
-    found = await asyncio.gather(*(wait_receipt(rig.nc, i, timeout=timeout) for i in intent_ids))
-    return dict(zip(intent_ids, found, strict=True))
-
-
-async def all_receipts(nc: Client) -> list[ev.Receipt]:
-    msgs = await direct_get_batch(nc, subjects.LEDGER_STREAM, subjects.RECEIPTS_FILTER, batch=1024)
-    out = []
-    for msg in msgs:
-        payload = decode(msg.data).payload
-        assert isinstance(payload, ev.Receipt)
-        out.append(payload)
-    return out
-
-
-def row_counts(db: Path) -> Counter[str]:
-    with sqlite3.connect(db) as conn:
-        return Counter(token for (token,) in conn.execute("SELECT token FROM rows"))
+    async with open_rig(fault_plane, tmp_path_factory.mktemp("fault-dbs"), sqlite_mcp, faulty_mcp) as rig:
+        yield rig
 
 
 async def killer(plane: Plane, nc: Client, service: str, kills: int, summary: RunSummary) -> None:
@@ -195,22 +129,6 @@ async def killer(plane: Plane, nc: Client, service: str, kills: int, summary: Ru
                 break
             await asyncio.sleep(0.05)
         await asyncio.to_thread(plane.wait_ready, 60)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
-async def assert_chain_verifies(rig: Rig) -> None:
-    public_key = (await commands.call(rig.nc, "ledger", "public_key", {}))["public_key"]
-    previous: ev.Receipt | None = None
-    for receipt in await all_receipts(rig.nc):
-        verify_receipt(receipt, public_key, prev_hash=previous.receipt_hash if previous else None)
-        previous = receipt
 
 
 @pytest.mark.parametrize("service", ["identity", "registry", "policy", "executor", "ledger"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,17 +53,22 @@ class Spine:
         return self.nc.jetstream()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spine]:
-    # One data dir for every module: one ledger key signs the whole chain on the shared server.
-    settings = WritSettings(
-        data_dir=tmp_path_factory.getbasetemp() / "inprocess-plane",
-        nats_url=nats_server,
-        redis_url=redis_server,
-        instance="test",
-    )
+@asynccontextmanager
+async def open_spine(
+    nats_server: str, redis_server: str, data_dir: Path, *, policy_redis: str | None = None
+) -> AsyncIterator[Spine]:
+    """The five services, an agent and the time server; ``policy_redis`` gives policy its own Redis
+    (so a test can take policy's rate-limit store away while identity's nonces keep working)."""
+    settings = WritSettings(data_dir=data_dir, nats_url=nats_server, redis_url=redis_server, instance="test")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    services = [b(settings) for b in (build_identity, build_registry, build_policy, build_executor, build_ledger)]
+    policy_settings = settings.model_copy(update={"redis_url": policy_redis or redis_server})
+    services = [
+        build_identity(settings),
+        build_registry(settings),
+        build_policy(policy_settings),
+        build_executor(settings),
+        build_ledger(settings),
+    ]
     for svc in services:
         await svc.start()
     nc = await nats.connect(nats_server)
@@ -76,3 +82,10 @@ async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.Te
         await nc.close()
         for svc in reversed(services):
             await svc.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spine]:
+    # One data dir for every module: one ledger key signs the whole chain on the shared server.
+    async with open_spine(nats_server, redis_server, tmp_path_factory.getbasetemp() / "inprocess-plane") as spine:
+        yield spine

@@ -17,7 +17,15 @@ from writ_common.signing import generate_key, key_id, public_key_b64
 from writ_executor.breaker import CircuitBreaker
 from writ_executor.domain import CallError, Invoke, after_error, next_step, outcome, reconcile
 from writ_identity.domain import Agent, check_intent
-from writ_policy.domain import PolicyError, compile_bundle, decide
+from writ_policy.domain import (
+    PolicyError,
+    RateExceeded,
+    compile_bundle,
+    decide,
+    parse_rate_limit,
+    rate_limited,
+    rate_limits_for,
+)
 from writ_registry.domain import Validators, plan
 
 pytestmark = pytest.mark.unit
@@ -164,6 +172,50 @@ class TestPolicy:
     def test_invalid_cedar_is_refused(self) -> None:
         with pytest.raises(PolicyError):
             compile_bundle("permit(principal, action")
+
+
+LIMITED = (
+    '@id("read-only-tools") @rate_limit("10/1m") permit(principal, action, resource) when { resource.read_only };\n'
+    '@id("approve") @approval("ops") @rate_limit("3/h") permit(principal, action, resource) when { !resource.read_only };\n'
+    '@id("unlimited") permit(principal, action, resource) when { resource.read_only };\n'
+)
+
+
+class TestRateLimits:
+    @pytest.mark.parametrize(
+        ("text", "limit", "window"),
+        [("10/1m", 10, 60), ("100/h", 100, 3600), ("5/30s", 5, 30), (" 7 / 2d ", 7, 172800)],
+    )
+    def test_the_annotation_reads_calls_per_window(self, text: str, limit: int, window: int) -> None:
+        parsed = parse_rate_limit("p", text)
+        assert (parsed.limit, parsed.window_s) == (limit, window)
+
+    @pytest.mark.parametrize("text", ["10", "10/", "ten/1m", "10/1w", "0/1m", "10/0s", "-1/1m"])
+    def test_a_malformed_limit_refuses_the_bundle_at_load(self, text: str) -> None:
+        with pytest.raises(PolicyError, match="rate_limit"):
+            compile_bundle(f'@id("p") @rate_limit("{text}") permit(principal, action, resource);')
+
+    def test_the_deciding_permits_limits_apply_to_an_allow_and_to_an_approval(self) -> None:
+        bundle = compile_bundle(LIMITED)
+        allowed = decide(planned_view(True), bundle, now=datetime.now(UTC))
+        assert sorted(limit.policy_id for limit in rate_limits_for(allowed, bundle)) == ["read-only-tools"]
+        asked = decide(planned_view(False), bundle, now=datetime.now(UTC))
+        assert [limit.text for limit in rate_limits_for(asked, bundle)] == ["3 per 1h"]
+
+    def test_a_denial_counts_against_nothing(self) -> None:
+        bundle = compile_bundle(LIMITED + '@id("no") forbid(principal, action, resource);')
+        denied = decide(planned_view(True), bundle, now=datetime.now(UTC))
+        assert isinstance(denied, ev.IntentDenied) and rate_limits_for(denied, bundle) == []
+
+    def test_a_spent_window_becomes_a_denial_that_says_when_to_retry(self) -> None:
+        bundle = compile_bundle(LIMITED)
+        view = planned_view(True)
+        allowed = decide(view, bundle, now=datetime.now(UTC))
+        limit = bundle.rate_limits["read-only-tools"]
+        denied = rate_limited(view, allowed, RateExceeded(limit=limit, count=10, retry_after_s=12.3))
+        assert (denied.code, denied.policy_ids, denied.retry_after_s) == ("rate_limited", ["read-only-tools"], 13)
+        assert "already made 10 calls to time/get_current_time in the last 1m" in denied.reason
+        assert denied.reason.endswith("allows 10 per 1m; try again in 13s")
 
 
 def authorized(idempotent: bool, *later: ev.Payload, deadline_seconds: float = 300) -> IntentView:

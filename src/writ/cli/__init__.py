@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from writ.cli.approvals import approvals_app, approver_app
-from writ.cli.base import OPTIONS, report, settings
+from writ.cli.base import OPTIONS, fail, report, settings
 from writ.cli.control import agent_app, policy_app, server_app, tool_app
 from writ.cli.intents import intent_app
 from writ.cli.ledger import ledger_app
@@ -55,11 +55,23 @@ def _global(
 def up(
     data_dir: DataDir = None,
     nats_port: Annotated[int | None, typer.Option(help="NATS client port (default: last used, else 4222)")] = None,
+    replicas: Annotated[
+        list[str] | None, typer.Option("--replicas", help="SERVICE=N processes of a service, e.g. executor=2")
+    ] = None,
 ) -> None:
     """Run the whole plane (nats, redis, five services) in the foreground; Ctrl-C stops it."""
-    from writ.runtime.supervisor import run_plane
+    from writ.runtime.supervisor import SERVICES, run_plane
 
-    report(lambda: run_plane(settings(data_dir), nats_port=nats_port))
+    def start() -> None:
+        counts: dict[str, int] = {}
+        for spec in replicas or []:
+            service, _, n = spec.partition("=")
+            if service not in SERVICES or not n.isdigit() or int(n) < 1:
+                fail("invalid_replicas", f"--replicas takes SERVICE=N, N >= 1, SERVICE one of {', '.join(SERVICES)}")
+            counts[service] = int(n)
+        run_plane(settings(data_dir), nats_port=nats_port, replicas=counts)
+
+    report(start)
 
 
 @app.command()

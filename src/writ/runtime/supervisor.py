@@ -149,10 +149,12 @@ class Plane:
         nats_port: int | None = None,
         redis_port: int | None = None,
         services: Sequence[str] = SERVICES,
+        replicas: Mapping[str, int] | None = None,
         on_event: EventSink | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.services = tuple(services)
+        self.replicas = {name: max(1, (replicas or {}).get(name, 1)) for name in self.services}
         self._nats_port = nats_port
         self._redis_port = redis_port
         self._on_event = on_event
@@ -201,11 +203,14 @@ class Plane:
             self._write_runtime()
             _run_coro(self._ensure_streams())
             env = self._service_env()
-            for name in self.services:
-                # Each service serves Prometheus /metrics on its own loopback port (runtime.json says which).
-                self.metrics_ports.setdefault(name, free_port())
-                self.service_env.setdefault(name, {})["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
-                self._start_unit(_Unit(name, self._service_launcher(name, env)))
+            for service in self.services:
+                for n in range(1, self.replicas[service] + 1):
+                    # Replicas after the first are units of their own: "executor-2" (log, restarts, kills).
+                    name = service if n == 1 else f"{service}-{n}"
+                    # Each process serves Prometheus /metrics on its own loopback port (runtime.json says which).
+                    self.metrics_ports.setdefault(name, free_port())
+                    self.service_env.setdefault(name, {})["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
+                    self._start_unit(_Unit(name, self._service_launcher(name, service, env)))
         except BaseException:
             self.stop()
             raise
@@ -353,10 +358,10 @@ class Plane:
         )
         return env
 
-    def _service_launcher(self, name: str, env: Mapping[str, str]) -> Callable[[], ManagedProcess]:
+    def _service_launcher(self, name: str, service: str, env: Mapping[str, str]) -> Callable[[], ManagedProcess]:
         log_path = self.logs_dir / f"{name}.log"
         # Extra env is read at each launch, so a test can change it before a restart.
-        return lambda: start_module(name, f"writ_{name}", log_path, {**env, **self.service_env.get(name, {})})
+        return lambda: start_module(name, f"writ_{service}", log_path, {**env, **self.service_env.get(name, {})})
 
     def _start_unit(self, unit: _Unit) -> None:
         self._units[unit.name] = unit
@@ -556,12 +561,19 @@ def _table(plane: Plane) -> Table:
     return table
 
 
-def run_plane(settings: WritSettings, *, nats_port: int | None = None, show_status: bool = True) -> None:
+def run_plane(
+    settings: WritSettings,
+    *,
+    nats_port: int | None = None,
+    replicas: Mapping[str, int] | None = None,
+    show_status: bool = True,
+) -> None:
     """Run the embedded plane in the foreground until Ctrl-C or SIGTERM.
 
     Args:
         settings: ``data_dir`` is where everything lives; a second run resumes from it.
         nats_port: client port for nats-server (default: the last one used, else 4222, else free).
+        replicas: processes per service (default one each).
         show_status: draw a live status table when stdout is a terminal; otherwise (or when
             False) print one line per state change.
 
@@ -569,10 +581,12 @@ def run_plane(settings: WritSettings, *, nats_port: int | None = None, show_stat
         PlaneAlreadyRunning: another supervisor serves this data dir.
         RuntimeError: nats or redis failed to start.
     """
-    asyncio.run(_run_plane(settings, nats_port, show_status))
+    asyncio.run(_run_plane(settings, nats_port, replicas, show_status))
 
 
-async def _run_plane(settings: WritSettings, nats_port: int | None, show_status: bool) -> None:
+async def _run_plane(
+    settings: WritSettings, nats_port: int | None, replicas: Mapping[str, int] | None, show_status: bool
+) -> None:
     from rich.console import Console
     from rich.live import Live
 
@@ -583,7 +597,7 @@ async def _run_plane(settings: WritSettings, nats_port: int | None, show_status:
         if not live:
             console.print(f"{time.strftime('%H:%M:%S')} {name:<9} {message}", highlight=False)
 
-    plane = Plane(settings.data_dir, nats_port=nats_port, on_event=on_event)
+    plane = Plane(settings.data_dir, nats_port=nats_port, replicas=replicas, on_event=on_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

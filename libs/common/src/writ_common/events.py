@@ -80,6 +80,7 @@ class IntentDenied(Payload, frozen=True, kw_only=True):
     policy_ids: list[str]
     code: str
     reason: str
+    retry_after_s: int | None = None  # rate_limited: when the window has room again
 
 
 class IntentExpired(Payload, frozen=True, kw_only=True):

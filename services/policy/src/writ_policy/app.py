@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
@@ -18,14 +19,24 @@ from writ_common.bus import StaleAppend, append_control, direct_get_batch, last_
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, make_envelope, parse_time
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Service
+from writ_common.service import FENCE_RETRIES, Redeliver, Service
 from writ_common.settings import WritSettings
 from writ_policy.approvals import SignedDecision, expire, is_expired, judge
-from writ_policy.domain import Bundle, PolicyError, bundle_from_event, compile_bundle, decide
+from writ_policy.domain import (
+    Bundle,
+    PolicyError,
+    bundle_from_event,
+    compile_bundle,
+    decide,
+    rate_limited,
+    rate_limits_for,
+)
+from writ_policy.ratelimit import RateLimiter, RateLimitUnavailable
 
 log = logging.getLogger(__name__)
 
 EXPIRY_TICK = 1.0
+RATE_STORE_RETRY = 2.0  # seconds between asks while Redis is away
 
 
 class LoadPolicy(msgspec.Struct, kw_only=True):
@@ -43,6 +54,8 @@ def build(settings: WritSettings) -> Service:
     approvers: dict[str, Approver] = {}
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
+    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    limiter = RateLimiter(redis)
 
     def apply(event: StoredEvent) -> None:
         bundle = bundle_from_event(event)
@@ -158,12 +171,30 @@ def build(settings: WritSettings) -> Service:
     async def shutdown() -> None:
         for task in tasks:
             task.cancel()
+        await redis.aclose()
 
     async def on_planned(trigger: StoredEvent, _raw: Msg) -> None:
         async def decide_intent(view: IntentView) -> list[ev.Payload]:
             if view.planned is None or view.authorized is not None or view.approval is not None:
                 return []
-            return [decide(view, current[0] if current else None, now=datetime.now(UTC))]
+            bundle = current[0] if current else None
+            decision = decide(view, bundle, now=datetime.now(UTC))
+            limits = rate_limits_for(decision, bundle)
+            if not limits:
+                return [decision]
+            assert view.agent_id and view.intent_id and view.planned
+            try:
+                exceeded = await limiter.admit(
+                    limits,
+                    agent_id=view.agent_id,
+                    tool=f"{view.planned.server}/{view.planned.tool}",
+                    intent_id=view.intent_id,
+                )
+            except RateLimitUnavailable as exc:
+                # Fail closed: an uncounted call is not authorized; the intent waits (or expires).
+                log.warning("policy: not deciding %s yet: %s", view.intent_id, exc)
+                raise Redeliver(RATE_STORE_RETRY, f"not authorizing without counting: {exc}") from exc
+            return [decision if exceeded is None else rate_limited(view, decision, exceeded)]
 
         await svc.run_stage(trigger, "authorize", decide_intent)
 
@@ -172,7 +203,7 @@ def build(settings: WritSettings) -> Service:
         try:
             bundle = compile_bundle(cmd.cedar)
         except PolicyError as exc:
-            raise CommandError("invalid_policy", f"Cedar could not parse the bundle: {exc}") from exc
+            raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
         last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.POLICY_SUBJECT)
         previous = last.seq or 0 if last else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +31,61 @@ class Bundle:
     policy_set: cedarpy.PolicySet
     names: dict[str, str]  # Cedar's policy id -> @id annotation (or the Cedar id)
     annotations: dict[str, dict[str, str]]
+    rate_limits: dict[str, RateLimit]  # @id of a permit -> its @rate_limit
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` calls per agent and tool in any sliding ``window_s`` seconds."""
+
+    policy_id: str
+    limit: int
+    window_s: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.limit} per {_window_text(self.window_s)}"
+
+    def key(self, agent_id: str, tool: str) -> str:
+        return f"writ:rate:{self.policy_id}:{agent_id}:{tool}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateExceeded:
+    """What the counter saw when it refused: the limit, how many calls it holds, when one frees."""
+
+    limit: RateLimit
+    count: int
+    retry_after_s: float
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate_limit(policy_id: str, text: str) -> RateLimit:
+    """``@rate_limit("N/<count><unit>")``, unit s, m, h or d: "10/1m", "100/h", "5/30s".
+
+    Raises:
+        PolicyError: the annotation says something else, or a zero limit or window.
+    """
+    match = _RATE.match(text)
+    if not match:
+        raise PolicyError(
+            f'policy {policy_id!r}: @rate_limit({text!r}) must look like "10/1m" (calls / window; s, m, h or d)'
+        )
+    limit, count, unit = int(match[1]), int(match[2] or 1), match[3]
+    window = count * _UNIT_SECONDS[unit]
+    if limit < 1 or window < 1:
+        raise PolicyError(f"policy {policy_id!r}: @rate_limit({text!r}) needs a limit and a window of at least 1")
+    return RateLimit(policy_id=policy_id, limit=limit, window_s=window)
+
+
+def _window_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def compile_bundle(cedar: str) -> Bundle:
@@ -48,7 +104,12 @@ def compile_bundle(cedar: str) -> Bundle:
         raise PolicyError("the bundle contains no policy")
     annotations = {pid: dict(p.get("annotations") or {}) for pid, p in static.items()}
     names = {pid: ann.get("id", pid) for pid, ann in annotations.items()}
-    return Bundle(policy_digest(cedar), cedar, policy_set, names, annotations)
+    rate_limits = {
+        names[pid]: parse_rate_limit(names[pid], ann["rate_limit"])
+        for pid, ann in annotations.items()
+        if "rate_limit" in ann
+    }
+    return Bundle(policy_digest(cedar), cedar, policy_set, names, annotations, rate_limits)
 
 
 def bundle_from_event(event: StoredEvent) -> Bundle | None:
@@ -157,4 +218,31 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
         )
     return ev.IntentAuthorized(
         policy_digest=bundle.digest, policy_ids=names, reasons=[f"permitted by {', '.join(names)}"]
+    )
+
+
+def rate_limits_for(decision: ev.Payload, bundle: Bundle | None) -> list[RateLimit]:
+    """The limits a call must fit under: those of the permits that allowed it (or asked a person).
+    A denial counts against nothing."""
+    if bundle is None or not isinstance(decision, ev.IntentAuthorized | ev.ApprovalRequested):
+        return []
+    return [bundle.rate_limits[name] for name in decision.policy_ids if name in bundle.rate_limits]
+
+
+def rate_limited(view: IntentView, decision: ev.Payload, exceeded: RateExceeded) -> ev.IntentDenied:
+    """The permit allowed the call, but its rate limit is spent: deny, saying when to try again."""
+    planned = view.planned
+    assert planned is not None and isinstance(decision, ev.IntentAuthorized | ev.ApprovalRequested)
+    limit = exceeded.limit
+    retry = max(1, round(exceeded.retry_after_s + 0.499))
+    return ev.IntentDenied(
+        policy_digest=decision.policy_digest,
+        policy_ids=[limit.policy_id],
+        code="rate_limited",
+        reason=(
+            f"rate_limited: agent {view.agent_id!r} already made {exceeded.count} calls to "
+            f"{planned.server}/{planned.tool} in the last {_window_text(limit.window_s)}; "
+            f"{limit.policy_id} allows {limit.text}; try again in {retry}s"
+        ),
+        retry_after_s=retry,
     )
