@@ -165,6 +165,7 @@ class Plane:
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
         self.metrics_ports: dict[str, int] = {}
+        self.views_port = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -205,6 +206,11 @@ class Plane:
                 # Each service serves Prometheus /metrics on its own loopback port (runtime.json says which).
                 self.metrics_ports.setdefault(name, free_port())
                 self.service_env.setdefault(name, {})["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
+            if "ledger" in self.services:
+                # The ledger serves the views HTTP API on its own loopback port (runtime.json: views_api).
+                self.views_port = self.views_port or free_port()
+                self.service_env.setdefault("ledger", {})["WRIT_VIEWS_PORT"] = str(self.views_port)
+            for name in self.services:
                 self._start_unit(_Unit(name, self._service_launcher(name, env)))
         except BaseException:
             self.stop()
@@ -452,6 +458,7 @@ class Plane:
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},
+                    "views_api": f"http://{HOST}:{self.views_port}" if self.views_port else None,
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
                         u.name: {"pid": u.process.pid, "argv": u.process.argv}

@@ -94,7 +94,15 @@ RECEIVES: dict[str, tuple[str, ...]] = {
     "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
     "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
     "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
-    "ledger": (INTENTS, "agent.*", "reader_token.*", "server.registered", "tools.discovered", "tool.*", "receipt.recorded"),
+    "ledger": (
+        INTENTS,
+        "agent.*",
+        "reader_token.*",
+        "server.registered",
+        "tools.discovered",
+        "tool.*",
+        "receipt.recorded",
+    ),
 }
 SERVICES = ("identity", "registry", "policy", "executor", "ledger")  # each may dead-letter
 

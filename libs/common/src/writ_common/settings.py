@@ -32,6 +32,7 @@ class WritSettings(BaseSettings):
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
+    views_port: int = Field(default=0, description="The ledger serves the views HTTP API on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"
     )

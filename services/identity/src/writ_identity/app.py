@@ -269,7 +269,10 @@ def build(settings: WritSettings) -> Service:
         cmd = msgspec.convert(body, RevokeReaderToken)
         if not is_token(cmd.name):
             raise CommandError("invalid_name", f"token name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
-        if await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.reader_token_subject(cmd.name, "issued")) is None:
+        if (
+            await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.reader_token_subject(cmd.name, "issued"))
+            is None
+        ):
             raise CommandError("not_found", f"no views token named {cmd.name!r} was issued")
         payload = ev.ReaderTokenRevoked(name=cmd.name, reason=cmd.reason)
         await append_control(

@@ -27,7 +27,7 @@ class ViewStore:
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             # An older layout (or a new file): the views are derived, so start over from the log.
             self.db.close()
-            for stale in (path, *_sidecars(path)):
+            for stale in (path, *sidecars(path)):
                 stale.unlink(missing_ok=True)
             self.db = _open(path)
             self.db.executescript(DDL)
@@ -98,5 +98,5 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _sidecars(path: Path) -> tuple[Path, Path]:
+def sidecars(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
