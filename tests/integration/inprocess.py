@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from writ.runtime.processes import free_port
 from writ.sdk import WritAgent
 from writ_common import commands
 from writ_common.service import Service
@@ -46,6 +47,7 @@ class Spine:
     services: list[Service]
     agent: WritAgent
     key: SigningKey
+    views_url: str  # the ledger's views HTTP API
 
     @property
     def js(self) -> JetStreamContext:
@@ -60,6 +62,7 @@ async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.Te
         nats_url=nats_server,
         redis_url=redis_server,
         instance="test",
+        views_port=free_port(),
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     services = [b(settings) for b in (build_identity, build_registry, build_policy, build_executor, build_ledger)]
@@ -71,7 +74,8 @@ async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.Te
     await commands.call(nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)})
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     try:
-        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key)
+        views_url = f"http://127.0.0.1:{settings.views_port}"
+        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key, views_url=views_url)
     finally:
         await nc.close()
         for svc in reversed(services):

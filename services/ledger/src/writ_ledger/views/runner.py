@@ -78,9 +78,11 @@ class Views:
         assert self._nc is not None, "start() the views first"
         return self._nc
 
-    async def start(self, nc: Client) -> None:
-        """Catch up with every stream, then follow them."""
+    async def start(self, nc: Client, *, follow: bool = True) -> None:
+        """Catch up with every stream, then follow them (``follow=False``: only connect)."""
         self._nc = nc
+        if not follow:
+            return
         for stream in STREAMS:
             await self.catch_up(stream)
         for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.LEDGER_STREAM):
