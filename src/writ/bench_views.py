@@ -129,8 +129,8 @@ async def bench(nats_url: str, data: Path, args: argparse.Namespace) -> None:
     statuses = ("succeeded", "denied", "failed", "rejected")
     cursors = []
     for agent in agents:
-        page = await views.read(list_intents, IntentFilter(agent=agent, status="succeeded"), limit=50)
-        cursors.append(page["next_cursor"])
+        first = await views.read(list_intents, IntentFilter(agent=agent, status="succeeded"), limit=50)
+        cursors.append(first["next_cursor"])
 
     async def page(i: int) -> None:
         where = IntentFilter(agent=agents[i % len(agents)], status=statuses[i % len(statuses)])
