@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo test unit integration e2e check schemas bench soak lock clean distclean
+.PHONY: venv run demo test unit integration e2e check schemas bench bench-views soak lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -43,6 +43,10 @@ schemas: venv
 
 bench: venv
 	$(BIN)/python -m writ.bench
+
+# Not in CI: a full views rebuild over a generated log of >= 100,000 events, then query p50/p99.
+bench-views: venv
+	$(BIN)/python -m writ.bench_views
 
 # Not in CI: the kill scenarios at length (override with SOAK_INTENTS / SOAK_KILLS), then a summary.
 SOAK_INTENTS ?= 1000

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from writ.runtime.processes import free_port
 from writ.sdk import WritAgent
 from writ_common import commands
 from writ_common.service import Service
@@ -47,6 +48,7 @@ class Spine:
     services: list[Service]
     agent: WritAgent
     key: SigningKey
+    views_url: str  # the ledger's views HTTP API
 
     @property
     def js(self) -> JetStreamContext:
@@ -59,7 +61,9 @@ async def open_spine(
 ) -> AsyncIterator[Spine]:
     """The five services, an agent and the time server; ``policy_redis`` gives policy its own Redis
     (so a test can take policy's rate-limit store away while identity's nonces keep working)."""
-    settings = WritSettings(data_dir=data_dir, nats_url=nats_server, redis_url=redis_server, instance="test")
+    settings = WritSettings(
+        data_dir=data_dir, nats_url=nats_server, redis_url=redis_server, instance="test", views_port=free_port()
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     policy_settings = settings.model_copy(update={"redis_url": policy_redis or redis_server})
     services = [
@@ -77,7 +81,8 @@ async def open_spine(
     await commands.call(nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)})
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     try:
-        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key)
+        views_url = f"http://127.0.0.1:{settings.views_port}"
+        yield Spine(nc=nc, services=services, agent=WritAgent(nc, agent_id, key), key=key, views_url=views_url)
     finally:
         await nc.close()
         for svc in reversed(services):

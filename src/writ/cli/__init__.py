@@ -14,6 +14,7 @@ from writ.cli.intents import intent_app
 from writ.cli.ledger import ledger_app
 from writ.cli.receipts import receipt_app
 from writ.cli.secrets import secret_app
+from writ.cli.views import views_app
 
 app = typer.Typer(
     name="writ",
@@ -33,6 +34,7 @@ app.add_typer(receipt_app, name="receipt")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(approver_app, name="approver")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(views_app, name="views")
 
 DataDir = Annotated[
     Path | None,

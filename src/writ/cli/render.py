@@ -273,3 +273,143 @@ def decision_text(outcome: dict[str, Any], decision: str) -> Text:
         case "denied":
             return Text.assemble(("denied", "bold red"), f" · {outcome.get('reason') or 'the intent ends as denied'}")
     return Text(f"{decision} recorded: {outcome.get('outcome')}")
+
+
+# -- views ------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def views_intents_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="intents", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("intent", "submitted", "agent", "tool", "status", "code", "attempts", "total ms"):
+        table.add_column(column, no_wrap=True, justify="right" if column in ("attempts", "total ms") else "left")
+    for row in rows:
+        table.add_row(
+            row["intent_id"],
+            (row.get("submitted_at") or "-")[:23],
+            row.get("agent_id") or "-",
+            tool_name(row.get("server"), row.get("tool_name") or row.get("tool")),
+            status_text(str(row.get("status"))),
+            row.get("code") or "-",
+            str(row.get("attempts") or 0),
+            _ms(row.get("total_ms")),
+        )
+    return table
+
+
+STAGES = (
+    ("submitted", "submitted_at", None),
+    ("authenticated", "authenticated_at", "authenticate_ms"),
+    ("planned", "planned_at", "plan_ms"),
+    ("approval requested", "approval_requested_at", "authorize_ms"),
+    ("decided", "decided_at", "approval_ms"),
+    ("started", "started_at", None),
+    ("ended", "ended_at", "execute_ms"),
+)
+
+
+def views_intent_panel(found: dict[str, Any]) -> Panel:
+    """An intent from the views: what, how it ended, when each stage happened, and its whole history."""
+    row = found["intent"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column(overflow="fold")
+    head.add_row("intent", row["intent_id"])
+    head.add_row("agent", row["agent_id"] + (f" for {row['on_behalf_of']}" if row.get("on_behalf_of") else ""))
+    head.add_row("tool", tool_name(row.get("server"), row.get("tool_name") or row.get("tool")))
+    head.add_row("version", row.get("tool_digest") or "-")
+    head.add_row("status", status_text(str(row["status"])))
+    if row.get("code"):
+        head.add_row("reason", f"{row['code']}: {row.get('reason') or ''}")
+    head.add_row("attempts", f"{row.get('attempts', 0)} ({row.get('retries', 0)} retried)")
+    head.add_row("total", f"{_ms(row.get('total_ms'))} ms")
+
+    stages = Table(title="stages", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("stage", "at", "ms since previous"):
+        stages.add_column(column, justify="right" if column.startswith("ms") else "left")
+    for label, at_key, ms_key in STAGES:
+        if row.get(at_key):
+            stages.add_row(label, row[at_key], _ms(row.get(ms_key)) if ms_key else "")
+
+    parts: list[RenderableType] = [head, Text(""), stages]
+    if found.get("decisions"):
+        decisions = Table(title="decisions", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+        for column in ("kind", "policies", "policy digest", "code"):
+            decisions.add_column(column)
+        for d in found["decisions"]:
+            decisions.add_row(d["kind"], ", ".join(d["policy_ids"]) or "-", short_digest(d.get("policy_digest")),
+                              d.get("code") or "-")  # fmt: skip
+        parts += [decisions]
+    if found.get("approval"):
+        a = found["approval"]
+        parts.append(
+            Text(
+                f"approval · {a['status']} · group {a['approver_group']} · quorum {a['quorum']}"
+                f" · granted by {', '.join(a['granted_by']) or '-'}"
+                + (f" · denied by {a['denied_by']}" if a.get("denied_by") else "")
+                + (f" · decided {a['decided_at']}" if a.get("decided_at") else "")
+            )
+        )
+    if found.get("executions"):
+        attempts = Table(title="attempts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+        for column in ("attempt", "outcome", "code", "ms", "started"):
+            attempts.add_column(column)
+        for e in found["executions"]:
+            attempts.add_row(str(e["attempt"]), e["outcome"], e.get("code") or "-", _ms(e.get("duration_ms")),
+                             e["started_at"])  # fmt: skip
+        parts.append(attempts)
+    history = Table(title="history", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("seq", "event", "at", "by"):
+        history.add_column(column, justify="right" if column == "seq" else "left")
+    for e in found.get("events") or []:
+        history.add_row(str(e["seq"]), e["type"], e["occurred_at"], e["producer"])
+    parts.append(history)
+    receipt = found.get("receipt")
+    parts.append(
+        Text(
+            f"receipt #{receipt['position']} · {receipt['receipt_hash']}" if receipt else "no receipt yet", style="bold"
+        )
+    )
+    return Panel(Group(*parts), title=f"intent · {row['intent_id']}", title_align="left",
+                 border_style=STATUS_STYLE.get(str(row["status"]), "cyan").removeprefix("bold "))  # fmt: skip
+
+
+def views_stats_table(rows: list[dict[str, Any]], by: str) -> Table:
+    table = Table(title=f"stats by {by}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column(by, no_wrap=True)
+    numbers = ("calls", "succeeded", "denials", "failures", "rejections", "expirations")
+    for column in (*numbers, "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            str(row["key"]),
+            *(f"{row[n]:,}" for n in numbers),
+            _ms(row.get("p50_ms")),
+            _ms(row.get("p95_ms")),
+            _ms(row.get("p99_ms")),
+        )
+    return table
+
+
+def sql_table(columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    return table
+
+
+def views_status_table(streams: list[dict[str, Any]]) -> Table:
+    table = Table(title="views", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("stream", "position", "head", "events behind", "seconds behind"):
+        table.add_column(column, justify="left" if column == "stream" else "right")
+    for s in streams:
+        behind = s["events_behind"]
+        style = "green" if behind == 0 else "yellow"
+        table.add_row(s["stream"], f"{s['position']:,}", f"{s['head']:,}", f"[{style}]{behind:,}[/]",
+                      f"{s['seconds_behind']:.3f}")  # fmt: skip
+    return table

@@ -167,6 +167,7 @@ class Plane:
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
         self.metrics_ports: dict[str, int] = {}
+        self.views_port = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -203,6 +204,10 @@ class Plane:
             self._write_runtime()
             _run_coro(self._ensure_streams())
             env = self._service_env()
+            if "ledger" in self.services:
+                # The ledger serves the views HTTP API on its own loopback port (runtime.json: views_api).
+                self.views_port = self.views_port or free_port()
+                self.service_env.setdefault("ledger", {})["WRIT_VIEWS_PORT"] = str(self.views_port)
             for service in self.services:
                 for n in range(1, self.replicas[service] + 1):
                     # Replicas after the first are units of their own: "executor-2" (log, restarts, kills).
@@ -457,6 +462,7 @@ class Plane:
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},
+                    "views_api": f"http://{HOST}:{self.views_port}" if self.views_port else None,
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
                         u.name: {"pid": u.process.pid, "argv": u.process.argv}

@@ -101,10 +101,17 @@ async def append_control(
 
 
 async def direct_get_batch(
-    nc: Client, stream: str, subject_filter: str, *, start_seq: int = 1, batch: int = 256, timeout: float = 5.0
+    nc: Client,
+    stream: str,
+    subject_filter: str,
+    *,
+    start_seq: int = 1,
+    batch: int = 256,
+    timeout: float = 5.0,
+    limit: int | None = None,
 ) -> list[Msg]:
-    """All messages on ``subject_filter`` from ``start_seq``, via batched Direct Get (one round trip
-    per ``batch`` messages)."""
+    """All messages on ``subject_filter`` from ``start_seq`` (at least ``limit`` of them when there
+    are that many: a page), via batched Direct Get (one round trip per ``batch`` messages)."""
     out: list[Msg] = []
     seq = start_seq
     while True:
@@ -127,7 +134,7 @@ async def direct_get_batch(
                 seq = int(headers["Nats-Sequence"]) + 1
         finally:
             await sub.unsubscribe()
-        if not more:
+        if not more or (limit is not None and len(out) >= limit):
             return out
 
 

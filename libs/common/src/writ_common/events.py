@@ -217,6 +217,21 @@ class ApproverRegistered(Payload, frozen=True, kw_only=True):
     active: bool = True
 
 
+class ReaderTokenIssued(Payload, frozen=True, kw_only=True):
+    """A bearer token for the views API, named for its holder. Only its sha256 is ever recorded:
+    the token itself is generated and shown on the operator's machine."""
+
+    name: str
+    token_hash: str  # "sha256:<hex>" of the token's UTF-8 bytes
+
+
+class ReaderTokenRevoked(Payload, frozen=True, kw_only=True):
+    """The named views API token no longer authenticates anything."""
+
+    name: str
+    reason: str = ""
+
+
 class AgentRegistered(Payload, frozen=True, kw_only=True):
     agent_id: str
     public_key: str
@@ -371,6 +386,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("agent.key_rotated", 1): AgentKeyRotated,
     ("agent.revoked", 1): AgentRevoked,
     ("approver.registered", 1): ApproverRegistered,
+    ("reader_token.issued", 1): ReaderTokenIssued,
+    ("reader_token.revoked", 1): ReaderTokenRevoked,
     ("server.registered", 1): ServerRegistered,
     ("tools.discovered", 1): ToolsDiscovered,
     ("tool.override_set", 1): ToolOverrideSet,

@@ -30,6 +30,14 @@ BREAKER_STATE = Gauge(
 BREAKER_TRANSITIONS = Counter(
     "writ_breaker_transitions_total", "Circuit breaker state changes", ["server", "from_state", "to_state"]
 )
+VIEW_LAG_EVENTS = Gauge(
+    "writ_view_lag_events", "Events in a stream the ledger's views have not applied yet (head - position)", ["stream"]
+)
+VIEW_LAG_SECONDS = Gauge(
+    "writ_view_lag_seconds",
+    "Age of the oldest event the ledger's views have not applied yet (0: caught up)",
+    ["stream"],
+)
 
 BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -41,6 +41,8 @@ CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "approver.registered": (subjects.approver_subject("{approver_id}"), subjects.IDENTITY_STREAM),
     "agent.key_rotated": (subjects.agent_event_subject("{agent_id}", "key_rotated"), subjects.IDENTITY_STREAM),
     "agent.revoked": (subjects.agent_event_subject("{agent_id}", "revoked"), subjects.IDENTITY_STREAM),
+    "reader_token.issued": (subjects.reader_token_subject("{name}", "issued"), subjects.IDENTITY_STREAM),
+    "reader_token.revoked": (subjects.reader_token_subject("{name}", "revoked"), subjects.IDENTITY_STREAM),
     "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
     "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
     "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
@@ -58,7 +60,7 @@ PARAMETERS: dict[str, str] = {
     "server": "The MCP server's registered name.",
     "service": "The Writ service that parked the message.",
     "approver_id": "The approver's id (a subject token).",
-    "name": "The secret's name (a subject token); never its value.",
+    "name": "A secret's or a views API token's name (a subject token); never a secret's value.",
 }
 
 INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
@@ -73,6 +75,7 @@ SENDS: dict[str, tuple[str, ...]] = {
         "intent.expired",
         "agent.*",
         "approver.registered",
+        "reader_token.*",
     ),
     "registry": (
         "intent.planned",
@@ -93,7 +96,15 @@ RECEIVES: dict[str, tuple[str, ...]] = {
     "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
     "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
     "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
-    "ledger": (INTENTS,),
+    "ledger": (
+        INTENTS,
+        "agent.*",
+        "reader_token.*",
+        "server.registered",
+        "tools.discovered",
+        "tool.*",
+        "receipt.recorded",
+    ),
 }
 SERVICES = ("identity", "registry", "policy", "executor", "ledger")  # each may dead-letter
 

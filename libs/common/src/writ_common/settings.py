@@ -37,6 +37,7 @@ class WritSettings(BaseSettings):
         " (unset: a key generated once into <data>/executor/secrets/key, 0600)",
     )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
+    views_port: int = Field(default=0, description="The ledger serves the views HTTP API on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"
     )

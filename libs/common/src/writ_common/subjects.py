@@ -48,6 +48,11 @@ def approver_subject(approver_id: str) -> str:
     return f"writ.identity.approver.{approver_id}.registered"
 
 
+def reader_token_subject(name: str, event: str) -> str:
+    """``issued`` or ``revoked`` events of one views API token."""
+    return f"writ.identity.reader.{name}.{event}"
+
+
 def server_subject(server: str) -> str:
     return f"writ.registry.server.{server}.registered"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from writ_common.bus import StaleAppend, append_control, last_on_subject
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, make_envelope, utcnow
 from writ_common.fold import IntentView
-from writ_common.ids import is_token
+from writ_common.ids import is_token, new_event_id
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, unb64
@@ -50,6 +51,19 @@ class RegisterApprover(msgspec.Struct, kw_only=True):
     approver_id: str
     public_key: str
     groups: list[str]
+
+
+class IssueReaderToken(msgspec.Struct, kw_only=True):
+    name: str
+    token_hash: str
+
+
+class RevokeReaderToken(msgspec.Struct, kw_only=True):
+    name: str
+    reason: str = ""
+
+
+TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def check_public_key(public_key: str) -> None:
@@ -235,6 +249,40 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("approver_exists", f"approver {cmd.approver_id!r} is already registered") from exc
         return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups}
 
+    async def issue_reader_token(body: dict[str, Any]) -> Any:
+        """Record a views API token by its hash (the token itself never reaches the plane)."""
+        cmd = msgspec.convert(body, IssueReaderToken)
+        if not is_token(cmd.name):
+            raise CommandError("invalid_name", f"token name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if not TOKEN_HASH.fullmatch(cmd.token_hash):
+            raise CommandError("invalid_token_hash", "token_hash must read sha256:<64 lowercase hex digits>")
+        payload = ev.ReaderTokenIssued(name=cmd.name, token_hash=cmd.token_hash)
+        await append_control(
+            svc.js,
+            subjects.reader_token_subject(cmd.name, "issued"),
+            make_envelope(payload, producer=svc.producer),
+            message_id=f"reader:{cmd.name}:issued:{cmd.token_hash}",
+        )
+        return {"name": cmd.name}
+
+    async def revoke_reader_token(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RevokeReaderToken)
+        if not is_token(cmd.name):
+            raise CommandError("invalid_name", f"token name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if (
+            await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.reader_token_subject(cmd.name, "issued"))
+            is None
+        ):
+            raise CommandError("not_found", f"no views token named {cmd.name!r} was issued")
+        payload = ev.ReaderTokenRevoked(name=cmd.name, reason=cmd.reason)
+        await append_control(
+            svc.js,
+            subjects.reader_token_subject(cmd.name, "revoked"),
+            make_envelope(payload, producer=svc.producer),
+            message_id=f"reader:{cmd.name}:revoked:{new_event_id()}",
+        )
+        return {"name": cmd.name}
+
     async def list_approvers(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
         return [
@@ -254,5 +302,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("revoke_agent", revoke_agent)
     svc.command("show_agent", show_agent)
     svc.command("list_approvers", list_approvers)
+    svc.command("issue_reader_token", issue_reader_token)
+    svc.command("revoke_reader_token", revoke_reader_token)
     svc.command("ping", ping)
     return svc

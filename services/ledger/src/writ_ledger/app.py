@@ -1,7 +1,10 @@
-"""Ledger service wiring: projects every intent event and records one signed receipt per terminal intent."""
+"""Ledger service wiring: records one signed receipt per terminal intent, keeps the views (the log
+projected into SQLite) and serves them over NATS commands and the views HTTP API."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -11,15 +14,16 @@ from nats.js.errors import APIError
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import WRONG_LAST_SEQUENCE, direct_get_batch, last_on_subject, read_history, stored
+from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject, read_history
 from writ_common.commands import CommandError
-from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
+from writ_common.envelope import StoredEvent, decode, encode, make_envelope, utcnow
 from writ_common.fold import fold_intent
 from writ_common.receipts import GENESIS, build_receipt
 from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, load_or_create_key, public_key_b64
-from writ_ledger.projection import Projection
+from writ_ledger.views import queries
+from writ_ledger.views.runner import Views
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,25 @@ class IntentQuery(msgspec.Struct, kw_only=True):
 
 
 class ListQuery(msgspec.Struct, kw_only=True):
+    agent: str | None = None
+    tool: str | None = None
     status: str | None = None
+    since: str | None = None
+    until: str | None = None
+    reason: str | None = None
     limit: int = 50
+    cursor: str | None = None
+
+
+class StatsQuery(msgspec.Struct, kw_only=True):
+    by: str = "agent"
+    since: str | None = None
+    until: str | None = None
+
+
+class SqlQuery(msgspec.Struct, kw_only=True):
+    sql: str
+    max_rows: int = queries.SQL_MAX_ROWS
 
 
 def build(settings: WritSettings) -> Service:
@@ -40,7 +61,7 @@ def build(settings: WritSettings) -> Service:
     public_key = public_key_b64(key)
     (home / "ledger.pub").write_text(public_key + "\n")
     ledger_key_id = key_id(public_key)
-    views = Projection(home / "views.sqlite3")
+    views = Views(home / "views.sqlite3")
 
     head: list[tuple[int, str, int]] = []  # the chain head as this replica last wrote or read it
 
@@ -103,53 +124,95 @@ def build(settings: WritSettings) -> Service:
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")
 
     async def on_event(event: StoredEvent, _raw: Msg) -> None:
-        # The view is applied strictly in stream order, whatever order redeliveries come in.
-        if event.seq == views.position() + 1:
-            views.apply(event.seq, event)
-        elif event.seq > views.position():
-            await catch_up()
+        # The views are applied strictly in stream order, whatever order redeliveries come in.
+        await views.apply_live(subjects.INTENTS_STREAM, event)
         if event.type in ev.TERMINAL_TYPES:
             await record(event)
 
+    async def read(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await views.read(fn, *args, **kwargs)
+        except queries.QueryError as exc:
+            raise CommandError(exc.code, exc.message) from exc
+
     async def intent_status(body: dict[str, Any]) -> Any:
         query = msgspec.convert(body, IntentQuery)
-        row = views.intent(query.intent_id)
-        if row is None:
+        found = await read(queries.get_intent, query.intent_id)
+        if found is None:
             raise CommandError("not_found", f"no intent {query.intent_id!r} in the ledger's view")
-        return row
+        return found["intent"]
+
+    async def views_intent(body: dict[str, Any]) -> Any:
+        query = msgspec.convert(body, IntentQuery)
+        found = await read(queries.get_intent, query.intent_id)
+        if found is None:
+            raise CommandError("not_found", f"no intent {query.intent_id!r} in the views")
+        return found
+
+    async def views_intents(body: dict[str, Any]) -> Any:
+        q = msgspec.convert(body, ListQuery)
+        where = queries.IntentFilter(
+            agent=q.agent, tool=q.tool, status=q.status, since=q.since, until=q.until, reason=q.reason
+        )
+        return await read(queries.list_intents, where, limit=q.limit, cursor=q.cursor)
 
     async def list_intents(body: dict[str, Any]) -> Any:
-        query = msgspec.convert(body, ListQuery)
-        return views.intents(status=query.status, limit=max(1, min(query.limit, 1000)))
+        return (await views_intents(body))["intents"]
+
+    async def views_stats(body: dict[str, Any]) -> Any:
+        q = msgspec.convert(body, StatsQuery)
+        if q.by not in ("agent", "tool", "hour"):
+            raise CommandError("invalid_by", "by must be one of agent, tool, hour")
+        return {"by": q.by, "rows": await read(queries.stats, q.by, since=q.since, until=q.until)}
+
+    async def views_sql(body: dict[str, Any]) -> Any:
+        q = msgspec.convert(body, SqlQuery)
+        try:
+            return await asyncio.to_thread(
+                queries.run_sql, views.path, q.sql, max_rows=max(1, min(q.max_rows, queries.SQL_MAX_ROWS))
+            )
+        except queries.QueryError as exc:
+            raise CommandError(exc.code, exc.message) from exc
+
+    async def views_status(_body: dict[str, Any]) -> Any:
+        lags = [lag.as_dict() for lag in await views.lag()]
+        api = f"http://127.0.0.1:{settings.views_port}" if settings.views_port else None
+        return {"streams": lags, "file": str(views.path), "api": api}
+
+    async def views_rebuild(_body: dict[str, Any]) -> Any:
+        try:
+            return await views.rebuild()
+        except queries.QueryError as exc:
+            raise CommandError(exc.code, exc.message) from exc
 
     async def get_public_key(_body: dict[str, Any]) -> Any:
         return {"public_key": public_key, "key_id": ledger_key_id}
 
     async def ping(_body: dict[str, Any]) -> Any:
-        return {"service": svc.name, "applied_seq": views.position(), "dead_letters": svc.dead_letters}
+        return {
+            "service": svc.name,
+            "applied_seq": views.store.position(subjects.INTENTS_STREAM),
+            "dead_letters": svc.dead_letters,
+        }
 
     async def views_digest(_body: dict[str, Any]) -> Any:
-        return {"digest": views.digest(), "applied_seq": views.position()}
+        return {"digest": views.store.digest(), "applied_seq": views.store.position(subjects.INTENTS_STREAM)}
 
-    async def catch_up() -> None:
-        """Rebuild the view from the log where it is behind (a deleted or older views file):
-        the durable consumer only brings what it has not acked yet."""
-        msgs = await direct_get_batch(
-            svc.nc, subjects.INTENTS_STREAM, "writ.intent.>", start_seq=views.position() + 1, batch=1024
-        )
-        for msg in msgs:
-            try:
-                event: StoredEvent | None = stored(msg)
-            except UndecodableEvent:
-                event = None  # dead-lettered by the consumer; the view only moves past it
-            views.apply(int((msg.headers or {})["Nats-Sequence"]), event)
-        if msgs:
-            log.info("ledger: view caught up over %d events to seq %d", len(msgs), views.position())
+    api = contextlib.AsyncExitStack()
+
+    async def start_views() -> None:
+        await views.start(svc.nc)
+        if settings.views_port:
+            from writ_ledger.views.api import serving
+
+            await api.enter_async_context(serving(views, settings.views_port))
+            log.info("ledger: views API on http://127.0.0.1:%d", settings.views_port)
 
     async def shutdown() -> None:
-        views.close()
+        await api.aclose()
+        await views.stop()
 
-    svc.on_startup(catch_up)
+    svc.on_startup(start_views)
     svc.on_shutdown(shutdown)
     # One writer extends the chain, in log order: a single sequential consumer.
     svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512)
@@ -157,5 +220,11 @@ def build(settings: WritSettings) -> Service:
     svc.command("list_intents", list_intents)
     svc.command("public_key", get_public_key)
     svc.command("views_digest", views_digest)
+    svc.command("views_intents", views_intents)
+    svc.command("views_intent", views_intent)
+    svc.command("views_stats", views_stats)
+    svc.command("views_sql", views_sql)
+    svc.command("views_status", views_status)
+    svc.command("views_rebuild", views_rebuild)
     svc.command("ping", ping)
     return svc

@@ -1,0 +1,1 @@
+"""The ledger's views: the log projected into SQLite tables, queried over HTTP and NATS."""

@@ -1,0 +1,348 @@
+"""The views HTTP API (read only), served by the ledger on a loopback port.
+
+Every request but ``/openapi.json`` carries ``Authorization: Bearer <token>``. Tokens are issued
+by ``writ views token create NAME``: the token is generated on the operator's machine and only its
+sha256 is recorded (``reader_token.issued`` on the identity stream), which is what this API looks
+up. A revoked token stops working as soon as its revocation is projected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from writ_common import subjects
+from writ_common.ids import is_token
+from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, stats
+from writ_ledger.views.runner import Views
+
+AUTH_SCHEME = "Bearer"
+REFRESH_INTERVAL_SECONDS = 1.0
+QUERY_STATUS = {"not_found": 404, "no_views": 503, "busy": 409}
+
+
+def token_hash(token: str) -> str:
+    """What is recorded and looked up for a token: ``sha256:<hex>`` of its UTF-8 bytes."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- models (the OpenAPI document is generated from these) ----------------------------------------
+
+
+class IntentsQuery(BaseModel):
+    """Filters of ``GET /intents``; all optional, combined with AND."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(default=None, description="agent id")
+    tool: str | None = Field(default=None, description="tool as requested, its name, or server/tool")
+    status: str | None = Field(default=None, description="e.g. succeeded, denied, failed, awaiting_approval")
+    since: str | None = Field(default=None, description="submitted at or after (RFC 3339)")
+    until: str | None = Field(default=None, description="submitted before (RFC 3339)")
+    reason: str | None = Field(default=None, description="a reason code, or text the reason contains")
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
+
+
+class StatsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(default="agent", pattern="^(agent|tool|hour)$")
+    since: str | None = None
+    until: str | None = None
+
+
+class IntentRow(BaseModel):
+    """One intent: who, what, how it went, when each stage happened and how long it took (ms)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    intent_id: str
+    agent_id: str
+    on_behalf_of: str | None = None
+    tool: str | None = None
+    server: str | None = None
+    tool_name: str | None = None
+    tool_digest: str | None = None
+    status: str
+    stage: str | None = None
+    code: str | None = None
+    reason: str | None = None
+    attempts: int
+    retries: int
+    submitted_seq: int
+    submitted_at: str
+    ended_at: str | None = None
+    total_ms: float | None = None
+
+
+class IntentPage(BaseModel):
+    intents: list[IntentRow]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class IntentDetail(BaseModel):
+    """An intent with its full event history (payloads), decisions, approval, attempts and receipt."""
+
+    intent: IntentRow
+    events: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    approval: dict[str, Any] | None
+    executions: list[dict[str, Any]]
+    receipt: dict[str, Any] | None
+
+
+class StatsRow(BaseModel):
+    key: str
+    calls: int
+    succeeded: int
+    denials: int
+    failures: int
+    rejections: int
+    expirations: int
+    ended: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class Stats(BaseModel):
+    by: str
+    rows: list[StatsRow]
+
+
+class StreamLag(BaseModel):
+    stream: str
+    position: int
+    head: int
+    events_behind: int
+    seconds_behind: float
+
+
+class Status(BaseModel):
+    streams: list[StreamLag]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": f'{AUTH_SCHEME} realm="writ-views"'} if status == 401 else None
+    return JSONResponse(ErrorBody(error=code, message=message).model_dump(), status_code=status, headers=headers)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def build_app(views: Views) -> Starlette:
+    refreshed = [0.0]
+
+    def lookup(db: Any, digest: str) -> str | None:
+        row = db.execute(
+            "SELECT name FROM reader_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    async def authenticate(request: Request) -> str:
+        header = request.headers.get("authorization")
+        if not header:
+            raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token> (writ views token create NAME)")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != AUTH_SCHEME.lower() or not token.strip():
+            raise ApiError(401, "bad_authorization", "the Authorization header must read Bearer <token>")
+        digest = token_hash(token.strip())
+        name = await views.read(lookup, digest)
+        if name is None and time.monotonic() - refreshed[0] > REFRESH_INTERVAL_SECONDS:
+            # Issued a moment ago? Read the identity stream on; rate-limited against guessing.
+            refreshed[0] = time.monotonic()
+            await views.catch_up(subjects.IDENTITY_STREAM)
+            name = await views.read(lookup, digest)
+        if name is None:
+            raise ApiError(401, "bad_token", "the token is unknown or revoked")
+        return name
+
+    def params(request: Request, model: type[BaseModel]) -> Any:
+        try:
+            return model.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "query"
+            raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from exc
+
+    def endpoint(handler: Callable[[Request], Awaitable[BaseModel]]) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                await authenticate(request)
+                return JSONResponse((await handler(request)).model_dump(mode="json"))
+            except ApiError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except QueryError as exc:
+                return error_response(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+        return run
+
+    async def intents(request: Request) -> BaseModel:
+        q: IntentsQuery = params(request, IntentsQuery)
+        where = IntentFilter(agent=q.agent, tool=q.tool, status=q.status, since=q.since, until=q.until, reason=q.reason)
+        return IntentPage.model_validate(await views.read(list_intents, where, limit=q.limit, cursor=q.cursor))
+
+    async def intent(request: Request) -> BaseModel:
+        intent_id = str(request.path_params["intent_id"])
+        if not is_token(intent_id):
+            raise ApiError(400, "invalid_intent_id", f"{intent_id!r} is not an intent id")
+        found = await views.read(get_intent, intent_id)
+        if found is None:
+            raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
+        return IntentDetail.model_validate(found)
+
+    async def get_stats(request: Request) -> BaseModel:
+        q: StatsQuery = params(request, StatsQuery)
+        rows = await views.read(stats, q.by, since=q.since, until=q.until)
+        return Stats(by=q.by, rows=[StatsRow.model_validate(r) for r in rows])
+
+    async def status(_request: Request) -> BaseModel:
+        return Status(streams=[StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()])
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/intents", endpoint(intents), methods=["GET"]),
+        Route("/intents/{intent_id}", endpoint(intent), methods=["GET"]),
+        Route("/stats", endpoint(get_stats), methods=["GET"]),
+        Route("/status", endpoint(status), methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn inside the ledger's event loop, without its signal handlers (the service owns those)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(views: Views, port: int) -> AsyncIterator[ApiServer]:
+    """Serve the API on 127.0.0.1:``port`` until the block ends."""
+    import asyncio
+
+    config = uvicorn.Config(build_app(views), host="127.0.0.1", port=port, log_level="warning", server_header=False)
+    server = ApiServer(config)
+    task = asyncio.create_task(server.serve(), name="views-api")
+    while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no "started" event)
+        await asyncio.sleep(0.02)
+    if not server.started:
+        with contextlib.suppress(BaseException):
+            await task
+        raise RuntimeError(f"the views API could not listen on 127.0.0.1:{port} (see the log above)")
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+# -- OpenAPI --------------------------------------------------------------------------------------
+
+
+def _openapi() -> dict[str, Any]:
+    models = (IntentPage, IntentDetail, Stats, Status, ErrorBody)
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+
+    def ref(name: str) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, **ref("ErrorBody")}
+
+    def query(model: type[BaseModel]) -> list[dict[str, Any]]:
+        out = []
+        for name, spec in model.model_json_schema()["properties"].items():
+            prop = dict(spec)
+            description = prop.pop("description", "")
+            out.append({"name": name, "in": "query", "required": False, "schema": prop, "description": description})
+        return out
+
+    unauthorized = error("no, malformed, unknown or revoked bearer token")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Writ views API",
+            "version": "1",
+            "description": "Read-only queries over the ledger's views: the log projected into tables. "
+            "Authorization: `Bearer <token>` from `writ views token create NAME`. Lists are newest "
+            "first and paginated by an opaque cursor.",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/intents": {
+                "get": {
+                    "summary": "List intents, filtered, newest first, one page at a time",
+                    "parameters": query(IntentsQuery),
+                    "responses": {
+                        "200": {"description": "a page", **ref("IntentPage")},
+                        "400": error("invalid_request, invalid_time or invalid_cursor"),
+                        "401": unauthorized,
+                    },
+                }
+            },
+            "/intents/{intent_id}": {
+                "get": {
+                    "summary": "One intent with its full event history and its receipt",
+                    "parameters": [{"name": "intent_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "the intent", **ref("IntentDetail")},
+                        "401": unauthorized,
+                        "404": error("not_found"),
+                    },
+                }
+            },
+            "/stats": {
+                "get": {
+                    "summary": "Calls, outcomes and exact latency percentiles per agent, tool or hour",
+                    "parameters": query(StatsQuery),
+                    "responses": {"200": {"description": "one row per key", **ref("Stats")}, "401": unauthorized},
+                }
+            },
+            "/status": {
+                "get": {
+                    "summary": "Projection lag per stream: position, head, events and seconds behind",
+                    "responses": {"200": {"description": "lag", **ref("Status")}, "401": unauthorized},
+                }
+            },
+        },
+    }
+
+
+OPENAPI = _openapi()

@@ -1,0 +1,438 @@
+"""Applying one stored event to the view tables: a pure function of (tables, event).
+
+Each table is derived from exactly one stream (intents -> intent tables and rollups, identity ->
+agents and reader tokens, registry -> servers and tools, ledger -> receipts), so the result does
+not depend on how the streams interleave while they are followed. Times come from the events'
+``occurred_at``, never from the clock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC
+from typing import Any
+
+import msgspec
+
+from writ_common import events as ev
+from writ_common import subjects
+from writ_common.envelope import StoredEvent, parse_time
+from writ_common.signing import key_id
+
+_json = msgspec.json.Encoder()
+
+TERMINAL_STATUS = {
+    "intent.rejected": "rejected",
+    "intent.denied": "denied",
+    "intent.expired": "expired",
+    "execution.succeeded": "succeeded",
+    "execution.failed": "failed",
+    "execution.outcome_unknown": "outcome_unknown",
+}
+FINAL = frozenset(TERMINAL_STATUS.values()) | {"reconciled_succeeded", "reconciled_failed", "retried"}
+# Which rollup counter a terminal status adds to.
+ROLLUP_COLUMN = {
+    "succeeded": "succeeded",
+    "denied": "denials",
+    "failed": "failures",
+    "outcome_unknown": "failures",
+    "rejected": "rejections",
+    "expired": "expirations",
+}
+
+
+def dumps(value: Any) -> str:
+    return _json.encode(value).decode()
+
+
+def ms_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    try:
+        return round((parse_time(end) - parse_time(start)).total_seconds() * 1000.0, 3)
+    except ValueError:
+        return None
+
+
+def hour_of(timestamp: str) -> str:
+    """``2026-01-02T03`` (UTC) of an RFC 3339 time: the rollups' bucket."""
+    try:
+        return parse_time(timestamp).astimezone(UTC).strftime("%Y-%m-%dT%H")
+    except ValueError:
+        return timestamp[:13]
+
+
+def apply_event(db: sqlite3.Connection, stream: str, event: StoredEvent) -> None:
+    """Apply one decoded event of ``stream`` (the caller tracks the position in the same transaction)."""
+    if stream == subjects.INTENTS_STREAM:
+        apply_intent_event(db, event)
+    elif stream == subjects.IDENTITY_STREAM:
+        apply_identity_event(db, event)
+    elif stream == subjects.REGISTRY_STREAM:
+        apply_registry_event(db, event)
+    elif stream == subjects.LEDGER_STREAM:
+        apply_receipt(db, event)
+
+
+# -- intents ------------------------------------------------------------------------------------
+
+
+def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
+    env, p = event.envelope, event.payload
+    intent_id, agent_id, at = env.intent_id, env.agent_id, env.occurred_at
+    if not intent_id or not agent_id:
+        return
+    if isinstance(p, ev.IntentSubmitted):
+        _submitted(db, event, p)
+    row = db.execute(
+        "SELECT agent_id, status, submitted_at, authenticated_at, planned_at, approval_requested_at, started_at,"
+        " hour, tool FROM intents WHERE intent_id = ?",
+        (intent_id,),
+    ).fetchone()
+    if row is None or row[0] != agent_id:
+        return  # an event without its intent, or naming another agent's intent: nothing to show
+    status, submitted_at, authenticated_at, planned_at, requested_at, started_at, hour, tool = row[1:]
+    db.execute(
+        "INSERT OR IGNORE INTO intent_events(seq, intent_id, type, event_id, occurred_at, producer, causation_id,"
+        " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.seq, intent_id, env.type, env.id, at, env.producer.service, env.causation_id, dumps(p)),
+    )
+    final = status in FINAL
+    match p:
+        case ev.ExecutionReconciled():
+            _reconciled(db, intent_id, status, p, at)
+            return
+        case _ if final:
+            # After the end only a reconciliation changes the intent; later attempts' rows still land.
+            if isinstance(p, ev.ExecutionStarted | ev.ExecutionAttemptFailed):
+                _execution(db, intent_id, p, at)
+            return
+        case ev.IntentAuthenticated():
+            _update(db, intent_id, at, status="authenticated", authenticated_at=at,
+                    authenticate_ms=ms_between(submitted_at, at))  # fmt: skip
+        case ev.IntentPlanned():
+            _update(db, intent_id, at, status="planned", planned_at=at, server=p.server, tool_name=p.tool,
+                    tool_digest=p.tool_digest, args_digest=p.args_digest,
+                    plan_ms=ms_between(authenticated_at, at))  # fmt: skip
+        case ev.ApprovalRequested():
+            _decision(
+                db, event, intent_id, kind="approval_requested", policy_digest=p.policy_digest, policy_ids=p.policy_ids
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO approvals(intent_id, requested_seq, requested_at, approver_group, quorum,"
+                " expires_at, approval_digest, policy_digest, status, granted_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]')",
+                (intent_id, event.seq, at, p.approvers, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
+            )
+            _update(db, intent_id, at, status="awaiting_approval", approval_requested_at=at,
+                    authorize_ms=ms_between(planned_at, at))  # fmt: skip
+        case ev.ApprovalGranted() | ev.ApprovalDenied():
+            granted = isinstance(p, ev.ApprovalGranted)
+            _approver_decision(
+                db, event, intent_id, approver_id=p.approver_id, decision="granted" if granted else "denied"
+            )
+            if granted:
+                db.execute(
+                    "UPDATE approvals SET granted_by = json_insert(granted_by, '$[#]', ?) WHERE intent_id = ?",
+                    (p.approver_id, intent_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE approvals SET status = 'denied', denied_by = ?, decided_at = ? WHERE intent_id = ?",
+                    (p.approver_id, at, intent_id),
+                )
+        case ev.ApprovalRefused():
+            _approver_decision(
+                db, event, intent_id, approver_id=p.approver_id, decision="refused", code=p.code, reason=p.reason
+            )
+        case ev.ApprovalExpired():
+            db.execute(
+                "UPDATE approvals SET status = 'expired', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
+                (at, intent_id),
+            )
+        case ev.IntentAuthorized():
+            _decision(
+                db,
+                event,
+                intent_id,
+                kind="authorized",
+                policy_digest=p.policy_digest,
+                policy_ids=p.policy_ids,
+                reasons=p.reasons,
+            )
+            db.execute(
+                "UPDATE approvals SET status = 'granted', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
+                (at, intent_id),
+            )
+            if requested_at:
+                _update(db, intent_id, at, status="authorized", decided_at=at, approval_ms=ms_between(requested_at, at))
+            else:
+                _update(db, intent_id, at, status="authorized", decided_at=at, authorize_ms=ms_between(planned_at, at))
+        case ev.ExecutionStarted():
+            _execution(db, intent_id, p, at)
+            db.execute(
+                "UPDATE intents SET status = 'executing', attempts = MAX(attempts, ?), retries = MAX(retries, ? - 1),"
+                " started_at = COALESCE(started_at, ?), updated_at = ? WHERE intent_id = ?",
+                (p.attempt, p.attempt, at, at, intent_id),
+            )
+        case ev.ExecutionAttemptFailed():
+            _execution(db, intent_id, p, at)
+            _update(db, intent_id, at)
+        case _:
+            pass
+    if env.type in TERMINAL_STATUS:
+        times = {"submitted": submitted_at, "planned": planned_at, "requested": requested_at, "started": started_at}
+        _ended(db, event, TERMINAL_STATUS[env.type], times)
+        _rollup(db, hour, agent_id, tool or "", ROLLUP_COLUMN[TERMINAL_STATUS[env.type]])
+
+
+def _submitted(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentSubmitted) -> None:
+    env, at = event.envelope, event.envelope.occurred_at
+    inserted = db.execute(
+        "INSERT OR IGNORE INTO intents(intent_id, agent_id, on_behalf_of, tool, idempotency_key, status,"
+        " submitted_seq, hour, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', ?, ?, ?, ?)",
+        (env.intent_id, env.agent_id, p.on_behalf_of, p.tool, p.idempotency_key, event.seq, hour_of(at), at, at),
+    ).rowcount
+    if inserted:
+        _rollup(db, hour_of(at), env.agent_id or "", p.tool, "calls")
+
+
+def _update(db: sqlite3.Connection, intent_id: str, at: str, **columns: Any) -> None:
+    sets = "".join(f", {name} = ?" for name in columns)
+    db.execute(f"UPDATE intents SET updated_at = ?{sets} WHERE intent_id = ?", (at, *columns.values(), intent_id))
+
+
+def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, times: dict[str, str | None]) -> None:
+    p, at, intent_id = event.payload, event.envelope.occurred_at, event.envelope.intent_id or ""
+    submitted_at, planned_at, requested_at, started_at = (
+        times[k] for k in ("submitted", "planned", "requested", "started")
+    )
+    stage: str = "execute"
+    code, reason = "ok", "the tool ran and returned its result"
+    columns: dict[str, Any] = {}
+    match p:
+        case ev.IntentRejected():
+            stage, code, reason = p.stage, p.code, p.reason
+        case ev.IntentDenied():
+            stage, code, reason = "authorize", p.code, p.reason
+            _decision(
+                db,
+                event,
+                intent_id,
+                kind="denied",
+                policy_digest=p.policy_digest,
+                policy_ids=p.policy_ids,
+                code=p.code,
+                reason=p.reason,
+            )
+            if requested_at:
+                columns["approval_ms"] = ms_between(requested_at, at)
+            else:
+                columns["authorize_ms"] = ms_between(planned_at, at)
+            columns["decided_at"] = at
+        case ev.IntentExpired():
+            stage, code, reason = p.stage, "deadline_exceeded", p.reason
+        case ev.ExecutionFailed():
+            code, reason = p.code, p.reason
+        case ev.ExecutionOutcomeUnknown():
+            code, reason = "outcome_unknown", p.reason
+        case _:
+            pass
+    if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown):
+        _execution(db, intent_id, p, at)
+        columns["execute_ms"] = ms_between(started_at, at)
+    _update(db, intent_id, at, status=status, stage=stage, code=code, reason=reason, ended_at=at,
+            total_ms=ms_between(submitted_at, at), **columns)  # fmt: skip
+
+
+def _reconciled(db: sqlite3.Connection, intent_id: str, status: str, p: ev.ExecutionReconciled, at: str) -> None:
+    """A person's word on an unknown outcome: the one change allowed after the end."""
+    if status != "outcome_unknown":
+        return
+    settled = {"succeeded": "reconciled_succeeded", "failed": "reconciled_failed", "retry": "retried"}[p.outcome]
+    reason = f"reconciled by {p.by}: {p.outcome}"
+    reason += (f" as {p.retry_intent_id}" if p.retry_intent_id else "") + (f" ({p.note})" if p.note else "")
+    _update(db, intent_id, at, status=settled, code="reconciled", reason=reason)
+
+
+def _decision(
+    db: sqlite3.Connection,
+    event: StoredEvent,
+    intent_id: str,
+    *,
+    kind: str,
+    policy_digest: str | None,
+    policy_ids: list[str],
+    code: str | None = None,
+    reason: str | None = None,
+    reasons: list[str] | None = None,
+) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO decisions(seq, intent_id, kind, policy_digest, policy_ids, code, reason, reasons,"
+        " decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.seq, intent_id, kind, policy_digest, dumps(policy_ids), code, reason, dumps(reasons or []),
+         event.envelope.occurred_at),
+    )  # fmt: skip
+
+
+def _approver_decision(
+    db: sqlite3.Connection,
+    event: StoredEvent,
+    intent_id: str,
+    *,
+    approver_id: str,
+    decision: str,
+    code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO approval_decisions(seq, intent_id, approver_id, decision, code, reason, at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (event.seq, intent_id, approver_id, decision, code, reason, event.envelope.occurred_at),
+    )
+
+
+def _execution(db: sqlite3.Connection, intent_id: str, p: ev.Payload, at: str) -> None:
+    match p:
+        case ev.ExecutionStarted():
+            db.execute(
+                "INSERT OR IGNORE INTO executions(intent_id, attempt, server, tool, started_at, outcome)"
+                " VALUES (?, ?, ?, ?, ?, 'running')",
+                (intent_id, p.attempt, p.server, p.tool, at),
+            )
+        case ev.ExecutionAttemptFailed():
+            _end_attempt(db, intent_id, p.attempt, at, outcome="attempt_failed", retryable=1, code=p.code,
+                         reason=p.reason, retry_after_ms=p.retry_after_ms)  # fmt: skip
+        case ev.ExecutionSucceeded():
+            _end_attempt(db, intent_id, p.attempt, at, outcome="succeeded", duration_ms=p.duration_ms)
+        case ev.ExecutionFailed():
+            _end_attempt(db, intent_id, p.attempt, at, outcome="failed", retryable=int(p.retryable), code=p.code,
+                         reason=p.reason)  # fmt: skip
+        case ev.ExecutionOutcomeUnknown():
+            _end_attempt(
+                db, intent_id, p.attempt, at, outcome="outcome_unknown", code="outcome_unknown", reason=p.reason
+            )
+        case _:
+            pass
+
+
+def _end_attempt(
+    db: sqlite3.Connection,
+    intent_id: str,
+    attempt: int,
+    at: str,
+    *,
+    outcome: str,
+    retryable: int | None = None,
+    code: str | None = None,
+    reason: str | None = None,
+    retry_after_ms: int | None = None,
+    duration_ms: float | None = None,
+) -> None:
+    row = db.execute(
+        "SELECT started_at FROM executions WHERE intent_id = ? AND attempt = ?", (intent_id, attempt)
+    ).fetchone()
+    if row is None:
+        # The end of an attempt whose start the log lacks (a failure before execution.started).
+        db.execute(
+            "INSERT OR IGNORE INTO executions(intent_id, attempt, started_at, outcome) VALUES (?, ?, ?, 'running')",
+            (intent_id, attempt, at),
+        )
+    started_at = row[0] if row else at
+    db.execute(
+        "UPDATE executions SET ended_at = ?, outcome = ?, retryable = ?, code = ?, reason = ?, retry_after_ms = ?,"
+        " duration_ms = ? WHERE intent_id = ? AND attempt = ?",
+        (at, outcome, retryable, code, reason, retry_after_ms,
+         duration_ms if duration_ms is not None else ms_between(started_at, at), intent_id, attempt),
+    )  # fmt: skip
+
+
+def _rollup(db: sqlite3.Connection, hour: str, agent_id: str, tool: str, column: str) -> None:
+    db.execute(
+        f"INSERT INTO rollups(hour, agent_id, tool, {column}) VALUES (?, ?, ?, 1)"
+        f" ON CONFLICT(hour, agent_id, tool) DO UPDATE SET {column} = {column} + 1",
+        (hour, agent_id, tool),
+    )
+
+
+# -- control streams ----------------------------------------------------------------------------
+
+
+def apply_identity_event(db: sqlite3.Connection, event: StoredEvent) -> None:
+    p, at = event.payload, event.envelope.occurred_at
+    match p:
+        case ev.AgentRegistered():
+            db.execute(
+                "INSERT OR IGNORE INTO agents(agent_id, owner, teams, acts_for, key_id, registered_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'active')",
+                (p.agent_id, p.owner, dumps(p.teams), dumps(p.acts_for), key_id(p.public_key), at),
+            )
+        case ev.AgentKeyRotated():
+            db.execute(
+                "UPDATE agents SET key_id = ?, previous_key_id = ?, key_rotated_at = ? WHERE agent_id = ?",
+                (key_id(p.public_key), key_id(p.previous_public_key), at, p.agent_id),
+            )
+        case ev.AgentRevoked():
+            db.execute(
+                "UPDATE agents SET status = 'revoked', revoked_at = ?, revoked_reason = ? WHERE agent_id = ?",
+                (p.revoked_at, p.reason, p.agent_id),
+            )
+        case ev.ReaderTokenIssued():
+            db.execute(
+                "INSERT INTO reader_tokens(name, token_hash, issued_at) VALUES (?, ?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET token_hash = excluded.token_hash, issued_at = excluded.issued_at, revoked_at = NULL",
+                (p.name, p.token_hash, at),
+            )
+        case ev.ReaderTokenRevoked():
+            db.execute("UPDATE reader_tokens SET revoked_at = ? WHERE name = ?", (at, p.name))
+        case _:
+            pass
+
+
+def apply_registry_event(db: sqlite3.Connection, event: StoredEvent) -> None:
+    p, at = event.payload, event.envelope.occurred_at
+    match p:
+        case ev.ServerRegistered():
+            target = p.url if p.transport == "http" else " ".join([p.command or "", *p.args]).strip()
+            db.execute(
+                "INSERT INTO servers(name, transport, target, registered_at) VALUES (?, ?, ?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET transport = excluded.transport, target = excluded.target",
+                (p.name, p.transport, target, at),
+            )
+        case ev.ToolsDiscovered():
+            for tool in p.tools:
+                a = tool.annotations
+                db.execute(
+                    "INSERT OR IGNORE INTO tools(server, tool, tool_digest, description, read_only, destructive,"
+                    " idempotent, open_world, state, discovered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (p.server, tool.name, tool.tool_digest, tool.description, a.read_only, a.destructive,
+                     a.idempotent, a.open_world, "accepted" if p.initial else "quarantined", at),
+                )  # fmt: skip
+        case ev.ToolAccepted():
+            db.execute(
+                "UPDATE tools SET state = 'accepted', accepted_by = ? WHERE server = ? AND tool = ? AND tool_digest = ?",
+                (p.accepted_by, p.server, p.tool, p.tool_digest),
+            )
+        case ev.ToolOverrideSet():
+            for column in ("read_only", "destructive", "idempotent", "open_world"):
+                value = getattr(p, column)
+                if value is not None:
+                    db.execute(
+                        f"UPDATE tools SET {column} = ? WHERE server = ? AND tool = ?", (value, p.server, p.tool)
+                    )
+        case _:
+            pass
+
+
+def apply_receipt(db: sqlite3.Connection, event: StoredEvent) -> None:
+    r = event.payload
+    if not isinstance(r, ev.Receipt):
+        return
+    db.execute(
+        "INSERT OR IGNORE INTO receipts(intent_id, position, seq, agent_id, status, stage, code, reason, tool, server,"
+        " tool_digest, policy_digest, policy_ids, approvers, receipt_hash, prev_hash, recorded_at, ledger_key_id, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (r.intent_id, r.position, event.seq, r.agent_id, r.status, r.stage, r.code, r.reason, r.tool, r.server,
+         r.tool_digest, r.policy_digest, dumps(r.policy_ids), dumps(r.approvers), r.receipt_hash, r.prev_hash,
+         r.recorded_at, r.ledger_key_id, dumps(r)),
+    )  # fmt: skip

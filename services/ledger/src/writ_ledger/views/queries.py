@@ -1,0 +1,279 @@
+"""Reading the views: filtered, cursor-paginated intents, one intent in full, stats, and ad-hoc SQL.
+
+Every read opens its own connection with ``mode=ro`` and ``PRAGMA query_only``, so readers never
+block the projection (WAL) and can never write, whatever they send.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any, Literal
+
+from writ_common.envelope import parse_time
+from writ_ledger.views.project import hour_of
+from writ_ledger.views.schema import PRIVATE_TABLES
+
+MAX_LIMIT = 500
+SQL_MAX_ROWS = 1000
+SQL_TIMEOUT_SECONDS = 5.0
+StatsBy = Literal["agent", "tool", "hour"]
+
+
+class QueryError(Exception):
+    """A query the views refuse; ``code`` is stable, ``message`` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the views file (``mode=ro`` and ``query_only``)."""
+    if not path.exists():
+        raise QueryError("no_views", f"the views file {path} does not exist yet")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA query_only = ON")
+    return db
+
+
+# -- intents ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntentFilter:
+    agent: str | None = None
+    tool: str | None = None
+    status: str | None = None
+    since: str | None = None
+    until: str | None = None
+    reason: str | None = None
+
+
+def normalize_time(value: str, name: str) -> str:
+    """An RFC 3339 time in the log's own format (UTC, microseconds, ``Z``), so strings compare as times."""
+    try:
+        parsed = parse_time(value)
+    except ValueError as exc:
+        raise QueryError("invalid_time", f"{name} {value!r} is not an RFC 3339 time with a timezone") from exc
+    return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def encode_cursor(submitted_seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{submitted_seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, seq = text.partition(":")
+        if version != "v1" or not seq.isdigit():
+            raise ValueError(text)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise QueryError("invalid_cursor", "the cursor is not one this API returned") from exc
+
+
+def list_intents(
+    db: sqlite3.Connection, where: IntentFilter, *, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    """Newest first (by the stream sequence of ``intent.submitted``: stable while rows change).
+
+    Returns ``{"intents": [...], "next_cursor": str | None}``; pass ``next_cursor`` back for the next page.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError("invalid_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    clauses: list[str] = []
+    args: list[Any] = []
+    if where.agent:
+        clauses.append("agent_id = ?")
+        args.append(where.agent)
+    if where.tool:
+        clauses.append("(tool = ? OR tool_name = ? OR server || '/' || tool_name = ?)")
+        args += [where.tool] * 3
+    if where.status:
+        clauses.append("status = ?")
+        args.append(where.status)
+    if where.since:
+        clauses.append("submitted_at >= ?")
+        args.append(normalize_time(where.since, "since"))
+    if where.until:
+        clauses.append("submitted_at < ?")
+        args.append(normalize_time(where.until, "until"))
+    if where.reason:
+        clauses.append("(code = ? OR reason LIKE '%' || ? || '%')")
+        args += [where.reason, where.reason]
+    if cursor:
+        clauses.append("submitted_seq < ?")
+        args.append(decode_cursor(cursor))
+    sql = "SELECT * FROM intents" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    rows = [dict(r) for r in db.execute(sql + " ORDER BY submitted_seq DESC LIMIT ?", (*args, limit + 1))]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"intents": rows, "next_cursor": encode_cursor(rows[-1]["submitted_seq"]) if more else None}
+
+
+def get_intent(db: sqlite3.Connection, intent_id: str) -> dict[str, Any] | None:
+    """One intent with everything the views hold about it: its full event history (payloads
+    included), decisions, approval, executions and receipt."""
+    row = db.execute("SELECT * FROM intents WHERE intent_id = ?", (intent_id,)).fetchone()
+    if row is None:
+        return None
+
+    def rows(sql: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in db.execute(sql, (intent_id,))]
+
+    events = rows("SELECT * FROM intent_events WHERE intent_id = ? ORDER BY seq")
+    for event in events:
+        event["payload"] = json.loads(event["payload"])
+    decisions = rows("SELECT * FROM decisions WHERE intent_id = ? ORDER BY seq")
+    for decision in decisions:
+        decision["policy_ids"] = json.loads(decision["policy_ids"])
+        decision["reasons"] = json.loads(decision["reasons"])
+    approval = db.execute("SELECT * FROM approvals WHERE intent_id = ?", (intent_id,)).fetchone()
+    approval_out: dict[str, Any] | None = None
+    if approval is not None:
+        approval_out = dict(approval)
+        approval_out["granted_by"] = json.loads(approval_out["granted_by"])
+        approval_out["decisions"] = rows("SELECT * FROM approval_decisions WHERE intent_id = ? ORDER BY seq")
+    receipt = db.execute("SELECT body FROM receipts WHERE intent_id = ?", (intent_id,)).fetchone()
+    return {
+        "intent": dict(row),
+        "events": events,
+        "decisions": decisions,
+        "approval": approval_out,
+        "executions": rows("SELECT * FROM executions WHERE intent_id = ? ORDER BY attempt"),
+        "receipt": json.loads(receipt[0]) if receipt else None,
+    }
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+_KEY = {"agent": "agent_id", "tool": "tool", "hour": "hour"}
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def stats(
+    db: sqlite3.Connection, by: StatsBy = "agent", *, since: str | None = None, until: str | None = None
+) -> list[dict[str, Any]]:
+    """Calls and outcomes per agent, tool or hour (from the ``rollups`` table), with exact latency
+    percentiles (submit to end, ms) computed at query time from every ended intent's ``total_ms``.
+
+    ``since``/``until`` select whole hours (the rollups' grain), by submission time.
+    """
+    if by not in _KEY:
+        raise QueryError("invalid_by", "by must be one of agent, tool, hour")
+    key = _KEY[by]
+    clauses, args = [], []
+    if since:
+        clauses.append("hour >= ?")
+        args.append(hour_of(normalize_time(since, "since")))
+    if until:
+        clauses.append("hour <= ?")
+        args.append(hour_of(normalize_time(until, "until")))
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    out: dict[str, dict[str, Any]] = {}
+    for r in db.execute(
+        f"SELECT {key} AS k, SUM(calls), SUM(succeeded), SUM(denials), SUM(failures), SUM(rejections),"
+        f" SUM(expirations) FROM rollups{where} GROUP BY {key} ORDER BY {key}",
+        args,
+    ):
+        out[r[0]] = dict(
+            zip(("key", "calls", "succeeded", "denials", "failures", "rejections", "expirations"), r, strict=True)
+        )
+    latency_where = where.replace(" WHERE ", " AND ") if where else ""
+    samples = db.execute(
+        f"SELECT {key}, total_ms FROM intents WHERE total_ms IS NOT NULL{latency_where} ORDER BY {key}, total_ms",
+        args,
+    )
+    for group, values in itertools.groupby(samples, key=lambda r: r[0]):
+        ordered = [float(v[1]) for v in values]
+        if group in out:
+            out[group].update(
+                ended=len(ordered),
+                p50_ms=percentile(ordered, 0.50),
+                p95_ms=percentile(ordered, 0.95),
+                p99_ms=percentile(ordered, 0.99),
+            )
+    for row in out.values():
+        row.setdefault("ended", 0)
+        for name in ("p50_ms", "p95_ms", "p99_ms"):
+            row.setdefault(name, None)
+    return list(out.values())
+
+
+# -- ad-hoc SQL ---------------------------------------------------------------------------------
+
+_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "user_version"}
+
+
+def run_sql(
+    path: Path, sql: str, *, max_rows: int = SQL_MAX_ROWS, timeout: float = SQL_TIMEOUT_SECONDS
+) -> dict[str, Any]:
+    """Run one read-only statement on a read-only connection.
+
+    Three locks: the file is opened ``mode=ro``, the connection is ``query_only``, and an authorizer
+    allows nothing but reads (no ATTACH, no writes, no private tables). A statement running longer
+    than ``timeout`` is interrupted.
+
+    Raises:
+        QueryError: ``read_only`` (a write), ``forbidden`` (a private table), ``query_timeout``,
+            ``invalid_sql``.
+    """
+    db = open_reader(path)
+    denied: list[str] = []
+
+    def authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
+        if action == sqlite3.SQLITE_READ and arg1 in PRIVATE_TABLES:
+            denied.append(f"forbidden:table {arg1} is not readable here")
+            return sqlite3.SQLITE_DENY
+        if action in _READ_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS and arg2 is None:
+            return sqlite3.SQLITE_OK
+        denied.append("read_only:the views are read-only: only SELECT statements run here")
+        return sqlite3.SQLITE_DENY
+
+    deadline = time.monotonic() + timeout
+    db.set_authorizer(authorize)
+    db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        cursor = db.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        fetched = cursor.fetchmany(max_rows + 1)
+    except sqlite3.Error as exc:
+        if denied:
+            code, _, message = denied[0].partition(":")
+            raise QueryError(code, message) from exc
+        if "interrupted" in str(exc):
+            raise QueryError("query_timeout", f"the query ran longer than {timeout:g}s and was stopped") from exc
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise QueryError("read_only", "the views are read-only: only SELECT statements run here") from exc
+        raise QueryError("invalid_sql", str(exc)) from exc
+    except sqlite3.Warning as exc:  # "You can only execute one statement at a time."
+        raise QueryError("invalid_sql", str(exc)) from exc
+    finally:
+        db.close()
+    rows = [[_plain(v) for v in row] for row in fetched[:max_rows]]
+    return {"columns": columns, "rows": rows, "truncated": len(fetched) > max_rows}
+
+
+def _plain(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value

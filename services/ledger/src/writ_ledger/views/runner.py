@@ -1,0 +1,240 @@
+"""Keeping the views up to date with the log: follow four streams, measure the lag, rebuild.
+
+Reads are gap-free Direct Gets from the position each stream has in the views file, so the views
+are exact across restarts and server failovers; the ledger's intent consumer and core
+subscriptions on the control streams only say "read now", and a one-second poll covers the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from writ_common import metrics, subjects
+from writ_common.bus import direct_get_batch, stored
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
+from writ_common.service import check_subject
+from writ_ledger.views.queries import QueryError, open_reader
+from writ_ledger.views.store import ViewStore, sidecars
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# stream -> the subjects the views read from it
+STREAMS: dict[str, str] = {
+    subjects.INTENTS_STREAM: "writ.intent.>",
+    subjects.IDENTITY_STREAM: "writ.identity.>",
+    subjects.REGISTRY_STREAM: "writ.registry.>",
+    subjects.LEDGER_STREAM: subjects.RECEIPTS_FILTER,
+}
+PAGE = 2048
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    stream: str
+    position: int
+    head: int
+    events_behind: int
+    seconds_behind: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "position": self.position,
+            "head": self.head,
+            "events_behind": self.events_behind,
+            "seconds_behind": self.seconds_behind,
+        }
+
+
+class Views:
+    """The ledger's views: one writer (this object), any number of read-only readers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = ViewStore(path)
+        self._nc: Client | None = None
+        self._lock = asyncio.Lock()
+        self._rebuilding = False
+        self._subs: list[Subscription] = []
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "start() the views first"
+        return self._nc
+
+    async def start(self, nc: Client, *, follow: bool = True) -> None:
+        """Catch up with every stream, then follow them (``follow=False``: only connect)."""
+        self._nc = nc
+        if not follow:
+            return
+        for stream in STREAMS:
+            await self.catch_up(stream)
+        for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.LEDGER_STREAM):
+            self._subs.append(await nc.subscribe(STREAMS[stream], cb=self._nudger(stream)))
+        self._poller = asyncio.create_task(self._poll(), name="views-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self.store.close()
+
+    # -- following ----------------------------------------------------------------------------
+
+    async def apply_live(self, stream: str, event: StoredEvent) -> None:
+        """An event just consumed: applied at once when it is the next one, else read up to it."""
+        async with self._lock:
+            position = self.store.position(stream)
+            if event.seq == position + 1:
+                self.store.apply(stream, [(event.seq, event)])
+            elif event.seq > position:
+                await self._catch_up(stream, self.store)
+
+    async def catch_up(self, stream: str) -> int:
+        async with self._lock:
+            return await self._catch_up(stream, self.store)
+
+    async def _catch_up(self, stream: str, store: ViewStore) -> int:
+        applied = 0
+        while True:
+            msgs = await direct_get_batch(
+                self.nc, stream, STREAMS[stream], start_seq=store.position(stream) + 1, batch=PAGE, limit=PAGE
+            )
+            if not msgs:
+                return applied
+            applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
+
+    def _nudger(self, stream: str) -> Callable[[Any], Any]:
+        async def nudge(_msg: Any) -> None:
+            with contextlib.suppress(Exception):
+                await self.catch_up(stream)
+
+        return nudge
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                for stream in STREAMS:
+                    await self.catch_up(stream)
+                await self.lag()
+            except Exception as exc:  # the server may be restarting; the next poll retries
+                log.debug("views poll: %s", exc)
+
+    # -- lag ----------------------------------------------------------------------------------
+
+    async def lag(self) -> list[Lag]:
+        """Per stream: position, head, events behind, and the age of the oldest unapplied event.
+        Also sets the ``writ_view_lag_*`` gauges."""
+        js = self.nc.jetstream()
+        out = []
+        for stream in STREAMS:
+            head = (await js.stream_info(stream)).state.last_seq
+            position = self.store.position(stream)
+            behind = max(0, head - position)
+            seconds = 0.0
+            if behind:
+                seconds = await self._age_of_next(stream, position)
+            metrics.VIEW_LAG_EVENTS.labels(stream).set(behind)
+            metrics.VIEW_LAG_SECONDS.labels(stream).set(seconds)
+            out.append(Lag(stream, position, head, behind, seconds))
+        return out
+
+    async def _age_of_next(self, stream: str, position: int) -> float:
+        msgs = await direct_get_batch(self.nc, stream, ">", start_seq=position + 1, batch=1, limit=1)
+        if not msgs:
+            return 0.0
+        try:
+            at = parse_time(decode(msgs[0].data).envelope.occurred_at)
+        except (UndecodableEvent, ValueError):
+            return 0.0
+        return round(max(0.0, (datetime.now(UTC) - at).total_seconds()), 3)
+
+    # -- rebuild ------------------------------------------------------------------------------
+
+    async def rebuild(self) -> dict[str, Any]:
+        """Replay every stream from its first event into a fresh file, then swap it in atomically.
+
+        The bulk is replayed while the live views keep serving; the last few events are replayed
+        under the lock, so nothing is applied to the old file that the new one misses.
+
+        Raises:
+            QueryError: ``busy`` when a rebuild is already running.
+        """
+        if self._rebuilding:
+            raise QueryError("busy", "a rebuild is already running")
+        self._rebuilding = True
+        fresh_path = self.path.with_name(self.path.name + ".rebuild")
+        try:
+            for stale in (fresh_path, *sidecars(fresh_path)):
+                stale.unlink(missing_ok=True)
+            started = time.perf_counter()
+            fresh = ViewStore(fresh_path)
+            events = 0
+            for stream in STREAMS:
+                events += await self._catch_up(stream, fresh)
+            async with self._lock:
+                for stream in STREAMS:
+                    events += await self._catch_up(stream, fresh)
+                fresh.close()
+                self.store.close()
+                os.replace(fresh_path, self.path)
+                for stale in sidecars(self.path):
+                    stale.unlink(missing_ok=True)
+                self.store = ViewStore(self.path)
+            seconds = time.perf_counter() - started
+        finally:
+            self._rebuilding = False
+        log.info("views rebuilt from %d events in %.2fs", events, seconds)
+        return {
+            "events": events,
+            "seconds": round(seconds, 3),
+            "events_per_second": round(events / seconds, 1) if seconds else None,
+            "digest": self.store.digest(),
+            "positions": {s: self.store.position(s) for s in STREAMS},
+        }
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(db, ...)`` on a fresh read-only connection in a worker thread."""
+
+        def run() -> T:
+            db = open_reader(self.path)
+            try:
+                return fn(db, *args, **kwargs)
+            finally:
+                db.close()
+
+        return await asyncio.to_thread(run)
+
+
+def _decoded(stream: str, msg: Any) -> tuple[int, StoredEvent | None]:
+    seq = int((msg.headers or {})["Nats-Sequence"])
+    try:
+        event = stored(msg)
+        if stream == subjects.INTENTS_STREAM:
+            check_subject(event)
+    except UndecodableEvent:
+        return seq, None  # dead-lettered by the consumers; the views only move past it
+    return seq, event

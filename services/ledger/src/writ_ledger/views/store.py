@@ -1,0 +1,102 @@
+"""The views' SQLite file (WAL): positions per stream and rows, written in one transaction per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from writ_common.envelope import StoredEvent
+from writ_ledger.views.project import apply_event
+from writ_ledger.views.schema import DDL, SCHEMA_VERSION
+
+# The streams the views are projected from, in the order a rebuild replays them.
+Batch = Iterable[tuple[int, StoredEvent | None]]
+
+
+class ViewStore:
+    """The one writer of the views file. Idempotent by construction: the sequence applied per
+    stream is stored in the same transaction as the rows, so a replayed event is a no-op."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = _open(path)
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            # An older layout (or a new file): the views are derived, so start over from the log.
+            self.db.close()
+            for stale in (path, *sidecars(path)):
+                stale.unlink(missing_ok=True)
+            self.db = _open(path)
+            self.db.executescript(DDL)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def position(self, stream: str) -> int:
+        row = self.db.execute("SELECT seq FROM tracking WHERE stream = ?", (stream,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def positions(self) -> dict[str, tuple[int, str | None]]:
+        """stream -> (last applied sequence, occurred_at of the last event applied)."""
+        return {s: (int(q), at) for s, q, at in self.db.execute("SELECT stream, seq, event_at FROM tracking")}
+
+    def apply(self, stream: str, batch: Batch) -> int:
+        """Apply ``(seq, event)`` pairs of ``stream`` in order (event None: not a valid event, only
+        advance). Sequences at or below the stored position are skipped. Returns how many applied."""
+        applied = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            position = self.position(stream)
+            last_at: str | None = None
+            for seq, event in batch:
+                if seq <= position:
+                    continue
+                if event is not None:
+                    apply_event(self.db, stream, event)
+                    last_at = event.envelope.occurred_at
+                position = seq
+                applied += 1
+            if applied:
+                self.db.execute(
+                    "INSERT INTO tracking(stream, seq, event_at) VALUES (?, ?, ?) ON CONFLICT(stream) DO UPDATE"
+                    " SET seq = excluded.seq, event_at = COALESCE(excluded.event_at, tracking.event_at)",
+                    (stream, position, last_at),
+                )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return applied
+
+    def digest(self) -> str:
+        """sha256 over every row of every table, in a fixed order: equal digests, identical views."""
+        return table_digest(self.db)
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the file and close (a closed store is one self-contained file)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+
+def table_digest(db: sqlite3.Connection) -> str:
+    hasher = hashlib.sha256()
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    for table in tables:
+        columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+        order = ", ".join(f'"{c}"' for c in columns)
+        hasher.update(json.dumps([table, columns]).encode())
+        for row in db.execute(f'SELECT * FROM "{table}" ORDER BY {order}'):
+            hasher.update(json.dumps(list(row)).encode())
+    return "sha256:" + hasher.hexdigest()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")

@@ -1,0 +1,208 @@
+"""The views' projection without a broker: every table fills from the log, replay is a no-op, the
+result does not depend on how streams interleave, and the read side is read-only and paginates."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from writ.synthetic import Message, control_log, intent_log
+from writ_common import events as ev
+from writ_common import subjects
+from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope
+from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, open_reader, run_sql, stats
+from writ_ledger.views.store import ViewStore
+
+pytestmark = pytest.mark.unit
+
+STREAMS = (subjects.INTENTS_STREAM, subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.LEDGER_STREAM)
+
+
+def sequenced(messages: list[Message]) -> dict[str, list[tuple[int, StoredEvent | None]]]:
+    """Give each message the sequence it would have in its stream."""
+    out: dict[str, list[tuple[int, StoredEvent | None]]] = defaultdict(list)
+    for m in messages:
+        seq = len(out[m.stream]) + 1
+        out[m.stream].append((seq, decode(encode(m.envelope), seq=seq, subject=m.subject)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def log() -> dict[str, list[tuple[int, StoredEvent | None]]]:
+    return sequenced([*control_log(), *intent_log(400, seed=3)])
+
+
+def build(
+    path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]], order: tuple[str, ...] = STREAMS
+) -> ViewStore:
+    store = ViewStore(path)
+    for stream in order:
+        store.apply(stream, log[stream])
+    return store
+
+
+def count(store: ViewStore, table: str) -> int:
+    return int(store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_every_table_fills_from_the_log(tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    assert count(store, "intents") == 400
+    assert count(store, "intent_events") == len(log[subjects.INTENTS_STREAM])
+    assert count(store, "receipts") == 400
+    assert count(store, "agents") == 12
+    assert count(store, "tools") == 5 and count(store, "servers") == 4
+    for table in ("decisions", "approvals", "approval_decisions", "executions", "rollups"):
+        assert count(store, table) > 0, table
+    # Every ended intent has its end-to-end duration, and the rollups count every call once.
+    assert (
+        store.db.execute("SELECT COUNT(*) FROM intents WHERE ended_at IS NULL OR total_ms IS NULL").fetchone()[0] == 0
+    )
+    assert store.db.execute("SELECT SUM(calls) FROM rollups").fetchone()[0] == 400
+    ends = store.db.execute("SELECT SUM(succeeded + denials + failures + rejections + expirations) FROM rollups")
+    assert ends.fetchone()[0] == 400
+    assert store.position(subjects.INTENTS_STREAM) == len(log[subjects.INTENTS_STREAM])
+
+
+def test_an_approved_call_has_its_decision_approval_and_attempts(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    intent_id = store.db.execute("SELECT intent_id FROM approvals WHERE status = 'granted' LIMIT 1").fetchone()[0]
+    full = get_intent(open_reader(store.path), intent_id)
+    assert full is not None
+    intent = full["intent"]
+    assert intent["approval_ms"] >= 2000  # the synthetic approvers take 2 to 60 s
+    assert intent["status"] in ("succeeded", "failed", "outcome_unknown")
+    assert [d["kind"] for d in full["decisions"]] == ["approval_requested", "authorized"]
+    assert full["decisions"][-1]["policy_ids"] == ["destructive-needs-approval"]
+    assert full["approval"]["granted_by"] == ["carol"]
+    assert full["executions"][-1]["outcome"] == intent["status"]
+    assert full["receipt"]["intent_id"] == intent_id
+    assert full["events"][0]["type"] == "intent.submitted"
+
+
+def test_replaying_any_prefix_again_changes_nothing(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    before = store.digest()
+    for stream in STREAMS:
+        assert store.apply(stream, log[stream][: len(log[stream]) // 2]) == 0
+        assert store.apply(stream, log[stream]) == 0
+    assert store.digest() == before
+
+
+def test_stream_interleaving_does_not_change_the_tables(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    one = build(tmp_path / "a.sqlite3", log)
+    other = build(tmp_path / "b.sqlite3", log, order=tuple(reversed(STREAMS)))
+    assert one.digest() == other.digest()
+
+
+def test_an_undecodable_message_only_advances_the_position(tmp_path: Path) -> None:
+    store = ViewStore(tmp_path / "v.sqlite3")
+    assert store.apply(subjects.INTENTS_STREAM, [(1, None), (2, None)]) == 2
+    assert store.position(subjects.INTENTS_STREAM) == 2
+    assert count(store, "intents") == 0
+
+
+def test_an_event_naming_another_agents_intent_is_ignored(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    victim = store.db.execute(
+        "SELECT intent_id, agent_id, status FROM intents WHERE status = 'denied' LIMIT 1"
+    ).fetchone()
+    forged = make_envelope(
+        ev.ExecutionSucceeded(attempt=1, result={}, result_digest="x", duration_ms=1.0),
+        producer=Producer(service="test", instance="t", version="0"),
+        intent_id=victim[0],
+        agent_id="mallory",
+    )
+    seq = store.position(subjects.INTENTS_STREAM) + 1
+    store.apply(subjects.INTENTS_STREAM, [(seq, decode(encode(forged), seq=seq))])
+    assert store.db.execute("SELECT status FROM intents WHERE intent_id = ?", (victim[0],)).fetchone()[0] == "denied"
+
+
+def test_cursor_pages_cover_every_match_once_newest_first(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    db = open_reader(store.path)
+    expected = [
+        r[0]
+        for r in db.execute("SELECT intent_id FROM intents WHERE agent_id = 'agent-03' ORDER BY submitted_seq DESC")
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = list_intents(db, IntentFilter(agent="agent-03"), limit=7, cursor=cursor)
+        seen += [r["intent_id"] for r in page["intents"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected and len(expected) > 7
+    denied = list_intents(db, IntentFilter(status="denied", reason="approval_denied"), limit=500)["intents"]
+    assert denied and all(r["code"] == "approval_denied" for r in denied)
+    window = list_intents(db, IntentFilter(since="2026-01-05T08:01:00Z", until="2026-01-05T08:02:00+00:00"), limit=500)
+    assert len(window["intents"]) == 120  # one intent every 0.5 s
+    with pytest.raises(QueryError, match="invalid_cursor"):
+        list_intents(db, IntentFilter(), cursor="nonsense")
+
+
+def test_stats_count_outcomes_and_give_exact_percentiles(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    db = open_reader(store.path)
+    rows = {r["key"]: r for r in stats(db, "agent")}
+    assert sum(r["calls"] for r in rows.values()) == 400
+    row = rows["agent-03"]
+    durations = sorted(x[0] for x in db.execute("SELECT total_ms FROM intents WHERE agent_id = 'agent-03'"))
+    assert row["p50_ms"] == durations[(len(durations) + 1) // 2 - 1]
+    assert row["p99_ms"] <= durations[-1] and row["ended"] == len(durations)
+    assert {r["key"] for r in stats(db, "hour")} == {"2026-01-05T08"}
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("DELETE FROM intents", "read_only"),
+        ("UPDATE intents SET status = 'succeeded'", "read_only"),
+        ("INSERT INTO agents(agent_id) VALUES ('x')", "read_only"),
+        ("DROP TABLE intents", "read_only"),
+        ("ATTACH DATABASE '/tmp/evil.sqlite3' AS evil", "read_only"),
+        ("PRAGMA journal_mode = DELETE", "read_only"),
+        ("SELECT * FROM reader_tokens", "forbidden"),
+        ("SELECT 1; DELETE FROM intents", "invalid_sql"),
+        ("SELEC 1", "invalid_sql"),
+    ],
+)
+def test_sql_refuses_anything_but_reads(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]], sql: str, code: str
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    before = store.digest()
+    with pytest.raises(QueryError) as refused:
+        run_sql(store.path, sql)
+    assert refused.value.code == code
+    assert store.digest() == before
+    assert not Path("/tmp/evil.sqlite3").exists() or code != "read_only"
+
+
+def test_sql_reads_and_caps_rows(tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    out = run_sql(store.path, "SELECT status, COUNT(*) AS n FROM intents GROUP BY status ORDER BY status")
+    assert out["columns"] == ["status", "n"] and sum(r[1] for r in out["rows"]) == 400
+    capped = run_sql(store.path, "SELECT seq FROM intent_events", max_rows=10)
+    assert len(capped["rows"]) == 10 and capped["truncated"]
+    with pytest.raises(QueryError, match="query_timeout"):
+        run_sql(
+            store.path,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c",
+            timeout=0.2,
+        )
