@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import nats
@@ -213,8 +213,10 @@ async def authenticate(request: Request, directory: ApproverDirectory) -> Approv
 # -- the app ----------------------------------------------------------------------------------------
 
 
-def build_app(nats_url: str) -> Starlette:
-    """The API over the plane at ``nats_url``; connects on start-up, closes on shutdown."""
+def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> Starlette:
+    """The API over the plane at ``nats_url``; connects on start-up, closes on shutdown.
+    ``bus_options``: NATS connect options (the bus credential), see ``WritSettings.bus_options``."""
+    bus_options = dict(bus_options or {})
     state: dict[str, Any] = {}
 
     def plane() -> tuple[Client, ApproverDirectory]:
@@ -286,7 +288,7 @@ def build_app(nats_url: str) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        nc = await nats.connect(nats_url, name="writ-approvals-api", max_reconnect_attempts=-1)
+        nc = await nats.connect(nats_url, name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options)
         directory = ApproverDirectory(nc)
         try:
             await directory.start()

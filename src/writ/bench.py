@@ -23,6 +23,7 @@ from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import commands
+from writ_common.settings import WritSettings
 from writ_common.signing import generate_key, public_key_b64
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
@@ -35,8 +36,8 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def through_plane(nats_url: str, n: int, warmup: int) -> list[float]:
-    nc = await nats.connect(nats_url)
+async def through_plane(settings: WritSettings, n: int, warmup: int) -> list[float]:
+    nc = await nats.connect(settings.resolved_nats_url(), **settings.bus_options())
     key = generate_key()
     await commands.call(
         nc, "identity", "register_agent", {"agent_id": "bench-agent", "public_key": public_key_b64(key)}
@@ -85,7 +86,7 @@ def main() -> None:
         Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
     ):
         plane.wait_ready(timeout=60)
-        plane_ms = asyncio.run(through_plane(plane.settings.resolved_nats_url(), args.n, args.warmup))
+        plane_ms = asyncio.run(through_plane(plane.settings, args.n, args.warmup))
     direct_ms = asyncio.run(direct(args.n, args.warmup))
     rows = [("through Writ (submit -> signed receipt)", plane_ms), ("direct mcp SDK call", direct_ms)]
     print(f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up")

@@ -25,6 +25,11 @@ def agent_key_path(data_dir: Path, agent_id: str) -> Path:
     return data_dir / "keys" / "agents" / f"{agent_id}.key"
 
 
+def agent_bus_seed_path(data_dir: Path, agent_id: str) -> Path:
+    """Where ``writ agent register`` keeps an agent's NATS nkey seed (its bus credential, 0600)."""
+    return data_dir / "keys" / "agents" / f"{agent_id}.nk"
+
+
 def ensure_absent(path: Path, agent_id: str) -> None:
     """Refuse to go on if ``path`` already holds a key: overwriting it would lose that identity.
 

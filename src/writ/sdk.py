@@ -1,6 +1,6 @@
 """The agent SDK: sign an intent, submit it, await its receipt.
 
-agent = await WritAgent.connect("nats://127.0.0.1:4222", "billing-bot", load_key(path))
+agent = await WritAgent.connect("nats://127.0.0.1:4222", "billing-bot", load_key(path), seed_file=nk_path)
 receipt = await agent.call("get_current_time", {"timezone": "Europe/Paris"})
 print(receipt.status, receipt.result)
 """
@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ from nats.aio.client import Client
 
 from writ_common import subjects
 from writ_common.bus import StaleAppend, append, last_on_subject, read_history
+from writ_common.busauth import inbox_prefix
 from writ_common.digest import canonical_json
 from writ_common.envelope import Producer, UndecodableEvent, decode, make_envelope
 from writ_common.events import IntentSubmitted, Receipt
@@ -103,8 +105,13 @@ async def fetch_receipt(nc: Client, intent_id: str) -> Receipt | None:
     return _as_receipt(raw.data or b"")
 
 
-async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Receipt:
+async def wait_receipt(
+    nc: Client, intent_id: str, timeout: float = 30.0, *, wake_subject: str | None = None
+) -> Receipt:
     """Wait for the receipt of ``intent_id`` (returns at once if it already exists).
+
+    ``wake_subject``: what to listen on for "something happened" (default: the receipt subject);
+    an agent's bus user may only listen to its own intents, ``writ.intent.<agent>.<intent>.>``.
 
     Raises:
         ReceiptTimeout: none within ``timeout`` seconds.
@@ -112,7 +119,7 @@ async def wait_receipt(nc: Client, intent_id: str, timeout: float = 30.0) -> Rec
     # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
     # losing the chain fence) still reaches core subscribers, so the receipt is always read back
     # from the stream, where only the stored one lives.
-    sub = await nc.subscribe(subjects.receipt_subject(intent_id))  # subscribe first: no gap
+    sub = await nc.subscribe(wake_subject or subjects.receipt_subject(intent_id))  # subscribe first: no gap
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -170,7 +177,12 @@ class WritAgent:
         self._key = key
 
     @classmethod
-    async def connect(cls, nats_url: str, agent_id: str, key: SigningKey, **options: Any) -> WritAgent:
+    async def connect(
+        cls, nats_url: str, agent_id: str, key: SigningKey, *, seed_file: Path | None = None, **options: Any
+    ) -> WritAgent:
+        """Connect as the agent; ``seed_file`` is its bus credential (``<data>/keys/agents/NAME.nk``)."""
+        if seed_file is not None:
+            options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
         return cls(await nats.connect(nats_url, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
     async def close(self) -> None:
@@ -202,7 +214,8 @@ class WritAgent:
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
-        return await wait_receipt(self.nc, intent_id, timeout)
+        wake = subjects.intent_filter(self.agent_id, intent_id)
+        return await wait_receipt(self.nc, intent_id, timeout, wake_subject=wake)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
         """Submit and wait for the receipt."""

@@ -46,7 +46,9 @@ async def open_rig(
     sqlite_db, faulty_db = work / "rows.sqlite3", work / "faulty.sqlite3"
     with sqlite3.connect(sqlite_db) as db:
         db.execute("CREATE TABLE rows (token TEXT NOT NULL)")
-    nc = await nats.connect(plane.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await nats.connect(
+        plane.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **plane.settings.bus_options()
+    )
     key = generate_key()
     await commands.call(
         nc, "identity", "register_agent", {"agent_id": "fault-agent", "public_key": public_key_b64(key)}

@@ -85,7 +85,7 @@ async def rig(
     faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
 ) -> AsyncIterator[Rig]:
     suffix = uuid.uuid4().hex[:8]
-    nc = await nats.connect(plane.nats_url)
+    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
     server_task: asyncio.Task[None] | None = None
     try:
         server = f"faulty-api-{suffix}"
@@ -104,7 +104,14 @@ async def rig(
         fin = await register_approver(nc, f"finn-{suffix}", fin_group)
 
         port = free_port()
-        api = _Server(uvicorn.Config(build_app(plane.nats_url), host="127.0.0.1", port=port, log_level="warning"))
+        api = _Server(
+            uvicorn.Config(
+                build_app(plane.nats_url, plane.settings.bus_options()),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+            )
+        )
         server_task = asyncio.create_task(api.serve())
         for _ in range(200):
             if api.started:

@@ -311,4 +311,6 @@ def approvals_serve(
     console.print(
         f"approvals API on http://{host}:{port} · OpenAPI at /openapi.json · plane at {nats_url}", soft_wrap=True
     )
-    uvicorn.run(build_app(nats_url), host=host, port=port, log_level="info", server_header=False)
+    uvicorn.run(
+        build_app(nats_url, settings().bus_options()), host=host, port=port, log_level="info", server_header=False
+    )

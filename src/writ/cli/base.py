@@ -111,21 +111,24 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return report(lambda: asyncio.run(coro))
 
 
-async def _ignore(_exc: Exception) -> None:
-    """nats-py logs every failed attempt with a traceback by default; we report one line instead."""
-
-
 def not_running(url: str) -> CliError:
     return CliError("no_plane", f"no Writ plane is running at {url}; start one with `make run` (or `writ up`)")
 
 
 @asynccontextmanager
-async def connect(cfg: WritSettings) -> AsyncIterator[Client]:
+async def connect(cfg: WritSettings, user: str = "operator") -> AsyncIterator[Client]:
     """One short-lived NATS connection: a 2s connect timeout and no reconnect loop."""
     import nats
     import nats.errors
 
     url = cfg.resolved_nats_url()
+    refusals: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py logs every failed attempt with a traceback by default; we report one line instead.
+        if "authorization" in str(exc).lower():
+            refusals.append(str(exc))
+
     try:
         nc = await asyncio.wait_for(
             nats.connect(
@@ -135,11 +138,23 @@ async def connect(cfg: WritSettings) -> AsyncIterator[Client]:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "forever" on the first connect
                 reconnect_time_wait=0.1,
-                error_cb=_ignore,
+                error_cb=on_error,
+                **cfg.bus_options(user),
             ),
             CONNECT_TIMEOUT + 1.0,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
+        if refusals:
+            seed = cfg.resolved_nats_seed_file()
+            raise CliError(
+                "not_authorized",
+                f"the bus at {url} refused {user}'s credential ({seed or 'none'}): "
+                + (
+                    "a revoked agent, or not the registered seed"
+                    if user.startswith("agent-")
+                    else "not a user it knows"
+                ),
+            ) from exc
         raise not_running(url) from exc
     try:
         yield nc

@@ -24,7 +24,8 @@ async def register_agent(
     name: str, *, owner: str, teams: list[str], acts_for: list[str], key_file: Path | None
 ) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
-    from writ.keys import agent_key_path, ensure_absent, read_key, write_new_key
+    from writ.keys import agent_bus_seed_path, agent_key_path, ensure_absent, read_key, write_new_key
+    from writ_common.busauth import new_seed, public_nkey, write_seed
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -34,18 +35,22 @@ async def register_agent(
         path = agent_key_path(cfg.data_dir, name)
         ensure_absent(path, name)
         key, new = generate_key(), True
+    seed_path = agent_bus_seed_path(cfg.data_dir, name)
+    seed = seed_path.read_text().strip() if seed_path.exists() else new_seed()
     body = {
         "agent_id": name,
         "public_key": public_key_b64(key),
         "owner": owner,
         "teams": teams,
         "acts_for": acts_for,
+        "bus_key": public_nkey(seed),
     }
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_agent", body)
     if new:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    return {**registered, "key_file": str(path.resolve())}
+    write_seed(seed_path, seed)
+    return {**registered, "key_file": str(path.resolve()), "bus_seed_file": str(seed_path.resolve())}
 
 
 @agent_app.command("register")
@@ -61,6 +66,7 @@ def agent_register(
     console.print(f"[green]registered[/] agent [bold]{done['agent_id']}[/]")
     console.print(f"  key id    {done['key_id']}")
     console.print(f"  key file  {done['key_file']}")
+    console.print(f"  bus creds {done['bus_seed_file']} (NATS nkey seed: publish its own intents only)")
 
 
 @agent_app.command("list")

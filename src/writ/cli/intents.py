@@ -10,6 +10,7 @@ import typer
 
 from writ.cli import render
 from writ.cli.base import call, connect, console, fail, run, settings
+from writ_common import subjects
 from writ_common.events import Receipt
 
 intent_app = typer.Typer(help="Submit intents and follow them.", no_args_is_help=True)
@@ -46,10 +47,13 @@ async def submit(
     timeout: float,
 ) -> bool:
     """Sign and submit; with ``wait``, print the receipt. Returns whether the intent succeeded (or was sent)."""
-    from writ.keys import agent_key_path, read_key
+    from writ.keys import agent_bus_seed_path, agent_key_path, read_key
     from writ.sdk import new_intent, publish_intent, sign_intent, wait_receipt
 
     cfg = settings()
+    seed = agent_bus_seed_path(cfg.data_dir, agent)
+    if seed.exists():  # speak as the agent: the bus itself checks it submits only its own intents
+        cfg = cfg.model_copy(update={"nats_seed_file": seed})
     arguments = parse_arguments(args)
     key = read_key(key_file or agent_key_path(cfg.data_dir, agent))
     intent = new_intent(
@@ -60,14 +64,15 @@ async def submit(
         on_behalf_of=on_behalf_of,
         deadline_seconds=deadline or cfg.default_deadline_seconds,
     )
-    async with connect(cfg) as nc:
+    async with connect(cfg, user=f"agent-{agent}") as nc:
         submission = await publish_intent(nc, sign_intent(intent, key))
         console.print(f"intent {submission.intent_id}")
         if submission.duplicate:
             console.print("[yellow]duplicate: original intent kept[/] (this idempotency key was used before)")
         if not wait:
             return True
-        receipt = await wait_receipt(nc, submission.intent_id, timeout)
+        wake = subjects.intent_filter(agent, submission.intent_id)
+        receipt = await wait_receipt(nc, submission.intent_id, timeout, wake_subject=wake)
     console.print(render.receipt_panel(receipt))
     return receipt.status == "succeeded"
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from writ_common.busauth import EmbeddedBus
+
 HOST = "127.0.0.1"
 READY_TIMEOUT = 15.0
 
@@ -166,7 +168,7 @@ def _wait_listening(proc: ManagedProcess, probe: bytes | None, expect: bytes, ti
     )
 
 
-def nats_config(store_dir: Path, port: int, monitor_port: int | None) -> str:
+def nats_config(store_dir: Path, port: int, monitor_port: int | None, bus: EmbeddedBus | None = None) -> str:
     lines = [
         "# Written by writ on every start; edits are overwritten.",
         'server_name: "writ-embedded"',
@@ -180,6 +182,12 @@ def nats_config(store_dir: Path, port: int, monitor_port: int | None) -> str:
     ]
     if monitor_port is not None:
         lines.append(f"http: {HOST}:{monitor_port}")
+    if bus is not None:
+        # Only nkey users get in, each with its allow lists; identity rewrites users.conf and
+        # sends SIGHUP (hence the pid file) when agents come and go.
+        # nats-server resolves an include relative to the config file (nats.conf sits in store_dir's parent).
+        include = Path(os.path.relpath(bus.users_conf, store_dir.parent))
+        lines += [f"pid_file: {_quote(bus.pid_file)}", "authorization {", f"  include {_quote(include)}", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +200,7 @@ def start_nats(
     port: int | None = None,
     *,
     monitor: bool = True,
+    bus: EmbeddedBus | None = None,
     log_path: Path | None = None,
     timeout: float = READY_TIMEOUT,
 ) -> ManagedProcess:
@@ -201,6 +210,7 @@ def start_nats(
         store_dir: JetStream store; reusing it resumes the streams it holds.
         port: client port on 127.0.0.1; a free one when None.
         monitor: also serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) on a free port.
+        bus: require these nkey users (the embedded runtime's); None: no authentication.
         log_path: defaults to ``<store_dir>/../logs/nats.log``.
         timeout: seconds to wait for the port to accept connections.
 
@@ -212,7 +222,7 @@ def start_nats(
     port = port or free_port()
     monitor_port = free_port() if monitor else None
     conf = store_dir.parent / "nats.conf"
-    conf.write_text(nats_config(store_dir, port, monitor_port))
+    conf.write_text(nats_config(store_dir, port, monitor_port, bus))
     log_path = log_path or store_dir.parent / "logs" / "nats.log"
     proc = spawn(
         "nats", [find_binary("nats-server"), "-c", str(conf)], log_path, url=f"nats://{HOST}:{port}", port=port

@@ -28,6 +28,7 @@ from writ.runtime.processes import (
     start_nats,
     start_redis,
 )
+from writ_common.busauth import EmbeddedBus, prepare_embedded
 from writ_common.settings import WritSettings
 
 if TYPE_CHECKING:
@@ -168,13 +169,19 @@ class Plane:
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
         self.metrics_ports: dict[str, int] = {}
         self.views_port = 0
+        self.bus = EmbeddedBus(creds_dir=self.data_dir / "creds", auth_dir=self.data_dir / "bus")
 
     # -- public API ---------------------------------------------------------------------------
 
     @property
     def settings(self) -> WritSettings:
-        """Settings that point a client at this plane."""
-        return WritSettings(data_dir=self.data_dir, nats_url=self.nats_url, redis_url=self.redis_url)
+        """Settings that point a client at this plane, with the operator's bus credential."""
+        return WritSettings(
+            data_dir=self.data_dir,
+            nats_url=self.nats_url,
+            redis_url=self.redis_url,
+            nats_seed_file=self.bus.seed_file("operator"),
+        )
 
     @property
     def logs_dir(self) -> Path:
@@ -197,7 +204,8 @@ class Plane:
         self._started_at = datetime.now(UTC).isoformat()
         try:
             nats_dir, redis_dir = self.data_dir / "nats", self.data_dir / "redis"
-            self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port)))
+            self.bus = prepare_embedded(self.data_dir, self.services)
+            self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port, bus=self.bus)))
             self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port)))
             self.nats_url = f"nats://{HOST}:{nats_port}"
             self.redis_url = f"redis://{HOST}:{redis_port}/0"
@@ -214,7 +222,12 @@ class Plane:
                     name = service if n == 1 else f"{service}-{n}"
                     # Each process serves Prometheus /metrics on its own loopback port (runtime.json says which).
                     self.metrics_ports.setdefault(name, free_port())
-                    self.service_env.setdefault(name, {})["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
+                    extra = self.service_env.setdefault(name, {})
+                    extra["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
+                    # A service's own bus user: it may publish only the events it owns.
+                    extra["WRIT_NATS_SEED_FILE"] = str(self.bus.seed_file(service))
+                    if service == "identity":
+                        extra["WRIT_NATS_AUTH_DIR"] = str(self.bus.auth_dir)
                     self._start_unit(_Unit(name, self._service_launcher(name, service, env)))
         except BaseException:
             self.stop()
@@ -311,7 +324,9 @@ class Plane:
 
         deadline = time.monotonic() + timeout
         pending = set(self.services)
-        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane-ready")
+        nc = await nats.connect(
+            self.nats_url, connect_timeout=5, name="writ-plane-ready", **self.settings.bus_options()
+        )
         try:
             while pending and time.monotonic() < deadline:
                 for name in sorted(pending):
@@ -430,7 +445,7 @@ class Plane:
 
         from writ_common.streams import ensure_streams
 
-        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane")
+        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane", **self.settings.bus_options())
         try:
             for attempt in range(50):
                 try:
@@ -459,6 +474,9 @@ class Plane:
                 {
                     "nats_url": self.nats_url,
                     "redis_url": self.redis_url,
+                    # A local operator's CLI connects with this (the file is 0600, like the data).
+                    "operator_seed_file": str(self.bus.seed_file("operator")),
+                    "approvers_seed_file": str(self.bus.seed_file("approvers")),
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},

@@ -238,6 +238,7 @@ class AgentRegistered(Payload, frozen=True, kw_only=True):
     owner: str
     teams: list[str] = []
     acts_for: list[str] = []
+    bus_key: str | None = None  # the agent's NATS user public nkey, when the bus checks who publishes
 
 
 class ServerRegistered(Payload, frozen=True, kw_only=True):

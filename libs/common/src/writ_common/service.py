@@ -59,7 +59,11 @@ class Service:
         self.settings = settings
         self.producer = Producer(service=name, instance=settings.instance, version=VERSION)
         self.broker = NatsBroker(
-            settings.resolved_nats_url(), name=f"writ-{name}", max_reconnect_attempts=-1, logger=None
+            settings.resolved_nats_url(),
+            name=f"writ-{name}",
+            max_reconnect_attempts=-1,
+            logger=None,
+            **settings.bus_options(name),
         )
         self.dead_letters = 0
         self._appends = 0

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,14 @@ class WritSettings(BaseSettings):
         description="Executor: 32 random bytes, base64, that encrypt the secret store at rest"
         " (unset: a key generated once into <data>/executor/secrets/key, 0600)",
     )
+    nats_seed_file: Path | None = Field(
+        default=None,
+        description="NATS user nkey seed (0600) when the bus checks who publishes; default: the operator's",
+    )
+    nats_auth_dir: Path | None = Field(
+        default=None,
+        description="Embedded runtime: where identity keeps the agents' bus users (it reloads nats-server)",
+    )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     views_port: int = Field(default=0, description="The ledger serves the views HTTP API on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(
@@ -54,6 +63,21 @@ class WritSettings(BaseSettings):
 
     def resolved_nats_url(self) -> str:
         return self.nats_url or self._runtime().get("nats_url", "nats://127.0.0.1:4222")
+
+    def resolved_nats_seed_file(self) -> Path | None:
+        """This process's bus credential; a local operator's falls back to the one the embedded
+        runtime wrote (readable only by the user who runs the plane)."""
+        if self.nats_seed_file:
+            return self.nats_seed_file
+        seed = self._runtime().get("operator_seed_file")
+        return Path(seed) if seed and Path(seed).is_file() else None
+
+    def bus_options(self, user: str = "operator") -> dict[str, Any]:
+        """Connect options for nats.connect / NatsBroker: the nkey seed and the user's own inbox."""
+        from writ_common.busauth import inbox_prefix
+
+        seed = self.resolved_nats_seed_file()
+        return {} if seed is None else {"nkeys_seed": str(seed), "inbox_prefix": inbox_prefix(user)}
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self._runtime().get("redis_url", "redis://127.0.0.1:6379/0")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from writ_common import subjects
 
@@ -40,6 +42,10 @@ STREAMS: tuple[StreamConfig, ...] = (
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create Writ's streams if missing (safe to call from every process, concurrently)."""
     for config in STREAMS:
+        with contextlib.suppress(NotFoundError):
+            # Exists: nothing to do (and a service's bus user may not create streams at all).
+            await js.stream_info(str(config.name))
+            continue
         try:
             await js.add_stream(config)
         except BadRequestError as exc:

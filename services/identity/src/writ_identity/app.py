@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +16,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, append_control, last_on_subject
+from writ_common.busauth import is_user_nkey, publish_agents
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, make_envelope, utcnow
 from writ_common.fold import IntentView
@@ -21,7 +24,11 @@ from writ_common.ids import is_token, new_event_id
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, unb64
-from writ_identity.domain import Agent, apply_identity_event, authenticated, check_intent
+from writ_identity.domain import Agent, apply_identity_event, authenticated, bus_keys, check_intent
+
+log = logging.getLogger(__name__)
+
+RELOAD_SETTLE = 0.3  # seconds for nats-server to apply reloaded users after SIGHUP
 
 
 class RegisterAgent(msgspec.Struct, kw_only=True):
@@ -30,6 +37,7 @@ class RegisterAgent(msgspec.Struct, kw_only=True):
     owner: str = "unknown"
     teams: list[str] = []
     acts_for: list[str] = []
+    bus_key: str | None = None
 
 
 class RotateKey(msgspec.Struct, kw_only=True):
@@ -86,6 +94,14 @@ def build(settings: WritSettings) -> Service:
     redis = aioredis.from_url(settings.resolved_redis_url())
     follower = svc.follow(subjects.IDENTITY_STREAM, apply)
 
+    async def sync_bus_users() -> None:
+        """Embedded runtime: the bus lets in exactly the registered, unrevoked agents."""
+        if settings.nats_auth_dir is None:
+            return
+        if await asyncio.to_thread(publish_agents, settings.nats_auth_dir, bus_keys(agents)):
+            log.info("identity: bus users updated (%d agents)", len(bus_keys(agents)))
+            await asyncio.sleep(RELOAD_SETTLE)
+
     async def lookup(agent_id: str) -> Agent | None:
         if agent_id not in agents:
             await follower.ensure_fresh()
@@ -129,8 +145,15 @@ def build(settings: WritSettings) -> Service:
         if not is_token(cmd.agent_id):
             raise CommandError("invalid_agent_id", f"agent id {cmd.agent_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
         check_public_key(cmd.public_key)
+        if cmd.bus_key is not None and not is_user_nkey(cmd.bus_key):
+            raise CommandError("invalid_bus_key", "bus_key must be a NATS user public nkey (U...)")
         payload = ev.AgentRegistered(
-            agent_id=cmd.agent_id, public_key=cmd.public_key, owner=cmd.owner, teams=cmd.teams, acts_for=cmd.acts_for
+            agent_id=cmd.agent_id,
+            public_key=cmd.public_key,
+            owner=cmd.owner,
+            teams=cmd.teams,
+            acts_for=cmd.acts_for,
+            bus_key=cmd.bus_key,
         )
         envelope = make_envelope(payload, producer=svc.producer, agent_id=cmd.agent_id)
         try:
@@ -143,7 +166,9 @@ def build(settings: WritSettings) -> Service:
             )
         except StaleAppend as exc:
             raise CommandError("agent_exists", f"agent {cmd.agent_id!r} is already registered") from exc
-        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key)}
+        await follower.ensure_fresh()
+        await sync_bus_users()  # the reply comes once the agent may connect
+        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key), "bus_user": cmd.bus_key is not None}
 
     async def list_agents(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
@@ -212,6 +237,7 @@ def build(settings: WritSettings) -> Service:
             await append_agent_event(cmd.agent_id, "revoked", revoked, f"revoke:{cmd.agent_id}")
         except StaleAppend as exc:
             raise CommandError("already_revoked", f"agent {cmd.agent_id!r} was revoked at the same moment") from exc
+        await sync_bus_users()  # and its bus user is gone: it can no longer connect
         return {"agent_id": cmd.agent_id, "revoked_at": revoked.revoked_at}
 
     async def show_agent(body: dict[str, Any]) -> Any:
@@ -293,6 +319,7 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
+    svc.on_startup(sync_bus_users)
     svc.on_shutdown(redis.aclose)
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)

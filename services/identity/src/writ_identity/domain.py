@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ class Agent:
     previous_public_key: str | None = None
     previous_valid_until: datetime | None = None
     revoked_at: datetime | None = None
+    bus_key: str | None = None
 
 
 def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
@@ -37,6 +39,7 @@ def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
                 owner=p.owner,
                 teams=tuple(p.teams),
                 acts_for=tuple(p.acts_for),
+                bus_key=p.bus_key,
             )
         case ev.AgentKeyRotated() as p if p.agent_id in agents:
             agents[p.agent_id] = replace(
@@ -110,3 +113,8 @@ def verifies(public_key: str, message: bytes, signature: str) -> bool:
 
 def authenticated(agent: Agent) -> ev.IntentAuthenticated:
     return ev.IntentAuthenticated(key_id=agent.key_id, owner=agent.owner, teams=list(agent.teams))
+
+
+def bus_keys(agents: Mapping[str, Agent]) -> dict[str, str]:
+    """The agents the bus lets in: registered with a bus key and not revoked."""
+    return {a.agent_id: a.bus_key for a in agents.values() if a.bus_key and a.revoked_at is None}

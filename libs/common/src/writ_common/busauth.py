@@ -1,0 +1,253 @@
+"""Who may say what on the bus: NATS users (nkeys) and their permissions, as server config.
+
+The nats-server itself refuses a publish outside a user's allow list, so a service can only append
+the event types it owns, and an agent can only submit intents under its own id and read its own.
+Only public nkeys go into the server config; each seed stays in a 0600 file with its holder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nkeys
+
+from writ_common import subjects
+
+# The last subject token of the intent events each service appends (intent.expired: any stage).
+INTENT_EVENTS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
+    "identity": ("authenticated", "rejected", "expired"),
+    "registry": ("planned", "rejected", "expired"),
+    "policy": (
+        "authorized",
+        "denied",
+        "expired",
+        "approval_requested",
+        "approval_granted",
+        "approval_denied",
+        "approval_refused",
+        "approval_expired",
+    ),
+    "executor": (
+        "execution_started",
+        "execution_succeeded",
+        "execution_failed",
+        "execution_outcome_unknown",
+        "execution_attempt_failed",
+        "execution_reconciled",
+        "expired",
+    ),
+    "ledger": (),
+}
+CONTROL_PREFIX_BY_SERVICE: Mapping[str, str] = {
+    "identity": "writ.identity.>",
+    "registry": "writ.registry.>",
+    "policy": "writ.policy.>",
+    "executor": "writ.executor.>",
+    "ledger": "writ.ledger.>",
+}
+# What a service needs of the JetStream API: its consumers, reads, stream info; never stream admin.
+SERVICE_JS_API = (
+    "$JS.API.INFO",
+    "$JS.API.CONSUMER.>",
+    "$JS.API.DIRECT.GET.>",
+    "$JS.API.STREAM.INFO.>",
+    "$JS.API.STREAM.MSG.GET.>",
+    "$JS.ACK.>",
+)
+APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval")
+# Commands one service asks of another (service -> "other.command"), all else is operators' only.
+COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {"registry": ("executor.discover",)}
+
+
+@dataclass(frozen=True)
+class BusUser:
+    """One NATS user: a public nkey and what it may publish and subscribe to."""
+
+    name: str
+    nkey: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    allow_responses: bool = False
+    admin: bool = field(default=False)  # the operator and the runtime: everything
+
+    def config(self) -> dict[str, object]:
+        if self.admin:
+            return {"nkey": self.nkey}
+        permissions: dict[str, object] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
+        if self.allow_responses:
+            permissions["allow_responses"] = True
+        return {"nkey": self.nkey, "permissions": permissions}
+
+
+def inbox_prefix(name: str) -> str:
+    """Each user's replies come to its own inbox subtree, so no one can read another's replies."""
+    return f"_INBOX_{name}"
+
+
+def service_user(service: str, nkey: str) -> BusUser:
+    own = tuple(f"{subjects.INTENT_PREFIX}.*.*.{token}" for token in INTENT_EVENTS_BY_SERVICE[service])
+    return BusUser(
+        name=service,
+        nkey=nkey,
+        publish=(
+            *own,
+            CONTROL_PREFIX_BY_SERVICE[service],
+            subjects.dlq_subject(service),
+            *SERVICE_JS_API,
+            # Replies to operators' and approvers' commands; a config reload forgets the
+            # reply subjects allow_responses tracks, so these are allowed by name too.
+            f"{inbox_prefix('operator')}.>",
+            f"{inbox_prefix('approvers')}.>",
+            *(f"{inbox_prefix(caller)}.>" for caller in COMMANDS_CALLED_BY_SERVICE),
+            *(f"writ.cmd.{call}" for call in COMMANDS_CALLED_BY_SERVICE.get(service, ())),
+        ),
+        subscribe=(
+            f"{subjects.INTENT_PREFIX}.>",
+            "writ.identity.>",
+            "writ.registry.>",
+            "writ.policy.>",
+            "writ.executor.>",
+            "writ.ledger.>",
+            f"writ.cmd.{service}.>",
+            f"{inbox_prefix(service)}.>",
+            "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
+        ),
+        allow_responses=True,
+    )
+
+
+def agent_user(agent_id: str, nkey: str) -> BusUser:
+    """Submit under its own id only; read its own intents and receipts (by direct get)."""
+    return BusUser(
+        name=f"agent-{agent_id}",
+        nkey=nkey,
+        publish=(
+            f"{subjects.INTENT_PREFIX}.{agent_id}.*.submitted",
+            f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
+            f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.writ.ledger.receipt.*",
+        ),
+        subscribe=(f"{subjects.INTENT_PREFIX}.{agent_id}.>", f"{inbox_prefix(f'agent-{agent_id}')}.>"),
+    )
+
+
+def approver_user(nkey: str) -> BusUser:
+    """Approvers ask policy what waits for their groups and send signed decisions: nothing else.
+    Policy checks each approver's group and signature per request."""
+    return BusUser(
+        name="approvers",
+        nkey=nkey,
+        publish=tuple(subjects.command_subject("policy", c) for c in APPROVER_COMMANDS),
+        subscribe=(f"{inbox_prefix('approvers')}.>",),
+    )
+
+
+def render_users(users: Iterable[BusUser]) -> str:
+    """The ``users`` array of an ``authorization`` block (JSON is valid NATS config)."""
+    return json.dumps([u.config() for u in users], indent=2)
+
+
+def new_seed() -> str:
+    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
+
+
+def public_nkey(seed: str) -> str:
+    return str(nkeys.from_seed(seed.encode()).public_key.decode())
+
+
+def write_seed(path: Path, seed: str | None = None) -> str:
+    """Create (or keep) the seed file at ``path``, mode 0600; returns the seed."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = seed or new_seed()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(seed + "\n")
+    return seed
+
+
+def is_user_nkey(key: str) -> bool:
+    """A NATS user public nkey ("U" + base32 with a valid checksum)."""
+    if not key.startswith("U") or len(key) != 56:
+        return False
+    try:
+        raw = base64.b32decode(key + "=" * (-len(key) % 8))
+    except ValueError:
+        return False
+    return bool(raw[0] == nkeys.PREFIX_BYTE_USER and nkeys.crc16_checksum(raw[:-2]) == raw[-2:])
+
+
+# -- the embedded runtime's files: <auth dir>/{static_users.json, agents.json, users.conf, nats.pid} --
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_users_conf(auth_dir: Path) -> None:
+    """users.conf = the runtime's fixed users + one per agent the identity service lets in."""
+    static = json.loads((auth_dir / "static_users.json").read_text())
+    agents_file = auth_dir / "agents.json"
+    agents: dict[str, str] = json.loads(agents_file.read_text()) if agents_file.exists() else {}
+    users = [*static, *(agent_user(agent_id, key).config() for agent_id, key in sorted(agents.items()))]
+    write_atomically(auth_dir / "users.conf", "users = " + json.dumps(users, indent=2) + "\n")
+
+
+def publish_agents(auth_dir: Path, agents: Mapping[str, str]) -> bool:
+    """Give the bus exactly these agents (id -> public nkey) and make nats-server reload its users.
+    Returns False when nothing changed (no reload)."""
+    agents_file = auth_dir / "agents.json"
+    current = json.loads(agents_file.read_text()) if agents_file.exists() else {}
+    if current == dict(agents):
+        return False
+    write_atomically(agents_file, json.dumps(dict(sorted(agents.items())), indent=2))
+    write_users_conf(auth_dir)
+    pid = int((auth_dir / "nats.pid").read_text().strip())
+    os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration (users) on SIGHUP
+    return True
+
+
+@dataclass(frozen=True)
+class EmbeddedBus:
+    """Where the embedded runtime keeps bus credentials: seeds in ``creds_dir`` (one per service,
+    the operator and the approvers), server-side users in ``auth_dir``."""
+
+    creds_dir: Path
+    auth_dir: Path
+
+    def seed_file(self, user: str) -> Path:
+        return self.creds_dir / f"{user}.nk"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.auth_dir / "nats.pid"
+
+    @property
+    def users_conf(self) -> Path:
+        return self.auth_dir / "users.conf"
+
+
+def prepare_embedded(data_dir: Path, services: Iterable[str]) -> EmbeddedBus:
+    """Create (or keep) every fixed user's seed and write the server's users for them."""
+    bus = EmbeddedBus(creds_dir=data_dir / "creds", auth_dir=data_dir / "bus")
+    for directory in (bus.creds_dir, bus.auth_dir):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    users = [service_user(s, public_nkey(write_seed(bus.seed_file(s)))) for s in services]
+    users.append(BusUser("operator", public_nkey(write_seed(bus.seed_file("operator"))), admin=True))
+    users.append(approver_user(public_nkey(write_seed(bus.seed_file("approvers")))))
+    write_atomically(bus.auth_dir / "static_users.json", json.dumps([u.config() for u in users], indent=2))
+    write_users_conf(bus.auth_dir)
+    return bus

@@ -1,0 +1,163 @@
+"""The bus itself enforces who may say what: the embedded plane's nats-server refuses a forged
+event from an agent, an agent speaking for another, and a service publishing another's event."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+from cli_runner import Writ
+from nats.aio.client import Client
+
+from writ.keys import agent_bus_seed_path
+from writ.runtime.supervisor import SERVICES, Plane
+from writ.sdk import WritAgent, new_intent, sign_intent
+from writ_common import subjects
+from writ_common.bus import direct_get_batch
+from writ_common.busauth import inbox_prefix
+from writ_common.envelope import Producer, encode, make_envelope
+from writ_common.events import IntentAuthorized, PolicyBundlePublished
+from writ_common.ids import derive_intent_id
+from writ_common.signing import load_key
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+FORGER = Producer(service="forger", instance="test", version="0")
+
+
+@dataclass
+class BusUser:
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def refused(self, subject: str, data: bytes = b"{}") -> bool:
+        """Publish as a JetStream append; True when the server refused it (no ack, a violation)."""
+        before = len(self.errors)
+        with pytest.raises(nats.errors.TimeoutError):
+            await self.nc.jetstream().publish(subject, data, timeout=1.0)
+        await asyncio.sleep(0.1)
+        return any("permissions violation" in e.lower() for e in self.errors[before:])
+
+
+async def connect_as(plane: Plane, seed: Path, user: str) -> BusUser:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(
+        plane.nats_url, nkeys_seed=str(seed), inbox_prefix=inbox_prefix(user), error_cb=on_error, allow_reconnect=False
+    )
+    return BusUser(nc, errors)
+
+
+@dataclass
+class Agent:
+    name: str
+    bus: BusUser
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def agent(writ: Writ, plane: Plane) -> AsyncIterator[Agent]:
+    name = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
+    bus = await connect_as(plane, agent_bus_seed_path(plane.data_dir, name), f"agent-{name}")
+    try:
+        yield Agent(name, bus)
+    finally:
+        await bus.nc.close()
+
+
+async def stored_on(plane: Plane, subject: str) -> int:
+    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
+    try:
+        return len(await direct_get_batch(nc, subjects.INTENTS_STREAM, subject))
+    finally:
+        await nc.close()
+
+
+async def test_credentials_are_files_only_their_owner_can_read(writ: Writ, plane: Plane) -> None:
+    name = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
+    files = [
+        *(plane.bus.seed_file(s) for s in (*SERVICES, "operator", "approvers")),
+        agent_bus_seed_path(plane.data_dir, name),
+        plane.bus.users_conf,
+    ]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(plane.bus.creds_dir.stat().st_mode) == 0o700
+    # The server's config holds public nkeys only, never a seed.
+    seeds = {p.read_text().strip() for p in plane.bus.creds_dir.glob("*.nk")}
+    assert not any(seed in plane.bus.users_conf.read_text() for seed in seeds)
+
+
+async def test_an_anonymous_client_is_not_let_in(plane: Plane) -> None:
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+        await nats.connect(plane.nats_url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+
+
+async def test_an_agent_submits_and_reads_its_own_intent(plane: Plane, agent: Agent) -> None:
+    key = load_key(plane.data_dir / "keys" / "agents" / f"{agent.name}.key")
+    sdk = WritAgent(agent.bus.nc, agent.name, key)
+    submission = await sdk.submit("get_current_time", {"timezone": "UTC"})
+    assert submission.intent_id
+    receipt = await sdk.receipt(submission.intent_id, timeout=30)  # whatever its outcome, it is the agent's to read
+    assert receipt.intent_id == submission.intent_id and receipt.agent_id == agent.name
+    assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
+
+
+async def test_a_forged_authorization_from_an_agent_is_refused_by_the_server(plane: Plane, agent: Agent) -> None:
+    intent_id = derive_intent_id(agent.name, "forged")
+    subject = subjects.intent_subject(agent.name, intent_id, "intent.authorized")
+    forged = make_envelope(
+        IntentAuthorized(policy_digest="sha256:" + "0" * 64, policy_ids=["forged"], reasons=["trust me"]),
+        producer=FORGER,
+        intent_id=intent_id,
+        agent_id=agent.name,
+    )
+    assert await agent.bus.refused(subject, encode(forged))
+    assert await stored_on(plane, subject) == 0
+
+
+async def test_an_agent_cannot_submit_under_another_agents_id(plane: Plane, agent: Agent) -> None:
+    other = "someone-else"
+    key = load_key(plane.data_dir / "keys" / "agents" / f"{agent.name}.key")
+    intent = sign_intent(new_intent(other, "get_current_time", {}), key)
+    intent_id = derive_intent_id(other, intent.idempotency_key)
+    subject = subjects.intent_subject(other, intent_id, "intent.submitted")
+    envelope = make_envelope(intent, producer=FORGER, intent_id=intent_id, agent_id=other)
+    assert await agent.bus.refused(subject, encode(envelope))
+    assert await stored_on(plane, subject) == 0
+
+
+async def test_a_service_cannot_publish_another_services_event(plane: Plane) -> None:
+    registry = await connect_as(plane, plane.bus.seed_file("registry"), "registry")
+    try:
+        authorized = subjects.intent_subject("a", "b", "intent.authorized")  # policy's
+        assert await registry.refused(authorized)
+        bundle = PolicyBundlePublished(
+            policy_digest="sha256:" + "0" * 64, cedar="permit(principal, action, resource);", policy_ids={}
+        )
+        envelope = make_envelope(bundle, producer=FORGER)
+        assert await registry.refused(subjects.POLICY_SUBJECT, encode(envelope))  # policy's control stream
+        assert await registry.refused(subjects.receipt_subject("b"))  # the ledger's
+    finally:
+        await registry.nc.close()
+
+
+async def test_a_revoked_agent_is_shut_out_of_the_bus(writ: Writ, plane: Plane) -> None:
+    name = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
+    seed = agent_bus_seed_path(plane.data_dir, name)
+    await (await connect_as(plane, seed, f"agent-{name}")).nc.close()  # let in while registered
+    assert (await asyncio.to_thread(writ, "agent", "revoke", name, "--reason", "left")).exit_code == 0
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+        await connect_as(plane, seed, f"agent-{name}")

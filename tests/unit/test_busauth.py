@@ -1,0 +1,48 @@
+"""Bus permissions as data: every intent event has an owner allowed to publish it, agents only
+their own submissions, and the config carries public keys only."""
+
+from __future__ import annotations
+
+import json
+
+from writ_common import busauth
+from writ_common.events import CATALOG
+from writ_common.subjects import event_token
+
+INTENT_FAMILIES = ("intent.", "execution.", "approval.")
+
+
+def test_every_intent_event_but_submitted_is_owned_by_a_service() -> None:
+    owned = {token for tokens in busauth.INTENT_EVENTS_BY_SERVICE.values() for token in tokens}
+    on_intents = {event_token(t) for t, _ in CATALOG if t.startswith(INTENT_FAMILIES)}
+    assert on_intents - owned == {"submitted"}  # the agent's own, and nothing left without an owner
+
+
+def test_a_service_publishes_its_own_events_and_no_others() -> None:
+    policy = busauth.service_user("policy", "UPOLICY")
+    assert "writ.intent.*.*.authorized" in policy.publish
+    assert not any(p.endswith((".submitted", ".planned", ".execution_started")) for p in policy.publish)
+    assert "writ.registry.>" not in policy.publish and "writ.policy.>" in policy.publish
+    assert not any(p.startswith("$JS.API.STREAM.CREATE") or p == "$JS.API.>" for p in policy.publish)
+
+
+def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
+    agent = busauth.agent_user("bot-1", "UBOT")
+    assert agent.publish[0] == "writ.intent.bot-1.*.submitted"
+    assert all("bot-1" in s or "receipt" in s for s in agent.publish)
+    assert agent.subscribe == ("writ.intent.bot-1.>", "_INBOX_agent-bot-1.>")
+    assert not agent.allow_responses
+
+
+def test_the_rendered_users_hold_public_keys_only() -> None:
+    seed = busauth.new_seed()
+    users = [busauth.BusUser("operator", busauth.public_nkey(seed), admin=True)]
+    rendered = busauth.render_users(users)
+    assert seed not in rendered and json.loads(rendered) == [{"nkey": busauth.public_nkey(seed)}]
+
+
+def test_only_user_public_nkeys_pass_as_bus_keys() -> None:
+    key = busauth.public_nkey(busauth.new_seed())
+    assert busauth.is_user_nkey(key)
+    assert not busauth.is_user_nkey(key[:-1] + ("A" if key[-1] != "A" else "B"))  # checksum
+    assert not busauth.is_user_nkey("S" + key[1:]) and not busauth.is_user_nkey("not a key")
