@@ -62,7 +62,10 @@ SERVICE_JS_API = (
 )
 APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval")
 # Commands one service asks of another (service -> "other.command"), all else is operators' only.
-COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {"registry": ("executor.discover",)}
+COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
+    "registry": ("executor.discover",),
+    "executor": ("registry.refresh_server",),  # on notifications/tools/list_changed
+}
 
 
 @dataclass(frozen=True)

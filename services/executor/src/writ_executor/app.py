@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
+from writ_common import commands, metrics, subjects
 from writ_common import events as ev
-from writ_common import metrics, subjects
 from writ_common.bus import StaleAppend, append_control, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
@@ -78,6 +78,7 @@ class Discover(msgspec.Struct, kw_only=True):
 DISCOVERY_TIMEOUT = 60.0
 ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
+REFRESH_TIMEOUT = 75.0  # the registry allows discovery 60s
 
 
 def build(settings: WritSettings) -> Service:
@@ -86,7 +87,35 @@ def build(settings: WritSettings) -> Service:
     key = settings.secrets_key.get_secret_value() if settings.secrets_key else None
     store = SecretStore(settings.service_dir("executor") / "secrets", key)
     secrets = Secrets(store)
-    pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text))
+    refreshes: dict[str, asyncio.Task[None]] = {}
+    stale: set[str] = set()  # told again while a refresh was running: refresh once more after
+
+    def on_tools_changed(name: str) -> None:
+        """A server sent notifications/tools/list_changed: the registry rediscovers its tools, so
+        a changed definition becomes a new version in quarantine before anyone calls it."""
+        if name in refreshes and not refreshes[name].done():
+            stale.add(name)
+            return
+        refreshes[name] = asyncio.create_task(refresh_tools(name), name=f"refresh-{name}")
+
+    async def refresh_tools(name: str) -> None:
+        while True:
+            stale.discard(name)
+            try:
+                reply = await commands.call(
+                    svc.nc, "registry", "refresh_server", {"name": name}, timeout=REFRESH_TIMEOUT
+                )
+                log.warning(
+                    "executor: %s says its tools changed; rediscovered, in quarantine: %s",
+                    name,
+                    ", ".join(reply.get("quarantined", [])) or "nothing",
+                )
+            except Exception as exc:
+                log.warning("executor: %s says its tools changed, but the registry could not refresh: %s", name, exc)
+            if name not in stale:
+                return
+
+    pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text), on_tools_changed=on_tools_changed)
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
     redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -323,6 +352,11 @@ def build(settings: WritSettings) -> Service:
             "breakers": {name: b.state for name, b in breakers.items()},
         }
 
+    async def cancel_refreshes() -> None:
+        for task in refreshes.values():
+            task.cancel()
+
+    svc.on_shutdown(cancel_refreshes)
     svc.on_shutdown(pool.close)
     svc.on_shutdown(redis.aclose)
     # One call at a time per replica; ack_wait is extended by in_progress() while a call runs.

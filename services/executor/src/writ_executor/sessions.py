@@ -14,8 +14,15 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TextIO, cast
 
 from mcp import ClientSession
+from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
-from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, RequestParamsMeta
+from mcp.types import (
+    CONNECTION_CLOSED,
+    REQUEST_TIMEOUT,
+    CallToolResult,
+    RequestParamsMeta,
+    ToolListChangedNotification,
+)
 
 from writ_common import events as ev
 from writ_common.mcp_client import open_session
@@ -35,10 +42,14 @@ class CallInterrupted(Exception):
     """The call was sent but no answer came back: it may or may not have taken effect."""
 
 
+ToolsChanged = Callable[[str], None]
+
+
 class _Warm:
-    def __init__(self, server: ev.ServerRegistered, stderr: Stderr) -> None:
+    def __init__(self, server: ev.ServerRegistered, stderr: Stderr, on_tools_changed: ToolsChanged) -> None:
         self.server = server  # resolved: it may hold secret values, so it is never logged or recorded
         self._stderr = stderr
+        self._on_tools_changed = on_tools_changed
         self.session: ClientSession | None = None
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
@@ -48,7 +59,7 @@ class _Warm:
     async def _hold(self) -> None:
         try:
             with self._stderr() if self.server.transport == "stdio" else nullcontext(None) as errlog:
-                async with open_session(self.server, errlog=errlog) as session:
+                async with open_session(self.server, errlog=errlog, on_message=self._on_message) as session:
                     self.session = session
                     self.ready.set()
                     await self.stop.wait()
@@ -58,6 +69,11 @@ class _Warm:
         finally:
             self.session = None
             self.ready.set()
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        # Runs in the session's receive loop: hand over, never block it.
+        if isinstance(message, ToolListChangedNotification):
+            self._on_tools_changed(self.server.name)
 
     @property
     def alive(self) -> bool:
@@ -73,10 +89,11 @@ class SessionPool:
     """One warm session per server; a dead or reconfigured one (a changed secret too) is replaced
     on next use. ``stderr`` gives each stdio server process its stderr (default: ours)."""
 
-    def __init__(self, stderr: Stderr | None = None) -> None:
+    def __init__(self, stderr: Stderr | None = None, on_tools_changed: ToolsChanged | None = None) -> None:
         self._warm: dict[str, _Warm] = {}
         self._lock = asyncio.Lock()
         self._stderr: Stderr = stderr or (lambda: nullcontext(None))
+        self._on_tools_changed: ToolsChanged = on_tools_changed or (lambda _name: None)
 
     async def _session(self, server: ev.ServerRegistered) -> ClientSession:
         async with self._lock:
@@ -85,7 +102,7 @@ class SessionPool:
                 await warm.close()
                 warm = None
             if warm is None:
-                warm = self._warm[server.name] = _Warm(server, self._stderr)
+                warm = self._warm[server.name] = _Warm(server, self._stderr, self._on_tools_changed)
         try:
             await asyncio.wait_for(warm.ready.wait(), CONNECT_TIMEOUT)
         except TimeoutError as exc:
