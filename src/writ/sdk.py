@@ -111,7 +111,7 @@ async def wait_receipt(
     """Wait for the receipt of ``intent_id`` (returns at once if it already exists).
 
     ``wake_subject``: what to listen on for "something happened" (default: the receipt subject);
-    an agent's bus user may only listen to its own intents, ``writ.intent.<agent>.<intent>.>``.
+    an agent's bus user may only listen to its own, ``writ.notice.<agent>.<intent>.receipt``.
 
     Raises:
         ReceiptTimeout: none within ``timeout`` seconds.
@@ -214,7 +214,7 @@ class WritAgent:
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
-        wake = subjects.intent_filter(self.agent_id, intent_id)
+        wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
         return await wait_receipt(self.nc, intent_id, timeout, wake_subject=wake)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:

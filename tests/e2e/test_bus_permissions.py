@@ -107,10 +107,14 @@ async def test_an_anonymous_client_is_not_let_in(plane: Plane) -> None:
 async def test_an_agent_submits_and_reads_its_own_intent(plane: Plane, agent: Agent) -> None:
     key = load_key(plane.data_dir / "keys" / "agents" / f"{agent.name}.key")
     sdk = WritAgent(agent.bus.nc, agent.name, key)
+    notices = await agent.bus.nc.subscribe(f"writ.notice.{agent.name}.>")
     submission = await sdk.submit("get_current_time", {"timezone": "UTC"})
     assert submission.intent_id
     receipt = await sdk.receipt(submission.intent_id, timeout=30)  # whatever its outcome, it is the agent's to read
     assert receipt.intent_id == submission.intent_id and receipt.agent_id == agent.name
+    # The ledger tells the agent, on a subject only it may hear, that its receipt is stored.
+    notice = await notices.next_msg(timeout=5)
+    assert notice.subject == subjects.receipt_notice_subject(agent.name, submission.intent_id)
     assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
 
 

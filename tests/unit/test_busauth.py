@@ -30,7 +30,7 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     agent = busauth.agent_user("bot-1", "UBOT")
     assert agent.publish[0] == "writ.intent.bot-1.*.submitted"
     assert all("bot-1" in s or "receipt" in s for s in agent.publish)
-    assert agent.subscribe == ("writ.intent.bot-1.>", "_INBOX_agent-bot-1.>")
+    assert agent.subscribe == ("writ.intent.bot-1.>", "writ.notice.bot-1.>", "_INBOX_agent-bot-1.>")
     assert not agent.allow_responses
 
 

@@ -71,7 +71,7 @@ async def submit(
             console.print("[yellow]duplicate: original intent kept[/] (this idempotency key was used before)")
         if not wait:
             return True
-        wake = subjects.intent_filter(agent, submission.intent_id)
+        wake = subjects.receipt_notice_subject(agent, submission.intent_id)
         receipt = await wait_receipt(nc, submission.intent_id, timeout, wake_subject=wake)
     console.print(render.receipt_panel(receipt))
     return receipt.status == "succeeded"

@@ -51,6 +51,8 @@ CONTROL_PREFIX_BY_SERVICE: Mapping[str, str] = {
     "executor": "writ.executor.>",
     "ledger": "writ.ledger.>",
 }
+# Core NATS wake-ups a service sends outside any stream.
+NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {"ledger": ("writ.notice.*.*.receipt",)}
 # What a service needs of the JetStream API: its consumers, reads, stream info; never stream admin.
 SERVICE_JS_API = (
     "$JS.API.INFO",
@@ -104,6 +106,7 @@ def service_user(service: str, nkey: str) -> BusUser:
         publish=(
             *own,
             CONTROL_PREFIX_BY_SERVICE[service],
+            *NOTICES_BY_SERVICE.get(service, ()),
             subjects.dlq_subject(service),
             *SERVICE_JS_API,
             # Replies to operators' and approvers' commands; a config reload forgets the
@@ -138,7 +141,11 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
             f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.writ.ledger.receipt.*",
         ),
-        subscribe=(f"{subjects.INTENT_PREFIX}.{agent_id}.>", f"{inbox_prefix(f'agent-{agent_id}')}.>"),
+        subscribe=(
+            f"{subjects.INTENT_PREFIX}.{agent_id}.>",
+            f"writ.notice.{agent_id}.>",
+            f"{inbox_prefix(f'agent-{agent_id}')}.>",
+        ),
     )
 
 

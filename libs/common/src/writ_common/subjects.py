@@ -88,6 +88,12 @@ def receipt_subject(intent_id: str) -> str:
 RECEIPTS_FILTER = "writ.ledger.receipt.*"
 
 
+def receipt_notice_subject(agent_id: str, intent_id: str) -> str:
+    """Core NATS only (no stream): "the receipt is stored", under the agent's id, so an agent may
+    listen for its own receipts without being able to listen to anyone else's."""
+    return f"writ.notice.{agent_id}.{intent_id}.receipt"
+
+
 def dlq_subject(service: str) -> str:
     return f"writ.dlq.{service}"
 

@@ -119,6 +119,7 @@ def build(settings: WritSettings) -> Service:
                 raise
             # A duplicate ack names the earlier message, not a new head: read it again next time.
             head[:] = [] if ack.duplicate else [(receipt.position, receipt.receipt_hash, ack.seq)]
+            await svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), b"")
             svc.fault_point()
             return
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")
