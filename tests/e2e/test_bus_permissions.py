@@ -87,7 +87,7 @@ async def test_credentials_are_files_only_their_owner_can_read(writ: Writ, plane
     name = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
     files = [
-        *(plane.bus.seed_file(s) for s in (*SERVICES, "operator", "approvers")),
+        *(plane.bus.seed_file(s) for s in (*SERVICES, "operator")),
         agent_bus_seed_path(plane.data_dir, name),
         plane.bus.users_conf,
     ]
@@ -165,3 +165,27 @@ async def test_a_revoked_agent_is_shut_out_of_the_bus(writ: Writ, plane: Plane) 
     assert (await asyncio.to_thread(writ, "agent", "revoke", name, "--reason", "left")).exit_code == 0
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
         await connect_as(plane, seed, f"agent-{name}")
+
+
+async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: Writ, plane: Plane) -> None:
+    name, group = f"appr-{uuid.uuid4().hex[:8]}", f"grp-{uuid.uuid4().hex[:6]}"
+    assert (await asyncio.to_thread(writ, "approver", "register", name, "--group", group)).exit_code == 0
+    listed = await asyncio.to_thread(writ, "approvals", "list", "--as", name)  # speaks with its own credential
+    assert listed.exit_code == 0 and "no pending approval requests" in listed.stdout, listed.output
+    seed = plane.data_dir / "keys" / "approvers" / f"{name}.nk"
+    assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+    approver = await connect_as(plane, seed, f"approvers.{name}")
+    try:
+        await approver.nc.subscribe(subjects.approval_notice_subject(group, "*"))  # its own group: fine
+        await approver.nc.subscribe(subjects.approval_notice_subject("someone-elses", "*"))
+        await approver.nc.flush()
+        await asyncio.sleep(0.2)
+        assert [e for e in approver.errors if "subscription" in e.lower() and "someone-elses" in e], approver.errors
+        assert not [e for e in approver.errors if group in e]
+        before = len(approver.errors)
+        with pytest.raises(nats.errors.TimeoutError):
+            await approver.nc.request("writ.cmd.registry.list_servers", b"{}", timeout=1.0)
+        await asyncio.sleep(0.1)
+        assert any("permissions violation" in e.lower() for e in approver.errors[before:])
+    finally:
+        await approver.nc.close()

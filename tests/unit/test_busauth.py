@@ -46,3 +46,13 @@ def test_only_user_public_nkeys_pass_as_bus_keys() -> None:
     assert busauth.is_user_nkey(key)
     assert not busauth.is_user_nkey(key[:-1] + ("A" if key[-1] != "A" else "B"))  # checksum
     assert not busauth.is_user_nkey("S" + key[1:]) and not busauth.is_user_nkey("not a key")
+
+
+def test_an_approver_hears_only_its_own_groups_and_asks_only_policy() -> None:
+    carol = busauth.approver_user("carol", "UCAROL", ["ops", "fin"])
+    assert carol.subscribe == (
+        "writ.notice.approvals.ops.>",
+        "writ.notice.approvals.fin.>",
+        "_INBOX_approvers.carol.>",
+    )
+    assert all(p.startswith("writ.cmd.policy.") for p in carol.publish)

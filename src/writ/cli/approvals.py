@@ -16,6 +16,7 @@ from writ.cli import render
 from writ.cli.base import call, connect, console, fail, query, report, run, settings
 from writ.cli.intents import check_intent_id
 from writ_common.approvals import Decision
+from writ_common.settings import WritSettings
 
 approver_app = typer.Typer(help="Register and list approvers (people who grant or deny calls).", no_args_is_help=True)
 approvals_app = typer.Typer(help="See, follow, grant and deny approval requests as an approver.", no_args_is_help=True)
@@ -30,6 +31,29 @@ SHOW_RETRIES = 50  # x 0.1s: the policy service may see a new request a moment a
 def approver_key_path(data_dir: Path, approver_id: str) -> Path:
     """Where ``writ approver register`` keeps an approver's private key."""
     return data_dir / "keys" / "approvers" / f"{approver_id}.key"
+
+
+def approver_bus_seed_path(data_dir: Path, approver_id: str) -> Path:
+    """An approver's bus credential (NATS nkey seed, 0600), issued by ``writ approver register``."""
+    return data_dir / "keys" / "approvers" / f"{approver_id}.nk"
+
+
+def as_approver(approver: str) -> tuple[WritSettings, str]:
+    """Settings and bus user to speak as ``approver`` (its own credential when this machine has it;
+    else the local operator's)."""
+    from writ_common.busauth import approver_bus_name
+
+    cfg = settings()
+    seed = approver_bus_seed_path(cfg.data_dir, approver)
+    if seed.exists():
+        return cfg.model_copy(update={"nats_seed_file": seed}), approver_bus_name(approver)
+    return cfg, "operator"
+
+
+async def ask_policy(approver: str, command: str, body: dict[str, Any]) -> Any:
+    cfg, user = as_approver(approver)
+    async with connect(cfg, user) as nc:
+        return await call(nc, "policy", command, body)
 
 
 def read_approver_key(path: Path, approver_id: str) -> SigningKey:
@@ -52,6 +76,7 @@ def read_approver_key(path: Path, approver_id: str) -> SigningKey:
 async def register_approver(name: str, *, groups: list[str], key_file: Path | None) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
     from writ.keys import write_new_key
+    from writ_common.busauth import new_seed, public_nkey, write_seed
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -68,12 +93,15 @@ async def register_approver(name: str, *, groups: list[str], key_file: Path | No
                 "register it with `--key` to reuse it, or move it away to start over",
             )
         key, new = generate_key(), True
-    body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups}
+    seed_path = approver_bus_seed_path(cfg.data_dir, name)
+    seed = seed_path.read_text().strip() if seed_path.exists() else new_seed()
+    body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups, "bus_key": public_nkey(seed)}
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_approver", body)
     if new:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    return {**registered, "key_file": str(path.resolve())}
+    write_seed(seed_path, seed)
+    return {**registered, "key_file": str(path.resolve()), "bus_seed_file": str(seed_path.resolve())}
 
 
 @approver_app.command("register")
@@ -90,6 +118,7 @@ def approver_register(
     console.print(f"  groups    {', '.join(done['groups'])}")
     console.print(f"  key id    {done['key_id']}")
     console.print(f"  key file  {done['key_file']}")
+    console.print(f"  bus creds {done['bus_seed_file']} (hears only its groups' requests)")
 
 
 @approver_app.command("list")
@@ -104,7 +133,7 @@ def approver_list() -> None:
 @approvals_app.command("list")
 def approvals_list(approver: As) -> None:
     """Open requests this approver's groups may decide."""
-    rows = run(query("policy", "list_approvals", {"approver_id": approver}))
+    rows = run(ask_policy(approver, "list_approvals", {"approver_id": approver}))
     if not rows:
         console.print(f"no pending approval requests for {approver}")
         return
@@ -122,7 +151,7 @@ async def show(intent_id: str, approver: str) -> dict[str, Any]:
 
     check_intent_id(intent_id)
     try:
-        return dict(await query("policy", "show_approval", {"intent_id": intent_id, "approver_id": approver}))
+        return dict(await ask_policy(approver, "show_approval", {"intent_id": intent_id, "approver_id": approver}))
     except CommandError as exc:
         if exc.code != "forbidden":
             raise
@@ -138,7 +167,7 @@ async def decide(
     check_intent_id(intent_id)
     cfg = settings()
     key = read_approver_key(key_file or approver_key_path(cfg.data_dir, approver), approver)
-    async with connect(cfg) as nc:
+    async with connect(*as_approver(approver)) as nc:
         # Fetched without approver_id on purpose: policy itself judges who may decide, and records a
         # refused attempt (not_in_group, bad_signature...) in the intent's log.
         request = dict(await call(nc, "policy", "show_approval", {"intent_id": intent_id}))
@@ -203,7 +232,6 @@ async def watch(approver: str, count: int | None) -> int:
     from nats.aio.msg import Msg
 
     from writ_common import subjects
-    from writ_common.envelope import UndecodableEvent, decode
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -215,17 +243,16 @@ async def watch(approver: str, count: int | None) -> int:
             handled.append(sig)
     shown = 0
     try:
-        async with connect(settings()) as nc:
+        async with connect(*as_approver(approver)) as nc:
             arrived: asyncio.Queue[str] = asyncio.Queue()
 
             async def on_request(msg: Msg) -> None:
-                with contextlib.suppress(UndecodableEvent):
-                    event = decode(msg.data, subject=msg.subject)
-                    if event.envelope.intent_id:
-                        arrived.put_nowait(event.envelope.intent_id)
+                arrived.put_nowait(msg.subject.rsplit(".", 1)[-1])
 
-            sub = await nc.subscribe(subjects.intents_of_type("approval.requested"), cb=on_request)
             # Also checks that the approver exists (unknown_approver otherwise).
+            groups = await call(nc, "policy", "approver_groups", {"approver_id": approver})
+            # Policy announces each new request to its group; the bus lets an approver hear only its own.
+            subs = [await nc.subscribe(subjects.approval_notice_subject(g, "*"), cb=on_request) for g in groups]
             waiting = await call(nc, "policy", "list_approvals", {"approver_id": approver})
             console.print(f"watching approval requests for [bold]{approver}[/] (Ctrl-C to stop)")
             if waiting:
@@ -253,7 +280,8 @@ async def watch(approver: str, count: int | None) -> int:
                     f" or `writ approvals deny {intent_id} --as {approver}`",
                     soft_wrap=True,
                 )
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)

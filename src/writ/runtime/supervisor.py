@@ -476,7 +476,6 @@ class Plane:
                     "redis_url": self.redis_url,
                     # A local operator's CLI connects with this (the file is 0600, like the data).
                     "operator_seed_file": str(self.bus.seed_file("operator")),
-                    "approvers_seed_file": str(self.bus.seed_file("approvers")),
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},

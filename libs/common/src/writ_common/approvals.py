@@ -36,6 +36,7 @@ class Approver:
     key_id: str
     groups: tuple[str, ...]
     active: bool
+    bus_key: str | None = None
 
 
 def apply_approver_event(approvers: dict[str, Approver], event: StoredEvent) -> None:
@@ -43,5 +44,5 @@ def apply_approver_event(approvers: dict[str, Approver], event: StoredEvent) -> 
     if isinstance(event.payload, ev.ApproverRegistered):
         p = event.payload
         approvers[p.approver_id] = Approver(
-            p.approver_id, p.public_key, key_id(p.public_key), tuple(p.groups), p.active
+            p.approver_id, p.public_key, key_id(p.public_key), tuple(p.groups), p.active, p.bus_key
         )

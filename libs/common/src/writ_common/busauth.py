@@ -52,7 +52,10 @@ CONTROL_PREFIX_BY_SERVICE: Mapping[str, str] = {
     "ledger": "writ.ledger.>",
 }
 # Core NATS wake-ups a service sends outside any stream.
-NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {"ledger": ("writ.notice.*.*.receipt",)}
+NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
+    "ledger": ("writ.notice.*.*.receipt",),
+    "policy": ("writ.notice.approvals.>",),
+}
 # What a service needs of the JetStream API: its consumers, reads, stream info; never stream admin.
 SERVICE_JS_API = (
     "$JS.API.INFO",
@@ -62,7 +65,7 @@ SERVICE_JS_API = (
     "$JS.API.STREAM.MSG.GET.>",
     "$JS.ACK.>",
 )
-APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval")
+APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval", "approver_groups")
 # Commands one service asks of another (service -> "other.command"), all else is operators' only.
 COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "registry": ("executor.discover",),
@@ -149,14 +152,23 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
     )
 
 
-def approver_user(nkey: str) -> BusUser:
-    """Approvers ask policy what waits for their groups and send signed decisions: nothing else.
-    Policy checks each approver's group and signature per request."""
+def approver_bus_name(approver_id: str) -> str:
+    """``approvers.<id>``: every approver's inbox sits under ``_INBOX_approvers.``, where services reply."""
+    return f"approvers.{approver_id}"
+
+
+def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser:
+    """An approver asks policy what waits for its groups and sends signed decisions, and hears
+    only its own groups' new requests. Policy still checks group and signature per decision."""
+    name = approver_bus_name(approver_id)
     return BusUser(
-        name="approvers",
+        name=name,
         nkey=nkey,
         publish=tuple(subjects.command_subject("policy", c) for c in APPROVER_COMMANDS),
-        subscribe=(f"{inbox_prefix('approvers')}.>",),
+        subscribe=(
+            *(subjects.approval_notice_subject(group, ">") for group in groups),
+            f"{inbox_prefix(name)}.>",
+        ),
     )
 
 
@@ -208,22 +220,21 @@ def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def write_users_conf(auth_dir: Path) -> None:
-    """users.conf = the runtime's fixed users + one per agent the identity service lets in."""
+    """users.conf = the runtime's fixed users + the agents and approvers identity lets in."""
     static = json.loads((auth_dir / "static_users.json").read_text())
-    agents_file = auth_dir / "agents.json"
-    agents: dict[str, str] = json.loads(agents_file.read_text()) if agents_file.exists() else {}
-    users = [*static, *(agent_user(agent_id, key).config() for agent_id, key in sorted(agents.items()))]
-    write_atomically(auth_dir / "users.conf", "users = " + json.dumps(users, indent=2) + "\n")
+    people = auth_dir / "registered_users.json"
+    registered = json.loads(people.read_text()) if people.exists() else []
+    write_atomically(auth_dir / "users.conf", "users = " + json.dumps([*static, *registered], indent=2) + "\n")
 
 
-def publish_agents(auth_dir: Path, agents: Mapping[str, str]) -> bool:
-    """Give the bus exactly these agents (id -> public nkey) and make nats-server reload its users.
-    Returns False when nothing changed (no reload)."""
-    agents_file = auth_dir / "agents.json"
-    current = json.loads(agents_file.read_text()) if agents_file.exists() else {}
-    if current == dict(agents):
+def publish_users(auth_dir: Path, users: Iterable[BusUser]) -> bool:
+    """Give the bus exactly these registered users (agents, approvers) and make nats-server
+    reload its users. Returns False when nothing changed (no reload)."""
+    people = auth_dir / "registered_users.json"
+    wanted = [u.config() for u in sorted(users, key=lambda u: u.name)]
+    if people.exists() and json.loads(people.read_text()) == wanted:
         return False
-    write_atomically(agents_file, json.dumps(dict(sorted(agents.items())), indent=2))
+    write_atomically(people, json.dumps(wanted, indent=2))
     write_users_conf(auth_dir)
     pid = int((auth_dir / "nats.pid").read_text().strip())
     os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration (users) on SIGHUP
@@ -232,8 +243,8 @@ def publish_agents(auth_dir: Path, agents: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class EmbeddedBus:
-    """Where the embedded runtime keeps bus credentials: seeds in ``creds_dir`` (one per service,
-    the operator and the approvers), server-side users in ``auth_dir``."""
+    """Where the embedded runtime keeps bus credentials: seeds in ``creds_dir`` (one per service
+    and the operator's), server-side users in ``auth_dir``."""
 
     creds_dir: Path
     auth_dir: Path
@@ -257,7 +268,6 @@ def prepare_embedded(data_dir: Path, services: Iterable[str]) -> EmbeddedBus:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     users = [service_user(s, public_nkey(write_seed(bus.seed_file(s)))) for s in services]
     users.append(BusUser("operator", public_nkey(write_seed(bus.seed_file("operator"))), admin=True))
-    users.append(approver_user(public_nkey(write_seed(bus.seed_file("approvers")))))
     write_atomically(bus.auth_dir / "static_users.json", json.dumps([u.config() for u in users], indent=2))
     write_users_conf(bus.auth_dir)
     return bus

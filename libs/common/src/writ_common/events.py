@@ -215,6 +215,7 @@ class ApproverRegistered(Payload, frozen=True, kw_only=True):
     public_key: str
     groups: list[str]
     active: bool = True
+    bus_key: str | None = None  # the approver's NATS user public nkey, when the bus checks who listens
 
 
 class ReaderTokenIssued(Payload, frozen=True, kw_only=True):

@@ -94,6 +94,11 @@ def receipt_notice_subject(agent_id: str, intent_id: str) -> str:
     return f"writ.notice.{agent_id}.{intent_id}.receipt"
 
 
+def approval_notice_subject(group: str, intent_id: str) -> str:
+    """Core NATS only: "a request waits for ``group``"; an approver's bus user hears only its groups'."""
+    return f"writ.notice.approvals.{group}.{intent_id}"
+
+
 def dlq_subject(service: str) -> str:
     return f"writ.dlq.{service}"
 

@@ -16,7 +16,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, append_control, last_on_subject
-from writ_common.busauth import is_user_nkey, publish_agents
+from writ_common.busauth import agent_user, approver_user, is_user_nkey, publish_users
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, make_envelope, utcnow
 from writ_common.fold import IntentView
@@ -59,6 +59,7 @@ class RegisterApprover(msgspec.Struct, kw_only=True):
     approver_id: str
     public_key: str
     groups: list[str]
+    bus_key: str | None = None
 
 
 class IssueReaderToken(msgspec.Struct, kw_only=True):
@@ -98,8 +99,12 @@ def build(settings: WritSettings) -> Service:
         """Embedded runtime: the bus lets in exactly the registered, unrevoked agents."""
         if settings.nats_auth_dir is None:
             return
-        if await asyncio.to_thread(publish_agents, settings.nats_auth_dir, bus_keys(agents)):
-            log.info("identity: bus users updated (%d agents)", len(bus_keys(agents)))
+        users = [agent_user(agent_id, key) for agent_id, key in bus_keys(agents).items()]
+        users += [
+            approver_user(a.approver_id, a.bus_key, a.groups) for a in approvers.values() if a.bus_key and a.active
+        ]
+        if await asyncio.to_thread(publish_users, settings.nats_auth_dir, users):
+            log.info("identity: bus users updated (%d agents and approvers)", len(users))
             await asyncio.sleep(RELOAD_SETTLE)
 
     async def lookup(agent_id: str) -> Agent | None:
@@ -262,7 +267,11 @@ def build(settings: WritSettings) -> Service:
         check_public_key(cmd.public_key)
         if not cmd.groups:
             raise CommandError("invalid_groups", "an approver belongs to at least one group")
-        payload = ev.ApproverRegistered(approver_id=cmd.approver_id, public_key=cmd.public_key, groups=cmd.groups)
+        if cmd.bus_key is not None and not is_user_nkey(cmd.bus_key):
+            raise CommandError("invalid_bus_key", "bus_key must be a NATS user public nkey (U...)")
+        payload = ev.ApproverRegistered(
+            approver_id=cmd.approver_id, public_key=cmd.public_key, groups=cmd.groups, bus_key=cmd.bus_key
+        )
         try:
             await append_control(
                 svc.js,
@@ -273,6 +282,8 @@ def build(settings: WritSettings) -> Service:
             )
         except StaleAppend as exc:
             raise CommandError("approver_exists", f"approver {cmd.approver_id!r} is already registered") from exc
+        await follower.ensure_fresh()
+        await sync_bus_users()  # the reply comes once the approver may connect
         return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups}
 
     async def issue_reader_token(body: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from writ_common.bus import StaleAppend, append_control, direct_get_batch, last_
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, make_envelope, parse_time
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Redeliver, Service
+from writ_common.service import FENCE_RETRIES, Decide, Redeliver, Service
 from writ_common.settings import WritSettings
 from writ_policy.approvals import SignedDecision, expire, is_expired, judge
 from writ_policy.domain import (
@@ -174,6 +174,8 @@ def build(settings: WritSettings) -> Service:
         await redis.aclose()
 
     async def on_planned(trigger: StoredEvent, _raw: Msg) -> None:
+        asked: list[ev.ApprovalRequested] = []
+
         async def decide_intent(view: IntentView) -> list[ev.Payload]:
             if view.planned is None or view.authorized is not None or view.approval is not None:
                 return []
@@ -196,7 +198,11 @@ def build(settings: WritSettings) -> Service:
                 raise Redeliver(RATE_STORE_RETRY, f"not authorizing without counting: {exc}") from exc
             return [decision if exceeded is None else rate_limited(view, decision, exceeded)]
 
-        await svc.run_stage(trigger, "authorize", decide_intent)
+        if await svc.run_stage(trigger, "authorize", keep_asked(decide_intent, asked)) and asked:
+            # Wake the approvers of that group (core NATS; `writ approvals watch` listens, and the
+            # bus lets each approver hear only its own groups).
+            intent_id = trigger.envelope.intent_id or ""
+            await svc.nc.publish(subjects.approval_notice_subject(asked[0].approvers, intent_id), b"")
 
     async def load(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, LoadPolicy)
@@ -231,6 +237,12 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "policy_digest": current[0].digest if current else None}
 
+    async def approver_groups(body: dict[str, Any]) -> Any:
+        query = msgspec.convert(body, ApprovalQuery)
+        if not query.approver_id:
+            raise CommandError("invalid_request", "approver_groups needs an approver_id")
+        return list(await groups_of(query.approver_id) or ())
+
     svc.on_startup(startup)
     svc.on_shutdown(shutdown)
     svc.consume_intents(subjects.intents_of_type("intent.planned"), on_planned)
@@ -239,8 +251,20 @@ def build(settings: WritSettings) -> Service:
     svc.command("show_approval", show_approval)
     svc.command("load", load)
     svc.command("show", show)
+    svc.command("approver_groups", approver_groups)
     svc.command("ping", ping)
     return svc
+
+
+def keep_asked(decide: Decide, asked: list[ev.ApprovalRequested]) -> Decide:
+    """``decide``, remembering the approval request among its last decision (to wake approvers)."""
+
+    async def deciding(view: IntentView) -> list[ev.Payload]:
+        payloads = list(await decide(view))
+        asked[:] = [p for p in payloads if isinstance(p, ev.ApprovalRequested)]
+        return payloads
+
+    return deciding
 
 
 def approval_picture(view: IntentView) -> dict[str, Any]:
