@@ -406,13 +406,13 @@ CURRENT_VERSION: dict[str, int] = {}
 for _name, _version in CATALOG:
     CURRENT_VERSION[_name] = max(_version, CURRENT_VERSION.get(_name, 0))
 
-TERMINAL_TYPES = frozenset(
-    {
-        "intent.rejected",
-        "intent.denied",
-        "intent.expired",
-        "execution.succeeded",
-        "execution.failed",
-        "execution.outcome_unknown",
-    }
-)
+# How an intent ends: terminal event type -> the status receipts, views and people see.
+TERMINAL_STATUS: dict[str, str] = {
+    "intent.rejected": "rejected",
+    "intent.denied": "denied",
+    "intent.expired": "expired",
+    "execution.succeeded": "succeeded",
+    "execution.failed": "failed",
+    "execution.outcome_unknown": "outcome_unknown",
+}
+TERMINAL_TYPES = frozenset(TERMINAL_STATUS)

@@ -65,14 +65,7 @@ class IntentView:
     def status(self) -> str:
         """A one-word status for people: the stage reached, or how it ended."""
         if self.terminal is not None:
-            return {
-                "intent.rejected": "rejected",
-                "intent.denied": "denied",
-                "intent.expired": "expired",
-                "execution.succeeded": "succeeded",
-                "execution.failed": "failed",
-                "execution.outcome_unknown": "outcome_unknown",
-            }[self.terminal.type]
+            return ev.TERMINAL_STATUS[self.terminal.type]
         if self.started:
             return "executing"
         if self.authorized is not None:

@@ -17,15 +17,6 @@ from writ_common.signing import SignatureInvalid, sign, verify
 
 GENESIS = "sha256:" + "0" * 64
 
-_STATUS = {
-    "intent.rejected": "rejected",
-    "intent.denied": "denied",
-    "intent.expired": "expired",
-    "execution.succeeded": "succeeded",
-    "execution.failed": "failed",
-    "execution.outcome_unknown": "outcome_unknown",
-}
-
 
 def receipt_hash(receipt: ev.Receipt) -> str:
     """sha256 over the canonical JSON of the receipt body (all but hash and signature)."""
@@ -39,7 +30,7 @@ def build_receipt(
     terminal = view.terminal
     assert terminal is not None and view.intent_id and view.agent_id
     payload = terminal.payload
-    status = _STATUS[terminal.type]
+    status = ev.TERMINAL_STATUS[terminal.type]
     stage: ev.Stage = "execute"
     code, reason = "ok", "the tool ran and returned its result"
     result: dict[str, object] | None = None

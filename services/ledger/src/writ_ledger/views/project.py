@@ -21,15 +21,7 @@ from writ_common.signing import key_id
 
 _json = msgspec.json.Encoder()
 
-TERMINAL_STATUS = {
-    "intent.rejected": "rejected",
-    "intent.denied": "denied",
-    "intent.expired": "expired",
-    "execution.succeeded": "succeeded",
-    "execution.failed": "failed",
-    "execution.outcome_unknown": "outcome_unknown",
-}
-FINAL = frozenset(TERMINAL_STATUS.values()) | {"reconciled_succeeded", "reconciled_failed", "retried"}
+FINAL = frozenset(ev.TERMINAL_STATUS.values()) | {"reconciled_succeeded", "reconciled_failed", "retried"}
 # Which rollup counter a terminal status adds to.
 ROLLUP_COLUMN = {
     "succeeded": "succeeded",
@@ -180,10 +172,10 @@ def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
             _update(db, intent_id, at)
         case _:
             pass
-    if env.type in TERMINAL_STATUS:
+    if env.type in ev.TERMINAL_STATUS:
         times = {"submitted": submitted_at, "planned": planned_at, "requested": requested_at, "started": started_at}
-        _ended(db, event, TERMINAL_STATUS[env.type], times)
-        _rollup(db, hour, agent_id, tool or "", ROLLUP_COLUMN[TERMINAL_STATUS[env.type]])
+        _ended(db, event, ev.TERMINAL_STATUS[env.type], times)
+        _rollup(db, hour, agent_id, tool or "", ROLLUP_COLUMN[ev.TERMINAL_STATUS[env.type]])
 
 
 def _submitted(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentSubmitted) -> None:
