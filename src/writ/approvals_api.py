@@ -30,7 +30,17 @@ from writ_common import commands, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
-from writ_common.ids import is_token
+from writ_common.httpapi import (
+    INTENT_ID_PARAMETER,
+    ApiError,
+    ErrorBody,
+    component_schemas,
+    error_doc,
+    error_response,
+    intent_id_param,
+    invalid_request,
+    json_content,
+)
 from writ_common.signing import SignatureInvalid, sign, verify
 
 AUTH_SCHEME = "Writ-Ed25519"
@@ -106,26 +116,6 @@ class DecisionOutcome(BaseModel):
     reason: str
     granted_by: list[str]
     quorum: int
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    prefix = f"{code}: "
-    body = ErrorBody(error=code, message=message.removeprefix(prefix))
-    headers = {"WWW-Authenticate": AUTH_SCHEME} if status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 # -- authentication ---------------------------------------------------------------------------------
@@ -243,15 +233,9 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
                 approver = await authenticate(request, plane()[1])
                 return JSONResponse(await handler(request, approver))
             except ApiError as exc:
-                return error_response(exc.status, exc.code, exc.message)
+                return error_response(exc, challenge=AUTH_SCHEME)
 
         return run
-
-    def intent_id_of(request: Request) -> str:
-        intent_id = str(request.path_params["intent_id"])
-        if not is_token(intent_id):
-            raise ApiError(400, "invalid_intent_id", f"{intent_id!r} is not an intent id")
-        return intent_id
 
     async def show(intent_id: str, approver: Approver) -> dict[str, Any]:
         return dict(await command("show_approval", {"intent_id": intent_id, "approver_id": approver.approver_id}))
@@ -261,16 +245,14 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
         return ApprovalList(approvals=[ApprovalRequest.model_validate(r) for r in rows]).model_dump(mode="json")
 
     async def get_approval(request: Request, approver: Approver) -> Any:
-        return ApprovalRequest.model_validate(await show(intent_id_of(request), approver)).model_dump(mode="json")
+        return ApprovalRequest.model_validate(await show(intent_id_param(request), approver)).model_dump(mode="json")
 
     async def post_decision(request: Request, approver: Approver) -> Any:
-        intent_id = intent_id_of(request)
+        intent_id = intent_id_param(request)
         try:
             body = DecisionBody.model_validate_json(await request.body())
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from exc
+            raise invalid_request(exc, "body") from exc
         pending = await show(intent_id, approver)  # 403 before anything is recorded, 404 if gone
         signed = {
             **body.model_dump(),
@@ -311,21 +293,9 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
 
 
 def _openapi() -> dict[str, Any]:
-    models = (ApprovalRequest, ApprovalList, DecisionBody, DecisionOutcome, ErrorBody)
-    schemas: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
-    def error(description: str) -> dict[str, Any]:
-        return {"description": description, **ref("ErrorBody")}
-
+    schemas = component_schemas((ApprovalRequest, ApprovalList, DecisionBody, DecisionOutcome, ErrorBody))
+    ref, error, intent_param = json_content, error_doc, INTENT_ID_PARAMETER
     unauthorized = error("missing, malformed, stale (±300 s) or badly signed Authorization")
-    intent_param = {"name": "intent_id", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
         "openapi": "3.1.0",
         "info": {

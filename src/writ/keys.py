@@ -8,16 +8,12 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from writ_common.errors import CodedError
 from writ_common.signing import b64, unb64
 
 
-class KeyFileError(Exception):
+class KeyFileError(CodedError):
     """A key file is missing, already exists, or does not hold a key; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def agent_key_path(data_dir: Path, agent_id: str) -> Path:

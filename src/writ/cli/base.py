@@ -13,6 +13,7 @@ import typer
 from nats.aio.client import Client
 from rich.console import Console
 
+from writ_common.errors import CodedError
 from writ_common.settings import WritSettings
 
 T = TypeVar("T")
@@ -24,13 +25,8 @@ CONNECT_TIMEOUT = 2.0
 ADD_SERVER_TIMEOUT = 75.0  # the registry allows discovery 60s
 
 
-class CliError(Exception):
+class CliError(CodedError):
     """An expected failure: printed as ``error: <code>: <message>``, exit 1."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -67,14 +63,12 @@ def _expected(exc: BaseException) -> tuple[str, str] | None:
     """(code, message) of an expected failure, or None for a bug (which keeps its traceback)."""
     import nats.errors
 
-    from writ.keys import KeyFileError
     from writ.runtime.supervisor import PlaneAlreadyRunning
     from writ.sdk import ReceiptTimeout
-    from writ_common.commands import CommandError
     from writ_common.envelope import UndecodableEvent
 
     match exc:
-        case CliError() | CommandError() | KeyFileError():
+        case CodedError():  # CliError, CommandError, KeyFileError...
             return exc.code, exc.message
         case ReceiptTimeout():
             return "receipt_timeout", f"{exc}; the intent may still be in flight: `writ intent status ID` shows it"

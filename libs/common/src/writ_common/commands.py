@@ -13,16 +13,12 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from writ_common.errors import CodedError
 from writ_common.subjects import command_subject
 
 
-class CommandError(Exception):
+class CommandError(CodedError):
     """A command was refused or could not be delivered; ``code`` is stable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def ok(data: Any = None) -> bytes:

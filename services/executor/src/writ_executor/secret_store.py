@@ -30,17 +30,14 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from nacl.utils import random
 
+from writ_common.errors import CodedError
+
 FORMAT = 1
 CHECK = b"writ-secrets-check"
 
 
-class SecretStoreError(Exception):
+class SecretStoreError(CodedError):
     """The store cannot do what was asked; ``code`` is stable, ``message`` is for people (never a value)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from writ_common import subjects
-from writ_common.ids import is_token
+from writ_common.httpapi import (
+    INTENT_ID_PARAMETER,
+    ApiError,
+    ErrorBody,
+    component_schemas,
+    error_doc,
+    error_response,
+    intent_id_param,
+    invalid_request,
+    json_content,
+)
 from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, stats
 from writ_ledger.views.runner import Views
 
@@ -133,22 +143,7 @@ class Status(BaseModel):
     streams: list[StreamLag]
 
 
-class ErrorBody(BaseModel):
-    error: str
-    message: str
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": f'{AUTH_SCHEME} realm="writ-views"'} if status == 401 else None
-    return JSONResponse(ErrorBody(error=code, message=message).model_dump(), status_code=status, headers=headers)
+CHALLENGE = f'{AUTH_SCHEME} realm="writ-views"'
 
 
 # -- the app --------------------------------------------------------------------------------------
@@ -185,9 +180,7 @@ def build_app(views: Views) -> Starlette:
         try:
             return model.model_validate(dict(request.query_params))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "query"
-            raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from exc
+            raise invalid_request(exc, "query") from exc
 
     def endpoint(handler: Callable[[Request], Awaitable[BaseModel]]) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
@@ -195,9 +188,10 @@ def build_app(views: Views) -> Starlette:
                 await authenticate(request)
                 return JSONResponse((await handler(request)).model_dump(mode="json"))
             except ApiError as exc:
-                return error_response(exc.status, exc.code, exc.message)
+                return error_response(exc, challenge=CHALLENGE)
             except QueryError as exc:
-                return error_response(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
+                refused = ApiError(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
+                return error_response(refused, challenge=CHALLENGE)
 
         return run
 
@@ -207,9 +201,7 @@ def build_app(views: Views) -> Starlette:
         return IntentPage.model_validate(await views.read(list_intents, where, limit=q.limit, cursor=q.cursor))
 
     async def intent(request: Request) -> BaseModel:
-        intent_id = str(request.path_params["intent_id"])
-        if not is_token(intent_id):
-            raise ApiError(400, "invalid_intent_id", f"{intent_id!r} is not an intent id")
+        intent_id = intent_id_param(request)
         found = await views.read(get_intent, intent_id)
         if found is None:
             raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
@@ -269,18 +261,8 @@ async def serving(views: Views, port: int) -> AsyncIterator[ApiServer]:
 
 
 def _openapi() -> dict[str, Any]:
-    models = (IntentPage, IntentDetail, Stats, Status, ErrorBody)
-    schemas: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-
-    def ref(name: str) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
-
-    def error(description: str) -> dict[str, Any]:
-        return {"description": description, **ref("ErrorBody")}
+    schemas = component_schemas((IntentPage, IntentDetail, Stats, Status, ErrorBody))
+    ref, error = json_content, error_doc
 
     def query(model: type[BaseModel]) -> list[dict[str, Any]]:
         out = []
@@ -320,7 +302,7 @@ def _openapi() -> dict[str, Any]:
             "/intents/{intent_id}": {
                 "get": {
                     "summary": "One intent with its full event history and its receipt",
-                    "parameters": [{"name": "intent_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "parameters": [INTENT_ID_PARAMETER],
                     "responses": {
                         "200": {"description": "the intent", **ref("IntentDetail")},
                         "401": unauthorized,

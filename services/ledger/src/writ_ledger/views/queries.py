@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from writ_common.envelope import parse_time
+from writ_common.errors import CodedError
 from writ_ledger.views.project import hour_of
 from writ_ledger.views.schema import PRIVATE_TABLES
 
@@ -28,13 +29,8 @@ SQL_TIMEOUT_SECONDS = 5.0
 StatsBy = Literal["agent", "tool", "hour"]
 
 
-class QueryError(Exception):
+class QueryError(CodedError):
     """A query the views refuse; ``code`` is stable, ``message`` is for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
