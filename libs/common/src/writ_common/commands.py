@@ -14,11 +14,22 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from writ_common.errors import CodedError
+from writ_common.ids import is_token
 from writ_common.subjects import command_subject
 
 
 class CommandError(CodedError):
     """A command was refused or could not be delivered; ``code`` is stable, ``message`` is for people."""
+
+
+def require_token(value: str, *, code: str, what: str) -> None:
+    """Ids that become subject tokens must be one; else refuse with ``code`` (e.g. invalid_agent_id).
+
+    Raises:
+        CommandError: ``code``, saying what the id must look like.
+    """
+    if not is_token(value):
+        raise CommandError(code, f"{what} {value!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
 
 
 def ok(data: Any = None) -> bytes:

@@ -19,10 +19,10 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, Pu
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
-from writ_common.bus import StaleAppend, append, dead_letter, read_history, stored
+from writ_common.bus import StaleAppend, append, append_control, dead_letter, read_history, stored
 from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
@@ -213,6 +213,21 @@ class Service:
                 metrics.DECISIONS.labels(self.name, envelope.type, code).inc()
             self.fault_point()
         return seqs
+
+    async def append_control(
+        self,
+        subject: str,
+        payload: Payload,
+        *,
+        message_id: str,
+        expected_last_subject_seq: int | None = None,
+        agent_id: str | None = None,
+    ) -> PubAck:
+        """Append one of this service's control events (agents, servers, policies, breakers...)."""
+        envelope = make_envelope(payload, producer=self.producer, agent_id=agent_id)
+        return await append_control(
+            self.js, subject, envelope, message_id=message_id, expected_last_subject_seq=expected_last_subject_seq
+        )
 
     def fault_point(self) -> None:
         """Test-only fault hook: die right after the N-th append, before the ack (fault tests)."""

@@ -21,13 +21,12 @@ from nats.aio.msg import Msg
 
 from writ_common import commands, metrics, subjects
 from writ_common import events as ev
-from writ_common.bus import StaleAppend, append_control, read_history
+from writ_common.bus import StaleAppend, read_history
 from writ_common.catalog import Catalog
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, require_token
 from writ_common.digest import within_canonical_domain
-from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.envelope import StoredEvent
 from writ_common.fold import IntentView, fold_intent
-from writ_common.ids import is_token
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
 from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
 from writ_common.settings import WritSettings
@@ -141,10 +140,9 @@ def build(settings: WritSettings) -> Service:
             consecutive_failures=transition.consecutive_failures,
         )
         with contextlib.suppress(Exception):  # a lost transition record must not fail the call
-            await append_control(
-                svc.js,
+            await svc.append_control(
                 subjects.breaker_subject(server),
-                make_envelope(event, producer=svc.producer),
+                event,
                 message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
             )
 
@@ -294,17 +292,15 @@ def build(settings: WritSettings) -> Service:
         return sorted(s.name for s in catalog.servers.values() if name in references(s))
 
     async def audit(event: ev.SecretSet | ev.SecretDeleted, verb: str) -> None:
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.secret_subject(event.name, verb),
-            make_envelope(event, producer=svc.producer),
+            event,
             message_id=f"secret:{event.name}:{verb}:{settings.instance}:{time.time_ns()}",
         )
 
     async def set_secret(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, SetSecret)
-        if not is_token(cmd.name):
-            raise CommandError("invalid_secret_name", f"secret name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        require_token(cmd.name, code="invalid_secret_name", what="secret name")
         if len(cmd.value) < MIN_SECRET_LENGTH:
             raise CommandError("invalid_secret", f"a secret's value must be at least {MIN_SECRET_LENGTH} characters")
         entry = await asyncio.to_thread(store_call, store.put, cmd.name, cmd.value)

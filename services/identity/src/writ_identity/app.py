@@ -15,12 +15,12 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
-from writ_common.bus import StaleAppend, append_control, last_on_subject
+from writ_common.bus import StaleAppend, last_on_subject
 from writ_common.busauth import agent_user, approver_user, is_user_nkey, publish_users
-from writ_common.commands import CommandError
-from writ_common.envelope import StoredEvent, make_envelope, utcnow
+from writ_common.commands import CommandError, require_token
+from writ_common.envelope import StoredEvent, utcnow
 from writ_common.fold import IntentView
-from writ_common.ids import is_token, new_event_id
+from writ_common.ids import new_event_id
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, unb64
@@ -81,6 +81,11 @@ def check_public_key(public_key: str) -> None:
             raise ValueError
     except ValueError as exc:
         raise CommandError("invalid_public_key", "public_key must be a base64 Ed25519 public key (32 bytes)") from exc
+
+
+def check_bus_key(bus_key: str | None) -> None:
+    if bus_key is not None and not is_user_nkey(bus_key):
+        raise CommandError("invalid_bus_key", "bus_key must be a NATS user public nkey (U...)")
 
 
 def build(settings: WritSettings) -> Service:
@@ -147,11 +152,9 @@ def build(settings: WritSettings) -> Service:
 
     async def register_agent(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RegisterAgent)
-        if not is_token(cmd.agent_id):
-            raise CommandError("invalid_agent_id", f"agent id {cmd.agent_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        require_token(cmd.agent_id, code="invalid_agent_id", what="agent id")
         check_public_key(cmd.public_key)
-        if cmd.bus_key is not None and not is_user_nkey(cmd.bus_key):
-            raise CommandError("invalid_bus_key", "bus_key must be a NATS user public nkey (U...)")
+        check_bus_key(cmd.bus_key)
         payload = ev.AgentRegistered(
             agent_id=cmd.agent_id,
             public_key=cmd.public_key,
@@ -160,12 +163,11 @@ def build(settings: WritSettings) -> Service:
             acts_for=cmd.acts_for,
             bus_key=cmd.bus_key,
         )
-        envelope = make_envelope(payload, producer=svc.producer, agent_id=cmd.agent_id)
         try:
-            await append_control(
-                svc.js,
+            await svc.append_control(
                 subjects.agent_subject(cmd.agent_id),
-                envelope,
+                payload,
+                agent_id=cmd.agent_id,
                 message_id=f"agent:{cmd.agent_id}:registered",
                 expected_last_subject_seq=0,
             )
@@ -196,10 +198,10 @@ def build(settings: WritSettings) -> Service:
 
     async def append_agent_event(agent_id: str, event: str, payload: ev.Payload, message_id: str) -> None:
         last = await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.agent_event_subject(agent_id, event))
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.agent_event_subject(agent_id, event),
-            make_envelope(payload, producer=svc.producer, agent_id=agent_id),
+            payload,
+            agent_id=agent_id,
             message_id=message_id,
             expected_last_subject_seq=(last.seq or 0) if last else 0,
         )
@@ -260,23 +262,18 @@ def build(settings: WritSettings) -> Service:
 
     async def register_approver(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RegisterApprover)
-        if not is_token(cmd.approver_id):
-            raise CommandError(
-                "invalid_approver_id", f"approver id {cmd.approver_id!r} must match [a-z0-9][a-z0-9_-]{{0,62}}"
-            )
+        require_token(cmd.approver_id, code="invalid_approver_id", what="approver id")
         check_public_key(cmd.public_key)
         if not cmd.groups:
             raise CommandError("invalid_groups", "an approver belongs to at least one group")
-        if cmd.bus_key is not None and not is_user_nkey(cmd.bus_key):
-            raise CommandError("invalid_bus_key", "bus_key must be a NATS user public nkey (U...)")
+        check_bus_key(cmd.bus_key)
         payload = ev.ApproverRegistered(
             approver_id=cmd.approver_id, public_key=cmd.public_key, groups=cmd.groups, bus_key=cmd.bus_key
         )
         try:
-            await append_control(
-                svc.js,
+            await svc.append_control(
                 subjects.approver_subject(cmd.approver_id),
-                make_envelope(payload, producer=svc.producer),
+                payload,
                 message_id=f"approver:{cmd.approver_id}:registered",
                 expected_last_subject_seq=0,
             )
@@ -289,33 +286,29 @@ def build(settings: WritSettings) -> Service:
     async def issue_reader_token(body: dict[str, Any]) -> Any:
         """Record a views API token by its hash (the token itself never reaches the plane)."""
         cmd = msgspec.convert(body, IssueReaderToken)
-        if not is_token(cmd.name):
-            raise CommandError("invalid_name", f"token name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        require_token(cmd.name, code="invalid_name", what="token name")
         if not TOKEN_HASH.fullmatch(cmd.token_hash):
             raise CommandError("invalid_token_hash", "token_hash must read sha256:<64 lowercase hex digits>")
         payload = ev.ReaderTokenIssued(name=cmd.name, token_hash=cmd.token_hash)
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.reader_token_subject(cmd.name, "issued"),
-            make_envelope(payload, producer=svc.producer),
+            payload,
             message_id=f"reader:{cmd.name}:issued:{cmd.token_hash}",
         )
         return {"name": cmd.name}
 
     async def revoke_reader_token(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RevokeReaderToken)
-        if not is_token(cmd.name):
-            raise CommandError("invalid_name", f"token name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        require_token(cmd.name, code="invalid_name", what="token name")
         if (
             await last_on_subject(svc.js, subjects.IDENTITY_STREAM, subjects.reader_token_subject(cmd.name, "issued"))
             is None
         ):
             raise CommandError("not_found", f"no views token named {cmd.name!r} was issued")
         payload = ev.ReaderTokenRevoked(name=cmd.name, reason=cmd.reason)
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.reader_token_subject(cmd.name, "revoked"),
-            make_envelope(payload, producer=svc.producer),
+            payload,
             message_id=f"reader:{cmd.name}:revoked:{new_event_id()}",
         )
         return {"name": cmd.name}

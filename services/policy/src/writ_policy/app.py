@@ -15,9 +15,9 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
-from writ_common.bus import StaleAppend, append_control, direct_get_batch, last_on_subject, read_history, stored
+from writ_common.bus import StaleAppend, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.commands import CommandError
-from writ_common.envelope import StoredEvent, UndecodableEvent, decode, make_envelope, parse_time
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Decide, Redeliver, Service
 from writ_common.settings import WritSettings
@@ -215,10 +215,9 @@ def build(settings: WritSettings) -> Service:
         previous = last.seq or 0 if last else 0
         try:
             # Fenced on the previous bundle so two operators loading at once cannot both win.
-            await append_control(
-                svc.js,
+            await svc.append_control(
                 subjects.POLICY_SUBJECT,
-                make_envelope(published, producer=svc.producer),
+                published,
                 message_id=f"policy:{bundle.digest}:after:{previous}",
                 expected_last_subject_seq=previous,
             )

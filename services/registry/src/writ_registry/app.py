@@ -10,13 +10,12 @@ from nats.aio.msg import Msg
 
 from writ_common import commands, subjects
 from writ_common import events as ev
-from writ_common.bus import StaleAppend, append_control
+from writ_common.bus import StaleAppend
 from writ_common.catalog import Catalog
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, require_token
 from writ_common.digest import sha256_digest
-from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.envelope import StoredEvent
 from writ_common.fold import IntentView
-from writ_common.ids import is_token
 from writ_common.mcp_client import discover, root_cause
 from writ_common.service import Service
 from writ_common.settings import WritSettings
@@ -73,8 +72,7 @@ def build(settings: WritSettings) -> Service:
 
     async def add_server(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, AddServer)
-        if not is_token(cmd.name):
-            raise CommandError("invalid_server_name", f"server name {cmd.name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        require_token(cmd.name, code="invalid_server_name", what="server name")
         if cmd.transport == "stdio" and not cmd.command:
             raise CommandError("invalid_server", "a stdio server needs a command")
         if cmd.transport == "http" and not cmd.url:
@@ -89,10 +87,9 @@ def build(settings: WritSettings) -> Service:
         tools = await discover_tools(svc, server)
         config_digest = sha256_digest(msgspec.to_builtins(server))
         try:
-            await append_control(
-                svc.js,
+            await svc.append_control(
                 subjects.server_subject(cmd.name),
-                make_envelope(server, producer=svc.producer),
+                server,
                 message_id=f"server:{cmd.name}:{config_digest}",
                 expected_last_subject_seq=None if existing else 0,
             )
@@ -100,10 +97,9 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("server_exists", f"server {cmd.name!r} was registered concurrently") from exc
         discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools)
         tools_digest = sha256_digest([t.tool_digest for t in tools])
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.tools_subject(cmd.name),
-            make_envelope(discovered, producer=svc.producer),
+            discovered,
             message_id=f"tools:{cmd.name}:{tools_digest}",
         )
         return {"server": cmd.name, "tools": [tool_row(cmd.name, t, catalog) for t in tools]}
@@ -116,10 +112,9 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("unknown_server", f"no server {cmd.name!r} is registered")
         tools = await discover_tools(svc, server)
         discovered = ev.ToolsDiscovered(server=cmd.name, tools=tools, initial=False)
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.tools_subject(cmd.name),
-            make_envelope(discovered, producer=svc.producer),
+            discovered,
             message_id=f"tools:{cmd.name}:{sha256_digest([t.tool_digest for t in tools])}:{catalog_seq()}",
         )
         await follower.ensure_fresh()
@@ -138,10 +133,9 @@ def build(settings: WritSettings) -> Service:
         accepted = ev.ToolAccepted(
             server=cmd.server, tool=cmd.tool, tool_digest=pending.tool_digest, accepted_by=cmd.accepted_by
         )
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.accepted_subject(cmd.server),
-            make_envelope(accepted, producer=svc.producer),
+            accepted,
             message_id=f"accepted:{cmd.server}:{cmd.tool}:{pending.tool_digest}",
         )
         await follower.ensure_fresh()
@@ -185,10 +179,9 @@ def build(settings: WritSettings) -> Service:
         await follower.ensure_fresh()
         if cmd.tool not in catalog.tools.get(cmd.server, {}):
             raise CommandError("unknown_tool", f"no tool {cmd.tool!r} on server {cmd.server!r}")
-        await append_control(
-            svc.js,
+        await svc.append_control(
             subjects.override_subject(cmd.server),
-            make_envelope(cmd, producer=svc.producer),
+            cmd,
             message_id=f"override:{sha256_digest(msgspec.to_builtins(cmd))}:{catalog_seq()}",
         )
         await follower.ensure_fresh()
