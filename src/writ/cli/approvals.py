@@ -76,7 +76,7 @@ def read_approver_key(path: Path, approver_id: str) -> SigningKey:
 async def register_approver(name: str, *, groups: list[str], key_file: Path | None) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
     from writ.keys import write_new_key
-    from writ_common.busauth import new_seed, public_nkey, write_seed
+    from writ_common.busauth import public_nkey, seed_in, write_seed
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -94,7 +94,7 @@ async def register_approver(name: str, *, groups: list[str], key_file: Path | No
             )
         key, new = generate_key(), True
     seed_path = approver_bus_seed_path(cfg.data_dir, name)
-    seed = seed_path.read_text().strip() if seed_path.exists() else new_seed()
+    seed = seed_in(seed_path)
     body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups, "bus_key": public_nkey(seed)}
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_approver", body)

@@ -25,7 +25,7 @@ async def register_agent(
 ) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
     from writ.keys import agent_bus_seed_path, agent_key_path, ensure_absent, read_key, write_new_key
-    from writ_common.busauth import new_seed, public_nkey, write_seed
+    from writ_common.busauth import public_nkey, seed_in, write_seed
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -36,7 +36,7 @@ async def register_agent(
         ensure_absent(path, name)
         key, new = generate_key(), True
     seed_path = agent_bus_seed_path(cfg.data_dir, name)
-    seed = seed_path.read_text().strip() if seed_path.exists() else new_seed()
+    seed = seed_in(seed_path)
     body = {
         "agent_id": name,
         "public_key": public_key_b64(key),

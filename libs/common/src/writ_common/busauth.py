@@ -185,6 +185,11 @@ def public_nkey(seed: str) -> str:
     return str(nkeys.from_seed(seed.encode()).public_key.decode())
 
 
+def seed_in(path: Path) -> str:
+    """The seed kept at ``path``, or a fresh one (to write there once its user is registered)."""
+    return path.read_text().strip() if path.exists() else new_seed()
+
+
 def write_seed(path: Path, seed: str | None = None) -> str:
     """Create (or keep) the seed file at ``path``, mode 0600; returns the seed."""
     if path.exists():

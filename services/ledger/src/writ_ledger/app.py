@@ -32,13 +32,9 @@ class IntentQuery(msgspec.Struct, kw_only=True):
     intent_id: str
 
 
-class ListQuery(msgspec.Struct, kw_only=True):
-    agent: str | None = None
-    tool: str | None = None
-    status: str | None = None
-    since: str | None = None
-    until: str | None = None
-    reason: str | None = None
+class Page(msgspec.Struct, kw_only=True):
+    """Which page of a list (the filters are a ``queries.IntentFilter`` read from the same body)."""
+
     limit: int = 50
     cursor: str | None = None
 
@@ -151,11 +147,8 @@ def build(settings: WritSettings) -> Service:
         return found
 
     async def views_intents(body: dict[str, Any]) -> Any:
-        q = msgspec.convert(body, ListQuery)
-        where = queries.IntentFilter(
-            agent=q.agent, tool=q.tool, status=q.status, since=q.since, until=q.until, reason=q.reason
-        )
-        return await read(queries.list_intents, where, limit=q.limit, cursor=q.cursor)
+        where, page = msgspec.convert(body, queries.IntentFilter), msgspec.convert(body, Page)
+        return await read(queries.list_intents, where, limit=page.limit, cursor=page.cursor)
 
     async def list_intents(body: dict[str, Any]) -> Any:
         return (await views_intents(body))["intents"]

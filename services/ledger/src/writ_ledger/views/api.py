@@ -197,7 +197,7 @@ def build_app(views: Views) -> Starlette:
 
     async def intents(request: Request) -> BaseModel:
         q: IntentsQuery = params(request, IntentsQuery)
-        where = IntentFilter(agent=q.agent, tool=q.tool, status=q.status, since=q.since, until=q.until, reason=q.reason)
+        where = IntentFilter(**q.model_dump(exclude={"limit", "cursor"}))
         return IntentPage.model_validate(await views.read(list_intents, where, limit=q.limit, cursor=q.cursor))
 
     async def intent(request: Request) -> BaseModel:
