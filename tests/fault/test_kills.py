@@ -17,20 +17,18 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from nats.aio.client import Client
 from rig import (
     PERMIT_ALL,
     Rig,
     all_receipts,
     assert_chain_verifies,
-    open_rig,
     receipts_of,
     row_counts,
     submit_rows,
@@ -90,17 +88,6 @@ def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     with Plane(tmp_path_factory.mktemp("fault") / "data", nats_port=free_port(), redis_port=free_port()) as plane:
         plane.wait_ready(timeout=60)
         yield plane
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def rig(
-    fault_plane: Plane,
-    tmp_path_factory: pytest.TempPathFactory,
-    sqlite_mcp: Callable[[Path], list[str]],
-    faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
-) -> AsyncIterator[Rig]:
-    async with open_rig(fault_plane, tmp_path_factory.mktemp("fault-dbs"), sqlite_mcp, faulty_mcp) as rig:
-        yield rig
 
 
 async def killer(plane: Plane, nc: Client, service: str, kills: int, summary: RunSummary) -> None:

@@ -8,12 +8,10 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-import pytest_asyncio
-from rig import Rig, all_receipts, assert_chain_verifies, open_rig, receipts_of, row_counts, submit_rows, wait_until
+from rig import Rig, all_receipts, assert_chain_verifies, receipts_of, row_counts, submit_rows, wait_until
 
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane
@@ -25,22 +23,12 @@ ROWS, SLOW_CALLS, KILLS = 80, 16, 4
 
 
 @pytest.fixture(scope="module")
-def replicated_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+def fault_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    """Two processes of every service on one plane."""
     data_dir = tmp_path_factory.mktemp("replicas") / "data"
     with Plane(data_dir, nats_port=free_port(), redis_port=free_port(), replicas=dict.fromkeys(SERVICES, 2)) as plane:
         plane.wait_ready(timeout=90)
         yield plane
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def rig(
-    replicated_plane: Plane,
-    tmp_path_factory: pytest.TempPathFactory,
-    sqlite_mcp: Callable[[Path], list[str]],
-    faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
-) -> AsyncIterator[Rig]:
-    async with open_rig(replicated_plane, tmp_path_factory.mktemp("replica-dbs"), sqlite_mcp, faulty_mcp) as rig:
-        yield rig
 
 
 async def kill_executors(rig: Rig) -> None:

@@ -3,12 +3,14 @@ against the session's real nats-server and Redis (so spans land in an in-memory 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -40,6 +42,7 @@ trace.set_tracer_provider(_provider)
 
 DEFAULT_POLICY = (Path(__file__).parents[2] / "deploy" / "policies" / "default.cedar").read_text()
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
+SERVERS = Path(__file__).parents[1] / "servers"
 
 
 @dataclass
@@ -53,6 +56,19 @@ class Spine:
     @property
     def js(self) -> JetStreamContext:
         return self.nc.jetstream()
+
+
+async def add_described_server(spine: Spine, name: str, script: str, description: Path) -> dict[str, Any]:
+    """Register ``tests/servers/<script>`` (stdio), whose ``lookup`` tool reads its description from
+    ``description`` (written here as "Look an item up."), so a test can change it later."""
+    await asyncio.to_thread(description.write_text, "Look an item up.")
+    body = {
+        "name": name,
+        "command": sys.executable,
+        "args": [str(SERVERS / script)],
+        "env": {"DESCRIPTION_FILE": str(description)},
+    }
+    return dict(await commands.call(spine.nc, "registry", "add_server", body))
 
 
 @asynccontextmanager

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import pytest
-from inprocess import DEFAULT_POLICY, Spine
+from inprocess import DEFAULT_POLICY, Spine, add_described_server
 
 from writ_common import commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
-SHIFTY = str(Path(__file__).parents[1] / "servers" / "shifty_stdio.py")
-MORPHING = str(Path(__file__).parents[1] / "servers" / "morphing_stdio.py")
-
 
 async def test_a_changed_definition_is_quarantined_until_an_operator_accepts_it(spine: Spine, tmp_path: Path) -> None:
     await commands.call(spine.nc, "policy", "load", {"cedar": DEFAULT_POLICY})
     description = tmp_path / "description.txt"
-    description.write_text("Look an item up.")
-    body = {
-        "name": "shifty",
-        "command": sys.executable,
-        "args": [SHIFTY],
-        "env": {"SHIFTY_DESCRIPTION_FILE": str(description)},
-    }
-    added = await commands.call(spine.nc, "registry", "add_server", body)
+    added = await add_described_server(spine, "shifty", "shifty_stdio.py", description)
     first_version = added["tools"][0]["tool_digest"]
     ok = await spine.agent.call("shifty/lookup", {"item": "a"}, timeout=30)
     assert ok.status == "succeeded" and ok.tool_digest == first_version
@@ -59,15 +48,7 @@ async def test_a_server_announcing_changed_tools_has_them_quarantined_without_an
     spine: Spine, tmp_path: Path
 ) -> None:
     await commands.call(spine.nc, "policy", "load", {"cedar": DEFAULT_POLICY})
-    description = tmp_path / "description.txt"
-    description.write_text("Look an item up.")
-    body = {
-        "name": "morphing",
-        "command": sys.executable,
-        "args": [MORPHING],
-        "env": {"MORPHING_DESCRIPTION_FILE": str(description)},
-    }
-    await commands.call(spine.nc, "registry", "add_server", body)
+    await add_described_server(spine, "morphing", "morphing_stdio.py", tmp_path / "description.txt")
     ok = await spine.agent.call("morphing/lookup", {"item": "a"}, timeout=30)
     assert ok.status == "succeeded", ok.reason
     # The tool server changes itself mid-session and says so (notifications/tools/list_changed):

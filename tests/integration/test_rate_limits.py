@@ -81,50 +81,44 @@ async def test_a_spent_window_denies_the_next_call_and_says_when_to_retry(limite
     assert converted.status == "succeeded", converted.reason
 
 
-async def test_counting_the_same_intent_again_is_a_no_op(policy_redis: PolicyRedis) -> None:
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(policy_redis: PolicyRedis) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(policy_redis.url)
-    limiter = RateLimiter(client)
-    limit = [parse_rate_limit("p", "2/1m")]
-    who = {"agent_id": f"a-{uuid.uuid4().hex[:6]}", "tool": "s/t"}
-    try:
-        for _ in range(5):  # one intent redelivered five times takes one place
-            assert await limiter.admit(limit, intent_id="i1", **who) is None
-        assert await limiter.admit(limit, intent_id="i2", **who) is None
-        refused = await limiter.admit(limit, intent_id="i3", **who)
-        assert refused is not None and refused.count == 2 and 0 < refused.retry_after_s <= 60
-        assert await limiter.admit(limit, intent_id="i1", **who) is None  # already counted: still in
-    finally:
-        await client.aclose()
+    yield client
+    await client.aclose()
 
 
-async def test_the_window_slides(policy_redis: PolicyRedis) -> None:
-    client = aioredis.from_url(policy_redis.url)
-    limiter = RateLimiter(client)
-    limit = [parse_rate_limit("p", "1/1s")]
-    who = {"agent_id": f"a-{uuid.uuid4().hex[:6]}", "tool": "s/t"}
-    try:
+def fresh_agent() -> dict[str, str]:
+    """Counter keys of an agent no other test touched (and one tool)."""
+    return {"agent_id": f"a-{uuid.uuid4().hex[:6]}", "tool": "s/t"}
+
+
+async def test_counting_the_same_intent_again_is_a_no_op(redis: aioredis.Redis) -> None:
+    limiter, limit, who = RateLimiter(redis), [parse_rate_limit("p", "2/1m")], fresh_agent()
+    for _ in range(5):  # one intent redelivered five times takes one place
         assert await limiter.admit(limit, intent_id="i1", **who) is None
-        assert await limiter.admit(limit, intent_id="i2", **who) is not None
-        await asyncio.sleep(1.1)
-        assert await limiter.admit(limit, intent_id="i2", **who) is None
-    finally:
-        await client.aclose()
+    assert await limiter.admit(limit, intent_id="i2", **who) is None
+    refused = await limiter.admit(limit, intent_id="i3", **who)
+    assert refused is not None and refused.count == 2 and 0 < refused.retry_after_s <= 60
+    assert await limiter.admit(limit, intent_id="i1", **who) is None  # already counted: still in
 
 
-async def test_a_full_window_in_one_limit_counts_in_none(policy_redis: PolicyRedis) -> None:
+async def test_the_window_slides(redis: aioredis.Redis) -> None:
+    limiter, limit, who = RateLimiter(redis), [parse_rate_limit("p", "1/1s")], fresh_agent()
+    assert await limiter.admit(limit, intent_id="i1", **who) is None
+    assert await limiter.admit(limit, intent_id="i2", **who) is not None
+    await asyncio.sleep(1.1)
+    assert await limiter.admit(limit, intent_id="i2", **who) is None
+
+
+async def test_a_full_window_in_one_limit_counts_in_none(redis: aioredis.Redis) -> None:
     """Two permits allow the call; one is spent: the other's window must not lose a place."""
-    client = aioredis.from_url(policy_redis.url)
-    try:
-        limiter = RateLimiter(client)
-        tight, loose = parse_rate_limit("tight", "1/1m"), parse_rate_limit("loose", "3/1m")
-        agent = f"a-{uuid.uuid4().hex[:6]}"
-        who = {"agent_id": agent, "tool": "s/t"}
-        assert await limiter.admit([tight, loose], intent_id="i1", **who) is None
-        refused = await limiter.admit([loose, tight], intent_id="i2", **who)
-        assert refused is not None and refused.limit.policy_id == "tight"
-        assert await client.zcard(loose.key(agent, "s/t")) == 1
-    finally:
-        await client.aclose()
+    limiter, who = RateLimiter(redis), fresh_agent()
+    tight, loose = parse_rate_limit("tight", "1/1m"), parse_rate_limit("loose", "3/1m")
+    assert await limiter.admit([tight, loose], intent_id="i1", **who) is None
+    refused = await limiter.admit([loose, tight], intent_id="i2", **who)
+    assert refused is not None and refused.limit.policy_id == "tight"
+    assert await redis.zcard(loose.key(who["agent_id"], "s/t")) == 1
 
 
 async def test_without_redis_nothing_is_authorized_and_the_intent_goes_on_when_it_returns(

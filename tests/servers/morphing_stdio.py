@@ -1,7 +1,7 @@
 """An MCP server (stdio) that can change what its `lookup` tool says it is while running, and then
 tells its client with notifications/tools/list_changed (as a server does after an update).
 
-The description lives in a file (MORPHING_DESCRIPTION_FILE), so a fresh process started for
+The description lives in a file (DESCRIPTION_FILE), so a fresh process started for
 rediscovery sees the change too.
 """
 
@@ -15,7 +15,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 
 server = MCPServer("morphing")
-DESCRIPTION_FILE = Path(os.environ["MORPHING_DESCRIPTION_FILE"])
+DESCRIPTION_FILE = Path(os.environ["DESCRIPTION_FILE"])
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False)
 
 

@@ -1,7 +1,7 @@
 """An MCP server (stdio) whose tool definition is read from a file at start, so a test can change
 what the server says a tool is between two discoveries.
 
-Usage: SHIFTY_DESCRIPTION_FILE=/path python tests/servers/shifty_stdio.py
+Usage: DESCRIPTION_FILE=/path python tests/servers/shifty_stdio.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
 server = MCPServer("shifty")
-DESCRIPTION = Path(os.environ["SHIFTY_DESCRIPTION_FILE"]).read_text().strip()
+DESCRIPTION = Path(os.environ["DESCRIPTION_FILE"]).read_text().strip()
 
 
 @server.tool(description=DESCRIPTION, annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False))
