@@ -4,6 +4,7 @@ their own submissions, and the config carries public keys only."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from writ_common import busauth
 from writ_common.events import CATALOG
@@ -34,11 +35,13 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     assert not agent.allow_responses
 
 
-def test_the_rendered_users_hold_public_keys_only() -> None:
-    seed = busauth.new_seed()
-    users = [busauth.BusUser("operator", busauth.public_nkey(seed), admin=True)]
-    rendered = busauth.render_users(users)
-    assert seed not in rendered and json.loads(rendered) == [{"nkey": busauth.public_nkey(seed)}]
+def test_the_rendered_users_hold_public_keys_only(tmp_path: Path) -> None:
+    bus = busauth.prepare_embedded(tmp_path, ["identity"])
+    rendered = bus.users_conf.read_text()
+    seed = bus.seed_file("operator").read_text().strip()
+    assert seed not in rendered and bus.seed_file("identity").read_text().strip() not in rendered
+    users = json.loads(rendered.removeprefix("users = "))
+    assert {"nkey": busauth.public_nkey(seed)} in users  # the operator: its public key, nothing else
 
 
 def test_only_user_public_nkeys_pass_as_bus_keys() -> None:

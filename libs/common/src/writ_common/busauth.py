@@ -172,11 +172,6 @@ def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser
     )
 
 
-def render_users(users: Iterable[BusUser]) -> str:
-    """The ``users`` array of an ``authorization`` block (JSON is valid NATS config)."""
-    return json.dumps([u.config() for u in users], indent=2)
-
-
 def new_seed() -> str:
     return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
 
