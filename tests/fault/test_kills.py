@@ -240,8 +240,21 @@ async def test_an_intent_whose_deadline_passes_while_it_waits_ends_expired(rig: 
     assert (receipt.status, receipt.stage, receipt.code) == ("expired", "execute", "deadline_exceeded")
 
 
+async def settled_views(nc: Any) -> dict[str, Any]:
+    """The views' snapshot once two in a row, a second apart, cover the same stream positions:
+    earlier tests' stragglers (a retry, a late receipt) have landed."""
+    last = await commands.call(nc, "ledger", "views_digest", {})
+    for _ in range(30):
+        await asyncio.sleep(1.0)
+        now = await commands.call(nc, "ledger", "views_digest", {})
+        if now["positions"] == last["positions"]:
+            return dict(now)
+        last = now
+    raise AssertionError(f"the log kept moving: {last['positions']}")
+
+
 async def test_replay_from_nothing_rebuilds_identical_views(rig: Rig) -> None:
-    before = await commands.call(rig.nc, "ledger", "views_digest", {})
+    before = await settled_views(rig.nc)
     await asyncio.to_thread(rig.plane.hold_service, "ledger")
     for path in (rig.plane.data_dir / "ledger").glob("views.sqlite3*"):
         path.unlink()

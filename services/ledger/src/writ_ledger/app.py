@@ -190,7 +190,7 @@ def build(settings: WritSettings) -> Service:
         }
 
     async def views_digest(_body: dict[str, Any]) -> Any:
-        return {"digest": views.store.digest(), "applied_seq": views.store.position(subjects.INTENTS_STREAM)}
+        return await views.snapshot()
 
     api = contextlib.AsyncExitStack()
 

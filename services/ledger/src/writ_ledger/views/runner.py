@@ -124,6 +124,14 @@ class Views:
                 return applied
             applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
 
+    async def snapshot(self) -> dict[str, Any]:
+        """Catch every stream up to its head, then the digest of the tables and the positions it
+        covers, read under the one lock: two snapshots at the same positions must have one digest."""
+        async with self._lock:
+            for stream in STREAMS:
+                await self._catch_up(stream, self.store)
+            return {"digest": self.store.digest(), "positions": {s: self.store.position(s) for s in STREAMS}}
+
     def _nudger(self, stream: str) -> Callable[[Any], Any]:
         async def nudge(_msg: Any) -> None:
             with contextlib.suppress(Exception):
