@@ -97,21 +97,28 @@ async def publish_intent(nc: Client, intent: IntentSubmitted, *, causation_id: s
     return Submission(intent_id=intent_id, duplicate=bool(ack.duplicate))
 
 
-async def fetch_receipt(nc: Client, intent_id: str) -> Receipt | None:
-    """The stored receipt of ``intent_id``, or None if it has none yet."""
-    raw = await last_on_subject(nc.jetstream(), subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id))
+def _receipt_subject(intent_id: str, agent_id: str | None) -> str:
+    # An agent's bus user may read only its own receipts, so an agent names itself.
+    return subjects.receipt_subject(agent_id, intent_id) if agent_id else subjects.any_receipt_subject(intent_id)
+
+
+async def fetch_receipt(nc: Client, intent_id: str, *, agent_id: str | None = None) -> Receipt | None:
+    """The stored receipt of ``intent_id``, or None if it has none yet (``agent_id``: whose intent
+    it is, which an agent must say; the operator may leave it out)."""
+    raw = await last_on_subject(nc.jetstream(), subjects.LEDGER_STREAM, _receipt_subject(intent_id, agent_id))
     if raw is None:
         return None
     return _as_receipt(raw.data or b"")
 
 
 async def wait_receipt(
-    nc: Client, intent_id: str, timeout: float = 30.0, *, wake_subject: str | None = None
+    nc: Client, intent_id: str, timeout: float = 30.0, *, agent_id: str | None = None, wake_subject: str | None = None
 ) -> Receipt:
     """Wait for the receipt of ``intent_id`` (returns at once if it already exists).
 
-    ``wake_subject``: what to listen on for "something happened" (default: the receipt subject);
-    an agent's bus user may only listen to its own, ``writ.notice.<agent>.<intent>.receipt``.
+    ``agent_id``: as for :func:`fetch_receipt`. ``wake_subject``: what to listen on for "something
+    happened" (default: the receipt subject); an agent's bus user may only listen to its own,
+    ``writ.notice.<agent>.<intent>.receipt``.
 
     Raises:
         ReceiptTimeout: none within ``timeout`` seconds.
@@ -119,11 +126,11 @@ async def wait_receipt(
     # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
     # losing the chain fence) still reaches core subscribers, so the receipt is always read back
     # from the stream, where only the stored one lives.
-    sub = await nc.subscribe(wake_subject or subjects.receipt_subject(intent_id))  # subscribe first: no gap
+    sub = await nc.subscribe(wake_subject or _receipt_subject(intent_id, agent_id))  # subscribe first: no gap
     deadline = time.monotonic() + timeout
     try:
         while True:
-            stored = await fetch_receipt(nc, intent_id)
+            stored = await fetch_receipt(nc, intent_id, agent_id=agent_id)
             if stored is not None:
                 return stored
             left = deadline - time.monotonic()
@@ -135,7 +142,7 @@ async def wait_receipt(
                 continue
             # Core delivery can run a moment ahead of the stream's write: look again shortly.
             for pause in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
-                if (stored := await fetch_receipt(nc, intent_id)) is not None:
+                if (stored := await fetch_receipt(nc, intent_id, agent_id=agent_id)) is not None:
                     return stored
                 await asyncio.sleep(pause)
     finally:
@@ -215,7 +222,7 @@ class WritAgent:
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
         wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
-        return await wait_receipt(self.nc, intent_id, timeout, wake_subject=wake)
+        return await wait_receipt(self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
         """Submit and wait for the receipt."""

@@ -142,7 +142,7 @@ def intent_log(intents: int, *, seed: int = 7, agents: int = 12) -> Iterator[Mes
         receipt = msgspec.structs.replace(receipt, receipt_hash=receipt_hash(receipt))
         prev_hash = receipt.receipt_hash
         env = make_envelope(receipt, producer=PRODUCER, intent_id=intent_id, agent_id=agent_id)
-        yield Message(subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id), _stamp(env, events[-1][1]))
+        yield Message(subjects.LEDGER_STREAM, subjects.receipt_subject(agent_id, intent_id), _stamp(env, events[-1][1]))
 
 
 def _decide_and_run(rng: random.Random, add: Then, *, read_only: bool, server: str, tool: str, roll: float) -> None:

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import SERVICES, Plane
-from writ.sdk import WritAgent, new_intent, sign_intent
+from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
 from writ_common import subjects
 from writ_common.bus import direct_get_batch
 from writ_common.busauth import inbox_prefix
@@ -118,6 +118,33 @@ async def test_an_agent_submits_and_reads_its_own_intent(plane: Plane, agent: Ag
     assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
 
 
+async def test_an_agent_cannot_read_another_agents_receipt(writ: Writ, plane: Plane, agent: Agent) -> None:
+    key = load_key(plane.data_dir / "keys" / "agents" / f"{agent.name}.key")
+    mine = await WritAgent(agent.bus.nc, agent.name, key).call(
+        "get_current_time", {"timezone": "UTC"}, idempotency_key="order-1", timeout=30
+    )
+    nosy = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", nosy)).exit_code == 0
+    other = await connect_as(plane, agent_bus_seed_path(plane.data_dir, nosy), f"agent-{nosy}")
+    try:
+        # Intent ids derive from agent and key, so a guessable key gives the id away; the receipt
+        # still lives under its agent's name, which the other agent's bus user may not read.
+        assert mine.intent_id == derive_intent_id(agent.name, "order-1")
+        for subject in (
+            subjects.receipt_subject(agent.name, mine.intent_id),
+            subjects.any_receipt_subject(mine.intent_id),
+        ):
+            with pytest.raises(nats.errors.TimeoutError):
+                await other.nc.jetstream().get_last_msg(subjects.LEDGER_STREAM, subject, direct=True)
+            await asyncio.sleep(0.1)
+            assert any("permissions violation" in e.lower() for e in other.errors), other.errors
+            other.errors.clear()
+        # Its owner reads it by the same route.
+        assert await fetch_receipt(agent.bus.nc, mine.intent_id, agent_id=agent.name) == mine
+    finally:
+        await other.nc.close()
+
+
 async def test_a_forged_authorization_from_an_agent_is_refused_by_the_server(plane: Plane, agent: Agent) -> None:
     intent_id = derive_intent_id(agent.name, "forged")
     subject = subjects.intent_subject(agent.name, intent_id, "intent.authorized")
@@ -152,7 +179,7 @@ async def test_a_service_cannot_publish_another_services_event(plane: Plane) -> 
         )
         envelope = make_envelope(bundle, producer=FORGER)
         assert await registry.refused(subjects.POLICY_SUBJECT, encode(envelope))  # policy's control stream
-        assert await registry.refused(subjects.receipt_subject("b"))  # the ledger's
+        assert await registry.refused(subjects.receipt_subject("a", "b"))  # the ledger's
     finally:
         await registry.nc.close()
 

@@ -198,7 +198,7 @@ def test_asyncapi_covers_every_event_and_its_services() -> None:
     assert by_title["intent.planned"]["address"] == "writ.intent.{agent_id}.{intent_id}.planned"
     assert by_title["execution.started"]["address"] == "writ.intent.{agent_id}.{intent_id}.execution_started"
     assert by_title["agent.registered"]["address"] == "writ.identity.agent.{agent_id}.registered"
-    assert by_title["receipt.recorded"]["address"] == "writ.ledger.receipt.{intent_id}"
+    assert by_title["receipt.recorded"]["address"] == "writ.ledger.receipt.{agent_id}.{intent_id}"
     assert channels["dead_letters"]["address"] == "writ.dlq.{service}"
 
     def who(action: str, event_type: str) -> set[str]:

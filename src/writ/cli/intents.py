@@ -72,7 +72,7 @@ async def submit(
         if not wait:
             return True
         wake = subjects.receipt_notice_subject(agent, submission.intent_id)
-        receipt = await wait_receipt(nc, submission.intent_id, timeout, wake_subject=wake)
+        receipt = await wait_receipt(nc, submission.intent_id, timeout, agent_id=agent, wake_subject=wake)
     console.print(render.receipt_panel(receipt))
     return receipt.status == "succeeded"
 

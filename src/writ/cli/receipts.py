@@ -41,7 +41,9 @@ async def fetch_stored(nc: Client, intent_id: str) -> tuple[Receipt, int]:
     from writ_common.envelope import decode
 
     check_intent_id(intent_id)
-    raw = await last_on_subject(nc.jetstream(timeout=5), subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id))
+    raw = await last_on_subject(
+        nc.jetstream(timeout=5), subjects.LEDGER_STREAM, subjects.any_receipt_subject(intent_id)
+    )
     if raw is None:
         fail(
             "no_receipt",

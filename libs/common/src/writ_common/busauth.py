@@ -142,7 +142,7 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
         publish=(
             f"{subjects.INTENT_PREFIX}.{agent_id}.*.submitted",
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
-            f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.writ.ledger.receipt.*",
+            f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.{subjects.agent_receipts(agent_id)}",
         ),
         subscribe=(
             f"{subjects.INTENT_PREFIX}.{agent_id}.>",

@@ -51,7 +51,7 @@ CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
     "secret.set": (subjects.secret_subject("{name}", "set"), subjects.EXECUTOR_STREAM),
     "secret.deleted": (subjects.secret_subject("{name}", "deleted"), subjects.EXECUTOR_STREAM),
     "policy.published": (subjects.POLICY_SUBJECT, subjects.POLICY_STREAM),
-    "receipt.recorded": (subjects.receipt_subject("{intent_id}"), subjects.LEDGER_STREAM),
+    "receipt.recorded": (subjects.receipt_subject("{agent_id}", "{intent_id}"), subjects.LEDGER_STREAM),
 }
 
 PARAMETERS: dict[str, str] = {

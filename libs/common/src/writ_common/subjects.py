@@ -81,11 +81,22 @@ def secret_subject(name: str, event: str) -> str:
     return f"writ.executor.secret.{name}.{event}"
 
 
-def receipt_subject(intent_id: str) -> str:
-    return f"writ.ledger.receipt.{intent_id}"
+def receipt_subject(agent_id: str, intent_id: str) -> str:
+    """Under the agent's id, so an agent's bus user can be let read its own receipts and no one
+    else's (intent ids derive from agent and idempotency key, so they can be guessed)."""
+    return f"writ.ledger.receipt.{agent_id}.{intent_id}"
 
 
-RECEIPTS_FILTER = "writ.ledger.receipt.*"
+def any_receipt_subject(intent_id: str) -> str:
+    """The receipt of ``intent_id`` whoever's it is: for the operator and services, who may read all."""
+    return f"writ.ledger.receipt.*.{intent_id}"
+
+
+def agent_receipts(agent_id: str) -> str:
+    return f"writ.ledger.receipt.{agent_id}.*"
+
+
+RECEIPTS_FILTER = "writ.ledger.receipt.>"
 
 
 def receipt_notice_subject(agent_id: str, intent_id: str) -> str:

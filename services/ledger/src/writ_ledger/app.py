@@ -80,11 +80,11 @@ def build(settings: WritSettings) -> Service:
         return head[0]
 
     async def record(trigger: StoredEvent) -> None:
-        intent_id = trigger.envelope.intent_id or ""
+        intent_id, agent_id = trigger.envelope.intent_id or "", trigger.envelope.agent_id or ""
         for _ in range(FENCE_RETRIES):
-            if await last_on_subject(svc.js, subjects.LEDGER_STREAM, subjects.receipt_subject(intent_id)):
+            if await last_on_subject(svc.js, subjects.LEDGER_STREAM, subjects.receipt_subject(agent_id, intent_id)):
                 return  # exactly one receipt per intent
-            history = await read_history(svc.nc, trigger.envelope.agent_id or "", intent_id)
+            history = await read_history(svc.nc, agent_id, intent_id)
             view = fold_intent(history.events)
             if view.terminal is None or view.submitted is None:
                 return  # a terminal event without its intent: nothing to vouch for
@@ -107,7 +107,9 @@ def build(settings: WritSettings) -> Service:
             )
             headers = {"Nats-Msg-Id": f"receipt:{intent_id}", "Nats-Expected-Last-Sequence": str(head_seq)}
             try:
-                ack = await svc.js.publish(subjects.receipt_subject(intent_id), encode(envelope), headers=headers)
+                ack = await svc.js.publish(
+                    subjects.receipt_subject(agent_id, intent_id), encode(envelope), headers=headers
+                )
             except APIError as exc:
                 head.clear()
                 if exc.err_code == WRONG_LAST_SEQUENCE:
