@@ -86,7 +86,7 @@ async def test_bad_signature_is_rejected_at_authenticate(spine: Spine) -> None:
 async def test_unknown_agent_is_rejected(spine: Spine) -> None:
     stranger = WritAgent(spine.nc, "nobody-registered", generate_key())
     submission = await stranger.submit("get_current_time", {"timezone": "UTC"})
-    receipt = await spine.agent.receipt(submission.intent_id, timeout=30)
+    receipt = await stranger.receipt(submission.intent_id, timeout=30)
     assert (receipt.status, receipt.code) == ("rejected", "unknown_agent")
 
 
