@@ -127,7 +127,12 @@ async def test_without_redis_nothing_is_authorized_and_the_intent_goes_on_when_i
     policy_redis.stop()
     try:
         submission = await limited.agent.submit("time/convert_time", CONVERT)
-        await asyncio.sleep(3)
+        for _ in range(100):  # planned (identity and registry need no policy Redis) ...
+            history = await read_history(limited.nc, limited.agent.agent_id, submission.intent_id)
+            if any(e.type == "intent.planned" for e in history.events):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.5)  # ... and still planned after policy's retries
         history = await read_history(limited.nc, limited.agent.agent_id, submission.intent_id)
         # Identity (its own Redis) authenticated it and the registry planned it; policy fails closed.
         assert [e.type for e in history.events][-1] == "intent.planned"

@@ -225,13 +225,18 @@ async def test_sql_runs_reads_and_refuses_writes(spine: Spine, story: Story) -> 
 
 
 async def test_rebuilding_twice_gives_identical_tables_equal_to_the_live_ones(spine: Spine, story: Story) -> None:
-    await caught_up(spine)
-    live = (await ledger(spine, "views_digest"))["digest"]
-    first = await commands.call(spine.nc, "ledger", "views_rebuild", {}, timeout=120)
-    second = await commands.call(spine.nc, "ledger", "views_rebuild", {}, timeout=120)
-    assert first["digest"] == second["digest"] == live
+    # The session's nats-server carries every integration module's log, and a straggler from one
+    # of them (an approval expiring) may land at any moment: compare digests at equal positions.
+    for _ in range(5):
+        live = await ledger(spine, "views_digest")
+        first = await commands.call(spine.nc, "ledger", "views_rebuild", {}, timeout=120)
+        second = await commands.call(spine.nc, "ledger", "views_rebuild", {}, timeout=120)
+        if live["positions"] == first["positions"] == second["positions"]:
+            break
+    assert live["positions"] == first["positions"] == second["positions"]
+    assert first["tables"] == second["tables"] == live["tables"]
+    assert first["digest"] == second["digest"] == live["digest"]
     assert first["events"] == second["events"] > 0
-    assert first["positions"] == second["positions"]
     found = await ledger(spine, "views_intent", {"intent_id": story.approved})  # the swapped-in file serves reads
     assert found["intent"]["status"] == "succeeded"
 

@@ -130,7 +130,7 @@ class Views:
         async with self._lock:
             for stream in STREAMS:
                 await self._catch_up(stream, self.store)
-            return {"digest": self.store.digest(), "positions": {s: self.store.position(s) for s in STREAMS}}
+            return self.store.snapshot(STREAMS)
 
     def _nudger(self, stream: str) -> Callable[[Any], Any]:
         async def nudge(_msg: Any) -> None:
@@ -210,6 +210,8 @@ class Views:
                 for stale in sidecars(self.path):
                     stale.unlink(missing_ok=True)
                 self.store = ViewStore(self.path)
+                # Under the lock: the digest covers exactly these positions.
+                covered = self.store.snapshot(STREAMS)
             seconds = time.perf_counter() - started
         finally:
             self._rebuilding = False
@@ -218,8 +220,7 @@ class Views:
             "events": events,
             "seconds": round(seconds, 3),
             "events_per_second": round(events / seconds, 1) if seconds else None,
-            "digest": self.store.digest(),
-            "positions": {s: self.store.position(s) for s in STREAMS},
+            **covered,
         }
 
     # -- reading ------------------------------------------------------------------------------

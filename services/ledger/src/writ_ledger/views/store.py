@@ -71,7 +71,20 @@ class ViewStore:
 
     def digest(self) -> str:
         """sha256 over every row of every table, in a fixed order: equal digests, identical views."""
-        return table_digest(self.db)
+        return combined_digest(self.table_digests())
+
+    def table_digests(self) -> dict[str, str]:
+        """Per table: which one two views differ in."""
+        return table_digests(self.db)
+
+    def snapshot(self, streams: Iterable[str]) -> dict[str, object]:
+        """The digest, each table's, and the stream positions they cover."""
+        tables = self.table_digests()
+        return {
+            "digest": combined_digest(tables),
+            "tables": tables,
+            "positions": {s: self.position(s) for s in streams},
+        }
 
     def close(self) -> None:
         """Checkpoint the WAL into the file and close (a closed store is one self-contained file)."""
@@ -79,16 +92,22 @@ class ViewStore:
         self.db.close()
 
 
-def table_digest(db: sqlite3.Connection) -> str:
-    hasher = hashlib.sha256()
+def table_digests(db: sqlite3.Connection) -> dict[str, str]:
+    out = {}
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
     for table in tables:
+        hasher = hashlib.sha256()
         columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
         order = ", ".join(f'"{c}"' for c in columns)
         hasher.update(json.dumps([table, columns]).encode())
         for row in db.execute(f'SELECT * FROM "{table}" ORDER BY {order}'):
             hasher.update(json.dumps(list(row)).encode())
-    return "sha256:" + hasher.hexdigest()
+        out[table] = "sha256:" + hasher.hexdigest()
+    return out
+
+
+def combined_digest(tables: dict[str, str]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(sorted(tables.items())).encode()).hexdigest()
 
 
 def _open(path: Path) -> sqlite3.Connection:
