@@ -10,9 +10,13 @@ from pathlib import Path
 import nats
 import pytest
 import redis.asyncio
+from nats.js.errors import APIError
 
 from writ.runtime.processes import ManagedProcess, free_port, start_nats
 from writ.runtime.supervisor import Plane
+from writ_common import subjects
+from writ_common.settings import WritSettings
+from writ_common.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +61,23 @@ async def test_acked_message_survives_sigkill_and_restart_on_same_store(tmp_path
     finally:
         second.stop()
     assert msg.data == b"kept"
+
+
+async def test_streams_are_declared_with_the_configured_replicas(tmp_path: Path) -> None:
+    server = start_nats(tmp_path / "store", monitor=False)
+    try:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        # WRIT_STREAM_REPLICAS reaches the server: a single node refuses three replicas outright,
+        # and takes one.
+        with pytest.raises(APIError, match=r"replicas > 1 not supported"):
+            await ensure_streams(js, replicas=WritSettings(stream_replicas=3).stream_replicas)
+        await ensure_streams(js, replicas=WritSettings().stream_replicas)
+        info = await js.stream_info(subjects.INTENTS_STREAM)
+        await nc.close()
+    finally:
+        server.stop()
+    assert info.config.num_replicas == 1
 
 
 def test_plane_restarts_a_killed_child_and_forgets_runtime_file_on_stop(tmp_path: Path) -> None:

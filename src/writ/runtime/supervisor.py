@@ -449,7 +449,7 @@ class Plane:
         try:
             for attempt in range(50):
                 try:
-                    await ensure_streams(nc.jetstream())
+                    await ensure_streams(nc.jetstream(), replicas=self.settings.stream_replicas)
                     return
                 except NatsError:
                     if attempt == 49:

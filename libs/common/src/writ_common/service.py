@@ -262,7 +262,7 @@ class Service:
         if self.settings.metrics_port:
             metrics.serve_metrics(self.settings.metrics_port)
         await self.broker.connect()
-        await ensure_streams(self.js)
+        await ensure_streams(self.js, replicas=self.settings.stream_replicas)
         for fn in self._startup:
             await fn()
         await self.broker.start()

@@ -45,6 +45,12 @@ class WritSettings(BaseSettings):
         default=None,
         description="Embedded runtime: where identity keeps the agents' bus users (it reloads nats-server)",
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="How many JetStream servers store each stream when it is created (1 embedded)",
+    )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
     views_port: int = Field(default=0, description="The ledger serves the views HTTP API on 127.0.0.1:PORT (0: off)")
     fault_exit_after_appends: int = Field(

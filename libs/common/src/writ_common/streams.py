@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -39,9 +40,10 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create Writ's streams if missing (safe to call from every process, concurrently)."""
-    for config in STREAMS:
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create Writ's streams if missing (safe to call from every process, concurrently), each
+    stored on ``replicas`` servers of the cluster (an existing stream keeps what it has)."""
+    for config in (dataclasses.replace(c, num_replicas=replicas) for c in STREAMS):
         with contextlib.suppress(NotFoundError):
             # Exists: nothing to do (and a service's bus user may not create streams at all).
             await js.stream_info(str(config.name))
