@@ -228,6 +228,8 @@ def start_nats(
         "nats", [find_binary("nats-server"), "-c", str(conf)], log_path, url=f"nats://{HOST}:{port}", port=port
     )
     proc.monitor_url = f"http://{HOST}:{monitor_port}" if monitor_port else None
+    if bus is not None:
+        bus.monitor_file.write_text(proc.monitor_url or "")  # empty: a reload cannot be observed
     _wait_listening(proc, None, b"", timeout)
     return proc
 

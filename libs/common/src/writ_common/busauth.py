@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import signal
+import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +210,8 @@ def is_user_nkey(key: str) -> bool:
     return bool(raw[0] == nkeys.PREFIX_BYTE_USER and nkeys.crc16_checksum(raw[:-2]) == raw[-2:])
 
 
-# -- the embedded runtime's files: <auth dir>/{static_users.json, agents.json, users.conf, nats.pid} --
+# -- the embedded runtime's files: <auth dir>/{static_users.json, registered_users.json, users.conf,
+#    nats.pid, nats.monitor} --
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
@@ -236,9 +239,38 @@ def publish_users(auth_dir: Path, users: Iterable[BusUser]) -> bool:
         return False
     write_atomically(people, json.dumps(wanted, indent=2))
     write_users_conf(auth_dir)
-    pid = int((auth_dir / "nats.pid").read_text().strip())
-    os.kill(pid, signal.SIGHUP)  # nats-server reloads its configuration (users) on SIGHUP
+    reload_nats(auth_dir)
     return True
+
+
+def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
+    """SIGHUP nats-server (it rereads its users) and return once it has: its ``/varz``
+    ``config_load_time`` moves. Without a monitoring port, a short pause has to do."""
+    monitor = auth_dir / "nats.monitor"
+    url = monitor.read_text().strip() + "/varz" if monitor.exists() else None
+    before = _config_load_time(url) if url else None
+    pid = int((auth_dir / "nats.pid").read_text().strip())
+    os.kill(pid, signal.SIGHUP)
+    if url is None or before is None:
+        time.sleep(RELOAD_PAUSE)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if _config_load_time(url) not in (before, None):
+            return
+    raise TimeoutError(f"nats-server (pid {pid}) did not reload its users within {timeout:g}s")
+
+
+RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
+
+
+def _config_load_time(varz_url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(varz_url, timeout=2) as response:
+            return str(json.loads(response.read())["config_load_time"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -259,6 +291,11 @@ class EmbeddedBus:
     @property
     def users_conf(self) -> Path:
         return self.auth_dir / "users.conf"
+
+    @property
+    def monitor_file(self) -> Path:
+        """The server's monitoring URL, by which identity sees a reload take effect."""
+        return self.auth_dir / "nats.monitor"
 
 
 def prepare_embedded(data_dir: Path, services: Iterable[str]) -> EmbeddedBus:

@@ -28,8 +28,6 @@ from writ_identity.domain import Agent, apply_identity_event, authenticated, bus
 
 log = logging.getLogger(__name__)
 
-RELOAD_SETTLE = 0.3  # seconds for nats-server to apply reloaded users after SIGHUP
-
 
 class RegisterAgent(msgspec.Struct, kw_only=True):
     agent_id: str
@@ -110,7 +108,6 @@ def build(settings: WritSettings) -> Service:
         ]
         if await asyncio.to_thread(publish_users, settings.nats_auth_dir, users):
             log.info("identity: bus users updated (%d agents and approvers)", len(users))
-            await asyncio.sleep(RELOAD_SETTLE)
 
     async def lookup(agent_id: str) -> Agent | None:
         if agent_id not in agents:
