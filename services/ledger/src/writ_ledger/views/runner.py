@@ -163,9 +163,11 @@ class Views:
             seconds = 0.0
             if behind:
                 seconds = await self._age_of_next(stream, position)
-            metrics.VIEW_LAG_EVENTS.labels(stream).set(behind)
-            metrics.VIEW_LAG_SECONDS.labels(stream).set(seconds)
             out.append(Lag(stream, position, head, behind, seconds))
+        # All gauges at once, after the last await: they show one moment, not a mix of two.
+        for lag in out:
+            metrics.VIEW_LAG_EVENTS.labels(lag.stream).set(lag.events_behind)
+            metrics.VIEW_LAG_SECONDS.labels(lag.stream).set(lag.seconds_behind)
         return out
 
     async def _age_of_next(self, stream: str, position: int) -> float:
