@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 from cli_runner import Writ
 from nats.aio.client import Client
+from plane_reads import stored_on
 
 from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
 from writ_common import commands, subjects
-from writ_common.bus import direct_get_batch
 from writ_common.busauth import inbox_prefix
 from writ_common.envelope import Producer, encode, make_envelope
 from writ_common.events import IntentAuthorized, PolicyBundlePublished
@@ -74,14 +74,6 @@ async def agent(writ: Writ, plane: Plane) -> AsyncIterator[Agent]:
         yield Agent(name, bus)
     finally:
         await bus.nc.close()
-
-
-async def stored_on(plane: Plane, subject: str) -> int:
-    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
-    try:
-        return len(await direct_get_batch(nc, subjects.INTENTS_STREAM, subject))
-    finally:
-        await nc.close()
 
 
 async def test_credentials_are_files_only_their_owner_can_read(writ: Writ, plane: Plane) -> None:

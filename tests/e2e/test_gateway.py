@@ -14,18 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mcp_types as types
-import nats
 import pytest
 from cli_runner import Writ
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from plane_reads import as_operator, stored_on
 
 from writ.cli.base import default_policy
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt
 from writ_common import commands, subjects
-from writ_common.bus import direct_get_batch
 from writ_common.events import Receipt
 from writ_common.ids import derive_intent_id
 from writ_common.receipts import verify_receipt
@@ -83,22 +82,12 @@ async def over_stdio(setup: Setup, *options: str) -> AsyncIterator[ClientSession
 
 
 async def operator_receipt(plane: Plane, intent_id: str) -> Receipt:
-    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
-    try:
+    """The intent's receipt, verified against the ledger's key."""
+    async with as_operator(plane) as nc:
         receipt = await fetch_receipt(nc, intent_id)
         assert receipt is not None, f"no receipt for {intent_id}"
         verify_receipt(receipt, str((await commands.call(nc, "ledger", "public_key", {}))["public_key"]))
         return receipt
-    finally:
-        await nc.close()
-
-
-async def stored_count(plane: Plane, subject: str) -> int:
-    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
-    try:
-        return len(await direct_get_batch(nc, subjects.INTENTS_STREAM, subject))
-    finally:
-        await nc.close()
 
 
 async def run_cli(writ: Writ, *args: str) -> None:
@@ -198,7 +187,7 @@ async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> Non
     assert first.content == again.content  # the original outcome, not a second run
     assert intent_of(fresh) != intent_id  # without a key, a call is a new intent
     for event in ("intent.submitted", "execution.started"):
-        assert await stored_count(setup.plane, subjects.intent_subject(setup.agent, intent_id, event)) == 1
+        assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, event)) == 1
 
 
 async def test_a_call_awaiting_approval_says_it_is_pending_and_the_same_key_reattaches(
@@ -216,7 +205,7 @@ async def test_a_call_awaiting_approval_says_it_is_pending_and_the_same_key_reat
     assert intent_of(first) == intent_of(again) == intent_id
     text = text_of(first)
     assert "awaiting human approval" in text and intent_id in text and key in text
-    assert await stored_count(setup.plane, subjects.intent_subject(setup.agent, intent_id, "intent.submitted")) == 1
+    assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "intent.submitted")) == 1
 
 
 async def test_a_tool_waiting_in_quarantine_is_not_listed_until_accepted(
