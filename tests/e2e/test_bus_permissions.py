@@ -4,6 +4,7 @@ event from an agent, an agent speaking for another, and a service publishing ano
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import uuid
 from collections.abc import AsyncIterator
@@ -15,12 +16,12 @@ import pytest
 import pytest_asyncio
 from cli_runner import Writ
 from nats.aio.client import Client
+from plane_reads import stored_on
 
 from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
-from writ_common import subjects
-from writ_common.bus import direct_get_batch
+from writ_common import commands, subjects
 from writ_common.busauth import inbox_prefix
 from writ_common.envelope import Producer, encode, make_envelope
 from writ_common.events import IntentAuthorized, PolicyBundlePublished
@@ -73,14 +74,6 @@ async def agent(writ: Writ, plane: Plane) -> AsyncIterator[Agent]:
         yield Agent(name, bus)
     finally:
         await bus.nc.close()
-
-
-async def stored_on(plane: Plane, subject: str) -> int:
-    nc = await nats.connect(plane.nats_url, **plane.settings.bus_options())
-    try:
-        return len(await direct_get_batch(nc, subjects.INTENTS_STREAM, subject))
-    finally:
-        await nc.close()
 
 
 async def test_credentials_are_files_only_their_owner_can_read(writ: Writ, plane: Plane) -> None:
@@ -143,6 +136,20 @@ async def test_an_agent_cannot_read_another_agents_receipt(writ: Writ, plane: Pl
         assert await fetch_receipt(agent.bus.nc, mine.intent_id, agent_id=agent.name) == mine
     finally:
         await other.nc.close()
+
+
+async def test_an_agent_may_list_the_tools_and_ask_the_registry_nothing_else(plane: Plane, agent: Agent) -> None:
+    # The MCP gateway's tools/list: one read-only command, answered into the agent's own inbox.
+    tools = await commands.call(agent.bus.nc, "registry", "list_tools", {}, timeout=5)
+    assert isinstance(tools, list)
+    assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
+    body = json.dumps({"name": "sneaky", "command": "/bin/true"}).encode()
+    for command in ("registry.add_server", "registry.accept_tool", "registry.list_servers", "executor.set_secret"):
+        before = len(agent.bus.errors)
+        with pytest.raises(nats.errors.TimeoutError):
+            await agent.bus.nc.request(f"writ.cmd.{command}", body, timeout=1.0)
+        await asyncio.sleep(0.1)
+        assert any("permissions violation" in e.lower() for e in agent.bus.errors[before:]), command
 
 
 async def test_a_forged_authorization_from_an_agent_is_refused_by_the_server(plane: Plane, agent: Agent) -> None:

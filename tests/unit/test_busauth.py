@@ -30,7 +30,9 @@ def test_a_service_publishes_its_own_events_and_no_others() -> None:
 def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     agent = busauth.agent_user("bot-1", "UBOT")
     assert agent.publish[0] == "writ.intent.bot-1.*.submitted"
-    assert all("bot-1" in s or "receipt" in s for s in agent.publish)
+    commands = [s for s in agent.publish if s.startswith("writ.cmd.")]
+    assert commands == ["writ.cmd.registry.list_tools"]  # the MCP gateway's tools/list, read-only
+    assert all("bot-1" in s or "receipt" in s for s in agent.publish if s not in commands)
     assert agent.subscribe == ("writ.intent.bot-1.>", "writ.notice.bot-1.>", "_INBOX_agent-bot-1.>")
     assert not agent.allow_responses
 

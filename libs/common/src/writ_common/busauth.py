@@ -73,6 +73,9 @@ COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "registry": ("executor.discover",),
     "executor": ("registry.refresh_server",),  # on notifications/tools/list_changed
 }
+# What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
+# tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).
+COMMANDS_CALLED_BY_AGENT = ("registry.list_tools",)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,8 @@ def service_user(service: str, nkey: str) -> BusUser:
 
 
 def agent_user(agent_id: str, nkey: str) -> BusUser:
-    """Submit under its own id only; read its own intents and receipts (by direct get)."""
+    """Submit under its own id only; read its own intents and receipts (by direct get); list the
+    tools (registry.list_tools), and ask nothing else."""
     return BusUser(
         name=f"agent-{agent_id}",
         nkey=nkey,
@@ -145,6 +149,7 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
             f"{subjects.INTENT_PREFIX}.{agent_id}.*.submitted",
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
             f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.{subjects.agent_receipts(agent_id)}",
+            *(f"writ.cmd.{call}" for call in COMMANDS_CALLED_BY_AGENT),
         ),
         subscribe=(
             f"{subjects.INTENT_PREFIX}.{agent_id}.>",

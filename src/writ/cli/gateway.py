@@ -1,0 +1,122 @@
+"""``writ gateway``: Writ's governed tools as one MCP server, for any MCP client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from writ.cli.base import connect, fail, report, run, settings
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
+
+    from writ_common.settings import WritSettings
+
+
+def agent_credentials(agent: str, key_file: Path | None, bus_seed: Path | None) -> tuple[WritSettings, SigningKey]:
+    """Settings that speak as the agent on the bus (its seed, where `writ agent register` put it) and its key."""
+    from writ.keys import agent_bus_seed_path, agent_key_path, read_key
+
+    cfg = settings()
+    if bus_seed is not None and not bus_seed.is_file():
+        fail("key_missing", f"no bus credential at {bus_seed}")
+    seed = bus_seed or agent_bus_seed_path(cfg.data_dir, agent)
+    if seed.exists():  # else the local operator's (a plane without per-agent bus users)
+        cfg = cfg.model_copy(update={"nats_seed_file": seed})
+    return cfg, read_key(key_file or agent_key_path(cfg.data_dir, agent))
+
+
+async def serve(
+    cfg: WritSettings,
+    agent: str,
+    key: SigningKey,
+    *,
+    http_port: int | None,
+    on_behalf_of: str | None,
+    timeout: float,
+    deadline: float | None,
+) -> None:
+    from writ.gateway.server import CallOptions, Gateway, log, serve_http, serve_stdio
+    from writ.sdk import WritAgent
+
+    async with connect(cfg, user=f"agent-{agent}"):
+        pass  # fail now, in one line, if the plane is down or refuses the agent
+    writ_agent = await WritAgent.connect(
+        cfg.resolved_nats_url(),
+        agent,
+        key,
+        seed_file=cfg.resolved_nats_seed_file(),
+        allow_reconnect=True,  # a long-lived server rides out a restart of the plane
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=2.0,
+        error_cb=_quiet,
+    )
+    gateway = Gateway(
+        writ_agent,
+        CallOptions(
+            on_behalf_of=on_behalf_of, timeout=timeout, deadline_seconds=deadline or cfg.default_deadline_seconds
+        ),
+    )
+    try:
+        if http_port is None:
+            log(f"MCP over stdio, calling tools as agent {agent!r}")
+            await serve_stdio(gateway)
+        else:
+            await serve_http(gateway, http_port, lambda url: log(f"MCP at {url}, calling tools as agent {agent!r}"))
+    finally:
+        await writ_agent.nc.close()
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py logs every failed reconnect with a traceback; a call that fails says so itself."""
+
+
+def gateway(
+    *,
+    agent: Annotated[str, typer.Option("--as", help="The agent every call is made as (its key signs the intents)")],
+    http: Annotated[
+        int | None,
+        typer.Option(
+            "--http",
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="Serve streamable HTTP at http://127.0.0.1:PORT/mcp (0: any free port) instead of stdio",
+        ),
+    ] = None,
+    on_behalf_of: Annotated[str | None, typer.Option(help="The user the agent acts for, on every call")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a call waits for its receipt before answering that it is pending")
+    ] = 30.0,
+    deadline: Annotated[
+        float | None, typer.Option(help="Seconds after submission by which a call must have run (default: 300)")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="The agent's key (default: <data>/keys/agents/AGENT.key)")] = None,
+    bus_seed: Annotated[
+        Path | None, typer.Option(help="The agent's bus credential (default: <data>/keys/agents/AGENT.nk)")
+    ] = None,
+) -> None:
+    """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
+
+    tools/list: the registry's accepted tools, each named SERVER.TOOL (Writ's SERVER/TOOL).
+
+    tools/call: a signed intent as the agent; the answer is the tool's result, else isError with the reason.
+
+    A call pending after --timeout (e.g. awaiting approval) answers isError with its intent id.
+
+    Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
+    """
+    cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_seed))
+    run(
+        serve(
+            cfg,
+            agent,
+            signing_key,
+            http_port=http,
+            on_behalf_of=on_behalf_of,
+            timeout=timeout,
+            deadline=deadline,
+        )
+    )

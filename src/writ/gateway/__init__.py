@@ -1,0 +1,1 @@
+"""The MCP gateway (`writ gateway`): Writ's governed tools as one MCP server."""

@@ -1,0 +1,153 @@
+"""The MCP gateway: one MCP server whose tools are the registry's accepted tools, each call a signed
+intent submitted as one agent, answered from its receipt. Served over stdio or streamable HTTP
+(127.0.0.1 only) with the ``mcp`` SDK's own transports."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+import nats.errors
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+
+from writ.gateway.translate import (
+    call_result,
+    callable_tools,
+    idempotency_key,
+    pending_result,
+    refusal_result,
+    writ_tool_name,
+)
+from writ.sdk import ReceiptTimeout, WritAgent
+from writ_common import commands, subjects
+from writ_common.bus import last_on_subject
+from writ_common.commands import CommandError
+
+LIST_TIMEOUT = 5.0
+HTTP_PATH = "/mcp"
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """How every call through this gateway is submitted and awaited."""
+
+    on_behalf_of: str | None
+    timeout: float  # seconds a call waits for its receipt
+    deadline_seconds: float  # the intent's own deadline, however long the caller waits
+
+
+class Gateway:
+    """The gateway's two MCP handlers, speaking to Writ as ``agent``."""
+
+    def __init__(self, agent: WritAgent, options: CallOptions) -> None:
+        self.agent = agent
+        self.options = options
+
+    async def list_tools(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        # Asked afresh each time, so a tool accepted a moment ago is listed (and a quarantined one is not).
+        try:
+            rows = await self._registry_tools()
+        except (CommandError, nats.errors.Error) as exc:
+            raise MCPError(types.INTERNAL_ERROR, f"cannot list Writ's tools: {_described(exc)}") from exc
+        return types.ListToolsResult(tools=callable_tools(rows))
+
+    async def _registry_tools(self) -> list[dict[str, Any]]:
+        try:
+            rows = await commands.call(self.agent.nc, "registry", "list_tools", {}, timeout=LIST_TIMEOUT)
+        except CommandError as exc:
+            if exc.code != "timeout":
+                raise
+            # A reply can be lost when nats-server reloads its users (an agent registered) meanwhile.
+            rows = await commands.call(self.agent.nc, "registry", "list_tools", {}, timeout=LIST_TIMEOUT)
+        return list(rows)
+
+    async def call_tool(self, _ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        key = idempotency_key(params.meta)
+        if key is None:
+            return refusal_result("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
+        try:
+            submission = await self.agent.submit(
+                writ_tool_name(params.name),
+                params.arguments or {},
+                idempotency_key=key,
+                on_behalf_of=self.options.on_behalf_of,
+                deadline_seconds=self.options.deadline_seconds,
+            )
+        except ValueError as exc:  # outside canonical JSON, so it cannot be signed
+            return refusal_result("invalid_arguments", str(exc), key)
+        except nats.errors.Error as exc:
+            return refusal_result("writ_unavailable", _described(exc), key)
+        try:
+            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+        except ReceiptTimeout:
+            return pending_result(
+                submission.intent_id,
+                key,
+                self.options.timeout,
+                awaiting_approval=await self._awaits_approval(submission.intent_id),
+            )
+        except nats.errors.Error as exc:
+            return refusal_result(
+                "writ_unavailable", f"submitted as {submission.intent_id}, then {_described(exc)}", key
+            )
+        return call_result(receipt, key)
+
+    async def _awaits_approval(self, intent_id: str) -> bool:
+        subject = subjects.intent_subject(self.agent.agent_id, intent_id, "approval.requested")
+        try:
+            return await last_on_subject(self.agent.nc.jetstream(), subjects.INTENTS_STREAM, subject) is not None
+        except nats.errors.Error:
+            return False  # only for the wording: "still in flight"
+
+    def mcp_server(self) -> Server[Any]:
+        return Server(
+            "writ",
+            version="0.1.0",
+            instructions=(
+                f"Tools governed by Writ, called as agent {self.agent.agent_id!r}: each call is a signed intent "
+                "that Writ authenticates, checks, authorizes (perhaps after human approval), runs and records."
+            ),
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+        )
+
+
+def _described(exc: BaseException) -> str:
+    if isinstance(exc, CommandError):
+        return f"{exc.code}: {exc.message}"
+    return f"the Writ plane's NATS server did not answer ({type(exc).__name__})"
+
+
+async def serve_stdio(gateway: Gateway) -> None:
+    """Serve MCP over this process's stdin and stdout until the client closes them."""
+    server = gateway.mcp_server()
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
+    """Serve MCP over streamable HTTP on 127.0.0.1:``port`` (0: any free port) until interrupted;
+    ``on_listening`` gets the endpoint's URL once the port is bound."""
+    import uvicorn
+
+    app = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))  # loopback only: whoever reaches the port calls tools as the agent
+    on_listening(f"http://127.0.0.1:{sock.getsockname()[1]}{HTTP_PATH}")
+    config = uvicorn.Config(app, log_level="warning", log_config=None)
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def log(line: str) -> None:
+    """The gateway's own messages go to stderr: on stdio, stdout is the MCP wire."""
+    print(f"writ gateway: {line}", file=sys.stderr, flush=True)

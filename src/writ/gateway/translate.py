@@ -1,0 +1,154 @@
+"""What the MCP gateway says, decided without I/O: tool names, the tool list, and call results.
+
+Tool names: Writ names a tool ``server/tool``; MCP allows only ``[A-Za-z0-9_.-]`` (1-128
+characters), so the gateway lists it as ``server.tool``. Server names are tokens
+(``[a-z0-9][a-z0-9_-]{0,62}``, never a dot), so the first dot always splits it back; a tool whose
+own name does not fit MCP's rule is not listed. A name without a dot is passed to Writ as it is,
+where a bare tool name unique across servers resolves too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import mcp_types as types
+from pydantic import ValidationError
+
+from writ_common.events import Receipt
+from writ_common.mcp_client import IDEMPOTENCY_META_KEY
+
+SEPARATOR = "."
+MCP_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+# Keys of the results' _meta: which intent answered, how it ended.
+INTENT_META_KEY = "writ/intent_id"
+STATUS_META_KEY = "writ/status"
+CODE_META_KEY = "writ/code"
+
+__all__ = [
+    "IDEMPOTENCY_META_KEY",
+    "call_result",
+    "callable_tools",
+    "idempotency_key",
+    "mcp_tool_name",
+    "pending_result",
+    "refusal_result",
+    "writ_tool_name",
+]
+
+
+def mcp_tool_name(server: str, tool: str) -> str | None:
+    """``server.tool``, or None when the tool's name cannot be an MCP tool name."""
+    name = f"{server}{SEPARATOR}{tool}"
+    return name if MCP_TOOL_NAME.fullmatch(name) else None
+
+
+def writ_tool_name(mcp_name: str) -> str:
+    """The Writ tool an MCP tool name stands for: ``server.tool`` -> ``server/tool``."""
+    server, dot, tool = mcp_name.partition(SEPARATOR)
+    return f"{server}/{tool}" if dot else mcp_name
+
+
+def callable_tools(rows: Iterable[Mapping[str, Any]]) -> list[types.Tool]:
+    """The registry's tool rows (``list_tools``) as MCP tools: accepted ones only. A tool with a
+    version waiting in quarantine is left out too, since Writ refuses every call to it until an
+    operator accepts that version."""
+    rows = list(rows)
+    waiting = {(r["server"], r["name"]) for r in rows if r.get("status") != "accepted"}
+    tools = []
+    for row in rows:
+        name = mcp_tool_name(row["server"], row["name"])
+        if name is None or (row["server"], row["name"]) in waiting:
+            continue
+        hints = row.get("annotations") or {}
+        tools.append(
+            types.Tool(
+                name=name,
+                title=f"{row['name']} ({row['server']}, through Writ)",
+                description=row.get("description"),
+                input_schema=row.get("input_schema") or {"type": "object"},
+                annotations=types.ToolAnnotations(
+                    read_only_hint=hints.get("read_only"),
+                    destructive_hint=hints.get("destructive"),
+                    idempotent_hint=hints.get("idempotent"),
+                    open_world_hint=hints.get("open_world"),
+                ),
+            )
+        )
+    return tools
+
+
+def idempotency_key(meta: Mapping[str, Any] | None) -> str | None:
+    """The caller's idempotency key from the request's ``_meta``; a fresh one when it sent none;
+    None when it sent something that is not a non-empty string."""
+    given = (meta or {}).get(IDEMPOTENCY_META_KEY)
+    if given is None:
+        return str(uuid.uuid4())
+    return given if isinstance(given, str) and given else None
+
+
+def _meta(intent_id: str | None, status: str, code: str, key: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {STATUS_META_KEY: status, CODE_META_KEY: code}
+    if intent_id:
+        meta[INTENT_META_KEY] = intent_id
+    if key:
+        meta[IDEMPOTENCY_META_KEY] = key
+    return meta
+
+
+def _text(text: str) -> types.TextContent:
+    return types.TextContent(type="text", text=text)
+
+
+def _without_code(code: str, reason: str) -> str:
+    return reason.removeprefix(f"{code}: ")
+
+
+def call_result(receipt: Receipt, key: str) -> types.CallToolResult:
+    """The receipt as the tool's answer: its result when it succeeded; otherwise ``isError`` with
+    the status, code, reason and intent id (and the tool's own error output, if it gave one)."""
+    meta = _meta(receipt.intent_id, receipt.status, receipt.code, key)
+    tool_output = _tool_result(receipt.result)
+    if receipt.status == "succeeded":
+        if tool_output is None:  # nothing the MCP types accept: show it as JSON rather than lose it
+            return types.CallToolResult(content=[_text(json.dumps(receipt.result))], meta=meta)
+        return tool_output.model_copy(update={"meta": {**(tool_output.meta or {}), **meta}})
+    what = f"Writ did not complete this call: {receipt.status} at {receipt.stage} ({receipt.code})"
+    text = f"{what}: {_without_code(receipt.code, receipt.reason)}\nintent: {receipt.intent_id}"
+    if receipt.status == "outcome_unknown":
+        text += "\nthe tool may or may not have run; an operator settles it with `writ intent reconcile`"
+    content: list[types.ContentBlock] = [_text(text)]
+    if tool_output is not None:
+        content.extend(tool_output.content)
+    return types.CallToolResult(content=content, is_error=True, meta=meta)
+
+
+def _tool_result(result: dict[str, Any] | None) -> types.CallToolResult | None:
+    if result is None:
+        return None
+    try:
+        return types.CallToolResult.model_validate(result)
+    except ValidationError:
+        return None
+
+
+def pending_result(intent_id: str, key: str, waited: float, *, awaiting_approval: bool) -> types.CallToolResult:
+    """No receipt within the gateway's timeout: the intent goes on without us; say how to re-attach."""
+    where = "awaiting human approval" if awaiting_approval else "still in flight"
+    text = (
+        f"Writ has no outcome for this call yet after {waited:g}s: intent {intent_id} is {where}.\n"
+        f'Call this tool again with _meta {{"{IDEMPOTENCY_META_KEY}": "{key}"}} to re-attach to the same'
+        " intent (it never runs twice)."
+    )
+    status = "awaiting_approval" if awaiting_approval else "pending"
+    return types.CallToolResult(content=[_text(text)], is_error=True, meta=_meta(intent_id, status, "pending", key))
+
+
+def refusal_result(code: str, message: str, key: str | None = None) -> types.CallToolResult:
+    """The gateway could not submit the call at all (bad input, the plane unreachable)."""
+    text = f"Writ did not take this call: {code}: {_without_code(code, message)}"
+    return types.CallToolResult(content=[_text(text)], is_error=True, meta=_meta(None, "not_submitted", code, key))

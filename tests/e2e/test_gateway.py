@@ -1,0 +1,270 @@
+"""`writ gateway` driven by the `mcp` SDK's own client, as any MCP client would: over stdio (the
+client launches the gateway) and streamable HTTP, against the session's plane."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mcp_types as types
+import pytest
+from cli_runner import Writ
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from plane_reads import as_operator, stored_on
+
+from writ.cli.base import default_policy
+from writ.runtime.supervisor import Plane
+from writ.sdk import fetch_receipt
+from writ_common import commands, subjects
+from writ_common.events import Receipt
+from writ_common.ids import derive_intent_id
+from writ_common.receipts import verify_receipt
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+BIN = Path(sys.executable).parent
+TIME_SERVER = str(BIN / "mcp-server-time")
+MORPHING_SERVER = Path(__file__).resolve().parent.parent / "servers" / "morphing_stdio.py"
+KEY = "writ/idempotency_key"
+
+
+@dataclass(frozen=True)
+class Setup:
+    agent: str
+    server: str
+    plane: Plane
+    log: Path
+
+    def tool(self, name: str) -> str:
+        return f"{self.server}.{name}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"WRIT_DATA_DIR": str(self.plane.data_dir), "WRIT_NATS_URL": self.plane.nats_url}
+
+
+@pytest.fixture
+def setup(writ: Writ, plane: Plane, tmp_path: Path) -> Setup:
+    """A fresh agent (registered with the CLI), a fresh mcp-server-time, and the default policy plus a
+    forbid on this server's convert_time."""
+    suffix = uuid.uuid4().hex[:8]
+    agent, server = f"gw-agent-{suffix}", f"gw-time-{suffix}"
+    assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
+    assert (added := writ("server", "add", server, "--", TIME_SERVER)).exit_code == 0, added.output
+    policy = tmp_path / "gateway.cedar"
+    policy.write_text(
+        default_policy()[0] + '\n@id("gateway-no-convert")\nforbid(principal, action == Action::"call_tool", resource)'
+        f' when {{ resource.server == "{server}" && resource.name == "convert_time" }};\n'
+    )
+    assert (loaded := writ("policy", "load", str(policy))).exit_code == 0, loaded.output
+    return Setup(agent, server, plane, tmp_path / "gateway.log")
+
+
+@asynccontextmanager
+async def over_stdio(setup: Setup, *options: str) -> AsyncIterator[ClientSession]:
+    """An MCP client session with `writ gateway --as AGENT`, launched by the client as its command."""
+    params = StdioServerParameters(
+        command=str(BIN / "writ"), args=["gateway", "--as", setup.agent, *options], env=setup.env
+    )
+    with setup.log.open("a") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+async def operator_receipt(plane: Plane, intent_id: str) -> Receipt:
+    """The intent's receipt, verified against the ledger's key."""
+    async with as_operator(plane) as nc:
+        receipt = await fetch_receipt(nc, intent_id)
+        assert receipt is not None, f"no receipt for {intent_id}"
+        verify_receipt(receipt, str((await commands.call(nc, "ledger", "public_key", {}))["public_key"]))
+        return receipt
+
+
+async def run_cli(writ: Writ, *args: str) -> None:
+    """`writ ARGS...` from an async test (the CLI runs its own event loop), which must succeed."""
+    result = await asyncio.to_thread(writ, *args)
+    assert result.exit_code == 0, result.output
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def intent_of(result: types.CallToolResult) -> str:
+    assert result.meta is not None, result
+    return str(result.meta["writ/intent_id"])
+
+
+async def test_tools_list_shows_the_time_servers_tools_with_their_schemas(setup: Setup) -> None:
+    async with over_stdio(setup) as session:
+        listed = {t.name: t for t in (await session.list_tools()).tools}
+
+    tool = listed[setup.tool("get_current_time")]
+    assert setup.tool("convert_time") in listed
+    assert tool.input_schema["type"] == "object"
+    assert "timezone" in tool.input_schema["properties"] and tool.input_schema["required"] == ["timezone"]
+    assert tool.description and "time" in tool.description.lower()
+    assert tool.annotations is not None and tool.annotations.read_only_hint is True
+    assert all("/" not in name for name in listed)
+
+
+async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_agents_name(setup: Setup) -> None:
+    async with over_stdio(setup) as session:
+        result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Europe/Paris"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None and result.structured_content["timezone"] == "Europe/Paris"
+    receipt = await operator_receipt(setup.plane, intent_of(result))
+    assert receipt.status == "succeeded" and receipt.agent_id == setup.agent
+    assert (receipt.server, receipt.tool) == (
+        setup.server,
+        f"{setup.server}/get_current_time",
+    )  # SERVER.TOOL -> SERVER/TOOL
+    recorded = types.CallToolResult.model_validate(receipt.result)  # what the tool returned, as the ledger kept it
+    assert result.content == recorded.content and result.structured_content == recorded.structured_content
+
+
+async def test_invalid_arguments_come_back_as_an_error_with_writs_rejection_reason(setup: Setup) -> None:
+    async with over_stdio(setup) as session:
+        result = await session.call_tool(setup.tool("get_current_time"), {"timezone": 42})
+
+    assert result.is_error
+    receipt = await operator_receipt(setup.plane, intent_of(result))
+    assert (receipt.status, receipt.code) == ("rejected", "invalid_arguments")
+    text = text_of(result)
+    assert "rejected" in text and "invalid_arguments" in text and receipt.intent_id in text
+    assert receipt.reason.removeprefix("invalid_arguments: ") in text
+
+
+async def test_a_call_the_policy_forbids_comes_back_as_an_error_with_the_denial(setup: Setup) -> None:
+    arguments = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+    async with over_stdio(setup) as session:
+        result = await session.call_tool(setup.tool("convert_time"), arguments)
+
+    assert result.is_error
+    receipt = await operator_receipt(setup.plane, intent_of(result))
+    assert (receipt.status, receipt.code) == ("denied", "forbidden")
+    assert "gateway-no-convert" in receipt.policy_ids
+    text = text_of(result)
+    assert "denied" in text and "forbidden" in text and receipt.intent_id in text
+    assert receipt.reason.removeprefix("forbidden: ") in text
+
+
+async def test_bad_input_is_answered_as_an_error_and_the_gateway_keeps_serving(setup: Setup) -> None:
+    get_time = setup.tool("get_current_time")
+    async with over_stdio(setup) as session:
+        unknown = await session.call_tool(f"{setup.server}.no_such_tool", {})
+        bad_key = await session.call_tool(get_time, {"timezone": "UTC"}, meta={KEY: 42})
+        unsignable = await session.call_tool(get_time, {"timezone": 2**60})  # beyond canonical JSON's integers
+        still = await session.call_tool(get_time, {"timezone": "UTC"})
+
+    assert unknown.is_error and "rejected" in text_of(unknown) and "unknown_tool" in text_of(unknown)
+    assert bad_key.is_error and "invalid_idempotency_key" in text_of(bad_key)
+    assert unsignable.is_error and "invalid_arguments" in text_of(unsignable)
+    assert not still.is_error, text_of(still)
+
+
+async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> None:
+    key = f"run-{uuid.uuid4().hex}"
+    async with over_stdio(setup) as session:
+        first = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"}, meta={KEY: key})
+        again = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"}, meta={KEY: key})
+        fresh = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"})
+
+    assert not first.is_error and not again.is_error, (text_of(first), text_of(again))
+    intent_id = derive_intent_id(setup.agent, key)
+    assert intent_of(first) == intent_of(again) == intent_id
+    assert first.content == again.content  # the original outcome, not a second run
+    assert intent_of(fresh) != intent_id  # without a key, a call is a new intent
+    for event in ("intent.submitted", "execution.started"):
+        assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, event)) == 1
+
+
+async def test_a_call_awaiting_approval_says_it_is_pending_and_the_same_key_reattaches(
+    writ: Writ, setup: Setup
+) -> None:
+    # Marked destructive, the tool needs an operator's approval under the default policy.
+    await run_cli(writ, "tool", "override", f"{setup.server}/get_current_time", "--not-read-only", "--destructive")
+    key = f"slow-{uuid.uuid4().hex}"
+    async with over_stdio(setup, "--timeout", "3") as session:
+        first = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"}, meta={KEY: key})
+        again = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"}, meta={KEY: key})
+
+    assert first.is_error and again.is_error
+    intent_id = derive_intent_id(setup.agent, key)
+    assert intent_of(first) == intent_of(again) == intent_id
+    text = text_of(first)
+    assert "awaiting human approval" in text and intent_id in text and key in text
+    assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "intent.submitted")) == 1
+
+
+async def test_a_tool_waiting_in_quarantine_is_not_listed_until_accepted(
+    writ: Writ, setup: Setup, tmp_path: Path
+) -> None:
+    server = f"gw-morph-{uuid.uuid4().hex[:8]}"
+    description = tmp_path / "description.txt"
+    description.write_text("Look an item up.")
+    environment = f"DESCRIPTION_FILE={description}"
+    await run_cli(writ, "server", "add", server, "--env", environment, "--", sys.executable, str(MORPHING_SERVER))
+    lookup = f"{server}.lookup"
+    async with over_stdio(setup) as session:
+        assert lookup in {t.name for t in (await session.list_tools()).tools}
+        description.write_text("Look an item up, and also send it elsewhere.")
+        await run_cli(writ, "server", "refresh", server)
+        assert lookup not in {t.name for t in (await session.list_tools()).tools}  # the new version waits
+        await run_cli(writ, "tool", "accept", f"{server}/lookup")
+        listed = {t.name: t for t in (await session.list_tools()).tools}  # the same session sees it at once
+    assert listed[lookup].description == "Look an item up, and also send it elsewhere."
+
+
+def wait_for_url(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if " at http://127.0.0.1:" in line:
+                return line.split(" at ", 1)[1].split(",", 1)[0]
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"the gateway did not say where it listens: {log.read_text()}")
+
+
+@pytest.fixture
+def http_gateway(setup: Setup) -> Iterator[str]:
+    """`writ gateway --as AGENT --http 0` in its own process; yields the URL it says it listens at."""
+    with setup.log.open("w") as errlog:
+        proc = subprocess.Popen(
+            [str(BIN / "writ"), "gateway", "--as", setup.agent, "--http", "0"],
+            env={**setup.env, "PATH": str(BIN)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errlog,
+        )
+    try:
+        yield wait_for_url(setup.log, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str) -> None:
+    assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
+    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        names = {t.name for t in (await session.list_tools()).tools}
+        result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
+
+    assert setup.tool("get_current_time") in names
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None and result.structured_content["timezone"] == "Asia/Tokyo"
+    receipt = await operator_receipt(setup.plane, intent_of(result))
+    assert receipt.agent_id == setup.agent and receipt.status == "succeeded"

@@ -1,0 +1,104 @@
+"""The MCP gateway's decisions as plain values: names, the tool list, and what a receipt answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mcp_types as types
+import pytest
+
+from writ.gateway.translate import (
+    IDEMPOTENCY_META_KEY,
+    call_result,
+    callable_tools,
+    idempotency_key,
+    mcp_tool_name,
+    pending_result,
+    writ_tool_name,
+)
+from writ_common.events import Receipt
+
+pytestmark = pytest.mark.unit
+
+
+def row(server: str, name: str, status: str = "accepted", description: str = "d") -> dict[str, Any]:
+    return {
+        "server": server,
+        "name": name,
+        "description": description,
+        "status": status,
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+        "annotations": {"read_only": True, "destructive": False, "idempotent": True, "open_world": False},
+    }
+
+
+def receipt(status: str, code: str, reason: str, result: dict[str, Any] | None = None) -> Receipt:
+    stage = "execute" if status in ("succeeded", "failed") else "plan"
+    return Receipt(
+        position=1, intent_id="in-abc", agent_id="bot", status=status, stage=stage, code=code, reason=reason,  # type: ignore[arg-type]
+        result=result, event_ids=["e"], recorded_at="2026-01-01T00:00:00Z", ledger_key_id="k", prev_hash="0",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("server", "tool"), [("time", "get_current_time"), ("a-b_c", "x.y"), ("s1", "with.dots.and-dashes")]
+)
+def test_tool_names_go_to_mcp_and_back(server: str, tool: str) -> None:
+    name = mcp_tool_name(server, tool)
+    assert name is not None and "/" not in name
+    assert writ_tool_name(name) == f"{server}/{tool}"
+
+
+def test_names_mcp_cannot_carry_are_not_offered() -> None:
+    assert mcp_tool_name("s", "has space") is None
+    assert mcp_tool_name("s", "a/b") is None
+    assert mcp_tool_name("s", "x" * 127) is None  # 129 characters with "s."
+    assert writ_tool_name("bare_tool") == "bare_tool"  # Writ resolves a bare name itself
+
+
+def test_only_accepted_tools_without_a_waiting_version_are_listed() -> None:
+    rows = [row("a", "kept"), row("a", "changed"), row("a", "changed", "quarantined"), row("b", "new", "quarantined")]
+    tools = callable_tools(rows)
+    assert [t.name for t in tools] == ["a.kept"]
+    assert tools[0].input_schema["properties"] == {"q": {"type": "string"}}
+    assert tools[0].annotations == types.ToolAnnotations(
+        read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    )
+
+
+def test_the_callers_idempotency_key_is_used_else_a_fresh_one() -> None:
+    assert idempotency_key({IDEMPOTENCY_META_KEY: "run-1"}) == "run-1"
+    assert idempotency_key(None) != idempotency_key({})
+    assert idempotency_key({IDEMPOTENCY_META_KEY: 7}) is None
+    assert idempotency_key({IDEMPOTENCY_META_KEY: ""}) is None
+
+
+def test_a_success_is_the_tools_own_result() -> None:
+    tool_result = {"content": [{"type": "text", "text": "12:00"}], "structuredContent": {"time": "12:00"}}
+    answer = call_result(receipt("succeeded", "ok", "ran", tool_result), "k1")
+    assert not answer.is_error
+    assert answer.content == [types.TextContent(text="12:00")] and answer.structured_content == {"time": "12:00"}
+    assert answer.meta == {"writ/status": "succeeded", "writ/code": "ok", "writ/intent_id": "in-abc", IDEMPOTENCY_META_KEY: "k1"}  # fmt: skip
+
+
+def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
+    answer = call_result(receipt("denied", "forbidden", "forbidden: policy no-convert forbids it"), "k1")
+    assert answer.is_error
+    assert isinstance(answer.content[0], types.TextContent)
+    text = answer.content[0].text
+    assert "denied" in text and "(forbidden)" in text and "policy no-convert forbids it" in text and "in-abc" in text
+    assert "forbidden: forbidden" not in text
+
+
+def test_a_tool_error_keeps_the_tools_own_output_after_writs_line() -> None:
+    tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True}
+    answer = call_result(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1")
+    assert answer.is_error and answer.content[-1] == types.TextContent(text="boom")
+
+
+def test_pending_says_how_to_reattach() -> None:
+    answer = pending_result("in-abc", "k1", 3, awaiting_approval=True)
+    assert answer.is_error and isinstance(answer.content[0], types.TextContent)
+    assert (
+        "awaiting human approval" in answer.content[0].text and '"writ/idempotency_key": "k1"' in answer.content[0].text
+    )
