@@ -33,6 +33,9 @@ class ManagedProcess:
     monitor_url: str | None = None
     argv: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
+    # SIGTERM sent once already: a second one could land after the child's asyncio loop has
+    # closed (and taken its handler with it), and kill it mid clean-up.
+    terminating: bool = False
 
     @property
     def pid(self) -> int:
@@ -42,9 +45,9 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code."""
+        """SIGTERM (unless already sent), wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code."""
         if self.alive():
-            _signal(self.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 return self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -52,8 +55,9 @@ class ManagedProcess:
         return self.kill()
 
     def terminate(self) -> None:
-        """SIGTERM without waiting (to stop several processes in parallel)."""
-        if self.alive():
+        """SIGTERM without waiting (to stop several processes in parallel); sent once."""
+        if self.alive() and not self.terminating:
+            self.terminating = True
             _signal(self.pid, signal.SIGTERM)
 
     def kill(self) -> int | None:
