@@ -2,17 +2,21 @@
 
 Starts an embedded plane (separate service processes, nats-server with fsync always) on a
 temporary data directory, runs N sequential intents to ``mcp-server-time``, then N direct calls
-over one warm ``mcp`` SDK session, and prints p50/p99 of both and the overhead.
+over one warm ``mcp`` SDK session, and prints p50/p99 of both and the overhead. Then it splits
+the plane's time into hops, from the event timestamps the views projected for the measured intents,
+so the next person tuning it sees where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nats
@@ -36,7 +40,20 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def through_plane(settings: WritSettings, n: int, warmup: int) -> list[float]:
+# Each hop: from the event that hands the intent on to the event the next stage appends
+# (its decision time), as the views recorded them; the executor's hop includes the tool call.
+HOPS = (
+    ("identity: submitted -> authenticated", "submitted_at", "authenticated_at"),
+    ("registry: authenticated -> planned", "authenticated_at", "planned_at"),
+    ("policy: planned -> authorized", "planned_at", "decided_at"),
+    ("executor: authorized -> started", "decided_at", "started_at"),
+    ("executor: started -> succeeded (tool call)", "started_at", "ended_at"),
+    ("ledger: succeeded -> receipt recorded", "ended_at", "recorded_at"),
+)
+
+
+async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str, float]:
+    """Latency (ms) of each measured intent, by intent id."""
     nc = await nats.connect(settings.resolved_nats_url(), **settings.bus_options())
     key = generate_key()
     await commands.call(
@@ -45,7 +62,7 @@ async def through_plane(settings: WritSettings, n: int, warmup: int) -> list[flo
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     await commands.call(nc, "policy", "load", {"cedar": POLICY.read_text()})
     agent = WritAgent(nc, "bench-agent", key)
-    samples = []
+    samples = {}
     for i in range(warmup + n):
         started = time.perf_counter()
         receipt = await agent.call("get_current_time", ARGS, timeout=60)
@@ -53,9 +70,42 @@ async def through_plane(settings: WritSettings, n: int, warmup: int) -> list[flo
         if receipt.status != "succeeded":
             raise SystemExit(f"intent {i} ended {receipt.status}: {receipt.reason}")
         if i >= warmup:
-            samples.append(elapsed * 1000)
+            samples[receipt.intent_id] = elapsed * 1000
     await nc.close()
     return samples
+
+
+def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 30.0) -> list[tuple[str, list[float]]]:
+    """Per-hop durations (ms) of the measured intents, read from the ledger's views (read-only).
+
+    What is left of the agent's measured time is the agent's own share: signing, the submit
+    round trip, and hearing of and reading back the receipt.
+    """
+    columns = sorted({c for _, a, b in HOPS for c in (a, b)})
+    select = ", ".join(f"{'r' if c == 'recorded_at' else 'i'}.{c}" for c in columns)
+    deadline = time.monotonic() + timeout
+    while True:  # the projection may trail the last receipt by a moment
+        with sqlite3.connect(f"file:{views_db}?mode=ro", uri=True) as db:
+            rows = db.execute(
+                f"SELECT i.intent_id, {select} FROM intents i JOIN receipts r USING (intent_id)"
+                f" WHERE i.intent_id IN ({', '.join('?' * len(plane_ms))})",
+                list(plane_ms),
+            ).fetchall()
+        if len(rows) == len(plane_ms) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    hops: list[tuple[str, list[float]]] = [(label, []) for label, _, _ in HOPS]
+    agent_share: list[float] = []
+    for intent_id, *values in rows:
+        at = {c: datetime.fromisoformat(v) for c, v in zip(columns, values, strict=True) if v}
+        if len(at) < len(columns):
+            continue
+        for (_, start, end), (_, durations) in zip(HOPS, hops, strict=True):
+            durations.append((at[end] - at[start]).total_seconds() * 1000)
+        in_plane = (at["recorded_at"] - at["submitted_at"]).total_seconds() * 1000
+        agent_share.append(plane_ms[intent_id] - in_plane)
+    hops.append(("agent: sign, submit, hear and read receipt", agent_share))
+    return hops
 
 
 async def direct(n: int, warmup: int) -> list[float]:
@@ -86,7 +136,9 @@ def main() -> None:
         Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
     ):
         plane.wait_ready(timeout=60)
-        plane_ms = asyncio.run(through_plane(plane.settings, args.n, args.warmup))
+        by_intent = asyncio.run(through_plane(plane.settings, args.n, args.warmup))
+        hops = hop_breakdown(plane.settings.data_dir / "ledger" / "views.sqlite3", by_intent)
+    plane_ms = list(by_intent.values())
     direct_ms = asyncio.run(direct(args.n, args.warmup))
     rows = [("through Writ (submit -> signed receipt)", plane_ms), ("direct mcp SDK call", direct_ms)]
     print(f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up")
@@ -99,6 +151,16 @@ def main() -> None:
     ratio = percentile(plane_ms, 0.5) / percentile(direct_ms, 0.5)
     print(f"{'overhead (plane - direct)':42} {p50_over:9.2f} {p99_over:9.2f}")
     print(f"ratio plane/direct at p50: {ratio:.1f}x")
+    if len(plane_ms) >= 200:  # does the plane slow down as its log grows?
+        tenth = len(plane_ms) // 10
+        first, last = percentile(plane_ms[:tenth], 0.5), percentile(plane_ms[-tenth:], 0.5)
+        print(f"drift: p50 of the first {tenth} intents {first:.2f} ms, of the last {tenth} {last:.2f} ms")
+    print(f"\nwhere the plane's time goes ({len(hops[0][1])} of {len(plane_ms)} intents, from event timestamps)")
+    print(f"{'':42} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
+    for label, samples in hops:
+        if samples:
+            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+            print(f"{label:42} {p50:9.2f} {p99:9.2f} {statistics.fmean(samples):9.2f}")
 
 
 if __name__ == "__main__":
