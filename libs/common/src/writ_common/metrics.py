@@ -42,6 +42,6 @@ VIEW_LAG_SECONDS = Gauge(
 BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def serve_metrics(port: int) -> None:
-    """Serve ``/metrics`` on 127.0.0.1:``port`` (a daemon thread)."""
-    start_http_server(port, addr="127.0.0.1")
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve ``/metrics`` on ``host``:``port`` (a daemon thread)."""
+    start_http_server(port, addr=host)

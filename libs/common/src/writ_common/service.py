@@ -260,7 +260,7 @@ class Service:
 
     async def start(self) -> None:
         if self.settings.metrics_port:
-            metrics.serve_metrics(self.settings.metrics_port)
+            metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
         await self.broker.connect()
         await ensure_streams(self.js, replicas=self.settings.stream_replicas)
         for fn in self._startup:
@@ -325,5 +325,8 @@ def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
     from writ_common.telemetry import setup_tracing
 
     configure_logging(name)
-    setup_tracing(f"writ-{name}")
-    asyncio.run(build(WritSettings()).serve_forever())
+    provider = setup_tracing(f"writ-{name}")
+    try:
+        asyncio.run(build(WritSettings()).serve_forever())
+    finally:
+        provider.shutdown()  # flushes spans still batched for OTLP

@@ -51,8 +51,12 @@ class WritSettings(BaseSettings):
         le=5,
         description="How many JetStream servers store each stream when it is created (1 embedded)",
     )
-    metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on 127.0.0.1:PORT (0: off)")
-    views_port: int = Field(default=0, description="The ledger serves the views HTTP API on 127.0.0.1:PORT (0: off)")
+    metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on HTTP_HOST:PORT (0: off)")
+    views_port: int = Field(default=0, description="The ledger serves the views HTTP API on HTTP_HOST:PORT (0: off)")
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="Address /metrics and the views API listen on: loopback, except in containers (0.0.0.0)",
+    )
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"
     )

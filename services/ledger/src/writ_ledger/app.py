@@ -201,8 +201,8 @@ def build(settings: WritSettings) -> Service:
         if settings.views_port:
             from writ_ledger.views.api import serving
 
-            await api.enter_async_context(serving(views, settings.views_port))
-            log.info("ledger: views API on http://127.0.0.1:%d", settings.views_port)
+            await api.enter_async_context(serving(views, settings.views_port, settings.http_host))
+            log.info("ledger: views API on http://%s:%d", settings.http_host, settings.views_port)
 
     async def shutdown() -> None:
         await api.aclose()

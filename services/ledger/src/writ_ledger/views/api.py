@@ -237,11 +237,11 @@ class ApiServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(views: Views, port: int) -> AsyncIterator[ApiServer]:
-    """Serve the API on 127.0.0.1:``port`` until the block ends."""
+async def serving(views: Views, port: int, host: str = "127.0.0.1") -> AsyncIterator[ApiServer]:
+    """Serve the API on ``host``:``port`` until the block ends."""
     import asyncio
 
-    config = uvicorn.Config(build_app(views), host="127.0.0.1", port=port, log_level="warning", server_header=False)
+    config = uvicorn.Config(build_app(views), host=host, port=port, log_level="warning", server_header=False)
     server = ApiServer(config)
     task = asyncio.create_task(server.serve(), name="views-api")
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no "started" event)
@@ -249,7 +249,7 @@ async def serving(views: Views, port: int) -> AsyncIterator[ApiServer]:
     if not server.started:
         with contextlib.suppress(BaseException):
             await task
-        raise RuntimeError(f"the views API could not listen on 127.0.0.1:{port} (see the log above)")
+        raise RuntimeError(f"the views API could not listen on {host}:{port} (see the log above)")
     try:
         yield server
     finally:
