@@ -3,6 +3,7 @@ result does not depend on how streams interleave, and the read side is read-only
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -206,3 +207,16 @@ def test_sql_reads_and_caps_rows(tmp_path: Path, log: dict[str, list[tuple[int, 
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c",
             timeout=0.2,
         )
+
+
+def test_a_views_file_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    from writ_ledger.views.runner import Views, ViewsInUse
+
+    path = tmp_path / "views.sqlite3"
+    first = Views(path)
+    with pytest.raises(ViewsInUse) as refused:
+        Views(path)  # a second ledger process pointed at the same file
+    assert f"pid {os.getpid()}" in str(refused.value) and "WRIT_VIEWS_FILE" in str(refused.value)
+    first.store.close()
+    first.release()
+    Views(path).release()  # free again once the first let go

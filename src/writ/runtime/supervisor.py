@@ -228,6 +228,9 @@ class Plane:
                     extra["WRIT_NATS_SEED_FILE"] = str(self.bus.seed_file(service))
                     if service == "identity":
                         extra["WRIT_NATS_AUTH_DIR"] = str(self.bus.auth_dir)
+                    if service == "ledger" and n > 1:
+                        # One views file per ledger process: two writers of one file corrupt it.
+                        extra["WRIT_VIEWS_FILE"] = str(self.data_dir / "ledger" / f"views-{n}.sqlite3")
                     self._start_unit(_Unit(name, self._service_launcher(name, service, env)))
         except BaseException:
             self.stop()

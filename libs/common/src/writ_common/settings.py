@@ -52,6 +52,10 @@ class WritSettings(BaseSettings):
         description="How many JetStream servers store each stream when it is created (1 embedded)",
     )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on HTTP_HOST:PORT (0: off)")
+    views_file: Path | None = Field(
+        default=None,
+        description="The ledger's views file (default <data>/ledger/views.sqlite3); one per ledger process",
+    )
     views_port: int = Field(default=0, description="The ledger serves the views HTTP API on HTTP_HOST:PORT (0: off)")
     http_host: str = Field(
         default="127.0.0.1",

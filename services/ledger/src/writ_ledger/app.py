@@ -57,7 +57,7 @@ def build(settings: WritSettings) -> Service:
     public_key = public_key_b64(key)
     (home / "ledger.pub").write_text(public_key + "\n")
     ledger_key_id = key_id(public_key)
-    views = Views(home / "views.sqlite3")
+    views = Views(settings.views_file or home / "views.sqlite3")
 
     head: list[tuple[int, str, int]] = []  # the chain head as this replica last wrote or read it
 
@@ -124,7 +124,12 @@ def build(settings: WritSettings) -> Service:
 
     async def on_event(event: StoredEvent, _raw: Msg) -> None:
         # The views are applied strictly in stream order, whatever order redeliveries come in.
-        await views.apply_live(subjects.INTENTS_STREAM, event)
+        # They are derived and catch up from their own position, so a views failure is logged
+        # and left to the poller: it must not hold back the receipt, which is the promise.
+        try:
+            await views.apply_live(subjects.INTENTS_STREAM, event)
+        except Exception:
+            log.exception("ledger: views could not apply %s; they catch up from the log later", event.subject)
         if event.type in ev.TERMINAL_TYPES:
             await record(event)
 

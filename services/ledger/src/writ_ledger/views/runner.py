@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -61,11 +62,37 @@ class Lag:
         }
 
 
+class ViewsInUse(RuntimeError):
+    """Another process already writes this views file."""
+
+
 class Views:
-    """The ledger's views: one writer (this object), any number of read-only readers."""
+    """The ledger's views: one writer (this object), any number of read-only readers.
+
+    One writer per file is enforced with an exclusive lock on ``<file>.lock``: a second process
+    opening the file would recreate or swap it under the first and corrupt it (each ledger
+    replica keeps its own file; ``WRIT_VIEWS_FILE``).
+
+    Raises:
+        ViewsInUse: another process holds the file.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_lock = path.with_name(path.name + ".lock").open("a+")
+        try:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._writer_lock.seek(0)
+            holder = self._writer_lock.read().strip() or "another process"
+            self._writer_lock.close()
+            raise ViewsInUse(
+                f"{path} is already kept by {holder}; give each ledger process its own views file (WRIT_VIEWS_FILE)"
+            ) from None
+        self._writer_lock.truncate(0)
+        self._writer_lock.write(f"pid {os.getpid()}\n")
+        self._writer_lock.flush()
         self.store = ViewStore(path)
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
@@ -98,6 +125,11 @@ class Views:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.store.close()
+        self.release()
+
+    def release(self) -> None:
+        """Let another writer have the file (closing the lock file drops the lock)."""
+        self._writer_lock.close()
 
     # -- following ----------------------------------------------------------------------------
 
