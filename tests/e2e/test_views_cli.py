@@ -83,6 +83,11 @@ def test_views_commands_show_an_intent_its_stats_and_refuse_writes(writ: Writ, p
     api = json.loads((plane.data_dir / "runtime.json").read_text())["views_api"]
     created = writ("views", "token", "create", f"e2e-{suffix}")
     assert created.exit_code == 0, created.output
+    assert f"summary token for e2e-{suffix}, arguments and results withheld" in created.stdout
+    full = writ("views", "token", "create", f"e2e-full-{suffix}", "--scope", "full")
+    assert full.exit_code == 0 and "full token for" in full.stdout, full.output
+    refused = writ("views", "token", "create", f"e2e-bad-{suffix}", "--scope", "admin")
+    assert refused.exit_code == 1 and refused.stderr.startswith("error: invalid_scope: "), refused.output
     token = re.search(r"^(writv_\S+)$", created.stdout, re.MULTILINE)
     assert token
     assert api_status(f"{api}/intents", None) == 401

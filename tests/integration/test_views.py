@@ -22,6 +22,7 @@ from writ.approver import ApproverClient
 from writ_common import commands, metrics, subjects
 from writ_common.commands import CommandError
 from writ_common.signing import generate_key, public_key_b64
+from writ_ledger.views.queries import WITHHELD
 from writ_ledger.views.runner import STREAMS, Views
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -106,10 +107,11 @@ async def get(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
     return await asyncio.to_thread(http, url, token)
 
 
-async def new_token(spine: Spine, name: str) -> str:
+async def new_token(spine: Spine, name: str, scope: str | None = None) -> str:
     token = "writv_" + secrets.token_urlsafe(32)
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-    await commands.call(spine.nc, "identity", "issue_reader_token", {"name": name, "token_hash": digest})
+    body = {"name": name, "token_hash": digest} | ({"scope": scope} if scope else {})
+    await commands.call(spine.nc, "identity", "issue_reader_token", body)
     return token
 
 
@@ -202,10 +204,41 @@ async def test_filters_and_cursor_pages_through_the_api(spine: Spine, story: Sto
 
     status, one = await get(f"{spine.views_url}/intents/{story.approved}", token=token)
     assert status == 200 and one["receipt"]["intent_id"] == story.approved
+    assert one["receipt"]["status"] == "succeeded"
     status, stats = await get(f"{spine.views_url}/stats?by=tool", token=token)
     assert status == 200
     tools = {r["key"]: r for r in stats["rows"]}
     assert tools["convert_time"]["calls"] >= 1 and tools["convert_time"]["p50_ms"] > 0
+
+
+async def test_a_summary_token_reads_no_arguments_or_results_and_a_full_one_does(spine: Spine, story: Story) -> None:
+    summary = await new_token(spine, f"analyst-{uuid.uuid4().hex[:6]}")  # the command's default scope
+    full = await new_token(spine, f"auditor-{uuid.uuid4().hex[:6]}", scope="full")
+    url = f"{spine.views_url}/intents/{story.plain}"
+
+    status, withheld = await get(url, token=summary)
+    assert status == 200, withheld
+    assert withheld["withheld"] == ["arguments", "result"]
+    submitted = next(e for e in withheld["events"] if e["type"] == "intent.submitted")
+    succeeded = next(e for e in withheld["events"] if e["type"] == "execution.succeeded")
+    assert submitted["payload"]["arguments"] == WITHHELD and succeeded["payload"]["result"] == WITHHELD
+    assert withheld["receipt"]["result"] == WITHHELD and withheld["receipt"]["status"] == "succeeded"
+    assert "Europe/Paris" not in json.dumps(withheld)  # the argument, also echoed in the result
+    assert withheld["intent"]["tool_name"] == "get_current_time"  # the rest is all there
+    assert submitted["payload"]["tool"] == "get_current_time"
+
+    status, everything = await get(url, token=full)
+    assert status == 200 and everything["withheld"] == []
+    submitted = next(e for e in everything["events"] if e["type"] == "intent.submitted")
+    assert submitted["payload"]["arguments"] == {"timezone": "Europe/Paris"}
+    assert "Europe/Paris" in json.dumps(everything["receipt"]["result"])
+
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    with pytest.raises(CommandError) as refused:
+        await commands.call(
+            spine.nc, "identity", "issue_reader_token", {"name": "too-much", "token_hash": digest, "scope": "admin"}
+        )
+    assert refused.value.code == "invalid_scope"
 
 
 async def test_sql_runs_reads_and_refuses_writes(spine: Spine, story: Story) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,3 +221,34 @@ def test_a_views_file_has_one_writer_at_a_time(tmp_path: Path) -> None:
     first.store.close()
     first.release()
     Views(path).release()  # free again once the first let go
+
+
+def test_a_summary_reader_gets_no_arguments_or_results_but_everything_else() -> None:
+    from writ_ledger.views.queries import WITHHELD, withhold_content
+
+    submitted = {"type": "intent.submitted", "payload": {"tool": "crm/lookup", "arguments": {"ssn": "123"}}}
+    detail: dict[str, Any] = {
+        "intent": {"intent_id": "in-a", "tool_name": "lookup"},
+        "events": [
+            {"type": "intent.submitted", "payload": {"tool": "crm/lookup", "arguments": {"ssn": "123"}}},
+            {
+                "type": "execution.succeeded",
+                "payload": {"attempt": 1, "result": {"content": "x"}, "result_digest": "d"},
+            },
+            {"type": "execution.failed", "payload": {"attempt": 2, "result": None, "reason": "boom"}},
+        ],
+        "decisions": [{"kind": "authorized"}],
+        "approval": None,
+        "executions": [{"attempt": 1, "outcome": "succeeded"}],
+        "receipt": {"status": "succeeded", "result": {"content": "x"}, "result_digest": "d"},
+    }
+    out = withhold_content(detail)
+    assert out["events"][0]["payload"] == {"tool": "crm/lookup", "arguments": WITHHELD}
+    assert out["events"][1]["payload"] == {"attempt": 1, "result": WITHHELD, "result_digest": "d"}
+    assert out["events"][2]["payload"]["result"] is None  # nothing there, nothing to withhold
+    assert out["receipt"] == {"status": "succeeded", "result": WITHHELD, "result_digest": "d"}
+    assert out["withheld"] == ["arguments", "result"]
+    assert (out["intent"], out["decisions"], out["executions"]) == (
+        detail["intent"], detail["decisions"], detail["executions"]
+    )  # fmt: skip
+    assert submitted["payload"] == {"tool": "crm/lookup", "arguments": {"ssn": "123"}}  # the input is left alone

@@ -126,16 +126,25 @@ def views_rebuild() -> None:
 
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="who or what the token is for (a-z, 0-9, - and _)")]) -> None:
+def token_create(
+    name: Annotated[str, typer.Argument(help="who or what the token is for (a-z, 0-9, - and _)")],
+    scope: Annotated[
+        str,
+        typer.Option(
+            help="summary: everything but tool arguments and results (the default); full: those too",
+        ),
+    ] = "summary",
+) -> None:
     """Issue a bearer token for the views API; it is shown once, and only its sha256 is recorded.
 
     Issuing again under the same name replaces the previous token.
     """
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-    run(query("identity", "issue_reader_token", {"name": name, "token_hash": digest}))
+    run(query("identity", "issue_reader_token", {"name": name, "token_hash": digest, "scope": scope}))
     api = settings()._runtime().get("views_api")
-    console.print(f"token for {name} (shown once; keep it secret):")
+    what = "arguments and results included" if scope == "full" else "arguments and results withheld"
+    console.print(f"{scope} token for {name}, {what} (shown once; keep it secret):")
     console.print(token, soft_wrap=True)
     where = api if api and api != "None" else "http://127.0.0.1:$WRIT_VIEWS_PORT"
     console.print(f"[dim]curl -H 'Authorization: Bearer {token[:10]}...' {where}/intents[/]", soft_wrap=True)

@@ -224,6 +224,9 @@ class ReaderTokenIssued(Payload, frozen=True, kw_only=True):
 
     name: str
     token_hash: str  # "sha256:<hex>" of the token's UTF-8 bytes
+    # "summary": intents, decisions, timings, codes and reasons, with tool arguments and results
+    # withheld; "full": those too. Tokens issued before scopes existed were full.
+    scope: str = "full"
 
 
 class ReaderTokenRevoked(Payload, frozen=True, kw_only=True):

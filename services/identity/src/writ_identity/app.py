@@ -63,6 +63,10 @@ class RegisterApprover(msgspec.Struct, kw_only=True):
 class IssueReaderToken(msgspec.Struct, kw_only=True):
     name: str
     token_hash: str
+    scope: str = "summary"  # least privilege unless the operator asks for arguments and results
+
+
+READER_SCOPES = ("summary", "full")
 
 
 class RevokeReaderToken(msgspec.Struct, kw_only=True):
@@ -286,13 +290,15 @@ def build(settings: WritSettings) -> Service:
         require_token(cmd.name, code="invalid_name", what="token name")
         if not TOKEN_HASH.fullmatch(cmd.token_hash):
             raise CommandError("invalid_token_hash", "token_hash must read sha256:<64 lowercase hex digits>")
-        payload = ev.ReaderTokenIssued(name=cmd.name, token_hash=cmd.token_hash)
+        if cmd.scope not in READER_SCOPES:
+            raise CommandError("invalid_scope", f"scope must be one of {', '.join(READER_SCOPES)}, not {cmd.scope!r}")
+        payload = ev.ReaderTokenIssued(name=cmd.name, token_hash=cmd.token_hash, scope=cmd.scope)
         await svc.append_control(
             subjects.reader_token_subject(cmd.name, "issued"),
             payload,
             message_id=f"reader:{cmd.name}:issued:{cmd.token_hash}",
         )
-        return {"name": cmd.name}
+        return {"name": cmd.name, "scope": cmd.scope}
 
     async def revoke_reader_token(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RevokeReaderToken)

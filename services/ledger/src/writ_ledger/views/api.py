@@ -33,7 +33,7 @@ from writ_common.httpapi import (
     invalid_request,
     json_content,
 )
-from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, stats
+from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, stats, withhold_content
 from writ_ledger.views.runner import Views
 
 AUTH_SCHEME = "Bearer"
@@ -102,7 +102,9 @@ class IntentPage(BaseModel):
 
 
 class IntentDetail(BaseModel):
-    """An intent with its full event history (payloads), decisions, approval, attempts and receipt."""
+    """An intent with its full event history (payloads), decisions, approval, attempts and receipt.
+    For a summary-scope token, tool arguments and results read as a marker and ``withheld`` names
+    those fields."""
 
     intent: IntentRow
     events: list[dict[str, Any]]
@@ -110,6 +112,7 @@ class IntentDetail(BaseModel):
     approval: dict[str, Any] | None
     executions: list[dict[str, Any]]
     receipt: dict[str, Any] | None
+    withheld: list[str] = Field(default_factory=list, description="payload fields replaced by a marker")
 
 
 class StatsRow(BaseModel):
@@ -152,13 +155,14 @@ CHALLENGE = f'{AUTH_SCHEME} realm="writ-views"'
 def build_app(views: Views) -> Starlette:
     refreshed = [0.0]
 
-    def lookup(db: Any, digest: str) -> str | None:
+    def lookup(db: Any, digest: str) -> tuple[str, str] | None:
         row = db.execute(
-            "SELECT name FROM reader_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
+            "SELECT name, scope FROM reader_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
         ).fetchone()
-        return str(row[0]) if row else None
+        return (str(row[0]), str(row[1])) if row else None
 
-    async def authenticate(request: Request) -> str:
+    async def authenticate(request: Request) -> tuple[str, str]:
+        """The token's (name, scope)."""
         header = request.headers.get("authorization")
         if not header:
             raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token> (writ views token create NAME)")
@@ -166,15 +170,15 @@ def build_app(views: Views) -> Starlette:
         if scheme.lower() != AUTH_SCHEME.lower() or not token.strip():
             raise ApiError(401, "bad_authorization", "the Authorization header must read Bearer <token>")
         digest = token_hash(token.strip())
-        name = await views.read(lookup, digest)
-        if name is None and time.monotonic() - refreshed[0] > REFRESH_INTERVAL_SECONDS:
+        holder = await views.read(lookup, digest)
+        if holder is None and time.monotonic() - refreshed[0] > REFRESH_INTERVAL_SECONDS:
             # Issued a moment ago? Read the identity stream on; rate-limited against guessing.
             refreshed[0] = time.monotonic()
             await views.catch_up(subjects.IDENTITY_STREAM)
-            name = await views.read(lookup, digest)
-        if name is None:
+            holder = await views.read(lookup, digest)
+        if holder is None:
             raise ApiError(401, "bad_token", "the token is unknown or revoked")
-        return name
+        return holder
 
     def params(request: Request, model: type[BaseModel]) -> Any:
         try:
@@ -185,7 +189,7 @@ def build_app(views: Views) -> Starlette:
     def endpoint(handler: Callable[[Request], Awaitable[BaseModel]]) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             try:
-                await authenticate(request)
+                _name, request.state.scope = await authenticate(request)
                 return JSONResponse((await handler(request)).model_dump(mode="json"))
             except ApiError as exc:
                 return error_response(exc, challenge=CHALLENGE)
@@ -205,6 +209,8 @@ def build_app(views: Views) -> Starlette:
         found = await views.read(get_intent, intent_id)
         if found is None:
             raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
+        if request.state.scope != "full":
+            found = withhold_content(found)
         return IntentDetail.model_validate(found)
 
     async def get_stats(request: Request) -> BaseModel:
@@ -279,8 +285,9 @@ def _openapi() -> dict[str, Any]:
             "title": "Writ views API",
             "version": "1",
             "description": "Read-only queries over the ledger's views: the log projected into tables. "
-            "Authorization: `Bearer <token>` from `writ views token create NAME`. Lists are newest "
-            "first and paginated by an opaque cursor.",
+            "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full]`. "
+            "A summary token (the default) reads everything except tool arguments and results, which "
+            "only a full token sees. Lists are newest first and paginated by an opaque cursor.",
         },
         "components": {
             "schemas": schemas,
@@ -301,7 +308,8 @@ def _openapi() -> dict[str, Any]:
             },
             "/intents/{intent_id}": {
                 "get": {
-                    "summary": "One intent with its full event history and its receipt",
+                    "summary": "One intent with its full event history and its receipt (arguments and "
+                    "results withheld from a summary token)",
                     "parameters": [INTENT_ID_PARAMETER],
                     "responses": {
                         "200": {"description": "the intent", **ref("IntentDetail")},

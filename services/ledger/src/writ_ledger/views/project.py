@@ -371,9 +371,10 @@ def apply_identity_event(db: sqlite3.Connection, event: StoredEvent) -> None:
             )
         case ev.ReaderTokenIssued():
             db.execute(
-                "INSERT INTO reader_tokens(name, token_hash, issued_at) VALUES (?, ?, ?) ON CONFLICT(name)"
-                " DO UPDATE SET token_hash = excluded.token_hash, issued_at = excluded.issued_at, revoked_at = NULL",
-                (p.name, p.token_hash, at),
+                "INSERT INTO reader_tokens(name, token_hash, scope, issued_at) VALUES (?, ?, ?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET token_hash = excluded.token_hash, scope = excluded.scope, issued_at = excluded.issued_at,"
+                " revoked_at = NULL",
+                (p.name, p.token_hash, p.scope, at),
             )
         case ev.ReaderTokenRevoked():
             db.execute("UPDATE reader_tokens SET revoked_at = ? WHERE name = ?", (at, p.name))

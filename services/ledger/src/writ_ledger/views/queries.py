@@ -153,6 +153,28 @@ def get_intent(db: sqlite3.Connection, intent_id: str) -> dict[str, Any] | None:
     }
 
 
+# What a summary-scope reader does not see: what the agent sent the tool and what came back.
+WITHHELD_FIELDS = ("arguments", "result")
+WITHHELD = "[withheld: needs a full-scope token]"
+
+
+def withhold_content(detail: dict[str, Any]) -> dict[str, Any]:
+    """``detail`` (from :func:`get_intent`) with tool arguments and results replaced by a marker,
+    in every event payload and in the receipt, and the list of what was withheld."""
+
+    def redacted(payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        if payload is None:
+            return None
+        return {k: (WITHHELD if k in WITHHELD_FIELDS and v not in (None, {}) else v) for k, v in payload.items()}
+
+    return {
+        **detail,
+        "events": [{**event, "payload": redacted(event["payload"])} for event in detail["events"]],
+        "receipt": redacted(detail["receipt"]),
+        "withheld": list(WITHHELD_FIELDS),
+    }
+
+
 # -- stats --------------------------------------------------------------------------------------
 
 _KEY = {"agent": "agent_id", "tool": "tool", "hour": "hour"}

@@ -3,7 +3,7 @@ rebuild from the first event yields identical tables; ``SCHEMA_VERSION`` changes
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tracking (
@@ -182,6 +182,7 @@ CREATE TABLE IF NOT EXISTS rollups (
 CREATE TABLE IF NOT EXISTS reader_tokens (
     name TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL,
+    scope TEXT NOT NULL,
     issued_at TEXT NOT NULL,
     revoked_at TEXT
 );
