@@ -139,16 +139,24 @@ def build(settings: WritSettings) -> Service:
         except queries.QueryError as exc:
             raise CommandError(exc.code, exc.message) from exc
 
+    async def one_intent(intent_id: str) -> dict[str, Any] | None:
+        """An intent as the log has it when asked: the views first read up to the streams' heads,
+        so whoever just approved, denied or reconciled sees that, not a projection a beat behind."""
+        for stream in (subjects.INTENTS_STREAM, subjects.LEDGER_STREAM):
+            await views.catch_up(stream)
+        found: dict[str, Any] | None = await read(queries.get_intent, intent_id)
+        return found
+
     async def intent_status(body: dict[str, Any]) -> Any:
         query = msgspec.convert(body, IntentQuery)
-        found = await read(queries.get_intent, query.intent_id)
+        found = await one_intent(query.intent_id)
         if found is None:
             raise CommandError("not_found", f"no intent {query.intent_id!r} in the ledger's view")
         return found["intent"]
 
     async def views_intent(body: dict[str, Any]) -> Any:
         query = msgspec.convert(body, IntentQuery)
-        found = await read(queries.get_intent, query.intent_id)
+        found = await one_intent(query.intent_id)
         if found is None:
             raise CommandError("not_found", f"no intent {query.intent_id!r} in the views")
         return found
