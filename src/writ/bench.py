@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import nats
@@ -29,6 +28,8 @@ from writ.sdk import WritAgent
 from writ_common import commands
 from writ_common.settings import WritSettings
 from writ_common.signing import generate_key, public_key_b64
+from writ_ledger.views.project import ms_between
+from writ_ledger.views.queries import open_reader
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 POLICY = Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar"
@@ -85,7 +86,7 @@ def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 3
     select = ", ".join(f"{'r' if c == 'recorded_at' else 'i'}.{c}" for c in columns)
     deadline = time.monotonic() + timeout
     while True:  # the projection may trail the last receipt by a moment
-        with sqlite3.connect(f"file:{views_db}?mode=ro", uri=True) as db:
+        with contextlib.closing(open_reader(views_db)) as db:
             rows = db.execute(
                 f"SELECT i.intent_id, {select} FROM intents i JOIN receipts r USING (intent_id)"
                 f" WHERE i.intent_id IN ({', '.join('?' * len(plane_ms))})",
@@ -96,14 +97,14 @@ def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 3
         time.sleep(0.2)
     hops: list[tuple[str, list[float]]] = [(label, []) for label, _, _ in HOPS]
     agent_share: list[float] = []
-    for intent_id, *values in rows:
-        at = {c: datetime.fromisoformat(v) for c, v in zip(columns, values, strict=True) if v}
-        if len(at) < len(columns):
-            continue
-        for (_, start, end), (_, durations) in zip(HOPS, hops, strict=True):
-            durations.append((at[end] - at[start]).total_seconds() * 1000)
-        in_plane = (at["recorded_at"] - at["submitted_at"]).total_seconds() * 1000
-        agent_share.append(plane_ms[intent_id] - in_plane)
+    for at in rows:  # sqlite3.Row: by column name
+        spans = [ms for _, start, end in HOPS if (ms := ms_between(at[start], at[end])) is not None]
+        in_plane = ms_between(at["submitted_at"], at["recorded_at"])
+        if in_plane is None or len(spans) < len(HOPS):
+            continue  # a stage without its timestamp
+        for (_, durations), ms in zip(hops, spans, strict=True):
+            durations.append(ms)
+        agent_share.append(plane_ms[at["intent_id"]] - in_plane)
     hops.append(("agent: sign, submit, hear and read receipt", agent_share))
     return hops
 
