@@ -13,6 +13,7 @@ import typer
 from writ.cli import render
 from writ.cli.base import call, connect, console, fail, query, run, settings
 from writ.cli.intents import check_intent_id
+from writ_common import events as ev
 
 views_app = typer.Typer(
     help="Query the ledger's views: intents, one intent in full, stats, read-only SQL; lag; rebuild.",
@@ -133,7 +134,7 @@ def token_create(
         typer.Option(
             help="summary: everything but tool arguments and results (the default); full: those too",
         ),
-    ] = "summary",
+    ] = ev.SUMMARY_SCOPE,
 ) -> None:
     """Issue a bearer token for the views API; it is shown once, and only its sha256 is recorded.
 
@@ -143,7 +144,7 @@ def token_create(
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     run(query("identity", "issue_reader_token", {"name": name, "token_hash": digest, "scope": scope}))
     api = settings()._runtime().get("views_api")
-    what = "arguments and results included" if scope == "full" else "arguments and results withheld"
+    what = "arguments and results included" if scope == ev.FULL_SCOPE else "arguments and results withheld"
     console.print(f"{scope} token for {name}, {what} (shown once; keep it secret):")
     console.print(token, soft_wrap=True)
     where = api if api and api != "None" else "http://127.0.0.1:$WRIT_VIEWS_PORT"

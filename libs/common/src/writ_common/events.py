@@ -218,15 +218,19 @@ class ApproverRegistered(Payload, frozen=True, kw_only=True):
     bus_key: str | None = None  # the approver's NATS user public nkey, when the bus checks who listens
 
 
+# Views API token scopes: "summary" reads intents, decisions, timings, codes and reasons, with tool
+# arguments and results withheld; "full" reads those too.
+SUMMARY_SCOPE, FULL_SCOPE = "summary", "full"
+READER_SCOPES = (SUMMARY_SCOPE, FULL_SCOPE)
+
+
 class ReaderTokenIssued(Payload, frozen=True, kw_only=True):
     """A bearer token for the views API, named for its holder. Only its sha256 is ever recorded:
     the token itself is generated and shown on the operator's machine."""
 
     name: str
     token_hash: str  # "sha256:<hex>" of the token's UTF-8 bytes
-    # "summary": intents, decisions, timings, codes and reasons, with tool arguments and results
-    # withheld; "full": those too. Tokens issued before scopes existed were full.
-    scope: str = "full"
+    scope: str = FULL_SCOPE  # one of READER_SCOPES; tokens issued before scopes existed were full
 
 
 class ReaderTokenRevoked(Payload, frozen=True, kw_only=True):

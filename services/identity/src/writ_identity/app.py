@@ -63,10 +63,7 @@ class RegisterApprover(msgspec.Struct, kw_only=True):
 class IssueReaderToken(msgspec.Struct, kw_only=True):
     name: str
     token_hash: str
-    scope: str = "summary"  # least privilege unless the operator asks for arguments and results
-
-
-READER_SCOPES = ("summary", "full")
+    scope: str = ev.SUMMARY_SCOPE  # least privilege unless the operator asks for arguments and results
 
 
 class RevokeReaderToken(msgspec.Struct, kw_only=True):
@@ -290,8 +287,10 @@ def build(settings: WritSettings) -> Service:
         require_token(cmd.name, code="invalid_name", what="token name")
         if not TOKEN_HASH.fullmatch(cmd.token_hash):
             raise CommandError("invalid_token_hash", "token_hash must read sha256:<64 lowercase hex digits>")
-        if cmd.scope not in READER_SCOPES:
-            raise CommandError("invalid_scope", f"scope must be one of {', '.join(READER_SCOPES)}, not {cmd.scope!r}")
+        if cmd.scope not in ev.READER_SCOPES:
+            raise CommandError(
+                "invalid_scope", f"scope must be one of {', '.join(ev.READER_SCOPES)}, not {cmd.scope!r}"
+            )
         payload = ev.ReaderTokenIssued(name=cmd.name, token_hash=cmd.token_hash, scope=cmd.scope)
         await svc.append_control(
             subjects.reader_token_subject(cmd.name, "issued"),

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from writ_common import events as ev
 from writ_common import subjects
 from writ_common.httpapi import (
     INTENT_ID_PARAMETER,
@@ -209,7 +210,7 @@ def build_app(views: Views) -> Starlette:
         found = await views.read(get_intent, intent_id)
         if found is None:
             raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
-        if request.state.scope != "full":
+        if request.state.scope != ev.FULL_SCOPE:
             found = withhold_content(found)
         return IntentDetail.model_validate(found)
 
