@@ -248,13 +248,18 @@ def publish_users(auth_dir: Path, users: Iterable[BusUser]) -> bool:
     return True
 
 
+RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
+# In the auth dir, written by whoever starts nats-server: its pid, and its monitoring URL.
+PID_FILE, MONITOR_FILE = "nats.pid", "nats.monitor"
+
+
 def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
     """SIGHUP nats-server (it rereads its users) and return once it has: its ``/varz``
     ``config_load_time`` moves. Without a monitoring port, a short pause has to do."""
-    monitor = auth_dir / "nats.monitor"
+    monitor = auth_dir / MONITOR_FILE
     url = monitor.read_text().strip() + "/varz" if monitor.exists() else None
     before = _config_load_time(url) if url else None
-    pid = int((auth_dir / "nats.pid").read_text().strip())
+    pid = int((auth_dir / PID_FILE).read_text().strip())
     os.kill(pid, signal.SIGHUP)
     if url is None or before is None:
         time.sleep(RELOAD_PAUSE)
@@ -265,9 +270,6 @@ def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
         if _config_load_time(url) not in (before, None):
             return
     raise TimeoutError(f"nats-server (pid {pid}) did not reload its users within {timeout:g}s")
-
-
-RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
 
 
 def _config_load_time(varz_url: str) -> str | None:
@@ -291,7 +293,7 @@ class EmbeddedBus:
 
     @property
     def pid_file(self) -> Path:
-        return self.auth_dir / "nats.pid"
+        return self.auth_dir / PID_FILE
 
     @property
     def users_conf(self) -> Path:
@@ -300,7 +302,7 @@ class EmbeddedBus:
     @property
     def monitor_file(self) -> Path:
         """The server's monitoring URL, by which identity sees a reload take effect."""
-        return self.auth_dir / "nats.monitor"
+        return self.auth_dir / MONITOR_FILE
 
 
 def prepare_embedded(data_dir: Path, services: Iterable[str]) -> EmbeddedBus:
