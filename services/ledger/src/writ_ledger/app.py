@@ -139,24 +139,25 @@ def build(settings: WritSettings) -> Service:
         except queries.QueryError as exc:
             raise CommandError(exc.code, exc.message) from exc
 
-    async def one_intent(intent_id: str) -> dict[str, Any] | None:
-        """An intent as the log has it when asked: the views first read up to the streams' heads,
-        so whoever just approved, denied or reconciled sees that, not a projection a beat behind."""
-        for stream in (subjects.INTENTS_STREAM, subjects.LEDGER_STREAM):
+    async def one_intent(intent_id: str, *streams: str) -> dict[str, Any] | None:
+        """An intent as the log has it when asked: the views first read ``streams`` up to their
+        heads, so whoever just approved, denied or reconciled sees that, not a projection a beat
+        behind."""
+        for stream in streams:
             await views.catch_up(stream)
         found: dict[str, Any] | None = await read(queries.get_intent, intent_id)
         return found
 
     async def intent_status(body: dict[str, Any]) -> Any:
         query = msgspec.convert(body, IntentQuery)
-        found = await one_intent(query.intent_id)
+        found = await one_intent(query.intent_id, subjects.INTENTS_STREAM)  # the intents row only
         if found is None:
             raise CommandError("not_found", f"no intent {query.intent_id!r} in the ledger's view")
         return found["intent"]
 
     async def views_intent(body: dict[str, Any]) -> Any:
         query = msgspec.convert(body, IntentQuery)
-        found = await one_intent(query.intent_id)
+        found = await one_intent(query.intent_id, subjects.INTENTS_STREAM, subjects.LEDGER_STREAM)  # and receipt
         if found is None:
             raise CommandError("not_found", f"no intent {query.intent_id!r} in the views")
         return found
