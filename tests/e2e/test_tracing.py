@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,9 +34,12 @@ TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
+@dataclass(frozen=True)
 class Span:
-    def __init__(self, service: str, name: str, trace_id: str, attributes: dict[str, str]) -> None:
-        self.service, self.name, self.trace_id, self.attributes = service, name, trace_id, attributes
+    service: str
+    name: str
+    trace_id: str
+    attributes: dict[str, str]
 
 
 class Receiver(ThreadingHTTPServer):
