@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from click.testing import Result
@@ -12,6 +15,10 @@ from writ.cli import app
 from writ.runtime.supervisor import Plane
 
 Writ = Callable[..., Result]
+
+TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
+# The first line `writ intent submit` prints.
+INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from cli_runner import Writ
+from cli_runner import INTENT_ID, Writ
 from typer.testing import Result
 
 from writ.runtime.supervisor import Plane
@@ -26,7 +26,6 @@ from writ.runtime.supervisor import Plane
 pytestmark = pytest.mark.e2e
 
 WRIT = str(Path(sys.executable).parent / "writ")
-SUBMITTED = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 REQUESTED = re.compile(r"new approval request · (in-[a-z2-7]+)")
 POLICY = (Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar").read_text()
 
@@ -147,7 +146,8 @@ def test_watch_then_approve_lets_the_waiting_agent_succeed(writ: Writ, setup: Se
         assert "1/1" in approved.stdout
         out, _ = submit.communicate(timeout=90)
         assert submit.returncode == 0, out
-        assert SUBMITTED.search(out) and SUBMITTED.search(out).group(1) == intent_id, out  # type: ignore[union-attr]
+        found = INTENT_ID.search(out)
+        assert found and found.group(1) == intent_id, out
         assert "succeeded" in out
         assert rows(setup.db, token) == 1
     finally:
@@ -161,7 +161,7 @@ def test_an_approver_outside_the_group_is_refused_and_a_member_can_deny(writ: Wr
     token = f"tok-{uuid.uuid4().hex[:8]}"
     tool, arguments = f"{setup.server}/append_row", json.dumps({"token": token})
     submitted = ok(writ("intent", "submit", tool, "--args", arguments, "--as", setup.agent))
-    found = SUBMITTED.search(submitted.stdout)
+    found = INTENT_ID.search(submitted.stdout)
     assert found, submitted.output
     intent_id = found.group(1)
     listed = writ("approvals", "list", "--as", setup.approver)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_runner import Writ
+from cli_runner import INTENT_ID, TIME_SERVER, Writ
 from click.testing import Result
 
 from writ.runtime.processes import free_port
@@ -21,9 +20,7 @@ from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = pytest.mark.e2e
 
-TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 WRIT = str(Path(sys.executable).parent / "writ")
-INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mcp_types as types
 import pytest
-from cli_runner import Writ
+from cli_runner import TIME_SERVER, Writ
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -32,7 +32,6 @@ from writ_common.receipts import verify_receipt
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 BIN = Path(sys.executable).parent
-TIME_SERVER = str(BIN / "mcp-server-time")
 MORPHING_SERVER = Path(__file__).resolve().parent.parent / "servers" / "morphing_stdio.py"
 KEY = "writ/idempotency_key"
 

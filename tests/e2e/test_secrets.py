@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_runner import INTENT_ID
 from click.testing import Result
 from typer.testing import CliRunner
 
@@ -36,7 +36,6 @@ SECRET = f"canary-{uuid.uuid4().hex}"
 ROTATED = f"rotated-{uuid.uuid4().hex}"
 MARKER = "[redacted:canary-token]"
 SECRETS_KEY = base64.b64encode(uuid.uuid4().bytes * 2).decode()
-INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
 @dataclass

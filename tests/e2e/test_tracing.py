@@ -8,16 +8,14 @@ OpenTelemetry protobufs), and one intent goes through it.
 from __future__ import annotations
 
 import json
-import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from cli_runner import INTENT_ID, TIME_SERVER
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -29,9 +27,6 @@ from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane
 
 pytestmark = pytest.mark.e2e
-
-TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
-INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
-from cli_runner import Writ
+from cli_runner import INTENT_ID, TIME_SERVER, Writ
 
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e
-
-TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
-INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
 def api_status(url: str, token: str | None) -> int:
