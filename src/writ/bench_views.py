@@ -31,7 +31,7 @@ import nats
 from nats.aio.client import Client
 
 from writ.runtime.processes import free_port, start_nats
-from writ.synthetic import PRODUCER, Message, control_log, intent_log
+from writ.synthetic import Message, control_log, intent_log, producer_of
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.envelope import encode, make_envelope
@@ -57,7 +57,7 @@ def generate(target: int, seed: int) -> list[Message]:
         Message(
             subjects.IDENTITY_STREAM,
             subjects.reader_token_subject("bench", "issued"),
-            make_envelope(token, producer=PRODUCER),
+            make_envelope(token, producer=producer_of(token)),
         )
     )
     intents = int(target / EVENTS_PER_INTENT) + 1

@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.digest import sha256_digest
 from writ_common.envelope import Envelope, Producer, make_envelope
 from writ_common.ids import derive_intent_id
@@ -23,7 +23,6 @@ from writ_common.receipts import GENESIS, receipt_hash
 from writ_common.signing import generate_key, public_key_b64
 
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
-PRODUCER = Producer(service="synthetic", instance="bench", version="0")
 TOOLS = (("time", "get_current_time", True), ("time", "convert_time", True), ("files", "write_file", False),
          ("db", "append_row", False), ("search", "web_search", True))  # fmt: skip
 POLICY_DIGEST = sha256_digest("synthetic policy")
@@ -47,6 +46,12 @@ class Message:
     envelope: Envelope
 
 
+def producer_of(payload: ev.Payload) -> Producer:
+    """Who the topology says publishes this event (readers believe nothing else)."""
+    party = topology.ROUTE[ev.EVENT_TYPE[type(payload)]].publishers[0]
+    return Producer(service="agent-sdk" if party == topology.AGENT else party, instance="synthetic", version="0")
+
+
 def _stamp(envelope: Envelope, at: datetime) -> Envelope:
     text = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
     return msgspec.structs.replace(envelope, occurred_at=text)
@@ -58,14 +63,14 @@ def control_log(agents: int = 12) -> Iterator[Message]:
         key = generate_key()
         agent_id = f"agent-{i:02d}"
         payload = ev.AgentRegistered(agent_id=agent_id, public_key=public_key_b64(key), owner=f"team-{i % 3}")
-        env = _stamp(make_envelope(payload, producer=PRODUCER, agent_id=agent_id), START)
+        env = _stamp(make_envelope(payload, producer=producer_of(payload), agent_id=agent_id), START)
         yield Message(subjects.IDENTITY_STREAM, subjects.agent_subject(agent_id), env)
     for server in sorted({s for s, _, _ in TOOLS}):
         reg = ev.ServerRegistered(name=server, transport="stdio", command=f"mcp-{server}")
         yield Message(
             subjects.REGISTRY_STREAM,
             subjects.server_subject(server),
-            _stamp(make_envelope(reg, producer=PRODUCER), START),
+            _stamp(make_envelope(reg, producer=producer_of(reg)), START),
         )
         tools = [
             ev.ToolDefinition(
@@ -81,7 +86,7 @@ def control_log(agents: int = 12) -> Iterator[Message]:
         yield Message(
             subjects.REGISTRY_STREAM,
             subjects.tools_subject(server),
-            _stamp(make_envelope(found, producer=PRODUCER), START),
+            _stamp(make_envelope(found, producer=producer_of(found)), START),
         )
 
 
@@ -130,7 +135,9 @@ def intent_log(intents: int, *, seed: int = 7, agents: int = 12) -> Iterator[Mes
         terminal = ""
         for payload, when in events:
             kind = ev.EVENT_TYPE[type(payload)]
-            env = _stamp(make_envelope(payload, producer=PRODUCER, intent_id=intent_id, agent_id=agent_id), when)
+            env = _stamp(
+                make_envelope(payload, producer=producer_of(payload), intent_id=intent_id, agent_id=agent_id), when
+            )
             yield Message(subjects.INTENTS_STREAM, subjects.intent_subject(agent_id, intent_id, kind), env)
             if kind in ev.TERMINAL_TYPES and not terminal:
                 terminal = kind
@@ -141,7 +148,7 @@ def intent_log(intents: int, *, seed: int = 7, agents: int = 12) -> Iterator[Mes
                              ledger_key_id="synthetic", prev_hash=prev_hash)  # fmt: skip
         receipt = msgspec.structs.replace(receipt, receipt_hash=receipt_hash(receipt))
         prev_hash = receipt.receipt_hash
-        env = make_envelope(receipt, producer=PRODUCER, intent_id=intent_id, agent_id=agent_id)
+        env = make_envelope(receipt, producer=producer_of(receipt), intent_id=intent_id, agent_id=agent_id)
         yield Message(subjects.LEDGER_STREAM, subjects.receipt_subject(agent_id, intent_id), _stamp(env, events[-1][1]))
 
 

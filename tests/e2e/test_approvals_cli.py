@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from cli_runner import INTENT_ID, Writ
 from typer.testing import Result
 
+from cli_runner import INTENT_ID, Writ
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e

@@ -14,10 +14,10 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_asyncio
-from cli_runner import Writ
 from nats.aio.client import Client
 from plane_reads import stored_on
 
+from cli_runner import Writ
 from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent

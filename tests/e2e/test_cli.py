@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_runner import INTENT_ID, TIME_SERVER, Writ
 from click.testing import Result
 
+from cli_runner import INTENT_ID, TIME_SERVER, Writ
 from writ.runtime.processes import free_port
 from writ_common.signing import generate_key, public_key_b64
 

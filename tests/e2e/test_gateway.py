@@ -15,12 +15,12 @@ from pathlib import Path
 
 import mcp_types as types
 import pytest
-from cli_runner import TIME_SERVER, Writ
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from plane_reads import as_operator, stored_on
 
+from cli_runner import TIME_SERVER, Writ
 from writ.cli.base import default_policy
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cli_runner import INTENT_ID
 from click.testing import Result
 from typer.testing import CliRunner
 
+from cli_runner import INTENT_ID
 from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane

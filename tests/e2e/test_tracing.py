@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from cli_runner import INTENT_ID, TIME_SERVER
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from typer.testing import CliRunner
 
+from cli_runner import INTENT_ID, TIME_SERVER
 from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane

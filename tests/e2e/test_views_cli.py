@@ -11,8 +11,8 @@ import urllib.request
 import uuid
 
 import pytest
-from cli_runner import INTENT_ID, TIME_SERVER, Writ
 
+from cli_runner import INTENT_ID, TIME_SERVER, Writ
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e

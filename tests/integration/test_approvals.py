@@ -123,14 +123,21 @@ async def test_tampered_grants_are_each_refused_with_their_reason_and_nothing_ru
 
     key = alice._key  # the approver's own key, as a tampering client would have it
 
-    def digest_with(**changed: str) -> str:
+    def digest_with(**changed: Any) -> str:
+        server, _, tool = str(request["tool"]).partition("/")
         fields = {
             "intent_id": request["intent_id"],
             "agent_id": request["agent_id"],
             "on_behalf_of": request["on_behalf_of"],
+            "server": server,
+            "tool": tool,
             "tool_digest": request["tool_digest"],
             "args_digest": request["args_digest"],
             "policy_digest": request["policy_digest"],
+            "approval_group": request["approvers"],
+            "quorum": request["quorum"],
+            "owner_may_approve": request.get("owner_may_approve", False),
+            "expires_at": request["expires_at"],
             "deadline": request["deadline"],
         }
         assert approval_digest(**fields) == request["approval_digest"]  # the digest is what we think

@@ -113,7 +113,7 @@ async def test_an_envelope_naming_another_intent_than_its_subject_is_refused(spi
         if reasons := await dead_letters_from(spine, subject):
             break
         await asyncio.sleep(0.02)
-    assert any("but its envelope says" in r for r in reasons), reasons
+    assert any("but its envelope names" in r for r in reasons), reasons
 
 
 async def test_an_intent_that_cannot_be_canonicalized_is_rejected_not_retried_forever(spine: Spine) -> None:

@@ -129,14 +129,23 @@ def test_tool_policy_and_approval_digests_bind_every_field() -> None:
         "intent_id": "in-a",
         "agent_id": "agent-1",
         "on_behalf_of": None,
+        "server": "pay",
+        "tool": "transfer",
         "tool_digest": first,
         "args_digest": args_digest({}),
         "policy_digest": policy_digest(""),
+        "approval_group": "finance",
+        "quorum": 2,
+        "owner_may_approve": False,
+        "expires_at": "2026-01-01T00:00:00Z",
         "deadline": None,
     }
     signed = approval_digest(**approval)  # type: ignore[arg-type]
+    # Everything policy decided on is bound: a changed group, quorum, expiry or tool is another digest.
     for key in approval:
         assert approval_digest(**{**approval, key: "changed"}) != signed, key  # type: ignore[arg-type]
+    assert approval_digest(**{**approval, "quorum": 1}) != signed  # type: ignore[arg-type]
+    assert approval_digest(**{**approval, "owner_may_approve": True}) != signed  # type: ignore[arg-type]
 
 
 # --- ids -------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from nats.aio.client import Client
 from writ.cli.base import CliError, call, connect, console, report, run, settings
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import direct_get_batch
-from writ_common.envelope import UndecodableEvent, decode
-from writ_common.receipts import GENESIS, Finding, verify_chain
+from writ_common.bus import direct_get_batch, stored
+from writ_common.envelope import StoredEvent, UndecodableEvent
+from writ_common.fold import IntentView, fold_intent
+from writ_common.receipts import GENESIS, Finding, history_findings, verify_chain
 
 ledger_app = typer.Typer(help="Verify the whole receipt chain; export it for offline checks.", no_args_is_help=True)
 
@@ -40,29 +41,38 @@ Or by hand, for each line r (in order):
 """
 
 
-async def read_chain(nc: Client) -> list[ev.Receipt]:
-    out = []
+async def read_chain(nc: Client) -> tuple[list[ev.Receipt], list[Finding]]:
+    """The ledger's receipts in order, and a finding for each message on the ledger stream that
+    is not one of the ledger's receipts (the chain skips them; they are reported, never followed)."""
+    out: list[ev.Receipt] = []
+    foreign: list[Finding] = []
     for msg in await direct_get_batch(nc, subjects.LEDGER_STREAM, subjects.RECEIPTS_FILTER, batch=1024):
-        payload = decode(msg.data).payload
+        seq = (msg.headers or {}).get("Nats-Sequence", "?")
+        try:
+            payload = stored(msg).payload
+        except UndecodableEvent as exc:
+            payload, why = None, exc.reason
+        else:
+            why = f"a {type(payload).__name__}, not a receipt"
         if not isinstance(payload, ev.Receipt):
-            raise CliError("ledger_invalid", f"ledger message at {msg.headers} is not a receipt")
+            foreign.append(
+                Finding("foreign_message", None, None, f"foreign_message at ledger seq {seq}: {why}; not in the chain")
+            )
+            continue
         out.append(payload)
-    return out
+    return out, foreign
 
 
-async def terminal_intents(nc: Client) -> set[str]:
-    """Every intent the log says has ended (the first terminal event of each)."""
-    ended: set[str] = set()
-    for event_type in sorted(ev.TERMINAL_TYPES):
-        msgs = await direct_get_batch(nc, subjects.INTENTS_STREAM, subjects.intents_of_type(event_type), batch=1024)
-        for msg in msgs:
-            try:
-                event = decode(msg.data)
-            except UndecodableEvent:
-                continue
-            if event.envelope.intent_id and event.type == event_type:
-                ended.add(event.envelope.intent_id)
-    return ended
+async def intent_views(nc: Client) -> dict[str, IntentView]:
+    """Every intent's admitted history, folded: what the receipts must agree with."""
+    histories: dict[str, list[StoredEvent]] = {}
+    for msg in await direct_get_batch(nc, subjects.INTENTS_STREAM, f"{subjects.INTENT_PREFIX}.>", batch=1024):
+        try:
+            event = stored(msg)
+        except UndecodableEvent:
+            continue  # forged or malformed: no reader believes it, and neither does verify
+        histories.setdefault(event.envelope.intent_id or "", []).append(event)
+    return {intent_id: fold_intent(events) for intent_id, events in histories.items()}
 
 
 def print_findings(findings: list[Finding], count: int) -> None:
@@ -100,16 +110,22 @@ def ledger_verify(
     if directory is not None:
         findings, count = report(lambda: _verify_export(directory))
     else:
-        public_key, receipts, ended = run(_read_all())
-        findings = verify_chain(receipts, public_key, terminal_intents=ended, first_prev_hash=GENESIS)
+        public_key, receipts, foreign, views = run(_read_all())
+        ended = {intent_id for intent_id, view in views.items() if view.is_terminal}
+        findings = [
+            *foreign,
+            *verify_chain(receipts, public_key, terminal_intents=ended, first_prev_hash=GENESIS),
+            *history_findings(receipts, views),
+        ]
         count = len(receipts)
     report(lambda: print_findings(findings, count))
 
 
-async def _read_all() -> tuple[str, list[ev.Receipt], set[str]]:
+async def _read_all() -> tuple[str, list[ev.Receipt], list[Finding], dict[str, IntentView]]:
     async with connect(settings()) as nc:
         public_key = str((await call(nc, "ledger", "public_key", {}))["public_key"])
-        return public_key, await read_chain(nc), await terminal_intents(nc)
+        receipts, foreign = await read_chain(nc)
+        return public_key, receipts, foreign, await intent_views(nc)
 
 
 def write_export(out: Path, public_key: str, receipts: list[ev.Receipt], ended: set[str]) -> None:
@@ -128,7 +144,8 @@ def ledger_export(
     out: Annotated[Path, typer.Argument(help="directory to write receipts.jsonl, ledger.pub, terminal.txt into")],
 ) -> None:
     """Write the receipts as JSON Lines with the ledger's public key, for third-party verification."""
-    public_key, receipts, ended = run(_read_all())
+    public_key, receipts, _foreign, views = run(_read_all())
+    ended = {intent_id for intent_id, view in views.items() if view.is_terminal}
     report(lambda: write_export(out, public_key, receipts, ended))
     count = len(receipts)
     console.print(f"exported {count} receipts to {out} · verify offline: writ ledger verify --dir {out}")

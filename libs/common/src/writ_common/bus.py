@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.envelope import Envelope, StoredEvent, UndecodableEvent, decode, encode
 from writ_common.telemetry import inject_headers
 
@@ -139,20 +139,27 @@ async def direct_get_batch(
 
 
 def stored(msg: Msg) -> StoredEvent:
-    """Decode a Direct Get reply or a consumed message into a :class:`StoredEvent`."""
+    """Decode a Direct Get reply or a consumed message into a :class:`StoredEvent`, believed only
+    where its subject, type and producer agree with the topology (:func:`topology.admit`).
+
+    Raises:
+        UndecodableEvent: not a valid Writ event, or one its subject does not let it be.
+    """
     headers = msg.headers or {}
     if "Nats-Sequence" in headers:
         seq, subject = int(headers["Nats-Sequence"]), headers.get("Nats-Subject", msg.subject)
     else:
         seq, subject = msg.metadata.sequence.stream, msg.subject
-    return decode(msg.data, seq=seq, subject=subject)
+    event = decode(msg.data, seq=seq, subject=subject)
+    topology.admit(event)
+    return event
 
 
 async def read_history(nc: Client, agent_id: str, intent_id: str) -> History:
-    """Fold input: every decodable event of one intent, in stream order.
+    """Fold input: every admitted event of one intent, in stream order.
 
-    Undecodable messages on the intent's subjects are skipped (their consumers dead-letter
-    them) but still count for the fence: ``last_seq`` is the true last sequence.
+    Undecodable or forged messages on the intent's subjects are skipped (their consumers
+    dead-letter them) but still count for the fence: ``last_seq`` is the true last sequence.
     """
     msgs = await direct_get_batch(nc, subjects.INTENTS_STREAM, subjects.intent_filter(agent_id, intent_id))
     events: list[StoredEvent] = []
@@ -163,8 +170,7 @@ async def read_history(nc: Client, agent_id: str, intent_id: str) -> History:
             event = stored(msg)
         except UndecodableEvent:
             continue
-        if event.envelope.intent_id == intent_id and event.envelope.agent_id == agent_id:
-            events.append(event)
+        events.append(event)  # admitted: its subject names this agent and intent
     return History(events=events, last_seq=last)
 
 
@@ -177,13 +183,15 @@ async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> Ra
 
 
 async def dead_letter(js: JetStreamContext, service: str, msg: Msg, *, code: str, reason: str) -> None:
-    """Park an undecodable or invalid message in ``WRIT_DLQ`` with the reason, once."""
+    """Park an undecodable or invalid message in ``WRIT_DLQ`` with the reason, once: every
+    service that meets it uses the same message id, so the stream keeps one copy."""
     try:
         origin = f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"
     except (nats.errors.Error, AttributeError, ValueError):
         origin = msg.subject
     headers = {
-        "Nats-Msg-Id": f"dlq:{service}:{origin}",
+        "Nats-Msg-Id": f"dlq:{origin}",
+        "Writ-Dead-Letter-Service": service,
         "Writ-Dead-Letter-Code": code,
         "Writ-Dead-Letter-Reason": reason[:1000],
         "Writ-Original-Subject": msg.subject,

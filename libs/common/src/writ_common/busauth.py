@@ -19,40 +19,12 @@ from pathlib import Path
 
 import nkeys
 
-from writ_common import subjects
+from writ_common import subjects, topology
 
-# The last subject token of the intent events each service appends (intent.expired: any stage).
-INTENT_EVENTS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
-    "identity": ("authenticated", "rejected", "expired"),
-    "registry": ("planned", "rejected", "expired"),
-    "policy": (
-        "authorized",
-        "denied",
-        "expired",
-        "approval_requested",
-        "approval_granted",
-        "approval_denied",
-        "approval_refused",
-        "approval_expired",
-    ),
-    "executor": (
-        "execution_started",
-        "execution_succeeded",
-        "execution_failed",
-        "execution_outcome_unknown",
-        "execution_attempt_failed",
-        "execution_reconciled",
-        "expired",
-    ),
-    "ledger": (),
-}
-CONTROL_PREFIX_BY_SERVICE: Mapping[str, str] = {
-    "identity": "writ.identity.>",
-    "registry": "writ.registry.>",
-    "policy": "writ.policy.>",
-    "executor": "writ.executor.>",
-    "ledger": "writ.ledger.>",
-}
+# What each service may append, from the one topology table: intent events by subject token,
+# control events in its own subtree.
+INTENT_EVENTS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {s: topology.intent_tokens_of(s) for s in topology.SERVICES}
+CONTROL_PREFIX_BY_SERVICE = topology.CONTROL_PREFIX_BY_SERVICE
 # Core NATS wake-ups a service sends outside any stream.
 NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
@@ -146,7 +118,7 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
         name=f"agent-{agent_id}",
         nkey=nkey,
         publish=(
-            f"{subjects.INTENT_PREFIX}.{agent_id}.*.submitted",
+            *(f"{subjects.INTENT_PREFIX}.{agent_id}.*.{token}" for token in topology.intent_tokens_of(topology.AGENT)),
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
             f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.{subjects.agent_receipts(agent_id)}",
             *(f"writ.cmd.{call}" for call in COMMANDS_CALLED_BY_AGENT),

@@ -78,20 +78,34 @@ def approval_digest(
     intent_id: str,
     agent_id: str,
     on_behalf_of: str | None,
+    server: str,
+    tool: str,
     tool_digest: str,
     args_digest: str,
     policy_digest: str,
+    approval_group: str,
+    quorum: int,
+    owner_may_approve: bool,
+    expires_at: str,
     deadline: str | None,
 ) -> str:
-    """Digest an approver signs: exactly this call, under exactly this policy."""
+    """Digest an approver signs: exactly this call, under exactly this policy, decided by exactly
+    this group and quorum until this expiry. Everything policy decided on is in it, so the
+    executor, recomputing it from the history, runs only what was approved as it was asked."""
     return sha256_digest(
         {
             "intent_id": intent_id,
             "agent_id": agent_id,
             "on_behalf_of": on_behalf_of,
+            "server": server,
+            "tool": tool,
             "tool_digest": tool_digest,
             "args_digest": args_digest,
             "policy_digest": policy_digest,
+            "approval_group": approval_group,
+            "quorum": quorum,
+            "owner_may_approve": owner_may_approve,
+            "expires_at": expires_at,
             "deadline": deadline,
         }
     )

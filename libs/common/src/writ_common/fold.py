@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from writ_common import events as ev
+from writ_common import topology
 from writ_common.envelope import StoredEvent, parse_time
 
 
@@ -79,11 +80,23 @@ class IntentView:
         return "submitted" if self.submitted is not None else "unknown"
 
 
+def _carried_by_subject(event: StoredEvent) -> bool:
+    """The subject names the type: an event on ``...submitted`` is a submission, whatever its
+    envelope says (events built in memory, without a subject, are taken as they are)."""
+    if not event.subject:
+        return True
+    return topology.TYPE_OF_TOKEN.get(event.subject.rpartition(".")[2]) == event.type
+
+
 def fold_intent(history: list[StoredEvent]) -> IntentView:
     """Fold events (in stream order) into an :class:`IntentView`. Events after the terminal one
-    are kept in ``events`` but change nothing: the first terminal event wins."""
+    are kept in ``events`` but change nothing: the first terminal event wins. Each stage's event
+    counts once, the first (stages are fenced, so a second one can only be a forgery), and an
+    event its subject does not carry counts not at all."""
     view = IntentView()
     for event in history:
+        if not _carried_by_subject(event):
+            continue
         view.events.append(event)
         if view.terminal is not None:
             # After the end only a reconciliation of an unknown outcome still means something.
@@ -101,17 +114,17 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
                 view.submitted_event = event
                 view.intent_id = event.envelope.intent_id
                 view.agent_id = event.envelope.agent_id
-            case ev.IntentAuthenticated():
+            case ev.IntentAuthenticated() if view.authenticated is None:
                 view.authenticated = payload
-            case ev.IntentPlanned():
+            case ev.IntentPlanned() if view.planned is None:
                 view.planned = payload
-            case ev.IntentAuthorized():
+            case ev.IntentAuthorized() if view.authorized is None:
                 view.authorized = payload
-            case ev.ApprovalRequested():
+            case ev.ApprovalRequested() if view.approval is None:
                 view.approval = payload
-            case ev.ApprovalGranted():
+            case ev.ApprovalGranted() if all(g.approver_id != payload.approver_id for g in view.grants):
                 view.grants.append(payload)
-            case ev.ApprovalDenied():
+            case ev.ApprovalDenied() if view.denial is None:
                 view.denial = payload
             case ev.ExecutionStarted():
                 view.started.append(payload)

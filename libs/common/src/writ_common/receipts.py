@@ -4,8 +4,9 @@ by anyone holding the ledger's public key."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from nacl.signing import SigningKey
@@ -23,10 +24,9 @@ def receipt_hash(receipt: ev.Receipt) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(receipt.hashed_fields())).hexdigest()
 
 
-def build_receipt(
-    view: IntentView, *, position: int, prev_hash: str, recorded_at: str, key: SigningKey, ledger_key_id: str
-) -> ev.Receipt:
-    """The signed receipt for a terminal intent."""
+def intent_fields(view: IntentView) -> dict[str, Any]:
+    """What a receipt says of its intent, all of it derived from the intent's admitted history:
+    the ledger builds receipts from it, and ``verify`` rebuilds it to check them."""
     terminal = view.terminal
     assert terminal is not None and view.intent_id and view.agent_id
     payload = terminal.payload
@@ -53,33 +53,82 @@ def build_receipt(
     planned, authorized = view.planned, view.authorized
     denied = payload if isinstance(payload, ev.IntentDenied) else None
     policy_source = authorized or view.approval or denied
-    unsigned = ev.Receipt(
-        position=position,
-        intent_id=view.intent_id,
-        agent_id=view.agent_id,
-        status=status,  # type: ignore[arg-type]
-        stage=stage,
-        code=code,
-        reason=reason,
-        tool=view.submitted.tool if view.submitted else None,
-        server=planned.server if planned else None,
-        tool_digest=planned.tool_digest if planned else None,
-        args_digest=planned.args_digest if planned else None,
-        policy_digest=policy_source.policy_digest if policy_source else None,
-        policy_ids=list(policy_source.policy_ids) if policy_source else [],
-        approval_digest=view.approval.approval_digest if view.approval else None,
-        approvers=[g.approver_id for g in view.grants] + ([view.denial.approver_id] if view.denial else []),
-        result=result,
-        result_digest=result_digest,
-        event_ids=[e.envelope.id for e in view.events if e.seq <= terminal.seq],
-        caused_by=view.submitted_event.envelope.causation_id if view.submitted_event else None,
-        submitted_at=view.submitted_event.envelope.occurred_at if view.submitted_event else None,
-        recorded_at=recorded_at,
-        ledger_key_id=ledger_key_id,
-        prev_hash=prev_hash,
+    return {
+        "intent_id": view.intent_id,
+        "agent_id": view.agent_id,
+        "status": status,
+        "stage": stage,
+        "code": code,
+        "reason": reason,
+        "tool": view.submitted.tool if view.submitted else None,
+        "server": planned.server if planned else None,
+        "tool_digest": planned.tool_digest if planned else None,
+        "args_digest": planned.args_digest if planned else None,
+        "policy_digest": policy_source.policy_digest if policy_source else None,
+        "policy_ids": list(policy_source.policy_ids) if policy_source else [],
+        "approval_digest": view.approval.approval_digest if view.approval else None,
+        "approvers": [g.approver_id for g in view.grants] + ([view.denial.approver_id] if view.denial else []),
+        "result": result,
+        "result_digest": result_digest,
+        "event_ids": [e.envelope.id for e in view.events if e.seq <= terminal.seq],
+        "caused_by": view.submitted_event.envelope.causation_id if view.submitted_event else None,
+        "submitted_at": view.submitted_event.envelope.occurred_at if view.submitted_event else None,
+    }
+
+
+def build_receipt(
+    view: IntentView, *, position: int, prev_hash: str, recorded_at: str, key: SigningKey, ledger_key_id: str
+) -> ev.Receipt:
+    """The signed receipt for a terminal intent."""
+    unsigned = msgspec.convert(
+        {
+            **intent_fields(view),
+            "position": position,
+            "recorded_at": recorded_at,
+            "ledger_key_id": ledger_key_id,
+            "prev_hash": prev_hash,
+        },
+        ev.Receipt,
     )
     digest = receipt_hash(unsigned)
     return msgspec.structs.replace(unsigned, receipt_hash=digest, signature=sign(key, digest.encode()))
+
+
+def history_findings(receipts: Sequence[ev.Receipt], views: Mapping[str, IntentView]) -> list[Finding]:
+    """Each receipt against its intent's admitted history: a receipt that says something the
+    history does not (another tool, status, digest, approvers, events) is named, field by field.
+
+    Args:
+        receipts: receipts to check.
+        views: intent id -> the fold of that intent's admitted history.
+    """
+    findings: list[Finding] = []
+    for receipt in receipts:
+        view = views.get(receipt.intent_id)
+        if view is None or view.terminal is None or view.submitted is None:
+            findings.append(
+                Finding(
+                    "history_mismatch",
+                    receipt.position,
+                    receipt.intent_id,
+                    f"history_mismatch at position {receipt.position}: the log holds no ended intent"
+                    f" {receipt.intent_id} for this receipt to vouch for",
+                )
+            )
+            continue
+        said = msgspec.to_builtins(receipt)
+        differing = [name for name, value in msgspec.to_builtins(intent_fields(view)).items() if said[name] != value]
+        if differing:
+            findings.append(
+                Finding(
+                    "history_mismatch",
+                    receipt.position,
+                    receipt.intent_id,
+                    f"history_mismatch at position {receipt.position}: receipt for {receipt.intent_id} disagrees"
+                    f" with the intent's history on {', '.join(differing)}",
+                )
+            )
+    return findings
 
 
 class ReceiptInvalid(Exception):
@@ -111,7 +160,7 @@ class Finding:
     """One thing wrong with the ledger, at an exact place."""
 
     code: str  # hash_mismatch | bad_signature | broken_link | position_gap | duplicate_receipt |
-    # terminal_without_receipt | receipt_without_terminal
+    # terminal_without_receipt | receipt_without_terminal | history_mismatch | foreign_message
     position: int | None
     intent_id: str | None
     message: str

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.envelope import Envelope
 from writ_common.events import CATALOG, Payload
 
@@ -37,21 +37,7 @@ EVENTS_DIR = "events"
 # Control events: event type -> (subject pattern, stream). Every other type is an intent event on
 # ``writ.intent.{agent_id}.{intent_id}.<token>`` in WRIT_INTENTS.
 CONTROL_SUBJECTS: dict[str, tuple[str, str]] = {
-    "agent.registered": (subjects.agent_subject("{agent_id}"), subjects.IDENTITY_STREAM),
-    "approver.registered": (subjects.approver_subject("{approver_id}"), subjects.IDENTITY_STREAM),
-    "agent.key_rotated": (subjects.agent_event_subject("{agent_id}", "key_rotated"), subjects.IDENTITY_STREAM),
-    "agent.revoked": (subjects.agent_event_subject("{agent_id}", "revoked"), subjects.IDENTITY_STREAM),
-    "reader_token.issued": (subjects.reader_token_subject("{name}", "issued"), subjects.IDENTITY_STREAM),
-    "reader_token.revoked": (subjects.reader_token_subject("{name}", "revoked"), subjects.IDENTITY_STREAM),
-    "server.registered": (subjects.server_subject("{server}"), subjects.REGISTRY_STREAM),
-    "tools.discovered": (subjects.tools_subject("{server}"), subjects.REGISTRY_STREAM),
-    "tool.override_set": (subjects.override_subject("{server}"), subjects.REGISTRY_STREAM),
-    "tool.accepted": (subjects.accepted_subject("{server}"), subjects.REGISTRY_STREAM),
-    "breaker.transitioned": (subjects.breaker_subject("{server}"), subjects.EXECUTOR_STREAM),
-    "secret.set": (subjects.secret_subject("{name}", "set"), subjects.EXECUTOR_STREAM),
-    "secret.deleted": (subjects.secret_subject("{name}", "deleted"), subjects.EXECUTOR_STREAM),
-    "policy.published": (subjects.POLICY_SUBJECT, subjects.POLICY_STREAM),
-    "receipt.recorded": (subjects.receipt_subject("{agent_id}", "{intent_id}"), subjects.LEDGER_STREAM),
+    r.type: (r.subject, r.stream) for r in topology.ROUTES if r.stream != subjects.INTENTS_STREAM
 }
 
 PARAMETERS: dict[str, str] = {
@@ -68,27 +54,7 @@ INTENTS = "@intents"  # pattern: every event on WRIT_INTENTS
 # Who sends and who receives each event type (fnmatch patterns over event types, or INTENTS).
 # "agent" is the SDK / CLI acting for an agent.
 SENDS: dict[str, tuple[str, ...]] = {
-    "agent": ("intent.submitted",),
-    "identity": (
-        "intent.authenticated",
-        "intent.rejected",
-        "intent.expired",
-        "agent.*",
-        "approver.registered",
-        "reader_token.*",
-    ),
-    "registry": (
-        "intent.planned",
-        "intent.rejected",
-        "intent.expired",
-        "server.registered",
-        "tools.discovered",
-        "tool.override_set",
-        "tool.accepted",
-    ),
-    "policy": ("intent.authorized", "intent.denied", "intent.expired", "approval.*", "policy.published"),
-    "executor": ("execution.*", "intent.expired", "breaker.transitioned", "secret.*"),
-    "ledger": ("receipt.recorded",),
+    party: topology.types_sent_by(party) for party in (topology.AGENT, *topology.SERVICES)
 }
 RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),

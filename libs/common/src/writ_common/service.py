@@ -131,8 +131,7 @@ class Service:
         async def consume(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
             try:
-                event = stored(raw)
-                check_subject(event)
+                event = stored(raw)  # decoded and admitted by the topology
             except UndecodableEvent as exc:
                 await self.dead_letter(raw, exc.code, exc.reason)
                 await msg.ack()
@@ -286,22 +285,6 @@ class Service:
             await stop.wait()
         finally:
             await self.stop()
-
-
-def check_subject(event: StoredEvent) -> None:
-    """The subject must agree with the envelope, or the event is a forgery or a bug.
-
-    Raises:
-        UndecodableEvent: subject and envelope disagree.
-    """
-    env = event.envelope
-    if not env.agent_id or not env.intent_id:
-        raise UndecodableEvent("missing_ids", "an intent event must name its agent_id and intent_id")
-    expected = subjects.intent_subject(env.agent_id, env.intent_id, env.type)
-    if event.subject != expected:
-        raise UndecodableEvent(
-            "subject_mismatch", f"event published on {event.subject} but its envelope says {expected}"
-        )
 
 
 def expired_or_none(view: IntentView, stage: Stage) -> list[Payload]:

@@ -231,6 +231,24 @@ def build(settings: WritSettings) -> Service:
             return
         raise RuntimeError(f"{trigger.envelope.intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
+    async def record_outcome(
+        trigger: StoredEvent, view: IntentView, result: ev.Payload, last_seq: int, attempt: int
+    ) -> bool:
+        """Append what the call did. The call has happened, so its outcome is a fact to record,
+        not a decision to retake: when something else landed on the intent meanwhile (an
+        agent's message on its own subject moves the fence too), fold again and append after it.
+        Returns False when the intent had already ended (then there is nothing to add)."""
+        for _ in range(FENCE_RETRIES):
+            try:
+                await svc.append_all(view, trigger, [result], last_seq, attempt=attempt)
+                return True
+            except StaleAppend:
+                view, last_seq = await fold(trigger)
+                if view.is_terminal:
+                    log.warning("%s: intent ended elsewhere while attempt %d ran", view.intent_id, attempt)
+                    return False
+        raise RuntimeError(f"{view.intent_id}: could not record attempt {attempt} after {FENCE_RETRIES} tries")
+
     async def attempt_call(trigger: StoredEvent, raw: Msg, attempt: int) -> None:
         intent_id = trigger.envelope.intent_id or ""
         try:
@@ -255,10 +273,7 @@ def build(settings: WritSettings) -> Service:
             except StaleAppend as exc:
                 raise Redeliver(0.0, "the intent moved on before the call started") from exc
             result = await invoke(view, attempt, raw)
-            try:
-                await svc.append_all(view, trigger, [result], started_seq, attempt=attempt)
-            except StaleAppend:
-                log.warning("%s: intent ended elsewhere while attempt %d ran", intent_id, attempt)
+            if not await record_outcome(trigger, view, result, started_seq, attempt):
                 return
         finally:
             await leases.release(intent_id, attempt)

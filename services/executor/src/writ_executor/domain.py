@@ -109,19 +109,33 @@ def after_error(
 
 
 def approval_mismatch(view: IntentView) -> str | None:
-    """Recompute the approval digest from the history: what runs must be what was approved."""
-    assert view.approval is not None and view.planned is not None and view.submitted is not None
+    """Recompute the approval digest from the history: what runs must be what was approved, by
+    as many distinct approvers as the request asked, each on exactly that digest."""
+    request, planned, intent = view.approval, view.planned, view.submitted
+    assert request is not None and planned is not None and intent is not None
     expected = approval_digest(
         intent_id=view.intent_id or "",
         agent_id=view.agent_id or "",
-        on_behalf_of=view.submitted.on_behalf_of,
-        tool_digest=view.planned.tool_digest,
-        args_digest=view.planned.args_digest,
-        policy_digest=view.approval.policy_digest,
-        deadline=view.submitted.deadline,
+        on_behalf_of=intent.on_behalf_of,
+        server=planned.server,
+        tool=planned.tool,
+        tool_digest=planned.tool_digest,
+        args_digest=planned.args_digest,
+        policy_digest=request.policy_digest,
+        approval_group=request.approvers,
+        quorum=request.quorum,
+        owner_may_approve=request.owner_may_approve,
+        expires_at=request.expires_at,
+        deadline=intent.deadline,
     )
-    if expected != view.approval.approval_digest:
+    if expected != request.approval_digest:
         return "approval_mismatch: the approved digest does not match this intent's history"
+    approvers = {g.approver_id for g in view.grants if g.approval_digest == expected}
+    if len(approvers) < request.quorum:
+        return (
+            f"approval_mismatch: {len(approvers)} distinct grant(s) on this digest, but the request needs"
+            f" {request.quorum}"
+        )
     return None
 
 

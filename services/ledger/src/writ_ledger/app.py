@@ -10,15 +10,15 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject, read_history
 from writ_common.commands import CommandError
-from writ_common.envelope import StoredEvent, decode, encode, make_envelope, utcnow
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
 from writ_common.fold import fold_intent
-from writ_common.receipts import GENESIS, build_receipt
+from writ_common.receipts import GENESIS, ReceiptInvalid, build_receipt, verify_receipt
 from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, load_or_create_key, public_key_b64
@@ -70,19 +70,53 @@ def build(settings: WritSettings) -> Service:
         if head:
             return head[0]
         state = (await svc.js.stream_info(subjects.LEDGER_STREAM)).state
-        if not state.last_seq:
-            head[:] = [(0, GENESIS, 0)]
-            return head[0]
-        raw = await svc.js.get_msg(subjects.LEDGER_STREAM, state.last_seq, direct=True)
-        last = decode(raw.data or b"", seq=state.last_seq).payload
-        assert isinstance(last, ev.Receipt)
-        head[:] = [(last.position, last.receipt_hash, state.last_seq)]
+        head[:] = [(*await last_own_receipt(state.last_seq), state.last_seq)]
         return head[0]
+
+    async def last_own_receipt(last_seq: int) -> tuple[int, str]:
+        """(position, receipt_hash) of the newest message on the ledger stream that is a receipt
+        signed by this ledger's key. Anything else there (a forged or foreign message) is logged
+        and passed over, never chained from: it cannot halt the ledger or join the chain."""
+        seq = last_seq
+        while seq > 0:
+            try:
+                raw = await svc.js.get_msg(subjects.LEDGER_STREAM, seq, direct=True)
+                receipt = decode(raw.data or b"", seq=seq, subject=raw.subject or "").payload
+                if not isinstance(receipt, ev.Receipt):
+                    raise ReceiptInvalid(f"a {type(receipt).__name__}, not a receipt")
+                verify_receipt(receipt, public_key)
+                return receipt.position, receipt.receipt_hash
+            except NotFoundError:
+                pass  # deleted: look further back
+            except (UndecodableEvent, ReceiptInvalid) as exc:
+                log.error(
+                    "ledger: message %d on %s is not one of our receipts (%s); not chaining from it",
+                    seq,
+                    subjects.LEDGER_STREAM,
+                    exc,
+                )
+            seq -= 1
+        return 0, GENESIS
+
+    async def has_own_receipt(agent_id: str, intent_id: str) -> bool:
+        """A receipt of ours is stored for the intent (a foreign message on its subject is not one)."""
+        raw = await last_on_subject(svc.js, subjects.LEDGER_STREAM, subjects.receipt_subject(agent_id, intent_id))
+        if raw is None:
+            return False
+        try:
+            receipt = decode(raw.data or b"").payload
+            if isinstance(receipt, ev.Receipt):
+                verify_receipt(receipt, public_key)
+                return True
+        except (UndecodableEvent, ReceiptInvalid):
+            pass
+        log.error("ledger: the message on the receipt subject of %s is not one of our receipts", intent_id)
+        return False
 
     async def record(trigger: StoredEvent) -> None:
         intent_id, agent_id = trigger.envelope.intent_id or "", trigger.envelope.agent_id or ""
         for _ in range(FENCE_RETRIES):
-            if await last_on_subject(svc.js, subjects.LEDGER_STREAM, subjects.receipt_subject(agent_id, intent_id)):
+            if await has_own_receipt(agent_id, intent_id):
                 return  # exactly one receipt per intent
             history = await read_history(svc.nc, agent_id, intent_id)
             view = fold_intent(history.events)

@@ -284,6 +284,7 @@ def approval_picture(view: IntentView) -> dict[str, Any]:
         "policy_ids": request.policy_ids,
         "approvers": request.approvers,
         "quorum": request.quorum,
+        "owner_may_approve": request.owner_may_approve,
         "granted_by": [g.approver_id for g in view.grants],
         "deadline": intent.deadline,
         "expires_at": request.expires_at,

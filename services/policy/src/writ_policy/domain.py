@@ -192,29 +192,38 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
     if needing:
         ann = needing[0]
         ttl = timedelta(seconds=int(ann.get("ttl", DEFAULT_APPROVAL_TTL.total_seconds())))
+        # A request never outlives the intent: past the deadline the call may not run anyway.
+        expires_at = min(now + ttl, view.deadline or now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z")
+        group, quorum = ann["approval"], int(ann.get("quorum", "1"))
+        owner_may_approve = ann.get("owner_may_approve", "false").lower() == "true"
         return ev.ApprovalRequested(
             approval_digest=approval_digest(
                 intent_id=view.intent_id or "",
                 agent_id=view.agent_id or "",
                 on_behalf_of=view.submitted.on_behalf_of,
+                server=planned.server,
+                tool=planned.tool,
                 tool_digest=planned.tool_digest,
                 args_digest=planned.args_digest,
                 policy_digest=bundle.digest,
+                approval_group=group,
+                quorum=quorum,
+                owner_may_approve=owner_may_approve,
+                expires_at=expires_at,
                 deadline=view.submitted.deadline,
             ),
             policy_digest=bundle.digest,
             policy_ids=names,
-            approvers=ann["approval"],
-            quorum=int(ann.get("quorum", "1")),
-            owner_may_approve=ann.get("owner_may_approve", "false").lower() == "true",
+            approvers=group,
+            quorum=quorum,
+            owner_may_approve=owner_may_approve,
             on_behalf_of=view.submitted.on_behalf_of,
             tool=f"{planned.server}/{planned.tool}",
             tool_digest=planned.tool_digest,
             arguments=view.submitted.arguments,
             args_digest=planned.args_digest,
             deadline=view.submitted.deadline,
-            # A request never outlives the intent: past the deadline the call may not run anyway.
-            expires_at=min(now + ttl, view.deadline or now + ttl).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            expires_at=expires_at,
         )
     return ev.IntentAuthorized(
         policy_digest=bundle.digest, policy_ids=names, reasons=[f"permitted by {', '.join(names)}"]
