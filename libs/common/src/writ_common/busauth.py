@@ -43,7 +43,9 @@ APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval", "appr
 # Commands one service asks of another (service -> "other.command"), all else is operators' only.
 COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "registry": ("executor.discover",),
-    "executor": ("registry.refresh_server",),  # on notifications/tools/list_changed
+    # refresh_server: on notifications/tools/list_changed; recheck: a call authorized under an
+    # earlier policy bundle runs only if its permit still holds.
+    "executor": ("registry.refresh_server", "policy.recheck"),
 }
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
 # tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).

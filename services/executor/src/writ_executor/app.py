@@ -37,8 +37,10 @@ from writ_executor.domain import (
     after_error,
     call_arguments,
     idempotency_key,
+    needs_recheck,
     next_step,
     outcome,
+    policy_changed,
     reconcile,
 )
 from writ_executor.lease import Leases, LeaseUnavailable
@@ -120,6 +122,28 @@ def build(settings: WritSettings) -> Service:
     redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
     follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
+    policy_digest: list[str] = []  # the bundle in force, as the policy stream last said
+
+    def on_policy(event: StoredEvent) -> None:
+        if isinstance(event.payload, ev.PolicyBundlePublished):
+            policy_digest[:] = [event.payload.policy_digest]
+
+    policy_follower = svc.follow(subjects.POLICY_STREAM, on_policy)
+
+    async def refused_by_current_policy(view: IntentView) -> ev.ExecutionFailed | None:
+        """A call authorized under an earlier bundle runs only if its permit still holds now;
+        policy decides (it owns the rules), asked only when the bundle has changed."""
+        await policy_follower.ensure_fresh()
+        if not needs_recheck(view, policy_digest[0] if policy_digest else None):
+            return None
+        try:
+            verdict = await commands.call(
+                svc.nc, "policy", "recheck", {"agent_id": view.agent_id, "intent_id": view.intent_id}, timeout=10.0
+            )
+        except CommandError as exc:
+            # Fail closed: not calling under a policy we could not consult; the message comes again.
+            raise Redeliver(LEASE_BUSY_RETRY, f"policy could not recheck the call: {exc}") from exc
+        return None if verdict.get("holds") else policy_changed(str(verdict.get("reason", "")))
 
     async def server_for(name: str) -> ev.ServerRegistered | None:
         if name not in catalog.servers:
@@ -261,6 +285,9 @@ def build(settings: WritSettings) -> Service:
             if decide(view) != Invoke(attempt):
                 raise Redeliver(0.0, "the intent moved on while taking the lease")
             assert view.planned is not None
+            if attempt == 1 and (refusal := await refused_by_current_policy(view)) is not None:
+                await record_outcome(trigger, view, refusal, last_seq, attempt)
+                return
             started = ev.ExecutionStarted(
                 attempt=attempt,
                 idempotency_key=idempotency_key(view),

@@ -139,6 +139,24 @@ def approval_mismatch(view: IntentView) -> str | None:
     return None
 
 
+def needs_recheck(view: IntentView, current_policy_digest: str | None) -> bool:
+    """A call authorized under another bundle than the one in force must be re-checked before it
+    runs (an emergency forbid loaded after the authorization must stop it)."""
+    if view.authorized is None:
+        return False
+    return current_policy_digest is not None and view.authorized.policy_digest != current_policy_digest
+
+
+def policy_changed(reason: str) -> ev.ExecutionFailed:
+    """The call was authorized, but the bundle loaded since then no longer permits it."""
+    return ev.ExecutionFailed(
+        attempt=0,
+        retryable=False,
+        code="policy_changed",
+        reason=f"policy_changed: the policy in force no longer permits this call ({reason or 'denied'}); it did not run",
+    )
+
+
 def idempotency_key(view: IntentView) -> str:
     """The key the tool server sees: stable across attempts and executor restarts."""
     assert view.intent_id

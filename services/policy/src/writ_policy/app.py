@@ -43,6 +43,11 @@ class LoadPolicy(msgspec.Struct, kw_only=True):
     cedar: str
 
 
+class IntentRef(msgspec.Struct, kw_only=True):
+    agent_id: str
+    intent_id: str
+
+
 class ApprovalQuery(msgspec.Struct, kw_only=True):
     approver_id: str | None = None
     intent_id: str | None = None
@@ -75,6 +80,28 @@ def build(settings: WritSettings) -> Service:
                 remember(stored(msg))
         await svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=on_requested_nudge)
         tasks.append(asyncio.create_task(expire_loop(), name="approval-expiry"))
+        # A bundle loaded while we were down still re-decides what waits for people.
+        tasks.append(asyncio.create_task(redecide_pending(), name="approval-redecide"))
+
+    async def redecide_pending() -> None:
+        """Under a new bundle, a request still waiting for people is decided again: if the new
+        policy denies the call (an emergency forbid), it ends denied; a grant cannot revive it."""
+        bundle = current[0] if current else None
+        if bundle is None:
+            return
+
+        async def decide_again(view: IntentView) -> list[ev.Payload]:
+            if not view.approval_pending or view.approval is None or view.approval.policy_digest == bundle.digest:
+                return []
+            verdict = decide(view, bundle, now=datetime.now(UTC))
+            return [under_new_policy(verdict)] if isinstance(verdict, ev.IntentDenied) else []
+
+        for intent_id, requested in list(pending.items()):
+            try:
+                if await svc.run_stage(requested, "authorize", decide_again):
+                    pending.pop(intent_id, None)
+            except Exception:
+                log.exception("policy: could not re-decide the approval of %s under the new bundle", intent_id)
 
     def remember(event: StoredEvent) -> None:
         if isinstance(event.payload, ev.ApprovalRequested) and event.envelope.intent_id:
@@ -224,7 +251,27 @@ def build(settings: WritSettings) -> Service:
         except StaleAppend as exc:
             raise CommandError("concurrent_update", "another bundle was loaded at the same moment; retry") from exc
         await follower.ensure_fresh()
+        await redecide_pending()
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values())}
+
+    async def recheck(body: dict[str, Any]) -> Any:
+        """Does the permit that authorized this intent still hold under the current bundle? The
+        executor asks before a call authorized under an earlier bundle (rate limits are not
+        counted again: the call was already counted when it was authorized)."""
+        query = msgspec.convert(body, IntentRef)
+        await follower.ensure_fresh()
+        view = fold_intent((await read_history(svc.nc, query.agent_id, query.intent_id)).events)
+        if view.planned is None or view.submitted is None:
+            raise CommandError("not_found", f"intent {query.intent_id!r} has no plan to decide on")
+        bundle = current[0] if current else None
+        verdict = decide(view, bundle, now=datetime.now(UTC))
+        holds = isinstance(verdict, ev.IntentAuthorized | ev.ApprovalRequested)
+        return {
+            "holds": holds,
+            "policy_digest": bundle.digest if bundle else None,
+            "code": "ok" if holds else getattr(verdict, "code", "denied"),
+            "reason": "" if holds else getattr(verdict, "reason", ""),
+        }
 
     async def show(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
@@ -251,8 +298,16 @@ def build(settings: WritSettings) -> Service:
     svc.command("load", load)
     svc.command("show", show)
     svc.command("approver_groups", approver_groups)
+    svc.command("recheck", recheck)
     svc.command("ping", ping)
     return svc
+
+
+def under_new_policy(denied: ev.IntentDenied) -> ev.IntentDenied:
+    """A denial reached by re-deciding a waiting request under a newly loaded bundle."""
+    return msgspec.structs.replace(
+        denied, reason=f"{denied.reason} (the policy changed while the call waited for approval)"
+    )
 
 
 def keep_asked(decide: Decide, asked: list[ev.ApprovalRequested]) -> Decide:
