@@ -308,3 +308,11 @@ def policy_show() -> None:
     console.print(f"digest    {shown['policy_digest']}")
     console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
     console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Writ's Cedar schema as `writ policy load` validates against it: Agent (in Team; owner), Tool
+    (server, name, read_only, destructive, idempotent, open_world), Action call_tool, and the context
+    (on_behalf_of; arguments typed from the registered tools' input schemas) — as JSON."""
+    console.print_json(data=run(query("policy", "schema", {})))

@@ -16,6 +16,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, direct_get_batch, last_on_subject, read_history, stored
+from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.fold import IntentView, fold_intent
@@ -32,6 +33,7 @@ from writ_policy.domain import (
     rate_limits_for,
 )
 from writ_policy.ratelimit import RateLimiter, RateLimitUnavailable
+from writ_policy.schema import cedar_schema, validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ def build(settings: WritSettings) -> Service:
             current[:] = [bundle]
 
     follower = svc.follow(subjects.POLICY_STREAM, apply)
+    catalog = Catalog()  # the tools' input schemas type the arguments in the Cedar schema
+    registry = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
     directory = svc.follow(subjects.IDENTITY_STREAM, lambda e: apply_approver_event(approvers, e))
 
     async def startup() -> None:
@@ -237,6 +241,14 @@ def build(settings: WritSettings) -> Service:
             bundle = compile_bundle(cmd.cedar)
         except PolicyError as exc:
             raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
+        await registry.ensure_fresh()
+        tools = [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
+        if errors := validation_errors(bundle.cedar, bundle.names, cedar_schema(tools)):
+            raise CommandError(
+                "invalid_policy",
+                "the bundle does not validate against Writ's Cedar schema (see `writ policy schema`): "
+                + "; ".join(errors),
+            )
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
         last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.POLICY_SUBJECT)
         previous = last.seq or 0 if last else 0
@@ -273,6 +285,11 @@ def build(settings: WritSettings) -> Service:
             "reason": "" if holds else getattr(verdict, "reason", ""),
         }
 
+    async def schema(_body: dict[str, Any]) -> Any:
+        await registry.ensure_fresh()
+        tools = [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
+        return cedar_schema(tools)
+
     async def show(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
         if not current:
@@ -299,6 +316,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("show", show)
     svc.command("approver_groups", approver_groups)
     svc.command("recheck", recheck)
+    svc.command("schema", schema)
     svc.command("ping", ping)
     return svc
 
