@@ -177,7 +177,8 @@ def nats_config(store_dir: Path, port: int, monitor_port: int | None, bus: Embed
         "# Written by writ on every start; edits are overwritten.",
         'server_name: "writ-embedded"',
         f"listen: {HOST}:{port}",
-        "max_payload: 8MB",
+        # A tool's output is kept up to 1 MiB of JSON; streams refuse messages over 2 MiB.
+        "max_payload: 2MB",
         "jetstream {",
         f"  store_dir: {_quote(store_dir)}",
         # fsync every write before the ack: an acked event survives a power cut.

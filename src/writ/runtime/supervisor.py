@@ -452,7 +452,12 @@ class Plane:
         try:
             for attempt in range(50):
                 try:
-                    await ensure_streams(nc.jetstream(), replicas=self.settings.stream_replicas)
+                    await ensure_streams(
+                        nc.jetstream(),
+                        replicas=self.settings.stream_replicas,
+                        limits=self.settings.stream_limits(),
+                        update=True,  # the operator's runtime brings older streams to today's limits
+                    )
                     return
                 except NatsError:
                     if attempt == 49:

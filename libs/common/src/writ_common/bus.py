@@ -14,9 +14,30 @@ from nats.js.errors import APIError, NotFoundError
 
 from writ_common import subjects, topology
 from writ_common.envelope import Envelope, StoredEvent, UndecodableEvent, decode, encode
+from writ_common.errors import CodedError
 from writ_common.telemetry import inject_headers
 
 WRONG_LAST_SEQUENCE = 10071
+STREAM_LIMIT_REACHED = 10077  # max bytes, or max messages on one subject (discard NEW)
+MESSAGE_TOO_LARGE = 10054
+
+
+class StorageRefused(CodedError):
+    """The stream refused the append to stay within its limits (``storage_full``,
+    ``message_too_large``): nothing was written, and nothing else was dropped to make room."""
+
+
+def refusal(exc: APIError, stream: str) -> StorageRefused | None:
+    """The storage refusal ``exc`` stands for, in words a person can act on; None if it is none."""
+    if exc.err_code == STREAM_LIMIT_REACHED:
+        return StorageRefused(
+            "storage_full",
+            f"{stream} refused the write ({exc.description}); nothing was written or dropped. An operator frees"
+            " space or raises the limit (WRIT_INTENTS_MAX_BYTES / WRIT_LEDGER_MAX_BYTES; README, Sizing)",
+        )
+    if exc.err_code == MESSAGE_TOO_LARGE:
+        return StorageRefused("message_too_large", f"{stream} refused the write: {exc.description}")
+    return None
 
 
 class StaleAppend(Exception):
@@ -59,6 +80,7 @@ async def append(
 
     Raises:
         StaleAppend: the server refused the append because the intent has moved on.
+        StorageRefused: the intents stream is full (``storage_full``) or the event too large.
     """
     assert envelope.agent_id and envelope.intent_id, "an intent event names its agent and intent"
     all_headers = inject_headers(dict(headers or {}))
@@ -73,6 +95,8 @@ async def append(
     except APIError as exc:
         if exc.err_code == WRONG_LAST_SEQUENCE:
             raise StaleAppend(str(exc.description)) from exc
+        if (refused := refusal(exc, subjects.INTENTS_STREAM)) is not None:
+            raise refused from exc
         raise
 
 

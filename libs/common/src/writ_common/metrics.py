@@ -38,6 +38,12 @@ VIEW_LAG_SECONDS = Gauge(
     "Age of the oldest event the ledger's views have not applied yet (0: caught up)",
     ["stream"],
 )
+STREAM_BYTES = Gauge(
+    "writ_stream_bytes", "Bytes a stream holds (alert well before writ_stream_limit_bytes)", ["stream"]
+)
+STREAM_LIMIT_BYTES = Gauge(
+    "writ_stream_limit_bytes", "The stream's byte limit; at it, new writes are refused (storage_full)", ["stream"]
+)
 
 BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
-from writ_common.bus import StaleAppend, append, append_control, dead_letter, read_history, stored
+from writ_common.bus import StaleAppend, StorageRefused, append, append_control, dead_letter, read_history, stored
 from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 FENCE_RETRIES = 8
+STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
 
 
 class Redeliver(Exception):
@@ -152,6 +153,12 @@ class Service:
                 metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
                 await msg.nack(delay=again.delay)
                 return
+            except StorageRefused as full:
+                # Nothing to fix in the handler: the stream is at its limit. Alert, and try later.
+                metrics.REDELIVERIES.labels(self.name, full.code).inc()
+                log.error("%s: %s waits: %s", self.name, raw.subject, full)
+                await msg.nack(delay=STORAGE_RETRY)
+                return
             except Exception:
                 metrics.REDELIVERIES.labels(self.name, "error").inc()
                 delivered = raw.metadata.num_delivered
@@ -261,7 +268,7 @@ class Service:
         if self.settings.metrics_port:
             metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
         await self.broker.connect()
-        await ensure_streams(self.js, replicas=self.settings.stream_replicas)
+        await ensure_streams(self.js, replicas=self.settings.stream_replicas, limits=self.settings.stream_limits())
         for fn in self._startup:
             await fn()
         await self.broker.start()

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from writ_common.streams import StreamLimits
+
 
 class WritSettings(BaseSettings):
     """Where the plane lives and how to reach it.
@@ -51,6 +53,16 @@ class WritSettings(BaseSettings):
         le=5,
         description="How many JetStream servers store each stream when it is created (1 embedded)",
     )
+    intents_max_bytes: int = Field(
+        default=StreamLimits().intents_max_bytes,
+        ge=1024 * 1024,
+        description="Bytes the intents stream may hold; when full, new submissions get storage_full (never dropped)",
+    )
+    ledger_max_bytes: int = Field(
+        default=StreamLimits().ledger_max_bytes,
+        ge=1024 * 1024,
+        description="Bytes the receipts stream may hold; when full, receipts wait (storage_full), never dropped",
+    )
     metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on HTTP_HOST:PORT (0: off)")
     views_file: Path | None = Field(
         default=None,
@@ -64,6 +76,9 @@ class WritSettings(BaseSettings):
     fault_exit_after_appends: int = Field(
         default=0, description="Test only: exit the process right after this many appends, before acking"
     )
+
+    def stream_limits(self) -> StreamLimits:
+        return StreamLimits(intents_max_bytes=self.intents_max_bytes, ledger_max_bytes=self.ledger_max_bytes)
 
     def runtime_file(self) -> Path:
         return self.data_dir / "runtime.json"

@@ -187,8 +187,11 @@ class Views:
         Also sets the ``writ_view_lag_*`` gauges."""
         js = self.nc.jetstream()
         out = []
+        sizes = []
         for stream in STREAMS:
-            head = (await js.stream_info(stream)).state.last_seq
+            info = await js.stream_info(stream)
+            head = info.state.last_seq
+            sizes.append((stream, info.state.bytes, info.config.max_bytes or 0))
             position = self.store.position(stream)
             behind = max(0, head - position)
             seconds = 0.0
@@ -199,6 +202,9 @@ class Views:
         for lag in out:
             metrics.VIEW_LAG_EVENTS.labels(lag.stream).set(lag.events_behind)
             metrics.VIEW_LAG_SECONDS.labels(lag.stream).set(lag.seconds_behind)
+        for stream, used, limit in sizes:
+            metrics.STREAM_BYTES.labels(stream).set(used)
+            metrics.STREAM_LIMIT_BYTES.labels(stream).set(max(0, limit))
         return out
 
     async def _age_of_next(self, stream: str, position: int) -> float:
