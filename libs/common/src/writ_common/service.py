@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 FENCE_RETRIES = 8
+DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
 STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
 
 
@@ -70,6 +71,8 @@ class Service:
         self._appends = 0
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
+        self._drains: list[Callable[[], Awaitable[None]]] = []
+        self._stopping = False
 
     @property
     def nc(self) -> Client:
@@ -107,8 +110,12 @@ class Service:
         max_ack_pending: int = 256,
         ack_wait: float = 10.0,
         batch_size: int = 16,
+        concurrency: int = 1,
     ) -> None:
         """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
+
+        ``concurrency`` > 1 runs up to that many handlers at once (the executor: one slow tool
+        must not hold back another agent's call); ``max_ack_pending`` must be at least as large.
 
         Acks are manual: acked after the handler returned, nacked with backoff if it raised
         (redelivered, never terminated), dead-lettered then acked if the message is not a
@@ -140,33 +147,64 @@ class Service:
             with contextlib.suppress(ValueError):
                 age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
                 metrics.QUEUE_AGE_SECONDS.labels(self.name).observe(max(0.0, age))
-            started = time.perf_counter()
-            try:
-                with stage_span(
-                    f"{self.name}.{event.type}",
-                    raw.headers,
-                    **{"writ.intent_id": event.envelope.intent_id or "", "writ.service": self.name},
-                ):
-                    await handler(event, raw)
-            except Redeliver as again:
-                log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
-                metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
-                await msg.nack(delay=again.delay)
+            gate = slots
+            if gate is None:
+                await self._handle(msg, event, handler)
                 return
-            except StorageRefused as full:
-                # Nothing to fix in the handler: the stream is at its limit. Alert, and try later.
-                metrics.REDELIVERIES.labels(self.name, full.code).inc()
-                log.error("%s: %s waits: %s", self.name, raw.subject, full)
-                await msg.nack(delay=STORAGE_RETRY)
+            # Concurrent: wait for a free slot (backpressure on the consumer), then run beside
+            # the others; the message is acked or nacked when its own handler ends.
+            await gate.acquire()
+            if self._stopping:
+                gate.release()
+                await msg.nack(delay=1.0)  # another replica, or this one after its restart
                 return
-            except Exception:
-                metrics.REDELIVERIES.labels(self.name, "error").inc()
-                delivered = raw.metadata.num_delivered
-                log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
-                await msg.nack(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
-                return
-            metrics.STAGE_SECONDS.labels(self.name, event.type).observe(time.perf_counter() - started)
-            await msg.ack()
+            task = asyncio.create_task(self._handle(msg, event, handler), name=f"{self.name}-{raw.subject}")
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _t: gate.release())
+
+        slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        running: set[asyncio.Task[None]] = set()
+
+        async def drain() -> None:
+            # A clean stop lets calls in flight finish (a cut call would be an unknown outcome).
+            if running:
+                await asyncio.wait(running, timeout=DRAIN_TIMEOUT)
+
+        self._drains.append(drain)
+
+    async def _handle(
+        self, msg: NatsMessage, event: StoredEvent, handler: Callable[[StoredEvent, Msg], Awaitable[None]]
+    ) -> None:
+        """Run ``handler`` on one admitted event, then ack, or nack for a later redelivery."""
+        raw: Msg = msg.raw_message
+        started = time.perf_counter()
+        try:
+            with stage_span(
+                f"{self.name}.{event.type}",
+                raw.headers,
+                **{"writ.intent_id": event.envelope.intent_id or "", "writ.service": self.name},
+            ):
+                await handler(event, raw)
+        except Redeliver as again:
+            log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
+            metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
+            await msg.nack(delay=again.delay)
+            return
+        except StorageRefused as full:
+            # Nothing to fix in the handler: the stream is at its limit. Alert, and try later.
+            metrics.REDELIVERIES.labels(self.name, full.code).inc()
+            log.error("%s: %s waits: %s", self.name, raw.subject, full)
+            await msg.nack(delay=STORAGE_RETRY)
+            return
+        except Exception:
+            metrics.REDELIVERIES.labels(self.name, "error").inc()
+            delivered = raw.metadata.num_delivered
+            log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
+            await msg.nack(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
+            return
+        metrics.STAGE_SECONDS.labels(self.name, event.type).observe(time.perf_counter() - started)
+        await msg.ack()
 
     async def dead_letter(self, raw: Msg, code: str, reason: str) -> None:
         self.dead_letters += 1
@@ -275,7 +313,11 @@ class Service:
         log.info("%s: serving", self.name)
 
     async def stop(self) -> None:
-        # Stop consuming first, so no handler runs against closed resources.
+        # Stop consuming first, so no handler runs against closed resources; let the handlers
+        # in flight finish before that.
+        self._stopping = True
+        for drain in self._drains:
+            await drain()
         await self.broker.stop()
         for fn in self._shutdown:
             with contextlib.suppress(Exception):

@@ -32,6 +32,12 @@ class WritSettings(BaseSettings):
     tool_timeout: float = 60.0
     default_deadline_seconds: float = 300.0
     max_attempts: int = 3
+    executor_concurrency: int = Field(
+        default=64, ge=1, description="Tool calls one executor replica runs at once, over all servers"
+    )
+    executor_per_server: int = Field(
+        default=32, ge=1, description="Tool calls one executor replica runs at once on one tool server"
+    )
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
     secrets_key: SecretStr | None = Field(

@@ -48,6 +48,7 @@ from writ_executor.redaction import MIN_SECRET_LENGTH, Redactor, references, res
 from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
 from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
+from writ_executor.slots import ServerSlots
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class Discover(msgspec.Struct, kw_only=True):
 DISCOVERY_TIMEOUT = 60.0
 ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
-REFRESH_TIMEOUT = 75.0  # the registry allows discovery 60s
+REFRESH_TIMEOUT = 75.0
+SERVER_BUSY_RETRY = 0.2  # the registry allows discovery 60s
 
 
 def build(settings: WritSettings) -> Service:
@@ -119,6 +121,7 @@ def build(settings: WritSettings) -> Service:
     pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text), on_tools_changed=on_tools_changed)
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
+    server_slots = ServerSlots(settings.executor_per_server)
     redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
     follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
@@ -251,7 +254,14 @@ def build(settings: WritSettings) -> Service:
                 except StaleAppend:
                     continue
                 return
-            await attempt_call(trigger, raw, step.attempt)
+            assert view.planned is not None
+            if not server_slots.take(view.planned.server):
+                # Its server is at its limit: come back shortly, holding no slot meanwhile.
+                raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {server_slots.limit} calls already")
+            try:
+                await attempt_call(trigger, raw, step.attempt)
+            finally:
+                server_slots.give_back(view.planned.server)
             return
         raise RuntimeError(f"{trigger.envelope.intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
@@ -397,13 +407,15 @@ def build(settings: WritSettings) -> Service:
     svc.on_shutdown(cancel_refreshes)
     svc.on_shutdown(pool.close)
     svc.on_shutdown(redis.aclose)
-    # One call at a time per replica; ack_wait is extended by in_progress() while a call runs.
+    # Calls run concurrently (a slow or hanging tool holds only its own slots), bounded in total
+    # and per server; ack_wait is extended by in_progress() while a call runs.
     svc.consume_intents(
         subjects.intents_of_type("intent.authorized"),
         on_authorized,
         ack_wait=ACK_WAIT,
-        batch_size=1,
-        max_ack_pending=64,
+        batch_size=8,
+        max_ack_pending=settings.executor_concurrency * 2,
+        concurrency=settings.executor_concurrency,
     )
     svc.command("reconcile", reconcile_intent)
     svc.command("set_secret", set_secret)

@@ -54,6 +54,7 @@ class _Warm:
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
+        self.in_flight = 0  # calls sent on this session and not yet answered
         self.task = asyncio.create_task(self._hold(), name=f"mcp-session-{server.name}")
 
     async def _hold(self) -> None:
@@ -95,7 +96,7 @@ class SessionPool:
         self._stderr: Stderr = stderr or (lambda: nullcontext(None))
         self._on_tools_changed: ToolsChanged = on_tools_changed or (lambda _name: None)
 
-    async def _session(self, server: ev.ServerRegistered) -> ClientSession:
+    async def _session(self, server: ev.ServerRegistered) -> tuple[_Warm, ClientSession]:
         async with self._lock:
             warm = self._warm.get(server.name)
             if warm is not None and (not warm.alive or warm.server != server):
@@ -109,7 +110,7 @@ class SessionPool:
             raise ServerUnavailable(f"server {server.name!r} did not start within {CONNECT_TIMEOUT:g}s") from exc
         if warm.session is None:
             raise ServerUnavailable(f"server {server.name!r} could not be started: {warm.error!r}")
-        return warm.session
+        return warm, warm.session
 
     async def call(
         self, server: ev.ServerRegistered, tool: str, arguments: dict[str, Any], *, meta: dict[str, Any], timeout: float
@@ -121,7 +122,8 @@ class SessionPool:
             CallInterrupted: the session broke or timed out after sending; the call may have run.
             MCPError: the server refused the request (a protocol-level error).
         """
-        session = await self._session(server)
+        warm, session = await self._session(server)
+        warm.in_flight += 1
         try:
             return await asyncio.wait_for(
                 session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)),
@@ -130,14 +132,29 @@ class SessionPool:
         except MCPError as exc:
             if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                 raise
-            await self.discard(server.name)
+            await self._after_failure(warm, timed_out=exc.code == REQUEST_TIMEOUT)
             raise CallInterrupted(f"{server.name!r}: {exc.message}") from exc
         except TimeoutError as exc:
-            await self.discard(server.name)  # a stuck session is not reused
+            await self._after_failure(warm, timed_out=True)
             raise CallInterrupted(f"no answer from {server.name!r} within {timeout:.1f}s") from exc
         except Exception as exc:
-            await self.discard(server.name)
+            await self._after_failure(warm, timed_out=False)
             raise CallInterrupted(f"connection to {server.name!r} broke during the call: {exc!r}") from exc
+        finally:
+            warm.in_flight -= 1
+
+    async def _after_failure(self, warm: _Warm, *, timed_out: bool) -> None:
+        """A broken session is replaced; a call that only timed out does not take down the calls
+        still running beside it on the same session (a stuck session alone is replaced)."""
+        if timed_out and warm.in_flight > 1:
+            return
+        await self._discard(warm)
+
+    async def _discard(self, warm: _Warm) -> None:
+        async with self._lock:
+            if self._warm.get(warm.server.name) is warm:
+                del self._warm[warm.server.name]
+        await warm.close()
 
     async def discard(self, name: str) -> None:
         """Close a server's session; the next call starts a fresh one (and a fresh stdio process)."""

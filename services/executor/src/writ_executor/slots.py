@@ -1,0 +1,29 @@
+"""How many calls each tool server may have in flight from one executor replica. Pure."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class ServerSlots:
+    """At most ``limit`` calls per server at once: a slow or hanging server fills its own slots and
+    no one else's. Taken before ``execution.started`` is recorded, so a call that finds no slot
+    has not begun and simply comes back later."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight: Counter[str] = Counter()
+
+    def take(self, server: str) -> bool:
+        if self._in_flight[server] >= self.limit:
+            return False
+        self._in_flight[server] += 1
+        return True
+
+    def give_back(self, server: str) -> None:
+        self._in_flight[server] -= 1
+        if self._in_flight[server] <= 0:
+            del self._in_flight[server]
+
+    def in_flight(self, server: str) -> int:
+        return self._in_flight[server]
