@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from writ_common import busauth
 from writ_common.events import CATALOG
 from writ_common.subjects import event_token
@@ -61,3 +63,13 @@ def test_an_approver_hears_only_its_own_groups_and_asks_only_policy() -> None:
         "_INBOX_approvers.carol.>",
     )
     assert all(p.startswith("writ.cmd.policy.") for p in carol.publish)
+
+
+def test_names_that_are_not_one_subject_token_make_no_bus_user() -> None:
+    for make in (
+        lambda: busauth.agent_user("a.>", "UKEY"),
+        lambda: busauth.approver_user("carol", "UKEY", ["ops", "a.>"]),
+        lambda: busauth.approver_user("car ol", "UKEY", ["ops"]),
+    ):
+        with pytest.raises(ValueError, match="must match"):
+            make()

@@ -4,6 +4,7 @@ Python services, each logging to a file, each bound to loopback only."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -234,6 +235,7 @@ def start_nats(
     proc.monitor_url = f"http://{HOST}:{monitor_port}" if monitor_port else None
     if bus is not None:
         bus.monitor_file.write_text(proc.monitor_url or "")  # empty: a reload cannot be observed
+        bus.check_file.write_text(json.dumps([find_binary("nats-server"), "-t", "-c", str(conf)]))
     _wait_listening(proc, None, b"", timeout)
     return proc
 

@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from writ_common.errors import CodedError
-from writ_common.ids import is_token
+from writ_common.ids import check_token
 from writ_common.subjects import command_subject
 
 
@@ -28,8 +28,10 @@ def require_token(value: str, *, code: str, what: str) -> None:
     Raises:
         CommandError: ``code``, saying what the id must look like.
     """
-    if not is_token(value):
-        raise CommandError(code, f"{what} {value!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    try:
+        check_token(value, what)
+    except ValueError as exc:
+        raise CommandError(code, str(exc)) from exc
 
 
 def ok(data: Any = None) -> bytes:

@@ -26,6 +26,7 @@ from writ_policy.domain import (
     Bundle,
     PolicyError,
     bundle_from_event,
+    check_names,
     compile_bundle,
     decide,
     rate_limited,
@@ -208,6 +209,7 @@ def build(settings: WritSettings) -> Service:
         cmd = msgspec.convert(body, LoadPolicy)
         try:
             bundle = compile_bundle(cmd.cedar)
+            check_names(bundle)
         except PolicyError as exc:
             raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
