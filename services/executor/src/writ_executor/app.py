@@ -117,7 +117,9 @@ def build(settings: WritSettings) -> Service:
     pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text), on_tools_changed=on_tools_changed)
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
-    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = aioredis.from_url(
+        settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
+    )
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
     follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
 

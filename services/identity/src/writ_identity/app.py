@@ -99,7 +99,7 @@ def build(settings: WritSettings) -> Service:
         apply_identity_event(agents, event)
         apply_approver_event(approvers, event)
 
-    redis = aioredis.from_url(settings.resolved_redis_url())
+    redis = aioredis.from_url(settings.resolved_redis_url(), **settings.redis_options())
     follower = svc.follow(subjects.IDENTITY_STREAM, apply)
 
     async def sync_bus_users() -> None:

@@ -55,7 +55,9 @@ def build(settings: WritSettings) -> Service:
     approvers: dict[str, Approver] = {}
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
-    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = aioredis.from_url(
+        settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
+    )
     limiter = RateLimiter(redis)
 
     def apply(event: StoredEvent) -> None:
