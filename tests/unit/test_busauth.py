@@ -73,3 +73,11 @@ def test_names_that_are_not_one_subject_token_make_no_bus_user() -> None:
     ):
         with pytest.raises(ValueError, match="must match"):
             make()
+
+
+def test_a_service_administers_only_its_own_consumer() -> None:
+    registry = busauth.service_user("registry", "UREGISTRY")
+    consumer_api = [p for p in registry.publish if p.startswith(("$JS.API.CONSUMER.", "$JS.ACK."))]
+    assert consumer_api and all(".WRIT_INTENTS.writ-registry" in p for p in consumer_api), consumer_api
+    assert not any("DELETE" in p or p.endswith("CONSUMER.>") for p in registry.publish)
+    assert "$JS.EVENT.ADVISORY.CONSUMER.DELETED.WRIT_INTENTS.writ-registry" in registry.subscribe

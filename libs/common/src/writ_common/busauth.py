@@ -34,15 +34,36 @@ NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
 }
-# What a service needs of the JetStream API: its consumers, reads, stream info; never stream admin.
-SERVICE_JS_API = (
+# What a service needs of the JetStream API: reads and stream info of any stream; of consumers,
+# only its own durable on the intents stream (create, info, pull, ack). Never stream admin, never
+# another service's consumer (deleting or draining it would stall that stage).
+SERVICE_JS_READS = (
     "$JS.API.INFO",
-    "$JS.API.CONSUMER.>",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.STREAM.INFO.>",
     "$JS.API.STREAM.MSG.GET.>",
-    "$JS.ACK.>",
 )
+
+
+def durable_of(service: str) -> str:
+    """The one durable consumer a service owns on the intents stream."""
+    return f"writ-{service}"
+
+
+def service_js_api(service: str) -> tuple[str, ...]:
+    stream, durable = subjects.INTENTS_STREAM, durable_of(service)
+    consumer = f"{stream}.{durable}"
+    return (
+        *SERVICE_JS_READS,
+        f"$JS.API.CONSUMER.INFO.{consumer}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{consumer}.>",  # the named form carries the filter subject
+        f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+        f"$JS.ACK.{consumer}.>",
+    )
+
+
 APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval", "approver_groups")
 # Commands one service asks of another (service -> "other.command"), all else is operators' only.
 COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
@@ -92,7 +113,7 @@ def service_user(service: str, nkey: str) -> BusUser:
             CONTROL_PREFIX_BY_SERVICE[service],
             *NOTICES_BY_SERVICE.get(service, ()),
             subjects.dlq_subject(service),
-            *SERVICE_JS_API,
+            *service_js_api(service),
             # Replies to operators' and approvers' commands; a config reload forgets the
             # reply subjects allow_responses tracks, so these are allowed by name too.
             f"{inbox_prefix('operator')}.>",
@@ -109,6 +130,8 @@ def service_user(service: str, nkey: str) -> BusUser:
             "writ.ledger.>",
             f"writ.cmd.{service}.>",
             f"{inbox_prefix(service)}.>",
+            # JetStream announces a deletion of its consumer here (it recreates it at once).
+            f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
             "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
         ),
         allow_responses=True,

@@ -23,6 +23,7 @@ from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
 from writ_common.bus import StaleAppend, append, append_control, dead_letter, read_history, stored
+from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
@@ -115,18 +116,25 @@ class Service:
         one handler run (the executor extends it while a tool runs).
         """
 
+        durable = durable or f"writ-{self.name}"
+        config = ConsumerConfig(
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=-1,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        # A deleted consumer would stall this stage for good: recreate it at once.
+        guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config.evolve(filter_subject=filter_subject))
+        self.on_startup(lambda: guard.start(self.nc))
+        self.on_shutdown(guard.stop)
+
         @self.broker.subscriber(
             filter_subject,
             stream=JStream(name=subjects.INTENTS_STREAM, declare=False),
-            durable=durable or f"writ-{self.name}",
+            durable=durable,
             pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
-            config=ConsumerConfig(
-                ack_wait=ack_wait,
-                max_ack_pending=max_ack_pending,
-                max_deliver=-1,
-                deliver_policy=DeliverPolicy.ALL,
-            ),
+            config=config,
         )
         async def consume(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
