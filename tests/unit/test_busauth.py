@@ -62,7 +62,8 @@ def test_an_approver_hears_only_its_own_groups_and_asks_only_policy() -> None:
         "writ.notice.approvals.fin.>",
         "_INBOX_approvers.carol.>",
     )
-    assert all(p.startswith("writ.cmd.policy.") for p in carol.publish)
+    # Only on its own subjects, so policy knows who asks from the subject alone.
+    assert carol.publish and all(p.startswith("writ.cmd.policy.approver.carol.") for p in carol.publish)
 
 
 def test_names_that_are_not_one_subject_token_make_no_bus_user() -> None:

@@ -169,8 +169,9 @@ def approver_bus_name(approver_id: str) -> str:
 
 
 def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser:
-    """An approver asks policy what waits for its groups and sends signed decisions, and hears
-    only its own groups' new requests. Policy still checks group and signature per decision.
+    """An approver asks policy (on ``writ.cmd.policy.approver.<its id>.*``, nowhere else) what waits
+    for its groups and sends signed decisions, and hears only its own groups' new requests. Policy
+    still checks group and signature per decision.
 
     Raises:
         ValueError: the id or a group is not one subject token.
@@ -182,7 +183,8 @@ def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser
     return BusUser(
         name=name,
         nkey=nkey,
-        publish=tuple(subjects.command_subject("policy", c) for c in APPROVER_COMMANDS),
+        # Its own subjects only: policy knows who asks from the subject, never from the body.
+        publish=tuple(subjects.approver_command_subject(approver_id, c) for c in APPROVER_COMMANDS),
         subscribe=(
             *(subjects.approval_notice_subject(group, ">") for group in groups),
             f"{inbox_prefix(name)}.>",

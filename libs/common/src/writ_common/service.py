@@ -50,6 +50,7 @@ class Redeliver(Exception):
 
 Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+CallerCommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 class Service:
@@ -248,13 +249,32 @@ class Service:
     def command(self, name: str, handler: CommandHandler) -> None:
         """Serve ``writ.cmd.<service>.<name>`` (queue group: one replica answers)."""
 
-        @self.broker.subscriber(subjects.command_subject(self.name, name), queue=f"writ-{self.name}-cmd")
+        async def call(_subject: str, body: dict[str, Any]) -> Any:
+            return await handler(body)
+
+        self._serve(subjects.command_subject(self.name, name), name, call)
+
+    def approver_command(self, name: str, handler: CallerCommandHandler) -> None:
+        """Serve ``writ.cmd.<service>.approver.<approver_id>.<name>``: ``handler(approver_id, body)``.
+
+        The bus lets only that approver's user publish there, so the id comes from the subject
+        and is the caller's own; whatever the body claims is not.
+        """
+
+        async def call(subject: str, body: dict[str, Any]) -> Any:
+            approver_id = subject.split(".")[-2]
+            return await handler(approver_id, body)
+
+        self._serve(subjects.approver_command_subject("*", name), name, call)
+
+    def _serve(self, subject: str, name: str, call: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> None:
+        @self.broker.subscriber(subject, queue=f"writ-{self.name}-cmd")
         async def serve(msg: NatsMessage) -> bytes:
             try:
                 body = msgspec.json.decode(msg.raw_message.data or b"{}")
                 if not isinstance(body, dict):
                     return commands.refuse("invalid_request", "the command body must be a JSON object")
-                return commands.ok(await handler(body))
+                return commands.ok(await call(msg.raw_message.subject, body))
             except commands.CommandError as exc:
                 return commands.refuse(exc.code, exc.message)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
