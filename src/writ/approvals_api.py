@@ -212,10 +212,14 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
     def plane() -> tuple[Client, ApproverDirectory]:
         return state["nc"], state["directory"]
 
-    async def command(name: str, body: dict[str, Any]) -> Any:
+    async def command(approver: Approver, name: str, body: dict[str, Any]) -> Any:
+        """``name`` for the approver the request's signature proved, on that approver's own subject
+        (this API's operator connection may speak for any approver: it checked who is asking)."""
         nc, _ = plane()
         try:
-            return await commands.call(nc, "policy", name, body, timeout=COMMAND_TIMEOUT_SECONDS)
+            return await commands.call_as_approver(
+                nc, approver.approver_id, name, body, timeout=COMMAND_TIMEOUT_SECONDS
+            )
         except CommandError as exc:
             if exc.code in ("service_down", "timeout"):
                 raise ApiError(503, exc.code, exc.message) from exc
@@ -238,10 +242,10 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
         return run
 
     async def show(intent_id: str, approver: Approver) -> dict[str, Any]:
-        return dict(await command("show_approval", {"intent_id": intent_id, "approver_id": approver.approver_id}))
+        return dict(await command(approver, "show_approval", {"intent_id": intent_id}))
 
     async def list_approvals(_request: Request, approver: Approver) -> Any:
-        rows = await command("list_approvals", {"approver_id": approver.approver_id})
+        rows = await command(approver, "list_approvals", {})
         return ApprovalList(approvals=[ApprovalRequest.model_validate(r) for r in rows]).model_dump(mode="json")
 
     async def get_approval(request: Request, approver: Approver) -> Any:
@@ -260,7 +264,7 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
             "agent_id": pending["agent_id"],
             "approver_id": approver.approver_id,
         }
-        outcome = DecisionOutcome.model_validate(await command("decide_approval", signed))
+        outcome = DecisionOutcome.model_validate(await command(approver, "decide_approval", signed))
         if outcome.outcome == "refused":
             raise ApiError(REFUSAL_STATUS.get(outcome.code, 409), outcome.code, outcome.reason)
         return outcome.model_dump(mode="json")

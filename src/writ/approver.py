@@ -46,6 +46,8 @@ def signed_decision(
 
 
 class ApproverClient:
+    """Speaks for one approver over ``nc``: the approver's own bus connection (or an operator's)."""
+
     def __init__(self, nc: Client, approver_id: str, key: SigningKey, timeout: float = 30.0) -> None:
         self.nc = nc
         self.approver_id = approver_id
@@ -54,14 +56,10 @@ class ApproverClient:
 
     async def pending(self) -> list[dict[str, Any]]:
         """Open requests this approver's groups may decide, each with the full picture."""
-        rows = await commands.call(
-            self.nc, "policy", "list_approvals", {"approver_id": self.approver_id}, self._timeout
-        )
-        return list(rows)
+        return list(await self._ask("list_approvals", {}))
 
     async def show(self, intent_id: str) -> dict[str, Any]:
-        body = {"approver_id": self.approver_id, "intent_id": intent_id}
-        return dict(await commands.call(self.nc, "policy", "show_approval", body, self._timeout))
+        return dict(await self._ask("show_approval", {"intent_id": intent_id}))
 
     async def decide(self, request: dict[str, Any], decision: Decision, comment: str = "") -> dict[str, Any]:
         """Sign and send a decision on ``request`` (as returned by :meth:`show` or :meth:`pending`).
@@ -69,4 +67,9 @@ class ApproverClient:
         Returns what it did: ``{"outcome": "granted" | "authorized" | "denied" | "refused", ...}``.
         """
         body = signed_decision(self._key, self.approver_id, request, decision, comment)
-        return dict(await commands.call(self.nc, "policy", "decide_approval", body, self._timeout))
+        return dict(await self._ask("decide_approval", body))
+
+    async def _ask(self, command: str, body: dict[str, Any]) -> Any:
+        # On this approver's own subject: policy takes who asks from it (the bus lets only this
+        # approver's user, or an operator, publish there).
+        return await commands.call_as_approver(self.nc, self.approver_id, command, body, self._timeout)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from writ_common import busauth
 from writ_common.events import CATALOG
 from writ_common.subjects import event_token
@@ -60,4 +62,23 @@ def test_an_approver_hears_only_its_own_groups_and_asks_only_policy() -> None:
         "writ.notice.approvals.fin.>",
         "_INBOX_approvers.carol.>",
     )
-    assert all(p.startswith("writ.cmd.policy.") for p in carol.publish)
+    # Only on its own subjects, so policy knows who asks from the subject alone.
+    assert carol.publish and all(p.startswith("writ.cmd.policy.approver.carol.") for p in carol.publish)
+
+
+def test_names_that_are_not_one_subject_token_make_no_bus_user() -> None:
+    for make in (
+        lambda: busauth.agent_user("a.>", "UKEY"),
+        lambda: busauth.approver_user("carol", "UKEY", ["ops", "a.>"]),
+        lambda: busauth.approver_user("car ol", "UKEY", ["ops"]),
+    ):
+        with pytest.raises(ValueError, match="must match"):
+            make()
+
+
+def test_a_service_administers_only_its_own_consumer() -> None:
+    registry = busauth.service_user("registry", "UREGISTRY")
+    consumer_api = [p for p in registry.publish if p.startswith(("$JS.API.CONSUMER.", "$JS.ACK."))]
+    assert consumer_api and all(".WRIT_INTENTS.writ-registry" in p for p in consumer_api), consumer_api
+    assert not any("DELETE" in p or p.endswith("CONSUMER.>") for p in registry.publish)
+    assert "$JS.EVENT.ADVISORY.CONSUMER.DELETED.WRIT_INTENTS.writ-registry" in registry.subscribe

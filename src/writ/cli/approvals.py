@@ -51,9 +51,16 @@ def as_approver(approver: str) -> tuple[WritSettings, str]:
 
 
 async def ask_policy(approver: str, command: str, body: dict[str, Any]) -> Any:
+    """``command`` on the approver's own subject: policy answers for that approver, and no one else."""
     cfg, user = as_approver(approver)
     async with connect(cfg, user) as nc:
-        return await call(nc, "policy", command, body)
+        return await ask_as(nc, approver, command, body)
+
+
+async def ask_as(nc: Any, approver: str, command: str, body: dict[str, Any]) -> Any:
+    from writ_common.commands import call_as_approver
+
+    return await call_as_approver(nc, approver, command, body)
 
 
 def read_approver_key(path: Path, approver_id: str) -> SigningKey:
@@ -133,7 +140,7 @@ def approver_list() -> None:
 @approvals_app.command("list")
 def approvals_list(approver: As) -> None:
     """Open requests this approver's groups may decide."""
-    rows = run(ask_policy(approver, "list_approvals", {"approver_id": approver}))
+    rows = run(ask_policy(approver, "list_approvals", {}))
     if not rows:
         console.print(f"no pending approval requests for {approver}")
         return
@@ -151,7 +158,7 @@ async def show(intent_id: str, approver: str) -> dict[str, Any]:
 
     check_intent_id(intent_id)
     try:
-        return dict(await ask_policy(approver, "show_approval", {"intent_id": intent_id, "approver_id": approver}))
+        return dict(await ask_policy(approver, "show_approval", {"intent_id": intent_id}))
     except CommandError as exc:
         if exc.code != "forbidden":
             raise
@@ -163,14 +170,19 @@ async def decide(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fetch the request, sign ``decision`` on its digest, send it; (request, outcome). A refusal fails."""
     from writ.approver import ApproverClient
+    from writ_common.commands import CommandError
 
     check_intent_id(intent_id)
     cfg = settings()
     key = read_approver_key(key_file or approver_key_path(cfg.data_dir, approver), approver)
     async with connect(*as_approver(approver)) as nc:
-        # Fetched without approver_id on purpose: policy itself judges who may decide, and records a
-        # refused attempt (not_in_group, bad_signature...) in the intent's log.
-        request = dict(await call(nc, "policy", "show_approval", {"intent_id": intent_id}))
+        # Fetched as this approver: one whose groups may not decide it learns only that (not_in_group).
+        try:
+            request = dict(await ask_as(nc, approver, "show_approval", {"intent_id": intent_id}))
+        except CommandError as exc:
+            if exc.code != "forbidden":
+                raise
+            fail("not_in_group", f"{exc.message}, which decides this call")
         outcome = await ApproverClient(nc, approver, key).decide(request, decision, comment)
     if outcome.get("outcome") == "refused":
         fail(str(outcome.get("code") or "refused"), str(outcome.get("reason") or "the decision was refused"))
@@ -217,7 +229,7 @@ async def _show_when_known(nc: Any, intent_id: str, approver: str) -> dict[str, 
 
     for _ in range(SHOW_RETRIES):
         try:
-            return dict(await call(nc, "policy", "show_approval", {"intent_id": intent_id, "approver_id": approver}))
+            return dict(await ask_as(nc, approver, "show_approval", {"intent_id": intent_id}))
         except CommandError as exc:
             if exc.code == "forbidden":
                 return None
@@ -250,10 +262,10 @@ async def watch(approver: str, count: int | None) -> int:
                 arrived.put_nowait(msg.subject.rsplit(".", 1)[-1])
 
             # Also checks that the approver exists (unknown_approver otherwise).
-            groups = await call(nc, "policy", "approver_groups", {"approver_id": approver})
+            groups = await ask_as(nc, approver, "approver_groups", {})
             # Policy announces each new request to its group; the bus lets an approver hear only its own.
             subs = [await nc.subscribe(subjects.approval_notice_subject(g, "*"), cb=on_request) for g in groups]
-            waiting = await call(nc, "policy", "list_approvals", {"approver_id": approver})
+            waiting = await ask_as(nc, approver, "list_approvals", {})
             console.print(f"watching approval requests for [bold]{approver}[/] (Ctrl-C to stop)")
             if waiting:
                 console.print(f"[dim]{len(waiting)} already pending: `writ approvals list --as {approver}`[/]")

@@ -4,7 +4,9 @@ Python services, each logging to a file, each bound to loopback only."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -161,8 +163,8 @@ def _wait_listening(proc: ManagedProcess, probe: bytes | None, expect: bytes, ti
             if probe is None:
                 return
             sock.sendall(probe)
-            # Redis answers -LOADING while it replays its append-only file.
-            if sock.recv(64).startswith(expect):
+            # Redis answers -LOADING while it replays its append-only file (after +OK to an AUTH).
+            if expect in sock.recv(64):
                 return
         time.sleep(0.05)
     proc.kill()
@@ -235,6 +237,7 @@ def start_nats(
     proc.monitor_url = f"http://{HOST}:{monitor_port}" if monitor_port else None
     if bus is not None:
         bus.monitor_file.write_text(proc.monitor_url or "")  # empty: a reload cannot be observed
+        bus.check_file.write_text(json.dumps([find_binary("nats-server"), "-t", "-c", str(conf)]))
     _wait_listening(proc, None, b"", timeout)
     return proc
 
@@ -249,10 +252,15 @@ def start_redis(
     data_dir: Path,
     port: int | None = None,
     *,
+    password_file: Path | None = None,
     log_path: Path | None = None,
     timeout: float = READY_TIMEOUT,
 ) -> ManagedProcess:
     """Start redis-server with an append-only file under ``data_dir``.
+
+    Args:
+        password_file: clients must AUTH with the password kept there (0600). It reaches the
+            server through a 0600 config file, never its command line (which any local user can read).
 
     Raises:
         RuntimeError: the server exited or did not answer PING in time (with its log tail).
@@ -261,8 +269,15 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = log_path or data_dir.parent / "logs" / "redis.log"
-    argv = [
-        redis_binary(),
+    argv = [redis_binary()]
+    probe = b"PING\r\n"
+    if password_file is not None:
+        password = password_file.read_text().strip()
+        conf = data_dir / "redis.conf"
+        write_private(conf, f"# Written by writ on every start; edits are overwritten.\nrequirepass {password}\n")
+        argv.append(str(conf))
+        probe = f"AUTH {password}\r\nPING\r\n".encode()
+    argv += [
         "--port", str(port),
         "--bind", HOST,
         "--dir", str(data_dir),
@@ -272,8 +287,25 @@ def start_redis(
         "--daemonize", "no",
     ]  # fmt: skip
     proc = spawn("redis", argv, log_path, url=f"redis://{HOST}:{port}/0", port=port)
-    _wait_listening(proc, b"PING\r\n", b"+PONG", timeout)
+    _wait_listening(proc, probe, b"+PONG", timeout)
     return proc
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only (0600), whatever the umask, replacing it whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def redis_password(path: Path) -> Path:
+    """Create (once) a random Redis password in ``path`` (0600); returns ``path``."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def start_module(name: str, module: str, log_path: Path, env: Mapping[str, str]) -> ManagedProcess:

@@ -24,9 +24,11 @@ from writ.runtime.processes import (
     free_port,
     log_tail,
     pick_port,
+    redis_password,
     start_module,
     start_nats,
     start_redis,
+    write_private,
 )
 from writ_common.busauth import EmbeddedBus, prepare_embedded
 from writ_common.settings import WritSettings
@@ -96,9 +98,8 @@ def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    # 0600, and replaced whole: readers see the old file or the new one, never half of one.
+    write_private(path, json.dumps(data, indent=2) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,8 +181,14 @@ class Plane:
             data_dir=self.data_dir,
             nats_url=self.nats_url,
             redis_url=self.redis_url,
+            redis_password_file=self.redis_password_file,
             nats_seed_file=self.bus.seed_file("operator"),
         )
+
+    @property
+    def redis_password_file(self) -> Path:
+        """Redis's password (0600, in the 0700 creds dir): services and the operator AUTH with it."""
+        return self.bus.creds_dir / "redis.password"
 
     @property
     def logs_dir(self) -> Path:
@@ -206,7 +213,8 @@ class Plane:
             nats_dir, redis_dir = self.data_dir / "nats", self.data_dir / "redis"
             self.bus = prepare_embedded(self.data_dir, self.services)
             self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port, bus=self.bus)))
-            self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port)))
+            password = redis_password(self.redis_password_file)
+            self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port, password_file=password)))
             self.nats_url = f"nats://{HOST}:{nats_port}"
             self.redis_url = f"redis://{HOST}:{redis_port}/0"
             self._write_runtime()
@@ -377,6 +385,7 @@ class Plane:
             WRIT_DATA_DIR=str(self.data_dir),
             WRIT_NATS_URL=self.nats_url,
             WRIT_REDIS_URL=self.redis_url,
+            WRIT_REDIS_PASSWORD_FILE=str(self.redis_password_file),
             PYTHONUNBUFFERED="1",  # logs reach the file as they are written
         )
         return env
@@ -482,6 +491,8 @@ class Plane:
                 {
                     "nats_url": self.nats_url,
                     "redis_url": self.redis_url,
+                    # The path only: the password stays in its own 0600 file.
+                    "redis_password_file": str(self.redis_password_file),
                     # A local operator's CLI connects with this (the file is 0600, like the data).
                     "operator_seed_file": str(self.bus.seed_file("operator")),
                     "pid": os.getpid(),

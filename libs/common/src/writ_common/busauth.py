@@ -8,9 +8,11 @@ Only public nkeys go into the server config; each seed stays in a 0600 file with
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -20,6 +22,8 @@ from pathlib import Path
 import nkeys
 
 from writ_common import subjects, topology
+from writ_common.errors import CodedError
+from writ_common.ids import check_token
 
 # What each service may append, from the one topology table: intent events by subject token,
 # control events in its own subtree.
@@ -30,15 +34,36 @@ NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
 }
-# What a service needs of the JetStream API: its consumers, reads, stream info; never stream admin.
-SERVICE_JS_API = (
+# What a service needs of the JetStream API: reads and stream info of any stream; of consumers,
+# only its own durable on the intents stream (create, info, pull, ack). Never stream admin, never
+# another service's consumer (deleting or draining it would stall that stage).
+SERVICE_JS_READS = (
     "$JS.API.INFO",
-    "$JS.API.CONSUMER.>",
     "$JS.API.DIRECT.GET.>",
     "$JS.API.STREAM.INFO.>",
     "$JS.API.STREAM.MSG.GET.>",
-    "$JS.ACK.>",
 )
+
+
+def durable_of(service: str) -> str:
+    """The one durable consumer a service owns on the intents stream."""
+    return f"writ-{service}"
+
+
+def service_js_api(service: str) -> tuple[str, ...]:
+    stream, durable = subjects.INTENTS_STREAM, durable_of(service)
+    consumer = f"{stream}.{durable}"
+    return (
+        *SERVICE_JS_READS,
+        f"$JS.API.CONSUMER.INFO.{consumer}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{consumer}.>",  # the named form carries the filter subject
+        f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+        f"$JS.ACK.{consumer}.>",
+    )
+
+
 APPROVER_COMMANDS = ("decide_approval", "list_approvals", "show_approval", "approver_groups")
 # Commands one service asks of another (service -> "other.command"), all else is operators' only.
 COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
@@ -90,7 +115,7 @@ def service_user(service: str, nkey: str) -> BusUser:
             CONTROL_PREFIX_BY_SERVICE[service],
             *NOTICES_BY_SERVICE.get(service, ()),
             subjects.dlq_subject(service),
-            *SERVICE_JS_API,
+            *service_js_api(service),
             # Replies to operators' and approvers' commands; a config reload forgets the
             # reply subjects allow_responses tracks, so these are allowed by name too.
             f"{inbox_prefix('operator')}.>",
@@ -107,6 +132,8 @@ def service_user(service: str, nkey: str) -> BusUser:
             "writ.ledger.>",
             f"writ.cmd.{service}.>",
             f"{inbox_prefix(service)}.>",
+            # JetStream announces a deletion of its consumer here (it recreates it at once).
+            f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
             "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
         ),
         allow_responses=True,
@@ -115,7 +142,12 @@ def service_user(service: str, nkey: str) -> BusUser:
 
 def agent_user(agent_id: str, nkey: str) -> BusUser:
     """Submit under its own id only; read its own intents and receipts (by direct get); list the
-    tools (registry.list_tools), and ask nothing else."""
+    tools (registry.list_tools), and ask nothing else.
+
+    Raises:
+        ValueError: ``agent_id`` is not one subject token (it would widen or break the allow lists).
+    """
+    check_token(agent_id, "agent id")
     return BusUser(
         name=f"agent-{agent_id}",
         nkey=nkey,
@@ -139,13 +171,22 @@ def approver_bus_name(approver_id: str) -> str:
 
 
 def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser:
-    """An approver asks policy what waits for its groups and sends signed decisions, and hears
-    only its own groups' new requests. Policy still checks group and signature per decision."""
+    """An approver asks policy (on ``writ.cmd.policy.approver.<its id>.*``, nowhere else) what waits
+    for its groups and sends signed decisions, and hears only its own groups' new requests. Policy
+    still checks group and signature per decision.
+
+    Raises:
+        ValueError: the id or a group is not one subject token.
+    """
+    check_token(approver_id, "approver id")
+    for group in groups:
+        check_token(group, "approval group")
     name = approver_bus_name(approver_id)
     return BusUser(
         name=name,
         nkey=nkey,
-        publish=tuple(subjects.command_subject("policy", c) for c in APPROVER_COMMANDS),
+        # Its own subjects only: policy knows who asks from the subject, never from the body.
+        publish=tuple(subjects.approver_command_subject(approver_id, c) for c in APPROVER_COMMANDS),
         subscribe=(
             *(subjects.approval_notice_subject(group, ">") for group in groups),
             f"{inbox_prefix(name)}.>",
@@ -190,7 +231,7 @@ def is_user_nkey(key: str) -> bool:
 
 
 # -- the embedded runtime's files: <auth dir>/{static_users.json, registered_users.json, users.conf,
-#    nats.pid, nats.monitor} --
+#    nats.pid, nats.monitor, nats.check} --
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
@@ -209,22 +250,67 @@ def write_users_conf(auth_dir: Path) -> None:
     write_atomically(auth_dir / "users.conf", "users = " + json.dumps([*static, *registered], indent=2) + "\n")
 
 
+class BusReloadFailed(CodedError):
+    """nats-server refused (or did not take) new users; the previous users file is back in force."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("bus_reload_failed", message)
+
+
 def publish_users(auth_dir: Path, users: Iterable[BusUser]) -> bool:
     """Give the bus exactly these registered users (agents, approvers) and make nats-server
-    reload its users. Returns False when nothing changed (no reload)."""
+    reload its users. Returns False when nothing changed (no reload).
+
+    All or nothing: the new users file is checked by nats-server itself (``-t``) before the reload;
+    if the check or the reload fails, the previous files are put back and stay in force.
+
+    Raises:
+        BusReloadFailed: with nats-server's own complaint.
+    """
     people = auth_dir / "registered_users.json"
     wanted = [u.config() for u in sorted(users, key=lambda u: u.name)]
     if people.exists() and json.loads(people.read_text()) == wanted:
         return False
-    write_atomically(people, json.dumps(wanted, indent=2))
-    write_users_conf(auth_dir)
-    reload_nats(auth_dir)
+    kept = {path: path.read_text() if path.exists() else None for path in (people, auth_dir / "users.conf")}
+    try:
+        write_atomically(people, json.dumps(wanted, indent=2))
+        write_users_conf(auth_dir)
+        check_nats_config(auth_dir)
+        reload_nats(auth_dir)
+    except (OSError, ValueError, TimeoutError, BusReloadFailed) as exc:
+        for path, text in kept.items():
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomically(path, text)
+        with contextlib.suppress(OSError, ValueError, TimeoutError):
+            reload_nats(auth_dir)  # in case the server did take the new file after all
+        detail = exc.message if isinstance(exc, BusReloadFailed) else str(exc)
+        raise BusReloadFailed(f"the bus users were not changed; the previous ones stay in force: {detail}") from exc
     return True
 
 
+def check_nats_config(auth_dir: Path, timeout: float = 10.0) -> None:
+    """Have nats-server test its config (with the users file as it is now) without touching the
+    running server. Skipped where whoever started the server left no check command.
+
+    Raises:
+        BusReloadFailed: the server would refuse the config (its message says where and why).
+    """
+    check = auth_dir / CHECK_FILE
+    if not check.exists():
+        return
+    argv = [str(a) for a in json.loads(check.read_text())]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        complaint = " ".join((done.stderr or done.stdout).split()) or f"exit code {done.returncode}"
+        raise BusReloadFailed(f"nats-server refuses the new users: {complaint}")
+
+
 RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
-# In the auth dir, written by whoever starts nats-server: its pid, and its monitoring URL.
-PID_FILE, MONITOR_FILE = "nats.pid", "nats.monitor"
+# In the auth dir, written by whoever starts nats-server: its pid, its monitoring URL, and the
+# command (JSON argv) that tests its config without touching the running server.
+PID_FILE, MONITOR_FILE, CHECK_FILE = "nats.pid", "nats.monitor", "nats.check"
 
 
 def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
@@ -272,6 +358,11 @@ class EmbeddedBus:
     @property
     def users_conf(self) -> Path:
         return self.auth_dir / "users.conf"
+
+    @property
+    def check_file(self) -> Path:
+        """``nats-server -t -c <conf>`` as a JSON argv: checks the users before each reload."""
+        return self.auth_dir / CHECK_FILE
 
     @property
     def monitor_file(self) -> Path:

@@ -14,8 +14,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from writ_common.errors import CodedError
-from writ_common.ids import is_token
-from writ_common.subjects import command_subject
+from writ_common.ids import check_token
+from writ_common.subjects import approver_command_subject, command_subject
 
 
 class CommandError(CodedError):
@@ -28,8 +28,10 @@ def require_token(value: str, *, code: str, what: str) -> None:
     Raises:
         CommandError: ``code``, saying what the id must look like.
     """
-    if not is_token(value):
-        raise CommandError(code, f"{what} {value!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    try:
+        check_token(value, what)
+    except ValueError as exc:
+        raise CommandError(code, str(exc)) from exc
 
 
 def ok(data: Any = None) -> bytes:
@@ -46,7 +48,24 @@ async def call(nc: Client, service: str, command: str, body: dict[str, Any], tim
     Raises:
         CommandError: the service refused it, or is not running, or did not answer in time.
     """
-    subject = command_subject(service, command)
+    return await call_on(nc, command_subject(service, command), body, timeout, service=service, command=command)
+
+
+async def call_as_approver(
+    nc: Client, approver_id: str, command: str, body: dict[str, Any], timeout: float = 30.0
+) -> Any:
+    """Send an approver's command to policy on that approver's own subject (policy takes the
+    approver's id from the subject, and the bus lets only that approver's user publish there).
+
+    Raises:
+        CommandError: as :func:`call`.
+    """
+    subject = approver_command_subject(approver_id, command)
+    return await call_on(nc, subject, body, timeout, service="policy", command=command)
+
+
+async def call_on(nc: Client, subject: str, body: dict[str, Any], timeout: float, *, service: str, command: str) -> Any:
+    """Request/reply on ``subject``; ``service`` and ``command`` name it in errors."""
     try:
         reply = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
     except NoRespondersError as exc:

@@ -8,8 +8,10 @@ import re
 
 from ulid import ULID
 
-# Agent, server and intent ids become NATS subject tokens: no dots, wildcards or whitespace.
+# The one rule for every name that becomes a NATS subject token or bus config: agent, approver,
+# server, secret and intent ids, approval group names. No dots, wildcards or whitespace.
 TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TOKEN_RULE = "[a-z0-9][a-z0-9_-]{0,62}"
 
 
 def new_event_id() -> str:
@@ -20,6 +22,17 @@ def new_event_id() -> str:
 def is_token(value: str) -> bool:
     """True when ``value`` may be used as one NATS subject token (lowercase id)."""
     return bool(TOKEN_RE.fullmatch(value))
+
+
+def check_token(value: str, what: str) -> str:
+    """``value`` if it may be one subject token.
+
+    Raises:
+        ValueError: it may not, saying which name and what it must look like.
+    """
+    if not is_token(value):
+        raise ValueError(f"{what} {value!r} must match {TOKEN_RULE}")
+    return value
 
 
 def derive_intent_id(agent_id: str, idempotency_key: str) -> str:

@@ -23,6 +23,7 @@ from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
 from writ_common.bus import StaleAppend, StorageRefused, append, append_control, dead_letter, read_history, stored
+from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
@@ -51,6 +52,7 @@ class Redeliver(Exception):
 
 Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+CallerCommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 class Service:
@@ -123,18 +125,25 @@ class Service:
         one handler run (the executor extends it while a tool runs).
         """
 
+        durable = durable or f"writ-{self.name}"
+        config = ConsumerConfig(
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            max_deliver=-1,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        # A deleted consumer would stall this stage for good: recreate it at once.
+        guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config.evolve(filter_subject=filter_subject))
+        self.on_startup(lambda: guard.start(self.nc))
+        self.on_shutdown(guard.stop)
+
         @self.broker.subscriber(
             filter_subject,
             stream=JStream(name=subjects.INTENTS_STREAM, declare=False),
-            durable=durable or f"writ-{self.name}",
+            durable=durable,
             pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
-            config=ConsumerConfig(
-                ack_wait=ack_wait,
-                max_ack_pending=max_ack_pending,
-                max_deliver=-1,
-                deliver_policy=DeliverPolicy.ALL,
-            ),
+            config=config,
         )
         async def consume(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
@@ -285,13 +294,32 @@ class Service:
     def command(self, name: str, handler: CommandHandler) -> None:
         """Serve ``writ.cmd.<service>.<name>`` (queue group: one replica answers)."""
 
-        @self.broker.subscriber(subjects.command_subject(self.name, name), queue=f"writ-{self.name}-cmd")
+        async def call(_subject: str, body: dict[str, Any]) -> Any:
+            return await handler(body)
+
+        self._serve(subjects.command_subject(self.name, name), name, call)
+
+    def approver_command(self, name: str, handler: CallerCommandHandler) -> None:
+        """Serve ``writ.cmd.<service>.approver.<approver_id>.<name>``: ``handler(approver_id, body)``.
+
+        The bus lets only that approver's user publish there, so the id comes from the subject
+        and is the caller's own; whatever the body claims is not.
+        """
+
+        async def call(subject: str, body: dict[str, Any]) -> Any:
+            approver_id = subject.split(".")[-2]
+            return await handler(approver_id, body)
+
+        self._serve(subjects.approver_command_subject("*", name), name, call)
+
+    def _serve(self, subject: str, name: str, call: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> None:
+        @self.broker.subscriber(subject, queue=f"writ-{self.name}-cmd")
         async def serve(msg: NatsMessage) -> bytes:
             try:
                 body = msgspec.json.decode(msg.raw_message.data or b"{}")
                 if not isinstance(body, dict):
                     return commands.refuse("invalid_request", "the command body must be a JSON object")
-                return commands.ok(await handler(body))
+                return commands.ok(await call(msg.raw_message.subject, body))
             except commands.CommandError as exc:
                 return commands.refuse(exc.code, exc.message)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -26,6 +26,10 @@ class WritSettings(BaseSettings):
     data_dir: Path = Field(default=Path(".writ"), description="The one directory all local state lives in")
     nats_url: str | None = None
     redis_url: str | None = None
+    redis_password_file: Path | None = Field(
+        default=None,
+        description="File (0600) holding the password Redis asks for (embedded: <data>/creds/redis.password)",
+    )
     instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     clock_skew_seconds: float = 300.0
     request_timeout: float = 30.0
@@ -116,6 +120,16 @@ class WritSettings(BaseSettings):
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self._runtime().get("redis_url", "redis://127.0.0.1:6379/0")
+
+    def redis_options(self) -> dict[str, Any]:
+        """Connect options for ``redis.asyncio.from_url``: the password, read from its file (never
+        from the URL or runtime.json, which name only the file)."""
+        path = self.redis_password_file
+        if path is None and (named := self._runtime().get("redis_password_file")):
+            path = Path(named)
+        if path is None or not path.is_file():
+            return {}
+        return {"password": path.read_text().strip()}
 
     def service_dir(self, service: str) -> Path:
         path = self.data_dir / service

@@ -117,3 +117,12 @@ def dlq_subject(service: str) -> str:
 def command_subject(service: str, command: str) -> str:
     """Request/reply subject of a control command handled by ``service``."""
     return f"writ.cmd.{service}.{command}"
+
+
+APPROVER_CALLER = "approver"
+
+
+def approver_command_subject(approver_id: str, command: str) -> str:
+    """An approver's own command to policy: ``writ.cmd.policy.approver.<approver_id>.<command>``.
+    Only that approver's bus user may publish here, so the subject tells policy who asks."""
+    return f"writ.cmd.policy.{APPROVER_CALLER}.{approver_id}.{command}"

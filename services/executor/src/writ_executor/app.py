@@ -122,7 +122,9 @@ def build(settings: WritSettings) -> Service:
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
     server_slots = ServerSlots(settings.executor_per_server)
-    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = aioredis.from_url(
+        settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
+    )
     leases = Leases(redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000))
     follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
     policy_digest: list[str] = []  # the bundle in force, as the policy stream last said

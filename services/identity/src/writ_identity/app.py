@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +19,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, last_on_subject
-from writ_common.busauth import agent_user, approver_user, is_user_nkey, publish_users
+from writ_common.busauth import BusReloadFailed, BusUser, agent_user, approver_user, is_user_nkey, publish_users
 from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, utcnow
 from writ_common.fold import IntentView
@@ -96,18 +99,41 @@ def build(settings: WritSettings) -> Service:
         apply_identity_event(agents, event)
         apply_approver_event(approvers, event)
 
-    redis = aioredis.from_url(settings.resolved_redis_url())
+    redis = aioredis.from_url(settings.resolved_redis_url(), **settings.redis_options())
     follower = svc.follow(subjects.IDENTITY_STREAM, apply)
 
     async def sync_bus_users() -> None:
-        """Embedded runtime: the bus lets in exactly the registered, unrevoked agents."""
+        """Embedded runtime: the bus lets in exactly the registered, unrevoked agents.
+
+        A user whose name cannot be a subject token (registered before names were checked) is left
+        out, loudly, rather than let it stop every later reload (and so every revocation).
+
+        Raises:
+            CommandError: ``bus_reload_failed``; the previous users stay in force.
+        """
         if settings.nats_auth_dir is None:
             return
-        users = [agent_user(agent_id, key) for agent_id, key in bus_keys(agents).items()]
-        users += [
-            approver_user(a.approver_id, a.bus_key, a.groups) for a in approvers.values() if a.bus_key and a.active
+        users: list[BusUser] = []
+        wanted: list[tuple[str, Callable[[], BusUser]]] = [
+            (f"agent {agent_id!r}", functools.partial(agent_user, agent_id, key))
+            for agent_id, key in bus_keys(agents).items()
         ]
-        if await asyncio.to_thread(publish_users, settings.nats_auth_dir, users):
+        wanted += [
+            (f"approver {a.approver_id!r}", functools.partial(approver_user, a.approver_id, a.bus_key, a.groups))
+            for a in approvers.values()
+            if a.bus_key and a.active
+        ]
+        for who, make in wanted:
+            try:
+                users.append(make())
+            except ValueError as exc:
+                log.error("identity: %s is kept off the bus: %s", who, exc)
+        try:
+            changed = await asyncio.to_thread(publish_users, settings.nats_auth_dir, users)
+        except BusReloadFailed as exc:
+            log.error("identity: %s", exc)
+            raise CommandError(exc.code, exc.message) from exc
+        if changed:
             log.info("identity: bus users updated (%d agents and approvers)", len(users))
 
     async def lookup(agent_id: str) -> Agent | None:
@@ -264,6 +290,9 @@ def build(settings: WritSettings) -> Service:
         check_public_key(cmd.public_key)
         if not cmd.groups:
             raise CommandError("invalid_groups", "an approver belongs to at least one group")
+        for group in cmd.groups:
+            # Each group is a subject token (the approver hears writ.notice.approvals.<group>.*).
+            require_token(group, code="invalid_group", what="approval group")
         check_bus_key(cmd.bus_key)
         payload = ev.ApproverRegistered(
             approver_id=cmd.approver_id, public_key=cmd.public_key, groups=cmd.groups, bus_key=cmd.bus_key
@@ -325,7 +354,12 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
-    svc.on_startup(sync_bus_users)
+    async def sync_at_start() -> None:
+        # Serve anyway: the previous users stay in force, and the next registration tries again.
+        with contextlib.suppress(CommandError):
+            await sync_bus_users()
+
+    svc.on_startup(sync_at_start)
     svc.on_shutdown(redis.aclose)
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)

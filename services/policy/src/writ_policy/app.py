@@ -27,6 +27,7 @@ from writ_policy.domain import (
     Bundle,
     PolicyError,
     bundle_from_event,
+    check_names,
     compile_bundle,
     decide,
     rate_limited,
@@ -61,7 +62,9 @@ def build(settings: WritSettings) -> Service:
     approvers: dict[str, Approver] = {}
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
-    redis = aioredis.from_url(settings.resolved_redis_url(), socket_timeout=2.0, socket_connect_timeout=2.0)
+    redis = aioredis.from_url(
+        settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
+    )
     limiter = RateLimiter(redis)
 
     def apply(event: StoredEvent) -> None:
@@ -148,7 +151,16 @@ def build(settings: WritSettings) -> Service:
         return view, history.last_seq, trigger
 
     async def decide_approval(body: dict[str, Any]) -> Any:
+        """An operator forwards a decision (the approvals API, tests): the approver's signature is the authority."""
+        return await decide_signed(msgspec.convert(body, SignedDecision))
+
+    async def decide_as(approver_id: str, body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, SignedDecision)
+        if cmd.approver_id != approver_id:
+            raise not_you(approver_id, cmd.approver_id)
+        return await decide_signed(cmd)
+
+    async def decide_signed(cmd: SignedDecision) -> Any:
         if cmd.approver_id not in approvers:
             await directory.ensure_fresh()
         for _ in range(FENCE_RETRIES):
@@ -167,26 +179,44 @@ def build(settings: WritSettings) -> Service:
         raise CommandError("busy", "the intent kept changing while deciding; try again")
 
     async def list_approvals(body: dict[str, Any]) -> Any:
+        """Operators: everything open, or what one named approver may decide."""
         query = msgspec.convert(body, ApprovalQuery)
-        groups = await groups_of(query.approver_id)
+        return await pending_for(await groups_of(query.approver_id), query.intent_id)
+
+    async def show_approval(body: dict[str, Any]) -> Any:
+        query = msgspec.convert(body, ApprovalQuery)
+        return await one_for(query.approver_id, await groups_of(query.approver_id), query.intent_id)
+
+    async def list_mine(approver_id: str, body: dict[str, Any]) -> Any:
+        """An approver, on its own subject: only what its groups may decide."""
+        query = own_query(approver_id, body)
+        return await pending_for(await groups_of(approver_id), query.intent_id)
+
+    async def show_mine(approver_id: str, body: dict[str, Any]) -> Any:
+        query = own_query(approver_id, body)
+        return await one_for(approver_id, await groups_of(approver_id), query.intent_id)
+
+    async def groups_mine(approver_id: str, body: dict[str, Any]) -> Any:
+        own_query(approver_id, body)
+        return list(await groups_of(approver_id) or ())
+
+    async def pending_for(groups: tuple[str, ...] | None, intent_id: str | None) -> list[dict[str, Any]]:
         rows = []
-        for intent_id in sorted(pending):
-            if query.intent_id and intent_id != query.intent_id:
+        for pending_id in sorted(pending):
+            if intent_id and pending_id != intent_id:
                 continue
-            view, _, _ = await open_view(intent_id)
+            view, _, _ = await open_view(pending_id)
             if view.approval_pending and view.approval and (groups is None or view.approval.approvers in groups):
                 rows.append(approval_picture(view))
         return rows
 
-    async def show_approval(body: dict[str, Any]) -> Any:
-        query = msgspec.convert(body, ApprovalQuery)
-        if not query.intent_id:
+    async def one_for(approver_id: str | None, groups: tuple[str, ...] | None, intent_id: str | None) -> Any:
+        if not intent_id:
             raise CommandError("invalid_request", "show needs an intent_id")
-        groups = await groups_of(query.approver_id)
-        view, _, _ = await open_view(query.intent_id)
+        view, _, _ = await open_view(intent_id)
         assert view.approval is not None
         if groups is not None and view.approval.approvers not in groups:
-            raise CommandError("forbidden", f"{query.approver_id!r} is not in group {view.approval.approvers!r}")
+            raise CommandError("forbidden", f"{approver_id!r} is not in group {view.approval.approvers!r}")
         return approval_picture(view)
 
     async def groups_of(approver_id: str | None) -> tuple[str, ...] | None:
@@ -239,6 +269,7 @@ def build(settings: WritSettings) -> Service:
         cmd = msgspec.convert(body, LoadPolicy)
         try:
             bundle = compile_bundle(cmd.cedar)
+            check_names(bundle)
         except PolicyError as exc:
             raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
         await registry.ensure_fresh()
@@ -317,6 +348,11 @@ def build(settings: WritSettings) -> Service:
     svc.command("approver_groups", approver_groups)
     svc.command("recheck", recheck)
     svc.command("schema", schema)
+    # The same, asked by an approver on its own subject: policy knows who asks from the subject.
+    svc.approver_command("decide_approval", decide_as)
+    svc.approver_command("list_approvals", list_mine)
+    svc.approver_command("show_approval", show_mine)
+    svc.approver_command("approver_groups", groups_mine)
     svc.command("ping", ping)
     return svc
 
@@ -326,6 +362,18 @@ def under_new_policy(denied: ev.IntentDenied) -> ev.IntentDenied:
     return msgspec.structs.replace(
         denied, reason=f"{denied.reason} (the policy changed while the call waited for approval)"
     )
+
+
+def own_query(approver_id: str, body: dict[str, Any]) -> ApprovalQuery:
+    """An approver's query; naming anyone else in it is refused, not quietly ignored."""
+    query = msgspec.convert(body, ApprovalQuery)
+    if query.approver_id is not None and query.approver_id != approver_id:
+        raise not_you(approver_id, query.approver_id)
+    return query
+
+
+def not_you(approver_id: str, claimed: str) -> CommandError:
+    return CommandError("approver_mismatch", f"this connection speaks for approver {approver_id!r}, not {claimed!r}")
 
 
 def keep_asked(decide: Decide, asked: list[ev.ApprovalRequested]) -> Decide:

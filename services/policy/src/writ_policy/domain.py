@@ -14,6 +14,7 @@ from writ_common import events as ev
 from writ_common.digest import approval_digest, policy_digest
 from writ_common.envelope import StoredEvent
 from writ_common.fold import IntentView
+from writ_common.ids import TOKEN_RULE, is_token
 
 DEFAULT_APPROVAL_TTL = timedelta(hours=1)
 
@@ -110,6 +111,19 @@ def compile_bundle(cedar: str) -> Bundle:
         if "rate_limit" in ann
     }
     return Bundle(policy_digest(cedar), cedar, policy_set, names, annotations, rate_limits)
+
+
+def check_names(bundle: Bundle) -> None:
+    """Names a bundle hands on to the bus must be subject tokens: an approval group becomes
+    ``writ.notice.approvals.<group>.*`` and an approver's permissions.
+
+    Raises:
+        PolicyError: naming the policy and the group.
+    """
+    for pid, ann in bundle.annotations.items():
+        group = ann.get("approval")
+        if group is not None and not is_token(group):
+            raise PolicyError(f"policy {bundle.names[pid]!r}: approval group {group!r} must match {TOKEN_RULE}")
 
 
 def bundle_from_event(event: StoredEvent) -> Bundle | None:
