@@ -9,10 +9,12 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from writ_executor.redaction import Redactor
 from writ_executor.scrubbed_output import ScrubbingFormatter, scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
 
@@ -80,13 +82,29 @@ def test_a_sealed_value_moved_to_another_name_is_refused(tmp_path: Path) -> None
 
 def test_a_child_writing_a_secret_to_stderr_is_scrubbed(tmp_path: Path) -> None:
     sink = io.StringIO()
-    with scrubbed_pipe(lambda line: line.replace(VALUE, "[redacted:x]"), sink) as errlog:
+    with scrubbed_pipe(lambda: Redactor({"x": VALUE}), sink) as errlog:
         subprocess.run(
             [sys.executable, "-c", f"import sys; print('config token={VALUE}', file=sys.stderr)"],
             stderr=errlog,
             check=True,
         )
     assert sink.getvalue() == "config token=[redacted:x]\n"
+
+
+def test_a_secret_that_spans_stderr_lines_is_scrubbed_whole() -> None:
+    """Lines too short to be redacted on their own ("ab") are caught as part of the whole value."""
+    multi = f"{VALUE}\nab\ncd"
+    parts = [f"key={VALUE}\n", "ab\n", "cd and after\n", "ab\n", "end\n"]
+    script = (
+        "import sys, time\n"
+        "print('before', file=sys.stderr, flush=True)\n"
+        f"for part in {parts!r}:\n"
+        "    sys.stderr.write(part); sys.stderr.flush(); time.sleep(0.05)\n"
+    )
+    sink = io.StringIO()
+    with scrubbed_pipe(lambda: Redactor({"x": multi}), sink) as errlog:
+        subprocess.run([sys.executable, "-c", script], stderr=errlog, check=True)
+    assert sink.getvalue() == "before\nkey=[redacted:x] and after\nab\nend\n"
 
 
 def test_log_lines_and_tracebacks_are_scrubbed() -> None:
@@ -97,3 +115,17 @@ def test_log_lines_and_tracebacks_are_scrubbed() -> None:
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "token %s", (VALUE,), sys.exc_info())
     line = formatter.format(record)
     assert VALUE not in line and line.count("[redacted:x]") == 2
+
+
+def test_lines_held_back_reach_the_sink_once_the_child_is_quiet() -> None:
+    """A line that may begin a multi-line secret waits for the next; a quiet child's last line is still written."""
+    multi = f"{VALUE}\nab"
+    script = f"import sys, time\nprint({VALUE!r}, file=sys.stderr, flush=True)\ntime.sleep(3)\n"
+    sink = io.StringIO()
+    with scrubbed_pipe(lambda: Redactor({"x": multi}), sink) as errlog:
+        child = subprocess.Popen([sys.executable, "-c", script], stderr=errlog)
+        deadline = time.monotonic() + 2.5
+        while not sink.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.getvalue() == "[redacted:x]\n"  # written while the child still runs, scrubbed line by line
+        child.wait(timeout=10)

@@ -7,8 +7,9 @@ import pytest
 from nacl.signing import SigningKey
 
 from writ_common import events as ev
+from writ_common.ledger_head import HeadInvalid, SignedHead, head_findings, sign_head, verify_head
 from writ_common.receipts import GENESIS, receipt_hash, verify_chain
-from writ_common.signing import generate_key, key_id, public_key_b64, sign
+from writ_common.signing import fingerprint, generate_key, key_id, public_key_b64, sign
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +94,29 @@ def test_duplicates_and_receipts_that_do_not_match_terminal_intents() -> None:
     assert ("duplicate_receipt", 4) in found
     assert ("terminal_without_receipt", None) in found
     assert ("receipt_without_terminal", 3) in found
+
+
+def signed_head_of(receipts: list[ev.Receipt], key: SigningKey = KEY) -> SignedHead:
+    last = receipts[-1]
+    return sign_head(
+        key, position=last.position, receipt_hash=last.receipt_hash, signed_at="t", ledger_key_id=key_id(PUBLIC)
+    )
+
+
+def test_the_signed_head_names_a_cut_tail_and_a_padded_one() -> None:
+    receipts = chain(4)
+    head = signed_head_of(receipts)
+    verify_head(head, PUBLIC)
+    assert head_findings(receipts, head) == []
+    assert [f.code for f in head_findings(receipts[:3], head)] == ["truncated"]
+    assert "the chain ends at position 3" in head_findings(receipts[:3], head)[0].message
+    assert [f.code for f in head_findings(receipts, signed_head_of(receipts[:3]))] == ["head_mismatch"]
+
+
+def test_a_head_altered_or_signed_by_another_key_does_not_verify() -> None:
+    head = signed_head_of(chain(2))
+    with pytest.raises(HeadInvalid):
+        verify_head(msgspec.structs.replace(head, count=1, position=1), PUBLIC)
+    with pytest.raises(HeadInvalid):
+        verify_head(signed_head_of(chain(2), generate_key()), PUBLIC)
+    assert fingerprint(PUBLIC).startswith("sha256:") and len(fingerprint(PUBLIC)) == 71

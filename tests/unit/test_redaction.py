@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from urllib.parse import quote
 
 import pytest
@@ -123,3 +124,39 @@ def test_a_server_without_references_is_returned_unchanged() -> None:
 def test_registry_accepts_only_well_formed_references(server: ev.ServerRegistered, problem: str | None) -> None:
     found = secret_reference_problem(server)
     assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+PEM = (
+    "-----BEGIN KEY-----\nComment: clé-9f2a\nMIIBVgIBADANBgkqhkiG9w0BAQEFAASCAUAwggE8/+AgEAAkEA\nab=\n-----END KEY-----"
+)
+
+
+def test_a_multi_line_value_is_scrubbed_json_escaped_and_line_by_line() -> None:
+    redactor = Redactor({"pem": PEM})
+    for form in (PEM, json.dumps(PEM)[1:-1], json.dumps(PEM, ensure_ascii=False)[1:-1]):
+        assert redactor.text(f"<{form}>") == "<[redacted:pem]>", form
+    upper = json.dumps(PEM)[1:-1].replace("\\u00e9", "\\u00E9")
+    assert redactor.text(upper) == "[redacted:pem]"
+    assert redactor.text(json.dumps(PEM)[1:-1].replace("/", "\\/")) == "[redacted:pem]"
+    lines = PEM.splitlines()
+    reversed_lines = "\n".join(f"line {n}: {line}" for n, line in reversed(list(enumerate(lines))))
+    scrubbed = redactor.text(reversed_lines)
+    assert all(line not in scrubbed for line in lines if len(line) >= 4), scrubbed
+    assert "line 3: ab=" in scrubbed  # a line as short as ordinary text is not a secret on its own
+    assert redactor.value({"lines": lines})["lines"][2] == "[redacted:pem]"
+    assert redactor.text(json.dumps(lines[1])) == '"[redacted:pem]"'  # a line, escaped
+
+
+def test_split_holds_back_what_could_be_the_start_of_a_multi_line_value() -> None:
+    redactor = Redactor({"pem": PEM, "short": "xy\nzw"})
+    lines = PEM.splitlines(keepends=True)
+    ready, held = redactor.split("before\n" + lines[0])
+    assert (ready, held) == ("before\n", lines[0])
+    ready, held = redactor.split(held + lines[1])
+    assert (ready, held) == ("", "".join(lines[:2]))
+    ready, held = redactor.split("".join(lines) + "\n")
+    assert (ready, held) == ("[redacted:pem]\n", "")
+    assert redactor.split("plain\n") == ("plain\n", "")
+    assert redactor.split("xy\n") == ("", "xy\n")  # "xy" alone is too short to scrub; it may go on
+    assert redactor.split("xy\nzw!\n") == ("[redacted:short]!\n", "")
+    assert redactor.split("a-----BEGIN KEY-----\n") == ("a", "-----BEGIN KEY-----\n")

@@ -38,6 +38,11 @@ def key_id(public_key: str) -> str:
     return "ed25519:" + hashlib.sha256(unb64(public_key)).hexdigest()[:16]
 
 
+def fingerprint(public_key: str) -> str:
+    """The full sha256 fingerprint of a base64 public key, to pin it by: ``sha256:<64 hex>``."""
+    return "sha256:" + hashlib.sha256(unb64(public_key)).hexdigest()
+
+
 def sign(key: SigningKey, message: bytes) -> str:
     """Sign ``message``; returns the detached signature as base64."""
     return b64(key.sign(message).signature)

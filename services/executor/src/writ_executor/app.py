@@ -118,7 +118,7 @@ def build(settings: WritSettings) -> Service:
             if name not in stale:
                 return
 
-    pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.scrub_text), on_tools_changed=on_tools_changed)
+    pool = SessionPool(stderr=lambda: scrubbed_pipe(secrets.latest), on_tools_changed=on_tools_changed)
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
     server_slots = ServerSlots(settings.executor_per_server)
@@ -382,7 +382,7 @@ def build(settings: WritSettings) -> Service:
             code, _, reason = resolved.partition(": ")
             raise CommandError(code, reason)
         try:
-            with scrubbed_pipe(secrets.scrub_text) as errlog:
+            with scrubbed_pipe(secrets.latest) as errlog:
                 tools = await asyncio.wait_for(
                     discover(resolved, scrub=redactor.value, errlog=errlog), DISCOVERY_TIMEOUT
                 )
@@ -451,11 +451,15 @@ class Secrets:
             self._redactor, self._redactor_for = Redactor(known), known
         return self._redactor
 
-    def scrub_text(self, text: str) -> str:
-        """For logs and tool stderr: scrub with the latest values that could be read."""
+    def latest(self) -> Redactor:
+        """For logs and tool stderr: the redactor of the latest values that could be read."""
         with contextlib.suppress(SecretStoreError):
             self.current()
-        return self.redactor(self._known).text(text)
+        return self.redactor(self._known)
+
+    def scrub_text(self, text: str) -> str:
+        """``text`` scrubbed with the latest values that could be read."""
+        return self.latest().text(text)
 
 
 def store_call(fn: Any, *args: Any) -> Any:

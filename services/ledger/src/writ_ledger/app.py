@@ -18,6 +18,7 @@ from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject, read_history
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
 from writ_common.fold import fold_intent
+from writ_common.ledger_head import sign_head
 from writ_common.receipts import GENESIS, ReceiptInvalid, build_receipt, verify_receipt
 from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
@@ -232,6 +233,15 @@ def build(settings: WritSettings) -> Service:
     async def get_public_key(_body: dict[str, Any]) -> Any:
         return {"public_key": public_key, "key_id": ledger_key_id}
 
+    async def get_signed_head(_body: dict[str, Any]) -> Any:
+        """The chain's head read afresh from the stream, signed: an export ends exactly there."""
+        state = (await svc.js.stream_info(subjects.LEDGER_STREAM)).state
+        position, last_hash = await last_own_receipt(state.last_seq)
+        signed = sign_head(
+            key, position=position, receipt_hash=last_hash, signed_at=utcnow(), ledger_key_id=ledger_key_id
+        )
+        return msgspec.to_builtins(signed)
+
     async def ping(_body: dict[str, Any]) -> Any:
         return {
             "service": svc.name,
@@ -263,6 +273,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("intent_status", intent_status)
     svc.command("list_intents", list_intents)
     svc.command("public_key", get_public_key)
+    svc.command("signed_head", get_signed_head)
     svc.command("views_digest", views_digest)
     svc.command("views_intents", views_intents)
     svc.command("views_intent", views_intent)
