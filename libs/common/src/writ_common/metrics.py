@@ -17,6 +17,11 @@ QUEUE_AGE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 DEAD_LETTERS = Counter("writ_dead_letters_total", "Messages parked in WRIT_DLQ", ["service", "code"])
+SKIPPED_EVENTS = Counter(
+    "writ_skipped_events_total",
+    "Events a reader moved past without applying them (undecodable, or its view could not take them)",
+    ["reader", "code"],
+)
 REDELIVERIES = Counter("writ_redeliveries_total", "Messages handed back for redelivery", ["service", "why"])
 DECISIONS = Counter(
     "writ_decisions_total", "Terminal and authorization decisions by code", ["service", "event", "code"]
