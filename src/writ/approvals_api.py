@@ -30,6 +30,7 @@ from writ_common import commands, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
+from writ_common.envelope import UndecodableEvent, check_bounds
 from writ_common.httpapi import (
     INTENT_ID_PARAMETER,
     ApiError,
@@ -47,6 +48,7 @@ AUTH_SCHEME = "Writ-Ed25519"
 CLOCK_WINDOW_SECONDS = 300
 REFRESH_INTERVAL_SECONDS = 1.0  # an unknown approver re-reads the identity stream at most this often
 COMMAND_TIMEOUT_SECONDS = 30.0
+MAX_BODY_BYTES = 64 * 1024  # a decision: a digest, a signature, a comment
 
 # What a refused decision (policy's code) means in HTTP.
 REFUSAL_STATUS = {
@@ -203,6 +205,24 @@ async def authenticate(request: Request, directory: ApproverDirectory) -> Approv
 # -- the app ----------------------------------------------------------------------------------------
 
 
+async def bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused before parsing when it is too large or nested too deep.
+
+    Raises:
+        ApiError: 413 ``too_large`` or 400 ``invalid_request``.
+    """
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    try:
+        check_bounds(raw, max_bytes=max_bytes)
+    except UndecodableEvent as exc:
+        raise ApiError(400, "invalid_request", f"the body is not usable: {exc}") from exc
+    return raw
+
+
 def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> Starlette:
     """The API over the plane at ``nats_url``; connects on start-up, closes on shutdown.
     ``bus_options``: NATS connect options (the bus credential), see ``WritSettings.bus_options``."""
@@ -253,8 +273,9 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
 
     async def post_decision(request: Request, approver: Approver) -> Any:
         intent_id = intent_id_param(request)
+        raw = await bounded_body(request)
         try:
-            body = DecisionBody.model_validate_json(await request.body())
+            body = DecisionBody.model_validate_json(raw)
         except ValidationError as exc:
             raise invalid_request(exc, "body") from exc
         pending = await show(intent_id, approver)  # 403 before anything is recorded, 404 if gone

@@ -25,7 +25,14 @@ from writ_common import subjects
 from writ_common.bus import StaleAppend, append, last_on_subject, read_history
 from writ_common.busauth import inbox_prefix
 from writ_common.digest import canonical_json
-from writ_common.envelope import Producer, UndecodableEvent, decode, make_envelope
+from writ_common.envelope import (
+    MAX_CONTENT_DEPTH,
+    Producer,
+    UndecodableEvent,
+    decode,
+    make_envelope,
+    nesting_depth_exceeds,
+)
 from writ_common.events import IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
@@ -50,9 +57,12 @@ def sign_intent(intent: IntentSubmitted, key: SigningKey) -> IntentSubmitted:
 
     Raises:
         ValueError: the arguments are outside canonical JSON (integers beyond ±2**53 - 1, NaN):
-            send such numbers as strings.
+            send such numbers as strings; or they nest deeper than the plane reads.
     """
-    return msgspec.structs.replace(intent, signature=sign(key, canonical_json(intent.signed_fields())))
+    canonical = canonical_json(intent.signed_fields())
+    if nesting_depth_exceeds(canonical, MAX_CONTENT_DEPTH):
+        raise ValueError(f"the arguments nest more than {MAX_CONTENT_DEPTH} levels deep; the plane would not read them")
+    return msgspec.structs.replace(intent, signature=sign(key, canonical))
 
 
 def new_intent(

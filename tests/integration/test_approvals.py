@@ -144,7 +144,7 @@ async def test_tampered_grants_are_each_refused_with_their_reason_and_nothing_ru
         return approval_digest(**{**fields, **changed})
 
     cases = {
-        "changed argument": digest_with(args_digest=args_digest({"token": "something-else"})),
+        "changed argument": digest_with(args_digest=args_digest({"token": "something-else"}, key=b"k" * 32)),
         "changed tool version": digest_with(tool_digest="sha256:" + "1" * 64),
         "changed policy bundle": digest_with(policy_digest=policy_digest("permit(principal, action, resource);")),
     }

@@ -22,7 +22,7 @@ from writ.approver import ApproverClient
 from writ_common import commands, metrics, subjects
 from writ_common.commands import CommandError
 from writ_common.signing import generate_key, public_key_b64
-from writ_ledger.views.queries import WITHHELD
+from writ_ledger.views.queries import WITHHELD, WITHHELD_FIELDS
 from writ_ledger.views.runner import STREAMS, Views
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -218,7 +218,7 @@ async def test_a_summary_token_reads_no_arguments_or_results_and_a_full_one_does
 
     status, withheld = await get(url, token=summary)
     assert status == 200, withheld
-    assert withheld["withheld"] == ["arguments", "result"]
+    assert withheld["withheld"] == list(WITHHELD_FIELDS)
     submitted = next(e for e in withheld["events"] if e["type"] == "intent.submitted")
     succeeded = next(e for e in withheld["events"] if e["type"] == "execution.succeeded")
     assert submitted["payload"]["arguments"] == WITHHELD and succeeded["payload"]["result"] == WITHHELD

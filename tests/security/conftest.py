@@ -4,6 +4,7 @@ fresh `scene` (server, agent, operator connection) per test."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +18,12 @@ from writ.keys import agent_bus_seed_path, agent_key_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 
-__all__ = ["scene", "writ"]
+# Tests that need only the services (not the supervisor) use the integration tier's in-process
+# spine: the five real services against the session's real nats-server and Redis.
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from inprocess import spine
+
+__all__ = ["scene", "spine", "writ"]
 
 
 @pytest_asyncio.fixture(loop_scope="session")

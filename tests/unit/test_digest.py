@@ -31,6 +31,8 @@ from writ_common.signing import (
 
 pytestmark = pytest.mark.unit
 
+KEY = b"k" * 32  # the plane secret that keys args_digest
+
 
 # --- RFC 8785 canonical JSON ---------------------------------------------------------------------
 
@@ -83,8 +85,11 @@ def test_sha256_digest_is_sha256_of_canonical_json() -> None:
 def test_args_digest_is_stable_under_key_order() -> None:
     one = {"timezone": "UTC", "options": {"format": "iso", "precise": True}, "n": [1, 2]}
     two = {"n": [1, 2], "options": {"precise": True, "format": "iso"}, "timezone": "UTC"}
-    assert args_digest(one) == args_digest(two)
-    assert args_digest(one).startswith("sha256:") and len(args_digest(one)) == len("sha256:") + 64
+    assert args_digest(one, key=KEY) == args_digest(two, key=KEY)
+    assert (
+        args_digest(one, key=KEY).startswith("hmac-sha256:")
+        and len(args_digest(one, key=KEY)) == len("hmac-sha256:") + 64
+    )
 
 
 @pytest.mark.parametrize(
@@ -99,13 +104,13 @@ def test_args_digest_is_stable_under_key_order() -> None:
     ],
 )
 def test_args_digest_differs_for_different_values(other: dict[str, object]) -> None:
-    assert args_digest({"timezone": "UTC", "n": [1, 2]}) != args_digest(other)
+    assert args_digest({"timezone": "UTC", "n": [1, 2]}, key=KEY) != args_digest(other, key=KEY)
 
 
 @given(st.dictionaries(st.text(), st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1), st.text())))
 def test_args_digest_ignores_insertion_order(arguments: dict[str, object]) -> None:
     reordered = dict(reversed(list(arguments.items())))
-    assert args_digest(arguments) == args_digest(reordered)
+    assert args_digest(arguments, key=KEY) == args_digest(reordered, key=KEY)
 
 
 def test_tool_policy_and_approval_digests_bind_every_field() -> None:
@@ -132,7 +137,7 @@ def test_tool_policy_and_approval_digests_bind_every_field() -> None:
         "server": "pay",
         "tool": "transfer",
         "tool_digest": first,
-        "args_digest": args_digest({}),
+        "args_digest": args_digest({}, key=KEY),
         "policy_digest": policy_digest(""),
         "approval_group": "finance",
         "quorum": 2,

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.unit
 
 PRODUCER = Producer(service="test", instance="t", version="0")
 SKEW = timedelta(minutes=5)
+ARGS_KEY = b"k" * 32
 
 
 def stored(payload: ev.Payload, intent: ev.IntentSubmitted, seq: int) -> StoredEvent:
@@ -104,22 +105,27 @@ def catalog_with_time_tool(read_only: bool = True) -> Catalog:
 
 class TestRegistry:
     def test_resolves_and_pins_the_tool_version(self) -> None:
-        planned = plan(view_of(signed()), catalog_with_time_tool(), Validators())
+        planned = plan(view_of(signed()), catalog_with_time_tool(), Validators(), args_key=ARGS_KEY)
         assert isinstance(planned, ev.IntentPlanned)
         assert (planned.server, planned.tool, planned.tool_digest) == ("time", "get_current_time", "sha256:t1")
 
     def test_invalid_arguments_name_the_offending_field(self) -> None:
-        rejected = plan(view_of(signed(arguments={"timezone": 3})), catalog_with_time_tool(), Validators())
+        rejected = plan(
+            view_of(signed(arguments={"timezone": 3})), catalog_with_time_tool(), Validators(), args_key=ARGS_KEY
+        )
         assert isinstance(rejected, ev.IntentRejected) and rejected.code == "invalid_arguments"
         assert "timezone" in rejected.reason
 
     def test_unknown_and_ambiguous_tools(self) -> None:
         catalog = catalog_with_time_tool()
-        assert plan(view_of(signed(tool="nope")), catalog, Validators()).code == "unknown_tool"  # type: ignore[union-attr]
+        assert plan(view_of(signed(tool="nope")), catalog, Validators(), args_key=ARGS_KEY).code == "unknown_tool"  # type: ignore[union-attr]
         catalog.tools["time2"] = dict(catalog.tools["time"])
-        ambiguous = plan(view_of(signed()), catalog, Validators())
+        ambiguous = plan(view_of(signed()), catalog, Validators(), args_key=ARGS_KEY)
         assert isinstance(ambiguous, ev.IntentRejected) and ambiguous.code == "ambiguous_tool"
-        assert isinstance(plan(view_of(signed(tool="time2/get_current_time")), catalog, Validators()), ev.IntentPlanned)
+        assert isinstance(
+            plan(view_of(signed(tool="time2/get_current_time")), catalog, Validators(), args_key=ARGS_KEY),
+            ev.IntentPlanned,
+        )
 
 
 POLICY = """
@@ -135,7 +141,7 @@ forbid(principal, action, resource)
 
 def planned_view(read_only: bool, arguments: dict[str, Any] | None = None) -> IntentView:
     intent = signed(arguments=arguments or {"timezone": "UTC"})
-    p = plan(view_of(intent), catalog_with_time_tool(read_only), Validators())
+    p = plan(view_of(intent), catalog_with_time_tool(read_only), Validators(), args_key=ARGS_KEY)
     return view_of(intent, ev.IntentAuthenticated(key_id="k", teams=["ops"]), p)
 
 
@@ -152,7 +158,7 @@ class TestPolicy:
 
     def test_an_approval_request_never_outlives_the_intents_deadline(self) -> None:
         intent = signed(deadline_seconds=30)
-        p = plan(view_of(intent), catalog_with_time_tool(False), Validators())
+        p = plan(view_of(intent), catalog_with_time_tool(False), Validators(), args_key=ARGS_KEY)
         view = view_of(intent, ev.IntentAuthenticated(key_id="k"), p)
         decision = decide(view, compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.ApprovalRequested) and view.deadline is not None
@@ -365,6 +371,7 @@ class TestSizeLimits:
             view_of(signed(arguments={"timezone": "x" * 2000})),
             catalog_with_time_tool(),
             Validators(),
+            args_key=ARGS_KEY,
             max_argument_bytes=1000,
         )
         assert isinstance(rejected, ev.IntentRejected) and rejected.code == "arguments_too_large"

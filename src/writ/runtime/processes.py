@@ -132,8 +132,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
 ) -> ManagedProcess:
     """Start ``argv`` with stdout and stderr appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    # Logs may carry what a tool printed: readable by the plane's user only, like the keys.
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+        os.fchmod(log.fileno(), 0o600)
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())
         log.flush()
         popen = subprocess.Popen(

@@ -203,7 +203,8 @@ class Plane:
         """
         if self._units:
             raise RuntimeError("this Plane was already started")
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.logs_dir.chmod(0o700)  # as an older version left it: logs may carry what tools printed
         previous = self._read_runtime()
         self._reap_stale(previous)
         nats_port = self._nats_port or pick_port(_port_of(previous.get("nats_url")), DEFAULT_NATS_PORT)
@@ -212,6 +213,9 @@ class Plane:
         try:
             nats_dir, redis_dir = self.data_dir / "nats", self.data_dir / "redis"
             self.bus = prepare_embedded(self.data_dir, self.services)
+            # The plane secret that keys args_digest, generated once like the bus credentials
+            # (a WRIT_ARGS_DIGEST_KEY in the environment takes its place).
+            WritSettings(data_dir=self.data_dir).resolved_args_digest_key()
             self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port, bus=self.bus)))
             password = redis_password(self.redis_password_file)
             self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port, password_file=password)))

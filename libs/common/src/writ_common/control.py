@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from writ_common import metrics
 from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
@@ -62,11 +63,17 @@ class ControlFollower:
         assert self._nc is not None, "start() the follower first"
         async with self._lock:
             for msg in await direct_get_batch(self._nc, self._stream, self._subject, start_seq=self._applied + 1):
+                seq = int((msg.headers or {})["Nats-Sequence"])
                 try:
                     self._apply(stored(msg))
                 except UndecodableEvent as exc:
-                    log.warning("control event skipped on %s: %s", msg.subject, exc)
-                self._applied = int((msg.headers or {})["Nats-Sequence"])
+                    metrics.SKIPPED_EVENTS.labels(self._stream, exc.code).inc()
+                    log.warning("control event %s:%d skipped: %s", self._stream, seq, exc)
+                except Exception:
+                    # One event the view cannot take must not stop it for every event after.
+                    metrics.SKIPPED_EVENTS.labels(self._stream, "unappliable").inc()
+                    log.exception("control event %s:%d could not be applied; skipped", self._stream, seq)
+                self._applied = seq
 
     async def _on_nudge(self, _msg: Msg) -> None:
         with contextlib.suppress(Exception):

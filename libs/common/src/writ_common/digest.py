@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 from typing import Any
 
@@ -43,9 +44,21 @@ def sha256_digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(value)).hexdigest()
 
 
-def args_digest(arguments: dict[str, Any]) -> str:
-    """Digest of a tool call's arguments."""
-    return sha256_digest(arguments)
+ARGS_DIGEST_PREFIX = "hmac-sha256:"
+MIN_ARGS_KEY_BYTES = 32
+
+
+def args_digest(arguments: dict[str, Any], *, key: bytes) -> str:
+    """Digest of a tool call's arguments, keyed with the plane secret: HMAC-SHA256 over their
+    canonical JSON, ``hmac-sha256:<hex>``. Keyed, so a low-entropy argument (a PIN, an amount)
+    cannot be found by hashing every candidate; equal arguments still give equal digests.
+
+    Raises:
+        ValueError: ``key`` is shorter than 32 bytes, or the arguments are outside JCS.
+    """
+    if len(key) < MIN_ARGS_KEY_BYTES:
+        raise ValueError(f"the args digest key must be at least {MIN_ARGS_KEY_BYTES} bytes")
+    return ARGS_DIGEST_PREFIX + hmac.new(key, canonical_json(arguments), hashlib.sha256).hexdigest()
 
 
 def tool_digest(

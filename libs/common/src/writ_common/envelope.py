@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +56,65 @@ class StoredEvent:
     @property
     def type(self) -> str:
         return self.envelope.type
+
+
+# Bounds checked on the raw bytes before any parser sees them: a decoder recursing 3000 levels
+# deep raises RecursionError (and one message that never decodes must never stall a consumer).
+MAX_DEPTH = 64
+# Larger than any event Writ writes: 64 KiB of arguments, 1 MiB of kept tool output, the envelope.
+MAX_EVENT_BYTES = 2 * 1024 * 1024
+# What a payload may nest inside (arguments, a tool's result): the envelope and payload around it
+# must still fit under MAX_DEPTH. Producers refuse deeper content with a code instead of writing
+# an event nobody can read.
+MAX_CONTENT_DEPTH = MAX_DEPTH - 8
+
+# A JSON string (closing quote optional, so an unterminated one costs one pass, not one per quote).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth_exceeds(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON ``data`` nests arrays and objects more than ``limit`` deep.
+
+    A byte scan, no parsing and no recursion: strings are dropped, then only the brackets are
+    kept, then the innermost pairs are taken off ``limit`` times (one level each time); a pair
+    left means deeper nesting. Every step runs in C (``re``, ``bytes.translate``/``replace``).
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # cannot nest deeper than it has openers: the common case costs two counts
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        # A marker between the two replaces, so "{[]}" loses one level here, not two.
+        peeled = brackets.replace(b"[]", b"\0").replace(b"{}", b"\0").replace(b"\0", b"")
+        if len(peeled) == len(brackets):
+            return False
+        brackets = peeled
+    return b"[]" in brackets or b"{}" in brackets
+
+
+def check_bounds(data: bytes, *, max_bytes: int = MAX_EVENT_BYTES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse input too large or too deeply nested to decode safely, before decoding it.
+
+    Raises:
+        UndecodableEvent: ``too_large`` or ``too_deep``.
+    """
+    if len(data) > max_bytes:
+        raise UndecodableEvent("too_large", f"{len(data)} bytes; the limit is {max_bytes}")
+    if nesting_depth_exceeds(data, max_depth):
+        raise UndecodableEvent("too_deep", f"JSON nested more than {max_depth} levels deep")
+
+
+def decode_json(data: bytes, *, max_bytes: int = MAX_EVENT_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode untrusted JSON (a command body, an HTTP body) within the size and depth bounds.
+
+    Raises:
+        UndecodableEvent: ``too_large``, ``too_deep`` or ``malformed_json``.
+    """
+    check_bounds(data, max_bytes=max_bytes, max_depth=max_depth)
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise UndecodableEvent("malformed_json", str(exc)) from exc
 
 
 # (type, from_version) -> function turning a vN payload dict into a vN+1 payload dict.
@@ -129,19 +189,26 @@ def decode_payload(envelope: Envelope) -> Payload:
                 raise UndecodableEvent("unknown_version", f"no upcaster for {kind} v{version}")
             data, version = upcast(data), version + 1
         return msgspec.convert(data, CATALOG[(kind, current)])
-    except (msgspec.ValidationError, msgspec.DecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
-        # An upcaster fed a payload of the wrong shape fails like any invalid payload.
-        raise UndecodableEvent("invalid_payload", f"{kind} v{version}: {exc}") from exc
+    except UndecodableEvent:
+        raise
+    except Exception as exc:
+        # An upcaster fed a payload of the wrong shape fails like any invalid payload; whatever a
+        # payload makes a decoder raise, it is this message that is bad, never the consumer.
+        raise UndecodableEvent("invalid_payload", f"{kind} v{version}: {type(exc).__name__}: {exc}") from exc
 
 
 def decode(data: bytes, *, seq: int = 0, subject: str = "") -> StoredEvent:
     """Decode a raw message into a :class:`StoredEvent`.
 
+    The size and nesting bounds are checked on the bytes first (:func:`check_bounds`).
+
     Raises:
-        UndecodableEvent: the bytes are not a valid, known Writ event.
+        UndecodableEvent: the bytes are not a valid, known Writ event (``too_large`` and
+            ``too_deep`` among the codes).
     """
+    check_bounds(data)
     try:
         envelope = _envelope_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise UndecodableEvent("malformed_envelope", str(exc)) from exc
+    except Exception as exc:
+        raise UndecodableEvent("malformed_envelope", f"{type(exc).__name__}: {exc}") from exc
     return StoredEvent(envelope=envelope, payload=decode_payload(envelope), seq=seq, subject=subject)

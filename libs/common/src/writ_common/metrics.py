@@ -20,6 +20,11 @@ DEAD_LETTERS = Counter("writ_dead_letters_total", "Messages parked in WRIT_DLQ",
 CONSUMERS_RECREATED = Counter(
     "writ_consumers_recreated_total", "Durable consumers found deleted and recreated", ["service"]
 )
+SKIPPED_EVENTS = Counter(
+    "writ_skipped_events_total",
+    "Events a reader moved past without applying them (undecodable, or its view could not take them)",
+    ["reader", "code"],
+)
 REDELIVERIES = Counter("writ_redeliveries_total", "Messages handed back for redelivery", ["service", "why"])
 DECISIONS = Counter(
     "writ_decisions_total", "Terminal and authorization decisions by code", ["service", "event", "code"]

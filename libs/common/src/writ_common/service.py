@@ -25,7 +25,7 @@ from writ_common import commands, metrics, subjects
 from writ_common.bus import StaleAppend, StorageRefused, append, append_control, dead_letter, read_history, stored
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
-from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope, parse_time
+from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, decode_json, make_envelope, parse_time
 from writ_common.events import IntentExpired, Payload, Stage
 from writ_common.fold import IntentView, fold_intent
 from writ_common.settings import WritSettings
@@ -50,6 +50,13 @@ class Redeliver(Exception):
         self.why = why
 
 
+def undecoded_body(msg: Any) -> Any:
+    """The body as bytes: faststream would otherwise JSON-decode every body before a handler runs,
+    unbounded (3000 levels deep raise RecursionError there, and the message is never acked).
+    Writ's handlers decode what they receive themselves, within bounds (``envelope.check_bounds``)."""
+    return msg.body
+
+
 Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 CallerCommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -67,6 +74,7 @@ class Service:
             name=f"writ-{name}",
             max_reconnect_attempts=-1,
             logger=None,
+            decoder=undecoded_body,
             **settings.bus_options(name),
         )
         self.dead_letters = 0
@@ -316,12 +324,15 @@ class Service:
         @self.broker.subscriber(subject, queue=f"writ-{self.name}-cmd")
         async def serve(msg: NatsMessage) -> bytes:
             try:
-                body = msgspec.json.decode(msg.raw_message.data or b"{}")
+                # Bounded before decoding: a body nested 3000 deep is refused, not a RecursionError.
+                body = decode_json(msg.raw_message.data or b"{}")
                 if not isinstance(body, dict):
                     return commands.refuse("invalid_request", "the command body must be a JSON object")
                 return commands.ok(await call(msg.raw_message.subject, body))
             except commands.CommandError as exc:
                 return commands.refuse(exc.code, exc.message)
+            except UndecodableEvent as exc:
+                return commands.refuse("invalid_request", f"the command body is not usable: {exc}")
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 return commands.refuse("invalid_request", str(exc))
             except Exception as exc:

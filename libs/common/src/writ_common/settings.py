@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import os
 import socket
@@ -12,6 +15,37 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from writ_common.streams import StreamLimits
+
+ARGS_DIGEST_KEY_FILE = "args_digest.key"
+SECRET_BYTES = 32
+
+
+def ensure_secret_file(path: Path) -> str:
+    """The base64 secret in ``path``, written first (32 random bytes, mode 0600, its directory
+    0700) when the file does not exist. Two processes racing to create it read the same one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole under a private name, then linked into place: nobody reads a half file.
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(base64.b64encode(os.urandom(SECRET_BYTES)).decode() + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
+def _secret_bytes(text: str, source: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{source}: the key must be base64") from exc
+    if len(raw) < SECRET_BYTES:
+        raise ValueError(f"{source}: the key must be at least {SECRET_BYTES} random bytes (base64)")
+    return raw
 
 
 class WritSettings(BaseSettings):
@@ -48,6 +82,12 @@ class WritSettings(BaseSettings):
         default=None,
         description="Executor: 32 random bytes, base64, that encrypt the secret store at rest"
         " (unset: a key generated once into <data>/executor/secrets/key, 0600)",
+    )
+    args_digest_key: SecretStr | None = Field(
+        default=None,
+        description="Registry: the plane secret (32+ random bytes, base64) that keys args_digest (HMAC-SHA256);"
+        " set it in a deployment, the same for every replica (unset: generated once into"
+        " <data>/creds/args_digest.key, 0600, by the embedded runtime or the first registry)",
     )
     nats_seed_file: Path | None = Field(
         default=None,
@@ -130,6 +170,21 @@ class WritSettings(BaseSettings):
         if path is None or not path.is_file():
             return {}
         return {"password": path.read_text().strip()}
+
+    def args_digest_key_file(self) -> Path:
+        return self.data_dir / "creds" / ARGS_DIGEST_KEY_FILE
+
+    def resolved_args_digest_key(self) -> bytes:
+        """The plane secret that keys ``args_digest``: ``WRIT_ARGS_DIGEST_KEY`` when set, else the
+        key file in the data dir, generated once (0600) if it does not exist yet.
+
+        Raises:
+            ValueError: the key is not base64 of at least 32 bytes.
+        """
+        if self.args_digest_key is not None:
+            return _secret_bytes(self.args_digest_key.get_secret_value(), "WRIT_ARGS_DIGEST_KEY")
+        path = self.args_digest_key_file()
+        return _secret_bytes(ensure_secret_file(path), str(path))
 
     def service_dir(self, service: str) -> Path:
         path = self.data_dir / service

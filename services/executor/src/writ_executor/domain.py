@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from writ_common import events as ev
 from writ_common.digest import approval_digest, sha256_digest
+from writ_common.envelope import MAX_CONTENT_DEPTH, nesting_depth_exceeds
 from writ_common.fold import IntentView
 
 MAX_ATTEMPTS = 3
@@ -177,7 +178,8 @@ def outcome(
 ) -> ev.Payload:
     """The event for a finished call: the tool's own error is a failure, not a retry; output over
     the limit is not kept (the call did run, and the reason says so)."""
-    size = len(json.dumps(result))
+    encoded = json.dumps(result).encode()
+    size = len(encoded)
     if size > max_output_bytes:
         return ev.ExecutionFailed(
             attempt=attempt,
@@ -188,13 +190,24 @@ def outcome(
                 f" {max_output_bytes}-byte limit, and was not kept"
             ),
         )
+    if nesting_depth_exceeds(encoded, MAX_CONTENT_DEPTH):
+        return ev.ExecutionFailed(
+            attempt=attempt,
+            retryable=False,
+            code="output_too_deep",
+            reason=(
+                f"output_too_deep: the call ran, but its output nests more than {MAX_CONTENT_DEPTH} levels"
+                " deep, and was not kept"
+            ),
+        )
     if is_error:
-        text = " ".join(c.get("text", "") for c in result.get("content", []) if c.get("type") == "text").strip()
+        # The tool's own words may repeat what it was sent (an email, a card number): they stay in
+        # the result, which only a full-scope reader sees; the reason says only what happened.
         return ev.ExecutionFailed(
             attempt=attempt,
             retryable=False,
             code="tool_error",
-            reason=f"tool_error: {text or 'the tool reported an error'}",
+            reason="tool_error: the tool reported an error (its own message is in the result)",
             result=result,
         )
     return ev.ExecutionSucceeded(

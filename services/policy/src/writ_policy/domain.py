@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -132,15 +133,62 @@ def bundle_from_event(event: StoredEvent) -> Bundle | None:
     return None
 
 
+CEDAR_LONG_MIN, CEDAR_LONG_MAX = -(2**63), 2**63 - 1
+_DECIMAL_PLACES = 4  # Cedar's decimal: up to 4 fractional digits, within the Long range scaled by 10**4
+
+
+def _cedar_number(value: float) -> Any:
+    """A JSON number as Cedar can compare it: an integral float (``5000.0``) is the Long it equals,
+    so ``amount > 1000`` holds for it as for ``5000``; any other a Cedar ``decimal`` (compared with
+    ``.greaterThan()``; ``>`` on it errors, and an error denies); what neither can hold, a string."""
+    if value.is_integer() and CEDAR_LONG_MIN <= value <= CEDAR_LONG_MAX:
+        return int(value)
+    if math.isfinite(value) and round(value, _DECIMAL_PLACES) == value:
+        text = f"{value:.{_DECIMAL_PLACES}f}".rstrip("0")
+        if abs(value) < (CEDAR_LONG_MAX // 10**_DECIMAL_PLACES):
+            return {"__extn": {"fn": "decimal", "arg": text + ("0" if text.endswith(".") else "")}}
+    return repr(value)
+
+
 def _cedar_value(value: Any) -> Any:
-    """Cedar has no floats or nulls: floats become strings, nulls are dropped."""
+    """Arguments as Cedar values: numbers keep their type (:func:`_cedar_number`); Cedar has no
+    nulls, so they are dropped."""
     if isinstance(value, dict):
         return {str(k): _cedar_value(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
         return [_cedar_value(v) for v in value if v is not None]
     if isinstance(value, float):
-        return repr(value)
+        return _cedar_number(value)
     return value
+
+
+_POLICY_IN_ERROR = re.compile(r"policy `([^`]+)`")
+_QUOTED = re.compile(r"`([^`]*)`")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _error_text(error: str) -> str:
+    """Cedar's error without the values it quotes (an overflow names the operands): quoted names
+    (an attribute, a type) stay, anything else quoted becomes an ellipsis."""
+    text = error.split("`: ", 1)[1] if error.startswith("error while evaluating policy") else error
+    return _QUOTED.sub(lambda m: f"`{m[1]}`" if _NAME.match(m[1]) else "`…`", text)
+
+
+def policy_error(view: IntentView, bundle: Bundle, errors: list[str]) -> ev.IntentDenied:
+    """Cedar skips a policy whose evaluation errors, which would let a ``forbid`` be skipped by an
+    argument of a type it did not expect: here any error denies the call, naming the policy."""
+    planned = view.planned
+    assert planned is not None
+    ids = list(dict.fromkeys(m[1] for e in errors if (m := _POLICY_IN_ERROR.search(e))))
+    names = [bundle.names.get(pid, pid) for pid in ids]
+    what = f"policy {', '.join(repr(n) for n in names)}" if names else "the request"
+    detail = "; ".join(dict.fromkeys(_error_text(e) for e in errors))
+    return ev.IntentDenied(
+        policy_digest=bundle.digest,
+        policy_ids=names,
+        code="policy_error",
+        reason=f"policy_error: {what} could not be evaluated for {planned.server}/{planned.tool} ({detail}); denied",
+    )
 
 
 def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -189,18 +237,17 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
     assert planned is not None and view.submitted is not None
     request, entities = cedar_request(view)
     result = cedarpy.is_authorized(request, bundle.policy_set, entities)
+    if errors := [str(e) for e in result.diagnostics.errors]:
+        return policy_error(view, bundle, errors)
     deciding = list(result.diagnostics.reasons)
     names = [bundle.names.get(pid, pid) for pid in deciding]
     if result.decision != cedarpy.Decision.Allow:
-        errors = "; ".join(str(e) for e in result.diagnostics.errors)
         if names:
             reason = f"forbidden: {', '.join(names)} forbids {planned.server}/{planned.tool}"
             code = "forbidden"
         else:
             reason = f"no_permit: no policy permits agent {view.agent_id!r} to call {planned.server}/{planned.tool}"
             code = "no_permit"
-        if errors:
-            reason += f" (policy errors: {errors})"
         return ev.IntentDenied(policy_digest=bundle.digest, policy_ids=names, code=code, reason=reason)
     needing = [bundle.annotations.get(pid, {}) for pid in deciding if "approval" in bundle.annotations.get(pid, {})]
     if needing:

@@ -55,17 +55,22 @@ def build(settings: WritSettings) -> Service:
     svc = Service("registry", settings)
     catalog = Catalog()
     validators = Validators()
+    args_key = settings.resolved_args_digest_key()
     follower = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
 
     async def on_authenticated(trigger: StoredEvent, _raw: Msg) -> None:
         async def decide(view: IntentView) -> list[ev.Payload]:
             if view.planned is not None or view.authenticated is None or view.submitted is None:
                 return []
-            decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
+            decision = plan(
+                view, catalog, validators, args_key=args_key, max_argument_bytes=settings.max_argument_bytes
+            )
             unknown = isinstance(decision, ev.IntentRejected) and decision.code == "unknown_tool"
             # A server registered a moment ago may not be folded yet: catch up once, then decide.
             if unknown and await follower.ensure_fresh():
-                decision = plan(view, catalog, validators, max_argument_bytes=settings.max_argument_bytes)
+                decision = plan(
+                    view, catalog, validators, args_key=args_key, max_argument_bytes=settings.max_argument_bytes
+                )
             return [decision]
 
         await svc.run_stage(trigger, "plan", decide)

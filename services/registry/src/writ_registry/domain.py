@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from writ_common import events as ev
 from writ_common.catalog import Catalog
@@ -34,16 +35,49 @@ class Validators:
         return found
 
 
+# Schema keywords whose value (from the tool's schema, never the caller's) says what was expected.
+_RULE_VALUES = frozenset(
+    {
+        "type", "format", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "uniqueItems",
+    }
+)  # fmt: skip
+_RULE_TEXT_MAX = 80
+
+
+def describe_error(error: ValidationError) -> str:
+    """``field: rule`` for one schema violation, naming the field and the rule the value broke,
+    never the value itself (jsonschema's own messages quote it: an email, a card number)."""
+    field = "/".join(map(str, error.absolute_path)) or "(root)"
+    keyword = str(error.validator)
+    if keyword == "required" and isinstance(error.instance, dict) and isinstance(error.validator_value, list):
+        missing = [str(name) for name in error.validator_value if name not in error.instance]
+        return f"{field}: missing required {', '.join(missing)}"
+    if keyword == "additionalProperties":
+        return f"{field}: has properties the schema does not allow (additionalProperties)"
+    if keyword in _RULE_VALUES:
+        rule = json.dumps(error.validator_value)
+        rule = rule if len(rule) <= _RULE_TEXT_MAX else rule[: _RULE_TEXT_MAX - 3] + "..."
+        return f"{field}: breaks {keyword} {rule}"
+    return f"{field}: breaks {keyword}"
+
+
 def argument_errors(validator: Draft202012Validator, arguments: dict[str, Any]) -> list[str]:
-    """Every way ``arguments`` break the tool's input schema, as ``path: message``."""
+    """Every way ``arguments`` break the tool's input schema, as ``field: rule`` (no values)."""
     errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors]
+    return [describe_error(e) for e in errors]
 
 
 def plan(
-    view: IntentView, catalog: Catalog, validators: Validators, *, max_argument_bytes: int = 64 * 1024
+    view: IntentView,
+    catalog: Catalog,
+    validators: Validators,
+    *,
+    args_key: bytes,
+    max_argument_bytes: int = 64 * 1024,
 ) -> ev.IntentPlanned | ev.IntentRejected:
-    """Pin the tool version and check the arguments, or say why not."""
+    """Pin the tool version and check the arguments, or say why not; ``args_key`` is the plane
+    secret that keys ``args_digest``."""
     intent = view.submitted
     assert intent is not None
     size = len(msgspec.json.encode(intent.arguments))
@@ -71,7 +105,7 @@ def plan(
         server=server,
         tool=definition.name,
         tool_digest=definition.tool_digest,
-        args_digest=args_digest(intent.arguments),
+        args_digest=args_digest(intent.arguments, key=args_key),
         annotations=catalog.annotations(server, definition),
         idempotency_arg=catalog.idempotency_arg(server, definition.name),
     )

@@ -34,7 +34,15 @@ from writ_common.httpapi import (
     invalid_request,
     json_content,
 )
-from writ_ledger.views.queries import IntentFilter, QueryError, get_intent, list_intents, stats, withhold_content
+from writ_ledger.views.queries import (
+    IntentFilter,
+    QueryError,
+    get_intent,
+    list_intents,
+    stats,
+    withhold_content,
+    withhold_row,
+)
 from writ_ledger.views.runner import Views
 
 AUTH_SCHEME = "Bearer"
@@ -104,8 +112,8 @@ class IntentPage(BaseModel):
 
 class IntentDetail(BaseModel):
     """An intent with its full event history (payloads), decisions, approval, attempts and receipt.
-    For a summary-scope token, tool arguments and results read as a marker and ``withheld`` names
-    those fields."""
+    For a summary-scope token, every value-bearing field (arguments, results, idempotency key,
+    comments, notes) reads as a marker and ``withheld`` names those fields."""
 
     intent: IntentRow
     events: list[dict[str, Any]]
@@ -203,7 +211,10 @@ def build_app(views: Views) -> Starlette:
     async def intents(request: Request) -> BaseModel:
         q: IntentsQuery = params(request, IntentsQuery)
         where = IntentFilter(**q.model_dump(exclude={"limit", "cursor"}))
-        return IntentPage.model_validate(await views.read(list_intents, where, limit=q.limit, cursor=q.cursor))
+        page = await views.read(list_intents, where, limit=q.limit, cursor=q.cursor)
+        if request.state.scope != ev.FULL_SCOPE:
+            page["intents"] = [withhold_row(row) for row in page["intents"]]
+        return IntentPage.model_validate(page)
 
     async def intent(request: Request) -> BaseModel:
         intent_id = intent_id_param(request)
@@ -287,7 +298,8 @@ def _openapi() -> dict[str, Any]:
             "version": "1",
             "description": "Read-only queries over the ledger's views: the log projected into tables. "
             "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full]`. "
-            "A summary token (the default) reads everything except tool arguments and results, which "
+            "A summary token (the default) reads everything except the fields that carry values (tool "
+            "arguments and results, idempotency keys, approvers' comments, reconciliation notes), which "
             "only a full token sees. Lists are newest first and paginated by an opaque cursor.",
         },
         "components": {

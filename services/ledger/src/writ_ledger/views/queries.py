@@ -26,6 +26,7 @@ from writ_ledger.views.schema import PRIVATE_TABLES
 MAX_LIMIT = 500
 SQL_MAX_ROWS = 1000
 SQL_TIMEOUT_SECONDS = 5.0
+SQLITE_MAX_INTEGER = 2**63 - 1
 StatsBy = Literal["agent", "tool", "hour"]
 
 
@@ -73,7 +74,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, seq = text.partition(":")
-        if version != "v1" or not seq.isdigit():
+        # ASCII digits only ("²".isdigit() holds), within SQLite's integers: else not ours.
+        if version != "v1" or not (seq.isascii() and seq.isdigit()) or int(seq) > SQLITE_MAX_INTEGER:
             raise ValueError(text)
         return int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
@@ -153,24 +155,40 @@ def get_intent(db: sqlite3.Connection, intent_id: str) -> dict[str, Any] | None:
     }
 
 
-# What a summary-scope reader does not see: what the agent sent the tool and what came back.
-WITHHELD_FIELDS = ("arguments", "result")
+# What a summary-scope reader does not see: every field that carries values rather than names,
+# codes and digests. What the agent sent the tool and what came back; the idempotency key the
+# agent chose (it may spell out an order or a person); what approvers and operators wrote.
+# Reasons stay: they name the field and the rule, never the value (tool output is in ``result``).
+WITHHELD_FIELDS = ("arguments", "result", "idempotency_key", "comment", "note")
 WITHHELD = "[withheld: needs a full-scope token]"
 
 
+def _withheld(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: (WITHHELD if k in WITHHELD_FIELDS and v not in (None, {}, "") else v) for k, v in row.items()}
+
+
+def withhold_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An ``intents`` row as a summary-scope reader sees it."""
+    out = _withheld(row)
+    assert out is not None
+    return out
+
+
 def withhold_content(detail: dict[str, Any]) -> dict[str, Any]:
-    """``detail`` (from :func:`get_intent`) with tool arguments and results replaced by a marker,
-    in every event payload and in the receipt, and the list of what was withheld."""
-
-    def redacted(payload: dict[str, Any] | None) -> dict[str, Any] | None:
-        if payload is None:
-            return None
-        return {k: (WITHHELD if k in WITHHELD_FIELDS and v not in (None, {}) else v) for k, v in payload.items()}
-
+    """``detail`` (from :func:`get_intent`) with every value-bearing field replaced by a marker,
+    in the intent row, every event payload, the approval and the receipt, and the list of what
+    was withheld."""
+    approval = _withheld(detail["approval"])
+    if approval is not None and approval.get("decisions"):
+        approval["decisions"] = [_withheld(d) for d in approval["decisions"]]
     return {
         **detail,
-        "events": [{**event, "payload": redacted(event["payload"])} for event in detail["events"]],
-        "receipt": redacted(detail["receipt"]),
+        "intent": _withheld(detail["intent"]),
+        "events": [{**event, "payload": _withheld(event["payload"])} for event in detail["events"]],
+        "approval": approval,
+        "receipt": _withheld(detail["receipt"]),
         "withheld": list(WITHHELD_FIELDS),
     }
 

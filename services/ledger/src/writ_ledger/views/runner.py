@@ -79,7 +79,9 @@ class Views:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer_lock = path.with_name(path.name + ".lock").open("a+")
+        lock_path = path.with_name(path.name + ".lock")
+        self._writer_lock = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
+        os.fchmod(self._writer_lock.fileno(), 0o600)
         try:
             fcntl.flock(self._writer_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -283,4 +285,8 @@ def _decoded(stream: str, msg: Any) -> tuple[int, StoredEvent | None]:
         event = stored(msg)  # admitted by the topology: a forged event never reaches the views
     except UndecodableEvent:
         return seq, None  # dead-lettered by the consumers; the views only move past it
+    except Exception:
+        metrics.SKIPPED_EVENTS.labels("views", "unreadable").inc()
+        log.exception("views: %s:%d cannot be read; moving past it", stream, seq)
+        return seq, None
     return seq, event

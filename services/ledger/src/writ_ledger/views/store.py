@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from writ_common import metrics
 from writ_common.envelope import StoredEvent
 from writ_ledger.views.project import apply_event
 from writ_ledger.views.schema import DDL, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 # The streams the views are projected from, in the order a rebuild replays them.
 Batch = Iterable[tuple[int, StoredEvent | None]]
@@ -52,8 +57,7 @@ class ViewStore:
             for seq, event in batch:
                 if seq <= position:
                     continue
-                if event is not None:
-                    apply_event(self.db, stream, event)
+                if event is not None and self._apply_one(stream, seq, event):
                     last_at = event.envelope.occurred_at
                 position = seq
                 applied += 1
@@ -68,6 +72,21 @@ class ViewStore:
             raise
         self.db.execute("COMMIT")
         return applied
+
+    def _apply_one(self, stream: str, seq: int, event: StoredEvent) -> bool:
+        """Apply one event in its own savepoint: an event the projection cannot take is rolled back
+        and moved past (the same on every rebuild), so it never stops the views."""
+        self.db.execute("SAVEPOINT event")
+        try:
+            apply_event(self.db, stream, event)
+        except Exception:
+            self.db.execute("ROLLBACK TO event")
+            self.db.execute("RELEASE event")
+            metrics.SKIPPED_EVENTS.labels("views", "unappliable").inc()
+            log.exception("views: %s:%d (%s) could not be projected; moving past it", stream, seq, event.type)
+            return False
+        self.db.execute("RELEASE event")
+        return True
 
     def digest(self) -> str:
         """sha256 over every row of every table, in a fixed order: equal digests, identical views."""
@@ -111,6 +130,10 @@ def combined_digest(tables: dict[str, str]) -> str:
 
 
 def _open(path: Path) -> sqlite3.Connection:
+    # The views hold arguments and results: readable by the plane's user only, like its keys.
+    # SQLite gives the -wal and -shm files the database file's mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    path.chmod(0o600)
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
