@@ -141,8 +141,14 @@ async def test_killing_a_service_mid_run_loses_nothing_and_runs_nothing_twice(ri
     summary = RunSummary(killed=service)
     SUMMARY.append(summary)
     kills = asyncio.create_task(killer(rig, service, KILLS_PER_RUN, run, summary))
-    tokens = await submit_rows(rig, INTENTS_PER_RUN, run)
-    tokens |= await kills
+    try:
+        tokens = await submit_rows(rig, INTENTS_PER_RUN, run)
+        tokens |= await kills
+    finally:
+        # A failure here must not leave the killer (and its armed hook) running into the next test.
+        kills.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kills
     summary.intents = len(tokens)
     receipts = await receipts_of(rig, list(tokens))
 

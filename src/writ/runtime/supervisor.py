@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -62,6 +63,7 @@ class UnitStatus:
     restarts: int
     uptime: float
     last_exit: int | None
+    metrics_port: int | None = None  # where a service process serves /metrics, once it said so
 
 
 @dataclass
@@ -268,10 +270,12 @@ class Plane:
 
     def status(self) -> list[UnitStatus]:
         """One snapshot per supervised process: nats, redis, then the services."""
-        return [unit.status() for unit in self._units.values()]
+        return [self.status_of(name) for name in list(self._units)]
 
     def status_of(self, name: str) -> UnitStatus:
-        return self._unit(name).status()
+        status = self._unit(name).status()
+        port = self.metrics_ports.get(name) if status.state == "running" else None
+        return dataclasses.replace(status, metrics_port=port)
 
     def pid(self, name: str) -> int | None:
         return self._unit(name).status().pid
@@ -633,8 +637,8 @@ def _table(plane: Plane) -> Table:
         title=f"writ plane · {plane.data_dir}",
         caption=f"{plane.nats_url} · {plane.redis_url} · logs in {plane.logs_dir} · Ctrl-C to stop",
     )
-    for column in ("service", "pid", "state", "restarts", "uptime", "last exit"):
-        table.add_column(column, justify="right" if column in ("pid", "restarts", "uptime") else "left")
+    for column in ("service", "pid", "state", "restarts", "uptime", "last exit", "metrics"):
+        table.add_column(column, justify="right" if column in ("pid", "restarts", "uptime", "metrics") else "left")
     for s in plane.status():
         table.add_row(
             s.name,
@@ -643,6 +647,7 @@ def _table(plane: Plane) -> Table:
             str(s.restarts),
             _uptime(s.uptime),
             "-" if s.last_exit is None else str(s.last_exit),
+            str(s.metrics_port or "-"),
         )
     return table
 
