@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from writ.sdk import wait_receipt
 from writ_common import commands, subjects
 from writ_common import events as ev
 from writ_common.bus import direct_get_batch, read_history
-from writ_common.envelope import decode
+from writ_common.envelope import decode, parse_time
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
@@ -352,7 +353,7 @@ async def test_with_redis_down_nothing_runs_and_the_plane_recovers_by_itself(rig
 
 
 APPROVE_APPEND = PERMIT_ALL + (
-    '@id("append-needs-approval") @approval("ops") @quorum("1") @ttl("4")\n'
+    '@id("append-needs-approval") @approval("ops") @quorum("1") @ttl("6")\n'
     'permit(principal, action == Action::"call_tool", resource) when { resource.name == "append_row" };\n'
 )
 
@@ -378,7 +379,7 @@ async def test_a_pending_approval_survives_restarting_everything_then_runs_once(
         {"approver_id": "ops-1", "public_key": public_key_b64(key), "groups": ["ops"]},
     )
     approver = ApproverClient(rig.nc, "ops-1", key)
-    await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND.replace('@ttl("4")', '@ttl("120")')})
+    await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND.replace('@ttl("6")', '@ttl("120")')})
     try:
         token = f"approved-{uuid.uuid4().hex[:6]}"
         submission = await rig.agent.submit("faulty/append_row", {"token": token})
@@ -395,11 +396,14 @@ async def test_a_pending_approval_survives_restarting_everything_then_runs_once(
             assert db.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0] == 1
 
         # Expiry is read from the log: it fires even though policy was down when the time came.
-        await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND})  # requests live 4 s
+        # Requests live 6 s: time enough to hold policy before this one expires.
+        await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND})
         late = await rig.agent.submit("faulty/append_row", {"token": f"late-{token}"}, idempotency_key=f"late-{token}")
-        await pending_for(approver, late.intent_id)
+        expires_at = parse_time((await pending_for(approver, late.intent_id))["expires_at"])
         await asyncio.to_thread(rig.plane.hold_service, "policy")
-        await asyncio.sleep(5)
+        left = (expires_at - datetime.now(UTC)).total_seconds()
+        assert left > 0, "policy went down only after the request expired"
+        await asyncio.sleep(left + 1.0)  # the expiry comes and goes while policy is down
     finally:
         if rig.plane.status_of("policy").state == "held":
             await asyncio.to_thread(rig.plane.release_service, "policy")
