@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo test unit integration e2e check schemas bench bench-views soak lock clean distclean
+.PHONY: venv run demo test unit integration e2e fault check schemas bench bench-views soak lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -34,6 +34,10 @@ integration: venv
 
 e2e: venv
 	$(BIN)/pytest -q tests/e2e
+
+# Kills real processes (services, nats-server, MCP servers) mid-run; a few minutes.
+fault: venv
+	$(BIN)/pytest -q tests/fault
 
 check: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy libs/common/src services/*/src src

@@ -4,15 +4,19 @@ and the checks every scenario ends with (one receipt each, rows written once, a 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
+import time
+import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent, wait_receipt
@@ -113,12 +117,58 @@ def row_counts(db: Path) -> Counter[str]:
         return Counter(token for (token,) in conn.execute("SELECT token FROM rows"))
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
+Predicate = Callable[[], bool | Awaitable[bool]]
+
+
+async def reached(predicate: Predicate, timeout: float) -> bool:
+    """Poll ``predicate`` (plain or async) every 50 ms until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return True
+        if time.monotonic() >= deadline:
+            return False
         await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+
+
+async def wait_until(predicate: Predicate, timeout: float, what: str = "condition") -> None:
+    """Wait until ``predicate`` holds.
+
+    Raises:
+        AssertionError: it did not within ``timeout`` seconds.
+    """
+    if not await reached(predicate, timeout):
+        raise AssertionError(f"{what}: not reached within {timeout:g}s")
+
+
+async def submit_until(rig: Rig, done: Callable[[], bool], run: str, timeout: float = 60) -> dict[str, str]:
+    """Submit row-writing intents, one at a time, until ``done()``: the test makes the traffic its
+    fault needs rather than hoping the background traffic lasts. Returns intent id -> row token."""
+    tokens: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {len(tokens)} intents in {timeout:g}s"
+        tokens |= await submit_rows(rig, 1, f"{run}-{len(tokens)}")
+        await reached(done, 0.5)
+    return tokens
+
+
+async def metric_value(plane: Plane, process: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples with ``labels`` on ``process``'s ``/metrics`` (0 if none)."""
+    url = plane.metrics_url(process)
+    assert url is not None, f"{process} has not reported its metrics port"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(await asyncio.to_thread(scrape))
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 async def assert_chain_verifies(rig: Rig) -> None:

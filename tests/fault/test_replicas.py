@@ -5,6 +5,7 @@ leaves exactly one receipt per intent and no call run twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections import Counter
@@ -39,19 +40,24 @@ async def kill_executors(rig: Rig) -> None:
         name = ("executor", "executor-2")[k % 2]
         restarts = rig.plane.status_of(name).restarts
         await asyncio.to_thread(rig.plane.kill_service, name)
-        await wait_until(lambda n=name, r=restarts: rig.plane.status_of(n).restarts > r, 90)
+        await wait_until(lambda n=name, r=restarts: rig.plane.status_of(n).restarts > r, 30, f"{name} restarted")
 
 
 async def test_replicas_share_the_work_and_killing_executors_runs_nothing_twice(rig: Rig) -> None:
     run = f"replicas-{uuid.uuid4().hex[:6]}"
     kills = asyncio.create_task(kill_executors(rig))
-    slow = {}
-    for i in range(SLOW_CALLS):  # calls long enough to be in flight when a replica dies
-        token = f"{run}-slow-{i}"
-        submission = await rig.agent.submit("faulty/slow", {"seconds": 0.8, "token": token})
-        slow[submission.intent_id] = token
-    rows = await submit_rows(rig, ROWS, run)
-    await kills
+    try:
+        slow = {}
+        for i in range(SLOW_CALLS):  # calls long enough to be in flight when a replica dies
+            token = f"{run}-slow-{i}"
+            submission = await rig.agent.submit("faulty/slow", {"seconds": 0.8, "token": token})
+            slow[submission.intent_id] = token
+        rows = await submit_rows(rig, ROWS, run)
+        await kills
+    finally:
+        kills.cancel()  # a failure above must not leave the killer running
+        with contextlib.suppress(asyncio.CancelledError):
+            await kills
     tokens = {**rows, **slow}
     receipts = await receipts_of(rig, list(tokens), timeout=180)
 

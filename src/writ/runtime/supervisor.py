@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from writ.runtime.backoff import Backoff
 from writ.runtime.processes import (
     HOST,
     ManagedProcess,
@@ -30,7 +33,9 @@ from writ.runtime.processes import (
     start_redis,
     write_private,
 )
+from writ_common import faults
 from writ_common.busauth import EmbeddedBus, prepare_embedded
+from writ_common.metrics import read_port_file
 from writ_common.settings import WritSettings
 
 if TYPE_CHECKING:
@@ -39,9 +44,6 @@ if TYPE_CHECKING:
 SERVICES: tuple[str, ...] = ("identity", "registry", "policy", "executor", "ledger")
 DEFAULT_NATS_PORT = 4222
 DEFAULT_REDIS_PORT = 6379
-BACKOFF_START = 0.5
-BACKOFF_MAX = 30.0
-HEALTHY_AFTER = 60.0  # a child that ran this long before dying restarts with the shortest backoff
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2
 
@@ -63,6 +65,7 @@ class UnitStatus:
     restarts: int
     uptime: float
     last_exit: int | None
+    metrics_port: int | None = None  # where a service process serves /metrics, once it said so
 
 
 @dataclass
@@ -72,7 +75,7 @@ class _Unit:
     process: ManagedProcess | None = None
     state: str = "stopped"  # starting | running | backoff | stopped
     restarts: int = 0
-    backoff: float = BACKOFF_START
+    backoff: Backoff = field(default_factory=Backoff)
     next_start: float = 0.0
     last_exit: int | None = None
     # Held while launching or stopping, so the monitor and an operator never act at once.
@@ -153,6 +156,7 @@ class Plane:
         services: Sequence[str] = SERVICES,
         replicas: Mapping[str, int] | None = None,
         on_event: EventSink | None = None,
+        fault_hooks: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.services = tuple(services)
@@ -160,6 +164,7 @@ class Plane:
         self._nats_port = nats_port
         self._redis_port = redis_port
         self._on_event = on_event
+        self._fault_hooks = fault_hooks
         self._units: dict[str, _Unit] = {}
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -168,6 +173,7 @@ class Plane:
         self.nats_url = ""
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
+        # Where each service process is serving /metrics, as it reported (see metrics_port_file).
         self.metrics_ports: dict[str, int] = {}
         self.views_port = 0
         self.bus = EmbeddedBus(creds_dir=self.data_dir / "creds", auth_dir=self.data_dir / "bus")
@@ -232,10 +238,14 @@ class Plane:
                 for n in range(1, self.replicas[service] + 1):
                     # Replicas after the first are units of their own: "executor-2" (log, restarts, kills).
                     name = service if n == 1 else f"{service}-{n}"
-                    # Each process serves Prometheus /metrics on its own loopback port (runtime.json says which).
-                    self.metrics_ports.setdefault(name, free_port())
                     extra = self.service_env.setdefault(name, {})
-                    extra["WRIT_METRICS_PORT"] = str(self.metrics_ports[name])
+                    # Each process serves Prometheus /metrics on a loopback port it binds itself (port 0)
+                    # and reports in a file; runtime.json lists them. A port picked here could be taken
+                    # by someone else before a restart, and the service would crash-loop on it.
+                    extra["WRIT_METRICS_PORT"] = "0"
+                    extra["WRIT_METRICS_PORT_FILE"] = str(self.metrics_port_file(name))
+                    if self._fault_hooks:
+                        extra["WRIT_FAULT_FILE"] = str(self.fault_file(name))
                     # A service's own bus user: it may publish only the events it owns.
                     extra["WRIT_NATS_SEED_FILE"] = str(self.bus.seed_file(service))
                     if service == "identity":
@@ -272,10 +282,12 @@ class Plane:
 
     def status(self) -> list[UnitStatus]:
         """One snapshot per supervised process: nats, redis, then the services."""
-        return [unit.status() for unit in self._units.values()]
+        return [self.status_of(name) for name in list(self._units)]
 
     def status_of(self, name: str) -> UnitStatus:
-        return self._unit(name).status()
+        status = self._unit(name).status()
+        port = self.metrics_ports.get(name) if status.state == "running" else None
+        return dataclasses.replace(status, metrics_port=port)
 
     def pid(self, name: str) -> int | None:
         return self._unit(name).status().pid
@@ -320,6 +332,37 @@ class Plane:
             self._launch(unit)
             assert unit.process is not None
             return unit.process.pid
+
+    def metrics_port_file(self, name: str) -> Path:
+        """Where process ``name`` writes the port it serves ``/metrics`` on."""
+        return self.data_dir / "run" / f"{name}.metrics-port"
+
+    def metrics_url(self, name: str) -> str | None:
+        """``/metrics`` of process ``name`` as it runs now; None until it has bound its port."""
+        port = read_port_file(self.metrics_port_file(name))
+        return f"http://{HOST}:{port}/metrics" if port else None
+
+    def fault_file(self, name: str) -> Path:
+        """The fault hook's arming file of process ``name`` (see :meth:`arm_fault`)."""
+        return self.data_dir / "faults" / f"{name}.arm"
+
+    @contextmanager
+    def arm_fault(self, name: str, after_appends: int) -> Iterator[Callable[[], bool]]:
+        """Test only: make process ``name`` exit right after ``after_appends`` more appends, once.
+
+        Yields a function that tells whether the hook has fired. The arming is consumed when it
+        fires and removed when the block ends, fired or not, so no later start of ``name`` dies.
+
+        Raises:
+            RuntimeError: the plane was not created with ``fault_hooks=True``.
+        """
+        if not self._fault_hooks:
+            raise RuntimeError("this Plane runs without fault hooks; create it with fault_hooks=True")
+        self._unit(name)  # a name that is not ours fails here, not as a hook that never fires
+        path = self.fault_file(name)
+        with faults.armed(path, after_appends) as arming:
+            self._emit(name, f"fault hook armed: exit after {after_appends} appends")
+            yield lambda: faults.has_fired(path, arming)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every service answers ``writ.cmd.<service>.ping``.
@@ -396,8 +439,15 @@ class Plane:
 
     def _service_launcher(self, name: str, service: str, env: Mapping[str, str]) -> Callable[[], ManagedProcess]:
         log_path = self.logs_dir / f"{name}.log"
-        # Extra env is read at each launch, so a test can change it before a restart.
-        return lambda: start_module(name, f"writ_{service}", log_path, {**env, **self.service_env.get(name, {})})
+        port_file = self.metrics_port_file(name)
+
+        def launch() -> ManagedProcess:
+            port_file.unlink(missing_ok=True)  # the last process's port: gone with it
+            self.metrics_ports.pop(name, None)
+            # Extra env is read at each launch, so a test can change it before a restart.
+            return start_module(name, f"writ_{service}", log_path, {**env, **self.service_env.get(name, {})})
+
+        return launch
 
     def _start_unit(self, unit: _Unit) -> None:
         self._units[unit.name] = unit
@@ -424,11 +474,11 @@ class Plane:
                 self._emit(unit.name, f"stopped (exit {unit.last_exit})")
             unit.state = "stopped"
 
-    def _schedule_retry(self, unit: _Unit, now: float, why: str) -> None:
+    def _schedule_retry(self, unit: _Unit, now: float, why: str, ran_for: float = 0.0) -> None:
+        delay = unit.backoff.next_delay(ran_for)
         unit.state = "backoff"
-        unit.next_start = now + unit.backoff
-        self._emit(unit.name, f"{why}; restarting in {unit.backoff:g}s")
-        unit.backoff = min(unit.backoff * 2, BACKOFF_MAX)
+        unit.next_start = now + delay
+        self._emit(unit.name, f"{why}; restarting in {delay:g}s")
 
     def _watch(self) -> None:
         while not self._stopping.wait(POLL_INTERVAL):
@@ -441,19 +491,31 @@ class Plane:
                     self._check(unit)
                 finally:
                     unit.busy.release()
+            self._refresh_metrics_ports()
 
     def _check(self, unit: _Unit) -> None:
         now = time.monotonic()
         proc = unit.process
         if unit.state == "running" and proc is not None and not proc.alive():
             unit.last_exit = proc.popen.returncode
-            if now - proc.started_at >= HEALTHY_AFTER:
-                unit.backoff = BACKOFF_START
-            self._schedule_retry(unit, now, f"exited with code {unit.last_exit}")
+            self._schedule_retry(unit, now, f"exited with code {unit.last_exit}", now - proc.started_at)
         elif unit.state == "backoff" and now >= unit.next_start:
             unit.restarts += 1
             with contextlib.suppress(Exception):  # _launch already scheduled the next try
                 self._launch(unit)
+
+    def _refresh_metrics_ports(self) -> None:
+        """Pick up the ports services reported since the last look; runtime.json follows."""
+        changed = False
+        for name in list(self._units):
+            if name in ("nats", "redis"):
+                continue
+            port = read_port_file(self.metrics_port_file(name))
+            if port is not None and self.metrics_ports.get(name) != port:
+                self.metrics_ports[name] = port
+                changed = True
+        if changed and self.nats_url:
+            self._write_runtime()
 
     async def _ensure_streams(self) -> None:
         import nats
@@ -501,7 +563,9 @@ class Plane:
                     "operator_seed_file": str(self.bus.seed_file("operator")),
                     "pid": os.getpid(),
                     "started_at": self._started_at,
-                    "metrics": {name: f"http://{HOST}:{port}/metrics" for name, port in self.metrics_ports.items()},
+                    "metrics": {
+                        name: f"http://{HOST}:{port}/metrics" for name, port in dict(self.metrics_ports).items()
+                    },
                     "views_api": f"http://{HOST}:{self.views_port}" if self.views_port else None,
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
@@ -593,8 +657,8 @@ def _table(plane: Plane) -> Table:
         title=f"writ plane · {plane.data_dir}",
         caption=f"{plane.nats_url} · {plane.redis_url} · logs in {plane.logs_dir} · Ctrl-C to stop",
     )
-    for column in ("service", "pid", "state", "restarts", "uptime", "last exit"):
-        table.add_column(column, justify="right" if column in ("pid", "restarts", "uptime") else "left")
+    for column in ("service", "pid", "state", "restarts", "uptime", "last exit", "metrics"):
+        table.add_column(column, justify="right" if column in ("pid", "restarts", "uptime", "metrics") else "left")
     for s in plane.status():
         table.add_row(
             s.name,
@@ -603,6 +667,7 @@ def _table(plane: Plane) -> Table:
             str(s.restarts),
             _uptime(s.uptime),
             "-" if s.last_exit is None else str(s.last_exit),
+            str(s.metrics_port or "-"),
         )
     return table
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 STAGE_SECONDS = Histogram(
@@ -56,6 +59,32 @@ STREAM_LIMIT_BYTES = Gauge(
 BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serve ``/metrics`` on ``host``:``port`` (a daemon thread)."""
-    start_http_server(port, addr=host)
+def serve_metrics(port: int, host: str = "127.0.0.1", *, port_file: Path | None = None) -> int:
+    """Serve ``/metrics`` on ``host``:``port`` (a daemon thread); port 0 binds a free one.
+
+    Args:
+        port: the TCP port, or 0 for whichever the kernel hands out.
+        host: the address to listen on.
+        port_file: write the port actually bound into this file (atomically), for a supervisor
+            that cannot know an ephemeral port in advance.
+
+    Returns:
+        The port bound.
+    """
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_port)
+    if port_file is not None:
+        port_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = port_file.with_name(f".{port_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{bound}\n")
+        os.replace(tmp, port_file)  # a reader sees no port or the whole of it
+    return bound
+
+
+def read_port_file(path: Path) -> int | None:
+    """The port a process wrote with ``serve_metrics(port_file=...)``, or None (none yet, or unreadable)."""
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None

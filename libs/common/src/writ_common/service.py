@@ -291,11 +291,14 @@ class Service:
         )
 
     def fault_point(self) -> None:
-        """Test-only fault hook: die right after the N-th append, before the ack (fault tests)."""
+        """Test-only fault hook: once per arming of ``settings.fault_file``, die right after the
+        N-th append, before the ack (``writ_common.faults``; fault tests)."""
+        from writ_common import faults  # here, not at the top: only fault tests arm it
+
         self._appends += 1
-        if self.settings.fault_exit_after_appends and self._appends == self.settings.fault_exit_after_appends:
+        if self.settings.fault_file is not None and faults.trigger(self.settings.fault_file).hit():
             log.warning("%s: fault hook: exiting after append %d, before the ack", self.name, self._appends)
-            os._exit(86)
+            os._exit(faults.EXIT_CODE)
 
     # -- control commands ---------------------------------------------------------------------
 
@@ -342,8 +345,10 @@ class Service:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.settings.metrics_port:
-            metrics.serve_metrics(self.settings.metrics_port, self.settings.http_host)
+        if self.settings.metrics_port or self.settings.metrics_port_file:
+            metrics.serve_metrics(
+                self.settings.metrics_port, self.settings.http_host, port_file=self.settings.metrics_port_file
+            )
         await self.broker.connect()
         await ensure_streams(self.js, replicas=self.settings.stream_replicas, limits=self.settings.stream_limits())
         for fn in self._startup:

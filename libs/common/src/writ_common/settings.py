@@ -113,7 +113,13 @@ class WritSettings(BaseSettings):
         ge=1024 * 1024,
         description="Bytes the receipts stream may hold; when full, receipts wait (storage_full), never dropped",
     )
-    metrics_port: int = Field(default=0, description="Serve Prometheus /metrics on HTTP_HOST:PORT (0: off)")
+    metrics_port: int = Field(
+        default=0, description="Serve Prometheus /metrics on HTTP_HOST:PORT (0: off, unless METRICS_PORT_FILE is set)"
+    )
+    metrics_port_file: Path | None = Field(
+        default=None,
+        description="Serve /metrics (on an ephemeral port when METRICS_PORT is 0) and write the port bound here",
+    )
     views_file: Path | None = Field(
         default=None,
         description="The ledger's views file (default <data>/ledger/views.sqlite3); one per ledger process",
@@ -123,8 +129,9 @@ class WritSettings(BaseSettings):
         default="127.0.0.1",
         description="Address /metrics and the views API listen on: loopback, except in containers (0.0.0.0)",
     )
-    fault_exit_after_appends: int = Field(
-        default=0, description="Test only: exit the process right after this many appends, before acking"
+    fault_file: Path | None = Field(
+        default=None,
+        description="Test only: the fault hook's arming file (writ_common.faults); unset: the hook is off",
     )
 
     def stream_limits(self) -> StreamLimits:
