@@ -45,6 +45,24 @@ SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
 class ReceiptTimeout(Exception):
     """No receipt arrived in time; the intent may still be in flight (query it again later)."""
 
+    def __init__(self, message: str, *, intent_id: str = "", status: str | None = None) -> None:
+        super().__init__(message)
+        self.intent_id = intent_id
+        self.status = status  # where the intent stood when the wait ended (None: not known)
+
+
+class AwaitingApproval(ReceiptTimeout):
+    """No receipt in time because the intent waits for people: ``quorum`` approvers of ``group``
+    must grant it before ``expires_at`` (else it ends ``denied``/``expired``). Wait again with
+    :meth:`WritAgent.receipt` once they have decided."""
+
+    def __init__(self, message: str, *, intent_id: str, group: str, quorum: int, granted: int, expires_at: str) -> None:
+        super().__init__(message, intent_id=intent_id, status="awaiting_approval")
+        self.group = group
+        self.quorum = quorum
+        self.granted = granted
+        self.expires_at = expires_at
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
@@ -131,7 +149,10 @@ async def wait_receipt(
     ``writ.notice.<agent>.<intent>.receipt``.
 
     Raises:
-        ReceiptTimeout: none within ``timeout`` seconds.
+        AwaitingApproval: none within ``timeout`` seconds because the intent waits for approvers
+            (which group, how many grants, until when); only when ``agent_id`` is given.
+        ReceiptTimeout: none within ``timeout`` seconds, for any other reason (its message says
+            where the intent stands when ``agent_id`` is given).
     """
     # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
     # losing the chain fence) still reaches core subscribers, so the receipt is always read back
@@ -145,7 +166,7 @@ async def wait_receipt(
                 return stored
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s")
+                raise await _timed_out(nc, intent_id, timeout, agent_id)
             try:
                 await sub.next_msg(timeout=min(left, 1.0))
             except nats.errors.TimeoutError:
@@ -157,6 +178,32 @@ async def wait_receipt(
                 await asyncio.sleep(pause)
     finally:
         await sub.unsubscribe()
+
+
+async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str | None) -> ReceiptTimeout:
+    """Why there is no receipt yet, as far as the intent's own history tells (an agent may read its own)."""
+    plain = f"no receipt for {intent_id} within {timeout:g}s"
+    if agent_id is None:
+        return ReceiptTimeout(plain, intent_id=intent_id)
+    try:
+        view = fold_intent((await read_history(nc, agent_id, intent_id)).events)
+    except (nats.errors.Error, UndecodableEvent, OSError):
+        return ReceiptTimeout(plain, intent_id=intent_id)
+    if view.approval_pending and view.approval is not None:
+        request = view.approval
+        return AwaitingApproval(
+            f"{plain}: it awaits approval by group {request.approvers!r} ({len(view.grants)}/{request.quorum}"
+            f" grants so far) until {request.expires_at}; an approver of that group decides with"
+            f" `writ approvals approve {intent_id} --as NAME` (or deny), then the receipt follows",
+            intent_id=intent_id,
+            group=request.approvers,
+            quorum=request.quorum,
+            granted=len(view.grants),
+            expires_at=request.expires_at,
+        )
+    if view.submitted is None:
+        return ReceiptTimeout(f"{plain}: the plane has not recorded it (is it running?)", intent_id=intent_id)
+    return ReceiptTimeout(f"{plain}: it is {view.status}", intent_id=intent_id, status=view.status)
 
 
 async def retry_intent(nc: Client, key: SigningKey, agent_id: str, intent_id: str) -> Submission:
@@ -231,16 +278,23 @@ class WritAgent:
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
+        """Wait for the receipt of one of this agent's intents.
+
+        Raises:
+            AwaitingApproval: the intent waits for approvers (``group``, ``quorum``, ``expires_at``).
+            ReceiptTimeout: none within ``timeout`` seconds for another reason.
+        """
         wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
         return await wait_receipt(self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
-        """Submit and wait for the receipt."""
+        """Submit and wait for the receipt (raises as :meth:`receipt`)."""
         submission = await self.submit(tool, arguments, **kwargs)
         return await self.receipt(submission.intent_id, timeout)
 
 
 __all__ = [
+    "AwaitingApproval",
     "ReceiptTimeout",
     "Submission",
     "WritAgent",
