@@ -33,7 +33,7 @@ from writ_common.envelope import (
     make_envelope,
     nesting_depth_exceeds,
 )
-from writ_common.events import IntentSubmitted, Receipt
+from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import sign
@@ -56,11 +56,10 @@ class AwaitingApproval(ReceiptTimeout):
     must grant it before ``expires_at`` (else it ends ``denied``/``expired``). Wait again with
     :meth:`WritAgent.receipt` once they have decided."""
 
-    def __init__(self, message: str, *, intent_id: str, group: str, quorum: int, granted: int, expires_at: str) -> None:
+    def __init__(self, message: str, *, intent_id: str, group: str, quorum: int, expires_at: str) -> None:
         super().__init__(message, intent_id=intent_id, status="awaiting_approval")
         self.group = group
         self.quorum = quorum
-        self.granted = granted
         self.expires_at = expires_at
 
 
@@ -180,30 +179,48 @@ async def wait_receipt(
         await sub.unsubscribe()
 
 
+# What an agent may read of its own intent (its bus user may get the last message of each of its
+# intent's subjects, not the whole history): the furthest stage reached, latest first.
+_STAGES = (
+    ("execution.started", "executing"),
+    ("intent.authorized", "authorized"),
+    ("approval.requested", "awaiting_approval"),
+    ("intent.planned", "planned"),
+    ("intent.authenticated", "authenticated"),
+    ("intent.submitted", "submitted"),
+)
+
+
 async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str | None) -> ReceiptTimeout:
-    """Why there is no receipt yet, as far as the intent's own history tells (an agent may read its own)."""
+    """Why there is no receipt yet, as far as the intent's own subjects tell."""
     plain = f"no receipt for {intent_id} within {timeout:g}s"
     if agent_id is None:
         return ReceiptTimeout(plain, intent_id=intent_id)
+    js = nc.jetstream()
     try:
-        view = fold_intent((await read_history(nc, agent_id, intent_id)).events)
+        reached = None
+        for event_type, stage in _STAGES:
+            subject = subjects.intent_subject(agent_id, intent_id, event_type)
+            if (raw := await last_on_subject(js, subjects.INTENTS_STREAM, subject)) is not None:
+                reached = stage, raw
+                break
+        if reached is None:
+            return ReceiptTimeout(f"{plain}: the plane has not recorded it (is it running?)", intent_id=intent_id)
+        status, raw = reached
+        request = decode(raw.data or b"").payload if status == "awaiting_approval" else None
     except (nats.errors.Error, UndecodableEvent, OSError):
         return ReceiptTimeout(plain, intent_id=intent_id)
-    if view.approval_pending and view.approval is not None:
-        request = view.approval
+    if isinstance(request, ApprovalRequested):
         return AwaitingApproval(
-            f"{plain}: it awaits approval by group {request.approvers!r} ({len(view.grants)}/{request.quorum}"
-            f" grants so far) until {request.expires_at}; an approver of that group decides with"
-            f" `writ approvals approve {intent_id} --as NAME` (or deny), then the receipt follows",
+            f"{plain}: it awaits approval by group {request.approvers!r} ({request.quorum} grant"
+            f"{'' if request.quorum == 1 else 's'} needed) until {request.expires_at}; an approver of that group"
+            f" decides with `writ approvals approve {intent_id} --as NAME` (or deny), then the receipt follows",
             intent_id=intent_id,
             group=request.approvers,
             quorum=request.quorum,
-            granted=len(view.grants),
             expires_at=request.expires_at,
         )
-    if view.submitted is None:
-        return ReceiptTimeout(f"{plain}: the plane has not recorded it (is it running?)", intent_id=intent_id)
-    return ReceiptTimeout(f"{plain}: it is {view.status}", intent_id=intent_id, status=view.status)
+    return ReceiptTimeout(f"{plain}: it is {status}", intent_id=intent_id, status=status)
 
 
 async def retry_intent(nc: Client, key: SigningKey, agent_id: str, intent_id: str) -> Submission:

@@ -111,9 +111,9 @@ class Catalog:
             spelled
             for server in set(self.tools) | set(self.quarantined)
             for tool in {*self.tools.get(server, {}), *self.quarantined.get(server, {})}
-            for spelled in (tool, f"{server}/{tool}")
+            for spelled in ((f"{server}/{tool}",) if "/" in name else (tool, f"{server}/{tool}"))
         }
-        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.7)
         if not close and "/" not in name:
             return ""
         if not close:  # a right tool on a wrong (or misspelled) server
