@@ -1,7 +1,7 @@
 """The agent SDK: sign an intent, submit it, await its receipt.
 
-agent = await WritAgent.connect("nats://127.0.0.1:4222", "billing-bot", load_key(path), seed_file=nk_path)
-receipt = await agent.call("get_current_time", {"timezone": "Europe/Paris"})
+agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, seed_file=nk_path)
+receipt = await agent.call("time/get_current_time", {"timezone": "Europe/Paris"})
 print(receipt.status, receipt.result)
 """
 
@@ -265,6 +265,28 @@ class WritAgent:
         if seed_file is not None:
             options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
         return cls(await nats.connect(nats_url, name=f"writ-agent-{agent_id}", **options), agent_id, key)
+
+    @classmethod
+    async def local(cls, agent_id: str, data_dir: str | Path | None = None, **options: Any) -> WritAgent:
+        """Connect as ``agent_id`` with what ``writ agent register`` wrote on this machine: the key
+        and bus credential under ``<data>/keys/agents/``, and the plane's NATS URL from
+        ``<data>/runtime.json``. ``data_dir`` defaults to ``$WRIT_DATA_DIR``, else ``.writ``.
+
+        Raises:
+            FileNotFoundError: the agent has no key there (register it first).
+        """
+        from writ_common.settings import WritSettings
+        from writ_common.signing import load_key
+
+        cfg = WritSettings(data_dir=Path(data_dir)) if data_dir is not None else WritSettings()
+        keys = cfg.data_dir / "keys" / "agents"
+        key_file, seed_file = keys / f"{agent_id}.key", keys / f"{agent_id}.nk"
+        if not key_file.is_file():
+            raise FileNotFoundError(
+                f"no key for agent {agent_id!r} at {key_file}: `writ agent register {agent_id}` writes it"
+            )
+        seed = seed_file if seed_file.is_file() else None
+        return await cls.connect(cfg.resolved_nats_url(), agent_id, load_key(key_file), seed_file=seed, **options)
 
     async def close(self) -> None:
         await self.nc.drain()
