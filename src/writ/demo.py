@@ -126,7 +126,10 @@ async def time_server(nc: Client) -> list[dict[str, Any]]:
         if exc.code != "server_exists":
             raise
         tools = list(await call(nc, "registry", "list_tools", {"server": SERVER}))
-        console.print(f"[yellow]a server named {SERVER!r} is already registered; using its tools[/]")
+        console.print(
+            f"[yellow]a server named {SERVER!r} is already registered with another command; the demo uses its tools"
+            f" (`writ server remove {SERVER}` lets the demo register its own)[/]"
+        )
     console.print(render.tools_table(tools, title=f"tools discovered on {SERVER} over MCP", width=console.width))
     return tools
 

@@ -1,7 +1,7 @@
 """The agent SDK: sign an intent, submit it, await its receipt.
 
-agent = await WritAgent.connect("nats://127.0.0.1:4222", "billing-bot", load_key(path), seed_file=nk_path)
-receipt = await agent.call("get_current_time", {"timezone": "Europe/Paris"})
+agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, seed_file=nk_path)
+receipt = await agent.call("time/get_current_time", {"timezone": "Europe/Paris"})
 print(receipt.status, receipt.result)
 """
 
@@ -33,7 +33,7 @@ from writ_common.envelope import (
     make_envelope,
     nesting_depth_exceeds,
 )
-from writ_common.events import IntentSubmitted, Receipt
+from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.signing import sign
@@ -44,6 +44,23 @@ SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
 
 class ReceiptTimeout(Exception):
     """No receipt arrived in time; the intent may still be in flight (query it again later)."""
+
+    def __init__(self, message: str, *, intent_id: str = "", status: str | None = None) -> None:
+        super().__init__(message)
+        self.intent_id = intent_id
+        self.status = status  # where the intent stood when the wait ended (None: not known)
+
+
+class AwaitingApproval(ReceiptTimeout):
+    """No receipt in time because the intent waits for people: ``quorum`` approvers of ``group``
+    must grant it before ``expires_at`` (else it ends ``denied``/``expired``). Wait again with
+    :meth:`WritAgent.receipt` once they have decided."""
+
+    def __init__(self, message: str, *, intent_id: str, group: str, quorum: int, expires_at: str) -> None:
+        super().__init__(message, intent_id=intent_id, status="awaiting_approval")
+        self.group = group
+        self.quorum = quorum
+        self.expires_at = expires_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +148,10 @@ async def wait_receipt(
     ``writ.notice.<agent>.<intent>.receipt``.
 
     Raises:
-        ReceiptTimeout: none within ``timeout`` seconds.
+        AwaitingApproval: none within ``timeout`` seconds because the intent waits for approvers
+            (which group, how many grants, until when); only when ``agent_id`` is given.
+        ReceiptTimeout: none within ``timeout`` seconds, for any other reason (its message says
+            where the intent stands when ``agent_id`` is given).
     """
     # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
     # losing the chain fence) still reaches core subscribers, so the receipt is always read back
@@ -145,7 +165,7 @@ async def wait_receipt(
                 return stored
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s")
+                raise await _timed_out(nc, intent_id, timeout, agent_id)
             try:
                 await sub.next_msg(timeout=min(left, 1.0))
             except nats.errors.TimeoutError:
@@ -157,6 +177,50 @@ async def wait_receipt(
                 await asyncio.sleep(pause)
     finally:
         await sub.unsubscribe()
+
+
+# What an agent may read of its own intent (its bus user may get the last message of each of its
+# intent's subjects, not the whole history): the furthest stage reached, latest first.
+_STAGES = (
+    ("execution.started", "executing"),
+    ("intent.authorized", "authorized"),
+    ("approval.requested", "awaiting_approval"),
+    ("intent.planned", "planned"),
+    ("intent.authenticated", "authenticated"),
+    ("intent.submitted", "submitted"),
+)
+
+
+async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str | None) -> ReceiptTimeout:
+    """Why there is no receipt yet, as far as the intent's own subjects tell."""
+    plain = f"no receipt for {intent_id} within {timeout:g}s"
+    if agent_id is None:
+        return ReceiptTimeout(plain, intent_id=intent_id)
+    js = nc.jetstream()
+    try:
+        reached = None
+        for event_type, stage in _STAGES:
+            subject = subjects.intent_subject(agent_id, intent_id, event_type)
+            if (raw := await last_on_subject(js, subjects.INTENTS_STREAM, subject)) is not None:
+                reached = stage, raw
+                break
+        if reached is None:
+            return ReceiptTimeout(f"{plain}: the plane has not recorded it (is it running?)", intent_id=intent_id)
+        status, raw = reached
+        request = decode(raw.data or b"").payload if status == "awaiting_approval" else None
+    except (nats.errors.Error, UndecodableEvent, OSError):
+        return ReceiptTimeout(plain, intent_id=intent_id)
+    if isinstance(request, ApprovalRequested):
+        return AwaitingApproval(
+            f"{plain}: it awaits approval by group {request.approvers!r} ({request.quorum} grant"
+            f"{'' if request.quorum == 1 else 's'} needed) until {request.expires_at}; an approver of that group"
+            f" decides with `writ approvals approve {intent_id} --as NAME` (or deny), then the receipt follows",
+            intent_id=intent_id,
+            group=request.approvers,
+            quorum=request.quorum,
+            expires_at=request.expires_at,
+        )
+    return ReceiptTimeout(f"{plain}: it is {status}", intent_id=intent_id, status=status)
 
 
 async def retry_intent(nc: Client, key: SigningKey, agent_id: str, intent_id: str) -> Submission:
@@ -202,6 +266,28 @@ class WritAgent:
             options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
         return cls(await nats.connect(nats_url, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
+    @classmethod
+    async def local(cls, agent_id: str, data_dir: str | Path | None = None, **options: Any) -> WritAgent:
+        """Connect as ``agent_id`` with what ``writ agent register`` wrote on this machine: the key
+        and bus credential under ``<data>/keys/agents/``, and the plane's NATS URL from
+        ``<data>/runtime.json``. ``data_dir`` defaults to ``$WRIT_DATA_DIR``, else ``.writ``.
+
+        Raises:
+            FileNotFoundError: the agent has no key there (register it first).
+        """
+        from writ_common.settings import WritSettings
+        from writ_common.signing import load_key
+
+        cfg = WritSettings(data_dir=Path(data_dir)) if data_dir is not None else WritSettings()
+        keys = cfg.data_dir / "keys" / "agents"
+        key_file, seed_file = keys / f"{agent_id}.key", keys / f"{agent_id}.nk"
+        if not key_file.is_file():
+            raise FileNotFoundError(
+                f"no key for agent {agent_id!r} at {key_file}: `writ agent register {agent_id}` writes it"
+            )
+        seed = seed_file if seed_file.is_file() else None
+        return await cls.connect(cfg.resolved_nats_url(), agent_id, load_key(key_file), seed_file=seed, **options)
+
     async def close(self) -> None:
         await self.nc.drain()
 
@@ -231,16 +317,23 @@ class WritAgent:
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
     async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
+        """Wait for the receipt of one of this agent's intents.
+
+        Raises:
+            AwaitingApproval: the intent waits for approvers (``group``, ``quorum``, ``expires_at``).
+            ReceiptTimeout: none within ``timeout`` seconds for another reason.
+        """
         wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
         return await wait_receipt(self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
-        """Submit and wait for the receipt."""
+        """Submit and wait for the receipt (raises as :meth:`receipt`)."""
         submission = await self.submit(tool, arguments, **kwargs)
         return await self.receipt(submission.intent_id, timeout)
 
 
 __all__ = [
+    "AwaitingApproval",
     "ReceiptTimeout",
     "Submission",
     "WritAgent",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from writ.cli.approvals import approvals_app, approver_app
-from writ.cli.base import OPTIONS, fail, report, settings
+from writ.cli.base import OPTIONS, console, fail, report, settings
 from writ.cli.control import agent_app, policy_app, server_app, tool_app
 from writ.cli.gateway import gateway
 from writ.cli.intents import intent_app
@@ -44,12 +44,23 @@ DataDir = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"writ {version('writ')}")
+        raise typer.Exit
+
+
 @app.callback()
 def _global(
     data_dir: DataDir = None,
     nats_url: Annotated[
         str | None, typer.Option(help="The plane's NATS (default: $WRIT_NATS_URL, else <data>/runtime.json)")
     ] = None,
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit")
+    ] = False,
 ) -> None:
     OPTIONS.data_dir = data_dir
     OPTIONS.nats_url = nats_url

@@ -239,6 +239,20 @@ async def _show_when_known(nc: Any, intent_id: str, approver: str) -> dict[str, 
     return None
 
 
+async def _pending_after_reconnect(nc: Any, approver: str) -> list[dict[str, Any]]:
+    """The requests pending now; policy may still be starting after a restart, so ask a few times."""
+    from writ_common.commands import CommandError
+
+    for _ in range(SHOW_RETRIES):
+        try:
+            return list(await ask_as(nc, approver, "list_approvals", {}))
+        except CommandError as exc:
+            if exc.code not in ("service_down", "timeout"):
+                raise
+        await asyncio.sleep(0.2)
+    return []
+
+
 async def watch(approver: str, count: int | None) -> int:
     """Print each new request this approver may decide, until ``count`` of them or Ctrl-C; returns how many."""
     from nats.aio.msg import Msg
@@ -254,9 +268,12 @@ async def watch(approver: str, count: int | None) -> int:
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     shown = 0
+    arrived: asyncio.Queue[str] = asyncio.Queue()
+    missed = ""  # put in the queue on a reconnect: look for requests made while the plane was away
     try:
-        async with connect(*as_approver(approver)) as nc:
-            arrived: asyncio.Queue[str] = asyncio.Queue()
+        async with connect(
+            *as_approver(approver), reconnect=True, on_reconnected=lambda: arrived.put_nowait(missed)
+        ) as nc:
 
             async def on_request(msg: Msg) -> None:
                 arrived.put_nowait(msg.subject.rsplit(".", 1)[-1])
@@ -269,7 +286,7 @@ async def watch(approver: str, count: int | None) -> int:
             console.print(f"watching approval requests for [bold]{approver}[/] (Ctrl-C to stop)")
             if waiting:
                 console.print(f"[dim]{len(waiting)} already pending: `writ approvals list --as {approver}`[/]")
-            seen: set[str] = set()
+            seen: set[str] = {str(row["intent_id"]) for row in waiting}
             while count is None or shown < count:
                 next_id = asyncio.ensure_future(arrived.get())
                 stopped = asyncio.ensure_future(stop.wait())
@@ -279,6 +296,10 @@ async def watch(approver: str, count: int | None) -> int:
                     next_id.cancel()
                     break
                 intent_id = next_id.result()
+                if intent_id == missed:
+                    for row in await _pending_after_reconnect(nc, approver):
+                        arrived.put_nowait(str(row["intent_id"]))
+                    continue
                 if intent_id in seen:
                     continue
                 seen.add(intent_id)

@@ -64,12 +64,14 @@ def _expected(exc: BaseException) -> tuple[str, str] | None:
     import nats.errors
 
     from writ.runtime.supervisor import PlaneAlreadyRunning
-    from writ.sdk import ReceiptTimeout
+    from writ.sdk import AwaitingApproval, ReceiptTimeout
     from writ_common.envelope import UndecodableEvent
 
     match exc:
         case CodedError():  # CliError, CommandError, KeyFileError...
             return exc.code, exc.message
+        case AwaitingApproval():
+            return "awaiting_approval", f"{exc}; `writ intent status {exc.intent_id}` shows it"
         case ReceiptTimeout():
             return "receipt_timeout", f"{exc}; the intent may still be in flight: `writ intent status ID` shows it"
         case UndecodableEvent():
@@ -109,36 +111,87 @@ def not_running(url: str) -> CliError:
     return CliError("no_plane", f"no Writ plane is running at {url}; start one with `make run` (or `writ up`)")
 
 
+def no_data_dir(cfg: WritSettings) -> CliError | None:
+    """Why the operator has no credential, when the reason is that there is no data directory here."""
+    if cfg.nats_seed_file or cfg.runtime_file().is_file():
+        return None
+    where = cfg.data_dir.resolve()
+    return CliError(
+        "no_data_dir",
+        f"no Writ data directory at {where} (no runtime.json there), so there is no operator credential to "
+        "speak with: run writ from the directory where `make run` runs (it keeps .writ there), or point "
+        "--data-dir / $WRIT_DATA_DIR at that .writ",
+    )
+
+
+RECONNECT_WAIT = 1.0
+
+
 @asynccontextmanager
-async def connect(cfg: WritSettings, user: str = "operator") -> AsyncIterator[Client]:
-    """One short-lived NATS connection: a 2s connect timeout and no reconnect loop."""
+async def connect(
+    cfg: WritSettings,
+    user: str = "operator",
+    *,
+    reconnect: bool = False,
+    on_reconnected: Callable[[], None] | None = None,
+) -> AsyncIterator[Client]:
+    """A NATS connection with a 2s connect timeout.
+
+    Short commands take the default: no reconnect loop, a lost connection is an error. Long-lived
+    commands (``approvals watch``) pass ``reconnect=True``: they ride out a restart of the plane,
+    saying on stderr when the connection is lost and when it is back (subscriptions are renewed by
+    the client); ``on_reconnected`` is then called, e.g. to look again for what was missed.
+    """
     import nats
     import nats.errors
 
     url = cfg.resolved_nats_url()
     refusals: list[str] = []
+    connected = False
 
     async def on_error(exc: Exception) -> None:
         # nats-py logs every failed attempt with a traceback by default; we report one line instead.
         if "authorization" in str(exc).lower():
             refusals.append(str(exc))
 
+    async def on_disconnected() -> None:
+        if connected and reconnect:
+            err_console.print(
+                f"[yellow]lost the plane at {url}; reconnecting every {RECONNECT_WAIT:g}s (Ctrl-C to stop)[/]"
+            )
+
+    async def on_back() -> None:
+        err_console.print(f"[green]reconnected to the plane at {url}[/]")
+        if on_reconnected is not None:
+            on_reconnected()
+
+    reconnecting: dict[str, Any] = (
+        {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": RECONNECT_WAIT}
+        if reconnect
+        else {
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,  # 0 would mean "forever" on the first connect
+            "reconnect_time_wait": 0.1,
+        }
+    )
     try:
         nc = await asyncio.wait_for(
             nats.connect(
                 url,
                 name="writ-cli",
                 connect_timeout=CONNECT_TIMEOUT,
-                allow_reconnect=False,
-                max_reconnect_attempts=1,  # 0 would mean "forever" on the first connect
-                reconnect_time_wait=0.1,
                 error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_back,
+                **reconnecting,
                 **cfg.bus_options(user),
             ),
             CONNECT_TIMEOUT + 1.0,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         if refusals:
+            if user == "operator" and (missing := no_data_dir(cfg)) is not None:
+                raise missing from exc
             seed = cfg.resolved_nats_seed_file()
             raise CliError(
                 "not_authorized",
@@ -149,10 +202,14 @@ async def connect(cfg: WritSettings, user: str = "operator") -> AsyncIterator[Cl
                     else "not a user it knows"
                 ),
             ) from exc
+        if (missing := no_data_dir(cfg)) is not None and cfg.nats_url is None:
+            raise CliError("no_plane", f"{not_running(url).message}; {missing.message}") from exc
         raise not_running(url) from exc
+    connected = True
     try:
         yield nc
     finally:
+        connected = False  # closing is not losing the plane
         await nc.close()
 
 

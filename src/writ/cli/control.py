@@ -178,7 +178,23 @@ def server_body(
         return {"name": name, "transport": "http", "url": url, "headers": headers}
     if not command:
         fail("invalid_server", "give the server's command after `--` (stdio) or --url URL (streamable HTTP)")
-    return {"name": name, "transport": "stdio", "command": command[0], "args": command[1:], "env": env}
+    return {
+        "name": name,
+        "transport": "stdio",
+        "command": absolute_command(command[0]),
+        "args": command[1:],
+        "env": env,
+    }
+
+
+def absolute_command(command: str) -> str:
+    """A relative path to a program (``.venv/bin/x``) made absolute: the executor starts it from its
+    own working directory, and the same program registered twice is then the same configuration."""
+    import os
+
+    if os.sep in command and not os.path.isabs(command) and os.path.exists(command):
+        return os.path.abspath(command)
+    return command
 
 
 @server_app.command("add")
@@ -205,6 +221,21 @@ def server_add(
     )
     console.print(f"[green]registered[/] server [bold]{added['server']}[/] · {len(added['tools'])} tools discovered")
     console.print(render.tools_table(added["tools"], title=f"tools of {added['server']}", width=console.width))
+
+
+@server_app.command("remove")
+def server_remove(
+    name: Annotated[str, typer.Argument(help="Server name")],
+    reason: Annotated[str, typer.Option(help="Why, for the record")] = "",
+) -> None:
+    """Forget a server: its configuration, tools and overrides. Intents naming its tools are then
+    rejected (unknown_tool); the name may be registered again with `writ server add`."""
+    import getpass
+
+    body = {"name": name, "removed_by": getpass.getuser(), "reason": reason}
+    removed = run(query("registry", "remove_server", body))
+    tools = ", ".join(removed["tools"]) or "no tools"
+    console.print(f"[red]removed[/] server [bold]{removed['server']}[/] ({tools})")
 
 
 @server_app.command("list")

@@ -37,14 +37,22 @@ def short_digest(digest: str | None, length: int = 12) -> str:
     return f"{algo}:{hexpart[:length]}" if hexpart else digest[:length]
 
 
+def whole(header: str, values: list[str]) -> dict[str, Any]:
+    """Column options for an identifier (intent id, agent, tool, key id): never cut or wrapped, so it
+    can be copied into the next command; the other columns give way on a narrow terminal."""
+    return {"no_wrap": True, "min_width": max([len(header), *map(len, values)])}
+
+
 def _yes(flag: bool) -> str:
     return "[green]yes[/]" if flag else "[dim]no[/]"
 
 
 def agents_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="agents", title_justify="left")
-    for column in ("agent", "owner", "teams", "acts for", "key id"):
+    table.add_column("agent", **whole("agent", [r["agent_id"] for r in rows]))
+    for column in ("owner", "teams", "acts for"):
         table.add_column(column)
+    table.add_column("key id", **whole("key id", [r.get("key_id") or "-" for r in rows]))
     for row in rows:
         table.add_row(
             row["agent_id"],
@@ -58,8 +66,9 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
 
 def servers_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="servers", title_justify="left")
-    for column in ("server", "transport", "target", "tools", "secrets"):
-        table.add_column(column, justify="right" if column == "tools" else "left")
+    table.add_column("server", **whole("server", [r["name"] for r in rows]))
+    for column in ("transport", "target", "tools", "secrets"):
+        table.add_column(column, justify="right" if column == "tools" else "left", overflow="fold")
     for row in rows:
         table.add_row(
             row["name"],
@@ -183,8 +192,10 @@ def receipt_panel(receipt: Receipt, title: str | None = None) -> Panel:
 
 def approvers_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="approvers", title_justify="left")
-    for column in ("approver", "groups", "key id", "active"):
-        table.add_column(column)
+    table.add_column("approver", **whole("approver", [r["approver_id"] for r in rows]))
+    table.add_column("groups")
+    table.add_column("key id", **whole("key id", [r.get("key_id") or "-" for r in rows]))
+    table.add_column("active")
     for row in rows:
         table.add_row(
             row["approver_id"],
@@ -204,8 +215,13 @@ def quorum_text(request: dict[str, Any]) -> str:
 
 def approvals_table(rows: list[dict[str, Any]], title: str = "pending approvals") -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in ("intent", "agent", "tool", "arguments", "group", "quorum", "expires at"):
-        table.add_column(column, no_wrap=column != "arguments", overflow="ellipsis")
+    table.add_column("intent", **whole("intent", [r["intent_id"] for r in rows]))
+    table.add_column("agent", **whole("agent", [r.get("agent_id") or "-" for r in rows]))
+    table.add_column("tool", **whole("tool", [r.get("tool") or "-" for r in rows]))
+    table.add_column("arguments", overflow="fold")
+    table.add_column("group", **whole("group", [r.get("approvers") or "-" for r in rows]))
+    table.add_column("quorum")
+    table.add_column("expires at", overflow="fold")
     for row in rows:
         table.add_row(
             row["intent_id"],
@@ -284,12 +300,18 @@ def _ms(value: float | None) -> str:
 
 def views_intents_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="intents", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in ("intent", "submitted", "agent", "tool", "status", "code", "attempts", "total ms"):
-        table.add_column(column, no_wrap=True, justify="right" if column in ("attempts", "total ms") else "left")
+    table.add_column("intent", **whole("intent", [r["intent_id"] for r in rows]))
+    table.add_column("submitted", no_wrap=True, min_width=19)
+    table.add_column("agent", **whole("agent", [r.get("agent_id") or "-" for r in rows]))
+    tools = [tool_name(r.get("server"), r.get("tool_name") or r.get("tool")) for r in rows]
+    table.add_column("tool", **whole("tool", tools))
+    for column in ("status", "code", "attempts", "total ms"):
+        right = column in ("attempts", "total ms")
+        table.add_column(column, overflow="fold", min_width=len(column), justify="right" if right else "left")
     for row in rows:
         table.add_row(
             row["intent_id"],
-            (row.get("submitted_at") or "-")[:23],
+            (row.get("submitted_at") or "-")[:19].replace("T", " "),
             row.get("agent_id") or "-",
             tool_name(row.get("server"), row.get("tool_name") or row.get("tool")),
             status_text(str(row.get("status"))),

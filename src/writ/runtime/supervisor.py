@@ -695,6 +695,23 @@ def run_plane(
     asyncio.run(_run_plane(settings, nats_port, replicas, show_status))
 
 
+def _next_steps(data_dir: Path) -> str:
+    """What to type in another terminal: `writ` is in the venv, which `make run` does not activate."""
+    import shutil
+    import sys
+
+    here = Path(sys.executable).parent
+    shown = Path(os.path.relpath(here)) if here.is_relative_to(Path.cwd()) else here
+    on_path = shutil.which("writ") == str(here / "writ")
+    data = "" if data_dir.resolve() == Path(".writ").resolve() else f", with WRIT_DATA_DIR={data_dir}"
+    if on_path:
+        return f"next, in another terminal in this directory{data}: `writ demo` · Ctrl-C stops the plane"
+    return (
+        f"next, in another terminal in this directory{data}: `{shown / 'writ'} demo`"
+        f" (or `source {shown / 'activate'}` once, then `writ demo`) · Ctrl-C stops the plane"
+    )
+
+
 async def _run_plane(
     settings: WritSettings, nats_port: int | None, replicas: Mapping[str, int] | None, show_status: bool
 ) -> None:
@@ -719,6 +736,7 @@ async def _run_plane(
             f"writ plane up · nats {plane.nats_url} · redis {plane.redis_url} · data {plane.data_dir}",
             highlight=False,
         )
+        console.print(_next_steps(plane.data_dir), highlight=False, soft_wrap=True)
         if live:
             with Live(_table(plane), console=console, refresh_per_second=4) as view:
                 while not stop.is_set():

@@ -8,6 +8,7 @@ Registry plans with this; executor finds the server configuration in it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from writ_common import events as ev
@@ -20,11 +21,24 @@ class Catalog:
     tools: dict[str, dict[str, ev.ToolDefinition]] = field(default_factory=dict)  # server -> name -> accepted
     quarantined: dict[str, dict[str, ev.ToolDefinition]] = field(default_factory=dict)  # server -> name -> pending
     overrides: dict[tuple[str, str], ev.ToolOverrideSet] = field(default_factory=dict)
+    # server -> stream sequence of its last server.registered, kept after a removal: the fence a
+    # new registration of the same name appends against.
+    registered_seq: dict[str, int] = field(default_factory=dict)
+    removals: dict[str, int] = field(default_factory=dict)  # server -> how many times it was removed
 
     def apply(self, event: StoredEvent) -> None:
         match event.payload:
             case ev.ServerRegistered() as p:
                 self.servers[p.name] = p
+                self.registered_seq[p.name] = event.seq
+            case ev.ServerRemoved() as p:
+                # Forgotten whole: configuration, accepted and quarantined tools, overrides.
+                self.servers.pop(p.name, None)
+                self.tools.pop(p.name, None)
+                self.quarantined.pop(p.name, None)
+                for key in [k for k in self.overrides if k[0] == p.name]:
+                    del self.overrides[key]
+                self.removals[p.name] = self.removals.get(p.name, 0) + 1
             case ev.ToolsDiscovered(initial=True) as p:
                 self.tools[p.server] = {t.name: t for t in p.tools}
                 self.quarantined[p.server] = {}
@@ -79,7 +93,7 @@ class Catalog:
         offering = [s for s in candidates if tool in self.tools.get(s, {}) or tool in self.quarantined.get(s, {})]
         if not offering:
             where = f"on server {candidates[0]!r}" if "/" in name else "on any registered server"
-            return f"unknown_tool: no tool {tool!r} {where}"
+            return f"unknown_tool: no tool {tool!r} {where}{self._did_you_mean(name)}"
         if len(offering) > 1:
             return f"ambiguous_tool: {tool!r} is offered by {', '.join(offering)}; name it as server/{tool}"
         server = offering[0]
@@ -90,3 +104,19 @@ class Catalog:
                 f" operator: `writ tool accept {server}/{tool}`"
             )
         return server, self.tools[server][tool]
+
+    def _did_you_mean(self, name: str) -> str:
+        """``; did you mean 'x', 'y'?`` for the nearest known names (bare or ``server/tool``), or ''."""
+        known = {
+            spelled
+            for server in set(self.tools) | set(self.quarantined)
+            for tool in {*self.tools.get(server, {}), *self.quarantined.get(server, {})}
+            for spelled in ((f"{server}/{tool}",) if "/" in name else (tool, f"{server}/{tool}"))
+        }
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.7)
+        if not close and "/" not in name:
+            return ""
+        if not close:  # a right tool on a wrong (or misspelled) server
+            tool = name.partition("/")[2]
+            close = sorted(k for k in known if k.endswith(f"/{tool}"))[:3]
+        return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -264,6 +264,15 @@ class ServerRegistered(Payload, frozen=True, kw_only=True):
     secret_headers: dict[str, str] = {}
 
 
+class ServerRemoved(Payload, frozen=True, kw_only=True):
+    """An operator removed a server: Writ forgets its configuration, tools and overrides; intents
+    naming it are rejected ``unknown_tool``. The name may be registered again, afresh."""
+
+    name: str
+    removed_by: str = ""
+    reason: str = ""
+
+
 class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     description: str | None = None
@@ -398,6 +407,7 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("reader_token.issued", 1): ReaderTokenIssued,
     ("reader_token.revoked", 1): ReaderTokenRevoked,
     ("server.registered", 1): ServerRegistered,
+    ("server.removed", 1): ServerRemoved,
     ("tools.discovered", 1): ToolsDiscovered,
     ("tool.override_set", 1): ToolOverrideSet,
     ("tool.accepted", 1): ToolAccepted,

@@ -59,14 +59,14 @@ SENDS: dict[str, tuple[str, ...]] = {
 RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
     "identity": ("intent.submitted", "agent.*", "approver.registered"),
-    "registry": ("intent.authenticated", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
+    "registry": ("intent.authenticated", "server.*", "tools.discovered", "tool.override_set", "tool.accepted"),
     "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
-    "executor": ("intent.authorized", "server.registered", "tools.discovered", "tool.override_set", "tool.accepted"),
+    "executor": ("intent.authorized", "server.*", "tools.discovered", "tool.override_set", "tool.accepted"),
     "ledger": (
         INTENTS,
         "agent.*",
         "reader_token.*",
-        "server.registered",
+        "server.*",
         "tools.discovered",
         "tool.*",
         "receipt.recorded",

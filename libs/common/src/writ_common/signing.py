@@ -69,9 +69,13 @@ def save_key(key: SigningKey, path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def load_key(path: Path) -> SigningKey:
-    """Read a private key written by :func:`save_key`."""
-    return SigningKey(unb64(path.read_text().strip()))
+def load_key(path: str | Path) -> SigningKey:
+    """Read a private key written by :func:`save_key` (or ``writ agent register``).
+
+    Args:
+        path: the key file, as a path or a string.
+    """
+    return SigningKey(unb64(Path(path).read_text().strip()))
 
 
 def load_or_create_key(path: Path) -> SigningKey:

@@ -57,6 +57,10 @@ def server_subject(server: str) -> str:
     return f"writ.registry.server.{server}.registered"
 
 
+def server_removed_subject(server: str) -> str:
+    return f"writ.registry.server.{server}.removed"
+
+
 def tools_subject(server: str) -> str:
     return f"writ.registry.server.{server}.tools"
 

@@ -97,6 +97,7 @@ ROUTES: tuple[Route, ...] = (
         "identity",
     ),
     _control("server.registered", subjects.REGISTRY_STREAM, subjects.server_subject("{server}"), "registry"),
+    _control("server.removed", subjects.REGISTRY_STREAM, subjects.server_removed_subject("{server}"), "registry"),
     _control("tools.discovered", subjects.REGISTRY_STREAM, subjects.tools_subject("{server}"), "registry"),
     _control("tool.override_set", subjects.REGISTRY_STREAM, subjects.override_subject("{server}"), "registry"),
     _control("tool.accepted", subjects.REGISTRY_STREAM, subjects.accepted_subject("{server}"), "registry"),

@@ -41,6 +41,12 @@ class RefreshServer(msgspec.Struct, kw_only=True):
     name: str
 
 
+class RemoveServer(msgspec.Struct, kw_only=True):
+    name: str
+    removed_by: str = ""
+    reason: str = ""
+
+
 class AcceptTool(msgspec.Struct, kw_only=True):
     server: str
     tool: str
@@ -88,15 +94,23 @@ def build(settings: WritSettings) -> Service:
         await follower.ensure_fresh()
         existing = catalog.servers.get(cmd.name)
         if existing is not None and existing != server:
-            raise CommandError("server_exists", f"server {cmd.name!r} is already registered with another configuration")
+            raise CommandError(
+                "server_exists",
+                f"server {cmd.name!r} is already registered with another configuration"
+                f" ({describe_target(existing)}); `writ server remove {cmd.name}` first, or pick another name",
+            )
         tools = await discover_tools(svc, server)
         config_digest = sha256_digest(msgspec.to_builtins(server))
+        # A name registered again after a removal is a new generation: its own message ids, and
+        # fenced on the last registration of the name rather than on an empty subject.
+        generation = catalog.removals.get(cmd.name, 0)
+        suffix = f":{generation}" if generation else ""
         try:
             await svc.append_control(
                 subjects.server_subject(cmd.name),
                 server,
-                message_id=f"server:{cmd.name}:{config_digest}",
-                expected_last_subject_seq=None if existing else 0,
+                message_id=f"server:{cmd.name}:{config_digest}{suffix}",
+                expected_last_subject_seq=None if existing else catalog.registered_seq.get(cmd.name, 0),
             )
         except StaleAppend as exc:
             raise CommandError("server_exists", f"server {cmd.name!r} was registered concurrently") from exc
@@ -105,9 +119,24 @@ def build(settings: WritSettings) -> Service:
         await svc.append_control(
             subjects.tools_subject(cmd.name),
             discovered,
-            message_id=f"tools:{cmd.name}:{tools_digest}",
+            message_id=f"tools:{cmd.name}:{tools_digest}{suffix}",
         )
         return {"server": cmd.name, "tools": [tool_row(cmd.name, t, catalog) for t in tools]}
+
+    async def remove_server(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, RemoveServer)
+        await follower.ensure_fresh()
+        if cmd.name not in catalog.servers:
+            raise CommandError("unknown_server", f"no server {cmd.name!r} is registered (`writ server list`)")
+        tools = sorted({*catalog.tools.get(cmd.name, {}), *catalog.quarantined.get(cmd.name, {})})
+        removed = ev.ServerRemoved(name=cmd.name, removed_by=cmd.removed_by, reason=cmd.reason)
+        await svc.append_control(
+            subjects.server_removed_subject(cmd.name),
+            removed,
+            message_id=f"server-removed:{cmd.name}:{catalog.registered_seq.get(cmd.name, 0)}",
+        )
+        await follower.ensure_fresh()
+        return {"server": cmd.name, "tools": tools}
 
     async def refresh_server(body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, RefreshServer)
@@ -152,7 +181,7 @@ def build(settings: WritSettings) -> Service:
             {
                 "name": s.name,
                 "transport": s.transport,
-                "target": s.url if s.transport == "http" else " ".join([s.command or "", *s.args]).strip(),
+                "target": describe_target(s),
                 "tools": len(catalog.tools.get(s.name, {})),
                 "secrets": sorted(
                     [f"env {k}=secret:{v}" for k, v in s.secret_env.items()]
@@ -201,6 +230,7 @@ def build(settings: WritSettings) -> Service:
 
     svc.consume_intents(subjects.intents_of_type("intent.authenticated"), on_authenticated)
     svc.command("add_server", add_server)
+    svc.command("remove_server", remove_server)
     svc.command("list_servers", list_servers)
     svc.command("list_tools", list_tools)
     svc.command("set_override", set_override)
@@ -231,6 +261,13 @@ async def discover_tools(svc: Service, server: ev.ServerRegistered) -> list[ev.T
         raise CommandError(
             "discovery_failed", f"could not list the tools of {server.name!r} over MCP: {type(cause).__name__}: {cause}"
         ) from exc
+
+
+def describe_target(server: ev.ServerRegistered) -> str:
+    """Where a server is: its URL, or its command line."""
+    if server.transport == "http":
+        return server.url or ""
+    return " ".join([server.command or "", *server.args]).strip()
 
 
 def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str, Any]:

@@ -392,6 +392,10 @@ def apply_registry_event(db: sqlite3.Connection, event: StoredEvent) -> None:
                 " DO UPDATE SET transport = excluded.transport, target = excluded.target",
                 (p.name, p.transport, target, at),
             )
+        case ev.ServerRemoved():
+            # Forgotten as the catalog forgets it; the intents that called its tools keep their rows.
+            db.execute("DELETE FROM servers WHERE name = ?", (p.name,))
+            db.execute("DELETE FROM tools WHERE server = ?", (p.name,))
         case ev.ToolsDiscovered():
             for tool in p.tools:
                 a = tool.annotations

@@ -1,0 +1,68 @@
+"""The registry's catalog: a removed server is forgotten whole; an unknown tool suggests the near ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from writ_common import events as ev
+from writ_common.catalog import Catalog
+from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope
+
+pytestmark = pytest.mark.unit
+
+PRODUCER = Producer(service="registry", instance="t", version="0")
+
+
+def stored(payload: ev.Payload, seq: int) -> StoredEvent:
+    return decode(encode(make_envelope(payload, producer=PRODUCER)), seq=seq)
+
+
+def tool(name: str, digest: str = "sha256:a") -> ev.ToolDefinition:
+    return ev.ToolDefinition(
+        name=name, input_schema={"type": "object"}, annotations=ev.ToolAnnotations(), tool_digest=digest
+    )
+
+
+def time_catalog() -> Catalog:
+    catalog = Catalog()
+    catalog.apply(stored(ev.ServerRegistered(name="time", transport="stdio", command="/bin/t"), 1))
+    catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("get_current_time"), tool("convert_time")]), 2))
+    catalog.apply(stored(ev.ToolOverrideSet(server="time", tool="convert_time", idempotent=True), 3))
+    return catalog
+
+
+def test_a_removed_server_is_forgotten_with_its_tools_and_overrides() -> None:
+    catalog = time_catalog()
+    catalog.apply(stored(ev.ServerRemoved(name="time", removed_by="alice"), 4))
+    assert "time" not in catalog.servers and "time" not in catalog.tools and not catalog.overrides
+    assert catalog.resolve("get_current_time") == "unknown_tool: no tool 'get_current_time' on any registered server"
+    # The fence for registering the name again is its last registration, not an empty subject.
+    assert (catalog.registered_seq["time"], catalog.removals["time"]) == (1, 1)
+
+
+def test_a_server_registered_again_after_removal_starts_afresh() -> None:
+    catalog = time_catalog()
+    catalog.apply(stored(ev.ServerRemoved(name="time"), 4))
+    catalog.apply(stored(ev.ServerRegistered(name="time", transport="stdio", command="/other/t"), 5))
+    catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("get_current_time", "sha256:b")]), 6))
+    resolved = catalog.resolve("time/get_current_time")
+    assert not isinstance(resolved, str) and resolved[1].tool_digest == "sha256:b"
+    assert catalog.registered_seq["time"] == 5
+
+
+@pytest.mark.parametrize(
+    ("asked", "suggested"),
+    [
+        ("get_curent_time", "'get_current_time', 'time/get_current_time'"),
+        ("tme/convert_time", "'time/convert_time'"),
+        ("clock/convert_time", "'time/convert_time'"),
+    ],
+)
+def test_an_unknown_tool_suggests_the_nearest_names(asked: str, suggested: str) -> None:
+    reason = time_catalog().resolve(asked)
+    assert isinstance(reason, str) and reason.startswith("unknown_tool: ")
+    assert reason.endswith(f"; did you mean {suggested}?")
+
+
+def test_nothing_near_suggests_nothing() -> None:
+    assert time_catalog().resolve("send_email") == "unknown_tool: no tool 'send_email' on any registered server"
