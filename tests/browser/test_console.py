@@ -6,6 +6,7 @@ sees it; an analyst with a summary token finds a denied intent and never sees ar
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import secrets
 import uuid
@@ -27,6 +28,8 @@ from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
+# WRIT_CONSOLE_SCREENSHOTS=1 makes the tests refresh docs/console/*.png (linked from README).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 COMMENT = "checked ✓ — «ticket 42»"  # beyond ASCII: the page's canonical JSON must match the server's
 TIMEOUT_MS = 20_000
 
@@ -116,6 +119,12 @@ async def open_console(browser: Browser, url: str) -> Page:
     return page
 
 
+async def snap(page: Page, name: str) -> None:
+    if os.environ.get("WRIT_CONSOLE_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
 async def import_key(page: Page, who: tuple[str, Path]) -> None:
     await page.get_by_label("Approver id").fill(who[0])
     await page.get_by_label("Key file").set_input_files(who[1])
@@ -136,6 +145,7 @@ async def test_an_approver_signs_in_the_page_and_the_intent_runs(browser: Browse
     await expect(card).to_contain_text(marker)
     await expect(card).to_contain_text("append-needs-ops")
     await expect(card).to_contain_text("0 of 1")
+    await snap(page, "approvals")
 
     # In flight, a decision whose signed comment was changed is refused, and the page says why.
     async def tamper(route: Route) -> None:
@@ -150,6 +160,7 @@ async def test_an_approver_signs_in_the_page_and_the_intent_runs(browser: Browse
 
     await card.get_by_role("button", name="Approve").click()
     await expect(card.locator(".outcome")).to_contain_text("authorized")
+    await snap(page, "approved")
     receipt = await wait_receipt(scene.nc, submission.intent_id, timeout=30)
     assert receipt.status == "succeeded", receipt
     assert receipt.approvers == [scene.olga[0]]
@@ -184,6 +195,7 @@ async def test_a_summary_token_finds_a_denied_intent_and_sees_no_values(browser:
     await expect(detail).to_contain_text("✓ ledger signature")
     await expect(detail).to_contain_text("✓ hash")
     assert secret not in await page.content()
+    await snap(page, "intent-summary")
 
     # The same page with a full token does show the value: the check above can fail.
     await page.get_by_label("Views token").fill(scene.full_token)
@@ -192,5 +204,6 @@ async def test_a_summary_token_finds_a_denied_intent_and_sees_no_values(browser:
     await expect(detail).to_contain_text(secret)
     await page.get_by_role("button", name="Stats").click()
     await expect(page.locator("#stats-charts svg").first).to_be_visible()
+    await snap(page, "stats")
     assert page.errors == []  # type: ignore[attr-defined]
     await page.context.close()

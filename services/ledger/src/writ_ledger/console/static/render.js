@@ -67,20 +67,20 @@ export function barChart(title, rows, series, { unit = "" } = {}) {
   const labelW = 160, barH = 12, gap = 8, width = 640;
   const groupH = series.length * barH + gap;
   const height = rows.length * groupH + 30;
-  const colors = ["#1f4e9c", "#0a6b2c", "#a4161a", "#b7791f", "#6b46c1"];
+  const fmt = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1));
   const parts = [svg("title", {}, title)];
   rows.forEach((row, i) => {
     const y0 = 20 + i * groupH;
     parts.push(svg("text", { x: 0, y: y0 + barH }, String(row.key).slice(0, 24)));
     series.forEach((s, j) => {
       const v = Number(row[s.key]) || 0;
-      const w = Math.max(row[s.key] == null ? 0 : 1, ((width - labelW - 60) * v) / max);
+      const w = Math.max(row[s.key] == null ? 0 : 1, ((width - labelW - 90) * v) / max);
       const y = y0 + j * barH;
-      parts.push(svg("rect", { x: labelW, y, width: w, height: barH - 2, fill: colors[j % colors.length] }, svg("title", {}, `${s.label}: ${v}${unit}`)));
-      parts.push(svg("text", { x: labelW + w + 4, y: y + barH - 3 }, row[s.key] == null ? "—" : `${v}${unit}`));
+      parts.push(svg("rect", { x: labelW, y, width: w, height: barH - 2, class: `c${j % 5}` }, svg("title", {}, `${s.label}: ${fmt(v)}${unit}`)));
+      parts.push(svg("text", { x: labelW + w + 4, y: y + barH - 3 }, row[s.key] == null ? "—" : `${fmt(v)}${unit}`));
     });
   });
-  const legend = series.map((s, j) => svg("text", { x: labelW + j * 90, y: 12, fill: colors[j % colors.length] }, `■ ${s.label}`));
+  const legend = series.map((s, j) => svg("text", { x: labelW + j * 90, y: 12, class: `c${j % 5}` }, `■ ${s.label}`));
   return el("figure", { class: "chart" },
     el("figcaption", {}, title),
     svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "aria-label": title }, ...legend, ...parts));
@@ -119,7 +119,7 @@ export function waterfall(intent) {
     const w = Math.max(1, (h.end - h.start) * scale);
     return [
       svg("text", { x: 0, y: y + 12 }, h.name),
-      svg("rect", { x: labelW + h.start * scale, y, width: w, height: rowH - 4, fill: "#1f4e9c" }),
+      svg("rect", { x: labelW + h.start * scale, y, width: w, height: rowH - 4, class: "c0" }),
       svg("text", { x: labelW + h.start * scale + w + 4, y: y + 12 }, `${(h.end - h.start).toFixed(1)} ms`),
     ];
   });
