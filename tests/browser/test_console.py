@@ -6,8 +6,8 @@ sees it; an analyst with a summary token finds a denied intent and never sees ar
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
