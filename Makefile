@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo test unit integration e2e fault check schemas bench bench-views soak lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-views soak lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -22,8 +22,16 @@ run: venv
 demo: venv
 	$(BIN)/writ demo --embedded
 
+# The console's browser tests drive Debian's chromium: a fresh machine (root, apt) gets it here, so
+# `make test` needs nothing else; where it cannot be installed the browser tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
+	  echo "chromium could not be installed: the browser tests will skip and say why" >&2
+
 # CI runs exactly this: lint and types first, then every test tier against real servers.
-test: check
+test: check browser
 	$(BIN)/pytest -q
 
 unit: venv

@@ -89,6 +89,25 @@ def up(
     report(start)
 
 
+@app.command("console")
+def open_console(
+    data_dir: DataDir = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the URL")] = False,
+) -> None:
+    """Open the running plane's web console (approvals inbox, intents, stats) in a browser."""
+    import webbrowser
+
+    from rich import print as rprint
+
+    url = settings(data_dir)._runtime().get("console")
+    if not url or url == "None":
+        fail("not_running", "no running plane with a console here: start one with `writ up` (or pass --data-dir)")
+    rprint(f"console {url}")
+    rprint("  approvers: import <data>/keys/approvers/NAME.key once; analysts: `writ views token create NAME`")
+    if not no_browser:
+        webbrowser.open(str(url))
+
+
 @app.command()
 def demo(
     embedded: Annotated[

@@ -280,6 +280,11 @@ class Plane:
         if runtime.get("pid") == os.getpid() and runtime.get("started_at") == self._started_at:
             self.data_dir.joinpath("runtime.json").unlink(missing_ok=True)
 
+    @property
+    def console_url(self) -> str:
+        """The console's page, served by the ledger beside the views and approvals APIs ("" when off)."""
+        return f"http://{HOST}:{self.views_port}/console/" if self.views_port else ""
+
     def status(self) -> list[UnitStatus]:
         """One snapshot per supervised process: nats, redis, then the services."""
         return [self.status_of(name) for name in list(self._units)]
@@ -567,6 +572,8 @@ class Plane:
                         name: f"http://{HOST}:{port}/metrics" for name, port in dict(self.metrics_ports).items()
                     },
                     "views_api": f"http://{HOST}:{self.views_port}" if self.views_port else None,
+                    # The console: static pages on the views API's port (same origin as both APIs).
+                    "console": self.console_url or None,
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
                         u.name: {"pid": u.process.pid, "argv": u.process.argv}
@@ -736,6 +743,10 @@ async def _run_plane(
             f"writ plane up · nats {plane.nats_url} · redis {plane.redis_url} · data {plane.data_dir}",
             highlight=False,
         )
+        if plane.console_url:
+            console.print(
+                f"console {plane.console_url} (views API and approvals API on the same port)", highlight=False
+            )
         console.print(_next_steps(plane.data_dir), highlight=False, soft_wrap=True)
         if live:
             with Live(_table(plane), console=console, refresh_per_second=4) as view:

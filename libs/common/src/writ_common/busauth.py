@@ -71,6 +71,10 @@ COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     # refresh_server: on notifications/tools/list_changed; recheck: a call authorized under an
     # earlier policy bundle runs only if its permit still holds.
     "executor": ("registry.refresh_server", "policy.recheck"),
+    # The console and approvals API the ledger serves: it forwards an approver's request after checking
+    # that approver's signature on it. It learns nothing it does not already read (every intent event),
+    # and a decision still counts only with the approver's own signature over its digest.
+    "ledger": tuple(f"policy.{subjects.APPROVER_CALLER}.*.{command}" for command in APPROVER_COMMANDS),
 }
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
 # tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).

@@ -129,6 +129,11 @@ class WritSettings(BaseSettings):
         default="127.0.0.1",
         description="Address /metrics and the views API listen on: loopback, except in containers (0.0.0.0)",
     )
+    console_hosts: str = Field(
+        default="",
+        description="Host names the views API and console answer to besides loopback (comma-separated), "
+        "e.g. the name a container's port is published under; any other Host is refused (DNS rebinding)",
+    )
     fault_file: Path | None = Field(
         default=None,
         description="Test only: the fault hook's arming file (writ_common.faults); unset: the hook is off",

@@ -257,10 +257,24 @@ def build(settings: WritSettings) -> Service:
     async def start_views() -> None:
         await views.start(svc.nc)
         if settings.views_port:
+            from writ_common.approvals_api import ApprovalsPlane
             from writ_ledger.views.api import serving
 
-            await api.enter_async_context(serving(views, settings.views_port, settings.http_host))
-            log.info("ledger: views API on http://%s:%d", settings.http_host, settings.views_port)
+            # The approvals API and the console share the views API's port: one origin for the page.
+            approvals = ApprovalsPlane(svc.nc)
+            await approvals.start()
+            api.push_async_callback(approvals.stop)
+            await api.enter_async_context(
+                serving(
+                    views,
+                    settings.views_port,
+                    settings.http_host,
+                    ledger_public_key=public_key,
+                    approvals=approvals,
+                    extra_hosts=tuple(settings.console_hosts.split(",")),
+                )
+            )
+            log.info("ledger: views API and console on http://%s:%d/console/", settings.http_host, settings.views_port)
 
     async def shutdown() -> None:
         await api.aclose()

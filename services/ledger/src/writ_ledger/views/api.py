@@ -14,15 +14,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import msgspec
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from writ_common import events as ev
 from writ_common import subjects
+from writ_common.approvals_api import ApprovalsPlane, approval_routes
 from writ_common.httpapi import (
     INTENT_ID_PARAMETER,
     ApiError,
@@ -34,11 +37,15 @@ from writ_common.httpapi import (
     invalid_request,
     json_content,
 )
+from writ_common.receipts import GENESIS, receipt_hash
+from writ_common.signing import SignatureInvalid, key_id, verify
+from writ_ledger.console import SameOrigin, console_routes
 from writ_ledger.views.queries import (
     IntentFilter,
     QueryError,
     get_intent,
     list_intents,
+    previous_receipt_hash,
     stats,
     withhold_content,
     withhold_row,
@@ -110,6 +117,19 @@ class IntentPage(BaseModel):
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
 
+class ReceiptCheck(BaseModel):
+    """The receipt as the ledger checked it just now, against its own public key."""
+
+    hash_ok: bool
+    signature_ok: bool
+    chain_ok: bool | None = Field(
+        description="null for the first receipt, or when the previous one is not in the views"
+    )
+    prev_position: int | None
+    ledger_key_id: str
+    problem: str | None = None
+
+
 class IntentDetail(BaseModel):
     """An intent with its full event history (payloads), decisions, approval, attempts and receipt.
     For a summary-scope token, every value-bearing field (arguments, results, idempotency key,
@@ -122,6 +142,9 @@ class IntentDetail(BaseModel):
     executions: list[dict[str, Any]]
     receipt: dict[str, Any] | None
     withheld: list[str] = Field(default_factory=list, description="payload fields replaced by a marker")
+    verification: ReceiptCheck | None = Field(
+        default=None, description="the receipt checked by the ledger: hash, signature, link to the previous receipt"
+    )
 
 
 class StatsRow(BaseModel):
@@ -161,7 +184,49 @@ CHALLENGE = f'{AUTH_SCHEME} realm="writ-views"'
 # -- the app --------------------------------------------------------------------------------------
 
 
-def build_app(views: Views) -> Starlette:
+def check_receipt(body: dict[str, Any], prev_hash: str | None, public_key: str) -> ReceiptCheck:
+    """Hash, signature and chain link of one stored receipt body, each checked on its own."""
+    receipt = msgspec.convert(body, ev.Receipt)
+    hash_ok = receipt_hash(receipt) == receipt.receipt_hash
+    try:
+        verify(public_key, receipt.receipt_hash.encode(), receipt.signature)
+        signature_ok = True
+    except SignatureInvalid:
+        signature_ok = False
+    chain_ok = None if prev_hash is None else receipt.prev_hash == prev_hash
+    if receipt.position == 1:
+        chain_ok = receipt.prev_hash == GENESIS
+    problem = next(
+        (
+            text
+            for ok, text in (
+                (hash_ok, "the receipt body does not hash to its receipt_hash"),
+                (signature_ok, "the signature is not the ledger's"),
+                (chain_ok is not False, "prev_hash is not the previous receipt's hash"),
+            )
+            if not ok
+        ),
+        None,
+    )
+    return ReceiptCheck(
+        hash_ok=hash_ok,
+        signature_ok=signature_ok,
+        chain_ok=chain_ok,
+        prev_position=receipt.position - 1 if receipt.position > 1 else None,
+        ledger_key_id=key_id(public_key),
+        problem=problem,
+    )
+
+
+def build_app(
+    views: Views,
+    *,
+    ledger_public_key: str | None = None,
+    approvals: ApprovalsPlane | None = None,
+    extra_hosts: tuple[str, ...] = (),
+) -> Starlette:
+    """The views API; with ``approvals``, also the approvals API and the console on the same origin.
+    ``extra_hosts``: Host names allowed besides loopback (a container's published name)."""
     refreshed = [0.0]
 
     def lookup(db: Any, digest: str) -> tuple[str, str] | None:
@@ -221,9 +286,13 @@ def build_app(views: Views) -> Starlette:
         found = await views.read(get_intent, intent_id)
         if found is None:
             raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
+        check = None
+        if found["receipt"] is not None and ledger_public_key is not None:
+            prev_hash = await views.read(previous_receipt_hash, int(found["receipt"]["position"]))
+            check = check_receipt(found["receipt"], prev_hash, ledger_public_key)
         if request.state.scope != ev.FULL_SCOPE:
             found = withhold_content(found)
-        return IntentDetail.model_validate(found)
+        return IntentDetail.model_validate({**found, "verification": check})
 
     async def get_stats(request: Request) -> BaseModel:
         q: StatsQuery = params(request, StatsQuery)
@@ -242,8 +311,11 @@ def build_app(views: Views) -> Starlette:
         Route("/intents/{intent_id}", endpoint(intent), methods=["GET"]),
         Route("/stats", endpoint(get_stats), methods=["GET"]),
         Route("/status", endpoint(status), methods=["GET"]),
+        *console_routes(),
     ]
-    return Starlette(routes=routes)
+    if approvals is not None:
+        routes += approval_routes(lambda: approvals)
+    return Starlette(routes=routes, middleware=[Middleware(SameOrigin, extra_hosts=extra_hosts)])
 
 
 class ApiServer(uvicorn.Server):
@@ -255,11 +327,11 @@ class ApiServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(views: Views, port: int, host: str = "127.0.0.1") -> AsyncIterator[ApiServer]:
-    """Serve the API on ``host``:``port`` until the block ends."""
+async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: Any) -> AsyncIterator[ApiServer]:
+    """Serve the API on ``host``:``port`` until the block ends (``options``: see :func:`build_app`)."""
     import asyncio
 
-    config = uvicorn.Config(build_app(views), host=host, port=port, log_level="warning", server_header=False)
+    config = uvicorn.Config(build_app(views, **options), host=host, port=port, log_level="warning", server_header=False)
     server = ApiServer(config)
     task = asyncio.create_task(server.serve(), name="views-api")
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no "started" event)

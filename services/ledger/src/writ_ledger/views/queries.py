@@ -155,6 +155,12 @@ def get_intent(db: sqlite3.Connection, intent_id: str) -> dict[str, Any] | None:
     }
 
 
+def previous_receipt_hash(db: sqlite3.Connection, position: int) -> str | None:
+    """The hash of the receipt at ``position - 1``, if the views hold it."""
+    row = db.execute("SELECT receipt_hash FROM receipts WHERE position = ?", (position - 1,)).fetchone()
+    return str(row[0]) if row else None
+
+
 # What a summary-scope reader does not see: every field that carries values rather than names,
 # codes and digests. What the agent sent the tool and what came back; the idempotency key the
 # agent chose (it may spell out an order or a person); what approvers and operators wrote.
