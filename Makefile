@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-views soak lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -55,6 +55,10 @@ schemas: venv
 
 bench: venv
 	$(BIN)/python -m writ.bench
+
+# Not in CI: closed-loop load at several concurrencies, fast and 200 ms tools, CPU per call per process.
+bench-load: venv
+	$(BIN)/python -m writ.bench_load $(BENCH_LOAD_ARGS)
 
 # Not in CI: a full views rebuild over a generated log of >= 100,000 events, then query p50/p99.
 bench-views: venv
