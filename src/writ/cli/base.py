@@ -126,7 +126,7 @@ async def connect(cfg: WritSettings, user: str = "operator") -> AsyncIterator[Cl
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                cfg.nats_servers(),
                 name="writ-cli",
                 connect_timeout=CONNECT_TIMEOUT,
                 allow_reconnect=False,
