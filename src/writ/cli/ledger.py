@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 from writ_common.fold import IntentView, fold_intent
 from writ_common.receipts import GENESIS, Finding, history_findings, verify_chain
+from writ_common.stranded import stranded_findings
 
 ledger_app = typer.Typer(help="Verify the whole receipt chain; export it for offline checks.", no_args_is_help=True)
 
@@ -106,7 +108,8 @@ def ledger_verify(
         Path | None, typer.Option("--dir", help="verify an export made by `writ ledger export` (offline)")
     ] = None,
 ) -> None:
-    """Walk the whole chain: hashes, signatures, links, one receipt per ended intent. Exit 1 on any problem."""
+    """Walk the whole chain: hashes, signatures, links, one receipt per ended intent, no intent left
+    open past its deadline. Exit 1 on any problem."""
     if directory is not None:
         findings, count = report(lambda: _verify_export(directory))
     else:
@@ -116,6 +119,7 @@ def ledger_verify(
             *foreign,
             *verify_chain(receipts, public_key, terminal_intents=ended, first_prev_hash=GENESIS),
             *history_findings(receipts, views),
+            *stranded_findings(views, datetime.now(UTC)),
         ]
         count = len(receipts)
     report(lambda: print_findings(findings, count))
