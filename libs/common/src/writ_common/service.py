@@ -86,6 +86,7 @@ class Service:
         self._appends = 0
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
+        self._before_stop: list[Callable[[], Awaitable[None]]] = []  # before the broker drains
 
     async def _on_disconnected(self) -> None:
         log.warning("%s: disconnected from NATS; reconnecting", self.name)
@@ -308,10 +309,13 @@ class Service:
         async def stop() -> None:
             for task in tasks:
                 task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await index.stop()
 
         self.on_startup(start)
-        self.on_shutdown(stop)
+        # Before the broker stops: a pull subscription waiting in fetch holds up its drain.
+        self._before_stop.append(stop)
 
     async def sweep_one(
         self,
@@ -375,6 +379,9 @@ class Service:
         log.info("%s: serving", self.name)
 
     async def stop(self) -> None:
+        for fn in self._before_stop:
+            with contextlib.suppress(Exception):
+                await fn()
         # Stop consuming first, so no handler runs against closed resources.
         await self.broker.stop()
         for fn in self._shutdown:

@@ -46,8 +46,8 @@ class OpenIntents:
             while True:
                 try:
                     msgs = await self._sub.fetch(FETCH, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    return
+                except (TimeoutError, nats.errors.TimeoutError):
+                    return  # nothing new
                 for msg in msgs:
                     meta = msg.metadata
                     if meta.sequence.consumer != self._consumer_seq + 1:
