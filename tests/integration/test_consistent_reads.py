@@ -172,3 +172,20 @@ async def test_an_intent_no_stage_moves_on_ends_expired_with_its_receipt(
     assert "no stage ended it" in receipt.reason
     history = await read_history(spine.nc, spine.agent.agent_id, submission_id)
     assert [e.type for e in history.events] == ["intent.submitted", "intent.authenticated", "intent.expired"]
+
+
+async def test_a_service_given_several_seeds_connects_through_one_that_is_up(nats_server: str, tmp_path: Any) -> None:
+    from writ.runtime.processes import free_port
+    from writ_common.service import Service
+    from writ_common.settings import WritSettings
+
+    down = f"nats://127.0.0.1:{free_port()}"  # a node that is down: nothing listens there
+    settings = WritSettings(data_dir=tmp_path, nats_url=f"{down}, {nats_server}", instance="seeds")
+    svc = Service("identity", settings)
+    await svc.broker.connect()
+    try:
+        assert svc.nc.is_connected
+        assert svc.nc.connected_url is not None
+        assert svc.nc.connected_url.port == int(nats_server.rsplit(":", 1)[1])
+    finally:
+        await svc.broker.stop()
