@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from writ_common.fold import IntentView, fold_intent
 from writ_common.ledger_head import HeadInvalid, SignedHead, head_findings, verify_head
 from writ_common.receipts import GENESIS, Finding, history_findings, verify_chain
 from writ_common.signing import fingerprint
+from writ_common.stranded import stranded_findings
 
 ledger_app = typer.Typer(help="Verify the whole receipt chain; export it for offline checks.", no_args_is_help=True)
 
@@ -218,7 +220,8 @@ def ledger_verify(
         ),
     ] = None,
 ) -> None:
-    """Walk the whole chain: hashes, signatures, links, one receipt per ended intent. Exit 1 on any problem.
+    """Walk the whole chain: hashes, signatures, links, one receipt per ended intent, no intent left
+    open past its deadline. Exit 1 on any problem.
 
     Against a pinned key (--public-key-file or --fingerprint) a chain signed by any other key is
     refused; without one, the verdict says it checked only that the chain agrees with itself.
@@ -236,6 +239,7 @@ def ledger_verify(
             *foreign,
             *verify_chain(receipts, public_key, terminal_intents=ended, first_prev_hash=GENESIS),
             *history_findings(receipts, views),
+            *stranded_findings(views, datetime.now(UTC)),
         ]
         count = len(receipts)
         source = "the key the ledger's public_key command gave"

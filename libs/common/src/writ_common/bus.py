@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RawStreamMsg
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServerError, ServiceUnavailableError
 
 from writ_common import subjects, topology
+from writ_common.consistency import Landed, covers, landed
 from writ_common.envelope import Envelope, StoredEvent, UndecodableEvent, decode, encode
 from writ_common.errors import CodedError
 from writ_common.telemetry import inject_headers
+
+log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
 STREAM_LIMIT_REACHED = 10077  # max bytes, or max messages on one subject (discard NEW)
@@ -40,16 +47,46 @@ def refusal(exc: APIError, stream: str) -> StorageRefused | None:
     return None
 
 
+DIRECT_READS = 3  # Direct Gets (any replica) before a history read asks the stream leader
+READ_PAUSE = 0.02  # seconds before the next Direct Get, times the read's number
+SETTLE_SECONDS = 30.0  # how long an append whose answer was lost keeps looking before giving up
+# What a publish or a leader read raises when its answer is lost (the server may still have
+# stored the message): timeouts, a dropped or reconnecting connection, no stream leader (503).
+ANSWER_LOST: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ServerError,
+    asyncio.TimeoutError,
+)
+
+
 class StaleAppend(Exception):
     """The intent moved on since we read it: another writer appended first. Re-fold and decide."""
 
 
+class HistoryBehind(Exception):
+    """No read, not even the stream leader's, reached the event that made us read: decide later."""
+
+
+class AppendUnresolved(Exception):
+    """An append's answer was lost and looking did not tell, in the time allowed, whether it is
+    stored. The event may or may not be there: the caller must look again before concluding."""
+
+
 @dataclass(frozen=True, slots=True)
 class History:
-    """An intent's decoded events in order; ``last_seq`` is the fence for the next append."""
+    """An intent's decoded events in order; ``last_seq`` is the fence for the next append;
+    ``msg_ids`` maps each message's ``Nats-Msg-Id`` to its sequence (admitted or not)."""
 
     events: list[StoredEvent]
     last_seq: int
+    msg_ids: dict[str, int] = field(default_factory=dict)
 
 
 def msg_id(intent_id: str, event_type: str, attempt: int | str = 0) -> str:
@@ -68,8 +105,16 @@ async def append(
     expected_last_seq: int,
     attempt: int | str = 0,
     headers: dict[str, str] | None = None,
+    settle: float | None = SETTLE_SECONDS,
 ) -> PubAck:
-    """Append an intent event, fenced and deduplicated.
+    """Append an intent event, fenced and deduplicated; a lost answer is resolved by looking.
+
+    A duplicate ack means something is stored under our ``Nats-Msg-Id`` (on R3 even when our
+    fence is stale): it counts as our append only if the stored event is our very envelope,
+    else the intent moved on. When the answer is lost (timeout, dropped connection, no stream
+    leader), the intent's history is read from the stream leader: our envelope there means it
+    landed; another event under our message id means the intent moved on; nothing means it is
+    sent again, same id and fence, and the answer judged the same way.
 
     Args:
         js: JetStream context.
@@ -77,27 +122,92 @@ async def append(
         expected_last_seq: stream sequence of the intent's last event as we folded it (0: none).
         attempt: part of ``Nats-Msg-Id`` for events that may legitimately repeat (attempts).
         headers: extra headers; ``traceparent`` of the current span is added.
+        settle: seconds to keep looking after a lost answer; None: neither look nor judge
+            duplicates (an agent's submission: a duplicate is the same intent by construction,
+            and an agent may not read through the stream leader).
 
     Raises:
-        StaleAppend: the server refused the append because the intent has moved on.
+        StaleAppend: the server refused the append because the intent has moved on, or what
+            holds our message id is not our event.
         StorageRefused: the intents stream is full (``storage_full``) or the event too large.
+        AppendUnresolved: the answer was lost and ``settle`` seconds of looking did not tell.
     """
     assert envelope.agent_id and envelope.intent_id, "an intent event names its agent and intent"
+    ident = msg_id(envelope.intent_id, envelope.type, attempt)
     all_headers = inject_headers(dict(headers or {}))
-    all_headers["Nats-Msg-Id"] = msg_id(envelope.intent_id, envelope.type, attempt)
+    all_headers["Nats-Msg-Id"] = ident
     all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
     all_headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subjects.intent_filter(
         envelope.agent_id, envelope.intent_id
     )
     subject = subjects.intent_subject(envelope.agent_id, envelope.intent_id, envelope.type)
+    data = encode(envelope)
+    if settle is None:
+        try:
+            return await js.publish(subject, data, headers=all_headers)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise StaleAppend(str(exc.description)) from exc
+            if (refused := refusal(exc, subjects.INTENTS_STREAM)) is not None:
+                raise refused from exc
+            raise
+    until = time.monotonic() + settle
+    sent_before = False
+    while True:
+        ack = await _publish_once(js, subject, data, all_headers, sent_before=sent_before)
+        if ack is not None:
+            return ack
+        sent_before = True
+        history = await _leader_history_until(js, envelope.agent_id, envelope.intent_id, until, ident)
+        state, seq = landed(history.msg_ids, history.events, msg_id=ident, envelope_id=envelope.id)
+        if state is Landed.OURS:
+            return PubAck(stream=subjects.INTENTS_STREAM, seq=seq, duplicate=True)
+        if state is Landed.FOREIGN:
+            raise StaleAppend(f"{ident} is already stored at {seq}, but not as our event: the intent moved on")
+        if time.monotonic() > until:
+            raise AppendUnresolved(f"{ident}: not stored, and the bus did not take it within {settle:g}s")
+        log.info("%s: not stored after a lost answer; sending it again", ident)
+
+
+async def _publish_once(
+    js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str], *, sent_before: bool
+) -> PubAck | None:
+    """One publish: its fresh ack, or None when we must look (answer lost, duplicate, or a
+    refused fence after an earlier send, which our own first send may have moved)."""
     try:
-        return await js.publish(subject, encode(envelope), headers=all_headers)
+        ack = await js.publish(subject, data, headers=headers)
     except APIError as exc:
-        if exc.err_code == WRONG_LAST_SEQUENCE:
-            raise StaleAppend(str(exc.description)) from exc
+        # A refusal to stay within the stream's limits is an answer (nothing stored), not a lost one.
         if (refused := refusal(exc, subjects.INTENTS_STREAM)) is not None:
             raise refused from exc
-        raise
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            if not sent_before:
+                raise StaleAppend(str(exc.description)) from exc
+            return None
+        if not isinstance(exc, ANSWER_LOST):
+            raise
+        log.warning("%s: the answer to the append was lost (%s); looking", headers["Nats-Msg-Id"], type(exc).__name__)
+        await asyncio.sleep(0.05)
+        return None
+    except ANSWER_LOST as exc:
+        log.warning("%s: the answer to the append was lost (%s); looking", headers["Nats-Msg-Id"], type(exc).__name__)
+        await asyncio.sleep(0.05)
+        return None
+    return None if ack.duplicate else ack
+
+
+async def _leader_history_until(
+    js: JetStreamContext, agent_id: str, intent_id: str, until: float, ident: str
+) -> History:
+    pause = 0.1
+    while True:
+        try:
+            return await leader_history(js, agent_id, intent_id)
+        except ANSWER_LOST as exc:
+            if time.monotonic() > until:
+                raise AppendUnresolved(f"{ident}: the answer was lost and the stream could not be read") from exc
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
 
 
 async def append_control(
@@ -179,23 +289,91 @@ def stored(msg: Msg) -> StoredEvent:
     return event
 
 
-async def read_history(nc: Client, agent_id: str, intent_id: str) -> History:
-    """Fold input: every admitted event of one intent, in stream order.
-
-    Undecodable or forged messages on the intent's subjects are skipped (their consumers
-    dead-letter them) but still count for the fence: ``last_seq`` is the true last sequence.
-    """
-    msgs = await direct_get_batch(nc, subjects.INTENTS_STREAM, subjects.intent_filter(agent_id, intent_id))
+def _history(records: Iterable[tuple[int, str, bytes, Mapping[str, str]]]) -> History:
+    """Decode (seq, subject, data, headers) records; forged or undecodable ones count only for
+    the fence and the message ids (their consumers dead-letter them)."""
     events: list[StoredEvent] = []
+    msg_ids: dict[str, int] = {}
     last = 0
-    for msg in msgs:
-        last = int((msg.headers or {})["Nats-Sequence"])
+    for seq, subject, data, headers in records:
+        last = seq
+        if ident := headers.get("Nats-Msg-Id"):
+            msg_ids[ident] = seq
         try:
-            event = stored(msg)
+            event = decode(data, seq=seq, subject=subject)
+            topology.admit(event)
         except UndecodableEvent:
             continue
         events.append(event)  # admitted: its subject names this agent and intent
-    return History(events=events, last_seq=last)
+    return History(events=events, last_seq=last, msg_ids=msg_ids)
+
+
+async def direct_history(nc: Client, agent_id: str, intent_id: str) -> History:
+    """An intent's history by batched Direct Get: fast, answered by any replica, maybe one behind."""
+    msgs = await direct_get_batch(nc, subjects.INTENTS_STREAM, subjects.intent_filter(agent_id, intent_id))
+    return _history(
+        (
+            int((m.headers or {})["Nats-Sequence"]),
+            (m.headers or {}).get("Nats-Subject", m.subject),
+            m.data,
+            m.headers or {},
+        )
+        for m in msgs
+    )
+
+
+async def leader_history(js: JetStreamContext, agent_id: str, intent_id: str) -> History:
+    """An intent's history read message by message through ``$JS.API.STREAM.MSG.GET``, which the
+    stream leader answers: as new as the stream's committed writes (slower; the fallback)."""
+    records: list[tuple[int, str, bytes, Mapping[str, str]]] = []
+    seq = 1
+    while True:
+        try:
+            raw = await js.get_msg(
+                subjects.INTENTS_STREAM, seq=seq, subject=subjects.intent_filter(agent_id, intent_id), next=True
+            )
+        except NotFoundError:
+            return _history(records)
+        assert raw.seq is not None
+        records.append((raw.seq, raw.subject or "", raw.data or b"", raw.headers or {}))
+        seq = raw.seq + 1
+
+
+async def read_history(
+    nc: Client, agent_id: str, intent_id: str, *, min_seq: int = 0, event_id: str | None = None
+) -> History:
+    """Fold input: every admitted event of one intent, in stream order, at least as new as the
+    event that made us read (read-your-writes: :func:`consistency.covers`).
+
+    Direct Get first (any replica may answer, one behind too); if the history does not reach
+    ``min_seq`` or lacks ``event_id``, read again a few times, then through the stream leader.
+
+    Undecodable or forged messages on the intent's subjects are skipped (their consumers
+    dead-letter them) but still count for the fence: ``last_seq`` is the true last sequence.
+
+    Args:
+        nc: connection.
+        agent_id, intent_id: the intent.
+        min_seq: the trigger's stream sequence (0: no bound).
+        event_id: the trigger's envelope id, which the history must hold (None: no check).
+
+    Raises:
+        HistoryBehind: not even the leader's read reached the trigger (a leader change under
+            way): the caller must not decide now, but redeliver.
+    """
+    for number in range(1, DIRECT_READS + 1):
+        history = await direct_history(nc, agent_id, intent_id)
+        if covers(history.events, history.last_seq, min_seq=min_seq, event_id=event_id):
+            return history
+        await asyncio.sleep(READ_PAUSE * number)
+    log.info("%s: %d direct reads were behind seq %d; asking the stream leader", intent_id, DIRECT_READS, min_seq)
+    try:
+        history = await leader_history(nc.jetstream(), agent_id, intent_id)
+    except ANSWER_LOST as exc:
+        raise HistoryBehind(f"{intent_id}: replicas behind seq {min_seq} and the leader did not answer") from exc
+    if covers(history.events, history.last_seq, min_seq=min_seq, event_id=event_id):
+        return history
+    raise HistoryBehind(f"{intent_id}: even the stream leader's history ends at {history.last_seq}, before {min_seq}")
 
 
 async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> RawStreamMsg | None:

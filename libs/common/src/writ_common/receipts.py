@@ -160,7 +160,8 @@ class Finding:
     """One thing wrong with the ledger, at an exact place."""
 
     code: str  # hash_mismatch | bad_signature | broken_link | position_gap | duplicate_receipt |
-    # terminal_without_receipt | receipt_without_terminal | history_mismatch | foreign_message
+    # terminal_without_receipt | receipt_without_terminal | history_mismatch | foreign_message |
+    # stranded_intent
     position: int | None
     intent_id: str | None
     message: str

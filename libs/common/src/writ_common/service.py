@@ -22,14 +22,27 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
-from writ_common.bus import StaleAppend, StorageRefused, append, append_control, dead_letter, read_history, stored
+from writ_common.bus import (
+    SETTLE_SECONDS,
+    History,
+    HistoryBehind,
+    StaleAppend,
+    StorageRefused,
+    append,
+    append_control,
+    dead_letter,
+    read_history,
+    stored,
+)
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, decode_json, make_envelope, parse_time
-from writ_common.events import IntentExpired, Payload, Stage
+from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
 from writ_common.settings import WritSettings
+from writ_common.stranded import SWEEP_GRACE, expiry
 from writ_common.streams import ensure_streams
+from writ_common.sweeper import OpenIntents
 from writ_common.telemetry import stage_span
 
 log = logging.getLogger(__name__)
@@ -38,6 +51,8 @@ VERSION = "0.1.0"
 FENCE_RETRIES = 8
 DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
 STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
+SWEEP_TICK = 1.0  # seconds between sweeps for intents left open past their deadline
+BEHIND_RETRY = 0.5  # seconds before a trigger whose history could not be read fresh comes again
 
 
 class Redeliver(Exception):
@@ -58,6 +73,7 @@ def undecoded_body(msg: Any) -> Any:
 
 
 Decide = Callable[[IntentView], Awaitable[Sequence[Payload]]]
+SweepRule = Callable[[IntentView, datetime], Sequence[Payload]]
 CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 CallerCommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -70,11 +86,13 @@ class Service:
         self.settings = settings
         self.producer = Producer(service=name, instance=settings.instance, version=VERSION)
         self.broker = NatsBroker(
-            settings.resolved_nats_url(),
+            settings.nats_servers(),
             name=f"writ-{name}",
             max_reconnect_attempts=-1,
             logger=None,
             decoder=undecoded_body,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
             **settings.bus_options(name),
         )
         self.dead_letters = 0
@@ -83,6 +101,13 @@ class Service:
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], Awaitable[None]]] = []
         self._stopping = False
+        self._before_stop: list[Callable[[], Awaitable[None]]] = []  # before the broker drains
+
+    async def _on_disconnected(self) -> None:
+        log.warning("%s: disconnected from NATS; reconnecting", self.name)
+
+    async def _on_reconnected(self) -> None:
+        log.warning("%s: reconnected to NATS at %s", self.name, self.broker.connection.connected_url)
 
     @property
     def nc(self) -> Client:
@@ -235,10 +260,9 @@ class Service:
         A redelivered trigger whose effect is already in the history makes ``decide`` return
         nothing: replay is resumption. Returns the stream sequences appended.
         """
-        agent_id, intent_id = trigger.envelope.agent_id, trigger.envelope.intent_id
-        assert agent_id and intent_id
+        intent_id = trigger.envelope.intent_id
         for _ in range(FENCE_RETRIES):
-            history = await read_history(self.nc, agent_id, intent_id)
+            history = await self.history(trigger)
             view = fold_intent(history.events)
             payloads = expired_or_none(view, stage) or await decide(view)
             if view.is_terminal or not payloads:
@@ -249,6 +273,28 @@ class Service:
                 log.info("%s: %s moved on while deciding; folding again", self.name, intent_id)
         raise RuntimeError(f"{intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
+    async def history(self, trigger: StoredEvent, *, min_seq: int | None = None) -> History:
+        """The history of ``trigger``'s intent, at least as new as the trigger (or ``min_seq``):
+        a stage never decides from a read that may be behind what it was told.
+
+        Raises:
+            Redeliver: no read reached the trigger (replicas behind, a leader change): the
+                trigger comes again shortly instead of being taken for "nothing to do".
+        """
+        agent_id, intent_id = trigger.envelope.agent_id, trigger.envelope.intent_id
+        assert agent_id and intent_id
+        try:
+            return await read_history(
+                self.nc,
+                agent_id,
+                intent_id,
+                min_seq=trigger.seq if min_seq is None else min_seq,
+                event_id=trigger.envelope.id,
+            )
+        except HistoryBehind as exc:
+            metrics.REDELIVERIES.labels(self.name, "history_behind").inc()
+            raise Redeliver(BEHIND_RETRY, str(exc)) from exc
+
     async def append_all(
         self,
         view: IntentView,
@@ -256,6 +302,8 @@ class Service:
         payloads: Sequence[Payload],
         last_seq: int,
         attempt: int | str = 0,
+        *,
+        settle: float = SETTLE_SECONDS,
     ) -> list[int]:
         seqs = []
         for payload in payloads:
@@ -267,7 +315,7 @@ class Service:
                 causation_id=trigger.envelope.id,
                 correlation_id=view.submitted_event.envelope.id if view.submitted_event else trigger.envelope.id,
             )
-            ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt)
+            ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt, settle=settle)
             last_seq = ack.seq
             seqs.append(ack.seq)
             if code := getattr(payload, "code", None):
@@ -299,6 +347,70 @@ class Service:
         if self.settings.fault_file is not None and faults.trigger(self.settings.fault_file).hit():
             log.warning("%s: fault hook: exiting after append %d, before the ack", self.name, self._appends)
             os._exit(faults.EXIT_CODE)
+
+    def sweep(self, rule: SweepRule, *, attempt: Callable[[IntentView], int | str] = lambda _v: 0) -> None:
+        """Nothing stranded: every ``SWEEP_TICK``, end by ``rule`` the open intents past their
+        deadline (and ``SWEEP_GRACE``), whatever left them open. Appends are fenced, so every
+        replica may sweep; ``attempt`` names the appended events as the stage's own path does,
+        so a sweep and a stage deciding the same end store it once."""
+        index = OpenIntents()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(SWEEP_TICK)
+                try:
+                    await index.catch_up(self.js)
+                    now = datetime.now(UTC)
+                    for intent_id, submitted in list(index.open.items()):
+                        if past_due(submitted, now):
+                            await self.sweep_one(index, submitted, rule, attempt)
+                            log.debug("%s: swept %s", self.name, intent_id)
+                except Exception:
+                    log.exception("%s: sweeping for stranded intents failed; next tick tries again", self.name)
+
+        async def start() -> None:
+            tasks.append(asyncio.create_task(loop(), name=f"{self.name}-sweep"))
+
+        async def stop() -> None:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await index.stop()
+
+        self.on_startup(start)
+        # Before the broker stops: a pull subscription waiting in fetch holds up its drain.
+        self._before_stop.append(stop)
+
+    async def sweep_one(
+        self,
+        index: OpenIntents,
+        submitted: StoredEvent,
+        rule: SweepRule,
+        attempt: Callable[[IntentView], int | str],
+    ) -> None:
+        agent_id, intent_id = submitted.envelope.agent_id or "", submitted.envelope.intent_id or ""
+        for _ in range(FENCE_RETRIES):
+            history = await read_history(self.nc, agent_id, intent_id, min_seq=submitted.seq)
+            view = fold_intent(history.events)
+            if view.is_terminal:
+                index.open.pop(intent_id, None)
+                return
+            payloads = rule(view, datetime.now(UTC))
+            if not payloads:
+                return
+            try:
+                await self.append_all(view, submitted, payloads, history.last_seq, attempt(view))
+                log.warning(
+                    "%s: %s was stranded past its deadline; ended it (%s)",
+                    self.name,
+                    intent_id,
+                    ", ".join(type(p).__name__ for p in payloads),
+                )
+                return
+            except StaleAppend:
+                continue
 
     # -- control commands ---------------------------------------------------------------------
 
@@ -362,6 +474,10 @@ class Service:
         self._stopping = True
         for drain in self._drains:
             await drain()
+        for fn in self._before_stop:
+            with contextlib.suppress(Exception):
+                await fn()
+        # Stop consuming first, so no handler runs against closed resources.
         await self.broker.stop()
         for fn in self._shutdown:
             with contextlib.suppress(Exception):
@@ -382,14 +498,18 @@ class Service:
 
 def expired_or_none(view: IntentView, stage: Stage) -> list[Payload]:
     """Every stage checks the agent's deadline first: past it, the intent ends as expired."""
-    deadline = view.deadline
-    if view.is_terminal or deadline is None or datetime.now(UTC) <= deadline:
-        return []
-    return [
-        IntentExpired(
-            stage=stage, reason=f"deadline {view.submitted.deadline if view.submitted else ''} passed before {stage}"
-        )
-    ]
+    return expiry(view, stage, datetime.now(UTC))
+
+
+def past_due(submitted: StoredEvent, now: datetime) -> bool:
+    """``submitted``'s deadline plus the sweep grace has passed."""
+    deadline = getattr(submitted.payload, "deadline", None)
+    if not deadline:
+        return False
+    try:
+        return now > parse_time(deadline) + SWEEP_GRACE
+    except ValueError:
+        return False
 
 
 def configure_logging(service: str) -> None:

@@ -21,24 +21,25 @@ from nats.aio.msg import Msg
 
 from writ_common import commands, metrics, subjects
 from writ_common import events as ev
-from writ_common.bus import StaleAppend, read_history
+from writ_common.bus import AppendUnresolved, StaleAppend, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError, require_token
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent
 from writ_common.fold import IntentView, fold_intent
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
-from writ_common.service import FENCE_RETRIES, Redeliver, Service, expired_or_none
+from writ_common.service import FENCE_RETRIES, Redeliver, Service
 from writ_common.settings import WritSettings
+from writ_common.stranded import sweep_execution
 from writ_executor.breaker import CircuitBreaker, Transition
 from writ_executor.domain import (
     CallError,
     Invoke,
     after_error,
     call_arguments,
+    decide_execution,
     idempotency_key,
     needs_recheck,
-    next_step,
     outcome,
     policy_changed,
     reconcile,
@@ -80,8 +81,12 @@ class Discover(msgspec.Struct, kw_only=True):
 DISCOVERY_TIMEOUT = 60.0
 ACK_WAIT = 10.0  # extended every ACK_WAIT/3 while a call runs; also the lease's time to live
 LEASE_BUSY_RETRY = 2.0
-REFRESH_TIMEOUT = 75.0
-SERVER_BUSY_RETRY = 0.2  # the registry allows discovery 60s
+REFRESH_TIMEOUT = 75.0  # the registry allows discovery 60s
+# How long a lost answer to execution.started is looked into before giving up (then the message
+# is redelivered and the log decides). An outcome, once known, is held on to until recorded.
+SETTLE_STARTED = 300.0
+SETTLE_OUTCOME = 60.0
+SERVER_BUSY_RETRY = 0.2  # seconds before a call whose server is at its limit comes again
 
 
 def build(settings: WritSettings) -> Service:
@@ -175,7 +180,7 @@ def build(settings: WritSettings) -> Service:
                 message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
             )
 
-    async def invoke(view: IntentView, attempt: int, raw: Msg) -> ev.Payload:
+    async def invoke(view: IntentView, attempt: int) -> ev.Payload:
         planned = view.planned
         assert planned is not None and view.intent_id
         server = await server_for(planned.server)
@@ -209,7 +214,6 @@ def build(settings: WritSettings) -> Service:
         if (deadline := view.deadline) is not None:
             timeout = min(timeout, max(0.001, (deadline - datetime.now(UTC)).total_seconds()))
         meta = {IDEMPOTENCY_META_KEY: idempotency_key(view), "writ/attempt": attempt}
-        heartbeat = asyncio.create_task(keep_alive(raw, leases, view.intent_id, attempt))
         started = time.perf_counter()
         error: CallError | None = None
         try:
@@ -220,8 +224,6 @@ def build(settings: WritSettings) -> Service:
             error = CallError("interrupted", "call_interrupted", redactor.text(str(exc)))
         except MCPError as exc:
             error = CallError("refused", "mcp_error", redactor.text(f"{server.name!r} refused the call: {exc.message}"))
-        finally:
-            heartbeat.cancel()
         if error is not None:
             metrics.ATTEMPT_FAILURES.labels(server.name, error.code).inc()
             if error.kind != "refused":
@@ -236,13 +238,13 @@ def build(settings: WritSettings) -> Service:
         )
         return outcome(attempt, dumped, bool(result.is_error), elapsed, max_output_bytes=settings.max_output_bytes)
 
-    async def fold(trigger: StoredEvent) -> tuple[IntentView, int]:
-        history = await read_history(svc.nc, trigger.envelope.agent_id or "", trigger.envelope.intent_id or "")
+    async def fold(trigger: StoredEvent, min_seq: int | None = None) -> tuple[IntentView, int]:
+        """The intent as of at least ``trigger`` (or ``min_seq``: an event we appended)."""
+        history = await svc.history(trigger, min_seq=min_seq)
         return fold_intent(history.events), history.last_seq
 
     def decide(view: IntentView) -> Invoke | ev.Payload | None:
-        expired = expired_or_none(view, "execute")
-        return expired[0] if expired else next_step(view, settings.max_attempts)
+        return decide_execution(view, now=datetime.now(UTC), max_attempts=settings.max_attempts)
 
     async def on_authorized(trigger: StoredEvent, raw: Msg) -> None:
         for _ in range(FENCE_RETRIES):
@@ -274,12 +276,20 @@ def build(settings: WritSettings) -> Service:
         not a decision to retake: when something else landed on the intent meanwhile (an
         agent's message on its own subject moves the fence too), fold again and append after it.
         Returns False when the intent had already ended (then there is nothing to add)."""
-        for _ in range(FENCE_RETRIES):
+        stale = 0
+        while stale < FENCE_RETRIES:
             try:
-                await svc.append_all(view, trigger, [result], last_seq, attempt=attempt)
+                await svc.append_all(view, trigger, [result], last_seq, attempt=attempt, settle=SETTLE_OUTCOME)
                 return True
+            except AppendUnresolved as exc:
+                # The bus is away. The outcome is known only here: hold on to it, never let a
+                # redelivery take the call for interrupted.
+                log.warning(
+                    "%s: attempt %d's outcome not yet recorded (%s); trying again", view.intent_id, attempt, exc
+                )
             except StaleAppend:
-                view, last_seq = await fold(trigger)
+                stale += 1
+                view, last_seq = await fold(trigger, min_seq=last_seq)
                 if view.is_terminal:
                     log.warning("%s: intent ended elsewhere while attempt %d ran", view.intent_id, attempt)
                     return False
@@ -292,6 +302,9 @@ def build(settings: WritSettings) -> Service:
                 raise Redeliver(LEASE_BUSY_RETRY, f"attempt {attempt} is leased by another executor")
         except LeaseUnavailable as exc:
             raise Redeliver(LEASE_BUSY_RETRY, f"not executing without a lease: {exc}") from exc
+        # From here to the recorded outcome, the message stays ours and the lease held, however
+        # long a lost answer takes to resolve.
+        heartbeat = asyncio.create_task(keep_alive(raw, leases, intent_id, attempt))
         try:
             view, last_seq = await fold(trigger)  # under the lease: the latest word
             if decide(view) != Invoke(attempt):
@@ -307,14 +320,19 @@ def build(settings: WritSettings) -> Service:
                 tool=view.planned.tool,
             )
             try:
-                # Recorded before the call: a crash after this point is seen on redelivery.
-                [started_seq] = await svc.append_all(view, trigger, [started], last_seq, attempt=attempt)
+                # Recorded before the call: a crash after this point is seen on redelivery. A
+                # lost answer is resolved by looking for our own event: the call is made once
+                # it is known stored, and never when it is not.
+                [started_seq] = await svc.append_all(
+                    view, trigger, [started], last_seq, attempt=attempt, settle=SETTLE_STARTED
+                )
             except StaleAppend as exc:
                 raise Redeliver(0.0, "the intent moved on before the call started") from exc
-            result = await invoke(view, attempt, raw)
+            result = await invoke(view, attempt)
             if not await record_outcome(trigger, view, result, started_seq, attempt):
                 return
         finally:
+            heartbeat.cancel()
             await leases.release(intent_id, attempt)
         if isinstance(result, ev.ExecutionAttemptFailed):
             raise Redeliver(result.retry_after_ms / 1000, f"attempt {attempt} failed: {result.reason}")
@@ -419,6 +437,9 @@ def build(settings: WritSettings) -> Service:
         max_ack_pending=settings.executor_concurrency * 2,
         concurrency=settings.executor_concurrency,
     )
+    # Nothing stranded: an unanswered call past its deadline ends outcome_unknown (non-idempotent)
+    # or expired (idempotent), named by its attempt as on_authorized would name it.
+    svc.sweep(sweep_execution, attempt=lambda view: view.last_attempt)
     svc.command("reconcile", reconcile_intent)
     svc.command("set_secret", set_secret)
     svc.command("delete_secret", delete_secret)

@@ -12,6 +12,7 @@ from writ_common import events as ev
 from writ_common.digest import approval_digest, sha256_digest
 from writ_common.envelope import MAX_CONTENT_DEPTH, nesting_depth_exceeds
 from writ_common.fold import IntentView
+from writ_common.stranded import expiry, past_deadline, unanswered_call
 
 MAX_ATTEMPTS = 3
 BACKOFF_BASE = 0.5  # seconds; attempt n waits uniform(0, min(cap, base * 2**(n-1)))
@@ -37,6 +38,20 @@ class CallError:
     kind: Literal["not_sent", "interrupted", "refused"]
     code: str
     message: str
+
+
+def decide_execution(
+    view: IntentView, *, now: datetime, max_attempts: int = MAX_ATTEMPTS
+) -> Invoke | ev.Payload | None:
+    """The deadline first, then :func:`next_step`. Past the deadline an intent ends expired,
+    except one whose non-idempotent call was started and never answered: that call may have
+    run, and an expiry would hide it, so it ends ``outcome_unknown``."""
+    if view.is_terminal or view.authorized is None:
+        return None
+    if past_deadline(view, now):
+        unknown = unanswered_call(view)
+        return unknown if unknown is not None else expiry(view, "execute", now)[0]
+    return next_step(view, max_attempts)
 
 
 def next_step(view: IntentView, max_attempts: int = MAX_ATTEMPTS) -> Invoke | ev.Payload | None:

@@ -14,7 +14,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject, read_history
+from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
 from writ_common.fold import fold_intent
@@ -119,7 +119,7 @@ def build(settings: WritSettings) -> Service:
         for _ in range(FENCE_RETRIES):
             if await has_own_receipt(agent_id, intent_id):
                 return  # exactly one receipt per intent
-            history = await read_history(svc.nc, agent_id, intent_id)
+            history = await svc.history(trigger)  # reaches the terminal event, or redelivers
             view = fold_intent(history.events)
             if view.terminal is None or view.submitted is None:
                 return  # a terminal event without its intent: nothing to vouch for

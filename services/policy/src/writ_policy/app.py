@@ -15,13 +15,14 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
-from writ_common.bus import StaleAppend, direct_get_batch, last_on_subject, read_history, stored
+from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Decide, Redeliver, Service
 from writ_common.settings import WritSettings
+from writ_common.stranded import sweep_stage
 from writ_policy.approvals import SignedDecision, expire, is_expired, judge
 from writ_policy.domain import (
     Bundle,
@@ -143,7 +144,18 @@ def build(settings: WritSettings) -> Service:
         agent = agent_id or (requested.envelope.agent_id if requested else None)
         if not agent:
             raise CommandError("not_found", f"no approval request for intent {intent_id!r}")
-        history = await read_history(svc.nc, agent, intent_id)
+        # At least as new as the request we know of: a replica behind it would say "no request".
+        known = requested if requested and requested.envelope.agent_id == agent else None
+        try:
+            history = await read_history(
+                svc.nc,
+                agent,
+                intent_id,
+                min_seq=known.seq if known else 0,
+                event_id=known.envelope.id if known else None,
+            )
+        except HistoryBehind as exc:
+            raise CommandError("busy", f"the log is catching up on intent {intent_id!r}; try again") from exc
         view = fold_intent(history.events)
         trigger = next((e for e in view.events if e.type == "approval.requested"), None)
         if view.approval is None or trigger is None:
@@ -339,6 +351,9 @@ def build(settings: WritSettings) -> Service:
 
     svc.on_startup(startup)
     svc.on_shutdown(shutdown)
+    # Nothing stranded: an open intent past its deadline ends expired, whatever held it up
+    # (one with an unanswered call is the executor's to end).
+    svc.sweep(sweep_stage)
     svc.consume_intents(subjects.intents_of_type("intent.planned"), on_planned)
     svc.command("decide_approval", decide_approval)
     svc.command("list_approvals", list_approvals)

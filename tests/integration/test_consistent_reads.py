@@ -1,0 +1,191 @@
+"""Read-your-writes and nothing stranded, against a real nats-server: a stage never takes a history
+that misses its trigger for "nothing to do", an append's lost answer is resolved by looking,
+a duplicate ack counts only for our own event, and an intent left behind by a stage ends expired
+with its receipt once its deadline passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import msgspec
+import nats.errors
+import pytest
+from inprocess import Spine
+
+from writ.synthetic import producer_of
+from writ_common import bus
+from writ_common import events as ev
+from writ_common.bus import StaleAppend, append, read_history
+from writ_common.envelope import Envelope, StoredEvent, make_envelope
+from writ_common.fold import IntentView
+from writ_common.ids import derive_intent_id
+from writ_common.service import Redeliver
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def hand_made(spine: Spine, intent_id: str, payload: ev.Payload) -> Envelope:
+    return make_envelope(payload, producer=producer_of(payload), intent_id=intent_id, agent_id=spine.agent.agent_id)
+
+
+def failed_attempt(attempt: int) -> ev.ExecutionAttemptFailed:
+    return ev.ExecutionAttemptFailed(attempt=attempt, code="test", reason="test", retry_after_ms=1)
+
+
+async def authenticated_intent(spine: Spine) -> tuple[str, StoredEvent]:
+    """A hand-made intent (no ``submitted``, so no service acts on it) and its one event."""
+    intent_id = f"in-fresh{uuid.uuid4().hex[:12]}"
+    await append(spine.js, hand_made(spine, intent_id, ev.IntentAuthenticated(key_id="seed")), expected_last_seq=0)
+    [trigger] = (await read_history(spine.nc, spine.agent.agent_id, intent_id)).events
+    return intent_id, trigger
+
+
+async def test_a_history_that_misses_the_trigger_is_read_again_then_redelivered_never_acked(
+    spine: Spine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intent_id, trigger = await authenticated_intent(spine)
+    leader_reads = 0
+    leader_history = bus.leader_history
+
+    async def counting(*args: Any) -> bus.History:
+        nonlocal leader_reads
+        leader_reads += 1
+        return await leader_history(*args)
+
+    monkeypatch.setattr(bus, "leader_history", counting)
+    decided: list[IntentView] = []
+
+    async def decide(view: IntentView) -> list[ev.Payload]:
+        decided.append(view)
+        return []  # what a stage says when its trigger is not in the history: "nothing to do"
+
+    registry = spine.services[1]
+    # The trigger as a replica behind it would not have it: a sequence past what any read returns,
+    # and an event id the history does not hold.
+    ahead = dataclasses.replace(trigger, seq=trigger.seq + 1000)
+    with pytest.raises(Redeliver):
+        await registry.run_stage(ahead, "plan", decide)
+    unseen = StoredEvent(
+        envelope=msgspec.structs.replace(trigger.envelope, id="01" + "Z" * 24),
+        payload=trigger.payload,
+        seq=trigger.seq,
+        subject=trigger.subject,
+    )
+    with pytest.raises(Redeliver):
+        await registry.run_stage(unseen, "plan", decide)
+    assert decided == [], "no decision on a history behind the trigger"
+    assert leader_reads == 2, "the stream leader is asked after the direct reads came back behind"
+
+    # The trigger as it really is: decided on at once, from a history that holds it.
+    assert await registry.run_stage(trigger, "plan", decide) == []
+    assert len(decided) == 1 and decided[0].events[-1].envelope.id == trigger.envelope.id
+    assert leader_reads == 2
+    assert [e.type for e in (await read_history(spine.nc, spine.agent.agent_id, intent_id)).events] == [
+        "intent.authenticated"
+    ]
+
+
+async def test_a_lost_answer_is_resolved_by_looking_for_our_own_event(
+    spine: Spine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intent_id, trigger = await authenticated_intent(spine)
+    js = spine.js
+    publish = js.publish
+    sends: list[str] = []
+
+    async def stored_then_lost(subject: str, payload: bytes = b"", **kwargs: Any) -> Any:
+        sends.append(subject)
+        if len(sends) == 1:
+            await publish(subject, payload, **kwargs)  # the server stores it ...
+            raise nats.errors.TimeoutError  # ... and the answer never comes
+        return await publish(subject, payload, **kwargs)
+
+    monkeypatch.setattr(js, "publish", stored_then_lost)
+    # Events no service acts on, so the intent holds only what this test appends.
+    planned = hand_made(spine, intent_id, failed_attempt(1))
+    ack = await append(js, planned, expected_last_seq=trigger.seq, attempt=1)
+    assert len(sends) == 1, "found stored by looking: not sent again"
+    history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
+    assert [e.envelope.id for e in history.events] == [trigger.envelope.id, planned.id], [
+        (e.type, e.envelope.id, e.envelope.producer) for e in history.events
+    ]
+    assert ack.seq == history.last_seq
+
+    # Lost before the server stored it: looking finds nothing, so it is sent again, once.
+    sends.clear()
+
+    async def lost_unsent(subject: str, payload: bytes = b"", **kwargs: Any) -> Any:
+        sends.append(subject)
+        if len(sends) == 1:
+            raise nats.js.errors.NoStreamResponseError
+        return await publish(subject, payload, **kwargs)
+
+    monkeypatch.setattr(js, "publish", lost_unsent)
+    second = hand_made(spine, intent_id, failed_attempt(2))
+    ack = await append(js, second, expected_last_seq=history.last_seq, attempt=2)
+    assert len(sends) == 2
+    after = await read_history(spine.nc, spine.agent.agent_id, intent_id)
+    assert [e.envelope.id for e in after.events] == [trigger.envelope.id, planned.id, second.id]
+    assert ack.seq == after.last_seq
+
+
+async def test_a_duplicate_ack_counts_only_for_our_own_event(spine: Spine) -> None:
+    intent_id, trigger = await authenticated_intent(spine)
+    first = hand_made(spine, intent_id, failed_attempt(1))
+    stored = await append(spine.js, first, expected_last_seq=trigger.seq, attempt=1)
+    # The same envelope again (a re-sent append): a duplicate of ours is our append.
+    again = await append(spine.js, first, expected_last_seq=stored.seq, attempt=1)
+    assert (again.seq, again.duplicate) == (stored.seq, True)
+    # Another event under the same message id (an earlier run's, e.g. its execution.started):
+    # the server acks it as a duplicate, and it is never taken for ours.
+    other = hand_made(spine, intent_id, failed_attempt(1))
+    with pytest.raises(StaleAppend):
+        await append(spine.js, other, expected_last_seq=stored.seq, attempt=1)
+
+
+async def test_an_intent_no_stage_moves_on_ends_expired_with_its_receipt(
+    spine: Spine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = spine.services[1]
+    run_stage = registry.run_stage
+    mine: set[str] = set()
+
+    async def takes_it_for_nothing(trigger: StoredEvent, stage: Any, decide: Any) -> list[int]:
+        # What a stale read did: the stage "finds nothing to do" and the trigger is acked.
+        if trigger.envelope.intent_id in mine:
+            return []
+        return await run_stage(trigger, stage, decide)
+
+    monkeypatch.setattr(registry, "run_stage", takes_it_for_nothing)
+    # A real, signed intent: identity authenticates it, then nothing plans it.
+    key = f"stranded-{uuid.uuid4().hex[:8]}"
+    submission_id = derive_intent_id(spine.agent.agent_id, key)
+    mine.add(submission_id)
+    submitted = await spine.agent.submit(
+        "time/get_current_time", {"timezone": "UTC"}, idempotency_key=key, deadline_seconds=2.0
+    )
+    assert submitted.intent_id == submission_id
+    receipt = await spine.agent.receipt(submission_id, 30)
+    assert (receipt.status, receipt.stage) == ("expired", "plan"), receipt.reason
+    assert "no stage ended it" in receipt.reason
+    history = await read_history(spine.nc, spine.agent.agent_id, submission_id)
+    assert [e.type for e in history.events] == ["intent.submitted", "intent.authenticated", "intent.expired"]
+
+
+async def test_a_service_given_several_seeds_connects_through_one_that_is_up(nats_server: str, tmp_path: Any) -> None:
+    from writ.runtime.processes import free_port
+    from writ_common.service import Service
+    from writ_common.settings import WritSettings
+
+    down = f"nats://127.0.0.1:{free_port()}"  # a node that is down: nothing listens there
+    settings = WritSettings(data_dir=tmp_path, nats_url=f"{down}, {nats_server}", instance="seeds")
+    svc = Service("identity", settings)
+    await svc.broker.connect()
+    try:
+        assert svc.nc.is_connected
+        assert svc.nc.connected_url is not None
+        assert svc.nc.connected_url.port == int(nats_server.rsplit(":", 1)[1])
+    finally:
+        await svc.broker.stop()

@@ -1,0 +1,158 @@
+"""The cluster's pure rules: is a history new enough to decide on, is a stored event ours, which
+intents are stranded and how each ends, how seed URLs are read. No broker, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from test_rules import KEY, authorized, started, view_of
+
+from writ.sdk import new_intent, sign_intent
+from writ_common import events as ev
+from writ_common.consistency import Landed, covers, landed
+from writ_common.settings import WritSettings, split_servers
+from writ_common.stranded import (
+    SWEEP_GRACE,
+    stranded_findings,
+    sweep_execution,
+    sweep_stage,
+    waiting_for,
+)
+from writ_executor.domain import Invoke, decide_execution
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime.now(UTC)
+LATER = NOW + timedelta(hours=1)  # past every test intent's deadline and the grace
+
+
+class TestMyTriggerIsInThisHistory:
+    def test_a_history_that_reaches_the_trigger_covers_it(self) -> None:
+        view = authorized(False)
+        trigger = view.events[-1]
+        assert covers(view.events, trigger.seq, min_seq=trigger.seq, event_id=trigger.envelope.id)
+
+    def test_a_history_ending_before_the_trigger_is_behind(self) -> None:
+        view = authorized(False)
+        assert not covers(view.events[:-1], view.events[-2].seq, min_seq=view.events[-1].seq)
+
+    def test_a_history_without_the_trigger_event_is_behind_whatever_its_sequence(self) -> None:
+        view = authorized(False)
+        other = authorized(False).events[-1]  # same shape, another event
+        assert not covers(view.events, view.events[-1].seq, min_seq=0, event_id=other.envelope.id)
+
+    def test_no_bound_means_any_history_will_do(self) -> None:
+        assert covers([], 0)
+
+
+class TestIsTheStoredEventOurs:
+    def test_our_envelope_stored_is_ours_at_its_sequence(self) -> None:
+        view = authorized(False, started(1))
+        mine = view.events[-1]
+        assert landed({"x:execution.started:1": mine.seq}, view.events, msg_id="x", envelope_id=mine.envelope.id) == (
+            Landed.OURS,
+            mine.seq,
+        )
+
+    def test_another_event_under_our_message_id_is_foreign(self) -> None:
+        """An earlier delivery's execution.started: a duplicate ack for it must never start a call."""
+        view = authorized(False, started(1))
+        ours_never_stored = authorized(False, started(1)).events[-1].envelope.id
+        ids = {"i:execution.started:1": view.events[-1].seq}
+        assert landed(ids, view.events, msg_id="i:execution.started:1", envelope_id=ours_never_stored) == (
+            Landed.FOREIGN,
+            view.events[-1].seq,
+        )
+
+    def test_nothing_under_our_message_id_is_absent(self) -> None:
+        view = authorized(False)
+        assert landed({}, view.events, msg_id="i:execution.started:1", envelope_id="nope") == (Landed.ABSENT, 0)
+
+
+class TestStranded:
+    def test_a_stranded_intent_waits_for_the_stage_after_the_last_it_reached(self) -> None:
+        intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=1), KEY)
+        assert waiting_for(view_of(intent)) == "authenticate"
+        assert waiting_for(view_of(intent, ev.IntentAuthenticated(key_id="k"))) == "plan"
+        assert waiting_for(authorized(False)) == "execute"
+
+    def test_an_open_intent_past_its_deadline_and_the_grace_is_expired_by_the_sweep(self) -> None:
+        intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=1), KEY)
+        view = view_of(intent, ev.IntentAuthenticated(key_id="k"))
+        [expired] = sweep_stage(view, LATER)
+        assert isinstance(expired, ev.IntentExpired) and expired.stage == "plan"
+        assert "no stage ended it" in expired.reason
+
+    def test_nothing_is_swept_before_the_deadline_and_its_grace(self) -> None:
+        intent = sign_intent(new_intent("bot", "t", {}, deadline_seconds=60), KEY)
+        view = view_of(intent)
+        assert sweep_stage(view, NOW) == []
+        deadline = view.deadline
+        assert deadline is not None
+        assert sweep_stage(view, deadline + SWEEP_GRACE / 2) == []
+        assert sweep_stage(view, deadline + SWEEP_GRACE * 2) != []
+
+    def test_an_ended_intent_is_never_swept(self) -> None:
+        done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
+        view = authorized(False, started(1), done, deadline_seconds=1)
+        assert sweep_stage(view, LATER) == [] and sweep_execution(view, LATER) == []
+
+    def test_an_unanswered_non_idempotent_call_is_the_executors_and_ends_outcome_unknown(self) -> None:
+        view = authorized(False, started(1), deadline_seconds=1)
+        assert sweep_stage(view, LATER) == []  # policy leaves it alone: the call may have run
+        [unknown] = sweep_execution(view, LATER)
+        assert isinstance(unknown, ev.ExecutionOutcomeUnknown) and unknown.attempt == 1
+
+    def test_an_unanswered_idempotent_call_ends_expired(self) -> None:
+        [expired] = sweep_execution(authorized(True, started(1), deadline_seconds=1), LATER)
+        assert isinstance(expired, ev.IntentExpired) and expired.stage == "execute"
+
+    def test_a_failed_attempt_waiting_for_its_retry_is_expired_by_the_stage_sweep(self) -> None:
+        failed = ev.ExecutionAttemptFailed(attempt=1, code="c", reason="r", retry_after_ms=10)
+        view = authorized(False, started(1), failed, deadline_seconds=1)
+        assert sweep_execution(view, LATER) == []
+        [expired] = sweep_stage(view, LATER)
+        assert isinstance(expired, ev.IntentExpired) and expired.stage == "execute"
+
+    def test_verify_names_each_stranded_intent(self) -> None:
+        open_view = authorized(False, deadline_seconds=1)
+        done = authorized(
+            False,
+            started(1),
+            ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1),
+            deadline_seconds=1,
+        )
+        fresh = authorized(False, deadline_seconds=600)
+        findings = stranded_findings({"open": open_view, "done": done, "fresh": fresh}, NOW + timedelta(seconds=30))
+        assert [(f.code, f.intent_id) for f in findings] == [("stranded_intent", "open")]
+        assert "still authorized past its deadline" in findings[0].message
+
+
+class TestExecutorPastTheDeadline:
+    def test_an_open_non_idempotent_attempt_past_the_deadline_is_outcome_unknown_not_expired(self) -> None:
+        view = authorized(False, started(1), deadline_seconds=1)
+        assert isinstance(decide_execution(view, now=LATER), ev.ExecutionOutcomeUnknown)
+
+    def test_without_an_open_attempt_past_the_deadline_it_is_expired(self) -> None:
+        expired = decide_execution(authorized(False, deadline_seconds=1), now=LATER)
+        assert isinstance(expired, ev.IntentExpired) and expired.stage == "execute"
+
+    def test_in_time_it_is_the_usual_next_step(self) -> None:
+        assert decide_execution(authorized(False), now=NOW) == Invoke(attempt=1)
+
+
+class TestSeedUrls:
+    def test_several_comma_separated_urls_are_several_seeds(self) -> None:
+        assert split_servers("nats://a:4222, nats://b:4222,,nats://c:4222 ") == [
+            "nats://a:4222",
+            "nats://b:4222",
+            "nats://c:4222",
+        ]
+
+    def test_one_url_is_one_seed(self) -> None:
+        assert WritSettings(nats_url="nats://127.0.0.1:4222").nats_servers() == ["nats://127.0.0.1:4222"]
+
+    def test_no_url_at_all_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="no NATS URL"):
+            split_servers(" , ")
