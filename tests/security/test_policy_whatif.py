@@ -5,13 +5,19 @@ changes; enforced at last, it decides what the simulation said it would."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import secrets
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scene import Scene
 
+from writ_common import commands
 from writ_common import events as ev
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
@@ -26,6 +32,24 @@ def permit(server: str, *tools: str) -> str:
 
 def forbid(server: str, tool: str) -> str:
     return f'@id("no-{tool}")\nforbid(principal, action == Action::"call_tool", resource == Tool::"{server}/{tool}");\n'
+
+
+def http(url: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def reader(scene: Scene, scope: str) -> str:
+    value = "writv_" + secrets.token_urlsafe(32)
+    body = {"name": f"whatif-{scope}-{secrets.token_hex(3)}", "scope": scope}
+    body["token_hash"] = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    await commands.call(scene.operator, "identity", "issue_reader_token", body)
+    return value
 
 
 async def calls(scene: Scene) -> dict[str, str]:
@@ -54,6 +78,15 @@ async def test_simulate_then_shadow_then_enforce_agree(scene: Scene, tmp_path: P
     assert (change["by_agent"], change["by_policy"]) == ({agent: 1}, {"no-append_row": 1})
     assert change["examples"] == [before["append_row"]]
 
+    # The same from the views API: a summary token reads the counts, a full one the example intents too.
+    api, ask = f"http://127.0.0.1:{scene.plane.views_port}", {"cedar": candidate.read_text(), "agent": agent}
+    for scope in ("summary", "full"):
+        bearer = await reader(scene, scope)
+        status, over_http = await asyncio.to_thread(http, f"{api}/policy/simulate", bearer, ask)
+        assert status == 200, over_http
+        assert [(c["from"], c["to"], c["count"]) for c in over_http["changes"]] == [("allow", "deny", 1)]
+        assert over_http["changes"][0].get("examples") == ([before["append_row"]] if scope == "full" else None)
+
     invalid = tmp_path / "invalid.cedar"
     invalid.write_text('@id("typo")\npermit(principal, action, resource) when { resource.risky };\n')
     refused = await asyncio.to_thread(scene.writ, "policy", "simulate", str(invalid), "--agent", agent)
@@ -77,6 +110,9 @@ async def test_simulate_then_shadow_then_enforce_agree(scene: Scene, tmp_path: P
     (disagreement,) = [d for d in views["disagreements"] if d["agent_id"] == agent]
     assert disagreement["intent_id"] == shadowed["append_row"]
     assert (disagreement["enforced_kind"], disagreement["shadow_kind"]) == ("allow", "deny")
+
+    status, over_http = await asyncio.to_thread(http, f"{api}/shadow?limit=500", await reader(scene, "summary"))
+    assert status == 200 and shadowed["append_row"] in [d["intent_id"] for d in over_http["disagreements"]]
 
     after_off = await calls(scene)
     assert not [e for e in await scene.history(after_off["count"]) if e.type == "policy.shadow_decided"]
