@@ -252,3 +252,34 @@ def test_a_summary_reader_gets_no_arguments_or_results_but_everything_else() -> 
         detail["intent"], detail["decisions"], detail["executions"]
     )  # fmt: skip
     assert submitted["payload"] == {"tool": "crm/lookup", "arguments": {"ssn": "123"}}  # the input is left alone
+
+
+def test_shadow_decisions_project_beside_the_intent_and_change_nothing_in_it(tmp_path: Path) -> None:
+    from writ.sdk import new_intent
+    from writ_ledger.views.queries import shadow
+
+    producer = Producer(service="policy", instance="t", version="0")
+    intent = new_intent("bot", "srv/write", {"n": 1})
+    planned = ev.IntentPlanned(
+        server="srv", tool="write", tool_digest="t", args_digest="a", annotations=ev.ToolAnnotations()
+    )
+    record = ev.PolicyShadowDecided(
+        shadow_digest="sha256:s", shadow_kind="deny", shadow_policy_ids=["no-write"], shadow_code="forbidden",
+        enforced_digest="sha256:e", enforced_kind="allow", enforced_policy_ids=["all"], agrees=False,
+    )  # fmt: skip
+    allowed = ev.IntentAuthorized(policy_digest="sha256:e", policy_ids=["all"])
+    events = []
+    for seq, payload in enumerate((intent, planned, record, allowed), 1):
+        env = make_envelope(payload, producer=producer, intent_id="i1", agent_id="bot")
+        subject = subjects.intent_subject("bot", "i1", ev.EVENT_TYPE[type(payload)])
+        events.append((seq, decode(encode(env), seq=seq, subject=subject)))
+    store = ViewStore(tmp_path / "v.sqlite3")
+    store.apply(subjects.INTENTS_STREAM, events)
+    assert store.db.execute("SELECT status FROM intents").fetchone()[0] == "authorized"
+    out = shadow(open_reader(tmp_path / "v.sqlite3"))
+    (bundle,) = out["bundles"]
+    assert (bundle["decisions"], bundle["agreed"], bundle["disagreed"]) == (1, 0, 1)
+    assert bundle["changes"] == [{"from": "allow", "to": "deny", "count": 1}]
+    (row,) = out["disagreements"]
+    assert (row["intent_id"], row["tool"], row["shadow_policy_ids"]) == ("i1", "srv/write", ["no-write"])
+    assert shadow(open_reader(tmp_path / "v.sqlite3"), digest="sha256:other") == {"bundles": [], "disagreements": []}

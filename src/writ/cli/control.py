@@ -14,7 +14,13 @@ from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_po
 agent_app = typer.Typer(help="Register and list agents.", no_args_is_help=True)
 server_app = typer.Typer(help="Register and list MCP servers.", no_args_is_help=True)
 tool_app = typer.Typer(help="List the tools the registered servers offer; correct their hints.", no_args_is_help=True)
-policy_app = typer.Typer(help="Load and show the Cedar policy bundle.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Load and show the Cedar policy bundle; try a candidate over the history (simulate) or beside it (--shadow).",
+    no_args_is_help=True,
+)
+shadow_app = typer.Typer(help="The shadow bundle: evaluated beside the enforced one, never enforced.")
+policy_app.add_typer(shadow_app, name="shadow")
+SIMULATE_TIMEOUT = 300.0
 
 
 # -- agents -----------------------------------------------------------------------------------------
@@ -315,21 +321,88 @@ def read_policy(file: Path | None, use_default: bool) -> tuple[str, str]:
         fail("file_unreadable", f"cannot read {file}: {exc.strerror or exc}")
 
 
-async def _load_policy(file: Path | None, use_default: bool) -> tuple[str, dict[str, Any]]:
+async def _load_policy(file: Path | None, use_default: bool, *, shadow: bool) -> tuple[str, dict[str, Any]]:
     cedar, source = read_policy(file, use_default)
-    return source, dict(await query("policy", "load", {"cedar": cedar}))
+    return source, dict(await query("policy", "load", {"cedar": cedar, "shadow": shadow}))
 
 
 @policy_app.command("load")
 def policy_load(
     file: Annotated[Path | None, typer.Argument(help="A Cedar policy bundle")] = None,
     default: Annotated[bool, typer.Option("--default", help="Load deploy/policies/default.cedar")] = False,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Evaluate it beside the enforced bundle on every decision and record what it would decide;"
+            " it decides nothing (see `writ views shadow`, stop with `writ policy shadow off`)",
+        ),
+    ] = False,
 ) -> None:
     """Publish a Cedar bundle; it replaces the current one for every decision that follows."""
-    source, loaded = run(_load_policy(file, default))
-    console.print(f"[green]loaded[/] {source}")
+    source, loaded = run(_load_policy(file, default, shadow=shadow))
+    console.print(f"[green]loaded[/] {source}" + (" as the shadow bundle (recorded, never enforced)" if shadow else ""))
     console.print(f"  digest    {loaded['policy_digest']}")
     console.print(f"  policies  {', '.join(loaded.get('policy_ids') or []) or '-'}")
+
+
+@shadow_app.command("off")
+def policy_shadow_off() -> None:
+    """Stop evaluating the shadow bundle; its record stays in the log and the views."""
+    stopped = run(query("policy", "shadow_off", {}))
+    console.print(f"[green]stopped[/] shadow bundle {stopped['policy_digest']}")
+
+
+async def _simulate(body: dict[str, Any]) -> dict[str, Any]:
+    async with connect(settings()) as nc:
+        return dict(await call(nc, "policy", "simulate", body, timeout=SIMULATE_TIMEOUT))
+
+
+@policy_app.command("simulate")
+def policy_simulate(
+    file: Annotated[Path, typer.Argument(help="The candidate Cedar bundle")],
+    *,
+    since: Annotated[
+        str, typer.Option(help="intents submitted since: a span (7d, 12h, 30m), an RFC 3339 time, or all")
+    ] = "7d",
+    agent: Annotated[str | None, typer.Option(help="only this agent's intents")] = None,
+    tool: Annotated[str | None, typer.Option(help="only calls of this tool (server/tool or its name)")] = None,
+    examples: Annotated[int, typer.Option(min=0, max=50, help="example intent ids per change")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the diff as JSON")] = False,
+) -> None:
+    """Replay FILE over the recorded intents (each as it was planned: tool, annotations, arguments, the
+    agent's teams then, on-behalf-of) beside the enforced bundle; changes nothing. Prints the
+    candidate's validation errors first, then every change of decision. Rate limits are not replayed.
+    Exits 1 when the candidate would not load."""
+    cedar, _source = read_policy(file, False)
+    body = {
+        "cedar": cedar,
+        "since": None if since == "all" else since,
+        "agent": agent,
+        "tool": tool,
+        "examples": examples,
+    }
+    diff = run(_simulate({k: v for k, v in body.items() if v is not None}))
+    if as_json:
+        console.print_json(data=diff)
+    else:
+        for error in diff["validation_errors"]:
+            console.print(f"[bold red]invalid[/] {error}", soft_wrap=True)
+        scope = ", ".join(f"{k} {v}" for k, v in (("since", diff["since"]), ("agent", agent), ("tool", tool)) if v)
+        console.print(
+            f"replayed {diff['evaluated']:,} decided intents{f' ({scope})' if scope else ''}:"
+            f" {diff['unchanged']:,} unchanged, [bold]{diff['changed']:,} changed[/]"
+        )
+        console.print(
+            f"  enforced   {render.short_digest(diff['current_digest'])}  {render.counts_text(diff['current'])}"
+        )
+        console.print(
+            f"  candidate  {render.short_digest(diff['candidate_digest'])}  {render.counts_text(diff['candidate'])}"
+        )
+        if diff["changes"]:
+            console.print(render.simulation_table(diff))
+    if diff["validation_errors"]:
+        raise typer.Exit(1)
 
 
 @policy_app.command("show")
@@ -338,6 +411,8 @@ def policy_show() -> None:
     shown = run(query("policy", "show", {}))
     console.print(f"digest    {shown['policy_digest']}")
     console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
+    if shown.get("shadow_digest"):
+        console.print(f"shadow    {shown['shadow_digest']} (recorded beside every decision, never enforced)")
     console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))
 
 

@@ -435,3 +435,52 @@ def views_status_table(streams: list[dict[str, Any]]) -> Table:
         table.add_row(s["stream"], f"{s['position']:,}", f"{s['head']:,}", f"[{style}]{behind:,}[/]",
                       f"{s['seconds_behind']:.3f}")  # fmt: skip
     return table
+
+
+# -- a candidate policy against the enforced one ----------------------------------------------------
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n:,}" for key, n in counts.items()) or "-"
+
+
+def simulation_table(diff: dict[str, Any]) -> Table:
+    """Each change of decision (enforced -> candidate), with who, which tool, which policy decides now."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("now", "candidate", "count", "by agent", "by tool", "deciding policy", "examples"):
+        table.add_column(column, overflow="fold", justify="right" if column == "count" else "left")
+    for change in diff["changes"]:
+        table.add_row(
+            change["from"],
+            Text(change["to"], style="bold red" if change["to"] == "deny" else "bold yellow"),
+            f"{change['count']:,}",
+            counts_text(change["by_agent"]),
+            counts_text(change["by_tool"]),
+            counts_text(change["by_policy"]),
+            "\n".join(change.get("examples") or []) or "-",
+        )
+    return table
+
+
+def shadow_tables(out: dict[str, Any]) -> Group:
+    """Per shadow bundle: decisions seen, agreement, and the disagreements, newest first."""
+    bundles = Table(title="shadow bundles", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("shadow digest", "decisions", "agreed", "disagreed", "enforced -> shadow", "last"):
+        bundles.add_column(column, no_wrap=column != "enforced -> shadow", overflow="fold")
+    for b in out["bundles"]:
+        changes = ", ".join(f"{c['from']} -> {c['to']} {c['count']:,}" for c in b["changes"]) or "-"
+        agreed = f"{b['agreed']:,} ({100.0 * b['agreed'] / b['decisions']:.1f}%)" if b["decisions"] else "0"
+        bundles.add_row(
+            short_digest(b["shadow_digest"]), f"{b['decisions']:,}", agreed, f"{b['disagreed']:,}", changes,
+            b["last_at"] or "-",
+        )  # fmt: skip
+    rows = Table(title="disagreements", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("intent", "agent", "tool", "enforced", "shadow", "shadow policies", "at"):
+        rows.add_column(column, overflow="fold")
+    for d in out["disagreements"]:
+        shadow = d["shadow_kind"] + (f" ({d['shadow_code']})" if d.get("shadow_code") else "")
+        rows.add_row(
+            d["intent_id"], d["agent_id"], d.get("tool") or "-", d["enforced_kind"], shadow,
+            ", ".join(d["shadow_policy_ids"]) or "-", d["decided_at"],
+        )  # fmt: skip
+    return Group(bundles, rows)

@@ -79,6 +79,22 @@ def views_stats(
     console.print(render.views_stats_table(out["rows"], by))
 
 
+@views_app.command("shadow")
+def views_shadow(
+    digest: Annotated[str | None, typer.Option(help="only this shadow bundle (its digest)")] = None,
+    since: Annotated[str | None, typer.Option(help="decided at or after (RFC 3339)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="disagreements to list")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """The shadow bundle beside the enforced one: decisions seen, how many agreed, and each disagreement."""
+    body: dict[str, Any] = {"digest": digest, "since": since, "limit": limit}
+    out = run(query("ledger", "views_shadow", {k: v for k, v in body.items() if v is not None}))
+    if as_json:
+        console.print_json(json.dumps(out))
+        return
+    console.print(render.shadow_tables(out))
+
+
 @views_app.command("sql")
 def views_sql(
     sql: Annotated[

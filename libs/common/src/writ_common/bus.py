@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import nats
 from nats.aio.client import Client
@@ -243,16 +244,23 @@ async def direct_get_batch(
     batch: int = 256,
     timeout: float = 5.0,
     limit: int | None = None,
+    start_time: datetime | None = None,
 ) -> list[Msg]:
     """All messages on ``subject_filter`` from ``start_seq`` (at least ``limit`` of them when there
-    are that many: a page), via batched Direct Get (one round trip per ``batch`` messages)."""
+    are that many: a page), via batched Direct Get (one round trip per ``batch`` messages).
+    ``start_time``: instead of ``start_seq``, from the first message stored at or after it."""
     out: list[Msg] = []
     seq = start_seq
+    since = start_time.astimezone(UTC).isoformat().replace("+00:00", "Z") if start_time else None
     while True:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         try:
-            request = {"seq": seq, "next_by_subj": subject_filter, "batch": batch}
+            request: dict[str, object] = {"next_by_subj": subject_filter, "batch": batch}
+            if since is not None and not out:
+                request["start_time"] = since  # the server takes a time or a sequence, not both
+            else:
+                request["seq"] = seq
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
             more = False
             while True:

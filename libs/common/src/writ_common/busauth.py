@@ -74,7 +74,11 @@ COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     # The console and approvals API the ledger serves: it forwards an approver's request after checking
     # that approver's signature on it. It learns nothing it does not already read (every intent event),
     # and a decision still counts only with the approver's own signature over its digest.
-    "ledger": tuple(f"policy.{subjects.APPROVER_CALLER}.*.{command}" for command in APPROVER_COMMANDS),
+    # And `POST /policy/simulate` of the views API: a replay that reads the log and changes nothing.
+    "ledger": (
+        *(f"policy.{subjects.APPROVER_CALLER}.*.{command}" for command in APPROVER_COMMANDS),
+        "policy.simulate",
+    ),
 }
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
 # tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).

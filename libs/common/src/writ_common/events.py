@@ -343,6 +343,42 @@ class PolicyBundlePublished(Payload, frozen=True, kw_only=True):
     policy_ids: dict[str, str]  # Cedar's internal id -> the policy's @id annotation
 
 
+class PolicyShadowPublished(Payload, frozen=True, kw_only=True):
+    """A candidate bundle policy evaluates beside the enforced one on every live decision and
+    records (``policy.shadow_decided``); it never decides anything."""
+
+    policy_digest: str
+    cedar: str
+    policy_ids: dict[str, str]  # Cedar's internal id -> the policy's @id annotation
+    loaded_by: str = ""
+
+
+class PolicyShadowStopped(Payload, frozen=True, kw_only=True):
+    """The shadow bundle ``policy_digest`` is no longer evaluated."""
+
+    policy_digest: str
+    stopped_by: str = ""
+
+
+DecisionKind = Literal["allow", "approval", "deny"]
+
+
+class PolicyShadowDecided(Payload, frozen=True, kw_only=True):
+    """What the shadow bundle would have decided on this intent, beside what the enforced bundle
+    decided (both Cedar's decision, before rate limits). Advisory only: no stage acts on it, the
+    fold and the receipts ignore it."""
+
+    shadow_digest: str
+    shadow_kind: DecisionKind
+    shadow_policy_ids: list[str]
+    shadow_code: str = ""  # a denial's code (forbidden, no_permit, policy_error)
+    enforced_digest: str | None = None
+    enforced_kind: DecisionKind
+    enforced_policy_ids: list[str] = []
+    enforced_code: str = ""
+    agrees: bool
+
+
 class Receipt(Payload, frozen=True, kw_only=True):
     """The ledger's signed statement of how one intent ended; hash-chained to the previous one."""
 
@@ -415,6 +451,9 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("secret.set", 1): SecretSet,
     ("secret.deleted", 1): SecretDeleted,
     ("policy.published", 1): PolicyBundlePublished,
+    ("policy.shadow_published", 1): PolicyShadowPublished,
+    ("policy.shadow_stopped", 1): PolicyShadowStopped,
+    ("policy.shadow_decided", 1): PolicyShadowDecided,
     ("receipt.recorded", 1): Receipt,
 }
 
@@ -433,3 +472,6 @@ TERMINAL_STATUS: dict[str, str] = {
     "execution.outcome_unknown": "outcome_unknown",
 }
 TERMINAL_TYPES = frozenset(TERMINAL_STATUS)
+# Intent events that record something beside the intent's course and change nothing in it: the
+# fold (and so every stage and every receipt) leaves them out.
+ADVISORY_TYPES = frozenset({"policy.shadow_decided"})

@@ -91,11 +91,11 @@ def _carried_by_subject(event: StoredEvent) -> bool:
 def fold_intent(history: list[StoredEvent]) -> IntentView:
     """Fold events (in stream order) into an :class:`IntentView`. Events after the terminal one
     are kept in ``events`` but change nothing: the first terminal event wins. Each stage's event
-    counts once, the first (stages are fenced, so a second one can only be a forgery), and an
-    event its subject does not carry counts not at all."""
+    counts once, the first (stages are fenced, so a second one can only be a forgery); an
+    event its subject does not carry, or an advisory one (a shadow decision), counts not at all."""
     view = IntentView()
     for event in history:
-        if not _carried_by_subject(event):
+        if not _carried_by_subject(event) or event.type in ev.ADVISORY_TYPES:
             continue
         view.events.append(event)
         if view.terminal is not None:

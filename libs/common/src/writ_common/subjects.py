@@ -74,6 +74,8 @@ def override_subject(server: str) -> str:
 
 
 POLICY_SUBJECT = "writ.policy.bundle.published"
+SHADOW_PUBLISHED_SUBJECT = "writ.policy.shadow.published"
+SHADOW_STOPPED_SUBJECT = "writ.policy.shadow.stopped"
 
 
 def breaker_subject(server: str) -> str:

@@ -72,6 +72,7 @@ ROUTES: tuple[Route, ...] = (
     _intent("execution.outcome_unknown", "executor"),
     _intent("execution.attempt_failed", "executor"),
     _intent("execution.reconciled", "executor"),
+    _intent("policy.shadow_decided", "policy"),
     # Control state: one stream per owning service.
     _control("agent.registered", subjects.IDENTITY_STREAM, subjects.agent_subject("{agent_id}"), "identity"),
     _control(
@@ -105,6 +106,8 @@ ROUTES: tuple[Route, ...] = (
     _control("secret.set", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "set"), "executor"),
     _control("secret.deleted", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "deleted"), "executor"),
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
+    _control("policy.shadow_published", subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT, "policy"),
+    _control("policy.shadow_stopped", subjects.POLICY_STREAM, subjects.SHADOW_STOPPED_SUBJECT, "policy"),
     _control(
         "receipt.recorded", subjects.LEDGER_STREAM, subjects.receipt_subject("{agent_id}", "{intent_id}"), "ledger"
     ),

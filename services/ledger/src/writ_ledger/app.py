@@ -46,6 +46,12 @@ class StatsQuery(msgspec.Struct, kw_only=True):
     until: str | None = None
 
 
+class ShadowQuery(msgspec.Struct, kw_only=True):
+    digest: str | None = None
+    since: str | None = None
+    limit: int = 50
+
+
 class SqlQuery(msgspec.Struct, kw_only=True):
     sql: str
     max_rows: int = queries.SQL_MAX_ROWS
@@ -210,6 +216,11 @@ def build(settings: WritSettings) -> Service:
             raise CommandError("invalid_by", "by must be one of agent, tool, hour")
         return {"by": q.by, "rows": await read(queries.stats, q.by, since=q.since, until=q.until)}
 
+    async def views_shadow(body: dict[str, Any]) -> Any:
+        q = msgspec.convert(body, ShadowQuery)
+        await views.catch_up(subjects.INTENTS_STREAM)
+        return await read(queries.shadow, digest=q.digest, since=q.since, limit=q.limit)
+
     async def views_sql(body: dict[str, Any]) -> Any:
         q = msgspec.convert(body, SqlQuery)
         try:
@@ -293,6 +304,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("views_intent", views_intent)
     svc.command("views_stats", views_stats)
     svc.command("views_sql", views_sql)
+    svc.command("views_shadow", views_shadow)
     svc.command("views_status", views_status)
     svc.command("views_rebuild", views_rebuild)
     svc.command("ping", ping)

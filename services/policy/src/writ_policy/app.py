@@ -17,7 +17,7 @@ from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.catalog import Catalog
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Decide, Redeliver, Service
@@ -36,6 +36,7 @@ from writ_policy.domain import (
 )
 from writ_policy.ratelimit import RateLimiter, RateLimitUnavailable
 from writ_policy.schema import cedar_schema, validation_errors
+from writ_policy.whatif import EXAMPLES, Scope, decision_diff, parse_since, replay, shadow_decided
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ RATE_STORE_RETRY = 2.0  # seconds between asks while Redis is away
 
 class LoadPolicy(msgspec.Struct, kw_only=True):
     cedar: str
+    shadow: bool = False  # evaluate beside the enforced bundle and record, never enforce
+
+
+class Simulate(msgspec.Struct, kw_only=True):
+    cedar: str
+    since: str | None = None  # 7d, 12h, or an RFC 3339 time
+    agent: str | None = None
+    tool: str | None = None
+    examples: int = EXAMPLES
 
 
 class IntentRef(msgspec.Struct, kw_only=True):
@@ -60,6 +70,7 @@ class ApprovalQuery(msgspec.Struct, kw_only=True):
 def build(settings: WritSettings) -> Service:
     svc = Service("policy", settings)
     current: list[Bundle] = []  # the last published bundle, if any
+    shadow: list[Bundle] = []  # the candidate evaluated beside it, if one is published and not stopped
     approvers: dict[str, Approver] = {}
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
@@ -72,6 +83,13 @@ def build(settings: WritSettings) -> Service:
         bundle = bundle_from_event(event)
         if bundle is not None:
             current[:] = [bundle]
+        match event.payload:
+            case ev.PolicyShadowPublished():
+                shadow[:] = [compile_bundle(event.payload.cedar)]
+            case ev.PolicyShadowStopped() if shadow and shadow[0].digest == event.payload.policy_digest:
+                shadow.clear()
+            case _:
+                pass
 
     follower = svc.follow(subjects.POLICY_STREAM, apply)
     catalog = Catalog()  # the tools' input schemas type the arguments in the Cedar schema
@@ -253,10 +271,13 @@ def build(settings: WritSettings) -> Service:
             if view.planned is None or view.authorized is not None or view.approval is not None:
                 return []
             bundle = current[0] if current else None
-            decision = decide(view, bundle, now=datetime.now(UTC))
+            now = datetime.now(UTC)
+            decision = decide(view, bundle, now=now)
+            # Recorded before the decision, so nothing waits on it and a retry dedupes it.
+            beside = [shadow_decided(view, decision, bundle, shadow[0], now=now)] if shadow else []
             limits = rate_limits_for(decision, bundle)
             if not limits:
-                return [decision]
+                return [*beside, decision]
             assert view.agent_id and view.intent_id and view.planned
             try:
                 exceeded = await limiter.admit(
@@ -269,7 +290,7 @@ def build(settings: WritSettings) -> Service:
                 # Fail closed: an uncounted call is not authorized; the intent waits (or expires).
                 log.warning("policy: not deciding %s yet: %s", view.intent_id, exc)
                 raise Redeliver(RATE_STORE_RETRY, f"not authorizing without counting: {exc}") from exc
-            return [decision if exceeded is None else rate_limited(view, decision, exceeded)]
+            return [*beside, decision if exceeded is None else rate_limited(view, decision, exceeded)]
 
         if await svc.run_stage(trigger, "authorize", keep_asked(decide_intent, asked)) and asked:
             # Wake the approvers of that group (core NATS; `writ approvals watch` listens, and the
@@ -277,21 +298,32 @@ def build(settings: WritSettings) -> Service:
             intent_id = trigger.envelope.intent_id or ""
             await svc.nc.publish(subjects.approval_notice_subject(asked[0].approvers, intent_id), b"")
 
-    async def load(body: dict[str, Any]) -> Any:
-        cmd = msgspec.convert(body, LoadPolicy)
+    async def candidate(cedar: str) -> tuple[Bundle, list[str]]:
+        """The bundle, and what is wrong with it against Writ's Cedar schema (empty: loadable).
+
+        Raises:
+            CommandError: ``invalid_policy``, Cedar cannot parse it or a name cannot be a subject token.
+        """
         try:
-            bundle = compile_bundle(cmd.cedar)
+            bundle = compile_bundle(cedar)
             check_names(bundle)
         except PolicyError as exc:
             raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
         await registry.ensure_fresh()
         tools = [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
-        if errors := validation_errors(bundle.cedar, bundle.names, cedar_schema(tools)):
+        return bundle, validation_errors(bundle.cedar, bundle.names, cedar_schema(tools))
+
+    async def load(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, LoadPolicy)
+        bundle, errors = await candidate(cmd.cedar)
+        if errors:
             raise CommandError(
                 "invalid_policy",
                 "the bundle does not validate against Writ's Cedar schema (see `writ policy schema`): "
                 + "; ".join(errors),
             )
+        if cmd.shadow:
+            return await publish_shadow(bundle)
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
         last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.POLICY_SUBJECT)
         previous = last.seq or 0 if last else 0
@@ -308,6 +340,72 @@ def build(settings: WritSettings) -> Service:
         await follower.ensure_fresh()
         await redecide_pending()
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values())}
+
+    async def publish_shadow(bundle: Bundle) -> Any:
+        published = ev.PolicyShadowPublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
+        last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT)
+        previous = last.seq or 0 if last else 0
+        try:
+            await svc.append_control(
+                subjects.SHADOW_PUBLISHED_SUBJECT,
+                published,
+                message_id=f"shadow:{bundle.digest}:after:{previous}",
+                expected_last_subject_seq=previous,
+            )
+        except StaleAppend as exc:
+            raise CommandError(
+                "concurrent_update", "another shadow bundle was loaded at the same moment; retry"
+            ) from exc
+        await follower.ensure_fresh()
+        return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values()), "shadow": True}
+
+    async def shadow_off(_body: dict[str, Any]) -> Any:
+        await follower.ensure_fresh()
+        if not shadow:
+            raise CommandError("no_shadow", "no shadow bundle is being evaluated (`writ policy load FILE --shadow`)")
+        digest = shadow[0].digest
+        last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT)
+        await svc.append_control(
+            subjects.SHADOW_STOPPED_SUBJECT,
+            ev.PolicyShadowStopped(policy_digest=digest),
+            message_id=f"shadow-stop:{digest}:{last.seq if last else 0}",
+        )
+        await follower.ensure_fresh()
+        return {"policy_digest": digest}
+
+    async def simulate(body: dict[str, Any]) -> Any:
+        """The candidate replayed over the recorded intents beside the enforced bundle: changes nothing."""
+        cmd = msgspec.convert(body, Simulate)
+        bundle, errors = await candidate(cmd.cedar)
+        now = datetime.now(UTC)
+        try:
+            scope = Scope(since=parse_since(cmd.since, now) if cmd.since else None, agent=cmd.agent, tool=cmd.tool)
+        except ValueError as exc:
+            raise CommandError("invalid_request", str(exc)) from exc
+        if cmd.agent is not None:
+            require_token(cmd.agent, code="invalid_agent_id", what="agent id")
+        await follower.ensure_fresh()
+        enforced = current[0] if current else None
+        where = f"{subjects.INTENT_PREFIX}.{cmd.agent or '*'}.*.>"
+        msgs = await direct_get_batch(svc.nc, subjects.INTENTS_STREAM, where, batch=1024, start_time=scope.since)
+
+        def run() -> dict[str, Any]:
+            histories: dict[str, list[StoredEvent]] = {}
+            for msg in msgs:
+                with contextlib.suppress(UndecodableEvent):
+                    event = stored(msg)
+                    histories.setdefault(event.subject.rpartition(".")[0], []).append(event)
+            views = (fold_intent(events) for events in histories.values())
+            return decision_diff(replay(views, enforced, bundle, scope, now=now), examples=max(0, cmd.examples))
+
+        diff = await asyncio.to_thread(run)  # Cedar's CPU off the loop: live decisions go on meanwhile
+        return {
+            "validation_errors": errors,
+            "candidate_digest": bundle.digest,
+            "current_digest": enforced.digest if enforced else None,
+            "since": scope.since.isoformat().replace("+00:00", "Z") if scope.since else None,
+            **diff,
+        }
 
     async def recheck(body: dict[str, Any]) -> Any:
         """Does the permit that authorized this intent still hold under the current bundle? The
@@ -338,7 +436,12 @@ def build(settings: WritSettings) -> Service:
         if not current:
             raise CommandError("no_policy", "no policy bundle is loaded; load one with `writ policy load FILE`")
         bundle = current[0]
-        return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values()), "cedar": bundle.cedar}
+        return {
+            "policy_digest": bundle.digest,
+            "policy_ids": sorted(bundle.names.values()),
+            "cedar": bundle.cedar,
+            "shadow_digest": shadow[0].digest if shadow else None,
+        }
 
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "policy_digest": current[0].digest if current else None}
@@ -363,6 +466,8 @@ def build(settings: WritSettings) -> Service:
     svc.command("approver_groups", approver_groups)
     svc.command("recheck", recheck)
     svc.command("schema", schema)
+    svc.command("simulate", simulate)
+    svc.command("shadow_off", shadow_off)
     # The same, asked by an approver on its own subject: policy knows who asks from the subject.
     svc.approver_command("decide_approval", decide_as)
     svc.approver_command("list_approvals", list_mine)

@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from writ_common import commands, subjects
 from writ_common import events as ev
-from writ_common import subjects
-from writ_common.approvals_api import ApprovalsPlane, approval_routes
+from writ_common.approvals_api import ApprovalsPlane, approval_routes, bounded_body
 from writ_common.httpapi import (
     INTENT_ID_PARAMETER,
     ApiError,
@@ -46,6 +46,7 @@ from writ_ledger.views.queries import (
     get_intent,
     list_intents,
     previous_receipt_hash,
+    shadow,
     stats,
     withhold_content,
     withhold_row,
@@ -55,6 +56,9 @@ from writ_ledger.views.runner import Views
 AUTH_SCHEME = "Bearer"
 REFRESH_INTERVAL_SECONDS = 1.0
 QUERY_STATUS = {"not_found": 404, "no_views": 503, "busy": 409}
+SIMULATE_MAX_BYTES = 512 * 1024
+SIMULATE_TIMEOUT_SECONDS = 120.0
+COMMAND_STATUS = {"service_down": 503, "timeout": 504}
 
 
 def token_hash(token: str) -> str:
@@ -178,6 +182,50 @@ class Status(BaseModel):
     streams: list[StreamLag]
 
 
+class ShadowQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str | None = Field(default=None, description="only this shadow bundle (its digest)")
+    since: str | None = Field(default=None, description="decided at or after (RFC 3339)")
+    limit: int = Field(default=50, ge=1, le=500, description="disagreements to list, newest first")
+
+
+class ShadowReport(BaseModel):
+    """Per shadow bundle: decisions recorded beside the enforced ones, agreed, disagreed (by
+    enforced -> shadow kind); then each disagreement."""
+
+    bundles: list[dict[str, Any]]
+    disagreements: list[dict[str, Any]]
+
+
+class SimulateRequest(BaseModel):
+    """A candidate Cedar bundle and which recorded intents to replay it over."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cedar: str = Field(max_length=SIMULATE_MAX_BYTES)
+    since: str | None = Field(default="7d", description="a span (7d, 12h, 30m) or an RFC 3339 time; null: all")
+    agent: str | None = None
+    tool: str | None = Field(default=None, description="server/tool or its name")
+    examples: int = Field(default=3, ge=0, le=50, description="example intent ids per change (full scope only)")
+
+
+class Simulation(BaseModel):
+    """The candidate's validation errors, then how its decisions differ from the enforced bundle's
+    on the same intents. A summary-scope token reads the counts, without example intents."""
+
+    validation_errors: list[str]
+    candidate_digest: str
+    current_digest: str | None
+    since: str | None
+    evaluated: int
+    unchanged: int
+    changed: int
+    current: dict[str, int]
+    candidate: dict[str, int]
+    changes: list[dict[str, Any]]
+
+
 CHALLENGE = f'{AUTH_SCHEME} realm="writ-views"'
 
 
@@ -299,6 +347,28 @@ def build_app(
         rows = await views.read(stats, q.by, since=q.since, until=q.until)
         return Stats(by=q.by, rows=[StatsRow.model_validate(r) for r in rows])
 
+    async def get_shadow(request: Request) -> BaseModel:
+        q: ShadowQuery = params(request, ShadowQuery)
+        await views.catch_up(subjects.INTENTS_STREAM)
+        return ShadowReport.model_validate(await views.read(shadow, digest=q.digest, since=q.since, limit=q.limit))
+
+    async def simulate(request: Request) -> BaseModel:
+        if approvals is None:
+            raise ApiError(503, "unavailable", "this views API has no bus connection to ask policy")
+        try:
+            body = SimulateRequest.model_validate_json(await bounded_body(request, SIMULATE_MAX_BYTES + 4096))
+        except ValidationError as exc:
+            raise invalid_request(exc, "body") from exc
+        full = request.state.scope == ev.FULL_SCOPE
+        ask = body.model_dump(exclude_none=True) | {"examples": body.examples if full else 0}
+        try:
+            out = await commands.call(approvals.nc, "policy", "simulate", ask, timeout=SIMULATE_TIMEOUT_SECONDS)
+        except commands.CommandError as exc:
+            raise ApiError(COMMAND_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
+        if not full:  # counts, never the intents themselves
+            out["changes"] = [{k: v for k, v in c.items() if k != "examples"} for c in out["changes"]]
+        return Simulation.model_validate(out)
+
     async def status(_request: Request) -> BaseModel:
         return Status(streams=[StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()])
 
@@ -311,6 +381,8 @@ def build_app(
         Route("/intents/{intent_id}", endpoint(intent), methods=["GET"]),
         Route("/stats", endpoint(get_stats), methods=["GET"]),
         Route("/status", endpoint(status), methods=["GET"]),
+        Route("/shadow", endpoint(get_shadow), methods=["GET"]),
+        Route("/policy/simulate", endpoint(simulate), methods=["POST"]),
         *console_routes(),
     ]
     if approvals is not None:
@@ -351,7 +423,9 @@ async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: A
 
 
 def _openapi() -> dict[str, Any]:
-    schemas = component_schemas((IntentPage, IntentDetail, Stats, Status, ErrorBody))
+    schemas = component_schemas(
+        (IntentPage, IntentDetail, Stats, Status, ShadowReport, SimulateRequest, Simulation, ErrorBody)
+    )
     ref, error = json_content, error_doc
 
     def query(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -408,6 +482,29 @@ def _openapi() -> dict[str, Any]:
                     "summary": "Calls, outcomes and exact latency percentiles per agent, tool or hour",
                     "parameters": query(StatsQuery),
                     "responses": {"200": {"description": "one row per key", **ref("Stats")}, "401": unauthorized},
+                }
+            },
+            "/shadow": {
+                "get": {
+                    "summary": "The shadow bundle beside the enforced one: agreement and each disagreement",
+                    "parameters": query(ShadowQuery),
+                    "responses": {
+                        "200": {"description": "per bundle, then disagreements", **ref("ShadowReport")},
+                        "401": unauthorized,
+                    },
+                }
+            },
+            "/policy/simulate": {
+                "post": {
+                    "summary": "Replay a candidate bundle over the recorded intents beside the enforced one; "
+                    "changes nothing (a summary token reads counts only)",
+                    "requestBody": {"required": True, **ref("SimulateRequest")},
+                    "responses": {
+                        "200": {"description": "validation errors, then the decision diff", **ref("Simulation")},
+                        "400": error("invalid_request or invalid_policy (unparseable)"),
+                        "401": unauthorized,
+                        "503": error("service_down: policy is not running"),
+                    },
                 }
             },
             "/status": {

@@ -91,6 +91,9 @@ def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
     )
     final = status in FINAL
     match p:
+        case ev.PolicyShadowDecided():
+            _shadow(db, event, p, tool)
+            return  # advisory: the intent's course is not changed by it
         case ev.ExecutionReconciled():
             _reconciled(db, intent_id, status, p, at)
             return
@@ -264,6 +267,20 @@ def _decision(
         " decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (event.seq, intent_id, kind, policy_digest, dumps(policy_ids), code, reason, dumps(reasons or []),
          event.envelope.occurred_at),
+    )  # fmt: skip
+
+
+def _shadow(db: sqlite3.Connection, event: StoredEvent, p: ev.PolicyShadowDecided, requested: str | None) -> None:
+    env = event.envelope
+    planned = db.execute("SELECT server, tool_name FROM intents WHERE intent_id = ?", (env.intent_id,)).fetchone()
+    tool = f"{planned[0]}/{planned[1]}" if planned and planned[0] else requested
+    db.execute(
+        "INSERT OR IGNORE INTO shadow_decisions(seq, intent_id, agent_id, tool, shadow_digest, shadow_kind,"
+        " shadow_policy_ids, shadow_code, enforced_digest, enforced_kind, enforced_policy_ids, enforced_code, agrees,"
+        " decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.seq, env.intent_id, env.agent_id, tool, p.shadow_digest, p.shadow_kind, dumps(p.shadow_policy_ids),
+         p.shadow_code or None, p.enforced_digest, p.enforced_kind, dumps(p.enforced_policy_ids),
+         p.enforced_code or None, int(p.agrees), env.occurred_at),
     )  # fmt: skip
 
 

@@ -266,6 +266,63 @@ _READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNC
 _READ_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "user_version"}
 
 
+SHADOW_COLUMNS = (
+    "seq, intent_id, agent_id, tool, shadow_digest, enforced_digest, enforced_kind, shadow_kind,"
+    " enforced_policy_ids, shadow_policy_ids, enforced_code, shadow_code, decided_at"
+)
+
+
+def shadow(
+    db: sqlite3.Connection, *, digest: str | None = None, since: str | None = None, limit: int = 50
+) -> dict[str, Any]:
+    """The shadow bundles' record beside the enforced decisions: per shadow bundle, how many
+    decisions agreed and how many did not (by enforced -> shadow kind), and the disagreements,
+    newest first (``limit`` of them).
+
+    Returns:
+        ``{"bundles": [{shadow_digest, decisions, agreed, disagreed, first_at, last_at,
+        changes: [{from, to, count}]}], "disagreements": [...]}``
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError("invalid_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    clauses, args = [], []
+    if digest:
+        clauses.append("shadow_digest = ?")
+        args.append(digest)
+    if since:
+        clauses.append("decided_at >= ?")
+        args.append(normalize_time(since, "since"))
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    bundles = [
+        dict(r)
+        for r in db.execute(
+            "SELECT shadow_digest, COUNT(*) AS decisions, SUM(agrees) AS agreed, COUNT(*) - SUM(agrees) AS disagreed,"
+            f" MIN(decided_at) AS first_at, MAX(decided_at) AS last_at FROM shadow_decisions{where}"
+            " GROUP BY shadow_digest ORDER BY MAX(seq) DESC",
+            args,
+        )
+    ]
+    for bundle in bundles:
+        bundle["changes"] = [
+            dict(r)
+            for r in db.execute(
+                'SELECT enforced_kind AS "from", shadow_kind AS "to", COUNT(*) AS count FROM shadow_decisions'
+                f"{where}{' AND' if where else ' WHERE'} shadow_digest = ? AND agrees = 0"
+                " GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+                (*args, bundle["shadow_digest"]),
+            )
+        ]
+    disagreements = [
+        {**dict(r), **{k: json.loads(r[k]) for k in ("enforced_policy_ids", "shadow_policy_ids")}}
+        for r in db.execute(
+            f"SELECT {SHADOW_COLUMNS} FROM shadow_decisions{where}{' AND' if where else ' WHERE'} agrees = 0"
+            " ORDER BY seq DESC LIMIT ?",
+            (*args, limit),
+        )
+    ]
+    return {"bundles": bundles, "disagreements": disagreements}
+
+
 def run_sql(
     path: Path, sql: str, *, max_rows: int = SQL_MAX_ROWS, timeout: float = SQL_TIMEOUT_SECONDS
 ) -> dict[str, Any]:

@@ -3,7 +3,7 @@ rebuild from the first event yields identical tables; ``SCHEMA_VERSION`` changes
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tracking (
@@ -73,6 +73,23 @@ CREATE TABLE IF NOT EXISTS decisions (
     decided_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_by_intent ON decisions(intent_id, seq);
+CREATE TABLE IF NOT EXISTS shadow_decisions (
+    seq INTEGER PRIMARY KEY,
+    intent_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    tool TEXT,
+    shadow_digest TEXT NOT NULL,
+    shadow_kind TEXT NOT NULL,
+    shadow_policy_ids TEXT NOT NULL,
+    shadow_code TEXT,
+    enforced_digest TEXT,
+    enforced_kind TEXT NOT NULL,
+    enforced_policy_ids TEXT NOT NULL,
+    enforced_code TEXT,
+    agrees INTEGER NOT NULL,
+    decided_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_decisions_by_digest ON shadow_decisions(shadow_digest, seq);
 CREATE TABLE IF NOT EXISTS approvals (
     intent_id TEXT PRIMARY KEY,
     requested_seq INTEGER NOT NULL,
