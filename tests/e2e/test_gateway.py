@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 BIN = Path(sys.executable).parent
 MORPHING_SERVER = Path(__file__).resolve().parent.parent / "servers" / "morphing_stdio.py"
+FIDELITY_SERVER = Path(__file__).resolve().parent.parent / "servers" / "fidelity_stdio.py"
 KEY = "writ/idempotency_key"
 
 
@@ -99,6 +100,11 @@ def text_of(result: types.CallToolResult) -> str:
     return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+async def listed_by_writ_name(session: ClientSession) -> dict[str, types.Tool]:
+    """The gateway's listing by the Writ tool each stands for (its _meta says)."""
+    return {str((t.meta or {}).get("writ/tool")): t for t in (await session.list_tools()).tools}
+
+
 def intent_of(result: types.CallToolResult) -> str:
     assert result.meta is not None, result
     return str(result.meta["writ/intent_id"])
@@ -106,15 +112,43 @@ def intent_of(result: types.CallToolResult) -> str:
 
 async def test_tools_list_shows_the_time_servers_tools_with_their_schemas(setup: Setup) -> None:
     async with over_stdio(setup) as session:
-        listed = {t.name: t for t in (await session.list_tools()).tools}
+        listed = await listed_by_writ_name(session)
 
-    tool = listed[setup.tool("get_current_time")]
-    assert setup.tool("convert_time") in listed
+    tool = listed[f"{setup.server}/get_current_time"]
+    assert f"{setup.server}/convert_time" in listed
+    # Other tests register mcp-server-time too: a name two servers offer is listed as SERVER.TOOL.
+    assert tool.name in ("get_current_time", setup.tool("get_current_time"))
     assert tool.input_schema["type"] == "object"
     assert "timezone" in tool.input_schema["properties"] and tool.input_schema["required"] == ["timezone"]
     assert tool.description and "time" in tool.description.lower()
     assert tool.annotations is not None and tool.annotations.read_only_hint is True
-    assert all("/" not in name for name in listed)
+    assert all("/" not in t.name for t in listed.values())
+
+
+@pytest.fixture
+async def fidelity(writ: Writ) -> str:
+    """A fresh fidelity_stdio server whose tool names (PREFIX_shaped...) no other server offers."""
+    prefix = f"fx{uuid.uuid4().hex[:8]}"
+    await run_cli(
+        writ, "server", "add", prefix, "--env", f"TOOL_PREFIX={prefix}", "--", sys.executable, str(FIDELITY_SERVER)
+    )
+    return prefix
+
+
+async def test_the_listing_is_the_servers_own_and_both_spellings_call_the_tool(setup: Setup, fidelity: str) -> None:
+    async with over_stdio(setup) as session:
+        listed = {t.name: t for t in (await session.list_tools()).tools}
+        bare = await session.call_tool(f"{fidelity}_shaped", {"n": 7})
+        prefixed = await session.call_tool(f"{fidelity}.{fidelity}_shaped", {"n": 8})
+
+    shaped = listed[f"{fidelity}_shaped"]  # unique across servers: the server's own name
+    assert shaped.title == "A shaped tool"
+    assert shaped.annotations == types.ToolAnnotations(read_only_hint=True)  # as given, no defaults filled in
+    assert shaped.output_schema is not None and shaped.output_schema["required"] == ["n"]
+    assert shaped.icons is not None and shaped.icons[0].mime_type == "image/png"
+    assert shaped.meta == {"example.com/shape": "kept", "writ/tool": f"{fidelity}/{fidelity}_shaped"}
+    assert not bare.is_error and bare.structured_content == {"n": 7}, text_of(bare)
+    assert not prefixed.is_error and prefixed.structured_content == {"n": 8}, text_of(prefixed)
 
 
 async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_agents_name(setup: Setup) -> None:
@@ -215,14 +249,14 @@ async def test_a_tool_waiting_in_quarantine_is_not_listed_until_accepted(
     description.write_text("Look an item up.")
     environment = f"DESCRIPTION_FILE={description}"
     await run_cli(writ, "server", "add", server, "--env", environment, "--", sys.executable, str(MORPHING_SERVER))
-    lookup = f"{server}.lookup"
+    lookup = f"{server}/lookup"
     async with over_stdio(setup) as session:
-        assert lookup in {t.name for t in (await session.list_tools()).tools}
+        assert lookup in await listed_by_writ_name(session)
         description.write_text("Look an item up, and also send it elsewhere.")
         await run_cli(writ, "server", "refresh", server)
-        assert lookup not in {t.name for t in (await session.list_tools()).tools}  # the new version waits
-        await run_cli(writ, "tool", "accept", f"{server}/lookup")
-        listed = {t.name: t for t in (await session.list_tools()).tools}  # the same session sees it at once
+        assert lookup not in await listed_by_writ_name(session)  # the new version waits
+        await run_cli(writ, "tool", "accept", lookup)
+        listed = await listed_by_writ_name(session)  # the same session sees it at once
     assert listed[lookup].description == "Look an item up, and also send it elsewhere."
 
 

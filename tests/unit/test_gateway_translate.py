@@ -12,11 +12,14 @@ from writ.gateway.translate import (
     call_result,
     callable_tools,
     idempotency_key,
+    listing,
     mcp_tool_name,
     pending_result,
     writ_tool_name,
 )
+from writ_common.digest import tool_digest
 from writ_common.events import Receipt
+from writ_common.mcp_client import definition_of
 
 pytestmark = pytest.mark.unit
 
@@ -59,11 +62,47 @@ def test_names_mcp_cannot_carry_are_not_offered() -> None:
 def test_only_accepted_tools_without_a_waiting_version_are_listed() -> None:
     rows = [row("a", "kept"), row("a", "changed"), row("a", "changed", "quarantined"), row("b", "new", "quarantined")]
     tools = callable_tools(rows)
-    assert [t.name for t in tools] == ["a.kept"]
+    assert [t.name for t in tools] == ["kept"]
     assert tools[0].input_schema["properties"] == {"q": {"type": "string"}}
+    assert tools[0].title is None  # nothing Writ made up
+    # A row pinned before Writ kept the server's own listing shows what Writ kept.
     assert tools[0].annotations == types.ToolAnnotations(
         read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
     )
+
+
+def test_a_name_is_the_servers_own_unless_two_servers_offer_it() -> None:
+    rows = [row("a", "search"), row("b", "search"), row("a", "only_a"), row("c", "only_c", "quarantined")]
+    listed = listing(rows)
+    assert [t.name for t in listed.tools] == ["a.search", "b.search", "only_a"]
+    assert listed.writ_name("only_a") == listed.writ_name("a.only_a") == "a/only_a"  # both spellings
+    assert listed.writ_name("a.search") == "a/search" and listed.writ_name("search") is None
+    assert listed.tools[0].meta == {"writ/tool": "a/search"}
+    assert listed.digest != listing(rows[1:]).digest and listed.digest == listing(rows).digest
+
+
+def test_the_listing_is_the_tool_as_its_server_listed_it() -> None:
+    server_tool = types.Tool(
+        name="shaped",
+        title="A shaped tool",
+        description="d",
+        input_schema={"type": "object"},
+        output_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
+        icons=[types.Icon(src="data:image/png;base64,AA==", mime_type="image/png")],
+        annotations=types.ToolAnnotations(read_only_hint=True),
+        meta={"example.com/k": 1},
+    )
+    definition = definition_of(server_tool)
+    shown = listing([{**row("srv", "shaped"), "listed": definition.listed}]).tools[0]
+    assert shown.model_dump(exclude={"meta"}) == server_tool.model_dump(exclude={"meta"})
+    assert shown.annotations == types.ToolAnnotations(read_only_hint=True)  # no defaults filled in
+    assert shown.meta == {"example.com/k": 1, "writ/tool": "srv/shaped"}
+    # The digest binds what the listing shows; a tool with nothing more than before keeps its digest.
+    plain = types.Tool(name="plain", input_schema={"type": "object"})
+    assert definition_of(plain).tool_digest == tool_digest(
+        name="plain", description=None, input_schema={"type": "object"}, output_schema=None, annotations=None
+    )
+    assert definition.tool_digest != definition_of(server_tool.model_copy(update={"title": "Other"})).tool_digest
 
 
 def test_the_callers_idempotency_key_is_used_else_a_fresh_one() -> None:

@@ -17,9 +17,10 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from writ.gateway.translate import (
+    Listing,
     call_result,
-    callable_tools,
     idempotency_key,
+    listing,
     pending_result,
     refusal_result,
     writ_tool_name,
@@ -48,14 +49,31 @@ class Gateway:
     def __init__(self, agent: WritAgent, options: CallOptions) -> None:
         self.agent = agent
         self.options = options
+        self.listing = Listing()  # the last one listed: how tools/call reads a name back
 
     async def list_tools(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         # Asked afresh each time, so a tool accepted a moment ago is listed (and a quarantined one is not).
         try:
-            rows = await self._registry_tools()
+            listed = await self.refresh_listing()
         except (CommandError, nats.errors.Error) as exc:
             raise MCPError(types.INTERNAL_ERROR, f"cannot list Writ's tools: {_described(exc)}") from exc
-        return types.ListToolsResult(tools=callable_tools(rows))
+        return types.ListToolsResult(tools=listed.tools)
+
+    async def refresh_listing(self) -> Listing:
+        """The registry's accepted tools as listed now (and remembered for tools/call)."""
+        self.listing = listing(await self._registry_tools())
+        return self.listing
+
+    async def writ_name(self, mcp_name: str) -> str:
+        """The ``server/tool`` an MCP tool name stands for: as last listed; else as listed now; else
+        spelled out (Writ then says why it knows no such tool)."""
+        if (known := self.listing.writ_name(mcp_name)) is not None:
+            return known
+        try:
+            known = (await self.refresh_listing()).writ_name(mcp_name)
+        except (CommandError, nats.errors.Error):
+            known = None
+        return known or writ_tool_name(mcp_name)
 
     async def _registry_tools(self) -> list[dict[str, Any]]:
         try:
@@ -73,7 +91,7 @@ class Gateway:
             return refusal_result("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
         try:
             submission = await self.agent.submit(
-                writ_tool_name(params.name),
+                await self.writ_name(params.name),
                 params.arguments or {},
                 idempotency_key=key,
                 on_behalf_of=self.options.on_behalf_of,
