@@ -18,6 +18,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
 from cli_runner import TIME_SERVER, Writ
@@ -205,6 +206,22 @@ async def test_bad_input_is_answered_as_an_error_and_the_gateway_keeps_serving(s
     assert bad_key.is_error and "invalid_idempotency_key" in text_of(bad_key)
     assert unsignable.is_error and "invalid_arguments" in text_of(unsignable)
     assert not still.is_error, text_of(still)
+
+
+async def test_a_tools_own_error_and_a_servers_json_rpc_error_pass_through(setup: Setup, fidelity: str) -> None:
+    async with over_stdio(setup) as session:
+        failed = await session.call_tool(f"{fidelity}_fails", {})
+        with pytest.raises(MCPError) as refused:
+            await session.call_tool(f"{fidelity}_refuses", {})
+        still = await session.call_tool(f"{fidelity}_shaped", {"n": 1})
+
+    assert failed.is_error and failed.content == [types.TextContent(text="it broke, in the tool's words")]
+    receipt = await operator_receipt(setup.plane, intent_of(failed))
+    assert (receipt.status, receipt.code) == ("failed", "tool_error") and failed.meta is not None
+    assert (failed.meta["writ/status"], failed.meta["writ/stage"]) == ("failed", "execute")
+    assert (refused.value.code, refused.value.message) == (-32602, "no such thing here")
+    assert refused.value.data == {"why": "a test server refuses"}
+    assert not still.is_error  # the session goes on
 
 
 async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> None:

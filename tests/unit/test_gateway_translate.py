@@ -15,6 +15,7 @@ from writ.gateway.translate import (
     listing,
     mcp_tool_name,
     pending_result,
+    upstream_error,
     writ_tool_name,
 )
 from writ_common.digest import tool_digest
@@ -117,7 +118,10 @@ def test_a_success_is_the_tools_own_result() -> None:
     answer = call_result(receipt("succeeded", "ok", "ran", tool_result), "k1")
     assert not answer.is_error
     assert answer.content == [types.TextContent(text="12:00")] and answer.structured_content == {"time": "12:00"}
-    assert answer.meta == {"writ/status": "succeeded", "writ/code": "ok", "writ/intent_id": "in-abc", IDEMPOTENCY_META_KEY: "k1"}  # fmt: skip
+    assert answer.meta == {
+        "writ/status": "succeeded", "writ/code": "ok", "writ/intent_id": "in-abc", IDEMPOTENCY_META_KEY: "k1",
+        "writ/stage": "execute", "writ/reason": "ran",
+    }  # fmt: skip
 
 
 def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
@@ -129,10 +133,29 @@ def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
     assert "forbidden: forbidden" not in text
 
 
-def test_a_tool_error_keeps_the_tools_own_output_after_writs_line() -> None:
-    tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True}
+def test_a_tool_error_is_the_tools_own_result_with_nothing_of_writs_before_it() -> None:
+    tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True, "_meta": {"tool/k": 1}}
     answer = call_result(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1")
-    assert answer.is_error and answer.content[-1] == types.TextContent(text="boom")
+    assert answer.is_error and answer.content == [types.TextContent(text="boom")]
+    assert answer.meta is not None and answer.meta["tool/k"] == 1
+    assert (answer.meta["writ/status"], answer.meta["writ/code"], answer.meta["writ/stage"]) == (
+        "failed", "tool_error", "execute",
+    )  # fmt: skip
+    assert upstream_error(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1") is None
+
+
+def test_a_servers_json_rpc_error_is_passed_on_with_its_code() -> None:
+    refused = {"error": {"code": -32602, "message": "no such thing", "data": {"why": "x"}}}
+    error = upstream_error(
+        receipt("failed", "mcp_error", "mcp_error: 's' refused the call: no such thing", refused), "k1"
+    )
+    assert error == types.ErrorData(code=-32602, message="no such thing", data={"why": "x"})
+    bare = upstream_error(receipt("failed", "mcp_error", "mcp_error: no", {"error": {"code": 7, "message": "no"}}), "k")
+    assert bare is not None and bare.code == 7 and bare.data["writ/intent_id"] == "in-abc"
+    # Writ's own ends are never a JSON-RPC error: one text, isError.
+    assert upstream_error(receipt("denied", "forbidden", "forbidden: no", None), "k1") is None
+    unavailable = call_result(receipt("failed", "server_unavailable", "server_unavailable: down"), "k1")
+    assert unavailable.is_error and len(unavailable.content) == 1
 
 
 def test_pending_says_how_to_reattach() -> None:

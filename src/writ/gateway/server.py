@@ -23,6 +23,7 @@ from writ.gateway.translate import (
     listing,
     pending_result,
     refusal_result,
+    upstream_error,
     writ_tool_name,
 )
 from writ.sdk import ReceiptTimeout, WritAgent
@@ -114,6 +115,8 @@ class Gateway:
             return refusal_result(
                 "writ_unavailable", f"submitted as {submission.intent_id}, then {_described(exc)}", key
             )
+        if (error := upstream_error(receipt, key)) is not None:
+            raise MCPError.from_error_data(error)  # the server's own JSON-RPC error, with its code
         return call_result(receipt, key)
 
     async def _awaits_approval(self, intent_id: str) -> bool:

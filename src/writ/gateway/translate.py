@@ -49,7 +49,9 @@ __all__ = [
     "listing",
     "mcp_tool_name",
     "pending_result",
+    "receipt_meta",
     "refusal_result",
+    "upstream_error",
     "writ_tool_name",
 ]
 
@@ -156,6 +158,15 @@ def _meta(intent_id: str | None, status: str, code: str, key: str | None) -> dic
     return meta
 
 
+def receipt_meta(receipt: Receipt, key: str) -> dict[str, Any]:
+    """Writ's word on a call, for a result's ``_meta``: status, stage, code, reason, intent, key."""
+    return {
+        **_meta(receipt.intent_id, receipt.status, receipt.code, key),
+        STAGE_META_KEY: receipt.stage,
+        REASON_META_KEY: receipt.reason,
+    }
+
+
 def _text(text: str) -> types.TextContent:
     return types.TextContent(type="text", text=text)
 
@@ -164,23 +175,36 @@ def _without_code(code: str, reason: str) -> str:
     return reason.removeprefix(f"{code}: ")
 
 
+def upstream_error(receipt: Receipt, key: str) -> types.ErrorData | None:
+    """The JSON-RPC error the tool's server answered the call with (the executor keeps it as the
+    failure's result), to pass on with its own code; None when the call did not end that way. Its
+    data is the server's, else Writ's ``_meta`` keys (which intent, how it ended)."""
+    error = (receipt.result or {}).get("error") if receipt.status == "failed" else None
+    if not isinstance(error, dict) or isinstance(error.get("code"), bool) or not isinstance(error.get("code"), int):
+        return None
+    message = error.get("message")
+    data = error.get("data", receipt_meta(receipt, key))
+    return types.ErrorData(code=error["code"], message=message if isinstance(message, str) else "", data=data)
+
+
 def call_result(receipt: Receipt, key: str) -> types.CallToolResult:
-    """The receipt as the tool's answer: its result when it succeeded; otherwise ``isError`` with
-    the status, code, reason and intent id (and the tool's own error output, if it gave one)."""
-    meta = _meta(receipt.intent_id, receipt.status, receipt.code, key)
+    """The receipt as the tool's answer: the tool's own result when it ran and answered, an error
+    result included (``isError`` with its own content, nothing of Writ's before it); otherwise
+    ``isError`` with one text saying why Writ did not complete the call. Writ's status, stage, code,
+    reason and intent id always go in ``_meta``."""
+    meta = receipt_meta(receipt, key)
     tool_output = _tool_result(receipt.result)
     if receipt.status == "succeeded":
         if tool_output is None:  # nothing the MCP types accept: show it as JSON rather than lose it
             return types.CallToolResult(content=[_text(json.dumps(receipt.result))], meta=meta)
         return tool_output.model_copy(update={"meta": {**(tool_output.meta or {}), **meta}})
+    if receipt.status == "failed" and tool_output is not None and tool_output.is_error:
+        return tool_output.model_copy(update={"meta": {**(tool_output.meta or {}), **meta}})
     what = f"Writ did not complete this call: {receipt.status} at {receipt.stage} ({receipt.code})"
     text = f"{what}: {_without_code(receipt.code, receipt.reason)}\nintent: {receipt.intent_id}"
     if receipt.status == "outcome_unknown":
         text += "\nthe tool may or may not have run; an operator settles it with `writ intent reconcile`"
-    content: list[types.ContentBlock] = [_text(text)]
-    if tool_output is not None:
-        content.extend(tool_output.content)
-    return types.CallToolResult(content=content, is_error=True, meta=meta)
+    return types.CallToolResult(content=[_text(text)], is_error=True, meta=meta)
 
 
 def _tool_result(result: dict[str, Any] | None) -> types.CallToolResult | None:
