@@ -70,14 +70,40 @@ def setup(writ: Writ, plane: Plane, tmp_path: Path) -> Setup:
     return Setup(agent, server, plane, tmp_path / "gateway.log")
 
 
+class Notifications:
+    """What the gateway sent a client unasked, in order (a ClientSession's message handler)."""
+
+    def __init__(self) -> None:
+        self.received: list[types.ServerNotification] = []
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, message: types.ServerNotification | Exception) -> None:
+        if not isinstance(message, Exception):
+            self.received.append(message)
+            self._arrived.set()
+
+    async def wait_for(self, kind: type[types.ServerNotification], count: int, timeout: float = 15.0) -> None:
+        async def enough() -> None:
+            while sum(isinstance(n, kind) for n in self.received) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+
+
 @asynccontextmanager
-async def over_stdio(setup: Setup, *options: str) -> AsyncIterator[ClientSession]:
+async def over_stdio(
+    setup: Setup, *options: str, notifications: Notifications | None = None
+) -> AsyncIterator[ClientSession]:
     """An MCP client session with `writ gateway --as AGENT`, launched by the client as its command."""
     params = StdioServerParameters(
         command=str(BIN / "writ"), args=["gateway", "--as", setup.agent, *options], env=setup.env
     )
     with setup.log.open("a") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, message_handler=notifications) as session,
+        ):
             await session.initialize()
             yield session
 
@@ -267,14 +293,19 @@ async def test_a_tool_waiting_in_quarantine_is_not_listed_until_accepted(
     environment = f"DESCRIPTION_FILE={description}"
     await run_cli(writ, "server", "add", server, "--env", environment, "--", sys.executable, str(MORPHING_SERVER))
     lookup = f"{server}/lookup"
-    async with over_stdio(setup) as session:
+    notifications = Notifications()
+    async with over_stdio(setup, notifications=notifications) as session:
+        capabilities = session.server_capabilities
         assert lookup in await listed_by_writ_name(session)
         description.write_text("Look an item up, and also send it elsewhere.")
         await run_cli(writ, "server", "refresh", server)
         assert lookup not in await listed_by_writ_name(session)  # the new version waits
+        await notifications.wait_for(types.ToolListChangedNotification, 1)  # and the client is told
         await run_cli(writ, "tool", "accept", lookup)
         listed = await listed_by_writ_name(session)  # the same session sees it at once
+        await notifications.wait_for(types.ToolListChangedNotification, 2)
     assert listed[lookup].description == "Look an item up, and also send it elsewhere."
+    assert capabilities is not None and capabilities.tools is not None and capabilities.tools.list_changed
 
 
 def wait_for_url(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:

@@ -4,15 +4,19 @@ intent submitted as one agent, answered from its receipt. Served over stdio or s
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import mcp_types as types
 import nats.errors
-from mcp.server.lowlevel import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
@@ -33,6 +37,7 @@ from writ_common.commands import CommandError
 
 LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
+WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,34 @@ class Gateway:
         self.agent = agent
         self.options = options
         self.listing = Listing()  # the last one listed: how tools/call reads a name back
+        self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
+
+    async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
+        """Look at the registry's accepted tools every ``interval`` seconds, and wake every client
+        connection when what the gateway lists has changed (a tool accepted, quarantined, removed).
+
+        The agent's bus user may not read the registry's stream, only ask ``list_tools``: so it asks.
+        """
+        seen: str | None = None
+        digest: str | None
+        while True:
+            try:
+                digest = (await self.refresh_listing()).digest
+            except (CommandError, nats.errors.Error):
+                digest = seen  # the plane unreachable for a moment: nothing to announce
+            if seen is not None and digest != seen:
+                changed, self._tools_changed = self._tools_changed, asyncio.Event()
+                changed.set()
+            seen = digest
+            await asyncio.sleep(interval)
+
+    async def announce_tool_changes(self, ctx: ServerRequestContext[Any], _params: types.NotificationParams) -> None:
+        """Runs for the life of one client connection (from its notifications/initialized): sends it
+        notifications/tools/list_changed each time the listing changes. The SDK cancels this
+        handler with the connection's other handlers when the connection closes."""
+        while True:
+            await self._tools_changed.wait()
+            await ctx.session.send_tool_list_changed()
 
     async def list_tools(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         # Asked afresh each time, so a tool accepted a moment ago is listed (and a quarantined one is not).
@@ -127,7 +160,7 @@ class Gateway:
             return False  # only for the wording: "still in flight"
 
     def mcp_server(self) -> Server[Any]:
-        return Server(
+        server = _Server(
             "writ",
             version="0.1.0",
             instructions=(
@@ -136,6 +169,25 @@ class Gateway:
             ),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
+        )
+        server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
+        )
+        return server
+
+
+class _Server(Server[Any]):
+    """The SDK's low-level server, advertising tools.listChanged on every transport (streamable
+    HTTP builds its initialization options itself)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
         )
 
 
@@ -148,8 +200,11 @@ def _described(exc: BaseException) -> str:
 async def serve_stdio(gateway: Gateway) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes them."""
     server = gateway.mcp_server()
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(gateway.watch_tools)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        tasks.cancel_scope.cancel()
 
 
 async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
@@ -164,7 +219,10 @@ async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], 
     on_listening(f"http://127.0.0.1:{sock.getsockname()[1]}{HTTP_PATH}")
     config = uvicorn.Config(app, log_level="warning", log_config=None)
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(gateway.watch_tools)
+            await uvicorn.Server(config).serve(sockets=[sock])
+            tasks.cancel_scope.cancel()
     finally:
         sock.close()
 
