@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -248,6 +249,32 @@ async def test_a_tools_own_error_and_a_servers_json_rpc_error_pass_through(setup
     assert (refused.value.code, refused.value.message) == (-32602, "no such thing here")
     assert refused.value.data == {"why": "a test server refuses"}
     assert not still.is_error  # the session goes on
+
+
+async def test_progress_reports_writs_stages_and_a_cancelled_call_goes_on_in_writ(setup: Setup, fidelity: str) -> None:
+    stages: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, _total: float | None, message: str | None) -> None:
+        stages.append((progress, message))
+
+    key = f"cancel-{uuid.uuid4().hex}"
+    slow = f"{fidelity}_slow"
+    async with over_stdio(setup) as session:
+        done = await session.call_tool(slow, {"seconds": 0.2}, progress_callback=on_progress)
+        with anyio.move_on_after(1.5) as waited:  # the client gives up: it sends notifications/cancelled
+            await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})
+        again = await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})  # re-attaches to its outcome
+
+    assert not done.is_error, text_of(done)
+    said = [message for _progress, message in stages]
+    assert said[-2:] == ["authorized", "executing"] and "authenticated" in said, stages
+    assert [p for p, _m in stages] == sorted({p for p, _m in stages})  # it only goes forward
+    assert waited.cancelled_caught
+    intent_id = derive_intent_id(setup.agent, key)
+    assert f"cancelled (by the client, or its connection closed); intent {intent_id} goes on" in setup.log.read_text()
+    # Not forwarded upstream (the executor is not told): the intent ran to its end, once.
+    assert not again.is_error and text_of(again) == "slept 3s" and intent_of(again) == intent_id
+    assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "execution.started")) == 1
 
 
 async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> None:

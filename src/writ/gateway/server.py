@@ -5,9 +5,11 @@ intent submitted as one agent, answered from its receipt. Served over stdio or s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +36,19 @@ from writ.sdk import ReceiptTimeout, WritAgent
 from writ_common import commands, subjects
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
+from writ_common.ids import derive_intent_id
 
 LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
+# An intent's events (the last token of their subjects) reported as progress: (order, what it says).
+_STAGES = {
+    "submitted": (1, "submitted"),
+    "authenticated": (2, "authenticated"),
+    "planned": (3, "planned"),
+    "approval_requested": (4, "awaiting approval"),
+    "authorized": (5, "authorized"),
+    "execution_started": (6, "executing"),
+}
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
 
 
@@ -119,10 +131,57 @@ class Gateway:
             rows = await commands.call(self.agent.nc, "registry", "list_tools", {}, timeout=LIST_TIMEOUT)
         return list(rows)
 
-    async def call_tool(self, _ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         key = idempotency_key(params.meta)
         if key is None:
             return refusal_result("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
+        intent_id = derive_intent_id(self.agent.agent_id, key)
+        wire_meta = (ctx.params or {}).get("_meta")  # as the client sent it (the typed one renames keys)
+        wants_progress = isinstance(wire_meta, dict) and wire_meta.get("progressToken") is not None
+        try:
+            async with self._stages(ctx, intent_id, enabled=wants_progress):
+                return await self._call(params, key)
+        except anyio.get_cancelled_exc_class():
+            # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
+            # nothing. Writ is not told (an agent can only submit): the intent goes on to its receipt.
+            log(
+                f"call {params.name!r} cancelled (by the client, or its connection closed); intent {intent_id} goes on in Writ (call again"
+                f" with _meta writ/idempotency_key {key!r} to re-attach to its outcome)"
+            )
+            raise
+
+    @asynccontextmanager
+    async def _stages(self, ctx: ServerRequestContext[Any], intent_id: str, *, enabled: bool) -> AsyncIterator[None]:
+        """While the body runs, report the intent's stages as they are recorded (submitted,
+        authenticated, planned, awaiting approval, authorized, executing) as progress notifications
+        for the caller's progressToken: the agent's bus user hears its own intents' events."""
+        if not enabled:
+            yield
+            return
+        sub = await self.agent.nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id))
+
+        async def pump() -> None:
+            reached = 0
+            async for msg in sub.messages:
+                stage = _STAGES.get(msg.subject.rsplit(".", 1)[-1])
+                if stage is not None and stage[0] > reached:
+                    reached = stage[0]
+                    await ctx.session.report_progress(float(reached), message=stage[1])
+
+        task = asyncio.create_task(pump())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+                    await task
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
+    async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
             submission = await self.agent.submit(
                 await self.writ_name(params.name),
