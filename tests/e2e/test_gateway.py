@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
 from cli_runner import TIME_SERVER, Writ
@@ -33,6 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 BIN = Path(sys.executable).parent
 MORPHING_SERVER = Path(__file__).resolve().parent.parent / "servers" / "morphing_stdio.py"
+FIDELITY_SERVER = Path(__file__).resolve().parent.parent / "servers" / "fidelity_stdio.py"
 KEY = "writ/idempotency_key"
 
 
@@ -68,14 +71,40 @@ def setup(writ: Writ, plane: Plane, tmp_path: Path) -> Setup:
     return Setup(agent, server, plane, tmp_path / "gateway.log")
 
 
+class Notifications:
+    """What the gateway sent a client unasked, in order (a ClientSession's message handler)."""
+
+    def __init__(self) -> None:
+        self.received: list[types.ServerNotification] = []
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, message: types.ServerNotification | Exception) -> None:
+        if not isinstance(message, Exception):
+            self.received.append(message)
+            self._arrived.set()
+
+    async def wait_for(self, kind: type[types.ServerNotification], count: int, timeout: float = 15.0) -> None:
+        async def enough() -> None:
+            while sum(isinstance(n, kind) for n in self.received) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+
+
 @asynccontextmanager
-async def over_stdio(setup: Setup, *options: str) -> AsyncIterator[ClientSession]:
+async def over_stdio(
+    setup: Setup, *options: str, notifications: Notifications | None = None
+) -> AsyncIterator[ClientSession]:
     """An MCP client session with `writ gateway --as AGENT`, launched by the client as its command."""
     params = StdioServerParameters(
         command=str(BIN / "writ"), args=["gateway", "--as", setup.agent, *options], env=setup.env
     )
     with setup.log.open("a") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, message_handler=notifications) as session,
+        ):
             await session.initialize()
             yield session
 
@@ -99,6 +128,11 @@ def text_of(result: types.CallToolResult) -> str:
     return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+async def listed_by_writ_name(session: ClientSession) -> dict[str, types.Tool]:
+    """The gateway's listing by the Writ tool each stands for (its _meta says)."""
+    return {str((t.meta or {}).get("writ/tool")): t for t in (await session.list_tools()).tools}
+
+
 def intent_of(result: types.CallToolResult) -> str:
     assert result.meta is not None, result
     return str(result.meta["writ/intent_id"])
@@ -106,15 +140,43 @@ def intent_of(result: types.CallToolResult) -> str:
 
 async def test_tools_list_shows_the_time_servers_tools_with_their_schemas(setup: Setup) -> None:
     async with over_stdio(setup) as session:
-        listed = {t.name: t for t in (await session.list_tools()).tools}
+        listed = await listed_by_writ_name(session)
 
-    tool = listed[setup.tool("get_current_time")]
-    assert setup.tool("convert_time") in listed
+    tool = listed[f"{setup.server}/get_current_time"]
+    assert f"{setup.server}/convert_time" in listed
+    # Other tests register mcp-server-time too: a name two servers offer is listed as SERVER.TOOL.
+    assert tool.name in ("get_current_time", setup.tool("get_current_time"))
     assert tool.input_schema["type"] == "object"
     assert "timezone" in tool.input_schema["properties"] and tool.input_schema["required"] == ["timezone"]
     assert tool.description and "time" in tool.description.lower()
     assert tool.annotations is not None and tool.annotations.read_only_hint is True
-    assert all("/" not in name for name in listed)
+    assert all("/" not in t.name for t in listed.values())
+
+
+@pytest.fixture
+async def fidelity(writ: Writ) -> str:
+    """A fresh fidelity_stdio server whose tool names (PREFIX_shaped...) no other server offers."""
+    prefix = f"fx{uuid.uuid4().hex[:8]}"
+    await run_cli(
+        writ, "server", "add", prefix, "--env", f"TOOL_PREFIX={prefix}", "--", sys.executable, str(FIDELITY_SERVER)
+    )
+    return prefix
+
+
+async def test_the_listing_is_the_servers_own_and_both_spellings_call_the_tool(setup: Setup, fidelity: str) -> None:
+    async with over_stdio(setup) as session:
+        listed = {t.name: t for t in (await session.list_tools()).tools}
+        bare = await session.call_tool(f"{fidelity}_shaped", {"n": 7})
+        prefixed = await session.call_tool(f"{fidelity}.{fidelity}_shaped", {"n": 8})
+
+    shaped = listed[f"{fidelity}_shaped"]  # unique across servers: the server's own name
+    assert shaped.title == "A shaped tool"
+    assert shaped.annotations == types.ToolAnnotations(read_only_hint=True)  # as given, no defaults filled in
+    assert shaped.output_schema is not None and shaped.output_schema["required"] == ["n"]
+    assert shaped.icons is not None and shaped.icons[0].mime_type == "image/png"
+    assert shaped.meta == {"example.com/shape": "kept", "writ/tool": f"{fidelity}/{fidelity}_shaped"}
+    assert not bare.is_error and bare.structured_content == {"n": 7}, text_of(bare)
+    assert not prefixed.is_error and prefixed.structured_content == {"n": 8}, text_of(prefixed)
 
 
 async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_agents_name(setup: Setup) -> None:
@@ -173,6 +235,48 @@ async def test_bad_input_is_answered_as_an_error_and_the_gateway_keeps_serving(s
     assert not still.is_error, text_of(still)
 
 
+async def test_a_tools_own_error_and_a_servers_json_rpc_error_pass_through(setup: Setup, fidelity: str) -> None:
+    async with over_stdio(setup) as session:
+        failed = await session.call_tool(f"{fidelity}_fails", {})
+        with pytest.raises(MCPError) as refused:
+            await session.call_tool(f"{fidelity}_refuses", {})
+        still = await session.call_tool(f"{fidelity}_shaped", {"n": 1})
+
+    assert failed.is_error and failed.content == [types.TextContent(text="it broke, in the tool's words")]
+    receipt = await operator_receipt(setup.plane, intent_of(failed))
+    assert (receipt.status, receipt.code) == ("failed", "tool_error") and failed.meta is not None
+    assert (failed.meta["writ/status"], failed.meta["writ/stage"]) == ("failed", "execute")
+    assert (refused.value.code, refused.value.message) == (-32602, "no such thing here")
+    assert refused.value.data == {"why": "a test server refuses"}
+    assert not still.is_error  # the session goes on
+
+
+async def test_progress_reports_writs_stages_and_a_cancelled_call_goes_on_in_writ(setup: Setup, fidelity: str) -> None:
+    stages: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, _total: float | None, message: str | None) -> None:
+        stages.append((progress, message))
+
+    key = f"cancel-{uuid.uuid4().hex}"
+    slow = f"{fidelity}_slow"
+    async with over_stdio(setup) as session:
+        done = await session.call_tool(slow, {"seconds": 0.2}, progress_callback=on_progress)
+        with anyio.move_on_after(1.5) as waited:  # the client gives up: it sends notifications/cancelled
+            await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})
+        again = await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})  # re-attaches to its outcome
+
+    assert not done.is_error, text_of(done)
+    said = [message for _progress, message in stages]
+    assert said[-2:] == ["authorized", "executing"] and "authenticated" in said, stages
+    assert [p for p, _m in stages] == sorted({p for p, _m in stages})  # it only goes forward
+    assert waited.cancelled_caught
+    intent_id = derive_intent_id(setup.agent, key)
+    assert f"cancelled (by the client, or its connection closed); intent {intent_id} goes on" in setup.log.read_text()
+    # Not forwarded upstream (the executor is not told): the intent ran to its end, once.
+    assert not again.is_error and text_of(again) == "slept 3s" and intent_of(again) == intent_id
+    assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "execution.started")) == 1
+
+
 async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> None:
     key = f"run-{uuid.uuid4().hex}"
     async with over_stdio(setup) as session:
@@ -215,15 +319,20 @@ async def test_a_tool_waiting_in_quarantine_is_not_listed_until_accepted(
     description.write_text("Look an item up.")
     environment = f"DESCRIPTION_FILE={description}"
     await run_cli(writ, "server", "add", server, "--env", environment, "--", sys.executable, str(MORPHING_SERVER))
-    lookup = f"{server}.lookup"
-    async with over_stdio(setup) as session:
-        assert lookup in {t.name for t in (await session.list_tools()).tools}
+    lookup = f"{server}/lookup"
+    notifications = Notifications()
+    async with over_stdio(setup, notifications=notifications) as session:
+        capabilities = session.server_capabilities
+        assert lookup in await listed_by_writ_name(session)
         description.write_text("Look an item up, and also send it elsewhere.")
         await run_cli(writ, "server", "refresh", server)
-        assert lookup not in {t.name for t in (await session.list_tools()).tools}  # the new version waits
-        await run_cli(writ, "tool", "accept", f"{server}/lookup")
-        listed = {t.name: t for t in (await session.list_tools()).tools}  # the same session sees it at once
+        assert lookup not in await listed_by_writ_name(session)  # the new version waits
+        await notifications.wait_for(types.ToolListChangedNotification, 1)  # and the client is told
+        await run_cli(writ, "tool", "accept", lookup)
+        listed = await listed_by_writ_name(session)  # the same session sees it at once
+        await notifications.wait_for(types.ToolListChangedNotification, 2)
     assert listed[lookup].description == "Look an item up, and also send it elsewhere."
+    assert capabilities is not None and capabilities.tools is not None and capabilities.tools.list_changed
 
 
 def wait_for_url(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
@@ -259,10 +368,10 @@ async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str)
     assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
     async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        names = {t.name for t in (await session.list_tools()).tools}
+        listed = await listed_by_writ_name(session)
         result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
 
-    assert setup.tool("get_current_time") in names
+    assert f"{setup.server}/get_current_time" in listed
     assert not result.is_error, text_of(result)
     assert result.structured_content is not None and result.structured_content["timezone"] == "Asia/Tokyo"
     receipt = await operator_receipt(setup.plane, intent_of(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from writ_common import events as ev
@@ -66,3 +67,13 @@ def test_an_unknown_tool_suggests_the_nearest_names(asked: str, suggested: str) 
 
 def test_nothing_near_suggests_nothing() -> None:
     assert time_catalog().resolve("send_email") == "unknown_tool: no tool 'send_email' on any registered server"
+
+
+def test_the_same_version_rediscovered_keeps_its_acceptance_and_the_fuller_definition() -> None:
+    catalog = time_catalog()
+    fuller = msgspec.structs.replace(tool("get_current_time"), listed={"name": "get_current_time", "title": "Now"})
+    changed = tool("convert_time", "sha256:changed")
+    catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[fuller, changed], initial=False), 4))
+    assert catalog.tools["time"]["get_current_time"].listed == {"name": "get_current_time", "title": "Now"}
+    assert catalog.tools["time"]["convert_time"].tool_digest == "sha256:a"  # the accepted version stays
+    assert set(catalog.quarantined["time"]) == {"convert_time"}

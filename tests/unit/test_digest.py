@@ -125,6 +125,10 @@ def test_tool_policy_and_approval_digests_bind_every_field() -> None:
     assert first == tool_digest(**dict(reversed(list(base.items()))))  # type: ignore[arg-type]
     for key, value in (("description", None), ("input_schema", {"type": "object", "x": 1}), ("annotations", None)):
         assert tool_digest(**{**base, key: value}) != first  # type: ignore[arg-type]
+    # The rest of a listed tool (title, icons, _meta) is bound too; a tool without any keeps its digest.
+    assert tool_digest(**base, extra={}) == tool_digest(**base, extra=None) == first  # type: ignore[arg-type]
+    titled = tool_digest(**base, extra={"title": "Now"})  # type: ignore[arg-type]
+    assert titled != first and titled != tool_digest(**base, extra={"title": "Later"})  # type: ignore[arg-type]
 
     assert policy_digest("permit(principal, action, resource);") != policy_digest(
         "forbid(principal, action, resource);"

@@ -12,11 +12,15 @@ from writ.gateway.translate import (
     call_result,
     callable_tools,
     idempotency_key,
+    listing,
     mcp_tool_name,
     pending_result,
+    upstream_error,
     writ_tool_name,
 )
+from writ_common.digest import tool_digest
 from writ_common.events import Receipt
+from writ_common.mcp_client import definition_of
 
 pytestmark = pytest.mark.unit
 
@@ -59,11 +63,47 @@ def test_names_mcp_cannot_carry_are_not_offered() -> None:
 def test_only_accepted_tools_without_a_waiting_version_are_listed() -> None:
     rows = [row("a", "kept"), row("a", "changed"), row("a", "changed", "quarantined"), row("b", "new", "quarantined")]
     tools = callable_tools(rows)
-    assert [t.name for t in tools] == ["a.kept"]
+    assert [t.name for t in tools] == ["kept"]
     assert tools[0].input_schema["properties"] == {"q": {"type": "string"}}
+    assert tools[0].title is None  # nothing Writ made up
+    # A row pinned before Writ kept the server's own listing shows what Writ kept.
     assert tools[0].annotations == types.ToolAnnotations(
         read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
     )
+
+
+def test_a_name_is_the_servers_own_unless_two_servers_offer_it() -> None:
+    rows = [row("a", "search"), row("b", "search"), row("a", "only_a"), row("c", "only_c", "quarantined")]
+    listed = listing(rows)
+    assert [t.name for t in listed.tools] == ["a.search", "b.search", "only_a"]
+    assert listed.writ_name("only_a") == listed.writ_name("a.only_a") == "a/only_a"  # both spellings
+    assert listed.writ_name("a.search") == "a/search" and listed.writ_name("search") is None
+    assert listed.tools[0].meta == {"writ/tool": "a/search"}
+    assert listed.digest != listing(rows[1:]).digest and listed.digest == listing(rows).digest
+
+
+def test_the_listing_is_the_tool_as_its_server_listed_it() -> None:
+    server_tool = types.Tool(
+        name="shaped",
+        title="A shaped tool",
+        description="d",
+        input_schema={"type": "object"},
+        output_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
+        icons=[types.Icon(src="data:image/png;base64,AA==", mime_type="image/png")],
+        annotations=types.ToolAnnotations(read_only_hint=True),
+        meta={"example.com/k": 1},
+    )
+    definition = definition_of(server_tool)
+    shown = listing([{**row("srv", "shaped"), "listed": definition.listed}]).tools[0]
+    assert shown.model_dump(exclude={"meta"}) == server_tool.model_dump(exclude={"meta"})
+    assert shown.annotations == types.ToolAnnotations(read_only_hint=True)  # no defaults filled in
+    assert shown.meta == {"example.com/k": 1, "writ/tool": "srv/shaped"}
+    # The digest binds what the listing shows; a tool with nothing more than before keeps its digest.
+    plain = types.Tool(name="plain", input_schema={"type": "object"})
+    assert definition_of(plain).tool_digest == tool_digest(
+        name="plain", description=None, input_schema={"type": "object"}, output_schema=None, annotations=None
+    )
+    assert definition.tool_digest != definition_of(server_tool.model_copy(update={"title": "Other"})).tool_digest
 
 
 def test_the_callers_idempotency_key_is_used_else_a_fresh_one() -> None:
@@ -78,7 +118,10 @@ def test_a_success_is_the_tools_own_result() -> None:
     answer = call_result(receipt("succeeded", "ok", "ran", tool_result), "k1")
     assert not answer.is_error
     assert answer.content == [types.TextContent(text="12:00")] and answer.structured_content == {"time": "12:00"}
-    assert answer.meta == {"writ/status": "succeeded", "writ/code": "ok", "writ/intent_id": "in-abc", IDEMPOTENCY_META_KEY: "k1"}  # fmt: skip
+    assert answer.meta == {
+        "writ/status": "succeeded", "writ/code": "ok", "writ/intent_id": "in-abc", IDEMPOTENCY_META_KEY: "k1",
+        "writ/stage": "execute", "writ/reason": "ran",
+    }  # fmt: skip
 
 
 def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
@@ -90,10 +133,29 @@ def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
     assert "forbidden: forbidden" not in text
 
 
-def test_a_tool_error_keeps_the_tools_own_output_after_writs_line() -> None:
-    tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True}
+def test_a_tool_error_is_the_tools_own_result_with_nothing_of_writs_before_it() -> None:
+    tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True, "_meta": {"tool/k": 1}}
     answer = call_result(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1")
-    assert answer.is_error and answer.content[-1] == types.TextContent(text="boom")
+    assert answer.is_error and answer.content == [types.TextContent(text="boom")]
+    assert answer.meta is not None and answer.meta["tool/k"] == 1
+    assert (answer.meta["writ/status"], answer.meta["writ/code"], answer.meta["writ/stage"]) == (
+        "failed", "tool_error", "execute",
+    )  # fmt: skip
+    assert upstream_error(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1") is None
+
+
+def test_a_servers_json_rpc_error_is_passed_on_with_its_code() -> None:
+    refused = {"error": {"code": -32602, "message": "no such thing", "data": {"why": "x"}}}
+    error = upstream_error(
+        receipt("failed", "mcp_error", "mcp_error: 's' refused the call: no such thing", refused), "k1"
+    )
+    assert error == types.ErrorData(code=-32602, message="no such thing", data={"why": "x"})
+    bare = upstream_error(receipt("failed", "mcp_error", "mcp_error: no", {"error": {"code": 7, "message": "no"}}), "k")
+    assert bare is not None and bare.code == 7 and bare.data["writ/intent_id"] == "in-abc"
+    # Writ's own ends are never a JSON-RPC error: one text, isError.
+    assert upstream_error(receipt("denied", "forbidden", "forbidden: no", None), "k1") is None
+    unavailable = call_result(receipt("failed", "server_unavailable", "server_unavailable: down"), "k1")
+    assert unavailable.is_error and len(unavailable.content) == 1
 
 
 def test_pending_says_how_to_reattach() -> None:

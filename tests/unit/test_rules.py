@@ -287,8 +287,10 @@ class TestRetries:
         assert isinstance(final, ev.ExecutionFailed) and "deadline" in final.reason
 
     def test_a_protocol_refusal_is_final(self) -> None:
-        error = CallError("refused", "mcp_error", "unknown tool")
-        assert isinstance(after_error(authorized(True), 1, error, now=datetime.now(UTC)), ev.ExecutionFailed)
+        error = CallError("refused", "mcp_error", "unknown tool", {"code": -32602, "message": "unknown tool"})
+        final = after_error(authorized(True), 1, error, now=datetime.now(UTC))
+        assert isinstance(final, ev.ExecutionFailed) and not final.retryable
+        assert final.result == {"error": {"code": -32602, "message": "unknown tool"}}  # the code, for the gateway
 
 
 class TestCircuitBreaker:

@@ -100,7 +100,7 @@ def gateway(
 ) -> None:
     """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
 
-    tools/list: the registry's accepted tools, each named SERVER.TOOL (Writ's SERVER/TOOL).
+    tools/list: the registry's accepted tools as their servers list them; SERVER.TOOL only where two share a name.
 
     tools/call: a signed intent as the agent; the answer is the tool's result, else isError with the reason.
 

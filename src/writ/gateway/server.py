@@ -4,33 +4,52 @@ intent submitted as one agent, answered from its receipt. Served over stdio or s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import mcp_types as types
 import nats.errors
-from mcp.server.lowlevel import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from writ.gateway.translate import (
+    Listing,
     call_result,
-    callable_tools,
     idempotency_key,
+    listing,
     pending_result,
     refusal_result,
+    upstream_error,
     writ_tool_name,
 )
 from writ.sdk import ReceiptTimeout, WritAgent
 from writ_common import commands, subjects
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
+from writ_common.ids import derive_intent_id
 
 LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
+# An intent's events (the last token of their subjects) reported as progress: (order, what it says).
+_STAGES = {
+    "submitted": (1, "submitted"),
+    "authenticated": (2, "authenticated"),
+    "planned": (3, "planned"),
+    "approval_requested": (4, "awaiting approval"),
+    "authorized": (5, "authorized"),
+    "execution_started": (6, "executing"),
+}
+WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +67,59 @@ class Gateway:
     def __init__(self, agent: WritAgent, options: CallOptions) -> None:
         self.agent = agent
         self.options = options
+        self.listing = Listing()  # the last one listed: how tools/call reads a name back
+        self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
+
+    async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
+        """Look at the registry's accepted tools every ``interval`` seconds, and wake every client
+        connection when what the gateway lists has changed (a tool accepted, quarantined, removed).
+
+        The agent's bus user may not read the registry's stream, only ask ``list_tools``: so it asks.
+        """
+        seen: str | None = None
+        digest: str | None
+        while True:
+            try:
+                digest = (await self.refresh_listing()).digest
+            except (CommandError, nats.errors.Error):
+                digest = seen  # the plane unreachable for a moment: nothing to announce
+            if seen is not None and digest != seen:
+                changed, self._tools_changed = self._tools_changed, asyncio.Event()
+                changed.set()
+            seen = digest
+            await asyncio.sleep(interval)
+
+    async def announce_tool_changes(self, ctx: ServerRequestContext[Any], _params: types.NotificationParams) -> None:
+        """Runs for the life of one client connection (from its notifications/initialized): sends it
+        notifications/tools/list_changed each time the listing changes. The SDK cancels this
+        handler with the connection's other handlers when the connection closes."""
+        while True:
+            await self._tools_changed.wait()
+            await ctx.session.send_tool_list_changed()
 
     async def list_tools(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         # Asked afresh each time, so a tool accepted a moment ago is listed (and a quarantined one is not).
         try:
-            rows = await self._registry_tools()
+            listed = await self.refresh_listing()
         except (CommandError, nats.errors.Error) as exc:
             raise MCPError(types.INTERNAL_ERROR, f"cannot list Writ's tools: {_described(exc)}") from exc
-        return types.ListToolsResult(tools=callable_tools(rows))
+        return types.ListToolsResult(tools=listed.tools)
+
+    async def refresh_listing(self) -> Listing:
+        """The registry's accepted tools as listed now (and remembered for tools/call)."""
+        self.listing = listing(await self._registry_tools())
+        return self.listing
+
+    async def writ_name(self, mcp_name: str) -> str:
+        """The ``server/tool`` an MCP tool name stands for: as last listed; else as listed now; else
+        spelled out (Writ then says why it knows no such tool)."""
+        if (known := self.listing.writ_name(mcp_name)) is not None:
+            return known
+        try:
+            known = (await self.refresh_listing()).writ_name(mcp_name)
+        except (CommandError, nats.errors.Error):
+            known = None
+        return known or writ_tool_name(mcp_name)
 
     async def _registry_tools(self) -> list[dict[str, Any]]:
         try:
@@ -67,13 +131,60 @@ class Gateway:
             rows = await commands.call(self.agent.nc, "registry", "list_tools", {}, timeout=LIST_TIMEOUT)
         return list(rows)
 
-    async def call_tool(self, _ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         key = idempotency_key(params.meta)
         if key is None:
             return refusal_result("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
+        intent_id = derive_intent_id(self.agent.agent_id, key)
+        wire_meta = (ctx.params or {}).get("_meta")  # as the client sent it (the typed one renames keys)
+        wants_progress = isinstance(wire_meta, dict) and wire_meta.get("progressToken") is not None
+        try:
+            async with self._stages(ctx, intent_id, enabled=wants_progress):
+                return await self._call(params, key)
+        except anyio.get_cancelled_exc_class():
+            # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
+            # nothing. Writ is not told (an agent can only submit): the intent goes on to its receipt.
+            log(
+                f"call {params.name!r} cancelled (by the client, or its connection closed); intent {intent_id} goes on in Writ (call again"
+                f" with _meta writ/idempotency_key {key!r} to re-attach to its outcome)"
+            )
+            raise
+
+    @asynccontextmanager
+    async def _stages(self, ctx: ServerRequestContext[Any], intent_id: str, *, enabled: bool) -> AsyncIterator[None]:
+        """While the body runs, report the intent's stages as they are recorded (submitted,
+        authenticated, planned, awaiting approval, authorized, executing) as progress notifications
+        for the caller's progressToken: the agent's bus user hears its own intents' events."""
+        if not enabled:
+            yield
+            return
+        sub = await self.agent.nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id))
+
+        async def pump() -> None:
+            reached = 0
+            async for msg in sub.messages:
+                stage = _STAGES.get(msg.subject.rsplit(".", 1)[-1])
+                if stage is not None and stage[0] > reached:
+                    reached = stage[0]
+                    await ctx.session.report_progress(float(reached), message=stage[1])
+
+        task = asyncio.create_task(pump())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
+                    await task
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
+    async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
             submission = await self.agent.submit(
-                writ_tool_name(params.name),
+                await self.writ_name(params.name),
                 params.arguments or {},
                 idempotency_key=key,
                 on_behalf_of=self.options.on_behalf_of,
@@ -96,6 +207,8 @@ class Gateway:
             return refusal_result(
                 "writ_unavailable", f"submitted as {submission.intent_id}, then {_described(exc)}", key
             )
+        if (error := upstream_error(receipt, key)) is not None:
+            raise MCPError.from_error_data(error)  # the server's own JSON-RPC error, with its code
         return call_result(receipt, key)
 
     async def _awaits_approval(self, intent_id: str) -> bool:
@@ -106,7 +219,7 @@ class Gateway:
             return False  # only for the wording: "still in flight"
 
     def mcp_server(self) -> Server[Any]:
-        return Server(
+        server = _Server(
             "writ",
             version="0.1.0",
             instructions=(
@@ -115,6 +228,25 @@ class Gateway:
             ),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
+        )
+        server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
+        )
+        return server
+
+
+class _Server(Server[Any]):
+    """The SDK's low-level server, advertising tools.listChanged on every transport (streamable
+    HTTP builds its initialization options itself)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
         )
 
 
@@ -127,8 +259,11 @@ def _described(exc: BaseException) -> str:
 async def serve_stdio(gateway: Gateway) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes them."""
     server = gateway.mcp_server()
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(gateway.watch_tools)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        tasks.cancel_scope.cancel()
 
 
 async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
@@ -143,7 +278,10 @@ async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], 
     on_listening(f"http://127.0.0.1:{sock.getsockname()[1]}{HTTP_PATH}")
     config = uvicorn.Config(app, log_level="warning", log_config=None)
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(gateway.watch_tools)
+            await uvicorn.Server(config).serve(sockets=[sock])
+            tasks.cancel_scope.cancel()
     finally:
         sock.close()
 

@@ -1,10 +1,14 @@
 """What the MCP gateway says, decided without I/O: tool names, the tool list, and call results.
 
-Tool names: Writ names a tool ``server/tool``; MCP allows only ``[A-Za-z0-9_.-]`` (1-128
-characters), so the gateway lists it as ``server.tool``. Server names are tokens
-(``[a-z0-9][a-z0-9_-]{0,62}``, never a dot), so the first dot always splits it back; a tool whose
-own name does not fit MCP's rule is not listed. A name without a dot is passed to Writ as it is,
-where a bare tool name unique across servers resolves too.
+Tool names: a tool is listed under its server's own name when no other registered server offers a
+tool of that name; where two do, each is listed as ``server.tool`` (Writ's ``server/tool``: MCP
+allows only ``[A-Za-z0-9_.-]``, 1-128 characters). Both spellings are accepted in tools/call for
+every listed tool, and the gateway maps the name it listed back to the exact ``server/tool`` it
+stands for, so a name keeps meaning the tool the client saw listed. A tool whose name does not fit
+MCP's rule is not listed.
+
+The listing is the server's own: the tool as it listed it (title, icons, annotations as given,
+outputSchema, _meta), Writ adding only ``writ/tool`` under ``_meta``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
 from pydantic import ValidationError
 
+from writ_common.digest import sha256_digest
 from writ_common.events import Receipt
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY
 
@@ -28,15 +35,23 @@ MCP_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 INTENT_META_KEY = "writ/intent_id"
 STATUS_META_KEY = "writ/status"
 CODE_META_KEY = "writ/code"
+STAGE_META_KEY = "writ/stage"
+REASON_META_KEY = "writ/reason"
+# Key of a listed tool's _meta: the Writ tool it stands for (server/tool).
+TOOL_META_KEY = "writ/tool"
 
 __all__ = [
     "IDEMPOTENCY_META_KEY",
+    "Listing",
     "call_result",
     "callable_tools",
     "idempotency_key",
+    "listing",
     "mcp_tool_name",
     "pending_result",
+    "receipt_meta",
     "refusal_result",
+    "upstream_error",
     "writ_tool_name",
 ]
 
@@ -48,38 +63,81 @@ def mcp_tool_name(server: str, tool: str) -> str | None:
 
 
 def writ_tool_name(mcp_name: str) -> str:
-    """The Writ tool an MCP tool name stands for: ``server.tool`` -> ``server/tool``."""
+    """The Writ tool an MCP tool name stands for when the gateway did not list it:
+    ``server.tool`` -> ``server/tool``; a name without a dot as it is (Writ resolves a bare name
+    unique across servers itself)."""
     server, dot, tool = mcp_name.partition(SEPARATOR)
     return f"{server}/{tool}" if dot else mcp_name
 
 
-def callable_tools(rows: Iterable[Mapping[str, Any]]) -> list[types.Tool]:
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What tools/list answers, and how tools/call reads a name back."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # every accepted MCP spelling -> server/tool
+    digest: str = ""  # of the listed tools: a new one means the list changed
+
+    def writ_name(self, mcp_name: str) -> str | None:
+        return self.names.get(mcp_name)
+
+
+def listing(rows: Iterable[Mapping[str, Any]]) -> Listing:
     """The registry's tool rows (``list_tools``) as MCP tools: accepted ones only. A tool with a
     version waiting in quarantine is left out too, since Writ refuses every call to it until an
     operator accepts that version."""
     rows = list(rows)
     waiting = {(r["server"], r["name"]) for r in rows if r.get("status") != "accepted"}
-    tools = []
+    # A bare name is Writ's too only while one server offers it (quarantined or not: Catalog.resolve).
+    offered_by = Counter(name for name in {(r["server"], r["name"]) for r in rows})
+    offered = Counter(name for _server, name in offered_by)
+    tools: list[types.Tool] = []
+    names: dict[str, str] = {}
+    aliases: dict[str, str] = {}
     for row in rows:
-        name = mcp_tool_name(row["server"], row["name"])
-        if name is None or (row["server"], row["name"]) in waiting:
+        server, tool = row["server"], row["name"]
+        if row.get("status") != "accepted" or (server, tool) in waiting:
             continue
-        hints = row.get("annotations") or {}
-        tools.append(
-            types.Tool(
-                name=name,
-                title=f"{row['name']} ({row['server']}, through Writ)",
-                description=row.get("description"),
-                input_schema=row.get("input_schema") or {"type": "object"},
-                annotations=types.ToolAnnotations(
-                    read_only_hint=hints.get("read_only"),
-                    destructive_hint=hints.get("destructive"),
-                    idempotent_hint=hints.get("idempotent"),
-                    open_world_hint=hints.get("open_world"),
-                ),
-            )
-        )
-    return tools
+        writ_name = f"{server}/{tool}"
+        prefixed = mcp_tool_name(server, tool)
+        name = tool if offered[tool] == 1 and MCP_TOOL_NAME.fullmatch(tool) else prefixed
+        if name is None or name in names:
+            continue
+        names[name] = writ_name
+        if prefixed is not None:
+            aliases.setdefault(prefixed, writ_name)
+        tools.append(_mcp_tool(name, writ_name, row))
+    for alias, writ_name in aliases.items():
+        names.setdefault(alias, writ_name)
+    dumped = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
+    return Listing(tools=tools, names=names, digest=sha256_digest(dumped))
+
+
+def callable_tools(rows: Iterable[Mapping[str, Any]]) -> list[types.Tool]:
+    """The MCP tools of :func:`listing`."""
+    return listing(rows).tools
+
+
+def _mcp_tool(name: str, writ_name: str, row: Mapping[str, Any]) -> types.Tool:
+    listed = row.get("listed")
+    if isinstance(listed, dict):
+        meta = {**(listed.get("_meta") or {}), TOOL_META_KEY: writ_name}
+        return types.Tool.model_validate({**listed, "name": name, "_meta": meta})
+    # Pinned before Writ kept the server's own listing: what it kept (`writ server refresh` brings the rest).
+    hints = row.get("annotations") or {}
+    return types.Tool(
+        name=name,
+        description=row.get("description"),
+        input_schema=row.get("input_schema") or {"type": "object"},
+        output_schema=row.get("output_schema"),
+        annotations=types.ToolAnnotations(
+            read_only_hint=hints.get("read_only"),
+            destructive_hint=hints.get("destructive"),
+            idempotent_hint=hints.get("idempotent"),
+            open_world_hint=hints.get("open_world"),
+        ),
+        meta={TOOL_META_KEY: writ_name},
+    )
 
 
 def idempotency_key(meta: Mapping[str, Any] | None) -> str | None:
@@ -100,6 +158,15 @@ def _meta(intent_id: str | None, status: str, code: str, key: str | None) -> dic
     return meta
 
 
+def receipt_meta(receipt: Receipt, key: str) -> dict[str, Any]:
+    """Writ's word on a call, for a result's ``_meta``: status, stage, code, reason, intent, key."""
+    return {
+        **_meta(receipt.intent_id, receipt.status, receipt.code, key),
+        STAGE_META_KEY: receipt.stage,
+        REASON_META_KEY: receipt.reason,
+    }
+
+
 def _text(text: str) -> types.TextContent:
     return types.TextContent(type="text", text=text)
 
@@ -108,23 +175,36 @@ def _without_code(code: str, reason: str) -> str:
     return reason.removeprefix(f"{code}: ")
 
 
+def upstream_error(receipt: Receipt, key: str) -> types.ErrorData | None:
+    """The JSON-RPC error the tool's server answered the call with (the executor keeps it as the
+    failure's result), to pass on with its own code; None when the call did not end that way. Its
+    data is the server's, else Writ's ``_meta`` keys (which intent, how it ended)."""
+    error = (receipt.result or {}).get("error") if receipt.status == "failed" else None
+    if not isinstance(error, dict) or isinstance(error.get("code"), bool) or not isinstance(error.get("code"), int):
+        return None
+    message = error.get("message")
+    data = error.get("data", receipt_meta(receipt, key))
+    return types.ErrorData(code=error["code"], message=message if isinstance(message, str) else "", data=data)
+
+
 def call_result(receipt: Receipt, key: str) -> types.CallToolResult:
-    """The receipt as the tool's answer: its result when it succeeded; otherwise ``isError`` with
-    the status, code, reason and intent id (and the tool's own error output, if it gave one)."""
-    meta = _meta(receipt.intent_id, receipt.status, receipt.code, key)
+    """The receipt as the tool's answer: the tool's own result when it ran and answered, an error
+    result included (``isError`` with its own content, nothing of Writ's before it); otherwise
+    ``isError`` with one text saying why Writ did not complete the call. Writ's status, stage, code,
+    reason and intent id always go in ``_meta``."""
+    meta = receipt_meta(receipt, key)
     tool_output = _tool_result(receipt.result)
     if receipt.status == "succeeded":
         if tool_output is None:  # nothing the MCP types accept: show it as JSON rather than lose it
             return types.CallToolResult(content=[_text(json.dumps(receipt.result))], meta=meta)
         return tool_output.model_copy(update={"meta": {**(tool_output.meta or {}), **meta}})
+    if receipt.status == "failed" and tool_output is not None and tool_output.is_error:
+        return tool_output.model_copy(update={"meta": {**(tool_output.meta or {}), **meta}})
     what = f"Writ did not complete this call: {receipt.status} at {receipt.stage} ({receipt.code})"
     text = f"{what}: {_without_code(receipt.code, receipt.reason)}\nintent: {receipt.intent_id}"
     if receipt.status == "outcome_unknown":
         text += "\nthe tool may or may not have run; an operator settles it with `writ intent reconcile`"
-    content: list[types.ContentBlock] = [_text(text)]
-    if tool_output is not None:
-        content.extend(tool_output.content)
-    return types.CallToolResult(content=content, is_error=True, meta=meta)
+    return types.CallToolResult(content=[_text(text)], is_error=True, meta=meta)
 
 
 def _tool_result(result: dict[str, Any] | None) -> types.CallToolResult | None:

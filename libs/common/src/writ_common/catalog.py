@@ -44,8 +44,14 @@ class Catalog:
                 self.quarantined[p.server] = {}
             case ev.ToolsDiscovered() as p:
                 # A tool the server no longer offers cannot be called; the rest keep their acceptance.
-                offered = {t.name for t in p.tools}
-                accepted = {n: t for n, t in self.tools.get(p.server, {}).items() if n in offered}
+                # The same version (digest) rediscovered replaces the stored definition: same content,
+                # perhaps kept in more detail (``listed``, for a definition pinned before it was kept).
+                offered = {t.name: t for t in p.tools}
+                accepted = {
+                    n: offered[n] if offered[n].tool_digest == t.tool_digest else t
+                    for n, t in self.tools.get(p.server, {}).items()
+                    if n in offered
+                }
                 self.tools[p.server] = accepted
                 self.quarantined[p.server] = {
                     t.name: t

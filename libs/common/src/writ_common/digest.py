@@ -68,17 +68,26 @@ def tool_digest(
     input_schema: dict[str, Any],
     output_schema: dict[str, Any] | None,
     annotations: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """Digest of a tool definition as discovered over MCP: this is the tool's version."""
-    return sha256_digest(
-        {
-            "name": name,
-            "description": description,
-            "input_schema": input_schema,
-            "output_schema": output_schema,
-            "annotations": annotations,
-        }
-    )
+    """Digest of a tool definition as discovered over MCP: this is the tool's version.
+
+    ``extra``: every other member of the tool as the server listed it (``title``, ``icons``,
+    ``_meta``, ``execution``...), so a server cannot change those unseen either. It is digested only
+    when there is some, under its own key: a tool with nothing beyond the first five members keeps
+    the digest it had before ``extra`` existed; one with a title (say) gets a new digest once, at its
+    next discovery, and waits in quarantine like any changed tool.
+    """
+    body: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "input_schema": input_schema,
+        "output_schema": output_schema,
+        "annotations": annotations,
+    }
+    if extra:
+        body["extra"] = extra
+    return sha256_digest(body)
 
 
 def policy_digest(policy_text: str) -> str:

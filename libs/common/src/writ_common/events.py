@@ -278,8 +278,11 @@ class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True):
     description: str | None = None
     input_schema: dict[str, Any]
     output_schema: dict[str, Any] | None = None
-    annotations: ToolAnnotations
+    annotations: ToolAnnotations  # Writ's reading of the hints, the spec's defaults filled in (policy uses it)
     tool_digest: str
+    # The tool exactly as the server listed it (MCP JSON: title, icons, _meta, annotations as given...),
+    # all of it covered by tool_digest; None in definitions discovered before it was kept.
+    listed: dict[str, Any] | None = None
 
 
 class ToolsDiscovered(Payload, frozen=True, kw_only=True):

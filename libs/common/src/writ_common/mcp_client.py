@@ -84,6 +84,10 @@ def annotations_of(tool: Tool) -> ev.ToolAnnotations:
     )
 
 
+# The members of a listed tool that tool_digest takes one by one; the rest go in as its ``extra``.
+DIGESTED_MEMBERS = frozenset({"name", "description", "inputSchema", "outputSchema", "annotations"})
+
+
 def definition_of(tool: Tool) -> ev.ToolDefinition:
     """A discovered tool as Writ pins it: its definition and the digest that is its version."""
     raw_annotations: dict[str, Any] | None = (
@@ -91,6 +95,7 @@ def definition_of(tool: Tool) -> ev.ToolDefinition:
     )
     input_schema = dict(tool.input_schema)
     output_schema = dict(tool.output_schema) if tool.output_schema else None
+    listed: dict[str, Any] = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
     return ev.ToolDefinition(
         name=tool.name,
         description=tool.description,
@@ -103,7 +108,9 @@ def definition_of(tool: Tool) -> ev.ToolDefinition:
             input_schema=input_schema,
             output_schema=output_schema,
             annotations=raw_annotations,
+            extra={k: v for k, v in listed.items() if k not in DIGESTED_MEMBERS},
         ),
+        listed=listed,
     )
 
 

@@ -25,7 +25,7 @@ from writ_common.bus import AppendUnresolved, StaleAppend, read_history
 from writ_common.catalog import Catalog
 from writ_common.commands import CommandError, require_token
 from writ_common.digest import within_canonical_domain
-from writ_common.envelope import StoredEvent
+from writ_common.envelope import MAX_CONTENT_DEPTH, StoredEvent, nesting_depth_exceeds
 from writ_common.fold import IntentView, fold_intent
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
 from writ_common.service import FENCE_RETRIES, Redeliver, Service
@@ -223,7 +223,13 @@ def build(settings: WritSettings) -> Service:
         except CallInterrupted as exc:
             error = CallError("interrupted", "call_interrupted", redactor.text(str(exc)))
         except MCPError as exc:
-            error = CallError("refused", "mcp_error", redactor.text(f"{server.name!r} refused the call: {exc.message}"))
+            refusal = within_canonical_domain(redactor.value(exc.error.model_dump(mode="json", exclude_none=True)))
+            encoded = msgspec.json.encode(refusal)
+            if len(encoded) > settings.max_output_bytes or nesting_depth_exceeds(encoded, MAX_CONTENT_DEPTH - 4):
+                refusal.pop("data", None)  # the code and message are what a caller needs; the rest would not fit
+            error = CallError(
+                "refused", "mcp_error", redactor.text(f"{server.name!r} refused the call: {exc.message}"), refusal
+            )
         if error is not None:
             metrics.ATTEMPT_FAILURES.labels(server.name, error.code).inc()
             if error.kind != "refused":

@@ -38,6 +38,9 @@ class CallError:
     kind: Literal["not_sent", "interrupted", "refused"]
     code: str
     message: str
+    # A refusal's JSON-RPC error as the server sent it ({"code", "message", "data"?}): recorded as the
+    # failure's result, so whoever answers for Writ (the MCP gateway) can pass it on with its code.
+    error: dict[str, Any] | None = None
 
 
 def decide_execution(
@@ -101,7 +104,11 @@ def after_error(
     idempotent = view.planned.annotations.idempotent
     if error.kind == "refused":
         return ev.ExecutionFailed(
-            attempt=attempt, retryable=False, code=error.code, reason=f"{error.code}: {error.message}"
+            attempt=attempt,
+            retryable=False,
+            code=error.code,
+            reason=f"{error.code}: {error.message}",
+            result={"error": error.error} if error.error is not None else None,
         )
     if error.kind == "interrupted" and not idempotent:
         return ev.ExecutionOutcomeUnknown(

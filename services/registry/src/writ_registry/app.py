@@ -281,4 +281,6 @@ def tool_row(server: str, tool: ev.ToolDefinition, catalog: Catalog) -> dict[str
         "status": "accepted",
         "idempotency_arg": catalog.idempotency_arg(server, tool.name),
         "input_schema": tool.input_schema,
+        "output_schema": tool.output_schema,
+        "listed": tool.listed,  # as the server listed it (None: discovered before Writ kept it)
     }
