@@ -19,7 +19,7 @@ from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 from writ_common.fold import IntentView, fold_intent
 from writ_common.ledger_head import HeadInvalid, SignedHead, head_findings, verify_head
-from writ_common.receipts import GENESIS, Finding, history_findings, verify_chain
+from writ_common.receipts import GENESIS, Finding, ReceiptInvalid, history_findings, verify_chain, verify_receipt
 from writ_common.signing import fingerprint
 from writ_common.stranded import stranded_findings
 
@@ -62,9 +62,10 @@ Finally: the number of lines is h.count, and the last line has h.position and h.
 """
 
 
-async def read_chain(nc: Client) -> tuple[list[ev.Receipt], list[Finding]]:
+async def read_chain(nc: Client, public_key: str) -> tuple[list[ev.Receipt], list[Finding]]:
     """The ledger's receipts in order, and a finding for each message on the ledger stream that
-    is not one of the ledger's receipts (the chain skips them; they are reported, never followed)."""
+    is not one of the ledger's receipts, hashed and signed with ``public_key`` (the chain skips
+    them, as the ledger itself does; they are reported, never followed)."""
     out: list[ev.Receipt] = []
     foreign: list[Finding] = []
     for msg in await direct_get_batch(nc, subjects.LEDGER_STREAM, subjects.RECEIPTS_FILTER, batch=1024):
@@ -75,12 +76,17 @@ async def read_chain(nc: Client) -> tuple[list[ev.Receipt], list[Finding]]:
             payload, why = None, exc.reason
         else:
             why = f"a {type(payload).__name__}, not a receipt"
-        if not isinstance(payload, ev.Receipt):
-            foreign.append(
-                Finding("foreign_message", None, None, f"foreign_message at ledger seq {seq}: {why}; not in the chain")
-            )
-            continue
-        out.append(payload)
+        if isinstance(payload, ev.Receipt):
+            try:
+                verify_receipt(payload, public_key)
+            except ReceiptInvalid as exc:
+                why = f"a receipt for {payload.intent_id} that is not the ledger's ({exc})"
+            else:
+                out.append(payload)
+                continue
+        foreign.append(
+            Finding("foreign_message", None, None, f"foreign_message at ledger seq {seq}: {why}; not in the chain")
+        )
     return out, foreign
 
 
@@ -252,7 +258,7 @@ def ledger_verify(
 async def _read_all() -> tuple[str, list[ev.Receipt], list[Finding], dict[str, IntentView]]:
     async with connect(settings()) as nc:
         public_key = str((await call(nc, "ledger", "public_key", {}))["public_key"])
-        receipts, foreign = await read_chain(nc)
+        receipts, foreign = await read_chain(nc, public_key)
         return public_key, receipts, foreign, await intent_views(nc)
 
 
@@ -266,7 +272,7 @@ async def _read_export() -> tuple[str, SignedHead, list[ev.Receipt], set[str]]:
         views = await intent_views(nc)
         head = msgspec.convert(await call(nc, "ledger", "signed_head", {}), SignedHead)
         public_key = str((await call(nc, "ledger", "public_key", {}))["public_key"])
-        receipts, _foreign = await read_chain(nc)
+        receipts, _foreign = await read_chain(nc, public_key)
     try:
         verify_head(head, public_key)
     except HeadInvalid as exc:
