@@ -124,7 +124,10 @@ class TestStranded:
             deadline_seconds=1,
         )
         fresh = authorized(False, deadline_seconds=600)
-        findings = stranded_findings({"open": open_view, "done": done, "fresh": fresh}, NOW + timedelta(seconds=30))
+        # Relative to the intents' own deadlines (NOW was taken at import, maybe minutes before).
+        assert open_view.deadline is not None
+        at = open_view.deadline + timedelta(seconds=30)
+        findings = stranded_findings({"open": open_view, "done": done, "fresh": fresh}, at)
         assert [(f.code, f.intent_id) for f in findings] == [("stranded_intent", "open")]
         assert "still authorized past its deadline" in findings[0].message
 
