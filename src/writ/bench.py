@@ -55,7 +55,7 @@ HOPS = (
 
 async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str, float]:
     """Latency (ms) of each measured intent, by intent id."""
-    nc = await nats.connect(settings.resolved_nats_url(), **settings.bus_options())
+    nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
     key = generate_key()
     await commands.call(
         nc, "identity", "register_agent", {"agent_id": "bench-agent", "public_key": public_key_b64(key)}

@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from writ_common.envelope import (
 from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
+from writ_common.settings import split_servers
 from writ_common.signing import sign
 from writ_common.telemetry import tracer
 
@@ -259,12 +261,21 @@ class WritAgent:
 
     @classmethod
     async def connect(
-        cls, nats_url: str, agent_id: str, key: SigningKey, *, seed_file: Path | None = None, **options: Any
+        cls,
+        nats_url: str | Sequence[str],
+        agent_id: str,
+        key: SigningKey,
+        *,
+        seed_file: Path | None = None,
+        **options: Any,
     ) -> WritAgent:
-        """Connect as the agent; ``seed_file`` is its bus credential (``<data>/keys/agents/NAME.nk``)."""
+        """Connect as the agent; ``nats_url`` is one seed URL, several separated by commas, or a
+        list (it connects through whichever is up); ``seed_file`` is its bus credential
+        (``<data>/keys/agents/NAME.nk``)."""
         if seed_file is not None:
             options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
-        return cls(await nats.connect(nats_url, name=f"writ-agent-{agent_id}", **options), agent_id, key)
+        servers = split_servers(nats_url) if isinstance(nats_url, str) else list(nats_url)
+        return cls(await nats.connect(servers, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
     @classmethod
     async def local(cls, agent_id: str, data_dir: str | Path | None = None, **options: Any) -> WritAgent:

@@ -177,7 +177,7 @@ async def connect(
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                cfg.nats_servers(),
                 name="writ-cli",
                 connect_timeout=CONNECT_TIMEOUT,
                 error_cb=on_error,

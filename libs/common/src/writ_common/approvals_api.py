@@ -42,6 +42,7 @@ from writ_common.httpapi import (
     invalid_request,
     json_content,
 )
+from writ_common.settings import split_servers
 from writ_common.signing import SignatureInvalid, sign, verify
 
 AUTH_SCHEME = "Writ-Ed25519"
@@ -316,7 +317,7 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        nc = await nats.connect(nats_url, name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options)
+        nc = await nats.connect(split_servers(nats_url), name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options)
         plane = ApprovalsPlane(nc)
         try:
             await plane.start()

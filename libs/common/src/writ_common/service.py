@@ -70,7 +70,7 @@ class Service:
         self.settings = settings
         self.producer = Producer(service=name, instance=settings.instance, version=VERSION)
         self.broker = NatsBroker(
-            settings.resolved_nats_url(),
+            settings.nats_servers(),
             name=f"writ-{name}",
             max_reconnect_attempts=-1,
             logger=None,

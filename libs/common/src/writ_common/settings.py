@@ -153,7 +153,14 @@ class WritSettings(BaseSettings):
         return {k: str(v) for k, v in data.items()}
 
     def resolved_nats_url(self) -> str:
+        """The NATS seed URL(s) as configured: one, or several separated by commas."""
         return self.nats_url or self._runtime().get("nats_url", "nats://127.0.0.1:4222")
+
+    def nats_servers(self) -> list[str]:
+        """The seed URLs to connect to (``WRIT_NATS_URL`` may list several, comma-separated):
+        a client tries each, so it connects while any one node is up, and learns the rest of the
+        cluster from the one it reaches."""
+        return split_servers(self.resolved_nats_url())
 
     def resolved_nats_seed_file(self) -> Path | None:
         """This process's bus credential; a local operator's falls back to the one the embedded
@@ -202,3 +209,15 @@ class WritSettings(BaseSettings):
         path = self.data_dir / service
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def split_servers(urls: str) -> list[str]:
+    """``"nats://a:4222, nats://b:4222"`` -> ``["nats://a:4222", "nats://b:4222"]``.
+
+    Raises:
+        ValueError: no URL at all.
+    """
+    servers = [u.strip() for u in urls.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"no NATS URL in {urls!r}")
+    return servers
