@@ -335,12 +335,13 @@ class Plane:
             assert unit.process is not None
             return unit.process.pid
 
-    def hold_service(self, name: str) -> None:
-        """Stop one child gracefully and keep it down (the monitor leaves it) until released."""
+    def hold_service(self, name: str, *, kill: bool = False) -> None:
+        """Stop one child gracefully (SIGKILL it when ``kill``) and keep it down (the monitor
+        leaves it) until released."""
         unit = self._unit(name)
         with unit.busy:
             if unit.process is not None:
-                unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+                unit.last_exit = unit.process.kill() if kill else unit.process.stop(STOP_TIMEOUT)
             unit.state = "held"
             self._emit(name, "held down")
 
@@ -352,6 +353,15 @@ class Plane:
             self._launch(unit)
             assert unit.process is not None
             return unit.process.pid
+
+    def wait_nats_healthy(self, timeout: float = CLUSTER_READY_TIMEOUT) -> None:
+        """Block until every nats-server of a cluster says ``/healthz`` ok (its JetStream assets
+        current); at once with a single server.
+
+        Raises:
+            TimeoutError: some member was not healthy in time.
+        """
+        _wait_healthy(self.nats_monitors, timeout)
 
     def metrics_port_file(self, name: str) -> Path:
         """Where process ``name`` writes the port it serves ``/metrics`` on."""
