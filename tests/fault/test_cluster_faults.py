@@ -34,6 +34,7 @@ from writ.runtime.supervisor import Plane
 from writ.sdk import ReceiptTimeout, Submission, wait_receipt
 from writ_common import events as ev
 from writ_common import subjects
+from writ_common.bus import read_history
 
 pytestmark = [
     pytest.mark.fault,
@@ -65,6 +66,7 @@ class Summary:
     rows_twice: int = 0
     succeeded_without_row: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    stranded_at: Counter[str] = field(default_factory=Counter)  # last event of each stranded intent
     submit_errors: int = 0
     longest_submit_outage: float = 0.0
     recovery: float | None = None
@@ -86,6 +88,8 @@ def print_summary() -> Iterator[None]:
     lines = ["", "cluster soak (3 nats-servers, R3 streams, faulty/append_row)", head]
     for s in SUMMARY:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(s.statuses.items()))
+        if s.stranded_at:
+            statuses += "; stranded after " + ", ".join(f"{k} {v}" for k, v in sorted(s.stranded_at.items()))
         recovery = f"{s.recovery:.2f}" if s.recovery is not None else "-"
         lines.append(
             f"{s.scenario:24} {s.acked:6} {s.receipts:8} {s.twice_receipted:7} {s.stranded:8} {s.rows_twice:7} "
@@ -185,6 +189,12 @@ async def settle(rig: Rig, summary: Summary, acked: dict[str, str]) -> None:
     summary.stranded = sum(1 for r in found if r is None)
     summary.rows_twice = sum(1 for t in acked.values() if rows[t] > 1)
     summary.statuses = Counter(r.status for r in found if r is not None)
+    for intent_id, receipt in zip(acked, found, strict=True):
+        if receipt is None:
+            history = await read_history(rig.nc, rig.agent.agent_id, intent_id)
+            last = history.events[-1].type if history.events else "nothing"
+            ran = " (row written)" if rows[acked[intent_id]] else ""
+            summary.stranded_at[last + ran] += 1
     summary.succeeded_without_row = sum(
         1
         for i, r in zip(acked, found, strict=True)
