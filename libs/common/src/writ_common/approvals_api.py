@@ -317,7 +317,9 @@ def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> St
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        nc = await nats.connect(split_servers(nats_url), name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options)
+        nc = await nats.connect(
+            split_servers(nats_url), name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options
+        )
         plane = ApprovalsPlane(nc)
         try:
             await plane.start()
