@@ -27,7 +27,7 @@ from mcp.client.stdio import stdio_client
 
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
-from writ.sdk import WritAgent
+from writ.sdk import ReceiptTimeout, WritAgent
 from writ_common import commands
 from writ_common.settings import WritSettings
 from writ_common.signing import generate_key, public_key_b64
@@ -38,6 +38,7 @@ TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 POLICY = Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar"
 ARGS = {"timezone": "Europe/Paris"}
 CLUSTER_TARGET = 1.5  # R3 p50 / single-node p50 (issue 12)
+STRANDED_AFTER = 20.0  # seconds without a receipt after which an intent counts as stranded
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -57,8 +58,9 @@ HOPS = (
 )
 
 
-async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str, float]:
-    """Latency (ms) of each measured intent, by intent id."""
+async def through_plane(settings: WritSettings, n: int, warmup: int) -> tuple[dict[str, float], int]:
+    """Latency (ms) of each measured intent, by intent id, and how many got no receipt within
+    ``STRANDED_AFTER`` seconds (left out of the figures, counted and printed)."""
     nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
     key = generate_key()
     await commands.call(
@@ -68,16 +70,22 @@ async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str
     await commands.call(nc, "policy", "load", {"cedar": POLICY.read_text()})
     agent = WritAgent(nc, "bench-agent", key)
     samples = {}
+    stranded = 0
     for i in range(warmup + n):
         started = time.perf_counter()
-        receipt = await agent.call("get_current_time", ARGS, timeout=60)
+        try:
+            receipt = await agent.call("get_current_time", ARGS, timeout=STRANDED_AFTER)
+        except ReceiptTimeout as exc:
+            print(f"intent {i}: {exc}", file=sys.stderr)
+            stranded += 1
+            continue
         elapsed = time.perf_counter() - started
         if receipt.status != "succeeded":
             raise SystemExit(f"intent {i} ended {receipt.status}: {receipt.reason}")
         if i >= warmup:
             samples[receipt.intent_id] = elapsed * 1000
     await nc.close()
-    return samples
+    return samples, stranded
 
 
 def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 30.0) -> list[tuple[str, list[float]]]:
@@ -131,17 +139,17 @@ async def direct(n: int, warmup: int) -> list[float]:
     return samples
 
 
-def measure(n: int, warmup: int, cluster: int = 1) -> tuple[list[float], list[tuple[str, list[float]]]]:
+def measure(n: int, warmup: int, cluster: int = 1) -> tuple[list[float], list[tuple[str, list[float]]], int]:
     """Latencies (ms) of ``n`` sequential intents through a fresh plane of ``cluster`` nats-servers,
-    and their hop breakdown."""
+    their hop breakdown, and how many intents got no receipt."""
     with (
         tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp,
         Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port(), cluster=cluster) as plane,
     ):
         plane.wait_ready(timeout=120)
-        by_intent = asyncio.run(through_plane(plane.settings, n, warmup))
+        by_intent, stranded = asyncio.run(through_plane(plane.settings, n, warmup))
         hops = hop_breakdown(plane.settings.data_dir / "ledger" / "views.sqlite3", by_intent)
-    return list(by_intent.values()), hops
+    return list(by_intent.values()), hops, stranded
 
 
 def print_row(label: str, samples: list[float]) -> None:
@@ -168,8 +176,10 @@ def main() -> None:
         f" and compare p50 with the single node (target: within {CLUSTER_TARGET:g}x)",
     )
     args = parser.parse_args()
-    plane_ms, hops = measure(args.n, args.warmup)
-    cluster_ms, cluster_hops = measure(args.n, args.warmup, cluster=3) if args.cluster else ([], [])
+    plane_ms, hops, stranded = measure(args.n, args.warmup)
+    cluster_ms, cluster_hops, cluster_stranded = (
+        measure(args.n, args.warmup, cluster=3) if args.cluster else ([], [], 0)
+    )
     direct_ms = asyncio.run(direct(args.n, args.warmup))
     rows = [("through Writ (submit -> signed receipt)", plane_ms)]
     if cluster_ms:
@@ -191,6 +201,9 @@ def main() -> None:
             f"ratio R3 cluster/single node at p50: {r3:.2f}x ({verdict} the {CLUSTER_TARGET:g}x target);"
             f" at p99: {percentile(cluster_ms, 0.99) / percentile(plane_ms, 0.99):.2f}x"
         )
+    for where, lost in (("single node", stranded), ("3-node cluster", cluster_stranded)):
+        if lost:
+            print(f"{where}: {lost} intents had no receipt within {STRANDED_AFTER:g} s (stranded; left out above)")
     if len(plane_ms) >= 200:  # does the plane slow down as its log grows?
         tenth = len(plane_ms) // 10
         first, last = percentile(plane_ms[:tenth], 0.5), percentile(plane_ms[-tenth:], 0.5)
