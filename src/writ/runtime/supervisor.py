@@ -472,7 +472,8 @@ class Plane:
         ports: list[int] = [first_port]
         for i in range(1, len(names)):
             earlier = previous_ports[i] if i < len(previous_ports) else None
-            port = pick_port(earlier, DEFAULT_NATS_PORT + i)
+            # 4222, 4223, ... as a plain `writ up --cluster 3` would; any free ports next to a chosen one.
+            port = pick_port(earlier, DEFAULT_NATS_PORT + i) if self._nats_port is None else free_port()
             while port in ports:
                 port = free_port()
             ports.append(port)
