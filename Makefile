@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak soak-cluster lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -53,8 +53,9 @@ check: venv
 schemas: venv
 	$(BIN)/python -m writ_common.schemagen schemas
 
+# BENCH_ARGS=--cluster: the same intents on `writ up --cluster 3` (R3) after one node, both printed.
 bench: venv
-	$(BIN)/python -m writ.bench
+	$(BIN)/python -m writ.bench $(BENCH_ARGS)
 
 # Not in CI: closed-loop load at several concurrencies, fast and 200 ms tools, CPU per call per process.
 bench-load: venv
@@ -69,6 +70,15 @@ SOAK_INTENTS ?= 1000
 SOAK_KILLS ?= 8
 soak: venv
 	WRIT_SOAK_INTENTS=$(SOAK_INTENTS) WRIT_SOAK_KILLS=$(SOAK_KILLS) $(BIN)/pytest -q -s -p no:cacheprovider tests/fault -k "killing_a_service"
+
+# Not in CI: `writ up --cluster 3` on loopback (R3 streams); kill the intents stream's leader, a
+# follower, two of three nodes for 10 s, each under load, then SOAK_CLUSTER_STEADY sequential
+# intents; one summary table (override SOAK_CLUSTER_INTENTS per fault scenario).
+SOAK_CLUSTER_INTENTS ?= 120
+SOAK_CLUSTER_STEADY ?= 1000
+soak-cluster: venv
+	WRIT_SOAK_CLUSTER=1 WRIT_SOAK_CLUSTER_INTENTS=$(SOAK_CLUSTER_INTENTS) WRIT_SOAK_CLUSTER_STEADY=$(SOAK_CLUSTER_STEADY) \
+	  $(BIN)/pytest -q -s -p no:cacheprovider tests/fault/test_cluster_faults.py
 
 lock: $(UV)
 	$(UV) lock

@@ -5,6 +5,9 @@ temporary data directory, runs N sequential intents to ``mcp-server-time``, then
 over one warm ``mcp`` SDK session, and prints p50/p99 of both and the overhead. Then it splits
 the plane's time into hops, from the event timestamps the views projected for the measured intents,
 so the next person tuning it sees where the time goes.
+
+``--cluster`` runs the same intents a second time on a 3-node loopback cluster with R3 streams
+(``writ up --cluster 3``) and prints both, with the ratio of their p50 (target: within 1.5x).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mcp.client.stdio import stdio_client
 
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
-from writ.sdk import WritAgent
+from writ.sdk import ReceiptTimeout, WritAgent
 from writ_common import commands
 from writ_common.settings import WritSettings
 from writ_common.signing import generate_key, public_key_b64
@@ -34,6 +37,8 @@ from writ_ledger.views.queries import open_reader
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 POLICY = Path(__file__).resolve().parents[2] / "deploy" / "policies" / "default.cedar"
 ARGS = {"timezone": "Europe/Paris"}
+CLUSTER_TARGET = 1.5  # R3 p50 / single-node p50 (issue 12)
+STRANDED_AFTER = 20.0  # seconds without a receipt after which an intent counts as stranded
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -53,8 +58,9 @@ HOPS = (
 )
 
 
-async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str, float]:
-    """Latency (ms) of each measured intent, by intent id."""
+async def through_plane(settings: WritSettings, n: int, warmup: int) -> tuple[dict[str, float], int]:
+    """Latency (ms) of each measured intent, by intent id, and how many got no receipt within
+    ``STRANDED_AFTER`` seconds (left out of the figures, counted and printed)."""
     nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
     key = generate_key()
     await commands.call(
@@ -64,16 +70,22 @@ async def through_plane(settings: WritSettings, n: int, warmup: int) -> dict[str
     await commands.call(nc, "policy", "load", {"cedar": POLICY.read_text()})
     agent = WritAgent(nc, "bench-agent", key)
     samples = {}
+    stranded = 0
     for i in range(warmup + n):
         started = time.perf_counter()
-        receipt = await agent.call("get_current_time", ARGS, timeout=60)
+        try:
+            receipt = await agent.call("get_current_time", ARGS, timeout=STRANDED_AFTER)
+        except ReceiptTimeout as exc:
+            print(f"intent {i}: {exc}", file=sys.stderr)
+            stranded += 1
+            continue
         elapsed = time.perf_counter() - started
         if receipt.status != "succeeded":
             raise SystemExit(f"intent {i} ended {receipt.status}: {receipt.reason}")
         if i >= warmup:
             samples[receipt.intent_id] = elapsed * 1000
     await nc.close()
-    return samples
+    return samples, stranded
 
 
 def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 30.0) -> list[tuple[str, list[float]]]:
@@ -127,41 +139,78 @@ async def direct(n: int, warmup: int) -> list[float]:
     return samples
 
 
+def measure(n: int, warmup: int, cluster: int = 1) -> tuple[list[float], list[tuple[str, list[float]]], int]:
+    """Latencies (ms) of ``n`` sequential intents through a fresh plane of ``cluster`` nats-servers,
+    their hop breakdown, and how many intents got no receipt."""
+    with (
+        tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp,
+        Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port(), cluster=cluster) as plane,
+    ):
+        plane.wait_ready(timeout=120)
+        by_intent, stranded = asyncio.run(through_plane(plane.settings, n, warmup))
+        hops = hop_breakdown(plane.settings.data_dir / "ledger" / "views.sqlite3", by_intent)
+    return list(by_intent.values()), hops, stranded
+
+
+def print_row(label: str, samples: list[float]) -> None:
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    print(f"{label:42} {p50:9.2f} {p99:9.2f} {statistics.fmean(samples):9.2f}")
+
+
+def print_hops(title: str, hops: list[tuple[str, list[float]]], measured: int) -> None:
+    print(f"\n{title} ({len(hops[0][1])} of {measured} intents, from event timestamps)")
+    print(f"{'':42} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
+    for label, samples in hops:
+        if samples:
+            print_row(label, samples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=300, help="sequential calls per side (default 300)")
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run the same intents on a 3-node loopback cluster with R3 streams (`writ up --cluster 3`)"
+        f" and compare p50 with the single node (target: within {CLUSTER_TARGET:g}x)",
+    )
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp,
-        Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
-    ):
-        plane.wait_ready(timeout=60)
-        by_intent = asyncio.run(through_plane(plane.settings, args.n, args.warmup))
-        hops = hop_breakdown(plane.settings.data_dir / "ledger" / "views.sqlite3", by_intent)
-    plane_ms = list(by_intent.values())
+    plane_ms, hops, stranded = measure(args.n, args.warmup)
+    cluster_ms, cluster_hops, cluster_stranded = (
+        measure(args.n, args.warmup, cluster=3) if args.cluster else ([], [], 0)
+    )
     direct_ms = asyncio.run(direct(args.n, args.warmup))
-    rows = [("through Writ (submit -> signed receipt)", plane_ms), ("direct mcp SDK call", direct_ms)]
+    rows = [("through Writ (submit -> signed receipt)", plane_ms)]
+    if cluster_ms:
+        rows.append(("through Writ, 3-node cluster, R3 streams", cluster_ms))
+    rows.append(("direct mcp SDK call", direct_ms))
     print(f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up")
     print(f"{'':42} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
     for label, samples in rows:
-        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-        print(f"{label:42} {p50:9.2f} {p99:9.2f} {statistics.fmean(samples):9.2f}")
+        print_row(label, samples)
     p50_over = percentile(plane_ms, 0.5) - percentile(direct_ms, 0.5)
     p99_over = percentile(plane_ms, 0.99) - percentile(direct_ms, 0.99)
     ratio = percentile(plane_ms, 0.5) / percentile(direct_ms, 0.5)
     print(f"{'overhead (plane - direct)':42} {p50_over:9.2f} {p99_over:9.2f}")
     print(f"ratio plane/direct at p50: {ratio:.1f}x")
+    if cluster_ms:
+        r3 = percentile(cluster_ms, 0.5) / percentile(plane_ms, 0.5)
+        verdict = "within" if r3 <= CLUSTER_TARGET else "OVER"
+        print(
+            f"ratio R3 cluster/single node at p50: {r3:.2f}x ({verdict} the {CLUSTER_TARGET:g}x target);"
+            f" at p99: {percentile(cluster_ms, 0.99) / percentile(plane_ms, 0.99):.2f}x"
+        )
+    for where, lost in (("single node", stranded), ("3-node cluster", cluster_stranded)):
+        if lost:
+            print(f"{where}: {lost} intents had no receipt within {STRANDED_AFTER:g} s (stranded; left out above)")
     if len(plane_ms) >= 200:  # does the plane slow down as its log grows?
         tenth = len(plane_ms) // 10
         first, last = percentile(plane_ms[:tenth], 0.5), percentile(plane_ms[-tenth:], 0.5)
         print(f"drift: p50 of the first {tenth} intents {first:.2f} ms, of the last {tenth} {last:.2f} ms")
-    print(f"\nwhere the plane's time goes ({len(hops[0][1])} of {len(plane_ms)} intents, from event timestamps)")
-    print(f"{'':42} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
-    for label, samples in hops:
-        if samples:
-            p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-            print(f"{label:42} {p50:9.2f} {p99:9.2f} {statistics.fmean(samples):9.2f}")
+    print_hops("where the plane's time goes, single node", hops, len(plane_ms))
+    if cluster_ms:
+        print_hops("where the plane's time goes, 3-node cluster (R3)", cluster_hops, len(cluster_ms))
 
 
 if __name__ == "__main__":

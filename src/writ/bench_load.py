@@ -114,7 +114,7 @@ def cpu_by_process(plane: Plane) -> dict[str, float]:
 
 
 async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[WritAgent]]:
-    nc = await nats.connect(settings.resolved_nats_url(), **settings.bus_options())
+    nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     await commands.call(
         nc,

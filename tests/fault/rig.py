@@ -51,7 +51,10 @@ async def open_rig(
     with sqlite3.connect(sqlite_db) as db:
         db.execute("CREATE TABLE rows (token TEXT NOT NULL)")
     nc = await nats.connect(
-        plane.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **plane.settings.bus_options()
+        plane.settings.nats_servers(),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        **plane.settings.bus_options(),
     )
     key = generate_key()
     await commands.call(

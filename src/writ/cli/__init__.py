@@ -73,6 +73,16 @@ def up(
     replicas: Annotated[
         list[str] | None, typer.Option("--replicas", help="SERVICE=N processes of a service, e.g. executor=2")
     ] = None,
+    cluster: Annotated[
+        int,
+        typer.Option(
+            "--cluster",
+            help="nats-servers: 3 runs the deployed shape on loopback (a JetStream cluster built from"
+            " deploy/nats/common.conf, R3 streams); 1 (default) one server",
+            min=1,
+            max=5,
+        ),
+    ] = 1,
 ) -> None:
     """Run the whole plane (nats, redis, five services) in the foreground; Ctrl-C stops it."""
     from writ.runtime.supervisor import SERVICES, run_plane
@@ -84,7 +94,7 @@ def up(
             if service not in SERVICES or not n.isdigit() or int(n) < 1:
                 fail("invalid_replicas", f"--replicas takes SERVICE=N, N >= 1, SERVICE one of {', '.join(SERVICES)}")
             counts[service] = int(n)
-        run_plane(settings(data_dir), nats_port=nats_port, replicas=counts)
+        run_plane(settings(data_dir), nats_port=nats_port, replicas=counts, cluster=cluster)
 
     report(start)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from writ.runtime import natsconf
 from writ_common.busauth import EmbeddedBus
 
 HOST = "127.0.0.1"
@@ -176,32 +177,27 @@ def _wait_listening(proc: ManagedProcess, probe: bytes | None, expect: bytes, ti
     )
 
 
-def nats_config(store_dir: Path, port: int, monitor_port: int | None, bus: EmbeddedBus | None = None) -> str:
-    lines = [
-        "# Written by writ on every start; edits are overwritten.",
-        'server_name: "writ-embedded"',
-        f"listen: {HOST}:{port}",
-        # A tool's output is kept up to 1 MiB of JSON; streams refuse messages over 2 MiB.
-        "max_payload: 2MB",
-        "jetstream {",
-        f"  store_dir: {_quote(store_dir)}",
-        # fsync every write before the ack: an acked event survives a power cut.
-        "  sync_interval: always",
-        "}",
-    ]
-    if monitor_port is not None:
-        lines.append(f"http: {HOST}:{monitor_port}")
-    if bus is not None:
-        # Only nkey users get in, each with its allow lists; identity rewrites users.conf and
-        # sends SIGHUP (hence the pid file) when agents come and go.
-        # nats-server resolves an include relative to the config file (nats.conf sits in store_dir's parent).
-        include = Path(os.path.relpath(bus.users_conf, store_dir.parent))
-        lines += [f"pid_file: {_quote(bus.pid_file)}", "authorization {", f"  include {_quote(include)}", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def _quote(path: Path) -> str:
-    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def nats_config(
+    store_dir: Path,
+    port: int,
+    monitor_port: int | None,
+    bus: EmbeddedBus | None = None,
+    *,
+    name: str = "writ-embedded",
+    routes: natsconf.Routes | None = None,
+    conf_dir: Path | None = None,
+) -> str:
+    """The config of one embedded nats-server, from ``deploy/nats/common.conf`` (see natsconf):
+    a single node when ``routes`` is None, else a member of a loopback cluster."""
+    common = natsconf.parse(natsconf.common_conf_path().read_text())
+    node = natsconf.Node(name=name, port=port, store_dir=store_dir, monitor_port=monitor_port, routes=routes)
+    return natsconf.embedded(
+        node,
+        common,
+        conf_dir=conf_dir or store_dir.parent,
+        pid_file=bus.node_pid_file(name if routes is not None else None) if bus is not None else None,
+        users_conf=bus.users_conf if bus is not None else None,
+    )
 
 
 def start_nats(
@@ -212,16 +208,23 @@ def start_nats(
     bus: EmbeddedBus | None = None,
     log_path: Path | None = None,
     timeout: float = READY_TIMEOUT,
+    name: str = "nats",
+    monitor_port: int | None = None,
+    routes: natsconf.Routes | None = None,
 ) -> ManagedProcess:
     """Start nats-server with JetStream (fsync always) storing under ``store_dir``.
 
     Args:
         store_dir: JetStream store; reusing it resumes the streams it holds.
         port: client port on 127.0.0.1; a free one when None.
-        monitor: also serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) on a free port.
+        monitor: also serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) on a free port
+            (``monitor_port`` when given).
         bus: require these nkey users (the embedded runtime's); None: no authentication.
-        log_path: defaults to ``<store_dir>/../logs/nats.log``.
+        log_path: defaults to ``<store_dir>/../logs/<name>.log``.
         timeout: seconds to wait for the port to accept connections.
+        name: the process's name; a cluster member's is also its server_name (``nats-1``...).
+        routes: make it a member of a loopback cluster; its config is then ``<store_dir>/../<name>.conf``
+            and the plane, which knows every member, records them for identity's reloads.
 
     Raises:
         RuntimeError: the server exited or did not listen in time (the message has its log tail).
@@ -229,15 +232,17 @@ def start_nats(
     store_dir = store_dir.resolve()
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    monitor_port = free_port() if monitor else None
-    conf = store_dir.parent / "nats.conf"
-    conf.write_text(nats_config(store_dir, port, monitor_port, bus))
-    log_path = log_path or store_dir.parent / "logs" / "nats.log"
-    proc = spawn(
-        "nats", [find_binary("nats-server"), "-c", str(conf)], log_path, url=f"nats://{HOST}:{port}", port=port
-    )
+    monitor_port = (monitor_port or free_port()) if monitor else None
+    clustered = routes is not None
+    conf = store_dir.parent / (f"{name}.conf" if clustered else "nats.conf")
+    server_name = name if clustered else "writ-embedded"
+    # 0600: a cluster member's config holds the routes' password.
+    write_private(conf, nats_config(store_dir, port, monitor_port, bus, name=server_name, routes=routes))
+    log_path = log_path or store_dir.parent / "logs" / f"{name}.log"
+    proc = spawn(name, [find_binary("nats-server"), "-c", str(conf)], log_path, url=f"nats://{HOST}:{port}", port=port)
     proc.monitor_url = f"http://{HOST}:{monitor_port}" if monitor_port else None
-    if bus is not None:
+    if bus is not None and not clustered:
+        bus.nodes_file.unlink(missing_ok=True)  # a cluster's members, from an earlier run on this data dir
         bus.monitor_file.write_text(proc.monitor_url or "")  # empty: a reload cannot be observed
         bus.check_file.write_text(json.dumps([find_binary("nats-server"), "-t", "-c", str(conf)]))
     _wait_listening(proc, None, b"", timeout)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -34,9 +35,9 @@ from writ.runtime.processes import (
     write_private,
 )
 from writ_common import faults
-from writ_common.busauth import EmbeddedBus, prepare_embedded
+from writ_common.busauth import EmbeddedBus, NatsNode, prepare_embedded, write_local_nodes
 from writ_common.metrics import read_port_file
-from writ_common.settings import WritSettings
+from writ_common.settings import WritSettings, split_servers
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 SERVICES: tuple[str, ...] = ("identity", "registry", "policy", "executor", "ledger")
 DEFAULT_NATS_PORT = 4222
 DEFAULT_REDIS_PORT = 6379
+MAX_CLUSTER = 5  # nats-servers in a local cluster (JetStream streams take at most 5 replicas)
+CLUSTER_READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2
 
@@ -157,8 +160,13 @@ class Plane:
         replicas: Mapping[str, int] | None = None,
         on_event: EventSink | None = None,
         fault_hooks: bool = False,
+        cluster: int = 1,
     ) -> None:
+        if not 1 <= cluster <= MAX_CLUSTER:
+            raise ValueError(f"cluster takes 1 to {MAX_CLUSTER} nats-servers, not {cluster}")
         self.data_dir = Path(data_dir).resolve()
+        # 1: one nats-server (R1 streams); n > 1: n nats-servers in a loopback cluster, streams Rn.
+        self.cluster = cluster
         self.services = tuple(services)
         self.replicas = {name: max(1, (replicas or {}).get(name, 1)) for name in self.services}
         self._nats_port = nats_port
@@ -170,7 +178,8 @@ class Plane:
         self._monitor: threading.Thread | None = None
         self._file_lock = threading.Lock()
         self._started_at = ""
-        self.nats_url = ""
+        self.nats_url = ""  # one URL, or every member's, comma-separated (settings.split_servers)
+        self.nats_monitors: dict[str, str] = {}  # a cluster member's /varz, /jsz... by unit name
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)
         # Where each service process is serving /metrics, as it reported (see metrics_port_file).
@@ -189,6 +198,7 @@ class Plane:
             redis_url=self.redis_url,
             redis_password_file=self.redis_password_file,
             nats_seed_file=self.bus.seed_file("operator"),
+            stream_replicas=self.cluster,
         )
 
     @property
@@ -213,7 +223,8 @@ class Plane:
         self.logs_dir.chmod(0o700)  # as an older version left it: logs may carry what tools printed
         previous = self._read_runtime()
         self._reap_stale(previous)
-        nats_port = self._nats_port or pick_port(_port_of(previous.get("nats_url")), DEFAULT_NATS_PORT)
+        previous_ports = [_port_of(url) for url in str(previous.get("nats_url") or "").split(",")]
+        nats_port = self._nats_port or pick_port(previous_ports[0], DEFAULT_NATS_PORT)
         redis_port = self._redis_port or pick_port(_port_of(previous.get("redis_url")), DEFAULT_REDIS_PORT)
         self._started_at = datetime.now(UTC).isoformat()
         try:
@@ -222,10 +233,14 @@ class Plane:
             # The plane secret that keys args_digest, generated once like the bus credentials
             # (a WRIT_ARGS_DIGEST_KEY in the environment takes its place).
             WritSettings(data_dir=self.data_dir).resolved_args_digest_key()
-            self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port, bus=self.bus)))
+            if self.cluster == 1:
+                self._start_unit(_Unit("nats", lambda: start_nats(nats_dir, nats_port, bus=self.bus)))
+                nats_url = f"nats://{HOST}:{nats_port}"
+            else:
+                nats_url = self._start_cluster(nats_port, previous_ports)
             password = redis_password(self.redis_password_file)
             self._start_unit(_Unit("redis", lambda: start_redis(redis_dir, redis_port, password_file=password)))
-            self.nats_url = f"nats://{HOST}:{nats_port}"
+            self.nats_url = nats_url
             self.redis_url = f"redis://{HOST}:{redis_port}/0"
             self._write_runtime()
             _run_coro(self._ensure_streams())
@@ -265,7 +280,7 @@ class Plane:
         self._stopping.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
-        services = [u for u in self._units.values() if u.name not in ("nats", "redis")]
+        services = [u for u in self._units.values() if not self._is_server(u.name)]
         # Signal every service first so they drain in parallel, then wait on one shared deadline.
         for unit in services:
             if unit.process is not None and unit.process.alive():
@@ -273,7 +288,7 @@ class Plane:
         deadline = time.monotonic() + STOP_TIMEOUT
         for unit in services:
             self._stop_unit(unit, max(0.0, deadline - time.monotonic()))
-        for name in ("redis", "nats"):
+        for name in ("redis", *self.nats_units):
             if name in self._units:
                 self._stop_unit(self._units[name], STOP_TIMEOUT)
         runtime = self._read_runtime()
@@ -320,12 +335,13 @@ class Plane:
             assert unit.process is not None
             return unit.process.pid
 
-    def hold_service(self, name: str) -> None:
-        """Stop one child gracefully and keep it down (the monitor leaves it) until released."""
+    def hold_service(self, name: str, *, kill: bool = False) -> None:
+        """Stop one child gracefully (SIGKILL it when ``kill``) and keep it down (the monitor
+        leaves it) until released."""
         unit = self._unit(name)
         with unit.busy:
             if unit.process is not None:
-                unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+                unit.last_exit = unit.process.kill() if kill else unit.process.stop(STOP_TIMEOUT)
             unit.state = "held"
             self._emit(name, "held down")
 
@@ -337,6 +353,15 @@ class Plane:
             self._launch(unit)
             assert unit.process is not None
             return unit.process.pid
+
+    def wait_nats_healthy(self, timeout: float = CLUSTER_READY_TIMEOUT) -> None:
+        """Block until every nats-server of a cluster says ``/healthz`` ok (its JetStream assets
+        current); at once with a single server.
+
+        Raises:
+            TimeoutError: some member was not healthy in time.
+        """
+        _wait_healthy(self.nats_monitors, timeout)
 
     def metrics_port_file(self, name: str) -> Path:
         """Where process ``name`` writes the port it serves ``/metrics`` on."""
@@ -388,7 +413,7 @@ class Plane:
         deadline = time.monotonic() + timeout
         pending = set(self.services)
         nc = await nats.connect(
-            self.nats_url, connect_timeout=5, name="writ-plane-ready", **self.settings.bus_options()
+            split_servers(self.nats_url), connect_timeout=5, name="writ-plane-ready", **self.settings.bus_options()
         )
         try:
             while pending and time.monotonic() < deadline:
@@ -419,7 +444,76 @@ class Plane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def nats_units(self) -> tuple[str, ...]:
+        """The nats-server units: ``nats``, or a cluster's ``nats-1`` ... ``nats-<n>``."""
+        if self.cluster == 1:
+            return ("nats",)
+        return tuple(f"nats-{i}" for i in range(1, self.cluster + 1))
+
+    def nats_node_url(self, name: str) -> str:
+        """The client URL of nats unit ``name`` alone (to talk to one member of a cluster)."""
+        return split_servers(self.nats_url)[self.nats_units.index(name)]
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _is_server(self, name: str) -> bool:
+        return name == "redis" or name in self.nats_units
+
+    def _start_cluster(self, first_port: int, previous_ports: Sequence[int | None]) -> str:
+        """Start the cluster's nats-servers (each config from deploy/nats/common.conf, on loopback,
+        each store under the data dir) and wait until JetStream is healthy on every one.
+
+        Returns the members' client URLs, comma-separated.
+        """
+        from writ.runtime import natsconf
+
+        names = self.nats_units
+        ports: list[int] = [first_port]
+        for i in range(1, len(names)):
+            earlier = previous_ports[i] if i < len(previous_ports) else None
+            # 4222, 4223, ... as a plain `writ up --cluster 3` would; any free ports next to a chosen one.
+            port = pick_port(earlier, DEFAULT_NATS_PORT + i) if self._nats_port is None else free_port()
+            while port in ports:
+                port = free_port()
+            ports.append(port)
+        route_ports = self._distinct_free_ports(len(names), avoid=ports)
+        monitor_ports = self._distinct_free_ports(len(names), avoid=[*ports, *route_ports])
+        route_password = _route_password(self.bus.creds_dir / "nats-route.password")
+        nodes: list[NatsNode] = []
+        for i, name in enumerate(names):
+            routes = natsconf.Routes(
+                port=route_ports[i], peers=tuple(route_ports), user="writ-route", password=route_password
+            )
+            store = self.data_dir / name
+            port, monitor = ports[i], monitor_ports[i]
+            self.nats_monitors[name] = f"http://{HOST}:{monitor}"
+            nodes.append(NatsNode(name=name, pid_file=self.bus.node_pid_file(name), monitor=self.nats_monitors[name]))
+
+            def launch(name: str = name, store: Path = store, port: int = port, monitor: int = monitor,
+                       routes: natsconf.Routes = routes) -> ManagedProcess:  # fmt: skip
+                return start_nats(store, port, bus=self.bus, name=name, monitor_port=monitor, routes=routes)
+
+            self._start_unit(_Unit(name, launch))
+        # identity reloads every member's users (busauth.reload_nats); one member's config checks them all.
+        write_local_nodes(self.bus.auth_dir, nodes)
+        self.bus.monitor_file.unlink(missing_ok=True)
+        from writ.runtime.processes import find_binary
+
+        self.bus.check_file.write_text(
+            json.dumps([find_binary("nats-server"), "-t", "-c", str(self.data_dir / f"{names[0]}.conf")])
+        )
+        _wait_healthy(self.nats_monitors, CLUSTER_READY_TIMEOUT)
+        return ",".join(f"nats://{HOST}:{port}" for port in ports)
+
+    @staticmethod
+    def _distinct_free_ports(n: int, avoid: Sequence[int]) -> list[int]:
+        ports: list[int] = []
+        while len(ports) < n:
+            port = free_port()
+            if port not in ports and port not in avoid:
+                ports.append(port)
+        return ports
 
     def _unit(self, name: str) -> _Unit:
         try:
@@ -436,6 +530,7 @@ class Plane:
         env.update(
             WRIT_DATA_DIR=str(self.data_dir),
             WRIT_NATS_URL=self.nats_url,
+            WRIT_STREAM_REPLICAS=str(self.cluster),
             WRIT_REDIS_URL=self.redis_url,
             WRIT_REDIS_PASSWORD_FILE=str(self.redis_password_file),
             PYTHONUNBUFFERED="1",  # logs reach the file as they are written
@@ -513,7 +608,7 @@ class Plane:
         """Pick up the ports services reported since the last look; runtime.json follows."""
         changed = False
         for name in list(self._units):
-            if name in ("nats", "redis"):
+            if self._is_server(name):
                 continue
             port = read_port_file(self.metrics_port_file(name))
             if port is not None and self.metrics_ports.get(name) != port:
@@ -528,9 +623,13 @@ class Plane:
 
         from writ_common.streams import ensure_streams
 
-        nc = await nats.connect(self.nats_url, connect_timeout=5, name="writ-plane", **self.settings.bus_options())
+        nc = await nats.connect(
+            split_servers(self.nats_url), connect_timeout=5, name="writ-plane", **self.settings.bus_options()
+        )
         try:
-            for attempt in range(50):
+            # A cluster elects its JetStream meta leader, then each stream's, before it takes them.
+            attempts = 50 if self.cluster == 1 else 150
+            for attempt in range(attempts):
                 try:
                     await ensure_streams(
                         nc.jetstream(),
@@ -540,7 +639,7 @@ class Plane:
                     )
                     return
                 except NatsError:
-                    if attempt == 49:
+                    if attempt == attempts - 1:
                         raise
                     await asyncio.sleep(0.2)  # JetStream may still be recovering its store
         finally:
@@ -561,6 +660,8 @@ class Plane:
                 self.data_dir / "runtime.json",
                 {
                     "nats_url": self.nats_url,
+                    "cluster": self.cluster,
+                    "nats_monitors": dict(self.nats_monitors) or None,
                     "redis_url": self.redis_url,
                     # The path only: the password stays in its own 0600 file.
                     "redis_password_file": str(self.redis_password_file),
@@ -591,7 +692,8 @@ class Plane:
         if not previous:
             return
         pid = previous.get("pid")
-        if isinstance(pid, int) and _pid_alive(pid) and _accepts(str(previous.get("nats_url", ""))):
+        seeds = str(previous.get("nats_url") or "").split(",")
+        if isinstance(pid, int) and _pid_alive(pid) and any(_accepts(url) for url in seeds if url):
             raise PlaneAlreadyRunning(
                 f"a Writ plane (pid {pid}) is already running on {self.data_dir} at "
                 f"{previous.get('nats_url')}; stop it first"
@@ -629,6 +731,44 @@ class Plane:
         marker = str(self.data_dir)
         return [part for part in cmdline if part] == [part for part in argv if part] and (
             marker in " ".join(argv) or f"\0WRIT_DATA_DIR={marker}\0".encode() in environ
+        )
+
+
+def _route_password(path: Path) -> str:
+    """The password cluster routes present (0600 in the creds dir), created once."""
+    if not path.exists():
+        write_private(path, secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
+
+
+def _wait_healthy(monitors: Mapping[str, str], timeout: float) -> None:
+    """Wait until every nats-server's ``/healthz`` says ok (JetStream current in its cluster).
+
+    Raises:
+        TimeoutError: some member was not healthy in time (with what it last said).
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    pending = dict(monitors)
+    last: dict[str, str] = {}
+    while pending and time.monotonic() < deadline:
+        for name, url in list(pending.items()):
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        del pending[name]
+            except urllib.error.HTTPError as exc:
+                last[name] = exc.read().decode(errors="replace")[:200]
+            except OSError as exc:
+                last[name] = str(exc)
+        if pending:
+            time.sleep(0.2)
+    if pending:
+        raise TimeoutError(
+            f"nats cluster not healthy after {timeout:g}s: "
+            + "; ".join(f"{name}: {last.get(name, '?')}" for name in sorted(pending))
         )
 
 
@@ -685,6 +825,7 @@ def run_plane(
     nats_port: int | None = None,
     replicas: Mapping[str, int] | None = None,
     show_status: bool = True,
+    cluster: int = 1,
 ) -> None:
     """Run the embedded plane in the foreground until Ctrl-C or SIGTERM.
 
@@ -692,6 +833,7 @@ def run_plane(
         settings: ``data_dir`` is where everything lives; a second run resumes from it.
         nats_port: client port for nats-server (default: the last one used, else 4222, else free).
         replicas: processes per service (default one each).
+        cluster: nats-servers; more than one makes a loopback cluster with streams of that many replicas.
         show_status: draw a live status table when stdout is a terminal; otherwise (or when
             False) print one line per state change.
 
@@ -699,7 +841,7 @@ def run_plane(
         PlaneAlreadyRunning: another supervisor serves this data dir.
         RuntimeError: nats or redis failed to start.
     """
-    asyncio.run(_run_plane(settings, nats_port, replicas, show_status))
+    asyncio.run(_run_plane(settings, nats_port, replicas, show_status, cluster))
 
 
 def _next_steps(data_dir: Path) -> str:
@@ -720,7 +862,11 @@ def _next_steps(data_dir: Path) -> str:
 
 
 async def _run_plane(
-    settings: WritSettings, nats_port: int | None, replicas: Mapping[str, int] | None, show_status: bool
+    settings: WritSettings,
+    nats_port: int | None,
+    replicas: Mapping[str, int] | None,
+    show_status: bool,
+    cluster: int = 1,
 ) -> None:
     from rich.console import Console
     from rich.live import Live
@@ -732,13 +878,19 @@ async def _run_plane(
         if not live:
             console.print(f"{time.strftime('%H:%M:%S')} {name:<9} {message}", highlight=False)
 
-    plane = Plane(settings.data_dir, nats_port=nats_port, replicas=replicas, on_event=on_event)
+    plane = Plane(settings.data_dir, nats_port=nats_port, replicas=replicas, on_event=on_event, cluster=cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await asyncio.to_thread(plane.start)
+        if plane.cluster > 1:
+            console.print(
+                f"nats cluster of {plane.cluster} on loopback, streams R{plane.cluster} · monitoring "
+                + " ".join(plane.nats_monitors.values()),
+                highlight=False,
+            )
         console.print(
             f"writ plane up · nats {plane.nats_url} · redis {plane.redis_url} · data {plane.data_dir}",
             highlight=False,

@@ -317,27 +317,88 @@ def check_nats_config(auth_dir: Path, timeout: float = 10.0) -> None:
 
 RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
 # In the auth dir, written by whoever starts nats-server: its pid, its monitoring URL, and the
-# command (JSON argv) that tests its config without touching the running server.
-PID_FILE, MONITOR_FILE, CHECK_FILE = "nats.pid", "nats.monitor", "nats.check"
+# command (JSON argv) that tests its config without touching the running server. A local cluster
+# (``writ up --cluster 3``) lists its members instead in NODES_FILE: [{"name", "pid_file", "monitor"}].
+PID_FILE, MONITOR_FILE, CHECK_FILE, NODES_FILE = "nats.pid", "nats.monitor", "nats.check", "nats.nodes.json"
+
+
+@dataclass(frozen=True)
+class NatsNode:
+    """One local nats-server identity signals: where it writes its pid, where it serves ``/varz``."""
+
+    name: str
+    pid_file: Path
+    monitor: str | None
+
+
+def local_nodes(auth_dir: Path) -> list[NatsNode]:
+    """The local nats-servers that hold the users file: the cluster's members when the runtime
+    listed them, else the one server of the embedded plane."""
+    nodes = auth_dir / NODES_FILE
+    if nodes.exists():
+        return [
+            NatsNode(name=str(n["name"]), pid_file=Path(n["pid_file"]), monitor=n.get("monitor") or None)
+            for n in json.loads(nodes.read_text())
+        ]
+    monitor = auth_dir / MONITOR_FILE
+    url = monitor.read_text().strip() if monitor.exists() else ""
+    return [NatsNode(name="nats", pid_file=auth_dir / PID_FILE, monitor=url or None)]
+
+
+def write_local_nodes(auth_dir: Path, nodes: Iterable[NatsNode]) -> None:
+    write_atomically(
+        auth_dir / NODES_FILE,
+        json.dumps([{"name": n.name, "pid_file": str(n.pid_file), "monitor": n.monitor} for n in nodes], indent=2),
+    )
 
 
 def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
-    """SIGHUP nats-server (it rereads its users) and return once it has: its ``/varz``
-    ``config_load_time`` moves. Without a monitoring port, a short pause has to do."""
-    monitor = auth_dir / MONITOR_FILE
-    url = monitor.read_text().strip() + "/varz" if monitor.exists() else None
-    before = _config_load_time(url) if url else None
-    pid = int((auth_dir / PID_FILE).read_text().strip())
-    os.kill(pid, signal.SIGHUP)
-    if url is None or before is None:
+    """SIGHUP every local nats-server (each rereads the users file) and return once each has: its
+    ``/varz`` ``config_load_time`` moves. Without a monitoring port, a short pause has to do.
+
+    A cluster member that is down (no pid file, or no such process) is skipped: it reads the users
+    file as it is when it starts again. With a single server, its pid file must be there.
+    """
+    nodes = local_nodes(auth_dir)
+    # (node, pid, /varz URL, config_load_time before the signal): URL and time None when unobservable.
+    signalled: list[tuple[NatsNode, int, str | None, str | None]] = []
+    for node in nodes:
+        url = node.monitor + "/varz" if node.monitor else None
+        before = _config_load_time(url) if url else None
+        try:
+            pid = int(node.pid_file.read_text().strip())
+            if not _is_nats_server(pid):
+                raise ProcessLookupError(f"pid {pid} of {node.pid_file} is not a nats-server")
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError):
+            if len(nodes) == 1:
+                raise
+            continue  # that member is down
+        signalled.append((node, pid, url, before))
+    if not signalled:
+        raise TimeoutError("no local nats-server is running to reload its users")
+    if any(url is None or before is None for _, _, url, before in signalled):
         time.sleep(RELOAD_PAUSE)
-        return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        if _config_load_time(url) not in (before, None):
-            return
-    raise TimeoutError(f"nats-server (pid {pid}) did not reload its users within {timeout:g}s")
+    for node, pid, url, before in signalled:
+        if url is None or before is None:
+            continue
+        while _config_load_time(url) in (before, None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {node.name} (pid {pid}) did not reload its users within {timeout:g}s")
+            time.sleep(0.02)
+
+
+def _is_nats_server(pid: int) -> bool:
+    """Whether ``pid`` still runs nats-server: a member SIGKILLed leaves its pid file behind, and
+    its pid may have gone to another process since (which a SIGHUP would end). True where there
+    is no /proc to ask."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server"
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
 
 
 def _config_load_time(varz_url: str) -> str | None:
@@ -362,6 +423,15 @@ class EmbeddedBus:
     @property
     def pid_file(self) -> Path:
         return self.auth_dir / PID_FILE
+
+    def node_pid_file(self, node: str | None = None) -> Path:
+        """The pid file of a local cluster's member ``node``; the single server's when None."""
+        return self.auth_dir / f"{node}.pid" if node else self.pid_file
+
+    @property
+    def nodes_file(self) -> Path:
+        """A local cluster's members (see :func:`local_nodes`); absent with a single server."""
+        return self.auth_dir / NODES_FILE
 
     @property
     def users_conf(self) -> Path:
