@@ -138,3 +138,20 @@ def test_a_call_authorized_under_another_bundle_is_rechecked() -> None:
     assert not needs_recheck(view, None)
     refused = policy_changed("forbidden: emergency forbids s/t")
     assert refused.code == "policy_changed" and not refused.retryable and "did not run" in refused.reason
+
+
+def test_an_open_attempt_may_still_be_running_until_its_verdict() -> None:
+    from writ_executor.domain import attempt_may_be_running
+
+    started = ev.ExecutionStarted(attempt=1, idempotency_key="k", server="s", tool="t")
+    authorized = ev.IntentAuthorized(policy_digest="p", policy_ids=[])
+    base = [
+        on("intent.submitted", submitted(), producer="agent-sdk", seq=1),
+        on("intent.planned", PLANNED, seq=2),
+        on("intent.authorized", authorized, seq=3),
+    ]
+    assert not attempt_may_be_running(fold_intent(base))
+    assert attempt_may_be_running(fold_intent([*base, on("execution.started", started, seq=4)]))
+    done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
+    finished = [*base, on("execution.started", started, seq=4), on("execution.succeeded", done, seq=5)]
+    assert not attempt_may_be_running(fold_intent(finished))

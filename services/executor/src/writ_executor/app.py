@@ -36,6 +36,7 @@ from writ_executor.domain import (
     CallError,
     Invoke,
     after_error,
+    attempt_may_be_running,
     call_arguments,
     decide_execution,
     idempotency_key,
@@ -259,6 +260,18 @@ def build(settings: WritSettings) -> Service:
             if step is None:
                 return
             if not isinstance(step, Invoke):
+                if attempt_may_be_running(view):
+                    # A started attempt with no verdict is "interrupted" only once nobody holds
+                    # its lease: a redelivery (ack deadline missed while the bus was away) must
+                    # not declare unknown a call that is still running or resolving its append.
+                    try:
+                        running = await leases.held(view.intent_id or "")
+                    except LeaseUnavailable as exc:
+                        raise Redeliver(
+                            LEASE_BUSY_RETRY, f"not judging an open attempt without the lease store: {exc}"
+                        ) from exc
+                    if running:
+                        raise Redeliver(LEASE_BUSY_RETRY, f"attempt {view.last_attempt} is still running")
                 try:
                     await svc.append_all(view, trigger, [step], last_seq, attempt=view.last_attempt)
                 except StaleAppend:

@@ -162,6 +162,12 @@ def approval_mismatch(view: IntentView) -> str | None:
     return None
 
 
+def attempt_may_be_running(view: IntentView) -> bool:
+    """An attempt was started and nothing says how it ended: it may still be running (its lease
+    says whether anyone holds it) or it was interrupted."""
+    return bool(view.started) and not view.is_terminal and view.last_attempt_failed is None
+
+
 def needs_recheck(view: IntentView, current_policy_digest: str | None) -> bool:
     """A call authorized under another bundle than the one in force must be re-checked before it
     runs (an emergency forbid loaded after the authorization must stop it)."""

@@ -45,6 +45,17 @@ class Leases:
         except RedisError as exc:
             raise LeaseUnavailable(f"lease store unavailable: {exc}") from exc
 
+    async def held(self, intent_id: str) -> bool:
+        """Whether anyone (this process included) holds the intent's lease: an attempt is running.
+
+        Raises:
+            LeaseUnavailable: Redis could not be asked (fail closed: the caller waits).
+        """
+        try:
+            return bool(await self._redis.exists(self.key(intent_id)))
+        except RedisError as exc:
+            raise LeaseUnavailable(f"lease store unavailable: {exc}") from exc
+
     async def renew(self, intent_id: str, attempt: int) -> bool:
         try:
             return bool(await self._redis.eval(_RENEW, 1, self.key(intent_id), self.holder(attempt), self.ttl_ms))
