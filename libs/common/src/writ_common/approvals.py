@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from writ_common import events as ev
-from writ_common.digest import canonical_json
+from writ_common.digest import approval_digest, canonical_json
 from writ_common.envelope import StoredEvent
+from writ_common.fold import IntentView
 from writ_common.signing import key_id
 
 Decision = Literal["grant", "deny"]
@@ -26,6 +27,36 @@ def decision_statement(
             "signed_at": signed_at,
             "comment": comment,
         }
+    )
+
+
+def request_digest(
+    view: IntentView,
+    *,
+    policy_digest: str,
+    approval_group: str,
+    quorum: int,
+    owner_may_approve: bool,
+    expires_at: str,
+) -> str:
+    """The approval digest of a request on this intent: the call as the history states it, under
+    what policy decided. Policy computes it to ask; the executor recomputes it before calling."""
+    intent, planned = view.submitted, view.planned
+    assert intent is not None and planned is not None
+    return approval_digest(
+        intent_id=view.intent_id or "",
+        agent_id=view.agent_id or "",
+        on_behalf_of=intent.on_behalf_of,
+        server=planned.server,
+        tool=planned.tool,
+        tool_digest=planned.tool_digest,
+        args_digest=planned.args_digest,
+        policy_digest=policy_digest,
+        approval_group=approval_group,
+        quorum=quorum,
+        owner_may_approve=owner_may_approve,
+        expires_at=expires_at,
+        deadline=intent.deadline,
     )
 
 

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from writ_common import events as ev
-from writ_common.digest import approval_digest, sha256_digest
+from writ_common.approvals import request_digest
+from writ_common.digest import sha256_digest
 from writ_common.envelope import MAX_CONTENT_DEPTH, nesting_depth_exceeds
 from writ_common.fold import IntentView
 from writ_common.stranded import expiry, past_deadline, unanswered_call
@@ -134,22 +135,15 @@ def after_error(
 def approval_mismatch(view: IntentView) -> str | None:
     """Recompute the approval digest from the history: what runs must be what was approved, by
     as many distinct approvers as the request asked, each on exactly that digest."""
-    request, planned, intent = view.approval, view.planned, view.submitted
-    assert request is not None and planned is not None and intent is not None
-    expected = approval_digest(
-        intent_id=view.intent_id or "",
-        agent_id=view.agent_id or "",
-        on_behalf_of=intent.on_behalf_of,
-        server=planned.server,
-        tool=planned.tool,
-        tool_digest=planned.tool_digest,
-        args_digest=planned.args_digest,
+    request = view.approval
+    assert request is not None
+    expected = request_digest(
+        view,
         policy_digest=request.policy_digest,
         approval_group=request.approvers,
         quorum=request.quorum,
         owner_may_approve=request.owner_may_approve,
         expires_at=request.expires_at,
-        deadline=intent.deadline,
     )
     if expected != request.approval_digest:
         return "approval_mismatch: the approved digest does not match this intent's history"

@@ -12,7 +12,8 @@ from typing import Any
 import cedarpy
 
 from writ_common import events as ev
-from writ_common.digest import approval_digest, policy_digest
+from writ_common.approvals import request_digest
+from writ_common.digest import policy_digest
 from writ_common.envelope import StoredEvent
 from writ_common.fold import IntentView
 from writ_common.ids import TOKEN_RULE, is_token
@@ -258,20 +259,13 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
         group, quorum = ann["approval"], int(ann.get("quorum", "1"))
         owner_may_approve = ann.get("owner_may_approve", "false").lower() == "true"
         return ev.ApprovalRequested(
-            approval_digest=approval_digest(
-                intent_id=view.intent_id or "",
-                agent_id=view.agent_id or "",
-                on_behalf_of=view.submitted.on_behalf_of,
-                server=planned.server,
-                tool=planned.tool,
-                tool_digest=planned.tool_digest,
-                args_digest=planned.args_digest,
+            approval_digest=request_digest(
+                view,
                 policy_digest=bundle.digest,
                 approval_group=group,
                 quorum=quorum,
                 owner_may_approve=owner_may_approve,
                 expires_at=expires_at,
-                deadline=view.submitted.deadline,
             ),
             policy_digest=bundle.digest,
             policy_ids=names,
