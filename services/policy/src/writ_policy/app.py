@@ -94,6 +94,11 @@ def build(settings: WritSettings) -> Service:
     follower = svc.follow(subjects.POLICY_STREAM, apply)
     catalog = Catalog()  # the tools' input schemas type the arguments in the Cedar schema
     registry = svc.follow(subjects.REGISTRY_STREAM, catalog.apply)
+
+    def catalog_tools() -> list[ev.ToolDefinition]:
+        """Every tool definition the catalog holds, accepted or in quarantine."""
+        return [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
+
     directory = svc.follow(subjects.IDENTITY_STREAM, lambda e: apply_approver_event(approvers, e))
 
     async def startup() -> None:
@@ -310,7 +315,7 @@ def build(settings: WritSettings) -> Service:
         except PolicyError as exc:
             raise CommandError("invalid_policy", f"the bundle was refused: {exc}") from exc
         await registry.ensure_fresh()
-        tools = [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
+        tools = catalog_tools()
         return bundle, validation_errors(bundle.cedar, bundle.names, cedar_schema(tools))
 
     async def load(body: dict[str, Any]) -> Any:
@@ -325,38 +330,26 @@ def build(settings: WritSettings) -> Service:
         if cmd.shadow:
             return await publish_shadow(bundle)
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
-        last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.POLICY_SUBJECT)
-        previous = last.seq or 0 if last else 0
-        try:
-            # Fenced on the previous bundle so two operators loading at once cannot both win.
-            await svc.append_control(
-                subjects.POLICY_SUBJECT,
-                published,
-                message_id=f"policy:{bundle.digest}:after:{previous}",
-                expected_last_subject_seq=previous,
-            )
-        except StaleAppend as exc:
-            raise CommandError("concurrent_update", "another bundle was loaded at the same moment; retry") from exc
-        await follower.ensure_fresh()
+        await publish_fenced(subjects.POLICY_SUBJECT, published, f"policy:{bundle.digest}", "bundle")
         await redecide_pending()
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values())}
 
-    async def publish_shadow(bundle: Bundle) -> Any:
-        published = ev.PolicyShadowPublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
-        last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT)
+    async def publish_fenced(subject: str, published: ev.Payload, message_id: str, what: str) -> None:
+        """Append a bundle fenced on the previous one on ``subject``, so two operators loading at
+        once cannot both win, then read it back into this replica's view."""
+        last = await last_on_subject(svc.js, subjects.POLICY_STREAM, subject)
         previous = last.seq or 0 if last else 0
         try:
             await svc.append_control(
-                subjects.SHADOW_PUBLISHED_SUBJECT,
-                published,
-                message_id=f"shadow:{bundle.digest}:after:{previous}",
-                expected_last_subject_seq=previous,
+                subject, published, message_id=f"{message_id}:after:{previous}", expected_last_subject_seq=previous
             )
         except StaleAppend as exc:
-            raise CommandError(
-                "concurrent_update", "another shadow bundle was loaded at the same moment; retry"
-            ) from exc
+            raise CommandError("concurrent_update", f"another {what} was loaded at the same moment; retry") from exc
         await follower.ensure_fresh()
+
+    async def publish_shadow(bundle: Bundle) -> Any:
+        published = ev.PolicyShadowPublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
+        await publish_fenced(subjects.SHADOW_PUBLISHED_SUBJECT, published, f"shadow:{bundle.digest}", "shadow bundle")
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values()), "shadow": True}
 
     async def shadow_off(_body: dict[str, Any]) -> Any:
@@ -428,7 +421,7 @@ def build(settings: WritSettings) -> Service:
 
     async def schema(_body: dict[str, Any]) -> Any:
         await registry.ensure_fresh()
-        tools = [t for by_name in (*catalog.tools.values(), *catalog.quarantined.values()) for t in by_name.values()]
+        tools = catalog_tools()
         return cedar_schema(tools)
 
     async def show(_body: dict[str, Any]) -> Any:
