@@ -24,6 +24,3 @@ class ServerSlots:
         self._in_flight[server] -= 1
         if self._in_flight[server] <= 0:
             del self._in_flight[server]
-
-    def in_flight(self, server: str) -> int:
-        return self._in_flight[server]

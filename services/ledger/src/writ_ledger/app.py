@@ -80,6 +80,19 @@ def build(settings: WritSettings) -> Service:
         head[:] = [(*await last_own_receipt(state.last_seq), state.last_seq)]
         return head[0]
 
+    def own_receipt(data: bytes) -> ev.Receipt:
+        """``data`` as one of this ledger's receipts: decoded, hashed and signed with its key.
+
+        Raises:
+            UndecodableEvent: not a Writ event.
+            ReceiptInvalid: not a receipt, or not this ledger's.
+        """
+        receipt = decode(data).payload
+        if not isinstance(receipt, ev.Receipt):
+            raise ReceiptInvalid(f"a {type(receipt).__name__}, not a receipt")
+        verify_receipt(receipt, public_key)
+        return receipt
+
     async def last_own_receipt(last_seq: int) -> tuple[int, str]:
         """(position, receipt_hash) of the newest message on the ledger stream that is a receipt
         signed by this ledger's key. Anything else there (a forged or foreign message) is logged
@@ -88,10 +101,7 @@ def build(settings: WritSettings) -> Service:
         while seq > 0:
             try:
                 raw = await svc.js.get_msg(subjects.LEDGER_STREAM, seq, direct=True)
-                receipt = decode(raw.data or b"", seq=seq, subject=raw.subject or "").payload
-                if not isinstance(receipt, ev.Receipt):
-                    raise ReceiptInvalid(f"a {type(receipt).__name__}, not a receipt")
-                verify_receipt(receipt, public_key)
+                receipt = own_receipt(raw.data or b"")
                 return receipt.position, receipt.receipt_hash
             except NotFoundError:
                 pass  # deleted: look further back
@@ -111,10 +121,8 @@ def build(settings: WritSettings) -> Service:
         if raw is None:
             return False
         try:
-            receipt = decode(raw.data or b"").payload
-            if isinstance(receipt, ev.Receipt):
-                verify_receipt(receipt, public_key)
-                return True
+            own_receipt(raw.data or b"")
+            return True
         except (UndecodableEvent, ReceiptInvalid):
             pass
         log.error("ledger: the message on the receipt subject of %s is not one of our receipts", intent_id)
