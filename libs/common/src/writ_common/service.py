@@ -169,6 +169,9 @@ class Service:
         guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config.evolve(filter_subject=filter_subject))
         self.on_startup(lambda: guard.start(self.nc))
         self.on_shutdown(guard.stop)
+        # Handlers in flight when concurrent (None: one at a time, in the consumer's own task).
+        slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
+        running: set[asyncio.Task[None]] = set()
 
         @self.broker.subscriber(
             filter_subject,
@@ -189,10 +192,10 @@ class Service:
             with contextlib.suppress(ValueError):
                 age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
                 metrics.QUEUE_AGE_SECONDS.labels(self.name).observe(max(0.0, age))
-            gate = slots
-            if gate is None:
+            if slots is None:
                 await self._handle(msg, event, handler)
                 return
+            gate = slots  # bound here, so the done-callback below releases this very semaphore
             # Concurrent: wait for a free slot (backpressure on the consumer), then run beside
             # the others; the message is acked or nacked when its own handler ends.
             await gate.acquire()
@@ -204,9 +207,6 @@ class Service:
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _t: gate.release())
-
-        slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
-        running: set[asyncio.Task[None]] = set()
 
         async def drain() -> None:
             # A clean stop lets calls in flight finish (a cut call would be an unknown outcome).
