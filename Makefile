@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak soak-cluster lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas docs bench bench-load bench-views soak soak-cluster lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -52,6 +52,10 @@ check: venv
 
 schemas: venv
 	$(BIN)/python -m writ_common.schemagen schemas
+
+# docs/reference/{configuration,cli}.md from WritSettings and the typer app; a unit test keeps them current.
+docs: venv
+	$(BIN)/python -m writ.docsgen
 
 # BENCH_ARGS=--cluster: the same intents on `writ up --cluster 3` (R3) after one node, both printed.
 bench: venv

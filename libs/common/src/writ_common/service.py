@@ -521,8 +521,9 @@ def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
     from writ_common.telemetry import setup_tracing
 
     configure_logging(name)
-    provider = setup_tracing(f"writ-{name}")
+    settings = WritSettings()
+    provider = setup_tracing(f"writ-{name}", trace_file=settings.trace_file)
     try:
-        asyncio.run(build(WritSettings()).serve_forever())
+        asyncio.run(build(settings).serve_forever())
     finally:
         provider.shutdown()  # flushes spans still batched for OTLP

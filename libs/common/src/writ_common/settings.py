@@ -58,18 +58,36 @@ class WritSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WRIT_", extra="ignore")
 
     data_dir: Path = Field(default=Path(".writ"), description="The one directory all local state lives in")
-    nats_url: str | None = None
-    redis_url: str | None = None
+    nats_url: str | None = Field(
+        default=None,
+        description="The plane's NATS: one URL or several seeds, comma-separated (default: <data>/runtime.json,"
+        " else nats://127.0.0.1:4222)",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis for nonces, rate limits and execution leases (default: <data>/runtime.json)"
+    )
     redis_password_file: Path | None = Field(
         default=None,
         description="File (0600) holding the password Redis asks for (embedded: <data>/creds/redis.password)",
     )
-    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    clock_skew_seconds: float = 300.0
-    request_timeout: float = 30.0
-    tool_timeout: float = 60.0
-    default_deadline_seconds: float = 300.0
-    max_attempts: int = 3
+    instance: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This process's name in every event it writes (producer.instance); default HOST-PID",
+    )
+    clock_skew_seconds: float = Field(default=300.0, description="Freshness window for an intent's issued_at")
+    request_timeout: float = Field(default=30.0, description="How long a command to a service waits for its answer")
+    tool_timeout: float = Field(
+        default=60.0, description="Upper bound of one tool call (the intent's deadline may cut it shorter)"
+    )
+    default_deadline_seconds: float = Field(
+        default=300.0, description="An intent's deadline when its agent gives none: past it, it ends expired"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts per tool call (retryable errors only, within the deadline)"
+    )
+    trace_file: Path | None = Field(
+        default=None, description="Write every span as JSON Lines to this file (OTEL_EXPORTER_OTLP_*: to a collector)"
+    )
     executor_concurrency: int = Field(
         default=64, ge=1, description="Tool calls one executor replica runs at once, over all servers"
     )

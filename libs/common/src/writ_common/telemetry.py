@@ -69,17 +69,20 @@ class JsonLinesSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
+def setup_tracing(
+    service: str, exporter: SpanExporter | None = None, *, trace_file: Path | None = None
+) -> TracerProvider:
     """Install a tracer provider for ``service``; shut it down at exit to flush what is batched.
 
     Args:
         service: the ``service.name`` resource attribute.
-        exporter: where spans go; by default ``WRIT_TRACE_FILE`` (JSON Lines) when set, and OTLP
-            when the environment asks for it (:func:`otlp_wanted`).
+        exporter: where spans go; by default ``trace_file`` (JSON Lines, ``WRIT_TRACE_FILE``) when
+            set, and OTLP when the environment asks for it (:func:`otlp_wanted`).
+        trace_file: the JSON Lines file (settings.trace_file).
     """
     provider = TracerProvider(resource=Resource.create({"service.name": service}), id_generator=IntentTraceIds())
-    if exporter is None and (trace_file := os.environ.get("WRIT_TRACE_FILE")):
-        exporter = JsonLinesSpanExporter(Path(trace_file))
+    if exporter is None and trace_file is not None:
+        exporter = JsonLinesSpanExporter(trace_file)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     if otlp_wanted(os.environ):
