@@ -9,7 +9,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from writ_common.errors import CodedError
-from writ_common.signing import b64, unb64
+from writ_common.signing import b64, public_key_b64, unb64
 
 
 class KeyFileError(CodedError):
@@ -78,3 +78,36 @@ def read_key(path: Path) -> SigningKey:
         return SigningKey(seed)
     except (ValueError, binascii.Error) as exc:
         raise KeyFileError("key_invalid", f"{path} does not hold a base64 Ed25519 private key (32 bytes)") from exc
+
+
+def public_key_path(private: Path) -> Path:
+    """Where :func:`write_public_key` puts the public half of a private key file: ``NAME.pub``."""
+    return private.with_suffix(".pub")
+
+
+def write_public_key(path: Path, key: SigningKey) -> None:
+    """The public half, world-readable: it is what an operator registers."""
+    path.write_text(public_key_b64(key) + "\n")
+
+
+def read_public_key(path: Path) -> str:
+    """A base64 Ed25519 public key from a ``.pub`` file written by :func:`write_public_key`.
+
+    Raises:
+        KeyFileError: ``key_missing`` or ``key_invalid`` (which also names a private key given by mistake).
+    """
+    if path.suffix == ".key":
+        raise KeyFileError(
+            "key_invalid", f"{path} is a private key file: register its public half ({path.with_suffix('.pub')})"
+        )
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise KeyFileError("key_missing", f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = unb64(text)
+    except (ValueError, binascii.Error) as exc:
+        raise KeyFileError("key_invalid", f"{path} does not hold a base64 Ed25519 public key") from exc
+    if len(raw) != 32:
+        raise KeyFileError("key_invalid", f"{path} does not hold a base64 Ed25519 public key (32 bytes)")
+    return text

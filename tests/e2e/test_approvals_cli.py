@@ -187,3 +187,55 @@ def test_an_approver_outside_the_group_is_refused_and_a_member_can_deny(writ: Wr
     status = ok(writ("intent", "status", intent_id))
     assert "denied" in status.stdout
     assert rows(setup.db, token) == 0
+
+
+def test_an_approver_keeps_their_private_key_on_their_own_machine(
+    writ: Writ, setup: Setup, plane: Plane, tmp_path: Path
+) -> None:
+    """keygen where the approver is; the operator registers the public half; the data dir never holds it."""
+    dave = f"dave-{uuid.uuid4().hex[:8]}"
+    their_machine = tmp_path / "dave-laptop"
+    private = their_machine / f"{dave}.key"
+    made = ok(writ("approver", "keygen", dave, "--out", str(private)))
+    assert "writ approver register" in made.stdout
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert_one_error_line(writ("approver", "keygen", dave, "--out", str(private)), "key_exists")
+    # Handing over the private file by mistake is refused, naming the file to send instead.
+    mistaken = writ("approver", "register", dave, "--group", "operators", "--public-key", str(private))
+    assert_one_error_line(mistaken, "key_invalid")
+    assert f"{dave}.pub" in mistaken.stderr
+
+    registered = ok(
+        writ("approver", "register", dave, "--group", "operators", "--public-key", str(private.with_suffix(".pub")))
+    )
+    assert "none here" in registered.stdout
+    assert not (plane.data_dir / "keys" / "approvers" / f"{dave}.key").exists()
+
+    token = f"tok-{uuid.uuid4().hex[:8]}"
+    submitted = ok(
+        writ(
+            "intent",
+            "submit",
+            f"{setup.server}/append_row",
+            "--args",
+            json.dumps({"token": token}),
+            "--as",
+            setup.agent,
+        )
+    )
+    found = INTENT_ID.search(submitted.stdout)
+    assert found, submitted.output
+    intent_id = found.group(1)
+    for _ in range(100):  # the request appears once identity, registry and policy have had their turn
+        if intent_id in writ("approvals", "list", "--as", dave).stdout:
+            break
+        time.sleep(0.1)
+    # Without their key file here, the CLI says where it looked; with it, the grant counts.
+    assert_one_error_line(writ("approvals", "approve", intent_id, "--as", dave), "key_missing")
+    approved = ok(writ("approvals", "approve", intent_id, "--as", dave, "--key", str(private)))
+    assert "authorized" in approved.stdout
+    for _ in range(200):
+        if rows(setup.db, token) == 1:
+            break
+        time.sleep(0.1)
+    assert rows(setup.db, token) == 1

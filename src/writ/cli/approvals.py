@@ -80,17 +80,31 @@ def read_approver_key(path: Path, approver_id: str) -> SigningKey:
 # -- approvers --------------------------------------------------------------------------------------
 
 
-async def register_approver(name: str, *, groups: list[str], key_file: Path | None) -> dict[str, Any]:
-    """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
-    from writ.keys import write_new_key
+async def register_approver(
+    name: str, *, groups: list[str], key_file: Path | None, public_key_file: Path | None = None
+) -> dict[str, Any]:
+    """Register ``name``; with no ``key_file`` nor ``public_key_file``, generate a key and save it
+    once registration succeeded. With ``public_key_file`` (from ``writ approver keygen`` on the
+    approver's machine) only the public half is ever here."""
+    from writ.keys import KeyFileError, read_public_key, write_new_key
     from writ_common.busauth import public_nkey, seed_in, write_seed
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
     if not groups:
         fail("invalid_groups", "an approver belongs to at least one group: pass --group GROUP")
-    if key_file is not None:
-        key, path, new = read_approver_key(key_file, name), key_file, False
+    if key_file is not None and public_key_file is not None:
+        fail("invalid_key", "pass --key (a private key here) or --public-key (its public half), not both")
+    key: SigningKey | None = None
+    path: Path | None = None
+    new = False
+    if public_key_file is not None:
+        try:
+            public_key = read_public_key(public_key_file)
+        except KeyFileError as exc:
+            fail(exc.code, str(exc))
+    elif key_file is not None:
+        key, path = read_approver_key(key_file, name), key_file
     else:
         path = approver_key_path(cfg.data_dir, name)
         if path.exists():
@@ -100,15 +114,18 @@ async def register_approver(name: str, *, groups: list[str], key_file: Path | No
                 "register it with `--key` to reuse it, or move it away to start over",
             )
         key, new = generate_key(), True
+    if key is not None:
+        public_key = public_key_b64(key)
     seed_path = approver_bus_seed_path(cfg.data_dir, name)
     seed = seed_in(seed_path)
-    body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups, "bus_key": public_nkey(seed)}
+    body = {"approver_id": name, "public_key": public_key, "groups": groups, "bus_key": public_nkey(seed)}
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_approver", body)
-    if new:
+    if new and key is not None and path is not None:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
     write_seed(seed_path, seed)
-    return {**registered, "key_file": str(path.resolve()), "bus_seed_file": str(seed_path.resolve())}
+    held = str(path.resolve()) if path is not None else None
+    return {**registered, "key_file": held, "bus_seed_file": str(seed_path.resolve())}
 
 
 @approver_app.command("register")
@@ -117,15 +134,62 @@ def approver_register(
     group: Annotated[
         list[str] | None, typer.Option("--group", help="A group whose requests it decides (repeat)")
     ] = None,
-    key: Annotated[Path | None, typer.Option(help="Register this existing key instead of generating one")] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Register this existing private key instead of generating one")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key", help="Register only this public key (NAME.pub from `writ approver keygen` on their machine)"
+        ),
+    ] = None,
 ) -> None:
-    """Generate an Ed25519 key (saved 0600 under <data>/keys/approvers/) and register its public half."""
-    done = run(register_approver(name, groups=group or [], key_file=key))
+    """Register an approver: by its public key (--public-key, the private half never comes here), or
+    generate an Ed25519 key (saved 0600 under <data>/keys/approvers/) and register its public half."""
+    done = run(register_approver(name, groups=group or [], key_file=key, public_key_file=public_key))
     console.print(f"[green]registered[/] approver [bold]{done['approver_id']}[/]")
     console.print(f"  groups    {', '.join(done['groups'])}")
     console.print(f"  key id    {done['key_id']}")
-    console.print(f"  key file  {done['key_file']}")
+    if done["key_file"]:
+        console.print(f"  key file  {done['key_file']}")
+    else:
+        console.print("  key file  none here: the approver signs with their own (`--key PATH` when deciding)")
     console.print(f"  bus creds {done['bus_seed_file']} (hears only its groups' requests)")
+
+
+def _new_approver_key(name: str, path: Path) -> tuple[Path, Path, str]:
+    """Write a fresh private key at ``path`` (0600, never over an existing file) and NAME.pub beside it."""
+    from writ.keys import public_key_path, write_new_key, write_public_key
+    from writ_common.ids import check_token
+    from writ_common.signing import generate_key, key_id, public_key_b64
+
+    try:
+        check_token(name, "approver id")
+    except ValueError as exc:
+        fail("invalid_name", str(exc))
+    key = generate_key()
+    write_new_key(path, key)  # KeyFileError (key_exists...) is reported as it is
+    pub = public_key_path(path)
+    write_public_key(pub, key)
+    return path, pub, key_id(public_key_b64(key))
+
+
+@approver_app.command("keygen")
+def approver_keygen(
+    name: Annotated[str, typer.Argument(help="Approver id the key is for: [a-z0-9][a-z0-9_-]{0,62}")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Private key file to write (default: ./NAME.key); NAME.pub beside it")
+    ] = None,
+) -> None:
+    """On the approver's own machine: a fresh Ed25519 key (0600) and its public half to give the operator.
+
+    Needs no plane: the private key never leaves this machine; the operator registers NAME.pub
+    with `writ approver register NAME --group G --public-key NAME.pub`."""
+    path, pub, key_fingerprint = report(lambda: _new_approver_key(name, out or Path(f"{name}.key")))
+    console.print(f"[green]key[/] for approver [bold]{name}[/] · {key_fingerprint}")
+    console.print(f"  private  {path.resolve()} (0600: keep it here; import it into the console once)")
+    console.print(f"  public   {pub.resolve()}")
+    console.print(f"  next     the operator runs: writ approver register {name} --group GROUP --public-key {pub.name}")
 
 
 @approver_app.command("list")
