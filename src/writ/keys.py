@@ -26,6 +26,16 @@ def agent_bus_seed_path(data_dir: Path, agent_id: str) -> Path:
     return data_dir / "keys" / "agents" / f"{agent_id}.nk"
 
 
+def approver_key_path(data_dir: Path, approver_id: str) -> Path:
+    """Where ``writ approver register`` (without ``--public-key``) keeps an approver's private key."""
+    return data_dir / "keys" / "approvers" / f"{approver_id}.key"
+
+
+def approver_bus_seed_path(data_dir: Path, approver_id: str) -> Path:
+    """An approver's bus credential (NATS nkey seed, 0600), issued by ``writ approver register``."""
+    return data_dir / "keys" / "approvers" / f"{approver_id}.nk"
+
+
 def ensure_absent(path: Path, agent_id: str) -> None:
     """Refuse to go on if ``path`` already holds a key: overwriting it would lose that identity.
 

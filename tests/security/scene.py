@@ -16,8 +16,7 @@ from nats.aio.client import Client
 
 from cli_runner import Writ
 from writ.approver import ApproverClient
-from writ.cli.approvals import approver_key_path
-from writ.keys import read_key
+from writ.keys import approver_key_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import events as ev

@@ -20,8 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from cli_runner import TIME_SERVER, Writ
-from writ.cli.approvals import approver_bus_seed_path
-from writ.keys import agent_bus_seed_path, agent_key_path, read_key
+from writ.keys import agent_bus_seed_path, agent_key_path, approver_bus_seed_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import subjects

@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from writ.cli import render
 from writ.cli.base import call, connect, console, fail, query, report, run, settings
 from writ.cli.intents import check_intent_id
+from writ.keys import approver_bus_seed_path, approver_key_path
 from writ_common.approvals import Decision
 from writ_common.settings import WritSettings
 
@@ -25,17 +26,6 @@ As = Annotated[str, typer.Option("--as", help="The approver you act as")]
 KeyOption = Annotated[
     Path | None, typer.Option("--key", help="Private key file (default: <data>/keys/approvers/NAME.key)")
 ]
-SHOW_RETRIES = 50  # x 0.1s: the policy service may see a new request a moment after we do
-
-
-def approver_key_path(data_dir: Path, approver_id: str) -> Path:
-    """Where ``writ approver register`` keeps an approver's private key."""
-    return data_dir / "keys" / "approvers" / f"{approver_id}.key"
-
-
-def approver_bus_seed_path(data_dir: Path, approver_id: str) -> Path:
-    """An approver's bus credential (NATS nkey seed, 0600), issued by ``writ approver register``."""
-    return data_dir / "keys" / "approvers" / f"{approver_id}.nk"
 
 
 def as_approver(approver: str) -> tuple[WritSettings, str]:
@@ -287,41 +277,9 @@ def approvals_deny(
 # -- watch ------------------------------------------------------------------------------------------
 
 
-async def _show_when_known(nc: Any, intent_id: str, approver: str) -> dict[str, Any] | None:
-    """The request as this approver sees it; None if its groups may not decide it (or it is gone)."""
-    from writ_common.commands import CommandError
-
-    for _ in range(SHOW_RETRIES):
-        try:
-            return dict(await ask_as(nc, approver, "show_approval", {"intent_id": intent_id}))
-        except CommandError as exc:
-            if exc.code == "forbidden":
-                return None
-            if exc.code != "not_found":
-                raise
-        await asyncio.sleep(0.1)
-    return None
-
-
-async def _pending_after_reconnect(nc: Any, approver: str) -> list[dict[str, Any]]:
-    """The requests pending now; policy may still be starting after a restart, so ask a few times."""
-    from writ_common.commands import CommandError
-
-    for _ in range(SHOW_RETRIES):
-        try:
-            return list(await ask_as(nc, approver, "list_approvals", {}))
-        except CommandError as exc:
-            if exc.code not in ("service_down", "timeout"):
-                raise
-        await asyncio.sleep(0.2)
-    return []
-
-
 async def watch(approver: str, count: int | None) -> int:
     """Print each new request this approver may decide, until ``count`` of them or Ctrl-C; returns how many."""
-    from nats.aio.msg import Msg
-
-    from writ_common import subjects
+    from writ.approver import ApproverClient
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -332,53 +290,46 @@ async def watch(approver: str, count: int | None) -> int:
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     shown = 0
-    arrived: asyncio.Queue[str] = asyncio.Queue()
-    missed = ""  # put in the queue on a reconnect: look for requests made while the plane was away
+
+    def ready(waiting: list[dict[str, Any]]) -> None:
+        console.print(f"watching approval requests for [bold]{approver}[/] (Ctrl-C to stop)")
+        if waiting:
+            console.print(f"[dim]{len(waiting)} already pending: `writ approvals list --as {approver}`[/]")
+
+    async def show_each(client: ApproverClient) -> None:
+        nonlocal shown
+        # Also checks that the approver exists (unknown_approver otherwise).
+        async for request in client.requests(pending=False, on_ready=ready):
+            shown += 1
+            intent_id = request["intent_id"]
+            console.print(render.approval_panel(request, title=f"new approval request · {intent_id}"))
+            console.print(
+                f"  decide: `writ approvals approve {intent_id} --as {approver}`"
+                f" or `writ approvals deny {intent_id} --as {approver}`",
+                soft_wrap=True,
+            )
+            if count is not None and shown >= count:
+                return
+
+    holder: list[ApproverClient] = []
+
+    def look_again() -> None:  # requests made while the plane was away are shown too
+        for client in holder:
+            client.look_again()
+
     try:
-        async with connect(
-            *as_approver(approver), reconnect=True, on_reconnected=lambda: arrived.put_nowait(missed)
-        ) as nc:
-
-            async def on_request(msg: Msg) -> None:
-                arrived.put_nowait(msg.subject.rsplit(".", 1)[-1])
-
-            # Also checks that the approver exists (unknown_approver otherwise).
-            groups = await ask_as(nc, approver, "approver_groups", {})
-            # Policy announces each new request to its group; the bus lets an approver hear only its own.
-            subs = [await nc.subscribe(subjects.approval_notice_subject(g, "*"), cb=on_request) for g in groups]
-            waiting = await ask_as(nc, approver, "list_approvals", {})
-            console.print(f"watching approval requests for [bold]{approver}[/] (Ctrl-C to stop)")
-            if waiting:
-                console.print(f"[dim]{len(waiting)} already pending: `writ approvals list --as {approver}`[/]")
-            seen: set[str] = {str(row["intent_id"]) for row in waiting}
-            while count is None or shown < count:
-                next_id = asyncio.ensure_future(arrived.get())
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({next_id, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if not next_id.done():
-                    next_id.cancel()
-                    break
-                intent_id = next_id.result()
-                if intent_id == missed:
-                    for row in await _pending_after_reconnect(nc, approver):
-                        arrived.put_nowait(str(row["intent_id"]))
-                    continue
-                if intent_id in seen:
-                    continue
-                seen.add(intent_id)
-                request = await _show_when_known(nc, intent_id, approver)
-                if request is None:
-                    continue
-                shown += 1
-                console.print(render.approval_panel(request, title=f"new approval request · {intent_id}"))
-                console.print(
-                    f"  decide: `writ approvals approve {intent_id} --as {approver}`"
-                    f" or `writ approvals deny {intent_id} --as {approver}`",
-                    soft_wrap=True,
-                )
-            for sub in subs:
-                await sub.unsubscribe()
+        async with connect(*as_approver(approver), reconnect=True, on_reconnected=look_again) as nc:
+            holder.append(ApproverClient(nc, approver, None))
+            shower = asyncio.ensure_future(show_each(holder[0]))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({shower, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not shower.done():
+                shower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shower
+            else:
+                shower.result()  # its error, if any (unknown_approver...)
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
