@@ -48,7 +48,7 @@ fault: venv
 	$(BIN)/pytest -q tests/fault
 
 check: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy libs/common/src services/*/src src examples
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy libs/contract/src sdk/src libs/common/src services/*/src src examples
 
 schemas: venv
 	$(BIN)/python -m writ_common.schemagen schemas

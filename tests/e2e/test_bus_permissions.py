@@ -22,11 +22,11 @@ from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
 from writ_common import commands, subjects
-from writ_common.busauth import inbox_prefix
 from writ_common.envelope import Producer, encode, make_envelope
 from writ_common.events import IntentAuthorized, PolicyBundlePublished
 from writ_common.ids import derive_intent_id
 from writ_common.signing import load_key
+from writ_common.subjects import inbox_prefix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 

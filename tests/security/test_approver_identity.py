@@ -25,8 +25,8 @@ from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import subjects
 from writ_common.bus import read_history
-from writ_common.busauth import approver_bus_name, inbox_prefix
 from writ_common.fold import fold_intent
+from writ_common.subjects import approver_bus_name, inbox_prefix
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from cli_runner import Writ
 from writ.keys import agent_bus_seed_path
 from writ.runtime.supervisor import Plane
-from writ_common.busauth import inbox_prefix
+from writ_common.subjects import inbox_prefix
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 

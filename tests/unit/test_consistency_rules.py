@@ -10,8 +10,9 @@ from test_rules import KEY, authorized, started, view_of
 
 from writ.sdk import new_intent, sign_intent
 from writ_common import events as ev
+from writ_common.bus import split_servers
 from writ_common.consistency import Landed, covers, landed
-from writ_common.settings import WritSettings, split_servers
+from writ_common.settings import WritSettings
 from writ_common.stranded import (
     SWEEP_GRACE,
     stranded_findings,

@@ -31,7 +31,7 @@ KeyOption = Annotated[
 def as_approver(approver: str) -> tuple[WritSettings, str]:
     """Settings and bus user to speak as ``approver`` (its own credential when this machine has it;
     else the local operator's)."""
-    from writ_common.busauth import approver_bus_name
+    from writ_common.subjects import approver_bus_name
 
     cfg = settings()
     seed = approver_bus_seed_path(cfg.data_dir, approver)

@@ -35,9 +35,10 @@ from writ.runtime.processes import (
     write_private,
 )
 from writ_common import faults
+from writ_common.bus import split_servers
 from writ_common.busauth import EmbeddedBus, NatsNode, prepare_embedded, write_local_nodes
 from writ_common.metrics import read_port_file
-from writ_common.settings import WritSettings, split_servers
+from writ_common.settings import WritSettings
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -178,7 +179,7 @@ class Plane:
         self._monitor: threading.Thread | None = None
         self._file_lock = threading.Lock()
         self._started_at = ""
-        self.nats_url = ""  # one URL, or every member's, comma-separated (settings.split_servers)
+        self.nats_url = ""  # one URL, or every member's, comma-separated (bus.split_servers)
         self.nats_monitors: dict[str, str] = {}  # a cluster member's /varz, /jsz... by unit name
         self.redis_url = ""
         self.service_env: dict[str, dict[str, str]] = {}  # per-service extra environment (tests)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from writ_common import commands, subjects
 from writ_common.approvals import Approver, apply_approver_event
+from writ_common.bus import split_servers
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
 from writ_common.envelope import UndecodableEvent, check_bounds
@@ -42,7 +43,6 @@ from writ_common.httpapi import (
     invalid_request,
     json_content,
 )
-from writ_common.settings import split_servers
 from writ_common.signing import SignatureInvalid, sign, verify
 
 AUTH_SCHEME = "Writ-Ed25519"

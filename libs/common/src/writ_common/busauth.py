@@ -24,6 +24,7 @@ import nkeys
 from writ_common import subjects, topology
 from writ_common.errors import CodedError
 from writ_common.ids import check_token
+from writ_common.subjects import approver_bus_name, inbox_prefix
 
 # What each service may append, from the one topology table: intent events by subject token,
 # control events in its own subtree.
@@ -108,11 +109,6 @@ class BusUser:
         return {"nkey": self.nkey, "permissions": permissions}
 
 
-def inbox_prefix(name: str) -> str:
-    """Each user's replies come to its own inbox subtree, so no one can read another's replies."""
-    return f"_INBOX_{name}"
-
-
 def service_user(service: str, nkey: str) -> BusUser:
     own = tuple(f"{subjects.INTENT_PREFIX}.*.*.{token}" for token in INTENT_EVENTS_BY_SERVICE[service])
     return BusUser(
@@ -171,11 +167,6 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
             f"{inbox_prefix(f'agent-{agent_id}')}.>",
         ),
     )
-
-
-def approver_bus_name(approver_id: str) -> str:
-    """``approvers.<id>``: every approver's inbox sits under ``_INBOX_approvers.``, where services reply."""
-    return f"approvers.{approver_id}"
 
 
 def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import os
 import socket
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from writ_common.bus import split_servers
+from writ_common.local import DEFAULT_NATS_URL, RUNTIME_FILE, bus_credentials, read_runtime
 from writ_common.streams import StreamLimits
 
 ARGS_DIGEST_KEY_FILE = "args_digest.key"
@@ -161,18 +162,14 @@ class WritSettings(BaseSettings):
         return StreamLimits(intents_max_bytes=self.intents_max_bytes, ledger_max_bytes=self.ledger_max_bytes)
 
     def runtime_file(self) -> Path:
-        return self.data_dir / "runtime.json"
+        return self.data_dir / RUNTIME_FILE
 
     def _runtime(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.runtime_file().read_text())
-        except (OSError, ValueError):
-            return {}
-        return {k: str(v) for k, v in data.items()}
+        return read_runtime(self.data_dir)
 
     def resolved_nats_url(self) -> str:
         """The NATS seed URL(s) as configured: one, or several separated by commas."""
-        return self.nats_url or self._runtime().get("nats_url", "nats://127.0.0.1:4222")
+        return self.nats_url or self._runtime().get("nats_url", DEFAULT_NATS_URL)
 
     def nats_servers(self) -> list[str]:
         """The seed URLs to connect to (``WRIT_NATS_URL`` may list several, comma-separated):
@@ -190,10 +187,7 @@ class WritSettings(BaseSettings):
 
     def bus_options(self, user: str = "operator") -> dict[str, Any]:
         """Connect options for nats.connect / NatsBroker: the nkey seed and the user's own inbox."""
-        from writ_common.busauth import inbox_prefix
-
-        seed = self.resolved_nats_seed_file()
-        return {} if seed is None else {"nkeys_seed": str(seed), "inbox_prefix": inbox_prefix(user)}
+        return bus_credentials(self.resolved_nats_seed_file(), user)
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self._runtime().get("redis_url", "redis://127.0.0.1:6379/0")
@@ -227,15 +221,3 @@ class WritSettings(BaseSettings):
         path = self.data_dir / service
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def split_servers(urls: str) -> list[str]:
-    """``"nats://a:4222, nats://b:4222"`` -> ``["nats://a:4222", "nats://b:4222"]``.
-
-    Raises:
-        ValueError: no URL at all.
-    """
-    servers = [u.strip() for u in urls.split(",") if u.strip()]
-    if not servers:
-        raise ValueError(f"no NATS URL in {urls!r}")
-    return servers

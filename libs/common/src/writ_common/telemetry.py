@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from writ_common.tracing import extract_context, tracer
 
 log = logging.getLogger(__name__)
-_propagator = TraceContextTextMapPropagator()
 _starting_intent: ContextVar[str | None] = ContextVar("writ_starting_intent", default=None)
 
 
@@ -117,15 +117,11 @@ def otlp_wanted(env: Mapping[str, str]) -> bool:
     return True
 
 
-def tracer() -> trace.Tracer:
-    return trace.get_tracer("writ")
-
-
 @contextmanager
 def stage_span(name: str, headers: Mapping[str, str] | None, **attributes: str) -> Iterator[Span]:
     """A span for one stage, child of the trace found in the consumed message's headers (without
     one, a root span of the trace the intent id names)."""
-    parent = _propagator.extract(dict(headers or {}))
+    parent = extract_context(headers)
     token = _starting_intent.set(attributes.get("writ.intent_id"))  # read when the span starts
     try:
         span = tracer().start_span(name, context=parent, attributes=attributes)
@@ -133,9 +129,3 @@ def stage_span(name: str, headers: Mapping[str, str] | None, **attributes: str) 
         _starting_intent.reset(token)
     with trace.use_span(span, end_on_exit=True):
         yield span
-
-
-def inject_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Add the current span's ``traceparent`` to ``headers`` (in place, and returned)."""
-    _propagator.inject(headers)
-    return headers

@@ -132,3 +132,13 @@ def approver_command_subject(approver_id: str, command: str) -> str:
     """An approver's own command to policy: ``writ.cmd.policy.approver.<approver_id>.<command>``.
     Only that approver's bus user may publish here, so the subject tells policy who asks."""
     return f"writ.cmd.policy.{APPROVER_CALLER}.{approver_id}.{command}"
+
+
+def inbox_prefix(name: str) -> str:
+    """Each bus user's replies come to its own inbox subtree, so no one can read another's replies."""
+    return f"_INBOX_{name}"
+
+
+def approver_bus_name(approver_id: str) -> str:
+    """``approvers.<id>``: every approver's inbox sits under ``_INBOX_approvers.``, where services reply."""
+    return f"approvers.{approver_id}"

@@ -22,9 +22,8 @@ import nats
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 
-from writ_common import subjects
-from writ_common.bus import StaleAppend, append, last_on_subject, read_history
-from writ_common.busauth import inbox_prefix
+from writ_common import local, subjects
+from writ_common.bus import StaleAppend, append, last_on_subject, read_history, split_servers
 from writ_common.digest import canonical_json
 from writ_common.envelope import (
     MAX_CONTENT_DEPTH,
@@ -37,9 +36,8 @@ from writ_common.envelope import (
 from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
-from writ_common.settings import split_servers
 from writ_common.signing import sign
-from writ_common.telemetry import tracer
+from writ_common.tracing import tracer
 
 SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
 
@@ -272,8 +270,7 @@ class WritAgent:
         """Connect as the agent; ``nats_url`` is one seed URL, several separated by commas, or a
         list (it connects through whichever is up); ``seed_file`` is its bus credential
         (``<data>/keys/agents/NAME.nk``)."""
-        if seed_file is not None:
-            options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
+        options = {**local.bus_credentials(seed_file, f"agent-{agent_id}"), **options}
         servers = split_servers(nats_url) if isinstance(nats_url, str) else list(nats_url)
         return cls(await nats.connect(servers, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
@@ -286,18 +283,17 @@ class WritAgent:
         Raises:
             FileNotFoundError: the agent has no key there (register it first).
         """
-        from writ_common.settings import WritSettings
+        from writ.keys import agent_bus_seed_path, agent_key_path
         from writ_common.signing import load_key
 
-        cfg = WritSettings(data_dir=Path(data_dir)) if data_dir is not None else WritSettings()
-        keys = cfg.data_dir / "keys" / "agents"
-        key_file, seed_file = keys / f"{agent_id}.key", keys / f"{agent_id}.nk"
+        data = local.data_dir(data_dir)
+        key_file, seed_file = agent_key_path(data, agent_id), agent_bus_seed_path(data, agent_id)
         if not key_file.is_file():
             raise FileNotFoundError(
                 f"no key for agent {agent_id!r} at {key_file}: `writ agent register {agent_id}` writes it"
             )
         seed = seed_file if seed_file.is_file() else None
-        return await cls.connect(cfg.resolved_nats_url(), agent_id, load_key(key_file), seed_file=seed, **options)
+        return await cls.connect(local.nats_url(data), agent_id, load_key(key_file), seed_file=seed, **options)
 
     async def close(self) -> None:
         await self.nc.drain()

@@ -21,7 +21,7 @@ from writ_common import subjects, topology
 from writ_common.consistency import Landed, covers, landed
 from writ_common.envelope import Envelope, StoredEvent, UndecodableEvent, decode, encode
 from writ_common.errors import CodedError
-from writ_common.telemetry import inject_headers
+from writ_common.tracing import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -408,3 +408,15 @@ async def dead_letter(js: JetStreamContext, service: str, msg: Msg, *, code: str
         "Writ-Original-Origin": origin,
     }
     await js.publish(subjects.dlq_subject(service), msg.data, headers=headers)
+
+
+def split_servers(urls: str) -> list[str]:
+    """``"nats://a:4222, nats://b:4222"`` -> ``["nats://a:4222", "nats://b:4222"]``.
+
+    Raises:
+        ValueError: no URL at all.
+    """
+    servers = [u.strip() for u in urls.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"no NATS URL in {urls!r}")
+    return servers

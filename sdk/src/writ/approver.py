@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from writ_common import commands, subjects
+from writ_common import commands, local, subjects
 from writ_common.approvals import Decision, decision_statement
 from writ_common.commands import CommandError
 from writ_common.signing import sign
@@ -84,14 +84,12 @@ class ApproverClient:
             writ.keys.KeyFileError: no readable key at ``key_file``.
         """
         from writ.keys import approver_bus_seed_path, read_key
-        from writ_common.busauth import approver_bus_name
-        from writ_common.settings import WritSettings
+        from writ_common.bus import split_servers
 
         key = read_key(key_file)
-        cfg = WritSettings(data_dir=Path(data_dir)) if data_dir is not None else WritSettings()
-        seed = approver_bus_seed_path(cfg.data_dir, approver_id)
-        if seed.is_file():
-            cfg = cfg.model_copy(update={"nats_seed_file": seed})
+        data = local.data_dir(data_dir)
+        seed = approver_bus_seed_path(data, approver_id)
+        credentials = local.bus_credentials(seed if seed.is_file() else None, subjects.approver_bus_name(approver_id))
         client: ApproverClient | None = None
 
         async def on_reconnected() -> None:
@@ -99,11 +97,11 @@ class ApproverClient:
                 client.look_again()
 
         nc = await nats.connect(
-            cfg.nats_servers(),
+            split_servers(local.nats_url(data)),
             name=f"writ-approver-{approver_id}",
             reconnected_cb=on_reconnected,
             max_reconnect_attempts=-1,
-            **{**cfg.bus_options(approver_bus_name(approver_id)), **options},
+            **{**credentials, **options},
         )
         client = cls(nc, approver_id, key)
         return client
