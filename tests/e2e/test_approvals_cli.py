@@ -21,6 +21,7 @@ import pytest
 from typer.testing import Result
 
 from cli_runner import INTENT_ID, Writ
+from waiting import eventually_sync
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e
@@ -101,6 +102,12 @@ def rows(db: Path, token: str) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0])
 
 
+def listing_of(writ: Writ, approver: str, intent_id: str) -> str | None:
+    """`writ approvals list` as ``approver`` once it shows ``intent_id``."""
+    listed = ok(writ("approvals", "list", "--as", approver)).stdout
+    return listed if intent_id in listed else None
+
+
 def assert_one_error_line(result: Result, code: str) -> None:
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
@@ -164,13 +171,8 @@ def test_an_approver_outside_the_group_is_refused_and_a_member_can_deny(writ: Wr
     found = INTENT_ID.search(submitted.stdout)
     assert found, submitted.output
     intent_id = found.group(1)
-    listed = writ("approvals", "list", "--as", setup.approver)
-    for _ in range(100):  # the request appears once identity, registry and policy have had their turn
-        if intent_id in listed.stdout:
-            break
-        time.sleep(0.1)
-        listed = writ("approvals", "list", "--as", setup.approver)
-    assert intent_id in ok(listed).stdout
+    # The request appears once identity, registry and policy have had their turn.
+    eventually_sync(lambda: listing_of(writ, setup.approver, intent_id), 10, f"{intent_id} listed")
 
     shown = ok(writ("approvals", "show", intent_id, "--as", setup.approver))
     for expected in (setup.agent, f"{setup.server}/append_row", token, "destructive-needs-approval", "0/1 granted"):
@@ -226,16 +228,10 @@ def test_an_approver_keeps_their_private_key_on_their_own_machine(
     found = INTENT_ID.search(submitted.stdout)
     assert found, submitted.output
     intent_id = found.group(1)
-    for _ in range(100):  # the request appears once identity, registry and policy have had their turn
-        if intent_id in writ("approvals", "list", "--as", dave).stdout:
-            break
-        time.sleep(0.1)
+    eventually_sync(lambda: listing_of(writ, dave, intent_id), 10, f"{intent_id} listed")
     # Without their key file here, the CLI says where it looked; with it, the grant counts.
     assert_one_error_line(writ("approvals", "approve", intent_id, "--as", dave), "key_missing")
     approved = ok(writ("approvals", "approve", intent_id, "--as", dave, "--key", str(private)))
     assert "authorized" in approved.stdout
-    for _ in range(200):
-        if rows(setup.db, token) == 1:
-            break
-        time.sleep(0.1)
+    eventually_sync(lambda: rows(setup.db, token) or None, 20, "the approved row written")
     assert rows(setup.db, token) == 1

@@ -33,14 +33,13 @@ from rig import (
     all_receipts,
     assert_chain_verifies,
     metric_value,
-    reached,
     receipts_of,
     row_counts,
     submit_rows,
     submit_until,
-    wait_until,
 )
 
+from waiting import reached, wait_until
 from writ.approver import ApproverClient
 from writ.runtime.processes import HOST, free_port
 from writ.runtime.supervisor import Plane

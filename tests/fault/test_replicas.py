@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from rig import Rig, all_receipts, assert_chain_verifies, receipts_of, row_counts, submit_rows, wait_until
+from rig import Rig, all_receipts, assert_chain_verifies, receipts_of, row_counts, submit_rows
 
+from waiting import wait_until
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane
 from writ_common.bus import read_history

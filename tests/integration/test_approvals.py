@@ -13,11 +13,12 @@ import pytest
 import pytest_asyncio
 from inprocess import DEFAULT_POLICY, Spine, add_described_server
 
+from waiting import eventually
 from writ.approver import ApproverClient, signed_decision
 from writ.sdk import WritAgent
 from writ_common import commands
 from writ_common import events as ev
-from writ_common.bus import read_history
+from writ_common.bus import History, read_history
 from writ_common.digest import approval_digest, args_digest, policy_digest
 from writ_common.signing import generate_key, public_key_b64
 
@@ -57,12 +58,10 @@ async def approver(spine: Spine, name: str, groups: list[str]) -> ApproverClient
 
 
 async def pending_request(spine: Spine, client: ApproverClient, intent_id: str) -> dict[str, Any]:
-    for _ in range(200):
-        for request in await client.pending():
-            if request["intent_id"] == intent_id:
-                return request
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no approval request for {intent_id}")
+    async def request() -> dict[str, Any] | None:
+        return next((r for r in await client.pending() if r["intent_id"] == intent_id), None)
+
+    return await eventually(request, 10, f"an approval request for {intent_id}")
 
 
 def rows(db: Path, token: str) -> int:
@@ -230,13 +229,11 @@ async def test_a_confused_deputy_is_stopped_by_policy_and_the_chain_shows_why_it
     tool, _, rest = output.partition("call ")[2].partition(" with token ")
     second = await spine.agent.submit(tool, {"token": rest.strip()}, caused_by=first.event_ids[-1])
 
-    history = await read_history(spine.nc, spine.agent.agent_id, second.intent_id)
-    for _ in range(200):
-        if any(e.type == "approval.requested" for e in history.events):
-            break
-        await asyncio.sleep(0.05)
+    async def asked_a_person() -> History | None:
         history = await read_history(spine.nc, spine.agent.agent_id, second.intent_id)
-    assert any(e.type == "approval.requested" for e in history.events)  # policy demands a person
+        return history if any(e.type == "approval.requested" for e in history.events) else None
+
+    history = await eventually(asked_a_person, 10, "policy demands a person")
     assert not any(e.type == "execution.started" for e in history.events)
     bob = await approver(spine, "bob", ["operators"])
     await bob.decide(await pending_request(spine, bob, second.intent_id), "deny", comment="prompt injection")

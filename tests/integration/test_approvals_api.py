@@ -22,6 +22,7 @@ import uvicorn
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 
+from waiting import eventually, wait_until
 from writ.approvals_api import auth_header, build_app
 from writ.approver import signed_decision
 from writ.runtime.processes import free_port
@@ -113,12 +114,12 @@ async def rig(
             )
         )
         server_task = asyncio.create_task(api.serve())
-        for _ in range(200):
-            if api.started:
-                break
+
+        def started() -> bool:
             assert not server_task.done(), "the API server stopped during start-up"
-            await asyncio.sleep(0.05)
-        assert api.started
+            return bool(api.started)
+
+        await wait_until(started, 10, "the approvals API started")
         yield Rig(f"http://127.0.0.1:{port}", nc, WritAgent(nc, agent_id, agent_key), server, ops, fin)
         api.should_exit = True
         await asyncio.wait_for(server_task, 10)
@@ -158,14 +159,13 @@ async def http(
 async def requested(rig: Rig, tool: str, arguments: dict[str, Any], who: Approver) -> dict[str, Any]:
     """Submit a call needing approval; return the request once ``who`` can see it through the API."""
     submission = await rig.agent.submit(f"{rig.server}/{tool}", arguments)
-    for _ in range(200):
+
+    async def listed() -> dict[str, Any] | None:
         status, body = await http(rig, "GET", "/approvals", who=who)
         assert status == 200, body
-        for row in body["approvals"]:
-            if row["intent_id"] == submission.intent_id:
-                return dict(row)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no approval request for {submission.intent_id}")
+        return next((dict(r) for r in body["approvals"] if r["intent_id"] == submission.intent_id), None)
+
+    return await eventually(listed, 10, f"an approval request for {submission.intent_id}")
 
 
 def decision(who: Approver, request: dict[str, Any], verdict: str, comment: str = "") -> dict[str, Any]:

@@ -3,7 +3,6 @@ ends in a rejection receipt, nothing else changes, and the consumers keep servin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
@@ -12,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inprocess import DEFAULT_POLICY, Spine
 
+from waiting import eventually
 from writ.sdk import fetch_receipt, publish_intent
 from writ_common import commands, subjects
 from writ_common.bus import direct_get_batch, read_history
@@ -75,11 +75,12 @@ async def test_garbage_is_dead_lettered_with_a_reason_and_changes_nothing(
     intent_id = f"in-fuzz{uuid.uuid4().hex[:16]}"
     subject = f"writ.intent.{spine.agent.agent_id}.{intent_id}.{event}"
     await spine.js.publish(subject, data)
-    for _ in range(200):
-        if reasons := await dead_letters_from(spine, subject):
-            break
-        await asyncio.sleep(0.02)
-    assert reasons and all(reasons), f"{subject}: not dead-lettered"
+
+    async def dead_lettered() -> list[str] | None:
+        return await dead_letters_from(spine, subject) or None
+
+    reasons = await eventually(dead_lettered, 4, f"{subject} dead-lettered")
+    assert all(reasons), reasons
     history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
     assert history.events == []  # nothing was appended in answer to garbage
     assert await fetch_receipt(spine.nc, intent_id) is None
@@ -109,10 +110,11 @@ async def test_an_envelope_naming_another_intent_than_its_subject_is_refused(spi
     )
     subject = f"writ.intent.{spine.agent.agent_id}.in-fuzzsubj{uuid.uuid4().hex[:8]}.submitted"
     await spine.js.publish(subject, encode(envelope))
-    for _ in range(200):
-        if reasons := await dead_letters_from(spine, subject):
-            break
-        await asyncio.sleep(0.02)
+
+    async def dead_lettered() -> list[str] | None:
+        return await dead_letters_from(spine, subject) or None
+
+    reasons = await eventually(dead_lettered, 4, f"{subject} dead-lettered")
     assert any("but its envelope names" in r for r in reasons), reasons
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from inprocess import DEFAULT_POLICY, Spine
 
+from waiting import eventually
 from writ.sdk import retry_intent
 from writ_common import commands
 from writ_common import events as ev
@@ -56,12 +57,13 @@ async def test_settling_an_unknown_outcome_is_recorded_once_with_who_and_why(spi
     history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
     settled = [e.payload for e in history.events if isinstance(e.payload, ev.ExecutionReconciled)]
     assert [(s.outcome, s.by, s.note) for s in settled] == [("failed", "alice", "no row")]
-    for _ in range(100):  # the ledger's view follows
+
+    async def settled_view() -> dict[str, Any] | None:  # the ledger's view follows
         row = await commands.call(spine.nc, "ledger", "intent_status", {"intent_id": intent_id})
-        if row["status"] == "reconciled_failed":
-            break
-        await asyncio.sleep(0.05)
-    assert row["status"] == "reconciled_failed" and "alice" in row["reason"]
+        return dict(row) if row["status"] == "reconciled_failed" else None
+
+    row = await eventually(settled_view, 5, "the view shows reconciled_failed")
+    assert "alice" in row["reason"]
 
 
 async def test_a_retry_is_a_new_intent_authorized_like_any_call_and_linked_to_the_unknown_one(spine: Spine) -> None:
