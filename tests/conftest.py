@@ -7,6 +7,7 @@ services and waits until each answers ``ping``. Everything is stopped by pid at 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,18 @@ from writ.runtime.processes import ManagedProcess, free_port, start_nats, start_
 from writ.runtime.supervisor import Plane
 
 pytest_plugins = ["mcp_fixtures"]
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "fault", "security", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker by where it lives (`pytest -m unit` selects tests/unit/
+    whole), so a module that forgets its pytestmark is still selected."""
+    for item in items:
+        tier = item.path.resolve().relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
