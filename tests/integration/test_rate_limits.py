@@ -14,6 +14,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from inprocess import DEFAULT_POLICY, Spine, open_spine
 
+from waiting import wait_until
 from writ.runtime.processes import ManagedProcess, start_redis
 from writ_common import commands
 from writ_common.bus import read_history
@@ -122,17 +123,19 @@ async def test_a_full_window_in_one_limit_counts_in_none(redis: aioredis.Redis) 
 
 
 async def test_without_redis_nothing_is_authorized_and_the_intent_goes_on_when_it_returns(
-    limited: Spine, policy_redis: PolicyRedis
+    limited: Spine, policy_redis: PolicyRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     policy_redis.stop()
     try:
         submission = await limited.agent.submit("time/convert_time", CONVERT)
-        for _ in range(100):  # planned (identity and registry need no policy Redis) ...
-            history = await read_history(limited.nc, limited.agent.agent_id, submission.intent_id)
-            if any(e.type == "intent.planned" for e in history.events):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(2.5)  # ... and still planned after policy's retries
+        refusal = f"not deciding {submission.intent_id} yet"
+
+        def policy_tried(times: int) -> bool:
+            return sum(refusal in record.getMessage() for record in caplog.records) >= times
+
+        # Planned (identity and registry need no policy Redis), then policy looked twice and would
+        # not decide without counting: proof by its own log, not by waiting and hoping.
+        await wait_until(lambda: policy_tried(2), 20, "policy refusing to decide twice without Redis")
         history = await read_history(limited.nc, limited.agent.agent_id, submission.intent_id)
         # Identity (its own Redis) authenticated it and the registry planned it; policy fails closed.
         assert [e.type for e in history.events][-1] == "intent.planned"
