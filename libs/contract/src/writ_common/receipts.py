@@ -24,6 +24,24 @@ def receipt_hash(receipt: ev.Receipt) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(receipt.hashed_fields())).hexdigest()
 
 
+def ending(terminal: ev.Payload) -> tuple[ev.Stage, str, str]:
+    """How an intent ended, as its receipt and the views say it: the stage it ended in, the code
+    and the reason, from its terminal event (``ok`` when the tool ran and returned)."""
+    match terminal:
+        case ev.IntentRejected():
+            return terminal.stage, terminal.code, terminal.reason
+        case ev.IntentDenied():
+            return "authorize", terminal.code, terminal.reason
+        case ev.IntentExpired():
+            return terminal.stage, "deadline_exceeded", terminal.reason
+        case ev.ExecutionFailed():
+            return "execute", terminal.code, terminal.reason
+        case ev.ExecutionOutcomeUnknown():
+            return "execute", "outcome_unknown", terminal.reason
+        case _:
+            return "execute", "ok", "the tool ran and returned its result"
+
+
 def intent_fields(view: IntentView) -> dict[str, Any]:
     """What a receipt says of its intent, all of it derived from the intent's admitted history:
     the ledger builds receipts from it, and ``verify`` rebuilds it to check them."""
@@ -31,23 +49,14 @@ def intent_fields(view: IntentView) -> dict[str, Any]:
     assert terminal is not None and view.intent_id and view.agent_id
     payload = terminal.payload
     status = ev.TERMINAL_STATUS[terminal.type]
-    stage: ev.Stage = "execute"
-    code, reason = "ok", "the tool ran and returned its result"
+    stage, code, reason = ending(payload)
     result: dict[str, object] | None = None
     result_digest: str | None = None
     match payload:
-        case ev.IntentRejected():
-            stage, code, reason = payload.stage, payload.code, payload.reason
-        case ev.IntentDenied():
-            stage, code, reason = "authorize", payload.code, payload.reason
-        case ev.IntentExpired():
-            stage, code, reason = payload.stage, "deadline_exceeded", payload.reason
         case ev.ExecutionSucceeded():
             result, result_digest = payload.result, payload.result_digest
         case ev.ExecutionFailed():
-            code, reason, result = payload.code, payload.reason, payload.result
-        case ev.ExecutionOutcomeUnknown():
-            code, reason = "outcome_unknown", payload.reason
+            result = payload.result
         case _:
             pass
     planned, authorized = view.planned, view.authorized

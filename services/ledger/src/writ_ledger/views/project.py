@@ -17,6 +17,7 @@ import msgspec
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.envelope import StoredEvent, parse_time
+from writ_common.receipts import ending
 from writ_common.signing import key_id
 
 _json = msgspec.json.Encoder()
@@ -202,14 +203,10 @@ def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, times: dict[
     submitted_at, planned_at, requested_at, started_at = (
         times[k] for k in ("submitted", "planned", "requested", "started")
     )
-    stage: str = "execute"
-    code, reason = "ok", "the tool ran and returned its result"
+    stage, code, reason = ending(p)
     columns: dict[str, Any] = {}
     match p:
-        case ev.IntentRejected():
-            stage, code, reason = p.stage, p.code, p.reason
         case ev.IntentDenied():
-            stage, code, reason = "authorize", p.code, p.reason
             _decision(
                 db,
                 event,
@@ -225,12 +222,6 @@ def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, times: dict[
             else:
                 columns["authorize_ms"] = ms_between(planned_at, at)
             columns["decided_at"] = at
-        case ev.IntentExpired():
-            stage, code, reason = p.stage, "deadline_exceeded", p.reason
-        case ev.ExecutionFailed():
-            code, reason = p.code, p.reason
-        case ev.ExecutionOutcomeUnknown():
-            code, reason = "outcome_unknown", p.reason
         case _:
             pass
     if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown):
