@@ -1,0 +1,113 @@
+"""Server-Sent Events for the console: a snapshot pushed each time it changes.
+
+A stream sends one ``event`` whose ``data`` is the whole JSON snapshot (the inbox, a page of
+intents, the plane), first at once and then whenever a new reading differs from the last one
+sent. It reads again when its :class:`Pulse` beats (something was appended) and every ``every``
+seconds whatever happens, at most once per ``min_gap`` seconds. A comment line every
+``HEARTBEAT_SECONDS`` finds a vanished client; a stream ends after ``max_seconds`` (the client
+reconnects, authenticating again, so a revoked token or key stops being served) or when the
+server closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.responses import StreamingResponse
+
+MEDIA_TYPE = "text/event-stream"
+HEARTBEAT_SECONDS = 15.0
+MAX_SECONDS = 120.0
+RETRY_MS = 2000
+
+
+def frame(event: str, data: Any) -> bytes:
+    """One SSE message: ``event: <event>`` and the JSON of ``data`` on one ``data:`` line."""
+    if not event or any(c in event for c in "\r\n:"):
+        raise ValueError(f"an SSE event name is one word, not {event!r}")
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)  # JSON escapes every newline
+    return f"event: {event}\ndata: {body}\n\n".encode()
+
+
+def comment(text: str) -> bytes:
+    """An SSE comment line (clients ignore it): a heartbeat."""
+    return f": {text.replace(chr(10), ' ').replace(chr(13), ' ')}\n\n".encode()
+
+
+class Pulse:
+    """Beats when something a stream shows may have changed; any number of streams wait on it."""
+
+    def __init__(self) -> None:
+        self._beat = asyncio.Event()
+
+    def beat(self) -> None:
+        beat, self._beat = self._beat, asyncio.Event()
+        beat.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for the next beat, at most ``timeout`` seconds; whether it beat."""
+        beat = self._beat
+        try:
+            await asyncio.wait_for(beat.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def snapshots(
+    read: Callable[[], Awaitable[Any]],
+    *,
+    event: str,
+    pulse: Pulse | None = None,
+    every: float = 5.0,
+    min_gap: float = 0.25,
+    closing: asyncio.Event | None = None,
+    max_seconds: float = MAX_SECONDS,
+    heartbeat: float = HEARTBEAT_SECONDS,
+) -> AsyncIterator[bytes]:
+    """The frames of one stream (see the module doc). A reading that fails is sent as an
+    ``error`` event (``{"error": code, "message": ...}``) and read again later."""
+    yield f"retry: {RETRY_MS}\n\n".encode()
+    started = last_sent_at = time.monotonic()
+    last: bytes | None = None
+    while True:
+        try:
+            out = frame(event, await read())
+        except Exception as exc:  # the plane may be restarting: say so, and try again
+            out = frame("error", {"error": getattr(exc, "code", "unavailable"), "message": str(exc)})
+        if out != last:
+            last, last_sent_at = out, time.monotonic()
+            yield out
+        elif time.monotonic() - last_sent_at >= heartbeat:
+            last_sent_at = time.monotonic()
+            yield comment("alive")
+        remaining = max_seconds - (time.monotonic() - started)
+        if remaining <= 0 or (closing is not None and closing.is_set()):
+            return
+        await _until(pulse, closing, min(every, heartbeat, remaining))
+        if closing is not None and closing.is_set():
+            return
+        await asyncio.sleep(min_gap)  # a burst of beats is read once
+
+
+async def _until(pulse: Pulse | None, closing: asyncio.Event | None, timeout: float) -> None:
+    """Wait for a beat of ``pulse``, ``closing`` or ``timeout`` seconds, whichever comes first."""
+    waiters = [asyncio.ensure_future(pulse.wait(timeout) if pulse is not None else asyncio.sleep(timeout))]
+    if closing is not None:
+        waiters.append(asyncio.ensure_future(closing.wait()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    """The HTTP response carrying ``frames``: never cached, never buffered by a proxy."""
+    return StreamingResponse(
+        frames, media_type=MEDIA_TYPE, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
