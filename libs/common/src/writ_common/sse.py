@@ -43,13 +43,18 @@ class Pulse:
 
     def __init__(self) -> None:
         self._beat = asyncio.Event()
+        self.count = 0  # beats so far: a reader that saw ``count`` before reading misses no beat after
 
     def beat(self) -> None:
+        self.count += 1
         beat, self._beat = self._beat, asyncio.Event()
         beat.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for the next beat, at most ``timeout`` seconds; whether it beat."""
+    async def wait(self, timeout: float, *, since: int | None = None) -> bool:
+        """Wait for a beat after the ``since``-th (default: the next one), at most ``timeout``
+        seconds; whether it beat."""
+        if since is not None and self.count != since:
+            return True
         beat = self._beat
         try:
             await asyncio.wait_for(beat.wait(), timeout)
@@ -75,6 +80,7 @@ async def snapshots(
     started = last_sent_at = time.monotonic()
     last: bytes | None = None
     while True:
+        seen = pulse.count if pulse is not None else 0  # a beat during the reading reads again
         try:
             out = frame(event, await read())
         except Exception as exc:  # the plane may be restarting: say so, and try again
@@ -88,15 +94,17 @@ async def snapshots(
         remaining = max_seconds - (time.monotonic() - started)
         if remaining <= 0 or (closing is not None and closing.is_set()):
             return
-        await _until(pulse, closing, min(every, heartbeat, remaining))
+        await _until(pulse, seen, closing, min(every, heartbeat, remaining))
         if closing is not None and closing.is_set():
             return
         await asyncio.sleep(min_gap)  # a burst of beats is read once
 
 
-async def _until(pulse: Pulse | None, closing: asyncio.Event | None, timeout: float) -> None:
-    """Wait for a beat of ``pulse``, ``closing`` or ``timeout`` seconds, whichever comes first."""
-    waiters = [asyncio.ensure_future(pulse.wait(timeout) if pulse is not None else asyncio.sleep(timeout))]
+async def _until(pulse: Pulse | None, seen: int, closing: asyncio.Event | None, timeout: float) -> None:
+    """Wait for a beat of ``pulse`` after the ``seen``-th, ``closing`` or ``timeout`` seconds,
+    whichever comes first."""
+    waiting = pulse.wait(timeout, since=seen) if pulse is not None else asyncio.sleep(timeout)
+    waiters = [asyncio.ensure_future(waiting)]
     if closing is not None:
         waiters.append(asyncio.ensure_future(closing.wait()))
     try:
