@@ -3,7 +3,7 @@
 A stream sends one ``event`` whose ``data`` is the whole JSON snapshot (the inbox, a page of
 intents, the plane), first at once and then whenever a new reading differs from the last one
 sent. It reads again when its :class:`Pulse` beats (something was appended) and every ``every``
-seconds whatever happens, at most once per ``min_gap`` seconds. A comment line every
+seconds whatever happens, at most once per ``min_gap`` seconds (a burst of beats, one reading). A comment line every
 ``HEARTBEAT_SECONDS`` finds a vanished client; a stream ends after ``max_seconds`` (the client
 reconnects, authenticating again, so a revoked token or key stops being served) or when the
 server closes.
@@ -79,7 +79,10 @@ async def snapshots(
     yield f"retry: {RETRY_MS}\n\n".encode()
     started = last_sent_at = time.monotonic()
     last: bytes | None = None
+    read_at = 0.0
     while True:
+        await asyncio.sleep(max(0.0, read_at + min_gap - time.monotonic()))  # a burst of beats is read once
+        read_at = time.monotonic()
         seen = pulse.count if pulse is not None else 0  # a beat during the reading reads again
         try:
             out = frame(event, await read())
@@ -97,7 +100,6 @@ async def snapshots(
         await _until(pulse, seen, closing, min(every, heartbeat, remaining))
         if closing is not None and closing.is_set():
             return
-        await asyncio.sleep(min_gap)  # a burst of beats is read once
 
 
 async def _until(pulse: Pulse | None, seen: int, closing: asyncio.Event | None, timeout: float) -> None:
