@@ -291,7 +291,9 @@ async def test_the_live_tail_shows_a_summary_token_no_values(browser: Browser, s
 
 async def test_the_plane_page_refuses_all_but_an_operator_token(browser: Browser, scene: Scene) -> None:
     page = await open_console(browser, scene.url)
-    await page.get_by_role("button", name="Plane").click()
+    await page.get_by_role("button", name="Plane").focus()  # by keyboard
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("button", name="Plane")).to_have_attribute("aria-pressed", "true")
     await expect(page.locator("#plane-status")).to_contain_text("enter an operator token")
     await expect(page.locator("#plane-body")).to_be_hidden()
     for other in (scene.summary_token, scene.full_token):
@@ -326,6 +328,7 @@ async def test_the_plane_page_shows_a_killed_service_restarting(browser: Browser
     for name in ("identity", "policy", "executor", "ledger", "nats", "redis"):
         await expect(page.locator(f'#plane-processes tr[data-unit="{name}"] .state')).to_have_text("running")
     await expect(page.locator("#plane-consumers")).to_contain_text("executor")
+    await expect(page.locator("#plane-views")).to_contain_text("WRIT_INTENTS")
 
     # A poison message, a read-only call counted in its permit's window, a tool changed under its
     # name: the page shows the dead letter's reason, the window, and the definition diff.

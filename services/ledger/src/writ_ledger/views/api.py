@@ -132,6 +132,7 @@ class PlaneSnapshot(BaseModel):
     breakers: Any
     quarantined: list[dict[str, Any]]
     rate_limits: Any
+    views_lag: list[StreamLag] = Field(description="how far the ledger's views are behind each stream")
 
 
 class IntentPage(BaseModel):
@@ -434,7 +435,8 @@ def build_app(
     async def plane_snapshot(_request: Request) -> BaseModel:
         if plane is None:
             raise ApiError(503, "unavailable", "this views API has no bus connection to read the plane")
-        return PlaneSnapshot.model_validate(await plane.read())
+        lags = [StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()]
+        return PlaneSnapshot.model_validate({**await plane.read(), "views_lag": lags})
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(OPENAPI)

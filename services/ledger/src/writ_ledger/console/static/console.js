@@ -409,6 +409,8 @@ function showPlane(p) {
   $("plane-rates").replaceChildren(rl.problem ? el("p", { class: "muted" }, rl.problem) : (rl.windows.length
     ? table(["permit", "agent", "tool", "calls in window", "oldest call (s ago)", "window empties in (s)"], rl.windows.map((w) => [w.permit, w.agent, w.tool, String(w.calls), dash(w.oldest_s), dash(w.empties_in_s)]))
     : el("p", { class: "muted" }, "no open rate-limit window")));
+  $("plane-views").tBodies[0].replaceChildren(...p.views_lag.map((r) => el("tr", {},
+    el("th", { scope: "row" }, r.stream), ...[r.position, r.head, r.events_behind, r.seconds_behind.toFixed(1)].map((c) => el("td", {}, String(c))))));
 }
 
 // -- start -------------------------------------------------------------------------------------------------
