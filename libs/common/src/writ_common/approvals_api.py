@@ -313,6 +313,7 @@ def approval_routes(
             pulse=plane().pulse,
             every=INBOX_REFRESH_SECONDS,
             closing=closing,
+            request=request,
         )
         return sse.response(frames)
 
@@ -409,6 +410,14 @@ def _openapi() -> dict[str, Any]:
                         "200": {"description": "pending requests", **ref("ApprovalList")},
                         "401": unauthorized,
                     },
+                }
+            },
+            "/approvals/stream": {
+                "get": {
+                    "summary": "GET /approvals as Server-Sent Events: an `approvals` event with the list at "
+                    "once and whenever it changes (signed like any request, once; the stream ends after two "
+                    "minutes and the client reconnects with a fresh signature)",
+                    "responses": {"200": {"description": "text/event-stream"}, "401": unauthorized},
                 }
             },
             "/approvals/{intent_id}": {

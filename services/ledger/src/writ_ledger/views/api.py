@@ -377,7 +377,8 @@ def build_app(
                 return readings.pop() if readings else (await handler(request)).model_dump(mode="json")
 
             pulse = None if operator else views.pulse
-            return sse.response(sse.snapshots(read, event=event, pulse=pulse, every=every, closing=closing))
+            frames = sse.snapshots(read, event=event, pulse=pulse, every=every, closing=closing, request=request)
+            return sse.response(frames)
 
         return run
 
