@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from writ_common import events as ev
 from writ_common.catalog import Catalog
-from writ_common.envelope import StoredEvent, make_envelope
+from writ_common.envelope import Producer, StoredEvent, make_envelope
 from writ_ledger.plane import dead_letter, processes, quarantined, rate_window
+
+REGISTRY = Producer(service="registry", instance="test", version="0")
 
 
 def tool(name: str, description: str, digest: str) -> ev.ToolDefinition:
@@ -23,7 +25,7 @@ def tool(name: str, description: str, digest: str) -> ev.ToolDefinition:
 
 def stored(payload: ev.Payload, seq: int) -> StoredEvent:
     return StoredEvent(
-        envelope=make_envelope(payload, producer="registry"), payload=payload, seq=seq, subject="writ.registry.x"
+        envelope=make_envelope(payload, producer=REGISTRY), payload=payload, seq=seq, subject="writ.registry.x"
     )
 
 
