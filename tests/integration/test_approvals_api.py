@@ -259,9 +259,73 @@ async def test_a_posted_grant_authorizes_the_intent_and_it_succeeds(rig: Rig) ->
     assert (status, body["error"]) == (409, "not_pending"), body
 
 
-async def test_openapi_describes_the_three_routes(rig: Rig) -> None:
+async def test_openapi_describes_the_routes(rig: Rig) -> None:
     status, spec = await http(rig, "GET", "/openapi.json")
 
     assert status == 200
-    assert set(spec["paths"]) == {"/approvals", "/approvals/{intent_id}", "/approvals/{intent_id}/decision"}
+    assert set(spec["paths"]) == {
+        "/approvals",
+        "/approvals/stream",
+        "/approvals/{intent_id}",
+        "/approvals/{intent_id}/decision",
+    }
     assert "DecisionBody" in spec["components"]["schemas"]
+
+
+async def _inbox_frames(rig: Rig, who: Approver, frames: list[dict[str, Any]], stop: Callable[[], bool]) -> None:
+    """Read the ``approvals`` events of ``who``'s inbox stream into ``frames`` until ``stop()`` (20 s
+    at most). HTTP/1.0, so the body is the stream itself, not chunks."""
+    path = "/approvals/stream"
+    host, port = rig.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    authorization = auth_header(who.key, who.name, "GET", path)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nAuthorization: {authorization}\r\n\r\n".encode())
+    deadline = time.monotonic() + 20
+    event = ""
+    try:
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200"), "the stream was refused"
+        while not stop() and time.monotonic() < deadline:
+            try:
+                line = (await asyncio.wait_for(reader.readline(), 0.2)).decode().rstrip("\r\n")
+            except TimeoutError:
+                continue
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "approvals":
+                frames.append(json.loads(line.removeprefix("data: ")))
+    finally:
+        writer.close()
+
+
+async def test_the_inbox_stream_pushes_a_new_request_to_its_group_only(rig: Rig) -> None:
+    path = "/approvals/stream"
+    wrong = auth_header(rig.ops.key, rig.ops.name, "GET", "/approvals")  # signed for another path
+    status, body = await http(rig, "GET", path, authorization=wrong)
+    assert (status, body["error"]) == (401, "bad_signature")
+
+    ops_frames: list[dict[str, Any]] = []
+    fin_frames: list[dict[str, Any]] = []
+    intent: list[str] = []
+
+    def ops_saw_it() -> bool:
+        return bool(intent) and any(r["intent_id"] == intent[0] for f in ops_frames for r in f["approvals"])
+
+    ops = asyncio.create_task(_inbox_frames(rig, rig.ops, ops_frames, ops_saw_it))
+    grace_over: list[bool] = []  # fin's stream is read on for a second after ops had the request
+    fin = asyncio.create_task(_inbox_frames(rig, rig.fin, fin_frames, lambda: bool(grace_over)))
+    for _ in range(200):  # both streams sent their first reading
+        if ops_frames and fin_frames:
+            break
+        await asyncio.sleep(0.05)
+    submission = await rig.agent.submit(f"{rig.server}/append_row", {"token": uuid.uuid4().hex})
+    intent.append(submission.intent_id)
+    await asyncio.wait_for(ops, 25)
+    assert ops_saw_it(), ops_frames  # pushed, with no request from the client after the first
+    await asyncio.sleep(1.0)
+    grace_over.append(True)
+    await asyncio.wait_for(fin, 25)
+    assert not any(r["intent_id"] == submission.intent_id for f in fin_frames for r in f["approvals"])
+    request = next(r for f in ops_frames for r in f["approvals"] if r["intent_id"] == submission.intent_id)
+    status, body = await http(rig, "POST", f"/approvals/{submission.intent_id}/decision", who=rig.ops,
+                              body=decision(rig.ops, request, "deny"))  # fmt: skip
+    assert status == 200, body

@@ -95,6 +95,15 @@ def test_plane_restarts_a_killed_child_and_forgets_runtime_file_on_stop(tmp_path
             time.sleep(0.05)
         assert plane.pid("redis") not in (None, killed)
         assert {s.name: s.restarts for s in plane.status()} == {"nats": 0, "redis": 1}
+        # runtime.json follows every change (the console's Plane page reads it).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            units = json.loads((plane.data_dir / "runtime.json").read_text())["units"]
+            if units["redis"]["pid"] == plane.pid("redis"):
+                break
+            time.sleep(0.05)
+        assert units["redis"]["state"] == "running" and units["redis"]["restarts"] == 1
+        assert units["redis"]["last_exit"] == -9 and units["redis"]["running_since"]
     finally:
         plane.stop()
     assert not (plane.data_dir / "runtime.json").exists()

@@ -82,3 +82,17 @@ def test_a_service_administers_only_its_own_consumer() -> None:
     assert consumer_api and all(".WRIT_INTENTS.writ-registry" in p for p in consumer_api), consumer_api
     assert not any("DELETE" in p or p.endswith("CONSUMER.>") for p in registry.publish)
     assert "$JS.EVENT.ADVISORY.CONSUMER.DELETED.WRIT_INTENTS.writ-registry" in registry.subscribe
+
+
+def test_the_ledger_reads_every_services_consumer_info_and_administers_only_its_own() -> None:
+    ledger = busauth.service_user("ledger", "ULEDGER")
+    others = [
+        p
+        for p in ledger.publish
+        if p.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")) and ".WRIT_INTENTS.writ-ledger" not in p
+    ]
+    # For the console's Plane page: how far behind each service is; info only, nothing else.
+    assert others == ["$JS.API.CONSUMER.INFO.WRIT_INTENTS.*"]
+    assert not any("DELETE" in p for p in ledger.publish)
+    for service in ("identity", "registry", "policy", "executor"):
+        assert "$JS.API.CONSUMER.INFO.WRIT_INTENTS.*" not in busauth.service_user(service, "U").publish

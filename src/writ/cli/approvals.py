@@ -388,5 +388,10 @@ def approvals_serve(
         f"approvals API on http://{host}:{port} · OpenAPI at /openapi.json · plane at {nats_url}", soft_wrap=True
     )
     uvicorn.run(
-        build_app(nats_url, settings().bus_options()), host=host, port=port, log_level="info", server_header=False
+        build_app(nats_url, settings().bus_options()),
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+        timeout_graceful_shutdown=5,  # an open inbox stream must not hold Ctrl-C for its two minutes
     )

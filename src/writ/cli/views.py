@@ -148,7 +148,8 @@ def token_create(
     scope: Annotated[
         str,
         typer.Option(
-            help="summary: everything but tool arguments and results (the default); full: those too",
+            help="summary: everything but tool arguments and results (the default); full: those too;"
+            " operator: those and the plane's state (the console's Plane page)",
         ),
     ] = ev.SUMMARY_SCOPE,
 ) -> None:
@@ -160,7 +161,7 @@ def token_create(
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     run(query("identity", "issue_reader_token", {"name": name, "token_hash": digest, "scope": scope}))
     api = settings()._runtime().get("views_api")
-    what = "arguments and results included" if scope == ev.FULL_SCOPE else "arguments and results withheld"
+    what = "arguments and results included" if scope in ev.VALUE_SCOPES else "arguments and results withheld"
     console.print(f"{scope} token for {name}, {what} (shown once; keep it secret):")
     console.print(token, soft_wrap=True)
     where = api if api and api != "None" else "http://127.0.0.1:$WRIT_VIEWS_PORT"

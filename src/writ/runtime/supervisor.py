@@ -345,6 +345,7 @@ class Plane:
                 unit.last_exit = unit.process.kill() if kill else unit.process.stop(STOP_TIMEOUT)
             unit.state = "held"
             self._emit(name, "held down")
+            self._write_runtime()
 
     def release_service(self, name: str) -> int:
         """Start a held child again. Returns the new pid."""
@@ -580,6 +581,8 @@ class Plane:
         unit.state = "backoff"
         unit.next_start = now + delay
         self._emit(unit.name, f"{why}; restarting in {delay:g}s")
+        if self.nats_url:
+            self._write_runtime()  # the console's Plane page reads each unit's state from runtime.json
 
     def _watch(self) -> None:
         while not self._stopping.wait(POLL_INTERVAL):
@@ -676,6 +679,8 @@ class Plane:
                     "views_api": f"http://{HOST}:{self.views_port}" if self.views_port else None,
                     # The console: static pages on the views API's port (same origin as both APIs).
                     "console": self.console_url or None,
+                    # Each supervised process as the status table shows it (the console's Plane page).
+                    "units": {u.name: _unit_record(u) for u in self._units.values()},
                     # Lets the next start reap children orphaned by a killed supervisor.
                     "processes": {
                         u.name: {"pid": u.process.pid, "argv": u.process.argv}
@@ -733,6 +738,19 @@ class Plane:
         return [part for part in cmdline if part] == [part for part in argv if part] and (
             marker in " ".join(argv) or f"\0WRIT_DATA_DIR={marker}\0".encode() in environ
         )
+
+
+def _unit_record(unit: _Unit) -> dict[str, Any]:
+    """One unit for runtime.json: state, pid, restarts, last exit, and since when it runs (wall clock)."""
+    status = unit.status()
+    since = datetime.fromtimestamp(time.time() - status.uptime, UTC).isoformat() if status.pid else None
+    return {
+        "state": status.state,
+        "pid": status.pid,
+        "restarts": status.restarts,
+        "last_exit": status.last_exit,
+        "running_since": since,
+    }
 
 
 def _route_password(path: Path) -> str:

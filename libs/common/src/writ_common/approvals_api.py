@@ -11,6 +11,7 @@ identity stream) within a ±300 s clock window. A decision's body is itself sign
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -20,13 +21,15 @@ import nats
 import nats.errors
 from nacl.signing import SigningKey
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from writ_common import commands, subjects
+from writ_common import commands, sse, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import split_servers
 from writ_common.commands import CommandError
@@ -44,11 +47,17 @@ from writ_common.httpapi import (
     json_content,
 )
 from writ_common.signing import SignatureInvalid, sign, verify
+from writ_common.subjects import intent_subject
+from writ_common.topology import INTENT_ROUTES
 
 AUTH_SCHEME = "Writ-Ed25519"
 CLOCK_WINDOW_SECONDS = 300
 REFRESH_INTERVAL_SECONDS = 1.0  # an unknown approver re-reads the identity stream at most this often
 COMMAND_TIMEOUT_SECONDS = 30.0
+# The intent events that change an inbox (a request, a decision, an end); a stream also reads
+# again every INBOX_REFRESH_SECONDS whatever it heard.
+INBOX_TOKENS = tuple(r.token for r in INTENT_ROUTES if r.type.startswith("approval.") or r.type == "intent.expired")
+INBOX_REFRESH_SECONDS = 5.0
 MAX_BODY_BYTES = 64 * 1024  # a decision: a digest, a signature, a comment
 
 # What a refused decision (policy's code) means in HTTP.
@@ -231,16 +240,30 @@ class ApprovalsPlane:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.directory = ApproverDirectory(nc)
+        # Beats when an approval event is appended: the inbox streams (``/approvals/stream``) read again.
+        self.pulse = sse.Pulse()
+        self._nudges: list[Subscription] = []
 
     async def start(self) -> None:
         await self.directory.start()
+        for token in INBOX_TOKENS:
+            self._nudges.append(await self.nc.subscribe(intent_subject("*", "*", token), cb=self._nudged))
 
     async def stop(self) -> None:
+        for sub in self._nudges:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         await self.directory.stop()
 
+    async def _nudged(self, _msg: Msg) -> None:
+        self.pulse.beat()
 
-def approval_routes(plane: Callable[[], ApprovalsPlane], prefix: str = "") -> list[Route]:
-    """The API's routes (``/approvals...`` under ``prefix``) over the plane ``plane()`` returns."""
+
+def approval_routes(
+    plane: Callable[[], ApprovalsPlane], prefix: str = "", *, closing: asyncio.Event | None = None
+) -> list[Route]:
+    """The API's routes (``/approvals...`` under ``prefix``) over the plane ``plane()`` returns;
+    ``closing`` ends the inbox streams when the server stops."""
 
     async def command(approver: Approver, name: str, body: dict[str, Any]) -> Any:
         """``name`` for the approver the request's signature proved, on that approver's own subject
@@ -277,6 +300,23 @@ def approval_routes(plane: Callable[[], ApprovalsPlane], prefix: str = "") -> li
         rows = await command(approver, "list_approvals", {})
         return ApprovalList(approvals=[ApprovalRequest.model_validate(r) for r in rows]).model_dump(mode="json")
 
+    async def stream(request: Request) -> Response:
+        """The inbox as Server-Sent Events: ``approvals`` (the body of ``GET /approvals``) at once
+        and at every change; authenticated once, like any request, and ended after a while."""
+        try:
+            approver = await authenticate(request, plane().directory)
+        except ApiError as exc:
+            return error_response(exc, challenge=AUTH_SCHEME)
+        frames = sse.snapshots(
+            lambda: list_approvals(request, approver),
+            event="approvals",
+            pulse=plane().pulse,
+            every=INBOX_REFRESH_SECONDS,
+            closing=closing,
+            request=request,
+        )
+        return sse.response(frames)
+
     async def get_approval(request: Request, approver: Approver) -> Any:
         return ApprovalRequest.model_validate(await show(intent_id_param(request), approver)).model_dump(mode="json")
 
@@ -301,6 +341,7 @@ def approval_routes(plane: Callable[[], ApprovalsPlane], prefix: str = "") -> li
 
     return [
         Route(f"{prefix}/approvals", endpoint(list_approvals), methods=["GET"]),
+        Route(f"{prefix}/approvals/stream", stream, methods=["GET"]),  # before {intent_id}: not an id
         Route(f"{prefix}/approvals/{{intent_id}}", endpoint(get_approval), methods=["GET"]),
         Route(f"{prefix}/approvals/{{intent_id}}/decision", endpoint(post_decision), methods=["POST"]),
     ]
@@ -369,6 +410,14 @@ def _openapi() -> dict[str, Any]:
                         "200": {"description": "pending requests", **ref("ApprovalList")},
                         "401": unauthorized,
                     },
+                }
+            },
+            "/approvals/stream": {
+                "get": {
+                    "summary": "GET /approvals as Server-Sent Events: an `approvals` event with the list at "
+                    "once and whenever it changes (signed like any request, once; the stream ends after two "
+                    "minutes and the client reconnects with a fresh signature)",
+                    "responses": {"200": {"description": "text/event-stream"}, "401": unauthorized},
                 }
             },
             "/approvals/{intent_id}": {

@@ -81,6 +81,11 @@ COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
         "policy.simulate",
     ),
 }
+# Read-only JetStream API one service needs beyond its own: the ledger reads every service's durable
+# consumer on the intents stream (how far behind each is) for the console's Plane page.
+JS_READS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
+    "ledger": (f"$JS.API.CONSUMER.INFO.{subjects.INTENTS_STREAM}.*",),
+}
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
 # tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).
 COMMANDS_CALLED_BY_AGENT = ("registry.list_tools",)
@@ -120,6 +125,7 @@ def service_user(service: str, nkey: str) -> BusUser:
             *NOTICES_BY_SERVICE.get(service, ()),
             subjects.dlq_subject(service),
             *service_js_api(service),
+            *JS_READS_BY_SERVICE.get(service, ()),
             # Replies to operators' and approvers' commands; a config reload forgets the
             # reply subjects allow_responses tracks, so these are allowed by name too.
             f"{inbox_prefix('operator')}.>",

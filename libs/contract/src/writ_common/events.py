@@ -219,9 +219,11 @@ class ApproverRegistered(Payload, frozen=True, kw_only=True):
 
 
 # Views API token scopes: "summary" reads intents, decisions, timings, codes and reasons, with tool
-# arguments and results withheld; "full" reads those too.
-SUMMARY_SCOPE, FULL_SCOPE = "summary", "full"
-READER_SCOPES = (SUMMARY_SCOPE, FULL_SCOPE)
+# arguments and results withheld; "full" reads those too; "operator" reads what "full" reads and
+# the plane's own state (the console's Plane page, ``GET /plane``).
+SUMMARY_SCOPE, FULL_SCOPE, OPERATOR_SCOPE = "summary", "full", "operator"
+READER_SCOPES = (SUMMARY_SCOPE, FULL_SCOPE, OPERATOR_SCOPE)
+VALUE_SCOPES = (FULL_SCOPE, OPERATOR_SCOPE)  # the scopes that read arguments and results
 
 
 class ReaderTokenIssued(Payload, frozen=True, kw_only=True):

@@ -277,12 +277,16 @@ def build(settings: WritSettings) -> Service:
         await views.start(svc.nc)
         if settings.views_port:
             from writ_common.approvals_api import ApprovalsPlane
+            from writ_ledger.plane import PlaneReader
             from writ_ledger.views.api import serving
 
             # The approvals API and the console share the views API's port: one origin for the page.
             approvals = ApprovalsPlane(svc.nc)
             await approvals.start()
             api.push_async_callback(approvals.stop)
+            plane = PlaneReader(svc.nc, settings)
+            await plane.start()
+            api.push_async_callback(plane.stop)
             await api.enter_async_context(
                 serving(
                     views,
@@ -290,6 +294,7 @@ def build(settings: WritSettings) -> Service:
                     settings.http_host,
                     ledger_public_key=public_key,
                     approvals=approvals,
+                    plane=plane,
                     extra_hosts=tuple(settings.console_hosts.split(",")),
                 )
             )

@@ -20,6 +20,7 @@ FILES = {
     "console.js": "text/javascript; charset=utf-8",
     "keys.js": "text/javascript; charset=utf-8",
     "render.js": "text/javascript; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # No inline script or style, nothing from elsewhere, no framing, no forms posting away.

@@ -8,6 +8,7 @@ up. A revoked token stops working as soon as its revocation is projected.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -23,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from writ_common import commands, subjects
+from writ_common import commands, sse, subjects
 from writ_common import events as ev
 from writ_common.approvals_api import ApprovalsPlane, approval_routes, bounded_body
 from writ_common.httpapi import (
@@ -40,6 +41,7 @@ from writ_common.httpapi import (
 from writ_common.receipts import GENESIS, receipt_hash
 from writ_common.signing import SignatureInvalid, key_id, verify
 from writ_ledger.console import SameOrigin, console_routes
+from writ_ledger.plane import PlaneReader
 from writ_ledger.views.queries import (
     IntentFilter,
     QueryError,
@@ -59,6 +61,8 @@ QUERY_STATUS = {"not_found": 404, "no_views": 503, "busy": 409}
 SIMULATE_MAX_BYTES = 512 * 1024
 SIMULATE_TIMEOUT_SECONDS = 120.0
 COMMAND_STATUS = {"service_down": 503, "timeout": 504}
+STREAM_REFRESH_SECONDS = 5.0  # an intents stream reads again at each append, and at least this often
+PLANE_REFRESH_SECONDS = 1.0  # the supervisor's restarts are in no stream: the plane stream looks again
 
 
 def token_hash(token: str) -> str:
@@ -114,6 +118,21 @@ class IntentRow(BaseModel):
     submitted_at: str
     ended_at: str | None = None
     total_ms: float | None = None
+
+
+class PlaneSnapshot(BaseModel):
+    """The Plane page (an operator token): processes, consumer lag, dead letters, breakers,
+    quarantined tools with their definition diff, rate-limit windows. A part that could not be
+    read holds ``{"problem": ...}`` instead."""
+
+    supervisor: dict[str, Any]
+    processes: list[dict[str, Any]]
+    consumers: Any
+    dead_letters: Any
+    breakers: Any
+    quarantined: list[dict[str, Any]]
+    rate_limits: Any
+    views_lag: list[StreamLag] = Field(description="how far the ledger's views are behind each stream")
 
 
 class IntentPage(BaseModel):
@@ -272,9 +291,12 @@ def build_app(
     ledger_public_key: str | None = None,
     approvals: ApprovalsPlane | None = None,
     extra_hosts: tuple[str, ...] = (),
+    plane: PlaneReader | None = None,
+    closing: asyncio.Event | None = None,
 ) -> Starlette:
     """The views API; with ``approvals``, also the approvals API and the console on the same origin.
-    ``extra_hosts``: Host names allowed besides loopback (a container's published name)."""
+    ``extra_hosts``: Host names allowed besides loopback (a container's published name);
+    ``plane``: what ``GET /plane`` reads; ``closing``: set when the server stops (ends the streams)."""
     refreshed = [0.0]
 
     def lookup(db: Any, digest: str) -> tuple[str, str] | None:
@@ -308,10 +330,12 @@ def build_app(
         except ValidationError as exc:
             raise invalid_request(exc, "query") from exc
 
-    def endpoint(handler: Callable[[Request], Awaitable[BaseModel]]) -> Callable[[Request], Awaitable[Response]]:
+    def endpoint(
+        handler: Callable[[Request], Awaitable[BaseModel]], *, operator: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             try:
-                _name, request.state.scope = await authenticate(request)
+                await admit(request, operator=operator)
                 return JSONResponse((await handler(request)).model_dump(mode="json"))
             except ApiError as exc:
                 return error_response(exc, challenge=CHALLENGE)
@@ -321,11 +345,48 @@ def build_app(
 
         return run
 
+    async def admit(request: Request, *, operator: bool) -> None:
+        """Authenticate; with ``operator``, refuse any token but an operator's."""
+        _name, request.state.scope = await authenticate(request)
+        if operator and request.state.scope != ev.OPERATOR_SCOPE:
+            raise ApiError(
+                403,
+                "not_operator",
+                f"a {request.state.scope} token cannot read the plane; an operator issues an operator token"
+                " with `writ views token create NAME --scope operator`",
+            )
+
+    def stream(
+        handler: Callable[[Request], Awaitable[BaseModel]], event: str, *, operator: bool = False, every: float
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler``'s answer as Server-Sent Events, sent again whenever it changes (``sse``):
+        authenticated and validated once, like the JSON endpoint, before the stream starts."""
+
+        async def run(request: Request) -> Response:
+            try:
+                await admit(request, operator=operator)
+                first = (await handler(request)).model_dump(mode="json")  # a bad query fails here, as JSON
+            except ApiError as exc:
+                return error_response(exc, challenge=CHALLENGE)
+            except QueryError as exc:
+                refused = ApiError(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
+                return error_response(refused, challenge=CHALLENGE)
+            readings = [first]
+
+            async def read() -> Any:
+                return readings.pop() if readings else (await handler(request)).model_dump(mode="json")
+
+            pulse = None if operator else views.pulse
+            frames = sse.snapshots(read, event=event, pulse=pulse, every=every, closing=closing, request=request)
+            return sse.response(frames)
+
+        return run
+
     async def intents(request: Request) -> BaseModel:
         q: IntentsQuery = params(request, IntentsQuery)
         where = IntentFilter(**q.model_dump(exclude={"limit", "cursor"}))
         page = await views.read(list_intents, where, limit=q.limit, cursor=q.cursor)
-        if request.state.scope != ev.FULL_SCOPE:
+        if request.state.scope not in ev.VALUE_SCOPES:
             page["intents"] = [withhold_row(row) for row in page["intents"]]
         return IntentPage.model_validate(page)
 
@@ -338,7 +399,7 @@ def build_app(
         if found["receipt"] is not None and ledger_public_key is not None:
             prev_hash = await views.read(previous_receipt_hash, int(found["receipt"]["position"]))
             check = check_receipt(found["receipt"], prev_hash, ledger_public_key)
-        if request.state.scope != ev.FULL_SCOPE:
+        if request.state.scope not in ev.VALUE_SCOPES:
             found = withhold_content(found)
         return IntentDetail.model_validate({**found, "verification": check})
 
@@ -359,7 +420,7 @@ def build_app(
             body = SimulateRequest.model_validate_json(await bounded_body(request, SIMULATE_MAX_BYTES + 4096))
         except ValidationError as exc:
             raise invalid_request(exc, "body") from exc
-        full = request.state.scope == ev.FULL_SCOPE
+        full = request.state.scope in ev.VALUE_SCOPES
         ask = body.model_dump(exclude_none=True) | {"examples": body.examples if full else 0}
         try:
             out = await commands.call(approvals.nc, "policy", "simulate", ask, timeout=SIMULATE_TIMEOUT_SECONDS)
@@ -372,12 +433,25 @@ def build_app(
     async def status(_request: Request) -> BaseModel:
         return Status(streams=[StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()])
 
+    async def plane_snapshot(_request: Request) -> BaseModel:
+        if plane is None:
+            raise ApiError(503, "unavailable", "this views API has no bus connection to read the plane")
+        lags = [StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()]
+        return PlaneSnapshot.model_validate({**await plane.read(), "views_lag": lags})
+
     async def openapi(_request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
     routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/intents", endpoint(intents), methods=["GET"]),
+        Route("/intents/stream", stream(intents, "intents", every=STREAM_REFRESH_SECONDS), methods=["GET"]),
+        Route("/plane", endpoint(plane_snapshot, operator=True), methods=["GET"]),
+        Route(
+            "/plane/stream",
+            stream(plane_snapshot, "plane", operator=True, every=PLANE_REFRESH_SECONDS),
+            methods=["GET"],
+        ),
         Route("/intents/{intent_id}", endpoint(intent), methods=["GET"]),
         Route("/stats", endpoint(get_stats), methods=["GET"]),
         Route("/status", endpoint(status), methods=["GET"]),
@@ -386,7 +460,7 @@ def build_app(
         *console_routes(),
     ]
     if approvals is not None:
-        routes += approval_routes(lambda: approvals)
+        routes += approval_routes(lambda: approvals, closing=closing)
     return Starlette(routes=routes, middleware=[Middleware(SameOrigin, extra_hosts=extra_hosts)])
 
 
@@ -401,9 +475,12 @@ class ApiServer(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: Any) -> AsyncIterator[ApiServer]:
     """Serve the API on ``host``:``port`` until the block ends (``options``: see :func:`build_app`)."""
-    import asyncio
-
-    config = uvicorn.Config(build_app(views, **options), host=host, port=port, log_level="warning", server_header=False)
+    closing = asyncio.Event()
+    app = build_app(views, closing=closing, **options)
+    # An open event stream would hold a graceful shutdown: ``closing`` ends them, the timeout backs it.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", server_header=False, timeout_graceful_shutdown=5
+    )
     server = ApiServer(config)
     task = asyncio.create_task(server.serve(), name="views-api")
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn offers no "started" event)
@@ -415,6 +492,7 @@ async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: A
     try:
         yield server
     finally:
+        closing.set()
         server.should_exit = True
         await task
 
@@ -424,7 +502,7 @@ async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: A
 
 def _openapi() -> dict[str, Any]:
     schemas = component_schemas(
-        (IntentPage, IntentDetail, Stats, Status, ShadowReport, SimulateRequest, Simulation, ErrorBody)
+        (IntentPage, IntentDetail, Stats, Status, ShadowReport, SimulateRequest, Simulation, PlaneSnapshot, ErrorBody)
     )
     ref, error = json_content, error_doc
 
@@ -443,7 +521,7 @@ def _openapi() -> dict[str, Any]:
             "title": "Writ views API",
             "version": "1",
             "description": "Read-only queries over the ledger's views: the log projected into tables. "
-            "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full]`. "
+            "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full|operator]`. "
             "A summary token (the default) reads everything except the fields that carry values (tool "
             "arguments and results, idempotency keys, approvers' comments, reconciliation notes), which "
             "only a full token sees. Lists are newest first and paginated by an opaque cursor.",
@@ -504,6 +582,36 @@ def _openapi() -> dict[str, Any]:
                         "400": error("invalid_request or invalid_policy (unparseable)"),
                         "401": unauthorized,
                         "503": error("service_down: policy is not running"),
+                    },
+                }
+            },
+            "/intents/stream": {
+                "get": {
+                    "summary": "GET /intents as Server-Sent Events: an `intents` event with the page at once "
+                    "and whenever it changes (the same filters and withholding); the stream ends after two "
+                    "minutes and the client reconnects",
+                    "parameters": query(IntentsQuery),
+                    "responses": {"200": {"description": "text/event-stream"}, "401": unauthorized},
+                }
+            },
+            "/plane": {
+                "get": {
+                    "summary": "The plane (an operator token): each process's state and restarts, consumer "
+                    "lag, dead letters, breakers, quarantined tools with their diff, rate-limit windows",
+                    "responses": {
+                        "200": {"description": "the plane", **ref("PlaneSnapshot")},
+                        "401": unauthorized,
+                        "403": error("not_operator: a summary or full token"),
+                    },
+                }
+            },
+            "/plane/stream": {
+                "get": {
+                    "summary": "GET /plane as Server-Sent Events (`plane` events), read every second",
+                    "responses": {
+                        "200": {"description": "text/event-stream"},
+                        "401": unauthorized,
+                        "403": error("not_operator"),
                     },
                 }
             },

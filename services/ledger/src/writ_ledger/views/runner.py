@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from writ_common import metrics, subjects
 from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
+from writ_common.sse import Pulse
 from writ_ledger.views.queries import QueryError, open_reader
 from writ_ledger.views.store import ViewStore, sidecars
 
@@ -100,6 +101,8 @@ class Views:
         self._rebuilding = False
         self._subs: list[Subscription] = []
         self._poller: asyncio.Task[None] | None = None
+        # Beats after events are applied: the console's live streams read again then.
+        self.pulse = Pulse()
 
     @property
     def nc(self) -> Client:
@@ -140,6 +143,7 @@ class Views:
             position = self.store.position(stream)
             if event.seq == position + 1:
                 self.store.apply(stream, [(event.seq, event)])
+                self.pulse.beat()
             elif event.seq > position:
                 await self._catch_up(stream, self.store)
 
@@ -156,6 +160,7 @@ class Views:
             if not msgs:
                 return applied
             applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
+            self.pulse.beat()
 
     async def snapshot(self) -> dict[str, Any]:
         """Catch every stream up to its head, then the digest of the tables and the positions it

@@ -1,8 +1,9 @@
 // The Writ console: approvals inbox (signed in this browser), intents, stats, plane.
 import { authHeader, forgetKey, importKey, loadKey, signedDecision } from "./keys.js";
+import { follow } from "./live.js";
 import { badge, barChart, countdown, el, facts, prettyArguments, prettyValue, table, waterfall } from "./render.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 2000; // only while a live stream is down
 const $ = (id) => document.getElementById(id);
 let held = null; // { approverId, key } once imported
 const pending = new Map(); // intent_id -> card state
@@ -13,8 +14,9 @@ function show(tab) {
   for (const b of document.querySelectorAll("nav button")) b.setAttribute("aria-pressed", String(b.dataset.tab === tab));
   for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== tab;
   if (tab === "stats") loadStats();
-  if (tab === "plane") loadPlane();
+  if (tab === "plane") followPlane(); else stopPlane();
   if (tab === "intents" && !$("intent-table").tBodies[0].rows.length) searchIntents();
+  tailIntents();
 }
 for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.tab));
 
@@ -67,7 +69,7 @@ $("key-import").addEventListener("click", async () => {
     held = await importKey($("approver-id").value.trim(), await file.text());
     $("key-file").value = "";
     keyUi();
-    pollInbox();
+    followInbox();
   } catch (err) {
     $("key-error").textContent = `could not import the key: ${err.message}`;
   }
@@ -75,6 +77,8 @@ $("key-import").addEventListener("click", async () => {
 $("key-forget").addEventListener("click", async () => {
   await forgetKey();
   held = null;
+  inboxStream?.stop();
+  inboxStream = null;
   pending.clear();
   $("inbox").replaceChildren();
   keyUi();
@@ -150,25 +154,48 @@ async function loadHistory(req, into) {
   } catch { /* the inbox works without a views token */ }
 }
 
+function renderInbox(rows, how) {
+  const seen = new Set(rows.map((r) => r.intent_id));
+  for (const [id, c] of pending) {
+    if (!seen.has(id) && !c.node.querySelector(".outcome").textContent) { c.node.remove(); pending.delete(id); }
+  }
+  for (const r of rows) {
+    const known = pending.get(r.intent_id);
+    if (known && known.req.approval_digest === r.approval_digest && (known.req.granted_by || []).join() === (r.granted_by || []).join()) continue;
+    const c = card(r);
+    if (known) known.node.replaceWith(c.node); else $("inbox").prepend(c.node);
+    pending.set(r.intent_id, c);
+  }
+  $("inbox-status").textContent = `${rows.length} pending · ${how} · updated ${new Date().toLocaleTimeString()}`;
+}
+
 async function pollInbox() {
-  if (!held) return;
+  if (!held || inboxLive) return;
   try {
     const { approvals: rows } = await approvals("GET", "/approvals");
-    const seen = new Set(rows.map((r) => r.intent_id));
-    for (const [id, c] of pending) {
-      if (!seen.has(id) && !c.node.querySelector(".outcome").textContent) { c.node.remove(); pending.delete(id); }
-    }
-    for (const r of rows) {
-      const known = pending.get(r.intent_id);
-      if (known && known.req.approval_digest === r.approval_digest && (known.req.granted_by || []).join() === (r.granted_by || []).join()) continue;
-      const c = card(r);
-      if (known) known.node.replaceWith(c.node); else $("inbox").prepend(c.node);
-      pending.set(r.intent_id, c);
-    }
-    $("inbox-status").textContent = `${rows.length} pending · updated ${new Date().toLocaleTimeString()}`;
+    renderInbox(rows, "polling");
   } catch (err) {
     $("inbox-status").textContent = `could not read the inbox: ${err.message}`;
   }
+}
+
+// The inbox is pushed by the server (Server-Sent Events); while that stream is down, it is polled.
+let inboxStream = null;
+let inboxLive = false;
+function followInbox() {
+  inboxStream?.stop();
+  if (!held) return;
+  inboxStream = follow("/approvals/stream", {
+    headers: async () => ({ Authorization: await authHeader(held, "GET", "/approvals/stream") }),
+    onEvent: (name, data) => {
+      if (name === "approvals") renderInbox(data.approvals, "live");
+      else if (name === "error") $("inbox-status").textContent = `could not read the inbox: ${data.error}: ${data.message}`;
+    },
+    onState: (state, err) => {
+      inboxLive = state === "live";
+      if (!inboxLive) $("inbox-status").textContent = `live updates down (${err ? err.message : "closed"}); polling`;
+    },
+  });
 }
 
 setInterval(pollInbox, POLL_MS);
@@ -186,11 +213,22 @@ function filterQuery(cursor) {
   return q;
 }
 
-async function searchIntents(append = false) {
+async function loadIntents(append) {
   $("intents-error").textContent = "";
-  const body = $("intent-table").tBodies[0];
   try {
-    const page = await views(`/intents?${filterQuery(append ? nextCursor : null)}`);
+    showIntents(await views(`/intents?${filterQuery(append ? nextCursor : null)}`), append);
+  } catch (err) {
+    $("intents-error").textContent = err.message;
+  }
+}
+
+async function searchIntents(append = false) {
+  await loadIntents(append);
+  if (!append) tailIntents(); // the tail follows the new filters
+}
+
+function showIntents(page, append) {
+    const body = $("intent-table").tBodies[0];
     if (!append) body.replaceChildren();
     for (const r of page.intents) {
       const row = el("tr", { class: "clickable", tabindex: "0", "data-intent": r.intent_id },
@@ -203,14 +241,35 @@ async function searchIntents(append = false) {
     }
     nextCursor = page.next_cursor;
     $("next-page").hidden = !nextCursor;
-  } catch (err) {
-    $("intents-error").textContent = err.message;
-  }
 }
 
 $("filters").addEventListener("submit", (e) => { e.preventDefault(); searchIntents(); });
 $("next-page").addEventListener("click", () => searchIntents(true));
-setInterval(() => { if ($("tail").checked && !$("intents").hidden) searchIntents(); }, POLL_MS);
+
+// The live tail: the first page of the filters, pushed at every change (Server-Sent Events, with
+// the same token and the same withholding as the list); polled while the stream is down.
+let tailStream = null;
+let tailLive = false;
+function tailIntents() {
+  tailStream?.stop();
+  tailStream = null;
+  tailLive = false;
+  $("tail-status").textContent = "";
+  if (!$("tail").checked || $("intents").hidden || !token()) return;
+  tailStream = follow(`/intents/stream?${filterQuery(null)}`, {
+    headers: async () => ({ Authorization: `Bearer ${token()}` }),
+    onEvent: (name, data) => {
+      if (name === "intents") { showIntents(data, false); $("tail-status").textContent = `live · updated ${new Date().toLocaleTimeString()}`; }
+      else if (name === "error") $("intents-error").textContent = `${data.error}: ${data.message}`;
+    },
+    onState: (state, err) => {
+      tailLive = state === "live";
+      if (!tailLive) $("tail-status").textContent = `live tail down (${err ? err.message : "closed"}); polling`;
+    },
+  });
+}
+$("tail").addEventListener("change", tailIntents);
+setInterval(() => { if ($("tail").checked && !$("intents").hidden && !tailLive) loadIntents(false); }, POLL_MS);
 
 function check(ok, label) {
   if (ok === null || ok === undefined) return el("span", { class: "muted" }, `${label}: not checkable`);
@@ -275,21 +334,87 @@ async function loadStats() {
 }
 $("stats-form").addEventListener("submit", (e) => { e.preventDefault(); loadStats(); });
 
-// -- plane ------------------------------------------------------------------------------------------------
+// -- plane (an operator token: a views token of scope operator, kept apart from the analyst's) ---------
 
-async function loadPlane() {
-  $("plane-error").textContent = "";
-  try {
-    const s = await views("/status");
-    $("plane-table").tBodies[0].replaceChildren(...s.streams.map((r) => el("tr", {}, [r.stream, r.position, r.head, r.events_behind, r.seconds_behind.toFixed(1)].map((c) => el("td", {}, String(c))))));
-  } catch (err) {
-    $("plane-error").textContent = err.message;
-  }
+const operatorToken = () => sessionStorage.getItem("writ-operator-token") || "";
+let planeStream = null;
+
+$("operator-save").addEventListener("click", () => {
+  sessionStorage.setItem("writ-operator-token", $("operator-token").value.trim());
+  $("operator-token").value = "";
+  followPlane();
+});
+$("operator-forget").addEventListener("click", () => {
+  sessionStorage.removeItem("writ-operator-token");
+  stopPlane();
+  $("plane-body").hidden = true;
+  $("plane-status").textContent = "no operator token";
+});
+
+function stopPlane() {
+  planeStream?.stop();
+  planeStream = null;
 }
-$("plane-refresh").addEventListener("click", loadPlane);
+
+function followPlane() {
+  stopPlane();
+  $("plane-error").textContent = "";
+  if (!operatorToken()) {
+    $("plane-status").textContent = "enter an operator token (writ views token create NAME --scope operator)";
+    $("plane-body").hidden = true;
+    return;
+  }
+  planeStream = follow("/plane/stream", {
+    headers: async () => ({ Authorization: `Bearer ${operatorToken()}` }),
+    onEvent: (name, data) => {
+      if (name === "plane") { showPlane(data); $("plane-error").textContent = ""; }
+      else if (name === "error") $("plane-error").textContent = `${data.error}: ${data.message}`;
+    },
+    onState: (state, err) => {
+      if (state === "live") { $("plane-status").textContent = "live"; return; }
+      $("plane-status").textContent = "live updates down";
+      if (err && (err.status === 401 || err.status === 403)) { $("plane-body").hidden = true; }
+      $("plane-error").textContent = err ? `refused: ${err.message}` : "";
+    },
+  });
+}
+
+const dash = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
+const problem = (part) => (part && part.problem ? el("p", { class: "error" }, `could not read: ${part.problem}`) : null);
+
+function showPlane(p) {
+  $("plane-body").hidden = false;
+  $("plane-status").textContent = `live · updated ${new Date().toLocaleTimeString()}`;
+  $("plane-supervisor").textContent = p.supervisor.note || `supervised by writ up (pid ${p.supervisor.pid}, since ${p.supervisor.started_at})`;
+  $("plane-processes").tBodies[0].replaceChildren(...p.processes.map((u) => el("tr", { "data-unit": u.name },
+    el("th", { scope: "row" }, u.name), el("td", { class: "state" }, badge(u.state)), el("td", { class: "pid" }, dash(u.pid)),
+    el("td", { class: "restarts" }, String(u.restarts)), el("td", {}, dash(u.last_exit)), el("td", {}, dash(u.running_since)))));
+  const consumers = Array.isArray(p.consumers) ? p.consumers : [];
+  $("plane-consumers").tBodies[0].replaceChildren(...consumers.map((c) => el("tr", {},
+    el("th", { scope: "row" }, c.service), el("td", {}, dash(c.pending)), el("td", {}, dash(c.ack_pending)), el("td", {}, dash(c.redelivered)), el("td", {}, dash(c.problem)))));
+  $("plane-consumers-problem").replaceChildren(problem(p.consumers) || "");
+  const dl = p.dead_letters || {};
+  $("plane-dlq").replaceChildren(...(dl.problem ? [problem(dl)] : [
+    el("p", {}, `${dl.total} parked`, Object.keys(dl.per_service || {}).length ? ` (${Object.entries(dl.per_service).map(([k, v]) => `${k}: ${v}`).join(", ")})` : ""),
+    dl.latest.length ? table(["at", "service", "code", "reason", "subject"], dl.latest.map((d) => [dash(d.at), d.service, d.code, d.reason, d.subject])) : el("p", { class: "muted" }, "none"),
+  ]));
+  const breakers = Array.isArray(p.breakers) ? p.breakers : [];
+  $("plane-breakers").replaceChildren(problem(p.breakers) || (breakers.length
+    ? table(["server", "state", "since", "failures", "reason"], breakers.map((b) => [b.server, badge(b.state), b.since, String(b.consecutive_failures), b.reason]))
+    : el("p", { class: "muted" }, "every breaker closed (none has tripped)")));
+  $("plane-quarantine").replaceChildren(...(p.quarantined.length ? p.quarantined.map((q) => el("article", { class: "card", "data-tool": q.tool },
+    el("h4", {}, q.tool), facts([["pending version", el("code", {}, q.pending_digest)], ["accepted version", q.accepted_digest ? el("code", {}, q.accepted_digest) : "none (a new tool)"], ["to accept", el("code", {}, q.accept)]]),
+    el("pre", { class: "diff", tabindex: "0", "aria-label": `definition diff of ${q.tool}` }, q.diff))) : [el("p", { class: "muted" }, "no tool waits in quarantine")]));
+  const rl = p.rate_limits || {};
+  $("plane-rates").replaceChildren(rl.problem ? el("p", { class: "muted" }, rl.problem) : (rl.windows.length
+    ? table(["permit", "agent", "tool", "calls in window", "oldest call (s ago)", "window empties in (s)"], rl.windows.map((w) => [w.permit, w.agent, w.tool, String(w.calls), dash(w.oldest_s), dash(w.empties_in_s)]))
+    : el("p", { class: "muted" }, "no open rate-limit window")));
+  $("plane-views").tBodies[0].replaceChildren(...p.views_lag.map((r) => el("tr", {},
+    el("th", { scope: "row" }, r.stream), ...[r.position, r.head, r.events_behind, r.seconds_behind.toFixed(1)].map((c) => el("td", {}, String(c))))));
+}
 
 // -- start -------------------------------------------------------------------------------------------------
 
 held = await loadKey();
 keyUi();
-pollInbox();
+followInbox();
