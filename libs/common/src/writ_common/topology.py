@@ -108,6 +108,9 @@ ROUTES: tuple[Route, ...] = (
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
     _control("policy.shadow_published", subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT, "policy"),
     _control("policy.shadow_stopped", subjects.POLICY_STREAM, subjects.SHADOW_STOPPED_SUBJECT, "policy"),
+    _control("policy.rollout_started", subjects.POLICY_STREAM, subjects.ROLLOUT_STARTED_SUBJECT, "policy"),
+    _control("policy.rollout_promoted", subjects.POLICY_STREAM, subjects.ROLLOUT_PROMOTED_SUBJECT, "policy"),
+    _control("policy.rollout_rolled_back", subjects.POLICY_STREAM, subjects.ROLLOUT_ROLLED_BACK_SUBJECT, "policy"),
     _control(
         "receipt.recorded", subjects.LEDGER_STREAM, subjects.receipt_subject("{agent_id}", "{intent_id}"), "ledger"
     ),
