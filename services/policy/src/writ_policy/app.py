@@ -523,12 +523,14 @@ def build(settings: WritSettings) -> Service:
         observe(rollout, msg, live=True)
 
     def observe(rollout: Rollout, msg: Msg, *, live: bool) -> None:
-        parts = msg.subject.split(".")
+        # A Direct Get reply arrives on an inbox; the event's subject is in its headers.
+        subject = msg.subject if live else (msg.headers or {}).get("Nats-Subject", "")
+        parts = subject.split(".")
         event_type = topology.TYPE_OF_TOKEN.get(parts[-1]) if len(parts) == 5 else None
         if event_type not in OBSERVED_TYPES or not in_slice(rollout.plan, parts[2]):
             return
         try:
-            event = decode(msg.data, subject=msg.subject) if live else stored(msg)
+            event = decode(msg.data, subject=subject) if live else stored(msg)
             topology.admit(event)
         except UndecodableEvent:
             return
