@@ -144,6 +144,13 @@ async def test_a_canary_whose_trigger_fires_rolls_back_by_itself_and_says_why(sp
     # Back on the enforced bundle, without anyone loading it again.
     again = await canary.call(CLOCK, {"timezone": "UTC"})
     assert (again.status, again.policy_digest) == ("succeeded", baseline)
+    # The views show the rollout, why it ended and the decisions made under the candidate.
+    shown = await commands.call(spine.nc, "ledger", "views_rollouts", {"limit": 5})
+    row = next(r for r in shown["rollouts"] if r["rollout_id"] == started["rollout_id"])
+    assert (row["status"], row["ended_by"], row["agents"]) == ("rolled_back", "controller", [canary.agent_id])
+    assert row["trigger"] == "denial_rate>0.5 over 30s for 1s" and row["reason"] == rolled_back.reason
+    assert row["candidate_decisions"] == {"denied": 3}
+    assert {s["trigger"]: s["value"] for s in row["signals"]}["denial_rate>0.5 over 30s for 1s"] == 1.0
 
 
 async def test_a_healthy_canary_is_promoted_after_its_soak(spine: Spine, baseline: str) -> None:

@@ -517,3 +517,23 @@ def rollout_text(r: dict[str, Any]) -> Group:
             f" {earlier.get('ended_at') or ''} {earlier.get('reason') or ''}"
         )
     return Group(*lines)
+
+
+def rollouts_table(rows: list[dict[str, Any]]) -> Table:
+    """The views' rollouts: one row each, with the signals its ending read."""
+    table = Table(title="rollouts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("rollout", "status", "candidate", "previous", "slice", "decisions", "why", "signals", "ended"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        slice_ = f"{r['percent']:g}%" if r.get("percent") is not None else ",".join(r.get("agents") or [])
+        signals = "; ".join(
+            f"{s['signal']}={'-' if s['value'] is None else format(s['value'], 'g')} (n={s['samples']})"
+            for s in r["signals"]
+        )
+        decided = ", ".join(f"{k} {v}" for k, v in sorted(r["candidate_decisions"].items())) or "-"
+        status = r["status"] + (f" by {r['ended_by']}" if r.get("ended_by") else "")
+        table.add_row(
+            r["rollout_id"], status, short_digest(r["candidate_digest"]), short_digest(r["previous_digest"]), slice_,
+            decided, r.get("reason") or "-", signals or "-", r.get("ended_at") or "-",
+        )  # fmt: skip
+    return table
