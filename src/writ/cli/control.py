@@ -419,7 +419,7 @@ def policy_rollout(
         list[str] | None,
         typer.Option(
             "--rollback-if",
-            help="SIGNAL>THRESHOLD [over WINDOW] [for HOLD], repeatable; signals denial_rate, approval_backlog,"
+            help="SIGNAL>THRESHOLD \\[over WINDOW] \\[for HOLD], repeatable; signals denial_rate, approval_backlog,"
             " p99_decision_ms (e.g. 'denial_rate>0.2 over 5m for 30s')",
         ),
     ] = None,
