@@ -15,7 +15,7 @@ import pytest_asyncio
 from inprocess import DEFAULT_POLICY, Spine
 
 from writ.sdk import WritAgent
-from writ_common import commands, subjects
+from writ_common import commands, metrics, subjects
 from writ_common import events as ev
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
@@ -67,6 +67,15 @@ async def ended(spine: Spine, within: float) -> dict[str, Any]:
             return status
         await asyncio.sleep(0.2)
     raise AssertionError(f"the rollout did not end within {within}s: {status}")
+
+
+def sample_count(histogram: Any, *labels: str) -> float:
+    """How many observations one labelled child of ``histogram`` holds."""
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    return 0.0
 
 
 async def last_event(spine: Spine, subject: str) -> Any:
@@ -172,6 +181,11 @@ async def test_a_healthy_canary_is_promoted_after_its_soak(spine: Spine, baselin
     allowed = [await inside.call(CLOCK, {"timezone": "UTC"}) for _ in range(3)]
     assert [(r.status, r.policy_digest) for r in allowed] == [("succeeded", candidate)] * 3
     assert (await outside.call(CLOCK, {"timezone": "UTC"})).policy_digest == baseline
+    # The same decisions, segmented per agent and tool in the Prometheus metrics.
+    labels = (inside.agent_id, "time", "get_current_time")
+    assert metrics.SEGMENT_DECISIONS.labels(*labels, "allow")._value.get() == 3
+    assert metrics.SEGMENT_OUTCOMES.labels(*labels, "succeeded")._value.get() == 3
+    assert sample_count(metrics.SEGMENT_DECISION_SECONDS, *labels) == 3
 
     status = await ended(spine, within=10.0)
     assert status["status"] == "promoted" and "no trigger held" in status["reason"]

@@ -1,5 +1,5 @@
 """The canary's pure rules: declaring a rollout, slice membership, the signals, and the
-controller's next step with hysteresis and a cooldown."""
+controller's next step with hysteresis and a cooldown; and the segmented metrics' bounded labels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import msgspec
 import pytest
 
 from writ_common import events as ev
+from writ_common import metrics
 from writ_common.envelope import Producer, StoredEvent, make_envelope
+from writ_common.metrics import OTHER, BoundedLabel
 from writ_policy.rollout import (
     Rollout,
     RolloutError,
@@ -253,3 +255,17 @@ def test_the_fold_keeps_the_first_ending_and_knows_a_promotion_not_yet_published
     apply_rollout_event(rollouts, envelope_of(plan(rollout_id="r2"), 5, at(400)))
     assert [r.plan.rollout_id for r in rollouts.ended] == ["r1"]
     assert rollouts.latest.started_at == at(400)
+
+
+# -- segmented metrics: bounded label cardinality -------------------------------------------------
+
+
+def test_label_values_past_the_limit_are_counted_as_other() -> None:
+    agents = BoundedLabel(2)
+    assert [agents(a) for a in ("a", "b", "c", "a", "d", "b")] == ["a", "b", OTHER, "a", OTHER, "b"]
+
+
+def test_a_segment_is_bounded_per_label_and_dashed_where_unknown() -> None:
+    assert metrics.segment(None, None, None) == ("-", "-", "-")
+    agent, server, tool = metrics.segment("seg-agent", "seg-server", "seg-tool")
+    assert (agent, server, tool) == ("seg-agent", "seg-server", "seg-tool")
