@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 import pytest
 
+from stored_events import stored_at
 from writ_common import events as ev
 from writ_common import metrics
-from writ_common.envelope import Producer, StoredEvent, make_envelope
+from writ_common.envelope import StoredEvent
 from writ_common.metrics import OTHER, BoundedLabel
 from writ_policy.rollout import (
     Rollout,
@@ -231,11 +231,7 @@ def test_a_healthy_canary_is_promoted_after_the_soak_unless_a_trigger_is_in_brea
 
 
 def envelope_of(payload: ev.Payload, seq: int, when: datetime) -> StoredEvent:
-    env = msgspec.structs.replace(
-        make_envelope(payload, producer=Producer(service="policy", instance="t", version="0")),
-        occurred_at=when.isoformat(),
-    )
-    return StoredEvent(seq=seq, subject="writ.policy.x", envelope=env, payload=payload)
+    return stored_at(payload, seq, when, service="policy")
 
 
 def test_the_fold_keeps_the_first_ending_and_knows_a_promotion_not_yet_published() -> None:

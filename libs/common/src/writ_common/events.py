@@ -428,6 +428,49 @@ class PolicyRolloutRolledBack(Payload, frozen=True, kw_only=True):
     by: Literal["controller", "operator"] = "controller"
 
 
+class LimitSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool server's calls over a window, as the executor measured them."""
+
+    calls: int
+    busy: int  # calls that found every slot taken
+    throughput: float  # calls per second, from the first call's end to the last's
+    p50_ms: float | None = None
+    p95_ms: float | None = None  # what a verdict judges by
+
+
+class ConcurrencyAdjusted(Payload, frozen=True, kw_only=True):
+    """The executor raised a tool server's concurrency limit by one step; ``baseline`` is what it
+    measured before, a ``executor.limit_verified`` or ``executor.limit_reverted`` follows."""
+
+    server: str
+    old_limit: int
+    new_limit: int
+    baseline: LimitSignals
+    reason: str = ""
+
+
+class LimitVerdict(Payload, frozen=True, kw_only=True):
+    """What a limit change came to: the signals before it (``baseline``) and since (``after``)."""
+
+    server: str
+    baseline: LimitSignals
+    after: LimitSignals
+    reason: str = ""
+
+
+class ConcurrencyVerified(LimitVerdict, frozen=True, kw_only=True):
+    """The adjusted limit is kept: measured since the change, it did not make things worse."""
+
+    limit: int
+
+
+class ConcurrencyReverted(LimitVerdict, frozen=True, kw_only=True):
+    """The adjusted limit made things worse than the baseline; the previous one is back."""
+
+    from_limit: int
+    to_limit: int
+
+
 DecisionKind = Literal["allow", "approval", "deny"]
 
 
@@ -522,6 +565,9 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("policy.shadow_published", 1): PolicyShadowPublished,
     ("policy.shadow_stopped", 1): PolicyShadowStopped,
     ("policy.shadow_decided", 1): PolicyShadowDecided,
+    ("executor.limit_adjusted", 1): ConcurrencyAdjusted,
+    ("executor.limit_verified", 1): ConcurrencyVerified,
+    ("executor.limit_reverted", 1): ConcurrencyReverted,
     ("policy.rollout_started", 1): PolicyRolloutStarted,
     ("policy.rollout_promoted", 1): PolicyRolloutPromoted,
     ("policy.rollout_rolled_back", 1): PolicyRolloutRolledBack,

@@ -85,6 +85,11 @@ def breaker_subject(server: str) -> str:
     return f"writ.executor.breaker.{server}"
 
 
+def limit_subject(server: str, event: str) -> str:
+    """``adjusted``, ``verified`` or ``reverted``: a tool server's concurrency limit, step by step."""
+    return f"writ.executor.limit.{server}.{event}"
+
+
 def secret_subject(name: str, event: str) -> str:
     """``set`` or ``deleted``: the audit trail of one secret (its name, never its value)."""
     return f"writ.executor.secret.{name}.{event}"

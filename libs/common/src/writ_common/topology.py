@@ -103,6 +103,12 @@ ROUTES: tuple[Route, ...] = (
     _control("tool.override_set", subjects.REGISTRY_STREAM, subjects.override_subject("{server}"), "registry"),
     _control("tool.accepted", subjects.REGISTRY_STREAM, subjects.accepted_subject("{server}"), "registry"),
     _control("breaker.transitioned", subjects.EXECUTOR_STREAM, subjects.breaker_subject("{server}"), "executor"),
+    *(
+        _control(
+            f"executor.limit_{step}", subjects.EXECUTOR_STREAM, subjects.limit_subject("{server}", step), "executor"
+        )
+        for step in ("adjusted", "verified", "reverted")
+    ),
     _control("secret.set", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "set"), "executor"),
     _control("secret.deleted", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "deleted"), "executor"),
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
