@@ -50,6 +50,7 @@ def test_a_rollout_from_the_cli_declared_shown_refused_meanwhile_and_aborted(wri
         assert shown["triggers"] == ["denial_rate>0.2 over 5m", "approval_backlog>3"]
         assert shown["agents"] == [agent] and shown["status"] == "in_progress"
         one_error_line(writ("policy", "load", "--default"), "rollout_in_progress")
+        assert f"enforced for {agent}" in writ("policy", "show").stdout
     finally:
         aborted = writ("policy", "rollout", "abort")
     assert aborted.exit_code == 0, aborted.output

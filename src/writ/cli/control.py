@@ -464,6 +464,14 @@ def policy_show() -> None:
     console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
     if shown.get("shadow_digest"):
         console.print(f"shadow    {shown['shadow_digest']} (recorded beside every decision, never enforced)")
+    if rollout := shown.get("rollout"):
+        slice_ = (
+            f"{rollout['percent']:g}% of agents" if rollout.get("percent") is not None else ", ".join(rollout["agents"])
+        )
+        console.print(
+            f"rollout   {rollout['candidate_digest']} enforced for {slice_} (`writ policy rollout status`)",
+            soft_wrap=True,
+        )
     console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))
 
 

@@ -651,6 +651,7 @@ def build(settings: WritSettings) -> Service:
             "policy_ids": sorted(bundle.names.values()),
             "cedar": bundle.cedar,
             "shadow_digest": shadow[0].digest if shadow else None,
+            "rollout": rollout_picture(rollouts.latest, []) if rollouts.latest and rollouts.latest.active else None,
         }
 
     async def ping(_body: dict[str, Any]) -> Any:
