@@ -541,7 +541,9 @@ def build(settings: WritSettings) -> Service:
         """After a restart (or on a replica that saw the start late): the slice's decisions since
         the rollout began, from the log."""
         plan = rollout.plan
-        wheres = [f"{subjects.INTENT_PREFIX}.{a}.*.*" for a in plan.agents] or [f"{subjects.INTENT_PREFIX}.*.*.*"]
+        # Only the event types the signals read (about half an intent's events), per named agent if named.
+        tokens = [topology.ROUTE[t].token for t in OBSERVED_TYPES]
+        wheres = [f"{subjects.INTENT_PREFIX}.{a}.*.{t}" for a in plan.agents or ["*"] for t in tokens]
         for where in wheres:
             msgs = await direct_get_batch(
                 svc.nc, subjects.INTENTS_STREAM, where, batch=1024, start_time=rollout.started_at
