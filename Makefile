@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas docs bench bench-load bench-views bench-console soak soak-cluster lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas docs bench bench-load bench-views bench-console soak soak-cluster soak-tuning lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -99,3 +99,7 @@ clean:
 
 distclean: clean
 	rm -rf .venv .venv-tools
+
+# Not in CI: the executor's own concurrency loop against real MCP servers (2 s windows, 30-45 s).
+soak-tuning: venv
+	WRIT_SOAK_TUNING=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_concurrency_loop.py

@@ -73,12 +73,18 @@ async def add_described_server(spine: Spine, name: str, script: str, description
 
 @asynccontextmanager
 async def open_spine(
-    nats_server: str, redis_server: str, data_dir: Path, *, policy_redis: str | None = None
+    nats_server: str, redis_server: str, data_dir: Path, *, policy_redis: str | None = None, **overrides: Any
 ) -> AsyncIterator[Spine]:
     """The five services, an agent and the time server; ``policy_redis`` gives policy its own Redis
-    (so a test can take policy's rate-limit store away while identity's nonces keep working)."""
+    (so a test can take policy's rate-limit store away while identity's nonces keep working);
+    ``overrides``: other settings (e.g. the executor's limits)."""
     settings = WritSettings(
-        data_dir=data_dir, nats_url=nats_server, redis_url=redis_server, instance="test", views_port=free_port()
+        data_dir=data_dir,
+        nats_url=nats_server,
+        redis_url=redis_server,
+        instance="test",
+        views_port=free_port(),
+        **overrides,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     policy_settings = settings.model_copy(update={"redis_url": policy_redis or redis_server})

@@ -212,7 +212,7 @@ def test_asyncapi_covers_every_event_and_its_services() -> None:
     assert who("receive", "intent.submitted") == {"identity", "ledger"}
     assert who("send", "intent.rejected") == {"identity", "registry"}
     assert who("send", "intent.authorized") == {"policy"}
-    assert who("receive", "intent.authorized") == {"executor", "ledger"}
+    assert who("receive", "intent.authorized") == {"executor", "ledger", "policy"}  # policy: a rollout's signals
     assert who("send", "execution.succeeded") == {"executor"}
     assert who("send", "receipt.recorded") == {"ledger"}
     assert who("send", "dead_letters") == {"identity", "registry", "policy", "executor", "ledger"}

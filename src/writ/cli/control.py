@@ -405,6 +405,57 @@ def policy_simulate(
         raise typer.Exit(1)
 
 
+@policy_app.command("rollout")
+def policy_rollout(
+    target: Annotated[
+        str, typer.Argument(metavar="FILE|status|abort", help="A candidate Cedar bundle, or status, or abort")
+    ],
+    *,
+    canary: Annotated[
+        str | None, typer.Option(help="the slice: this share of agents, by a stable hash of the agent id (10%)")
+    ] = None,
+    agents: Annotated[str | None, typer.Option(help="the slice: exactly these agents (a,b)")] = None,
+    rollback_if: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rollback-if",
+            help="SIGNAL>THRESHOLD \\[over WINDOW] \\[for HOLD], repeatable; signals denial_rate, approval_backlog,"
+            " p99_decision_ms (e.g. 'denial_rate>0.2 over 5m for 30s')",
+        ),
+    ] = None,
+    promote_after: Annotated[str, typer.Option(help="the soak: promote after this long with no trigger held")] = "30m",
+    cooldown: Annotated[
+        str | None, typer.Option(help="no step before this long after the start (default 60s, or half the soak)")
+    ] = None,
+    min_decisions: Annotated[
+        int, typer.Option(help="a rate or percentile over fewer of the slice's decisions is no signal")
+    ] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rollout as JSON")] = False,
+) -> None:
+    """Enforce FILE for a slice of agents (--canary 10% or --agents a,b) while the rest keep the current
+    bundle; policy promotes it after --promote-after, or rolls it back by itself as soon as a
+    --rollback-if trigger holds. Everything is checked before anything changes. `writ policy rollout
+    status` shows the rollout and its signals, `writ policy rollout abort` rolls it back now."""
+    if target in ("status", "abort"):
+        shown = run(query("policy", f"rollout_{target}", {}))
+    else:
+        cedar, _source = read_policy(Path(target), False)
+        body = {
+            "cedar": cedar,
+            "canary": canary,
+            "agents": [a.strip() for a in agents.split(",") if a.strip()] if agents else [],
+            "rollback_if": rollback_if or [],
+            "promote_after": promote_after,
+            "cooldown": cooldown,
+            "min_decisions": min_decisions,
+        }
+        shown = run(query("policy", "rollout", {k: v for k, v in body.items() if v is not None}))
+    if as_json:
+        console.print_json(data=shown)
+    else:
+        console.print(render.rollout_text(shown))
+
+
 @policy_app.command("show")
 def policy_show() -> None:
     """The bundle in force: its digest, policy ids and Cedar text."""
@@ -413,6 +464,14 @@ def policy_show() -> None:
     console.print(f"policies  {', '.join(shown.get('policy_ids') or []) or '-'}")
     if shown.get("shadow_digest"):
         console.print(f"shadow    {shown['shadow_digest']} (recorded beside every decision, never enforced)")
+    if rollout := shown.get("rollout"):
+        slice_ = (
+            f"{rollout['percent']:g}% of agents" if rollout.get("percent") is not None else ", ".join(rollout["agents"])
+        )
+        console.print(
+            f"rollout   {rollout['candidate_digest']} enforced for {slice_} (`writ policy rollout status`)",
+            soft_wrap=True,
+        )
     console.print(Syntax(shown["cedar"], "rust", background_color="default", word_wrap=True))
 
 

@@ -484,3 +484,56 @@ def shadow_tables(out: dict[str, Any]) -> Group:
             ", ".join(d["shadow_policy_ids"]) or "-", d["decided_at"],
         )  # fmt: skip
     return Group(bundles, rows)
+
+
+def rollout_text(r: dict[str, Any]) -> Group:
+    """A rollout: its slice, triggers and state; how it ended and the signals that decided it."""
+    colour = {"in_progress": "yellow", "promoted": "green", "rolled_back": "red"}.get(r["status"], "white")
+    slice_ = f"{r['percent']:g}% of agents" if r.get("percent") is not None else ", ".join(r["agents"])
+    lines: list[Any] = [
+        f"rollout   {r['rollout_id']}  [{colour}]{r['status']}[/]" + (f" by {r['by']}" if r.get("by") else ""),
+        f"candidate {r['candidate_digest']}",
+        f"previous  {r['previous_digest'] or '-'}",
+        f"slice     {slice_}",
+        f"soak      promote after {r['promote_after_s']:g}s (cooldown {r['cooldown_s']:g}s,"
+        f" at least {r['min_decisions']} decisions per signal)",
+        f"started   {r['started_at']}" + (f"   ended {r['ended_at']}" if r.get("ended_at") else ""),
+    ]
+    lines += [f"trigger   {t}" for t in r["triggers"]]
+    if r.get("reason"):
+        lines.append(f"why       {r['reason']}")
+    if r.get("signals"):
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("trigger", "value", "threshold", "samples", "in breach since"):
+            table.add_column(column, overflow="fold")
+        breach = r.get("in_breach") or {}
+        for s in r["signals"]:
+            value = "-" if s["value"] is None else f"{s['value']:g}"
+            table.add_row(s["trigger"], value, f"{s['threshold']:g}", str(s["samples"]), breach.get(s["trigger"], "-"))
+        lines.append(table)
+    for earlier in r.get("earlier") or []:
+        lines.append(
+            f"earlier   {earlier['rollout_id']} {earlier['status']} {short_digest(earlier['candidate_digest'])}"
+            f" {earlier.get('ended_at') or ''} {earlier.get('reason') or ''}"
+        )
+    return Group(*lines)
+
+
+def rollouts_table(rows: list[dict[str, Any]]) -> Table:
+    """The views' rollouts: one row each, with the signals its ending read."""
+    table = Table(title="rollouts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("rollout", "status", "candidate", "previous", "slice", "decisions", "why", "signals", "ended"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        slice_ = f"{r['percent']:g}%" if r.get("percent") is not None else ",".join(r.get("agents") or [])
+        signals = "; ".join(
+            f"{s['signal']}={'-' if s['value'] is None else format(s['value'], 'g')} (n={s['samples']})"
+            for s in r["signals"]
+        )
+        decided = ", ".join(f"{k} {v}" for k, v in sorted(r["candidate_decisions"].items())) or "-"
+        status = r["status"] + (f" by {r['ended_by']}" if r.get("ended_by") else "")
+        table.add_row(
+            r["rollout_id"], status, short_digest(r["candidate_digest"]), short_digest(r["previous_digest"]), slice_,
+            decided, r.get("reason") or "-", signals or "-", r.get("ended_at") or "-",
+        )  # fmt: skip
+    return table

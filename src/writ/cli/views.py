@@ -95,6 +95,20 @@ def views_shadow(
     console.print(render.shadow_tables(out))
 
 
+@views_app.command("rollouts")
+def views_rollouts(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="rollouts to list, newest first")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """The canary rollouts: slice, triggers, how each ended and the signals that decided it, and
+    the decisions made under the candidate."""
+    out = run(query("ledger", "views_rollouts", {"limit": limit}))
+    if as_json:
+        console.print_json(json.dumps(out))
+        return
+    console.print(render.rollouts_table(out["rollouts"]))
+
+
 @views_app.command("sql")
 def views_sql(
     sql: Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -57,6 +58,69 @@ STREAM_LIMIT_BYTES = Gauge(
 )
 
 BREAKER_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+# -- segmented signals: per agent, server and tool, with bounded label cardinality ------------------
+
+OTHER = "_other"  # every agent, server or tool past a label's limit
+MAX_AGENTS = 100
+MAX_SERVERS = 50
+MAX_TOOLS = 200  # server/tool pairs
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+_SEGMENT = ["agent", "server", "tool"]
+SEGMENT_DECISIONS = Counter(
+    "writ_segment_decisions_total", "Policy's first decision on an intent per agent, server and tool",
+    [*_SEGMENT, "decision"],  # allow, approval, deny
+)  # fmt: skip
+SEGMENT_DECISION_SECONDS = Histogram(
+    "writ_segment_decision_seconds", "intent.planned to policy's first decision, per agent, server and tool",
+    _SEGMENT, buckets=_LATENCY_BUCKETS,
+)  # fmt: skip
+SEGMENT_OUTCOMES = Counter(
+    "writ_segment_outcomes_total", "How intents ended per agent, server and tool",
+    [*_SEGMENT, "status"],  # succeeded, failed, denied, rejected, expired, outcome_unknown
+)  # fmt: skip
+SEGMENT_QUEUE_AGE_SECONDS = Histogram(
+    "writ_segment_queue_age_seconds",
+    "How old an intent event was when a service consumed it, per service and agent",
+    ["service", "agent"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+
+class BoundedLabel:
+    """A label's values, the first ``limit`` distinct ones kept and any later one counted as
+    ``_other``: an agent fleet or a tool catalog cannot grow the metrics without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+AGENT_LABEL = BoundedLabel(MAX_AGENTS)
+SERVER_LABEL = BoundedLabel(MAX_SERVERS)
+TOOL_LABEL = BoundedLabel(MAX_TOOLS)
+
+
+def segment(agent_id: str | None, server: str | None, tool: str | None) -> tuple[str, str, str]:
+    """The (agent, server, tool) labels of one intent, each bounded; ``-`` where unknown (an
+    intent rejected before it was planned)."""
+    agent = AGENT_LABEL(agent_id) if agent_id else "-"
+    if not server or not tool:
+        return agent, "-", "-"
+    if TOOL_LABEL(f"{server}/{tool}") == OTHER:
+        return agent, SERVER_LABEL(server), OTHER
+    return agent, SERVER_LABEL(server), tool
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1", *, port_file: Path | None = None) -> int:

@@ -60,7 +60,20 @@ RECEIVES: dict[str, tuple[str, ...]] = {
     "agent": ("receipt.recorded",),
     "identity": ("intent.submitted", "agent.*", "approver.registered"),
     "registry": ("intent.authenticated", "server.*", "tools.discovered", "tool.override_set", "tool.accepted"),
-    "policy": ("intent.planned", "policy.published", "approval.requested", "approver.registered"),
+    "policy": (
+        "intent.planned",
+        "policy.published",
+        "policy.shadow_published",
+        "policy.shadow_stopped",
+        "policy.rollout_*",
+        "approval.requested",
+        "approver.registered",
+        # a canary rollout's signals: the slice's decisions and how its approval requests end
+        "intent.authorized",
+        "intent.denied",
+        "intent.expired",
+        "approval.expired",
+    ),
     "executor": ("intent.authorized", "server.*", "tools.discovered", "tool.override_set", "tool.accepted"),
     "ledger": (
         INTENTS,
@@ -70,6 +83,7 @@ RECEIVES: dict[str, tuple[str, ...]] = {
         "tools.discovered",
         "tool.*",
         "receipt.recorded",
+        "policy.rollout_*",
     ),
 }
 SERVICES = ("identity", "registry", "policy", "executor", "ledger")  # each may dead-letter

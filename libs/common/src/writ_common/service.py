@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, PubAck
 
 from writ_common import commands, metrics, subjects
+from writ_common import events as ev
 from writ_common.bus import (
     SETTLE_SECONDS,
     History,
@@ -36,7 +37,15 @@ from writ_common.bus import (
 )
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
-from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, decode_json, make_envelope, parse_time
+from writ_common.envelope import (
+    Envelope,
+    Producer,
+    StoredEvent,
+    UndecodableEvent,
+    decode_json,
+    make_envelope,
+    parse_time,
+)
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
 from writ_common.settings import WritSettings
@@ -192,6 +201,9 @@ class Service:
             with contextlib.suppress(ValueError):
                 age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
                 metrics.QUEUE_AGE_SECONDS.labels(self.name).observe(max(0.0, age))
+                if event.envelope.agent_id:
+                    agent = metrics.AGENT_LABEL(event.envelope.agent_id)
+                    metrics.SEGMENT_QUEUE_AGE_SECONDS.labels(self.name, agent).observe(max(0.0, age))
             if slots is None:
                 await self._handle(msg, event, handler)
                 return
@@ -320,6 +332,8 @@ class Service:
             seqs.append(ack.seq)
             if code := getattr(payload, "code", None):
                 metrics.DECISIONS.labels(self.name, envelope.type, code).inc()
+            if not ack.duplicate:  # a retried append already counted
+                count_segment(view, envelope)
             self.fault_point()
         return seqs
 
@@ -527,3 +541,24 @@ def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
         asyncio.run(build(settings).serve_forever())
     finally:
         provider.shutdown()  # flushes spans still batched for OTLP
+
+
+FIRST_DECISIONS = {"intent.authorized": "allow", "approval.requested": "approval", "intent.denied": "deny"}
+
+
+def count_segment(view: IntentView, appended: Envelope) -> None:
+    """Per agent, server and tool: policy's first decision and how long it took from the plan, and
+    how the intent ended. ``view`` is the intent before ``appended``."""
+    planned = view.planned
+    labels = metrics.segment(view.agent_id, planned.server if planned else None, planned.tool if planned else None)
+    decision = FIRST_DECISIONS.get(appended.type)
+    if decision is not None and view.approval is None and view.authorized is None:
+        metrics.SEGMENT_DECISIONS.labels(*labels, decision).inc()
+        plan = next((e for e in view.events if e.type == "intent.planned"), None)
+        with contextlib.suppress(ValueError):
+            if plan is not None:
+                took = (parse_time(appended.occurred_at) - parse_time(plan.envelope.occurred_at)).total_seconds()
+                metrics.SEGMENT_DECISION_SECONDS.labels(*labels).observe(max(0.0, took))
+    status = ev.TERMINAL_STATUS.get(appended.type)
+    if status is not None:
+        metrics.SEGMENT_OUTCOMES.labels(*labels, status).inc()

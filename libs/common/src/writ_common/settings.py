@@ -95,6 +95,13 @@ class WritSettings(BaseSettings):
     executor_per_server: int = Field(
         default=32, ge=1, description="Tool calls one executor replica runs at once on one tool server"
     )
+    executor_per_server_max: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ceiling the executor may raise a server's limit to, one verified step at a time"
+        " (unset: the limit stays executor_per_server)",
+    )
+    tuning_window: float = Field(default=30.0, gt=0, description="Seconds of calls a limit change is judged on")
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
     secrets_key: SecretStr | None = Field(

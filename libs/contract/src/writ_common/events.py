@@ -365,6 +365,114 @@ class PolicyShadowStopped(Payload, frozen=True, kw_only=True):
     stopped_by: str = ""
 
 
+class RolloutTrigger(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollback trigger as declared before the rollout began: ``signal > threshold`` over the
+    last ``window_s`` seconds of the slice's decisions, held for ``hold_s`` seconds."""
+
+    text: str  # as the operator wrote it, e.g. "denial_rate>0.2 over 5m for 30s"
+    signal: Literal["denial_rate", "approval_backlog", "p99_decision_ms"]
+    threshold: float
+    window_s: float = 0.0  # 0: a value right now (approval_backlog)
+    hold_s: float = 0.0
+
+
+class SignalReading(msgspec.Struct, frozen=True, kw_only=True):
+    """One trigger's signal as the controller read it: ``value`` is None below ``min_decisions``."""
+
+    trigger: str
+    signal: str
+    value: float | None
+    threshold: float
+    samples: int  # decisions of the slice in the window (open requests, for approval_backlog)
+
+
+class PolicyRolloutStarted(Payload, frozen=True, kw_only=True):
+    """A candidate bundle enforced for a slice of agents (a hash bucket below ``percent``, or the
+    named ``agents``) while the rest keep ``previous_digest``; policy's controller promotes it after
+    ``promote_after_s`` or rolls it back when a trigger holds."""
+
+    rollout_id: str
+    candidate_digest: str
+    cedar: str
+    policy_ids: dict[str, str]
+    previous_digest: str | None = None
+    percent: float | None = None  # the slice: agents whose bucket (0-100) is below this
+    agents: list[str] = []  # or exactly these agents
+    triggers: list[RolloutTrigger]
+    promote_after_s: float
+    cooldown_s: float = 0.0  # no step before started + cooldown
+    min_decisions: int = 5  # a rate or a percentile over fewer decisions is no signal
+    started_by: str = ""
+
+
+class PolicyRolloutPromoted(Payload, frozen=True, kw_only=True):
+    """The candidate of ``rollout_id`` became the bundle for every agent (a ``policy.published``
+    of it follows); ``signals`` are the readings that let it through."""
+
+    rollout_id: str
+    candidate_digest: str
+    previous_digest: str | None = None
+    signals: list[SignalReading] = []
+    reason: str = ""
+
+
+class PolicyRolloutRolledBack(Payload, frozen=True, kw_only=True):
+    """The candidate of ``rollout_id`` is no longer enforced anywhere; every agent is back on
+    ``previous_digest``. ``trigger`` is the one that held (empty for an operator's abort), ``signals``
+    what the controller read."""
+
+    rollout_id: str
+    candidate_digest: str
+    previous_digest: str | None = None
+    trigger: str = ""
+    signals: list[SignalReading] = []
+    reason: str = ""
+    by: Literal["controller", "operator"] = "controller"
+
+
+class LimitSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool server's calls over a window, as the executor measured them."""
+
+    calls: int
+    busy: int  # calls that found every slot taken
+    throughput: float  # calls per second, from the first call's end to the last's
+    p50_ms: float | None = None
+    p95_ms: float | None = None  # what a verdict judges by
+
+
+class ConcurrencyAdjusted(Payload, frozen=True, kw_only=True):
+    """The executor raised a tool server's concurrency limit by one step; ``baseline`` is what it
+    measured before, a ``executor.limit_verified`` or ``executor.limit_reverted`` follows."""
+
+    server: str
+    old_limit: int
+    new_limit: int
+    baseline: LimitSignals
+    reason: str = ""
+
+
+class LimitVerdict(Payload, frozen=True, kw_only=True):
+    """What a limit change came to: the signals before it (``baseline``) and since (``after``)."""
+
+    server: str
+    baseline: LimitSignals
+    after: LimitSignals
+    reason: str = ""
+
+
+class ConcurrencyVerified(LimitVerdict, frozen=True, kw_only=True):
+    """The adjusted limit is kept: measured since the change, it did not make things worse."""
+
+    limit: int
+
+
+class ConcurrencyReverted(LimitVerdict, frozen=True, kw_only=True):
+    """The adjusted limit made things worse than the baseline; the previous one is back."""
+
+    from_limit: int
+    to_limit: int
+
+
 DecisionKind = Literal["allow", "approval", "deny"]
 
 
@@ -459,6 +567,12 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("policy.shadow_published", 1): PolicyShadowPublished,
     ("policy.shadow_stopped", 1): PolicyShadowStopped,
     ("policy.shadow_decided", 1): PolicyShadowDecided,
+    ("executor.limit_adjusted", 1): ConcurrencyAdjusted,
+    ("executor.limit_verified", 1): ConcurrencyVerified,
+    ("executor.limit_reverted", 1): ConcurrencyReverted,
+    ("policy.rollout_started", 1): PolicyRolloutStarted,
+    ("policy.rollout_promoted", 1): PolicyRolloutPromoted,
+    ("policy.rollout_rolled_back", 1): PolicyRolloutRolledBack,
     ("receipt.recorded", 1): Receipt,
 }
 

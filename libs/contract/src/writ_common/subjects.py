@@ -76,10 +76,18 @@ def override_subject(server: str) -> str:
 POLICY_SUBJECT = "writ.policy.bundle.published"
 SHADOW_PUBLISHED_SUBJECT = "writ.policy.shadow.published"
 SHADOW_STOPPED_SUBJECT = "writ.policy.shadow.stopped"
+ROLLOUT_STARTED_SUBJECT = "writ.policy.rollout.started"
+ROLLOUT_PROMOTED_SUBJECT = "writ.policy.rollout.promoted"
+ROLLOUT_ROLLED_BACK_SUBJECT = "writ.policy.rollout.rolled_back"
 
 
 def breaker_subject(server: str) -> str:
     return f"writ.executor.breaker.{server}"
+
+
+def limit_subject(server: str, event: str) -> str:
+    """``adjusted``, ``verified`` or ``reverted``: a tool server's concurrency limit, step by step."""
+    return f"writ.executor.limit.{server}.{event}"
 
 
 def secret_subject(name: str, event: str) -> str:

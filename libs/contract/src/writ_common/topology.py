@@ -103,11 +103,20 @@ ROUTES: tuple[Route, ...] = (
     _control("tool.override_set", subjects.REGISTRY_STREAM, subjects.override_subject("{server}"), "registry"),
     _control("tool.accepted", subjects.REGISTRY_STREAM, subjects.accepted_subject("{server}"), "registry"),
     _control("breaker.transitioned", subjects.EXECUTOR_STREAM, subjects.breaker_subject("{server}"), "executor"),
+    *(
+        _control(
+            f"executor.limit_{step}", subjects.EXECUTOR_STREAM, subjects.limit_subject("{server}", step), "executor"
+        )
+        for step in ("adjusted", "verified", "reverted")
+    ),
     _control("secret.set", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "set"), "executor"),
     _control("secret.deleted", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "deleted"), "executor"),
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
     _control("policy.shadow_published", subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT, "policy"),
     _control("policy.shadow_stopped", subjects.POLICY_STREAM, subjects.SHADOW_STOPPED_SUBJECT, "policy"),
+    _control("policy.rollout_started", subjects.POLICY_STREAM, subjects.ROLLOUT_STARTED_SUBJECT, "policy"),
+    _control("policy.rollout_promoted", subjects.POLICY_STREAM, subjects.ROLLOUT_PROMOTED_SUBJECT, "policy"),
+    _control("policy.rollout_rolled_back", subjects.POLICY_STREAM, subjects.ROLLOUT_ROLLED_BACK_SUBJECT, "policy"),
     _control(
         "receipt.recorded", subjects.LEDGER_STREAM, subjects.receipt_subject("{agent_id}", "{intent_id}"), "ledger"
     ),

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -51,6 +51,7 @@ from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
 from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
 from writ_executor.slots import ServerSlots
+from writ_executor.tuning import CallBook, Limits, Tuning, apply_limit_event, next_change
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ REFRESH_TIMEOUT = 75.0  # the registry allows discovery 60s
 # is redelivered and the log decides). An outcome, once known, is held on to until recorded.
 SETTLE_STARTED = 300.0
 SETTLE_OUTCOME = 60.0
+TUNE_TICK = 1.0  # seconds between two looks of the concurrency loop
 SERVER_BUSY_RETRY = 0.2  # seconds before a call whose server is at its limit comes again
 
 
@@ -128,6 +130,53 @@ def build(settings: WritSettings) -> Service:
     scrub_logs(secrets.scrub_text)
     breakers: dict[str, CircuitBreaker] = {}
     server_slots = ServerSlots(settings.executor_per_server)
+    tuning = Tuning(
+        floor=settings.executor_per_server,
+        ceiling=max(settings.executor_per_server, settings.executor_per_server_max or 0),
+        window_s=settings.tuning_window,
+        verify_s=settings.tuning_window,
+    )
+    limits = Limits()  # folded from the limit events: the loop's changes, and the one awaiting its verdict
+    calls = CallBook()
+
+    def on_limit(event: StoredEvent) -> None:
+        apply_limit_event(limits, event)
+        server_slots.limits = {s: min(max(n, tuning.floor), tuning.ceiling) for s, n in limits.by_server.items()}
+
+    limit_follower = svc.follow(subjects.EXECUTOR_STREAM, on_limit)
+
+    async def tune_once() -> None:
+        """One step of the executor's own loop: read the calls, ask the rule, append its change."""
+        await limit_follower.ensure_fresh()
+        now = datetime.now(UTC)
+        change = next_change(limits, calls, tuning, now)
+        calls.prune(now - timedelta(seconds=4 * tuning.window_s))
+        if change is None:
+            return
+        event = subjects.limit_subject(change.server, ev.EVENT_TYPE[type(change)].rpartition("_")[2])
+        log.warning("executor: %s: %s", ev.EVENT_TYPE[type(change)], change.reason)
+        await svc.append_control(event, change, message_id=f"limit:{change.server}:after:{limits.seq}")
+        await limit_follower.ensure_fresh()
+
+    async def tune_loop() -> None:
+        while True:
+            await asyncio.sleep(TUNE_TICK)
+            try:
+                await tune_once()
+            except Exception:
+                log.exception("executor: the concurrency loop failed this tick; trying again")
+
+    async def start_tuning() -> None:
+        if tuning.enabled:
+            tuning_tasks.append(asyncio.create_task(tune_loop(), name="concurrency-tuning"))
+
+    async def stop_tuning() -> None:
+        for task in tuning_tasks:
+            task.cancel()
+
+    tuning_tasks: list[asyncio.Task[None]] = []
+    svc.on_startup(start_tuning)
+    svc.on_shutdown(stop_tuning)
     redis = aioredis.from_url(
         settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
     )
@@ -219,6 +268,7 @@ def build(settings: WritSettings) -> Service:
         error: CallError | None = None
         try:
             result = await pool.call(resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
+            calls.record_call(server.name, datetime.now(UTC), time.perf_counter() - started)
         except ServerUnavailable as exc:
             error = CallError("not_sent", "server_unavailable", redactor.text(str(exc)))
         except CallInterrupted as exc:
@@ -280,7 +330,9 @@ def build(settings: WritSettings) -> Service:
             assert view.planned is not None
             if not server_slots.take(view.planned.server):
                 # Its server is at its limit: come back shortly, holding no slot meanwhile.
-                raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {server_slots.limit} calls already")
+                calls.record_busy(view.planned.server, datetime.now(UTC))
+                limit = server_slots.limit_of(view.planned.server)
+                raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {limit} calls already")
             try:
                 await attempt_call(trigger, raw, step.attempt)
             finally:

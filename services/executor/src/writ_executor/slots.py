@@ -12,10 +12,14 @@ class ServerSlots:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.limits: dict[str, int] = {}  # a server's own limit, as the executor's loop set it
         self._in_flight: Counter[str] = Counter()
 
+    def limit_of(self, server: str) -> int:
+        return self.limits.get(server, self.limit)
+
     def take(self, server: str) -> bool:
-        if self._in_flight[server] >= self.limit:
+        if self._in_flight[server] >= self.limit_of(server):
             return False
         self._in_flight[server] += 1
         return True

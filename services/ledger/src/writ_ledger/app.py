@@ -52,6 +52,10 @@ class ShadowQuery(msgspec.Struct, kw_only=True):
     limit: int = 50
 
 
+class RolloutsQuery(msgspec.Struct, kw_only=True):
+    limit: int = 20
+
+
 class SqlQuery(msgspec.Struct, kw_only=True):
     sql: str
     max_rows: int = queries.SQL_MAX_ROWS
@@ -229,6 +233,11 @@ def build(settings: WritSettings) -> Service:
         await views.catch_up(subjects.INTENTS_STREAM)
         return await read(queries.shadow, digest=q.digest, since=q.since, limit=q.limit)
 
+    async def views_rollouts(body: dict[str, Any]) -> Any:
+        q = msgspec.convert(body, RolloutsQuery)
+        await views.catch_up(subjects.POLICY_STREAM)
+        return await read(queries.rollouts, limit=q.limit)
+
     async def views_sql(body: dict[str, Any]) -> Any:
         q = msgspec.convert(body, SqlQuery)
         try:
@@ -318,6 +327,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("views_stats", views_stats)
     svc.command("views_sql", views_sql)
     svc.command("views_shadow", views_shadow)
+    svc.command("views_rollouts", views_rollouts)
     svc.command("views_status", views_status)
     svc.command("views_rebuild", views_rebuild)
     svc.command("ping", ping)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
-from typing import Any
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, last_on_subject, read_history, stored
 from writ_common.catalog import Catalog
@@ -35,18 +36,42 @@ from writ_policy.domain import (
     rate_limits_for,
 )
 from writ_policy.ratelimit import RateLimiter, RateLimitUnavailable
+from writ_policy.rollout import (
+    OBSERVED_TYPES,
+    Rollout,
+    RolloutError,
+    Rollouts,
+    Signals,
+    apply_rollout_event,
+    ending,
+    in_slice,
+    next_step,
+    parse_spec,
+    read,
+)
 from writ_policy.schema import cedar_schema, validation_errors
 from writ_policy.whatif import EXAMPLES, Scope, decision_diff, parse_since, replay, shadow_decided
 
 log = logging.getLogger(__name__)
 
 EXPIRY_TICK = 1.0
+ROLLOUT_TICK = 1.0  # how often the rollout controller reads its signals
 RATE_STORE_RETRY = 2.0  # seconds between asks while Redis is away
 
 
 class LoadPolicy(msgspec.Struct, kw_only=True):
     cedar: str
     shadow: bool = False  # evaluate beside the enforced bundle and record, never enforce
+
+
+class StartRollout(msgspec.Struct, kw_only=True):
+    cedar: str
+    canary: str | None = None  # "10%"
+    agents: list[str] = []
+    rollback_if: list[str] = []  # "denial_rate>0.2 over 5m for 30s"
+    promote_after: str | None = None  # "30m"
+    cooldown: str | None = None  # "60s"
+    min_decisions: int = 5
 
 
 class Simulate(msgspec.Struct, kw_only=True):
@@ -71,6 +96,9 @@ def build(settings: WritSettings) -> Service:
     svc = Service("policy", settings)
     current: list[Bundle] = []  # the last published bundle, if any
     shadow: list[Bundle] = []  # the candidate evaluated beside it, if one is published and not stopped
+    rollouts = Rollouts()  # the canary, folded from the policy stream
+    candidates: dict[str, Bundle] = {}  # a rollout's candidate, compiled once
+    signals = Signals()  # the slice's decisions since the rollout began, and the hysteresis memory
     approvers: dict[str, Approver] = {}
     pending: dict[str, StoredEvent] = {}  # intent id -> its approval.requested, while it may be open
     tasks: list[asyncio.Task[None]] = []
@@ -88,8 +116,22 @@ def build(settings: WritSettings) -> Service:
                 shadow[:] = [compile_bundle(event.payload.cedar)]
             case ev.PolicyShadowStopped() if shadow and shadow[0].digest == event.payload.policy_digest:
                 shadow.clear()
+            case ev.PolicyRolloutStarted():
+                candidates.clear()
+                candidates[event.payload.candidate_digest] = compile_bundle(event.payload.cedar)
             case _:
                 pass
+        apply_rollout_event(rollouts, event)
+
+    def enforced_for(agent_id: str | None) -> Bundle | None:
+        """The bundle that decides for ``agent_id``: a rollout's candidate inside its slice (or for
+        everyone once promoted, until the promotion is published), the published bundle elsewhere."""
+        rollout = rollouts.latest
+        if rollout is not None and (
+            rollout.promotion_pending or (rollout.active and agent_id and in_slice(rollout.plan, agent_id))
+        ):
+            return candidates.get(rollout.plan.candidate_digest)
+        return current[0] if current else None
 
     follower = svc.follow(subjects.POLICY_STREAM, apply)
     catalog = Catalog()  # the tools' input schemas type the arguments in the Cedar schema
@@ -111,18 +153,26 @@ def build(settings: WritSettings) -> Service:
                 remember(stored(msg))
         await svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=on_requested_nudge)
         tasks.append(asyncio.create_task(expire_loop(), name="approval-expiry"))
+        for event_type in OBSERVED_TYPES:
+            await svc.nc.subscribe(subjects.intents_of_type(event_type), cb=on_observed)
+        tasks.append(asyncio.create_task(rollout_loop(), name="rollout-controller"))
         # A bundle loaded while we were down still re-decides what waits for people.
         tasks.append(asyncio.create_task(redecide_pending(), name="approval-redecide"))
 
     async def redecide_pending() -> None:
         """Under a new bundle, a request still waiting for people is decided again: if the new
         policy denies the call (an emergency forbid), it ends denied; a grant cannot revive it."""
-        bundle = current[0] if current else None
-        if bundle is None:
+        if not current:
             return
 
         async def decide_again(view: IntentView) -> list[ev.Payload]:
-            if not view.approval_pending or view.approval is None or view.approval.policy_digest == bundle.digest:
+            bundle = enforced_for(view.agent_id)
+            if (
+                bundle is None
+                or not view.approval_pending
+                or view.approval is None
+                or view.approval.policy_digest == bundle.digest
+            ):
                 return []
             verdict = decide(view, bundle, now=datetime.now(UTC))
             return [under_new_policy(verdict)] if isinstance(verdict, ev.IntentDenied) else []
@@ -275,7 +325,7 @@ def build(settings: WritSettings) -> Service:
         async def decide_intent(view: IntentView) -> list[ev.Payload]:
             if view.planned is None or view.authorized is not None or view.approval is not None:
                 return []
-            bundle = current[0] if current else None
+            bundle = enforced_for(view.agent_id)
             now = datetime.now(UTC)
             decision = decide(view, bundle, now=now)
             # Recorded before the decision, so nothing waits on it and a retry dedupes it.
@@ -318,17 +368,28 @@ def build(settings: WritSettings) -> Service:
         tools = catalog_tools()
         return bundle, validation_errors(bundle.cedar, bundle.names, cedar_schema(tools))
 
-    async def load(body: dict[str, Any]) -> Any:
-        cmd = msgspec.convert(body, LoadPolicy)
-        bundle, errors = await candidate(cmd.cedar)
+    async def loadable(cedar: str) -> Bundle:
+        """The bundle, if Cedar parses it and it validates against Writ's schema.
+
+        Raises:
+            CommandError: ``invalid_policy``, saying what is wrong.
+        """
+        bundle, errors = await candidate(cedar)
         if errors:
             raise CommandError(
                 "invalid_policy",
                 "the bundle does not validate against Writ's Cedar schema (see `writ policy schema`): "
                 + "; ".join(errors),
             )
+        return bundle
+
+    async def load(body: dict[str, Any]) -> Any:
+        cmd = msgspec.convert(body, LoadPolicy)
+        bundle = await loadable(cmd.cedar)
         if cmd.shadow:
             return await publish_shadow(bundle)
+        await follower.ensure_fresh()
+        refuse_during_rollout("load a bundle for every agent")
         published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
         await publish_fenced(subjects.POLICY_SUBJECT, published, f"policy:{bundle.digest}", "bundle")
         await redecide_pending()
@@ -365,6 +426,164 @@ def build(settings: WritSettings) -> Service:
         )
         await follower.ensure_fresh()
         return {"policy_digest": digest}
+
+    async def start_rollout(body: dict[str, Any]) -> Any:
+        """Enforce a candidate for a slice of agents, with its triggers declared and checked first."""
+        cmd = msgspec.convert(body, StartRollout)
+        try:
+            spec = parse_spec(**{k: v for k, v in msgspec.structs.asdict(cmd).items() if k != "cedar"})
+        except RolloutError as exc:
+            raise CommandError("invalid_rollout", str(exc)) from exc
+        bundle = await loadable(cmd.cedar)
+        await follower.ensure_fresh()
+        refuse_during_rollout("start another rollout")
+        if not current:
+            raise CommandError("no_policy", "no bundle is enforced to fall back to; load one with `writ policy load`")
+        if current[0].digest == bundle.digest:
+            raise CommandError("already_enforced", f"bundle {bundle.digest} is already enforced for every agent")
+        started = ev.PolicyRolloutStarted(
+            rollout_id=uuid.uuid4().hex[:12],
+            candidate_digest=bundle.digest,
+            cedar=bundle.cedar,
+            policy_ids=bundle.names,
+            previous_digest=current[0].digest,
+            percent=spec.percent,
+            agents=list(spec.agents),
+            triggers=list(spec.triggers),
+            promote_after_s=spec.promote_after_s,
+            cooldown_s=spec.cooldown_s,
+            min_decisions=spec.min_decisions,
+        )
+        await publish_fenced(subjects.ROLLOUT_STARTED_SUBJECT, started, f"rollout:{bundle.digest}", "rollout")
+        return rollout_picture(rollouts.latest, [])
+
+    def refuse_during_rollout(what: str) -> None:
+        rollout = rollouts.latest
+        if rollout is not None and (rollout.active or rollout.promotion_pending):
+            raise CommandError(
+                "rollout_in_progress",
+                f"rollout {rollout.plan.rollout_id} of {rollout.plan.candidate_digest} is in progress; cannot {what}"
+                " until it is promoted or rolled back (`writ policy rollout status`, `writ policy rollout abort`)",
+            )
+
+    async def rollout_status(_body: dict[str, Any]) -> Any:
+        await follower.ensure_fresh()
+        rollout = rollouts.latest
+        if rollout is None:
+            raise CommandError("no_rollout", "no rollout has started (`writ policy rollout FILE --canary 10%`)")
+        live = rollout.active and signals.rollout_id == rollout.plan.rollout_id
+        return {
+            **rollout_picture(rollout, readings_of(rollout) if live else []),
+            "in_breach": {t: at.isoformat().replace("+00:00", "Z") for t, at in signals.watch.items()} if live else {},
+            "earlier": [rollout_picture(r, []) for r in reversed(rollouts.ended)],
+        }
+
+    async def abort_rollout(_body: dict[str, Any]) -> Any:
+        await follower.ensure_fresh()
+        rollout = rollouts.latest
+        if rollout is None or not rollout.active:
+            raise CommandError("no_rollout", "no rollout is in progress")
+        readings = readings_of(rollout) if signals.rollout_id == rollout.plan.rollout_id else []
+        await end_rollout(rollout, "rolled_back", "aborted by an operator", readings, by="operator")
+        ended = rollouts.latest
+        if ended is None or ended.ended != "rolled_back":
+            raise CommandError("already_promoted", f"rollout {rollout.plan.rollout_id} was promoted first")
+        return rollout_picture(ended, [])
+
+    def readings_of(rollout: Rollout) -> list[ev.SignalReading]:
+        now = datetime.now(UTC)
+        return [read(signals.book, t, now, rollout.plan.min_decisions) for t in rollout.plan.triggers]
+
+    async def end_rollout(
+        rollout: Rollout,
+        how: Literal["promoted", "rolled_back"],
+        reason: str,
+        readings: list[ev.SignalReading],
+        *,
+        trigger: str = "",
+        by: Literal["controller", "operator"] = "controller",
+    ) -> None:
+        """Append the rollout's one ending: its message id is the same whichever it is, so the log
+        deduplicates a race (abort against promotion, two replicas), and the fold keeps the first."""
+        ended = ending(rollout.plan, how, reason, readings, trigger=trigger, by=by)
+        subject = topology.ROUTE[ev.EVENT_TYPE[type(ended)]].subject
+        await svc.append_control(subject, ended, message_id=f"rollout-end:{rollout.plan.rollout_id}")
+        await follower.ensure_fresh()
+
+    async def publish_promotion(rollout: Rollout) -> None:
+        bundle = candidates[rollout.plan.candidate_digest]
+        published = ev.PolicyBundlePublished(policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names)
+        await publish_fenced(subjects.POLICY_SUBJECT, published, f"policy:{bundle.digest}", "bundle")
+        await redecide_pending()
+
+    async def on_observed(msg: Msg) -> None:
+        rollout = rollouts.latest
+        if rollout is None or not rollout.active or signals.rollout_id != rollout.plan.rollout_id:
+            return
+        observe(rollout, msg, live=True)
+
+    def observe(rollout: Rollout, msg: Msg, *, live: bool) -> None:
+        # A Direct Get reply arrives on an inbox; the event's subject is in its headers.
+        subject = msg.subject if live else (msg.headers or {}).get("Nats-Subject", "")
+        parts = subject.split(".")
+        event_type = topology.TYPE_OF_TOKEN.get(parts[-1]) if len(parts) == 5 else None
+        if event_type not in OBSERVED_TYPES or not in_slice(rollout.plan, parts[2]):
+            return
+        try:
+            event = decode(msg.data, subject=subject) if live else stored(msg)
+            topology.admit(event)
+        except UndecodableEvent:
+            return
+        assert event_type is not None
+        signals.book.observe(event_type, parts[3], parse_time(event.envelope.occurred_at))
+
+    async def read_slice_since_start(rollout: Rollout) -> None:
+        """After a restart (or on a replica that saw the start late): the slice's decisions since
+        the rollout began, from the log."""
+        plan = rollout.plan
+        # Only the event types the signals read (about half an intent's events), per named agent if named.
+        tokens = [topology.ROUTE[t].token for t in OBSERVED_TYPES]
+        wheres = [f"{subjects.INTENT_PREFIX}.{a}.*.{t}" for a in plan.agents or ["*"] for t in tokens]
+        for where in wheres:
+            msgs = await direct_get_batch(
+                svc.nc, subjects.INTENTS_STREAM, where, batch=1024, start_time=rollout.started_at
+            )
+            for msg in msgs:
+                observe(rollout, msg, live=False)
+
+    async def control_rollout() -> None:
+        await follower.ensure_fresh()
+        rollout = rollouts.latest
+        if rollout is None or not (rollout.active or rollout.promotion_pending):
+            return
+        if rollout.active and signals.reset_for(rollout.plan.rollout_id):
+            await read_slice_since_start(rollout)
+        now = datetime.now(UTC)
+        readings = readings_of(rollout)
+        step, signals.watch = next_step(rollout, signals.watch, readings, now)
+        match step.action:
+            case "roll_back":
+                log.warning("policy: rolling back %s: %s", rollout.plan.rollout_id, step.reason)
+                await end_rollout(rollout, "rolled_back", step.reason, readings, trigger=step.trigger)
+            case "promote":
+                await end_rollout(rollout, "promoted", step.reason, readings)
+                promoted = rollouts.latest
+                if promoted is not None and promoted.promotion_pending:
+                    await publish_promotion(promoted)
+            case "publish":
+                await publish_promotion(rollout)
+            case _:
+                pass
+        longest = max((t.window_s for t in rollout.plan.triggers), default=0.0)
+        signals.book.prune(now - timedelta(seconds=longest))
+
+    async def rollout_loop() -> None:
+        while True:
+            await asyncio.sleep(ROLLOUT_TICK)
+            try:
+                await control_rollout()
+            except Exception:
+                log.exception("policy: the rollout controller failed this tick; trying again")
 
     async def simulate(body: dict[str, Any]) -> Any:
         """The candidate replayed over the recorded intents beside the enforced bundle: changes nothing."""
@@ -409,7 +628,7 @@ def build(settings: WritSettings) -> Service:
         view = fold_intent((await read_history(svc.nc, query.agent_id, query.intent_id)).events)
         if view.planned is None or view.submitted is None:
             raise CommandError("not_found", f"intent {query.intent_id!r} has no plan to decide on")
-        bundle = current[0] if current else None
+        bundle = enforced_for(view.agent_id)
         verdict = decide(view, bundle, now=datetime.now(UTC))
         holds = isinstance(verdict, ev.IntentAuthorized | ev.ApprovalRequested)
         return {
@@ -434,6 +653,7 @@ def build(settings: WritSettings) -> Service:
             "policy_ids": sorted(bundle.names.values()),
             "cedar": bundle.cedar,
             "shadow_digest": shadow[0].digest if shadow else None,
+            "rollout": rollout_picture(rollouts.latest, []) if rollouts.latest and rollouts.latest.active else None,
         }
 
     async def ping(_body: dict[str, Any]) -> Any:
@@ -461,6 +681,9 @@ def build(settings: WritSettings) -> Service:
     svc.command("schema", schema)
     svc.command("simulate", simulate)
     svc.command("shadow_off", shadow_off)
+    svc.command("rollout", start_rollout)
+    svc.command("rollout_status", rollout_status)
+    svc.command("rollout_abort", abort_rollout)
     # The same, asked by an approver on its own subject: policy knows who asks from the subject.
     svc.approver_command("decide_approval", decide_as)
     svc.approver_command("list_approvals", list_mine)
@@ -548,3 +771,28 @@ def decision_reply(view: IntentView, payloads: list[ev.Payload]) -> dict[str, An
             case _:
                 pass
     return {"outcome": outcome, "code": code, "reason": reason, "granted_by": granted, "quorum": request.quorum}
+
+
+def rollout_picture(rollout: Rollout | None, readings: list[ev.SignalReading]) -> dict[str, Any]:
+    """A rollout as an operator reads it: the slice, the triggers, how it ended and why."""
+    assert rollout is not None
+    plan, end = rollout.plan, rollout.end
+    status = "in_progress" if rollout.active else rollout.ended
+    return {
+        "rollout_id": plan.rollout_id,
+        "status": status,
+        "candidate_digest": plan.candidate_digest,
+        "previous_digest": plan.previous_digest,
+        "percent": plan.percent,
+        "agents": plan.agents,
+        "triggers": [t.text for t in plan.triggers],
+        "promote_after_s": plan.promote_after_s,
+        "cooldown_s": plan.cooldown_s,
+        "min_decisions": plan.min_decisions,
+        "started_at": rollout.started_at.isoformat().replace("+00:00", "Z"),
+        "ended_at": rollout.ended_at.isoformat().replace("+00:00", "Z") if rollout.ended_at else None,
+        "reason": end.reason if end else "",
+        "trigger": end.trigger if isinstance(end, ev.PolicyRolloutRolledBack) else "",
+        "by": end.by if isinstance(end, ev.PolicyRolloutRolledBack) else ("controller" if end else ""),
+        "signals": msgspec.to_builtins(end.signals if end else readings),
+    }

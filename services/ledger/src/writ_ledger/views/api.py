@@ -48,6 +48,7 @@ from writ_ledger.views.queries import (
     get_intent,
     list_intents,
     previous_receipt_hash,
+    rollouts,
     shadow,
     stats,
     withhold_content,
@@ -207,6 +208,19 @@ class ShadowQuery(BaseModel):
     digest: str | None = Field(default=None, description="only this shadow bundle (its digest)")
     since: str | None = Field(default=None, description="decided at or after (RFC 3339)")
     limit: int = Field(default=50, ge=1, le=500, description="disagreements to list, newest first")
+
+
+class RolloutsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=500, description="rollouts to list, newest first")
+
+
+class RolloutsReport(BaseModel):
+    """The canary rollouts, newest first: the slice, the triggers, how each ended and the signals
+    that decided it, and the decisions made under the candidate by kind."""
+
+    rollouts: list[dict[str, Any]]
 
 
 class ShadowReport(BaseModel):
@@ -413,6 +427,11 @@ def build_app(
         await views.catch_up(subjects.INTENTS_STREAM)
         return ShadowReport.model_validate(await views.read(shadow, digest=q.digest, since=q.since, limit=q.limit))
 
+    async def get_rollouts(request: Request) -> BaseModel:
+        q: RolloutsQuery = params(request, RolloutsQuery)
+        await views.catch_up(subjects.POLICY_STREAM)
+        return RolloutsReport.model_validate(await views.read(rollouts, limit=q.limit))
+
     async def simulate(request: Request) -> BaseModel:
         if approvals is None:
             raise ApiError(503, "unavailable", "this views API has no bus connection to ask policy")
@@ -456,6 +475,7 @@ def build_app(
         Route("/stats", endpoint(get_stats), methods=["GET"]),
         Route("/status", endpoint(status), methods=["GET"]),
         Route("/shadow", endpoint(get_shadow), methods=["GET"]),
+        Route("/rollouts", endpoint(get_rollouts), methods=["GET"]),
         Route("/policy/simulate", endpoint(simulate), methods=["POST"]),
         *console_routes(),
     ]
@@ -502,7 +522,18 @@ async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: A
 
 def _openapi() -> dict[str, Any]:
     schemas = component_schemas(
-        (IntentPage, IntentDetail, Stats, Status, ShadowReport, SimulateRequest, Simulation, PlaneSnapshot, ErrorBody)
+        (
+            IntentPage,
+            IntentDetail,
+            Stats,
+            Status,
+            ShadowReport,
+            RolloutsReport,
+            SimulateRequest,
+            Simulation,
+            PlaneSnapshot,
+            ErrorBody,
+        )
     )
     ref, error = json_content, error_doc
 
@@ -570,6 +601,13 @@ def _openapi() -> dict[str, Any]:
                         "200": {"description": "per bundle, then disagreements", **ref("ShadowReport")},
                         "401": unauthorized,
                     },
+                }
+            },
+            "/rollouts": {
+                "get": {
+                    "summary": "The canary rollouts: slice, triggers, how each ended and the signals that decided it",
+                    "parameters": query(RolloutsQuery),
+                    "responses": {"200": {"description": "newest first", **ref("RolloutsReport")}, "401": unauthorized},
                 }
             },
             "/policy/simulate": {

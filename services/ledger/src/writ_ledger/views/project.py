@@ -65,6 +65,8 @@ def apply_event(db: sqlite3.Connection, stream: str, event: StoredEvent) -> None
         apply_registry_event(db, event)
     elif stream == subjects.LEDGER_STREAM:
         apply_receipt(db, event)
+    elif stream == subjects.POLICY_STREAM:
+        apply_rollout_event(db, event)
 
 
 # -- intents ------------------------------------------------------------------------------------
@@ -425,6 +427,31 @@ def apply_registry_event(db: sqlite3.Connection, event: StoredEvent) -> None:
                     db.execute(
                         f"UPDATE tools SET {column} = ? WHERE server = ? AND tool = ?", (value, p.server, p.tool)
                     )
+        case _:
+            pass
+
+
+def apply_rollout_event(db: sqlite3.Connection, event: StoredEvent) -> None:
+    """A canary rollout: its declaration, then its one ending (the first one; a later is ignored)."""
+    p, at = event.payload, event.envelope.occurred_at
+    match p:
+        case ev.PolicyRolloutStarted():
+            slice_ = dumps({"percent": p.percent, "agents": p.agents})
+            db.execute(
+                "INSERT OR IGNORE INTO rollouts(rollout_id, seq, candidate_digest, previous_digest, slice, triggers,"
+                " promote_after_s, cooldown_s, min_decisions, started_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'in_progress')",
+                (p.rollout_id, event.seq, p.candidate_digest, p.previous_digest, slice_, dumps([t.text for t in p.triggers]),
+                 p.promote_after_s, p.cooldown_s, p.min_decisions, at),
+            )  # fmt: skip
+        case ev.PolicyRolloutPromoted() | ev.PolicyRolloutRolledBack():
+            how = ("rolled_back", p.by, p.trigger or None) if isinstance(p, ev.PolicyRolloutRolledBack) else None
+            status, by, trigger = how or ("promoted", "controller", None)
+            db.execute(
+                "UPDATE rollouts SET status = ?, ended_at = ?, ended_by = ?, trigger = ?, reason = ?, signals = ?"
+                " WHERE rollout_id = ? AND status = 'in_progress'",
+                (status, at, by, trigger, p.reason, dumps(p.signals), p.rollout_id),
+            )
         case _:
             pass
 

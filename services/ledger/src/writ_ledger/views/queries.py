@@ -376,3 +376,31 @@ def run_sql(
 
 def _plain(value: Any) -> Any:
     return value.hex() if isinstance(value, bytes) else value
+
+
+def rollouts(db: sqlite3.Connection, *, limit: int = 20) -> dict[str, Any]:
+    """The canary rollouts, newest first: slice, triggers, how each ended and the signals that
+    decided it, and the decisions made under the candidate meanwhile (by kind).
+
+    Returns:
+        ``{"rollouts": [{rollout_id, status, candidate_digest, previous_digest, percent, agents,
+        triggers, started_at, ended_at, ended_by, trigger, reason, signals, candidate_decisions}]}``
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError("invalid_limit", f"limit must be between 1 and {MAX_LIMIT}")
+    out = []
+    for r in db.execute("SELECT * FROM rollouts ORDER BY seq DESC LIMIT ?", (limit,)):
+        row = dict(r)
+        row.update(json.loads(row.pop("slice")))
+        row["triggers"] = json.loads(row["triggers"])
+        row["signals"] = json.loads(row["signals"]) if row["signals"] else []
+        ended = row["ended_at"] or "9999"
+        row["candidate_decisions"] = dict(
+            db.execute(
+                "SELECT kind, COUNT(*) FROM decisions WHERE policy_digest = ? AND decided_at >= ? AND decided_at <= ?"
+                " GROUP BY kind",
+                (row["candidate_digest"], row["started_at"], ended),
+            ).fetchall()
+        )
+        out.append(row)
+    return {"rollouts": out}

@@ -39,6 +39,7 @@ STREAMS: dict[str, str] = {
     subjects.IDENTITY_STREAM: "writ.identity.>",
     subjects.REGISTRY_STREAM: "writ.registry.>",
     subjects.LEDGER_STREAM: subjects.RECEIPTS_FILTER,
+    subjects.POLICY_STREAM: "writ.policy.>",  # the canary rollouts (the bundles themselves are skipped)
 }
 PAGE = 2048
 POLL_SECONDS = 1.0
@@ -116,7 +117,12 @@ class Views:
             return
         for stream in STREAMS:
             await self.catch_up(stream)
-        for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.LEDGER_STREAM):
+        for stream in (
+            subjects.IDENTITY_STREAM,
+            subjects.REGISTRY_STREAM,
+            subjects.LEDGER_STREAM,
+            subjects.POLICY_STREAM,
+        ):
             self._subs.append(await nc.subscribe(STREAMS[stream], cb=self._nudger(stream)))
         self._poller = asyncio.create_task(self._poll(), name="views-poll")
 

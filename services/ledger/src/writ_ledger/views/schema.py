@@ -3,7 +3,7 @@ rebuild from the first event yields identical tables; ``SCHEMA_VERSION`` changes
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tracking (
@@ -90,6 +90,24 @@ CREATE TABLE IF NOT EXISTS shadow_decisions (
     decided_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shadow_decisions_by_digest ON shadow_decisions(shadow_digest, seq);
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    candidate_digest TEXT NOT NULL,
+    previous_digest TEXT,
+    slice TEXT NOT NULL,
+    triggers TEXT NOT NULL,
+    promote_after_s REAL NOT NULL,
+    cooldown_s REAL NOT NULL,
+    min_decisions INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    ended_at TEXT,
+    ended_by TEXT,
+    trigger TEXT,
+    reason TEXT,
+    signals TEXT
+);
 CREATE TABLE IF NOT EXISTS approvals (
     intent_id TEXT PRIMARY KEY,
     requested_seq INTEGER NOT NULL,

@@ -1,0 +1,426 @@
+"""A candidate bundle enforced for a slice of agents, promoted or rolled back by itself. Pure.
+
+The rules an operator relies on, and the controller applies on every tick:
+
+* **Slice membership** (:func:`in_slice`): an agent's bucket is a hash of its id alone, so it is
+  the same on every replica and after every restart, and a wider canary keeps the narrower one's
+  agents.
+* **Triggers** (:func:`parse_trigger`): ``SIGNAL>THRESHOLD [over WINDOW] [for HOLD]``, validated
+  before anything starts.
+* **Signals** (:class:`SampleBook`, :func:`read`): what the slice's decisions since the rollout
+  began say, per trigger window.
+* **The next step** (:func:`next_step`): from the folded rollout, the hysteresis memory, the
+  readings and the time: wait, roll back, promote, or finish a promotion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast, get_args
+
+from writ_common import events as ev
+from writ_common.envelope import StoredEvent, parse_time
+from writ_common.ids import TOKEN_RULE, is_token
+
+Signal = Literal["denial_rate", "approval_backlog", "p99_decision_ms"]
+SIGNALS: tuple[str, ...] = get_args(Signal)
+DEFAULT_WINDOW_S = 300.0  # "over 5m" when a rate or a percentile names no window
+DEFAULT_HOLD_S = 30.0  # "for 30s": a breach must last this long before it rolls anything back
+DEFAULT_PROMOTE_AFTER_S = 1800.0
+DEFAULT_COOLDOWN_S = 60.0
+DEFAULT_MIN_DECISIONS = 5
+HYSTERESIS = 0.1  # a breached trigger clears only once its signal is 10% below the threshold
+HISTORY = 20  # ended rollouts kept for `rollout status`
+
+
+class RolloutError(ValueError):
+    """A rollout that cannot start as declared; the message says what to write instead."""
+
+
+# -- declaring a rollout ------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_TRIGGER = re.compile(rf"^\s*([a-z0-9_]+)\s*>\s*{_NUMBER}\s*(?:over\s+(\S+)\s*)?(?:for\s+(\S+)\s*)?$", re.IGNORECASE)
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """``500ms``, ``30s``, ``5m``, ``2h``, ``1d`` -> seconds.
+
+    Raises:
+        RolloutError: anything else.
+    """
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise RolloutError(f"{what} {text!r} must look like 30s, 5m, 2h (a number and ms, s, m, h or d)")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def parse_percent(text: str) -> float:
+    """``10%`` or ``10`` -> 10.0, above 0 and at most 100.
+
+    Raises:
+        RolloutError: not a number, or out of range.
+    """
+    raw = text.strip().removesuffix("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RolloutError(f"--canary {text!r} must be a percentage, e.g. 10%") from None
+    if not (0 < value <= 100) or not math.isfinite(value):
+        raise RolloutError(f"--canary {text!r} must be above 0% and at most 100%")
+    return value
+
+
+def parse_trigger(text: str) -> ev.RolloutTrigger:
+    """``SIGNAL>THRESHOLD [over WINDOW] [for HOLD]``: e.g. ``denial_rate>0.2 over 5m``,
+    ``approval_backlog>10``, ``p99_decision_ms>50 over 1m for 10s``.
+
+    Raises:
+        RolloutError: an unknown signal, a threshold out of its range, a bad duration, or a window
+            on ``approval_backlog`` (a count right now).
+    """
+    match = _TRIGGER.match(text)
+    if not match:
+        raise RolloutError(
+            f"--rollback-if {text!r} must look like 'denial_rate>0.2 over 5m for 30s'"
+            f" (SIGNAL>THRESHOLD [over WINDOW] [for HOLD]; signals: {', '.join(SIGNALS)})"
+        )
+    signal, threshold = match[1].lower(), float(match[2])
+    if signal not in SIGNALS:
+        raise RolloutError(f"--rollback-if {text!r}: no signal {signal!r}; known: {', '.join(SIGNALS)}")
+    if signal == "denial_rate" and threshold >= 1:
+        raise RolloutError(f"--rollback-if {text!r}: denial_rate is a fraction of decisions, below 1 (0.2 = 20%)")
+    if signal == "approval_backlog":
+        if match[3]:
+            raise RolloutError(f"--rollback-if {text!r}: approval_backlog counts open requests now; it takes no window")
+        window = 0.0
+    else:
+        window = parse_duration(match[3], "window") if match[3] else DEFAULT_WINDOW_S
+        if window <= 0:
+            raise RolloutError(f"--rollback-if {text!r}: the window must be longer than 0s")
+    hold = parse_duration(match[4], "hold") if match[4] else DEFAULT_HOLD_S
+    return ev.RolloutTrigger(
+        text=" ".join(text.split()),
+        signal=cast("Signal", signal),
+        threshold=threshold,
+        window_s=window,
+        hold_s=hold,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSpec:
+    """A rollout as declared, validated: who gets the candidate, what rolls it back, when it is promoted."""
+
+    percent: float | None
+    agents: tuple[str, ...]
+    triggers: tuple[ev.RolloutTrigger, ...]
+    promote_after_s: float
+    cooldown_s: float
+    min_decisions: int
+
+
+def parse_spec(
+    *,
+    canary: str | None,
+    agents: list[str],
+    rollback_if: list[str],
+    promote_after: str | None,
+    cooldown: str | None,
+    min_decisions: int = DEFAULT_MIN_DECISIONS,
+) -> RolloutSpec:
+    """Validate a whole declaration before anything starts.
+
+    Raises:
+        RolloutError: the first thing wrong, in a sentence.
+    """
+    if (canary is None) == (not agents):
+        raise RolloutError("name the slice with exactly one of --canary PERCENT or --agents a,b")
+    for agent in agents:
+        if not is_token(agent):
+            raise RolloutError(f"--agents: {agent!r} is not an agent id ({TOKEN_RULE})")
+    if not rollback_if:
+        raise RolloutError("declare at least one --rollback-if trigger: a canary nobody watches is just a load")
+    triggers = tuple(parse_trigger(t) for t in rollback_if)
+    texts = [t.text for t in triggers]
+    if len(set(texts)) != len(texts):
+        raise RolloutError("a --rollback-if trigger is declared twice")
+    promote_after_s = parse_duration(promote_after, "--promote-after") if promote_after else DEFAULT_PROMOTE_AFTER_S
+    cooldown_s = parse_duration(cooldown, "--cooldown") if cooldown else min(DEFAULT_COOLDOWN_S, promote_after_s / 2)
+    if promote_after_s <= 0 or cooldown_s >= promote_after_s:
+        raise RolloutError("--promote-after must be longer than 0s and than --cooldown")
+    if min_decisions < 1:
+        raise RolloutError("--min-decisions must be at least 1")
+    return RolloutSpec(
+        percent=parse_percent(canary) if canary is not None else None,
+        agents=tuple(sorted(set(agents))),
+        triggers=triggers,
+        promote_after_s=promote_after_s,
+        cooldown_s=cooldown_s,
+        min_decisions=min_decisions,
+    )
+
+
+# -- who is in the slice ------------------------------------------------------------------------
+
+
+def bucket(agent_id: str) -> float:
+    """The agent's place in [0, 100): a hash of its id, the same everywhere and always."""
+    digest = hashlib.sha256(agent_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def in_slice(plan: ev.PolicyRolloutStarted, agent_id: str) -> bool:
+    if plan.agents:
+        return agent_id in plan.agents
+    return plan.percent is not None and bucket(agent_id) < plan.percent
+
+
+# -- the rollout, folded from the policy stream ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    plan: ev.PolicyRolloutStarted
+    started_at: datetime
+    ended: Literal["promoted", "rolled_back"] | None = None
+    end: ev.PolicyRolloutPromoted | ev.PolicyRolloutRolledBack | None = None
+    ended_at: datetime | None = None
+    published: bool = False  # a policy.published came after the promotion
+
+    @property
+    def active(self) -> bool:
+        return self.ended is None
+
+    @property
+    def promotion_pending(self) -> bool:
+        """Promoted, but the bundle is not published yet (a crash between the two appends)."""
+        return self.ended == "promoted" and not self.published
+
+
+@dataclass(slots=True)
+class Rollouts:
+    """The latest rollout and the ones before it (newest last)."""
+
+    latest: Rollout | None = None
+    ended: list[Rollout] = field(default_factory=list)
+
+
+def apply_rollout_event(rollouts: Rollouts, event: StoredEvent) -> None:
+    """Fold one policy-stream event. The first ending of a rollout wins; a later one is ignored."""
+    at = parse_time(event.envelope.occurred_at)
+    latest = rollouts.latest
+    match event.payload:
+        case ev.PolicyRolloutStarted() as plan:
+            if latest is not None and latest.plan.rollout_id == plan.rollout_id:
+                return
+            if latest is not None:
+                rollouts.ended = [*rollouts.ended, latest][-HISTORY:]
+            rollouts.latest = Rollout(plan=plan, started_at=at)
+        case ev.PolicyRolloutPromoted() as end if latest and latest.active and end.rollout_id == latest.plan.rollout_id:
+            rollouts.latest = replace(latest, ended="promoted", end=end, ended_at=at)
+        case ev.PolicyRolloutRolledBack() as end if (
+            latest and latest.active and end.rollout_id == latest.plan.rollout_id
+        ):
+            rollouts.latest = replace(latest, ended="rolled_back", end=end, ended_at=at)
+        case ev.PolicyBundlePublished() if latest and latest.promotion_pending:
+            rollouts.latest = replace(latest, published=True)
+        case _:
+            pass
+
+
+def ending(
+    plan: ev.PolicyRolloutStarted,
+    how: Literal["promoted", "rolled_back"],
+    reason: str,
+    readings: list[ev.SignalReading],
+    *,
+    trigger: str = "",
+    by: Literal["controller", "operator"] = "controller",
+) -> ev.PolicyRolloutPromoted | ev.PolicyRolloutRolledBack:
+    """The rollout's one ending, carrying what decided it and the bundle everyone is back on."""
+    said: dict[str, Any] = {
+        "rollout_id": plan.rollout_id,
+        "candidate_digest": plan.candidate_digest,
+        "previous_digest": plan.previous_digest,
+        "signals": readings,
+        "reason": reason,
+    }
+    if how == "promoted":
+        return ev.PolicyRolloutPromoted(**said)
+    return ev.PolicyRolloutRolledBack(**said, trigger=trigger, by=by)
+
+
+# -- signals: the slice's decisions since the rollout began ----------------------------------------
+
+Watch = dict[str, datetime]  # trigger text -> since when it has been in breach (absent: clear)
+
+DecisionKind = Literal["allow", "approval", "deny"]
+# The intent events the signals are read from.
+OBSERVED_TYPES = (
+    "intent.planned",
+    "approval.requested",
+    "intent.authorized",
+    "intent.denied",
+    "intent.expired",
+    "approval.expired",
+)
+
+
+@dataclass(slots=True)
+class Sample:
+    planned_at: datetime | None = None
+    decided_at: datetime | None = None
+    kind: DecisionKind | None = None  # the first decision: a grant after a request is not another
+    requested: bool = False
+    closed: bool = False
+
+    @property
+    def open_approval(self) -> bool:
+        return self.requested and not self.closed
+
+
+@dataclass(slots=True)
+class SampleBook:
+    """The slice's intents, keyed by intent id, fed from the intent events, live and replayed
+    alike: observing an event twice, or events out of order, comes to the same samples."""
+
+    samples: dict[str, Sample] = field(default_factory=dict)
+
+    def observe(self, event_type: str, intent_id: str, at: datetime) -> None:
+        sample = self.samples.setdefault(intent_id, Sample())
+        match event_type:
+            case "intent.planned":
+                sample.planned_at = min(sample.planned_at or at, at)
+            case "approval.requested":  # always the first decision where there is one
+                sample.kind, sample.decided_at, sample.requested = "approval", at, True
+            case "intent.authorized" | "intent.denied":
+                if sample.kind != "approval":
+                    sample.kind, sample.decided_at = ("allow" if event_type == "intent.authorized" else "deny"), at
+                sample.closed = True
+            case "intent.expired" | "approval.expired":
+                sample.closed = True
+            case _:
+                pass
+
+    def prune(self, before: datetime) -> None:
+        """Forget what no window reaches any more (an open request stays: it is the backlog)."""
+        for intent_id, s in list(self.samples.items()):
+            last = s.decided_at or s.planned_at
+            if not s.open_approval and last is not None and last < before:
+                del self.samples[intent_id]
+
+
+@dataclass(slots=True)
+class Signals:
+    """What one replica's controller keeps between ticks, for one rollout: the samples and the
+    hysteresis memory. Not in the log: a restart rebuilds the samples from the intent events
+    (:attr:`rollout_id` changes to say so) and starts the hysteresis memory afresh."""
+
+    rollout_id: str | None = None
+    book: SampleBook = field(default_factory=SampleBook)
+    watch: Watch = field(default_factory=dict)
+
+    def reset_for(self, rollout_id: str) -> bool:
+        """Start afresh for another rollout; True when the samples must be read from the log."""
+        if self.rollout_id == rollout_id:
+            return False
+        self.rollout_id, self.book, self.watch = rollout_id, SampleBook(), {}
+        return True
+
+
+def read(book: SampleBook, trigger: ev.RolloutTrigger, now: datetime, min_decisions: int) -> ev.SignalReading:
+    """The trigger's signal now: ``value`` None while fewer than ``min_decisions`` decisions say anything."""
+    if trigger.signal == "approval_backlog":
+        open_requests = sum(1 for s in book.samples.values() if s.open_approval)
+        return reading(trigger, float(open_requests), open_requests)
+    since = now - timedelta(seconds=trigger.window_s)
+    decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
+    if trigger.signal == "denial_rate":
+        denials = sum(1 for s in decided if s.kind == "deny")
+        value = denials / len(decided) if len(decided) >= min_decisions else None
+        return reading(trigger, None if value is None else round(value, 4), len(decided))
+    latencies = sorted(
+        (s.decided_at - s.planned_at).total_seconds() * 1000.0
+        for s in decided
+        if s.decided_at is not None and s.planned_at is not None
+    )
+    if len(latencies) < min_decisions:
+        return reading(trigger, None, len(latencies))
+    rank = max(1, math.ceil(0.99 * len(latencies)))  # nearest rank
+    return reading(trigger, round(latencies[rank - 1], 3), len(latencies))
+
+
+def reading(trigger: ev.RolloutTrigger, value: float | None, samples: int) -> ev.SignalReading:
+    return ev.SignalReading(
+        trigger=trigger.text, signal=trigger.signal, value=value, threshold=trigger.threshold, samples=samples
+    )
+
+
+# -- the controller's next step -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Literal["idle", "wait", "roll_back", "promote", "publish"]
+    reason: str = ""
+    trigger: str = ""
+
+
+def breached(was: bool, value: float | None, threshold: float) -> bool:
+    """Hysteresis: a breach begins above the threshold and ends only 10% below it. No value (too
+    few decisions) is no breach."""
+    if value is None:
+        return False
+    return value > threshold * (1 - HYSTERESIS) if was else value > threshold
+
+
+def watch_after(watch: Watch, readings: list[ev.SignalReading], now: datetime) -> Watch:
+    out: Watch = {}
+    for r in readings:
+        if breached(r.trigger in watch, r.value, r.threshold):
+            out[r.trigger] = watch.get(r.trigger, now)
+    return out
+
+
+def next_step(
+    rollout: Rollout | None, watch: Watch, readings: list[ev.SignalReading], now: datetime
+) -> tuple[Step, Watch]:
+    """What the controller does now, and the hysteresis memory to keep for the next tick.
+
+    Roll back once a trigger has been in breach for its hold (after the cooldown); promote after
+    the soak period unless a trigger is in breach; finish a promotion whose bundle is not yet
+    published (a restart between the two appends)."""
+    if rollout is None:
+        return Step("idle"), {}
+    if rollout.promotion_pending:
+        return Step("publish", "the promotion's bundle is not published yet"), {}
+    if not rollout.active:
+        return Step("idle"), {}
+    watch = watch_after(watch, readings, now)
+    plan = rollout.plan
+    elapsed = (now - rollout.started_at).total_seconds()
+    if elapsed < plan.cooldown_s:
+        return Step("wait", f"cooling down for {plan.cooldown_s - elapsed:.0f}s more"), watch
+    holds = {t.text: t.hold_s for t in plan.triggers}
+    by_text = {r.trigger: r for r in readings}
+    for text, since in watch.items():
+        if (now - since).total_seconds() >= holds.get(text, 0.0):
+            r = by_text[text]
+            return Step(
+                "roll_back",
+                f"{r.signal} was {r.value:g} (over {r.samples} samples), above {r.threshold:g}"
+                f" for {(now - since).total_seconds():.0f}s: {text}",
+                trigger=text,
+            ), watch
+    if elapsed < plan.promote_after_s:
+        return Step("wait", f"soaking for {plan.promote_after_s - elapsed:.0f}s more"), watch
+    if watch:
+        return Step("wait", f"promotion waits: {', '.join(sorted(watch))} in breach"), watch
+    return Step("promote", f"no trigger held in {plan.promote_after_s:g}s of soak"), watch
