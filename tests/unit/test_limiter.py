@@ -55,11 +55,19 @@ def test_bad_latency_cuts_the_limit_once_per_slow_wave_down_to_the_minimum() -> 
     cut = limiter.release(450.0, now=1.0)  # > 2 x 200 ms and > 200 + 50 ms
     assert cut is not None and (cut.old, cut.new, cut.direction) == (20, 10, "down")
     assert "450.0 ms > 400.0 ms" in cut.signal and "baseline 200.0 ms" in cut.signal
-    assert limiter.release(450.0, now=1.2) is None, "the same wave (within one slow call's time)"
+    assert limiter.release(450.0, now=1.1) is None, "within one round trip of the last cut: not again"
     assert limiter.limit == 10
     for n in range(10):
         limiter.release(450.0, now=2.0 + n)
     assert limiter.limit == 2, "never below the minimum"
+
+
+def test_the_cut_is_sized_by_how_far_past_the_bound_the_latency_is() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9))
+    fill(limiter)
+    limiter.release(100.0, now=0.0)
+    assert limiter.release(220.0, now=1.0) is not None and limiter.limit == 28, "just past 200 ms: x0.9"
+    assert limiter.release(3200.0, now=2.0) is not None and limiter.limit == 14, "16 x the baseline: halved"
 
 
 def test_a_fast_tool_is_not_cut_for_noise_within_the_slack() -> None:
@@ -68,7 +76,7 @@ def test_a_fast_tool_is_not_cut_for_noise_within_the_slack() -> None:
     limiter.release(2.0, now=0.0)
     assert limiter.release(30.0, now=1.0) is None  # 15 x the baseline, but only 28 ms above it
     assert limiter.limit == 8
-    assert limiter.release(80.0, now=2.0) is not None and limiter.limit == 7
+    assert limiter.release(80.0, now=2.0) is not None and limiter.limit == 5  # x 52/80
 
 
 def test_the_baseline_follows_a_route_that_became_slower_for_good() -> None:

@@ -102,7 +102,7 @@ class WritSettings(BaseSettings):
     admission_max_wait_ms: int = Field(
         default=1000,
         ge=0,
-        description="A call that finds its route full waits for a place up to one typical call of the route,"
+        description="A call that finds its route full waits for a place up to half a typical call of the route,"
         " at most this long, before it is answered `overloaded`",
     )
     admission_retry_after_min_ms: int = Field(

@@ -58,7 +58,7 @@ class Ticket:
 
 class Admission:
     """Tickets per route. A call that finds its route full waits in place for a freed place, at
-    most one typical call of that route (its retry-after, capped at ``admission_max_wait_ms``):
+    most half a typical call of that route (half its retry-after, capped at ``admission_max_wait_ms``):
     a short burst, or the backlog a restarted executor finds, flows through; a sustained excess
     is answered ``overloaded`` instead of queueing without bound."""
 
@@ -97,7 +97,7 @@ class Admission:
 
     async def _wait_for_place(self, route: str, limiter: RouteLimiter) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(limiter.retry_after_ms(), self.max_wait_ms) / 1000
+        deadline = loop.time() + min(limiter.retry_after_ms() / 2, self.max_wait_ms) / 1000
         waiters = self._waiters.setdefault(route, deque())
         while (remaining := deadline - loop.time()) > 0:
             waiter: asyncio.Future[None] = loop.create_future()

@@ -1,12 +1,13 @@
 """An adaptive concurrency limit per route (``server/tool``), driven by how long its calls take. Pure.
 
-AIMD as in Netflix's concurrency-limits, with latency as the congestion signal in place of drops.
-A call that took longer than ``tolerance`` times the route's baseline, and more than ``slack_ms``
-above it, says calls are queueing somewhere (the tool server, its session, this replica's loop):
-the limit is multiplied by ``backoff`` (at least one less), at most once per such round trip, so
-one slow wave is one cut and not one cut per call in it. A call within that bound, finished while
-at least half the limit was in use, adds one (a route used far below its limit proves nothing
-about a higher one). The limit stays within ``[minimum, maximum]``.
+AIMD as in Netflix's concurrency-limits, with latency as the congestion signal in place of drops,
+and a cut sized by the latency gradient as in their Gradient limiter. A call that took longer than
+the bound (``tolerance`` times the route's baseline, and at least ``slack_ms`` above it) says calls
+are queueing somewhere (the tool server, its session, this replica's loop): the limit is
+multiplied by bound / latency, kept between 0.5 and ``backoff`` (and at least one less), at most
+once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
+bound, finished while at least half the limit was in use, adds one (a route used far below its
+limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``.
 
 The baseline is the fastest call of the current and the previous window (``window_s``): it
 follows a route that has become slower for good instead of shedding it forever, and comes back
@@ -98,10 +99,11 @@ class RouteLimiter:
         bound = max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
         old = self.limit
         if rtt_ms > bound:
-            if now - self._last_cut < rtt_ms / 1000:
-                return None  # the same slow wave: already cut for it
+            if now - self._last_cut < baseline / 1000:
+                return None  # cut less than a round trip ago: that cut has not shown yet
             self._last_cut = now
-            new = max(self.config.minimum, min(old - 1, math.floor(old * self.config.backoff)))
+            factor = max(0.5, min(self.config.backoff, bound / rtt_ms))
+            new = max(self.config.minimum, min(old - 1, math.floor(old * factor)))
             signal = f"latency {rtt_ms:.1f} ms > {bound:.1f} ms (baseline {baseline:.1f} ms)"
         elif in_use * 2 >= old:
             new = min(self.config.maximum, old + 1)
