@@ -63,7 +63,7 @@ def test_bad_latency_cuts_the_limit_once_per_slow_wave_down_to_the_minimum() -> 
 
 
 def test_the_cut_is_sized_by_how_far_past_the_bound_the_latency_is() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9))
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9, slack_ms=50.0))
     fill(limiter)
     limiter.release(100.0, now=0.0)
     assert limiter.release(220.0, now=1.0) is not None and limiter.limit == 28, "just past 200 ms: x0.9"
@@ -99,6 +99,15 @@ def test_retry_after_is_about_one_call_of_the_route_within_bounds() -> None:
     limiter.try_acquire()
     limiter.release(50_000.0, now=1.0)
     assert limiter.retry_after_ms() == 1000
+
+
+def test_a_route_is_congested_only_once_latency_has_cut_its_limit() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0))
+    fill(limiter)
+    assert not limiter.congested, "full at its maximum: a burst, not a struggling tool"
+    limiter.release(100.0, now=0.0)
+    limiter.release(300.0, now=1.0)
+    assert limiter.limit < 4 and limiter.congested
 
 
 def test_routes_have_limits_of_their_own() -> None:

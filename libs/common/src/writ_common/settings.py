@@ -93,7 +93,9 @@ class WritSettings(BaseSettings):
         default=2.0, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
     )
     admission_slack_ms: float = Field(
-        default=50.0, ge=0.0, description="... and only when also this many ms above the baseline (noise on fast tools)"
+        default=250.0,
+        ge=0.0,
+        description="... and only when also this many ms above the baseline (noise on fast tools)",
     )
     admission_backoff: float = Field(default=0.9, gt=0.0, lt=1.0, description="A cut multiplies the limit by this")
     admission_window_seconds: float = Field(

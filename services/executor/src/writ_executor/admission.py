@@ -58,9 +58,10 @@ class Ticket:
 
 class Admission:
     """Tickets per route. A call that finds its route full waits in place for a freed place, at
-    most half a typical call of that route (half its retry-after, capped at ``admission_max_wait_ms``):
-    a short burst, or the backlog a restarted executor finds, flows through; a sustained excess
-    is answered ``overloaded`` instead of queueing without bound."""
+    most half a typical call of that route (half its retry-after, capped at ``admission_max_wait_ms``).
+    Past that, on a route whose latency has cut its limit, it is answered ``overloaded`` instead of
+    queueing without bound; on a route still at its maximum (no sign the tool is struggling: a
+    burst, or the backlog a restarted executor finds) it waits its turn in the stream."""
 
     def __init__(self, settings: WritSettings) -> None:
         self.enabled = settings.admission
@@ -68,14 +69,19 @@ class Admission:
         self.limits = RouteLimits(limiter_config(settings))
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def admit(self, server: str, tool: str) -> Ticket | ev.ExecutionFailed:
-        """A ticket for the call, or the ``overloaded`` answer to record (admission off: always a ticket)."""
+    async def admit(self, server: str, tool: str) -> Ticket | ev.ExecutionFailed | None:
+        """A ticket for the call; or the ``overloaded`` answer to record (the route's latency has cut
+        its limit and no place freed in time); or None: the route is at its configured maximum
+        with healthy latency (a burst or a backlog the tool keeps up with), so the call waits its
+        turn in the stream. Admission off: always a ticket."""
         route = f"{server}/{tool}"
         limiter = self.limits.of(route)
         if not limiter.try_acquire():
             if not self.enabled:
                 limiter.in_flight += 1  # not enforced: still measured, so the limit is observable
             elif not await self._wait_for_place(route, limiter):
+                if not limiter.congested:
+                    return None
                 metrics.OVERLOADED.labels(route).inc()
                 return overloaded(route, limiter.limit, limiter.retry_after_ms())
         metrics.ADMISSION_IN_FLIGHT.labels(route).set(limiter.in_flight)

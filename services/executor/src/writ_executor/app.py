@@ -291,9 +291,10 @@ def build(settings: WritSettings) -> Service:
             assert view.planned is not None
             ticket = await admission.admit(view.planned.server, view.planned.tool)
             if not isinstance(ticket, Ticket):
-                if step.attempt > 1 or view.approval is not None:
-                    # A retry of a call already begun, or a call a person approved, waits its turn.
-                    raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r}: {ticket.reason}")
+                if ticket is None or step.attempt > 1 or view.approval is not None:
+                    # Its route is at its limit; a retry of a call already begun, or a call a
+                    # person approved, is never shed: it comes back shortly, holding nothing.
+                    raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server}/{view.planned.tool} is at its limit")
                 if await settle(view, trigger, ticket, last_seq, step.attempt):
                     return
                 continue

@@ -28,7 +28,7 @@ class LimiterConfig:
     minimum: int = 1
     maximum: int = 32
     tolerance: float = 2.0
-    slack_ms: float = 50.0
+    slack_ms: float = 250.0
     backoff: float = 0.9
     window_s: float = 30.0
     retry_after_min_ms: int = 100
@@ -76,6 +76,11 @@ class RouteLimiter:
         """The fastest call of the current and previous window (None before the first call)."""
         best = min(self._min_now, self._min_prev)
         return None if math.isinf(best) else best
+
+    @property
+    def congested(self) -> bool:
+        """Latency has cut the limit below its maximum: the route itself is the bottleneck."""
+        return self.limit < self.config.maximum
 
     def try_acquire(self) -> bool:
         """Take a place for one call; False when the route is at its limit."""
