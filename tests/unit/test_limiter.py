@@ -47,7 +47,7 @@ def test_good_latency_on_an_idle_route_proves_nothing_about_a_higher_limit() -> 
 
 
 def test_bad_latency_cuts_the_limit_once_per_slow_wave_down_to_the_minimum() -> None:
-    config = LimiterConfig(initial=20, minimum=2, maximum=20, tolerance=2.0, slack_ms=50.0, backoff=0.5)
+    config = LimiterConfig(initial=20, minimum=2, maximum=20, tolerance=2.0, slack_ms=50.0, backoff=0.5, streak=1)
     limiter = RouteLimiter("s/t", config)
     fill(limiter)
     limiter.release(200.0, now=0.0)  # the baseline: 200 ms
@@ -63,7 +63,7 @@ def test_bad_latency_cuts_the_limit_once_per_slow_wave_down_to_the_minimum() -> 
 
 
 def test_the_cut_is_sized_by_how_far_past_the_bound_the_latency_is() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9, slack_ms=50.0))
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9, slack_ms=50.0, streak=1))
     fill(limiter)
     limiter.release(100.0, now=0.0)
     assert limiter.release(220.0, now=1.0) is not None and limiter.limit == 28, "just past 200 ms: x0.9"
@@ -71,12 +71,23 @@ def test_the_cut_is_sized_by_how_far_past_the_bound_the_latency_is() -> None:
 
 
 def test_a_fast_tool_is_not_cut_for_noise_within_the_slack() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=8, maximum=8, slack_ms=50.0))
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=8, maximum=8, slack_ms=50.0, streak=1))
     fill(limiter)
     limiter.release(2.0, now=0.0)
     assert limiter.release(30.0, now=1.0) is None  # 15 x the baseline, but only 28 ms above it
     assert limiter.limit == 8
     assert limiter.release(80.0, now=2.0) is not None and limiter.limit == 5  # x 52/80
+
+
+def test_one_slow_call_is_not_a_queue_three_in_a_row_are() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=8, maximum=8, slack_ms=50.0, streak=3))
+    fill(limiter)
+    limiter.release(10.0, now=0.0)
+    assert limiter.release(900.0, now=1.0) is None, "a pause, a hiccup"
+    limiter.release(10.0, now=2.0)
+    assert limiter.release(900.0, now=3.0) is None and limiter.release(900.0, now=4.0) is None
+    cut = limiter.release(900.0, now=5.0)
+    assert cut is not None and cut.direction == "down"
 
 
 def test_the_baseline_follows_a_route_that_became_slower_for_good() -> None:
@@ -102,7 +113,7 @@ def test_retry_after_is_about_one_call_of_the_route_within_bounds() -> None:
 
 
 def test_a_route_is_congested_only_once_latency_has_cut_its_limit() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0))
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0, streak=1))
     fill(limiter)
     assert not limiter.congested, "full at its maximum: a burst, not a struggling tool"
     limiter.release(100.0, now=0.0)

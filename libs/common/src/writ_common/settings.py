@@ -97,6 +97,9 @@ class WritSettings(BaseSettings):
         ge=0.0,
         description="... and only when also this many ms above the baseline (noise on fast tools)",
     )
+    admission_streak: int = Field(
+        default=3, ge=1, description="Slow calls in a row before the limit is cut (one is a hiccup, not a queue)"
+    )
     admission_backoff: float = Field(default=0.9, gt=0.0, lt=1.0, description="A cut multiplies the limit by this")
     admission_window_seconds: float = Field(
         default=30.0, gt=0.0, description="The baseline is the fastest call of the last one to two such windows"

@@ -30,6 +30,7 @@ def limiter_config(settings: WritSettings) -> LimiterConfig:
         slack_ms=settings.admission_slack_ms,
         backoff=settings.admission_backoff,
         window_s=settings.admission_window_seconds,
+        streak=settings.admission_streak,
         retry_after_min_ms=settings.admission_retry_after_min_ms,
     )
 
@@ -50,10 +51,19 @@ def overloaded(route: str, limit: int, retry_after_ms: int) -> ev.ExecutionFaile
 
 @dataclass
 class Ticket:
-    """One admitted call; ``rtt_ms`` is set once the tool has answered (or failed to)."""
+    """One admitted call; ``rtt_ms``: from the request sent on a ready session to the answer (or
+    failure); None when it was never sent (that says nothing about the route's latency)."""
 
     route: str
     rtt_ms: float | None = None
+    _sent_at: float | None = None
+
+    def sent(self) -> None:
+        self._sent_at = time.perf_counter()
+
+    def received(self) -> None:
+        if self._sent_at is not None:
+            self.rtt_ms = (time.perf_counter() - self._sent_at) * 1000
 
 
 class Admission:

@@ -221,9 +221,11 @@ def build(settings: WritSettings) -> Service:
         error: CallError | None = None
         try:
             try:
-                result = await pool.call(resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
+                result = await pool.call(
+                    resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout, on_session=ticket.sent
+                )
             finally:
-                ticket.rtt_ms = (time.perf_counter() - started) * 1000  # the route's latency signal
+                ticket.received()  # the route's latency signal: the call itself, not a session's start
         except ServerUnavailable as exc:
             error = CallError("not_sent", "server_unavailable", redactor.text(str(exc)))
         except CallInterrupted as exc:

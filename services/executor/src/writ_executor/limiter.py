@@ -3,9 +3,9 @@
 AIMD as in Netflix's concurrency-limits, with latency as the congestion signal in place of drops,
 and a cut sized by the latency gradient as in their Gradient limiter. A call that took longer than
 the bound (``tolerance`` times the route's baseline, and at least ``slack_ms`` above it) says calls
-are queueing somewhere (the tool server, its session, this replica's loop): the limit is
-multiplied by bound / latency, kept between 0.5 and ``backoff`` (and at least one less), at most
-once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
+are queueing somewhere (the tool server, its session, this replica's loop) once ``streak`` calls
+in a row say so: the limit is multiplied by bound / latency, kept between 0.5 and ``backoff`` (and
+at least one less), at most once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
 bound, finished while at least half the limit was in use, adds one (a route used far below its
 limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``.
 
@@ -31,6 +31,7 @@ class LimiterConfig:
     slack_ms: float = 250.0
     backoff: float = 0.9
     window_s: float = 30.0
+    streak: int = 3
     retry_after_min_ms: int = 100
     retry_after_max_ms: int = 30_000
 
@@ -70,6 +71,7 @@ class RouteLimiter:
         self._min_prev = math.inf
         self._window_start: float | None = None
         self._last_cut = -math.inf
+        self._slow = 0  # calls past the bound in a row
 
     @property
     def baseline_ms(self) -> float | None:
@@ -103,7 +105,10 @@ class RouteLimiter:
         assert baseline is not None
         bound = max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
         old = self.limit
+        self._slow = self._slow + 1 if rtt_ms > bound else 0
         if rtt_ms > bound:
+            if self._slow < self.config.streak:
+                return None  # one slow call (a pause, a hiccup) is not yet a queue
             if now - self._last_cut < baseline / 1000:
                 return None  # cut less than a round trip ago: that cut has not shown yet
             self._last_cut = now
