@@ -53,21 +53,23 @@ def test_bad_latency_cuts_the_limit_once_per_slow_wave_down_to_the_minimum() -> 
     limiter.release(200.0, now=0.0)  # the baseline: 200 ms
     assert limiter.limit == 20
     cut = limiter.release(450.0, now=1.0)  # > 2 x 200 ms and > 200 + 50 ms
-    assert cut is not None and (cut.old, cut.new, cut.direction) == (20, 10, "down")
+    assert cut is not None and (cut.old, cut.new, cut.direction) == (20, 9, "down")  # 19 in use x0.5
     assert "450.0 ms > 400.0 ms" in cut.signal and "baseline 200.0 ms" in cut.signal
     assert limiter.release(450.0, now=1.1) is None, "within one round trip of the last cut: not again"
-    assert limiter.limit == 10
+    assert limiter.limit == 9
     for n in range(10):
         limiter.release(450.0, now=2.0 + n)
     assert limiter.limit == 2, "never below the minimum"
 
 
 def test_the_cut_is_sized_by_how_far_past_the_bound_the_latency_is() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, backoff=0.9, slack_ms=50.0, streak=1))
+    limiter = RouteLimiter(
+        "s/t", LimiterConfig(initial=32, maximum=32, tolerance=2.0, backoff=0.9, slack_ms=50.0, streak=1)
+    )
     fill(limiter)
     limiter.release(100.0, now=0.0)
-    assert limiter.release(220.0, now=1.0) is not None and limiter.limit == 28, "just past 200 ms: x0.9"
-    assert limiter.release(3200.0, now=2.0) is not None and limiter.limit == 14, "16 x the baseline: halved"
+    assert limiter.release(220.0, now=1.0) is not None and limiter.limit == 27, "31 in use, just past: x0.9"
+    assert limiter.release(3200.0, now=2.0) is not None and limiter.limit == 13, "16 x the baseline: halved"
 
 
 def test_a_fast_tool_is_not_cut_for_noise_within_the_slack() -> None:
@@ -76,7 +78,7 @@ def test_a_fast_tool_is_not_cut_for_noise_within_the_slack() -> None:
     limiter.release(2.0, now=0.0)
     assert limiter.release(30.0, now=1.0) is None  # 15 x the baseline, but only 28 ms above it
     assert limiter.limit == 8
-    assert limiter.release(80.0, now=2.0) is not None and limiter.limit == 5  # x 52/80
+    assert limiter.release(80.0, now=2.0) is not None and limiter.limit == 3  # 6 in use x 52/80
 
 
 def test_one_slow_call_is_not_a_queue_three_in_a_row_are() -> None:
@@ -110,6 +112,15 @@ def test_retry_after_is_about_one_call_of_the_route_within_bounds() -> None:
     limiter.try_acquire()
     limiter.release(50_000.0, now=1.0)
     assert limiter.retry_after_ms() == 1000
+
+
+def test_a_cut_starts_from_the_calls_in_use_not_from_a_limit_far_above_them() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32, slack_ms=0.0, streak=1))
+    for _ in range(10):
+        limiter.try_acquire()
+    limiter.release(100.0, now=0.0)
+    cut = limiter.release(400.0, now=1.0)  # 9 in use when it ended; bound 200 ms: x0.5
+    assert cut is not None and (cut.old, cut.new) == (32, 4)
 
 
 def test_a_route_is_congested_only_once_latency_has_cut_its_limit() -> None:

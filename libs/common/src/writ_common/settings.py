@@ -90,7 +90,7 @@ class WritSettings(BaseSettings):
         description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER)",
     )
     admission_tolerance: float = Field(
-        default=2.0, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
+        default=1.5, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
     )
     admission_slack_ms: float = Field(
         default=250.0,

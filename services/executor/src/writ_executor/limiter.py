@@ -4,8 +4,8 @@ AIMD as in Netflix's concurrency-limits, with latency as the congestion signal i
 and a cut sized by the latency gradient as in their Gradient limiter. A call that took longer than
 the bound (``tolerance`` times the route's baseline, and at least ``slack_ms`` above it) says calls
 are queueing somewhere (the tool server, its session, this replica's loop) once ``streak`` calls
-in a row say so: the limit is multiplied by bound / latency, kept between 0.5 and ``backoff`` (and
-at least one less), at most once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
+in a row say so: the limit becomes the calls in use (or the limit, if lower) times bound / latency,
+kept between 0.5 and ``backoff`` (and at least one less), at most once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
 bound, finished while at least half the limit was in use, adds one (a route used far below its
 limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``.
 
@@ -27,7 +27,7 @@ class LimiterConfig:
     initial: int = 32
     minimum: int = 1
     maximum: int = 32
-    tolerance: float = 2.0
+    tolerance: float = 1.5
     slack_ms: float = 250.0
     backoff: float = 0.9
     window_s: float = 30.0
@@ -113,7 +113,8 @@ class RouteLimiter:
                 return None  # cut less than a round trip ago: that cut has not shown yet
             self._last_cut = now
             factor = max(0.5, min(self.config.backoff, bound / rtt_ms))
-            new = max(self.config.minimum, min(old - 1, math.floor(old * factor)))
+            # From what was in use, not from a limit far above it (which would bind nothing).
+            new = max(self.config.minimum, min(old - 1, math.floor(min(old, in_use) * factor)))
             signal = f"latency {rtt_ms:.1f} ms > {bound:.1f} ms (baseline {baseline:.1f} ms)"
         elif in_use * 2 >= old:
             new = min(self.config.maximum, old + 1)
