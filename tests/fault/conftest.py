@@ -3,7 +3,7 @@ is the same everywhere."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,17 @@ import pytest_asyncio
 from rig import Rig, open_rig
 
 from writ.runtime.supervisor import Plane
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_shedding() -> Iterator[None]:
+    """The fault tier's planes run with admission control off: these tests push bursts at tools
+    that serve one write at a time (sqlite) on a machine they saturate, which admission rightly
+    answers in part `overloaded`; here every call is to run, so that a lost or doubled call shows.
+    Shedding, and its one receipt per intent, is tested in tests/security/test_overload.py."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WRIT_ADMISSION", "false")
+        yield
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

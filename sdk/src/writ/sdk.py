@@ -339,6 +339,16 @@ class WritAgent:
         return await self.receipt(submission.intent_id, timeout)
 
 
+def retry_after(receipt: Receipt) -> float | None:
+    """Seconds to wait before submitting again when the plane answered ``overloaded`` (the call did
+    not run; submit it anew, with a new idempotency key: the same key is the same, ended, intent);
+    None for any other receipt."""
+    if receipt.code != "overloaded":
+        return None
+    millis = (receipt.result or {}).get("retry_after_ms")
+    return float(millis) / 1000 if isinstance(millis, int | float) else None
+
+
 __all__ = [
     "AwaitingApproval",
     "ReceiptTimeout",
@@ -347,6 +357,7 @@ __all__ = [
     "fetch_receipt",
     "new_intent",
     "publish_intent",
+    "retry_after",
     "retry_intent",
     "sign_intent",
     "wait_receipt",

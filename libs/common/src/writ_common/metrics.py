@@ -42,6 +42,16 @@ BREAKER_STATE = Gauge(
 BREAKER_TRANSITIONS = Counter(
     "writ_breaker_transitions_total", "Circuit breaker state changes", ["server", "from_state", "to_state"]
 )
+ADMISSION_LIMIT = Gauge(
+    "writ_admission_limit", "The adaptive concurrency limit of a route (server/tool) in one executor", ["route"]
+)
+ADMISSION_IN_FLIGHT = Gauge("writ_admission_in_flight", "Calls a route has in flight in one executor", ["route"])
+ADMISSION_ADJUSTMENTS = Counter(
+    "writ_admission_adjustments_total", "Changes of a route's adaptive limit", ["route", "direction"]
+)
+OVERLOADED = Counter(
+    "writ_overloaded_total", "Calls answered `overloaded` (not run: their route was at its limit)", ["route"]
+)
 VIEW_LAG_EVENTS = Gauge(
     "writ_view_lag_events", "Events in a stream the ledger's views have not applied yet (head - position)", ["stream"]
 )

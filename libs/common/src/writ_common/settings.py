@@ -102,6 +102,43 @@ class WritSettings(BaseSettings):
         " (unset: the limit stays executor_per_server)",
     )
     tuning_window: float = Field(default=30.0, gt=0, description="Seconds of calls a limit change is judged on")
+    admission: bool = Field(
+        default=True,
+        description="Admission control: a first attempt past its route's limit ends at once as `overloaded`",
+    )
+    admission_initial_limit: int = Field(
+        default=32, ge=1, description="Calls in flight per route (server/tool) at start, before any latency is seen"
+    )
+    admission_min_limit: int = Field(default=1, ge=1, description="The adaptive limit per route never goes below this")
+    admission_max_limit: int = Field(
+        default=32,
+        ge=1,
+        description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER)",
+    )
+    admission_tolerance: float = Field(
+        default=1.5, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
+    )
+    admission_slack_ms: float = Field(
+        default=250.0,
+        ge=0.0,
+        description="... and only when also this many ms above the baseline (noise on fast tools)",
+    )
+    admission_streak: int = Field(
+        default=3, ge=1, description="Slow calls in a row before the limit is cut (one is a hiccup, not a queue)"
+    )
+    admission_backoff: float = Field(default=0.9, gt=0.0, lt=1.0, description="A cut multiplies the limit by this")
+    admission_window_seconds: float = Field(
+        default=30.0, gt=0.0, description="The baseline is the fastest call of the last one to two such windows"
+    )
+    admission_max_wait_ms: int = Field(
+        default=1000,
+        ge=0,
+        description="A call that finds its route full waits for a place up to half a typical call of the route,"
+        " at most this long, before it is answered `overloaded`",
+    )
+    admission_retry_after_min_ms: int = Field(
+        default=100, ge=0, description="Least retry-after given with an `overloaded` answer"
+    )
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")
     secrets_key: SecretStr | None = Field(

@@ -31,6 +31,7 @@ from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
 from writ_common.service import FENCE_RETRIES, Redeliver, Service
 from writ_common.settings import WritSettings
 from writ_common.stranded import sweep_execution
+from writ_executor.admission import Admission, Ticket
 from writ_executor.breaker import CircuitBreaker, Transition
 from writ_executor.domain import (
     CallError,
@@ -177,6 +178,7 @@ def build(settings: WritSettings) -> Service:
     tuning_tasks: list[asyncio.Task[None]] = []
     svc.on_startup(start_tuning)
     svc.on_shutdown(stop_tuning)
+    admission = Admission(settings)  # adaptive limit per route; a first attempt past it: overloaded
     redis = aioredis.from_url(
         settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
     )
@@ -230,7 +232,7 @@ def build(settings: WritSettings) -> Service:
                 message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
             )
 
-    async def invoke(view: IntentView, attempt: int) -> ev.Payload:
+    async def invoke(view: IntentView, attempt: int, ticket: Ticket) -> ev.Payload:
         planned = view.planned
         assert planned is not None and view.intent_id
         server = await server_for(planned.server)
@@ -267,7 +269,12 @@ def build(settings: WritSettings) -> Service:
         started = time.perf_counter()
         error: CallError | None = None
         try:
-            result = await pool.call(resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
+            try:
+                result = await pool.call(
+                    resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout, on_session=ticket.sent
+                )
+            finally:
+                ticket.received()  # the route's latency signal: the call itself, not a session's start
             calls.record_call(server.name, datetime.now(UTC), time.perf_counter() - started)
         except ServerUnavailable as exc:
             error = CallError("not_sent", "server_unavailable", redactor.text(str(exc)))
@@ -303,6 +310,14 @@ def build(settings: WritSettings) -> Service:
     def decide(view: IntentView) -> Invoke | ev.Payload | None:
         return decide_execution(view, now=datetime.now(UTC), max_attempts=settings.max_attempts)
 
+    async def settle(view: IntentView, trigger: StoredEvent, answer: ev.Payload, last_seq: int, attempt: int) -> bool:
+        """Record a verdict reached without calling the tool; False: the intent moved meanwhile."""
+        try:
+            await svc.append_all(view, trigger, [answer], last_seq, attempt=attempt)
+        except StaleAppend:
+            return False
+        return True
+
     async def on_authorized(trigger: StoredEvent, raw: Msg) -> None:
         for _ in range(FENCE_RETRIES):
             view, last_seq = await fold(trigger)
@@ -322,21 +337,31 @@ def build(settings: WritSettings) -> Service:
                         ) from exc
                     if running:
                         raise Redeliver(LEASE_BUSY_RETRY, f"attempt {view.last_attempt} is still running")
-                try:
-                    await svc.append_all(view, trigger, [step], last_seq, attempt=view.last_attempt)
-                except StaleAppend:
-                    continue
-                return
+                if await settle(view, trigger, step, last_seq, view.last_attempt):
+                    return
+                continue
             assert view.planned is not None
-            if not server_slots.take(view.planned.server):
-                # Its server is at its limit: come back shortly, holding no slot meanwhile.
-                calls.record_busy(view.planned.server, datetime.now(UTC))
-                limit = server_slots.limit_of(view.planned.server)
-                raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {limit} calls already")
+            ticket = await admission.admit(view.planned.server, view.planned.tool)
+            if not isinstance(ticket, Ticket):
+                if ticket is None or step.attempt > 1 or view.approval is not None:
+                    # Its route is at its limit; a retry of a call already begun, or a call a
+                    # person approved, is never shed: it comes back shortly, holding nothing.
+                    raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server}/{view.planned.tool} is at its limit")
+                if await settle(view, trigger, ticket, last_seq, step.attempt):
+                    return
+                continue
             try:
-                await attempt_call(trigger, raw, step.attempt)
+                if not server_slots.take(view.planned.server):
+                    # Its server is at its limit: come back shortly, holding no slot meanwhile.
+                    calls.record_busy(view.planned.server, datetime.now(UTC))
+                    limit = server_slots.limit_of(view.planned.server)
+                    raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {limit} calls already")
+                try:
+                    await attempt_call(trigger, raw, step.attempt, ticket)
+                finally:
+                    server_slots.give_back(view.planned.server)
             finally:
-                server_slots.give_back(view.planned.server)
+                admission.release(ticket)
             return
         raise RuntimeError(f"{trigger.envelope.intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
@@ -366,7 +391,7 @@ def build(settings: WritSettings) -> Service:
                     return False
         raise RuntimeError(f"{view.intent_id}: could not record attempt {attempt} after {FENCE_RETRIES} tries")
 
-    async def attempt_call(trigger: StoredEvent, raw: Msg, attempt: int) -> None:
+    async def attempt_call(trigger: StoredEvent, raw: Msg, attempt: int, ticket: Ticket) -> None:
         intent_id = trigger.envelope.intent_id or ""
         try:
             if not await leases.acquire(intent_id, attempt):
@@ -399,7 +424,7 @@ def build(settings: WritSettings) -> Service:
                 )
             except StaleAppend as exc:
                 raise Redeliver(0.0, "the intent moved on before the call started") from exc
-            result = await invoke(view, attempt)
+            result = await invoke(view, attempt, ticket)
             if not await record_outcome(trigger, view, result, started_seq, attempt):
                 return
         finally:

@@ -113,9 +113,17 @@ class SessionPool:
         return warm, warm.session
 
     async def call(
-        self, server: ev.ServerRegistered, tool: str, arguments: dict[str, Any], *, meta: dict[str, Any], timeout: float
+        self,
+        server: ev.ServerRegistered,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        meta: dict[str, Any],
+        timeout: float,
+        on_session: Callable[[], None] | None = None,
     ) -> CallToolResult:
-        """Call ``tool`` on ``server`` within ``timeout`` seconds.
+        """Call ``tool`` on ``server`` within ``timeout`` seconds; ``on_session()`` once a session is
+        ready, just before the request is sent (so a caller can time the call without the start).
 
         Raises:
             ServerUnavailable: the server could not be reached; the call was not sent.
@@ -123,6 +131,8 @@ class SessionPool:
             MCPError: the server refused the request (a protocol-level error).
         """
         warm, session = await self._session(server)
+        if on_session is not None:
+            on_session()
         warm.in_flight += 1
         try:
             return await asyncio.wait_for(

@@ -1,0 +1,133 @@
+"""Admission control in the executor: a first attempt whose route (``server/tool``) is at its
+adaptive limit ends at once as ``execution.failed{code=overloaded}`` with a retry-after, so it gets
+its receipt like any other intent and nothing waits in an unbounded queue. The limits themselves
+are in ``limiter`` (pure); this module counts, logs and builds the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from writ_common import events as ev
+from writ_common import metrics
+from writ_common.settings import WritSettings
+from writ_executor.limiter import Adjustment, LimiterConfig, RouteLimiter, RouteLimits
+
+log = logging.getLogger(__name__)
+
+
+def limiter_config(settings: WritSettings) -> LimiterConfig:
+    maximum = min(settings.admission_max_limit, settings.executor_per_server)
+    return LimiterConfig(
+        initial=settings.admission_initial_limit,
+        minimum=min(settings.admission_min_limit, maximum),
+        maximum=maximum,
+        tolerance=settings.admission_tolerance,
+        slack_ms=settings.admission_slack_ms,
+        backoff=settings.admission_backoff,
+        window_s=settings.admission_window_seconds,
+        streak=settings.admission_streak,
+        retry_after_min_ms=settings.admission_retry_after_min_ms,
+    )
+
+
+def overloaded(route: str, limit: int, retry_after_ms: int) -> ev.ExecutionFailed:
+    """The answer to a call its route had no room for: it did not run; come back later."""
+    return ev.ExecutionFailed(
+        attempt=0,
+        retryable=True,
+        code="overloaded",
+        reason=(
+            f"overloaded: {route} has {limit} calls in flight, its limit now; the call did not run;"
+            f" retry after {retry_after_ms} ms"
+        ),
+        result={"retry_after_ms": retry_after_ms, "route": route, "limit": limit},
+    )
+
+
+@dataclass
+class Ticket:
+    """One admitted call; ``rtt_ms``: from the request sent on a ready session to the answer (or
+    failure); None when it was never sent (that says nothing about the route's latency)."""
+
+    route: str
+    rtt_ms: float | None = None
+    _sent_at: float | None = None
+
+    def sent(self) -> None:
+        self._sent_at = time.perf_counter()
+
+    def received(self) -> None:
+        if self._sent_at is not None:
+            self.rtt_ms = (time.perf_counter() - self._sent_at) * 1000
+
+
+class Admission:
+    """Tickets per route. A call that finds its route full waits in place for a freed place, at
+    most half a typical call of that route (half its retry-after, capped at ``admission_max_wait_ms``).
+    Past that, on a route whose latency has cut its limit, it is answered ``overloaded`` instead of
+    queueing without bound; on a route still at its maximum (no sign the tool is struggling: a
+    burst, or the backlog a restarted executor finds) it waits its turn in the stream."""
+
+    def __init__(self, settings: WritSettings) -> None:
+        self.enabled = settings.admission
+        self.max_wait_ms = settings.admission_max_wait_ms
+        self.limits = RouteLimits(limiter_config(settings))
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def admit(self, server: str, tool: str) -> Ticket | ev.ExecutionFailed | None:
+        """A ticket for the call; or the ``overloaded`` answer to record (the route's latency has cut
+        its limit and no place freed in time); or None: the route is at its configured maximum
+        with healthy latency (a burst or a backlog the tool keeps up with), so the call waits its
+        turn in the stream. Admission off: always a ticket."""
+        route = f"{server}/{tool}"
+        limiter = self.limits.of(route)
+        if not limiter.try_acquire():
+            if not self.enabled:
+                limiter.in_flight += 1  # not enforced: still measured, so the limit is observable
+            elif not await self._wait_for_place(route, limiter):
+                if not limiter.congested:
+                    return None
+                metrics.OVERLOADED.labels(route).inc()
+                return overloaded(route, limiter.limit, limiter.retry_after_ms())
+        metrics.ADMISSION_IN_FLIGHT.labels(route).set(limiter.in_flight)
+        metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
+        return Ticket(route)
+
+    def release(self, ticket: Ticket) -> None:
+        limiter = self.limits.of(ticket.route)
+        adjustment = limiter.release(ticket.rtt_ms, time.monotonic())
+        metrics.ADMISSION_IN_FLIGHT.labels(ticket.route).set(limiter.in_flight)
+        if adjustment is not None:
+            record(adjustment)
+        waiters = self._waiters.get(ticket.route)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def _wait_for_place(self, route: str, limiter: RouteLimiter) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(limiter.retry_after_ms() / 2, self.max_wait_ms) / 1000
+        waiters = self._waiters.setdefault(route, deque())
+        while (remaining := deadline - loop.time()) > 0:
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, remaining)
+            if not waiter.done():
+                waiter.cancel()
+            if limiter.try_acquire():
+                return True
+        return False
+
+
+def record(adjustment: Adjustment) -> None:
+    metrics.ADMISSION_LIMIT.labels(adjustment.route).set(adjustment.new)
+    metrics.ADMISSION_ADJUSTMENTS.labels(adjustment.route, adjustment.direction).inc()
+    log.info("admission %s: limit %d -> %d (%s)", adjustment.route, adjustment.old, adjustment.new, adjustment.signal)

@@ -1,0 +1,95 @@
+"""Admission control on the session plane. A tool that serves one call at a time gets more calls
+than it can take: their latency grows, the executor cuts that route's limit (a metric and a log
+line say so), and a burst that comes on top gets prompt, explicit ``overloaded`` answers with a
+retry-after; those calls never started; every intent ends in exactly one receipt; and the route
+takes a call again once the burst is over."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from scene import Scene
+
+from writ.sdk import retry_after
+from writ_common import events as ev
+from writ_common import subjects
+from writ_common.bus import direct_get_batch
+from writ_common.envelope import decode
+
+pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
+
+SERIAL = Path(__file__).parents[1] / "servers" / "serial_stdio.py"
+WORK = 0.3  # seconds per call; the server serves one at a time
+FIRST, BURST = 12, 10
+
+
+def route_limit(scene: Scene, route: str) -> float | None:
+    url = scene.plane.metrics_url("executor")
+    assert url, "the executor serves /metrics"
+    with urllib.request.urlopen(url, timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(f'writ_admission_limit{{route="{route}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_receipt_each(
+    scene: Scene, tmp_path: Path
+) -> None:
+    server = f"serial-{scene.suffix}"
+    route = f"{server}/work"
+    await scene.ok("server", "add", server, "--", sys.executable, str(SERIAL))
+    await scene.load_policy(
+        f'@id("all") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
+    )
+    warm = await scene.agent.call(route, {"seconds": WORK}, timeout=30)  # the session, and a baseline
+    assert warm.status == "succeeded", warm.reason
+    first = [await scene.agent.submit(route, {"seconds": WORK}) for _ in range(FIRST)]
+    waits = [asyncio.ensure_future(scene.receipt(s.intent_id, timeout=60)) for s in first]
+    # The calls queue at the tool: each ends later than the one before, and the limit comes down.
+    for done, receipt in enumerate(asyncio.as_completed(waits), start=1):
+        await receipt
+        if done == 9:
+            break
+    limit = route_limit(scene, route)
+    assert limit is not None and limit < 32, f"the route's limit was cut from 32: {limit}"
+
+    began = time.monotonic()
+    burst = [await scene.agent.submit(route, {"seconds": WORK}) for _ in range(BURST)]
+
+    async def answer(intent_id: str) -> tuple[ev.Receipt, float]:
+        receipt = await scene.receipt(intent_id, timeout=60)
+        return receipt, time.monotonic() - began
+
+    answers = await asyncio.gather(*(answer(s.intent_id) for s in burst))
+    refused = [(r, at) for r, at in answers if r.code == "overloaded"]
+    assert len(refused) >= BURST // 2, Counter((r.status, r.code) for r, _ in answers)
+    assert {r.code for r, _ in answers} <= {"ok", "overloaded"}
+    for receipt, at in refused:
+        assert receipt.status == "failed" and "did not run" in receipt.reason, receipt.reason
+        assert at < BURST * WORK, f"an overloaded answer came after {at:.1f} s: not prompt"
+        wait = retry_after(receipt)
+        assert wait is not None and 0.1 <= wait <= 30, receipt.result
+        kinds = [type(e.payload) for e in await scene.history(receipt.intent_id)]
+        assert ev.ExecutionStarted not in kinds, "an overloaded call never started"
+    assert {r.status for r in await asyncio.gather(*waits)} == {"succeeded"}, "the first calls all ran"
+
+    submitted = [s.intent_id for s in [*first, *burst]]
+    stored = await direct_get_batch(
+        scene.operator, subjects.LEDGER_STREAM, subjects.agent_receipts(scene.agent.agent_id)
+    )
+    per_intent = Counter(decode(m.data).envelope.intent_id for m in stored)
+    assert {i: per_intent[i] for i in submitted} == dict.fromkeys(submitted, 1), "exactly one receipt per intent"
+    log = (scene.plane.data_dir / "logs" / "executor.log").read_text()
+    assert f"admission {route}: limit 32 -> " in log, "every adjustment is logged with old and new value"
+
+    # The burst is over: after the retry-after, the route takes a call again.
+    await asyncio.sleep(max(retry_after(r) or 0 for r, _ in refused))
+    again = await scene.agent.call(route, {"seconds": 0.01}, timeout=30)
+    assert again.status == "succeeded", again.reason
