@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak soak-cluster lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas conformance bench bench-load bench-views soak soak-cluster lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -52,6 +52,12 @@ check: venv
 
 schemas: venv
 	$(BIN)/python -m writ_common.schemagen schemas
+
+# The official MCP conformance suite (npm, pinned in src/writ/conformance.py; needs Node and npm):
+# its server scenarios directly against a conformance target server and through `writ gateway
+# --http` with a permit-all policy, side by side; ends `conformance: direct P/N, through writ Q/N`.
+conformance: venv
+	$(BIN)/python -m writ.conformance $(CONFORMANCE_ARGS)
 
 # BENCH_ARGS=--cluster: the same intents on `writ up --cluster 3` (R3) after one node, both printed.
 bench: venv
