@@ -24,10 +24,15 @@ from mcp.shared.exceptions import MCPError
 
 from writ.gateway.translate import (
     Listing,
+    Offered,
     call_result,
     idempotency_key,
     listing,
+    not_completed,
+    offered,
+    operation_error,
     pending_result,
+    receipt_meta,
     refusal_result,
     upstream_error,
     writ_tool_name,
@@ -37,6 +42,7 @@ from writ_common import commands, subjects
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
 from writ_common.ids import derive_intent_id
+from writ_common.operations import PROMPT_REF, RESOURCE_REF
 
 LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
@@ -68,6 +74,7 @@ class Gateway:
         self.agent = agent
         self.options = options
         self.listing = Listing()  # the last one listed: how tools/call reads a name back
+        self.offered = Offered()  # the resources, templates and prompts last listed: where each is read
         self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
 
     async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
@@ -218,6 +225,136 @@ class Gateway:
         except nats.errors.Error:
             return False  # only for the wording: "still in flight"
 
+    # -- resources, prompts, completion ---------------------------------------------------------
+
+    async def refresh_offered(self) -> Offered:
+        """What the servers list beyond tools, asked afresh (and remembered for reading back)."""
+        try:
+            answers = [
+                await commands.call(
+                    self.agent.nc, "executor", "list_offered", {"method": method}, timeout=LIST_TIMEOUT * 3
+                )
+                for method in ("resources/list", "resources/templates/list", "prompts/list")
+            ]
+        except (CommandError, nats.errors.Error) as exc:
+            raise MCPError(types.INTERNAL_ERROR, f"cannot list what Writ's servers offer: {_described(exc)}") from exc
+        self.offered = offered(*answers)
+        return self.offered
+
+    async def list_resources(
+        self, _ctx: Any, _params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=(await self.refresh_offered()).resources)
+
+    async def list_resource_templates(
+        self, _ctx: Any, _params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=(await self.refresh_offered()).templates)
+
+    async def list_prompts(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=(await self.refresh_offered()).prompts)
+
+    async def _server_of(self, find: Callable[[Offered], str | None], what: str) -> str:
+        """The server ``find`` names in the last listing, else in a fresh one; an MCP error if none."""
+        server = find(self.offered) or find(await self.refresh_offered())
+        if server is None:
+            raise MCPError(types.INVALID_PARAMS, f"no server Writ governs offers {what}")
+        return server
+
+    async def _resource_server(self, uri: str) -> str:
+        try:
+            return await self._server_of(lambda o: o.server_of_uri(uri), f"the resource {uri!r}")
+        except MCPError:
+            raise MCPError(-32002, f"Resource not found: no server Writ governs lists {uri!r}", {"uri": uri}) from None
+
+    async def _prompt(self, name: str) -> tuple[str, str]:
+        found = self.offered.prompt_names.get(name) or (await self.refresh_offered()).prompt_names.get(name)
+        if found is None:
+            raise MCPError(types.INVALID_PARAMS, f"no server Writ governs offers the prompt {name!r}")
+        return found
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        result = await self._operate(ctx, "read_resource", await self._resource_server(uri), uri, {})
+        return types.ReadResourceResult.model_validate(result)
+
+    async def subscribe_resource(
+        self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        uri = str(params.uri)
+        done = await self._operate(ctx, "subscribe_resource", await self._resource_server(uri), uri, {})
+        return types.EmptyResult.model_validate(done)
+
+    async def unsubscribe_resource(
+        self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        uri = str(params.uri)
+        done = await self._operate(ctx, "unsubscribe_resource", await self._resource_server(uri), uri, {})
+        return types.EmptyResult.model_validate(done)
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        server, name = await self._prompt(params.name)
+        arguments = {"arguments": dict(params.arguments)} if params.arguments else {}
+        return types.GetPromptResult.model_validate(await self._operate(ctx, "get_prompt", server, name, arguments))
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            server, target = await self._prompt(ref.name)
+            ref_type = PROMPT_REF
+        else:
+            target, ref_type = ref.uri, RESOURCE_REF
+            server = await self._server_of(lambda o: o.server_of_template(target), f"the resource template {target!r}")
+        arguments: dict[str, Any] = {"ref_type": ref_type, "argument": params.argument.model_dump(mode="json")}
+        if params.context is not None and params.context.arguments:
+            arguments["context"] = {"arguments": dict(params.context.arguments)}
+        return types.CompleteResult.model_validate(await self._operate(ctx, "complete", server, target, arguments))
+
+    async def set_logging_level(self, _ctx: Any, _params: types.SetLevelRequestParams) -> types.EmptyResult:
+        # The client's level for this gateway's own log messages; not sent upstream, where one
+        # session serves every agent (docs/gateway.md).
+        return types.EmptyResult()
+
+    async def _operate(
+        self, ctx: ServerRequestContext[Any], operation: str, server: str, target: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Submit ``operation`` on ``server``'s ``target`` as a signed intent and wait for its
+        receipt: the server's own result when it succeeded; an MCP error otherwise (the server's own
+        JSON-RPC error when it refused, else Writ's saying why, with the intent id)."""
+        wire_meta = (ctx.params or {}).get("_meta")
+        key = idempotency_key(wire_meta if isinstance(wire_meta, dict) else None)
+        if key is None:
+            raise MCPError.from_error_data(
+                not_completed("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
+            )
+        try:
+            submission = await self.agent.submit(
+                f"{server}/{target}",
+                arguments,
+                idempotency_key=key,
+                on_behalf_of=self.options.on_behalf_of,
+                deadline_seconds=self.options.deadline_seconds,
+                operation=operation,
+            )
+            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+        except ValueError as exc:
+            raise MCPError.from_error_data(not_completed("invalid_arguments", str(exc), key)) from exc
+        except ReceiptTimeout as exc:
+            intent_id = derive_intent_id(self.agent.agent_id, key)
+            message = f"no outcome yet for intent {intent_id}; ask again with _meta writ/idempotency_key {key!r}"
+            raise MCPError.from_error_data(not_completed("pending", message, key, intent_id)) from exc
+        except nats.errors.Error as exc:
+            raise MCPError.from_error_data(not_completed("writ_unavailable", _described(exc), key)) from exc
+        if receipt.status != "succeeded" or receipt.result is None:
+            raise MCPError.from_error_data(operation_error(receipt, key))
+        return {**receipt.result, "_meta": {**(receipt.result.get("_meta") or {}), **receipt_meta(receipt, key)}}
+
     def mcp_server(self) -> Server[Any]:
         server = _Server(
             "writ",
@@ -228,6 +365,15 @@ class Gateway:
             ),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscribe_resource=self.subscribe_resource,
+            on_unsubscribe_resource=self.unsubscribe_resource,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_completion=self.complete,
+            on_set_logging_level=self.set_logging_level,
         )
         server.add_notification_handler(
             "notifications/initialized", types.NotificationParams, self.announce_tool_changes

@@ -81,8 +81,9 @@ COMMANDS_CALLED_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     ),
 }
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
-# tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).
-COMMANDS_CALLED_BY_AGENT = ("registry.list_tools",)
+# tools/list, resources/list, resources/templates/list and prompts/list, read-only commands. The
+# reply reaches the agent's own inbox (allow_responses).
+COMMANDS_CALLED_BY_AGENT = ("registry.list_tools", "executor.list_offered")
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def service_user(service: str, nkey: str) -> BusUser:
 
 def agent_user(agent_id: str, nkey: str) -> BusUser:
     """Submit under its own id only; read its own intents and receipts (by direct get); list the
-    tools (registry.list_tools), and ask nothing else.
+    tools (registry.list_tools) and what the servers offer (executor.list_offered), and ask nothing else.
 
     Raises:
         ValueError: ``agent_id`` is not one subject token (it would widen or break the allow lists).

@@ -19,7 +19,9 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=F
 
 
 class IntentSubmitted(Payload, frozen=True, kw_only=True):
-    """An agent asks to call ``tool`` with ``arguments``; signed by the agent's key."""
+    """An agent asks to call ``tool`` with ``arguments``; signed by the agent's key. ``operation``
+    is another governed MCP operation on ``tool`` = ``SERVER/TARGET`` (writ_common.operations):
+    read_resource, subscribe_resource, unsubscribe_resource, get_prompt, complete."""
 
     agent_id: str
     idempotency_key: str
@@ -29,12 +31,16 @@ class IntentSubmitted(Payload, frozen=True, kw_only=True):
     deadline: str | None = None
     issued_at: str
     nonce: str
+    operation: str = "call_tool"
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
-        """What the agent signs: every field but the signature itself."""
+        """What the agent signs: every field but the signature itself; ``operation`` only when it is
+        not ``call_tool`` (so a tool call signs the same fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("signature", None)
+        if fields.get("operation") == "call_tool":
+            fields.pop("operation")
         return dict(fields)
 
 

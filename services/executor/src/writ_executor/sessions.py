@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TextIO, cast
+from typing import Any, TextIO, TypeVar, cast
 
 from mcp import ClientSession
 from mcp.client.session import IncomingMessage
@@ -20,8 +20,24 @@ from mcp.types import (
     CONNECTION_CLOSED,
     REQUEST_TIMEOUT,
     CallToolResult,
+    CompleteRequest,
+    CompleteResult,
+    EmptyResult,
+    GetPromptRequest,
+    GetPromptResult,
+    ListPromptsRequest,
+    ListPromptsResult,
+    ListResourcesRequest,
+    ListResourcesResult,
+    ListResourceTemplatesRequest,
+    ListResourceTemplatesResult,
+    PaginatedRequestParams,
+    ReadResourceRequest,
+    ReadResourceResult,
     RequestParamsMeta,
+    SubscribeRequest,
     ToolListChangedNotification,
+    UnsubscribeRequest,
 )
 
 from writ_common import events as ev
@@ -30,6 +46,28 @@ from writ_common.mcp_client import open_session
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
+T = TypeVar("T")
+# The MCP requests of the governed operations other than tools/call (writ_common.operations), by method.
+_REQUESTS: dict[str, Any] = {
+    "resources/read": ReadResourceRequest,
+    "resources/subscribe": SubscribeRequest,
+    "resources/unsubscribe": UnsubscribeRequest,
+    "prompts/get": GetPromptRequest,
+    "completion/complete": CompleteRequest,
+}
+# What the gateway lists without an intent: the result type and the member holding the items.
+_LISTS: dict[str, tuple[Any, Any, str]] = {
+    "resources/list": (ListResourcesRequest, ListResourcesResult, "resources"),
+    "resources/templates/list": (ListResourceTemplatesRequest, ListResourceTemplatesResult, "resource_templates"),
+    "prompts/list": (ListPromptsRequest, ListPromptsResult, "prompts"),
+}
+_RESULTS: dict[str, Any] = {
+    "resources/read": ReadResourceResult,
+    "resources/subscribe": EmptyResult,
+    "resources/unsubscribe": EmptyResult,
+    "prompts/get": GetPromptResult,
+    "completion/complete": CompleteResult,
+}
 
 Stderr = Callable[[], AbstractContextManager[TextIO | None]]
 
@@ -122,13 +160,53 @@ class SessionPool:
             CallInterrupted: the session broke or timed out after sending; the call may have run.
             MCPError: the server refused the request (a protocol-level error).
         """
+        return await self._send(
+            server,
+            lambda session: session.call_tool(
+                tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)
+            ),
+            timeout,
+        )
+
+    async def request(
+        self, server: ev.ServerRegistered, method: str, params: dict[str, Any], *, meta: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Send another MCP request (``resources/read``, ``prompts/get``, ...) to ``server`` within
+        ``timeout`` seconds; its result as JSON. Raises as :meth:`call`."""
+        request = _REQUESTS[method].model_validate({"method": method, "params": {**params, "_meta": meta}})
+        result = await self._send(
+            server,
+            lambda session: session.send_request(request, _RESULTS[method], request_read_timeout_seconds=timeout),
+            timeout,
+        )
+        dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return dumped
+
+    async def listing(self, server: ev.ServerRegistered, method: str, *, timeout: float) -> list[dict[str, Any]]:
+        """Everything ``server`` lists for ``method`` (``resources/list``, ``resources/templates/list``,
+        ``prompts/list``), following its pages, as JSON. Raises as :meth:`call`."""
+        request_type, result_type, member = _LISTS[method]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            request = request_type(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+            page = await self._send(
+                server,
+                lambda session: session.send_request(request, result_type, request_read_timeout_seconds=timeout),  # noqa: B023
+                timeout,
+            )
+            items.extend(i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in getattr(page, member))
+            cursor = page.next_cursor
+            if not cursor:
+                return items
+
+    async def _send(
+        self, server: ev.ServerRegistered, send: Callable[[ClientSession], Awaitable[T]], timeout: float
+    ) -> T:
         warm, session = await self._session(server)
         warm.in_flight += 1
         try:
-            return await asyncio.wait_for(
-                session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)),
-                timeout,
-            )
+            return await asyncio.wait_for(send(session), timeout)
         except MCPError as exc:
             if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                 raise

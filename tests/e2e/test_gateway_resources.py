@@ -1,0 +1,142 @@
+"""Resources, prompts and completion through `writ gateway`, driven by the `mcp` SDK's own client
+over stdio and streamable HTTP, against a real MCP server (tests/servers/conformance_everything.py,
+streamable HTTP) registered on the session's plane: listings pass through with their server named
+in `_meta`; each read, prompt, completion and subscription is a signed intent with its own Cedar
+action and a receipt; a read a policy forbids is a clear JSON-RPC error and a denied receipt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import mcp_types as types
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from test_gateway import Setup, operator_receipt, over_stdio, serving_http
+
+from cli_runner import Writ
+from writ.cli.base import default_policy
+from writ.gateway.translate import WRIT_DID_NOT_COMPLETE
+from writ.runtime.processes import free_port
+from writ.runtime.supervisor import Plane
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+EVERYTHING = Path(__file__).resolve().parent.parent / "servers" / "conformance_everything.py"
+
+
+@pytest.fixture
+def everything(tmp_path: Path) -> Iterator[str]:
+    """The conformance target server over streamable HTTP on a free loopback port; yields its URL."""
+    port = free_port()
+    with (tmp_path / "everything.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, str(EVERYTHING), str(port)], stdout=log, stderr=log)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def setup(writ: Writ, plane: Plane, tmp_path: Path, everything: str) -> Setup:
+    """A fresh agent; the server registered; the default policy plus reads, prompts, completion and
+    subscriptions on this server, except the binary resource, which a policy forbids."""
+    suffix = uuid.uuid4().hex[:8]
+    agent, server = f"res-agent-{suffix}", f"everything-{suffix}"
+    assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
+    for _ in range(50):  # the server process may still be binding its port
+        if (added := writ("server", "add", server, "--url", everything)).exit_code == 0:
+            break
+    assert added.exit_code == 0, added.output
+    policy = tmp_path / "resources.cedar"
+    policy.write_text(
+        default_policy()[0] + f'\n@id("everything-reads")\npermit(principal, action in [Action::"read_resource",'
+        ' Action::"get_prompt", Action::"complete", Action::"subscribe_resource", Action::"unsubscribe_resource"],'
+        f' resource) when {{ resource.server == "{server}" }};\n'
+        '@id("no-binary")\nforbid(principal, action == Action::"read_resource", resource is Resource)'
+        ' when { resource.uri == "test://static-binary" };\n'
+    )
+    assert (loaded := writ("policy", "load", str(policy))).exit_code == 0, loaded.output
+    return Setup(agent, server, plane, tmp_path / "gateway.log")
+
+
+def writ_meta(result: types.Result) -> dict[str, object]:
+    assert result.meta is not None, result
+    return dict(result.meta)
+
+
+async def test_resources_prompts_and_completion_over_stdio(setup: Setup) -> None:
+    async with over_stdio(setup) as session:
+        capabilities = session.server_capabilities
+        resources = (await session.list_resources()).resources
+        templates = (await session.list_resource_templates()).resource_templates
+        prompts = {p.name: p for p in (await session.list_prompts()).prompts}
+        text = await session.read_resource("test://static-text")
+        templated = await session.read_resource("test://template/123/data")
+        prompt = await session.get_prompt("test_prompt_with_arguments", {"arg1": "one", "arg2": "two"})
+        completion = await session.complete(
+            types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
+            {"name": "arg1", "value": "o"},
+        )
+        with warnings.catch_warnings():  # the SDK's newest revision replaces subscribe; MCP 2025-11-25 has it
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            subscribed = await session.subscribe_resource("test://watched-resource")
+
+    assert capabilities is not None and capabilities.resources is not None and capabilities.prompts is not None
+    assert capabilities.completions is not None
+    # Listed as the server lists them (plain pass-through, no intent), its name under _meta.
+    mine = {str(r.uri): r for r in resources if (r.meta or {}).get("writ/server") == setup.server}
+    assert mine["test://static-text"].title == "Static Text Resource"
+    assert any(t.uri_template == "test://template/{id}/data" for t in templates)
+    assert prompts["test_prompt_with_arguments"].arguments is not None
+    # Each read is an intent: the server's own answer, Writ's word in _meta, a verified receipt.
+    [content] = text.contents
+    assert isinstance(content, types.TextResourceContents)
+    assert content.text == "This is the content of the static text resource."
+    assert writ_meta(text)["writ/status"] == "succeeded"
+    receipt = await operator_receipt(setup.plane, str(writ_meta(text)["writ/intent_id"]))
+    assert (receipt.status, receipt.agent_id) == ("succeeded", setup.agent)
+    assert receipt.tool == f"{setup.server}/test://static-text"
+    assert '"123"' in str(templated.contents[0].model_dump())
+    assert isinstance(prompt.messages[0].content, types.TextContent)
+    assert prompt.messages[0].content.text == "Prompt with arguments: arg1='one', arg2='two'"
+    assert completion.completion.values == []
+    for result in (prompt, completion, subscribed):
+        assert (await operator_receipt(setup.plane, str(writ_meta(result)["writ/intent_id"]))).status == "succeeded"
+
+
+@pytest.fixture
+def http_gateway(setup: Setup) -> Iterator[str]:
+    with serving_http(setup) as url:
+        yield url
+
+
+async def test_a_read_a_policy_forbids_is_a_clear_error_with_a_receipt_over_http(
+    setup: Setup, http_gateway: str
+) -> None:
+    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        with warnings.catch_warnings():  # deprecated in the SDK's newest revision, in MCP 2025-11-25
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await session.set_logging_level("info")  # the gateway's own: answered, not an intent
+        with pytest.raises(MCPError) as refused:
+            await session.read_resource("test://static-binary")
+        with pytest.raises(MCPError) as unknown:
+            await session.read_resource("test://nowhere")
+        allowed = await session.read_resource("test://static-text")
+
+    error = refused.value.error
+    assert error.code == WRIT_DID_NOT_COMPLETE
+    assert "denied at authorize (forbidden)" in error.message and "no-binary" in error.message
+    assert isinstance(error.data, dict) and error.data["writ/status"] == "denied"
+    receipt = await operator_receipt(setup.plane, str(error.data["writ/intent_id"]))
+    assert (receipt.status, receipt.code, receipt.result) == ("denied", "forbidden", None)
+    assert unknown.value.error.code == -32002  # no server lists it: MCP's "resource not found", no intent
+    assert writ_meta(allowed)["writ/status"] == "succeeded"
