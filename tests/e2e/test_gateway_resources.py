@@ -18,10 +18,9 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from test_gateway import Setup, operator_receipt, over_stdio, serving_http
+from test_gateway import Notifications, Setup, operator_receipt, over_stdio, serving_http
 
 from cli_runner import Writ
-from writ.cli.base import default_policy
 from writ.gateway.translate import WRIT_DID_NOT_COMPLETE
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
@@ -46,8 +45,8 @@ def everything(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def setup(writ: Writ, plane: Plane, tmp_path: Path, everything: str) -> Setup:
-    """A fresh agent; the server registered; the default policy plus reads, prompts, completion and
-    subscriptions on this server, except the binary resource, which a policy forbids."""
+    """A fresh agent; the server registered; a policy permitting calls, reads, prompts, completion
+    and subscriptions on this server, except the binary resource, which a policy forbids."""
     suffix = uuid.uuid4().hex[:8]
     agent, server = f"res-agent-{suffix}", f"everything-{suffix}"
     assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
@@ -57,7 +56,7 @@ def setup(writ: Writ, plane: Plane, tmp_path: Path, everything: str) -> Setup:
     assert added.exit_code == 0, added.output
     policy = tmp_path / "resources.cedar"
     policy.write_text(
-        default_policy()[0] + f'\n@id("everything-reads")\npermit(principal, action in [Action::"read_resource",'
+        f'@id("everything-reads")\npermit(principal, action in [Action::"call_tool", Action::"read_resource",'
         ' Action::"get_prompt", Action::"complete", Action::"subscribe_resource", Action::"unsubscribe_resource"],'
         f' resource) when {{ resource.server == "{server}" }};\n'
         '@id("no-binary")\nforbid(principal, action == Action::"read_resource", resource is Resource)'
@@ -140,3 +139,26 @@ async def test_a_read_a_policy_forbids_is_a_clear_error_with_a_receipt_over_http
     assert (receipt.status, receipt.code, receipt.result) == ("denied", "forbidden", None)
     assert unknown.value.error.code == -32002  # no server lists it: MCP's "resource not found", no intent
     assert writ_meta(allowed)["writ/status"] == "succeeded"
+
+
+async def test_the_tools_own_progress_and_log_messages_reach_its_caller(setup: Setup) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    notifications = Notifications()
+    async with over_stdio(setup, notifications=notifications) as session:
+        stepped = await session.call_tool(setup.tool("test_tool_with_progress"), {}, progress_callback=on_progress)
+        # MCP 2026-07-28 (this client's): a request opts in to the log messages of its own call.
+        logged = await session.call_tool(
+            setup.tool("test_tool_with_logging"), {}, meta={"io.modelcontextprotocol/logLevel": "info"}
+        )
+        assert not stepped.is_error and not logged.is_error, (stepped.content, logged.content)
+        await notifications.wait_for(types.LoggingMessageNotification, 3)
+
+    # Writ's stages (1-6), then the tool's own progress after them (6 + its own), only forward.
+    assert [p for p, _t, _m in progress] == sorted({p for p, _t, _m in progress})
+    assert (56.0, 106.0, "Completed step 50 of 100") in progress and progress[-1][0] == 106.0
+    logs = [n.params for n in notifications.received if isinstance(n, types.LoggingMessageNotification)]
+    assert [log.data for log in logs] == ["Tool execution started", "Tool processing data", "Tool execution completed"]

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sys
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +23,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
     Listing,
@@ -55,6 +59,7 @@ _STAGES = {
     "authorized": (5, "authorized"),
     "execution_started": (6, "executing"),
 }
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
 
 
@@ -75,6 +80,7 @@ class Gateway:
         self.options = options
         self.listing = Listing()  # the last one listed: how tools/call reads a name back
         self.offered = Offered()  # the resources, templates and prompts last listed: where each is read
+        self._log_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # by client session
         self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
 
     async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
@@ -148,7 +154,7 @@ class Gateway:
         wire_meta = (ctx.params or {}).get("_meta")  # as the client sent it (the typed one renames keys)
         wants_progress = isinstance(wire_meta, dict) and wire_meta.get("progressToken") is not None
         try:
-            async with self._stages(ctx, intent_id, enabled=wants_progress):
+            async with self._relayed(ctx, intent_id, wants_progress=wants_progress):
                 return await self._call(params, key)
         except anyio.get_cancelled_exc_class():
             # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
@@ -160,33 +166,63 @@ class Gateway:
             raise
 
     @asynccontextmanager
-    async def _stages(self, ctx: ServerRequestContext[Any], intent_id: str, *, enabled: bool) -> AsyncIterator[None]:
-        """While the body runs, report the intent's stages as they are recorded (submitted,
-        authenticated, planned, awaiting approval, authorized, executing) as progress notifications
-        for the caller's progressToken: the agent's bus user hears its own intents' events."""
-        if not enabled:
-            yield
-            return
-        sub = await self.agent.nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id))
+    async def _relayed(
+        self, ctx: ServerRequestContext[Any], intent_id: str, *, wants_progress: bool
+    ) -> AsyncIterator[None]:
+        """While the body runs, pass the caller what concerns its call: the intent's stages as they
+        are recorded (submitted, authenticated, planned, awaiting approval, authorized, executing:
+        progress 1-6) and then the tool's own progress (6 + its progress), when it sent a
+        progressToken; and the log messages the tool's server sent during the call, at or above the
+        level the client set. The agent's bus user hears its own intents' events and notices."""
+        reached = 0.0
+        level = _LOG_LEVELS.index(self._log_levels.get(ctx.session, "debug"))
 
-        async def pump() -> None:
-            reached = 0
+        def rank(said_level: Any) -> int:
+            return _LOG_LEVELS.index(said_level) if said_level in _LOG_LEVELS else -1
+
+        async def stages(sub: Subscription) -> None:
+            nonlocal reached
             async for msg in sub.messages:
                 stage = _STAGES.get(msg.subject.rsplit(".", 1)[-1])
                 if stage is not None and stage[0] > reached:
-                    reached = stage[0]
-                    await ctx.session.report_progress(float(reached), message=stage[1])
+                    reached = float(stage[0])
+                    await ctx.session.report_progress(reached, message=stage[1])
 
-        task = asyncio.create_task(pump())
+        async def notices(sub: Subscription) -> None:
+            nonlocal reached
+            async for msg in sub.messages:
+                said = json.loads(msg.data)
+                kind = msg.subject.rsplit(".", 1)[-1]
+                if kind == "progress" and wants_progress and isinstance(said.get("progress"), int | float):
+                    done = len(_STAGES) + float(said["progress"])
+                    total = said.get("total")
+                    if done > reached:
+                        reached = done
+                        whole = len(_STAGES) + float(total) if isinstance(total, int | float) else None
+                        await ctx.session.report_progress(done, whole, said.get("message"))
+                elif kind == "message" and rank(said.get("level")) >= level:
+                    await ctx.session.send_log_message(
+                        said["level"], said.get("data"), said.get("logger"), related_request_id=ctx.request_id
+                    )
+
+        nc = self.agent.nc
+        subs = [await nc.subscribe(subjects.relay_notice_subject(self.agent.agent_id, intent_id, "*"))]
+        tasks = [asyncio.create_task(notices(subs[0]))]
+        if wants_progress:
+            subs.append(await nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id)))
+            tasks.append(asyncio.create_task(stages(subs[1])))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
-                    await task
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, ValueError):
+                        await task
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
 
     async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
@@ -316,9 +352,12 @@ class Gateway:
             arguments["context"] = {"arguments": dict(params.context.arguments)}
         return types.CompleteResult.model_validate(await self._operate(ctx, "complete", server, target, arguments))
 
-    async def set_logging_level(self, _ctx: Any, _params: types.SetLevelRequestParams) -> types.EmptyResult:
-        # The client's level for this gateway's own log messages; not sent upstream, where one
-        # session serves every agent (docs/gateway.md).
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        # The lowest level of the log messages this client is passed from its calls' servers; not
+        # sent upstream, where one session serves every agent (docs/gateway.md).
+        self._log_levels[ctx.session] = params.level
         return types.EmptyResult()
 
     async def _operate(
@@ -356,7 +395,16 @@ class Gateway:
         return {**receipt.result, "_meta": {**(receipt.result.get("_meta") or {}), **receipt_meta(receipt, key)}}
 
     def mcp_server(self) -> Server[Any]:
-        server = _Server(
+        with warnings.catch_warnings():  # logging: deprecated by MCP 2026-07-28, in 2025-11-25 and before
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            server = self._server()
+        server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
+        )
+        return server
+
+    def _server(self) -> Server[Any]:
+        return _Server(
             "writ",
             version="0.1.0",
             instructions=(
@@ -375,10 +423,6 @@ class Gateway:
             on_completion=self.complete,
             on_set_logging_level=self.set_logging_level,
         )
-        server.add_notification_handler(
-            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
-        )
-        return server
 
 
 class _Server(Server[Any]):

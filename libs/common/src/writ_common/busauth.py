@@ -33,6 +33,8 @@ CONTROL_PREFIX_BY_SERVICE = topology.CONTROL_PREFIX_BY_SERVICE
 NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
+    # What a tool's server said during a call (progress, log messages), for the agent that asked.
+    "executor": tuple(f"writ.notice.*.*.{kind}" for kind in ("progress", "message")),
 }
 # What a service needs of the JetStream API: reads and stream info of any stream; of consumers,
 # only its own durable on the intents stream (create, info, pull, ack). Never stream admin, never

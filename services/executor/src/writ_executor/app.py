@@ -49,7 +49,7 @@ from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.redaction import MIN_SECRET_LENGTH, Redactor, references, resolve
 from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
-from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
+from writ_executor.sessions import CallInterrupted, Relay, ServerUnavailable, SessionPool
 from writ_executor.slots import ServerSlots
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,18 @@ def build(settings: WritSettings) -> Service:
                 message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
             )
 
+    def relay_to(agent_id: str, intent_id: str, redactor: Redactor) -> Relay:
+        """What the tool's server says during the call (progress, log messages), scrubbed of secret
+        values, published for the agent that asked (core NATS, not recorded: a gateway waiting on
+        the call hears it; nobody else may)."""
+
+        async def relay(kind: str, params: dict[str, Any]) -> None:
+            body = msgspec.json.encode(within_canonical_domain(redactor.value(params)))
+            if len(body) <= settings.max_output_bytes:
+                await svc.nc.publish(subjects.relay_notice_subject(agent_id, intent_id, kind), body)
+
+        return relay
+
     async def invoke(view: IntentView, attempt: int) -> ev.Payload:
         planned = view.planned
         assert planned is not None and view.intent_id
@@ -227,7 +239,10 @@ def build(settings: WritSettings) -> Service:
         operation = view.submitted.operation if view.submitted else operations.CALL_TOOL
         try:
             if operation == operations.CALL_TOOL:
-                called = await pool.call(resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout)
+                relay = relay_to(view.agent_id or "", view.intent_id, redactor)
+                called = await pool.call(
+                    resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout, relay=relay
+                )
                 answered, is_error = (
                     called.model_dump(mode="json", by_alias=True, exclude_none=True),
                     bool(called.is_error),

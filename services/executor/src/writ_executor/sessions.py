@@ -31,6 +31,7 @@ from mcp.types import (
     ListResourcesResult,
     ListResourceTemplatesRequest,
     ListResourceTemplatesResult,
+    LoggingMessageNotificationParams,
     PaginatedRequestParams,
     ReadResourceRequest,
     ReadResourceResult,
@@ -81,6 +82,9 @@ class CallInterrupted(Exception):
 
 
 ToolsChanged = Callable[[str], None]
+# Hands what a server sent during one call (``progress``, or ``message``: a log message) to whoever
+# asked for that call.
+Relay = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class _Warm:
@@ -93,12 +97,15 @@ class _Warm:
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
         self.in_flight = 0  # calls sent on this session and not yet answered
+        self.relays: list[Relay] = []  # of the calls in flight that want what the server says meanwhile
         self.task = asyncio.create_task(self._hold(), name=f"mcp-session-{server.name}")
 
     async def _hold(self) -> None:
         try:
             with self._stderr() if self.server.transport == "stdio" else nullcontext(None) as errlog:
-                async with open_session(self.server, errlog=errlog, on_message=self._on_message) as session:
+                async with open_session(
+                    self.server, errlog=errlog, on_message=self._on_message, on_log=self._on_log
+                ) as session:
                     self.session = session
                     self.ready.set()
                     await self.stop.wait()
@@ -113,6 +120,13 @@ class _Warm:
         # Runs in the session's receive loop: hand over, never block it.
         if isinstance(message, ToolListChangedNotification):
             self._on_tools_changed(self.server.name)
+
+    async def _on_log(self, params: LoggingMessageNotificationParams) -> None:
+        """A log message belongs to no request in MCP: it is relayed only while exactly one call
+        that wants it is in flight on this session (else whose it is cannot be told: dropped)."""
+        if self.in_flight == 1 and len(self.relays) == 1:
+            with contextlib.suppress(Exception):
+                await self.relays[0]("message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     @property
     def alive(self) -> bool:
@@ -151,21 +165,40 @@ class SessionPool:
         return warm, warm.session
 
     async def call(
-        self, server: ev.ServerRegistered, tool: str, arguments: dict[str, Any], *, meta: dict[str, Any], timeout: float
+        self,
+        server: ev.ServerRegistered,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        meta: dict[str, Any],
+        timeout: float,
+        relay: Relay | None = None,
     ) -> CallToolResult:
-        """Call ``tool`` on ``server`` within ``timeout`` seconds.
+        """Call ``tool`` on ``server`` within ``timeout`` seconds; ``relay`` gets the server's
+        progress for this call (MCP ties it to the request) and its log messages meanwhile.
 
         Raises:
             ServerUnavailable: the server could not be reached; the call was not sent.
             CallInterrupted: the session broke or timed out after sending; the call may have run.
             MCPError: the server refused the request (a protocol-level error).
         """
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    await relay("progress", {"progress": progress, "total": total, "message": message})
+
         return await self._send(
             server,
             lambda session: session.call_tool(
-                tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)
+                tool,
+                arguments,
+                read_timeout_seconds=timeout,
+                meta=cast(RequestParamsMeta, meta),
+                progress_callback=on_progress if relay is not None else None,
             ),
             timeout,
+            relay,
         )
 
     async def request(
@@ -201,10 +234,16 @@ class SessionPool:
                 return items
 
     async def _send(
-        self, server: ev.ServerRegistered, send: Callable[[ClientSession], Awaitable[T]], timeout: float
+        self,
+        server: ev.ServerRegistered,
+        send: Callable[[ClientSession], Awaitable[T]],
+        timeout: float,
+        relay: Relay | None = None,
     ) -> T:
         warm, session = await self._session(server)
         warm.in_flight += 1
+        if relay is not None:
+            warm.relays.append(relay)
         try:
             return await asyncio.wait_for(send(session), timeout)
         except MCPError as exc:
@@ -220,6 +259,8 @@ class SessionPool:
             raise CallInterrupted(f"connection to {server.name!r} broke during the call: {exc!r}") from exc
         finally:
             warm.in_flight -= 1
+            if relay is not None:
+                warm.relays.remove(relay)
 
     async def _after_failure(self, warm: _Warm, *, timed_out: bool) -> None:
         """A broken session is replaced; a call that only timed out does not take down the calls
