@@ -18,6 +18,7 @@ from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     CONNECTION_CLOSED,
+    INVALID_REQUEST,
     REQUEST_TIMEOUT,
     CallToolResult,
     CompleteRequest,
@@ -85,6 +86,13 @@ ToolsChanged = Callable[[str], None]
 # Hands what a server sent during one call (``progress``, or ``message``: a log message) to whoever
 # asked for that call.
 Relay = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def session_forgotten(exc: MCPError) -> bool:
+    """The server answered that it does not know this session (HTTP 404 on a session id): it has
+    restarted, or dropped the session, and ran nothing."""
+    message = exc.message.lower()
+    return exc.code == INVALID_REQUEST and "session" in message and ("not found" in message or "terminated" in message)
 
 
 class _Warm:
@@ -240,6 +248,23 @@ class SessionPool:
         timeout: float,
         relay: Relay | None = None,
     ) -> T:
+        try:
+            return await self._send_once(server, send, timeout, relay)
+        except MCPError as exc:
+            if not session_forgotten(exc):
+                raise
+        # The server no longer knows the session (an HTTP server restarted): it refused the request
+        # before running it, so it is sent once more on a fresh session, whatever the call.
+        log.warning("%s forgot its MCP session; starting a new one", server.name)
+        return await self._send_once(server, send, timeout, relay)
+
+    async def _send_once(
+        self,
+        server: ev.ServerRegistered,
+        send: Callable[[ClientSession], Awaitable[T]],
+        timeout: float,
+        relay: Relay | None,
+    ) -> T:
         warm, session = await self._session(server)
         warm.in_flight += 1
         if relay is not None:
@@ -247,6 +272,9 @@ class SessionPool:
         try:
             return await asyncio.wait_for(send(session), timeout)
         except MCPError as exc:
+            if session_forgotten(exc):
+                await self._discard(warm)
+                raise
             if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                 raise
             await self._after_failure(warm, timed_out=exc.code == REQUEST_TIMEOUT)
