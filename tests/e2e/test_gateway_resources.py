@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import mcp_types as types
 import pytest
+from click.testing import Result
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from test_gateway import Notifications, Setup, operator_receipt, over_stdio, serving_http
+from typer.testing import CliRunner
 
-from cli_runner import Writ
+from writ.cli import app
 from writ.gateway.translate import WRIT_DID_NOT_COMPLETE
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
@@ -30,11 +33,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 EVERYTHING = Path(__file__).resolve().parent.parent / "servers" / "conformance_everything.py"
 
 
-@pytest.fixture
-def everything(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The conformance target server over streamable HTTP on a free loopback port; yields its URL."""
     port = free_port()
-    with (tmp_path / "everything.log").open("wb") as log:
+    with (tmp_path_factory.mktemp("everything") / "everything.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, str(EVERYTHING), str(port)], stdout=log, stderr=log)
     try:
         yield f"http://127.0.0.1:{port}/mcp"
@@ -43,18 +46,26 @@ def everything(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def setup(writ: Writ, plane: Plane, tmp_path: Path, everything: str) -> Setup:
-    """A fresh agent; the server registered; a policy permitting calls, reads, prompts, completion
-    and subscriptions on this server, except the binary resource, which a policy forbids."""
+@pytest.fixture(scope="module")
+def setup(plane: Plane, tmp_path_factory: pytest.TempPathFactory, everything: str) -> Setup:
+    """One agent and the server registered for the module; a policy permitting calls, reads, prompts,
+    completion and subscriptions on this server, except the binary resource, which a policy forbids."""
+    runner = CliRunner()
+    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+
+    def writ(*args: str) -> Result:
+        return runner.invoke(app, list(args), env=env)
+
     suffix = uuid.uuid4().hex[:8]
     agent, server = f"res-agent-{suffix}", f"everything-{suffix}"
     assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
     for _ in range(50):  # the server process may still be binding its port
         if (added := writ("server", "add", server, "--url", everything)).exit_code == 0:
             break
+        time.sleep(0.1)
     assert added.exit_code == 0, added.output
-    policy = tmp_path / "resources.cedar"
+    tmp = tmp_path_factory.mktemp("resources")
+    policy = tmp / "resources.cedar"
     policy.write_text(
         f'@id("everything-reads")\npermit(principal, action in [Action::"call_tool", Action::"read_resource",'
         ' Action::"get_prompt", Action::"complete", Action::"subscribe_resource", Action::"unsubscribe_resource"],'
@@ -63,7 +74,7 @@ def setup(writ: Writ, plane: Plane, tmp_path: Path, everything: str) -> Setup:
         ' when { resource.uri == "test://static-binary" };\n'
     )
     assert (loaded := writ("policy", "load", str(policy))).exit_code == 0, loaded.output
-    return Setup(agent, server, plane, tmp_path / "gateway.log")
+    return Setup(agent, server, plane, tmp / "gateway.log")
 
 
 def writ_meta(result: types.Result) -> dict[str, object]:
@@ -102,7 +113,7 @@ async def test_resources_prompts_and_completion_over_stdio(setup: Setup) -> None
     assert writ_meta(text)["writ/status"] == "succeeded"
     receipt = await operator_receipt(setup.plane, str(writ_meta(text)["writ/intent_id"]))
     assert (receipt.status, receipt.agent_id) == ("succeeded", setup.agent)
-    assert receipt.tool == f"{setup.server}/test://static-text"
+    assert (receipt.tool, receipt.operation) == (f"{setup.server}/test://static-text", "read_resource")
     assert '"123"' in str(templated.contents[0].model_dump())
     assert isinstance(prompt.messages[0].content, types.TextContent)
     assert prompt.messages[0].content.text == "Prompt with arguments: arg1='one', arg2='two'"
@@ -137,6 +148,7 @@ async def test_a_read_a_policy_forbids_is_a_clear_error_with_a_receipt_over_http
     assert isinstance(error.data, dict) and error.data["writ/status"] == "denied"
     receipt = await operator_receipt(setup.plane, str(error.data["writ/intent_id"]))
     assert (receipt.status, receipt.code, receipt.result) == ("denied", "forbidden", None)
+    assert receipt.operation == "read_resource"
     assert unknown.value.error.code == -32002  # no server lists it: MCP's "resource not found", no intent
     assert writ_meta(allowed)["writ/status"] == "succeeded"
 

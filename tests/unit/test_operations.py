@@ -172,3 +172,23 @@ class TestGatewayListing:
         pattern = template_pattern("file:///{dir}/{name}.txt")
         assert pattern.fullmatch("file:///docs/readme.txt")
         assert not pattern.fullmatch("file:///docs/more/readme.txt")
+
+
+class TestReceipt:
+    def test_the_receipt_names_the_operation_and_a_tool_calls_hash_is_unchanged(self) -> None:
+        fields: dict[str, Any] = {
+            "position": 1,
+            "intent_id": "in-x",
+            "agent_id": "bot",
+            "status": "succeeded",
+            "stage": "execute",
+            "code": "ok",
+            "reason": "",
+            "event_ids": [],
+            "recorded_at": "2026-01-01T00:00:00Z",
+            "ledger_key_id": "k",
+            "prev_hash": "",
+        }
+        assert "operation" not in ev.Receipt(**fields).hashed_fields()
+        read = ev.Receipt(**fields, operation="read_resource")
+        assert read.hashed_fields()["operation"] == "read_resource"

@@ -266,12 +266,12 @@ class Gateway:
     async def refresh_offered(self) -> Offered:
         """What the servers list beyond tools, asked afresh (and remembered for reading back)."""
         try:
-            answers = [
-                await commands.call(
-                    self.agent.nc, "executor", "list_offered", {"method": method}, timeout=LIST_TIMEOUT * 3
+            answers = await asyncio.gather(
+                *(
+                    commands.call(self.agent.nc, "executor", "list_offered", {"method": m}, timeout=LIST_TIMEOUT * 3)
+                    for m in ("resources/list", "resources/templates/list", "prompts/list")
                 )
-                for method in ("resources/list", "resources/templates/list", "prompts/list")
-            ]
+            )
         except (CommandError, nats.errors.Error) as exc:
             raise MCPError(types.INTERNAL_ERROR, f"cannot list what Writ's servers offer: {_described(exc)}") from exc
         self.offered = offered(*answers)

@@ -414,14 +414,18 @@ class Receipt(Payload, frozen=True, kw_only=True):
     recorded_at: str
     ledger_key_id: str
     prev_hash: str
+    operation: str = "call_tool"  # the intent's operation (read_resource, get_prompt, ...)
     receipt_hash: str = ""
     signature: str = ""
 
     def hashed_fields(self) -> dict[str, Any]:
-        """The body the hash covers: everything but the hash and the signature."""
+        """The body the hash covers: everything but the hash and the signature; ``operation`` only
+        when it is not ``call_tool`` (so a tool call's receipt hashes the fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("receipt_hash", None)
         fields.pop("signature", None)
+        if fields.get("operation") == "call_tool":
+            fields.pop("operation")
         return dict(fields)
 
 
