@@ -10,7 +10,8 @@ again against the gateway. Prints each scenario's result both ways, the reason f
 difference (the failing check's own message, and for the ones a governance decision refuses on
 purpose, why), and ends with ``conformance: direct P/N, through writ Q/N`` (N: the scenarios that
 score at least one check). Exit status 0 when every scenario that passes directly passes through
-Writ, except those listed in ``REFUSED_ON_PURPOSE``.
+Writ, except those listed in ``REFUSED_ON_PURPOSE`` (on purpose) and ``KNOWN_GAPS`` (not yet); 1
+when another differs, or a known gap passes (the list must then shrink).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ AGENT = "conformance"
 SERVER = "everything"
 # Scenarios a governance decision refuses on purpose through Writ, with the reason (also in README).
 REFUSED_ON_PURPOSE: dict[str, str] = {}
+# Scenarios that pass directly and not yet through Writ, each with what is missing (docs/gateway.md).
+# Like the suite's own expected-failures baseline: one that starts passing must be taken off.
+KNOWN_GAPS: dict[str, str] = {
+    "tools-call-sampling": "not yet: sampling/createMessage from a server relayed to the calling client",
+    "tools-call-elicitation": "not yet: elicitation/create from a server relayed to the calling client",
+    "elicitation-sep1034-defaults": "not yet: elicitation/create from a server relayed to the calling client",
+    "elicitation-sep1330-enums": "not yet: elicitation/create from a server relayed to the calling client",
+}
 _RESULT_DIR = re.compile(r"server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
 
@@ -167,8 +176,13 @@ def report(direct: dict[str, Outcome], gated: dict[str, Outcome]) -> tuple[int, 
         reason = ""
         if a.ok != b.ok:
             reason = REFUSED_ON_PURPOSE.get(name) or (b.failure if not b.ok else f"fails directly: {a.failure}")
-            if a.ok and name not in REFUSED_ON_PURPOSE:
+            if name in KNOWN_GAPS:
+                reason = f"{KNOWN_GAPS[name]} ({reason})"
+            elif a.ok and name not in REFUSED_ON_PURPOSE:
                 regressions.append(name)
+        elif a.ok and name in KNOWN_GAPS:
+            reason = "passes through writ now: take it off KNOWN_GAPS"
+            regressions.append(name)
         print(f"{name:{width}}  {_cell(a):>7}  {_cell(b):>7}  {reason}")
     unscored = [n for n in direct if not direct[n].scored]
     if unscored:
