@@ -9,6 +9,10 @@ MCP's rule is not listed.
 
 The listing is the server's own: the tool as it listed it (title, icons, annotations as given,
 outputSchema, _meta), Writ adding only ``writ/tool`` under ``_meta``.
+
+Resources, resource templates and prompts are listed as their servers list them, ``writ/server``
+added under ``_meta`` (:func:`offered`); a read, prompt or completion Writ did not complete is a
+JSON-RPC error ``WRIT_DID_NOT_COMPLETE`` (:func:`operation_error`).
 """
 
 from __future__ import annotations
