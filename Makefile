@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas docs bench bench-load bench-views bench-console soak soak-cluster soak-tuning lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas docs conformance bench bench-load bench-views bench-console soak soak-cluster soak-tuning lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -56,6 +56,12 @@ schemas: venv
 # docs/reference/{configuration,cli}.md from WritSettings and the typer app; a unit test keeps them current.
 docs: venv
 	$(BIN)/python -m writ.docsgen
+
+# The official MCP conformance suite (npm, pinned in src/writ/conformance.py; needs Node and npm):
+# its server scenarios directly against a conformance target server and through `writ gateway
+# --http` with a permit-all policy, side by side; ends `conformance: direct P/N, through writ Q/N`.
+conformance: venv
+	$(BIN)/python -m writ.conformance $(CONFORMANCE_ARGS)
 
 # BENCH_ARGS=--cluster: the same intents on `writ up --cluster 3` (R3) after one node, both printed.
 bench: venv

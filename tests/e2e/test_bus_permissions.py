@@ -142,9 +142,18 @@ async def test_an_agent_may_list_the_tools_and_ask_the_registry_nothing_else(pla
     # The MCP gateway's tools/list: one read-only command, answered into the agent's own inbox.
     tools = await commands.call(agent.bus.nc, "registry", "list_tools", {}, timeout=5)
     assert isinstance(tools, list)
+    # And its resources/list (prompts/list...): what the servers offer, from the executor, read-only.
+    offered = await commands.call(agent.bus.nc, "executor", "list_offered", {"method": "prompts/list"}, timeout=15)
+    assert isinstance(offered, list)
     assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
     body = json.dumps({"name": "sneaky", "command": "/bin/true"}).encode()
-    for command in ("registry.add_server", "registry.accept_tool", "registry.list_servers", "executor.set_secret"):
+    for command in (
+        "registry.add_server",
+        "registry.accept_tool",
+        "registry.list_servers",
+        "executor.set_secret",
+        "executor.discover",
+    ):
         before = len(agent.bus.errors)
         with pytest.raises(nats.errors.TimeoutError):
             await agent.bus.nc.request(f"writ.cmd.{command}", body, timeout=1.0)

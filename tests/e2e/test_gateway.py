@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,6 +349,13 @@ def wait_for_url(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0
 @pytest.fixture
 def http_gateway(setup: Setup) -> Iterator[str]:
     """`writ gateway --as AGENT --http 0` in its own process; yields the URL it says it listens at."""
+    with serving_http(setup) as url:
+        yield url
+
+
+@contextmanager
+def serving_http(setup: Setup) -> Iterator[str]:
+    """`writ gateway --as AGENT --http 0` in its own process, stopped on exit; the URL it listens at."""
     with setup.log.open("w") as errlog:
         proc = subprocess.Popen(
             [str(BIN / "writ"), "gateway", "--as", setup.agent, "--http", "0"],

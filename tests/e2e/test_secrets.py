@@ -10,6 +10,7 @@ did receive it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -20,8 +21,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
 import pytest
 from click.testing import Result
+from nats.aio.msg import Msg
 from typer.testing import CliRunner
 
 from cli_runner import INTENT_ID
@@ -194,6 +197,38 @@ def test_calls_get_the_secret_and_nothing_the_plane_wrote_holds_it(canary: Canar
         assert hits == {}
         assert leaks(json.dumps(receipts).encode(), secret) == []
         assert leaks("\n".join(canary.outputs).encode(), secret) == []
+
+
+def test_what_a_tool_says_during_a_call_is_relayed_scrubbed(canary: Canary) -> None:
+    """The executor relays a call's log and progress messages to the agent's gateway (core NATS,
+    writ.notice.<agent>.<intent>.message|progress): a new way out of the executor, scrubbed too."""
+    ok(canary("secret", "set", "canary-token", input=SECRET + "\n"))
+    ok(canary("agent", "register", "chatty-bot", "--owner", "tests"))
+    ok(canary("policy", "load", "--default"))
+    stdio = [sys.executable, str(SERVERS / "secret_echo_stdio.py")]
+    ok(canary("server", "add", "chatty", "--env", "CANARY_TOKEN=secret:canary-token", "--", *stdio))
+
+    async def relayed() -> list[bytes]:
+        nc = await nats.connect(canary.plane.nats_url, **canary.plane.settings.bus_options())
+        heard: list[bytes] = []
+
+        async def hear(msg: Msg) -> None:
+            heard.append(msg.subject.encode() + b" " + msg.data)
+
+        await nc.subscribe("writ.notice.chatty-bot.*.*", cb=hear)
+        submitted = await asyncio.to_thread(
+            canary, "intent", "submit", "chatty/chatter", "--as", "chatty-bot", "--wait"
+        )
+        assert "succeeded" in submitted.stdout, submitted.output
+        await asyncio.sleep(0.5)
+        await nc.close()
+        return heard
+
+    heard = asyncio.run(relayed())
+    said = b"\n".join(heard)
+    assert b".message " in said and f"logging in with {MARKER}".encode() in said, said
+    assert b".progress " in said and f"step one used {MARKER}".encode() in said, said
+    assert leaks(said, SECRET) == []
 
 
 def test_a_missing_secret_fails_the_intent_with_a_clear_reason(canary: Canary) -> None:

@@ -2,7 +2,8 @@
 
 It reads ``CANARY_TOKEN`` from its environment (Writ puts it there from a secret reference),
 prints it to stderr at start, returns it in text and structured output (raw, base64, hex),
-fails with it in the error message, and logs a traceback holding it. Writ must let none of it out of the executor.
+says it in a log message and a progress message during a call, fails with it in the error
+message, and logs a traceback holding it. Writ must let none of it out of the executor.
 
 Usage: CANARY_TOKEN=... python tests/servers/secret_echo_stdio.py
 """
@@ -15,7 +16,7 @@ import sys
 import traceback
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
@@ -38,6 +39,14 @@ def reveal_structured() -> dict[str, Any]:
     """The token, nested and encoded."""
     raw = token().encode()
     return {"nested": {"token": token(), "list": [token()]}, "b64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+
+
+@server.tool(annotations=READ_ONLY)
+async def chatter(ctx: Context) -> str:
+    """Say the token in a log message and in a progress message during the call."""
+    await ctx.info(f"logging in with {token()}")
+    await ctx.report_progress(1, 2, f"step one used {token()}")
+    return "chattered"
 
 
 @server.tool(annotations=READ_ONLY)

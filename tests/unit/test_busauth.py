@@ -33,7 +33,8 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     agent = busauth.agent_user("bot-1", "UBOT")
     assert agent.publish[0] == "writ.intent.bot-1.*.submitted"
     commands = [s for s in agent.publish if s.startswith("writ.cmd.")]
-    assert commands == ["writ.cmd.registry.list_tools"]  # the MCP gateway's tools/list, read-only
+    # the MCP gateway's tools/list and resources/prompts listings, read-only
+    assert commands == ["writ.cmd.registry.list_tools", "writ.cmd.executor.list_offered"]
     assert all("bot-1" in s or "receipt" in s for s in agent.publish if s not in commands)
     assert agent.subscribe == ("writ.intent.bot-1.>", "writ.notice.bot-1.>", "_INBOX_agent-bot-1.>")
     assert not agent.allow_responses

@@ -77,3 +77,14 @@ def test_the_same_version_rediscovered_keeps_its_acceptance_and_the_fuller_defin
     assert catalog.tools["time"]["get_current_time"].listed == {"name": "get_current_time", "title": "Now"}
     assert catalog.tools["time"]["convert_time"].tool_digest == "sha256:a"  # the accepted version stays
     assert set(catalog.quarantined["time"]) == {"convert_time"}
+
+
+def test_the_gateways_server_dot_tool_spelling_resolves_as_server_slash_tool() -> None:
+    catalog = time_catalog()
+    resolved = catalog.resolve("time.get_current_time")
+    assert not isinstance(resolved, str) and resolved[0] == "time" and resolved[1].name == "get_current_time"
+    # A tool really named with a dot keeps its own name; an unknown server.tool stays unknown.
+    catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("time.get_current_time")]), 4))
+    named = catalog.resolve("time.get_current_time")
+    assert not isinstance(named, str) and named[1].name == "time.get_current_time"
+    assert str(catalog.resolve("clock.get_current_time")).startswith("unknown_tool: ")

@@ -36,6 +36,7 @@ from writ_common.envelope import (
 from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
+from writ_common.operations import CALL_TOOL
 from writ_common.signing import sign
 from writ_common.tracing import tracer
 
@@ -90,8 +91,10 @@ def new_intent(
     idempotency_key: str | None = None,
     on_behalf_of: str | None = None,
     deadline_seconds: float = 300.0,
+    operation: str = CALL_TOOL,
 ) -> IntentSubmitted:
-    """An unsigned intent with a fresh nonce, issue time and deadline."""
+    """An unsigned intent with a fresh nonce, issue time and deadline; ``operation`` other than
+    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``."""
     now = datetime.now(UTC)
     return IntentSubmitted(
         agent_id=agent_id,
@@ -102,6 +105,7 @@ def new_intent(
         deadline=(now + timedelta(seconds=deadline_seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         issued_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         nonce=secrets.token_urlsafe(16),
+        operation=operation,
     )
 
 
@@ -307,6 +311,7 @@ class WritAgent:
         on_behalf_of: str | None = None,
         deadline_seconds: float = 300.0,
         caused_by: str | None = None,
+        operation: str = CALL_TOOL,
     ) -> Submission:
         """Sign and submit an intent; returns its id (the same id for the same idempotency key).
 
@@ -320,6 +325,7 @@ class WritAgent:
             idempotency_key=idempotency_key,
             on_behalf_of=on_behalf_of,
             deadline_seconds=deadline_seconds,
+            operation=operation,
         )
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import sys
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,14 +23,20 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
     Listing,
+    Offered,
     call_result,
     idempotency_key,
     listing,
+    not_completed,
+    offered,
+    operation_error,
     pending_result,
+    receipt_meta,
     refusal_result,
     upstream_error,
     writ_tool_name,
@@ -37,6 +46,7 @@ from writ_common import commands, subjects
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
 from writ_common.ids import derive_intent_id
+from writ_common.operations import PROMPT_REF, RESOURCE_REF
 
 LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
@@ -49,6 +59,7 @@ _STAGES = {
     "authorized": (5, "authorized"),
     "execution_started": (6, "executing"),
 }
+_LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
 
 
@@ -68,6 +79,8 @@ class Gateway:
         self.agent = agent
         self.options = options
         self.listing = Listing()  # the last one listed: how tools/call reads a name back
+        self.offered = Offered()  # the resources, templates and prompts last listed: where each is read
+        self._log_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # by client session
         self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
 
     async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
@@ -141,7 +154,7 @@ class Gateway:
         wire_meta = (ctx.params or {}).get("_meta")  # as the client sent it (the typed one renames keys)
         wants_progress = isinstance(wire_meta, dict) and wire_meta.get("progressToken") is not None
         try:
-            async with self._stages(ctx, intent_id, enabled=wants_progress):
+            async with self._relayed(ctx, intent_id, wants_progress=wants_progress):
                 return await self._call(params, key)
         except anyio.get_cancelled_exc_class():
             # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
@@ -153,33 +166,63 @@ class Gateway:
             raise
 
     @asynccontextmanager
-    async def _stages(self, ctx: ServerRequestContext[Any], intent_id: str, *, enabled: bool) -> AsyncIterator[None]:
-        """While the body runs, report the intent's stages as they are recorded (submitted,
-        authenticated, planned, awaiting approval, authorized, executing) as progress notifications
-        for the caller's progressToken: the agent's bus user hears its own intents' events."""
-        if not enabled:
-            yield
-            return
-        sub = await self.agent.nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id))
+    async def _relayed(
+        self, ctx: ServerRequestContext[Any], intent_id: str, *, wants_progress: bool
+    ) -> AsyncIterator[None]:
+        """While the body runs, pass the caller what concerns its call: the intent's stages as they
+        are recorded (submitted, authenticated, planned, awaiting approval, authorized, executing:
+        progress 1-6) and then the tool's own progress (6 + its progress), when it sent a
+        progressToken; and the log messages the tool's server sent during the call, at or above the
+        level the client set. The agent's bus user hears its own intents' events and notices."""
+        reached = 0.0
+        level = _LOG_LEVELS.index(self._log_levels.get(ctx.session, "debug"))
 
-        async def pump() -> None:
-            reached = 0
+        def rank(said_level: Any) -> int:
+            return _LOG_LEVELS.index(said_level) if said_level in _LOG_LEVELS else -1
+
+        async def stages(sub: Subscription) -> None:
+            nonlocal reached
             async for msg in sub.messages:
                 stage = _STAGES.get(msg.subject.rsplit(".", 1)[-1])
                 if stage is not None and stage[0] > reached:
-                    reached = stage[0]
-                    await ctx.session.report_progress(float(reached), message=stage[1])
+                    reached = float(stage[0])
+                    await ctx.session.report_progress(reached, message=stage[1])
 
-        task = asyncio.create_task(pump())
+        async def notices(sub: Subscription) -> None:
+            nonlocal reached
+            async for msg in sub.messages:
+                said = json.loads(msg.data)
+                kind = msg.subject.rsplit(".", 1)[-1]
+                if kind == "progress" and wants_progress and isinstance(said.get("progress"), int | float):
+                    done = len(_STAGES) + float(said["progress"])
+                    total = said.get("total")
+                    if done > reached:
+                        reached = done
+                        whole = len(_STAGES) + float(total) if isinstance(total, int | float) else None
+                        await ctx.session.report_progress(done, whole, said.get("message"))
+                elif kind == "message" and rank(said.get("level")) >= level:
+                    await ctx.session.send_log_message(
+                        said["level"], said.get("data"), said.get("logger"), related_request_id=ctx.request_id
+                    )
+
+        nc = self.agent.nc
+        subs = [await nc.subscribe(subjects.relay_notice_subject(self.agent.agent_id, intent_id, "*"))]
+        tasks = [asyncio.create_task(notices(subs[0]))]
+        if wants_progress:
+            subs.append(await nc.subscribe(subjects.intent_filter(self.agent.agent_id, intent_id)))
+            tasks.append(asyncio.create_task(stages(subs[1])))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError, nats.errors.Error):
-                    await task
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, ValueError):
+                        await task
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
 
     async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
@@ -218,8 +261,150 @@ class Gateway:
         except nats.errors.Error:
             return False  # only for the wording: "still in flight"
 
+    # -- resources, prompts, completion ---------------------------------------------------------
+
+    async def refresh_offered(self) -> Offered:
+        """What the servers list beyond tools, asked afresh (and remembered for reading back)."""
+        try:
+            answers = await asyncio.gather(
+                *(
+                    commands.call(self.agent.nc, "executor", "list_offered", {"method": m}, timeout=LIST_TIMEOUT * 3)
+                    for m in ("resources/list", "resources/templates/list", "prompts/list")
+                )
+            )
+        except (CommandError, nats.errors.Error) as exc:
+            raise MCPError(types.INTERNAL_ERROR, f"cannot list what Writ's servers offer: {_described(exc)}") from exc
+        self.offered = offered(*answers)
+        return self.offered
+
+    async def list_resources(
+        self, _ctx: Any, _params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=(await self.refresh_offered()).resources)
+
+    async def list_resource_templates(
+        self, _ctx: Any, _params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=(await self.refresh_offered()).templates)
+
+    async def list_prompts(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=(await self.refresh_offered()).prompts)
+
+    async def _server_of(self, find: Callable[[Offered], str | None], what: str) -> str:
+        """The server ``find`` names in the last listing, else in a fresh one; an MCP error if none."""
+        server = find(self.offered) or find(await self.refresh_offered())
+        if server is None:
+            raise MCPError(types.INVALID_PARAMS, f"no server Writ governs offers {what}")
+        return server
+
+    async def _resource_server(self, uri: str) -> str:
+        try:
+            return await self._server_of(lambda o: o.server_of_uri(uri), f"the resource {uri!r}")
+        except MCPError:
+            raise MCPError(-32002, f"Resource not found: no server Writ governs lists {uri!r}", {"uri": uri}) from None
+
+    async def _prompt(self, name: str) -> tuple[str, str]:
+        found = self.offered.prompt_names.get(name) or (await self.refresh_offered()).prompt_names.get(name)
+        if found is None:
+            raise MCPError(types.INVALID_PARAMS, f"no server Writ governs offers the prompt {name!r}")
+        return found
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        result = await self._operate(ctx, "read_resource", await self._resource_server(uri), uri, {})
+        return types.ReadResourceResult.model_validate(result)
+
+    async def subscribe_resource(
+        self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        uri = str(params.uri)
+        done = await self._operate(ctx, "subscribe_resource", await self._resource_server(uri), uri, {})
+        return types.EmptyResult.model_validate(done)
+
+    async def unsubscribe_resource(
+        self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        uri = str(params.uri)
+        done = await self._operate(ctx, "unsubscribe_resource", await self._resource_server(uri), uri, {})
+        return types.EmptyResult.model_validate(done)
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        server, name = await self._prompt(params.name)
+        arguments = {"arguments": dict(params.arguments)} if params.arguments else {}
+        return types.GetPromptResult.model_validate(await self._operate(ctx, "get_prompt", server, name, arguments))
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            server, target = await self._prompt(ref.name)
+            ref_type = PROMPT_REF
+        else:
+            target, ref_type = ref.uri, RESOURCE_REF
+            server = await self._server_of(lambda o: o.server_of_template(target), f"the resource template {target!r}")
+        arguments: dict[str, Any] = {"ref_type": ref_type, "argument": params.argument.model_dump(mode="json")}
+        if params.context is not None and params.context.arguments:
+            arguments["context"] = {"arguments": dict(params.context.arguments)}
+        return types.CompleteResult.model_validate(await self._operate(ctx, "complete", server, target, arguments))
+
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        # The lowest level of the log messages this client is passed from its calls' servers; not
+        # sent upstream, where one session serves every agent (docs/gateway.md).
+        self._log_levels[ctx.session] = params.level
+        return types.EmptyResult()
+
+    async def _operate(
+        self, ctx: ServerRequestContext[Any], operation: str, server: str, target: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Submit ``operation`` on ``server``'s ``target`` as a signed intent and wait for its
+        receipt: the server's own result when it succeeded; an MCP error otherwise (the server's own
+        JSON-RPC error when it refused, else Writ's saying why, with the intent id)."""
+        wire_meta = (ctx.params or {}).get("_meta")
+        key = idempotency_key(wire_meta if isinstance(wire_meta, dict) else None)
+        if key is None:
+            raise MCPError.from_error_data(
+                not_completed("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
+            )
+        try:
+            submission = await self.agent.submit(
+                f"{server}/{target}",
+                arguments,
+                idempotency_key=key,
+                on_behalf_of=self.options.on_behalf_of,
+                deadline_seconds=self.options.deadline_seconds,
+                operation=operation,
+            )
+            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+        except ValueError as exc:
+            raise MCPError.from_error_data(not_completed("invalid_arguments", str(exc), key)) from exc
+        except ReceiptTimeout as exc:
+            intent_id = derive_intent_id(self.agent.agent_id, key)
+            message = f"no outcome yet for intent {intent_id}; ask again with _meta writ/idempotency_key {key!r}"
+            raise MCPError.from_error_data(not_completed("pending", message, key, intent_id)) from exc
+        except nats.errors.Error as exc:
+            raise MCPError.from_error_data(not_completed("writ_unavailable", _described(exc), key)) from exc
+        if receipt.status != "succeeded" or receipt.result is None:
+            raise MCPError.from_error_data(operation_error(receipt, key))
+        return {**receipt.result, "_meta": {**(receipt.result.get("_meta") or {}), **receipt_meta(receipt, key)}}
+
     def mcp_server(self) -> Server[Any]:
-        server = _Server(
+        with warnings.catch_warnings():  # logging: deprecated by MCP 2026-07-28, in 2025-11-25 and before
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            server = self._server()
+        server.add_notification_handler(
+            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
+        )
+        return server
+
+    def _server(self) -> Server[Any]:
+        return _Server(
             "writ",
             version="0.1.0",
             instructions=(
@@ -228,11 +413,16 @@ class Gateway:
             ),
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscribe_resource=self.subscribe_resource,
+            on_unsubscribe_resource=self.unsubscribe_resource,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_completion=self.complete,
+            on_set_logging_level=self.set_logging_level,
         )
-        server.add_notification_handler(
-            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
-        )
-        return server
 
 
 class _Server(Server[Any]):

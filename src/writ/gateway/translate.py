@@ -9,6 +9,10 @@ MCP's rule is not listed.
 
 The listing is the server's own: the tool as it listed it (title, icons, annotations as given,
 outputSchema, _meta), Writ adding only ``writ/tool`` under ``_meta``.
+
+Resources, resource templates and prompts are listed as their servers list them, ``writ/server``
+added under ``_meta`` (:func:`offered`); a read, prompt or completion Writ did not complete is a
+JSON-RPC error ``WRIT_DID_NOT_COMPLETE`` (:func:`operation_error`).
 """
 
 from __future__ import annotations
@@ -42,15 +46,21 @@ TOOL_META_KEY = "writ/tool"
 
 __all__ = [
     "IDEMPOTENCY_META_KEY",
+    "WRIT_DID_NOT_COMPLETE",
     "Listing",
+    "Offered",
     "call_result",
     "callable_tools",
     "idempotency_key",
     "listing",
     "mcp_tool_name",
+    "not_completed",
+    "offered",
+    "operation_error",
     "pending_result",
     "receipt_meta",
     "refusal_result",
+    "template_pattern",
     "upstream_error",
     "writ_tool_name",
 ]
@@ -232,3 +242,98 @@ def refusal_result(code: str, message: str, key: str | None = None) -> types.Cal
     """The gateway could not submit the call at all (bad input, the plane unreachable)."""
     text = f"Writ did not take this call: {code}: {_without_code(code, message)}"
     return types.CallToolResult(content=[_text(text)], is_error=True, meta=_meta(None, "not_submitted", code, key))
+
+
+# -- resources, prompts, completion: listed as the servers list them, each read a governed intent --
+
+# The JSON-RPC error code of a resource, prompt or completion request Writ did not complete (denied,
+# rejected, expired, still pending...): in the range JSON-RPC leaves to the implementation, apart
+# from the codes the MCP SDK uses (-32000 connection closed, -32001 request timeout, -32002
+# resource not found). Writ's status, stage, code, reason and intent id are its data.
+WRIT_DID_NOT_COMPLETE = -32010
+SERVER_META_KEY = "writ/server"  # a listed resource's, template's or prompt's server
+_TEMPLATE_VARIABLE = re.compile(r"\{[^}]*\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """What the servers list beyond tools, merged, and which server each item is read back from."""
+
+    resources: list[types.Resource] = field(default_factory=list)
+    templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+    uris: dict[str, str] = field(default_factory=dict)  # resource URI -> server
+    template_servers: list[tuple[re.Pattern[str], str, str]] = field(default_factory=list)  # (match, template, server)
+    prompt_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # listed name -> (server, prompt)
+
+    def server_of_uri(self, uri: str) -> str | None:
+        """The server a resource URI is read from: the one listing it, else the one whose template it fits."""
+        if uri in self.uris:
+            return self.uris[uri]
+        return next((server for pattern, _t, server in self.template_servers if pattern.fullmatch(uri)), None)
+
+    def server_of_template(self, template: str) -> str | None:
+        return next((server for _p, t, server in self.template_servers if t == template), None)
+
+
+def _with_server(item: Mapping[str, Any], server: str) -> dict[str, Any]:
+    return {**item, "_meta": {**(item.get("_meta") or {}), SERVER_META_KEY: server}}
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A URI template (RFC 6570, simple expansion) as a pattern its expansions fully match."""
+    parts = _TEMPLATE_VARIABLE.split(template)
+    return re.compile("[^/?#]+".join(re.escape(p) for p in parts))
+
+
+def offered(
+    resources: Iterable[Mapping[str, Any]],
+    templates: Iterable[Mapping[str, Any]],
+    prompts: Iterable[Mapping[str, Any]],
+) -> Offered:
+    """The executor's ``list_offered`` answers (``[{server, items}]`` each) as one listing. A
+    resource URI two servers list is read from the first by server name; a prompt name two servers
+    offer is listed as ``SERVER.NAME`` by each, as tools are."""
+    result = Offered()
+    for answer in resources:
+        for item in answer["items"]:
+            if item.get("uri") in result.uris:
+                continue
+            result.uris[item["uri"]] = answer["server"]
+            result.resources.append(types.Resource.model_validate(_with_server(item, answer["server"])))
+    for answer in templates:
+        for item in answer["items"]:
+            template = item.get("uriTemplate", "")
+            result.template_servers.append((template_pattern(template), template, answer["server"]))
+            result.templates.append(types.ResourceTemplate.model_validate(_with_server(item, answer["server"])))
+    rows = [(answer["server"], item) for answer in prompts for item in answer["items"]]
+    offered_by = Counter(item.get("name") for _server, item in rows)
+    for server, item in rows:
+        name = item.get("name", "")
+        listed = name if offered_by[name] == 1 else f"{server}{SEPARATOR}{name}"
+        if listed in result.prompt_names:
+            continue
+        result.prompt_names[listed] = (server, name)
+        result.prompts.append(types.Prompt.model_validate({**_with_server(item, server), "name": listed}))
+    return result
+
+
+def operation_error(receipt: Receipt, key: str) -> types.ErrorData:
+    """Why Writ did not complete a resource, prompt or completion request: the server's own JSON-RPC
+    error when it refused, else Writ's (``WRIT_DID_NOT_COMPLETE``) with the status, stage, code,
+    reason and intent id in its message and its data."""
+    if (error := upstream_error(receipt, key)) is not None:
+        return error
+    what = f"Writ did not complete this request: {receipt.status} at {receipt.stage} ({receipt.code})"
+    text = f"{what}: {_without_code(receipt.code, receipt.reason)}; intent {receipt.intent_id}"
+    return types.ErrorData(code=WRIT_DID_NOT_COMPLETE, message=text, data=receipt_meta(receipt, key))
+
+
+def not_completed(code: str, message: str, key: str | None = None, intent_id: str | None = None) -> types.ErrorData:
+    """Writ could not submit, or has no outcome yet for, a resource, prompt or completion request."""
+    status = "pending" if code == "pending" else "not_submitted"
+    return types.ErrorData(
+        code=WRIT_DID_NOT_COMPLETE,
+        message=f"Writ did not complete this request: {code}: {_without_code(code, message)}",
+        data=_meta(intent_id, status, code, key),
+    )

@@ -34,6 +34,8 @@ CONTROL_PREFIX_BY_SERVICE = topology.CONTROL_PREFIX_BY_SERVICE
 NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
+    # What a tool's server said during a call (progress, log messages), for the agent that asked.
+    "executor": tuple(f"writ.notice.*.*.{kind}" for kind in ("progress", "message")),
 }
 # What a service needs of the JetStream API: reads and stream info of any stream; of consumers,
 # only its own durable on the intents stream (create, info, pull, ack). Never stream admin, never
@@ -87,8 +89,9 @@ JS_READS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": (f"$JS.API.CONSUMER.INFO.{subjects.INTENTS_STREAM}.*",),
 }
 # What an agent may ask a service: only what the MCP gateway (`writ gateway`) needs to answer
-# tools/list, a read-only command. The reply reaches the agent's own inbox (allow_responses).
-COMMANDS_CALLED_BY_AGENT = ("registry.list_tools",)
+# tools/list, resources/list, resources/templates/list and prompts/list, read-only commands. The
+# reply reaches the agent's own inbox (allow_responses).
+COMMANDS_CALLED_BY_AGENT = ("registry.list_tools", "executor.list_offered")
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def service_user(service: str, nkey: str) -> BusUser:
 
 def agent_user(agent_id: str, nkey: str) -> BusUser:
     """Submit under its own id only; read its own intents and receipts (by direct get); list the
-    tools (registry.list_tools), and ask nothing else.
+    tools (registry.list_tools) and what the servers offer (executor.list_offered), and ask nothing else.
 
     Raises:
         ValueError: ``agent_id`` is not one subject token (it would widen or break the allow lists).

@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TextIO
 
 from mcp import ClientSession, StdioServerParameters
-from mcp.client.session import MessageHandlerFnT
+from mcp.client.session import LoggingFnT, MessageHandlerFnT
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -21,7 +21,11 @@ from writ_common.digest import tool_digest
 
 @asynccontextmanager
 async def open_session(
-    server: ev.ServerRegistered, *, errlog: TextIO | None = None, on_message: MessageHandlerFnT | None = None
+    server: ev.ServerRegistered,
+    *,
+    errlog: TextIO | None = None,
+    on_message: MessageHandlerFnT | None = None,
+    on_log: LoggingFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """An initialized MCP client session to ``server``; closed (and a stdio process stopped) on exit.
 
@@ -29,6 +33,7 @@ async def open_session(
         server: the server's configuration (for the executor: with its secrets resolved).
         errlog: where a stdio server's stderr goes (a real file: it needs a descriptor); ours by default.
         on_message: receives the server's notifications (``notifications/tools/list_changed``...).
+        on_log: receives the server's log messages (``notifications/message``).
     """
     async with AsyncExitStack() as stack:
         if server.transport == "stdio":
@@ -43,7 +48,9 @@ async def open_session(
             if server.idempotency_header:
                 http.event_hooks = {"request": [idempotency_header_hook(server.idempotency_header)]}
             read, write = await stack.enter_async_context(streamable_http_client(server.url, http_client=http))
-        session = await stack.enter_async_context(ClientSession(read, write, message_handler=on_message))
+        session = await stack.enter_async_context(
+            ClientSession(read, write, message_handler=on_message, logging_callback=on_log)
+        )
         await session.initialize()
         yield session
 

@@ -90,6 +90,8 @@ class Catalog:
         Returns ``(server, definition)``, or a reason (``code: sentence``) it cannot be resolved.
         A tool whose current definition is in quarantine is refused, whatever was accepted before.
         """
+        if "/" not in name and (spelled := self._gateway_spelling(name)) is not None:
+            name = spelled
         if "/" in name:
             server, _, tool = name.partition("/")
             candidates = [server]
@@ -110,6 +112,16 @@ class Catalog:
                 f" operator: `writ tool accept {server}/{tool}`"
             )
         return server, self.tools[server][tool]
+
+    def _gateway_spelling(self, name: str) -> str | None:
+        """``server/tool`` for ``server.tool`` (how `writ gateway` lists a tool whose name two servers
+        offer), when no tool is named ``server.tool`` itself and that server offers that tool: one
+        spelling works everywhere, the SDK and the CLI included."""
+        server, dot, tool = name.partition(".")
+        if not dot or any(name in tools for tools in (*self.tools.values(), *self.quarantined.values())):
+            return None
+        offered = tool in self.tools.get(server, {}) or tool in self.quarantined.get(server, {})
+        return f"{server}/{tool}" if offered else None
 
     def _did_you_mean(self, name: str) -> str:
         """``; did you mean 'x', 'y'?`` for the nearest known names (bare or ``server/tool``), or ''."""

@@ -19,7 +19,9 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=F
 
 
 class IntentSubmitted(Payload, frozen=True, kw_only=True):
-    """An agent asks to call ``tool`` with ``arguments``; signed by the agent's key."""
+    """An agent asks to call ``tool`` with ``arguments``; signed by the agent's key. ``operation``
+    is another governed MCP operation on ``tool`` = ``SERVER/TARGET`` (writ_common.operations):
+    read_resource, subscribe_resource, unsubscribe_resource, get_prompt, complete."""
 
     agent_id: str
     idempotency_key: str
@@ -29,12 +31,16 @@ class IntentSubmitted(Payload, frozen=True, kw_only=True):
     deadline: str | None = None
     issued_at: str
     nonce: str
+    operation: str = "call_tool"
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
-        """What the agent signs: every field but the signature itself."""
+        """What the agent signs: every field but the signature itself; ``operation`` only when it is
+        not ``call_tool`` (so a tool call signs the same fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("signature", None)
+        if fields.get("operation") == "call_tool":
+            fields.pop("operation")
         return dict(fields)
 
 
@@ -518,14 +524,18 @@ class Receipt(Payload, frozen=True, kw_only=True):
     recorded_at: str
     ledger_key_id: str
     prev_hash: str
+    operation: str = "call_tool"  # the intent's operation (read_resource, get_prompt, ...)
     receipt_hash: str = ""
     signature: str = ""
 
     def hashed_fields(self) -> dict[str, Any]:
-        """The body the hash covers: everything but the hash and the signature."""
+        """The body the hash covers: everything but the hash and the signature; ``operation`` only
+        when it is not ``call_tool`` (so a tool call's receipt hashes the fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("receipt_hash", None)
         fields.pop("signature", None)
+        if fields.get("operation") == "call_tool":
+            fields.pop("operation")
         return dict(fields)
 
 

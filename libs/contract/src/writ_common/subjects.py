@@ -119,6 +119,12 @@ def receipt_notice_subject(agent_id: str, intent_id: str) -> str:
     return f"writ.notice.{agent_id}.{intent_id}.receipt"
 
 
+def relay_notice_subject(agent_id: str, intent_id: str, kind: str) -> str:
+    """Core NATS only: what a tool's server sent during the intent's call, ``kind`` ``progress`` or
+    ``message`` (a log message), relayed by the executor to the agent that asked (its gateway)."""
+    return f"writ.notice.{agent_id}.{intent_id}.{kind}"
+
+
 def approval_notice_subject(group: str, intent_id: str) -> str:
     """Core NATS only: "a request waits for ``group``"; an approver's bus user hears only its groups'."""
     return f"writ.notice.approvals.{group}.{intent_id}"

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
-from writ_common import commands, metrics, subjects
+from writ_common import commands, metrics, operations, subjects
 from writ_common import events as ev
 from writ_common.bus import AppendUnresolved, StaleAppend, read_history
 from writ_common.catalog import Catalog
@@ -50,7 +50,7 @@ from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.redaction import MIN_SECRET_LENGTH, Redactor, references, resolve
 from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
-from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
+from writ_executor.sessions import CallInterrupted, Relay, ServerUnavailable, SessionPool
 from writ_executor.slots import ServerSlots
 from writ_executor.tuning import CallBook, Limits, Tuning, apply_limit_event, next_change
 
@@ -79,6 +79,13 @@ class DeleteSecret(msgspec.Struct, kw_only=True):
 
 class Discover(msgspec.Struct, kw_only=True):
     server: ev.ServerRegistered
+
+
+class ListOffered(msgspec.Struct, kw_only=True):
+    method: Literal["resources/list", "resources/templates/list", "prompts/list"]
+
+
+LIST_TIMEOUT = 10.0  # seconds one server has to answer a listing for the gateway
 
 
 DISCOVERY_TIMEOUT = 60.0
@@ -232,6 +239,18 @@ def build(settings: WritSettings) -> Service:
                 message_id=f"breaker:{server}:{settings.instance}:{time.time_ns()}",
             )
 
+    def relay_to(agent_id: str, intent_id: str, redactor: Redactor) -> Relay:
+        """What the tool's server says during the call (progress, log messages), scrubbed of secret
+        values, published for the agent that asked (core NATS, not recorded: a gateway waiting on
+        the call hears it; nobody else may)."""
+
+        async def relay(kind: str, params: dict[str, Any]) -> None:
+            body = msgspec.json.encode(within_canonical_domain(redactor.value(params)))
+            if len(body) <= settings.max_output_bytes:
+                await svc.nc.publish(subjects.relay_notice_subject(agent_id, intent_id, kind), body)
+
+        return relay
+
     async def invoke(view: IntentView, attempt: int, ticket: Ticket) -> ev.Payload:
         planned = view.planned
         assert planned is not None and view.intent_id
@@ -268,11 +287,33 @@ def build(settings: WritSettings) -> Service:
         meta = {IDEMPOTENCY_META_KEY: idempotency_key(view), "writ/attempt": attempt}
         started = time.perf_counter()
         error: CallError | None = None
+        operation = view.submitted.operation if view.submitted else operations.CALL_TOOL
         try:
             try:
-                result = await pool.call(
-                    resolved, planned.tool, call_arguments(view), meta=meta, timeout=timeout, on_session=ticket.sent
-                )
+                if operation == operations.CALL_TOOL:
+                    relay = relay_to(view.agent_id or "", view.intent_id, redactor)
+                    called = await pool.call(
+                        resolved,
+                        planned.tool,
+                        call_arguments(view),
+                        meta=meta,
+                        timeout=timeout,
+                        relay=relay,
+                        on_session=ticket.sent,
+                    )
+                    answered, is_error = (
+                        called.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        bool(called.is_error),
+                    )
+                else:
+                    method = operations.OPERATIONS[operation].method
+                    params = operations.request_params(
+                        operation, planned.tool, view.submitted.arguments if view.submitted else {}
+                    )
+                    answered = await pool.request(
+                        resolved, method, params, meta=meta, timeout=timeout, on_session=ticket.sent
+                    )
+                    is_error = False
             finally:
                 ticket.received()  # the route's latency signal: the call itself, not a session's start
             calls.record_call(server.name, datetime.now(UTC), time.perf_counter() - started)
@@ -297,10 +338,8 @@ def build(settings: WritSettings) -> Service:
         elapsed = (time.perf_counter() - started) * 1000
         # Tool output is recorded, hashed and signed: no secret value in it (scrubbed before the
         # digest), and inside what canonical JSON can carry.
-        dumped: dict[str, Any] = within_canonical_domain(
-            redactor.value(result.model_dump(mode="json", by_alias=True, exclude_none=True))
-        )
-        return outcome(attempt, dumped, bool(result.is_error), elapsed, max_output_bytes=settings.max_output_bytes)
+        dumped: dict[str, Any] = within_canonical_domain(redactor.value(answered))
+        return outcome(attempt, dumped, is_error, elapsed, max_output_bytes=settings.max_output_bytes)
 
     async def fold(trigger: StoredEvent, min_seq: int | None = None) -> tuple[IntentView, int]:
         """The intent as of at least ``trigger`` (or ``min_seq``: an event we appended)."""
@@ -508,6 +547,31 @@ def build(settings: WritSettings) -> Service:
             ) from None
         return msgspec.to_builtins(tools)
 
+    async def list_offered(body: dict[str, Any]) -> Any:
+        """For the gateway (an agent may ask): what every registered server lists for ``method``
+        (resources, resource templates, prompts), as it lists it, scrubbed of secret values. A server
+        that cannot be reached, or offers none, lists nothing (and says why under ``error``)."""
+        method = msgspec.convert(body, ListOffered).method
+        await follower.ensure_fresh()
+
+        async def one(server: ev.ServerRegistered) -> dict[str, Any]:
+            known = {}
+            with contextlib.suppress(SecretStoreError):
+                known = secrets.current()
+            redactor = secrets.redactor(known)
+            resolved = resolve(server, known)
+            if isinstance(resolved, str):
+                return {"server": server.name, "items": [], "error": resolved}
+            try:
+                items = await asyncio.wait_for(pool.listing(resolved, method, timeout=LIST_TIMEOUT), LIST_TIMEOUT)
+            except TimeoutError:
+                return {"server": server.name, "items": [], "error": f"no answer within {LIST_TIMEOUT:g}s"}
+            except (ServerUnavailable, CallInterrupted, MCPError) as exc:
+                return {"server": server.name, "items": [], "error": redactor.text(str(exc))}
+            return {"server": server.name, "items": redactor.value(items)}
+
+        return await asyncio.gather(*(one(s) for _name, s in sorted(catalog.servers.items())))
+
     async def ping(_body: dict[str, Any]) -> Any:
         return {
             "service": svc.name,
@@ -541,6 +605,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("delete_secret", delete_secret)
     svc.command("list_secrets", list_secrets)
     svc.command("discover", discover_tools)
+    svc.command("list_offered", list_offered)
     svc.command("ping", ping)
     return svc
 

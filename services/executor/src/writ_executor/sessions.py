@@ -9,19 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TextIO, cast
+from typing import Any, TextIO, TypeVar, cast
 
 from mcp import ClientSession
 from mcp.client.session import IncomingMessage
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     CONNECTION_CLOSED,
+    INVALID_REQUEST,
     REQUEST_TIMEOUT,
     CallToolResult,
+    CompleteRequest,
+    CompleteResult,
+    EmptyResult,
+    GetPromptRequest,
+    GetPromptResult,
+    ListPromptsRequest,
+    ListPromptsResult,
+    ListResourcesRequest,
+    ListResourcesResult,
+    ListResourceTemplatesRequest,
+    ListResourceTemplatesResult,
+    LoggingMessageNotificationParams,
+    PaginatedRequestParams,
+    ReadResourceRequest,
+    ReadResourceResult,
     RequestParamsMeta,
+    SubscribeRequest,
     ToolListChangedNotification,
+    UnsubscribeRequest,
 )
 
 from writ_common import events as ev
@@ -30,6 +48,28 @@ from writ_common.mcp_client import open_session
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
+T = TypeVar("T")
+# The MCP requests of the governed operations other than tools/call (writ_common.operations), by method.
+_REQUESTS: dict[str, Any] = {
+    "resources/read": ReadResourceRequest,
+    "resources/subscribe": SubscribeRequest,
+    "resources/unsubscribe": UnsubscribeRequest,
+    "prompts/get": GetPromptRequest,
+    "completion/complete": CompleteRequest,
+}
+# What the gateway lists without an intent: the result type and the member holding the items.
+_LISTS: dict[str, tuple[Any, Any, str]] = {
+    "resources/list": (ListResourcesRequest, ListResourcesResult, "resources"),
+    "resources/templates/list": (ListResourceTemplatesRequest, ListResourceTemplatesResult, "resource_templates"),
+    "prompts/list": (ListPromptsRequest, ListPromptsResult, "prompts"),
+}
+_RESULTS: dict[str, Any] = {
+    "resources/read": ReadResourceResult,
+    "resources/subscribe": EmptyResult,
+    "resources/unsubscribe": EmptyResult,
+    "prompts/get": GetPromptResult,
+    "completion/complete": CompleteResult,
+}
 
 Stderr = Callable[[], AbstractContextManager[TextIO | None]]
 
@@ -43,6 +83,16 @@ class CallInterrupted(Exception):
 
 
 ToolsChanged = Callable[[str], None]
+# Hands what a server sent during one call (``progress``, or ``message``: a log message) to whoever
+# asked for that call.
+Relay = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def session_forgotten(exc: MCPError) -> bool:
+    """The server answered that it does not know this session (HTTP 404 on a session id): it has
+    restarted, or dropped the session, and ran nothing."""
+    message = exc.message.lower()
+    return exc.code == INVALID_REQUEST and "session" in message and ("not found" in message or "terminated" in message)
 
 
 class _Warm:
@@ -55,12 +105,15 @@ class _Warm:
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
         self.in_flight = 0  # calls sent on this session and not yet answered
+        self.relays: list[Relay] = []  # of the calls in flight that want what the server says meanwhile
         self.task = asyncio.create_task(self._hold(), name=f"mcp-session-{server.name}")
 
     async def _hold(self) -> None:
         try:
             with self._stderr() if self.server.transport == "stdio" else nullcontext(None) as errlog:
-                async with open_session(self.server, errlog=errlog, on_message=self._on_message) as session:
+                async with open_session(
+                    self.server, errlog=errlog, on_message=self._on_message, on_log=self._on_log
+                ) as session:
                     self.session = session
                     self.ready.set()
                     await self.stop.wait()
@@ -75,6 +128,13 @@ class _Warm:
         # Runs in the session's receive loop: hand over, never block it.
         if isinstance(message, ToolListChangedNotification):
             self._on_tools_changed(self.server.name)
+
+    async def _on_log(self, params: LoggingMessageNotificationParams) -> None:
+        """A log message belongs to no request in MCP: it is relayed only while exactly one call
+        that wants it is in flight on this session (else whose it is cannot be told: dropped)."""
+        if self.in_flight == 1 and len(self.relays) == 1:
+            with contextlib.suppress(Exception):
+                await self.relays[0]("message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
 
     @property
     def alive(self) -> bool:
@@ -120,26 +180,117 @@ class SessionPool:
         *,
         meta: dict[str, Any],
         timeout: float,
+        relay: Relay | None = None,
         on_session: Callable[[], None] | None = None,
     ) -> CallToolResult:
-        """Call ``tool`` on ``server`` within ``timeout`` seconds; ``on_session()`` once a session is
-        ready, just before the request is sent (so a caller can time the call without the start).
+        """Call ``tool`` on ``server`` within ``timeout`` seconds; ``relay`` gets the server's
+        progress for this call (MCP ties it to the request) and its log messages meanwhile;
+        ``on_session()`` runs once a session is ready, just before the request is sent (so a
+        caller can time the call without a session's start).
 
         Raises:
             ServerUnavailable: the server could not be reached; the call was not sent.
             CallInterrupted: the session broke or timed out after sending; the call may have run.
             MCPError: the server refused the request (a protocol-level error).
         """
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    await relay("progress", {"progress": progress, "total": total, "message": message})
+
+        return await self._send(
+            server,
+            lambda session: session.call_tool(
+                tool,
+                arguments,
+                read_timeout_seconds=timeout,
+                meta=cast(RequestParamsMeta, meta),
+                progress_callback=on_progress if relay is not None else None,
+            ),
+            timeout,
+            relay,
+            on_session,
+        )
+
+    async def request(
+        self,
+        server: ev.ServerRegistered,
+        method: str,
+        params: dict[str, Any],
+        *,
+        meta: dict[str, Any],
+        timeout: float,
+        on_session: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Send another MCP request (``resources/read``, ``prompts/get``, ...) to ``server`` within
+        ``timeout`` seconds; its result as JSON. Raises as :meth:`call`."""
+        request = _REQUESTS[method].model_validate({"method": method, "params": {**params, "_meta": meta}})
+        result = await self._send(
+            server,
+            lambda session: session.send_request(request, _RESULTS[method], request_read_timeout_seconds=timeout),
+            timeout,
+            on_session=on_session,
+        )
+        dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return dumped
+
+    async def listing(self, server: ev.ServerRegistered, method: str, *, timeout: float) -> list[dict[str, Any]]:
+        """Everything ``server`` lists for ``method`` (``resources/list``, ``resources/templates/list``,
+        ``prompts/list``), following its pages, as JSON. Raises as :meth:`call`."""
+        request_type, result_type, member = _LISTS[method]
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            request = request_type(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+            page = await self._send(
+                server,
+                lambda session: session.send_request(request, result_type, request_read_timeout_seconds=timeout),  # noqa: B023
+                timeout,
+            )
+            items.extend(i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in getattr(page, member))
+            cursor = page.next_cursor
+            if not cursor:
+                return items
+
+    async def _send(
+        self,
+        server: ev.ServerRegistered,
+        send: Callable[[ClientSession], Awaitable[T]],
+        timeout: float,
+        relay: Relay | None = None,
+        on_session: Callable[[], None] | None = None,
+    ) -> T:
+        try:
+            return await self._send_once(server, send, timeout, relay, on_session)
+        except MCPError as exc:
+            if not session_forgotten(exc):
+                raise
+        # The server no longer knows the session (an HTTP server restarted): it refused the request
+        # before running it, so it is sent once more on a fresh session, whatever the call.
+        log.warning("%s forgot its MCP session; starting a new one", server.name)
+        return await self._send_once(server, send, timeout, relay, on_session)
+
+    async def _send_once(
+        self,
+        server: ev.ServerRegistered,
+        send: Callable[[ClientSession], Awaitable[T]],
+        timeout: float,
+        relay: Relay | None,
+        on_session: Callable[[], None] | None = None,
+    ) -> T:
         warm, session = await self._session(server)
         if on_session is not None:
             on_session()
         warm.in_flight += 1
+        if relay is not None:
+            warm.relays.append(relay)
         try:
-            return await asyncio.wait_for(
-                session.call_tool(tool, arguments, read_timeout_seconds=timeout, meta=cast(RequestParamsMeta, meta)),
-                timeout,
-            )
+            return await asyncio.wait_for(send(session), timeout)
         except MCPError as exc:
+            if session_forgotten(exc):
+                await self._discard(warm)
+                raise
             if exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
                 raise
             await self._after_failure(warm, timed_out=exc.code == REQUEST_TIMEOUT)
@@ -152,6 +303,8 @@ class SessionPool:
             raise CallInterrupted(f"connection to {server.name!r} broke during the call: {exc!r}") from exc
         finally:
             warm.in_flight -= 1
+            if relay is not None:
+                warm.relays.remove(relay)
 
     async def _after_failure(self, warm: _Warm, *, timed_out: bool) -> None:
         """A broken session is replaced; a call that only timed out does not take down the calls

@@ -12,6 +12,7 @@ from typing import Any
 import cedarpy
 
 from writ_common import events as ev
+from writ_common import operations
 from writ_common.approvals import request_digest
 from writ_common.digest import policy_digest
 from writ_common.envelope import StoredEvent
@@ -192,12 +193,32 @@ def policy_error(view: IntentView, bundle: Bundle, errors: list[str]) -> ev.Inte
     )
 
 
+def _cedar_string(value: str) -> str:
+    """A Cedar string literal (an entity id): quotes and backslashes escaped, as JSON does."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The Cedar request and entities for this intent."""
     intent, planned, auth = view.submitted, view.planned, view.authenticated
     assert intent is not None and planned is not None and view.agent_id
     teams = auth.teams if auth else []
     tool_uid = f"{planned.server}/{planned.tool}"
+    kind, arguments = "Tool", intent.arguments
+    attrs: dict[str, Any] = {
+        "server": planned.server,
+        "name": planned.tool,
+        "read_only": planned.annotations.read_only,
+        "destructive": planned.annotations.destructive,
+        "idempotent": planned.annotations.idempotent,
+        "open_world": planned.annotations.open_world,
+    }
+    if intent.operation != operations.CALL_TOOL:
+        # Another governed MCP operation: its target is a Resource (by URI) or a Prompt (by name);
+        # its arguments are not shown to policies (they are not typed by the catalog).
+        kind, arguments = operations.entity_of(intent.operation, intent.arguments), {}
+        if kind == "Resource":
+            attrs["uri"] = planned.tool
     entities: list[dict[str, Any]] = [
         {
             "uid": {"type": "Agent", "id": view.agent_id},
@@ -205,24 +226,13 @@ def cedar_request(view: IntentView) -> tuple[dict[str, Any], list[dict[str, Any]
             "parents": [{"type": "Team", "id": t} for t in teams],
         },
         *({"uid": {"type": "Team", "id": t}, "attrs": {}, "parents": []} for t in teams),
-        {
-            "uid": {"type": "Tool", "id": tool_uid},
-            "attrs": {
-                "server": planned.server,
-                "name": planned.tool,
-                "read_only": planned.annotations.read_only,
-                "destructive": planned.annotations.destructive,
-                "idempotent": planned.annotations.idempotent,
-                "open_world": planned.annotations.open_world,
-            },
-            "parents": [],
-        },
+        {"uid": {"type": kind, "id": tool_uid}, "attrs": attrs, "parents": []},
     ]
     request: dict[str, Any] = {
         "principal": f'Agent::"{view.agent_id}"',
-        "action": 'Action::"call_tool"',
-        "resource": f'Tool::"{tool_uid}"',
-        "context": {"arguments": _cedar_value(intent.arguments), "on_behalf_of": intent.on_behalf_of or ""},
+        "action": f"Action::{_cedar_string(intent.operation)}",
+        "resource": f"{kind}::{_cedar_string(tool_uid)}",
+        "context": {"arguments": _cedar_value(arguments), "on_behalf_of": intent.on_behalf_of or ""},
     }
     return request, entities
 
@@ -247,7 +257,8 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
             reason = f"forbidden: {', '.join(names)} forbids {planned.server}/{planned.tool}"
             code = "forbidden"
         else:
-            reason = f"no_permit: no policy permits agent {view.agent_id!r} to call {planned.server}/{planned.tool}"
+            verb = "call" if view.submitted.operation == operations.CALL_TOOL else view.submitted.operation
+            reason = f"no_permit: no policy permits agent {view.agent_id!r} to {verb} {planned.server}/{planned.tool}"
             code = "no_permit"
         return ev.IntentDenied(policy_digest=bundle.digest, policy_ids=names, code=code, reason=reason)
     needing = [bundle.annotations.get(pid, {}) for pid in deciding if "approval" in bundle.annotations.get(pid, {})]

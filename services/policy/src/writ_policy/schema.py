@@ -12,6 +12,12 @@ every tool requires it. Pure: no I/O.
                   idempotent: Bool, open_world: Bool };
     action call_tool appliesTo { principal: Agent, resource: Tool,
                                  context: { arguments: {...from the catalog...}, on_behalf_of: String } };
+    entity Resource { ...Tool's attributes, uri: String };   // name is the URI too
+    entity Prompt { ...Tool's attributes };
+    action read_resource, subscribe_resource, unsubscribe_resource appliesTo { principal: Agent,
+                                 resource: Resource, context: (as call_tool's; arguments empty) };
+    action get_prompt appliesTo { principal: Agent, resource: Prompt, context: (as call_tool's) };
+    action complete appliesTo { principal: Agent, resource: [Prompt, Resource], context: (as call_tool's) };
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import cedarpy
 
 from writ_common import events as ev
+from writ_common import operations
 
 _SIMPLE = {"integer": "Long", "number": "Long", "string": "String", "boolean": "Boolean"}
 
@@ -67,44 +74,47 @@ def argument_types(tools: Iterable[ev.ToolDefinition]) -> dict[str, dict[str, An
 
 
 def cedar_schema(tools: Iterable[ev.ToolDefinition]) -> dict[str, Any]:
-    """The schema in Cedar's JSON form, for the tools the catalog holds now."""
+    """The schema in Cedar's JSON form, for the tools the catalog holds now.
+
+    Every action's resource has the Tool's attributes and every action's context the same shape, so
+    a policy that does not name its action (``forbid(principal, action, resource) when {
+    resource.destructive }``) still validates, and applies to every operation."""
     boolean = {"type": "Boolean"}
+    string = {"type": "String"}
+    target = {
+        "server": string,
+        "name": string,
+        "read_only": boolean,
+        "destructive": boolean,
+        "idempotent": boolean,
+        "open_world": boolean,
+    }
+    context = {
+        "type": "Record",
+        "attributes": {
+            "arguments": {"type": "Record", "attributes": argument_types(tools)},
+            "on_behalf_of": string,
+        },
+    }
+
+    def applies_to(*resources: str) -> dict[str, Any]:
+        return {"appliesTo": {"principalTypes": ["Agent"], "resourceTypes": list(resources), "context": context}}
+
     return {
         "": {
             "entityTypes": {
                 "Team": {},
-                "Agent": {
-                    "memberOfTypes": ["Team"],
-                    "shape": {"type": "Record", "attributes": {"owner": {"type": "String"}}},
-                },
-                "Tool": {
-                    "shape": {
-                        "type": "Record",
-                        "attributes": {
-                            "server": {"type": "String"},
-                            "name": {"type": "String"},
-                            "read_only": boolean,
-                            "destructive": boolean,
-                            "idempotent": boolean,
-                            "open_world": boolean,
-                        },
-                    }
-                },
+                "Agent": {"memberOfTypes": ["Team"], "shape": {"type": "Record", "attributes": {"owner": string}}},
+                "Tool": {"shape": {"type": "Record", "attributes": target}},
+                "Resource": {"shape": {"type": "Record", "attributes": {**target, "uri": string}}},
+                "Prompt": {"shape": {"type": "Record", "attributes": target}},
             },
             "actions": {
-                "call_tool": {
-                    "appliesTo": {
-                        "principalTypes": ["Agent"],
-                        "resourceTypes": ["Tool"],
-                        "context": {
-                            "type": "Record",
-                            "attributes": {
-                                "arguments": {"type": "Record", "attributes": argument_types(tools)},
-                                "on_behalf_of": {"type": "String"},
-                            },
-                        },
-                    }
-                }
+                "call_tool": applies_to("Tool"),
+                **{
+                    name: applies_to("Prompt", "Resource") if name == "complete" else applies_to(op.entity)
+                    for name, op in operations.OPERATIONS.items()
+                },
             },
         }
     }

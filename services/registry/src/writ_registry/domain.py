@@ -10,8 +10,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from writ_common import events as ev
+from writ_common import operations
 from writ_common.catalog import Catalog
-from writ_common.digest import args_digest
+from writ_common.digest import args_digest, sha256_digest
 from writ_common.fold import IntentView
 from writ_common.ids import is_token
 
@@ -87,6 +88,8 @@ def plan(
             code="arguments_too_large",
             reason=f"arguments_too_large: the arguments are {size} bytes of JSON; the limit is {max_argument_bytes}",
         )
+    if intent.operation != operations.CALL_TOOL:
+        return plan_operation(intent, catalog, args_key=args_key)
     resolved = catalog.resolve(intent.tool)
     if isinstance(resolved, str):
         code = resolved.split(":", 1)[0]
@@ -108,6 +111,31 @@ def plan(
         args_digest=args_digest(intent.arguments, key=args_key),
         annotations=catalog.annotations(server, definition),
         idempotency_arg=catalog.idempotency_arg(server, definition.name),
+    )
+
+
+def plan_operation(
+    intent: ev.IntentSubmitted, catalog: Catalog, *, args_key: bytes
+) -> ev.IntentPlanned | ev.IntentRejected:
+    """Plan a governed MCP operation other than a tool call (read a resource, get a prompt,
+    complete an argument, subscribe): its server must be registered and its arguments of the
+    operation's shape. Its "version" is the operation and target themselves: a resource or prompt
+    is read as it is at call time, not pinned."""
+    server, target = operations.split_target(intent.tool)
+    if server not in catalog.servers:
+        return ev.IntentRejected(
+            stage="plan", code="unknown_server", reason=f"unknown_server: no server {server!r} is registered"
+        )
+    if (problem := operations.problem(intent.operation, target, intent.arguments)) is not None:
+        code = problem.split(":", 1)[0]
+        return ev.IntentRejected(stage="plan", code=code, reason=problem)
+    read_only = operations.OPERATIONS[intent.operation].read_only
+    return ev.IntentPlanned(
+        server=server,
+        tool=target,
+        tool_digest=sha256_digest({"operation": intent.operation, "server": server, "target": target}),
+        args_digest=args_digest(intent.arguments, key=args_key),
+        annotations=ev.ToolAnnotations(read_only=read_only, destructive=False, idempotent=True, open_world=False),
     )
 
 
