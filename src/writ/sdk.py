@@ -1,6 +1,6 @@
 """The agent SDK: sign an intent, submit it, await its receipt.
 
-agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, seed_file=nk_path)
+agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, creds_file=creds_path)
 receipt = await agent.call("time/get_current_time", {"timezone": "Europe/Paris"})
 print(receipt.status, receipt.result)
 """
@@ -266,14 +266,18 @@ class WritAgent:
         agent_id: str,
         key: SigningKey,
         *,
-        seed_file: Path | None = None,
+        creds_file: Path | None = None,
         **options: Any,
     ) -> WritAgent:
         """Connect as the agent; ``nats_url`` is one seed URL, several separated by commas, or a
-        list (it connects through whichever is up); ``seed_file`` is its bus credential
-        (``<data>/keys/agents/NAME.nk``)."""
-        if seed_file is not None:
-            options = {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(f"agent-{agent_id}"), **options}
+        list (it connects through whichever is up); ``creds_file`` is its bus credential, the NATS
+        user JWT identity issued at registration with its seed (``<data>/keys/agents/NAME.creds``)."""
+        if creds_file is not None:
+            options = {
+                "user_credentials": str(creds_file),
+                "inbox_prefix": inbox_prefix(f"agent-{agent_id}"),
+                **options,
+            }
         servers = split_servers(nats_url) if isinstance(nats_url, str) else list(nats_url)
         return cls(await nats.connect(servers, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
@@ -291,13 +295,13 @@ class WritAgent:
 
         cfg = WritSettings(data_dir=Path(data_dir)) if data_dir is not None else WritSettings()
         keys = cfg.data_dir / "keys" / "agents"
-        key_file, seed_file = keys / f"{agent_id}.key", keys / f"{agent_id}.nk"
+        key_file, creds_file = keys / f"{agent_id}.key", keys / f"{agent_id}.creds"
         if not key_file.is_file():
             raise FileNotFoundError(
                 f"no key for agent {agent_id!r} at {key_file}: `writ agent register {agent_id}` writes it"
             )
-        seed = seed_file if seed_file.is_file() else None
-        return await cls.connect(cfg.resolved_nats_url(), agent_id, load_key(key_file), seed_file=seed, **options)
+        creds = creds_file if creds_file.is_file() else None
+        return await cls.connect(cfg.resolved_nats_url(), agent_id, load_key(key_file), creds_file=creds, **options)
 
     async def close(self) -> None:
         await self.nc.drain()

@@ -4,12 +4,11 @@ and the checks every scenario ends with (one receipt each, rows written once, a 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sqlite3
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import nats
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from polling import Predicate, reached
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent, wait_receipt
 from writ_common import commands, subjects
@@ -118,21 +118,6 @@ async def all_receipts(nc: Client) -> list[ev.Receipt]:
 def row_counts(db: Path) -> Counter[str]:
     with sqlite3.connect(db) as conn:
         return Counter(token for (token,) in conn.execute("SELECT token FROM rows"))
-
-
-Predicate = Callable[[], bool | Awaitable[bool]]
-
-
-async def reached(predicate: Predicate, timeout: float) -> bool:
-    """Poll ``predicate`` (plain or async) every 50 ms until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if await result if inspect.isawaitable(result) else result:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.05)
 
 
 async def wait_until(predicate: Predicate, timeout: float, what: str = "condition") -> None:

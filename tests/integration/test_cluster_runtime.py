@@ -1,20 +1,30 @@
 """`writ up --cluster 3` in small: three nats-servers on loopback in one JetStream cluster, built
-from deploy/nats/common.conf, streams R3, and the bus users reloaded on every member (a member
-that is down is skipped and reads the users file when it comes back)."""
+from deploy/nats/common.conf, streams R3, and bus security held by the cluster itself (NATS JWT
+auth): a user JWT the Writ account signed gets in through any member at once, a revocation pushed
+to one member disconnects the user on every member without a restart, and a member that was
+down catches up. What identity does is done here with the same calls (Issuer, push_account_jwt)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
+import nkeys
 import pytest
+from nats.aio.client import Client, RawCredentials
 
+from polling import reached
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
-from writ_common import busauth, subjects
+from writ_common import busauth, busjwt, subjects
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +34,39 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         yield plane
 
 
-async def connects(url: str, seed: str) -> bool:
+def agent_creds(issuer: busauth.Issuer, agent_id: str) -> tuple[str, str]:
+    """(creds text, public key) of a new agent, as identity issues them at registration."""
+    seed = busauth.new_seed()
+    user = busauth.agent_user(agent_id, busauth.public_nkey(seed))
+    return busjwt.creds(issuer.user_jwt(user), seed), user.nkey
+
+
+async def connect(url: str, creds: str, errors: list[str] | None = None) -> Client:
+    async def on_error(exc: Exception) -> None:
+        if errors is not None:
+            errors.append(str(exc))
+
+    return await nats.connect(
+        url, user_credentials=RawCredentials(creds), allow_reconnect=False, connect_timeout=2, error_cb=on_error
+    )
+
+
+async def connects(url: str, creds: str) -> bool:
     try:
-        nc = await nats.connect(url, nkeys_seed_str=seed, allow_reconnect=False, connect_timeout=2)
-    except Exception:  # the server refuses an unknown nkey (authorization violation)
+        nc = await connect(url, creds)
+    except Exception:  # the server refuses an unknown or revoked user (authorization violation)
         return False
     await nc.close()
     return True
 
 
+async def revoke(cluster: Plane, node: str, revocations: dict[str, int]) -> None:
+    """Push the Writ account with these revocations to one member only, as identity does."""
+    issuer = cluster.bus.issuer()
+    await busauth.push_account_jwt([cluster.nats_node_url(node)], issuer, issuer.account_jwt(revocations))
+
+
+@pytest.mark.asyncio(loop_scope="session")
 async def test_three_members_each_with_its_own_store_and_r3_streams(cluster: Plane) -> None:
     assert cluster.nats_units == ("nats-1", "nats-2", "nats-3")
     assert len(cluster.settings.nats_servers()) == 3
@@ -49,33 +83,107 @@ async def test_three_members_each_with_its_own_store_and_r3_streams(cluster: Pla
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
         await nc.close()
-    # The check identity runs before each reload accepts the generated config.
-    assert "nats-1.conf" in cluster.bus.check_file.read_text()
-    busauth.check_nats_config(cluster.bus.auth_dir)
 
 
+@pytest.mark.asyncio(loop_scope="session")
 async def test_no_member_lets_an_anonymous_client_in(cluster: Plane) -> None:
     for name in cluster.nats_units:
-        with pytest.raises(Exception):  # noqa: B017 - nats-py raises its own auth errors
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
             await nats.connect(cluster.nats_node_url(name), allow_reconnect=False, connect_timeout=2)
 
 
-async def test_a_new_agent_can_connect_to_every_member_and_a_member_down_is_skipped(cluster: Plane) -> None:
-    seed = busauth.new_seed()
-    ann = busauth.agent_user("ann", busauth.public_nkey(seed))
-    assert busauth.publish_users(cluster.bus.auth_dir, [ann])
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_user_jwt_not_signed_by_the_account_is_refused_everywhere(cluster: Plane) -> None:
+    real = cluster.bus.issuer()
+    # The right account named, but signed by a key the account does not list.
+    forged = busauth.Issuer(
+        account=real.account,
+        account_signing_seed=busjwt.new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+        operator_signing_seed=real.operator_signing_seed,
+        system_creds=real.system_creds,
+    )
+    creds, _ = agent_creds(forged, "forger")
     for name in cluster.nats_units:
-        assert await connects(cluster.nats_node_url(name), seed), name
+        assert not await connects(cluster.nats_node_url(name), creds), name
 
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_agent_added_after_start_connects_at_once_through_any_member(cluster: Plane) -> None:
+    creds, _ = agent_creds(cluster.bus.issuer(), "newcomer")  # no server changes, no reload
+    for name in cluster.nats_units:
+        assert await connects(cluster.nats_node_url(name), creds), name
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_revoked_agent_is_disconnected_on_every_member_without_a_restart(cluster: Plane) -> None:
+    creds, key = agent_creds(cluster.bus.issuer(), "doomed")
+    pids = {name: cluster.status_of(name).pid for name in cluster.nats_units}
+    connections = [await connect(cluster.nats_node_url(name), creds) for name in cluster.nats_units]
+    await revoke(cluster, "nats-1", {key: int(time.time())})  # pushed to one member
+    assert await reached(lambda: all(nc.is_closed for nc in connections), 10)
+    for name in cluster.nats_units:
+        assert not await connects(cluster.nats_node_url(name), creds), name
+    assert {name: cluster.status_of(name).pid for name in cluster.nats_units} == pids  # nothing restarted
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_member_down_during_a_revocation_refuses_the_agent_when_it_is_back(cluster: Plane) -> None:
+    issuer = cluster.bus.issuer()
+    creds, key = agent_creds(issuer, "while-down")
     cluster.hold_service("nats-3")
     try:
-        other = busauth.new_seed()
-        bob = busauth.agent_user("bob", busauth.public_nkey(other))
-        assert busauth.publish_users(cluster.bus.auth_dir, [bob])  # two members reload, the third is down
-        for name in ("nats-1", "nats-2"):
-            assert await connects(cluster.nats_node_url(name), other), name
-            assert not await connects(cluster.nats_node_url(name), seed), name
+        await revoke(cluster, "nats-1", {key: int(time.time())})
     finally:
         cluster.release_service("nats-3")
-    assert await connects(cluster.nats_node_url("nats-3"), other)  # read at its start
-    assert not await connects(cluster.nats_node_url("nats-3"), seed)
+    assert not await connects(cluster.nats_node_url("nats-2"), creds)
+
+    async def refused_by_nats_3() -> bool:
+        return not await connects(cluster.nats_node_url("nats-3"), creds)
+
+    # Within the resolver's sync interval (5s in common.conf), with a margin for a loaded machine.
+    assert await reached(refused_by_nats_3, 20), "nats-3 still lets a revoked agent in"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_agent_over_its_payload_limit_is_refused_and_another_is_not(cluster: Plane) -> None:
+    issuer = cluster.bus.issuer()
+    flooder = await connect(cluster.nats_node_url("nats-1"), agent_creds(issuer, "flooder")[0])
+    neighbour = await connect(cluster.nats_node_url("nats-1"), agent_creds(issuer, "neighbour")[0])
+    limit = busjwt.AGENT_MAX_PAYLOAD
+    try:
+        # On a subject both may publish, outside any stream (registry.list_tools has no one
+        # listening here): the server alone decides.
+        await neighbour.publish("writ.cmd.registry.list_tools", b"x" * (limit - 1024))
+        await neighbour.flush(timeout=2)
+        with contextlib.suppress(Exception):  # the server may close the connection mid-flush
+            await flooder.publish("writ.cmd.registry.list_tools", b"x" * (limit + 1))
+            await flooder.flush(timeout=2)
+        await reached(lambda: flooder.is_closed, 5)
+        # The server's own verdict ("-ERR 'Maximum Payload Violation'"), then it closed the connection.
+        assert flooder.is_closed and "maximum payload" in str(flooder.last_error).lower(), flooder.last_error
+        await neighbour.publish("writ.cmd.registry.list_tools", b"still here")
+        await neighbour.flush(timeout=2)
+        assert neighbour.is_connected
+    finally:
+        await flooder.close()
+        await neighbour.close()
+
+
+def test_the_deploy_files_with_what_bus_init_writes_are_a_config_nats_server_accepts(tmp_path: Path) -> None:
+    from writ.runtime.processes import find_binary
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "nats"
+    nats_dir = tmp_path / "nats"
+    nats_dir.mkdir()
+    for conf in deploy.glob("*.conf"):
+        shutil.copyfile(conf, nats_dir / conf.name)
+    trust = busauth.init_trust(tmp_path / "bus", ["identity"])
+    shutil.copyfile(trust.auth_conf, nats_dir / "auth.conf")
+    for i in (1, 2, 3):
+        checked = subprocess.run(
+            [find_binary("nats-server"), "-t", "-c", str(nats_dir / f"nats-{i}.conf")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr

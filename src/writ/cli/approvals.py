@@ -33,9 +33,9 @@ def approver_key_path(data_dir: Path, approver_id: str) -> Path:
     return data_dir / "keys" / "approvers" / f"{approver_id}.key"
 
 
-def approver_bus_seed_path(data_dir: Path, approver_id: str) -> Path:
-    """An approver's bus credential (NATS nkey seed, 0600), issued by ``writ approver register``."""
-    return data_dir / "keys" / "approvers" / f"{approver_id}.nk"
+def approver_bus_creds_path(data_dir: Path, approver_id: str) -> Path:
+    """An approver's bus credential (NATS user JWT and nkey seed, 0600), from ``writ approver register``."""
+    return data_dir / "keys" / "approvers" / f"{approver_id}.creds"
 
 
 def as_approver(approver: str) -> tuple[WritSettings, str]:
@@ -44,9 +44,9 @@ def as_approver(approver: str) -> tuple[WritSettings, str]:
     from writ_common.busauth import approver_bus_name
 
     cfg = settings()
-    seed = approver_bus_seed_path(cfg.data_dir, approver)
+    seed = approver_bus_creds_path(cfg.data_dir, approver)
     if seed.exists():
-        return cfg.model_copy(update={"nats_seed_file": seed}), approver_bus_name(approver)
+        return cfg.model_copy(update={"nats_creds_file": seed}), approver_bus_name(approver)
     return cfg, "operator"
 
 
@@ -83,7 +83,8 @@ def read_approver_key(path: Path, approver_id: str) -> SigningKey:
 async def register_approver(name: str, *, groups: list[str], key_file: Path | None) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
     from writ.keys import write_new_key
-    from writ_common.busauth import public_nkey, seed_in, write_seed
+    from writ_common.busauth import public_nkey, read_creds, write_private
+    from writ_common.busjwt import creds
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -100,15 +101,16 @@ async def register_approver(name: str, *, groups: list[str], key_file: Path | No
                 "register it with `--key` to reuse it, or move it away to start over",
             )
         key, new = generate_key(), True
-    seed_path = approver_bus_seed_path(cfg.data_dir, name)
-    seed = seed_in(seed_path)
+    seed_path = approver_bus_creds_path(cfg.data_dir, name)
+    _jwt, seed = read_creds(seed_path)
     body = {"approver_id": name, "public_key": public_key_b64(key), "groups": groups, "bus_key": public_nkey(seed)}
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_approver", body)
     if new:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    write_seed(seed_path, seed)
-    return {**registered, "key_file": str(path.resolve()), "bus_seed_file": str(seed_path.resolve())}
+    if registered.get("bus_jwt"):  # the user JWT identity signed for its key (none on an open bus)
+        write_private(seed_path, creds(registered.pop("bus_jwt"), seed))
+    return {**registered, "key_file": str(path.resolve()), "bus_creds_file": str(seed_path.resolve())}
 
 
 @approver_app.command("register")
@@ -125,7 +127,7 @@ def approver_register(
     console.print(f"  groups    {', '.join(done['groups'])}")
     console.print(f"  key id    {done['key_id']}")
     console.print(f"  key file  {done['key_file']}")
-    console.print(f"  bus creds {done['bus_seed_file']} (hears only its groups' requests)")
+    console.print(f"  bus creds {done['bus_creds_file']} (hears only its groups' requests)")
 
 
 @approver_app.command("list")
