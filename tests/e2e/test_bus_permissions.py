@@ -21,7 +21,7 @@ from cli_runner import Writ
 from writ.keys import agent_bus_creds_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
-from writ_common import busjwt, commands, subjects
+from writ_common import busauth, busjwt, commands, subjects
 from writ_common.busauth import inbox_prefix
 from writ_common.envelope import Producer, encode, make_envelope
 from writ_common.events import IntentAuthorized, PolicyBundlePublished
@@ -235,3 +235,20 @@ async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: W
         assert any("permissions violation" in e.lower() for e in approver.errors[before:])
     finally:
         await approver.nc.close()
+
+
+async def test_lost_or_pre_jwt_creds_are_issued_again_for_the_registered_key_only(writ: Writ, plane: Plane) -> None:
+    name = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
+    creds = agent_bus_creds_path(plane.data_dir, name)
+    _jwt, seed = busjwt.creds_parts(creds.read_text())
+    creds.unlink()
+    creds.with_suffix(".nk").write_text(seed + "\n")  # what an older Writ left: a bare seed
+    again = await asyncio.to_thread(writ, "agent", "creds", name)
+    assert again.exit_code == 0, again.output
+    await (await connect_as(plane, creds, f"agent-{name}")).nc.close()
+
+    stranger = plane.data_dir / f"{name}-other.nk"
+    stranger.write_text(busauth.new_seed() + "\n")
+    refused = await asyncio.to_thread(writ, "agent", "creds", name, "--seed-file", str(stranger))
+    assert refused.exit_code != 0 and "bus_key_mismatch:" in refused.output, refused.output

@@ -192,12 +192,12 @@ async def connect(
         if refusals:
             if user == "operator" and (missing := no_data_dir(cfg)) is not None:
                 raise missing from exc
-            seed = cfg.resolved_nats_creds_file()
+            creds = cfg.resolved_nats_creds_file()
             raise CliError(
                 "not_authorized",
-                f"the bus at {url} refused {user}'s credential ({seed or 'none'}): "
+                f"the bus at {url} refused {user}'s credential ({creds or 'none'}): "
                 + (
-                    "a revoked agent, or not the registered seed"
+                    "a revoked agent, or creds this bus's account did not sign"
                     if user.startswith("agent-")
                     else "not a user it knows"
                 ),

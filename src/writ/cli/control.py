@@ -124,6 +124,40 @@ def agent_revoke(
     console.print(f"[red]revoked[/] agent [bold]{name}[/] at {done['revoked_at']}")
 
 
+@agent_app.command("creds")
+def agent_creds(
+    name: Annotated[str, typer.Argument(help="Agent id")],
+    seed_file: Annotated[
+        Path | None,
+        typer.Option(help="The agent's nkey seed (default: its creds, else the .nk an older Writ wrote)"),
+    ] = None,
+) -> None:
+    """Write the agent's bus creds again (<data>/keys/agents/NAME.creds): identity signs a user JWT
+    for the bus key it registered. For lost creds, or a data dir from before JWT auth."""
+    done = run(write_agent_creds(name, seed_file))
+    console.print(f"[green]bus creds[/] {done}")
+
+
+async def write_agent_creds(name: str, seed_file: Path | None) -> Path:
+    from writ.keys import agent_bus_creds_path
+    from writ_common.busauth import public_nkey, write_private
+    from writ_common.busjwt import creds, creds_parts
+
+    cfg = settings()
+    path = agent_bus_creds_path(cfg.data_dir, name)
+    source = seed_file or (path if path.exists() else path.with_suffix(".nk"))
+    if not source.is_file():
+        fail("key_missing", f"no seed for agent {name!r} at {source}; pass --seed-file PATH")
+    text = source.read_text()
+    seed = creds_parts(text)[1] if "BEGIN NATS USER JWT" in text else text.strip()
+    async with connect(cfg) as nc:
+        issued = await call(nc, "identity", "agent_bus_jwt", {"agent_id": name})
+    if issued["bus_key"] != public_nkey(seed):
+        fail("bus_key_mismatch", f"{source} is not the seed of the bus key agent {name!r} registered")
+    write_private(path, creds(issued["bus_jwt"], seed))
+    return path.resolve()
+
+
 @agent_app.command("show")
 def agent_show(name: Annotated[str, typer.Argument(help="Agent id")]) -> None:
     """One agent: owner, teams, delegation, current and previous key, revocation."""

@@ -397,9 +397,20 @@ def issue_creds(path: Path, issuer: Issuer, user_for: Callable[[str], BusUser]) 
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 
 
-async def push_account_jwt(servers: list[str], issuer: Issuer, account_jwt: str, timeout: float = 5.0) -> None:
-    """Push an account JWT to the cluster as its system user: every node with the full resolver
-    stores it and applies it (a revoked user's connections are closed on each node at once).
+def claims_lookup_subject(account: str) -> str:
+    return f"$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
+
+
+async def push_revocations(
+    servers: list[str], issuer: Issuer, revocations: Mapping[str, int], timeout: float = 5.0
+) -> dict[str, int]:
+    """Give the cluster the Writ account revoking ``revocations`` and every user it already
+    revokes, as its system user: every node with the full resolver stores it and applies it at
+    once (a revoked user's connections are closed on each node). Returns the revocations pushed.
+
+    A node takes any account JWT its operator signed, even one older than what it holds, so the
+    cluster's current list is read first and kept: a replica of identity that has not yet seen a
+    revocation cannot undo it (revoking is for good, so the union is always right).
 
     Raises:
         BusUpdateFailed: no node took it (unreachable, or its answer names why).
@@ -418,7 +429,9 @@ async def push_account_jwt(servers: list[str], issuer: Issuer, account_jwt: str,
     except Exception as exc:  # nats-py raises several unrelated types for "could not connect"
         raise BusUpdateFailed(f"the bus account was not pushed: cannot connect as the system user: {exc}") from exc
     try:
-        reply = await nc.request(CLAIMS_UPDATE, account_jwt.encode(), timeout=timeout)
+        current = await nc.request(claims_lookup_subject(issuer.account), b"", timeout=timeout)
+        merged = {**_revocations_of(current.data), **revocations}
+        reply = await nc.request(CLAIMS_UPDATE, issuer.account_jwt(merged).encode(), timeout=timeout)
         answer = json.loads(reply.data)
     except Exception as exc:  # a timeout, no responders, or not JSON
         raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
@@ -427,3 +440,15 @@ async def push_account_jwt(servers: list[str], issuer: Issuer, account_jwt: str,
     data = answer.get("data") or {}
     if answer.get("error") or data.get("code") != 200:
         raise BusUpdateFailed(f"the bus refused the account update: {answer.get('error') or data}")
+    return merged
+
+
+def _revocations_of(account_jwt: bytes) -> dict[str, int]:
+    """The revocations of the account JWT a node holds (none when it holds none, or not ours)."""
+    if not account_jwt:
+        return {}
+    try:
+        found = busjwt.decode(account_jwt.decode())["nats"].get("revocations") or {}
+    except (busjwt.InvalidJwt, UnicodeDecodeError, KeyError, TypeError):
+        return {}
+    return {str(k): int(v) for k, v in found.items()}

@@ -25,7 +25,7 @@ from writ_common.busauth import (
     agent_user,
     approver_user,
     is_user_nkey,
-    push_account_jwt,
+    push_revocations,
 )
 from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, utcnow
@@ -135,13 +135,13 @@ def build(settings: WritSettings) -> Service:
         """
         if issuer is None:
             return
-        revocations = bus_revocations(agents)
+        await follower.ensure_fresh()
         try:
-            await push_account_jwt(settings.nats_servers(), issuer, issuer.account_jwt(revocations))
+            pushed = await push_revocations(settings.nats_servers(), issuer, bus_revocations(agents))
         except BusUpdateFailed as exc:
             log.error("identity: %s", exc.message)
             raise CommandError(exc.code, exc.message) from exc
-        log.info("identity: bus account pushed (%d revoked agents)", len(revocations))
+        log.info("identity: bus account pushed (%d revoked bus users)", len(pushed))
 
     async def lookup(agent_id: str) -> Agent | None:
         if agent_id not in agents:
@@ -283,6 +283,19 @@ def build(settings: WritSettings) -> Service:
         await push_account()  # and every node drops its bus connections and refuses it
         return {"agent_id": cmd.agent_id, "revoked_at": revoked.revoked_at}
 
+    async def agent_bus_jwt(body: dict[str, Any]) -> Any:
+        """The user JWT for a registered, unrevoked agent's bus key, issued again: for creds lost,
+        or written by an older Writ (a bare ``.nk`` seed). Operators only, like every identity command."""
+        agent = await known_agent(msgspec.convert(body, AgentQuery).agent_id)
+        if agent.revoked_at is not None:
+            raise CommandError("agent_revoked", f"agent {agent.agent_id!r} is revoked; register a new agent")
+        if not agent.bus_key:
+            raise CommandError("no_bus_key", f"agent {agent.agent_id!r} was registered without a bus key")
+        issued = bus_jwt(f"agent {agent.agent_id!r}", functools.partial(agent_user, agent.agent_id, agent.bus_key))
+        if not issued:
+            raise CommandError("open_bus", "this plane's identity issues no bus credentials (no WRIT_NATS_ISSUER_FILE)")
+        return {"agent_id": agent.agent_id, "bus_key": agent.bus_key, **issued}
+
     async def show_agent(body: dict[str, Any]) -> Any:
         agent = await known_agent(msgspec.convert(body, AgentQuery).agent_id)
         return {
@@ -389,6 +402,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("rotate_key", rotate_key)
     svc.command("revoke_agent", revoke_agent)
     svc.command("show_agent", show_agent)
+    svc.command("agent_bus_jwt", agent_bus_jwt)
     svc.command("list_approvers", list_approvers)
     svc.command("issue_reader_token", issue_reader_token)
     svc.command("revoke_reader_token", revoke_reader_token)
