@@ -10,6 +10,7 @@ Each seed stays in a 0600 file with its holder.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -17,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nkeys
 
@@ -401,6 +403,33 @@ def claims_lookup_subject(account: str) -> str:
     return f"$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
 
 
+async def _system_connection(servers: list[str], issuer: Issuer, timeout: float) -> Any:
+    import nats
+    from nats.aio.client import RawCredentials
+
+    try:
+        return await nats.connect(
+            servers,
+            user_credentials=RawCredentials(issuer.system_creds),
+            name="writ-identity-claims",
+            allow_reconnect=False,
+            connect_timeout=timeout,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types for "could not connect"
+        raise BusUpdateFailed(f"the bus account was not pushed: cannot connect as the system user: {exc}") from exc
+
+
+async def _push(nc: Any, issuer: Issuer, revocations: Mapping[str, int], timeout: float) -> None:
+    try:
+        reply = await nc.request(CLAIMS_UPDATE, issuer.account_jwt(revocations).encode(), timeout=timeout)
+        answer = json.loads(reply.data)
+    except Exception as exc:  # a timeout, no responders, or not JSON
+        raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
+    data = answer.get("data") or {}
+    if answer.get("error") or data.get("code") != 200:
+        raise BusUpdateFailed(f"the bus refused the account update: {answer.get('error') or data}")
+
+
 async def push_revocations(
     servers: list[str], issuer: Issuer, revocations: Mapping[str, int], timeout: float = 5.0
 ) -> dict[str, int]:
@@ -415,32 +444,53 @@ async def push_revocations(
     Raises:
         BusUpdateFailed: no node took it (unreachable, or its answer names why).
     """
-    import nats
-    from nats.aio.client import RawCredentials
-
+    nc = await _system_connection(servers, issuer, timeout)
     try:
-        nc = await nats.connect(
-            servers,
-            user_credentials=RawCredentials(issuer.system_creds),
-            name="writ-identity-claims",
-            allow_reconnect=False,
-            connect_timeout=timeout,
-        )
-    except Exception as exc:  # nats-py raises several unrelated types for "could not connect"
-        raise BusUpdateFailed(f"the bus account was not pushed: cannot connect as the system user: {exc}") from exc
-    try:
-        current = await nc.request(claims_lookup_subject(issuer.account), b"", timeout=timeout)
+        try:
+            current = await nc.request(claims_lookup_subject(issuer.account), b"", timeout=timeout)
+        except Exception as exc:  # a timeout or no responders
+            raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
         merged = {**_revocations_of(current.data), **revocations}
-        reply = await nc.request(CLAIMS_UPDATE, issuer.account_jwt(merged).encode(), timeout=timeout)
-        answer = json.loads(reply.data)
-    except Exception as exc:  # a timeout, no responders, or not JSON
-        raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
+        await _push(nc, issuer, merged, timeout)
     finally:
         await nc.close()
-    data = answer.get("data") or {}
-    if answer.get("error") or data.get("code") != 200:
-        raise BusUpdateFailed(f"the bus refused the account update: {answer.get('error') or data}")
     return merged
+
+
+async def reconcile_revocations(
+    servers: list[str], issuer: Issuer, revocations: Mapping[str, int], *, listen: float = 0.5, timeout: float = 5.0
+) -> bool:
+    """Ask every node which revocations it holds (each answers the lookup) and push the union
+    with ``revocations`` when any node lacks one: a node that was down during a revocation (or
+    restarted from its preloaded account) catches up. NATS's own resolver sync asks a queue group
+    that the asking node itself belongs to, so it cannot be relied on for this. Returns whether
+    it pushed.
+
+    Raises:
+        BusUpdateFailed: the push was needed and no node took it.
+    """
+    nc = await _system_connection(servers, issuer, timeout)
+    try:
+        inbox = nc.new_inbox()
+        held: list[dict[str, int]] = []
+
+        async def answer(msg: Any) -> None:
+            held.append(_revocations_of(msg.data))
+
+        sub = await nc.subscribe(inbox, cb=answer)
+        await nc.publish(claims_lookup_subject(issuer.account), b"", reply=inbox)
+        await nc.flush(timeout=timeout)
+        await asyncio.sleep(listen)
+        await sub.unsubscribe()
+        merged = dict(revocations)
+        for node in held:
+            merged = {**node, **merged}
+        if held and all(node.keys() >= merged.keys() for node in held):
+            return False
+        await _push(nc, issuer, merged, timeout)
+        return True
+    finally:
+        await nc.close()
 
 
 def _revocations_of(account_jwt: bytes) -> dict[str, int]:

@@ -99,6 +99,12 @@ class WritSettings(BaseSettings):
         description="Identity: its bus issuer (0600 JSON from `writ bus init`): it signs agents' and approvers'"
         " user JWTs and pushes revocations to the cluster; unset: an open bus",
     )
+    bus_resync_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Identity: how often it checks that every bus node holds every revocation, and pushes"
+        " the account to one that does not (a node down during a revocation); 0: only at start",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -26,6 +27,7 @@ from writ_common.busauth import (
     approver_user,
     is_user_nkey,
     push_revocations,
+    reconcile_revocations,
 )
 from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, utcnow
@@ -387,13 +389,37 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
+    async def resync_loop() -> None:
+        """Every node holds every revocation: one that was down when an agent was revoked (or
+        restarted from its preloaded account) gets the account again within a period."""
+        assert issuer is not None
+        while True:
+            await asyncio.sleep(settings.bus_resync_seconds)
+            try:
+                await follower.ensure_fresh()
+                if await reconcile_revocations(settings.nats_servers(), issuer, bus_revocations(agents)):
+                    log.info("identity: a bus node lacked a revocation; the account was pushed again")
+            except Exception:
+                log.exception("identity: checking the bus nodes' revocations failed; the next period tries again")
+
+    tasks: list[asyncio.Task[None]] = []
+
     async def sync_at_start() -> None:
         # Revocations recorded while the cluster could not take them reach it now. Serve anyway:
         # the previous account stays in force, and the next revocation pushes again.
         with contextlib.suppress(CommandError):
             await push_account()
+        if issuer is not None and settings.bus_resync_seconds > 0:
+            tasks.append(asyncio.create_task(resync_loop(), name="identity-bus-resync"))
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     svc.on_startup(sync_at_start)
+    svc.on_shutdown(stop_tasks)
     svc.on_shutdown(redis.aclose)
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)
