@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views soak soak-cluster lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas bench bench-load bench-views bench-bus soak soak-cluster lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -64,6 +64,10 @@ bench-load: venv
 # Not in CI: a full views rebuild over a generated log of >= 100,000 events, then query p50/p99.
 bench-views: venv
 	$(BIN)/python -m writ.bench_views
+
+# Revocation on `writ up --cluster 3`: connect a user JWT to every node, push, closed everywhere.
+bench-bus: venv
+	$(BIN)/python -m writ.bench_bus
 
 # Not in CI: the kill scenarios at length (override with SOAK_INTENTS / SOAK_KILLS), then a summary.
 SOAK_INTENTS ?= 1000
