@@ -221,8 +221,7 @@ def start_nats(
         log_path: defaults to ``<store_dir>/../logs/<name>.log``.
         timeout: seconds to wait for the port to accept connections.
         name: the process's name; a cluster member's is also its server_name (``nats-1``...).
-        routes: make it a member of a loopback cluster; its config is then ``<store_dir>/../<name>.conf``
-            and the plane, which knows every member, records them for identity's reloads.
+        routes: make it a member of a loopback cluster; its config is then ``<store_dir>/../<name>.conf``.
 
     Raises:
         RuntimeError: the server exited or did not listen in time (the message has its log tail).

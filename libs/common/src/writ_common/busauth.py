@@ -115,8 +115,8 @@ def service_user(service: str, nkey: str) -> BusUser:
             *NOTICES_BY_SERVICE.get(service, ()),
             subjects.dlq_subject(service),
             *service_js_api(service),
-            # Replies to operators' and approvers' commands; a config reload forgets the
-            # reply subjects allow_responses tracks, so these are allowed by name too.
+            # Replies to operators' and approvers' commands, allowed by name too: a reply must
+            # not depend on what allow_responses happens to track (a reconnect forgets it).
             f"{inbox_prefix('operator')}.>",
             f"{inbox_prefix('approvers')}.>",
             *(f"{inbox_prefix(caller)}.>" for caller in COMMANDS_CALLED_BY_SERVICE),

@@ -207,13 +207,11 @@ def build(settings: WritSettings) -> Service:
         except StaleAppend as exc:
             raise CommandError("agent_exists", f"agent {cmd.agent_id!r} is already registered") from exc
         await follower.ensure_fresh()
-        issued = bus_jwt(f"agent {cmd.agent_id!r}", functools.partial(agent_user, cmd.agent_id, cmd.bus_key or ""))
-        return {
-            "agent_id": cmd.agent_id,
-            "key_id": key_id(cmd.public_key),
-            "bus_user": cmd.bus_key is not None,
-            **(issued if cmd.bus_key else {}),
-        }
+        bus_key = cmd.bus_key
+        issued = (
+            bus_jwt(f"agent {cmd.agent_id!r}", functools.partial(agent_user, cmd.agent_id, bus_key)) if bus_key else {}
+        )
+        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key), "bus_user": bus_key is not None, **issued}
 
     async def list_agents(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
@@ -334,16 +332,15 @@ def build(settings: WritSettings) -> Service:
         except StaleAppend as exc:
             raise CommandError("approver_exists", f"approver {cmd.approver_id!r} is already registered") from exc
         await follower.ensure_fresh()
-        issued = bus_jwt(
-            f"approver {cmd.approver_id!r}",
-            functools.partial(approver_user, cmd.approver_id, cmd.bus_key or "", cmd.groups),
+        bus_key = cmd.bus_key
+        issued = (
+            bus_jwt(
+                f"approver {cmd.approver_id!r}", functools.partial(approver_user, cmd.approver_id, bus_key, cmd.groups)
+            )
+            if bus_key
+            else {}
         )
-        return {
-            "approver_id": cmd.approver_id,
-            "key_id": key_id(cmd.public_key),
-            "groups": cmd.groups,
-            **(issued if cmd.bus_key else {}),
-        }
+        return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups, **issued}
 
     async def issue_reader_token(body: dict[str, Any]) -> Any:
         """Record a views API token by its hash (the token itself never reaches the plane)."""
