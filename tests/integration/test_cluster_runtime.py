@@ -17,8 +17,10 @@ import nats
 import nkeys
 import pytest
 from nats.aio.client import Client, RawCredentials
+from typer.testing import CliRunner
 
 from polling import reached
+from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ_common import busauth, busjwt, subjects
@@ -168,8 +170,12 @@ def test_the_deploy_files_with_what_bus_init_writes_are_a_config_nats_server_acc
     nats_dir.mkdir()
     for conf in deploy.glob("*.conf"):
         shutil.copyfile(conf, nats_dir / conf.name)
-    trust = busauth.init_trust(tmp_path / "bus", ["identity"])
-    shutil.copyfile(trust.auth_conf, nats_dir / "auth.conf")
+    # What an operator runs before `docker compose up` (README, "Deploying on a NATS cluster").
+    done = CliRunner().invoke(app, ["bus", "init", "--dir", str(tmp_path / "bus"), "--nats-dir", str(nats_dir)])
+    assert done.exit_code == 0, done.output
+    trust = busauth.BusTrust(tmp_path / "bus")
+    assert (nats_dir / "auth.conf").read_text() == trust.auth_conf.read_text()
+    assert all(trust.creds_file(s).is_file() for s in ("identity", "registry", "policy", "executor", "ledger"))
     for i in (1, 2, 3):
         checked = subprocess.run(
             [find_binary("nats-server"), "-t", "-c", str(nats_dir / f"nats-{i}.conf")],
