@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas docs conformance bench bench-load bench-views bench-console soak soak-cluster soak-tuning lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas docs conformance bench bench-load bench-views bench-console bench-bus soak soak-cluster soak-tuning lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -78,6 +78,10 @@ bench-views: venv
 # Not in CI: how soon a request reaches an open inbox (SSE vs a 2 s poll), ledger CPU per open Plane page.
 bench-console: venv
 	$(BIN)/python -m writ.bench_console
+
+# Revocation on `writ up --cluster 3`: connect a user JWT to every node, push, closed everywhere.
+bench-bus: venv
+	$(BIN)/python -m writ.bench_bus
 
 # Not in CI: the kill scenarios at length (override with SOAK_INTENTS / SOAK_KILLS), then a summary.
 SOAK_INTENTS ?= 1000

@@ -18,10 +18,10 @@ from nats.aio.client import Client
 from plane_reads import stored_on
 
 from cli_runner import Writ
-from writ.keys import agent_bus_seed_path
+from writ.keys import agent_bus_creds_path
 from writ.runtime.supervisor import SERVICES, Plane
 from writ.sdk import WritAgent, fetch_receipt, new_intent, sign_intent
-from writ_common import commands, subjects
+from writ_common import busauth, busjwt, commands, subjects
 from writ_common.envelope import Producer, encode, make_envelope
 from writ_common.events import IntentAuthorized, PolicyBundlePublished
 from writ_common.ids import derive_intent_id
@@ -47,14 +47,18 @@ class BusUser:
         return any("permissions violation" in e.lower() for e in self.errors[before:])
 
 
-async def connect_as(plane: Plane, seed: Path, user: str) -> BusUser:
+async def connect_as(plane: Plane, creds: Path, user: str) -> BusUser:
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
     nc = await nats.connect(
-        plane.nats_url, nkeys_seed=str(seed), inbox_prefix=inbox_prefix(user), error_cb=on_error, allow_reconnect=False
+        plane.nats_url,
+        user_credentials=str(creds),
+        inbox_prefix=inbox_prefix(user),
+        error_cb=on_error,
+        allow_reconnect=False,
     )
     return BusUser(nc, errors)
 
@@ -69,7 +73,7 @@ class Agent:
 async def agent(writ: Writ, plane: Plane) -> AsyncIterator[Agent]:
     name = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
-    bus = await connect_as(plane, agent_bus_seed_path(plane.data_dir, name), f"agent-{name}")
+    bus = await connect_as(plane, agent_bus_creds_path(plane.data_dir, name), f"agent-{name}")
     try:
         yield Agent(name, bus)
     finally:
@@ -80,16 +84,19 @@ async def test_credentials_are_files_only_their_owner_can_read(writ: Writ, plane
     name = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
     files = [
-        *(plane.bus.seed_file(s) for s in (*SERVICES, "operator")),
-        agent_bus_seed_path(plane.data_dir, name),
-        plane.bus.users_conf,
+        *(plane.bus.creds_file(s) for s in (*SERVICES, "operator")),
+        agent_bus_creds_path(plane.data_dir, name),
+        plane.bus.issuer_file,
+        *(plane.bus.key_file(k) for k in ("operator", "operator-signing", "system", "writ")),
     ]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    assert stat.S_IMODE(plane.bus.creds_dir.stat().st_mode) == 0o700
-    # The server's config holds public nkeys only, never a seed.
-    seeds = {p.read_text().strip() for p in plane.bus.creds_dir.glob("*.nk")}
-    assert not any(seed in plane.bus.users_conf.read_text() for seed in seeds)
+    assert stat.S_IMODE(plane.bus.root.stat().st_mode) == 0o700
+    # The servers' config holds JWTs (public claims) only, never a seed.
+    seeds = {busjwt.creds_parts(p.read_text())[1] for p in plane.bus.root.glob("creds/*.creds")}
+    seeds |= {p.read_text().strip() for p in plane.bus.root.glob("keys/*.nk")}
+    config = "".join(p.read_text() for p in (plane.bus.auth_conf, *plane.data_dir.glob("nats*.conf")))
+    assert seeds and not any(seed in config for seed in seeds)
 
 
 async def test_an_anonymous_client_is_not_let_in(plane: Plane) -> None:
@@ -118,7 +125,7 @@ async def test_an_agent_cannot_read_another_agents_receipt(writ: Writ, plane: Pl
     )
     nosy = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", nosy)).exit_code == 0
-    other = await connect_as(plane, agent_bus_seed_path(plane.data_dir, nosy), f"agent-{nosy}")
+    other = await connect_as(plane, agent_bus_creds_path(plane.data_dir, nosy), f"agent-{nosy}")
     try:
         # Intent ids derive from agent and key, so a guessable key gives the id away; the receipt
         # still lives under its agent's name, which the other agent's bus user may not read.
@@ -186,7 +193,7 @@ async def test_an_agent_cannot_submit_under_another_agents_id(plane: Plane, agen
 
 
 async def test_a_service_cannot_publish_another_services_event(plane: Plane) -> None:
-    registry = await connect_as(plane, plane.bus.seed_file("registry"), "registry")
+    registry = await connect_as(plane, plane.bus.creds_file("registry"), "registry")
     try:
         authorized = subjects.intent_subject("a", "b", "intent.authorized")  # policy's
         assert await registry.refused(authorized)
@@ -203,11 +210,16 @@ async def test_a_service_cannot_publish_another_services_event(plane: Plane) -> 
 async def test_a_revoked_agent_is_shut_out_of_the_bus(writ: Writ, plane: Plane) -> None:
     name = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
-    seed = agent_bus_seed_path(plane.data_dir, name)
-    await (await connect_as(plane, seed, f"agent-{name}")).nc.close()  # let in while registered
+    creds = agent_bus_creds_path(plane.data_dir, name)
+    connected = await connect_as(plane, creds, f"agent-{name}")  # let in at once: no server change
     assert (await asyncio.to_thread(writ, "agent", "revoke", name, "--reason", "left")).exit_code == 0
+    for _ in range(50):  # the cluster drops its connection as it takes the account update
+        if connected.nc.is_closed:
+            break
+        await asyncio.sleep(0.1)
+    assert connected.nc.is_closed
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-        await connect_as(plane, seed, f"agent-{name}")
+        await connect_as(plane, creds, f"agent-{name}")
 
 
 async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: Writ, plane: Plane) -> None:
@@ -215,9 +227,9 @@ async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: W
     assert (await asyncio.to_thread(writ, "approver", "register", name, "--group", group)).exit_code == 0
     listed = await asyncio.to_thread(writ, "approvals", "list", "--as", name)  # speaks with its own credential
     assert listed.exit_code == 0 and "no pending approval requests" in listed.stdout, listed.output
-    seed = plane.data_dir / "keys" / "approvers" / f"{name}.nk"
-    assert stat.S_IMODE(seed.stat().st_mode) == 0o600
-    approver = await connect_as(plane, seed, f"approvers.{name}")
+    creds = plane.data_dir / "keys" / "approvers" / f"{name}.creds"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    approver = await connect_as(plane, creds, f"approvers.{name}")
     try:
         await approver.nc.subscribe(subjects.approval_notice_subject(group, "*"))  # its own group: fine
         await approver.nc.subscribe(subjects.approval_notice_subject("someone-elses", "*"))
@@ -232,3 +244,20 @@ async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: W
         assert any("permissions violation" in e.lower() for e in approver.errors[before:])
     finally:
         await approver.nc.close()
+
+
+async def test_lost_or_pre_jwt_creds_are_issued_again_for_the_registered_key_only(writ: Writ, plane: Plane) -> None:
+    name = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0
+    creds = agent_bus_creds_path(plane.data_dir, name)
+    _jwt, seed = busjwt.creds_parts(creds.read_text())
+    creds.unlink()
+    creds.with_suffix(".nk").write_text(seed + "\n")  # what an older Writ left: a bare seed
+    again = await asyncio.to_thread(writ, "agent", "creds", name)
+    assert again.exit_code == 0, again.output
+    await (await connect_as(plane, creds, f"agent-{name}")).nc.close()
+
+    stranger = plane.data_dir / f"{name}-other.nk"
+    stranger.write_text(busauth.new_seed() + "\n")
+    refused = await asyncio.to_thread(writ, "agent", "creds", name, "--seed-file", str(stranger))
+    assert refused.exit_code != 0 and "bus_key_mismatch:" in refused.output, refused.output

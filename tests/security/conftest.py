@@ -14,7 +14,7 @@ import pytest_asyncio
 from scene import Scene
 
 from cli_runner import Writ, writ
-from writ.keys import agent_bus_seed_path, agent_key_path, read_key
+from writ.keys import agent_bus_creds_path, agent_key_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 
@@ -45,7 +45,7 @@ async def scene(
         plane.nats_url,
         name,
         read_key(agent_key_path(plane.data_dir, name)),
-        seed_file=agent_bus_seed_path(plane.data_dir, name),
+        creds_file=agent_bus_creds_path(plane.data_dir, name),
     )
     operator = await nats.connect(plane.nats_url, **plane.settings.bus_options())
     try:

@@ -20,7 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from cli_runner import TIME_SERVER, Writ
-from writ.keys import agent_bus_seed_path, agent_key_path, approver_bus_seed_path, read_key
+from writ.keys import agent_bus_creds_path, agent_key_path, approver_bus_creds_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
 from writ_common import subjects
@@ -51,8 +51,8 @@ async def ok(writ: Writ, *args: str) -> str:
 async def as_approver(plane: Plane, approver_id: str) -> Client:
     """The approver's own bus connection, from the credential `writ approver register` issued it."""
     name = approver_bus_name(approver_id)
-    seed = approver_bus_seed_path(plane.data_dir, approver_id)
-    return await nats.connect(plane.nats_url, nkeys_seed=str(seed), inbox_prefix=inbox_prefix(name))
+    seed = approver_bus_creds_path(plane.data_dir, approver_id)
+    return await nats.connect(plane.nats_url, user_credentials=str(seed), inbox_prefix=inbox_prefix(name))
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -74,7 +74,7 @@ async def scene(plane: Plane, writ: Writ, tmp_path: Path) -> AsyncIterator[Scene
         plane.nats_url,
         agent_id,
         read_key(agent_key_path(plane.data_dir, agent_id)),
-        seed_file=agent_bus_seed_path(plane.data_dir, agent_id),
+        creds_file=agent_bus_creds_path(plane.data_dir, agent_id),
     )
     operator = await nats.connect(plane.nats_url, **plane.settings.bus_options())
     try:

@@ -25,7 +25,9 @@ EXECUTOR_CONSUMER = "writ-executor"
 async def test_a_service_credential_cannot_delete_or_drain_another_services_consumer(plane: Plane) -> None:
     registry = await nats.connect(
         plane.nats_url,
-        **plane.settings.model_copy(update={"nats_seed_file": plane.bus.seed_file("registry")}).bus_options("registry"),
+        **plane.settings.model_copy(update={"nats_creds_file": plane.bus.creds_file("registry")}).bus_options(
+            "registry"
+        ),
     )
     operator = await nats.connect(plane.nats_url, **plane.settings.bus_options())
     try:

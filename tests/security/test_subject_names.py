@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from cli_runner import Writ
-from writ.keys import agent_bus_seed_path
+from writ.keys import agent_bus_creds_path
 from writ.runtime.supervisor import Plane
 from writ_common.subjects import inbox_prefix
 
@@ -28,10 +28,10 @@ async def run(writ: Writ, *args: str) -> tuple[int, str]:
 
 
 async def connect_agent(plane: Plane, agent_id: str) -> Client:
-    seed = agent_bus_seed_path(plane.data_dir, agent_id)
+    seed = agent_bus_creds_path(plane.data_dir, agent_id)
     return await nats.connect(
         plane.nats_url,
-        nkeys_seed=str(seed),
+        user_credentials=str(seed),
         inbox_prefix=inbox_prefix(f"agent-{agent_id}"),
         allow_reconnect=False,
         connect_timeout=2,

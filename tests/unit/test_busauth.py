@@ -1,14 +1,14 @@
 """Bus permissions as data: every intent event has an owner allowed to publish it, agents only
-their own submissions, and the config carries public keys only."""
+their own submissions, and the servers' config carries no seed."""
 
 from __future__ import annotations
 
-import json
+import stat
 from pathlib import Path
 
 import pytest
 
-from writ_common import busauth
+from writ_common import busauth, busjwt
 from writ_common.events import CATALOG
 from writ_common.subjects import event_token
 
@@ -40,13 +40,36 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     assert not agent.allow_responses
 
 
-def test_the_rendered_users_hold_public_keys_only(tmp_path: Path) -> None:
-    bus = busauth.prepare_embedded(tmp_path, ["identity"])
-    rendered = bus.users_conf.read_text()
-    seed = bus.seed_file("operator").read_text().strip()
-    assert seed not in rendered and bus.seed_file("identity").read_text().strip() not in rendered
-    users = json.loads(rendered.removeprefix("users = "))
-    assert {"nkey": busauth.public_nkey(seed)} in users  # the operator: its public key, nothing else
+def test_the_servers_config_holds_no_seed_and_each_holder_gets_its_own(tmp_path: Path) -> None:
+    trust = busauth.init_trust(tmp_path / "bus", ["identity", "ledger"])
+    auth = trust.auth_conf.read_text()
+    seeds = [p.read_text().strip() for p in (tmp_path / "bus" / "keys").glob("*.nk")]
+    issuer = trust.issuer()
+    held = [
+        *seeds,
+        issuer.account_signing_seed,
+        issuer.operator_signing_seed,
+        busjwt.creds_parts(issuer.system_creds)[1],
+    ]
+    assert len(seeds) == 4 and not any(seed in auth for seed in held)
+    # identity's issuer holds an operator *signing* key, never the operator's own.
+    assert issuer.operator_signing_seed != trust.key_file("operator").read_text().strip()
+    for path in (*(trust.creds_file(u) for u in ("identity", "ledger", "operator")), trust.issuer_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    ledger_jwt, ledger_seed = busjwt.creds_parts(trust.creds_file("ledger").read_text())
+    claims = busjwt.decode(ledger_jwt)
+    assert claims["sub"] == busauth.public_nkey(ledger_seed) and claims["nats"]["issuer_account"] == issuer.account
+    assert claims["nats"]["pub"]["allow"] == list(busauth.service_user("ledger", "U").publish)
+    assert "pub" not in busjwt.decode(busjwt.creds_parts(trust.creds_file("operator").read_text())[0])["nats"]
+
+
+def test_a_second_init_keeps_every_key_and_the_servers_accounts(tmp_path: Path) -> None:
+    first = busauth.init_trust(tmp_path, ["policy"])
+    kept = {p: p.read_text() for p in [first.auth_conf, first.issuer_file, *(tmp_path / "keys").glob("*.nk")]}
+    seed = busjwt.creds_parts(first.creds_file("policy").read_text())[1]
+    again = busauth.init_trust(tmp_path, ["policy"])
+    assert {p: p.read_text() for p in kept} == kept  # a restart never preloads an older account over revocations
+    assert busjwt.creds_parts(again.creds_file("policy").read_text())[1] == seed
 
 
 def test_only_user_public_nkeys_pass_as_bus_keys() -> None:

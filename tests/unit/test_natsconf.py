@@ -12,14 +12,22 @@ import pytest
 
 from writ.runtime import natsconf
 from writ.runtime.processes import nats_config
-from writ_common.busauth import EmbeddedBus
+from writ_common.busauth import BusTrust
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "nats"
 # Where a server listens and stores: the only settings the embedded plane substitutes.
-PLACED = {"listen", "http", "jetstream.store_dir", "cluster.listen", "cluster.routes", "cluster.authorization"}
+PLACED = {
+    "listen",
+    "http",
+    "jetstream.store_dir",
+    "resolver.dir",
+    "cluster.listen",
+    "cluster.routes",
+    "cluster.authorization",
+}
 
 
 def flat(entries: list[natsconf.Entry], prefix: str = "") -> dict[str, object]:
@@ -41,7 +49,7 @@ def routes(port: int) -> natsconf.Routes:
 
 
 def cluster_node(tmp_path: Path, i: int) -> dict[str, object]:
-    bus = EmbeddedBus(creds_dir=tmp_path / "creds", auth_dir=tmp_path / "bus")
+    bus = BusTrust(tmp_path / "bus")
     text = nats_config(
         tmp_path / f"nats-{i}", 4300 + i, 8300 + i, bus, name=f"nats-{i}", routes=routes(6300 + i), conf_dir=tmp_path
     )
@@ -58,6 +66,7 @@ def test_every_deployed_node_is_common_conf_under_its_own_name() -> None:
         text = (DEPLOY / f"nats-{i}.conf").read_text()
         assert re.search(rf"^server_name: nats-{i}$", text, re.M)
         assert re.search(r"^include \./common\.conf$", text, re.M)
+        assert re.search(r"^include \./auth\.conf$", text, re.M)  # the operator and accounts: `writ bus init`
         assert f"/etc/nats/nats-{i}.conf" in compose
 
 
@@ -69,7 +78,12 @@ def test_embedded_configs_keep_every_deployed_setting_but_addresses(tmp_path: Pa
     else:
         text = nats_config(tmp_path / "nats", 4222, 8222)
         generated = flat(natsconf.parse(text))
-    kept = {k: v for k, v in common.items() if k not in PLACED and (clustered or not k.startswith("cluster."))}
+    # A bare JetStream server (no bus trust, as some tests start) has no resolver; the plane's have.
+    kept = {
+        k: v
+        for k, v in common.items()
+        if k not in PLACED and (clustered or not k.startswith(("cluster.", "resolver.")))
+    }
     assert {k: generated.get(k) for k in kept} == kept
     # The promises that matter, named, so a change to the deploy files shows up here by name too.
     assert generated["max_payload"] == common["max_payload"] == "2MB"
@@ -91,8 +105,10 @@ def test_a_cluster_member_routes_to_every_member_on_loopback_with_a_password(tmp
     assert node["cluster.authorization.user"] == "writ-route"
     assert node["cluster.routes"] == [f"nats-route://writ-route:secret@127.0.0.1:{p}" for p in (6301, 6302, 6303)]
     assert node["jetstream.store_dir"] == f'"{tmp_path / "nats-1"}"'
-    assert node["pid_file"] == f'"{tmp_path / "bus" / "nats-1.pid"}"'
-    assert node["authorization.include_"] == '"bus/users.conf"'  # authorization: the same users file as one node
+    # JWT auth: every member includes the same operator and accounts, and keeps its own resolver store.
+    assert node["include_"] == '"bus/auth.conf"'
+    assert node["resolver.type"] == "full" and node["resolver.dir"] == f'"{tmp_path / "nats-1" / "jwt"}"'
+    assert "authorization.include_" not in node and "pid_file" not in node
 
 
 def test_a_setting_that_would_bind_an_address_it_cannot_place_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from writ_common.ids import derive_intent_id
 from writ_common.signing import generate_key, key_id, public_key_b64
 from writ_executor.breaker import CircuitBreaker
 from writ_executor.domain import CallError, Invoke, after_error, next_step, outcome, reconcile
-from writ_identity.domain import Agent, check_intent
+from writ_identity.domain import Agent, bus_revocations, check_intent
 from writ_policy.domain import (
     PolicyError,
     RateExceeded,
@@ -386,3 +387,14 @@ class TestSizeLimits:
         dropped = outcome(1, big, False, 1.0, max_output_bytes=1000)
         assert isinstance(dropped, ev.ExecutionFailed) and dropped.code == "output_too_large"
         assert "the call ran" in dropped.reason and dropped.result is None
+
+
+def test_the_bus_revokes_exactly_the_revoked_agents_bus_keys_as_of_their_revocation() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    agents = {
+        "bot": AGENT,  # no bus key: nothing to revoke at the bus
+        "live": replace(AGENT, agent_id="live", bus_key="ULIVE"),
+        "gone": replace(AGENT, agent_id="gone", bus_key="UGONE", revoked_at=when),
+        "gone-keyless": replace(AGENT, agent_id="gone-keyless", revoked_at=when),
+    }
+    assert bus_revocations(agents) == {"UGONE": int(when.timestamp())}

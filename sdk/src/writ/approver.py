@@ -83,13 +83,13 @@ class ApproverClient:
         Raises:
             writ.keys.KeyFileError: no readable key at ``key_file``.
         """
-        from writ.keys import approver_bus_seed_path, read_key
+        from writ.keys import approver_bus_creds_path, read_key
         from writ_common.bus import split_servers
 
         key = read_key(key_file)
         data = local.data_dir(data_dir)
-        seed = approver_bus_seed_path(data, approver_id)
-        credentials = local.bus_credentials(seed if seed.is_file() else None, subjects.approver_bus_name(approver_id))
+        creds = approver_bus_creds_path(data, approver_id)
+        credentials = local.bus_credentials(creds if creds.is_file() else None, subjects.approver_bus_name(approver_id))
         client: ApproverClient | None = None
 
         async def on_reconnected() -> None:

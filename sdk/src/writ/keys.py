@@ -21,9 +21,10 @@ def agent_key_path(data_dir: Path, agent_id: str) -> Path:
     return data_dir / "keys" / "agents" / f"{agent_id}.key"
 
 
-def agent_bus_seed_path(data_dir: Path, agent_id: str) -> Path:
-    """Where ``writ agent register`` keeps an agent's NATS nkey seed (its bus credential, 0600)."""
-    return data_dir / "keys" / "agents" / f"{agent_id}.nk"
+def agent_bus_creds_path(data_dir: Path, agent_id: str) -> Path:
+    """Where ``writ agent register`` keeps an agent's bus credential: the NATS user JWT identity
+    issued for it and its nkey seed, as one ``.creds`` file (0600)."""
+    return data_dir / "keys" / "agents" / f"{agent_id}.creds"
 
 
 def approver_key_path(data_dir: Path, approver_id: str) -> Path:
@@ -31,9 +32,9 @@ def approver_key_path(data_dir: Path, approver_id: str) -> Path:
     return data_dir / "keys" / "approvers" / f"{approver_id}.key"
 
 
-def approver_bus_seed_path(data_dir: Path, approver_id: str) -> Path:
-    """An approver's bus credential (NATS nkey seed, 0600), issued by ``writ approver register``."""
-    return data_dir / "keys" / "approvers" / f"{approver_id}.nk"
+def approver_bus_creds_path(data_dir: Path, approver_id: str) -> Path:
+    """An approver's bus credential (NATS user JWT and nkey seed, 0600), from ``writ approver register``."""
+    return data_dir / "keys" / "approvers" / f"{approver_id}.creds"
 
 
 def ensure_absent(path: Path, agent_id: str) -> None:

@@ -1,6 +1,6 @@
 """The agent SDK: sign an intent, submit it, await its receipt.
 
-agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, seed_file=nk_path)
+agent = await WritAgent.local("billing-bot")  # or WritAgent.connect(url, "billing-bot", key, creds_file=creds_path)
 receipt = await agent.call("time/get_current_time", {"timezone": "Europe/Paris"})
 print(receipt.status, receipt.result)
 """
@@ -268,13 +268,13 @@ class WritAgent:
         agent_id: str,
         key: SigningKey,
         *,
-        seed_file: Path | None = None,
+        creds_file: Path | None = None,
         **options: Any,
     ) -> WritAgent:
         """Connect as the agent; ``nats_url`` is one seed URL, several separated by commas, or a
-        list (it connects through whichever is up); ``seed_file`` is its bus credential
-        (``<data>/keys/agents/NAME.nk``)."""
-        options = {**local.bus_credentials(seed_file, f"agent-{agent_id}"), **options}
+        list (it connects through whichever is up); ``creds_file`` is its bus credential, the NATS
+        user JWT identity issued at registration with its seed (``<data>/keys/agents/NAME.creds``)."""
+        options = {**local.bus_credentials(creds_file, f"agent-{agent_id}"), **options}
         servers = split_servers(nats_url) if isinstance(nats_url, str) else list(nats_url)
         return cls(await nats.connect(servers, name=f"writ-agent-{agent_id}", **options), agent_id, key)
 
@@ -287,17 +287,17 @@ class WritAgent:
         Raises:
             FileNotFoundError: the agent has no key there (register it first).
         """
-        from writ.keys import agent_bus_seed_path, agent_key_path
+        from writ.keys import agent_bus_creds_path, agent_key_path
         from writ_common.signing import load_key
 
         data = local.data_dir(data_dir)
-        key_file, seed_file = agent_key_path(data, agent_id), agent_bus_seed_path(data, agent_id)
+        key_file, creds_file = agent_key_path(data, agent_id), agent_bus_creds_path(data, agent_id)
         if not key_file.is_file():
             raise FileNotFoundError(
                 f"no key for agent {agent_id!r} at {key_file}: `writ agent register {agent_id}` writes it"
             )
-        seed = seed_file if seed_file.is_file() else None
-        return await cls.connect(local.nats_url(data), agent_id, load_key(key_file), seed_file=seed, **options)
+        creds = creds_file if creds_file.is_file() else None
+        return await cls.connect(local.nats_url(data), agent_id, load_key(key_file), creds_file=creds, **options)
 
     async def close(self) -> None:
         await self.nc.drain()

@@ -38,8 +38,9 @@ def nats_url(data: Path) -> str:
     return os.environ.get("WRIT_NATS_URL") or read_runtime(data).get("nats_url") or DEFAULT_NATS_URL
 
 
-def bus_credentials(seed_file: Path | None, user: str) -> dict[str, Any]:
-    """nats.connect options for a bus user: its nkey seed and its own reply inbox (none: anonymous)."""
-    if seed_file is None:
+def bus_credentials(creds_file: Path | None, user: str) -> dict[str, Any]:
+    """nats.connect options for a bus user: its ``.creds`` (the user JWT identity issued, with its
+    nkey seed) and its own reply inbox; none: an open bus."""
+    if creds_file is None:
         return {}
-    return {"nkeys_seed": str(seed_file), "inbox_prefix": inbox_prefix(user)}
+    return {"user_credentials": str(creds_file), "inbox_prefix": inbox_prefix(user)}

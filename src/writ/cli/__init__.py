@@ -9,6 +9,7 @@ import typer
 
 from writ.cli.approvals import approvals_app, approver_app
 from writ.cli.base import OPTIONS, console, fail, report, settings
+from writ.cli.bus import bus_app
 from writ.cli.control import agent_app, policy_app, server_app, tool_app
 from writ.cli.gateway import gateway
 from writ.cli.intents import intent_app
@@ -36,6 +37,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(approver_app, name="approver")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(views_app, name="views")
+app.add_typer(bus_app, name="bus")
 app.command()(gateway)
 
 DataDir = Annotated[

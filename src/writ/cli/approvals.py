@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 from writ.cli import render
 from writ.cli.base import call, connect, console, fail, query, report, run, settings
 from writ.cli.intents import check_intent_id
-from writ.keys import approver_bus_seed_path, approver_key_path
+from writ.keys import approver_bus_creds_path, approver_key_path
 from writ_common.approvals import Decision
 from writ_common.settings import WritSettings
 
@@ -34,9 +34,9 @@ def as_approver(approver: str) -> tuple[WritSettings, str]:
     from writ_common.subjects import approver_bus_name
 
     cfg = settings()
-    seed = approver_bus_seed_path(cfg.data_dir, approver)
+    seed = approver_bus_creds_path(cfg.data_dir, approver)
     if seed.exists():
-        return cfg.model_copy(update={"nats_seed_file": seed}), approver_bus_name(approver)
+        return cfg.model_copy(update={"nats_creds_file": seed}), approver_bus_name(approver)
     return cfg, "operator"
 
 
@@ -77,7 +77,8 @@ async def register_approver(
     once registration succeeded. With ``public_key_file`` (from ``writ approver keygen`` on the
     approver's machine) only the public half is ever here."""
     from writ.keys import KeyFileError, read_public_key, write_new_key
-    from writ_common.busauth import public_nkey, seed_in, write_seed
+    from writ_common.busauth import public_nkey, read_creds, write_private
+    from writ_common.busjwt import creds
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -106,16 +107,17 @@ async def register_approver(
         key, new = generate_key(), True
     if key is not None:
         public_key = public_key_b64(key)
-    seed_path = approver_bus_seed_path(cfg.data_dir, name)
-    seed = seed_in(seed_path)
+    seed_path = approver_bus_creds_path(cfg.data_dir, name)
+    _jwt, seed = read_creds(seed_path)
     body = {"approver_id": name, "public_key": public_key, "groups": groups, "bus_key": public_nkey(seed)}
     async with connect(cfg) as nc:
         registered = await call(nc, "identity", "register_approver", body)
     if new and key is not None and path is not None:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    write_seed(seed_path, seed)
+    if registered.get("bus_jwt"):  # the user JWT identity signed for its key (none on an open bus)
+        write_private(seed_path, creds(registered.pop("bus_jwt"), seed))
     held = str(path.resolve()) if path is not None else None
-    return {**registered, "key_file": held, "bus_seed_file": str(seed_path.resolve())}
+    return {**registered, "key_file": held, "bus_creds_file": str(seed_path.resolve())}
 
 
 @approver_app.command("register")
@@ -144,7 +146,7 @@ def approver_register(
         console.print(f"  key file  {done['key_file']}")
     else:
         console.print("  key file  none here: the approver signs with their own (`--key PATH` when deciding)")
-    console.print(f"  bus creds {done['bus_seed_file']} (hears only its groups' requests)")
+    console.print(f"  bus creds {done['bus_creds_file']} (hears only its groups' requests)")
 
 
 def _new_approver_key(name: str, path: Path) -> tuple[Path, Path, str]:

@@ -113,7 +113,7 @@ def not_running(url: str) -> CliError:
 
 def no_data_dir(cfg: WritSettings) -> CliError | None:
     """Why the operator has no credential, when the reason is that there is no data directory here."""
-    if cfg.nats_seed_file or cfg.runtime_file().is_file():
+    if cfg.nats_creds_file or cfg.runtime_file().is_file():
         return None
     where = cfg.data_dir.resolve()
     return CliError(
@@ -192,12 +192,12 @@ async def connect(
         if refusals:
             if user == "operator" and (missing := no_data_dir(cfg)) is not None:
                 raise missing from exc
-            seed = cfg.resolved_nats_seed_file()
+            creds = cfg.resolved_nats_creds_file()
             raise CliError(
                 "not_authorized",
-                f"the bus at {url} refused {user}'s credential ({seed or 'none'}): "
+                f"the bus at {url} refused {user}'s credential ({creds or 'none'}): "
                 + (
-                    "a revoked agent, or not the registered seed"
+                    "a revoked agent, or creds this bus's account did not sign"
                     if user.startswith("agent-")
                     else "not a user it knows"
                 ),

@@ -30,8 +30,9 @@ async def register_agent(
     name: str, *, owner: str, teams: list[str], acts_for: list[str], key_file: Path | None
 ) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
-    from writ.keys import agent_bus_seed_path, agent_key_path, ensure_absent, read_key, write_new_key
-    from writ_common.busauth import public_nkey, seed_in, write_seed
+    from writ.keys import agent_bus_creds_path, agent_key_path, ensure_absent, read_key, write_new_key
+    from writ_common.busauth import public_nkey, read_creds, write_private
+    from writ_common.busjwt import creds
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -41,8 +42,8 @@ async def register_agent(
         path = agent_key_path(cfg.data_dir, name)
         ensure_absent(path, name)
         key, new = generate_key(), True
-    seed_path = agent_bus_seed_path(cfg.data_dir, name)
-    seed = seed_in(seed_path)
+    seed_path = agent_bus_creds_path(cfg.data_dir, name)
+    _jwt, seed = read_creds(seed_path)
     body = {
         "agent_id": name,
         "public_key": public_key_b64(key),
@@ -55,8 +56,9 @@ async def register_agent(
         registered = await call(nc, "identity", "register_agent", body)
     if new:
         write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    write_seed(seed_path, seed)
-    return {**registered, "key_file": str(path.resolve()), "bus_seed_file": str(seed_path.resolve())}
+    if registered.get("bus_jwt"):  # the user JWT identity signed for its key (none on an open bus)
+        write_private(seed_path, creds(registered.pop("bus_jwt"), seed))
+    return {**registered, "key_file": str(path.resolve()), "bus_creds_file": str(seed_path.resolve())}
 
 
 @agent_app.command("register")
@@ -72,7 +74,7 @@ def agent_register(
     console.print(f"[green]registered[/] agent [bold]{done['agent_id']}[/]")
     console.print(f"  key id    {done['key_id']}")
     console.print(f"  key file  {done['key_file']}")
-    console.print(f"  bus creds {done['bus_seed_file']} (NATS nkey seed: publish its own intents only)")
+    console.print(f"  bus creds {done['bus_creds_file']} (NATS user JWT + seed: publish its own intents only)")
 
 
 @agent_app.command("list")
@@ -120,6 +122,40 @@ def agent_revoke(
     """Refuse every intent the agent issues from now on."""
     done = run(query("identity", "revoke_agent", {"agent_id": name, "reason": reason}))
     console.print(f"[red]revoked[/] agent [bold]{name}[/] at {done['revoked_at']}")
+
+
+@agent_app.command("creds")
+def agent_creds(
+    name: Annotated[str, typer.Argument(help="Agent id")],
+    seed_file: Annotated[
+        Path | None,
+        typer.Option(help="The agent's nkey seed (default: its creds, else the .nk an older Writ wrote)"),
+    ] = None,
+) -> None:
+    """Write the agent's bus creds again (<data>/keys/agents/NAME.creds): identity signs a user JWT
+    for the bus key it registered. For lost creds, or a data dir from before JWT auth."""
+    done = run(write_agent_creds(name, seed_file))
+    console.print(f"[green]bus creds[/] {done}")
+
+
+async def write_agent_creds(name: str, seed_file: Path | None) -> Path:
+    from writ.keys import agent_bus_creds_path
+    from writ_common.busauth import public_nkey, write_private
+    from writ_common.busjwt import creds, creds_parts
+
+    cfg = settings()
+    path = agent_bus_creds_path(cfg.data_dir, name)
+    source = seed_file or (path if path.exists() else path.with_suffix(".nk"))
+    if not source.is_file():
+        fail("key_missing", f"no seed for agent {name!r} at {source}; pass --seed-file PATH")
+    text = source.read_text()
+    seed = creds_parts(text)[1] if "BEGIN NATS USER JWT" in text else text.strip()
+    async with connect(cfg) as nc:
+        issued = await call(nc, "identity", "agent_bus_jwt", {"agent_id": name})
+    if issued["bus_key"] != public_nkey(seed):
+        fail("bus_key_mismatch", f"{source} is not the seed of the bus key agent {name!r} registered")
+    write_private(path, creds(issued["bus_jwt"], seed))
+    return path.resolve()
 
 
 @agent_app.command("show")

@@ -15,16 +15,16 @@ if TYPE_CHECKING:
     from writ_common.settings import WritSettings
 
 
-def agent_credentials(agent: str, key_file: Path | None, bus_seed: Path | None) -> tuple[WritSettings, SigningKey]:
-    """Settings that speak as the agent on the bus (its seed, where `writ agent register` put it) and its key."""
-    from writ.keys import agent_bus_seed_path, agent_key_path, read_key
+def agent_credentials(agent: str, key_file: Path | None, bus_creds: Path | None) -> tuple[WritSettings, SigningKey]:
+    """Settings that speak as the agent on the bus (its creds, where `writ agent register` put them) and its key."""
+    from writ.keys import agent_bus_creds_path, agent_key_path, read_key
 
     cfg = settings()
-    if bus_seed is not None and not bus_seed.is_file():
-        fail("key_missing", f"no bus credential at {bus_seed}")
-    seed = bus_seed or agent_bus_seed_path(cfg.data_dir, agent)
-    if seed.exists():  # else the local operator's (a plane without per-agent bus users)
-        cfg = cfg.model_copy(update={"nats_seed_file": seed})
+    if bus_creds is not None and not bus_creds.is_file():
+        fail("key_missing", f"no bus credential at {bus_creds}")
+    creds = bus_creds or agent_bus_creds_path(cfg.data_dir, agent)
+    if creds.exists():  # else the local operator's (a plane without per-agent bus users)
+        cfg = cfg.model_copy(update={"nats_creds_file": creds})
     return cfg, read_key(key_file or agent_key_path(cfg.data_dir, agent))
 
 
@@ -47,7 +47,7 @@ async def serve(
         cfg.resolved_nats_url(),
         agent,
         key,
-        seed_file=cfg.resolved_nats_seed_file(),
+        creds_file=cfg.resolved_nats_creds_file(),
         allow_reconnect=True,  # a long-lived server rides out a restart of the plane
         max_reconnect_attempts=-1,
         reconnect_time_wait=2.0,
@@ -94,8 +94,8 @@ def gateway(
         float | None, typer.Option(help="Seconds after submission by which a call must have run (default: 300)")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="The agent's key (default: <data>/keys/agents/AGENT.key)")] = None,
-    bus_seed: Annotated[
-        Path | None, typer.Option(help="The agent's bus credential (default: <data>/keys/agents/AGENT.nk)")
+    bus_creds: Annotated[
+        Path | None, typer.Option(help="The agent's bus credential (default: <data>/keys/agents/AGENT.creds)")
     ] = None,
 ) -> None:
     """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
@@ -108,7 +108,7 @@ def gateway(
 
     Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
     """
-    cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_seed))
+    cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_creds))
     run(
         serve(
             cfg,

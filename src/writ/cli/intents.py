@@ -47,13 +47,13 @@ async def submit(
     timeout: float,
 ) -> bool:
     """Sign and submit; with ``wait``, print the receipt. Returns whether the intent succeeded (or was sent)."""
-    from writ.keys import agent_bus_seed_path, agent_key_path, read_key
+    from writ.keys import agent_bus_creds_path, agent_key_path, read_key
     from writ.sdk import new_intent, publish_intent, sign_intent, wait_receipt
 
     cfg = settings()
-    seed = agent_bus_seed_path(cfg.data_dir, agent)
+    seed = agent_bus_creds_path(cfg.data_dir, agent)
     if seed.exists():  # speak as the agent: the bus itself checks it submits only its own intents
-        cfg = cfg.model_copy(update={"nats_seed_file": seed})
+        cfg = cfg.model_copy(update={"nats_creds_file": seed})
     arguments = parse_arguments(args)
     key = read_key(key_file or agent_key_path(cfg.data_dir, agent))
     intent = new_intent(

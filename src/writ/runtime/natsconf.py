@@ -4,7 +4,10 @@ docker-compose mounts into each node of the deployed cluster.
 Every setting of that file reaches the embedded servers as written (max_payload, the JetStream
 block's sync_interval and limits, the cluster's name...), except the ones that place a server on
 the network or the disk, which are put on loopback and under the data dir: ``listen``, ``http``,
-``jetstream.store_dir``, ``cluster.listen`` and ``cluster.routes``. A setting that would bind an
+``jetstream.store_dir``, ``resolver.dir``, ``cluster.listen`` and ``cluster.routes``. The bus's
+trust (``auth.conf``: the operator JWT, the system account, the preloaded accounts, written by
+``writ bus init``) is included as the deployed nodes include it; a server started without it (a
+test's bare JetStream server) gets no ``resolver`` either. A setting that would bind an
 address this module does not know how to move to loopback (leafnodes, a gateway, websocket...) is
 refused rather than passed through.
 
@@ -170,16 +173,14 @@ def embedded(
     common: Sequence[Entry],
     *,
     conf_dir: Path,
-    pid_file: Path | None = None,
-    users_conf: Path | None = None,
+    auth_conf: Path | None = None,
 ) -> str:
     """``common.conf``'s settings with ``node``'s loopback addresses and store, as one config.
 
     Args:
         node: a cluster node when ``node.routes`` is set; else the cluster block is left out.
         conf_dir: where the config will be written (nats-server resolves an include from there).
-        pid_file: where nats-server writes its pid (identity signals it to reload its users).
-        users_conf: the nkey users file, included as the server's authorization.
+        auth_conf: the bus's trust (see :class:`writ_common.busauth.BusTrust`); None: no authentication.
 
     Raises:
         ConfError: ``common`` has a setting the embedded plane cannot place on loopback.
@@ -190,8 +191,12 @@ def embedded(
         seen.add(key)
         if key in UNPLACEABLE:
             raise ConfError(f"{COMMON_CONF} sets {key!r}: the embedded plane cannot place it on loopback")
-        if key in ("server_name", "pid_file", "authorization", "accounts", "operator", "resolver"):
+        if key in ("server_name", "pid_file", "authorization", "accounts", "operator", "system_account"):
             continue  # per node, or the embedded plane's own (below)
+        if key == "resolver":
+            if auth_conf is not None:
+                out.append((key, _resolver(value, node.store_dir)))
+            continue
         if key == "listen":
             out.append((key, f"{HOST}:{node.port}"))
         elif key == "http":
@@ -212,13 +217,12 @@ def embedded(
     if node.monitor_port is not None and "http" not in seen:
         out.append(("http", f"{HOST}:{node.monitor_port}"))
     lines = ["# Written by writ on every start from deploy/nats/common.conf; edits are overwritten.", *render(out)]
-    if pid_file is not None:
-        lines.append(f"pid_file: {quote(pid_file)}")
-    if users_conf is not None:
-        # Only nkey users get in, each with its allow lists; identity rewrites users.conf and
-        # sends SIGHUP (hence the pid file) when agents come and go.
-        include = Path(os.path.relpath(users_conf, conf_dir))
-        lines += ["authorization {", f"  include {quote(include)}", "}"]
+    if auth_conf is not None:
+        if "resolver" not in seen:
+            raise ConfError(f"{COMMON_CONF} has no 'resolver' block: the bus's accounts would have no home")
+        # Only users whose JWT the Writ account signed get in, each with its allow lists; identity
+        # pushes the account (and its revocations) to the resolver, and nothing here changes.
+        lines.append(f"include {quote(Path(os.path.relpath(auth_conf, conf_dir)))}")
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +235,11 @@ def _block(value: Value, name: str) -> list[Entry]:
 def _jetstream(value: Value, store_dir: Path) -> list[Entry]:
     entries = [(k, v) for k, v in _block(value, "jetstream") if k != "store_dir"]
     return [("store_dir", quote(store_dir)), *entries]
+
+
+def _resolver(value: Value, store_dir: Path) -> list[Entry]:
+    entries = [(k, v) for k, v in _block(value, "resolver") if k != "dir"]
+    return [*entries, ("dir", quote(store_dir / "jwt"))]
 
 
 def _cluster(value: Value, routes: Routes) -> list[Entry]:

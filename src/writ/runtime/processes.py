@@ -4,7 +4,6 @@ Python services, each logging to a file, each bound to loopback only."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from writ.runtime import natsconf
-from writ_common.busauth import EmbeddedBus
+from writ_common.busauth import BusTrust
 
 HOST = "127.0.0.1"
 READY_TIMEOUT = 15.0
@@ -181,7 +180,7 @@ def nats_config(
     store_dir: Path,
     port: int,
     monitor_port: int | None,
-    bus: EmbeddedBus | None = None,
+    bus: BusTrust | None = None,
     *,
     name: str = "writ-embedded",
     routes: natsconf.Routes | None = None,
@@ -195,8 +194,7 @@ def nats_config(
         node,
         common,
         conf_dir=conf_dir or store_dir.parent,
-        pid_file=bus.node_pid_file(name if routes is not None else None) if bus is not None else None,
-        users_conf=bus.users_conf if bus is not None else None,
+        auth_conf=bus.auth_conf if bus is not None else None,
     )
 
 
@@ -205,7 +203,7 @@ def start_nats(
     port: int | None = None,
     *,
     monitor: bool = True,
-    bus: EmbeddedBus | None = None,
+    bus: BusTrust | None = None,
     log_path: Path | None = None,
     timeout: float = READY_TIMEOUT,
     name: str = "nats",
@@ -219,12 +217,11 @@ def start_nats(
         port: client port on 127.0.0.1; a free one when None.
         monitor: also serve the HTTP monitoring endpoints (``/varz``, ``/jsz``) on a free port
             (``monitor_port`` when given).
-        bus: require these nkey users (the embedded runtime's); None: no authentication.
+        bus: trust this bus's operator and accounts (JWT auth); None: no authentication.
         log_path: defaults to ``<store_dir>/../logs/<name>.log``.
         timeout: seconds to wait for the port to accept connections.
         name: the process's name; a cluster member's is also its server_name (``nats-1``...).
-        routes: make it a member of a loopback cluster; its config is then ``<store_dir>/../<name>.conf``
-            and the plane, which knows every member, records them for identity's reloads.
+        routes: make it a member of a loopback cluster; its config is then ``<store_dir>/../<name>.conf``.
 
     Raises:
         RuntimeError: the server exited or did not listen in time (the message has its log tail).
@@ -241,10 +238,6 @@ def start_nats(
     log_path = log_path or store_dir.parent / "logs" / f"{name}.log"
     proc = spawn(name, [find_binary("nats-server"), "-c", str(conf)], log_path, url=f"nats://{HOST}:{port}", port=port)
     proc.monitor_url = f"http://{HOST}:{monitor_port}" if monitor_port else None
-    if bus is not None and not clustered:
-        bus.nodes_file.unlink(missing_ok=True)  # a cluster's members, from an earlier run on this data dir
-        bus.monitor_file.write_text(proc.monitor_url or "")  # empty: a reload cannot be observed
-        bus.check_file.write_text(json.dumps([find_binary("nats-server"), "-t", "-c", str(conf)]))
     _wait_listening(proc, None, b"", timeout)
     return proc
 

@@ -34,9 +34,9 @@ from writ.runtime.processes import (
     start_redis,
     write_private,
 )
-from writ_common import faults
+from writ_common import faults, topology
 from writ_common.bus import split_servers
-from writ_common.busauth import EmbeddedBus, NatsNode, prepare_embedded, write_local_nodes
+from writ_common.busauth import BusTrust, init_trust
 from writ_common.metrics import read_port_file
 from writ_common.settings import WritSettings
 
@@ -186,7 +186,8 @@ class Plane:
         # Where each service process is serving /metrics, as it reported (see metrics_port_file).
         self.metrics_ports: dict[str, int] = {}
         self.views_port = 0
-        self.bus = EmbeddedBus(creds_dir=self.data_dir / "creds", auth_dir=self.data_dir / "bus")
+        # The bus's operator, accounts and credentials, as `writ bus init` lays them out (0700).
+        self.bus = BusTrust(self.data_dir / "bus")
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -198,14 +199,14 @@ class Plane:
             nats_url=self.nats_url,
             redis_url=self.redis_url,
             redis_password_file=self.redis_password_file,
-            nats_seed_file=self.bus.seed_file("operator"),
+            nats_creds_file=self.bus.creds_file("operator"),
             stream_replicas=self.cluster,
         )
 
     @property
     def redis_password_file(self) -> Path:
         """Redis's password (0600, in the 0700 creds dir): services and the operator AUTH with it."""
-        return self.bus.creds_dir / "redis.password"
+        return self.data_dir / "creds" / "redis.password"
 
     @property
     def logs_dir(self) -> Path:
@@ -230,7 +231,8 @@ class Plane:
         self._started_at = datetime.now(UTC).isoformat()
         try:
             nats_dir, redis_dir = self.data_dir / "nats", self.data_dir / "redis"
-            self.bus = prepare_embedded(self.data_dir, self.services)
+            self.bus = init_trust(self.bus.root, topology.SERVICES)
+            (self.data_dir / "creds").mkdir(mode=0o700, parents=True, exist_ok=True)
             # The plane secret that keys args_digest, generated once like the bus credentials
             # (a WRIT_ARGS_DIGEST_KEY in the environment takes its place).
             WritSettings(data_dir=self.data_dir).resolved_args_digest_key()
@@ -263,9 +265,10 @@ class Plane:
                     if self._fault_hooks:
                         extra["WRIT_FAULT_FILE"] = str(self.fault_file(name))
                     # A service's own bus user: it may publish only the events it owns.
-                    extra["WRIT_NATS_SEED_FILE"] = str(self.bus.seed_file(service))
+                    extra["WRIT_NATS_CREDS_FILE"] = str(self.bus.creds_file(service))
                     if service == "identity":
-                        extra["WRIT_NATS_AUTH_DIR"] = str(self.bus.auth_dir)
+                        # It signs agents' and approvers' user JWTs and pushes their revocations.
+                        extra["WRIT_NATS_ISSUER_FILE"] = str(self.bus.issuer_file)
                     if service == "ledger" and n > 1:
                         # One views file per ledger process: two writers of one file corrupt it.
                         extra["WRIT_VIEWS_FILE"] = str(self.data_dir / "ledger" / f"views-{n}.sqlite3")
@@ -481,8 +484,7 @@ class Plane:
             ports.append(port)
         route_ports = self._distinct_free_ports(len(names), avoid=ports)
         monitor_ports = self._distinct_free_ports(len(names), avoid=[*ports, *route_ports])
-        route_password = _route_password(self.bus.creds_dir / "nats-route.password")
-        nodes: list[NatsNode] = []
+        route_password = _route_password(self.data_dir / "creds" / "nats-route.password")
         for i, name in enumerate(names):
             routes = natsconf.Routes(
                 port=route_ports[i], peers=tuple(route_ports), user="writ-route", password=route_password
@@ -490,21 +492,12 @@ class Plane:
             store = self.data_dir / name
             port, monitor = ports[i], monitor_ports[i]
             self.nats_monitors[name] = f"http://{HOST}:{monitor}"
-            nodes.append(NatsNode(name=name, pid_file=self.bus.node_pid_file(name), monitor=self.nats_monitors[name]))
 
             def launch(name: str = name, store: Path = store, port: int = port, monitor: int = monitor,
                        routes: natsconf.Routes = routes) -> ManagedProcess:  # fmt: skip
                 return start_nats(store, port, bus=self.bus, name=name, monitor_port=monitor, routes=routes)
 
             self._start_unit(_Unit(name, launch))
-        # identity reloads every member's users (busauth.reload_nats); one member's config checks them all.
-        write_local_nodes(self.bus.auth_dir, nodes)
-        self.bus.monitor_file.unlink(missing_ok=True)
-        from writ.runtime.processes import find_binary
-
-        self.bus.check_file.write_text(
-            json.dumps([find_binary("nats-server"), "-t", "-c", str(self.data_dir / f"{names[0]}.conf")])
-        )
         _wait_healthy(self.nats_monitors, CLUSTER_READY_TIMEOUT)
         return ",".join(f"nats://{HOST}:{port}" for port in ports)
 
@@ -670,7 +663,7 @@ class Plane:
                     # The path only: the password stays in its own 0600 file.
                     "redis_password_file": str(self.redis_password_file),
                     # A local operator's CLI connects with this (the file is 0600, like the data).
-                    "operator_seed_file": str(self.bus.seed_file("operator")),
+                    "operator_creds_file": str(self.bus.creds_file("operator")),
                     "pid": os.getpid(),
                     "started_at": self._started_at,
                     "metrics": {

@@ -1,27 +1,28 @@
-"""Who may say what on the bus: NATS users (nkeys) and their permissions, as server config.
+"""Who may say what on the bus: NATS users (nkeys) and their permissions, held by the cluster.
 
 The nats-server itself refuses a publish outside a user's allow list, so a service can only append
 the event types it owns, and an agent can only submit intents under its own id and read its own.
-Only public nkeys go into the server config; each seed stays in a 0600 file with its holder.
+Each user's allow lists travel in its user JWT, signed by the Writ account's signing key
+(:mod:`writ_common.busjwt`): the servers hold only the operator's JWT and the accounts, so adding
+a user changes nothing on any server, and revoking one is an account update every node takes.
+Each seed stays in a 0600 file with its holder.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
+import functools
 import json
 import os
-import signal
-import subprocess
-import time
-import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nkeys
 
-from writ_common import subjects, topology
+from writ_common import busjwt, subjects, topology
 from writ_common.errors import CodedError
 from writ_common.ids import check_token
 from writ_common.subjects import approver_bus_name, inbox_prefix
@@ -104,17 +105,7 @@ class BusUser:
     subscribe: tuple[str, ...] = ()
     allow_responses: bool = False
     admin: bool = field(default=False)  # the operator and the runtime: everything
-
-    def config(self) -> dict[str, object]:
-        if self.admin:
-            return {"nkey": self.nkey}
-        permissions: dict[str, object] = {
-            "publish": {"allow": list(self.publish)},
-            "subscribe": {"allow": list(self.subscribe)},
-        }
-        if self.allow_responses:
-            permissions["allow_responses"] = True
-        return {"nkey": self.nkey, "permissions": permissions}
+    limits: busjwt.UserLimits = field(default_factory=busjwt.UserLimits)
 
 
 def service_user(service: str, nkey: str) -> BusUser:
@@ -129,8 +120,8 @@ def service_user(service: str, nkey: str) -> BusUser:
             subjects.dlq_subject(service),
             *service_js_api(service),
             *JS_READS_BY_SERVICE.get(service, ()),
-            # Replies to operators' and approvers' commands; a config reload forgets the
-            # reply subjects allow_responses tracks, so these are allowed by name too.
+            # Replies to operators' and approvers' commands, allowed by name too: a reply must
+            # not depend on what allow_responses happens to track (a reconnect forgets it).
             f"{inbox_prefix('operator')}.>",
             f"{inbox_prefix('approvers')}.>",
             *(f"{inbox_prefix(caller)}.>" for caller in COMMANDS_CALLED_BY_SERVICE),
@@ -164,6 +155,7 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
     return BusUser(
         name=f"agent-{agent_id}",
         nkey=nkey,
+        limits=busjwt.AGENT_LIMITS,  # one agent cannot send a message the size of the server's max
         publish=(
             *(f"{subjects.INTENT_PREFIX}.{agent_id}.*.{token}" for token in topology.intent_tokens_of(topology.AGENT)),
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
@@ -203,28 +195,11 @@ def approver_user(approver_id: str, nkey: str, groups: Iterable[str]) -> BusUser
 
 
 def new_seed() -> str:
-    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
+    return busjwt.new_seed(nkeys.PREFIX_BYTE_USER)
 
 
 def public_nkey(seed: str) -> str:
-    return str(nkeys.from_seed(seed.encode()).public_key.decode())
-
-
-def seed_in(path: Path) -> str:
-    """The seed kept at ``path``, or a fresh one (to write there once its user is registered)."""
-    return path.read_text().strip() if path.exists() else new_seed()
-
-
-def write_seed(path: Path, seed: str | None = None) -> str:
-    """Create (or keep) the seed file at ``path``, mode 0600; returns the seed."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seed = seed or new_seed()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(seed + "\n")
-    return seed
+    return busjwt.public_key(seed)
 
 
 def is_user_nkey(key: str) -> bool:
@@ -238,223 +213,292 @@ def is_user_nkey(key: str) -> bool:
     return bool(raw[0] == nkeys.PREFIX_BYTE_USER and nkeys.crc16_checksum(raw[:-2]) == raw[-2:])
 
 
-# -- the embedded runtime's files: <auth dir>/{static_users.json, registered_users.json, users.conf,
-#    nats.pid, nats.monitor, nats.check} --
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole, readable by its owner only (0600) whatever the umask."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
 
 
-def write_users_conf(auth_dir: Path) -> None:
-    """users.conf = the runtime's fixed users + the agents and approvers identity lets in."""
-    static = json.loads((auth_dir / "static_users.json").read_text())
-    people = auth_dir / "registered_users.json"
-    registered = json.loads(people.read_text()) if people.exists() else []
-    write_atomically(auth_dir / "users.conf", "users = " + json.dumps([*static, *registered], indent=2) + "\n")
+def read_creds(path: Path) -> tuple[str, str]:
+    """The (user JWT, seed) of the creds file at ``path``, or ("", a fresh seed) when there is none
+    yet (to write there once its user is registered)."""
+    if path.exists():
+        return busjwt.creds_parts(path.read_text())
+    return "", new_seed()
 
 
-class BusReloadFailed(CodedError):
-    """nats-server refused (or did not take) new users; the previous users file is back in force."""
+class BusUpdateFailed(CodedError):
+    """The cluster did not take the Writ account's new JWT (a revocation is not in force)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("bus_reload_failed", message)
+        super().__init__("bus_update_failed", message)
 
 
-def publish_users(auth_dir: Path, users: Iterable[BusUser]) -> bool:
-    """Give the bus exactly these registered users (agents, approvers) and make nats-server
-    reload its users. Returns False when nothing changed (no reload).
+# -- trust: the operator, its accounts, and the issuer identity holds --
 
-    All or nothing: the new users file is checked by nats-server itself (``-t``) before the reload;
-    if the check or the reload fails, the previous files are put back and stay in force.
-
-    Raises:
-        BusReloadFailed: with nats-server's own complaint.
-    """
-    people = auth_dir / "registered_users.json"
-    wanted = [u.config() for u in sorted(users, key=lambda u: u.name)]
-    if people.exists() and json.loads(people.read_text()) == wanted:
-        return False
-    kept = {path: path.read_text() if path.exists() else None for path in (people, auth_dir / "users.conf")}
-    try:
-        write_atomically(people, json.dumps(wanted, indent=2))
-        write_users_conf(auth_dir)
-        check_nats_config(auth_dir)
-        reload_nats(auth_dir)
-    except (OSError, ValueError, TimeoutError, BusReloadFailed) as exc:
-        for path, text in kept.items():
-            if text is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomically(path, text)
-        with contextlib.suppress(OSError, ValueError, TimeoutError):
-            reload_nats(auth_dir)  # in case the server did take the new file after all
-        detail = exc.message if isinstance(exc, BusReloadFailed) else str(exc)
-        raise BusReloadFailed(f"the bus users were not changed; the previous ones stay in force: {detail}") from exc
-    return True
-
-
-def check_nats_config(auth_dir: Path, timeout: float = 10.0) -> None:
-    """Have nats-server test its config (with the users file as it is now) without touching the
-    running server. Skipped where whoever started the server left no check command.
-
-    Raises:
-        BusReloadFailed: the server would refuse the config (its message says where and why).
-    """
-    check = auth_dir / CHECK_FILE
-    if not check.exists():
-        return
-    argv = [str(a) for a in json.loads(check.read_text())]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        complaint = " ".join((done.stderr or done.stdout).split()) or f"exit code {done.returncode}"
-        raise BusReloadFailed(f"nats-server refuses the new users: {complaint}")
-
-
-RELOAD_PAUSE = 0.3  # seconds, when the server's reload cannot be observed
-# In the auth dir, written by whoever starts nats-server: its pid, its monitoring URL, and the
-# command (JSON argv) that tests its config without touching the running server. A local cluster
-# (``writ up --cluster 3``) lists its members instead in NODES_FILE: [{"name", "pid_file", "monitor"}].
-PID_FILE, MONITOR_FILE, CHECK_FILE, NODES_FILE = "nats.pid", "nats.monitor", "nats.check", "nats.nodes.json"
+WRIT_ACCOUNT, SYSTEM_ACCOUNT = "writ", "SYS"
+# Account JWTs the servers start from (resolver_preload). They are written once, so a restart never
+# puts an older account (without later revocations) back: a node keeps the newest it has seen.
+AUTH_CONF = "auth.conf"
+ISSUER_FILE = "identity.issuer.json"
 
 
 @dataclass(frozen=True)
-class NatsNode:
-    """One local nats-server identity signals: where it writes its pid, where it serves ``/varz``."""
-
-    name: str
-    pid_file: Path
-    monitor: str | None
-
-
-def local_nodes(auth_dir: Path) -> list[NatsNode]:
-    """The local nats-servers that hold the users file: the cluster's members when the runtime
-    listed them, else the one server of the embedded plane."""
-    nodes = auth_dir / NODES_FILE
-    if nodes.exists():
-        return [
-            NatsNode(name=str(n["name"]), pid_file=Path(n["pid_file"]), monitor=n.get("monitor") or None)
-            for n in json.loads(nodes.read_text())
-        ]
-    monitor = auth_dir / MONITOR_FILE
-    url = monitor.read_text().strip() if monitor.exists() else ""
-    return [NatsNode(name="nats", pid_file=auth_dir / PID_FILE, monitor=url or None)]
-
-
-def write_local_nodes(auth_dir: Path, nodes: Iterable[NatsNode]) -> None:
-    write_atomically(
-        auth_dir / NODES_FILE,
-        json.dumps([{"name": n.name, "pid_file": str(n.pid_file), "monitor": n.monitor} for n in nodes], indent=2),
-    )
-
-
-def reload_nats(auth_dir: Path, timeout: float = 10.0) -> None:
-    """SIGHUP every local nats-server (each rereads the users file) and return once each has: its
-    ``/varz`` ``config_load_time`` moves. Without a monitoring port, a short pause has to do.
-
-    A cluster member that is down (no pid file, or no such process) is skipped: it reads the users
-    file as it is when it starts again. With a single server, its pid file must be there.
+class Issuer:
+    """What identity holds to run the bus: the Writ account's signing key (it signs users), an
+    operator signing key (it signs the account's new JWT when a user is revoked), and a system
+    account user (it pushes that JWT on ``$SYS.REQ.CLAIMS.UPDATE``). Never the operator's own key.
     """
-    nodes = local_nodes(auth_dir)
-    # (node, pid, /varz URL, config_load_time before the signal): URL and time None when unobservable.
-    signalled: list[tuple[NatsNode, int, str | None, str | None]] = []
-    for node in nodes:
-        url = node.monitor + "/varz" if node.monitor else None
-        before = _config_load_time(url) if url else None
+
+    account: str
+    account_signing_seed: str
+    operator_signing_seed: str
+    system_creds: str
+
+    def user_jwt(self, user: BusUser) -> str:
+        if user.admin:
+            return busjwt.user_jwt(self.account_signing_seed, user.nkey, account=self.account, name=user.name)
+        return busjwt.user_jwt(
+            self.account_signing_seed,
+            user.nkey,
+            account=self.account,
+            name=user.name,
+            publish=user.publish,
+            subscribe=user.subscribe,
+            allow_responses=user.allow_responses,
+            limits=user.limits,
+        )
+
+    def account_jwt(self, revocations: Mapping[str, int] | None = None, *, iat: int | None = None) -> str:
+        """The Writ account: JetStream on, this issuer's signing key, and ``revocations``."""
+        return busjwt.account_jwt(
+            self.operator_signing_seed,
+            self.account,
+            name=WRIT_ACCOUNT,
+            signing_keys=[busjwt.public_key(self.account_signing_seed)],
+            revocations=revocations,
+            iat=iat,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "account": self.account,
+                "account_signing_seed": self.account_signing_seed,
+                "operator_signing_seed": self.operator_signing_seed,
+                "system_creds": self.system_creds,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Issuer:
+        """Raises: OSError, ValueError (not an issuer file)."""
+        data = json.loads(path.read_text())
+        return cls(
+            **{k: str(data[k]) for k in ("account", "account_signing_seed", "operator_signing_seed", "system_creds")}
+        )
+
+
+@dataclass(frozen=True)
+class BusTrust:
+    """One bus's keys and credentials, as ``writ bus init`` (or ``writ up``) lays them out in ``root``:
+
+    - ``keys/{operator,operator-signing,system,writ}.nk``: the operator's and the accounts' seeds
+      (0600), kept by whoever runs the cluster; no service reads them.
+    - ``identity.issuer.json`` (0600): identity's :class:`Issuer`.
+    - ``creds/<user>.creds`` (0600): each service's user and the operator's (everything in the account).
+    - ``auth.conf``: what every nats-server includes (operator JWT, system account, preloaded accounts).
+    """
+
+    root: Path
+
+    def key_file(self, name: str) -> Path:
+        return self.root / "keys" / f"{name}.nk"
+
+    def creds_file(self, user: str) -> Path:
+        return self.root / "creds" / f"{user}.creds"
+
+    @property
+    def issuer_file(self) -> Path:
+        return self.root / ISSUER_FILE
+
+    @property
+    def auth_conf(self) -> Path:
+        return self.root / AUTH_CONF
+
+    def issuer(self) -> Issuer:
+        return Issuer.load(self.issuer_file)
+
+
+def _seed(path: Path, prefix: int) -> str:
+    if not path.exists():
+        write_private(path, busjwt.new_seed(prefix) + "\n")
+    return path.read_text().strip()
+
+
+def init_trust(root: Path, services: Iterable[str]) -> BusTrust:
+    """Create (or keep) the operator, the system and Writ accounts, identity's issuer, and a creds
+    file per service and for the operator. Idempotent: existing seeds and the servers' ``auth.conf``
+    are kept as they are; service creds are issued again (their permissions follow this code).
+    """
+    trust = BusTrust(root)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    operator = _seed(trust.key_file("operator"), nkeys.PREFIX_BYTE_OPERATOR)
+    operator_signing = _seed(trust.key_file("operator-signing"), nkeys.PREFIX_BYTE_OPERATOR)
+    system = _seed(trust.key_file("system"), nkeys.PREFIX_BYTE_ACCOUNT)
+    account = _seed(trust.key_file(WRIT_ACCOUNT), nkeys.PREFIX_BYTE_ACCOUNT)
+    if not trust.issuer_file.exists():
+        system_user = new_seed()
+        system_jwt = busjwt.user_jwt(
+            system, public_nkey(system_user), account=busjwt.public_key(system), name="writ-sys"
+        )
+        issuer = Issuer(
+            account=busjwt.public_key(account),
+            account_signing_seed=busjwt.new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            operator_signing_seed=operator_signing,
+            system_creds=busjwt.creds(system_jwt, system_user),
+        )
+        write_private(trust.issuer_file, issuer.to_json())
+    issuer = trust.issuer()
+    if not trust.auth_conf.exists():
+        operator_jwt = busjwt.operator_jwt(
+            operator,
+            system_account=busjwt.public_key(system),
+            signing_keys=[busjwt.public_key(operator_signing)],
+        )
+        sys_jwt = busjwt.account_jwt(operator, busjwt.public_key(system), name=SYSTEM_ACCOUNT, jetstream=False)
+        write_private(
+            trust.auth_conf,
+            "# Written by `writ bus init`: the operator every node trusts and the accounts it starts from.\n"
+            "# No secret here (JWTs are signed, public claims). Identity pushes newer account JWTs.\n"
+            f"operator: {operator_jwt}\n"
+            f"system_account: {busjwt.public_key(system)}\n"
+            "resolver_preload: {\n"
+            f"  {busjwt.public_key(system)}: {sys_jwt}\n"
+            f"  {issuer.account}: {issuer.account_jwt()}\n"
+            "}\n",
+        )
+    for service in services:
+        issue_creds(trust.creds_file(service), issuer, functools.partial(service_user, service))
+    issue_creds(trust.creds_file("operator"), issuer, lambda nkey: BusUser("operator", nkey, admin=True))
+    return trust
+
+
+def issue_creds(path: Path, issuer: Issuer, user_for: Callable[[str], BusUser]) -> Path:
+    """(Re)write the creds file at ``path`` for the user ``user_for(public key)``, keeping its seed."""
+    _jwt, seed = read_creds(path)
+    write_private(path, busjwt.creds(issuer.user_jwt(user_for(public_nkey(seed))), seed))
+    return path
+
+
+CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+
+
+def claims_lookup_subject(account: str) -> str:
+    return f"$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
+
+
+async def _system_connection(servers: list[str], issuer: Issuer, timeout: float) -> Any:
+    import nats
+    from nats.aio.client import RawCredentials
+
+    try:
+        return await nats.connect(
+            servers,
+            user_credentials=RawCredentials(issuer.system_creds),
+            name="writ-identity-claims",
+            allow_reconnect=False,
+            connect_timeout=timeout,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types for "could not connect"
+        raise BusUpdateFailed(f"the bus account was not pushed: cannot connect as the system user: {exc}") from exc
+
+
+async def _push(nc: Any, issuer: Issuer, revocations: Mapping[str, int], timeout: float) -> None:
+    try:
+        reply = await nc.request(CLAIMS_UPDATE, issuer.account_jwt(revocations).encode(), timeout=timeout)
+        answer = json.loads(reply.data)
+    except Exception as exc:  # a timeout, no responders, or not JSON
+        raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
+    data = answer.get("data") or {}
+    if answer.get("error") or data.get("code") != 200:
+        raise BusUpdateFailed(f"the bus refused the account update: {answer.get('error') or data}")
+
+
+async def push_revocations(
+    servers: list[str], issuer: Issuer, revocations: Mapping[str, int], timeout: float = 5.0
+) -> dict[str, int]:
+    """Give the cluster the Writ account revoking ``revocations`` and every user it already
+    revokes, as its system user: every node with the full resolver stores it and applies it at
+    once (a revoked user's connections are closed on each node). Returns the revocations pushed.
+
+    A node takes any account JWT its operator signed, even one older than what it holds, so the
+    cluster's current list is read first and kept: a replica of identity that has not yet seen a
+    revocation cannot undo it (revoking is for good, so the union is always right).
+
+    Raises:
+        BusUpdateFailed: no node took it (unreachable, or its answer names why).
+    """
+    nc = await _system_connection(servers, issuer, timeout)
+    try:
         try:
-            pid = int(node.pid_file.read_text().strip())
-            if not _is_nats_server(pid):
-                raise ProcessLookupError(f"pid {pid} of {node.pid_file} is not a nats-server")
-            os.kill(pid, signal.SIGHUP)
-        except (OSError, ValueError):
-            if len(nodes) == 1:
-                raise
-            continue  # that member is down
-        signalled.append((node, pid, url, before))
-    if not signalled:
-        raise TimeoutError("no local nats-server is running to reload its users")
-    if any(url is None or before is None for _, _, url, before in signalled):
-        time.sleep(RELOAD_PAUSE)
-    deadline = time.monotonic() + timeout
-    for node, pid, url, before in signalled:
-        if url is None or before is None:
-            continue
-        while _config_load_time(url) in (before, None):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nats-server {node.name} (pid {pid}) did not reload its users within {timeout:g}s")
-            time.sleep(0.02)
+            current = await nc.request(claims_lookup_subject(issuer.account), b"", timeout=timeout)
+        except Exception as exc:  # a timeout or no responders
+            raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
+        merged = {**_revocations_of(current.data), **revocations}
+        await _push(nc, issuer, merged, timeout)
+    finally:
+        await nc.close()
+    return merged
 
 
-def _is_nats_server(pid: int) -> bool:
-    """Whether ``pid`` still runs nats-server: a member SIGKILLed leaves its pid file behind, and
-    its pid may have gone to another process since (which a SIGHUP would end). True where there
-    is no /proc to ask."""
+async def reconcile_revocations(
+    servers: list[str], issuer: Issuer, revocations: Mapping[str, int], *, listen: float = 0.5, timeout: float = 5.0
+) -> bool:
+    """Ask every node which revocations it holds (each answers the lookup) and push the union
+    with ``revocations`` when any node lacks one: a node that was down during a revocation (or
+    restarted from its preloaded account) catches up. NATS's own resolver sync asks a queue group
+    that the asking node itself belongs to, so it cannot be relied on for this. Returns whether
+    it pushed.
+
+    Raises:
+        BusUpdateFailed: the push was needed and no node took it.
+    """
+    nc = await _system_connection(servers, issuer, timeout)
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server"
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()
-    except OSError:
+        inbox = nc.new_inbox()
+        held: list[dict[str, int]] = []
+
+        async def answer(msg: Any) -> None:
+            held.append(_revocations_of(msg.data))
+
+        sub = await nc.subscribe(inbox, cb=answer)
+        await nc.publish(claims_lookup_subject(issuer.account), b"", reply=inbox)
+        await nc.flush(timeout=timeout)
+        await asyncio.sleep(listen)
+        await sub.unsubscribe()
+        merged = dict(revocations)
+        for node in held:
+            merged = {**node, **merged}
+        if held and all(node.keys() >= merged.keys() for node in held):
+            return False
+        await _push(nc, issuer, merged, timeout)
         return True
+    finally:
+        await nc.close()
 
 
-def _config_load_time(varz_url: str) -> str | None:
+def _revocations_of(account_jwt: bytes) -> dict[str, int]:
+    """The revocations of the account JWT a node holds (none when it holds none, or not ours)."""
+    if not account_jwt:
+        return {}
     try:
-        with urllib.request.urlopen(varz_url, timeout=2) as response:
-            return str(json.loads(response.read())["config_load_time"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-@dataclass(frozen=True)
-class EmbeddedBus:
-    """Where the embedded runtime keeps bus credentials: seeds in ``creds_dir`` (one per service
-    and the operator's), server-side users in ``auth_dir``."""
-
-    creds_dir: Path
-    auth_dir: Path
-
-    def seed_file(self, user: str) -> Path:
-        return self.creds_dir / f"{user}.nk"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.auth_dir / PID_FILE
-
-    def node_pid_file(self, node: str | None = None) -> Path:
-        """The pid file of a local cluster's member ``node``; the single server's when None."""
-        return self.auth_dir / f"{node}.pid" if node else self.pid_file
-
-    @property
-    def nodes_file(self) -> Path:
-        """A local cluster's members (see :func:`local_nodes`); absent with a single server."""
-        return self.auth_dir / NODES_FILE
-
-    @property
-    def users_conf(self) -> Path:
-        return self.auth_dir / "users.conf"
-
-    @property
-    def check_file(self) -> Path:
-        """``nats-server -t -c <conf>`` as a JSON argv: checks the users before each reload."""
-        return self.auth_dir / CHECK_FILE
-
-    @property
-    def monitor_file(self) -> Path:
-        """The server's monitoring URL, by which identity sees a reload take effect."""
-        return self.auth_dir / MONITOR_FILE
-
-
-def prepare_embedded(data_dir: Path, services: Iterable[str]) -> EmbeddedBus:
-    """Create (or keep) every fixed user's seed and write the server's users for them."""
-    bus = EmbeddedBus(creds_dir=data_dir / "creds", auth_dir=data_dir / "bus")
-    for directory in (bus.creds_dir, bus.auth_dir):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    users = [service_user(s, public_nkey(write_seed(bus.seed_file(s)))) for s in services]
-    users.append(BusUser("operator", public_nkey(write_seed(bus.seed_file("operator"))), admin=True))
-    write_atomically(bus.auth_dir / "static_users.json", json.dumps([u.config() for u in users], indent=2))
-    write_users_conf(bus.auth_dir)
-    return bus
+        found = busjwt.decode(account_jwt.decode())["nats"].get("revocations") or {}
+    except (busjwt.InvalidJwt, UnicodeDecodeError, KeyError, TypeError):
+        return {}
+    return {str(k): int(v) for k, v in found.items()}

@@ -152,13 +152,21 @@ class WritSettings(BaseSettings):
         " set it in a deployment, the same for every replica (unset: generated once into"
         " <data>/creds/args_digest.key, 0600, by the embedded runtime or the first registry)",
     )
-    nats_seed_file: Path | None = Field(
+    nats_creds_file: Path | None = Field(
         default=None,
-        description="NATS user nkey seed (0600) when the bus checks who publishes; default: the operator's",
+        description="NATS user creds (user JWT + nkey seed, 0600) when the bus checks who publishes;"
+        " default: the operator's",
     )
-    nats_auth_dir: Path | None = Field(
+    nats_issuer_file: Path | None = Field(
         default=None,
-        description="Embedded runtime: where identity keeps the agents' bus users (it reloads nats-server)",
+        description="Identity: its bus issuer (0600 JSON from `writ bus init`): it signs agents' and approvers'"
+        " user JWTs and pushes revocations to the cluster; unset: an open bus",
+    )
+    bus_resync_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Identity: how often it checks that every bus node holds every revocation, and pushes"
+        " the account to one that does not (a node down during a revocation); 0: only at start",
     )
     stream_replicas: int = Field(
         default=1,
@@ -221,17 +229,17 @@ class WritSettings(BaseSettings):
         cluster from the one it reaches."""
         return split_servers(self.resolved_nats_url())
 
-    def resolved_nats_seed_file(self) -> Path | None:
+    def resolved_nats_creds_file(self) -> Path | None:
         """This process's bus credential; a local operator's falls back to the one the embedded
         runtime wrote (readable only by the user who runs the plane)."""
-        if self.nats_seed_file:
-            return self.nats_seed_file
-        seed = self._runtime().get("operator_seed_file")
-        return Path(seed) if seed and Path(seed).is_file() else None
+        if self.nats_creds_file:
+            return self.nats_creds_file
+        creds = self._runtime().get("operator_creds_file")
+        return Path(creds) if creds and Path(creds).is_file() else None
 
     def bus_options(self, user: str = "operator") -> dict[str, Any]:
-        """Connect options for nats.connect / NatsBroker: the nkey seed and the user's own inbox."""
-        return bus_credentials(self.resolved_nats_seed_file(), user)
+        """Connect options for nats.connect / NatsBroker: the user's creds and its own inbox."""
+        return bus_credentials(self.resolved_nats_creds_file(), user)
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self._runtime().get("redis_url", "redis://127.0.0.1:6379/0")

@@ -19,7 +19,16 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, last_on_subject
-from writ_common.busauth import BusReloadFailed, BusUser, agent_user, approver_user, is_user_nkey, publish_users
+from writ_common.busauth import (
+    BusUpdateFailed,
+    BusUser,
+    Issuer,
+    agent_user,
+    approver_user,
+    is_user_nkey,
+    push_revocations,
+    reconcile_revocations,
+)
 from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, utcnow
 from writ_common.fold import IntentView
@@ -27,7 +36,7 @@ from writ_common.ids import new_event_id
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, unb64
-from writ_identity.domain import Agent, apply_identity_event, authenticated, bus_keys, check_intent
+from writ_identity.domain import Agent, apply_identity_event, authenticated, bus_revocations, check_intent
 
 log = logging.getLogger(__name__)
 
@@ -102,39 +111,39 @@ def build(settings: WritSettings) -> Service:
     redis = aioredis.from_url(settings.resolved_redis_url(), **settings.redis_options())
     follower = svc.follow(subjects.IDENTITY_STREAM, apply)
 
-    async def sync_bus_users() -> None:
-        """Embedded runtime: the bus lets in exactly the registered, unrevoked agents.
+    issuer = Issuer.load(settings.nats_issuer_file) if settings.nats_issuer_file else None
 
-        A user whose name cannot be a subject token (registered before names were checked) is left
-        out, loudly, rather than let it stop every later reload (and so every revocation).
+    def bus_jwt(who: str, make: Callable[[], BusUser]) -> dict[str, str]:
+        """``{"bus_jwt": ...}``: the user JWT (public claims, no secret) for a registered key, by
+        which the cluster lets it in with its allow lists at once; nothing on an open bus.
 
         Raises:
-            CommandError: ``bus_reload_failed``; the previous users stay in force.
+            CommandError: ``invalid_bus_user``: a name that cannot be a subject token.
         """
-        if settings.nats_auth_dir is None:
-            return
-        users: list[BusUser] = []
-        wanted: list[tuple[str, Callable[[], BusUser]]] = [
-            (f"agent {agent_id!r}", functools.partial(agent_user, agent_id, key))
-            for agent_id, key in bus_keys(agents).items()
-        ]
-        wanted += [
-            (f"approver {a.approver_id!r}", functools.partial(approver_user, a.approver_id, a.bus_key, a.groups))
-            for a in approvers.values()
-            if a.bus_key and a.active
-        ]
-        for who, make in wanted:
-            try:
-                users.append(make())
-            except ValueError as exc:
-                log.error("identity: %s is kept off the bus: %s", who, exc)
+        if issuer is None:
+            return {}
         try:
-            changed = await asyncio.to_thread(publish_users, settings.nats_auth_dir, users)
-        except BusReloadFailed as exc:
-            log.error("identity: %s", exc)
+            return {"bus_jwt": issuer.user_jwt(make())}
+        except ValueError as exc:
+            raise CommandError("invalid_bus_user", f"{who} cannot be a bus user: {exc}") from exc
+
+    async def push_account() -> None:
+        """Give the cluster the Writ account with every revoked agent's bus key listed: each node
+        drops its connections and refuses it from then on. No restart, no file on any server.
+
+        Raises:
+            CommandError: ``bus_update_failed``: the cluster did not take it (the revocation is
+                recorded and is pushed again at the next revocation or start).
+        """
+        if issuer is None:
+            return
+        await follower.ensure_fresh()
+        try:
+            pushed = await push_revocations(settings.nats_servers(), issuer, bus_revocations(agents))
+        except BusUpdateFailed as exc:
+            log.error("identity: %s", exc.message)
             raise CommandError(exc.code, exc.message) from exc
-        if changed:
-            log.info("identity: bus users updated (%d agents and approvers)", len(users))
+        log.info("identity: bus account pushed (%d revoked bus users)", len(pushed))
 
     async def lookup(agent_id: str) -> Agent | None:
         if agent_id not in agents:
@@ -198,8 +207,11 @@ def build(settings: WritSettings) -> Service:
         except StaleAppend as exc:
             raise CommandError("agent_exists", f"agent {cmd.agent_id!r} is already registered") from exc
         await follower.ensure_fresh()
-        await sync_bus_users()  # the reply comes once the agent may connect
-        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key), "bus_user": cmd.bus_key is not None}
+        bus_key = cmd.bus_key
+        issued = (
+            bus_jwt(f"agent {cmd.agent_id!r}", functools.partial(agent_user, cmd.agent_id, bus_key)) if bus_key else {}
+        )
+        return {"agent_id": cmd.agent_id, "key_id": key_id(cmd.public_key), "bus_user": bus_key is not None, **issued}
 
     async def list_agents(_body: dict[str, Any]) -> Any:
         await follower.ensure_fresh()
@@ -268,8 +280,21 @@ def build(settings: WritSettings) -> Service:
             await append_agent_event(cmd.agent_id, "revoked", revoked, f"revoke:{cmd.agent_id}")
         except StaleAppend as exc:
             raise CommandError("already_revoked", f"agent {cmd.agent_id!r} was revoked at the same moment") from exc
-        await sync_bus_users()  # and its bus user is gone: it can no longer connect
+        await push_account()  # and every node drops its bus connections and refuses it
         return {"agent_id": cmd.agent_id, "revoked_at": revoked.revoked_at}
+
+    async def agent_bus_jwt(body: dict[str, Any]) -> Any:
+        """The user JWT for a registered, unrevoked agent's bus key, issued again: for creds lost,
+        or written by an older Writ (a bare ``.nk`` seed). Operators only, like every identity command."""
+        agent = await known_agent(msgspec.convert(body, AgentQuery).agent_id)
+        if agent.revoked_at is not None:
+            raise CommandError("agent_revoked", f"agent {agent.agent_id!r} is revoked; register a new agent")
+        if not agent.bus_key:
+            raise CommandError("no_bus_key", f"agent {agent.agent_id!r} was registered without a bus key")
+        issued = bus_jwt(f"agent {agent.agent_id!r}", functools.partial(agent_user, agent.agent_id, agent.bus_key))
+        if not issued:
+            raise CommandError("open_bus", "this plane's identity issues no bus credentials (no WRIT_NATS_ISSUER_FILE)")
+        return {"agent_id": agent.agent_id, "bus_key": agent.bus_key, **issued}
 
     async def show_agent(body: dict[str, Any]) -> Any:
         agent = await known_agent(msgspec.convert(body, AgentQuery).agent_id)
@@ -307,8 +332,15 @@ def build(settings: WritSettings) -> Service:
         except StaleAppend as exc:
             raise CommandError("approver_exists", f"approver {cmd.approver_id!r} is already registered") from exc
         await follower.ensure_fresh()
-        await sync_bus_users()  # the reply comes once the approver may connect
-        return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups}
+        bus_key = cmd.bus_key
+        issued = (
+            bus_jwt(
+                f"approver {cmd.approver_id!r}", functools.partial(approver_user, cmd.approver_id, bus_key, cmd.groups)
+            )
+            if bus_key
+            else {}
+        )
+        return {"approver_id": cmd.approver_id, "key_id": key_id(cmd.public_key), "groups": cmd.groups, **issued}
 
     async def issue_reader_token(body: dict[str, Any]) -> Any:
         """Record a views API token by its hash (the token itself never reaches the plane)."""
@@ -354,12 +386,37 @@ def build(settings: WritSettings) -> Service:
     async def ping(_body: dict[str, Any]) -> Any:
         return {"service": svc.name, "agents": len(agents), "dead_letters": svc.dead_letters}
 
+    async def resync_loop() -> None:
+        """Every node holds every revocation: one that was down when an agent was revoked (or
+        restarted from its preloaded account) gets the account again within a period."""
+        assert issuer is not None
+        while True:
+            await asyncio.sleep(settings.bus_resync_seconds)
+            try:
+                await follower.ensure_fresh()
+                if await reconcile_revocations(settings.nats_servers(), issuer, bus_revocations(agents)):
+                    log.info("identity: a bus node lacked a revocation; the account was pushed again")
+            except Exception:
+                log.exception("identity: checking the bus nodes' revocations failed; the next period tries again")
+
+    tasks: list[asyncio.Task[None]] = []
+
     async def sync_at_start() -> None:
-        # Serve anyway: the previous users stay in force, and the next registration tries again.
+        # Revocations recorded while the cluster could not take them reach it now. Serve anyway:
+        # the previous account stays in force, and the next revocation pushes again.
         with contextlib.suppress(CommandError):
-            await sync_bus_users()
+            await push_account()
+        if issuer is not None and settings.bus_resync_seconds > 0:
+            tasks.append(asyncio.create_task(resync_loop(), name="identity-bus-resync"))
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     svc.on_startup(sync_at_start)
+    svc.on_shutdown(stop_tasks)
     svc.on_shutdown(redis.aclose)
     svc.consume_intents(subjects.intents_of_type("intent.submitted"), on_submitted)
     svc.command("register_agent", register_agent)
@@ -368,6 +425,7 @@ def build(settings: WritSettings) -> Service:
     svc.command("rotate_key", rotate_key)
     svc.command("revoke_agent", revoke_agent)
     svc.command("show_agent", show_agent)
+    svc.command("agent_bus_jwt", agent_bus_jwt)
     svc.command("list_approvers", list_approvers)
     svc.command("issue_reader_token", issue_reader_token)
     svc.command("revoke_reader_token", revoke_reader_token)

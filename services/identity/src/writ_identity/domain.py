@@ -115,6 +115,7 @@ def authenticated(agent: Agent) -> ev.IntentAuthenticated:
     return ev.IntentAuthenticated(key_id=agent.key_id, owner=agent.owner, teams=list(agent.teams))
 
 
-def bus_keys(agents: Mapping[str, Agent]) -> dict[str, str]:
-    """The agents the bus lets in: registered with a bus key and not revoked."""
-    return {a.agent_id: a.bus_key for a in agents.values() if a.bus_key and a.revoked_at is None}
+def bus_revocations(agents: Mapping[str, Agent]) -> dict[str, int]:
+    """The Writ account's revocations: each revoked agent's bus key -> when (unix seconds). The
+    cluster refuses every user JWT of that key issued at or before then, and drops its connections."""
+    return {a.bus_key: int(a.revoked_at.timestamp()) for a in agents.values() if a.bus_key and a.revoked_at is not None}
