@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import nats
 import pytest
 
 from cli_runner import INTENT_ID, Writ
+from waiting import eventually_sync
 from writ.runtime.supervisor import Plane
 from writ_common import subjects
 from writ_common.bus import direct_get_batch
@@ -116,10 +116,11 @@ def test_a_pem_secret_echoed_raw_json_escaped_and_line_by_line_is_scrubbed_every
     # The server's stderr went to the executor's log, scrubbed: the value across lines, escaped, and
     # line by line (the last line is written once the server has been quiet for a moment).
     executor_log = plane.logs_dir / "executor.log"
-    deadline = time.monotonic() + 10
-    while f"line 0: {marker}\n" not in executor_log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    logged = executor_log.read_text()
+    logged = eventually_sync(
+        lambda: text if f"line 0: {marker}\n" in (text := executor_log.read_text()) else None,
+        30,
+        "the server's last stderr line in the executor's log",
+    )
     assert f"pem echo starting with PEM_KEY={marker}\n" in logged
     assert f'echo_escaped: {{"key": "{marker}"}} {{"key": "{marker}"}}' in logged
     assert f"line 0: {marker}\n" in logged
