@@ -150,15 +150,15 @@ class Service:
         max_ack_pending: int = 256,
         ack_wait: float = 10.0,
         batch_size: int = 16,
-        concurrency: int = 1,
+        concurrency: int = 16,
     ) -> None:
         """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
 
         A plain nats-py pull loop: fetch up to ``batch_size`` events (waiting up to ``PULL_WAIT``
         for the first), then hand them on in stream order. ``concurrency`` 1 runs one handler at a
-        time, in order (the ledger: one writer of the chain); more runs up to that many at once
-        (one slow intent must not hold back the others); ``max_ack_pending`` must be at least as
-        large.
+        time, in order (the ledger: one writer of the chain); more (the stages) runs up to that
+        many at once: one slow intent must not hold back the others, and appends are fenced per
+        intent. ``max_ack_pending`` must be at least as large.
 
         Acks are manual: acked after the handler returned, nacked with backoff if it raised
         (redelivered, never terminated), dead-lettered then acked if the message is not a

@@ -23,6 +23,7 @@ from writ_common.receipts import GENESIS, ReceiptInvalid, build_receipt, verify_
 from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, load_or_create_key, public_key_b64
+from writ_ledger.histories import IntentHistories
 from writ_ledger.views import queries
 from writ_ledger.views.runner import Views
 
@@ -64,7 +65,15 @@ def build(settings: WritSettings) -> Service:
     public_key = public_key_b64(key)
     (home / "ledger.pub").write_text(public_key + "\n")
     ledger_key_id = key_id(public_key)
-    views = Views(settings.views_file or home / "views.sqlite3")
+    # Every intent event the views apply, in order: a receipt is built from these when they hold
+    # the whole intent (its submitted event on), instead of reading the history back.
+    histories = IntentHistories()
+
+    def applied(stream: str, seq: int, event: StoredEvent | None) -> None:
+        if stream == subjects.INTENTS_STREAM:
+            histories.feed(seq, event)
+
+    views = Views(settings.views_file or home / "views.sqlite3", applied)
 
     head: list[tuple[int, str, int]] = []  # the chain head as this replica last wrote or read it
 
@@ -133,8 +142,10 @@ def build(settings: WritSettings) -> Service:
         for _ in range(FENCE_RETRIES):
             if await has_own_receipt(agent_id, intent_id):
                 return  # exactly one receipt per intent
-            history = await svc.history(trigger)  # reaches the terminal event, or redelivers
-            view = fold_intent(history.events)
+            events = histories.history(trigger)
+            if events is None:  # not all known here: read the log (reaches the trigger, or redelivers)
+                events = (await svc.history(trigger)).events
+            view = fold_intent(events)
             if view.terminal is None or view.submitted is None:
                 return  # a terminal event without its intent: nothing to vouch for
             position, prev_hash, head_seq = await chain_head()
@@ -166,6 +177,7 @@ def build(settings: WritSettings) -> Service:
                 raise
             # A duplicate ack names the earlier message, not a new head: read it again next time.
             head[:] = [] if ack.duplicate else [(receipt.position, receipt.receipt_hash, ack.seq)]
+            histories.forget(trigger)
             await svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), b"")
             svc.fault_point()
             return
@@ -302,7 +314,7 @@ def build(settings: WritSettings) -> Service:
     svc.on_startup(start_views)
     svc.on_shutdown(shutdown)
     # One writer extends the chain, in log order: a single sequential consumer.
-    svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512)
+    svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512, concurrency=1)
     svc.command("intent_status", intent_status)
     svc.command("list_intents", list_intents)
     svc.command("public_key", get_public_key)

@@ -26,7 +26,7 @@ from writ_common import metrics, subjects
 from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_ledger.views.queries import QueryError, open_reader
-from writ_ledger.views.store import ViewStore, sidecars
+from writ_ledger.views.store import Applied, ViewStore, sidecars
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,9 @@ class Views:
         ViewsInUse: another process holds the file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_applied: Applied | None = None) -> None:
         self.path = path
+        self._on_applied = on_applied  # told every event the live views apply, in stream order
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
         self._writer_lock = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
@@ -94,7 +95,7 @@ class Views:
         self._writer_lock.truncate(0)
         self._writer_lock.write(f"pid {os.getpid()}\n")
         self._writer_lock.flush()
-        self.store = ViewStore(path)
+        self.store = ViewStore(path, on_applied)
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
         self._rebuilding = False
@@ -250,7 +251,7 @@ class Views:
                 os.replace(fresh_path, self.path)
                 for stale in sidecars(self.path):
                     stale.unlink(missing_ok=True)
-                self.store = ViewStore(self.path)
+                self.store = ViewStore(self.path, self._on_applied)
                 # Under the lock: the digest covers exactly these positions.
                 covered = self.store.snapshot(STREAMS)
             seconds = time.perf_counter() - started
