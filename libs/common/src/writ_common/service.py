@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import NotFoundError
 
 from writ_common import commands, metrics, subjects
 from writ_common.bus import (
@@ -41,6 +42,7 @@ from writ_common.control import ControlFollower
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, decode_json, make_envelope, parse_time
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
+from writ_common.puller import Puller
 from writ_common.settings import WritSettings
 from writ_common.stranded import SWEEP_GRACE, expiry
 from writ_common.streams import ensure_streams
@@ -55,7 +57,7 @@ DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
 STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
 SWEEP_TICK = 1.0  # seconds between sweeps for intents left open past their deadline
 BEHIND_RETRY = 0.5  # seconds before a trigger whose history could not be read fresh comes again
-PULL_WAIT = 1.0  # seconds a fetch waits for the first new event before asking again
+PULL_WAIT = 1.0  # seconds the pull loop waits for an event before looking whether to ask again
 
 
 class Redeliver(Exception):
@@ -154,11 +156,11 @@ class Service:
     ) -> None:
         """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
 
-        A plain nats-py pull loop: fetch up to ``batch_size`` events (waiting up to ``PULL_WAIT``
-        for the first), then hand them on in stream order. ``concurrency`` 1 runs one handler at a
-        time, in order (the ledger: one writer of the chain); more (the stages) runs up to that
-        many at once: one slow intent must not hold back the others, and appends are fenced per
-        intent. ``max_ack_pending`` must be at least as large.
+        A plain pull loop over a standing pull request (:class:`puller.Puller`, up to
+        ``batch_size`` events ahead), handing events on in stream order. ``concurrency`` 1 runs
+        one handler at a time, in order (the ledger: one writer of the chain); more (the stages)
+        runs up to that many at once: one slow intent must not hold back the others, and appends
+        are fenced per intent. ``max_ack_pending`` must be at least as large.
 
         Acks are manual: acked after the handler returned, nacked with backoff if it raised
         (redelivered, never terminated), dead-lettered then acked if the message is not a
@@ -209,15 +211,14 @@ class Service:
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _t: gate.release())
 
-        async def pull(sub: JetStreamContext.PullSubscription) -> None:
+        async def pull(puller: Puller) -> None:
             while not self._stopping:
                 try:
-                    msgs = await sub.fetch(batch_size, timeout=PULL_WAIT)
+                    msgs = await puller.next_batch(PULL_WAIT)
                 except TimeoutError:
-                    continue  # nothing new within PULL_WAIT: ask again
-                except nats.errors.Error as exc:
-                    # Reconnecting, the consumer being recreated (ConsumerGuard), a leader change.
-                    log.info("%s: fetching from %s failed (%s); fetching again", self.name, durable, exc)
+                    continue  # nothing new within PULL_WAIT (a lost request is asked again)
+                except nats.errors.Error as exc:  # reconnecting: the next wait asks again
+                    log.info("%s: pulling from %s failed (%s); pulling again", self.name, durable, exc)
                     await asyncio.sleep(PULL_WAIT)
                     continue
                 for number, raw in enumerate(msgs):
@@ -230,28 +231,33 @@ class Service:
                     except nats.errors.Error as exc:  # an ack or a dead letter lost: redelivered
                         log.warning("%s: %s: %s; it comes again", self.name, raw.subject, exc)
 
-        subs: list[JetStreamContext.PullSubscription] = []
+        pullers: list[Puller] = []
 
         async def start() -> None:
-            # Bound to the durable if it exists, created with ``config`` otherwise.
-            sub = await self.js.pull_subscribe(
-                filter_subject, durable=durable, stream=subjects.INTENTS_STREAM, config=config
-            )
-            subs.append(sub)
-            loops.append(asyncio.create_task(pull(sub), name=f"{self.name}-pull"))
+            # Created with ``config`` if the durable does not exist yet (an existing one is used as
+            # it is, as nats-py's pull_subscribe does); the puller asks it by name.
+            try:
+                await self.js.consumer_info(subjects.INTENTS_STREAM, durable)
+            except NotFoundError:
+                created = config.evolve(durable_name=durable, name=durable, filter_subject=filter_subject)
+                await self.js.add_consumer(subjects.INTENTS_STREAM, created)
+            puller = Puller(self.nc, subjects.INTENTS_STREAM, durable, batch_size)
+            await puller.start()
+            pullers.append(puller)
+            loops.append(asyncio.create_task(pull(puller), name=f"{self.name}-pull"))
 
         async def drain() -> None:
             # A clean stop lets the pull loop end its message and calls in flight finish (a cut
-            # call would be an unknown outcome); then the subscription goes, before the broker
-            # drains the connection (which would wait on the fetch inbox's unread status replies).
+            # call would be an unknown outcome); then the pull inbox goes, before the broker
+            # drains the connection.
             pending = [*loops, *running]
             if pending:
                 await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
             for loop in loops:
                 loop.cancel()
-            for sub in subs:
+            for puller in pullers:
                 with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
+                    await puller.stop()
 
         self._consumers.append(start)
         self._drains.append(drain)
