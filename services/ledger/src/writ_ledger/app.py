@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
@@ -167,9 +167,8 @@ def build(settings: WritSettings) -> Service:
             )
             headers = {"Nats-Msg-Id": f"receipt:{intent_id}", "Nats-Expected-Last-Sequence": str(head_seq)}
             try:
-                ack = await svc.js.publish(
-                    subjects.receipt_subject(agent_id, intent_id), encode(envelope), headers=headers
-                )
+                ack_subject = subjects.receipt_subject(agent_id, intent_id)
+                ack = await svc.js.publish(ack_subject, encode(envelope), headers=headers)
             except APIError as exc:
                 head.clear()
                 if exc.err_code == WRONG_LAST_SEQUENCE:
@@ -180,8 +179,19 @@ def build(settings: WritSettings) -> Service:
             histories.forget(trigger)
             await svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), b"")
             svc.fault_point()
+            if not ack.duplicate:
+                await apply_own(decode(encode(envelope), seq=ack.seq, subject=ack_subject))
             return
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")
+
+    async def apply_own(receipt: StoredEvent) -> None:
+        """Our receipt, into the views at once: the views do not read back what this ledger wrote
+        (another replica's receipts come with the views' poll)."""
+        try:
+            topology.admit(receipt)
+            await views.apply_live(subjects.LEDGER_STREAM, receipt)
+        except Exception:
+            log.exception("ledger: views could not apply receipt %d; they catch up from the log later", receipt.seq)
 
     async def on_event(event: StoredEvent, _raw: Msg) -> None:
         # The views are applied strictly in stream order, whatever order redeliveries come in.

@@ -1,8 +1,9 @@
 """Keeping the views up to date with the log: follow four streams, measure the lag, rebuild.
 
 Reads are gap-free Direct Gets from the position each stream has in the views file, so the views
-are exact across restarts and server failovers; the ledger's intent consumer and core
-subscriptions on the control streams only say "read now", and a one-second poll covers the rest.
+are exact across restarts and server failovers; the ledger's intent consumer, its own receipts and
+core subscriptions on the identity and registry streams only say "read now", and a one-second poll
+covers the rest.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class Views:
             return
         for stream in STREAMS:
             await self.catch_up(stream)
-        for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.LEDGER_STREAM):
+        # Receipts are not nudged: the ledger applies its own as it writes them (apply_live), and
+        # the poll brings another replica's.
+        for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM):
             self._subs.append(await nc.subscribe(STREAMS[stream], cb=self._nudger(stream)))
         self._poller = asyncio.create_task(self._poll(), name="views-poll")
 
