@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ from datetime import UTC, datetime
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServerError, ServiceUnavailableError
@@ -235,6 +238,49 @@ async def append_control(
         raise
 
 
+class _Replies:
+    """One wildcard inbox subscription per connection for every Direct Get it asks: a read is one
+    publish and its replies, not a SUB and an UNSUB around it (each of which also makes the
+    server rebuild its subject-match cache)."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Subscription | None = None
+        self._subscribing = asyncio.Lock()
+
+    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
+        """A fresh reply subject and the queue its replies arrive on; :meth:`close` it after."""
+        if self._sub is None:
+            async with self._subscribing:
+                if self._sub is None:
+                    self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._deliver)
+        token = str(next(self._tokens))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiting[token] = queue
+        return f"{self._prefix}.{token}", queue
+
+    def close(self, reply: str) -> None:
+        self._waiting.pop(reply.rpartition(".")[2], None)  # late replies to it are dropped
+
+    async def _deliver(self, msg: Msg) -> None:
+        queue = self._waiting.get(msg.subject.rpartition(".")[2])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+
+_REPLIES: weakref.WeakKeyDictionary[Client, _Replies] = weakref.WeakKeyDictionary()
+
+
+def _replies(nc: Client) -> _Replies:
+    found = _REPLIES.get(nc)
+    if found is None:
+        found = _REPLIES[nc] = _Replies(nc)
+    return found
+
+
 async def direct_get_batch(
     nc: Client,
     stream: str,
@@ -248,13 +294,17 @@ async def direct_get_batch(
 ) -> list[Msg]:
     """All messages on ``subject_filter`` from ``start_seq`` (at least ``limit`` of them when there
     are that many: a page), via batched Direct Get (one round trip per ``batch`` messages).
-    ``start_time``: instead of ``start_seq``, from the first message stored at or after it."""
+    ``start_time``: instead of ``start_seq``, from the first message stored at or after it.
+
+    Raises:
+        nats.errors.TimeoutError: a batch's replies stopped for ``timeout`` seconds.
+    """
     out: list[Msg] = []
     seq = start_seq
     since = start_time.astimezone(UTC).isoformat().replace("+00:00", "Z") if start_time else None
+    replies = _replies(nc)
     while True:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        inbox, queue = await replies.open()
         try:
             request: dict[str, object] = {"next_by_subj": subject_filter, "batch": batch}
             if since is not None and not out:
@@ -264,7 +314,10 @@ async def direct_get_batch(
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
             more = False
             while True:
-                msg = await sub.next_msg(timeout=timeout)
+                try:
+                    msg = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError as exc:
+                    raise nats.errors.TimeoutError from exc
                 headers = msg.headers or {}
                 status = headers.get("Status")
                 if status is not None:
@@ -275,7 +328,7 @@ async def direct_get_batch(
                 out.append(msg)
                 seq = int(headers["Nats-Sequence"]) + 1
         finally:
-            await sub.unsubscribe()
+            replies.close(inbox)
         if not more or (limit is not None and len(out) >= limit):
             return out
 

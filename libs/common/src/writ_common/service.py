@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
+import json
 import logging
 import os
 import signal
@@ -14,12 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
+import nats.errors
+from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import NotFoundError
 
 from writ_common import commands, metrics, subjects
 from writ_common import events as ev
@@ -48,6 +51,7 @@ from writ_common.envelope import (
 )
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
+from writ_common.puller import Puller
 from writ_common.settings import WritSettings
 from writ_common.stranded import SWEEP_GRACE, expiry
 from writ_common.streams import ensure_streams
@@ -62,6 +66,7 @@ DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
 STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
 SWEEP_TICK = 1.0  # seconds between sweeps for intents left open past their deadline
 BEHIND_RETRY = 0.5  # seconds before a trigger whose history could not be read fresh comes again
+PULL_WAIT = 1.0  # seconds the pull loop waits for an event before looking whether to ask again
 
 
 class Redeliver(Exception):
@@ -105,10 +110,12 @@ class Service:
             **settings.bus_options(name),
         )
         self.dead_letters = 0
+        self.bus_stats: dict[str, int] = {}
         self._appends = 0
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], Awaitable[None]]] = []
+        self._consumers: list[Callable[[], Awaitable[None]]] = []  # pull loops, started last
         self._stopping = False
         self._before_stop: list[Callable[[], Awaitable[None]]] = []  # before the broker drains
 
@@ -154,12 +161,15 @@ class Service:
         max_ack_pending: int = 256,
         ack_wait: float = 10.0,
         batch_size: int = 16,
-        concurrency: int = 1,
+        concurrency: int = 16,
     ) -> None:
         """Subscribe ``handler`` to intent events with a durable JetStream pull consumer.
 
-        ``concurrency`` > 1 runs up to that many handlers at once (the executor: one slow tool
-        must not hold back another agent's call); ``max_ack_pending`` must be at least as large.
+        A plain pull loop over a standing pull request (:class:`puller.Puller`, up to
+        ``batch_size`` events ahead), handing events on in stream order. ``concurrency`` 1 runs
+        one handler at a time, in order (the ledger: one writer of the chain); more (the stages)
+        runs up to that many at once: one slow intent must not hold back the others, and appends
+        are fenced per intent. ``max_ack_pending`` must be at least as large.
 
         Acks are manual: acked after the handler returned, nacked with backoff if it raised
         (redelivered, never terminated), dead-lettered then acked if the message is not a
@@ -169,6 +179,7 @@ class Service:
 
         durable = durable or f"writ-{self.name}"
         config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
             max_ack_pending=max_ack_pending,
             max_deliver=-1,
@@ -178,25 +189,17 @@ class Service:
         guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config.evolve(filter_subject=filter_subject))
         self.on_startup(lambda: guard.start(self.nc))
         self.on_shutdown(guard.stop)
-        # Handlers in flight when concurrent (None: one at a time, in the consumer's own task).
+        # Handlers in flight when concurrent (None: one at a time, in the pull loop's own task).
         slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
         running: set[asyncio.Task[None]] = set()
+        loops: list[asyncio.Task[None]] = []
 
-        @self.broker.subscriber(
-            filter_subject,
-            stream=JStream(name=subjects.INTENTS_STREAM, declare=False),
-            durable=durable,
-            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
-            ack_policy=AckPolicy.MANUAL,
-            config=config,
-        )
-        async def consume(msg: NatsMessage) -> None:
-            raw: Msg = msg.raw_message
+        async def consume(raw: Msg) -> None:
             try:
                 event = stored(raw)  # decoded and admitted by the topology
             except UndecodableEvent as exc:
                 await self.dead_letter(raw, exc.code, exc.reason)
-                await msg.ack()
+                await raw.ack()
                 return
             with contextlib.suppress(ValueError):
                 age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
@@ -205,33 +208,76 @@ class Service:
                     agent = metrics.AGENT_LABEL(event.envelope.agent_id)
                     metrics.SEGMENT_QUEUE_AGE_SECONDS.labels(self.name, agent).observe(max(0.0, age))
             if slots is None:
-                await self._handle(msg, event, handler)
+                await self._handle(raw, event, handler)
                 return
             gate = slots  # bound here, so the done-callback below releases this very semaphore
-            # Concurrent: wait for a free slot (backpressure on the consumer), then run beside
+            # Concurrent: wait for a free slot (backpressure on the pull loop), then run beside
             # the others; the message is acked or nacked when its own handler ends.
             await gate.acquire()
             if self._stopping:
                 gate.release()
-                await msg.nack(delay=1.0)  # another replica, or this one after its restart
+                await raw.nak(delay=1.0)  # another replica, or this one after its restart
                 return
-            task = asyncio.create_task(self._handle(msg, event, handler), name=f"{self.name}-{raw.subject}")
+            task = asyncio.create_task(self._handle(raw, event, handler), name=f"{self.name}-{raw.subject}")
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _t: gate.release())
 
-        async def drain() -> None:
-            # A clean stop lets calls in flight finish (a cut call would be an unknown outcome).
-            if running:
-                await asyncio.wait(running, timeout=DRAIN_TIMEOUT)
+        async def pull(puller: Puller) -> None:
+            while not self._stopping:
+                try:
+                    msgs = await puller.next_batch(PULL_WAIT)
+                except TimeoutError:
+                    continue  # nothing new within PULL_WAIT (a lost request is asked again)
+                except nats.errors.Error as exc:  # reconnecting: the next wait asks again
+                    log.info("%s: pulling from %s failed (%s); pulling again", self.name, durable, exc)
+                    await asyncio.sleep(PULL_WAIT)
+                    continue
+                for number, raw in enumerate(msgs):
+                    if self._stopping:
+                        for left in msgs[number:]:
+                            await left.nak(delay=1.0)  # another replica, or this one after its restart
+                        return
+                    try:
+                        await consume(raw)
+                    except nats.errors.Error as exc:  # an ack or a dead letter lost: redelivered
+                        log.warning("%s: %s: %s; it comes again", self.name, raw.subject, exc)
 
+        pullers: list[Puller] = []
+
+        async def start() -> None:
+            # Created with ``config`` if the durable does not exist yet (an existing one is used as
+            # it is, as nats-py's pull_subscribe does); the puller asks it by name.
+            try:
+                await self.js.consumer_info(subjects.INTENTS_STREAM, durable)
+            except NotFoundError:
+                created = config.evolve(durable_name=durable, name=durable, filter_subject=filter_subject)
+                await self.js.add_consumer(subjects.INTENTS_STREAM, created)
+            puller = Puller(self.nc, subjects.INTENTS_STREAM, durable, batch_size)
+            await puller.start()
+            pullers.append(puller)
+            loops.append(asyncio.create_task(pull(puller), name=f"{self.name}-pull"))
+
+        async def drain() -> None:
+            # A clean stop lets the pull loop end its message and calls in flight finish (a cut
+            # call would be an unknown outcome); then the pull inbox goes, before the broker
+            # drains the connection.
+            pending = [*loops, *running]
+            if pending:
+                await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
+            for loop in loops:
+                loop.cancel()
+            for puller in pullers:
+                with contextlib.suppress(nats.errors.Error):
+                    await puller.stop()
+
+        self._consumers.append(start)
         self._drains.append(drain)
 
     async def _handle(
-        self, msg: NatsMessage, event: StoredEvent, handler: Callable[[StoredEvent, Msg], Awaitable[None]]
+        self, raw: Msg, event: StoredEvent, handler: Callable[[StoredEvent, Msg], Awaitable[None]]
     ) -> None:
         """Run ``handler`` on one admitted event, then ack, or nack for a later redelivery."""
-        raw: Msg = msg.raw_message
         started = time.perf_counter()
         try:
             with stage_span(
@@ -243,22 +289,22 @@ class Service:
         except Redeliver as again:
             log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
             metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
-            await msg.nack(delay=again.delay)
+            await raw.nak(delay=again.delay)
             return
         except StorageRefused as full:
             # Nothing to fix in the handler: the stream is at its limit. Alert, and try later.
             metrics.REDELIVERIES.labels(self.name, full.code).inc()
             log.error("%s: %s waits: %s", self.name, raw.subject, full)
-            await msg.nack(delay=STORAGE_RETRY)
+            await raw.nak(delay=STORAGE_RETRY)
             return
         except Exception:
             metrics.REDELIVERIES.labels(self.name, "error").inc()
             delivered = raw.metadata.num_delivered
             log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
-            await msg.nack(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
+            await raw.nak(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
             return
         metrics.STAGE_SECONDS.labels(self.name, event.type).observe(time.perf_counter() - started)
-        await msg.ack()
+        await raw.ack()
 
     async def dead_letter(self, raw: Msg, code: str, reason: str) -> None:
         self.dead_letters += 1
@@ -480,6 +526,8 @@ class Service:
         for fn in self._startup:
             await fn()
         await self.broker.start()
+        for consume in self._consumers:
+            await consume()
         log.info("%s: serving", self.name)
 
     async def stop(self) -> None:
@@ -491,6 +539,7 @@ class Service:
         for fn in self._before_stop:
             with contextlib.suppress(Exception):
                 await fn()
+        self.bus_stats = dict(self.nc.stats)  # what this connection sent and received, for tuning
         # Stop consuming first, so no handler runs against closed resources.
         await self.broker.stop()
         for fn in self._shutdown:
@@ -537,9 +586,20 @@ def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
     configure_logging(name)
     settings = WritSettings()
     provider = setup_tracing(f"writ-{name}", trace_file=settings.trace_file)
+    # CPU time, not wall time: what a service costs, whatever else the machine runs.
+    profiler = cProfile.Profile(time.process_time) if settings.profile_dir else None
+    service = build(settings)
     try:
-        asyncio.run(build(settings).serve_forever())
+        if profiler is not None:
+            profiler.enable()
+        asyncio.run(service.serve_forever())
     finally:
+        if profiler is not None and settings.profile_dir:
+            profiler.disable()
+            settings.profile_dir.mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(settings.profile_dir / f"{name}.prof")
+            # Messages and bytes this service's connection sent and received: its round trips.
+            (settings.profile_dir / f"{name}.bus.json").write_text(json.dumps(service.bus_stats))
         provider.shutdown()  # flushes spans still batched for OTLP
 
 

@@ -209,6 +209,10 @@ class WritSettings(BaseSettings):
         default=None,
         description="Test only: the fault hook's arming file (writ_common.faults); unset: the hook is off",
     )
+    profile_dir: Path | None = Field(
+        default=None,
+        description="Tuning only: each service writes a cProfile of its run to <dir>/<service>.prof when it stops",
+    )
 
     def stream_limits(self) -> StreamLimits:
         return StreamLimits(intents_max_bytes=self.intents_max_bytes, ledger_max_bytes=self.ledger_max_bytes)

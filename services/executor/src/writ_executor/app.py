@@ -396,7 +396,7 @@ def build(settings: WritSettings) -> Service:
                     limit = server_slots.limit_of(view.planned.server)
                     raise Redeliver(SERVER_BUSY_RETRY, f"{view.planned.server!r} runs {limit} calls already")
                 try:
-                    await attempt_call(trigger, raw, step.attempt, ticket)
+                    await attempt_call(trigger, raw, step.attempt, ticket=ticket, view=view, last_seq=last_seq)
                 finally:
                     server_slots.give_back(view.planned.server)
             finally:
@@ -430,7 +430,13 @@ def build(settings: WritSettings) -> Service:
                     return False
         raise RuntimeError(f"{view.intent_id}: could not record attempt {attempt} after {FENCE_RETRIES} tries")
 
-    async def attempt_call(trigger: StoredEvent, raw: Msg, attempt: int, ticket: Ticket) -> None:
+    async def attempt_call(
+        trigger: StoredEvent, raw: Msg, attempt: int, *, ticket: Ticket, view: IntentView, last_seq: int
+    ) -> None:
+        """Call the tool for ``attempt``, decided on ``view`` (read at ``last_seq``, covering the
+        trigger). Not read again under the lease: ``execution.started`` is appended fenced at
+        ``last_seq``, so if anything landed on the intent since (another replica's attempt, an
+        end), the append is refused and the trigger comes again to be decided afresh."""
         intent_id = trigger.envelope.intent_id or ""
         try:
             if not await leases.acquire(intent_id, attempt):
@@ -441,9 +447,6 @@ def build(settings: WritSettings) -> Service:
         # long a lost answer takes to resolve.
         heartbeat = asyncio.create_task(keep_alive(raw, leases, intent_id, attempt))
         try:
-            view, last_seq = await fold(trigger)  # under the lease: the latest word
-            if decide(view) != Invoke(attempt):
-                raise Redeliver(0.0, "the intent moved on while taking the lease")
             assert view.planned is not None
             if attempt == 1 and (refusal := await refused_by_current_policy(view)) is not None:
                 await record_outcome(trigger, view, refusal, last_seq, attempt)

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import subjects, topology
 from writ_common.bus import WRONG_LAST_SEQUENCE, last_on_subject
 from writ_common.commands import CommandError
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, encode, make_envelope, utcnow
@@ -23,6 +23,7 @@ from writ_common.receipts import GENESIS, ReceiptInvalid, build_receipt, verify_
 from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_common.signing import key_id, load_or_create_key, public_key_b64
+from writ_ledger.histories import IntentHistories
 from writ_ledger.views import queries
 from writ_ledger.views.runner import Views
 
@@ -68,7 +69,15 @@ def build(settings: WritSettings) -> Service:
     public_key = public_key_b64(key)
     (home / "ledger.pub").write_text(public_key + "\n")
     ledger_key_id = key_id(public_key)
-    views = Views(settings.views_file or home / "views.sqlite3")
+    # Every intent event the views apply, in order: a receipt is built from these when they hold
+    # the whole intent (its submitted event on), instead of reading the history back.
+    histories = IntentHistories()
+
+    def applied(stream: str, seq: int, event: StoredEvent | None) -> None:
+        if stream == subjects.INTENTS_STREAM:
+            histories.feed(seq, event)
+
+    views = Views(settings.views_file or home / "views.sqlite3", applied)
 
     head: list[tuple[int, str, int]] = []  # the chain head as this replica last wrote or read it
 
@@ -137,8 +146,10 @@ def build(settings: WritSettings) -> Service:
         for _ in range(FENCE_RETRIES):
             if await has_own_receipt(agent_id, intent_id):
                 return  # exactly one receipt per intent
-            history = await svc.history(trigger)  # reaches the terminal event, or redelivers
-            view = fold_intent(history.events)
+            events = histories.history(trigger)
+            if events is None:  # not all known here: read the log (reaches the trigger, or redelivers)
+                events = (await svc.history(trigger)).events
+            view = fold_intent(events)
             if view.terminal is None or view.submitted is None:
                 return  # a terminal event without its intent: nothing to vouch for
             position, prev_hash, head_seq = await chain_head()
@@ -160,9 +171,8 @@ def build(settings: WritSettings) -> Service:
             )
             headers = {"Nats-Msg-Id": f"receipt:{intent_id}", "Nats-Expected-Last-Sequence": str(head_seq)}
             try:
-                ack = await svc.js.publish(
-                    subjects.receipt_subject(agent_id, intent_id), encode(envelope), headers=headers
-                )
+                ack_subject = subjects.receipt_subject(agent_id, intent_id)
+                ack = await svc.js.publish(ack_subject, encode(envelope), headers=headers)
             except APIError as exc:
                 head.clear()
                 if exc.err_code == WRONG_LAST_SEQUENCE:
@@ -170,10 +180,22 @@ def build(settings: WritSettings) -> Service:
                 raise
             # A duplicate ack names the earlier message, not a new head: read it again next time.
             head[:] = [] if ack.duplicate else [(receipt.position, receipt.receipt_hash, ack.seq)]
+            histories.forget(trigger)
             await svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), b"")
             svc.fault_point()
+            if not ack.duplicate:
+                await apply_own(decode(encode(envelope), seq=ack.seq, subject=ack_subject))
             return
         raise RuntimeError(f"{intent_id}: could not extend the receipt chain after {FENCE_RETRIES} tries")
+
+    async def apply_own(receipt: StoredEvent) -> None:
+        """Our receipt, into the views at once: the views do not read back what this ledger wrote
+        (another replica's receipts come with the views' poll)."""
+        try:
+            topology.admit(receipt)
+            await views.apply_live(subjects.LEDGER_STREAM, receipt)
+        except Exception:
+            log.exception("ledger: views could not apply receipt %d; they catch up from the log later", receipt.seq)
 
     async def on_event(event: StoredEvent, _raw: Msg) -> None:
         # The views are applied strictly in stream order, whatever order redeliveries come in.
@@ -316,7 +338,7 @@ def build(settings: WritSettings) -> Service:
     svc.on_startup(start_views)
     svc.on_shutdown(shutdown)
     # One writer extends the chain, in log order: a single sequential consumer.
-    svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512)
+    svc.consume_intents("writ.intent.>", on_event, batch_size=64, max_ack_pending=512, concurrency=1)
     svc.command("intent_status", intent_status)
     svc.command("list_intents", list_intents)
     svc.command("public_key", get_public_key)

@@ -1,8 +1,9 @@
 """Keeping the views up to date with the log: follow four streams, measure the lag, rebuild.
 
 Reads are gap-free Direct Gets from the position each stream has in the views file, so the views
-are exact across restarts and server failovers; the ledger's intent consumer and core
-subscriptions on the control streams only say "read now", and a one-second poll covers the rest.
+are exact across restarts and server failovers; the ledger's intent consumer, its own receipts and
+core subscriptions on the identity and registry streams only say "read now", and a one-second poll
+covers the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from writ_common.bus import direct_get_batch, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.sse import Pulse
 from writ_ledger.views.queries import QueryError, open_reader
-from writ_ledger.views.store import ViewStore, sidecars
+from writ_ledger.views.store import Applied, ViewStore, sidecars
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ class Views:
         ViewsInUse: another process holds the file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_applied: Applied | None = None) -> None:
         self.path = path
+        self._on_applied = on_applied  # told every event the live views apply, in stream order
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
         self._writer_lock = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
@@ -96,7 +98,7 @@ class Views:
         self._writer_lock.truncate(0)
         self._writer_lock.write(f"pid {os.getpid()}\n")
         self._writer_lock.flush()
-        self.store = ViewStore(path)
+        self.store = ViewStore(path, on_applied)
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
         self._rebuilding = False
@@ -117,12 +119,9 @@ class Views:
             return
         for stream in STREAMS:
             await self.catch_up(stream)
-        for stream in (
-            subjects.IDENTITY_STREAM,
-            subjects.REGISTRY_STREAM,
-            subjects.LEDGER_STREAM,
-            subjects.POLICY_STREAM,
-        ):
+        # Receipts are not nudged: the ledger applies its own as it writes them (apply_live), and
+        # the poll brings another replica's.
+        for stream in (subjects.IDENTITY_STREAM, subjects.REGISTRY_STREAM, subjects.POLICY_STREAM):
             self._subs.append(await nc.subscribe(STREAMS[stream], cb=self._nudger(stream)))
         self._poller = asyncio.create_task(self._poll(), name="views-poll")
 
@@ -261,7 +260,7 @@ class Views:
                 os.replace(fresh_path, self.path)
                 for stale in sidecars(self.path):
                     stale.unlink(missing_ok=True)
-                self.store = ViewStore(self.path)
+                self.store = ViewStore(self.path, self._on_applied)
                 # Under the lock: the digest covers exactly these positions.
                 covered = self.store.snapshot(STREAMS)
             seconds = time.perf_counter() - started

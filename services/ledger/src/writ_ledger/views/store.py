@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from writ_common import metrics
@@ -19,14 +19,16 @@ log = logging.getLogger(__name__)
 
 # The streams the views are projected from, in the order a rebuild replays them.
 Batch = Iterable[tuple[int, StoredEvent | None]]
+Applied = Callable[[str, int, StoredEvent | None], None]
 
 
 class ViewStore:
     """The one writer of the views file. Idempotent by construction: the sequence applied per
     stream is stored in the same transaction as the rows, so a replayed event is a no-op."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_applied: Applied | None = None) -> None:
         self.path = path
+        self.on_applied = on_applied  # told every (stream, seq, event) applied, in order
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = _open(path)
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
@@ -59,6 +61,8 @@ class ViewStore:
                     continue
                 if event is not None and self._apply_one(stream, seq, event):
                     last_at = event.envelope.occurred_at
+                if self.on_applied is not None:
+                    self.on_applied(stream, seq, event)
                 position = seq
                 applied += 1
             if applied:
