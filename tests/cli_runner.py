@@ -31,3 +31,22 @@ def writ(plane: Plane) -> Writ:
         return runner.invoke(app, list(args), env=env)
 
     return invoke
+
+
+def time_agent(plane: Plane, prefix: str) -> tuple[str, str]:
+    """The default policy, a fresh time server and a fresh agent on the session plane, by the CLI;
+    returns (agent id, server name)."""
+    import uuid
+
+    runner = CliRunner()
+    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
+    suffix = uuid.uuid4().hex[:8]
+    agent, server = f"{prefix}-{suffix}", f"time-{prefix}-{suffix}"
+    for args in (
+        ["policy", "load", "--default"],
+        ["server", "add", server, "--", TIME_SERVER],
+        ["agent", "register", agent, "--owner", "tests"],
+    ):
+        done = runner.invoke(app, args, env=env)
+        assert done.exit_code == 0, done.output
+    return agent, server

@@ -9,14 +9,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli_runner import TIME_SERVER
-from writ.cli import app
+from cli_runner import time_agent
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e
@@ -74,17 +71,7 @@ def test_the_sdk_installs_alone_and_an_agent_gets_a_verified_receipt(plane: Plan
     names = {row["name"] for row in json.loads(listed.stdout)} if listed.returncode == 0 else set()
     assert not names & {"faststream", "pydantic", "writ-common", "writ"}, names
 
-    runner = CliRunner()
-    env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
-    suffix = uuid.uuid4().hex[:8]
-    agent, server = f"alone-{suffix}", f"time-alone-{suffix}"
-    for args in (
-        ["policy", "load", "--default"],
-        ["server", "add", server, "--", TIME_SERVER],
-        ["agent", "register", agent, "--owner", "tests"],
-    ):
-        done = runner.invoke(app, args, env=env)
-        assert done.exit_code == 0, done.output
+    agent, server = time_agent(plane, "alone")
 
     script = sdk_venv.parent / "agent.py"
     script.write_text(AGENT_SCRIPT)

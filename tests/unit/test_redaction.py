@@ -159,4 +159,6 @@ def test_split_holds_back_what_could_be_the_start_of_a_multi_line_value() -> Non
     assert redactor.split("plain\n") == ("plain\n", "")
     assert redactor.split("xy\n") == ("", "xy\n")  # "xy" alone is too short to scrub; it may go on
     assert redactor.split("xy\nzw!\n") == ("[redacted:short]!\n", "")
-    assert redactor.split("a-----BEGIN KEY-----\n") == ("a", "-----BEGIN KEY-----\n")
+    # Held from the line's start: a log line is written whole, never "a" now and its rest later.
+    assert redactor.split("a-----BEGIN KEY-----\n") == ("", "a-----BEGIN KEY-----\n")
+    assert redactor.split("done\nline 0: -----BEGIN KEY-----\n") == ("done\n", "line 0: -----BEGIN KEY-----\n")

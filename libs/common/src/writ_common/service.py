@@ -420,7 +420,7 @@ class Service:
             while True:
                 await asyncio.sleep(SWEEP_TICK)
                 try:
-                    await index.catch_up(self.js)
+                    await index.catch_up(self.nc)
                     now = datetime.now(UTC)
                     for intent_id, submitted in list(index.open.items()):
                         if past_due(submitted, now):

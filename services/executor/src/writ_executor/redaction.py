@@ -113,6 +113,9 @@ class Redactor:
             if match.start() < cut < match.end():  # a value that the cut would split: hold it whole
                 cut = match.start()
                 break
+        # Hold from the start of that line: a line is written whole, so another writer's line (the
+        # service's own log) never lands between its start and its scrubbed end.
+        cut = text.rfind("\n", 0, cut) + 1 if cut < len(text) else cut
         return self.text(text[:cut]), text[cut:]
 
     def value(self, value: Any) -> Any:
