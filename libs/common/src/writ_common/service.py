@@ -437,10 +437,9 @@ class Service:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await index.stop()
 
         self.on_startup(start)
-        # Before the broker stops: a pull subscription waiting in fetch holds up its drain.
+        # Before the broker stops: a sweep in the middle of its reads would meet a draining connection.
         self._before_stop.append(stop)
 
     async def sweep_one(

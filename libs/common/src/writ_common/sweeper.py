@@ -73,6 +73,3 @@ class OpenIntents:
             self.open.setdefault(intent_id, event)
         else:
             self.open.pop(intent_id, None)
-
-    async def stop(self) -> None:
-        """Nothing to release: the index holds no consumer."""
