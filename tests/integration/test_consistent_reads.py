@@ -21,7 +21,7 @@ from writ_common.bus import StaleAppend, append, read_history
 from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
-from writ_common.service import Redeliver
+from writ_common.intent_consumer import Redeliver
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -3,8 +3,10 @@ intents are stranded and how each ends, how seed URLs are read. No broker, no I/
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from test_rules import KEY, authorized, started, view_of
 
@@ -12,9 +14,12 @@ from writ.sdk import new_intent, sign_intent
 from writ_common import events as ev
 from writ_common.bus import split_servers
 from writ_common.consistency import Landed, covers, landed
+from writ_common.intent_consumer import retry_delay
 from writ_common.settings import WritSettings
 from writ_common.stranded import (
     SWEEP_GRACE,
+    expiry,
+    past_due,
     stranded_findings,
     sweep_execution,
     sweep_stage,
@@ -133,6 +138,39 @@ class TestStranded:
         assert "still authorized past its deadline" in findings[0].message
 
 
+class TestTheDeadlineRule:
+    def test_a_stage_ends_an_intent_past_its_deadline_as_expired_at_that_stage(self) -> None:
+        view = authorized(False, deadline_seconds=1)
+        assert view.deadline is not None
+        assert expiry(view, "execute", view.deadline - timedelta(seconds=1)) == []
+        [expired] = expiry(view, "execute", view.deadline + timedelta(milliseconds=1))
+        assert isinstance(expired, ev.IntentExpired) and expired.stage == "execute"
+        assert "passed before execute" in expired.reason
+
+    def test_an_ended_intent_never_expires(self) -> None:
+        done = authorized(
+            False,
+            started(1),
+            ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1),
+            deadline_seconds=1,
+        )
+        assert expiry(done, "execute", LATER) == []
+
+    def test_the_sweeper_looks_at_a_submitted_intent_only_past_its_deadline_and_the_grace(self) -> None:
+        view = authorized(False, deadline_seconds=1)
+        assert view.submitted is not None and view.deadline is not None
+        submitted = next(e for e in view.events if e.type == "intent.submitted")
+        assert not past_due(submitted, view.deadline)
+        assert not past_due(submitted, view.deadline + SWEEP_GRACE / 2)
+        assert past_due(submitted, view.deadline + SWEEP_GRACE * 2)
+
+    def test_a_deadline_that_does_not_parse_is_never_past_due_here(self) -> None:
+        view = authorized(False, deadline_seconds=1)
+        submitted = next(e for e in view.events if e.type == "intent.submitted")
+        unparsable = msgspec.structs.replace(submitted.payload, deadline="tomorrow-ish")
+        assert not past_due(dataclasses.replace(submitted, payload=unparsable), LATER)
+
+
 class TestExecutorPastTheDeadline:
     def test_an_open_non_idempotent_attempt_past_the_deadline_is_outcome_unknown_not_expired(self) -> None:
         view = authorized(False, started(1), deadline_seconds=1)
@@ -160,3 +198,11 @@ class TestSeedUrls:
     def test_no_url_at_all_is_refused(self) -> None:
         with pytest.raises(ValueError, match="no NATS URL"):
             split_servers(" , ")
+
+
+class TestRedeliveryBackoff:
+    def test_a_failing_handler_comes_again_later_each_time_and_at_most_every_30_seconds(self) -> None:
+        delays = [retry_delay(n) for n in range(1, 12)]
+        assert delays[0] == 0.5
+        assert delays == sorted(delays)
+        assert max(delays) == 30.0

@@ -16,13 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats.errors
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
-from nats.js.errors import NotFoundError
 
 from writ_common import commands, metrics, subjects
 from writ_common import events as ev
@@ -31,12 +29,10 @@ from writ_common.bus import (
     History,
     HistoryBehind,
     StaleAppend,
-    StorageRefused,
     append,
     append_control,
     dead_letter,
     read_history,
-    stored,
 )
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
@@ -51,32 +47,18 @@ from writ_common.envelope import (
 )
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
-from writ_common.puller import Puller
+from writ_common.intent_consumer import IntentConsumer, Redeliver
 from writ_common.settings import WritSettings
-from writ_common.stranded import SWEEP_GRACE, expiry
+from writ_common.stranded import expiry, past_due
 from writ_common.streams import ensure_streams
 from writ_common.sweeper import OpenIntents
-from writ_common.telemetry import stage_span
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 FENCE_RETRIES = 8
-DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
-STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
 SWEEP_TICK = 1.0  # seconds between sweeps for intents left open past their deadline
 BEHIND_RETRY = 0.5  # seconds before a trigger whose history could not be read fresh comes again
-PULL_WAIT = 1.0  # seconds the pull loop waits for an event before looking whether to ask again
-
-
-class Redeliver(Exception):
-    """Ask JetStream to deliver this message again after ``delay`` seconds (a scheduled retry,
-    a lease held elsewhere): not a failure, so no traceback in the log."""
-
-    def __init__(self, delay: float, why: str) -> None:
-        super().__init__(why)
-        self.delay = delay
-        self.why = why
 
 
 def undecoded_body(msg: Any) -> Any:
@@ -184,127 +166,22 @@ class Service:
             max_ack_pending=max_ack_pending,
             max_deliver=-1,
             deliver_policy=DeliverPolicy.ALL,
+            filter_subject=filter_subject,
         )
         # A deleted consumer would stall this stage for good: recreate it at once.
-        guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config.evolve(filter_subject=filter_subject))
+        guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config)
         self.on_startup(lambda: guard.start(self.nc))
         self.on_shutdown(guard.stop)
-        # Handlers in flight when concurrent (None: one at a time, in the pull loop's own task).
-        slots = asyncio.Semaphore(concurrency) if concurrency > 1 else None
-        running: set[asyncio.Task[None]] = set()
-        loops: list[asyncio.Task[None]] = []
+        consumer = IntentConsumer(
+            self, handler, durable=durable, config=config, batch_size=batch_size, concurrency=concurrency
+        )
+        self._consumers.append(consumer.start)
+        self._drains.append(consumer.drain)
 
-        async def consume(raw: Msg) -> None:
-            try:
-                event = stored(raw)  # decoded and admitted by the topology
-            except UndecodableEvent as exc:
-                await self.dead_letter(raw, exc.code, exc.reason)
-                await raw.ack()
-                return
-            with contextlib.suppress(ValueError):
-                age = (datetime.now(UTC) - parse_time(event.envelope.occurred_at)).total_seconds()
-                metrics.QUEUE_AGE_SECONDS.labels(self.name).observe(max(0.0, age))
-                if event.envelope.agent_id:
-                    agent = metrics.AGENT_LABEL(event.envelope.agent_id)
-                    metrics.SEGMENT_QUEUE_AGE_SECONDS.labels(self.name, agent).observe(max(0.0, age))
-            if slots is None:
-                await self._handle(raw, event, handler)
-                return
-            gate = slots  # bound here, so the done-callback below releases this very semaphore
-            # Concurrent: wait for a free slot (backpressure on the pull loop), then run beside
-            # the others; the message is acked or nacked when its own handler ends.
-            await gate.acquire()
-            if self._stopping:
-                gate.release()
-                await raw.nak(delay=1.0)  # another replica, or this one after its restart
-                return
-            task = asyncio.create_task(self._handle(raw, event, handler), name=f"{self.name}-{raw.subject}")
-            running.add(task)
-            task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _t: gate.release())
-
-        async def pull(puller: Puller) -> None:
-            while not self._stopping:
-                try:
-                    msgs = await puller.next_batch(PULL_WAIT)
-                except TimeoutError:
-                    continue  # nothing new within PULL_WAIT (a lost request is asked again)
-                except nats.errors.Error as exc:  # reconnecting: the next wait asks again
-                    log.info("%s: pulling from %s failed (%s); pulling again", self.name, durable, exc)
-                    await asyncio.sleep(PULL_WAIT)
-                    continue
-                for number, raw in enumerate(msgs):
-                    if self._stopping:
-                        for left in msgs[number:]:
-                            await left.nak(delay=1.0)  # another replica, or this one after its restart
-                        return
-                    try:
-                        await consume(raw)
-                    except nats.errors.Error as exc:  # an ack or a dead letter lost: redelivered
-                        log.warning("%s: %s: %s; it comes again", self.name, raw.subject, exc)
-
-        pullers: list[Puller] = []
-
-        async def start() -> None:
-            # Created with ``config`` if the durable does not exist yet (an existing one is used as
-            # it is, as nats-py's pull_subscribe does); the puller asks it by name.
-            try:
-                await self.js.consumer_info(subjects.INTENTS_STREAM, durable)
-            except NotFoundError:
-                created = config.evolve(durable_name=durable, name=durable, filter_subject=filter_subject)
-                await self.js.add_consumer(subjects.INTENTS_STREAM, created)
-            puller = Puller(self.nc, subjects.INTENTS_STREAM, durable, batch_size)
-            await puller.start()
-            pullers.append(puller)
-            loops.append(asyncio.create_task(pull(puller), name=f"{self.name}-pull"))
-
-        async def drain() -> None:
-            # A clean stop lets the pull loop end its message and calls in flight finish (a cut
-            # call would be an unknown outcome); then the pull inbox goes, before the broker
-            # drains the connection.
-            pending = [*loops, *running]
-            if pending:
-                await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
-            for loop in loops:
-                loop.cancel()
-            for puller in pullers:
-                with contextlib.suppress(nats.errors.Error):
-                    await puller.stop()
-
-        self._consumers.append(start)
-        self._drains.append(drain)
-
-    async def _handle(
-        self, raw: Msg, event: StoredEvent, handler: Callable[[StoredEvent, Msg], Awaitable[None]]
-    ) -> None:
-        """Run ``handler`` on one admitted event, then ack, or nack for a later redelivery."""
-        started = time.perf_counter()
-        try:
-            with stage_span(
-                f"{self.name}.{event.type}",
-                raw.headers,
-                **{"writ.intent_id": event.envelope.intent_id or "", "writ.service": self.name},
-            ):
-                await handler(event, raw)
-        except Redeliver as again:
-            log.info("%s: %s again in %.2fs: %s", self.name, raw.subject, again.delay, again.why)
-            metrics.REDELIVERIES.labels(self.name, "scheduled").inc()
-            await raw.nak(delay=again.delay)
-            return
-        except StorageRefused as full:
-            # Nothing to fix in the handler: the stream is at its limit. Alert, and try later.
-            metrics.REDELIVERIES.labels(self.name, full.code).inc()
-            log.error("%s: %s waits: %s", self.name, raw.subject, full)
-            await raw.nak(delay=STORAGE_RETRY)
-            return
-        except Exception:
-            metrics.REDELIVERIES.labels(self.name, "error").inc()
-            delivered = raw.metadata.num_delivered
-            log.exception("%s: handling %s failed (delivery %d); will retry", self.name, raw.subject, delivered)
-            await raw.nak(delay=min(30.0, 0.25 * 2 ** min(delivered, 7)))
-            return
-        metrics.STAGE_SECONDS.labels(self.name, event.type).observe(time.perf_counter() - started)
-        await raw.ack()
+    @property
+    def stopping(self) -> bool:
+        """A stop has begun: consumers hand no new message to a handler."""
+        return self._stopping
 
     async def dead_letter(self, raw: Msg, code: str, reason: str) -> None:
         self.dead_letters += 1
@@ -561,17 +438,6 @@ class Service:
 def expired_or_none(view: IntentView, stage: Stage) -> list[Payload]:
     """Every stage checks the agent's deadline first: past it, the intent ends as expired."""
     return expiry(view, stage, datetime.now(UTC))
-
-
-def past_due(submitted: StoredEvent, now: datetime) -> bool:
-    """``submitted``'s deadline plus the sweep grace has passed."""
-    deadline = getattr(submitted.payload, "deadline", None)
-    if not deadline:
-        return False
-    try:
-        return now > parse_time(deadline) + SWEEP_GRACE
-    except ValueError:
-        return False
 
 
 def configure_logging(service: str) -> None:

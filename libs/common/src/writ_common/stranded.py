@@ -19,11 +19,24 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from writ_common import events as ev
+from writ_common.envelope import StoredEvent, parse_time
 from writ_common.fold import IntentView
 from writ_common.receipts import Finding
 
 # Past the deadline by this much, an intent is swept: the stages' own expiry comes first.
 SWEEP_GRACE = timedelta(seconds=2)
+
+
+def past_due(submitted: StoredEvent, now: datetime, grace: timedelta = SWEEP_GRACE) -> bool:
+    """The sweeper's first look, from the submitted event alone: its deadline plus ``grace`` has
+    passed (no deadline, or one that does not parse: never; the stages refuse those)."""
+    deadline = getattr(submitted.payload, "deadline", None)
+    if not deadline:
+        return False
+    try:
+        return now > parse_time(deadline) + grace
+    except ValueError:
+        return False
 
 
 def waiting_for(view: IntentView) -> ev.Stage:

@@ -27,8 +27,9 @@ from writ_common.commands import CommandError, require_token
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import MAX_CONTENT_DEPTH, StoredEvent, nesting_depth_exceeds
 from writ_common.fold import IntentView, fold_intent
+from writ_common.intent_consumer import Redeliver
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY, discover, root_cause
-from writ_common.service import FENCE_RETRIES, Redeliver, Service
+from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_common.stranded import sweep_execution
 from writ_executor.admission import Admission, Ticket

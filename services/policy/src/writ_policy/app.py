@@ -21,7 +21,8 @@ from writ_common.catalog import Catalog
 from writ_common.commands import CommandError, require_token
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Decide, Redeliver, Service
+from writ_common.intent_consumer import Redeliver
+from writ_common.service import FENCE_RETRIES, Decide, Service
 from writ_common.settings import WritSettings
 from writ_common.stranded import sweep_stage
 from writ_policy.approvals import SignedDecision, expire, is_expired, judge
