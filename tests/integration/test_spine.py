@@ -113,8 +113,8 @@ async def test_stale_append_is_refused_by_the_server_and_the_handler_recovers(sp
     await spine.agent.receipt(submission.intent_id, timeout=30)
     history = await read_history(spine.nc, spine.agent.agent_id, submission.intent_id)
     late = make_envelope(
-        ev.IntentExpired(stage="record", reason="test"),
-        producer=producer_of(ev.IntentExpired(stage="record", reason="test")),
+        ev.IntentExpired(stage="execute", reason="test"),
+        producer=producer_of(ev.IntentExpired(stage="execute", reason="test")),
         intent_id=submission.intent_id,
         agent_id=spine.agent.agent_id,
     )

@@ -113,7 +113,7 @@ def examples() -> list[ev.Payload]:
             intent_id="in-abc",
             agent_id="agent-1",
             status="succeeded",
-            stage="record",
+            stage="execute",
             code="ok",
             reason="done",
             event_ids=["01J"],

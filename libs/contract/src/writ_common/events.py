@@ -50,7 +50,7 @@ class IntentAuthenticated(Payload, frozen=True, kw_only=True):
     teams: list[str] = []
 
 
-Stage = Literal["authenticate", "plan", "authorize", "execute", "record"]
+Stage = Literal["authenticate", "plan", "authorize", "execute"]  # where an intent ended
 
 
 class IntentRejected(Payload, frozen=True, kw_only=True):

@@ -23,7 +23,7 @@ class IntentView:
     authorized: ev.IntentAuthorized | None = None
     approval: ev.ApprovalRequested | None = None
     grants: list[ev.ApprovalGranted] = field(default_factory=list)
-    denial: ev.ApprovalDenied | None = None
+    approval_denial: ev.ApprovalDenied | None = None  # an approver said no (policy's own no is `denied`)
     started: list[ev.ExecutionStarted] = field(default_factory=list)
     attempt_failures: list[ev.ExecutionAttemptFailed] = field(default_factory=list)
     terminal: StoredEvent | None = None
@@ -57,7 +57,7 @@ class IntentView:
     @property
     def approval_pending(self) -> bool:
         """Waiting for people: requested, not yet authorized, denied or ended."""
-        return self.approval is not None and self.authorized is None and self.denial is None and not self.is_terminal
+        return self.approval is not None and self.authorized is None and self.approval_denial is None and not self.is_terminal
 
     def has(self, event_type: str) -> bool:
         return any(e.type == event_type for e in self.events)
@@ -124,8 +124,8 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
                 view.approval = payload
             case ev.ApprovalGranted() if all(g.approver_id != payload.approver_id for g in view.grants):
                 view.grants.append(payload)
-            case ev.ApprovalDenied() if view.denial is None:
-                view.denial = payload
+            case ev.ApprovalDenied() if view.approval_denial is None:
+                view.approval_denial = payload
             case ev.ExecutionStarted():
                 view.started.append(payload)
             case ev.ExecutionAttemptFailed():
