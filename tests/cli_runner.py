@@ -21,9 +21,8 @@ TIME_SERVER = str(Path(sys.executable).parent / "mcp-server-time")
 INTENT_ID = re.compile(r"^intent (in-[a-z2-7]+)$", re.MULTILINE)
 
 
-@pytest.fixture
-def writ(plane: Plane) -> Writ:
-    """Run `writ ARGS...` in-process against the session plane."""
+def cli(plane: Plane) -> Writ:
+    """`writ ARGS...` run in-process against ``plane`` (for module-scoped fixtures too)."""
     runner = CliRunner()
     env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
 
@@ -31,6 +30,12 @@ def writ(plane: Plane) -> Writ:
         return runner.invoke(app, list(args), env=env)
 
     return invoke
+
+
+@pytest.fixture
+def writ(plane: Plane) -> Writ:
+    """Run `writ ARGS...` in-process against the session plane."""
+    return cli(plane)
 
 
 def time_agent(plane: Plane, prefix: str) -> tuple[str, str]:

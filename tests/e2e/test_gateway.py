@@ -4,6 +4,7 @@ client launches the gateway) and streamable HTTP, against the session's plane.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
-from cli_runner import TIME_SERVER, Writ
+from cli_runner import TIME_SERVER, Writ, cli
 from writ.cli.base import default_policy
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt
@@ -54,21 +55,24 @@ class Setup:
         return {"WRIT_DATA_DIR": str(self.plane.data_dir), "WRIT_NATS_URL": self.plane.nats_url}
 
 
-@pytest.fixture
-def setup(writ: Writ, plane: Plane, tmp_path: Path) -> Setup:
-    """A fresh agent (registered with the CLI), a fresh mcp-server-time, and the default policy plus a
-    forbid on this server's convert_time."""
+@pytest.fixture(scope="module")
+def setup(plane: Plane, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    """One agent (registered with the CLI), one mcp-server-time, and the default policy plus a forbid
+    on this server's convert_time, for the module: its tests only read them (a test that changes a
+    server adds its own)."""
+    writ = cli(plane)
+    folder = tmp_path_factory.mktemp("gateway")
     suffix = uuid.uuid4().hex[:8]
     agent, server = f"gw-agent-{suffix}", f"gw-time-{suffix}"
     assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
     assert (added := writ("server", "add", server, "--", TIME_SERVER)).exit_code == 0, added.output
-    policy = tmp_path / "gateway.cedar"
+    policy = folder / "gateway.cedar"
     policy.write_text(
         default_policy()[0] + '\n@id("gateway-no-convert")\nforbid(principal, action == Action::"call_tool", resource)'
         f' when {{ resource.server == "{server}" && resource.name == "convert_time" }};\n'
     )
     assert (loaded := writ("policy", "load", str(policy))).exit_code == 0, loaded.output
-    return Setup(agent, server, plane, tmp_path / "gateway.log")
+    return Setup(agent, server, plane, folder / "gateway.log")
 
 
 class Notifications:
@@ -153,13 +157,14 @@ async def test_tools_list_shows_the_time_servers_tools_with_their_schemas(setup:
     assert all("/" not in t.name for t in listed.values())
 
 
-@pytest.fixture
-async def fidelity(writ: Writ) -> str:
-    """A fresh fidelity_stdio server whose tool names (PREFIX_shaped...) no other server offers."""
+@pytest.fixture(scope="module")
+def fidelity(plane: Plane) -> str:
+    """A fidelity_stdio server whose tool names (PREFIX_shaped...) no other server offers."""
     prefix = f"fx{uuid.uuid4().hex[:8]}"
-    await run_cli(
-        writ, "server", "add", prefix, "--env", f"TOOL_PREFIX={prefix}", "--", sys.executable, str(FIDELITY_SERVER)
+    added = cli(plane)(
+        "server", "add", prefix, "--env", f"TOOL_PREFIX={prefix}", "--", sys.executable, str(FIDELITY_SERVER)
     )
+    assert added.exit_code == 0, added.output
     return prefix
 
 
@@ -296,8 +301,12 @@ async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> Non
 async def test_a_call_awaiting_approval_says_it_is_pending_and_the_same_key_reattaches(
     writ: Writ, setup: Setup
 ) -> None:
-    # Marked destructive, the tool needs an operator's approval under the default policy.
-    await run_cli(writ, "tool", "override", f"{setup.server}/get_current_time", "--not-read-only", "--destructive")
+    # Marked destructive, the tool needs an operator's approval under the default policy (on a
+    # server of its own: the module's server stays read-only for the other tests).
+    server = f"gw-slow-{uuid.uuid4().hex[:8]}"
+    await run_cli(writ, "server", "add", server, "--", TIME_SERVER)
+    await run_cli(writ, "tool", "override", f"{server}/get_current_time", "--not-read-only", "--destructive")
+    setup = dataclasses.replace(setup, server=server)
     key = f"slow-{uuid.uuid4().hex}"
     async with over_stdio(setup, "--timeout", "3") as session:
         first = await session.call_tool(setup.tool("get_current_time"), {"timezone": "UTC"}, meta={KEY: key})
