@@ -196,6 +196,19 @@ def test_sql_refuses_anything_but_reads(
     assert not Path("/tmp/evil.sqlite3").exists() or code != "read_only"
 
 
+def test_a_refused_statement_says_why_in_a_sentence_without_its_code(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    for sql, code, message in (
+        ("SELECT * FROM reader_tokens", "forbidden", "table reader_tokens is not readable here"),
+        ("DELETE FROM intents", "read_only", "the views are read-only: only SELECT statements run here"),
+    ):
+        with pytest.raises(QueryError) as refused:
+            run_sql(store.path, sql)
+        assert (refused.value.code, refused.value.message) == (code, message)
+
+
 def test_sql_reads_and_caps_rows(tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]) -> None:
     store = build(tmp_path / "v.sqlite3", log)
     out = run_sql(store.path, "SELECT status, COUNT(*) AS n FROM intents GROUP BY status ORDER BY status")
