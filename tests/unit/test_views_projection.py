@@ -296,3 +296,17 @@ def test_shadow_decisions_project_beside_the_intent_and_change_nothing_in_it(tmp
     (row,) = out["disagreements"]
     assert (row["intent_id"], row["tool"], row["shadow_policy_ids"]) == ("i1", "srv/write", ["no-write"])
     assert shadow(open_reader(tmp_path / "v.sqlite3"), digest="sha256:other") == {"bundles": [], "disagreements": []}
+
+
+def test_every_intent_event_type_has_exactly_one_place_in_the_projection() -> None:
+    """A new intent event type must be placed: a step, an ending, or one of the three handled apart."""
+    from writ_common import topology
+    from writ_common.envelope import EVENT_TYPE
+    from writ_ledger.views.project import STEPS
+
+    apart = {"intent.submitted", "execution.reconciled", "policy.shadow_decided"}
+    stepped = {EVENT_TYPE[cls] for cls in STEPS}
+    for route in topology.INTENT_ROUTES:
+        places = [route.type in stepped, route.type in ev.TERMINAL_TYPES, route.type in apart]
+        assert places.count(True) == 1, (route.type, places)
+    assert stepped <= {route.type for route in topology.INTENT_ROUTES}

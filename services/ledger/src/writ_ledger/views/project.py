@@ -115,7 +115,7 @@ def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
         if isinstance(p, ev.ExecutionStarted | ev.ExecutionAttemptFailed):
             _execution(db, intent_id, p, env.occurred_at)
         return
-    step = _STEPS.get(type(p))
+    step = STEPS.get(type(p))
     if step is not None:
         step(db, event, p, row)
     status = ev.TERMINAL_STATUS.get(env.type)
@@ -225,7 +225,8 @@ def _attempt_failed(db: sqlite3.Connection, event: StoredEvent, p: ev.ExecutionA
 
 
 Step = Callable[[sqlite3.Connection, StoredEvent, Any, IntentRow], None]
-_STEPS: dict[type, Step] = {
+# payload type -> its step (submitted, the endings, reconciliations and shadow decisions are apart)
+STEPS: dict[type, Step] = {
     ev.IntentAuthenticated: _authenticated,
     ev.IntentPlanned: _planned,
     ev.ApprovalRequested: _approval_requested,
