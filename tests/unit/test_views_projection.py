@@ -196,6 +196,19 @@ def test_sql_refuses_anything_but_reads(
     assert not Path("/tmp/evil.sqlite3").exists() or code != "read_only"
 
 
+def test_a_refused_statement_says_why_in_a_sentence_without_its_code(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    store = build(tmp_path / "v.sqlite3", log)
+    for sql, code, message in (
+        ("SELECT * FROM reader_tokens", "forbidden", "table reader_tokens is not readable here"),
+        ("DELETE FROM intents", "read_only", "the views are read-only: only SELECT statements run here"),
+    ):
+        with pytest.raises(QueryError) as refused:
+            run_sql(store.path, sql)
+        assert (refused.value.code, refused.value.message) == (code, message)
+
+
 def test_sql_reads_and_caps_rows(tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]) -> None:
     store = build(tmp_path / "v.sqlite3", log)
     out = run_sql(store.path, "SELECT status, COUNT(*) AS n FROM intents GROUP BY status ORDER BY status")
@@ -283,3 +296,17 @@ def test_shadow_decisions_project_beside_the_intent_and_change_nothing_in_it(tmp
     (row,) = out["disagreements"]
     assert (row["intent_id"], row["tool"], row["shadow_policy_ids"]) == ("i1", "srv/write", ["no-write"])
     assert shadow(open_reader(tmp_path / "v.sqlite3"), digest="sha256:other") == {"bundles": [], "disagreements": []}
+
+
+def test_every_intent_event_type_has_exactly_one_place_in_the_projection() -> None:
+    """A new intent event type must be placed: a step, an ending, or one of the three handled apart."""
+    from writ_common import topology
+    from writ_common.envelope import EVENT_TYPE
+    from writ_ledger.views.project import STEPS
+
+    apart = {"intent.submitted", "execution.reconciled", "policy.shadow_decided"}
+    stepped = {EVENT_TYPE[cls] for cls in STEPS}
+    for route in topology.INTENT_ROUTES:
+        places = [route.type in stepped, route.type in ev.TERMINAL_TYPES, route.type in apart]
+        assert places.count(True) == 1, (route.type, places)
+    assert stepped <= {route.type for route in topology.INTENT_ROUTES}

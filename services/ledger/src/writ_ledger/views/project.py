@@ -9,6 +9,8 @@ not depend on how the streams interleave while they are followed. Times come fro
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -72,116 +74,170 @@ def apply_event(db: sqlite3.Connection, stream: str, event: StoredEvent) -> None
 # -- intents ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class IntentRow:
+    """The intents row as it stood before the event: what a step needs to know of the intent so far."""
+
+    intent_id: str
+    status: str
+    submitted_at: str | None
+    authenticated_at: str | None
+    planned_at: str | None
+    requested_at: str | None
+    started_at: str | None
+    hour: str
+    tool: str | None
+
+
 def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
     env, p = event.envelope, event.payload
-    intent_id, agent_id, at = env.intent_id, env.agent_id, env.occurred_at
+    intent_id, agent_id = env.intent_id, env.agent_id
     if not intent_id or not agent_id:
         return
     if isinstance(p, ev.IntentSubmitted):
         _submitted(db, event, p)
+    row = _intent_row(db, intent_id, agent_id)
+    if row is None:
+        return  # an event without its intent, or naming another agent's intent: nothing to show
+    db.execute(
+        "INSERT OR IGNORE INTO intent_events(seq, intent_id, type, event_id, occurred_at, producer, causation_id,"
+        " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.seq, intent_id, env.type, env.id, env.occurred_at, env.producer.service, env.causation_id, dumps(p)),
+    )
+    if isinstance(p, ev.PolicyShadowDecided):
+        _shadow(db, event, p, row.tool)
+        return  # advisory: the intent's course is not changed by it
+    if isinstance(p, ev.ExecutionReconciled):
+        _reconciled(db, intent_id, row.status, p, env.occurred_at)
+        return
+    if row.status in FINAL:
+        # After the end only a reconciliation changes the intent; later attempts' rows still land.
+        if isinstance(p, ev.ExecutionStarted | ev.ExecutionAttemptFailed):
+            _execution(db, intent_id, p, env.occurred_at)
+        return
+    step = STEPS.get(type(p))
+    if step is not None:
+        step(db, event, p, row)
+    status = ev.TERMINAL_STATUS.get(env.type)
+    if status is not None:
+        _ended(db, event, status, row)
+        _rollup(db, row.hour, agent_id, row.tool or "", ROLLUP_COLUMN[status])
+
+
+def _intent_row(db: sqlite3.Connection, intent_id: str, agent_id: str) -> IntentRow | None:
+    """The intent's row, if there is one and it is ``agent_id``'s."""
     row = db.execute(
         "SELECT agent_id, status, submitted_at, authenticated_at, planned_at, approval_requested_at, started_at,"
         " hour, tool FROM intents WHERE intent_id = ?",
         (intent_id,),
     ).fetchone()
     if row is None or row[0] != agent_id:
-        return  # an event without its intent, or naming another agent's intent: nothing to show
-    status, submitted_at, authenticated_at, planned_at, requested_at, started_at, hour, tool = row[1:]
+        return None
+    return IntentRow(intent_id, *row[1:])
+
+
+# One step per intent event that moves an intent on (terminal events end it in ``_ended``).
+
+
+def _authenticated(db: sqlite3.Connection, event: StoredEvent, _p: ev.IntentAuthenticated, row: IntentRow) -> None:
+    at = event.envelope.occurred_at
+    _update(db, row.intent_id, at, status="authenticated", authenticated_at=at,
+            authenticate_ms=ms_between(row.submitted_at, at))  # fmt: skip
+
+
+def _planned(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentPlanned, row: IntentRow) -> None:
+    at = event.envelope.occurred_at
+    _update(db, row.intent_id, at, status="planned", planned_at=at, server=p.server, tool_name=p.tool,
+            tool_digest=p.tool_digest, args_digest=p.args_digest,
+            plan_ms=ms_between(row.authenticated_at, at))  # fmt: skip
+
+
+def _approval_requested(db: sqlite3.Connection, event: StoredEvent, p: ev.ApprovalRequested, row: IntentRow) -> None:
+    at, intent_id = event.envelope.occurred_at, row.intent_id
+    _decision(db, event, intent_id, kind="approval_requested", policy_digest=p.policy_digest, policy_ids=p.policy_ids)
     db.execute(
-        "INSERT OR IGNORE INTO intent_events(seq, intent_id, type, event_id, occurred_at, producer, causation_id,"
-        " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (event.seq, intent_id, env.type, env.id, at, env.producer.service, env.causation_id, dumps(p)),
+        "INSERT OR IGNORE INTO approvals(intent_id, requested_seq, requested_at, approver_group, quorum,"
+        " expires_at, approval_digest, policy_digest, status, granted_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]')",
+        (intent_id, event.seq, at, p.approvers, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
     )
-    final = status in FINAL
-    match p:
-        case ev.PolicyShadowDecided():
-            _shadow(db, event, p, tool)
-            return  # advisory: the intent's course is not changed by it
-        case ev.ExecutionReconciled():
-            _reconciled(db, intent_id, status, p, at)
-            return
-        case _ if final:
-            # After the end only a reconciliation changes the intent; later attempts' rows still land.
-            if isinstance(p, ev.ExecutionStarted | ev.ExecutionAttemptFailed):
-                _execution(db, intent_id, p, at)
-            return
-        case ev.IntentAuthenticated():
-            _update(db, intent_id, at, status="authenticated", authenticated_at=at,
-                    authenticate_ms=ms_between(submitted_at, at))  # fmt: skip
-        case ev.IntentPlanned():
-            _update(db, intent_id, at, status="planned", planned_at=at, server=p.server, tool_name=p.tool,
-                    tool_digest=p.tool_digest, args_digest=p.args_digest,
-                    plan_ms=ms_between(authenticated_at, at))  # fmt: skip
-        case ev.ApprovalRequested():
-            _decision(
-                db, event, intent_id, kind="approval_requested", policy_digest=p.policy_digest, policy_ids=p.policy_ids
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO approvals(intent_id, requested_seq, requested_at, approver_group, quorum,"
-                " expires_at, approval_digest, policy_digest, status, granted_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]')",
-                (intent_id, event.seq, at, p.approvers, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
-            )
-            _update(db, intent_id, at, status="awaiting_approval", approval_requested_at=at,
-                    authorize_ms=ms_between(planned_at, at))  # fmt: skip
-        case ev.ApprovalGranted() | ev.ApprovalDenied():
-            granted = isinstance(p, ev.ApprovalGranted)
-            _approver_decision(
-                db, event, intent_id, approver_id=p.approver_id, decision="granted" if granted else "denied"
-            )
-            if granted:
-                db.execute(
-                    "UPDATE approvals SET granted_by = json_insert(granted_by, '$[#]', ?) WHERE intent_id = ?",
-                    (p.approver_id, intent_id),
-                )
-            else:
-                db.execute(
-                    "UPDATE approvals SET status = 'denied', denied_by = ?, decided_at = ? WHERE intent_id = ?",
-                    (p.approver_id, at, intent_id),
-                )
-        case ev.ApprovalRefused():
-            _approver_decision(
-                db, event, intent_id, approver_id=p.approver_id, decision="refused", code=p.code, reason=p.reason
-            )
-        case ev.ApprovalExpired():
-            db.execute(
-                "UPDATE approvals SET status = 'expired', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
-                (at, intent_id),
-            )
-        case ev.IntentAuthorized():
-            _decision(
-                db,
-                event,
-                intent_id,
-                kind="authorized",
-                policy_digest=p.policy_digest,
-                policy_ids=p.policy_ids,
-                reasons=p.reasons,
-            )
-            db.execute(
-                "UPDATE approvals SET status = 'granted', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
-                (at, intent_id),
-            )
-            if requested_at:
-                _update(db, intent_id, at, status="authorized", decided_at=at, approval_ms=ms_between(requested_at, at))
-            else:
-                _update(db, intent_id, at, status="authorized", decided_at=at, authorize_ms=ms_between(planned_at, at))
-        case ev.ExecutionStarted():
-            _execution(db, intent_id, p, at)
-            db.execute(
-                "UPDATE intents SET status = 'executing', attempts = MAX(attempts, ?), retries = MAX(retries, ? - 1),"
-                " started_at = COALESCE(started_at, ?), updated_at = ? WHERE intent_id = ?",
-                (p.attempt, p.attempt, at, at, intent_id),
-            )
-        case ev.ExecutionAttemptFailed():
-            _execution(db, intent_id, p, at)
-            _update(db, intent_id, at)
-        case _:
-            pass
-    if env.type in ev.TERMINAL_STATUS:
-        times = {"submitted": submitted_at, "planned": planned_at, "requested": requested_at, "started": started_at}
-        _ended(db, event, ev.TERMINAL_STATUS[env.type], times)
-        _rollup(db, hour, agent_id, tool or "", ROLLUP_COLUMN[ev.TERMINAL_STATUS[env.type]])
+    _update(db, intent_id, at, status="awaiting_approval", approval_requested_at=at,
+            authorize_ms=ms_between(row.planned_at, at))  # fmt: skip
+
+
+def _approval_granted(db: sqlite3.Connection, event: StoredEvent, p: ev.ApprovalGranted, row: IntentRow) -> None:
+    _approver_decision(db, event, row.intent_id, approver_id=p.approver_id, decision="granted")
+    db.execute(
+        "UPDATE approvals SET granted_by = json_insert(granted_by, '$[#]', ?) WHERE intent_id = ?",
+        (p.approver_id, row.intent_id),
+    )
+
+
+def _approval_denied(db: sqlite3.Connection, event: StoredEvent, p: ev.ApprovalDenied, row: IntentRow) -> None:
+    _approver_decision(db, event, row.intent_id, approver_id=p.approver_id, decision="denied")
+    db.execute(
+        "UPDATE approvals SET status = 'denied', denied_by = ?, decided_at = ? WHERE intent_id = ?",
+        (p.approver_id, event.envelope.occurred_at, row.intent_id),
+    )
+
+
+def _approval_refused(db: sqlite3.Connection, event: StoredEvent, p: ev.ApprovalRefused, row: IntentRow) -> None:
+    _approver_decision(
+        db, event, row.intent_id, approver_id=p.approver_id, decision="refused", code=p.code, reason=p.reason
+    )
+
+
+def _approval_expired(db: sqlite3.Connection, event: StoredEvent, _p: ev.ApprovalExpired, row: IntentRow) -> None:
+    db.execute(
+        "UPDATE approvals SET status = 'expired', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
+        (event.envelope.occurred_at, row.intent_id),
+    )
+
+
+def _authorized(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentAuthorized, row: IntentRow) -> None:
+    at, intent_id = event.envelope.occurred_at, row.intent_id
+    _decision(db, event, intent_id, kind="authorized", policy_digest=p.policy_digest, policy_ids=p.policy_ids,
+              reasons=p.reasons)  # fmt: skip
+    db.execute(
+        "UPDATE approvals SET status = 'granted', decided_at = ? WHERE intent_id = ? AND status = 'pending'",
+        (at, intent_id),
+    )
+    if row.requested_at:
+        _update(db, intent_id, at, status="authorized", decided_at=at, approval_ms=ms_between(row.requested_at, at))
+    else:
+        _update(db, intent_id, at, status="authorized", decided_at=at, authorize_ms=ms_between(row.planned_at, at))
+
+
+def _started(db: sqlite3.Connection, event: StoredEvent, p: ev.ExecutionStarted, row: IntentRow) -> None:
+    at = event.envelope.occurred_at
+    _execution(db, row.intent_id, p, at)
+    db.execute(
+        "UPDATE intents SET status = 'executing', attempts = MAX(attempts, ?), retries = MAX(retries, ? - 1),"
+        " started_at = COALESCE(started_at, ?), updated_at = ? WHERE intent_id = ?",
+        (p.attempt, p.attempt, at, at, row.intent_id),
+    )
+
+
+def _attempt_failed(db: sqlite3.Connection, event: StoredEvent, p: ev.ExecutionAttemptFailed, row: IntentRow) -> None:
+    at = event.envelope.occurred_at
+    _execution(db, row.intent_id, p, at)
+    _update(db, row.intent_id, at)
+
+
+Step = Callable[[sqlite3.Connection, StoredEvent, Any, IntentRow], None]
+# payload type -> its step (submitted, the endings, reconciliations and shadow decisions are apart)
+STEPS: dict[type, Step] = {
+    ev.IntentAuthenticated: _authenticated,
+    ev.IntentPlanned: _planned,
+    ev.ApprovalRequested: _approval_requested,
+    ev.ApprovalGranted: _approval_granted,
+    ev.ApprovalDenied: _approval_denied,
+    ev.ApprovalRefused: _approval_refused,
+    ev.ApprovalExpired: _approval_expired,
+    ev.IntentAuthorized: _authorized,
+    ev.ExecutionStarted: _started,
+    ev.ExecutionAttemptFailed: _attempt_failed,
+}
 
 
 def _submitted(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentSubmitted) -> None:
@@ -200,11 +256,8 @@ def _update(db: sqlite3.Connection, intent_id: str, at: str, **columns: Any) -> 
     db.execute(f"UPDATE intents SET updated_at = ?{sets} WHERE intent_id = ?", (at, *columns.values(), intent_id))
 
 
-def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, times: dict[str, str | None]) -> None:
-    p, at, intent_id = event.payload, event.envelope.occurred_at, event.envelope.intent_id or ""
-    submitted_at, planned_at, requested_at, started_at = (
-        times[k] for k in ("submitted", "planned", "requested", "started")
-    )
+def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, row: IntentRow) -> None:
+    p, at, intent_id = event.payload, event.envelope.occurred_at, row.intent_id
     stage, code, reason = ending(p)
     columns: dict[str, Any] = {}
     match p:
@@ -219,18 +272,18 @@ def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, times: dict[
                 code=p.code,
                 reason=p.reason,
             )
-            if requested_at:
-                columns["approval_ms"] = ms_between(requested_at, at)
+            if row.requested_at:
+                columns["approval_ms"] = ms_between(row.requested_at, at)
             else:
-                columns["authorize_ms"] = ms_between(planned_at, at)
+                columns["authorize_ms"] = ms_between(row.planned_at, at)
             columns["decided_at"] = at
         case _:
             pass
     if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown):
         _execution(db, intent_id, p, at)
-        columns["execute_ms"] = ms_between(started_at, at)
+        columns["execute_ms"] = ms_between(row.started_at, at)
     _update(db, intent_id, at, status=status, stage=stage, code=code, reason=reason, ended_at=at,
-            total_ms=ms_between(submitted_at, at), **columns)  # fmt: skip
+            total_ms=ms_between(row.submitted_at, at), **columns)  # fmt: skip
 
 
 def _reconciled(db: sqlite3.Connection, intent_id: str, status: str, p: ev.ExecutionReconciled, at: str) -> None:

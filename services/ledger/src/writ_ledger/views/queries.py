@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from writ_common.envelope import parse_time
-from writ_common.errors import CodedError
+from writ_common.errors import CodedError, Refusal
 from writ_ledger.views.project import hour_of
 from writ_ledger.views.schema import PRIVATE_TABLES
 
@@ -32,6 +32,9 @@ StatsBy = Literal["agent", "tool", "hour"]
 
 class QueryError(CodedError):
     """A query the views refuse; ``code`` is stable, ``message`` is for people."""
+
+
+READ_ONLY = Refusal(code="read_only", reason="the views are read-only: only SELECT statements run here")
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
@@ -337,17 +340,17 @@ def run_sql(
             ``invalid_sql``.
     """
     db = open_reader(path)
-    denied: list[str] = []
+    denied: list[Refusal] = []  # why the authorizer said no, first reason first
 
     def authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
         if action == sqlite3.SQLITE_READ and arg1 in PRIVATE_TABLES:
-            denied.append(f"forbidden:table {arg1} is not readable here")
+            denied.append(Refusal(code="forbidden", reason=f"table {arg1} is not readable here"))
             return sqlite3.SQLITE_DENY
         if action in _READ_ACTIONS:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _READ_PRAGMAS and arg2 is None:
             return sqlite3.SQLITE_OK
-        denied.append("read_only:the views are read-only: only SELECT statements run here")
+        denied.append(READ_ONLY)
         return sqlite3.SQLITE_DENY
 
     deadline = time.monotonic() + timeout
@@ -359,12 +362,11 @@ def run_sql(
         fetched = cursor.fetchmany(max_rows + 1)
     except sqlite3.Error as exc:
         if denied:
-            code, _, message = denied[0].partition(":")
-            raise QueryError(code, message) from exc
+            raise QueryError.of(denied[0]) from exc
         if "interrupted" in str(exc):
             raise QueryError("query_timeout", f"the query ran longer than {timeout:g}s and was stopped") from exc
         if "readonly" in str(exc) or "read-only" in str(exc):
-            raise QueryError("read_only", "the views are read-only: only SELECT statements run here") from exc
+            raise QueryError.of(READ_ONLY) from exc
         raise QueryError("invalid_sql", str(exc)) from exc
     except sqlite3.Warning as exc:  # "You can only execute one statement at a time."
         raise QueryError("invalid_sql", str(exc)) from exc
