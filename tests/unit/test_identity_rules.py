@@ -19,7 +19,7 @@ from writ_common.envelope import Producer, StoredEvent, decode, encode, make_env
 from writ_common.errors import Refusal
 from writ_common.fold import IntentView, fold_intent
 from writ_common.ids import derive_intent_id
-from writ_common.signing import generate_key, key_id, public_key_b64
+from writ_common.signing import generate_key, public_key_b64
 from writ_identity import domain
 from writ_identity.domain import Agent
 
@@ -29,14 +29,16 @@ PRODUCER = Producer(service="test", instance="t", version="0")
 SKEW = timedelta(minutes=5)
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 KEY, OLD_KEY = generate_key(), generate_key()
-AGENT = Agent(
-    agent_id="bot",
-    public_key=public_key_b64(KEY),
-    key_id=key_id(public_key_b64(KEY)),
-    owner="alice",
-    teams=("ops",),
-    acts_for=(),
-)
+
+
+def registered(payload: ev.AgentRegistered) -> Agent:
+    """The agent as identity folds it from its registration."""
+    agents: dict[str, Agent] = {}
+    domain.apply_identity_event(agents, decode(encode(make_envelope(payload, producer=PRODUCER)), seq=1))
+    return agents[payload.agent_id]
+
+
+AGENT = registered(ev.AgentRegistered(agent_id="bot", public_key=public_key_b64(KEY), owner="alice", teams=["ops"]))
 BUS_KEY = public_nkey(new_seed(nkeys.PREFIX_BYTE_USER))
 
 
