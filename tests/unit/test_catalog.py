@@ -8,6 +8,7 @@ import pytest
 from writ_common import events as ev
 from writ_common.catalog import Catalog
 from writ_common.envelope import Producer, StoredEvent, decode, encode, make_envelope
+from writ_common.errors import Refusal
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +37,9 @@ def test_a_removed_server_is_forgotten_with_its_tools_and_overrides() -> None:
     catalog = time_catalog()
     catalog.apply(stored(ev.ServerRemoved(name="time", removed_by="alice"), 4))
     assert "time" not in catalog.servers and "time" not in catalog.tools and not catalog.overrides
-    assert catalog.resolve("get_current_time") == "unknown_tool: no tool 'get_current_time' on any registered server"
+    assert catalog.resolve("get_current_time") == Refusal(
+        code="unknown_tool", reason="no tool 'get_current_time' on any registered server"
+    )
     # The fence for registering the name again is its last registration, not an empty subject.
     assert (catalog.registered_seq["time"], catalog.removals["time"]) == (1, 1)
 
@@ -47,7 +50,7 @@ def test_a_server_registered_again_after_removal_starts_afresh() -> None:
     catalog.apply(stored(ev.ServerRegistered(name="time", transport="stdio", command="/other/t"), 5))
     catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("get_current_time", "sha256:b")]), 6))
     resolved = catalog.resolve("time/get_current_time")
-    assert not isinstance(resolved, str) and resolved[1].tool_digest == "sha256:b"
+    assert not isinstance(resolved, Refusal) and resolved[1].tool_digest == "sha256:b"
     assert catalog.registered_seq["time"] == 5
 
 
@@ -60,13 +63,15 @@ def test_a_server_registered_again_after_removal_starts_afresh() -> None:
     ],
 )
 def test_an_unknown_tool_suggests_the_nearest_names(asked: str, suggested: str) -> None:
-    reason = time_catalog().resolve(asked)
-    assert isinstance(reason, str) and reason.startswith("unknown_tool: ")
-    assert reason.endswith(f"; did you mean {suggested}?")
+    refusal = time_catalog().resolve(asked)
+    assert isinstance(refusal, Refusal) and refusal.code == "unknown_tool"
+    assert refusal.reason.endswith(f"; did you mean {suggested}?")
 
 
 def test_nothing_near_suggests_nothing() -> None:
-    assert time_catalog().resolve("send_email") == "unknown_tool: no tool 'send_email' on any registered server"
+    assert time_catalog().resolve("send_email") == Refusal(
+        code="unknown_tool", reason="no tool 'send_email' on any registered server"
+    )
 
 
 def test_the_same_version_rediscovered_keeps_its_acceptance_and_the_fuller_definition() -> None:
@@ -82,9 +87,9 @@ def test_the_same_version_rediscovered_keeps_its_acceptance_and_the_fuller_defin
 def test_the_gateways_server_dot_tool_spelling_resolves_as_server_slash_tool() -> None:
     catalog = time_catalog()
     resolved = catalog.resolve("time.get_current_time")
-    assert not isinstance(resolved, str) and resolved[0] == "time" and resolved[1].name == "get_current_time"
+    assert not isinstance(resolved, Refusal) and resolved[0] == "time" and resolved[1].name == "get_current_time"
     # A tool really named with a dot keeps its own name; an unknown server.tool stays unknown.
     catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("time.get_current_time")]), 4))
     named = catalog.resolve("time.get_current_time")
-    assert not isinstance(named, str) and named[1].name == "time.get_current_time"
+    assert not isinstance(named, Refusal) and named[1].name == "time.get_current_time"
     assert str(catalog.resolve("clock.get_current_time")).startswith("unknown_tool: ")

@@ -7,13 +7,13 @@ so every failure reaches the operator as one sentence with a stable code.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from writ_common.errors import CodedError
+from writ_common.errors import CodedError, Refusal
 from writ_common.ids import check_token
 from writ_common.subjects import approver_command_subject, command_subject
 
@@ -32,6 +32,30 @@ def require_token(value: str, *, code: str, what: str) -> None:
         check_token(value, what)
     except ValueError as exc:
         raise CommandError(code, str(exc)) from exc
+
+
+T = TypeVar("T")
+
+
+def refuse_if(refusal: Refusal | None) -> None:
+    """A rule's "no" becomes the command's error; None (no objection) goes on.
+
+    Raises:
+        CommandError: the refusal's code and reason.
+    """
+    if refusal is not None:
+        raise CommandError.of(refusal)
+
+
+def granted(value: T | Refusal) -> T:
+    """What a rule found, or its refusal raised as the command's error.
+
+    Raises:
+        CommandError: the refusal's code and reason.
+    """
+    if isinstance(value, Refusal):
+        raise CommandError.of(value)
+    return value
 
 
 def ok(data: Any = None) -> bytes:

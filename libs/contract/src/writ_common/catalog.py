@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from writ_common import events as ev
 from writ_common.envelope import StoredEvent
+from writ_common.errors import Refusal
 
 
 @dataclass(slots=True)
@@ -84,10 +85,10 @@ class Catalog:
         override = self.overrides.get((server, tool))
         return override.idempotency_arg if override else None
 
-    def resolve(self, name: str) -> tuple[str, ev.ToolDefinition] | str:
+    def resolve(self, name: str) -> tuple[str, ev.ToolDefinition] | Refusal:
         """Find a tool by ``server/tool`` or by a bare name unique across servers.
 
-        Returns ``(server, definition)``, or a reason (``code: sentence``) it cannot be resolved.
+        Returns ``(server, definition)``, or the refusal saying why it cannot be resolved.
         A tool whose current definition is in quarantine is refused, whatever was accepted before.
         """
         if "/" not in name and (spelled := self._gateway_spelling(name)) is not None:
@@ -101,15 +102,18 @@ class Catalog:
         offering = [s for s in candidates if tool in self.tools.get(s, {}) or tool in self.quarantined.get(s, {})]
         if not offering:
             where = f"on server {candidates[0]!r}" if "/" in name else "on any registered server"
-            return f"unknown_tool: no tool {tool!r} {where}{self._did_you_mean(name)}"
+            return Refusal(code="unknown_tool", reason=f"no tool {tool!r} {where}{self._did_you_mean(name)}")
         if len(offering) > 1:
-            return f"ambiguous_tool: {tool!r} is offered by {', '.join(offering)}; name it as server/{tool}"
+            return Refusal(
+                code="ambiguous_tool", reason=f"{tool!r} is offered by {', '.join(offering)}; name it as server/{tool}"
+            )
         server = offering[0]
         pending = self.quarantined.get(server, {}).get(tool)
         if pending is not None:
-            return (
-                f"quarantined_tool: {server}/{tool} changed (version {pending.tool_digest[7:19]}) and waits for an"
-                f" operator: `writ tool accept {server}/{tool}`"
+            return Refusal(
+                code="quarantined_tool",
+                reason=f"{server}/{tool} changed (version {pending.tool_digest[7:19]}) and waits for an"
+                f" operator: `writ tool accept {server}/{tool}`",
             )
         return server, self.tools[server][tool]
 

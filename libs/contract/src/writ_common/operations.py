@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from writ_common.errors import Refusal
+
 CALL_TOOL = "call_tool"
 MAX_TARGET_LENGTH = 2048
 PROMPT_REF = "ref/prompt"
@@ -57,25 +59,35 @@ def entity_of(operation: str, arguments: Mapping[str, Any]) -> str:
     return OPERATIONS[operation].entity
 
 
-def problem(operation: str, target: str, arguments: Mapping[str, Any]) -> str | None:
-    """Why an intent for ``operation`` on ``target`` with ``arguments`` cannot be planned, as
-    ``code: reason``; None when it can."""
+def problem(operation: str, target: str, arguments: Mapping[str, Any]) -> Refusal | None:
+    """Why an intent for ``operation`` on ``target`` with ``arguments`` cannot be planned; None
+    when it can."""
     if operation not in OPERATIONS:
-        return f"unknown_operation: {operation!r} is not an operation Writ governs (one of {', '.join(ACTIONS)})"
+        return Refusal(
+            code="unknown_operation",
+            reason=f"{operation!r} is not an operation Writ governs (one of {', '.join(ACTIONS)})",
+        )
     if not target or len(target) > MAX_TARGET_LENGTH:
-        return f"invalid_target: {operation} needs a target of 1 to {MAX_TARGET_LENGTH} characters after SERVER/"
+        return Refusal(
+            code="invalid_target",
+            reason=f"{operation} needs a target of 1 to {MAX_TARGET_LENGTH} characters after SERVER/",
+        )
     if operation in ("read_resource", "subscribe_resource", "unsubscribe_resource"):
-        return None if not arguments else f"invalid_arguments: {operation} takes no arguments (the URI is its target)"
+        if arguments:
+            return Refusal(code="invalid_arguments", reason=f"{operation} takes no arguments (the URI is its target)")
+        return None
     if operation == "get_prompt":
         extra = set(arguments) - {"arguments"}
         given = arguments.get("arguments", {})
         if extra or not _strings(given):
-            return "invalid_arguments: get_prompt takes {'arguments': {name: string value}} and nothing else"
+            return Refusal(
+                code="invalid_arguments", reason="get_prompt takes {'arguments': {name: string value}} and nothing else"
+            )
         return None
     return _completion_problem(arguments)
 
 
-def _completion_problem(arguments: Mapping[str, Any]) -> str | None:
+def _completion_problem(arguments: Mapping[str, Any]) -> Refusal | None:
     extra = set(arguments) - {"ref_type", "argument", "context"}
     argument = arguments.get("argument")
     context = arguments.get("context", {})
@@ -89,9 +101,10 @@ def _completion_problem(arguments: Mapping[str, Any]) -> str | None:
         or set(context) - {"arguments"}
         or not _strings(context.get("arguments", {}))
     ):
-        return (
-            "invalid_arguments: complete takes {'ref_type': 'ref/prompt' or 'ref/resource', 'argument': {'name':"
-            " string, 'value': string}, 'context': {'arguments': {name: string}} (optional)}"
+        return Refusal(
+            code="invalid_arguments",
+            reason="complete takes {'ref_type': 'ref/prompt' or 'ref/resource', 'argument': {'name':"
+            " string, 'value': string}, 'context': {'arguments': {name: string}} (optional)}",
         )
     return None
 

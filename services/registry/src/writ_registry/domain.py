@@ -13,8 +13,9 @@ from writ_common import events as ev
 from writ_common import operations
 from writ_common.catalog import Catalog
 from writ_common.digest import args_digest, sha256_digest
+from writ_common.errors import Refusal
 from writ_common.fold import IntentView
-from writ_common.ids import is_token
+from writ_common.ids import TOKEN_RULE, is_token
 
 
 class Validators:
@@ -69,6 +70,16 @@ def argument_errors(validator: Draft202012Validator, arguments: dict[str, Any]) 
     return [describe_error(e) for e in errors]
 
 
+def needs_plan(view: IntentView) -> bool:
+    """Whether the intent waits for the registry: authenticated, and not planned (or rejected) yet."""
+    return view.planned is None and view.authenticated is not None and view.submitted is not None
+
+
+def rejected(refusal: Refusal) -> ev.IntentRejected:
+    """The rejection the registry appends for a refusal (its reason reads ``code: sentence``)."""
+    return ev.IntentRejected(stage="plan", code=refusal.code, reason=str(refusal))
+
+
 def plan(
     view: IntentView,
     catalog: Catalog,
@@ -83,26 +94,27 @@ def plan(
     assert intent is not None
     size = len(msgspec.json.encode(intent.arguments))
     if size > max_argument_bytes:
-        return ev.IntentRejected(
-            stage="plan",
-            code="arguments_too_large",
-            reason=f"arguments_too_large: the arguments are {size} bytes of JSON; the limit is {max_argument_bytes}",
+        return rejected(
+            Refusal(
+                code="arguments_too_large",
+                reason=f"the arguments are {size} bytes of JSON; the limit is {max_argument_bytes}",
+            )
         )
     if intent.operation != operations.CALL_TOOL:
         return plan_operation(intent, catalog, args_key=args_key)
     resolved = catalog.resolve(intent.tool)
-    if isinstance(resolved, str):
-        code = resolved.split(":", 1)[0]
-        return ev.IntentRejected(stage="plan", code=code, reason=resolved)
+    if isinstance(resolved, Refusal):
+        return rejected(resolved)
     server, definition = resolved
     validator = validators.for_tool(definition)
     errors = [validator] if isinstance(validator, str) else argument_errors(validator, intent.arguments)
     if errors:
         shown = "; ".join(errors[:5])
-        return ev.IntentRejected(
-            stage="plan",
-            code="invalid_arguments",
-            reason=f"invalid_arguments: arguments do not match {server}/{definition.name}'s input schema: {shown}",
+        return rejected(
+            Refusal(
+                code="invalid_arguments",
+                reason=f"arguments do not match {server}/{definition.name}'s input schema: {shown}",
+            )
         )
     return ev.IntentPlanned(
         server=server,
@@ -123,12 +135,9 @@ def plan_operation(
     is read as it is at call time, not pinned."""
     server, target = operations.split_target(intent.tool)
     if server not in catalog.servers:
-        return ev.IntentRejected(
-            stage="plan", code="unknown_server", reason=f"unknown_server: no server {server!r} is registered"
-        )
+        return rejected(Refusal(code="unknown_server", reason=f"no server {server!r} is registered"))
     if (problem := operations.problem(intent.operation, target, intent.arguments)) is not None:
-        code = problem.split(":", 1)[0]
-        return ev.IntentRejected(stage="plan", code=code, reason=problem)
+        return rejected(problem)
     read_only = operations.OPERATIONS[intent.operation].read_only
     return ev.IntentPlanned(
         server=server,
@@ -151,3 +160,70 @@ def secret_reference_problem(server: ev.ServerRegistered) -> str | None:
     if both := sorted(set(server.env) & set(server.secret_env) | set(server.headers) & set(server.secret_headers)):
         return f"{both[0]!r} is given both a value and a secret reference"
     return None
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def server_refusal(server: ev.ServerRegistered) -> Refusal | None:
+    """Why a server cannot be registered as configured, or None: its name must be a subject token,
+    a stdio server needs a command and an http server a url, and its secret references must hold."""
+    if not is_token(server.name):
+        return Refusal(code="invalid_server_name", reason=f"server name {server.name!r} must match {TOKEN_RULE}")
+    if server.transport == "stdio" and not server.command:
+        return Refusal(code="invalid_server", reason="a stdio server needs a command")
+    if server.transport == "http" and not server.url:
+        return Refusal(code="invalid_server", reason="an http server needs a url")
+    if problem := secret_reference_problem(server):
+        return Refusal(code="invalid_server", reason=problem)
+    return None
+
+
+def registration_refusal(catalog: Catalog, server: ev.ServerRegistered) -> Refusal | None:
+    """Why the name is taken: registered with another configuration (the same one again is a
+    retry, and goes on)."""
+    existing = catalog.servers.get(server.name)
+    if existing is None or existing == server:
+        return None
+    return Refusal(
+        code="server_exists",
+        reason=f"server {server.name!r} is already registered with another configuration"
+        f" ({describe_target(existing)}); `writ server remove {server.name}` first, or pick another name",
+    )
+
+
+def generation_suffix(catalog: Catalog, name: str) -> str:
+    """A name registered again after a removal is a new generation: its message ids carry it."""
+    generation = catalog.removals.get(name, 0)
+    return f":{generation}" if generation else ""
+
+
+def registered(catalog: Catalog, name: str, *, hint: str = "") -> ev.ServerRegistered | Refusal:
+    """The server registered under ``name``, or ``unknown_server`` (``hint`` ends the reason)."""
+    server = catalog.servers.get(name)
+    if server is None:
+        return Refusal(code="unknown_server", reason=f"no server {name!r} is registered{hint}")
+    return server
+
+
+def quarantined(catalog: Catalog, server: str, tool: str) -> ev.ToolDefinition | Refusal:
+    """The tool version waiting for an operator, or ``not_quarantined``."""
+    pending = catalog.quarantined.get(server, {}).get(tool)
+    if pending is None:
+        return Refusal(code="not_quarantined", reason=f"{server}/{tool} has no version waiting in quarantine")
+    return pending
+
+
+def accepted_tool(catalog: Catalog, server: str, tool: str) -> ev.ToolDefinition | Refusal:
+    """The accepted tool an override applies to, or ``unknown_tool``."""
+    definition = catalog.tools.get(server, {}).get(tool)
+    if definition is None:
+        return Refusal(code="unknown_tool", reason=f"no tool {tool!r} on server {server!r}")
+    return definition
+
+
+def describe_target(server: ev.ServerRegistered) -> str:
+    """Where a server is: its URL, or its command line."""
+    if server.transport == "http":
+        return server.url or ""
+    return " ".join([server.command or "", *server.args]).strip()
