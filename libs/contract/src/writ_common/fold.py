@@ -57,7 +57,12 @@ class IntentView:
     @property
     def approval_pending(self) -> bool:
         """Waiting for people: requested, not yet authorized, denied or ended."""
-        return self.approval is not None and self.authorized is None and self.approval_denial is None and not self.is_terminal
+        return (
+            self.approval is not None
+            and self.authorized is None
+            and self.approval_denial is None
+            and not self.is_terminal
+        )
 
     def has(self, event_type: str) -> bool:
         return any(e.type == event_type for e in self.events)

@@ -77,7 +77,8 @@ def intent_fields(view: IntentView) -> dict[str, Any]:
         "policy_digest": policy_source.policy_digest if policy_source else None,
         "policy_ids": list(policy_source.policy_ids) if policy_source else [],
         "approval_digest": view.approval.approval_digest if view.approval else None,
-        "approvers": [g.approver_id for g in view.grants] + ([view.approval_denial.approver_id] if view.approval_denial else []),
+        "approvers": [g.approver_id for g in view.grants]
+        + ([view.approval_denial.approver_id] if view.approval_denial else []),
         "result": result,
         "result_digest": result_digest,
         "event_ids": [e.envelope.id for e in view.events if e.seq <= terminal.seq],
