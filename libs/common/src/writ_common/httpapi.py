@@ -1,72 +1,150 @@
-"""What Writ's HTTP APIs (approvals, views) share: the error body and its response, request
-validation errors, the intent id path parameter, and the OpenAPI plumbing."""
+"""What Writ's HTTP APIs (approvals, views) share on FastAPI: the error body and the handlers
+that answer every refusal with it, the bounded request body, and the intent id path parameter.
+
+The OpenAPI documents (``/openapi.json``) are FastAPI's, built from the routes, their pydantic
+models and these declarations: nothing here is written by hand.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from fastapi import FastAPI, Path
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from writ_common.envelope import UndecodableEvent, check_bounds
 from writ_common.errors import CodedError
 from writ_common.ids import is_token
 
+# Where FastAPI puts a request's parts in a validation error's location (dropped from our message).
+_PARTS = ("query", "body", "path", "header", "cookie")
+
 
 class ErrorBody(BaseModel):
+    """Every refusal: a stable code and a sentence saying what to do."""
+
     error: str
     message: str
 
 
 class ApiError(CodedError):
-    """A refusal with its HTTP status."""
+    """A refusal with its HTTP status; a 401 names the ``challenge`` (``WWW-Authenticate``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, challenge: str | None = None) -> None:
         super().__init__(code, message)
         self.status = status
+        self.challenge = challenge
 
 
-def error_response(exc: ApiError, *, challenge: str) -> JSONResponse:
+def error_response(exc: ApiError) -> JSONResponse:
     """The JSON error; a 401 also says how to authenticate (``WWW-Authenticate: challenge``)."""
     body = ErrorBody(error=exc.code, message=exc.message.removeprefix(f"{exc.code}: "))
-    headers = {"WWW-Authenticate": challenge} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": exc.challenge} if exc.status == 401 and exc.challenge else None
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)
 
 
-def invalid_request(exc: ValidationError, where: str) -> ApiError:
+def invalid_request(errors: Sequence[Any], where: str = "body") -> ApiError:
     """400 naming the first invalid field (``where`` when the error has no location)."""
-    first = exc.errors()[0]
-    location = ".".join(str(p) for p in first["loc"]) or where
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, "invalid_request", f"body: Invalid JSON: {first.get('ctx', {}).get('error', '')}")
+    loc = [str(p) for p in first.get("loc", ())]
+    location = ".".join(loc[1:] if loc and loc[0] in _PARTS and len(loc) > 1 else loc) or where
     return ApiError(400, "invalid_request", f"{location}: {first['msg']}")
 
 
-def intent_id_param(request: Request) -> str:
-    """The ``{intent_id}`` path parameter, which must be an id token."""
-    intent_id = str(request.path_params["intent_id"])
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(invalid_request(exc.errors()))
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """No route, or not that method: Starlette's plain answer, as before FastAPI."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+
+
+def answer_refusals(app: FastAPI) -> None:
+    """Answer an :class:`ApiError` and an invalid request (400 ``invalid_request``, not FastAPI's
+    422) with an :class:`ErrorBody`."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+def api_app(title: str, description: str, **options: Any) -> FastAPI:
+    """A FastAPI app answering refusals as :class:`ErrorBody`; its OpenAPI document at
+    ``/openapi.json`` and no interactive docs pages (they would load scripts from elsewhere)."""
+    app = FastAPI(title=title, version="1", description=description, docs_url=None, redoc_url=None, **options)
+    answer_refusals(app)
+    return app
+
+
+def refusals(*documented: tuple[int, str], stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route for OpenAPI: each (status, description) is an :class:`ErrorBody`,
+    and so is every other 4xx (which also keeps FastAPI from documenting a 422 it never sends).
+
+    A ``stream`` route answers ``text/event-stream``, but its refusals in JSON: they name the
+    schema themselves (FastAPI would give a model the route's media type)."""
+    entries: list[tuple[int | str, str]] = [*documented, ("4XX", "any other refusal")]
+    if stream:
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}}}
+        return {status: {"description": text, "content": content} for status, text in entries}
+    return {status: {"model": ErrorBody, "description": text} for status, text in entries}
+
+
+def checked_intent_id(intent_id: Annotated[str, Path(description="the intent's id")]) -> str:
+    """The ``{intent_id}`` path parameter, which must be an id token (a dependency)."""
     if not is_token(intent_id):
         raise ApiError(400, "invalid_intent_id", f"{intent_id!r} is not an intent id")
     return intent_id
 
 
-INTENT_ID_PARAMETER = {"name": "intent_id", "in": "path", "required": True, "schema": {"type": "string"}}
+async def bounded_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused before parsing when it is too large or nested too deep.
+
+    Raises:
+        ApiError: 413 ``too_large`` or 400 ``invalid_request``.
+    """
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
+    try:
+        check_bounds(raw, max_bytes=max_bytes)
+    except UndecodableEvent as exc:
+        raise ApiError(400, "invalid_request", f"the body is not usable: {exc}") from exc
+    return raw
 
 
-def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
-    """``components.schemas`` for these models (nested definitions lifted alongside)."""
-    schemas: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    return schemas
+def bounded_route(max_bytes: int) -> type[APIRoute]:
+    """A route class whose request body is read through :func:`bounded_body` before FastAPI parses
+    it (``max_bytes`` at most, JSON nested no deeper than the event bounds)."""
 
+    class BoundedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handle = super().get_route_handler()
+            if self.body_field is None:
+                return handle
 
-def json_content(model: str) -> dict[str, Any]:
-    """An OpenAPI body of the named component schema."""
-    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
+            async def bounded(request: Request) -> Response:
+                request._body = await bounded_body(request, max_bytes)  # Starlette caches the body there
+                return await handle(request)
 
+            return bounded
 
-def error_doc(description: str) -> dict[str, Any]:
-    """An OpenAPI error response (an :class:`ErrorBody`)."""
-    return {"description": description, **json_content("ErrorBody")}
+    return BoundedRoute
