@@ -420,6 +420,13 @@ async def plane_snapshot(context: ViewsContext) -> PlaneSnapshot:
     return PlaneSnapshot.model_validate({**await context.plane.read(), "views_lag": lags})
 
 
+async def read_caught_up(context: ViewsContext, stream: str, query: Callable[..., Any], **args: Any) -> Any:
+    """``query`` over the views once they have applied ``stream`` up to its head (what was just
+    appended counts)."""
+    await context.views.catch_up(stream)
+    return await context.views.read(query, **args)
+
+
 async def event_stream(
     read: Callable[[], Awaitable[BaseModel]],
     event: str,
@@ -497,7 +504,7 @@ async def get_plane(_operator: OperatorOf, context: Context) -> PlaneSnapshot:
     "/plane/stream",
     summary="GET /plane as Server-Sent Events (`plane` events), read every second",
     response_class=sse.EventStream,
-    responses={**STREAM_REFUSALS, **refusals((403, "not_operator"), stream=True)},
+    responses=refusals((401, UNAUTHORIZED), (403, "not_operator"), stream=True),
 )
 async def stream_plane(request: Request, _operator: OperatorOf, context: Context) -> Response:
     return await event_stream(
@@ -548,8 +555,9 @@ async def get_status(_reader: ReaderOf, context: Context) -> Status:
     response_description="per bundle, then disagreements",
 )
 async def get_shadow(q: Annotated[ShadowQuery, Query()], _reader: ReaderOf, context: Context) -> ShadowReport:
-    await context.views.catch_up(subjects.INTENTS_STREAM)
-    report = await context.views.read(shadow, digest=q.digest, since=q.since, limit=q.limit)
+    report = await read_caught_up(
+        context, subjects.INTENTS_STREAM, shadow, digest=q.digest, since=q.since, limit=q.limit
+    )
     return ShadowReport.model_validate(report)
 
 
@@ -559,8 +567,7 @@ async def get_shadow(q: Annotated[ShadowQuery, Query()], _reader: ReaderOf, cont
     response_description="newest first",
 )
 async def get_rollouts(q: Annotated[RolloutsQuery, Query()], _reader: ReaderOf, context: Context) -> RolloutsReport:
-    await context.views.catch_up(subjects.POLICY_STREAM)
-    return RolloutsReport.model_validate(await context.views.read(rollouts, limit=q.limit))
+    return RolloutsReport.model_validate(await read_caught_up(context, subjects.POLICY_STREAM, rollouts, limit=q.limit))
 
 
 @router.post(
