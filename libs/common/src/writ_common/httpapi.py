@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from writ_common.envelope import UndecodableEvent, check_bounds
 from writ_common.errors import CodedError
 from writ_common.ids import is_token
 
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 # Where FastAPI puts a request's parts in a validation error's location (dropped from our message).
 _PARTS = ("query", "body", "path", "header", "cookie")
 
@@ -87,8 +89,20 @@ def answer_refusals(app: FastAPI) -> None:
 
 def api_app(title: str, description: str, **options: Any) -> FastAPI:
     """A FastAPI app answering refusals as :class:`ErrorBody`; its OpenAPI document at
-    ``/openapi.json`` and no interactive docs pages (they would load scripts from elsewhere)."""
-    app = FastAPI(title=title, version="1", description=description, docs_url=None, redoc_url=None, **options)
+    ``/openapi.json`` and no interactive docs pages (they would load scripts from elsewhere).
+
+    FastAPI's own OpenTelemetry (request spans, metrics, and logs of validation failures, which
+    can quote what was sent) stays off: a service's traces are Writ's intents, and nothing a
+    request carries is exported."""
+    app = FastAPI(
+        title=title,
+        version="1",
+        description=description,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=NO_TELEMETRY,
+        **options,
+    )
     answer_refusals(app)
     return app
 
