@@ -8,18 +8,19 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Query
+import pytest
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from writ_common import approvals_api
-from writ_common.httpapi import ApiError, api_app, bounded_route, refusals
+from writ_common.httpapi import ApiError, BodyChecked, api_app, bounded_route, refusals
 from writ_ledger.views import api as views_api
 
 Answer = tuple[int, dict[str, str], bytes]
 
 
 async def call(app: Any, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
-    """One request through the ASGI app, as a server would make it."""
+    """One request through the ASGI app, as a server would make it (signed in to the small app)."""
     raw_path, _, query = path.partition("?")
     sent = [{"type": "http.request", "body": body, "more_body": False}]
     answer: dict[str, Any] = {"body": b""}
@@ -34,7 +35,7 @@ async def call(app: Any, method: str, path: str, *, body: bytes = b"", headers: 
         elif message["type"] == "http.response.body":
             answer["body"] += message.get("body", b"")
 
-    heads = {"host": "127.0.0.1", "content-type": "application/json", **(headers or {})}
+    heads = {"host": "127.0.0.1", "content-type": "application/json", "authorization": "yes", **(headers or {})}
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -66,11 +67,16 @@ class Page(BaseModel):
     limit: int = 50
 
 
+def signed_in(request: Request) -> None:
+    if request.headers.get("authorization") != "yes":
+        raise ApiError(401, "unauthenticated", "say yes", challenge="Yes")
+
+
 def small_app() -> Any:
     router = APIRouter(route_class=bounded_route(256), responses=refusals((401, "who are you")))
 
     @router.post("/notes")
-    async def post_note(note: Note) -> Note:
+    async def post_note(_who: Annotated[None, Depends(signed_in)], _checked: BodyChecked, note: Note) -> Note:
         return note
 
     @router.get("/notes")
@@ -105,7 +111,13 @@ async def test_a_valid_request_is_answered_and_an_invalid_one_is_a_400_naming_th
     status, code, message = refusal(await call(app, "POST", "/notes", body=b'{"text": "hi", "extra": 1}'))
     assert (status, code) == (400, "invalid_request") and message.startswith("extra: "), message
     status, code, message = refusal(await call(app, "POST", "/notes", body=b"{not json"))
-    assert (status, code) == (400, "invalid_request") and message.startswith("body: Invalid JSON"), message
+    assert (status, code, message) == (
+        400,
+        "invalid_request",
+        "body: Invalid JSON: key must be a string at line 1 column 2",
+    )
+    status, code, message = refusal(await call(app, "POST", "/notes"))
+    assert (status, code) == (400, "invalid_request") and message.startswith("body: Invalid JSON: EOF"), message
     status, code, message = refusal(await call(app, "GET", "/notes?limit=many"))
     assert (status, code) == (400, "invalid_request") and message.startswith("limit: "), message
     status, code, message = refusal(await call(app, "GET", "/notes?colour=red"))
@@ -119,6 +131,22 @@ async def test_a_body_over_its_bound_or_nested_too_deep_is_refused_before_parsin
     deep = b'{"text": "hi", "level": ' + b"[" * 100 + b"]" * 100 + b"}"
     status, code, message = refusal(await call(app, "POST", "/notes", body=deep))
     assert (status, code) == (400, "invalid_request") and "not usable" in message, message
+
+
+async def test_a_stranger_is_told_401_before_anything_about_the_body() -> None:
+    app = small_app()
+    for body in (b"x" * 300, b"{not json", b"[" * 100 + b"]" * 100, b'{"text": 1}'):
+        status, headers, _ = await call(app, "POST", "/notes", body=body, headers={"authorization": "no"})
+        assert (status, headers["www-authenticate"]) == (401, "Yes"), body
+
+
+def test_a_route_with_a_body_must_check_it_after_authenticating() -> None:
+    router = APIRouter(route_class=bounded_route(256))
+    with pytest.raises(TypeError, match="BodyChecked"):
+
+        @router.post("/unchecked")
+        async def unchecked(note: Note) -> Note:
+            return note
 
 
 async def test_a_401_names_its_challenge_and_an_unknown_path_is_a_plain_404() -> None:

@@ -32,7 +32,7 @@ from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import split_servers
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
-from writ_common.httpapi import ApiError, api_app, bounded_route, checked_intent_id, refusals
+from writ_common.httpapi import ApiError, BodyChecked, api_app, bounded_route, checked_intent_id, refusals
 from writ_common.signing import SignatureInvalid, sign, verify
 from writ_common.subjects import intent_subject
 from writ_common.topology import INTENT_ROUTES
@@ -350,7 +350,11 @@ async def get_approval(
     ),
 )
 async def post_decision(
-    approver: Signer, intent_id: Annotated[str, Depends(checked_intent_id)], body: DecisionBody, plane: Plane
+    approver: Signer,
+    intent_id: Annotated[str, Depends(checked_intent_id)],
+    _checked: BodyChecked,
+    body: DecisionBody,
+    plane: Plane,
 ) -> DecisionOutcome:
     pending = await command(plane, approver, "show_approval", {"intent_id": intent_id})  # 403 first, 404 if gone
     signed = {

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path
+from fastapi import Depends, FastAPI, Path
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -54,8 +54,6 @@ def error_response(exc: ApiError) -> JSONResponse:
 def invalid_request(errors: Sequence[Any], where: str = "body") -> ApiError:
     """400 naming the first invalid field (``where`` when the error has no location)."""
     first = errors[0]
-    if first.get("type") == "json_invalid":
-        return ApiError(400, "invalid_request", f"body: Invalid JSON: {first.get('ctx', {}).get('error', '')}")
     loc = [str(p) for p in first.get("loc", ())]
     location = ".".join(loc[1:] if loc and loc[0] in _PARTS and len(loc) > 1 else loc) or where
     return ApiError(400, "invalid_request", f"{location}: {first['msg']}")
@@ -145,25 +143,60 @@ async def bounded_body(request: Request, max_bytes: int) -> bytes:
     return raw
 
 
+_BODY_REFUSAL = "writ.body_refusal"
+_ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+async def checked_body(request: Request) -> None:
+    """Raise the refusal of the request's body, if :func:`bounded_route` refused it (a dependency,
+    declared after the route's authentication: a stranger is told 401 first, as always)."""
+    refusal = request.scope.get(_BODY_REFUSAL)
+    if isinstance(refusal, ApiError):
+        raise refusal
+
+
+BodyChecked = Annotated[None, Depends(checked_body)]
+
+
+async def _json_body(request: Request, max_bytes: int) -> tuple[bytes, ApiError | None]:
+    """The body if it is JSON within its bounds; else nothing, and why."""
+    try:
+        raw = await bounded_body(request, max_bytes)
+        _ANY_JSON.validate_json(raw)
+    except ApiError as exc:
+        return b"", exc
+    except ValidationError as exc:
+        return b"", invalid_request(exc.errors())
+    return raw, None
+
+
 def bounded_route(max_bytes: int) -> type[APIRoute]:
     """A route class whose request body is read through :func:`bounded_body` before FastAPI parses
     it (``max_bytes`` at most, JSON nested no deeper than the event bounds), and parsed as JSON
     whatever its ``Content-Type`` says, as these APIs always have (``curl -d`` sends a form type).
     That opens no cross-site door: every route wants an ``Authorization`` header, which no
-    cross-site form can send, and the console's guard refuses other origins."""
+    cross-site form can send, and the console's guard refuses other origins.
+
+    A body refused here is refused by :data:`BodyChecked`, which a route with a body must declare
+    after its authentication (checked when the route is made)."""
 
     class BoundedRoute(APIRoute):
+        def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+            super().__init__(path, endpoint, **options)
+            checks = [d.call for d in self.dependant.dependencies]
+            if self.body_field is not None and checked_body not in checks:
+                raise TypeError(f"{path}: a route with a body declares a BodyChecked parameter")
+
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handle = super().get_route_handler()
             if self.body_field is None:
                 return handle
 
             async def bounded(request: Request) -> Response:
-                raw = await bounded_body(request, max_bytes)
+                raw, refusal = await _json_body(request, max_bytes)
                 headers = [(k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"]
-                as_json = Request(
-                    {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}, request.receive
-                )
+                headers.append((b"content-type", b"application/json"))
+                as_json = Request({**request.scope, "headers": headers, _BODY_REFUSAL: refusal}, request.receive)
                 as_json._body = raw  # Starlette's body cache: FastAPI reads the body from here
                 return await handle(as_json)
 

@@ -26,7 +26,15 @@ from starlette.middleware import Middleware
 from writ_common import commands, sse, subjects
 from writ_common import events as ev
 from writ_common.approvals_api import ApprovalsPlane, serve_approvals
-from writ_common.httpapi import ApiError, api_app, bounded_route, checked_intent_id, error_response, refusals
+from writ_common.httpapi import (
+    ApiError,
+    BodyChecked,
+    api_app,
+    bounded_route,
+    checked_intent_id,
+    error_response,
+    refusals,
+)
 from writ_common.receipts import GENESIS, receipt_hash
 from writ_common.signing import SignatureInvalid, key_id, verify
 from writ_ledger.console import SameOrigin, console_routes
@@ -582,7 +590,10 @@ async def get_rollouts(q: Annotated[RolloutsQuery, Query()], _reader: ReaderOf, 
     ),
 )
 async def simulate(
-    reader: ReaderOf, line: Annotated[ApprovalsPlane, Depends(_policy_line)], body: SimulateRequest
+    reader: ReaderOf,
+    line: Annotated[ApprovalsPlane, Depends(_policy_line)],
+    _checked: BodyChecked,
+    body: SimulateRequest,
 ) -> Simulation:
     full = reader.scope in ev.VALUE_SCOPES
     ask = body.model_dump(exclude_none=True) | {"examples": body.examples if full else 0}
