@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from writ_common import approvals_api
 from writ_common.httpapi import ApiError, BodyChecked, api_app, bounded_route, refusals
 from writ_ledger.views import api as views_api
+from writ_ledger.views.models import IntentsQuery
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -204,7 +205,7 @@ def test_the_views_document_follows_its_routes_and_names_each_filter() -> None:
         "description": "a token from `writ views token create NAME`",
     }
     listed = spec["paths"]["/intents"]["get"]
-    assert {p["name"] for p in listed["parameters"]} == set(views_api.IntentsQuery.model_fields)
+    assert {p["name"] for p in listed["parameters"]} == set(IntentsQuery.model_fields)
     assert all(p["in"] == "query" for p in listed["parameters"])
     assert listed["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/IntentPage")
     assert "403" in spec["paths"]["/plane"]["get"]["responses"]
