@@ -14,38 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any, Literal
 
 import nats
 import nats.errors
+from fastapi import APIRouter, Depends, FastAPI, Request, Response, Security
+from fastapi.security import APIKeyHeader
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from pydantic import BaseModel, ConfigDict
 
 from writ_common import commands, sse, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import split_servers
 from writ_common.commands import CommandError
 from writ_common.control import ControlFollower
-from writ_common.envelope import UndecodableEvent, check_bounds
-from writ_common.httpapi import (
-    INTENT_ID_PARAMETER,
-    ApiError,
-    ErrorBody,
-    component_schemas,
-    error_doc,
-    error_response,
-    intent_id_param,
-    invalid_request,
-    json_content,
-)
+from writ_common.httpapi import ApiError, BodyChecked, api_app, bounded_route, checked_intent_id, refusals
 from writ_common.signing import SignatureInvalid, sign, verify
 from writ_common.subjects import intent_subject
 from writ_common.topology import INTENT_ROUTES
@@ -170,6 +157,10 @@ class ApproverDirectory:
         return self._approvers.get(approver_id)
 
 
+def _unauthorized(code: str, message: str) -> ApiError:
+    return ApiError(401, code, message, challenge=AUTH_SCHEME)
+
+
 async def authenticate(request: Request, directory: ApproverDirectory) -> Approver:
     """The approver who signed this request.
 
@@ -179,58 +170,38 @@ async def authenticate(request: Request, directory: ApproverDirectory) -> Approv
     """
     header = request.headers.get("authorization")
     if not header:
-        raise ApiError(401, "unauthenticated", f"send Authorization: {AUTH_SCHEME} <approver_id>:<unix_ts>:<signature>")
+        raise _unauthorized("unauthenticated", f"send Authorization: {AUTH_SCHEME} <approver_id>:<unix_ts>:<signature>")
     scheme, _, credentials = header.partition(" ")
     approver_id, _, rest = credentials.strip().partition(":")
     stamp, _, signature = rest.partition(":")
     if scheme != AUTH_SCHEME or not approver_id or not signature or not stamp.isdigit():
-        raise ApiError(
-            401,
+        raise _unauthorized(
             "bad_authorization",
             f"the Authorization header must read {AUTH_SCHEME} <approver_id>:<unix_ts>:<signature>",
         )
     timestamp = int(stamp)
     skew = int(time.time()) - timestamp
     if abs(skew) > CLOCK_WINDOW_SECONDS:
-        raise ApiError(
-            401,
+        raise _unauthorized(
             "clock_skew",
             f"the request's timestamp is {abs(skew)}s {'old' if skew > 0 else 'in the future'};"
             f" it must be within ±{CLOCK_WINDOW_SECONDS}s of the server's clock",
         )
     approver = await directory.get(approver_id)
     if approver is None:
-        raise ApiError(401, "unknown_approver", f"no approver {approver_id!r} is registered")
+        raise _unauthorized("unknown_approver", f"no approver {approver_id!r} is registered")
     if not approver.active:
-        raise ApiError(401, "approver_inactive", f"approver {approver_id!r} is not active")
+        raise _unauthorized("approver_inactive", f"approver {approver_id!r} is not active")
     try:
         verify(approver.public_key, auth_statement(request.method, request.url.path, timestamp), signature)
     except SignatureInvalid as exc:
-        raise ApiError(
-            401, "bad_signature", f"the request is not signed by the registered key of approver {approver_id!r}"
+        raise _unauthorized(
+            "bad_signature", f"the request is not signed by the registered key of approver {approver_id!r}"
         ) from exc
     return approver
 
 
-# -- the app ----------------------------------------------------------------------------------------
-
-
-async def bounded_body(request: Request, max_bytes: int = MAX_BODY_BYTES) -> bytes:
-    """The request body, refused before parsing when it is too large or nested too deep.
-
-    Raises:
-        ApiError: 413 ``too_large`` or 400 ``invalid_request``.
-    """
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise ApiError(413, "too_large", f"the body is over {max_bytes} bytes")
-    try:
-        check_bounds(raw, max_bytes=max_bytes)
-    except UndecodableEvent as exc:
-        raise ApiError(400, "invalid_request", f"the body is not usable: {exc}") from exc
-    return raw
+# -- the API ----------------------------------------------------------------------------------------
 
 
 class ApprovalsPlane:
@@ -259,206 +230,182 @@ class ApprovalsPlane:
         self.pulse.beat()
 
 
-def approval_routes(
-    plane: Callable[[], ApprovalsPlane], prefix: str = "", *, closing: asyncio.Event | None = None
-) -> list[Route]:
-    """The API's routes (``/approvals...`` under ``prefix``) over the plane ``plane()`` returns;
-    ``closing`` ends the inbox streams when the server stops."""
+def serve_approvals(app: FastAPI, plane: ApprovalsPlane, *, closing: asyncio.Event | None = None) -> None:
+    """Serve :data:`router` on ``app`` over ``plane``; ``closing`` ends the inbox streams when the
+    server stops."""
+    app.state.approvals = plane
+    app.state.approvals_closing = closing
+    app.include_router(router)
 
-    async def command(approver: Approver, name: str, body: dict[str, Any]) -> Any:
-        """``name`` for the approver the request's signature proved, on that approver's own subject
-        (this API's connection may speak for any approver: it checked who is asking)."""
-        try:
-            return await commands.call_as_approver(
-                plane().nc, approver.approver_id, name, body, timeout=COMMAND_TIMEOUT_SECONDS
-            )
-        except CommandError as exc:
-            if exc.code in ("service_down", "timeout"):
-                raise ApiError(503, exc.code, exc.message) from exc
-            if exc.code == "forbidden":
-                raise ApiError(403, "not_in_group", exc.message) from exc
-            raise ApiError(COMMAND_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
-        except nats.errors.Error as exc:
-            raise ApiError(503, "plane_unreachable", f"the plane's NATS server did not answer: {exc}") from exc
 
-    def endpoint(
-        handler: Callable[[Request, Approver], Awaitable[Any]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                approver = await authenticate(request, plane().directory)
-                return JSONResponse(await handler(request, approver), headers={"Cache-Control": "no-store"})
-            except ApiError as exc:
-                return error_response(exc, challenge=AUTH_SCHEME)
+def _plane(request: Request) -> ApprovalsPlane:
+    plane = getattr(request.app.state, "approvals", None)
+    if not isinstance(plane, ApprovalsPlane):
+        raise ApiError(503, "plane_unreachable", "the approvals API is not connected to the plane")
+    return plane
 
-        return run
 
-    async def show(intent_id: str, approver: Approver) -> dict[str, Any]:
-        return dict(await command(approver, "show_approval", {"intent_id": intent_id}))
+# Documents the scheme; ``authenticate`` reads and checks the header itself (every way it can be wrong).
+ED25519_HEADER = APIKeyHeader(
+    name="Authorization",
+    scheme_name="writEd25519",
+    description=f"{AUTH_SCHEME} <approver_id>:<unix_ts>:<base64 signature>",
+    auto_error=False,
+)
+Plane = Annotated[ApprovalsPlane, Depends(_plane)]
 
-    async def list_approvals(_request: Request, approver: Approver) -> Any:
-        rows = await command(approver, "list_approvals", {})
-        return ApprovalList(approvals=[ApprovalRequest.model_validate(r) for r in rows]).model_dump(mode="json")
 
-    async def stream(request: Request) -> Response:
-        """The inbox as Server-Sent Events: ``approvals`` (the body of ``GET /approvals``) at once
-        and at every change; authenticated once, like any request, and ended after a while."""
-        try:
-            approver = await authenticate(request, plane().directory)
-        except ApiError as exc:
-            return error_response(exc, challenge=AUTH_SCHEME)
-        frames = sse.snapshots(
-            lambda: list_approvals(request, approver),
-            event="approvals",
-            pulse=plane().pulse,
-            every=INBOX_REFRESH_SECONDS,
-            closing=closing,
-            request=request,
+async def _signer(request: Request, plane: Plane, _header: Annotated[str | None, Security(ED25519_HEADER)]) -> Approver:
+    return await authenticate(request, plane.directory)
+
+
+Signer = Annotated[Approver, Depends(_signer)]
+
+
+def _no_store(response: Response) -> None:
+    response.headers["Cache-Control"] = "no-store"
+
+
+async def command(plane: ApprovalsPlane, approver: Approver, name: str, body: dict[str, Any]) -> Any:
+    """``name`` for the approver the request's signature proved, on that approver's own subject
+    (this API's connection may speak for any approver: it checked who is asking)."""
+    try:
+        return await commands.call_as_approver(
+            plane.nc, approver.approver_id, name, body, timeout=COMMAND_TIMEOUT_SECONDS
         )
-        return sse.response(frames)
-
-    async def get_approval(request: Request, approver: Approver) -> Any:
-        return ApprovalRequest.model_validate(await show(intent_id_param(request), approver)).model_dump(mode="json")
-
-    async def post_decision(request: Request, approver: Approver) -> Any:
-        intent_id = intent_id_param(request)
-        raw = await bounded_body(request)
-        try:
-            body = DecisionBody.model_validate_json(raw)
-        except ValidationError as exc:
-            raise invalid_request(exc, "body") from exc
-        pending = await show(intent_id, approver)  # 403 before anything is recorded, 404 if gone
-        signed = {
-            **body.model_dump(),
-            "intent_id": intent_id,
-            "agent_id": pending["agent_id"],
-            "approver_id": approver.approver_id,
-        }
-        outcome = DecisionOutcome.model_validate(await command(approver, "decide_approval", signed))
-        if outcome.outcome == "refused":
-            raise ApiError(REFUSAL_STATUS.get(outcome.code, 409), outcome.code, outcome.reason)
-        return outcome.model_dump(mode="json")
-
-    return [
-        Route(f"{prefix}/approvals", endpoint(list_approvals), methods=["GET"]),
-        Route(f"{prefix}/approvals/stream", stream, methods=["GET"]),  # before {intent_id}: not an id
-        Route(f"{prefix}/approvals/{{intent_id}}", endpoint(get_approval), methods=["GET"]),
-        Route(f"{prefix}/approvals/{{intent_id}}/decision", endpoint(post_decision), methods=["POST"]),
-    ]
+    except CommandError as exc:
+        if exc.code in ("service_down", "timeout"):
+            raise ApiError(503, exc.code, exc.message) from exc
+        if exc.code == "forbidden":
+            raise ApiError(403, "not_in_group", exc.message) from exc
+        raise ApiError(COMMAND_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
+    except nats.errors.Error as exc:
+        raise ApiError(503, "plane_unreachable", f"the plane's NATS server did not answer: {exc}") from exc
 
 
-def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> Starlette:
+async def inbox(plane: ApprovalsPlane, approver: Approver) -> ApprovalList:
+    """The open requests ``approver``'s groups may decide."""
+    rows = await command(plane, approver, "list_approvals", {})
+    return ApprovalList(approvals=[ApprovalRequest.model_validate(r) for r in rows])
+
+
+UNAUTHORIZED = "missing, malformed, stale (±300 s) or badly signed Authorization"
+router = APIRouter(
+    prefix="/approvals",
+    tags=["approvals"],
+    route_class=bounded_route(MAX_BODY_BYTES),
+    responses=refusals((401, UNAUTHORIZED)),
+)
+
+
+@router.get("", summary="Open requests the caller's groups may decide", dependencies=[Depends(_no_store)])
+async def list_approvals(approver: Signer, plane: Plane) -> ApprovalList:
+    return await inbox(plane, approver)
+
+
+@router.get(
+    "/stream",  # before /{intent_id}: "stream" is not an id
+    summary="GET /approvals as Server-Sent Events: an `approvals` event with the list at once and whenever it "
+    "changes (signed like any request, once; the stream ends after two minutes and the client reconnects "
+    "with a fresh signature)",
+    response_class=sse.EventStream,
+    responses=refusals((401, UNAUTHORIZED), stream=True),
+)
+async def stream_approvals(request: Request, approver: Signer, plane: Plane) -> Response:
+    async def read() -> Any:
+        return (await inbox(plane, approver)).model_dump(mode="json")
+
+    closing = getattr(request.app.state, "approvals_closing", None)
+    frames = sse.snapshots(
+        read, event="approvals", pulse=plane.pulse, every=INBOX_REFRESH_SECONDS, closing=closing, request=request
+    )
+    return sse.response(frames)
+
+
+@router.get(
+    "/{intent_id}",
+    summary="One request in full",
+    dependencies=[Depends(_no_store)],
+    responses=refusals(
+        (403, "not_in_group: the caller's groups may not decide it"), (404, "not_found: no such request")
+    ),
+)
+async def get_approval(
+    approver: Signer, intent_id: Annotated[str, Depends(checked_intent_id)], plane: Plane
+) -> ApprovalRequest:
+    return ApprovalRequest.model_validate(await command(plane, approver, "show_approval", {"intent_id": intent_id}))
+
+
+@router.post(
+    "/{intent_id}/decision",
+    summary="Grant or deny, signed with the approver's key",
+    dependencies=[Depends(_no_store)],
+    response_description="granted, authorized or denied",
+    responses=refusals(
+        (400, "invalid_request or bad_signature"),
+        (403, "not_in_group or owner_not_allowed"),
+        (404, "not_found"),
+        (409, "not_pending, digest_mismatch, duplicate_approver or approval_expired"),
+        (413, "too_large: the body is over 64 KiB"),
+    ),
+)
+async def post_decision(
+    approver: Signer,
+    intent_id: Annotated[str, Depends(checked_intent_id)],
+    _checked: BodyChecked,
+    body: DecisionBody,
+    plane: Plane,
+) -> DecisionOutcome:
+    pending = await command(plane, approver, "show_approval", {"intent_id": intent_id})  # 403 first, 404 if gone
+    signed = {
+        **body.model_dump(),
+        "intent_id": intent_id,
+        "agent_id": pending["agent_id"],
+        "approver_id": approver.approver_id,
+    }
+    outcome = DecisionOutcome.model_validate(await command(plane, approver, "decide_approval", signed))
+    if outcome.outcome == "refused":
+        raise ApiError(REFUSAL_STATUS.get(outcome.code, 409), outcome.code, outcome.reason)
+    return outcome
+
+
+DESCRIPTION = (
+    "Approval requests for destructive tool calls, decided by approvers who sign with their own Ed25519 keys. "
+    "Authorization: `Writ-Ed25519 <approver_id>:<unix_ts>:<sig>` where sig is the base64 Ed25519 signature of "
+    '"<METHOD>\\n<path>\\n<unix_ts>".'
+)
+
+
+def build_app(nats_url: str, bus_options: Mapping[str, Any] | None = None) -> FastAPI:
     """The API over the plane at ``nats_url``; connects on start-up, closes on shutdown.
     ``bus_options``: NATS connect options (the bus credential), see ``WritSettings.bus_options``."""
     bus_options = dict(bus_options or {})
-    state: dict[str, ApprovalsPlane] = {}
-
-    async def openapi(_request: Request) -> Response:
-        return JSONResponse(OPENAPI)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await nats.connect(
             split_servers(nats_url), name="writ-approvals-api", max_reconnect_attempts=-1, **bus_options
         )
         plane = ApprovalsPlane(nc)
         try:
             await plane.start()
-            state["plane"] = plane
+            app.state.approvals = plane
             yield
         finally:
             await plane.stop()
             await nc.close()
 
-    routes = [Route("/openapi.json", openapi, methods=["GET"]), *approval_routes(lambda: state["plane"])]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = api_app("Writ approvals API", DESCRIPTION, lifespan=lifespan)
+    app.include_router(router)
+    return app
 
-
-# -- OpenAPI ----------------------------------------------------------------------------------------
-
-
-def _openapi() -> dict[str, Any]:
-    schemas = component_schemas((ApprovalRequest, ApprovalList, DecisionBody, DecisionOutcome, ErrorBody))
-    ref, error, intent_param = json_content, error_doc, INTENT_ID_PARAMETER
-    unauthorized = error("missing, malformed, stale (±300 s) or badly signed Authorization")
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Writ approvals API",
-            "version": "1",
-            "description": "Approval requests for destructive tool calls, decided by approvers who sign with "
-            "their own Ed25519 keys. Authorization: `Writ-Ed25519 <approver_id>:<unix_ts>:<sig>` where sig "
-            'is the base64 Ed25519 signature of "<METHOD>\\n<path>\\n<unix_ts>".',
-        },
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "writEd25519": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "Writ-Ed25519 <approver_id>:<unix_ts>:<base64 signature>",
-                }
-            },
-        },
-        "security": [{"writEd25519": []}],
-        "paths": {
-            "/approvals": {
-                "get": {
-                    "summary": "Open requests the caller's groups may decide",
-                    "responses": {
-                        "200": {"description": "pending requests", **ref("ApprovalList")},
-                        "401": unauthorized,
-                    },
-                }
-            },
-            "/approvals/stream": {
-                "get": {
-                    "summary": "GET /approvals as Server-Sent Events: an `approvals` event with the list at "
-                    "once and whenever it changes (signed like any request, once; the stream ends after two "
-                    "minutes and the client reconnects with a fresh signature)",
-                    "responses": {"200": {"description": "text/event-stream"}, "401": unauthorized},
-                }
-            },
-            "/approvals/{intent_id}": {
-                "get": {
-                    "summary": "One request in full",
-                    "parameters": [intent_param],
-                    "responses": {
-                        "200": {"description": "the request", **ref("ApprovalRequest")},
-                        "401": unauthorized,
-                        "403": error("not_in_group: the caller's groups may not decide it"),
-                        "404": error("not_found: no such request"),
-                    },
-                }
-            },
-            "/approvals/{intent_id}/decision": {
-                "post": {
-                    "summary": "Grant or deny, signed with the approver's key",
-                    "parameters": [intent_param],
-                    "requestBody": {"required": True, **ref("DecisionBody")},
-                    "responses": {
-                        "200": {"description": "granted, authorized or denied", **ref("DecisionOutcome")},
-                        "400": error("invalid_request or bad_signature"),
-                        "401": unauthorized,
-                        "403": error("not_in_group or owner_not_allowed"),
-                        "404": error("not_found"),
-                        "409": error("not_pending, digest_mismatch, duplicate_approver or approval_expired"),
-                    },
-                }
-            },
-        },
-    }
-
-
-OPENAPI = _openapi()
 
 __all__ = [
     "AUTH_SCHEME",
-    "OPENAPI",
     "ApprovalsPlane",
-    "approval_routes",
     "auth_header",
     "auth_statement",
     "build_app",
+    "router",
+    "serve_approvals",
 ]

@@ -4,6 +4,10 @@ Every request but ``/openapi.json`` carries ``Authorization: Bearer <token>``. T
 by ``writ views token create NAME``: the token is generated on the operator's machine and only its
 sha256 is recorded (``reader_token.issued`` on the identity stream), which is what this API looks
 up. A revoked token stops working as soon as its revocation is projected.
+
+A FastAPI app: the routes below, their models (:mod:`writ_ledger.views.models`) and their
+authentication dependencies are the OpenAPI document (``/openapi.json``); refusals are
+``{"error", "message"}`` (:mod:`writ_common.httpapi`).
 """
 
 from __future__ import annotations
@@ -13,35 +17,51 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import msgspec
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.applications import Starlette
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from writ_common import commands, sse, subjects
 from writ_common import events as ev
-from writ_common.approvals_api import ApprovalsPlane, approval_routes, bounded_body
+from writ_common.approvals_api import ApprovalsPlane, serve_approvals
 from writ_common.httpapi import (
-    INTENT_ID_PARAMETER,
     ApiError,
-    ErrorBody,
-    component_schemas,
-    error_doc,
+    BodyChecked,
+    api_app,
+    bounded_route,
+    checked_intent_id,
     error_response,
-    intent_id_param,
-    invalid_request,
-    json_content,
+    refusals,
 )
 from writ_common.receipts import GENESIS, receipt_hash
 from writ_common.signing import SignatureInvalid, key_id, verify
 from writ_ledger.console import SameOrigin, console_routes
 from writ_ledger.plane import PlaneReader
+from writ_ledger.views.models import (
+    SIMULATE_MAX_BYTES,
+    IntentDetail,
+    IntentPage,
+    IntentsQuery,
+    PlaneSnapshot,
+    ReceiptCheck,
+    RolloutsQuery,
+    RolloutsReport,
+    ShadowQuery,
+    ShadowReport,
+    SimulateRequest,
+    Simulation,
+    Stats,
+    StatsQuery,
+    StatsRow,
+    Status,
+    StreamLag,
+)
 from writ_ledger.views.queries import (
     IntentFilter,
     QueryError,
@@ -59,7 +79,6 @@ from writ_ledger.views.runner import Views
 AUTH_SCHEME = "Bearer"
 REFRESH_INTERVAL_SECONDS = 1.0
 QUERY_STATUS = {"not_found": 404, "no_views": 503, "busy": 409}
-SIMULATE_MAX_BYTES = 512 * 1024
 SIMULATE_TIMEOUT_SECONDS = 120.0
 COMMAND_STATUS = {"service_down": 503, "timeout": 504}
 STREAM_REFRESH_SECONDS = 5.0  # an intents stream reads again at each append, and at least this often
@@ -69,194 +88,6 @@ PLANE_REFRESH_SECONDS = 1.0  # the supervisor's restarts are in no stream: the p
 def token_hash(token: str) -> str:
     """What is recorded and looked up for a token: ``sha256:<hex>`` of its UTF-8 bytes."""
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-# -- models (the OpenAPI document is generated from these) ----------------------------------------
-
-
-class IntentsQuery(BaseModel):
-    """Filters of ``GET /intents``; all optional, combined with AND."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agent: str | None = Field(default=None, description="agent id")
-    tool: str | None = Field(default=None, description="tool as requested, its name, or server/tool")
-    status: str | None = Field(default=None, description="e.g. succeeded, denied, failed, awaiting_approval")
-    since: str | None = Field(default=None, description="submitted at or after (RFC 3339)")
-    until: str | None = Field(default=None, description="submitted before (RFC 3339)")
-    reason: str | None = Field(default=None, description="a reason code, or text the reason contains")
-    limit: int = Field(default=50, ge=1, le=500)
-    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
-
-
-class StatsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    by: str = Field(default="agent", pattern="^(agent|tool|hour)$")
-    since: str | None = None
-    until: str | None = None
-
-
-class IntentRow(BaseModel):
-    """One intent: who, what, how it went, when each stage happened and how long it took (ms)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    intent_id: str
-    agent_id: str
-    on_behalf_of: str | None = None
-    tool: str | None = None
-    server: str | None = None
-    tool_name: str | None = None
-    tool_digest: str | None = None
-    status: str
-    stage: str | None = None
-    code: str | None = None
-    reason: str | None = None
-    attempts: int
-    retries: int
-    submitted_seq: int
-    submitted_at: str
-    ended_at: str | None = None
-    total_ms: float | None = None
-
-
-class PlaneSnapshot(BaseModel):
-    """The Plane page (an operator token): processes, consumer lag, dead letters, breakers,
-    quarantined tools with their definition diff, rate-limit windows. A part that could not be
-    read holds ``{"problem": ...}`` instead."""
-
-    supervisor: dict[str, Any]
-    processes: list[dict[str, Any]]
-    consumers: Any
-    dead_letters: Any
-    breakers: Any
-    quarantined: list[dict[str, Any]]
-    rate_limits: Any
-    views_lag: list[StreamLag] = Field(description="how far the ledger's views are behind each stream")
-
-
-class IntentPage(BaseModel):
-    intents: list[IntentRow]
-    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
-
-
-class ReceiptCheck(BaseModel):
-    """The receipt as the ledger checked it just now, against its own public key."""
-
-    hash_ok: bool
-    signature_ok: bool
-    chain_ok: bool | None = Field(
-        description="null for the first receipt, or when the previous one is not in the views"
-    )
-    prev_position: int | None
-    ledger_key_id: str
-    problem: str | None = None
-
-
-class IntentDetail(BaseModel):
-    """An intent with its full event history (payloads), decisions, approval, attempts and receipt.
-    For a summary-scope token, every value-bearing field (arguments, results, idempotency key,
-    comments, notes) reads as a marker and ``withheld`` names those fields."""
-
-    intent: IntentRow
-    events: list[dict[str, Any]]
-    decisions: list[dict[str, Any]]
-    approval: dict[str, Any] | None
-    executions: list[dict[str, Any]]
-    receipt: dict[str, Any] | None
-    withheld: list[str] = Field(default_factory=list, description="payload fields replaced by a marker")
-    verification: ReceiptCheck | None = Field(
-        default=None, description="the receipt checked by the ledger: hash, signature, link to the previous receipt"
-    )
-
-
-class StatsRow(BaseModel):
-    key: str
-    calls: int
-    succeeded: int
-    denials: int
-    failures: int
-    rejections: int
-    expirations: int
-    ended: int
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-
-
-class Stats(BaseModel):
-    by: str
-    rows: list[StatsRow]
-
-
-class StreamLag(BaseModel):
-    stream: str
-    position: int
-    head: int
-    events_behind: int
-    seconds_behind: float
-
-
-class Status(BaseModel):
-    streams: list[StreamLag]
-
-
-class ShadowQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    digest: str | None = Field(default=None, description="only this shadow bundle (its digest)")
-    since: str | None = Field(default=None, description="decided at or after (RFC 3339)")
-    limit: int = Field(default=50, ge=1, le=500, description="disagreements to list, newest first")
-
-
-class RolloutsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(default=20, ge=1, le=500, description="rollouts to list, newest first")
-
-
-class RolloutsReport(BaseModel):
-    """The canary rollouts, newest first: the slice, the triggers, how each ended and the signals
-    that decided it, and the decisions made under the candidate by kind."""
-
-    rollouts: list[dict[str, Any]]
-
-
-class ShadowReport(BaseModel):
-    """Per shadow bundle: decisions recorded beside the enforced ones, agreed, disagreed (by
-    enforced -> shadow kind); then each disagreement."""
-
-    bundles: list[dict[str, Any]]
-    disagreements: list[dict[str, Any]]
-
-
-class SimulateRequest(BaseModel):
-    """A candidate Cedar bundle and which recorded intents to replay it over."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cedar: str = Field(max_length=SIMULATE_MAX_BYTES)
-    since: str | None = Field(default="7d", description="a span (7d, 12h, 30m) or an RFC 3339 time; null: all")
-    agent: str | None = None
-    tool: str | None = Field(default=None, description="server/tool or its name")
-    examples: int = Field(default=3, ge=0, le=50, description="example intent ids per change (full scope only)")
-
-
-class Simulation(BaseModel):
-    """The candidate's validation errors, then how its decisions differ from the enforced bundle's
-    on the same intents. A summary-scope token reads the counts, without example intents."""
-
-    validation_errors: list[str]
-    candidate_digest: str
-    current_digest: str | None
-    since: str | None
-    evaluated: int
-    unchanged: int
-    changed: int
-    current: dict[str, int]
-    candidate: dict[str, int]
-    changes: list[dict[str, Any]]
 
 
 CHALLENGE = f'{AUTH_SCHEME} realm="writ-views"'
@@ -299,6 +130,326 @@ def check_receipt(body: dict[str, Any], prev_hash: str | None, public_key: str) 
     )
 
 
+@dataclass
+class ViewsContext:
+    """What the routes read: the views, and the plane's parts this server was given."""
+
+    views: Views
+    ledger_public_key: str | None = None
+    approvals: ApprovalsPlane | None = None
+    plane: PlaneReader | None = None
+    closing: asyncio.Event | None = None
+    refreshed: float = 0.0  # when an unknown token last made the identity stream be read on
+
+
+@dataclass(frozen=True)
+class Reader:
+    """The holder of the request's token: its name and scope."""
+
+    name: str
+    scope: str
+
+
+def _context(request: Request) -> ViewsContext:
+    context = request.app.state.views_context
+    assert isinstance(context, ViewsContext)
+    return context
+
+
+Context = Annotated[ViewsContext, Depends(_context)]
+# Documents the scheme; ``authenticate`` reads and checks the header itself (every way it can be wrong).
+BEARER = HTTPBearer(scheme_name="bearer", description="a token from `writ views token create NAME`", auto_error=False)
+
+
+def _unauthorized(code: str, message: str) -> ApiError:
+    return ApiError(401, code, message, challenge=CHALLENGE)
+
+
+def _token_holder(db: Any, digest: str) -> tuple[str, str] | None:
+    row = db.execute(
+        "SELECT name, scope FROM reader_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
+    ).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
+async def authenticate(context: ViewsContext, header: str | None) -> Reader:
+    """Who holds the bearer token of ``header`` (an ``Authorization`` value).
+
+    Raises:
+        ApiError: 401 ``unauthenticated``, ``bad_authorization`` or ``bad_token``.
+    """
+    if not header:
+        raise _unauthorized("unauthenticated", "send Authorization: Bearer <token> (writ views token create NAME)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != AUTH_SCHEME.lower() or not token.strip():
+        raise _unauthorized("bad_authorization", "the Authorization header must read Bearer <token>")
+    digest = token_hash(token.strip())
+    holder = await context.views.read(_token_holder, digest)
+    if holder is None and time.monotonic() - context.refreshed > REFRESH_INTERVAL_SECONDS:
+        # Issued a moment ago? Read the identity stream on; rate-limited against guessing.
+        context.refreshed = time.monotonic()
+        await context.views.catch_up(subjects.IDENTITY_STREAM)
+        holder = await context.views.read(_token_holder, digest)
+    if holder is None:
+        raise _unauthorized("bad_token", "the token is unknown or revoked")
+    return Reader(*holder)
+
+
+async def _reader(
+    request: Request, context: Context, _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+) -> Reader:
+    return await authenticate(context, request.headers.get("authorization"))
+
+
+ReaderOf = Annotated[Reader, Depends(_reader)]
+
+
+async def _operator(reader: ReaderOf) -> Reader:
+    """Only an operator's token reads the plane."""
+    if reader.scope != ev.OPERATOR_SCOPE:
+        raise ApiError(
+            403,
+            "not_operator",
+            f"a {reader.scope} token cannot read the plane; an operator issues an operator token"
+            " with `writ views token create NAME --scope operator`",
+        )
+    return reader
+
+
+OperatorOf = Annotated[Reader, Depends(_operator)]
+
+
+def _policy_line(context: Context) -> ApprovalsPlane:
+    """The bus connection over which policy is asked (``/policy/simulate``)."""
+    if context.approvals is None:
+        raise ApiError(503, "unavailable", "this views API has no bus connection to ask policy")
+    return context.approvals
+
+
+async def _query_refused(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueryError)
+    return error_response(ApiError(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message))
+
+
+# -- what the routes read -------------------------------------------------------------------------
+
+
+async def intents_page(context: ViewsContext, scope: str, q: IntentsQuery) -> IntentPage:
+    where = IntentFilter(**q.model_dump(exclude={"limit", "cursor"}))
+    page = await context.views.read(list_intents, where, limit=q.limit, cursor=q.cursor)
+    if scope not in ev.VALUE_SCOPES:
+        page["intents"] = [withhold_row(row) for row in page["intents"]]
+    return IntentPage.model_validate(page)
+
+
+async def intent_detail(context: ViewsContext, scope: str, intent_id: str) -> IntentDetail:
+    found = await context.views.read(get_intent, intent_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
+    check = None
+    if found["receipt"] is not None and context.ledger_public_key is not None:
+        prev_hash = await context.views.read(previous_receipt_hash, int(found["receipt"]["position"]))
+        check = check_receipt(found["receipt"], prev_hash, context.ledger_public_key)
+    if scope not in ev.VALUE_SCOPES:
+        found = withhold_content(found)
+    return IntentDetail.model_validate({**found, "verification": check})
+
+
+async def plane_snapshot(context: ViewsContext) -> PlaneSnapshot:
+    if context.plane is None:
+        raise ApiError(503, "unavailable", "this views API has no bus connection to read the plane")
+    lags = [StreamLag.model_validate(lag.as_dict()) for lag in await context.views.lag()]
+    return PlaneSnapshot.model_validate({**await context.plane.read(), "views_lag": lags})
+
+
+async def read_caught_up(context: ViewsContext, stream: str, query: Callable[..., Any], **args: Any) -> Any:
+    """``query`` over the views once they have applied ``stream`` up to its head (what was just
+    appended counts)."""
+    await context.views.catch_up(stream)
+    return await context.views.read(query, **args)
+
+
+async def event_stream(
+    read: Callable[[], Awaitable[BaseModel]],
+    event: str,
+    *,
+    request: Request,
+    context: ViewsContext,
+    pulse: sse.Pulse | None,
+    every: float,
+) -> Response:
+    """``read``'s answer as Server-Sent Events, sent again whenever it changes (``sse``). The first
+    reading is made before the stream starts, so a bad query fails as JSON, like the JSON route."""
+    readings = [(await read()).model_dump(mode="json")]
+
+    async def again() -> Any:
+        return readings.pop() if readings else (await read()).model_dump(mode="json")
+
+    frames = sse.snapshots(again, event=event, pulse=pulse, every=every, closing=context.closing, request=request)
+    return sse.response(frames)
+
+
+# -- the routes -----------------------------------------------------------------------------------
+
+
+UNAUTHORIZED = "no, malformed, unknown or revoked bearer token"
+router = APIRouter(
+    tags=["views"],
+    route_class=bounded_route(SIMULATE_MAX_BYTES + 4096),
+    responses=refusals((401, UNAUTHORIZED)),
+)
+STREAM_REFUSALS = refusals((401, UNAUTHORIZED), stream=True)
+
+
+@router.get(
+    "/intents",
+    summary="List intents, filtered, newest first, one page at a time",
+    response_description="a page",
+    responses=refusals((400, "invalid_request, invalid_time or invalid_cursor")),
+)
+async def get_intents(q: Annotated[IntentsQuery, Query()], reader: ReaderOf, context: Context) -> IntentPage:
+    return await intents_page(context, reader.scope, q)
+
+
+@router.get(
+    "/intents/stream",  # before /intents/{intent_id}: "stream" is not an id
+    summary="GET /intents as Server-Sent Events: an `intents` event with the page at once and whenever it "
+    "changes (the same filters and withholding); the stream ends after two minutes and the client reconnects",
+    response_class=sse.EventStream,
+    responses=STREAM_REFUSALS,
+)
+async def stream_intents(
+    request: Request, q: Annotated[IntentsQuery, Query()], reader: ReaderOf, context: Context
+) -> Response:
+    return await event_stream(
+        lambda: intents_page(context, reader.scope, q),
+        "intents",
+        request=request,
+        context=context,
+        pulse=context.views.pulse,
+        every=STREAM_REFRESH_SECONDS,
+    )
+
+
+@router.get(
+    "/plane",
+    summary="The plane (an operator token): each process's state and restarts, consumer lag, dead letters, "
+    "breakers, quarantined tools with their diff, rate-limit windows",
+    response_description="the plane",
+    responses=refusals((403, "not_operator: a summary or full token")),
+)
+async def get_plane(_operator: OperatorOf, context: Context) -> PlaneSnapshot:
+    return await plane_snapshot(context)
+
+
+@router.get(
+    "/plane/stream",
+    summary="GET /plane as Server-Sent Events (`plane` events), read every second",
+    response_class=sse.EventStream,
+    responses=refusals((401, UNAUTHORIZED), (403, "not_operator"), stream=True),
+)
+async def stream_plane(request: Request, _operator: OperatorOf, context: Context) -> Response:
+    return await event_stream(
+        lambda: plane_snapshot(context),
+        "plane",
+        request=request,
+        context=context,
+        pulse=None,
+        every=PLANE_REFRESH_SECONDS,
+    )
+
+
+@router.get(
+    "/intents/{intent_id}",
+    summary="One intent with its full event history and its receipt (arguments and results withheld from a "
+    "summary token)",
+    response_description="the intent",
+    responses=refusals((404, "not_found")),
+)
+async def get_intent_detail(
+    reader: ReaderOf, intent_id: Annotated[str, Depends(checked_intent_id)], context: Context
+) -> IntentDetail:
+    return await intent_detail(context, reader.scope, intent_id)
+
+
+@router.get(
+    "/stats",
+    summary="Calls, outcomes and exact latency percentiles per agent, tool or hour",
+    response_description="one row per key",
+)
+async def get_stats(q: Annotated[StatsQuery, Query()], _reader: ReaderOf, context: Context) -> Stats:
+    rows = await context.views.read(stats, q.by, since=q.since, until=q.until)
+    return Stats(by=q.by, rows=[StatsRow.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/status",
+    summary="Projection lag per stream: position, head, events and seconds behind",
+    response_description="lag",
+)
+async def get_status(_reader: ReaderOf, context: Context) -> Status:
+    return Status(streams=[StreamLag.model_validate(lag.as_dict()) for lag in await context.views.lag()])
+
+
+@router.get(
+    "/shadow",
+    summary="The shadow bundle beside the enforced one: agreement and each disagreement",
+    response_description="per bundle, then disagreements",
+)
+async def get_shadow(q: Annotated[ShadowQuery, Query()], _reader: ReaderOf, context: Context) -> ShadowReport:
+    report = await read_caught_up(
+        context, subjects.INTENTS_STREAM, shadow, digest=q.digest, since=q.since, limit=q.limit
+    )
+    return ShadowReport.model_validate(report)
+
+
+@router.get(
+    "/rollouts",
+    summary="The canary rollouts: slice, triggers, how each ended and the signals that decided it",
+    response_description="newest first",
+)
+async def get_rollouts(q: Annotated[RolloutsQuery, Query()], _reader: ReaderOf, context: Context) -> RolloutsReport:
+    return RolloutsReport.model_validate(await read_caught_up(context, subjects.POLICY_STREAM, rollouts, limit=q.limit))
+
+
+@router.post(
+    "/policy/simulate",
+    summary="Replay a candidate bundle over the recorded intents beside the enforced one; changes nothing "
+    "(a summary token reads counts only)",
+    response_description="validation errors, then the decision diff",
+    responses=refusals(
+        (400, "invalid_request or invalid_policy (unparseable)"),
+        (413, "too_large"),
+        (503, "service_down: policy is not running"),
+    ),
+)
+async def simulate(
+    reader: ReaderOf,
+    line: Annotated[ApprovalsPlane, Depends(_policy_line)],
+    _checked: BodyChecked,
+    body: SimulateRequest,
+) -> Simulation:
+    full = reader.scope in ev.VALUE_SCOPES
+    ask = body.model_dump(exclude_none=True) | {"examples": body.examples if full else 0}
+    try:
+        out = await commands.call(line.nc, "policy", "simulate", ask, timeout=SIMULATE_TIMEOUT_SECONDS)
+    except commands.CommandError as exc:
+        raise ApiError(COMMAND_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
+    if not full:  # counts, never the intents themselves
+        out["changes"] = [{k: v for k, v in c.items() if k != "examples"} for c in out["changes"]]
+    return Simulation.model_validate(out)
+
+
+DESCRIPTION = (
+    "Read-only queries over the ledger's views: the log projected into tables. "
+    "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full|operator]`. "
+    "A summary token (the default) reads everything except the fields that carry values (tool "
+    "arguments and results, idempotency keys, approvers' comments, reconciliation notes), which "
+    "only a full token sees. Lists are newest first and paginated by an opaque cursor. "
+    "With a bus connection the same port also serves the approvals API (`/approvals...`) and the console."
+)
+
+
 def build_app(
     views: Views,
     *,
@@ -307,181 +458,18 @@ def build_app(
     extra_hosts: tuple[str, ...] = (),
     plane: PlaneReader | None = None,
     closing: asyncio.Event | None = None,
-) -> Starlette:
+) -> FastAPI:
     """The views API; with ``approvals``, also the approvals API and the console on the same origin.
     ``extra_hosts``: Host names allowed besides loopback (a container's published name);
     ``plane``: what ``GET /plane`` reads; ``closing``: set when the server stops (ends the streams)."""
-    refreshed = [0.0]
-
-    def lookup(db: Any, digest: str) -> tuple[str, str] | None:
-        row = db.execute(
-            "SELECT name, scope FROM reader_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
-        ).fetchone()
-        return (str(row[0]), str(row[1])) if row else None
-
-    async def authenticate(request: Request) -> tuple[str, str]:
-        """The token's (name, scope)."""
-        header = request.headers.get("authorization")
-        if not header:
-            raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token> (writ views token create NAME)")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != AUTH_SCHEME.lower() or not token.strip():
-            raise ApiError(401, "bad_authorization", "the Authorization header must read Bearer <token>")
-        digest = token_hash(token.strip())
-        holder = await views.read(lookup, digest)
-        if holder is None and time.monotonic() - refreshed[0] > REFRESH_INTERVAL_SECONDS:
-            # Issued a moment ago? Read the identity stream on; rate-limited against guessing.
-            refreshed[0] = time.monotonic()
-            await views.catch_up(subjects.IDENTITY_STREAM)
-            holder = await views.read(lookup, digest)
-        if holder is None:
-            raise ApiError(401, "bad_token", "the token is unknown or revoked")
-        return holder
-
-    def params(request: Request, model: type[BaseModel]) -> Any:
-        try:
-            return model.model_validate(dict(request.query_params))
-        except ValidationError as exc:
-            raise invalid_request(exc, "query") from exc
-
-    def endpoint(
-        handler: Callable[[Request], Awaitable[BaseModel]], *, operator: bool = False
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                await admit(request, operator=operator)
-                return JSONResponse((await handler(request)).model_dump(mode="json"))
-            except ApiError as exc:
-                return error_response(exc, challenge=CHALLENGE)
-            except QueryError as exc:
-                refused = ApiError(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
-                return error_response(refused, challenge=CHALLENGE)
-
-        return run
-
-    async def admit(request: Request, *, operator: bool) -> None:
-        """Authenticate; with ``operator``, refuse any token but an operator's."""
-        _name, request.state.scope = await authenticate(request)
-        if operator and request.state.scope != ev.OPERATOR_SCOPE:
-            raise ApiError(
-                403,
-                "not_operator",
-                f"a {request.state.scope} token cannot read the plane; an operator issues an operator token"
-                " with `writ views token create NAME --scope operator`",
-            )
-
-    def stream(
-        handler: Callable[[Request], Awaitable[BaseModel]], event: str, *, operator: bool = False, every: float
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """``handler``'s answer as Server-Sent Events, sent again whenever it changes (``sse``):
-        authenticated and validated once, like the JSON endpoint, before the stream starts."""
-
-        async def run(request: Request) -> Response:
-            try:
-                await admit(request, operator=operator)
-                first = (await handler(request)).model_dump(mode="json")  # a bad query fails here, as JSON
-            except ApiError as exc:
-                return error_response(exc, challenge=CHALLENGE)
-            except QueryError as exc:
-                refused = ApiError(QUERY_STATUS.get(exc.code, 400), exc.code, exc.message)
-                return error_response(refused, challenge=CHALLENGE)
-            readings = [first]
-
-            async def read() -> Any:
-                return readings.pop() if readings else (await handler(request)).model_dump(mode="json")
-
-            pulse = None if operator else views.pulse
-            frames = sse.snapshots(read, event=event, pulse=pulse, every=every, closing=closing, request=request)
-            return sse.response(frames)
-
-        return run
-
-    async def intents(request: Request) -> BaseModel:
-        q: IntentsQuery = params(request, IntentsQuery)
-        where = IntentFilter(**q.model_dump(exclude={"limit", "cursor"}))
-        page = await views.read(list_intents, where, limit=q.limit, cursor=q.cursor)
-        if request.state.scope not in ev.VALUE_SCOPES:
-            page["intents"] = [withhold_row(row) for row in page["intents"]]
-        return IntentPage.model_validate(page)
-
-    async def intent(request: Request) -> BaseModel:
-        intent_id = intent_id_param(request)
-        found = await views.read(get_intent, intent_id)
-        if found is None:
-            raise ApiError(404, "not_found", f"no intent {intent_id!r} in the views")
-        check = None
-        if found["receipt"] is not None and ledger_public_key is not None:
-            prev_hash = await views.read(previous_receipt_hash, int(found["receipt"]["position"]))
-            check = check_receipt(found["receipt"], prev_hash, ledger_public_key)
-        if request.state.scope not in ev.VALUE_SCOPES:
-            found = withhold_content(found)
-        return IntentDetail.model_validate({**found, "verification": check})
-
-    async def get_stats(request: Request) -> BaseModel:
-        q: StatsQuery = params(request, StatsQuery)
-        rows = await views.read(stats, q.by, since=q.since, until=q.until)
-        return Stats(by=q.by, rows=[StatsRow.model_validate(r) for r in rows])
-
-    async def get_shadow(request: Request) -> BaseModel:
-        q: ShadowQuery = params(request, ShadowQuery)
-        await views.catch_up(subjects.INTENTS_STREAM)
-        return ShadowReport.model_validate(await views.read(shadow, digest=q.digest, since=q.since, limit=q.limit))
-
-    async def get_rollouts(request: Request) -> BaseModel:
-        q: RolloutsQuery = params(request, RolloutsQuery)
-        await views.catch_up(subjects.POLICY_STREAM)
-        return RolloutsReport.model_validate(await views.read(rollouts, limit=q.limit))
-
-    async def simulate(request: Request) -> BaseModel:
-        if approvals is None:
-            raise ApiError(503, "unavailable", "this views API has no bus connection to ask policy")
-        try:
-            body = SimulateRequest.model_validate_json(await bounded_body(request, SIMULATE_MAX_BYTES + 4096))
-        except ValidationError as exc:
-            raise invalid_request(exc, "body") from exc
-        full = request.state.scope in ev.VALUE_SCOPES
-        ask = body.model_dump(exclude_none=True) | {"examples": body.examples if full else 0}
-        try:
-            out = await commands.call(approvals.nc, "policy", "simulate", ask, timeout=SIMULATE_TIMEOUT_SECONDS)
-        except commands.CommandError as exc:
-            raise ApiError(COMMAND_STATUS.get(exc.code, 400), exc.code, exc.message) from exc
-        if not full:  # counts, never the intents themselves
-            out["changes"] = [{k: v for k, v in c.items() if k != "examples"} for c in out["changes"]]
-        return Simulation.model_validate(out)
-
-    async def status(_request: Request) -> BaseModel:
-        return Status(streams=[StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()])
-
-    async def plane_snapshot(_request: Request) -> BaseModel:
-        if plane is None:
-            raise ApiError(503, "unavailable", "this views API has no bus connection to read the plane")
-        lags = [StreamLag.model_validate(lag.as_dict()) for lag in await views.lag()]
-        return PlaneSnapshot.model_validate({**await plane.read(), "views_lag": lags})
-
-    async def openapi(_request: Request) -> Response:
-        return JSONResponse(OPENAPI)
-
-    routes = [
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/intents", endpoint(intents), methods=["GET"]),
-        Route("/intents/stream", stream(intents, "intents", every=STREAM_REFRESH_SECONDS), methods=["GET"]),
-        Route("/plane", endpoint(plane_snapshot, operator=True), methods=["GET"]),
-        Route(
-            "/plane/stream",
-            stream(plane_snapshot, "plane", operator=True, every=PLANE_REFRESH_SECONDS),
-            methods=["GET"],
-        ),
-        Route("/intents/{intent_id}", endpoint(intent), methods=["GET"]),
-        Route("/stats", endpoint(get_stats), methods=["GET"]),
-        Route("/status", endpoint(status), methods=["GET"]),
-        Route("/shadow", endpoint(get_shadow), methods=["GET"]),
-        Route("/rollouts", endpoint(get_rollouts), methods=["GET"]),
-        Route("/policy/simulate", endpoint(simulate), methods=["POST"]),
-        *console_routes(),
-    ]
+    app = api_app("Writ views API", DESCRIPTION, middleware=[Middleware(SameOrigin, extra_hosts=extra_hosts)])
+    app.add_exception_handler(QueryError, _query_refused)
+    app.state.views_context = ViewsContext(views, ledger_public_key, approvals, plane, closing)
+    app.include_router(router)
+    app.router.routes.extend(console_routes())
     if approvals is not None:
-        routes += approval_routes(lambda: approvals, closing=closing)
-    return Starlette(routes=routes, middleware=[Middleware(SameOrigin, extra_hosts=extra_hosts)])
+        serve_approvals(app, approvals, closing=closing)
+    return app
 
 
 class ApiServer(uvicorn.Server):
@@ -515,152 +503,3 @@ async def serving(views: Views, port: int, host: str = "127.0.0.1", **options: A
         closing.set()
         server.should_exit = True
         await task
-
-
-# -- OpenAPI --------------------------------------------------------------------------------------
-
-
-def _openapi() -> dict[str, Any]:
-    schemas = component_schemas(
-        (
-            IntentPage,
-            IntentDetail,
-            Stats,
-            Status,
-            ShadowReport,
-            RolloutsReport,
-            SimulateRequest,
-            Simulation,
-            PlaneSnapshot,
-            ErrorBody,
-        )
-    )
-    ref, error = json_content, error_doc
-
-    def query(model: type[BaseModel]) -> list[dict[str, Any]]:
-        out = []
-        for name, spec in model.model_json_schema()["properties"].items():
-            prop = dict(spec)
-            description = prop.pop("description", "")
-            out.append({"name": name, "in": "query", "required": False, "schema": prop, "description": description})
-        return out
-
-    unauthorized = error("no, malformed, unknown or revoked bearer token")
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Writ views API",
-            "version": "1",
-            "description": "Read-only queries over the ledger's views: the log projected into tables. "
-            "Authorization: `Bearer <token>` from `writ views token create NAME [--scope summary|full|operator]`. "
-            "A summary token (the default) reads everything except the fields that carry values (tool "
-            "arguments and results, idempotency keys, approvers' comments, reconciliation notes), which "
-            "only a full token sees. Lists are newest first and paginated by an opaque cursor.",
-        },
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/intents": {
-                "get": {
-                    "summary": "List intents, filtered, newest first, one page at a time",
-                    "parameters": query(IntentsQuery),
-                    "responses": {
-                        "200": {"description": "a page", **ref("IntentPage")},
-                        "400": error("invalid_request, invalid_time or invalid_cursor"),
-                        "401": unauthorized,
-                    },
-                }
-            },
-            "/intents/{intent_id}": {
-                "get": {
-                    "summary": "One intent with its full event history and its receipt (arguments and "
-                    "results withheld from a summary token)",
-                    "parameters": [INTENT_ID_PARAMETER],
-                    "responses": {
-                        "200": {"description": "the intent", **ref("IntentDetail")},
-                        "401": unauthorized,
-                        "404": error("not_found"),
-                    },
-                }
-            },
-            "/stats": {
-                "get": {
-                    "summary": "Calls, outcomes and exact latency percentiles per agent, tool or hour",
-                    "parameters": query(StatsQuery),
-                    "responses": {"200": {"description": "one row per key", **ref("Stats")}, "401": unauthorized},
-                }
-            },
-            "/shadow": {
-                "get": {
-                    "summary": "The shadow bundle beside the enforced one: agreement and each disagreement",
-                    "parameters": query(ShadowQuery),
-                    "responses": {
-                        "200": {"description": "per bundle, then disagreements", **ref("ShadowReport")},
-                        "401": unauthorized,
-                    },
-                }
-            },
-            "/rollouts": {
-                "get": {
-                    "summary": "The canary rollouts: slice, triggers, how each ended and the signals that decided it",
-                    "parameters": query(RolloutsQuery),
-                    "responses": {"200": {"description": "newest first", **ref("RolloutsReport")}, "401": unauthorized},
-                }
-            },
-            "/policy/simulate": {
-                "post": {
-                    "summary": "Replay a candidate bundle over the recorded intents beside the enforced one; "
-                    "changes nothing (a summary token reads counts only)",
-                    "requestBody": {"required": True, **ref("SimulateRequest")},
-                    "responses": {
-                        "200": {"description": "validation errors, then the decision diff", **ref("Simulation")},
-                        "400": error("invalid_request or invalid_policy (unparseable)"),
-                        "401": unauthorized,
-                        "503": error("service_down: policy is not running"),
-                    },
-                }
-            },
-            "/intents/stream": {
-                "get": {
-                    "summary": "GET /intents as Server-Sent Events: an `intents` event with the page at once "
-                    "and whenever it changes (the same filters and withholding); the stream ends after two "
-                    "minutes and the client reconnects",
-                    "parameters": query(IntentsQuery),
-                    "responses": {"200": {"description": "text/event-stream"}, "401": unauthorized},
-                }
-            },
-            "/plane": {
-                "get": {
-                    "summary": "The plane (an operator token): each process's state and restarts, consumer "
-                    "lag, dead letters, breakers, quarantined tools with their diff, rate-limit windows",
-                    "responses": {
-                        "200": {"description": "the plane", **ref("PlaneSnapshot")},
-                        "401": unauthorized,
-                        "403": error("not_operator: a summary or full token"),
-                    },
-                }
-            },
-            "/plane/stream": {
-                "get": {
-                    "summary": "GET /plane as Server-Sent Events (`plane` events), read every second",
-                    "responses": {
-                        "200": {"description": "text/event-stream"},
-                        "401": unauthorized,
-                        "403": error("not_operator"),
-                    },
-                }
-            },
-            "/status": {
-                "get": {
-                    "summary": "Projection lag per stream: position, head, events and seconds behind",
-                    "responses": {"200": {"description": "lag", **ref("Status")}, "401": unauthorized},
-                }
-            },
-        },
-    }
-
-
-OPENAPI = _openapi()
