@@ -39,7 +39,6 @@ pytestmark = pytest.mark.unit
 
 SECRET = "s3cr3t-token-value"
 REDACTOR = Redactor({"api-token": SECRET})
-NOW = datetime.now(UTC)
 
 
 def classified(exc: ServerUnavailable | CallInterrupted | MCPError, limit: int = 1 << 20) -> CallError:
@@ -52,16 +51,18 @@ class TestErrorClassification:
         assert (error.kind, error.code) == ("not_sent", "server_unavailable")
         assert SECRET not in error.message  # scrubbed before it is recorded
         assert counts_against_breaker(error)
-        retry = after_error(authorized(False, started(1)), 1, error, now=NOW)
+        retry = after_error(authorized(False, started(1)), 1, error, now=datetime.now(UTC))
         assert isinstance(retry, ev.ExecutionAttemptFailed) and retry.code == "server_unavailable"
 
     def test_an_interrupted_call_may_have_run_so_it_is_unknown_unless_idempotent(self) -> None:
         error = classified(CallInterrupted("no answer within 30s"))
         assert (error.kind, error.code) == ("interrupted", "call_interrupted")
         assert counts_against_breaker(error)
-        unknown = after_error(authorized(False, started(1)), 1, error, now=NOW)
+        unknown = after_error(authorized(False, started(1)), 1, error, now=datetime.now(UTC))
         assert isinstance(unknown, ev.ExecutionOutcomeUnknown) and unknown.reason.startswith("outcome_unknown: ")
-        assert isinstance(after_error(authorized(True, started(1)), 1, error, now=NOW), ev.ExecutionAttemptFailed)
+        assert isinstance(
+            after_error(authorized(True, started(1)), 1, error, now=datetime.now(UTC)), ev.ExecutionAttemptFailed
+        )
 
     def test_a_protocol_refusal_is_final_keeps_its_jsonrpc_error_and_leaves_the_breaker_alone(self) -> None:
         error = classified(MCPError(-32602, f"unknown tool (key {SECRET})", {"hint": SECRET}))
@@ -69,7 +70,7 @@ class TestErrorClassification:
         assert error.message.startswith("'crm' refused the call: ") and SECRET not in error.message
         assert error.error is not None and error.error["code"] == -32602 and SECRET not in str(error.error)
         assert not counts_against_breaker(error)  # the server answered: it is up
-        final = after_error(authorized(True, started(1)), 1, error, now=NOW)
+        final = after_error(authorized(True, started(1)), 1, error, now=datetime.now(UTC))
         assert isinstance(final, ev.ExecutionFailed) and not final.retryable and final.code == "mcp_error"
         assert final.result == {"error": error.error}
 
@@ -86,7 +87,9 @@ class TestErrorClassification:
     def test_an_open_breaker_sends_nothing_and_the_call_is_retried(self) -> None:
         error = circuit_open("crm", 4.25)
         assert (error.kind, error.code) == ("not_sent", "circuit_open") and "4.2s more" in error.message
-        assert isinstance(after_error(authorized(False, started(1)), 1, error, now=NOW), ev.ExecutionAttemptFailed)
+        assert isinstance(
+            after_error(authorized(False, started(1)), 1, error, now=datetime.now(UTC)), ev.ExecutionAttemptFailed
+        )
 
     def test_what_can_never_run_is_a_final_failure_carrying_the_refusal(self) -> None:
         failed = not_run(1, unknown_server("crm"))
@@ -105,15 +108,17 @@ class TestGuards:
 
     def test_an_intent_already_done_or_not_authorized_needs_nothing(self) -> None:
         done = ev.ExecutionSucceeded(attempt=1, result={}, result_digest="r", duration_ms=1)
-        assert decide_execution(authorized(False, started(1), done), now=NOW) is None
-        assert decide_execution(replace(authorized(False), authorized=None), now=NOW) is None
-        assert decide_execution(authorized(False), now=NOW) == Invoke(attempt=1)
+        assert decide_execution(authorized(False, started(1), done), now=datetime.now(UTC)) is None
+        assert decide_execution(replace(authorized(False), authorized=None), now=datetime.now(UTC)) is None
+        assert decide_execution(authorized(False), now=datetime.now(UTC)) == Invoke(attempt=1)
 
     def test_past_the_deadline_an_unanswered_call_is_unknown_and_an_unstarted_one_expired(self) -> None:
-        late = NOW + timedelta(seconds=5)
-        unknown = decide_execution(authorized(False, started(1), deadline_seconds=1), now=late)
+        begun, unstarted = authorized(False, started(1), deadline_seconds=1), authorized(False, deadline_seconds=1)
+        assert begun.deadline is not None and unstarted.deadline is not None
+        unknown = decide_execution(begun, now=begun.deadline + timedelta(seconds=1))
         assert isinstance(unknown, ev.ExecutionOutcomeUnknown)
-        assert isinstance(decide_execution(authorized(False, deadline_seconds=1), now=late), ev.IntentExpired)
+        expired = decide_execution(unstarted, now=unstarted.deadline + timedelta(seconds=1))
+        assert isinstance(expired, ev.IntentExpired)
 
     def test_a_retry_or_an_approved_call_is_never_shed(self) -> None:
         view = authorized(True)
@@ -128,12 +133,14 @@ class TestGuards:
 class TestDeadline:
     def test_a_call_never_outlives_the_deadline(self) -> None:
         view = authorized(True, deadline_seconds=300)
-        assert call_timeout(view, NOW, 30.0) == 30.0
+        assert call_timeout(view, datetime.now(UTC), 30.0) == 30.0
         deadline = view.deadline
         assert deadline is not None
         assert call_timeout(view, deadline - timedelta(seconds=2), 30.0) == pytest.approx(2.0)
         assert call_timeout(view, deadline + timedelta(seconds=2), 30.0) == 0.001  # sent, and times out at once
-        assert call_timeout(replace(view, submitted=None), NOW, 30.0) == 30.0  # no deadline: the tool timeout
+        assert (
+            call_timeout(replace(view, submitted=None), datetime.now(UTC), 30.0) == 30.0
+        )  # no deadline: the tool timeout
 
 
 class TestRefusals:
