@@ -22,7 +22,7 @@ from writ_common.stranded import sweep_execution
 from writ_executor.execution import ACK_WAIT, Execution
 from writ_executor.known_servers import KnownServers
 from writ_executor.lease import Leases
-from writ_executor.scrubbed_output import scrub_logs, scrubbed_pipe
+from writ_executor.scrubbed_output import scrub_logs
 from writ_executor.secret_commands import SecretCommands, Secrets
 from writ_executor.secret_store import SecretStore
 from writ_executor.server_operations import ServerOperations, ToolRefresh
@@ -39,9 +39,7 @@ class Executor:
         self.store = SecretStore(settings.service_dir("executor") / "secrets", key)
         self.secrets = Secrets(self.store)
         self.refresh = ToolRefresh(svc)
-        self.pool = SessionPool(
-            stderr=lambda: scrubbed_pipe(self.secrets.latest), on_tools_changed=self.refresh.on_tools_changed
-        )
+        self.pool = SessionPool(stderr=self.secrets.stderr, on_tools_changed=self.refresh.on_tools_changed)
         self.tuner = ConcurrencyTuner(svc, settings)
         self.redis = aioredis.from_url(
             settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0

@@ -55,7 +55,7 @@ from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.redaction import Redactor, references, resolve
 from writ_executor.secret_commands import Secrets
 from writ_executor.secret_store import SecretStoreError
-from writ_executor.sessions import Relay, SessionPool
+from writ_executor.sessions import SessionPool
 from writ_executor.tuner import ConcurrencyTuner
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ class Execution:
                     call_arguments(view),
                     meta=meta,
                     timeout=timeout,
-                    relay=self.relay_to(view.agent_id or "", view.intent_id, redactor),
+                    relay=AgentRelay(self.svc, self.settings, view.agent_id or "", view.intent_id, redactor),
                     on_session=ticket.sent,
                 )
                 return called.model_dump(mode="json", by_alias=True, exclude_none=True), bool(called.is_error)
@@ -369,18 +369,6 @@ class Execution:
 
     def after_error(self, view: IntentView, attempt: int, error: CallError) -> ev.Payload:
         return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=self.settings.max_attempts)
-
-    def relay_to(self, agent_id: str, intent_id: str, redactor: Redactor) -> Relay:
-        """What the tool's server says during the call (progress, log messages), scrubbed of secret
-        values, published for the agent that asked (core NATS, not recorded: a gateway waiting on
-        the call hears it; nobody else may)."""
-
-        async def relay(kind: str, params: dict[str, Any]) -> None:
-            body = msgspec.json.encode(within_canonical_domain(redactor.value(params)))
-            if len(body) <= self.settings.max_output_bytes:
-                await self.svc.nc.publish(subjects.relay_notice_subject(agent_id, intent_id, kind), body)
-
-        return relay
 
     async def record_transition(self, server: str, transition: Transition | None) -> None:
         if transition is None:
@@ -435,6 +423,24 @@ class Execution:
             concurrency=self.settings.executor_concurrency,
         )
         self.svc.command("reconcile", self.reconcile_intent)
+
+
+class AgentRelay:
+    """What the tool's server says during the call (progress, log messages), scrubbed of secret
+    values, published for the agent that asked (core NATS, not recorded: a gateway waiting on
+    the call hears it; nobody else may). Over the output limit, it is not passed on."""
+
+    def __init__(self, svc: Service, settings: WritSettings, agent_id: str, intent_id: str, redactor: Redactor) -> None:
+        self.svc = svc
+        self.max_bytes = settings.max_output_bytes
+        self.agent_id = agent_id
+        self.intent_id = intent_id
+        self.redactor = redactor
+
+    async def __call__(self, kind: str, params: dict[str, Any]) -> None:
+        body = msgspec.json.encode(within_canonical_domain(self.redactor.value(params)))
+        if len(body) <= self.max_bytes:
+            await self.svc.nc.publish(subjects.relay_notice_subject(self.agent_id, self.intent_id, kind), body)
 
 
 async def keep_alive(raw: Msg, leases: Leases, intent_id: str, attempt: int) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, TextIO
 
 import msgspec
 
@@ -17,6 +18,7 @@ from writ_common.commands import CommandError, require_token
 from writ_common.service import Service
 from writ_executor.known_servers import KnownServers
 from writ_executor.redaction import Redactor, invalid_secret_value
+from writ_executor.scrubbed_output import scrubbed_pipe
 from writ_executor.secret_store import SecretStore, SecretStoreError
 
 
@@ -65,6 +67,10 @@ class Secrets:
         with contextlib.suppress(SecretStoreError):
             self.current()
         return self.redactor(self._known)
+
+    def stderr(self) -> AbstractContextManager[TextIO | None]:
+        """A tool server's stderr: scrubbed with the latest values, line by line, then logged."""
+        return scrubbed_pipe(self.latest)
 
     def scrub_text(self, text: str) -> str:
         """``text`` scrubbed with the latest values that could be read."""

@@ -19,7 +19,6 @@ from writ_common.mcp_client import discover, root_cause
 from writ_common.service import Service
 from writ_executor.known_servers import KnownServers
 from writ_executor.redaction import resolve
-from writ_executor.scrubbed_output import scrubbed_pipe
 from writ_executor.secret_commands import Secrets, store_call
 from writ_executor.sessions import CallInterrupted, ServerUnavailable, SessionPool
 
@@ -94,7 +93,7 @@ class ServerOperations:
         if isinstance(resolved, Refusal):
             raise CommandError.of(resolved)
         try:
-            with scrubbed_pipe(self.secrets.latest) as errlog:
+            with self.secrets.stderr() as errlog:
                 tools = await asyncio.wait_for(
                     discover(resolved, scrub=redactor.value, errlog=errlog), DISCOVERY_TIMEOUT
                 )
