@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from writ_common import events as ev
+from writ_common.errors import Refusal
 from writ_executor.redaction import Redactor, encodings, marker, references, resolve
 from writ_registry.domain import secret_reference_problem
 
@@ -96,10 +97,10 @@ def test_resolve_fills_references_into_env_and_headers() -> None:
 
 def test_resolve_names_every_missing_secret_and_no_value() -> None:
     missing = resolve(HTTP, {"api-token": TOKEN})
-    assert isinstance(missing, str)
-    assert missing.startswith("secret_missing: ")
-    assert "'db-pass'" in missing and "writ secret set db-pass" in missing
-    assert TOKEN not in missing
+    assert isinstance(missing, Refusal)
+    assert missing.code == "secret_missing"
+    assert "'db-pass'" in missing.reason and "writ secret set db-pass" in missing.reason
+    assert TOKEN not in str(missing)
 
 
 def test_a_server_without_references_is_returned_unchanged() -> None:

@@ -103,7 +103,9 @@ def test_the_executor_counts_distinct_grants_on_the_digest_against_the_quorum() 
     one = fold_intent(
         [*requested, on("approval.granted", grant("a", digest), seq=4), on("intent.authorized", authorized, seq=5)]
     )
-    assert (approval_mismatch(one) or "").startswith("approval_mismatch: 1 distinct")
+    mismatch = approval_mismatch(one)
+    assert mismatch is not None and mismatch.code == "approval_mismatch"
+    assert mismatch.reason.startswith("1 distinct")
     twice = fold_intent(
         [
             *requested,

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import msgspec
+
 from writ_common import events as ev
 from writ_common.approvals import request_digest
 from writ_common.digest import sha256_digest
 from writ_common.envelope import MAX_CONTENT_DEPTH, nesting_depth_exceeds
+from writ_common.errors import Refusal
 from writ_common.fold import IntentView
 from writ_common.stranded import expiry, past_deadline, unanswered_call
 
@@ -68,7 +71,7 @@ def next_step(view: IntentView, max_attempts: int = MAX_ATTEMPTS) -> Invoke | ev
     if view.is_terminal or view.authorized is None or view.planned is None:
         return None
     if view.approval is not None and (mismatch := approval_mismatch(view)):
-        return ev.ExecutionFailed(attempt=view.last_attempt, retryable=False, code="approval_mismatch", reason=mismatch)
+        return not_run(view.last_attempt, mismatch)
     if not view.started:
         return Invoke(attempt=1)
     failed = view.last_attempt_failed
@@ -132,7 +135,7 @@ def after_error(
     return ev.ExecutionAttemptFailed(attempt=attempt, code=error.code, reason=reason, retry_after_ms=int(delay * 1000))
 
 
-def approval_mismatch(view: IntentView) -> str | None:
+def approval_mismatch(view: IntentView) -> Refusal | None:
     """Recompute the approval digest from the history: what runs must be what was approved, by
     as many distinct approvers as the request asked, each on exactly that digest."""
     request = view.approval
@@ -146,12 +149,12 @@ def approval_mismatch(view: IntentView) -> str | None:
         expires_at=request.expires_at,
     )
     if expected != request.approval_digest:
-        return "approval_mismatch: the approved digest does not match this intent's history"
+        return Refusal(code="approval_mismatch", reason="the approved digest does not match this intent's history")
     approvers = {g.approver_id for g in view.grants if g.approval_digest == expected}
     if len(approvers) < request.quorum:
-        return (
-            f"approval_mismatch: {len(approvers)} distinct grant(s) on this digest, but the request needs"
-            f" {request.quorum}"
+        return Refusal(
+            code="approval_mismatch",
+            reason=f"{len(approvers)} distinct grant(s) on this digest, but the request needs {request.quorum}",
         )
     return None
 
@@ -239,14 +242,66 @@ def outcome(
 
 def reconcile(
     view: IntentView, outcome: Literal["succeeded", "failed", "retry"], by: str, note: str, retry_intent_id: str | None
-) -> ev.ExecutionReconciled | str:
+) -> ev.ExecutionReconciled | Refusal:
     """A person settles an unknown outcome, once; returns the event or why it cannot be."""
     if view.terminal is None or view.terminal.type != "execution.outcome_unknown":
-        return f"not_unknown: intent is {view.status}; only an outcome_unknown intent is reconciled"
+        return Refusal(
+            code="not_unknown", reason=f"intent is {view.status}; only an outcome_unknown intent is reconciled"
+        )
     if view.reconciled is not None:
-        return f"already_reconciled: {view.reconciled.by} settled it as {view.reconciled.outcome}"
+        return Refusal(
+            code="already_reconciled", reason=f"{view.reconciled.by} settled it as {view.reconciled.outcome}"
+        )
     if (outcome == "retry") != (retry_intent_id is not None):
-        return "invalid_request: a retry names the new intent that retries the call, and only a retry does"
+        return Refusal(
+            code="invalid_request", reason="a retry names the new intent that retries the call, and only a retry does"
+        )
     return ev.ExecutionReconciled(
         attempt=view.last_attempt, outcome=outcome, by=by, note=note, retry_intent_id=retry_intent_id
     )
+
+
+def not_run(attempt: int, refusal: Refusal) -> ev.ExecutionFailed:
+    """The call was not made, and trying again will not make it (an unknown server, a missing
+    secret, an approval that does not match): a final failure carrying the refusal."""
+    return ev.ExecutionFailed(attempt=attempt, retryable=False, code=refusal.code, reason=str(refusal))
+
+
+def unknown_server(name: str) -> Refusal:
+    return Refusal(code="unknown_server", reason=f"{name!r} is not registered")
+
+
+def circuit_open(server: str, wait_s: float) -> CallError:
+    """The server's breaker is open: the call is not sent (a retry, within the attempts)."""
+    return CallError("not_sent", "circuit_open", f"{server!r} is failing; breaker open for {wait_s:.1f}s more")
+
+
+def counts_against_breaker(error: CallError) -> bool:
+    """A server that answered with a protocol error is up: only a call it never answered (not
+    sent, or interrupted) counts toward opening its breaker."""
+    return error.kind != "refused"
+
+
+def may_shed(view: IntentView, attempt: int) -> bool:
+    """A first attempt over its route's limit may be answered ``overloaded``; a retry of a call
+    already begun, or a call a person approved, never is (it waits for a place instead)."""
+    return attempt == 1 and view.approval is None
+
+
+def call_timeout(view: IntentView, now: datetime, tool_timeout: float) -> float:
+    """How long the call may take: the tool timeout, and never past the agent's deadline (at least
+    a millisecond, so a call decided just in time is still sent, and times out at once)."""
+    deadline = view.deadline
+    if deadline is None:
+        return tool_timeout
+    return min(tool_timeout, max(0.001, (deadline - now).total_seconds()))
+
+
+def returned_error(error: dict[str, Any], max_output_bytes: int) -> dict[str, Any]:
+    """A server's JSON-RPC error as recorded: its ``data`` is dropped when the whole would not fit
+    the output limit or the nesting bound of a recorded event (code and message are what a caller
+    needs)."""
+    encoded = msgspec.json.encode(error)
+    if len(encoded) > max_output_bytes or nesting_depth_exceeds(encoded, MAX_CONTENT_DEPTH - 4):
+        return {k: v for k, v in error.items() if k != "data"}
+    return error

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import msgspec
 
 from writ_common import events as ev
+from writ_common.errors import Refusal
 
 MIN_SECRET_LENGTH = 4  # a shorter value would redact ordinary text and protects nothing
 
@@ -136,17 +137,20 @@ def references(server: ev.ServerRegistered) -> list[str]:
     return sorted({*server.secret_env.values(), *server.secret_headers.values()})
 
 
-def resolve(server: ev.ServerRegistered, secrets: Mapping[str, str]) -> ev.ServerRegistered | str:
+def resolve(server: ev.ServerRegistered, secrets: Mapping[str, str]) -> ev.ServerRegistered | Refusal:
     """The server's configuration with its secret references filled in, or why it cannot be.
 
     The result holds secret values: it is given to the MCP transport and to nothing else.
-    Returns ``secret_missing: ...`` (names only) when a referenced secret is not in the store.
+    Refuses with ``secret_missing`` (names only) when a referenced secret is not in the store.
     """
     missing = [name for name in references(server) if name not in secrets]
     if missing:
-        return (
-            f"secret_missing: server {server.name!r} needs secret {', '.join(repr(m) for m in missing)}, which is not"
-            f" set; an operator sets it with `writ secret set {missing[0]}`"
+        return Refusal(
+            code="secret_missing",
+            reason=(
+                f"server {server.name!r} needs secret {', '.join(repr(m) for m in missing)}, which is not"
+                f" set; an operator sets it with `writ secret set {missing[0]}`"
+            ),
         )
     if not server.secret_env and not server.secret_headers:
         return server
@@ -155,3 +159,12 @@ def resolve(server: ev.ServerRegistered, secrets: Mapping[str, str]) -> ev.Serve
         env={**server.env, **{var: secrets[ref] for var, ref in server.secret_env.items()}},
         headers={**server.headers, **{header: secrets[ref] for header, ref in server.secret_headers.items()}},
     )
+
+
+def invalid_secret_value(value: str) -> Refusal | None:
+    """A value too short to redact without redacting ordinary text is refused."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return Refusal(
+            code="invalid_secret", reason=f"a secret's value must be at least {MIN_SECRET_LENGTH} characters"
+        )
+    return None

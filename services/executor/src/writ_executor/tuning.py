@@ -118,6 +118,12 @@ def apply_limit_event(limits: Limits, event: StoredEvent) -> None:
 Change = ev.ConcurrencyAdjusted | ev.ConcurrencyVerified | ev.ConcurrencyReverted
 
 
+def slot_limits(limits: Limits, tuning: Tuning) -> dict[str, int]:
+    """Each server's limit as the slots hold it: what the loop appended, kept between the floor
+    and the ceiling this replica is configured with (another replica's may differ)."""
+    return {server: min(max(n, tuning.floor), tuning.ceiling) for server, n in limits.by_server.items()}
+
+
 def next_change(limits: Limits, book: CallBook, tuning: Tuning, now: datetime) -> Change | None:
     """The one change to make now, if any: a verdict on the pending change once its verification
     period is over, else a raise of the most saturated server below the ceiling."""
