@@ -95,6 +95,7 @@ class IntentConsumer:
         self.running: set[asyncio.Task[None]] = set()
         self.loops: list[asyncio.Task[None]] = []
         self.pullers: list[Puller] = []
+        self.idle: set[asyncio.Task[None]] = set()  # loops waiting for events, holding none
 
     async def start(self) -> None:
         # Created with ``config`` if the durable does not exist yet (an existing one is used as
@@ -114,6 +115,8 @@ class IntentConsumer:
     async def drain(self) -> None:
         # A clean stop lets the pull loop end its message and calls in flight finish (a cut call
         # would be an unknown outcome); then the pull inbox goes, before the broker drains.
+        for loop in self.idle & set(self.loops):
+            loop.cancel()  # holds no message: nothing to finish (a delivery on its way comes again)
         pending = [*self.loops, *self.running]
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT)
@@ -124,7 +127,10 @@ class IntentConsumer:
                 await puller.stop()
 
     async def pull(self, puller: Puller) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while not self.svc.stopping:
+            self.idle.add(me)
             try:
                 msgs = await puller.next_batch(PULL_WAIT)
             except TimeoutError:
@@ -133,6 +139,8 @@ class IntentConsumer:
                 log.info("%s: pulling from %s failed (%s); pulling again", self.svc.name, self.durable, exc)
                 await asyncio.sleep(PULL_WAIT)
                 continue
+            finally:
+                self.idle.discard(me)
             for number, raw in enumerate(msgs):
                 if self.svc.stopping:
                     for left in msgs[number:]:
