@@ -189,26 +189,9 @@ def embedded(
     seen: set[str] = set()
     for key, value in common:
         seen.add(key)
-        if key in UNPLACEABLE:
-            raise ConfError(f"{COMMON_CONF} sets {key!r}: the embedded plane cannot place it on loopback")
-        if key in ("server_name", "pid_file", "authorization", "accounts", "operator", "system_account"):
-            continue  # per node, or the embedded plane's own (below)
-        if key == "resolver":
-            if auth_conf is not None:
-                out.append((key, _resolver(value, node.store_dir)))
-            continue
-        if key == "listen":
-            out.append((key, f"{HOST}:{node.port}"))
-        elif key == "http":
-            if node.monitor_port is not None:
-                out.append((key, f"{HOST}:{node.monitor_port}"))
-        elif key == "jetstream":
-            out.append((key, _jetstream(value, node.store_dir)))
-        elif key == "cluster":
-            if node.routes is not None:
-                out.append((key, _cluster(value, node.routes)))
-        else:
-            out.append((key, value))
+        placed = _placed(key, value, node, authenticated=auth_conf is not None)
+        if placed is not None:
+            out.append((key, placed))
     for required in ("listen", "jetstream"):
         if required not in seen:
             raise ConfError(f"{COMMON_CONF} has no {required!r}")
@@ -224,6 +207,31 @@ def embedded(
         # pushes the account (and its revocations) to the resolver, and nothing here changes.
         lines.append(f"include {quote(Path(os.path.relpath(auth_conf, conf_dir)))}")
     return "\n".join(lines) + "\n"
+
+
+def _placed(key: str, value: Value, node: Node, *, authenticated: bool) -> Value | None:
+    """``common.conf``'s ``key`` as ``node`` runs it on loopback (None: left out).
+
+    Raises:
+        ConfError: a setting the embedded plane cannot place on loopback.
+    """
+    if key in UNPLACEABLE:
+        raise ConfError(f"{COMMON_CONF} sets {key!r}: the embedded plane cannot place it on loopback")
+    match key:
+        case "server_name" | "pid_file" | "authorization" | "accounts" | "operator" | "system_account":
+            return None  # per node, or the embedded plane's own
+        case "resolver":
+            return _resolver(value, node.store_dir) if authenticated else None
+        case "listen":
+            return f"{HOST}:{node.port}"
+        case "http":
+            return f"{HOST}:{node.monitor_port}" if node.monitor_port is not None else None
+        case "jetstream":
+            return _jetstream(value, node.store_dir)
+        case "cluster":
+            return _cluster(value, node.routes) if node.routes is not None else None
+        case _:
+            return value
 
 
 def _block(value: Value, name: str) -> list[Entry]:
