@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from typer.testing import CliRunner
 
 from cli_runner import INTENT_ID, TIME_SERVER
+from waiting import eventually_sync
 from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import SERVICES, Plane
@@ -116,13 +116,18 @@ def test_one_intent_is_one_trace_across_the_five_services(
         intent_id = found.group(1)
 
         wanted = {f"writ-{name}" for name in SERVICES}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def spans_of_every_service() -> list[Span] | None:
             with receiver.lock:
                 ours = [s for s in receiver.spans if s.attributes.get("writ.intent_id") == intent_id]
-            if {s.service for s in ours} >= wanted and any(s.name.startswith("ledger.") for s in ours):
-                break
-            time.sleep(0.1)
+            whole = {s.service for s in ours} >= wanted and any(s.name.startswith("ledger.") for s in ours)
+            return ours if whole else None
+
+        try:
+            ours = eventually_sync(spans_of_every_service, 20, "spans from the five services")
+        except AssertionError:
+            with receiver.lock:
+                ours = [s for s in receiver.spans if s.attributes.get("writ.intent_id") == intent_id]
 
     assert receiver.paths == {"/v1/traces"}
     assert {s.service for s in ours} >= wanted, sorted((s.service, s.name) for s in ours)

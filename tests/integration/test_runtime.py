@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 import redis.asyncio
 from nats.js.errors import APIError
 
+from waiting import eventually_sync
 from writ.runtime.processes import ManagedProcess, free_port, start_nats
 from writ.runtime.supervisor import Plane
 from writ_common import subjects
@@ -90,18 +91,15 @@ def test_plane_restarts_a_killed_child_and_forgets_runtime_file_on_stop(tmp_path
         assert plane.settings.resolved_nats_url() == plane.nats_url
 
         killed = plane.kill_service("redis")
-        deadline = time.monotonic() + 10
-        while plane.pid("redis") in (None, killed) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert plane.pid("redis") not in (None, killed)
+        eventually_sync(lambda: plane.pid("redis") not in (None, killed) or None, 10, "redis restarted", pause=0.05)
         assert {s.name: s.restarts for s in plane.status()} == {"nats": 0, "redis": 1}
+
         # runtime.json follows every change (the console's Plane page reads it).
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            units = json.loads((plane.data_dir / "runtime.json").read_text())["units"]
-            if units["redis"]["pid"] == plane.pid("redis"):
-                break
-            time.sleep(0.05)
+        def units_now() -> dict[str, Any] | None:
+            units: dict[str, Any] = json.loads((plane.data_dir / "runtime.json").read_text())["units"]
+            return units if units["redis"]["pid"] == plane.pid("redis") else None
+
+        units = eventually_sync(units_now, 5, "runtime.json names redis's new pid", pause=0.05)
         assert units["redis"]["state"] == "running" and units["redis"]["restarts"] == 1
         assert units["redis"]["last_exit"] == -9 and units["redis"]["running_since"]
     finally:
