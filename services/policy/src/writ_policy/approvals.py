@@ -36,52 +36,11 @@ def judge(view: IntentView, signed: SignedDecision, approver: Approver | None, *
     ``approval.refused`` with its reason (plus the expiry if the request has run out)."""
     request = view.approval
     assert request is not None and view.approval_pending
-
-    def refuse(code: str, reason: str) -> list[ev.Payload]:
-        return [refused(signed, Refusal(code=code, reason=reason))]
-
-    if approver is None:
-        return refuse("unknown_approver", f"no approver {signed.approver_id!r} is registered")
-    if not approver.active:
-        return refuse("approver_inactive", f"approver {approver.approver_id!r} is not active")
-    if signed.intent_id != view.intent_id or signed.approval_digest != request.approval_digest:
-        return refuse(
-            "digest_mismatch",
-            f"signed digest {signed.approval_digest} is not this request's {request.approval_digest}"
-            " (a different call, tool version or policy than the one requested)",
-        )
-    statement = decision_statement(
-        intent_id=signed.intent_id,
-        approval_digest=signed.approval_digest,
-        decision=signed.decision,
-        approver_id=signed.approver_id,
-        signed_at=signed.signed_at,
-        comment=signed.comment,
-    )
-    try:
-        verify(approver.public_key, statement, signed.signature)
-    except SignatureInvalid:
-        return refuse(
-            "bad_signature", f"the decision is not signed by approver {approver.approver_id!r}'s registered key"
-        )
-    if request.approvers not in approver.groups:
-        return refuse(
-            "not_in_group", f"{approver.approver_id!r} is not in group {request.approvers!r}, which decides this call"
-        )
-    if now > parse_time(request.expires_at):
-        return [
-            *refuse("approval_expired", f"the request expired at {request.expires_at}"),
-            *expire(view),
-        ]
-    owner = view.authenticated.owner if view.authenticated else None
-    if owner and approver.approver_id == owner and not request.owner_may_approve:
-        return refuse(
-            "owner_not_allowed", f"{owner!r} owns agent {view.agent_id!r}; policy does not let an owner approve"
-        )
-    if any(g.approver_id == approver.approver_id for g in view.grants):
-        return refuse(
-            "duplicate_approver", f"{approver.approver_id!r} has already approved; quorum needs distinct approvers"
-        )
+    refusal = objection(view, signed, approver, now=now)
+    if refusal is not None:
+        ran_out_too = expire(view) if refusal.code == "approval_expired" else []
+        return [refused(signed, refusal), *ran_out_too]
+    assert approver is not None
     fields = {
         "approver_id": approver.approver_id,
         "key_id": approver.key_id,
@@ -113,6 +72,63 @@ def judge(view: IntentView, signed: SignedDecision, approver: Approver | None, *
             reasons=[f"approved by {', '.join(approvers)} (quorum {request.quorum})"],
         ),
     ]
+
+
+def objection(view: IntentView, signed: SignedDecision, approver: Approver | None, *, now: datetime) -> Refusal | None:
+    """Why a decision does not hold, checked in this order; None: it holds."""
+    request = view.approval
+    assert request is not None
+    if approver is None:
+        return Refusal(code="unknown_approver", reason=f"no approver {signed.approver_id!r} is registered")
+    if not approver.active:
+        return Refusal(code="approver_inactive", reason=f"approver {approver.approver_id!r} is not active")
+    if signed.intent_id != view.intent_id or signed.approval_digest != request.approval_digest:
+        return Refusal(
+            code="digest_mismatch",
+            reason=f"signed digest {signed.approval_digest} is not this request's {request.approval_digest}"
+            " (a different call, tool version or policy than the one requested)",
+        )
+    if not signed_by(approver, signed):
+        return Refusal(
+            code="bad_signature",
+            reason=f"the decision is not signed by approver {approver.approver_id!r}'s registered key",
+        )
+    if request.approvers not in approver.groups:
+        return Refusal(
+            code="not_in_group",
+            reason=f"{approver.approver_id!r} is not in group {request.approvers!r}, which decides this call",
+        )
+    if now > parse_time(request.expires_at):
+        return Refusal(code="approval_expired", reason=f"the request expired at {request.expires_at}")
+    owner = view.authenticated.owner if view.authenticated else None
+    if owner and approver.approver_id == owner and not request.owner_may_approve:
+        return Refusal(
+            code="owner_not_allowed",
+            reason=f"{owner!r} owns agent {view.agent_id!r}; policy does not let an owner approve",
+        )
+    if any(g.approver_id == approver.approver_id for g in view.grants):
+        return Refusal(
+            code="duplicate_approver",
+            reason=f"{approver.approver_id!r} has already approved; quorum needs distinct approvers",
+        )
+    return None
+
+
+def signed_by(approver: Approver, signed: SignedDecision) -> bool:
+    """The decision's statement verifies under the approver's registered key."""
+    statement = decision_statement(
+        intent_id=signed.intent_id,
+        approval_digest=signed.approval_digest,
+        decision=signed.decision,
+        approver_id=signed.approver_id,
+        signed_at=signed.signed_at,
+        comment=signed.comment,
+    )
+    try:
+        verify(approver.public_key, statement, signed.signature)
+    except SignatureInvalid:
+        return False
+    return True
 
 
 def refused(signed: SignedDecision, refusal: Refusal) -> ev.ApprovalRefused:
