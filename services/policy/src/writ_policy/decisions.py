@@ -46,18 +46,20 @@ class Decisions:
         self.limiter = limiter
 
     async def on_planned(self, trigger: StoredEvent, _raw: Msg) -> None:
-        asked: list[ev.ApprovalRequested] = []
+        group: str | None = None  # the approvers asked by the decision appended, if any
 
         async def deciding(view: IntentView) -> list[ev.Payload]:
+            nonlocal group
             payloads = await self.decide_intent(view)
-            asked[:] = [p for p in payloads if isinstance(p, ev.ApprovalRequested)]
+            group = next((p.approvers for p in payloads if isinstance(p, ev.ApprovalRequested)), None)
             return payloads
 
-        if await self.svc.run_stage(trigger, "authorize", deciding) and asked:
+        appended = await self.svc.run_stage(trigger, "authorize", deciding)
+        if appended and group is not None:
             # Wake the approvers of that group (core NATS; `writ approvals watch` listens, and the
             # bus lets each approver hear only its own groups).
             intent_id = trigger.envelope.intent_id or ""
-            await self.svc.nc.publish(subjects.approval_notice_subject(asked[0].approvers, intent_id), b"")
+            await self.svc.nc.publish(subjects.approval_notice_subject(group, intent_id), b"")
 
     async def decide_intent(self, view: IntentView) -> list[ev.Payload]:
         if not domain.needs_decision(view):
