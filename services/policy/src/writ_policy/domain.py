@@ -10,12 +10,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import cedarpy
+import msgspec
 
 from writ_common import events as ev
 from writ_common import operations
 from writ_common.approvals import request_digest
 from writ_common.digest import policy_digest
 from writ_common.envelope import StoredEvent
+from writ_common.errors import Refusal
 from writ_common.fold import IntentView
 from writ_common.ids import TOKEN_RULE, is_token
 
@@ -321,3 +323,65 @@ def rate_limited(view: IntentView, decision: ev.Payload, exceeded: RateExceeded)
         ),
         retry_after_s=retry,
     )
+
+
+# -- the rules around a decision ----------------------------------------------------------------
+
+
+def needs_decision(view: IntentView) -> bool:
+    """Already decided? Only a plan that has neither an authorization nor an approval request is
+    policy's to decide; anything else is a redelivered trigger whose decision is in the log."""
+    return view.planned is not None and view.authorized is None and view.approval is None
+
+
+@dataclass(frozen=True, slots=True)
+class Uncounted:
+    """The rate limit store could not count the call (``why``)."""
+
+    why: str
+
+
+def counted(view: IntentView, decision: ev.Payload, count: RateExceeded | Uncounted | None) -> ev.Payload | Refusal:
+    """The decision once its rate limits were counted. Fail closed: a call that could not be counted
+    is not decided at all (a Refusal, ``rate_store_unavailable``: the intent waits, or expires);
+    a full window turns the permit into a ``rate_limited`` denial."""
+    match count:
+        case Uncounted():
+            return Refusal(code="rate_store_unavailable", reason=f"not authorizing without counting: {count.why}")
+        case RateExceeded():
+            return rate_limited(view, decision, count)
+        case None:
+            return decision
+
+
+def under_new_policy(denied: ev.IntentDenied) -> ev.IntentDenied:
+    """A denial reached by re-deciding a waiting request under a newly loaded bundle."""
+    return msgspec.structs.replace(
+        denied, reason=f"{denied.reason} (the policy changed while the call waited for approval)"
+    )
+
+
+def redecision(view: IntentView, bundle: Bundle | None, *, now: datetime) -> list[ev.Payload]:
+    """Under a new bundle, a request still waiting for people is decided again: if the new policy
+    denies the call (an emergency forbid), it ends denied; a grant cannot revive it, and a request
+    made under this very bundle (or already answered) is left alone."""
+    request = view.approval
+    if bundle is None or not view.approval_pending or request is None or request.policy_digest == bundle.digest:
+        return []
+    verdict = decide(view, bundle, now=now)
+    return [under_new_policy(verdict)] if isinstance(verdict, ev.IntentDenied) else []
+
+
+def recheck(view: IntentView, intent_id: str, bundle: Bundle | None, *, now: datetime) -> dict[str, Any] | Refusal:
+    """Does the permit that authorized this intent still hold under ``bundle``? (Rate limits are
+    not counted again: the call was counted when it was authorized.)"""
+    if view.planned is None or view.submitted is None:
+        return Refusal(code="not_found", reason=f"intent {intent_id!r} has no plan to decide on")
+    verdict = decide(view, bundle, now=now)
+    holds = isinstance(verdict, ev.IntentAuthorized | ev.ApprovalRequested)
+    return {
+        "holds": holds,
+        "policy_digest": bundle.digest if bundle else None,
+        "code": "ok" if holds else getattr(verdict, "code", "denied"),
+        "reason": "" if holds else getattr(verdict, "reason", ""),
+    }

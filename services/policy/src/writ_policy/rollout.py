@@ -22,8 +22,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast, get_args
 
+import msgspec
+
 from writ_common import events as ev
+from writ_common import topology
 from writ_common.envelope import StoredEvent, parse_time
+from writ_common.errors import Refusal
 from writ_common.ids import TOKEN_RULE, is_token
 
 Signal = Literal["denial_rate", "approval_backlog", "p99_decision_ms"]
@@ -424,3 +428,93 @@ def next_step(
     if watch:
         return Step("wait", f"promotion waits: {', '.join(sorted(watch))} in breach"), watch
     return Step("promote", f"no trigger held in {plan.promote_after_s:g}s of soak"), watch
+
+
+# -- what an operator may do while a rollout runs -------------------------------------------------
+
+
+def in_progress(rollouts: Rollouts) -> Rollout | None:
+    """The rollout that still decides for someone: active, or promoted but not yet published."""
+    rollout = rollouts.latest
+    return rollout if rollout is not None and (rollout.active or rollout.promotion_pending) else None
+
+
+def blocks(rollouts: Rollouts, what: str) -> Refusal | None:
+    """A bundle for everyone, or a second rollout, waits until the one in progress has ended."""
+    rollout = in_progress(rollouts)
+    if rollout is None:
+        return None
+    return Refusal(
+        code="rollout_in_progress",
+        reason=f"rollout {rollout.plan.rollout_id} of {rollout.plan.candidate_digest} is in progress; cannot {what}"
+        " until it is promoted or rolled back (`writ policy rollout status`, `writ policy rollout abort`)",
+    )
+
+
+def cannot_start(enforced_digest: str | None, candidate_digest: str) -> Refusal | None:
+    """A canary needs a bundle to fall back to, and a candidate that differs from it."""
+    if enforced_digest is None:
+        return Refusal(
+            code="no_policy", reason="no bundle is enforced to fall back to; load one with `writ policy load`"
+        )
+    if enforced_digest == candidate_digest:
+        return Refusal(code="already_enforced", reason=f"bundle {candidate_digest} is already enforced for every agent")
+    return None
+
+
+def latest_or_refusal(rollouts: Rollouts) -> Rollout | Refusal:
+    """The rollout ``status`` describes."""
+    if rollouts.latest is None:
+        return Refusal(code="no_rollout", reason="no rollout has started (`writ policy rollout FILE --canary 10%`)")
+    return rollouts.latest
+
+
+def abortable(rollouts: Rollouts) -> Rollout | Refusal:
+    """The rollout an operator may abort: only one in progress."""
+    rollout = rollouts.latest
+    if rollout is None or not rollout.active:
+        return Refusal(code="no_rollout", reason="no rollout is in progress")
+    return rollout
+
+
+def abort_lost(rollouts: Rollouts, aborted: Rollout) -> Refusal | None:
+    """After appending an abort: the first ending wins, so a promotion may have come first."""
+    ended = rollouts.latest
+    if ended is None or ended.ended != "rolled_back":
+        return Refusal(code="already_promoted", reason=f"rollout {aborted.plan.rollout_id} was promoted first")
+    return None
+
+
+def observed_on(subject: str, plan: ev.PolicyRolloutStarted) -> tuple[str, str] | None:
+    """(event type, intent id) of an intent event on ``subject`` that the slice's signals read;
+    None for any other type, or an agent outside the slice."""
+    parts = subject.split(".")
+    event_type = topology.TYPE_OF_TOKEN.get(parts[-1]) if len(parts) == 5 else None
+    if event_type is None or event_type not in OBSERVED_TYPES or not in_slice(plan, parts[2]):
+        return None
+    return event_type, parts[3]
+
+
+def rollout_picture(rollout: Rollout | None, readings: list[ev.SignalReading]) -> dict[str, Any]:
+    """A rollout as an operator reads it: the slice, the triggers, how it ended and why."""
+    assert rollout is not None
+    plan, end = rollout.plan, rollout.end
+    status = "in_progress" if rollout.active else rollout.ended
+    return {
+        "rollout_id": plan.rollout_id,
+        "status": status,
+        "candidate_digest": plan.candidate_digest,
+        "previous_digest": plan.previous_digest,
+        "percent": plan.percent,
+        "agents": plan.agents,
+        "triggers": [t.text for t in plan.triggers],
+        "promote_after_s": plan.promote_after_s,
+        "cooldown_s": plan.cooldown_s,
+        "min_decisions": plan.min_decisions,
+        "started_at": rollout.started_at.isoformat().replace("+00:00", "Z"),
+        "ended_at": rollout.ended_at.isoformat().replace("+00:00", "Z") if rollout.ended_at else None,
+        "reason": end.reason if end else "",
+        "trigger": end.trigger if isinstance(end, ev.PolicyRolloutRolledBack) else "",
+        "by": end.by if isinstance(end, ev.PolicyRolloutRolledBack) else ("controller" if end else ""),
+        "signals": msgspec.to_builtins(end.signals if end else readings),
+    }
