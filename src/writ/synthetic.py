@@ -159,7 +159,7 @@ def _decide_and_run(rng: random.Random, add: Then, *, read_only: bool, server: s
         return
     if not read_only and roll < 0.30:
         add(ev.ApprovalRequested(approval_digest=sha256_digest(roll), policy_digest=POLICY_DIGEST,
-                                 policy_ids=["destructive-needs-approval"], approvers="operators", quorum=1,
+                                 policy_ids=["destructive-needs-approval"], group="operators", quorum=1,
                                  expires_at="2026-01-05T09:00:00Z", tool=f"{server}/{tool}"), rng.uniform(1, 5))  # fmt: skip
         decision = {"key_id": "k", "approval_digest": "d", "signed_at": "2026-01-05T08:00:00Z", "signature": "s"}
         if roll < 0.20:

@@ -105,7 +105,7 @@ async def test_a_lost_answer_is_resolved_by_looking_for_our_own_event(
     monkeypatch.setattr(js, "publish", stored_then_lost)
     # Events no service acts on, so the intent holds only what this test appends.
     planned = hand_made(spine, intent_id, failed_attempt(1))
-    ack = await append(js, planned, expected_last_seq=trigger.seq, attempt=1)
+    ack = await append(js, planned, expected_last_seq=trigger.seq, occurrence=1)
     assert len(sends) == 1, "found stored by looking: not sent again"
     history = await read_history(spine.nc, spine.agent.agent_id, intent_id)
     assert [e.envelope.id for e in history.events] == [trigger.envelope.id, planned.id], [
@@ -124,7 +124,7 @@ async def test_a_lost_answer_is_resolved_by_looking_for_our_own_event(
 
     monkeypatch.setattr(js, "publish", lost_unsent)
     second = hand_made(spine, intent_id, failed_attempt(2))
-    ack = await append(js, second, expected_last_seq=history.last_seq, attempt=2)
+    ack = await append(js, second, expected_last_seq=history.last_seq, occurrence=2)
     assert len(sends) == 2
     after = await read_history(spine.nc, spine.agent.agent_id, intent_id)
     assert [e.envelope.id for e in after.events] == [trigger.envelope.id, planned.id, second.id]
@@ -134,15 +134,15 @@ async def test_a_lost_answer_is_resolved_by_looking_for_our_own_event(
 async def test_a_duplicate_ack_counts_only_for_our_own_event(spine: Spine) -> None:
     intent_id, trigger = await authenticated_intent(spine)
     first = hand_made(spine, intent_id, failed_attempt(1))
-    stored = await append(spine.js, first, expected_last_seq=trigger.seq, attempt=1)
+    stored = await append(spine.js, first, expected_last_seq=trigger.seq, occurrence=1)
     # The same envelope again (a re-sent append): a duplicate of ours is our append.
-    again = await append(spine.js, first, expected_last_seq=stored.seq, attempt=1)
+    again = await append(spine.js, first, expected_last_seq=stored.seq, occurrence=1)
     assert (again.seq, again.duplicate) == (stored.seq, True)
     # Another event under the same message id (an earlier run's, e.g. its execution.started):
     # the server acks it as a duplicate, and it is never taken for ours.
     other = hand_made(spine, intent_id, failed_attempt(1))
     with pytest.raises(StaleAppend):
-        await append(spine.js, other, expected_last_seq=stored.seq, attempt=1)
+        await append(spine.js, other, expected_last_seq=stored.seq, occurrence=1)
 
 
 async def test_an_intent_no_stage_moves_on_ends_expired_with_its_receipt(

@@ -108,7 +108,7 @@ async def test_forged_approval_request_cannot_downgrade_who_approves(scene: Scen
             approval_digest=real.approval_digest,
             policy_digest=real.policy_digest,
             policy_ids=real.policy_ids,
-            approvers=rogue_group,
+            group=rogue_group,
             quorum=1,
             owner_may_approve=True,
             expires_at="2099-01-01T00:00:00Z",

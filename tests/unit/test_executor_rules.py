@@ -125,7 +125,7 @@ class TestGuards:
         assert may_shed(view, 1)
         assert not may_shed(view, 2)
         approval = ev.ApprovalRequested(
-            approval_digest="d", policy_digest="p", policy_ids=[], approvers="ops", quorum=1, expires_at="x"
+            approval_digest="d", policy_digest="p", policy_ids=[], group="ops", quorum=1, expires_at="x"
         )
         assert not may_shed(replace(view, approval=approval), 1)
 
@@ -154,7 +154,7 @@ class TestRefusals:
 
     def test_a_mismatched_approval_is_a_final_failure_named_for_it(self) -> None:
         approval = ev.ApprovalRequested(
-            approval_digest="sha256:wrong", policy_digest="p", policy_ids=[], approvers="ops", quorum=1, expires_at="x"
+            approval_digest="sha256:wrong", policy_digest="p", policy_ids=[], group="ops", quorum=1, expires_at="x"
         )
         step = next_step(replace(authorized(False), approval=approval))
         assert isinstance(step, ev.ExecutionFailed) and step.code == "approval_mismatch" and not step.retryable

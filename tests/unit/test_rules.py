@@ -154,7 +154,7 @@ class TestPolicy:
     def test_destructive_asks_for_approval_with_group_quorum_and_digest(self) -> None:
         decision = decide(planned_view(False), compile_bundle(POLICY), now=datetime.now(UTC))
         assert isinstance(decision, ev.ApprovalRequested)
-        assert (decision.approvers, decision.quorum) == ("operators", 2)
+        assert (decision.group, decision.quorum) == ("operators", 2)
         assert decision.approval_digest.startswith("sha256:")
 
     def test_an_approval_request_never_outlives_the_intents_deadline(self) -> None:

@@ -216,11 +216,11 @@ async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str |
         return ReceiptTimeout(plain, intent_id=intent_id)
     if isinstance(request, ApprovalRequested):
         return AwaitingApproval(
-            f"{plain}: it awaits approval by group {request.approvers!r} ({request.quorum} grant"
+            f"{plain}: it awaits approval by group {request.group!r} ({request.quorum} grant"
             f"{'' if request.quorum == 1 else 's'} needed) until {request.expires_at}; an approver of that group"
             f" decides with `writ approvals approve {intent_id} --as NAME` (or deny), then the receipt follows",
             intent_id=intent_id,
-            group=request.approvers,
+            group=request.group,
             quorum=request.quorum,
             expires_at=request.expires_at,
         )

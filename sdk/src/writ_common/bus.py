@@ -93,13 +93,14 @@ class History:
     msg_ids: dict[str, int] = field(default_factory=dict)
 
 
-def msg_id(intent_id: str, event_type: str, attempt: int | str = 0) -> str:
+def msg_id(intent_id: str, event_type: str, occurrence: int | str = 0) -> str:
     """``Nats-Msg-Id`` of an intent event: a re-run handler cannot append it twice.
 
-    ``attempt`` tells apart events of one type that may legitimately repeat: the execution
-    attempt, or for approval decisions the approver and the position decided at.
+    ``occurrence`` tells apart events of one type that may legitimately repeat: the execution
+    attempt's number, or for approval decisions ``approver@position`` (who, and at which point of
+    the history they decided).
     """
-    return f"{intent_id}:{event_type}:{attempt}"
+    return f"{intent_id}:{event_type}:{occurrence}"
 
 
 async def append(
@@ -107,7 +108,7 @@ async def append(
     envelope: Envelope,
     *,
     expected_last_seq: int,
-    attempt: int | str = 0,
+    occurrence: int | str = 0,
     headers: dict[str, str] | None = None,
     settle: float | None = SETTLE_SECONDS,
 ) -> PubAck:
@@ -124,7 +125,7 @@ async def append(
         js: JetStream context.
         envelope: the event; ``agent_id`` and ``intent_id`` name the intent.
         expected_last_seq: stream sequence of the intent's last event as we folded it (0: none).
-        attempt: part of ``Nats-Msg-Id`` for events that may legitimately repeat (attempts).
+        occurrence: part of ``Nats-Msg-Id`` for events that may legitimately repeat (:func:`msg_id`).
         headers: extra headers; ``traceparent`` of the current span is added.
         settle: seconds to keep looking after a lost answer; None: neither look nor judge
             duplicates (an agent's submission: a duplicate is the same intent by construction,
@@ -137,7 +138,7 @@ async def append(
         AppendUnresolved: the answer was lost and ``settle`` seconds of looking did not tell.
     """
     assert envelope.agent_id and envelope.intent_id, "an intent event names its agent and intent"
-    ident = msg_id(envelope.intent_id, envelope.type, attempt)
+    ident = msg_id(envelope.intent_id, envelope.type, occurrence)
     all_headers = inject_headers(dict(headers or {}))
     all_headers["Nats-Msg-Id"] = ident
     all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)

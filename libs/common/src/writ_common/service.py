@@ -236,7 +236,7 @@ class Service:
         trigger: StoredEvent,
         payloads: Sequence[Payload],
         last_seq: int,
-        attempt: int | str = 0,
+        occurrence: int | str = 0,
         *,
         settle: float = SETTLE_SECONDS,
     ) -> list[int]:
@@ -250,7 +250,7 @@ class Service:
                 causation_id=trigger.envelope.id,
                 correlation_id=view.submitted_event.envelope.id if view.submitted_event else trigger.envelope.id,
             )
-            ack = await append(self.js, envelope, expected_last_seq=last_seq, attempt=attempt, settle=settle)
+            ack = await append(self.js, envelope, expected_last_seq=last_seq, occurrence=occurrence, settle=settle)
             last_seq = ack.seq
             seqs.append(ack.seq)
             if code := getattr(payload, "code", None):
@@ -285,10 +285,10 @@ class Service:
             log.warning("%s: fault hook: exiting after append %d, before the ack", self.name, self._appends)
             os._exit(faults.EXIT_CODE)
 
-    def sweep(self, rule: SweepRule, *, attempt: Callable[[IntentView], int | str] = lambda _v: 0) -> None:
+    def sweep(self, rule: SweepRule, *, occurrence: Callable[[IntentView], int | str] = lambda _v: 0) -> None:
         """Nothing stranded: every ``SWEEP_TICK``, end by ``rule`` the open intents past their
         deadline (and ``SWEEP_GRACE``), whatever left them open. Appends are fenced, so every
-        replica may sweep; ``attempt`` names the appended events as the stage's own path does,
+        replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
         so a sweep and a stage deciding the same end store it once."""
         index = OpenIntents()
         tasks: list[asyncio.Task[None]] = []
@@ -301,7 +301,7 @@ class Service:
                     now = datetime.now(UTC)
                     for intent_id, submitted in list(index.open.items()):
                         if past_due(submitted, now):
-                            await self.sweep_one(index, submitted, rule, attempt)
+                            await self.sweep_one(index, submitted, rule, occurrence)
                             log.debug("%s: swept %s", self.name, intent_id)
                 except Exception:
                     log.exception("%s: sweeping for stranded intents failed; next tick tries again", self.name)
@@ -324,7 +324,7 @@ class Service:
         index: OpenIntents,
         submitted: StoredEvent,
         rule: SweepRule,
-        attempt: Callable[[IntentView], int | str],
+        occurrence: Callable[[IntentView], int | str],
     ) -> None:
         agent_id, intent_id = submitted.envelope.agent_id or "", submitted.envelope.intent_id or ""
         for _ in range(FENCE_RETRIES):
@@ -337,7 +337,7 @@ class Service:
             if not payloads:
                 return
             try:
-                await self.append_all(view, submitted, payloads, history.last_seq, attempt(view))
+                await self.append_all(view, submitted, payloads, history.last_seq, occurrence(view))
                 log.warning(
                     "%s: %s was stranded past its deadline; ended it (%s)",
                     self.name,

@@ -100,7 +100,8 @@ class ApprovalRequested(Payload, frozen=True, kw_only=True):
     approval_digest: str
     policy_digest: str
     policy_ids: list[str]
-    approvers: str  # the approver group that may decide
+    # The approver group that may decide (on the wire "approvers", as v1 always said).
+    group: str = msgspec.field(name="approvers")
     quorum: int
     expires_at: str
     owner_may_approve: bool = False

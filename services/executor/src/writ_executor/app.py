@@ -72,7 +72,7 @@ class Executor:
         self.execution.wire()
         # Nothing stranded: an unanswered call past its deadline ends outcome_unknown (non-idempotent)
         # or expired (idempotent), named by its attempt as on_authorized would name it.
-        self.svc.sweep(sweep_execution, attempt=lambda view: view.last_attempt)
+        self.svc.sweep(sweep_execution, occurrence=lambda view: view.last_attempt)
         self.secret_commands.wire()
         self.server_operations.wire()
         self.svc.command("ping", self.ping)

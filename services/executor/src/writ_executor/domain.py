@@ -143,7 +143,7 @@ def approval_mismatch(view: IntentView) -> Refusal | None:
     expected = request_digest(
         view,
         policy_digest=request.policy_digest,
-        approval_group=request.approvers,
+        approval_group=request.group,
         quorum=request.quorum,
         owner_may_approve=request.owner_may_approve,
         expires_at=request.expires_at,

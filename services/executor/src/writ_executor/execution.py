@@ -177,7 +177,7 @@ class Execution:
     ) -> bool:
         """Record a verdict reached without calling the tool; False: the intent moved meanwhile."""
         try:
-            await self.svc.append_all(view, trigger, [answer], last_seq, attempt=attempt)
+            await self.svc.append_all(view, trigger, [answer], last_seq, occurrence=attempt)
         except StaleAppend:
             return False
         return True
@@ -242,7 +242,7 @@ class Execution:
             # answer is resolved by looking for our own event: the call is made once it is known
             # stored, and never when it is not.
             [started_seq] = await self.svc.append_all(
-                view, trigger, [started], last_seq, attempt=attempt, settle=SETTLE_STARTED
+                view, trigger, [started], last_seq, occurrence=attempt, settle=SETTLE_STARTED
             )
         except StaleAppend as exc:
             raise Redeliver(0.0, "the intent moved on before the call started") from exc
@@ -280,7 +280,7 @@ class Execution:
         stale = 0
         while stale < FENCE_RETRIES:
             try:
-                await self.svc.append_all(view, trigger, [result], last_seq, attempt=attempt, settle=SETTLE_OUTCOME)
+                await self.svc.append_all(view, trigger, [result], last_seq, occurrence=attempt, settle=SETTLE_OUTCOME)
                 return True
             except AppendUnresolved as exc:
                 # The bus is away. The outcome is known only here: hold on to it, never let a

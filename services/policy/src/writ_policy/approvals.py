@@ -93,10 +93,10 @@ def objection(view: IntentView, signed: SignedDecision, approver: Approver | Non
             code="bad_signature",
             reason=f"the decision is not signed by approver {approver.approver_id!r}'s registered key",
         )
-    if request.approvers not in approver.groups:
+    if request.group not in approver.groups:
         return Refusal(
             code="not_in_group",
-            reason=f"{approver.approver_id!r} is not in group {request.approvers!r}, which decides this call",
+            reason=f"{approver.approver_id!r} is not in group {request.group!r}, which decides this call",
         )
     if now > parse_time(request.expires_at):
         return Refusal(code="approval_expired", reason=f"the request expired at {request.expires_at}")
@@ -187,15 +187,15 @@ def groups_of(approvers: Mapping[str, Approver], approver_id: str | None) -> tup
 def visible(view: IntentView, groups: tuple[str, ...] | None) -> bool:
     """An open request that ``groups`` may decide (None: any)."""
     request = view.approval
-    return view.approval_pending and request is not None and (groups is None or request.approvers in groups)
+    return view.approval_pending and request is not None and (groups is None or request.group in groups)
 
 
 def hidden_from(view: IntentView, approver_id: str | None, groups: tuple[str, ...] | None) -> Refusal | None:
     """Showing one request: refused to an approver outside the group that decides it."""
     request = view.approval
     assert request is not None
-    if groups is not None and request.approvers not in groups:
-        return Refusal(code="forbidden", reason=f"{approver_id!r} is not in group {request.approvers!r}")
+    if groups is not None and request.group not in groups:
+        return Refusal(code="forbidden", reason=f"{approver_id!r} is not in group {request.group!r}")
     return None
 
 
@@ -225,7 +225,7 @@ def approval_picture(view: IntentView) -> dict[str, Any]:
         "args_digest": planned.args_digest,
         "policy_digest": request.policy_digest,
         "policy_ids": request.policy_ids,
-        "approvers": request.approvers,
+        "approvers": request.group,
         "quorum": request.quorum,
         "owner_may_approve": request.owner_may_approve,
         "granted_by": [g.approver_id for g in view.grants],

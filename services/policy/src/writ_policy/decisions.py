@@ -52,7 +52,7 @@ class Decisions:
         async def deciding(view: IntentView) -> list[ev.Payload]:
             nonlocal group
             payloads = await self.decide_intent(view)
-            group = next((p.approvers for p in payloads if isinstance(p, ev.ApprovalRequested)), None)
+            group = next((p.group for p in payloads if isinstance(p, ev.ApprovalRequested)), None)
             return payloads
 
         appended = await self.svc.run_stage(trigger, "authorize", deciding)

@@ -189,7 +189,7 @@ class ApprovalDesk:
             payloads = approvals.judge(view, cmd, self.approvers.get(cmd.approver_id), now=datetime.now(UTC))
             try:
                 # Many decisions land on one intent: the approver and the position keep their ids apart.
-                await self.svc.append_all(view, trigger, payloads, last_seq, attempt=f"{cmd.approver_id}@{last_seq}")
+                await self.svc.append_all(view, trigger, payloads, last_seq, occurrence=f"{cmd.approver_id}@{last_seq}")
             except StaleAppend:
                 continue
             return approvals.decision_reply(view, payloads)

@@ -282,7 +282,7 @@ def decide(view: IntentView, bundle: Bundle | None, *, now: datetime) -> ev.Payl
             ),
             policy_digest=bundle.digest,
             policy_ids=names,
-            approvers=group,
+            group=group,
             quorum=quorum,
             owner_may_approve=owner_may_approve,
             on_behalf_of=view.submitted.on_behalf_of,

@@ -159,7 +159,7 @@ def _approval_requested(db: sqlite3.Connection, event: StoredEvent, p: ev.Approv
         "INSERT OR IGNORE INTO approvals(intent_id, requested_seq, requested_at, approver_group, quorum,"
         " expires_at, approval_digest, policy_digest, status, granted_by)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]')",
-        (intent_id, event.seq, at, p.approvers, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
+        (intent_id, event.seq, at, p.group, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
     )
     _update(db, intent_id, at, status="awaiting_approval", approval_requested_at=at,
             authorize_ms=ms_between(row.planned_at, at))  # fmt: skip
