@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from test_layering import IO, KIT, ROOT, SDK, imports, modules_of
 
 from stored_events import stored_at
 from writ.sdk import new_intent
@@ -260,3 +261,23 @@ def test_the_state_follows_bundle_shadow_and_canary_and_decides_by_slice() -> No
     promoted = ev.PolicyRolloutPromoted(rollout_id="r1", candidate_digest=new.digest)
     state.apply(stored_at(promoted, 6, NOW, service="policy"))
     assert state.enforced_for(outside) is state.candidates[new.digest]  # promoted: everyone, until published
+
+
+# -- policy's rule modules stay pure ----------------------------------------------------------------
+
+POLICY_RULES = ROOT / "services" / "policy" / "src" / "writ_policy"
+
+
+@pytest.mark.parametrize("module", ["domain", "approvals", "rollout", "state", "whatif", "schema"])
+def test_policys_rule_modules_import_no_io(module: str) -> None:
+    kit_io = {m for m in modules_of(KIT) | modules_of(SDK) if m.split(".")[-1] not in ("stranded", "faults")}
+    own = {f"writ_policy.{m}" for m in ("domain", "approvals", "rollout", "state", "whatif", "schema")}
+    touched = sorted(
+        name
+        for name in imports(POLICY_RULES / f"{module}.py")
+        if name.split(".")[0] in IO
+        or name in kit_io
+        or name.rsplit(".", 1)[0] in kit_io
+        or (name.startswith("writ_policy.") and name not in own)
+    )
+    assert touched == []
