@@ -4,6 +4,7 @@ against the session's real nats-server and Redis (so spans land in an in-memory 
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -108,7 +109,21 @@ async def open_spine(
     finally:
         await nc.close()
         for svc in reversed(services):
-            await svc.stop()
+            await stopped(svc)
+
+
+async def stopped(svc: Service, timeout: float = 45.0) -> None:
+    """Stop ``svc``; a stop that hangs fails here naming the service and every task still waiting
+    (not a module's teardown silently hitting the suite's 300 s timeout)."""
+    stopping = asyncio.ensure_future(svc.stop())
+    done, _ = await asyncio.wait([stopping], timeout=timeout)
+    if not done:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        stopping.cancel()
+        raise AssertionError(f"{svc.name} did not stop within {timeout:g}s; tasks:\n{stacks.getvalue()}")
+    stopping.result()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -47,7 +47,7 @@ from writ_common.envelope import (
 )
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
-from writ_common.intent_consumer import IntentConsumer, Redeliver
+from writ_common.intent_consumer import DRAIN_TIMEOUT, IntentConsumer, Redeliver
 from writ_common.settings import WritSettings
 from writ_common.stranded import expiry, past_due
 from writ_common.streams import ensure_streams
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 FENCE_RETRIES = 8
 SWEEP_TICK = 1.0  # seconds between sweeps for intents left open past their deadline
+STOP_STEP_TIMEOUT = 15.0  # seconds one step of a clean stop may take before it is left behind
 BEHIND_RETRY = 0.5  # seconds before a trigger whose history could not be read fresh comes again
 
 
@@ -411,16 +412,27 @@ class Service:
         # in flight finish before that.
         self._stopping = True
         for drain in self._drains:
-            await drain()
+            await self._stop_step(drain, "draining its consumers", DRAIN_TIMEOUT + 5.0)
         for fn in self._before_stop:
-            with contextlib.suppress(Exception):
-                await fn()
+            await self._stop_step(fn, "a task stopping before the broker")
         self.bus_stats = dict(self.nc.stats)  # what this connection sent and received, for tuning
-        # Stop consuming first, so no handler runs against closed resources.
-        await self.broker.stop()
+        await self._stop_step(self.broker.stop, "stopping the broker")
         for fn in self._shutdown:
-            with contextlib.suppress(Exception):
-                await fn()
+            await self._stop_step(fn, "a shutdown hook")
+
+    async def _stop_step(self, fn: Callable[[], Awaitable[None]], what: str, timeout: float | None = None) -> None:
+        """One step of a stop, bounded: a step that hangs (a tool server that never lets go, a
+        store that never answers) is logged and left behind, so the stop ends and the process
+        can exit; whatever it held is released with the process."""
+        timeout = timeout or STOP_STEP_TIMEOUT
+        step = asyncio.ensure_future(fn())
+        done, _ = await asyncio.wait({step}, timeout=timeout)
+        if not done:
+            log.error("%s: %s (%s) did not finish within %gs; stopping without it", self.name, what, fn, timeout)
+            step.cancel()  # not awaited: a step that ignores cancellation must not hold the stop
+            return
+        if not step.cancelled() and (exc := step.exception()) is not None:
+            log.warning("%s: %s failed while stopping: %s", self.name, what, exc)
 
     async def serve_forever(self) -> None:
         """Run until SIGINT/SIGTERM, then stop cleanly (unacked work is redelivered)."""

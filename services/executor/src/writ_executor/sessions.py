@@ -48,6 +48,7 @@ from writ_common.mcp_client import open_session
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 10.0  # seconds a session has to close (the SDK stops its server within about 4 s)
 T = TypeVar("T")
 # The MCP requests of the governed operations other than tools/call (writ_common.operations), by method.
 _REQUESTS: dict[str, Any] = {
@@ -142,8 +143,12 @@ class _Warm:
 
     async def close(self) -> None:
         self.stop.set()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(self.task, 10)
+        done, _ = await asyncio.wait({self.task}, timeout=CLOSE_TIMEOUT)
+        if not done:
+            # Cancelled, not awaited: asyncio.wait_for would wait for the cancellation to finish,
+            # and a transport stuck in a shielded shutdown would hold the executor's stop forever.
+            log.warning("the session with %r did not close within %gs; left behind", self.server.name, CLOSE_TIMEOUT)
+            self.task.cancel()
 
 
 class SessionPool:
