@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from writ_common import commands, metrics, operations, subjects
 from writ_common import events as ev
 from writ_common.bus import AppendUnresolved, StaleAppend, read_history
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, granted
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent
 from writ_common.errors import Refusal
@@ -400,9 +400,7 @@ class Execution:
             view = fold_intent(history.events)
             if view.submitted_event is None:
                 raise CommandError("not_found", f"no intent {cmd.intent_id!r} for agent {cmd.agent_id!r}")
-            decision = reconcile(view, cmd.outcome, cmd.by, cmd.note, cmd.retry_intent_id)
-            if isinstance(decision, Refusal):
-                raise CommandError.of(decision)
+            decision = granted(reconcile(view, cmd.outcome, cmd.by, cmd.note, cmd.retry_intent_id))
             try:
                 await self.svc.append_all(
                     view, view.terminal or view.submitted_event, [decision], history.last_seq, "reconciled"

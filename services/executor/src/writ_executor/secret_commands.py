@@ -14,7 +14,7 @@ import msgspec
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.commands import CommandError, require_token
+from writ_common.commands import CommandError, refuse_if, require_token
 from writ_common.service import Service
 from writ_executor.known_servers import KnownServers
 from writ_executor.redaction import Redactor, invalid_secret_value
@@ -103,8 +103,7 @@ class SecretCommands:
     async def set_secret(self, body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, SetSecret)
         require_token(cmd.name, code="invalid_secret_name", what="secret name")
-        if (refusal := invalid_secret_value(cmd.value)) is not None:
-            raise CommandError.of(refusal)
+        refuse_if(invalid_secret_value(cmd.value))
         entry = await asyncio.to_thread(store_call, self.store.put, cmd.name, cmd.value)
         await self.audit(ev.SecretSet(name=cmd.name, set_by=cmd.by), "set")
         return {"name": entry.name, "set_at": entry.set_at, "referenced_by": await self.servers.referring_to(cmd.name)}

@@ -13,7 +13,7 @@ from mcp.shared.exceptions import MCPError
 
 from writ_common import commands
 from writ_common import events as ev
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, granted
 from writ_common.errors import Refusal
 from writ_common.mcp_client import discover, root_cause
 from writ_common.service import Service
@@ -89,9 +89,7 @@ class ServerOperations:
         server = msgspec.convert(body, Discover).server
         known = store_call(self.secrets.current)
         redactor = self.secrets.redactor(known)
-        resolved = resolve(server, known)
-        if isinstance(resolved, Refusal):
-            raise CommandError.of(resolved)
+        resolved = granted(resolve(server, known))
         try:
             with self.secrets.stderr() as errlog:
                 tools = await asyncio.wait_for(

@@ -13,7 +13,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from writ_common import subjects
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, refuse_if
 from writ_common.envelope import StoredEvent, utcnow
 from writ_common.ledger_head import sign_head
 from writ_common.service import Service
@@ -137,8 +137,7 @@ class Ledger:
 
     async def views_stats(self, body: dict[str, Any]) -> Any:
         q = msgspec.convert(body, StatsQuery)
-        if (refused := domain.stats_by(q.by)) is not None:
-            raise CommandError.of(refused)
+        refuse_if(domain.stats_by(q.by))
         return {"by": q.by, "rows": await answered(self.views.read(queries.stats, q.by, since=q.since, until=q.until))}
 
     async def views_shadow(self, body: dict[str, Any]) -> Any:

@@ -16,14 +16,12 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects, topology
 from writ_common.bus import direct_get_batch, stored
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.control import ControlFollower
 from writ_common.envelope import UndecodableEvent, decode, parse_time
-from writ_common.errors import Refusal
 from writ_common.service import Service
 from writ_policy import rollout as rules
 from writ_policy.loading import Bundles
-from writ_policy.refusals import refuse
 from writ_policy.rollout import OBSERVED_TYPES, Rollout, RolloutError, Signals, rollout_picture
 from writ_policy.state import PolicyState
 
@@ -74,8 +72,8 @@ class RolloutController:
             raise CommandError("invalid_rollout", str(exc)) from exc
         bundle = await self.bundles.loadable(cmd.cedar)
         await self.policies.ensure_fresh()
-        refuse(rules.blocks(self.state.rollouts, "start another rollout"))
-        refuse(rules.cannot_start(self.state.current_digest, bundle.digest))
+        refuse_if(rules.blocks(self.state.rollouts, "start another rollout"))
+        refuse_if(rules.cannot_start(self.state.current_digest, bundle.digest))
         assert self.state.current is not None
         started = ev.PolicyRolloutStarted(
             rollout_id=uuid.uuid4().hex[:12],
@@ -97,9 +95,7 @@ class RolloutController:
 
     async def status(self, _body: dict[str, Any]) -> Any:
         await self.policies.ensure_fresh()
-        rollout = rules.latest_or_refusal(self.state.rollouts)
-        if isinstance(rollout, Refusal):
-            raise CommandError.of(rollout)
+        rollout = granted(rules.latest_or_refusal(self.state.rollouts))
         live = rollout.active and self.signals.rollout_id == rollout.plan.rollout_id
         watch = self.signals.watch
         return {
@@ -110,12 +106,10 @@ class RolloutController:
 
     async def abort(self, _body: dict[str, Any]) -> Any:
         await self.policies.ensure_fresh()
-        rollout = rules.abortable(self.state.rollouts)
-        if isinstance(rollout, Refusal):
-            raise CommandError.of(rollout)
+        rollout = granted(rules.abortable(self.state.rollouts))
         readings = self.readings_of(rollout) if self.signals.rollout_id == rollout.plan.rollout_id else []
         await self.end(rollout, "rolled_back", "aborted by an operator", readings, by="operator")
-        refuse(rules.abort_lost(self.state.rollouts, rollout))
+        refuse_if(rules.abort_lost(self.state.rollouts, rollout))
         return rollout_picture(self.state.rollouts.latest, [])
 
     # -- the control loop -----------------------------------------------------------------------

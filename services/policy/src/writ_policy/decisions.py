@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import read_history
-from writ_common.commands import CommandError
+from writ_common.commands import granted
 from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent
 from writ_common.errors import Refusal
@@ -100,7 +100,6 @@ class Decisions:
         query = msgspec.convert(body, IntentRef)
         await self.policies.ensure_fresh()
         view = fold_intent((await read_history(self.svc.nc, query.agent_id, query.intent_id)).events)
-        answer = domain.recheck(view, query.intent_id, self.state.enforced_for(view.agent_id), now=datetime.now(UTC))
-        if isinstance(answer, Refusal):
-            raise CommandError.of(answer)
-        return answer
+        return granted(
+            domain.recheck(view, query.intent_id, self.state.enforced_for(view.agent_id), now=datetime.now(UTC))
+        )

@@ -17,14 +17,12 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, read_history, stored
-from writ_common.commands import CommandError
+from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode
-from writ_common.errors import Refusal
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Service
 from writ_policy import approvals, domain
 from writ_policy.approvals import SignedDecision
-from writ_policy.refusals import refuse
 from writ_policy.state import PolicyState
 
 log = logging.getLogger(__name__)
@@ -162,7 +160,7 @@ class ApprovalDesk:
 
     async def decide_as(self, approver_id: str, body: dict[str, Any]) -> Any:
         cmd = msgspec.convert(body, SignedDecision)
-        refuse(approvals.speaks_for(approver_id, cmd.approver_id))
+        refuse_if(approvals.speaks_for(approver_id, cmd.approver_id))
         return await self.decide_signed(cmd)
 
     async def list_mine(self, approver_id: str, body: dict[str, Any]) -> Any:
@@ -185,7 +183,7 @@ class ApprovalDesk:
             await self.directory.ensure_fresh()
         for _ in range(FENCE_RETRIES):
             view, last_seq, trigger = await self.open_view(cmd.intent_id, cmd.agent_id)
-            refuse(approvals.not_open(view, cmd.intent_id))
+            refuse_if(approvals.not_open(view, cmd.intent_id))
             payloads = approvals.judge(view, cmd, self.approvers.get(cmd.approver_id), now=datetime.now(UTC))
             try:
                 # Many decisions land on one intent: the approver and the position keep their ids apart.
@@ -209,21 +207,18 @@ class ApprovalDesk:
         if not intent_id:
             raise CommandError("invalid_request", "show needs an intent_id")
         view, _, _ = await self.open_view(intent_id)
-        refuse(approvals.hidden_from(view, approver_id, groups))
+        refuse_if(approvals.hidden_from(view, approver_id, groups))
         return approvals.approval_picture(view)
 
     async def groups_of(self, approver_id: str | None) -> tuple[str, ...] | None:
         """None: no approver named, everything is visible (an operator's view)."""
         if approver_id is not None and approver_id not in self.approvers:
             await self.directory.ensure_fresh()
-        groups = approvals.groups_of(self.approvers, approver_id)
-        if isinstance(groups, Refusal):
-            raise CommandError.of(groups)
-        return groups
+        return granted(approvals.groups_of(self.approvers, approver_id))
 
 
 def own_query(approver_id: str, body: dict[str, Any]) -> ApprovalQuery:
     """An approver's query; naming anyone else in it is refused, not quietly ignored."""
     query = msgspec.convert(body, ApprovalQuery)
-    refuse(approvals.speaks_for(approver_id, query.approver_id))
+    refuse_if(approvals.speaks_for(approver_id, query.approver_id))
     return query

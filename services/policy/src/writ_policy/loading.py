@@ -17,7 +17,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import StaleAppend, direct_get_batch, last_on_subject, stored
 from writ_common.catalog import Catalog
-from writ_common.commands import CommandError, require_token
+from writ_common.commands import CommandError, granted, refuse_if, require_token
 from writ_common.control import ControlFollower
 from writ_common.envelope import StoredEvent, UndecodableEvent
 from writ_common.errors import Refusal
@@ -25,7 +25,6 @@ from writ_common.fold import fold_intent
 from writ_common.service import Service
 from writ_policy.desk import ApprovalDesk
 from writ_policy.domain import Bundle, PolicyError, check_names, compile_bundle
-from writ_policy.refusals import refuse
 from writ_policy.rollout import blocks, rollout_picture
 from writ_policy.schema import cedar_schema, validation_errors
 from writ_policy.state import PolicyState
@@ -103,7 +102,7 @@ class Bundles:
         if cmd.shadow:
             return await self.publish_shadow(bundle)
         await self.policies.ensure_fresh()
-        refuse(blocks(self.state.rollouts, "load a bundle for every agent"))
+        refuse_if(blocks(self.state.rollouts, "load a bundle for every agent"))
         await self.publish(bundle)
         return {"policy_digest": bundle.digest, "policy_ids": sorted(bundle.names.values())}
 
@@ -172,9 +171,7 @@ class Bundles:
         cmd = msgspec.convert(body, Simulate)
         bundle, errors = await self.candidate(cmd.cedar)
         now = datetime.now(UTC)
-        scope = scope_of(cmd, now)
-        if isinstance(scope, Refusal):
-            raise CommandError.of(scope)
+        scope = granted(scope_of(cmd, now))
         if cmd.agent is not None:
             require_token(cmd.agent, code="invalid_agent_id", what="agent id")
         await self.policies.ensure_fresh()
