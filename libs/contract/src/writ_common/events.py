@@ -480,6 +480,54 @@ class ConcurrencyReverted(LimitVerdict, frozen=True, kw_only=True):
     to_limit: int
 
 
+class AdmissionSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """One route's (``server/tool``) calls over a window, as the executor's admission measured them."""
+
+    calls: int  # calls that reached the tool and were answered (or failed) in the window
+    overloaded: int  # calls answered ``overloaded`` (refused) in the window
+    throughput: float  # calls per second, from the first call's end to the last's
+    p50_ms: float | None = None
+    p99_ms: float | None = None  # what a verdict judges by
+    target_ms: float | None = None  # the latency bound the limiter held calls to (None: no call yet)
+    peak_in_flight: int = 0  # the most calls the route had in flight at once
+
+
+class AdmissionAdjusted(Payload, frozen=True, kw_only=True):
+    """A route's admission limit moved and is recorded: ``signals`` is what moved it (the window
+    before, the baseline its verdict is judged against); an ``executor.admission_verified`` or
+    ``executor.admission_reverted`` follows."""
+
+    server: str
+    tool: str
+    old_limit: int
+    new_limit: int
+    signals: AdmissionSignals
+    reason: str = ""
+
+
+class AdmissionVerdict(Payload, frozen=True, kw_only=True):
+    """What a route's limit change came to: the signals before it (``baseline``) and since (``after``)."""
+
+    server: str
+    tool: str
+    baseline: AdmissionSignals
+    after: AdmissionSignals
+    reason: str = ""
+
+
+class AdmissionVerified(AdmissionVerdict, frozen=True, kw_only=True):
+    """The route's adjusted limit is kept: measured since the change, it did not make things worse."""
+
+    limit: int
+
+
+class AdmissionReverted(AdmissionVerdict, frozen=True, kw_only=True):
+    """The route's adjusted limit made things worse than the baseline; the previous one is back."""
+
+    from_limit: int
+    to_limit: int
+
+
 DecisionKind = Literal["allow", "approval", "deny"]
 
 
@@ -581,6 +629,9 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("executor.limit_adjusted", 1): ConcurrencyAdjusted,
     ("executor.limit_verified", 1): ConcurrencyVerified,
     ("executor.limit_reverted", 1): ConcurrencyReverted,
+    ("executor.admission_adjusted", 1): AdmissionAdjusted,
+    ("executor.admission_verified", 1): AdmissionVerified,
+    ("executor.admission_reverted", 1): AdmissionReverted,
     ("policy.rollout_started", 1): PolicyRolloutStarted,
     ("policy.rollout_promoted", 1): PolicyRolloutPromoted,
     ("policy.rollout_rolled_back", 1): PolicyRolloutRolledBack,

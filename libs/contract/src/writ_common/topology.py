@@ -109,6 +109,15 @@ ROUTES: tuple[Route, ...] = (
         )
         for step in ("adjusted", "verified", "reverted")
     ),
+    *(
+        _control(
+            f"executor.admission_{step}",
+            subjects.EXECUTOR_STREAM,
+            subjects.admission_subject("{server}", step),
+            "executor",
+        )
+        for step in ("adjusted", "verified", "reverted")
+    ),
     _control("secret.set", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "set"), "executor"),
     _control("secret.deleted", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "deleted"), "executor"),
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
