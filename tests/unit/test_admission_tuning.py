@@ -87,6 +87,13 @@ def test_nothing_is_recorded_while_the_limit_has_not_moved() -> None:
     assert changes(AdmissionRecord(), {ROUTE: 8}, book_of(start=0, calls=20, ms=100.0), 10) == []
 
 
+def test_a_raise_waits_for_enough_calls_a_cut_does_not() -> None:
+    few = book_of(start=0, calls=4, ms=100.0)
+    assert changes(AdmissionRecord(), {ROUTE: 9}, few, 10) == []
+    (cut,) = changes(AdmissionRecord(), {ROUTE: 4}, few, 10)
+    assert isinstance(cut, ev.AdmissionAdjusted) and cut.new_limit == 4
+
+
 def test_one_change_at_a_time_per_route_and_no_raise_past_it_while_it_is_verified() -> None:
     change = adjusted(8, 10, book_of(start=0, calls=20, ms=100.0))
     record = fold((change, 10))
@@ -104,7 +111,7 @@ def test_a_cooldown_after_each_verdict_then_the_next_move() -> None:
     record = fold((change, 10), (kept, 21))
     assert changes(record, {ROUTE: 12}, book, 25) == [], "cooling down"
     assert memory_bounds(record, ROUTE, TUNING, at(25)) == (1, 10), "no raise in memory while cooling down"
-    (after,) = changes(record, {ROUTE: 12}, book, 32)
+    (after,) = changes(record, {ROUTE: 12}, book_of(start=22, calls=20, ms=100.0, book=book), 32)
     assert isinstance(after, ev.AdmissionAdjusted) and (after.old_limit, after.new_limit) == (10, 12)
 
 

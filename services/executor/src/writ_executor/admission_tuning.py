@@ -6,8 +6,9 @@ act at once, before the next wave of calls). What persists is recorded here, at 
 route per tick, summarising the move since the route's last recorded limit:
 
 * **Bounded input**: a recorded raise moves the limit by at most ``max_step`` (the limiter may not
-  raise past it in memory either); a cut is recorded where the limiter put it (it is already
-  bounded by the limiter: at least x0.5 per round trip, never below the minimum).
+  raise past it in memory either) and waits for at least ``MIN_CALLS`` calls in its window; a cut
+  is recorded where the limiter put it (it is already in force, and bounded by the limiter: at
+  least x0.5 per round trip, never below the minimum).
 * **One change at a time per route**: while a change waits for its verdict, the limiter may cut
   (safety first) but not raise past the change; after a verdict, a cooldown in which the limiter
   may not raise at all (and, after a reverted cut, not cut below the reverted-to limit either).
@@ -209,6 +210,8 @@ def next_changes(
         if new == old:
             continue
         signals = book.signals(route, now - window, now, target)
+        if new > old and signals.calls < MIN_CALLS:
+            continue  # a raise waits for calls to show it is safe (a cut, already in force, does not)
         server, _, tool = route.partition("/")
         changes.append(
             ev.AdmissionAdjusted(
