@@ -140,16 +140,16 @@ class WritSettings(BaseSettings):
         default=100, ge=0, description="Least retry-after given with an `overloaded` answer"
     )
     admission_max_step: int = Field(
-        default=4, ge=1, description="A recorded raise of a route's limit moves it by at most this many calls"
+        default=8, ge=1, description="A recorded raise of a route's limit moves it by at most this many calls"
     )
     admission_verify_seconds: float = Field(
-        default=30.0,
+        default=10.0,
         gt=0.0,
         description="A recorded change of a route's limit is judged on this long of calls after it,"
         " against as long before it",
     )
     admission_cooldown_seconds: float = Field(
-        default=30.0, ge=0.0, description="After a route's verdict, this long before its limit is recorded again"
+        default=5.0, ge=0.0, description="After a route's verdict, this long before its limit is recorded again"
     )
     admission_verify_tolerance: float = Field(
         default=0.2,

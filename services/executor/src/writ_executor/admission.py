@@ -104,7 +104,7 @@ class Admission:
 
     def release(self, ticket: Ticket) -> None:
         limiter = self.limits.of(ticket.route)
-        if ticket.rtt_ms is not None:
+        if ticket.rtt_ms is not None and self.enabled:
             self.book.record_call(ticket.route, datetime.now(UTC), ticket.rtt_ms, limiter.in_flight)
         adjustment = limiter.release(ticket.rtt_ms, time.monotonic())
         metrics.ADMISSION_IN_FLIGHT.labels(ticket.route).set(limiter.in_flight)

@@ -33,6 +33,7 @@ from writ_common import events as ev
 from writ_common.envelope import StoredEvent, parse_time
 
 MIN_CALLS = 5  # a baseline or a verdict over fewer calls says nothing
+BOOK_SIZE = 20_000  # calls (and refusals) kept per route: enough for any window at hundreds of calls/s
 
 Change = ev.AdmissionAdjusted | ev.AdmissionVerified | ev.AdmissionReverted
 
@@ -69,10 +70,10 @@ class RouteBook:
     refused: dict[str, deque[datetime]] = field(default_factory=dict)
 
     def record_call(self, route: str, at: datetime, rtt_ms: float, in_flight: int) -> None:
-        self.calls.setdefault(route, deque()).append((at, rtt_ms, in_flight))
+        self.calls.setdefault(route, deque(maxlen=BOOK_SIZE)).append((at, rtt_ms, in_flight))
 
     def record_refused(self, route: str, at: datetime) -> None:
-        self.refused.setdefault(route, deque()).append(at)
+        self.refused.setdefault(route, deque(maxlen=BOOK_SIZE)).append(at)
 
     def prune(self, before: datetime) -> None:
         for calls in self.calls.values():
