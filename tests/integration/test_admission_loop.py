@@ -1,7 +1,7 @@
 """The admission loop against the real services, nats-server and an MCP server: a route's limit
 raised in memory on good latency is recorded as an event (signal, old and new value, baseline);
 a restarted executor resumes it from the log; the calls then become slower and no more go
-through, and the loop reverts the raise with an event saying why.
+through, and the loop reverts the raise with an event saying why; the Plane page lists both.
 
 The callers set the tool's latency themselves (``paced/parallel``), so the test drives the loop's
 mechanics (record, resume, verify, revert) deterministically; how the rules judge is unit-tested
@@ -24,6 +24,7 @@ from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_executor.admission import Admission
 from writ_executor.admission_loop import AdmissionLoop
+from writ_ledger.plane import PlaneReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -78,6 +79,16 @@ async def resumed_limit(nats_server: str, nc_spine: Spine) -> int:
         await loop.follower.stop()
 
 
+async def plane_loop_changes(spine: Spine, nats_server: str) -> list[dict[str, object]]:
+    reader = PlaneReader(spine.nc, WritSettings(nats_url=nats_server))
+    await reader.start()
+    try:
+        rows: list[dict[str, object]] = (await reader.read())["loop_changes"]
+        return rows
+    finally:
+        await reader.stop()
+
+
 async def test_a_raise_is_recorded_resumed_and_reverted_when_it_made_calls_slower(
     admitted: Spine, nats_server: str
 ) -> None:
@@ -116,3 +127,6 @@ async def test_a_raise_is_recorded_resumed_and_reverted_when_it_made_calls_slowe
     assert reverted.after.p99_ms > adjusted.signals.p99_ms
     assert "slower, and no more calls went through" in reverted.reason
     assert metrics.ADMISSION_LIMIT.labels(ROUTE)._value.get() == 4, "the executor's limit is back"
+    rows = await plane_loop_changes(admitted, nats_server)
+    shown = [(r["step"], r["from"], r["to"]) for r in rows if r["of"] == ROUTE]
+    assert shown == [("reverted", 5, 4), ("adjusted", 4, 5)], "the Plane page lists both, newest first"
