@@ -10,6 +10,8 @@ import pytest
 
 from stored_events import stored_at
 from writ_common import events as ev
+from writ_common.settings import WritSettings
+from writ_executor.admission import limiter_config
 from writ_executor.admission_tuning import (
     AdmissionRecord,
     AdmissionTuning,
@@ -192,3 +194,9 @@ def test_the_limiter_moves_only_within_the_loops_floor_and_ceiling() -> None:
     limiter.try_acquire()
     cut = limiter.release(900.0, now=2.0)
     assert cut is not None and cut.new < 4 and limiter.target_ms == 150.0
+
+
+def test_a_route_may_use_what_its_server_may_be_raised_to() -> None:
+    assert limiter_config(WritSettings(executor_per_server=1)).maximum == 1
+    assert limiter_config(WritSettings(executor_per_server=1, executor_per_server_max=2)).maximum == 2
+    assert limiter_config(WritSettings(executor_per_server=64, executor_per_server_max=128)).maximum == 32

@@ -113,7 +113,8 @@ class WritSettings(BaseSettings):
     admission_max_limit: int = Field(
         default=32,
         ge=1,
-        description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER)",
+        description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER,"
+        " or EXECUTOR_PER_SERVER_MAX when set)",
     )
     admission_tolerance: float = Field(
         default=1.5, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def limiter_config(settings: WritSettings) -> LimiterConfig:
-    maximum = min(settings.admission_max_limit, settings.executor_per_server)
+    # A route never has more calls in flight than its server may run: the server's ceiling when the
+    # concurrency loop may raise it (under its floor, a route could never show the loop saturation).
+    per_server = max(settings.executor_per_server, settings.executor_per_server_max or 0)
+    maximum = min(settings.admission_max_limit, per_server)
     return LimiterConfig(
         initial=settings.admission_initial_limit,
         minimum=min(settings.admission_min_limit, maximum),
