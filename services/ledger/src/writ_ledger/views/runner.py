@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import time
@@ -151,6 +152,20 @@ class Views:
                 self.pulse.beat()
             elif event.seq > position:
                 await self._catch_up(stream, self.store)
+
+    async def apply_live_batch(self, stream: str, events: list[StoredEvent]) -> None:
+        """Events just consumed, in stream order: the run that follows the position is applied in
+        one transaction (a WAL commit per batch, not per event); after a gap, read up to it."""
+        async with self._lock:
+            position = self.store.position(stream)
+            run = [(e.seq, e) for e in events if e.seq > position]
+            if not run:
+                return
+            if run[0][0] != position + 1 or any(b[0] != a[0] + 1 for a, b in itertools.pairwise(run)):
+                await self._catch_up(stream, self.store)  # a gap (e.g. an invalid event): from the log
+                return
+            self.store.apply(stream, run)
+            self.pulse.beat()
 
     async def catch_up(self, stream: str) -> int:
         async with self._lock:
