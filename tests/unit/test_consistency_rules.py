@@ -242,3 +242,25 @@ class TestTheSweepersIndex:
     def test_each_filter_names_one_event_type_of_every_intent(self) -> None:
         assert type_filter("intent.submitted") == "writ.intent.*.*.submitted"
         assert type_filter("execution.succeeded") == "writ.intent.*.*.execution_succeeded"
+
+
+class TestOneNamePerStage:
+    """The fold, the views, the SDK and the gateway's progress name a stage from one table."""
+
+    def test_the_fold_shows_each_stage_reached_by_its_name_in_the_table(self) -> None:
+        intent = sign_intent(new_intent("bot", "t", {}), KEY)
+        approval = ev.ApprovalRequested(
+            approval_digest="d", policy_digest="p", policy_ids=[], group="ops", quorum=1, expires_at="x"
+        )
+        later: list[ev.Payload] = [
+            ev.IntentAuthenticated(key_id="k"),
+            ev.IntentPlanned(
+                server="s", tool="t", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations(idempotent=True)
+            ),
+            approval,
+            ev.IntentAuthorized(policy_digest="p", policy_ids=[]),
+            started(1),
+        ]
+        shown = [view_of(intent, *later[:n]).status for n in range(len(later) + 1)]
+        assert shown == list(ev.STAGE_STATUS.values())
+        assert list(ev.STAGE_STATUS) == ["intent.submitted", *(ev.EVENT_TYPE[type(p)] for p in later)]
