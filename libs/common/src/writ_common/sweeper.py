@@ -23,7 +23,7 @@ from nats.aio.client import Client
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import direct_get_batch, stored
+from writ_common.bus import pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
 log = logging.getLogger(__name__)
@@ -67,22 +67,13 @@ class OpenIntents:
         self.ended = {i: seq for i, seq in self.ended.items() if seq >= submitted_read}
 
     async def _follow(self, nc: Client, event_type: str) -> None:
-        while True:
-            msgs = await direct_get_batch(
-                nc,
-                subjects.INTENTS_STREAM,
-                type_filter(event_type),
-                start_seq=self._next_seq[event_type],
-                batch=FETCH,
-                limit=FETCH,
-            )
+        after = self._next_seq[event_type] - 1
+        async for msgs in pages_after(nc, subjects.INTENTS_STREAM, type_filter(event_type), after, page=FETCH):
             for msg in msgs:
                 with contextlib.suppress(UndecodableEvent):  # forged or malformed: opens, closes nothing
                     self.note(stored(msg))
                 seq = int((msg.headers or {}).get("Nats-Sequence", "0"))
                 self._next_seq[event_type] = max(self._next_seq[event_type], seq + 1)
-            if len(msgs) < FETCH:
-                return
 
     def note(self, event: StoredEvent) -> None:
         """One followed event, read in its filter's order (any order across filters)."""

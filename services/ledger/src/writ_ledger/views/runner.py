@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from writ_common import metrics, subjects
-from writ_common.bus import direct_get_batch, stored
+from writ_common.bus import direct_get_batch, pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.sse import Pulse
 from writ_ledger.views.queries import QueryError, open_reader
@@ -173,14 +173,10 @@ class Views:
 
     async def _catch_up(self, stream: str, store: ViewStore) -> int:
         applied = 0
-        while True:
-            msgs = await direct_get_batch(
-                self.nc, stream, STREAMS[stream], start_seq=store.position(stream) + 1, batch=PAGE, limit=PAGE
-            )
-            if not msgs:
-                return applied
+        async for msgs in pages_after(self.nc, stream, STREAMS[stream], store.position(stream), page=PAGE):
             applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
             self.pulse.beat()
+        return applied
 
     async def snapshot(self) -> dict[str, Any]:
         """Catch every stream up to its head, then the digest of the tables and the positions it
