@@ -92,9 +92,11 @@ def new_intent(
     on_behalf_of: str | None = None,
     deadline_seconds: float = 300.0,
     operation: str = CALL_TOOL,
+    via: str | None = None,
 ) -> IntentSubmitted:
     """An unsigned intent with a fresh nonce, issue time and deadline; ``operation`` other than
-    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``."""
+    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``; ``via``
+    says who signs for the caller (the gateway, for an MCP client holding no key)."""
     now = datetime.now(UTC)
     return IntentSubmitted(
         agent_id=agent_id,
@@ -106,6 +108,7 @@ def new_intent(
         issued_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         nonce=secrets.token_urlsafe(16),
         operation=operation,
+        via=via,
     )
 
 
@@ -305,6 +308,7 @@ class WritAgent:
         deadline_seconds: float = 300.0,
         caused_by: str | None = None,
         operation: str = CALL_TOOL,
+        via: str | None = None,
     ) -> Submission:
         """Sign and submit an intent; returns its id (the same id for the same idempotency key).
 
@@ -319,6 +323,7 @@ class WritAgent:
             on_behalf_of=on_behalf_of,
             deadline_seconds=deadline_seconds,
             operation=operation,
+            via=via,
         )
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 

@@ -37,6 +37,7 @@ async def serve(
     on_behalf_of: str | None,
     timeout: float,
     deadline: float | None,
+    token_file: Path | None,
 ) -> None:
     from writ.gateway.server import CallOptions, Gateway, log, serve_http, serve_stdio
     from writ.sdk import WritAgent
@@ -56,7 +57,10 @@ async def serve(
     gateway = Gateway(
         writ_agent,
         CallOptions(
-            on_behalf_of=on_behalf_of, timeout=timeout, deadline_seconds=deadline or cfg.default_deadline_seconds
+            on_behalf_of=on_behalf_of,
+            timeout=timeout,
+            deadline_seconds=deadline or cfg.default_deadline_seconds,
+            via="writ-gateway/stdio" if http_port is None else "writ-gateway/http",
         ),
     )
     try:
@@ -64,9 +68,31 @@ async def serve(
             log(f"MCP over stdio, calling tools as agent {agent!r}")
             await serve_stdio(gateway)
         else:
-            await serve_http(gateway, http_port, lambda url: log(f"MCP at {url}, calling tools as agent {agent!r}"))
+            token = bearer_token(token_file)
+            if token is None:
+                asked = "no bearer token asked (--no-token): any local process can call tools as the agent"
+            else:
+                asked = f"clients send Authorization: Bearer <the token in {token_file}>"
+            await serve_http(
+                gateway,
+                http_port,
+                lambda url: log(f"MCP at {url}, calling tools as agent {agent!r}; {asked}"),
+                token=token,
+            )
     finally:
         await writ_agent.nc.close()
+
+
+def bearer_token(token_file: Path | None) -> str | None:
+    """The token HTTP clients must send (made on first use, 0600); None: ``--no-token``."""
+    from writ.gateway.auth import load_or_create_token
+
+    if token_file is None:
+        return None
+    try:
+        return load_or_create_token(token_file)
+    except (OSError, ValueError) as exc:
+        fail("invalid_token_file", str(exc))
 
 
 async def _quiet(_exc: Exception) -> None:
@@ -97,6 +123,19 @@ def gateway(
     bus_creds: Annotated[
         Path | None, typer.Option(help="The agent's bus credential (default: <data>/keys/agents/AGENT.creds)")
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="HTTP: the bearer token every request must carry, made on first use (0600)"
+            " (default: <data>/keys/agents/AGENT.gateway-token)"
+        ),
+    ] = None,
+    no_token: Annotated[
+        bool,
+        typer.Option(
+            "--no-token", help="HTTP: ask no bearer token (any local process can then call tools as the agent)"
+        ),
+    ] = False,
 ) -> None:
     """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
 
@@ -107,8 +146,15 @@ def gateway(
     A call pending after --timeout (e.g. awaiting approval) answers isError with its intent id.
 
     Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
+
+    HTTP: every request carries Authorization: Bearer TOKEN (the token file, made on first use, 0600).
     """
+    from writ.gateway.auth import gateway_token_path
+
     cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_creds))
+    if no_token and token_file is not None:
+        report(lambda: fail("invalid_token_file", "pass --token-file or --no-token, not both"))
+    token_path = None if no_token or http is None else token_file or gateway_token_path(cfg.data_dir, agent)
     run(
         serve(
             cfg,
@@ -118,5 +164,6 @@ def gateway(
             on_behalf_of=on_behalf_of,
             timeout=timeout,
             deadline=deadline,
+            token_file=token_path,
         )
     )

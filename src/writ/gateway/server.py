@@ -67,6 +67,7 @@ class CallOptions:
     on_behalf_of: str | None
     timeout: float  # seconds a call waits for its receipt
     deadline_seconds: float  # the intent's own deadline, however long the caller waits
+    via: str = "writ-gateway/stdio"  # said in every intent and its receipt: the gateway signed for the client
 
 
 class Gateway:
@@ -229,6 +230,7 @@ class Gateway:
                 idempotency_key=key,
                 on_behalf_of=self.options.on_behalf_of,
                 deadline_seconds=self.options.deadline_seconds,
+                via=self.options.via,
             )
         except ValueError as exc:  # outside canonical JSON, so it cannot be signed
             return refusal_result("invalid_arguments", str(exc), key)
@@ -377,6 +379,7 @@ class Gateway:
                 on_behalf_of=self.options.on_behalf_of,
                 deadline_seconds=self.options.deadline_seconds,
                 operation=operation,
+                via=self.options.via,
             )
             receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
         except ValueError as exc:
@@ -453,12 +456,17 @@ async def serve_stdio(gateway: Gateway) -> None:
         tasks.cancel_scope.cancel()
 
 
-async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
+async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None], *, token: str | None) -> None:
     """Serve MCP over streamable HTTP on 127.0.0.1:``port`` (0: any free port) until interrupted;
-    ``on_listening`` gets the endpoint's URL once the port is bound."""
+    ``on_listening`` gets the endpoint's URL once the port is bound. Every request must carry
+    ``Authorization: Bearer <token>`` (``token`` None: none asked, by the operator's explicit choice)."""
     import uvicorn
 
-    app = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    from writ.gateway.auth import BearerToken
+
+    app: Any = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    if token is not None:
+        app = BearerToken(app, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # loopback only: whoever reaches the port calls tools as the agent

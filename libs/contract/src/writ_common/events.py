@@ -32,15 +32,20 @@ class IntentSubmitted(Payload, frozen=True, kw_only=True):
     issued_at: str
     nonce: str
     operation: str = "call_tool"
+    # Who signed for the caller, when not the agent's own code: ``writ-gateway/http`` (a remote MCP
+    # client holding only the gateway's bearer token), ``writ-gateway/stdio``.
+    via: str | None = None
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
         """What the agent signs: every field but the signature itself; ``operation`` only when it is
-        not ``call_tool`` (so a tool call signs the same fields it always did)."""
+        not ``call_tool`` and ``via`` only when set (so a tool call signs the fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
@@ -526,17 +531,21 @@ class Receipt(Payload, frozen=True, kw_only=True):
     ledger_key_id: str
     prev_hash: str
     operation: str = "call_tool"  # the intent's operation (read_resource, get_prompt, ...)
+    via: str | None = None  # who signed the intent for the caller (IntentSubmitted.via)
     receipt_hash: str = ""
     signature: str = ""
 
     def hashed_fields(self) -> dict[str, Any]:
         """The body the hash covers: everything but the hash and the signature; ``operation`` only
-        when it is not ``call_tool`` (so a tool call's receipt hashes the fields it always did)."""
+        when it is not ``call_tool`` and ``via`` only when set (so a tool call's receipt hashes the
+        fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("receipt_hash", None)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
