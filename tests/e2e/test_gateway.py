@@ -437,3 +437,10 @@ async def test_a_local_process_without_the_gateway_token_cannot_call_tools_as_it
             assert answer.status_code == 401 and token not in answer.text, (what, answer.status_code)
         admitted = await http.post(http_gateway, json=call, headers={**accept, "Authorization": f"Bearer {token}"})
     assert admitted.status_code == 200, admitted.text
+
+
+async def test_a_naming_the_gateway_cannot_use_is_refused_before_it_serves(setup: Setup) -> None:
+    writ = cli(setup.plane)
+    for alias, said in (("nope", "write --alias SERVER=ALIAS"), ("a=c.r", "no '.'")):
+        refused = await asyncio.to_thread(writ, "gateway", "--as", setup.agent, "--alias", alias)
+        assert refused.exit_code == 1 and "invalid_alias" in refused.output and said in refused.output, refused.output

@@ -12,6 +12,7 @@ from writ.cli.base import connect, fail, report, run, settings
 if TYPE_CHECKING:
     from nacl.signing import SigningKey
 
+    from writ.gateway.translate import Naming
     from writ_common.settings import WritSettings
 
 
@@ -38,6 +39,7 @@ async def serve(
     timeout: float,
     deadline: float | None,
     token_file: Path | None,
+    naming: Naming,
 ) -> None:
     from writ.gateway.server import CallOptions, Gateway, log, serve_http, serve_stdio
     from writ.sdk import WritAgent
@@ -61,6 +63,7 @@ async def serve(
             timeout=timeout,
             deadline_seconds=deadline or cfg.default_deadline_seconds,
             via="writ-gateway/stdio" if http_port is None else "writ-gateway/http",
+            naming=naming,
         ),
     )
     try:
@@ -81,6 +84,19 @@ async def serve(
             )
     finally:
         await writ_agent.nc.close()
+
+
+def configured_naming(prefixed: bool, aliases: list[str]) -> Naming:
+    """``--prefixed`` and ``--alias SERVER=ALIAS`` as the gateway's naming, or a clear refusal."""
+    from writ.gateway.translate import Naming
+
+    pairs = [a.partition("=") for a in aliases]
+    if bad := [a for a, (server, eq, name) in zip(aliases, pairs, strict=True) if not (server and eq and name)]:
+        fail("invalid_alias", f"{bad[0]!r}: write --alias SERVER=ALIAS")
+    naming = Naming(prefixed=prefixed, aliases={server: name for server, _eq, name in pairs})
+    if (why := naming.refusal()) is not None:
+        fail("invalid_alias", why)
+    return naming
 
 
 def bearer_token(token_file: Path | None) -> str | None:
@@ -130,6 +146,14 @@ def gateway(
             " (default: <data>/keys/agents/AGENT.gateway-token)"
         ),
     ] = None,
+    prefixed: Annotated[
+        bool,
+        typer.Option("--prefixed", help="Name every tool SERVER.TOOL, so no name changes when a server is added"),
+    ] = False,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(metavar="SERVER=ALIAS", help="List SERVER's tools as ALIAS.TOOL where prefixed (repeatable)"),
+    ] = None,
     no_token: Annotated[
         bool,
         typer.Option(
@@ -147,10 +171,13 @@ def gateway(
 
     Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
 
+    Names: --prefixed lists every tool as SERVER.TOOL; --alias SERVER=ALIAS uses ALIAS as SERVER's prefix.
+
     HTTP: every request carries Authorization: Bearer TOKEN (the token file, made on first use, 0600).
     """
     from writ.gateway.auth import gateway_token_path
 
+    naming = report(lambda: configured_naming(prefixed, alias or []))
     cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_creds))
     if no_token and token_file is not None:
         report(lambda: fail("invalid_token_file", "pass --token-file or --no-token, not both"))
@@ -165,5 +192,6 @@ def gateway(
             timeout=timeout,
             deadline=deadline,
             token_file=token_path,
+            naming=naming,
         )
     )

@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
     Listing,
+    Naming,
     Offered,
     call_result,
     idempotency_key,
@@ -38,6 +39,7 @@ from writ.gateway.translate import (
     pending_result,
     receipt_meta,
     refusal_result,
+    renamed,
     upstream_error,
     writ_tool_name,
 )
@@ -68,6 +70,7 @@ class CallOptions:
     timeout: float  # seconds a call waits for its receipt
     deadline_seconds: float  # the intent's own deadline, however long the caller waits
     via: str = "writ-gateway/stdio"  # said in every intent and its receipt: the gateway signed for the client
+    naming: Naming = field(default_factory=Naming)  # how tools are named for clients
 
 
 class Gateway:
@@ -117,8 +120,12 @@ class Gateway:
         return types.ListToolsResult(tools=listed.tools)
 
     async def refresh_listing(self) -> Listing:
-        """The registry's accepted tools as listed now (and remembered for tools/call)."""
-        self.listing = listing(await self._registry_tools())
+        """The registry's accepted tools as listed now (and remembered for tools/call). A tool
+        whose name changed (a second server now offers its bare name) is said in the log."""
+        before = self.listing
+        self.listing = listing(await self._registry_tools(), self.options.naming)
+        for writ_name, old, new in renamed(before, self.listing):
+            log(f"{writ_name} is listed as {new!r} now, not {old!r}: another server offers a tool of that name")
         return self.listing
 
     async def writ_name(self, mcp_name: str) -> str:
