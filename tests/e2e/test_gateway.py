@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -25,6 +26,7 @@ from plane_reads import as_operator, stored_on
 
 from cli_runner import TIME_SERVER, Writ, cli
 from writ.cli.base import default_policy
+from writ.gateway.auth import gateway_token_path
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt
 from writ_common import commands, subjects
@@ -362,6 +364,17 @@ def http_gateway(setup: Setup) -> Iterator[str]:
         yield url
 
 
+def gateway_token(setup: Setup) -> str:
+    """The bearer token the HTTP gateway made for its agent (0600 beside the agent's key)."""
+    path = gateway_token_path(setup.plane.data_dir, setup.agent)
+    assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+    return path.read_text().strip()
+
+
+def authorized_client(token: str) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=300.0))
+
+
 @contextmanager
 def serving_http(setup: Setup) -> Iterator[str]:
     """`writ gateway --as AGENT --http 0` in its own process, stopped on exit; the URL it listens at."""
@@ -382,7 +395,11 @@ def serving_http(setup: Setup) -> Iterator[str]:
 
 async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str) -> None:
     assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
-    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+    async with (
+        authorized_client(gateway_token(setup)) as http,
+        streamable_http_client(http_gateway, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         listed = await listed_by_writ_name(session)
         result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
@@ -392,3 +409,38 @@ async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str)
     assert result.structured_content is not None and result.structured_content["timezone"] == "Asia/Tokyo"
     receipt = await operator_receipt(setup.plane, intent_of(result))
     assert receipt.agent_id == setup.agent and receipt.status == "succeeded"
+    assert receipt.via == "writ-gateway/http"  # the gateway signed for a client that holds no key
+
+
+async def test_a_local_process_without_the_gateway_token_cannot_call_tools_as_its_agent(
+    setup: Setup, http_gateway: str
+) -> None:
+    """Attack: any process on the machine (or a page in a local browser) posts to the loopback
+    gateway, which signs with the agent's key. Without the bearer token it reaches nothing."""
+    call = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+            "capabilities": {}, "clientInfo": {"name": "intruder", "version": "0"}}}  # fmt: skip
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(timeout=10.0) as http:
+        guessed = {"no token": {}, "a wrong token": {"Authorization": "Bearer " + "x" * 43}}
+        for what, headers in guessed.items():
+            answer = await http.post(http_gateway, json=call, headers={**accept, **headers})
+            assert answer.status_code == 401, (what, answer.status_code, answer.text)
+            assert answer.json()["error"] == "unauthorized"
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+        token = gateway_token(setup)
+        misused = {
+            "the token without the scheme": {"Authorization": token},
+            "as basic": {"Authorization": f"Basic {token}"},
+        }
+        for what, headers in misused.items():
+            answer = await http.post(http_gateway, json=call, headers={**accept, **headers})
+            assert answer.status_code == 401 and token not in answer.text, (what, answer.status_code)
+        admitted = await http.post(http_gateway, json=call, headers={**accept, "Authorization": f"Bearer {token}"})
+    assert admitted.status_code == 200, admitted.text
+
+
+async def test_a_naming_the_gateway_cannot_use_is_refused_before_it_serves(setup: Setup) -> None:
+    writ = cli(setup.plane)
+    for alias, said in (("nope", "write --alias SERVER=ALIAS"), ("a=c.r", "no '.'")):
+        refused = await asyncio.to_thread(writ, "gateway", "--as", setup.agent, "--alias", alias)
+        assert refused.exit_code == 1 and "invalid_alias" in refused.output and said in refused.output, refused.output

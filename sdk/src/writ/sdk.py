@@ -33,7 +33,7 @@ from writ_common.envelope import (
     make_envelope,
     nesting_depth_exceeds,
 )
-from writ_common.events import ApprovalRequested, IntentSubmitted, Receipt
+from writ_common.events import STAGE_STATUS, ApprovalRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.operations import CALL_TOOL
@@ -92,9 +92,11 @@ def new_intent(
     on_behalf_of: str | None = None,
     deadline_seconds: float = 300.0,
     operation: str = CALL_TOOL,
+    via: str | None = None,
 ) -> IntentSubmitted:
     """An unsigned intent with a fresh nonce, issue time and deadline; ``operation`` other than
-    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``."""
+    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``; ``via``
+    says who signs for the caller (the gateway, for an MCP client holding no key)."""
     now = datetime.now(UTC)
     return IntentSubmitted(
         agent_id=agent_id,
@@ -106,6 +108,7 @@ def new_intent(
         issued_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         nonce=secrets.token_urlsafe(16),
         operation=operation,
+        via=via,
     )
 
 
@@ -185,14 +188,7 @@ async def wait_receipt(
 
 # What an agent may read of its own intent (its bus user may get the last message of each of its
 # intent's subjects, not the whole history): the furthest stage reached, latest first.
-_STAGES = (
-    ("execution.started", "executing"),
-    ("intent.authorized", "authorized"),
-    ("approval.requested", "awaiting_approval"),
-    ("intent.planned", "planned"),
-    ("intent.authenticated", "authenticated"),
-    ("intent.submitted", "submitted"),
-)
+_STAGES = tuple(reversed(STAGE_STATUS.items()))
 
 
 async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str | None) -> ReceiptTimeout:
@@ -312,6 +308,7 @@ class WritAgent:
         deadline_seconds: float = 300.0,
         caused_by: str | None = None,
         operation: str = CALL_TOOL,
+        via: str | None = None,
     ) -> Submission:
         """Sign and submit an intent; returns its id (the same id for the same idempotency key).
 
@@ -326,6 +323,7 @@ class WritAgent:
             on_behalf_of=on_behalf_of,
             deadline_seconds=deadline_seconds,
             operation=operation,
+            via=via,
         )
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 

@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
     Listing,
+    Naming,
     Offered,
     call_result,
     idempotency_key,
@@ -38,11 +39,13 @@ from writ.gateway.translate import (
     pending_result,
     receipt_meta,
     refusal_result,
+    renamed,
     upstream_error,
     writ_tool_name,
 )
 from writ.sdk import ReceiptTimeout, WritAgent
 from writ_common import commands, subjects
+from writ_common import events as ev
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
 from writ_common.ids import derive_intent_id
@@ -52,12 +55,8 @@ LIST_TIMEOUT = 5.0
 HTTP_PATH = "/mcp"
 # An intent's events (the last token of their subjects) reported as progress: (order, what it says).
 _STAGES = {
-    "submitted": (1, "submitted"),
-    "authenticated": (2, "authenticated"),
-    "planned": (3, "planned"),
-    "approval_requested": (4, "awaiting approval"),
-    "authorized": (5, "authorized"),
-    "execution_started": (6, "executing"),
+    subjects.event_token(event_type): (order, status.replace("_", " "))
+    for order, (event_type, status) in enumerate(ev.STAGE_STATUS.items(), start=1)
 }
 _LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
@@ -70,6 +69,8 @@ class CallOptions:
     on_behalf_of: str | None
     timeout: float  # seconds a call waits for its receipt
     deadline_seconds: float  # the intent's own deadline, however long the caller waits
+    via: str = "writ-gateway/stdio"  # said in every intent and its receipt: the gateway signed for the client
+    naming: Naming = field(default_factory=Naming)  # how tools are named for clients
 
 
 class Gateway:
@@ -119,8 +120,12 @@ class Gateway:
         return types.ListToolsResult(tools=listed.tools)
 
     async def refresh_listing(self) -> Listing:
-        """The registry's accepted tools as listed now (and remembered for tools/call)."""
-        self.listing = listing(await self._registry_tools())
+        """The registry's accepted tools as listed now (and remembered for tools/call). A tool
+        whose name changed (a second server now offers its bare name) is said in the log."""
+        before = self.listing
+        self.listing = listing(await self._registry_tools(), self.options.naming)
+        for writ_name, old, new in renamed(before, self.listing):
+            log(f"{writ_name} is listed as {new!r} now, not {old!r}: another server offers a tool of that name")
         return self.listing
 
     async def writ_name(self, mcp_name: str) -> str:
@@ -232,6 +237,7 @@ class Gateway:
                 idempotency_key=key,
                 on_behalf_of=self.options.on_behalf_of,
                 deadline_seconds=self.options.deadline_seconds,
+                via=self.options.via,
             )
         except ValueError as exc:  # outside canonical JSON, so it cannot be signed
             return refusal_result("invalid_arguments", str(exc), key)
@@ -380,6 +386,7 @@ class Gateway:
                 on_behalf_of=self.options.on_behalf_of,
                 deadline_seconds=self.options.deadline_seconds,
                 operation=operation,
+                via=self.options.via,
             )
             receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
         except ValueError as exc:
@@ -456,12 +463,17 @@ async def serve_stdio(gateway: Gateway) -> None:
         tasks.cancel_scope.cancel()
 
 
-async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
+async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None], *, token: str | None) -> None:
     """Serve MCP over streamable HTTP on 127.0.0.1:``port`` (0: any free port) until interrupted;
-    ``on_listening`` gets the endpoint's URL once the port is bound."""
+    ``on_listening`` gets the endpoint's URL once the port is bound. Every request must carry
+    ``Authorization: Bearer <token>`` (``token`` None: none asked, by the operator's explicit choice)."""
     import uvicorn
 
-    app = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    from writ.gateway.auth import BearerToken
+
+    app: Any = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    if token is not None:
+        app = BearerToken(app, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # loopback only: whoever reaches the port calls tools as the agent

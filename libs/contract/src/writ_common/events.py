@@ -32,15 +32,20 @@ class IntentSubmitted(Payload, frozen=True, kw_only=True):
     issued_at: str
     nonce: str
     operation: str = "call_tool"
+    # Who signed for the caller, when not the agent's own code: ``writ-gateway/http`` (a remote MCP
+    # client holding only the gateway's bearer token), ``writ-gateway/stdio``.
+    via: str | None = None
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
         """What the agent signs: every field but the signature itself; ``operation`` only when it is
-        not ``call_tool`` (so a tool call signs the same fields it always did)."""
+        not ``call_tool`` and ``via`` only when set (so a tool call signs the fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
@@ -574,17 +579,21 @@ class Receipt(Payload, frozen=True, kw_only=True):
     ledger_key_id: str
     prev_hash: str
     operation: str = "call_tool"  # the intent's operation (read_resource, get_prompt, ...)
+    via: str | None = None  # who signed the intent for the caller (IntentSubmitted.via)
     receipt_hash: str = ""
     signature: str = ""
 
     def hashed_fields(self) -> dict[str, Any]:
         """The body the hash covers: everything but the hash and the signature; ``operation`` only
-        when it is not ``call_tool`` (so a tool call's receipt hashes the fields it always did)."""
+        when it is not ``call_tool`` and ``via`` only when set (so a tool call's receipt hashes the
+        fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("receipt_hash", None)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
@@ -653,6 +662,16 @@ TERMINAL_STATUS: dict[str, str] = {
     "execution.outcome_unknown": "outcome_unknown",
 }
 TERMINAL_TYPES = frozenset(TERMINAL_STATUS)
+# How far an open intent has come: the event that reaches each stage -> the status receipts'
+# readers, views, the SDK and the gateway's progress show, in the order the stages run.
+STAGE_STATUS: dict[str, str] = {
+    "intent.submitted": "submitted",
+    "intent.authenticated": "authenticated",
+    "intent.planned": "planned",
+    "approval.requested": "awaiting_approval",
+    "intent.authorized": "authorized",
+    "execution.started": "executing",
+}
 # Intent events that record something beside the intent's course and change nothing in it: the
 # fold (and so every stage and every receipt) leaves them out.
 ADVISORY_TYPES = frozenset({"policy.shadow_decided"})

@@ -71,6 +71,7 @@ def intent_fields(view: IntentView) -> dict[str, Any]:
         "reason": reason,
         "tool": view.submitted.tool if view.submitted else None,
         "operation": view.submitted.operation if view.submitted else "call_tool",
+        "via": view.submitted.via if view.submitted else None,
         "server": planned.server if planned else None,
         "tool_digest": planned.tool_digest if planned else None,
         "args_digest": planned.args_digest if planned else None,
