@@ -41,7 +41,7 @@ from writ.gateway.translate import (
     upstream_error,
     writ_tool_name,
 )
-from writ.sdk import ReceiptTimeout, WritAgent
+from writ.sdk import ReceiptTimeout, WritAgent, request_cancel
 from writ_common import commands, subjects
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
@@ -49,6 +49,7 @@ from writ_common.ids import derive_intent_id
 from writ_common.operations import PROMPT_REF, RESOURCE_REF
 
 LIST_TIMEOUT = 5.0
+CANCEL_REQUEST_TIMEOUT = 5.0  # seconds a cancelled call's request to cancel its intent may take
 HTTP_PATH = "/mcp"
 # An intent's events (the last token of their subjects) reported as progress: (order, what it says).
 _STAGES = {
@@ -158,12 +159,29 @@ class Gateway:
                 return await self._call(params, key)
         except anyio.get_cancelled_exc_class():
             # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
-            # nothing. Writ is not told (an agent can only submit): the intent goes on to its receipt.
-            log(
-                f"call {params.name!r} cancelled (by the client, or its connection closed); intent {intent_id} goes on in Writ (call again"
-                f" with _meta writ/idempotency_key {key!r} to re-attach to its outcome)"
-            )
+            # nothing (as MCP asks). The agent asks Writ to cancel the intent, shielded so the
+            # request goes out while this handler is being cancelled.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_REQUEST_TIMEOUT):
+                await self._request_cancel(params.name, intent_id, key)
             raise
+
+    async def _request_cancel(self, name: str, intent_id: str, key: str) -> None:
+        try:
+            asked = await request_cancel(
+                self.agent.nc, self.agent.agent_id, intent_id, reason="notifications/cancelled from the MCP client"
+            )
+        except (nats.errors.Error, OSError) as exc:
+            log(f"call {name!r} cancelled by the client; could not ask Writ to cancel intent {intent_id}: {exc}")
+            return
+        if asked:
+            log(
+                f"call {name!r} cancelled (by the client, or its connection closed); Writ was asked to cancel intent"
+                f" {intent_id}: not yet run, it ends cancelled; its call running, the call is cancelled upstream;"
+                f" already ended, it stays as it ended (`writ receipt show {intent_id}`). The key {key!r} names"
+                " that intent for good: call again with it to read its outcome, with a new key to run it anew"
+            )
+        else:
+            log(f"call {name!r} cancelled by the client before its intent {intent_id} was submitted")
 
     @asynccontextmanager
     async def _relayed(

@@ -20,7 +20,7 @@ from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, read_h
 from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Service
+from writ_common.service import FENCE_RETRIES, Decide, Service
 from writ_policy import approvals, domain
 from writ_policy.approvals import SignedDecision
 from writ_policy.state import PolicyState
@@ -60,7 +60,11 @@ class ApprovalDesk:
             with contextlib.suppress(UndecodableEvent):
                 self.remember(stored(msg))
         await self.svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=self.on_requested)
+        # A request waiting for people ends when its agent cancels the intent: heard live, and
+        # looked for once at start (a cancel sent while policy was down).
+        await self.svc.nc.subscribe(subjects.intents_of_type("intent.cancel_requested"), cb=self.on_cancel_requested)
         self.tasks.append(asyncio.create_task(self.expire_loop(), name="approval-expiry"))
+        self.tasks.append(asyncio.create_task(self.end_cancelled(list(self.pending)), name="approval-cancelled"))
 
     async def start_redeciding(self) -> None:
         """A bundle loaded while we were down still re-decides what waits for people."""
@@ -77,6 +81,32 @@ class ApprovalDesk:
     async def on_requested(self, msg: Msg) -> None:
         with contextlib.suppress(UndecodableEvent):
             self.remember(decode(msg.data, subject=msg.subject))
+
+    async def on_cancel_requested(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")  # writ.intent.<agent>.<intent>.cancel_requested
+        requested = self.pending.get(parts[3]) if len(parts) == 5 else None
+        if requested is not None and requested.envelope.agent_id == parts[2]:
+            await self.end_cancelled([parts[3]])
+
+    async def end_cancelled(self, intent_ids: list[str]) -> None:
+        """End, ``cancelled``, the waiting requests whose agent asked to cancel the intent (the
+        stage's own rule: :func:`writ_common.cancellation.cancellation`)."""
+        await self.settle_pending(intent_ids, self.decide_nothing, "end the cancelled")
+
+    async def settle_pending(self, intent_ids: list[str], decide: Decide, what: str) -> None:
+        """Run policy's stage on each of these waiting requests; one it ended is no longer pending."""
+        for intent_id in intent_ids:
+            requested = self.pending.get(intent_id)
+            if requested is None:
+                continue
+            try:
+                if await self.svc.run_stage(requested, "authorize", decide):
+                    self.pending.pop(intent_id, None)
+            except Exception:
+                log.exception("policy: could not %s approval request of %s", what, intent_id)
+
+    async def decide_nothing(self, _view: IntentView) -> list[ev.Payload]:
+        return []  # run_stage ends a cancelled (or expired) intent; nothing else to decide here
 
     async def expire_loop(self) -> None:
         while True:
@@ -102,12 +132,7 @@ class ApprovalDesk:
         (:func:`writ_policy.domain.redecision`)."""
         if self.state.current is None:
             return
-        for intent_id, requested in list(self.pending.items()):
-            try:
-                if await self.svc.run_stage(requested, "authorize", self.decide_again):
-                    self.pending.pop(intent_id, None)
-            except Exception:
-                log.exception("policy: could not re-decide the approval of %s under the new bundle", intent_id)
+        await self.settle_pending(list(self.pending), self.decide_again, "re-decide under the new bundle the")
 
     async def decide_again(self, view: IntentView) -> list[ev.Payload]:
         return domain.redecision(view, self.state.enforced_for(view.agent_id), now=datetime.now(UTC))
