@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from inprocess import DEFAULT_POLICY, Spine
+from inprocess import DEFAULT_POLICY, Spine, add_faulty_server
 
 from waiting import eventually, wait_until
 from writ_common import commands, subjects
@@ -41,11 +41,7 @@ async def rows_db(
     faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
 ) -> Path:
     db = tmp_path_factory.mktemp("cancel") / "faulty.sqlite3"
-    argv, env = faulty_mcp(db)
-    await commands.call(
-        spine.nc, "registry", "add_server", {"name": SERVER, "command": argv[0], "args": argv[1:], "env": env}
-    )
-    await commands.call(spine.nc, "policy", "load", {"cedar": POLICY})
+    await add_faulty_server(spine, SERVER, faulty_mcp(db), POLICY)
     return db
 
 
