@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from inprocess import DEFAULT_POLICY, Spine, add_faulty_server
+from inprocess import DEFAULT_POLICY, Spine, add_faulty_server, stopped
 
 from waiting import eventually, wait_until
 from writ_common import commands, subjects
+from writ_common import events as ev
 from writ_common.bus import last_on_subject, read_history
 from writ_common.fold import fold_intent
 from writ_common.receipts import history_findings, verify_receipt
+from writ_executor.app import build as build_executor
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -138,3 +140,26 @@ async def test_an_unknown_intent_is_said_so_and_nothing_is_recorded(spine: Spine
     answer = await spine.agent.cancel("in-nosuchintent", timeout=1)
     assert answer.outcome == "unknown_intent"
     assert not await stored(spine, "in-nosuchintent", "intent.cancel_requested")
+
+
+async def test_with_two_executors_the_one_running_the_call_cancels_it(spine: Spine, rows_db: Path) -> None:
+    executor = next(svc for svc in spine.services if svc.name == "executor")
+    second = build_executor(executor.settings.model_copy(update={"instance": "test-second"}))
+    await second.start()
+    try:
+        token = uuid.uuid4().hex
+        submitted = [
+            (await spine.agent.submit(f"{SERVER}/slow", {"seconds": 20, "token": token})).intent_id for _ in range(4)
+        ]
+        for intent_id in submitted:
+            await wait_until(lambda i=intent_id: stored(spine, i, "execution.started"), 20, "the call started")
+        answers = await asyncio.gather(*(spine.agent.cancel(i, timeout=15) for i in submitted))
+        assert [a.outcome for a in answers] == ["cancelled"] * 4, [str(a) for a in answers]
+        for intent_id in submitted:
+            history = (await read_history(spine.nc, spine.agent.agent_id, intent_id)).events
+            ran = {e.envelope.producer.instance for e in history if isinstance(e.payload, ev.ExecutionStarted)}
+            ended = [e.envelope.producer.instance for e in history if isinstance(e.payload, ev.IntentCancelled)]
+            assert len(ran) == 1 and ended == list(ran), (ran, ended)  # the replica that ran it, and only it
+    finally:
+        await stopped(second)
+    assert rows(rows_db, token) == 0
