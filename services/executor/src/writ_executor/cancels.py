@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,13 +20,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from writ_common import cancel_requests
 from writ_common import events as ev
-from writ_common import subjects, topology
-from writ_common.bus import HistoryBehind, read_history
-from writ_common.envelope import UndecodableEvent, decode
-from writ_common.fold import fold_intent
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -59,7 +53,7 @@ class RunningCalls:
             self._running.pop((agent_id, intent_id), None)
 
     async def start(self) -> None:
-        self._sub = await self._nc().subscribe(subjects.intents_of_type("intent.cancel_requested"), cb=self.on_request)
+        self._sub = await self._nc().subscribe(cancel_requests.SUBJECT, cb=self.on_request)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -67,21 +61,13 @@ class RunningCalls:
                 await self._sub.unsubscribe()
 
     async def on_request(self, msg: Msg) -> None:
-        # The subject says whose intent it is (only that agent's bus user may publish there).
-        parts = msg.subject.split(".")
-        running = self._running.get((parts[2], parts[3])) if len(parts) == 5 else None
+        names = cancel_requests.named(msg.subject)
+        running = self._running.get(names) if names else None
         if running is None or running.stop.is_set():
             return  # not running here: nothing to stop (most requests, on most replicas)
-        try:
-            heard = decode(msg.data, subject=msg.subject)
-            topology.admit(heard)
-            history = await read_history(self._nc(), parts[2], parts[3], event_id=heard.envelope.id)
-        except (UndecodableEvent, HistoryBehind) as exc:
-            log.warning("%s: a cancel request that is not in its history is ignored: %s", msg.subject, exc)
-            return
-        request = fold_intent(history.events).cancel_requested
-        if request is not None:
-            running.request = request
+        view = await cancel_requests.confirmed(self._nc(), msg)
+        if view is not None and view.cancel_requested is not None:
+            running.request = view.cancel_requested
             running.stop.set()
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from writ_common import cancel_requests, subjects
 from writ_common import events as ev
-from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, read_history, stored
 from writ_common.commands import CommandError, granted, refuse_if
@@ -62,7 +62,7 @@ class ApprovalDesk:
         await self.svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=self.on_requested)
         # A request waiting for people ends when its agent cancels the intent: heard live, and
         # looked for once at start (a cancel sent while policy was down).
-        await self.svc.nc.subscribe(subjects.intents_of_type("intent.cancel_requested"), cb=self.on_cancel_requested)
+        await self.svc.nc.subscribe(cancel_requests.SUBJECT, cb=self.on_cancel_requested)
         self.tasks.append(asyncio.create_task(self.expire_loop(), name="approval-expiry"))
         self.tasks.append(asyncio.create_task(self.end_cancelled(list(self.pending)), name="approval-cancelled"))
 
@@ -83,10 +83,14 @@ class ApprovalDesk:
             self.remember(decode(msg.data, subject=msg.subject))
 
     async def on_cancel_requested(self, msg: Msg) -> None:
-        parts = msg.subject.split(".")  # writ.intent.<agent>.<intent>.cancel_requested
-        requested = self.pending.get(parts[3]) if len(parts) == 5 else None
-        if requested is not None and requested.envelope.agent_id == parts[2]:
-            await self.end_cancelled([parts[3]])
+        """A request waiting for people whose agent asked to cancel the intent ends now (read from
+        the history: its approval request may not be in ``pending`` yet, the two notices are
+        handled apart)."""
+        view = await cancel_requests.confirmed(self.svc.nc, msg)
+        requested = next((e for e in view.events if e.type == "approval.requested"), None) if view else None
+        if view is not None and view.approval_pending and requested is not None and view.intent_id:
+            self.remember(requested)
+            await self.end_cancelled([view.intent_id])
 
     async def end_cancelled(self, intent_ids: list[str]) -> None:
         """End, ``cancelled``, the waiting requests whose agent asked to cancel the intent (the
