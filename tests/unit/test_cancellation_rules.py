@@ -15,7 +15,7 @@ from writ_common.cancellation import call_cancelled, cancellation
 from writ_common.envelope import Producer, StoredEvent, UndecodableEvent, make_envelope
 from writ_common.fold import fold_intent
 from writ_common.receipts import ending
-from writ_executor.cancels import until_stopped
+from writ_executor.cancels import Running, until_stopped
 from writ_executor.domain import Invoke, decide_execution, next_step
 
 pytestmark = pytest.mark.unit
@@ -102,18 +102,37 @@ class TestUntilStopped:
             return "slept"
 
         async def scenario() -> tuple[str | None, bool]:
-            stop = asyncio.Event()
-            asyncio.get_running_loop().call_later(0.01, stop.set)
-            return await until_stopped(call(), stop)
+            running = Running()
+            asyncio.get_running_loop().call_later(0.01, running.stop, ASK)
+            return await until_stopped(call(), running)
 
         assert asyncio.run(asyncio.wait_for(scenario(), 5)) == (None, True)
         assert ended == ["cancelled"]
 
     def test_a_call_that_ends_first_keeps_its_result(self) -> None:
-        async def call() -> str:
-            return "done"
+        async def scenario() -> tuple[str | None, bool]:
+            running = Running()
 
-        assert asyncio.run(until_stopped(call(), asyncio.Event())) == ("done", False)
+            async def call() -> str:
+                return "done"
+
+            answered = await until_stopped(call(), running)
+            running.stop(ASK)  # too late: changes nothing
+            return answered
+
+        assert asyncio.run(scenario()) == ("done", False)
+
+    def test_a_cancellation_of_our_own_cancels_the_call_and_goes_on(self) -> None:
+        async def scenario() -> bool:
+            running = Running()
+            outer = asyncio.ensure_future(until_stopped(asyncio.sleep(30), running))
+            await asyncio.sleep(0.01)
+            outer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await outer
+            return running.task is not None and running.task.cancelled()
+
+        assert asyncio.run(scenario())
 
 
 class TestWhoMaySay:

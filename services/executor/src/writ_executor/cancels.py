@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -28,10 +28,15 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class Running:
-    """One call running here: set ``stop`` (with the agent's ``request``) to cancel it."""
+    """One call running here; :meth:`stop` (with the agent's ``request``) cancels it."""
 
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    request: ev.IntentCancelRequested | None = None
+    request: ev.IntentCancelRequested | None = None  # set: stopped at the agent's request
+    task: asyncio.Future[Any] | None = None  # the call, once it is made
+
+    def stop(self, request: ev.IntentCancelRequested) -> None:
+        self.request = request
+        if self.task is not None:
+            self.task.cancel()  # a call already ended is not changed
 
 
 class RunningCalls:
@@ -63,30 +68,24 @@ class RunningCalls:
     async def on_request(self, msg: Msg) -> None:
         names = cancel_requests.named(msg.subject)
         running = self._running.get(names) if names else None
-        if running is None or running.stop.is_set():
+        if running is None or running.request is not None:
             return  # not running here: nothing to stop (most requests, on most replicas)
         view = await cancel_requests.confirmed(self._nc(), msg)
         if view is not None and view.cancel_requested is not None:
-            running.request = view.cancel_requested
-            running.stop.set()
+            running.stop(view.cancel_requested)
 
 
-async def until_stopped(call: Awaitable[T], stop: asyncio.Event) -> tuple[T | None, bool]:
-    """Run ``call`` until it ends or ``stop`` is set. Returns its result and False, or (None, True)
-    when it was stopped: its task is cancelled and has ended (the ``mcp`` SDK sends a request it
-    abandons ``notifications/cancelled`` before it lets go). A call that ended on its own just
-    as it was stopped keeps its result."""
-    task = asyncio.ensure_future(call)
-    stopped = asyncio.ensure_future(stop.wait())
+async def until_stopped(call: Awaitable[T], running: Running) -> tuple[T | None, bool]:
+    """Run ``call`` as ``running``'s task, until it ends or is stopped. Returns its result and
+    False, or (None, True) when it was stopped: its task was cancelled and has ended (the ``mcp``
+    SDK sends a request it abandons ``notifications/cancelled`` before it lets go). A call that
+    ended on its own just as it was stopped keeps its result; a cancellation of our own (a stop
+    of the executor) cancels the call too, and goes on."""
+    task = running.task = asyncio.ensure_future(call)
     try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        if not task.done() and not stop.is_set():
-            task.cancel()  # we are cancelled ourselves (a stop of the executor): so is the call
-    if not task.done():
-        task.cancel()
-        await asyncio.wait({task})
-    if task.cancelled():
+        return await task, False
+    except asyncio.CancelledError:
+        ours = asyncio.current_task()
+        if running.request is None or not task.cancelled() or (ours is not None and ours.cancelling()):
+            raise
         return None, True
-    return task.result(), False

@@ -309,9 +309,9 @@ class Execution:
     ) -> ev.Payload:
         """:meth:`invoke`, stopped when the agent's cancel request arrives meanwhile: then the
         intent ends ``cancelled`` (the server was sent ``notifications/cancelled``)."""
-        if running.stop.is_set() and running.request is not None:
+        if running.request is not None:
             return call_cancelled(running.request, attempt, sent=False)
-        result, stopped = await until_stopped(self.invoke(view, attempt, ticket), running.stop)
+        result, stopped = await until_stopped(self.invoke(view, attempt, ticket), running)
         if stopped or result is None:
             log.info("%s: attempt %d cancelled at its agent's request", view.intent_id, attempt)
             return call_cancelled(running.request or ev.IntentCancelRequested(), attempt, sent=True)
