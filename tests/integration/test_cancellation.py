@@ -91,6 +91,9 @@ async def test_a_running_call_is_cancelled_upstream_and_ends_cancelled(spine: Sp
     assert time.monotonic() - started < seconds  # it ended before the tool's natural end
     await check_receipt(spine, intent_id)
     assert (await view_row(spine, intent_id, "cancelled"))["code"] == "cancelled"
+    shown = await commands.call(spine.nc, "ledger", "views_intent", {"intent_id": intent_id})
+    assert [(x["attempt"], x["outcome"]) for x in shown["executions"]] == [(1, "cancelled")]
+    assert "intent.cancel_requested" in [e["type"] for e in shown["events"]]
     # The server was told: its handler was cancelled, so the row it would write after sleeping never comes.
     await asyncio.sleep(max(0.0, started + seconds + 0.7 - time.monotonic()))
     assert rows(rows_db, token) == 0

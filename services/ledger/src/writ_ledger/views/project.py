@@ -289,7 +289,9 @@ def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, row: IntentR
             columns["decided_at"] = at
         case _:
             pass
-    if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown):
+    if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown) or (
+        isinstance(p, ev.IntentCancelled) and p.attempt
+    ):
         _execution(db, intent_id, p, at)
         columns["execute_ms"] = ms_between(row.started_at, at)
     _update(db, intent_id, at, status=status, stage=stage, code=code, reason=reason, ended_at=at,
@@ -377,6 +379,8 @@ def _execution(db: sqlite3.Connection, intent_id: str, p: ev.Payload, at: str) -
             _end_attempt(
                 db, intent_id, p.attempt, at, outcome="outcome_unknown", code="outcome_unknown", reason=p.reason
             )
+        case ev.IntentCancelled():  # the attempt it stopped (or did not try again)
+            _end_attempt(db, intent_id, p.attempt, at, outcome="cancelled", code="cancelled", reason=p.reason)
         case _:
             pass
 
