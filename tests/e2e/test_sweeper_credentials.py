@@ -38,7 +38,7 @@ def test_the_sweepers_index_reads_the_intents_with_the_services_own_credential(p
             history = await read_history(nc, agent, found.group(1))
             index = OpenIntents()
             await index.catch_up(nc)
-            return history.events[0].seq, index.position
+            return history.events[0].seq, index.position()
         finally:
             await nc.close()
 

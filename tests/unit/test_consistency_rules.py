@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
-from test_rules import KEY, authorized, started, view_of
+from test_rules import KEY, authorized, started, stored, view_of
 
 from writ.sdk import new_intent, sign_intent
 from writ_common import events as ev
 from writ_common.bus import split_servers
 from writ_common.consistency import Landed, covers, landed
+from writ_common.envelope import StoredEvent
 from writ_common.intent_consumer import retry_delay
 from writ_common.settings import WritSettings
 from writ_common.stranded import (
@@ -25,6 +26,7 @@ from writ_common.stranded import (
     sweep_stage,
     waiting_for,
 )
+from writ_common.sweeper import OpenIntents, type_filter
 from writ_executor.domain import Invoke, decide_execution
 
 pytestmark = pytest.mark.unit
@@ -206,3 +208,59 @@ class TestRedeliveryBackoff:
         assert delays[0] == 0.5
         assert delays == sorted(delays)
         assert max(delays) == 30.0
+
+
+class TestTheSweepersIndex:
+    """The index reads each followed type on its own filter: a terminal event may come first."""
+
+    def events(self, key: str) -> tuple[StoredEvent, StoredEvent]:
+        intent = sign_intent(new_intent("bot", "t", {}, idempotency_key=key), KEY)
+        failed = ev.ExecutionFailed(attempt=1, code="x", reason="y", retryable=False)
+        return stored(intent, intent, 10), stored(failed, intent, 20)
+
+    def test_a_submitted_intent_is_open_until_its_terminal_event(self) -> None:
+        index, (submitted, ended) = OpenIntents(), self.events("a")
+        index.note(submitted)
+        assert list(index.open) == [submitted.envelope.intent_id]
+        index.note(ended)
+        assert index.open == {} and index.ended == {}
+
+    def test_a_terminal_event_read_before_its_submitted_one_never_opens_the_intent(self) -> None:
+        index, (submitted, ended) = OpenIntents(), self.events("b")
+        index.note(ended)
+        index.note(submitted)
+        assert index.open == {} and index.ended == {}
+
+    def test_an_orphan_terminal_is_forgotten_once_the_submitted_filter_is_past_it(self) -> None:
+        index, (_submitted, ended) = OpenIntents(), self.events("c")
+        index.note(ended)
+        index.forget_ended_before(ended.seq)
+        assert index.ended == {ended.envelope.intent_id: ended.seq}
+        index.forget_ended_before(ended.seq + 1)
+        assert index.ended == {}
+
+    def test_each_filter_names_one_event_type_of_every_intent(self) -> None:
+        assert type_filter("intent.submitted") == "writ.intent.*.*.submitted"
+        assert type_filter("execution.succeeded") == "writ.intent.*.*.execution_succeeded"
+
+
+class TestOneNamePerStage:
+    """The fold, the views, the SDK and the gateway's progress name a stage from one table."""
+
+    def test_the_fold_shows_each_stage_reached_by_its_name_in_the_table(self) -> None:
+        intent = sign_intent(new_intent("bot", "t", {}), KEY)
+        approval = ev.ApprovalRequested(
+            approval_digest="d", policy_digest="p", policy_ids=[], group="ops", quorum=1, expires_at="x"
+        )
+        later: list[ev.Payload] = [
+            ev.IntentAuthenticated(key_id="k"),
+            ev.IntentPlanned(
+                server="s", tool="t", tool_digest="d", args_digest="a", annotations=ev.ToolAnnotations(idempotent=True)
+            ),
+            approval,
+            ev.IntentAuthorized(policy_digest="p", policy_ids=[]),
+            started(1),
+        ]
+        shown = [view_of(intent, *later[:n]).status for n in range(len(later) + 1)]
+        assert shown == list(ev.STAGE_STATUS.values())
+        assert list(ev.STAGE_STATUS) == ["intent.submitted", *(ev.EVENT_TYPE[type(p)] for p in later)]

@@ -34,7 +34,7 @@ from writ_common.envelope import (
     make_envelope,
     nesting_depth_exceeds,
 )
-from writ_common.events import ApprovalRequested, IntentCancelRequested, IntentSubmitted, Receipt
+from writ_common.events import STAGE_STATUS, ApprovalRequested, IntentCancelRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.operations import CALL_TOOL
@@ -186,14 +186,7 @@ async def wait_receipt(
 
 # What an agent may read of its own intent (its bus user may get the last message of each of its
 # intent's subjects, not the whole history): the furthest stage reached, latest first.
-_STAGES = (
-    ("execution.started", "executing"),
-    ("intent.authorized", "authorized"),
-    ("approval.requested", "awaiting_approval"),
-    ("intent.planned", "planned"),
-    ("intent.authenticated", "authenticated"),
-    ("intent.submitted", "submitted"),
-)
+_STAGES = tuple(reversed(STAGE_STATUS.items()))
 
 
 async def _timed_out(nc: Client, intent_id: str, timeout: float, agent_id: str | None) -> ReceiptTimeout:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -332,6 +332,29 @@ async def direct_get_batch(
             replies.close(inbox)
         if not more or (limit is not None and len(out) >= limit):
             return out
+
+
+async def pages_after(
+    nc: Client, stream: str, subject_filter: str, position: int, *, page: int = 1024
+) -> AsyncIterator[list[Msg]]:
+    """Following a stream: the messages on ``subject_filter`` stored after sequence ``position``,
+    in stream order, a page (about ``page`` messages, one Direct Get round trip) at a time, up to
+    the stream's head. Gap-free: a replica that is behind answers with a shorter prefix, never a
+    gap, so a follower that keeps its position past what it applied misses nothing. Every
+    follower of the log reads through here and keeps its position where it belongs (in memory, in
+    the views file, per event type).
+
+    Raises:
+        nats.errors.TimeoutError: the stream stopped answering; a next call resumes at the position.
+    """
+    while True:
+        msgs = await direct_get_batch(nc, stream, subject_filter, start_seq=position + 1, batch=page, limit=page)
+        if not msgs:
+            return
+        yield msgs
+        position = int((msgs[-1].headers or {})["Nats-Sequence"])
+        if len(msgs) < page:
+            return
 
 
 def stored(msg: Msg) -> StoredEvent:

@@ -13,7 +13,7 @@ import typer
 from nacl.signing import SigningKey
 
 from writ.cli import render
-from writ.cli.base import call, connect, console, fail, query, report, run, settings
+from writ.cli.base import connect, console, fail, query, register_with_identity, report, run, settings
 from writ.cli.intents import check_intent_id
 from writ.keys import approver_bus_creds_path, approver_key_path
 from writ_common.approvals import Decision
@@ -76,9 +76,7 @@ async def register_approver(
     """Register ``name``; with no ``key_file`` nor ``public_key_file``, generate a key and save it
     once registration succeeded. With ``public_key_file`` (from ``writ approver keygen`` on the
     approver's machine) only the public half is ever here."""
-    from writ.keys import KeyFileError, read_public_key, write_new_key
-    from writ_common.busauth import public_nkey, read_creds, write_private
-    from writ_common.busjwt import creds
+    from writ.keys import KeyFileError, read_public_key
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -108,14 +106,9 @@ async def register_approver(
     if key is not None:
         public_key = public_key_b64(key)
     seed_path = approver_bus_creds_path(cfg.data_dir, name)
-    _jwt, seed = read_creds(seed_path)
-    body = {"approver_id": name, "public_key": public_key, "groups": groups, "bus_key": public_nkey(seed)}
-    async with connect(cfg) as nc:
-        registered = await call(nc, "identity", "register_approver", body)
-    if new and key is not None and path is not None:
-        write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    if registered.get("bus_jwt"):  # the user JWT identity signed for its key (none on an open bus)
-        write_private(seed_path, creds(registered.pop("bus_jwt"), seed))
+    body = {"approver_id": name, "public_key": public_key, "groups": groups}
+    to_save = (path, key) if new and key is not None and path is not None else None
+    registered = await register_with_identity("register_approver", body, bus_creds=seed_path, new_key=to_save)
     held = str(path.resolve()) if path is not None else None
     return {**registered, "key_file": held, "bus_creds_file": str(seed_path.resolve())}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from nacl.signing import SigningKey
 from nats.aio.client import Client
 from rich.console import Console
 
@@ -217,6 +218,26 @@ async def call(nc: Client, service: str, command: str, body: dict[str, Any], tim
     from writ_common import commands
 
     return await commands.call(nc, service, command, body, timeout=timeout)
+
+
+async def register_with_identity(
+    command: str, body: dict[str, Any], *, bus_creds: Path, new_key: tuple[Path, SigningKey] | None
+) -> dict[str, Any]:
+    """Register an agent or an approver (``command``) with its bus key, the public half of the seed
+    in ``bus_creds``; then save ``new_key`` (only now: a failed registration leaves no orphan key
+    behind) and the user JWT identity signed for the bus key (none on an open bus) beside the seed."""
+    from writ.keys import write_new_key
+    from writ_common.busauth import public_nkey, read_creds, write_private
+    from writ_common.busjwt import creds
+
+    _jwt, seed = read_creds(bus_creds)
+    async with connect(settings()) as nc:
+        registered: dict[str, Any] = await call(nc, "identity", command, {**body, "bus_key": public_nkey(seed)})
+    if new_key is not None:
+        write_new_key(*new_key)
+    if registered.get("bus_jwt"):
+        write_private(bus_creds, creds(registered.pop("bus_jwt"), seed))
+    return registered
 
 
 async def query(service: str, command: str, body: dict[str, Any]) -> Any:

@@ -9,7 +9,19 @@ import typer
 from rich.syntax import Syntax
 
 from writ.cli import render
-from writ.cli.base import ADD_SERVER_TIMEOUT, call, connect, console, default_policy, fail, query, report, run, settings
+from writ.cli.base import (
+    ADD_SERVER_TIMEOUT,
+    call,
+    connect,
+    console,
+    default_policy,
+    fail,
+    query,
+    register_with_identity,
+    report,
+    run,
+    settings,
+)
 
 agent_app = typer.Typer(help="Register and list agents.", no_args_is_help=True)
 server_app = typer.Typer(help="Register and list MCP servers.", no_args_is_help=True)
@@ -30,9 +42,7 @@ async def register_agent(
     name: str, *, owner: str, teams: list[str], acts_for: list[str], key_file: Path | None
 ) -> dict[str, Any]:
     """Register ``name``; with no ``key_file``, generate a key and save it once registration succeeded."""
-    from writ.keys import agent_bus_creds_path, agent_key_path, ensure_absent, read_key, write_new_key
-    from writ_common.busauth import public_nkey, read_creds, write_private
-    from writ_common.busjwt import creds
+    from writ.keys import agent_bus_creds_path, agent_key_path, ensure_absent, read_key
     from writ_common.signing import generate_key, public_key_b64
 
     cfg = settings()
@@ -43,21 +53,10 @@ async def register_agent(
         ensure_absent(path, name)
         key, new = generate_key(), True
     seed_path = agent_bus_creds_path(cfg.data_dir, name)
-    _jwt, seed = read_creds(seed_path)
-    body = {
-        "agent_id": name,
-        "public_key": public_key_b64(key),
-        "owner": owner,
-        "teams": teams,
-        "acts_for": acts_for,
-        "bus_key": public_nkey(seed),
-    }
-    async with connect(cfg) as nc:
-        registered = await call(nc, "identity", "register_agent", body)
-    if new:
-        write_new_key(path, key)  # only now: a failed registration leaves no orphan key behind
-    if registered.get("bus_jwt"):  # the user JWT identity signed for its key (none on an open bus)
-        write_private(seed_path, creds(registered.pop("bus_jwt"), seed))
+    body = {"agent_id": name, "public_key": public_key_b64(key), "owner": owner, "teams": teams, "acts_for": acts_for}
+    registered = await register_with_identity(
+        "register_agent", body, bus_creds=seed_path, new_key=(path, key) if new else None
+    )
     return {**registered, "key_file": str(path.resolve()), "bus_creds_file": str(seed_path.resolve())}
 
 

@@ -43,6 +43,7 @@ from writ.gateway.translate import (
 )
 from writ.sdk import ReceiptTimeout, WritAgent, request_cancel
 from writ_common import commands, subjects
+from writ_common import events as ev
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
 from writ_common.ids import derive_intent_id
@@ -53,12 +54,8 @@ CANCEL_REQUEST_TIMEOUT = 5.0  # seconds a cancelled call's request to cancel its
 HTTP_PATH = "/mcp"
 # An intent's events (the last token of their subjects) reported as progress: (order, what it says).
 _STAGES = {
-    "submitted": (1, "submitted"),
-    "authenticated": (2, "authenticated"),
-    "planned": (3, "planned"),
-    "approval_requested": (4, "awaiting approval"),
-    "authorized": (5, "authorized"),
-    "execution_started": (6, "executing"),
+    subjects.event_token(event_type): (order, status.replace("_", " "))
+    for order, (event_type, status) in enumerate(ev.STAGE_STATUS.items(), start=1)
 }
 _LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from writ_common import metrics
-from writ_common.bus import direct_get_batch, stored
+from writ_common.bus import pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
 log = logging.getLogger(__name__)
@@ -62,18 +62,22 @@ class ControlFollower:
         """Apply every control event after the last one applied, in stream order."""
         assert self._nc is not None, "start() the follower first"
         async with self._lock:
-            for msg in await direct_get_batch(self._nc, self._stream, self._subject, start_seq=self._applied + 1):
-                seq = int((msg.headers or {})["Nats-Sequence"])
-                try:
-                    self._apply(stored(msg))
-                except UndecodableEvent as exc:
-                    metrics.SKIPPED_EVENTS.labels(self._stream, exc.code).inc()
-                    log.warning("control event %s:%d skipped: %s", self._stream, seq, exc)
-                except Exception:
-                    # One event the view cannot take must not stop it for every event after.
-                    metrics.SKIPPED_EVENTS.labels(self._stream, "unappliable").inc()
-                    log.exception("control event %s:%d could not be applied; skipped", self._stream, seq)
-                self._applied = seq
+            async for msgs in pages_after(self._nc, self._stream, self._subject, self._applied):
+                for msg in msgs:
+                    self._apply_one(msg)
+
+    def _apply_one(self, msg: Msg) -> None:
+        seq = int((msg.headers or {})["Nats-Sequence"])
+        try:
+            self._apply(stored(msg))
+        except UndecodableEvent as exc:
+            metrics.SKIPPED_EVENTS.labels(self._stream, exc.code).inc()
+            log.warning("control event %s:%d skipped: %s", self._stream, seq, exc)
+        except Exception:
+            # One event the view cannot take must not stop it for every event after.
+            metrics.SKIPPED_EVENTS.labels(self._stream, "unappliable").inc()
+            log.exception("control event %s:%d could not be applied; skipped", self._stream, seq)
+        self._applied = seq
 
     async def _on_nudge(self, _msg: Msg) -> None:
         with contextlib.suppress(Exception):

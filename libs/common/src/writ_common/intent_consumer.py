@@ -31,6 +31,7 @@ from writ_common.telemetry import stage_span
 log = logging.getLogger(__name__)
 
 IntentHandler = Callable[[StoredEvent, Msg], Awaitable[None]]
+BatchHandler = Callable[[list[StoredEvent]], Awaitable[None]]
 
 DRAIN_TIMEOUT = 20.0  # seconds a clean stop waits for handlers in flight
 STORAGE_RETRY = 5.0  # seconds between tries while a stream is full
@@ -84,9 +85,11 @@ class IntentConsumer:
         config: ConsumerConfig,
         batch_size: int,
         concurrency: int,
+        on_batch: BatchHandler | None = None,
     ) -> None:
         self.svc = svc
         self.handler = handler
+        self.on_batch = on_batch
         self.durable = durable
         self.config = config
         self.batch_size = batch_size
@@ -141,21 +144,34 @@ class IntentConsumer:
                 continue
             finally:
                 self.idle.discard(me)
-            for number, raw in enumerate(msgs):
+            decoded = [_decoded(raw) for raw in msgs]
+            if self.on_batch is not None:
+                await self.prepare(decoded)
+            for number, (raw, event) in enumerate(zip(msgs, decoded, strict=True)):
                 if self.svc.stopping:
                     for left in msgs[number:]:
                         await left.nak(delay=STOPPING_DELAY)  # another replica, or this one restarted
                     return
                 try:
-                    await self.consume(raw)
+                    await self.consume(raw, event)
                 except nats.errors.Error as exc:  # an ack or a dead letter lost: redelivered
                     log.warning("%s: %s: %s; it comes again", self.svc.name, raw.subject, exc)
 
-    async def consume(self, raw: Msg) -> None:
+    async def prepare(self, decoded: list[StoredEvent | UndecodableEvent]) -> None:
+        """Show ``on_batch`` the batch's admitted events before they are handled one by one (the
+        ledger's views: one transaction per batch). Advisory: a failure here is logged, and each
+        handler still sees its event."""
+        assert self.on_batch is not None
         try:
-            event = stored(raw)  # decoded and admitted by the topology
-        except UndecodableEvent as exc:
-            await self.svc.dead_letter(raw, exc.code, exc.reason)
+            await self.on_batch([e for e in decoded if not isinstance(e, UndecodableEvent)])
+        except Exception:
+            log.exception(
+                "%s: preparing a batch of %d failed; handling its events one by one", self.svc.name, len(decoded)
+            )
+
+    async def consume(self, raw: Msg, event: StoredEvent | UndecodableEvent) -> None:
+        if isinstance(event, UndecodableEvent):
+            await self.svc.dead_letter(raw, event.code, event.reason)
             await raw.ack()
             return
         self.observe_age(event)
@@ -210,3 +226,11 @@ class IntentConsumer:
             return
         metrics.STAGE_SECONDS.labels(name, event.type).observe(time.perf_counter() - started)
         await raw.ack()
+
+
+def _decoded(raw: Msg) -> StoredEvent | UndecodableEvent:
+    """The message decoded and admitted by the topology, or why it is not a valid Writ event."""
+    try:
+        return stored(raw)
+    except UndecodableEvent as exc:
+        return exc

@@ -8,7 +8,7 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -208,6 +208,10 @@ class WritSettings(BaseSettings):
     fault_file: Path | None = Field(
         default=None,
         description="Test only: the fault hook's arming file (writ_common.faults); unset: the hook is off",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="Each service's event loop: uvloop (libuv; less CPU per event) or the standard library's",
     )
     profile_dir: Path | None = Field(
         default=None,

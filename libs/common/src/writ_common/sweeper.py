@@ -1,30 +1,41 @@
 """Which intents are still open, and until when: the sweeper's index, followed from the log.
 
-The intents stream is read forward by batched Direct Get from the next sequence, keeping only
-``submitted`` and terminal events. No consumer: a service's bus user may administer only its own
-durable consumer (an ephemeral one is refused), and a Direct Get needs none. A replica that is
-behind answers with a shorter prefix of the same ordered log, never with a gap, and the index
-advances only past what it was given, so it misses nothing. The process keeps nothing the log
-cannot give back.
+The intents stream is read forward by batched Direct Get, one filter per followed event type
+(``submitted`` and each terminal type), each from its own next sequence: the index receives
+about two events per intent instead of every one (each sweeping service used to read and decode
+the whole intent stream). No consumer: a service's bus user may administer only its own durable
+consumer (an ephemeral one is refused), and a Direct Get needs none. A replica that is behind
+answers with a shorter prefix of the same ordered log, never with a gap, and each filter's
+position advances only past what it was given, so it misses nothing. The process keeps nothing
+the log cannot give back.
+
+The filters are read one after the other, so a terminal event may be read before its intent's
+``submitted`` (which was stored after the submitted filter's last read): it is remembered in
+``ended`` until the submitted filter passes its sequence, and the intent never opens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from writ_common import events as ev
-from writ_common import subjects, topology
-from writ_common.bus import direct_get_batch, stored
+from writ_common import subjects
+from writ_common.bus import pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
 log = logging.getLogger(__name__)
 
 FETCH = 512
-FOLLOWED_TYPES = ("intent.submitted", *sorted(ev.TERMINAL_TYPES))
-FOLLOWED_TOKENS = frozenset(token for token, kind in topology.TYPE_OF_TOKEN.items() if kind in FOLLOWED_TYPES)
+SUBMITTED = "intent.submitted"
+FOLLOWED_TYPES = (SUBMITTED, *sorted(ev.TERMINAL_TYPES))
+
+
+def type_filter(event_type: str) -> str:
+    """Every intent's events of one type."""
+    return f"{subjects.INTENT_PREFIX}.*.*.{subjects.event_token(event_type)}"
 
 
 class OpenIntents:
@@ -32,12 +43,13 @@ class OpenIntents:
 
     def __init__(self) -> None:
         self.open: dict[str, StoredEvent] = {}
-        self._next_seq = 1
+        # intent id -> sequence of a terminal event read before the intent's ``submitted``
+        self.ended: dict[str, int] = {}
+        self._next_seq = dict.fromkeys(FOLLOWED_TYPES, 1)
 
-    @property
-    def position(self) -> int:
-        """The next stream sequence the index will read."""
-        return self._next_seq
+    def position(self, event_type: str = SUBMITTED) -> int:
+        """The next stream sequence the index will read on ``event_type``'s filter."""
+        return self._next_seq[event_type]
 
     async def catch_up(self, nc: Client) -> None:
         """Apply every submitted and terminal event stored since the last call.
@@ -45,31 +57,29 @@ class OpenIntents:
         Raises:
             nats.errors.TimeoutError: the stream stopped answering; the next call resumes here.
         """
-        while True:
-            msgs = await direct_get_batch(
-                nc,
-                subjects.INTENTS_STREAM,
-                f"{subjects.INTENT_PREFIX}.>",
-                start_seq=self._next_seq,
-                batch=FETCH,
-                limit=FETCH,
-            )
-            for msg in msgs:
-                headers = msg.headers or {}
-                seq = int(headers.get("Nats-Sequence", "0"))
-                if headers.get("Nats-Subject", msg.subject).rpartition(".")[2] in FOLLOWED_TOKENS:
-                    self._apply(msg)
-                self._next_seq = max(self._next_seq, seq + 1)
-            if len(msgs) < FETCH:
-                return
+        for event_type in FOLLOWED_TYPES:  # submitted first: fewer terminals meet no open intent
+            await self._follow(nc, event_type)
+        self.forget_ended_before(self._next_seq[SUBMITTED])
 
-    def _apply(self, msg: Msg) -> None:
-        try:
-            event = stored(msg)
-        except UndecodableEvent:
-            return  # forged or malformed: it opens and closes nothing
+    def forget_ended_before(self, submitted_read: int) -> None:
+        """A terminal event comes after its submitted one: once the submitted filter is past it,
+        that submitted event was read (or was not valid and never will be)."""
+        self.ended = {i: seq for i, seq in self.ended.items() if seq >= submitted_read}
+
+    async def _follow(self, nc: Client, event_type: str) -> None:
+        after = self._next_seq[event_type] - 1
+        async for msgs in pages_after(nc, subjects.INTENTS_STREAM, type_filter(event_type), after, page=FETCH):
+            for msg in msgs:
+                with contextlib.suppress(UndecodableEvent):  # forged or malformed: opens, closes nothing
+                    self.note(stored(msg))
+                seq = int((msg.headers or {}).get("Nats-Sequence", "0"))
+                self._next_seq[event_type] = max(self._next_seq[event_type], seq + 1)
+
+    def note(self, event: StoredEvent) -> None:
+        """One followed event, read in its filter's order (any order across filters)."""
         intent_id = event.envelope.intent_id or ""
-        if event.type == "intent.submitted":
-            self.open.setdefault(intent_id, event)
-        else:
-            self.open.pop(intent_id, None)
+        if event.type == SUBMITTED:
+            if self.ended.pop(intent_id, None) is None:
+                self.open.setdefault(intent_id, event)
+        elif self.open.pop(intent_id, None) is None:
+            self.ended[intent_id] = event.seq

@@ -85,7 +85,8 @@ def setup_tracing(
         exporter = JsonLinesSpanExporter(trace_file)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    if otlp_wanted(os.environ):
+    otlp = otlp_wanted(os.environ)
+    if otlp:
         # Imported here: it pulls in protobuf and requests, which only an exporting process needs.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -94,7 +95,10 @@ def setup_tracing(
         # spends that long flushing, well inside the supervisor's grace.
         given = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT")
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=None if given else 3.0)))
-    trace.set_tracer_provider(provider)
+    if exporter is not None or otlp:
+        trace.set_tracer_provider(provider)
+    # Else spans would go nowhere: the API's no-op tracer costs nothing per stage and still
+    # carries an agent's ``traceparent`` through (each stage's span is the agent's context).
     return provider
 
 

@@ -625,6 +625,16 @@ TERMINAL_STATUS: dict[str, str] = {
     "execution.outcome_unknown": "outcome_unknown",
 }
 TERMINAL_TYPES = frozenset(TERMINAL_STATUS)
+# How far an open intent has come: the event that reaches each stage -> the status receipts'
+# readers, views, the SDK and the gateway's progress show, in the order the stages run.
+STAGE_STATUS: dict[str, str] = {
+    "intent.submitted": "submitted",
+    "intent.authenticated": "authenticated",
+    "intent.planned": "planned",
+    "approval.requested": "awaiting_approval",
+    "intent.authorized": "authorized",
+    "execution.started": "executing",
+}
 # Intent events that record something beside the intent's course and change nothing in it: the
 # fold (and so every stage and every receipt) leaves them out.
 ADVISORY_TYPES = frozenset({"policy.shadow_decided"})

@@ -73,17 +73,15 @@ class IntentView:
         """A one-word status for people: the stage reached, or how it ended."""
         if self.terminal is not None:
             return ev.TERMINAL_STATUS[self.terminal.type]
-        if self.started:
-            return "executing"
-        if self.authorized is not None:
-            return "authorized"
-        if self.approval is not None:
-            return "awaiting_approval"
-        if self.planned is not None:
-            return "planned"
-        if self.authenticated is not None:
-            return "authenticated"
-        return "submitted" if self.submitted is not None else "unknown"
+        reached = {
+            "execution.started": bool(self.started),
+            "intent.authorized": self.authorized is not None,
+            "approval.requested": self.approval is not None,
+            "intent.planned": self.planned is not None,
+            "intent.authenticated": self.authenticated is not None,
+            "intent.submitted": self.submitted is not None,
+        }
+        return next((ev.STAGE_STATUS[t] for t in reversed(ev.STAGE_STATUS) if reached[t]), "unknown")
 
 
 def _carried_by_subject(event: StoredEvent) -> bool:

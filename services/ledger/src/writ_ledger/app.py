@@ -92,6 +92,11 @@ class Ledger:
         if stream == subjects.INTENTS_STREAM:
             self.histories.feed(seq, event)
 
+    async def on_batch(self, events: list[StoredEvent]) -> None:
+        """A pulled batch, before its events are handled: the views apply it in one transaction
+        (each event's own ``apply_live`` is then a no-op)."""
+        await self.views.apply_live_batch(subjects.INTENTS_STREAM, events)
+
     async def on_event(self, event: StoredEvent, _raw: Msg) -> None:
         # The views are applied strictly in stream order, whatever order redeliveries come in.
         # They are derived and catch up from their own position, so a views failure is logged
@@ -230,7 +235,14 @@ class Ledger:
         self.svc.on_startup(self.start_views)
         self.svc.on_shutdown(self.shutdown)
         # One writer extends the chain, in log order: a single sequential consumer.
-        self.svc.consume_intents("writ.intent.>", self.on_event, batch_size=64, max_ack_pending=512, concurrency=1)
+        self.svc.consume_intents(
+            "writ.intent.>",
+            self.on_event,
+            batch_size=64,
+            max_ack_pending=512,
+            concurrency=1,
+            on_batch=self.on_batch,
+        )
         self.svc.command("intent_status", self.intent_status)
         self.svc.command("list_intents", self.list_intents)
         self.svc.command("public_key", self.get_public_key)

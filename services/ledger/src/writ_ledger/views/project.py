@@ -25,6 +25,13 @@ from writ_common.signing import key_id
 _json = msgspec.json.Encoder()
 
 FINAL = frozenset(ev.TERMINAL_STATUS.values()) | {"reconciled_succeeded", "reconciled_failed", "retried"}
+# The status an open intent shows, one name per stage (events.STAGE_STATUS).
+SUBMITTED, AUTHENTICATED, PLANNED = (
+    ev.STAGE_STATUS[t] for t in ("intent.submitted", "intent.authenticated", "intent.planned")
+)
+AWAITING, AUTHORIZED, EXECUTING = (
+    ev.STAGE_STATUS[t] for t in ("approval.requested", "intent.authorized", "execution.started")
+)
 # Which rollup counter a terminal status adds to.
 ROLLUP_COLUMN = {
     "succeeded": "succeeded",
@@ -142,13 +149,13 @@ def _intent_row(db: sqlite3.Connection, intent_id: str, agent_id: str) -> Intent
 
 def _authenticated(db: sqlite3.Connection, event: StoredEvent, _p: ev.IntentAuthenticated, row: IntentRow) -> None:
     at = event.envelope.occurred_at
-    _update(db, row.intent_id, at, status="authenticated", authenticated_at=at,
+    _update(db, row.intent_id, at, status=AUTHENTICATED, authenticated_at=at,
             authenticate_ms=ms_between(row.submitted_at, at))  # fmt: skip
 
 
 def _planned(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentPlanned, row: IntentRow) -> None:
     at = event.envelope.occurred_at
-    _update(db, row.intent_id, at, status="planned", planned_at=at, server=p.server, tool_name=p.tool,
+    _update(db, row.intent_id, at, status=PLANNED, planned_at=at, server=p.server, tool_name=p.tool,
             tool_digest=p.tool_digest, args_digest=p.args_digest,
             plan_ms=ms_between(row.authenticated_at, at))  # fmt: skip
 
@@ -162,7 +169,7 @@ def _approval_requested(db: sqlite3.Connection, event: StoredEvent, p: ev.Approv
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', '[]')",
         (intent_id, event.seq, at, p.group, p.quorum, p.expires_at, p.approval_digest, p.policy_digest),
     )
-    _update(db, intent_id, at, status="awaiting_approval", approval_requested_at=at,
+    _update(db, intent_id, at, status=AWAITING, approval_requested_at=at,
             authorize_ms=ms_between(row.planned_at, at))  # fmt: skip
 
 
@@ -204,18 +211,18 @@ def _authorized(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentAuthoriz
         (at, intent_id),
     )
     if row.requested_at:
-        _update(db, intent_id, at, status="authorized", decided_at=at, approval_ms=ms_between(row.requested_at, at))
+        _update(db, intent_id, at, status=AUTHORIZED, decided_at=at, approval_ms=ms_between(row.requested_at, at))
     else:
-        _update(db, intent_id, at, status="authorized", decided_at=at, authorize_ms=ms_between(row.planned_at, at))
+        _update(db, intent_id, at, status=AUTHORIZED, decided_at=at, authorize_ms=ms_between(row.planned_at, at))
 
 
 def _started(db: sqlite3.Connection, event: StoredEvent, p: ev.ExecutionStarted, row: IntentRow) -> None:
     at = event.envelope.occurred_at
     _execution(db, row.intent_id, p, at)
     db.execute(
-        "UPDATE intents SET status = 'executing', attempts = MAX(attempts, ?), retries = MAX(retries, ? - 1),"
+        "UPDATE intents SET status = ?, attempts = MAX(attempts, ?), retries = MAX(retries, ? - 1),"
         " started_at = COALESCE(started_at, ?), updated_at = ? WHERE intent_id = ?",
-        (p.attempt, p.attempt, at, at, row.intent_id),
+        (EXECUTING, p.attempt, p.attempt, at, at, row.intent_id),
     )
 
 
@@ -254,8 +261,19 @@ def _submitted(db: sqlite3.Connection, event: StoredEvent, p: ev.IntentSubmitted
     env, at = event.envelope, event.envelope.occurred_at
     inserted = db.execute(
         "INSERT OR IGNORE INTO intents(intent_id, agent_id, on_behalf_of, tool, idempotency_key, status,"
-        " submitted_seq, hour, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitted', ?, ?, ?, ?)",
-        (env.intent_id, env.agent_id, p.on_behalf_of, p.tool, p.idempotency_key, event.seq, hour_of(at), at, at),
+        " submitted_seq, hour, submitted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            env.intent_id,
+            env.agent_id,
+            p.on_behalf_of,
+            p.tool,
+            p.idempotency_key,
+            SUBMITTED,
+            event.seq,
+            hour_of(at),
+            at,
+            at,
+        ),
     ).rowcount
     if inserted:
         _rollup(db, hour_of(at), env.agent_id or "", p.tool, "calls")

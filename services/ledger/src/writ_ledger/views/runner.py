@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from writ_common import metrics, subjects
-from writ_common.bus import direct_get_batch, stored
+from writ_common.bus import direct_get_batch, pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode, parse_time
 from writ_common.sse import Pulse
 from writ_ledger.views.queries import QueryError, open_reader
@@ -152,20 +153,30 @@ class Views:
             elif event.seq > position:
                 await self._catch_up(stream, self.store)
 
+    async def apply_live_batch(self, stream: str, events: list[StoredEvent]) -> None:
+        """Events just consumed, in stream order: the run that follows the position is applied in
+        one transaction (a WAL commit per batch, not per event); after a gap, read up to it."""
+        async with self._lock:
+            position = self.store.position(stream)
+            run = [(e.seq, e) for e in events if e.seq > position]
+            if not run:
+                return
+            if run[0][0] != position + 1 or any(b[0] != a[0] + 1 for a, b in itertools.pairwise(run)):
+                await self._catch_up(stream, self.store)  # a gap (e.g. an invalid event): from the log
+                return
+            self.store.apply(stream, run)
+            self.pulse.beat()
+
     async def catch_up(self, stream: str) -> int:
         async with self._lock:
             return await self._catch_up(stream, self.store)
 
     async def _catch_up(self, stream: str, store: ViewStore) -> int:
         applied = 0
-        while True:
-            msgs = await direct_get_batch(
-                self.nc, stream, STREAMS[stream], start_seq=store.position(stream) + 1, batch=PAGE, limit=PAGE
-            )
-            if not msgs:
-                return applied
+        async for msgs in pages_after(self.nc, stream, STREAMS[stream], store.position(stream), page=PAGE):
             applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
             self.pulse.beat()
+        return applied
 
     async def snapshot(self) -> dict[str, Any]:
         """Catch every stream up to its head, then the digest of the tables and the positions it

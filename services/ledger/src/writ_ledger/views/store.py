@@ -39,10 +39,15 @@ class ViewStore:
             self.db = _open(path)
             self.db.executescript(DDL)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # stream -> the position committed, as the file holds it: this is its one writer
+        self._positions: dict[str, int] = {}
 
     def position(self, stream: str) -> int:
-        row = self.db.execute("SELECT seq FROM tracking WHERE stream = ?", (stream,)).fetchone()
-        return int(row[0]) if row else 0
+        known = self._positions.get(stream)
+        if known is None:
+            row = self.db.execute("SELECT seq FROM tracking WHERE stream = ?", (stream,)).fetchone()
+            known = self._positions[stream] = int(row[0]) if row else 0
+        return known
 
     def positions(self) -> dict[str, tuple[int, str | None]]:
         """stream -> (last applied sequence, occurred_at of the last event applied)."""
@@ -75,6 +80,7 @@ class ViewStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        self._positions[stream] = position
         return applied
 
     def _apply_one(self, stream: str, seq: int, event: StoredEvent) -> bool:
