@@ -33,8 +33,8 @@ def call_cancelled(request: ev.IntentCancelRequested, attempt: int, *, sent: boo
     the call's task was cancelled and its server sent ``notifications/cancelled``; what the server
     did before it stopped is the server's to say) or before its request went out."""
     when = (
-        f"during attempt {attempt}: the call was stopped and its server sent notifications/cancelled"
-        " (what it did before stopping is not known)"
+        f"during attempt {attempt}: the call was stopped, and its server sent notifications/cancelled for the"
+        " request if it had gone out (what the server did before stopping is not known)"
         if sent
         else f"before attempt {attempt} was sent"
     )
