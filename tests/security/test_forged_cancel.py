@@ -2,16 +2,16 @@
 (``writ.intent.<agent>.<intent>.cancel_requested``, which the bus lets only that agent's user
 publish): a cancel published on the victim's subject is refused by the bus, and one published on
 the attacker's own subject naming the victim's intent stops nothing (readers take an intent's
-subjects, agent id included, as its authority). The victim's call runs to its end, once.
+subjects, agent id included, as its authority); no agent may write the end, ``intent.cancelled``.
+The victim's call runs to its end, once.
 
-Both run on the embedded plane (nats-server with bus auth, the five services) with each agent's
+It runs on the embedded plane (nats-server with bus auth, the five services) with each agent's
 own credential, and the faulty MCP server so the call's effect is countable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import nats.errors
@@ -57,7 +57,12 @@ async def test_forged_cancel_of_another_agents_intent_is_refused(scene: Scene, t
         intent_id = submitted.intent_id
         await scene.wait_status(intent_id, "executing")
 
-        # 1. On the victim's own subject: the bus refuses the publish (no ack; nothing stored).
+        # 1. On its own subject, naming the victim's intent, while the call runs: stored, and stops nothing.
+        own_subject = subjects.intent_subject(attacker.agent_id, intent_id, "intent.cancel_requested")
+        ack = await attacker.nc.jetstream().publish(own_subject, cancel_request(intent_id, victim))
+        assert ack.seq
+
+        # 2. On the victim's own subject: the bus refuses the publish (no ack; nothing stored).
         victims_subject = subjects.intent_subject(victim, intent_id, "intent.cancel_requested")
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
             await attacker.nc.jetstream().publish(
@@ -68,12 +73,7 @@ async def test_forged_cancel_of_another_agents_intent_is_refused(scene: Scene, t
             )
         # The SDK's own way in reads the victim's intent first, which the bus does not let it read.
         with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
-            await asyncio.wait_for(request_cancel(attacker.nc, victim, intent_id), 5)
-
-        # 2. On its own subject, naming the victim's intent: stored, and stops nothing.
-        own_subject = subjects.intent_subject(attacker.agent_id, intent_id, "intent.cancel_requested")
-        ack = await attacker.nc.jetstream().publish(own_subject, cancel_request(intent_id, victim))
-        assert ack.seq
+            await asyncio.wait_for(request_cancel(attacker.nc, victim, intent_id), 2)
 
         receipt = await scene.receipt(intent_id)
         assert (receipt.status, receipt.code) == ("succeeded", "ok"), receipt.reason
@@ -82,21 +82,14 @@ async def test_forged_cancel_of_another_agents_intent_is_refused(scene: Scene, t
         assert fold_intent(history).cancel_requested is None
         assert not any(isinstance(e.payload, ev.IntentCancelRequested | ev.IntentCancelled) for e in history)
         assert await last_on_subject(scene.operator.jetstream(), subjects.INTENTS_STREAM, victims_subject) is None
+
+        # 3. The end itself is a stage's to write: the bus refuses an agent's ``cancelled``, even on its own intent.
+        ends = subjects.intent_subject(victim, intent_id, "intent.cancelled")
+        forged_end = ev.IntentCancelled(stage="execute", reason="forged")
+        executor = Producer(service="executor", instance="x", version="0")
+        envelope = make_envelope(forged_end, producer=executor, intent_id=intent_id, agent_id=victim)
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await scene.agent.nc.jetstream().publish(ends, encode(envelope), timeout=1.0)
+        assert await last_on_subject(scene.operator.jetstream(), subjects.INTENTS_STREAM, ends) is None
     finally:
         await attacker.close()
-
-
-async def test_an_agent_may_not_write_its_own_intents_end_as_cancelled(scene: Scene) -> None:
-    # The end is a stage's to write: the bus refuses the agent's publish on the ``cancelled`` token.
-    intent_id = f"in-{uuid.uuid4().hex[:20]}"
-    subject = subjects.intent_subject(scene.agent.agent_id, intent_id, "intent.cancelled")
-    end = ev.IntentCancelled(stage="execute", reason="forged")
-    envelope = make_envelope(
-        end,
-        producer=Producer(service="executor", instance="x", version="0"),
-        intent_id=intent_id,
-        agent_id=scene.agent.agent_id,
-    )
-    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
-        await scene.agent.nc.jetstream().publish(subject, encode(envelope), timeout=1.0)
-    assert await last_on_subject(scene.operator.jetstream(), subjects.INTENTS_STREAM, subject) is None
