@@ -152,6 +152,26 @@ class ApprovalExpired(Payload, frozen=True, kw_only=True):
     granted_by: list[str] = []
 
 
+class IntentCancelRequested(Payload, frozen=True, kw_only=True):
+    """The agent asks that its intent stop: published by the agent itself (the SDK's ``cancel``, or
+    the MCP gateway on a client's ``notifications/cancelled``) on its own intent's subject, where
+    only its bus user may publish. A request, not an end: the stage that next acts on the intent
+    ends it ``intent.cancelled``; a call already running is cancelled by the executor running it;
+    an intent already ended is not changed."""
+
+    reason: str = ""
+
+
+class IntentCancelled(Payload, frozen=True, kw_only=True):
+    """The intent ended because its agent asked (``intent.cancel_requested``): at ``stage``, before
+    any call (``attempt`` 0), or with attempt ``attempt`` stopped (its server sent
+    ``notifications/cancelled``) or not tried again."""
+
+    stage: Stage
+    reason: str
+    attempt: int = 0
+
+
 class ExecutionStarted(Payload, frozen=True, kw_only=True):
     attempt: int
     idempotency_key: str
@@ -611,6 +631,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("approval.denied", 1): ApprovalDenied,
     ("approval.refused", 1): ApprovalRefused,
     ("approval.expired", 1): ApprovalExpired,
+    ("intent.cancel_requested", 1): IntentCancelRequested,
+    ("intent.cancelled", 1): IntentCancelled,
     ("execution.started", 1): ExecutionStarted,
     ("execution.succeeded", 1): ExecutionSucceeded,
     ("execution.failed", 1): ExecutionFailed,
@@ -657,6 +679,7 @@ TERMINAL_STATUS: dict[str, str] = {
     "intent.rejected": "rejected",
     "intent.denied": "denied",
     "intent.expired": "expired",
+    "intent.cancelled": "cancelled",
     "execution.succeeded": "succeeded",
     "execution.failed": "failed",
     "execution.outcome_unknown": "outcome_unknown",

@@ -34,6 +34,8 @@ def ending(terminal: ev.Payload) -> tuple[ev.Stage, str, str]:
             return "authorize", terminal.code, terminal.reason
         case ev.IntentExpired():
             return terminal.stage, "deadline_exceeded", terminal.reason
+        case ev.IntentCancelled():
+            return terminal.stage, "cancelled", terminal.reason
         case ev.ExecutionFailed():
             return "execute", terminal.code, terminal.reason
         case ev.ExecutionOutcomeUnknown():
