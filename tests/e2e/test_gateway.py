@@ -407,7 +407,11 @@ async def test_over_http_a_call_cancelled_while_it_runs_ends_cancelled_upstream_
     key = f"cancel-http-{uuid.uuid4().hex}"
     intent_id = derive_intent_id(setup.agent, key)
     started = subjects.intent_subject(setup.agent, intent_id, "execution.started")
-    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+    async with (
+        authorized_client(gateway_token(setup)) as http,
+        streamable_http_client(http_gateway, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         async with anyio.create_task_group() as calls:
             calls.start_soon(lambda: session.call_tool(f"{fidelity}_slow", {"seconds": 30}, meta={KEY: key}))
