@@ -104,9 +104,9 @@ class IngressGuard:
             log.info("identity: ingress guard off: WRIT_AGENT_INGRESS_MSGS_PER_SECOND and _BYTES_PER_SECOND are 0")
             return
         log.info(
-            "identity: ingress guard on: %g msgs/s and %g bytes/s per agent over %gs, checked every %gs",
-            self.budget.msgs_per_second,
-            self.budget.bytes_per_second,
+            "identity: ingress guard on: %s msgs/s and %s bytes/s per agent over %gs, checked every %gs",
+            f"{self.budget.msgs_per_second:,.0f}",
+            f"{self.budget.bytes_per_second:,.0f}",
             self.budget.window_seconds,
             self.settings.ingress_check_seconds,
         )
