@@ -140,6 +140,8 @@ def test_a_connz_answer_is_read_and_an_error_is_refused() -> None:
         connz_page({"server": {}, "error": {"code": 500, "description": "x"}})
     with pytest.raises(ValueError):
         connz_page({"data": {"connections": []}})
+    # A node that has not loaded the account answers an empty Connz; the envelope still names it.
+    assert connz_page({"server": {"id": "N2"}, "data": {"server_id": "", "connections": None}}) == ("N2", [], 0)
 
 
 # -- the suspension as identity folds it -----------------------------------------------------------

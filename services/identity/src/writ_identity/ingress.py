@@ -35,13 +35,13 @@ def node_connz_subject(server_id: str) -> str:
     return f"$SYS.REQ.SERVER.{server_id}.CONNZ"
 
 
-def connz_request(account: str, offset: int) -> bytes:
+def connz_request(account: str, offset: int, page: int = PAGE) -> bytes:
     # auth: each connection's authorized_user (for a JWT user, its public nkey); acc: the Writ
     # account's connections only; sorted by cid (the default), so offset pages are stable.
-    return json.dumps({"acc": account, "auth": True, "limit": PAGE, "offset": offset}).encode()
+    return json.dumps({"acc": account, "auth": True, "limit": page, "offset": offset}).encode()
 
 
-async def read_nodes(nc: Any, account: str) -> list[NodeReading]:
+async def read_nodes(nc: Any, account: str, *, page: int = PAGE) -> list[NodeReading]:
     """Every answering node's connections in ``account``, all pages of each."""
     answers: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -51,7 +51,7 @@ async def read_nodes(nc: Any, account: str) -> list[NodeReading]:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=answered)
     try:
-        await nc.publish(PING_CONNZ, connz_request(account, 0), reply=inbox)
+        await nc.publish(PING_CONNZ, connz_request(account, 0, page), reply=inbox)
         await nc.flush(timeout=TIMEOUT)
         await asyncio.sleep(LISTEN)
     finally:
@@ -62,7 +62,7 @@ async def read_nodes(nc: Any, account: str) -> list[NodeReading]:
             server_id, connections, total = connz_page(json.loads(answers.get_nowait()))
             while len(connections) < total:  # more than one page: ask that node for the next
                 reply = await nc.request(
-                    node_connz_subject(server_id), connz_request(account, len(connections)), timeout=TIMEOUT
+                    node_connz_subject(server_id), connz_request(account, len(connections), page), timeout=TIMEOUT
                 )
                 _id, more, total = connz_page(json.loads(reply.data))
                 if not more:

@@ -73,8 +73,12 @@ def connz_page(answer: Mapping[str, Any]) -> tuple[str, list[Connection], int]:
     """
     if answer.get("error"):
         raise ValueError(f"the node refused CONNZ: {answer['error']}")
-    data = answer.get("data")
-    if not isinstance(data, Mapping) or not isinstance(data.get("server_id"), str):
+    data, server = answer.get("data"), answer.get("server")
+    # The envelope names the node even when its Connz is empty (an account it has not loaded).
+    server_id = (server.get("id") if isinstance(server, Mapping) else None) or (
+        data.get("server_id") if isinstance(data, Mapping) else None
+    )
+    if not isinstance(data, Mapping) or not isinstance(server_id, str) or not server_id:
         raise ValueError("not a CONNZ answer")
     connections = [
         Connection(
@@ -85,7 +89,7 @@ def connz_page(answer: Mapping[str, Any]) -> tuple[str, list[Connection], int]:
         )
         for c in data.get("connections") or []
     ]
-    return data["server_id"], connections, int(data.get("total") or 0)
+    return server_id, connections, int(data.get("total") or 0)
 
 
 def sent_since(before: NodeReading | None, now: NodeReading) -> dict[str, Counters]:
