@@ -176,11 +176,19 @@ async def test_identitys_ingress_reading_adds_up_an_agents_connections_on_every_
             for _ in range(10 * n):
                 await nc.publish(subject, b"ab")
             await nc.flush()
-        readings = await read_nodes(system, issuer.account, page=1)
-        assert len({r.server_id for r in readings}) == 3
-        mine = [c for r in readings for c in r.connections.values() if c.user == key]
+        first = {r.server_id: r for r in await read_nodes(system, issuer.account, page=1)}
+        assert len(first) == 3
+        mine = [c for r in first.values() for c in r.connections.values() if c.user == key and not c.closed]
         assert len(mine) == 5
         assert (sum(c.in_msgs for c in mine), sum(c.in_bytes for c in mine)) == (150, 300)
+        # A connection that lives between two checks is read among the closed ones, final counters.
+        brief = await connect(cluster.nats_node_url("nats-2"), creds)
+        for _ in range(7):
+            await brief.publish(subject, b"abc")
+        await brief.close()
+        later = await read_nodes(system, issuer.account, first, page=1)
+        gone = [c for r in later for c in r.connections.values() if c.user == key and c.closed]
+        assert [(c.in_msgs, c.in_bytes) for c in gone] == [(7, 21)]
     finally:
         await system.close()
         for nc in connections:

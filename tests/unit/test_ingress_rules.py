@@ -99,6 +99,20 @@ def test_reconnecting_every_second_does_not_escape_the_budget() -> None:
     assert [r.agent_id for r in over_budget(run(meter, *checks).values(), BUDGET)] == ["agent-a"]
 
 
+def test_connections_that_lived_between_two_checks_are_counted_once() -> None:
+    def closed(cid: int, msgs: int) -> Connection:
+        return Connection(cid, A, msgs, 0, closed=True)
+
+    before = node(0, (5, A, 100, 0))
+    # cid 5 closed since (final count 700); cid 6 opened, sent 9,000 and closed between the checks.
+    now = NodeReading("N1", {5: closed(5, 700), 6: closed(6, 9_000)}, 1)
+    assert sent_since(before, now) == {A: (9_600, 0)}
+    later = NodeReading("N1", {5: closed(5, 700), 6: closed(6, 9_000)}, 2)
+    assert sent_since(now, later) == {}  # seen closed already: its counters are final
+    meter = IngressMeter(BUDGET)
+    assert [r.agent_id for r in over_budget(run(meter, [before], [now], [later]).values(), BUDGET)] == ["agent-a"]
+
+
 def test_several_connections_of_one_agent_and_several_nodes_add_up() -> None:
     meter = IngressMeter(BUDGET)
     base = [node(0, (1, A, 0, 0), (2, A, 0, 0)), node(0, (1, A, 0, 0), server="N2")]
@@ -132,10 +146,13 @@ def test_a_connz_answer_is_read_and_an_error_is_refused() -> None:
             "total": 3,
             "offset": 0,
             "limit": 256,
-            "connections": [{"cid": 5, "authorized_user": A, "in_msgs": 12, "in_bytes": 340, "name": "whatever"}],
+            "connections": [
+                {"cid": 5, "authorized_user": A, "in_msgs": 12, "in_bytes": 340, "name": "whatever"},
+                {"cid": 6, "authorized_user": B, "in_msgs": 1, "in_bytes": 2, "stop": "2026-01-02T03:04:05Z"},
+            ],
         },
     }
-    assert connz_page(answer) == ("NSERVER", [Connection(5, A, 12, 340)], 3)
+    assert connz_page(answer) == ("NSERVER", [Connection(5, A, 12, 340), Connection(6, B, 1, 2, closed=True)], 3)
     with pytest.raises(ValueError, match="refused"):
         connz_page({"server": {}, "error": {"code": 500, "description": "x"}})
     with pytest.raises(ValueError):

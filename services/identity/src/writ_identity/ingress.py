@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -20,7 +21,15 @@ import nats.errors
 from writ_common.busauth import Issuer, system_connection
 from writ_common.settings import WritSettings
 from writ_identity.domain import Agent, metered_agents
-from writ_identity.ingress_rules import Budget, IngressMeter, NodeReading, Rate, connz_page, over_budget
+from writ_identity.ingress_rules import (
+    Budget,
+    Connection,
+    IngressMeter,
+    NodeReading,
+    Rate,
+    connz_page,
+    over_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,44 +44,88 @@ def node_connz_subject(server_id: str) -> str:
     return f"$SYS.REQ.SERVER.{server_id}.CONNZ"
 
 
-def connz_request(account: str, offset: int, page: int = PAGE) -> bytes:
-    # auth: each connection's authorized_user (for a JWT user, its public nkey); acc: the Writ
-    # account's connections only; sorted by cid (the default), so offset pages are stable.
-    return json.dumps({"acc": account, "auth": True, "limit": page, "offset": offset}).encode()
+def connz_request(account: str, offset: int, page: int = PAGE, *, closed: bool = False) -> bytes:
+    """A CONNZ query for ``account``'s connections with their user (``auth``): the open ones by cid
+    (the default order, so offset pages are stable), or the closed ones (each node keeps its last
+    10,000), most recently closed first (``state`` 1, ``sort`` stop)."""
+    query: dict[str, Any] = {"acc": account, "auth": True, "limit": page, "offset": offset}
+    if closed:
+        query |= {"state": 1, "sort": "stop"}
+    return json.dumps(query).encode()
 
 
-async def read_nodes(nc: Any, account: str, *, page: int = PAGE) -> list[NodeReading]:
-    """Every answering node's connections in ``account``, all pages of each."""
-    answers: asyncio.Queue[bytes] = asyncio.Queue()
-
-    async def answered(msg: Any) -> None:
-        answers.put_nowait(msg.data)
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=answered)
+async def ping(nc: Any, *bodies: bytes) -> list[list[bytes]]:
+    """Every node's answers to each of ``bodies`` sent to PING.CONNZ, gathered for ``LISTEN``."""
+    answers: list[list[bytes]] = [[] for _ in bodies]
+    subs = []
     try:
-        await nc.publish(PING_CONNZ, connz_request(account, 0, page), reply=inbox)
+        for body, into in zip(bodies, answers, strict=True):
+            inbox = nc.new_inbox()
+            subs.append(await nc.subscribe(inbox, cb=functools.partial(keep, into)))
+            await nc.publish(PING_CONNZ, body, reply=inbox)
         await nc.flush(timeout=TIMEOUT)
         await asyncio.sleep(LISTEN)
     finally:
-        await sub.unsubscribe()
-    at, readings = time.monotonic(), []
-    while not answers.empty():
+        for sub in subs:
+            await sub.unsubscribe()
+    return answers
+
+
+async def keep(into: list[bytes], msg: Any) -> None:
+    into.append(msg.data)
+
+
+async def read_nodes(
+    nc: Any, account: str, previous: Mapping[str, NodeReading] | None = None, *, page: int = PAGE
+) -> list[NodeReading]:
+    """Every answering node's connections in ``account``: all its open ones, and those closed
+    since ``previous`` (a connection that lived between two checks is counted too: no agent gets
+    around the meter by sending from short connections)."""
+    before = previous or {}
+
+    def more_open(_server_id: str, conns: list[Connection], total: int) -> bool:
+        return len(conns) < total
+
+    def more_closed(server_id: str, conns: list[Connection], _total: int) -> bool:
+        # Most recently closed first: page on while a whole page is news (closed since the last check).
+        last = before.get(server_id)
+        return last is not None and len(conns) % page == 0 and not any(seen_closed(c, last) for c in conns[-page:])
+
+    opened, closed = await ping(nc, connz_request(account, 0, page), connz_request(account, 0, page, closed=True))
+    at = time.monotonic()
+    found = await read_pages(nc, opened, functools.partial(connz_request, account, page=page), more_open)
+    ended = await read_pages(nc, closed, functools.partial(connz_request, account, page=page, closed=True), more_closed)
+    # A node's connections closed since its open ones were read: the final counters win.
+    return [NodeReading(server_id, conns | ended.get(server_id, {}), at) for server_id, conns in found.items()]
+
+
+def seen_closed(conn: Connection, before: NodeReading) -> bool:
+    known = before.connections.get(conn.cid)
+    return known is not None and known.closed
+
+
+async def read_pages(
+    nc: Any,
+    answers: list[bytes],
+    query: Callable[[int], bytes],
+    more: Callable[[str, list[Connection], int], bool],
+) -> dict[str, dict[int, Connection]]:
+    """Each node's connections from its first answer, and from further pages (asked of that node
+    directly, from the offset reached) while ``more`` says so."""
+    found = {}
+    for answer in answers:
         try:
-            server_id, connections, total = connz_page(json.loads(answers.get_nowait()))
-            while len(connections) < total:  # more than one page: ask that node for the next
-                reply = await nc.request(
-                    node_connz_subject(server_id), connz_request(account, len(connections), page), timeout=TIMEOUT
-                )
-                _id, more, total = connz_page(json.loads(reply.data))
-                if not more:
+            server_id, conns, total = connz_page(json.loads(answer))
+            while conns and more(server_id, conns, total):
+                reply = await nc.request(node_connz_subject(server_id), query(len(conns)), timeout=TIMEOUT)
+                if not (next_page := connz_page(json.loads(reply.data))[1]):
                     break
-                connections += more
+                conns += next_page
         except (TimeoutError, ValueError, TypeError, KeyError, nats.errors.Error) as exc:
             log.warning("identity: a bus node's CONNZ answer was not usable (%s); it is read again next check", exc)
             continue
-        readings.append(NodeReading(server_id, {c.cid: c for c in connections}, at))
-    return readings
+        found[server_id] = {c.cid: c for c in conns}
+    return found
 
 
 class IngressGuard:
@@ -129,7 +182,7 @@ class IngressGuard:
                         nc = await system_connection(
                             self.settings.nats_servers(), issuer, TIMEOUT, name="writ-identity-ingress", reconnect=True
                         )
-                    readings = await read_nodes(nc, issuer.account)
+                    readings = await read_nodes(nc, issuer.account, meter.readings)
                     rates = meter.observe(time.monotonic(), readings, metered_agents(self.agents))
                     for rate in over_budget(rates, self.budget):
                         meter.forget(rate.agent_id)

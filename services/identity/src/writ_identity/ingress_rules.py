@@ -28,11 +28,13 @@ class Connection:
     user: str  # the user public nkey that authenticated it (CONNZ ``authorized_user`` with ``auth``)
     in_msgs: int
     in_bytes: int
+    closed: bool = False  # closed since: its counters are final
 
 
 @dataclass(frozen=True, slots=True)
 class NodeReading:
-    """One node's connections in the Writ account at one check, by connection id."""
+    """One node's connections in the Writ account at one check, by connection id: its open ones and
+    the ones it closed lately (with their final counters)."""
 
     server_id: str
     connections: Mapping[int, Connection]
@@ -86,6 +88,7 @@ def connz_page(answer: Mapping[str, Any]) -> tuple[str, list[Connection], int]:
             user=str(c.get("authorized_user") or ""),
             in_msgs=int(c.get("in_msgs") or 0),
             in_bytes=int(c.get("in_bytes") or 0),
+            closed=bool(c.get("stop")),
         )
         for c in data.get("connections") or []
     ]
@@ -97,8 +100,10 @@ def sent_since(before: NodeReading | None, now: NodeReading) -> dict[str, Counte
 
     A node seen for the first time (identity just started, or the node restarted under a new id)
     gives the baseline only. A connection first seen counts in full when it connected after
-    ``before`` (its cid is higher): reconnecting does not reset an agent's count. One that was
-    there before but missed (paging moved under a closing connection) starts its count now.
+    ``before`` (its cid is higher), whether it is still open or closed since: reconnecting does not
+    reset an agent's count, and a connection that lived between two checks is counted. One seen
+    closed before adds nothing (its counters are final). One that was there before but missed
+    (paging moved under a closing connection) starts its count now.
     """
     sent: dict[str, Counters] = {}
     if before is None:
@@ -110,6 +115,8 @@ def sent_since(before: NodeReading | None, now: NodeReading) -> dict[str, Counte
         elif old is not None or cid > before.top_cid:
             delta = (conn.in_msgs, conn.in_bytes)  # reset under the same id, or connected since: all is new
         else:
+            continue
+        if delta == (0, 0):
             continue
         msgs, size = sent.get(conn.user, (0, 0))
         sent[conn.user] = (msgs + delta[0], size + delta[1])
@@ -135,7 +142,7 @@ class IngressMeter:
         for reading in readings:
             for key, (msgs, size) in sent_since(self.readings.get(reading.server_id), reading).items():
                 agent_id = agent_of_key.get(key)
-                if agent_id is not None and (msgs or size):
+                if agent_id is not None:
                     self.sent.setdefault(agent_id, deque()).append((at, msgs, size))
             self.readings[reading.server_id] = reading
         horizon = at - self.budget.window_seconds
