@@ -157,7 +157,8 @@ def through_writ(cli: Path, target_url: str, work: Path) -> dict[str, Outcome]:
         writ(env, "server", "add", SERVER, "--url", target_url)
         writ(env, "policy", "load", str(policy))
         port = free_port()
-        gateway = ["gateway", "--as", AGENT, "--http", str(port)]
+        # The suite sends no bearer token: the gateway asks none here (loopback, a throwaway plane).
+        gateway = ["gateway", "--as", AGENT, "--http", str(port), "--no-token"]
         with process([str(BIN / "writ"), *gateway], work / "gateway.log", env):
             url = f"http://127.0.0.1:{port}/mcp"
             wait_http(url)

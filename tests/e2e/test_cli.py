@@ -69,6 +69,16 @@ def test_submit_and_wait_prints_the_tool_output(writ: Writ, ready: Ready) -> Non
     assert "Europe/Paris" in result.stdout
 
 
+def test_cancel_says_an_ended_intent_stays_as_it_ended_and_an_unknown_one_is_not_found(
+    writ: Writ, ready: Ready
+) -> None:
+    _, intent_id = submit(writ, ready, "get_current_time", {"timezone": "UTC"})
+
+    late = writ("intent", "cancel", intent_id, "--as", ready.agent, "--timeout", "5")
+    assert late.exit_code == 1 and "had already ended succeeded" in late.stdout, late.output
+    assert_one_error_line(writ("intent", "cancel", "in-nosuchintent", "--as", ready.agent), "not_found")
+
+
 def test_arguments_failing_the_schema_exit_1_with_invalid_arguments(writ: Writ, ready: Ready) -> None:
     result, _ = submit(writ, ready, "get_current_time", {"timezone": 42})
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters
@@ -24,7 +25,9 @@ from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
 from cli_runner import TIME_SERVER, Writ, cli
+from waiting import wait_until
 from writ.cli.base import default_policy
+from writ.gateway.auth import gateway_token_path
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt
 from writ_common import commands, subjects
@@ -256,7 +259,9 @@ async def test_a_tools_own_error_and_a_servers_json_rpc_error_pass_through(setup
     assert not still.is_error  # the session goes on
 
 
-async def test_progress_reports_writs_stages_and_a_cancelled_call_goes_on_in_writ(setup: Setup, fidelity: str) -> None:
+async def test_progress_reports_writs_stages_and_a_cancelled_call_ends_cancelled_in_writ(
+    setup: Setup, fidelity: str
+) -> None:
     stages: list[tuple[float, str | None]] = []
 
     async def on_progress(progress: float, _total: float | None, message: str | None) -> None:
@@ -267,8 +272,9 @@ async def test_progress_reports_writs_stages_and_a_cancelled_call_goes_on_in_wri
     async with over_stdio(setup) as session:
         done = await session.call_tool(slow, {"seconds": 0.2}, progress_callback=on_progress)
         with anyio.move_on_after(1.5) as waited:  # the client gives up: it sends notifications/cancelled
-            await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})
-        again = await session.call_tool(slow, {"seconds": 3}, meta={KEY: key})  # re-attaches to its outcome
+            await session.call_tool(slow, {"seconds": 30}, meta={KEY: key})
+        cancelled_at = time.monotonic()
+        again = await session.call_tool(slow, {"seconds": 30}, meta={KEY: key})  # re-attaches to its outcome
 
     assert not done.is_error, text_of(done)
     said = [message for _progress, message in stages]
@@ -276,10 +282,14 @@ async def test_progress_reports_writs_stages_and_a_cancelled_call_goes_on_in_wri
     assert [p for p, _m in stages] == sorted({p for p, _m in stages})  # it only goes forward
     assert waited.cancelled_caught
     intent_id = derive_intent_id(setup.agent, key)
-    assert f"cancelled (by the client, or its connection closed); intent {intent_id} goes on" in setup.log.read_text()
-    # Not forwarded upstream (the executor is not told): the intent ran to its end, once.
-    assert not again.is_error and text_of(again) == "slept 3s" and intent_of(again) == intent_id
-    assert await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "execution.started")) == 1
+    assert f"Writ was asked to cancel intent {intent_id}" in setup.log.read_text()
+    # Forwarded: the intent ends cancelled, long before the tool's 30 s, and the same key reads that end.
+    assert again.is_error and intent_of(again) == intent_id and time.monotonic() - cancelled_at < 20
+    assert again.meta is not None and again.meta["writ/status"] == "cancelled", text_of(again)
+    receipt = await operator_receipt(setup.plane, intent_id)
+    assert (receipt.status, receipt.code) == ("cancelled", "cancelled"), receipt.reason
+    started = await stored_on(setup.plane, subjects.intent_subject(setup.agent, intent_id, "execution.started"))
+    assert started <= 1 and (started == 0 or "notifications/cancelled" in receipt.reason), receipt.reason
 
 
 async def test_the_same_idempotency_key_twice_is_one_intent(setup: Setup) -> None:
@@ -362,6 +372,17 @@ def http_gateway(setup: Setup) -> Iterator[str]:
         yield url
 
 
+def gateway_token(setup: Setup) -> str:
+    """The bearer token the HTTP gateway made for its agent (0600 beside the agent's key)."""
+    path = gateway_token_path(setup.plane.data_dir, setup.agent)
+    assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+    return path.read_text().strip()
+
+
+def authorized_client(token: str) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0, read=300.0))
+
+
 @contextmanager
 def serving_http(setup: Setup) -> Iterator[str]:
     """`writ gateway --as AGENT --http 0` in its own process, stopped on exit; the URL it listens at."""
@@ -380,9 +401,38 @@ def serving_http(setup: Setup) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+async def test_over_http_a_call_cancelled_while_it_runs_ends_cancelled_upstream_too(
+    setup: Setup, fidelity: str, http_gateway: str
+) -> None:
+    key = f"cancel-http-{uuid.uuid4().hex}"
+    intent_id = derive_intent_id(setup.agent, key)
+    started = subjects.intent_subject(setup.agent, intent_id, "execution.started")
+    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(lambda: session.call_tool(f"{fidelity}_slow", {"seconds": 30}, meta={KEY: key}))
+            await wait_until(lambda: stored_on(setup.plane, started), 20, "the call started")
+            calls.cancel_scope.cancel()  # the client sends notifications/cancelled for the running call
+        cancelled_at = time.monotonic()
+
+        async def ended() -> bool:
+            async with as_operator(setup.plane) as nc:
+                return await fetch_receipt(nc, intent_id) is not None
+
+        await wait_until(ended, 15, "the intent ended")
+
+    receipt = await operator_receipt(setup.plane, intent_id)
+    assert (receipt.status, receipt.stage, receipt.code) == ("cancelled", "execute", "cancelled"), receipt.reason
+    assert "notifications/cancelled" in receipt.reason and time.monotonic() - cancelled_at < 15
+
+
 async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str) -> None:
     assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
-    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+    async with (
+        authorized_client(gateway_token(setup)) as http,
+        streamable_http_client(http_gateway, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         listed = await listed_by_writ_name(session)
         result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
@@ -392,3 +442,38 @@ async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str)
     assert result.structured_content is not None and result.structured_content["timezone"] == "Asia/Tokyo"
     receipt = await operator_receipt(setup.plane, intent_of(result))
     assert receipt.agent_id == setup.agent and receipt.status == "succeeded"
+    assert receipt.via == "writ-gateway/http"  # the gateway signed for a client that holds no key
+
+
+async def test_a_local_process_without_the_gateway_token_cannot_call_tools_as_its_agent(
+    setup: Setup, http_gateway: str
+) -> None:
+    """Attack: any process on the machine (or a page in a local browser) posts to the loopback
+    gateway, which signs with the agent's key. Without the bearer token it reaches nothing."""
+    call = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+            "capabilities": {}, "clientInfo": {"name": "intruder", "version": "0"}}}  # fmt: skip
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with httpx2.AsyncClient(timeout=10.0) as http:
+        guessed = {"no token": {}, "a wrong token": {"Authorization": "Bearer " + "x" * 43}}
+        for what, headers in guessed.items():
+            answer = await http.post(http_gateway, json=call, headers={**accept, **headers})
+            assert answer.status_code == 401, (what, answer.status_code, answer.text)
+            assert answer.json()["error"] == "unauthorized"
+            assert answer.headers["www-authenticate"].startswith("Bearer")
+        token = gateway_token(setup)
+        misused = {
+            "the token without the scheme": {"Authorization": token},
+            "as basic": {"Authorization": f"Basic {token}"},
+        }
+        for what, headers in misused.items():
+            answer = await http.post(http_gateway, json=call, headers={**accept, **headers})
+            assert answer.status_code == 401 and token not in answer.text, (what, answer.status_code)
+        admitted = await http.post(http_gateway, json=call, headers={**accept, "Authorization": f"Bearer {token}"})
+    assert admitted.status_code == 200, admitted.text
+
+
+async def test_a_naming_the_gateway_cannot_use_is_refused_before_it_serves(setup: Setup) -> None:
+    writ = cli(setup.plane)
+    for alias, said in (("nope", "write --alias SERVER=ALIAS"), ("a=c.r", "no '.'")):
+        refused = await asyncio.to_thread(writ, "gateway", "--as", setup.agent, "--alias", alias)
+        assert refused.exit_code == 1 and "invalid_alias" in refused.output and said in refused.output, refused.output

@@ -20,7 +20,15 @@ from click.testing import Result
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from test_gateway import Notifications, Setup, operator_receipt, over_stdio, serving_http
+from test_gateway import (
+    Notifications,
+    Setup,
+    authorized_client,
+    gateway_token,
+    operator_receipt,
+    over_stdio,
+    serving_http,
+)
 from typer.testing import CliRunner
 
 from writ.cli import app
@@ -131,7 +139,11 @@ def http_gateway(setup: Setup) -> Iterator[str]:
 async def test_a_read_a_policy_forbids_is_a_clear_error_with_a_receipt_over_http(
     setup: Setup, http_gateway: str
 ) -> None:
-    async with streamable_http_client(http_gateway) as (read, write), ClientSession(read, write) as session:
+    async with (
+        authorized_client(gateway_token(setup)) as http,
+        streamable_http_client(http_gateway, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         with warnings.catch_warnings():  # deprecated in the SDK's newest revision, in MCP 2025-11-25
             warnings.simplefilter("ignore", MCPDeprecationWarning)

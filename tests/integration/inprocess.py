@@ -72,6 +72,15 @@ async def add_described_server(spine: Spine, name: str, script: str, description
     return dict(await commands.call(spine.nc, "registry", "add_server", body))
 
 
+async def add_faulty_server(spine: Spine, name: str, command: tuple[list[str], dict[str, str]], cedar: str) -> None:
+    """Register ``tests/servers/faulty_stdio.py`` (``command``: the ``faulty_mcp`` fixture's argv
+    and env) as ``name``, and load the policy bundle ``cedar``."""
+    argv, env = command
+    body = {"name": name, "command": argv[0], "args": argv[1:], "env": env}
+    await commands.call(spine.nc, "registry", "add_server", body)
+    await commands.call(spine.nc, "policy", "load", {"cedar": cedar})
+
+
 @asynccontextmanager
 async def open_spine(
     nats_server: str, redis_server: str, data_dir: Path, *, policy_redis: str | None = None, **overrides: Any

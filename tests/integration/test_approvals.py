@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from inprocess import DEFAULT_POLICY, Spine, add_described_server
+from inprocess import DEFAULT_POLICY, Spine, add_described_server, add_faulty_server
 
 from waiting import eventually
 from writ.approver import ApproverClient, signed_decision
@@ -37,11 +37,7 @@ async def faulty_server(
     faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
 ) -> Path:
     db = tmp_path_factory.mktemp("approvals") / "faulty.sqlite3"
-    argv, env = faulty_mcp(db)
-    await commands.call(
-        spine.nc, "registry", "add_server", {"name": "faulty", "command": argv[0], "args": argv[1:], "env": env}
-    )
-    await commands.call(spine.nc, "policy", "load", {"cedar": APPROVAL_POLICY})
+    await add_faulty_server(spine, "faulty", faulty_mcp(db), APPROVAL_POLICY)
     return db
 
 

@@ -1,8 +1,8 @@
 """Admission control on the session plane. A tool that serves one call at a time gets more calls
 than it can take: their latency grows, the executor cuts that route's limit (a metric and a log
-line say so), and a burst that comes on top gets prompt, explicit ``overloaded`` answers with a
-retry-after; those calls never started; every intent ends in exactly one receipt; and the route
-takes a call again once the burst is over."""
+line say so, and the cut that persists is recorded as an event), and a burst that comes on top
+gets prompt, explicit ``overloaded`` answers with a retry-after; those calls never started; every
+intent ends in exactly one receipt; and the route takes a call again once the burst is over."""
 
 from __future__ import annotations
 
@@ -88,6 +88,11 @@ async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_rec
     assert {i: per_intent[i] for i in submitted} == dict.fromkeys(submitted, 1), "exactly one receipt per intent"
     log = (scene.plane.data_dir / "logs" / "executor.log").read_text()
     assert f"admission {route}: limit 32 -> " in log, "every adjustment is logged with old and new value"
+    where = subjects.admission_subject(server, "adjusted")
+    recorded = [decode(m.data).payload for m in await direct_get_batch(scene.operator, subjects.EXECUTOR_STREAM, where)]
+    assert any(
+        isinstance(p, ev.AdmissionAdjusted) and p.tool == "work" and p.old_limit == 32 > p.new_limit for p in recorded
+    ), f"the cut that persists is recorded as an event, with old and new value: {recorded}"
 
     # The burst is over: after the retry-after, the route takes a call again.
     await asyncio.sleep(max(retry_after(r) or 0 for r, _ in refused))

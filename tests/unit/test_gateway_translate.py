@@ -9,12 +9,14 @@ import pytest
 
 from writ.gateway.translate import (
     IDEMPOTENCY_META_KEY,
+    Naming,
     call_result,
     callable_tools,
     idempotency_key,
     listing,
     mcp_tool_name,
     pending_result,
+    renamed,
     upstream_error,
     writ_tool_name,
 )
@@ -164,3 +166,30 @@ def test_pending_says_how_to_reattach() -> None:
     assert (
         "awaiting human approval" in answer.content[0].text and '"writ/idempotency_key": "k1"' in answer.content[0].text
     )
+
+
+def test_prefixed_names_never_change_when_a_server_is_added() -> None:
+    alone = listing([row("a", "search")], Naming(prefixed=True))
+    both = listing([row("a", "search"), row("b", "search")], Naming(prefixed=True))
+    assert [t.name for t in alone.tools] == ["a.search"]
+    assert [t.name for t in both.tools] == ["a.search", "b.search"]
+    assert renamed(alone, both) == []
+
+
+def test_by_default_a_name_that_becomes_ambiguous_is_said_renamed() -> None:
+    alone = listing([row("a", "search")])
+    both = listing([row("a", "search"), row("b", "search")])
+    assert renamed(alone, both) == [("a/search", "search", "a.search")]
+
+
+def test_an_alias_names_a_servers_tools_and_reads_back_to_the_server() -> None:
+    naming = Naming(prefixed=True, aliases={"salesforce-prod": "crm"})
+    listed = listing([row("salesforce-prod", "search"), row("b", "search")], naming)
+    assert [t.name for t in listed.tools] == ["crm.search", "b.search"]
+    assert listed.writ_name("crm.search") == "salesforce-prod/search"
+
+
+def test_an_alias_that_is_no_name_or_stands_for_two_servers_is_refused() -> None:
+    assert Naming(aliases={"a": "crm"}).refusal() is None
+    assert "no '.'" in (Naming(aliases={"a": "c.r"}).refusal() or "")
+    assert "both" in (Naming(aliases={"a": "crm", "b": "crm"}).refusal() or "")

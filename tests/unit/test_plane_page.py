@@ -1,5 +1,6 @@
 """The Plane page's rows, shaped from what the plane keeps: runtime.json's units, a quarantined
-definition beside the accepted one, a dead letter's headers, a rate-limit key."""
+definition beside the accepted one, a dead letter's headers, a rate-limit key, the executor's
+loop changes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 from writ_common import events as ev
 from writ_common.catalog import Catalog
 from writ_common.envelope import Producer, StoredEvent, make_envelope
-from writ_ledger.plane import dead_letter, processes, quarantined, rate_window
+from writ_ledger.plane import dead_letter, loop_change, processes, quarantined, rate_window
 
 REGISTRY = Producer(service="registry", instance="test", version="0")
 
@@ -97,3 +98,22 @@ def test_a_rate_limit_key_is_split_into_permit_agent_and_tool() -> None:
     }
     assert rate_window("other:key", 1, None, 5, 0) is None
     assert rate_window("writ:rate:only-two:parts", 1, None, 5, 0) is None
+
+
+def test_each_step_of_the_executors_loops_is_a_row_with_old_and_new_limit_and_why() -> None:
+    signals = ev.AdmissionSignals(calls=9, overloaded=0, throughput=3.0, p99_ms=90.0)
+    raised = ev.AdmissionAdjusted(
+        server="s", tool="t", old_limit=4, new_limit=5, signals=signals, reason="s/t raised 4 -> 5"
+    )
+    reverted = ev.AdmissionReverted(
+        server="s", tool="t", baseline=signals, after=signals, from_limit=5, to_limit=4, reason="reverted: slower"
+    )
+    base = ev.LimitSignals(calls=9, busy=2, throughput=3.0)
+    kept = ev.ConcurrencyVerified(server="s", baseline=base, after=base, limit=3, reason="kept")
+    rows = [loop_change(stored(p, n)) for n, p in enumerate((raised, reverted, kept), start=1)]
+    assert [(r["loop"], r["of"], r["step"], r["from"], r["to"], r["reason"]) for r in rows if r] == [
+        ("admission", "s/t", "adjusted", 4, 5, "s/t raised 4 -> 5"),
+        ("admission", "s/t", "reverted", 5, 4, "reverted: slower"),
+        ("concurrency", "s", "verified", 3, 3, "kept"),
+    ]
+    assert loop_change(stored(ev.ServerRemoved(name="s"), 4)) is None

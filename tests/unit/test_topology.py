@@ -41,9 +41,10 @@ def test_every_catalog_type_has_one_route_and_every_intent_token_one_type() -> N
 
 
 def test_bus_permissions_derive_from_the_table() -> None:
-    assert busauth.INTENT_EVENTS_BY_SERVICE["registry"] == ("rejected", "planned", "expired")
+    assert busauth.INTENT_EVENTS_BY_SERVICE["registry"] == ("rejected", "planned", "expired", "cancelled")
     agent = busauth.agent_user("bot", "U" + "A" * 55)
-    assert [p for p in agent.publish if p.startswith("writ.intent.")] == ["writ.intent.bot.*.submitted"]
+    own = [p for p in agent.publish if p.startswith("writ.intent.")]
+    assert own == ["writ.intent.bot.*.submitted", "writ.intent.bot.*.cancel_requested"]
     for service in topology.SERVICES:
         user = busauth.service_user(service, "U" + "A" * 55)
         assert "writ.intent.*.*.submitted" not in user.publish

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import nats
@@ -23,22 +23,23 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 
 from writ_common import local, subjects
-from writ_common.bus import StaleAppend, append, last_on_subject, read_history, split_servers
+from writ_common.bus import StaleAppend, append, last_on_subject, msg_id, read_history, split_servers
 from writ_common.digest import canonical_json
 from writ_common.envelope import (
     MAX_CONTENT_DEPTH,
     Producer,
     UndecodableEvent,
     decode,
+    encode,
     make_envelope,
     nesting_depth_exceeds,
 )
-from writ_common.events import STAGE_STATUS, ApprovalRequested, IntentSubmitted, Receipt
+from writ_common.events import STAGE_STATUS, ApprovalRequested, IntentCancelRequested, IntentSubmitted, Receipt
 from writ_common.fold import fold_intent
 from writ_common.ids import derive_intent_id
 from writ_common.operations import CALL_TOOL
 from writ_common.signing import sign
-from writ_common.tracing import tracer
+from writ_common.tracing import inject_headers, tracer
 
 SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
 
@@ -92,9 +93,11 @@ def new_intent(
     on_behalf_of: str | None = None,
     deadline_seconds: float = 300.0,
     operation: str = CALL_TOOL,
+    via: str | None = None,
 ) -> IntentSubmitted:
     """An unsigned intent with a fresh nonce, issue time and deadline; ``operation`` other than
-    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``."""
+    ``call_tool`` asks for another governed MCP operation on ``tool`` = ``SERVER/TARGET``; ``via``
+    says who signs for the caller (the gateway, for an MCP client holding no key)."""
     now = datetime.now(UTC)
     return IntentSubmitted(
         agent_id=agent_id,
@@ -106,6 +109,7 @@ def new_intent(
         issued_at=now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         nonce=secrets.token_urlsafe(16),
         operation=operation,
+        via=via,
     )
 
 
@@ -239,6 +243,72 @@ async def retry_intent(nc: Client, key: SigningKey, agent_id: str, intent_id: st
     return await publish_intent(nc, sign_intent(retry, key), causation_id=view.terminal.envelope.id)
 
 
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What came of asking to cancel an intent.
+
+    ``outcome``: ``cancelled`` (it ended cancelled: its receipt says at which stage, and whether
+    a running call was stopped); ``finished`` (it had already ended, or its call ended before the
+    request reached it: ``status`` is how, and nothing was changed); ``unknown_intent`` (this agent
+    has no such intent: nothing was sent); ``requested`` (the request is recorded, no receipt
+    within the wait: look again with :meth:`WritAgent.receipt`)."""
+
+    intent_id: str
+    outcome: Literal["cancelled", "finished", "unknown_intent", "requested"]
+    status: str | None = None  # the receipt's status, or where the intent stood when the wait ended
+    receipt: Receipt | None = None
+
+    def __str__(self) -> str:
+        match self.outcome:
+            case "cancelled":
+                return f"{self.intent_id} cancelled: {self.receipt.reason if self.receipt else ''}"
+            case "finished":
+                return f"{self.intent_id} had already ended {self.status}: the cancel request changed nothing"
+            case "unknown_intent":
+                return f"no intent {self.intent_id} of this agent: nothing to cancel"
+            case _:
+                where = f" (it is {self.status})" if self.status else ""
+                return f"cancel of {self.intent_id} requested; no receipt yet{where}"
+
+
+async def request_cancel(nc: Client, agent_id: str, intent_id: str, *, reason: str = "") -> bool:
+    """Record ``agent_id``'s request to cancel its intent ``intent_id`` (``intent.cancel_requested``
+    on the intent's own subject, which only that agent's bus user may publish on). Returns False,
+    sending nothing, when the agent has no such intent.
+
+    Not fenced: a request means the same wherever it lands in the history (the stage that next
+    acts on the intent reads it); ``Nats-Msg-Id`` makes a second request a duplicate.
+    """
+    js = nc.jetstream()
+    submitted = subjects.intent_subject(agent_id, intent_id, "intent.submitted")
+    if await last_on_subject(js, subjects.INTENTS_STREAM, submitted) is None:
+        return False  # sent before its submission it would refuse that submission (its fence expects nothing)
+    event = "intent.cancel_requested"
+    envelope = make_envelope(
+        IntentCancelRequested(reason=reason), producer=SDK_PRODUCER, intent_id=intent_id, agent_id=agent_id
+    )
+    headers = inject_headers({"Nats-Msg-Id": msg_id(intent_id, event)})
+    await js.publish(subjects.intent_subject(agent_id, intent_id, event), encode(envelope), headers=headers)
+    return True
+
+
+async def cancel_intent(
+    nc: Client, agent_id: str, intent_id: str, *, reason: str = "", timeout: float = 10.0
+) -> Cancellation:
+    """:meth:`WritAgent.cancel` on a connection of ``agent_id``'s bus user (no key needed: the bus
+    lets only that user ask, on its own intent's subject)."""
+    stored = await fetch_receipt(nc, intent_id, agent_id=agent_id)
+    if stored is None and not await request_cancel(nc, agent_id, intent_id, reason=reason):
+        return Cancellation(intent_id, "unknown_intent")
+    try:
+        wake = subjects.receipt_notice_subject(agent_id, intent_id)
+        receipt = stored or await wait_receipt(nc, intent_id, timeout, agent_id=agent_id, wake_subject=wake)
+    except ReceiptTimeout as exc:
+        return Cancellation(intent_id, "requested", status=exc.status)
+    outcome: Literal["cancelled", "finished"] = "cancelled" if receipt.status == "cancelled" else "finished"
+    return Cancellation(intent_id, outcome, status=receipt.status, receipt=receipt)
+
+
 def _as_receipt(data: bytes) -> Receipt:
     payload = decode(data).payload
     if not isinstance(payload, Receipt):
@@ -305,6 +375,7 @@ class WritAgent:
         deadline_seconds: float = 300.0,
         caused_by: str | None = None,
         operation: str = CALL_TOOL,
+        via: str | None = None,
     ) -> Submission:
         """Sign and submit an intent; returns its id (the same id for the same idempotency key).
 
@@ -319,6 +390,7 @@ class WritAgent:
             on_behalf_of=on_behalf_of,
             deadline_seconds=deadline_seconds,
             operation=operation,
+            via=via,
         )
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
@@ -331,6 +403,17 @@ class WritAgent:
         """
         wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
         return await wait_receipt(self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake)
+
+    async def cancel(self, intent_id: str, *, reason: str = "", timeout: float = 10.0) -> Cancellation:
+        """Ask Writ to cancel one of this agent's intents and wait up to ``timeout`` seconds for
+        how it ended. Not yet executing: it ends ``cancelled`` without a call. Its call running:
+        the executor cancels the request to the tool's server (MCP ``notifications/cancelled``)
+        and it ends ``cancelled``. Already ended: nothing changes (``finished``, with its status).
+        An interrupted call of a non-idempotent tool still ends ``outcome_unknown`` (it may have
+        run). The same idempotency key names the same, ended, intent: to run the call again,
+        submit it with a new key.
+        """
+        return await cancel_intent(self.nc, self.agent_id, intent_id, reason=reason, timeout=timeout)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
         """Submit and wait for the receipt (raises as :meth:`receipt`)."""
@@ -350,12 +433,15 @@ def retry_after(receipt: Receipt) -> float | None:
 
 __all__ = [
     "AwaitingApproval",
+    "Cancellation",
     "ReceiptTimeout",
     "Submission",
     "WritAgent",
+    "cancel_intent",
     "fetch_receipt",
     "new_intent",
     "publish_intent",
+    "request_cancel",
     "retry_after",
     "retry_intent",
     "sign_intent",

@@ -12,6 +12,7 @@ from writ.cli.base import connect, fail, report, run, settings
 if TYPE_CHECKING:
     from nacl.signing import SigningKey
 
+    from writ.gateway.translate import Naming
     from writ_common.settings import WritSettings
 
 
@@ -37,6 +38,8 @@ async def serve(
     on_behalf_of: str | None,
     timeout: float,
     deadline: float | None,
+    token_file: Path | None,
+    naming: Naming,
 ) -> None:
     from writ.gateway.server import CallOptions, Gateway, log, serve_http, serve_stdio
     from writ.sdk import WritAgent
@@ -56,7 +59,11 @@ async def serve(
     gateway = Gateway(
         writ_agent,
         CallOptions(
-            on_behalf_of=on_behalf_of, timeout=timeout, deadline_seconds=deadline or cfg.default_deadline_seconds
+            on_behalf_of=on_behalf_of,
+            timeout=timeout,
+            deadline_seconds=deadline or cfg.default_deadline_seconds,
+            via="writ-gateway/stdio" if http_port is None else "writ-gateway/http",
+            naming=naming,
         ),
     )
     try:
@@ -64,9 +71,44 @@ async def serve(
             log(f"MCP over stdio, calling tools as agent {agent!r}")
             await serve_stdio(gateway)
         else:
-            await serve_http(gateway, http_port, lambda url: log(f"MCP at {url}, calling tools as agent {agent!r}"))
+            token = bearer_token(token_file)
+            if token is None:
+                asked = "no bearer token asked (--no-token): any local process can call tools as the agent"
+            else:
+                asked = f"clients send Authorization: Bearer <the token in {token_file}>"
+            await serve_http(
+                gateway,
+                http_port,
+                lambda url: log(f"MCP at {url}, calling tools as agent {agent!r}; {asked}"),
+                token=token,
+            )
     finally:
         await writ_agent.nc.close()
+
+
+def configured_naming(prefixed: bool, aliases: list[str]) -> Naming:
+    """``--prefixed`` and ``--alias SERVER=ALIAS`` as the gateway's naming, or a clear refusal."""
+    from writ.gateway.translate import Naming
+
+    pairs = [a.partition("=") for a in aliases]
+    if bad := [a for a, (server, eq, name) in zip(aliases, pairs, strict=True) if not (server and eq and name)]:
+        fail("invalid_alias", f"{bad[0]!r}: write --alias SERVER=ALIAS")
+    naming = Naming(prefixed=prefixed, aliases={server: name for server, _eq, name in pairs})
+    if (why := naming.refusal()) is not None:
+        fail("invalid_alias", why)
+    return naming
+
+
+def bearer_token(token_file: Path | None) -> str | None:
+    """The token HTTP clients must send (made on first use, 0600); None: ``--no-token``."""
+    from writ.gateway.auth import load_or_create_token
+
+    if token_file is None:
+        return None
+    try:
+        return load_or_create_token(token_file)
+    except (OSError, ValueError) as exc:
+        fail("invalid_token_file", str(exc))
 
 
 async def _quiet(_exc: Exception) -> None:
@@ -97,6 +139,27 @@ def gateway(
     bus_creds: Annotated[
         Path | None, typer.Option(help="The agent's bus credential (default: <data>/keys/agents/AGENT.creds)")
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="HTTP: the bearer token every request must carry, made on first use (0600)"
+            " (default: <data>/keys/agents/AGENT.gateway-token)"
+        ),
+    ] = None,
+    prefixed: Annotated[
+        bool,
+        typer.Option("--prefixed", help="Name every tool SERVER.TOOL, so no name changes when a server is added"),
+    ] = False,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(metavar="SERVER=ALIAS", help="List SERVER's tools as ALIAS.TOOL where prefixed (repeatable)"),
+    ] = None,
+    no_token: Annotated[
+        bool,
+        typer.Option(
+            "--no-token", help="HTTP: ask no bearer token (any local process can then call tools as the agent)"
+        ),
+    ] = False,
 ) -> None:
     """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
 
@@ -107,8 +170,18 @@ def gateway(
     A call pending after --timeout (e.g. awaiting approval) answers isError with its intent id.
 
     Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
+
+    Names: --prefixed lists every tool as SERVER.TOOL; --alias SERVER=ALIAS uses ALIAS as SERVER's prefix.
+
+    HTTP: every request carries Authorization: Bearer TOKEN (the token file, made on first use, 0600).
     """
+    from writ.gateway.auth import gateway_token_path
+
+    naming = report(lambda: configured_naming(prefixed, alias or []))
     cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_creds))
+    if no_token and token_file is not None:
+        report(lambda: fail("invalid_token_file", "pass --token-file or --no-token, not both"))
+    token_path = None if no_token or http is None else token_file or gateway_token_path(cfg.data_dir, agent)
     run(
         serve(
             cfg,
@@ -118,5 +191,7 @@ def gateway(
             on_behalf_of=on_behalf_of,
             timeout=timeout,
             deadline=deadline,
+            token_file=token_path,
+            naming=naming,
         )
     )

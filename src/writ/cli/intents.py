@@ -108,6 +108,40 @@ def intent_submit(
         raise typer.Exit(1)
 
 
+async def cancel(intent_id: str, agent: str, *, reason: str, timeout: float) -> bool:
+    """Ask to cancel the agent's intent, print what came of it. True: it ended cancelled."""
+    from writ.keys import agent_bus_creds_path
+    from writ.sdk import cancel_intent
+
+    check_intent_id(intent_id)
+    cfg = settings()
+    seed = agent_bus_creds_path(cfg.data_dir, agent)
+    if seed.exists():  # speak as the agent: the bus lets only it ask, on its own intent's subject
+        cfg = cfg.model_copy(update={"nats_creds_file": seed})
+    async with connect(cfg, user=f"agent-{agent}") as nc:
+        answer = await cancel_intent(nc, agent, intent_id, reason=reason, timeout=timeout)
+    if answer.outcome == "unknown_intent":
+        fail("not_found", f"agent {agent!r} has no intent {intent_id!r}: nothing to cancel")
+    if answer.receipt is not None:
+        console.print(render.receipt_panel(answer.receipt))
+    console.print(str(answer))
+    return answer.outcome == "cancelled"
+
+
+@intent_app.command("cancel")
+def intent_cancel(
+    intent_id: Annotated[str, typer.Argument(metavar="ID")],
+    *,
+    agent: Annotated[str, typer.Option("--as", help="The agent whose intent it is (only it may cancel it)")],
+    reason: Annotated[str, typer.Option(help="Why, recorded with the request")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the receipt")] = 10.0,
+) -> None:
+    """Cancel one of the agent's intents: not yet run, it ends cancelled; its call running, the call
+    is cancelled upstream; already ended, nothing changes. Exit 1 unless it ended cancelled."""
+    if not run(cancel(intent_id, agent, reason=reason, timeout=timeout)):
+        raise typer.Exit(1)
+
+
 async def status(intent_id: str) -> tuple[dict[str, Any] | None, Receipt | None]:
     """The ledger's row for the intent (None if it has none yet) and its receipt (None if none yet)."""
     from writ.sdk import fetch_receipt

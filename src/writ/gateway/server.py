@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
     Listing,
+    Naming,
     Offered,
     call_result,
     idempotency_key,
@@ -38,10 +39,11 @@ from writ.gateway.translate import (
     pending_result,
     receipt_meta,
     refusal_result,
+    renamed,
     upstream_error,
     writ_tool_name,
 )
-from writ.sdk import ReceiptTimeout, WritAgent
+from writ.sdk import ReceiptTimeout, WritAgent, request_cancel
 from writ_common import commands, subjects
 from writ_common import events as ev
 from writ_common.bus import last_on_subject
@@ -50,6 +52,7 @@ from writ_common.ids import derive_intent_id
 from writ_common.operations import PROMPT_REF, RESOURCE_REF
 
 LIST_TIMEOUT = 5.0
+CANCEL_REQUEST_TIMEOUT = 5.0  # seconds a cancelled call's request to cancel its intent may take
 HTTP_PATH = "/mcp"
 # An intent's events (the last token of their subjects) reported as progress: (order, what it says).
 _STAGES = {
@@ -67,6 +70,8 @@ class CallOptions:
     on_behalf_of: str | None
     timeout: float  # seconds a call waits for its receipt
     deadline_seconds: float  # the intent's own deadline, however long the caller waits
+    via: str = "writ-gateway/stdio"  # said in every intent and its receipt: the gateway signed for the client
+    naming: Naming = field(default_factory=Naming)  # how tools are named for clients
 
 
 class Gateway:
@@ -116,8 +121,12 @@ class Gateway:
         return types.ListToolsResult(tools=listed.tools)
 
     async def refresh_listing(self) -> Listing:
-        """The registry's accepted tools as listed now (and remembered for tools/call)."""
-        self.listing = listing(await self._registry_tools())
+        """The registry's accepted tools as listed now (and remembered for tools/call). A tool
+        whose name changed (a second server now offers its bare name) is said in the log."""
+        before = self.listing
+        self.listing = listing(await self._registry_tools(), self.options.naming)
+        for writ_name, old, new in renamed(before, self.listing):
+            log(f"{writ_name} is listed as {new!r} now, not {old!r}: another server offers a tool of that name")
         return self.listing
 
     async def writ_name(self, mcp_name: str) -> str:
@@ -150,17 +159,41 @@ class Gateway:
         intent_id = derive_intent_id(self.agent.agent_id, key)
         wire_meta = (ctx.params or {}).get("_meta")  # as the client sent it (the typed one renames keys)
         wants_progress = isinstance(wire_meta, dict) and wire_meta.get("progressToken") is not None
+        async with (
+            self._cancelled_with_its_request(repr(params.name), intent_id, key),
+            self._relayed(ctx, intent_id, wants_progress=wants_progress),
+        ):
+            return await self._call(params, key)
+
+    @asynccontextmanager
+    async def _cancelled_with_its_request(self, name: str, intent_id: str, key: str) -> AsyncIterator[None]:
+        """notifications/cancelled (or the connection closed) cancels the handler: the SDK answers
+        nothing (as MCP asks), and the agent asks Writ to cancel the intent, shielded so the request
+        goes out while the handler is being cancelled."""
         try:
-            async with self._relayed(ctx, intent_id, wants_progress=wants_progress):
-                return await self._call(params, key)
+            yield
         except anyio.get_cancelled_exc_class():
-            # notifications/cancelled (or the connection closed): the SDK ends this handler and answers
-            # nothing. Writ is not told (an agent can only submit): the intent goes on to its receipt.
-            log(
-                f"call {params.name!r} cancelled (by the client, or its connection closed); intent {intent_id} goes on in Writ (call again"
-                f" with _meta writ/idempotency_key {key!r} to re-attach to its outcome)"
-            )
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_REQUEST_TIMEOUT):
+                await self._request_cancel(name, intent_id, key)
             raise
+
+    async def _request_cancel(self, name: str, intent_id: str, key: str) -> None:
+        try:
+            asked = await request_cancel(
+                self.agent.nc, self.agent.agent_id, intent_id, reason="notifications/cancelled from the MCP client"
+            )
+        except (nats.errors.Error, OSError) as exc:
+            log(f"call {name} cancelled by the client; could not ask Writ to cancel intent {intent_id}: {exc}")
+            return
+        if asked:
+            log(
+                f"call {name} cancelled (by the client, or its connection closed); Writ was asked to cancel intent"
+                f" {intent_id}: not yet run, it ends cancelled; its call running, the call is cancelled upstream;"
+                f" already ended, it stays as it ended (`writ receipt show {intent_id}`). The key {key!r} names"
+                " that intent for good: call again with it to read its outcome, with a new key to run it anew"
+            )
+        else:
+            log(f"call {name} cancelled by the client before its intent {intent_id} was submitted")
 
     @asynccontextmanager
     async def _relayed(
@@ -229,6 +262,7 @@ class Gateway:
                 idempotency_key=key,
                 on_behalf_of=self.options.on_behalf_of,
                 deadline_seconds=self.options.deadline_seconds,
+                via=self.options.via,
             )
         except ValueError as exc:  # outside canonical JSON, so it cannot be signed
             return refusal_result("invalid_arguments", str(exc), key)
@@ -369,20 +403,22 @@ class Gateway:
             raise MCPError.from_error_data(
                 not_completed("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
             )
+        intent_id = derive_intent_id(self.agent.agent_id, key)
         try:
-            submission = await self.agent.submit(
-                f"{server}/{target}",
-                arguments,
-                idempotency_key=key,
-                on_behalf_of=self.options.on_behalf_of,
-                deadline_seconds=self.options.deadline_seconds,
-                operation=operation,
-            )
-            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+            async with self._cancelled_with_its_request(f"{operation} {server}/{target}", intent_id, key):
+                submission = await self.agent.submit(
+                    f"{server}/{target}",
+                    arguments,
+                    idempotency_key=key,
+                    on_behalf_of=self.options.on_behalf_of,
+                    deadline_seconds=self.options.deadline_seconds,
+                    operation=operation,
+                    via=self.options.via,
+                )
+                receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
         except ValueError as exc:
             raise MCPError.from_error_data(not_completed("invalid_arguments", str(exc), key)) from exc
         except ReceiptTimeout as exc:
-            intent_id = derive_intent_id(self.agent.agent_id, key)
             message = f"no outcome yet for intent {intent_id}; ask again with _meta writ/idempotency_key {key!r}"
             raise MCPError.from_error_data(not_completed("pending", message, key, intent_id)) from exc
         except nats.errors.Error as exc:
@@ -453,12 +489,17 @@ async def serve_stdio(gateway: Gateway) -> None:
         tasks.cancel_scope.cancel()
 
 
-async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None]) -> None:
+async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], None], *, token: str | None) -> None:
     """Serve MCP over streamable HTTP on 127.0.0.1:``port`` (0: any free port) until interrupted;
-    ``on_listening`` gets the endpoint's URL once the port is bound."""
+    ``on_listening`` gets the endpoint's URL once the port is bound. Every request must carry
+    ``Authorization: Bearer <token>`` (``token`` None: none asked, by the operator's explicit choice)."""
     import uvicorn
 
-    app = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    from writ.gateway.auth import BearerToken
+
+    app: Any = gateway.mcp_server().streamable_http_app(streamable_http_path=HTTP_PATH, host="127.0.0.1")
+    if token is not None:
+        app = BearerToken(app, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # loopback only: whoever reaches the port calls tools as the agent

@@ -48,6 +48,7 @@ __all__ = [
     "IDEMPOTENCY_META_KEY",
     "WRIT_DID_NOT_COMPLETE",
     "Listing",
+    "Naming",
     "Offered",
     "call_result",
     "callable_tools",
@@ -60,16 +61,44 @@ __all__ = [
     "pending_result",
     "receipt_meta",
     "refusal_result",
+    "renamed",
     "template_pattern",
     "upstream_error",
     "writ_tool_name",
 ]
 
 
-def mcp_tool_name(server: str, tool: str) -> str | None:
-    """``server.tool``, or None when the tool's name cannot be an MCP tool name."""
-    name = f"{server}{SEPARATOR}{tool}"
+def mcp_tool_name(server: str, tool: str, naming: Naming | None = None) -> str | None:
+    """``server.tool`` (``alias.tool`` when the server has an alias), or None when that cannot be
+    an MCP tool name."""
+    prefix = naming.aliases.get(server, server) if naming is not None else server
+    name = f"{prefix}{SEPARATOR}{tool}"
     return name if MCP_TOOL_NAME.fullmatch(name) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Naming:
+    """How the gateway names tools for its clients, as its operator configured it.
+
+    ``prefixed``: every tool is ``SERVER.TOOL``, so no name ever changes when a server is added
+    (by default a tool keeps its bare name while it is unique across servers, and turns
+    ``SERVER.TOOL`` when a second server offers the same name; the gateway then says so in its
+    log and in tools/list_changed). ``aliases``: the prefix a server's tools take instead of the
+    server's own name (a short or stable one)."""
+
+    prefixed: bool = False
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def refusal(self) -> str | None:
+        """Why this naming cannot be used, or None: an alias must be a name prefix of its own and
+        may not stand for two servers."""
+        seen: dict[str, str] = {}
+        for server, alias in self.aliases.items():
+            if not MCP_TOOL_NAME.fullmatch(alias) or SEPARATOR in alias:
+                return f"alias {alias!r} for {server!r}: use letters, digits, '_' or '-' (no '.')"
+            if (other := seen.setdefault(alias, server)) != server:
+                return f"alias {alias!r} stands for both {other!r} and {server!r}"
+        return None
 
 
 def writ_tool_name(mcp_name: str) -> str:
@@ -92,10 +121,11 @@ class Listing:
         return self.names.get(mcp_name)
 
 
-def listing(rows: Iterable[Mapping[str, Any]]) -> Listing:
-    """The registry's tool rows (``list_tools``) as MCP tools: accepted ones only. A tool with a
-    version waiting in quarantine is left out too, since Writ refuses every call to it until an
-    operator accepts that version."""
+def listing(rows: Iterable[Mapping[str, Any]], naming: Naming | None = None) -> Listing:
+    """The registry's tool rows (``list_tools``) as MCP tools, named by ``naming``: accepted ones
+    only. A tool with a version waiting in quarantine is left out too, since Writ refuses every
+    call to it until an operator accepts that version."""
+    naming = naming or Naming()
     rows = list(rows)
     waiting = {(r["server"], r["name"]) for r in rows if r.get("status") != "accepted"}
     # A bare name is Writ's too only while one server offers it (quarantined or not: Catalog.resolve).
@@ -109,8 +139,9 @@ def listing(rows: Iterable[Mapping[str, Any]]) -> Listing:
         if row.get("status") != "accepted" or (server, tool) in waiting:
             continue
         writ_name = f"{server}/{tool}"
-        prefixed = mcp_tool_name(server, tool)
-        name = tool if offered[tool] == 1 and MCP_TOOL_NAME.fullmatch(tool) else prefixed
+        prefixed = mcp_tool_name(server, tool, naming)
+        bare = not naming.prefixed and offered[tool] == 1 and MCP_TOOL_NAME.fullmatch(tool)
+        name = tool if bare else prefixed
         if name is None or name in names:
             continue
         names[name] = writ_name
@@ -121,6 +152,16 @@ def listing(rows: Iterable[Mapping[str, Any]]) -> Listing:
         names.setdefault(alias, writ_name)
     dumped = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
     return Listing(tools=tools, names=names, digest=sha256_digest(dumped))
+
+
+def renamed(before: Listing, after: Listing) -> list[tuple[str, str, str]]:
+    """``(server/tool, old name, new name)`` for each tool listed in both under another name."""
+    was = {str((t.meta or {}).get("writ/tool")): t.name for t in before.tools}
+    return [
+        (w, was[w], t.name)
+        for t in after.tools
+        if (w := str((t.meta or {}).get("writ/tool"))) in was and was[w] != t.name
+    ]
 
 
 def callable_tools(rows: Iterable[Mapping[str, Any]]) -> list[types.Tool]:

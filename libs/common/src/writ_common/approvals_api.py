@@ -43,7 +43,9 @@ REFRESH_INTERVAL_SECONDS = 1.0  # an unknown approver re-reads the identity stre
 COMMAND_TIMEOUT_SECONDS = 30.0
 # The intent events that change an inbox (a request, a decision, an end); a stream also reads
 # again every INBOX_REFRESH_SECONDS whatever it heard.
-INBOX_TOKENS = tuple(r.token for r in INTENT_ROUTES if r.type.startswith("approval.") or r.type == "intent.expired")
+INBOX_TOKENS = tuple(
+    r.token for r in INTENT_ROUTES if r.type.startswith("approval.") or r.type in ("intent.expired", "intent.cancelled")
+)
 INBOX_REFRESH_SECONDS = 5.0
 MAX_BODY_BYTES = 64 * 1024  # a decision: a digest, a signature, a comment
 

@@ -67,6 +67,7 @@ RECEIVES: dict[str, tuple[str, ...]] = {
         "policy.shadow_stopped",
         "policy.rollout_*",
         "approval.requested",
+        "intent.cancel_requested",  # a request waiting for people ends when its agent cancels
         "approver.registered",
         # a canary rollout's signals: the slice's decisions and how its approval requests end
         "intent.authorized",
@@ -74,7 +75,14 @@ RECEIVES: dict[str, tuple[str, ...]] = {
         "intent.expired",
         "approval.expired",
     ),
-    "executor": ("intent.authorized", "server.*", "tools.discovered", "tool.override_set", "tool.accepted"),
+    "executor": (
+        "intent.authorized",
+        "intent.cancel_requested",
+        "server.*",
+        "tools.discovered",
+        "tool.override_set",
+        "tool.accepted",
+    ),
     "ledger": (
         INTENTS,
         "agent.*",

@@ -34,6 +34,7 @@ from writ_common.bus import (
     dead_letter,
     read_history,
 )
+from writ_common.cancellation import cancellation
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
 from writ_common.envelope import (
@@ -200,7 +201,8 @@ class Service:
         await dead_letter(self.js, self.name, raw, code=code, reason=reason)
 
     async def run_stage(self, trigger: StoredEvent, stage: Stage, decide: Decide) -> list[int]:
-        """Fold the intent, decide, append fenced; on a stale append fold again.
+        """Fold the intent, decide, append fenced; on a stale append fold again. Past the
+        deadline the intent ends expired; asked by its agent to cancel, it ends cancelled.
 
         A redelivered trigger whose effect is already in the history makes ``decide`` return
         nothing: replay is resumption. Returns the stream sequences appended.
@@ -209,7 +211,7 @@ class Service:
         for _ in range(FENCE_RETRIES):
             history = await self.history(trigger)
             view = fold_intent(history.events)
-            payloads = expired_or_none(view, stage) or await decide(view)
+            payloads = expired_or_none(view, stage) or cancellation(view, stage) or await decide(view)
             if view.is_terminal or not payloads:
                 return []
             try:

@@ -113,7 +113,8 @@ class WritSettings(BaseSettings):
     admission_max_limit: int = Field(
         default=32,
         ge=1,
-        description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER)",
+        description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER,"
+        " or EXECUTOR_PER_SERVER_MAX when set)",
     )
     admission_tolerance: float = Field(
         default=1.5, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
@@ -138,6 +139,24 @@ class WritSettings(BaseSettings):
     )
     admission_retry_after_min_ms: int = Field(
         default=100, ge=0, description="Least retry-after given with an `overloaded` answer"
+    )
+    admission_max_step: int = Field(
+        default=8, ge=1, description="A recorded raise of a route's limit moves it by at most this many calls"
+    )
+    admission_verify_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="A recorded change of a route's limit is judged on this long of calls after it,"
+        " against as long before it",
+    )
+    admission_cooldown_seconds: float = Field(
+        default=5.0, ge=0.0, description="After a route's verdict, this long before its limit is recorded again"
+    )
+    admission_verify_tolerance: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="How much worse (p99, throughput) a change may make a route and be kept",
     )
     max_argument_bytes: int = Field(default=64 * 1024, description="Largest tool arguments accepted, as JSON")
     max_output_bytes: int = Field(default=1024 * 1024, description="Largest tool output kept, as JSON")

@@ -32,15 +32,20 @@ class IntentSubmitted(Payload, frozen=True, kw_only=True):
     issued_at: str
     nonce: str
     operation: str = "call_tool"
+    # Who signed for the caller, when not the agent's own code: ``writ-gateway/http`` (a remote MCP
+    # client holding only the gateway's bearer token), ``writ-gateway/stdio``.
+    via: str | None = None
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
         """What the agent signs: every field but the signature itself; ``operation`` only when it is
-        not ``call_tool`` (so a tool call signs the same fields it always did)."""
+        not ``call_tool`` and ``via`` only when set (so a tool call signs the fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
@@ -145,6 +150,26 @@ class ApprovalRefused(Payload, frozen=True, kw_only=True):
 class ApprovalExpired(Payload, frozen=True, kw_only=True):
     expires_at: str
     granted_by: list[str] = []
+
+
+class IntentCancelRequested(Payload, frozen=True, kw_only=True):
+    """The agent asks that its intent stop: published by the agent itself (the SDK's ``cancel``, or
+    the MCP gateway on a client's ``notifications/cancelled``) on its own intent's subject, where
+    only its bus user may publish. A request, not an end: the stage that next acts on the intent
+    ends it ``intent.cancelled``; a call already running is cancelled by the executor running it;
+    an intent already ended is not changed."""
+
+    reason: str = ""
+
+
+class IntentCancelled(Payload, frozen=True, kw_only=True):
+    """The intent ended because its agent asked (``intent.cancel_requested``): at ``stage``, before
+    any call (``attempt`` 0), or with attempt ``attempt`` stopped (its server sent
+    ``notifications/cancelled``) or not tried again."""
+
+    stage: Stage
+    reason: str
+    attempt: int = 0
 
 
 class ExecutionStarted(Payload, frozen=True, kw_only=True):
@@ -509,6 +534,54 @@ class ConcurrencyReverted(LimitVerdict, frozen=True, kw_only=True):
     to_limit: int
 
 
+class AdmissionSignals(msgspec.Struct, frozen=True, kw_only=True):
+    """One route's (``server/tool``) calls over a window, as the executor's admission measured them."""
+
+    calls: int  # calls that reached the tool and were answered (or failed) in the window
+    overloaded: int  # calls answered ``overloaded`` (refused) in the window
+    throughput: float  # calls per second, from the first call's end to the last's
+    p50_ms: float | None = None
+    p99_ms: float | None = None  # what a verdict judges by
+    target_ms: float | None = None  # the latency bound the limiter held calls to (None: no call yet)
+    peak_in_flight: int = 0  # the most calls the route had in flight at once
+
+
+class AdmissionAdjusted(Payload, frozen=True, kw_only=True):
+    """A route's admission limit moved and is recorded: ``signals`` is what moved it (the window
+    before, the baseline its verdict is judged against); an ``executor.admission_verified`` or
+    ``executor.admission_reverted`` follows."""
+
+    server: str
+    tool: str
+    old_limit: int
+    new_limit: int
+    signals: AdmissionSignals
+    reason: str = ""
+
+
+class AdmissionVerdict(Payload, frozen=True, kw_only=True):
+    """What a route's limit change came to: the signals before it (``baseline``) and since (``after``)."""
+
+    server: str
+    tool: str
+    baseline: AdmissionSignals
+    after: AdmissionSignals
+    reason: str = ""
+
+
+class AdmissionVerified(AdmissionVerdict, frozen=True, kw_only=True):
+    """The route's adjusted limit is kept: measured since the change, it did not make things worse."""
+
+    limit: int
+
+
+class AdmissionReverted(AdmissionVerdict, frozen=True, kw_only=True):
+    """The route's adjusted limit made things worse than the baseline; the previous one is back."""
+
+    from_limit: int
+    to_limit: int
+
+
 DecisionKind = Literal["allow", "approval", "deny"]
 
 
@@ -555,17 +628,21 @@ class Receipt(Payload, frozen=True, kw_only=True):
     ledger_key_id: str
     prev_hash: str
     operation: str = "call_tool"  # the intent's operation (read_resource, get_prompt, ...)
+    via: str | None = None  # who signed the intent for the caller (IntentSubmitted.via)
     receipt_hash: str = ""
     signature: str = ""
 
     def hashed_fields(self) -> dict[str, Any]:
         """The body the hash covers: everything but the hash and the signature; ``operation`` only
-        when it is not ``call_tool`` (so a tool call's receipt hashes the fields it always did)."""
+        when it is not ``call_tool`` and ``via`` only when set (so a tool call's receipt hashes the
+        fields it always did)."""
         fields = msgspec.to_builtins(self)
         fields.pop("receipt_hash", None)
         fields.pop("signature", None)
         if fields.get("operation") == "call_tool":
             fields.pop("operation")
+        if fields.get("via") is None:
+            fields.pop("via", None)
         return dict(fields)
 
 
@@ -583,6 +660,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("approval.denied", 1): ApprovalDenied,
     ("approval.refused", 1): ApprovalRefused,
     ("approval.expired", 1): ApprovalExpired,
+    ("intent.cancel_requested", 1): IntentCancelRequested,
+    ("intent.cancelled", 1): IntentCancelled,
     ("execution.started", 1): ExecutionStarted,
     ("execution.succeeded", 1): ExecutionSucceeded,
     ("execution.failed", 1): ExecutionFailed,
@@ -612,6 +691,9 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("executor.limit_adjusted", 1): ConcurrencyAdjusted,
     ("executor.limit_verified", 1): ConcurrencyVerified,
     ("executor.limit_reverted", 1): ConcurrencyReverted,
+    ("executor.admission_adjusted", 1): AdmissionAdjusted,
+    ("executor.admission_verified", 1): AdmissionVerified,
+    ("executor.admission_reverted", 1): AdmissionReverted,
     ("policy.rollout_started", 1): PolicyRolloutStarted,
     ("policy.rollout_promoted", 1): PolicyRolloutPromoted,
     ("policy.rollout_rolled_back", 1): PolicyRolloutRolledBack,
@@ -628,6 +710,7 @@ TERMINAL_STATUS: dict[str, str] = {
     "intent.rejected": "rejected",
     "intent.denied": "denied",
     "intent.expired": "expired",
+    "intent.cancelled": "cancelled",
     "execution.succeeded": "succeeded",
     "execution.failed": "failed",
     "execution.outcome_unknown": "outcome_unknown",

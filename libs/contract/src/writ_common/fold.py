@@ -24,6 +24,7 @@ class IntentView:
     approval: ev.ApprovalRequested | None = None
     grants: list[ev.ApprovalGranted] = field(default_factory=list)
     approval_denial: ev.ApprovalDenied | None = None  # an approver said no (policy's own no is `denied`)
+    cancel_requested: ev.IntentCancelRequested | None = None  # the agent asked to stop it (the first ask)
     started: list[ev.ExecutionStarted] = field(default_factory=list)
     attempt_failures: list[ev.ExecutionAttemptFailed] = field(default_factory=list)
     terminal: StoredEvent | None = None
@@ -110,31 +111,38 @@ def fold_intent(history: list[StoredEvent]) -> IntentView:
             ):
                 view.reconciled = event.payload
             continue
-        payload = event.payload
-        match payload:
-            case ev.IntentSubmitted() if view.submitted is None:
-                view.submitted = payload
-                view.submitted_event = event
-                view.intent_id = event.envelope.intent_id
-                view.agent_id = event.envelope.agent_id
-            case ev.IntentAuthenticated() if view.authenticated is None:
-                view.authenticated = payload
-            case ev.IntentPlanned() if view.planned is None:
-                view.planned = payload
-            case ev.IntentAuthorized() if view.authorized is None:
-                view.authorized = payload
-            case ev.ApprovalRequested() if view.approval is None:
-                view.approval = payload
-            case ev.ApprovalGranted() if all(g.approver_id != payload.approver_id for g in view.grants):
-                view.grants.append(payload)
-            case ev.ApprovalDenied() if view.approval_denial is None:
-                view.approval_denial = payload
-            case ev.ExecutionStarted():
-                view.started.append(payload)
-            case ev.ExecutionAttemptFailed():
-                view.attempt_failures.append(payload)
-            case _:
-                pass
+        _apply(view, event)
         if event.type in ev.TERMINAL_TYPES:
             view.terminal = event
     return view
+
+
+def _apply(view: IntentView, event: StoredEvent) -> None:
+    """One event of an open intent: the first of each stage's events counts."""
+    payload = event.payload
+    match payload:
+        case ev.IntentSubmitted() if view.submitted is None:
+            view.submitted = payload
+            view.submitted_event = event
+            view.intent_id = event.envelope.intent_id
+            view.agent_id = event.envelope.agent_id
+        case ev.IntentAuthenticated() if view.authenticated is None:
+            view.authenticated = payload
+        case ev.IntentPlanned() if view.planned is None:
+            view.planned = payload
+        case ev.IntentAuthorized() if view.authorized is None:
+            view.authorized = payload
+        case ev.ApprovalRequested() if view.approval is None:
+            view.approval = payload
+        case ev.ApprovalGranted() if all(g.approver_id != payload.approver_id for g in view.grants):
+            view.grants.append(payload)
+        case ev.ApprovalDenied() if view.approval_denial is None:
+            view.approval_denial = payload
+        case ev.IntentCancelRequested() if view.cancel_requested is None and view.submitted is not None:
+            view.cancel_requested = payload
+        case ev.ExecutionStarted():
+            view.started.append(payload)
+        case ev.ExecutionAttemptFailed():
+            view.attempt_failures.append(payload)
+        case _:
+            pass

@@ -34,6 +34,8 @@ def ending(terminal: ev.Payload) -> tuple[ev.Stage, str, str]:
             return "authorize", terminal.code, terminal.reason
         case ev.IntentExpired():
             return terminal.stage, "deadline_exceeded", terminal.reason
+        case ev.IntentCancelled():
+            return terminal.stage, "cancelled", terminal.reason
         case ev.ExecutionFailed():
             return "execute", terminal.code, terminal.reason
         case ev.ExecutionOutcomeUnknown():
@@ -71,6 +73,7 @@ def intent_fields(view: IntentView) -> dict[str, Any]:
         "reason": reason,
         "tool": view.submitted.tool if view.submitted else None,
         "operation": view.submitted.operation if view.submitted else "call_tool",
+        "via": view.submitted.via if view.submitted else None,
         "server": planned.server if planned else None,
         "tool_digest": planned.tool_digest if planned else None,
         "args_digest": planned.args_digest if planned else None,

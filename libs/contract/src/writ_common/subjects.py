@@ -90,6 +90,11 @@ def limit_subject(server: str, event: str) -> str:
     return f"writ.executor.limit.{server}.{event}"
 
 
+def admission_subject(server: str, event: str) -> str:
+    """``adjusted``, ``verified`` or ``reverted``: the admission limit of one of the server's routes."""
+    return f"writ.executor.admission.{server}.{event}"
+
+
 def secret_subject(name: str, event: str) -> str:
     """``set`` or ``deleted``: the audit trail of one secret (its name, never its value)."""
     return f"writ.executor.secret.{name}.{event}"

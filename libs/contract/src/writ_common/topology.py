@@ -49,7 +49,8 @@ def _control(event_type: str, stream: str, subject: str, publisher: str) -> Rout
     return Route(event_type, stream, subject, (publisher,))
 
 
-# Any stage past its own may find the deadline gone and end the intent as expired.
+# Any stage past its own may find the deadline gone and end the intent as expired, or find its
+# agent's cancel request and end it as cancelled.
 _EXPIRERS = ("identity", "registry", "policy", "executor")
 
 ROUTES: tuple[Route, ...] = (
@@ -61,6 +62,10 @@ ROUTES: tuple[Route, ...] = (
     _intent("intent.authorized", "policy"),
     _intent("intent.denied", "policy"),
     _intent("intent.expired", *_EXPIRERS),
+    # The agent asks to stop its own intent; the stage that next acts on it (or the executor
+    # running its call) ends it.
+    _intent("intent.cancel_requested", AGENT),
+    _intent("intent.cancelled", *_EXPIRERS),
     _intent("approval.requested", "policy"),
     _intent("approval.granted", "policy"),
     _intent("approval.denied", "policy"),
@@ -112,6 +117,15 @@ ROUTES: tuple[Route, ...] = (
     *(
         _control(
             f"executor.limit_{step}", subjects.EXECUTOR_STREAM, subjects.limit_subject("{server}", step), "executor"
+        )
+        for step in ("adjusted", "verified", "reverted")
+    ),
+    *(
+        _control(
+            f"executor.admission_{step}",
+            subjects.EXECUTOR_STREAM,
+            subjects.admission_subject("{server}", step),
+            "executor",
         )
         for step in ("adjusted", "verified", "reverted")
     ),

@@ -11,17 +11,22 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from writ_common import events as ev
 from writ_common import metrics
 from writ_common.settings import WritSettings
+from writ_executor.admission_tuning import RouteBook
 from writ_executor.limiter import Adjustment, LimiterConfig, RouteLimiter, RouteLimits
 
 log = logging.getLogger(__name__)
 
 
 def limiter_config(settings: WritSettings) -> LimiterConfig:
-    maximum = min(settings.admission_max_limit, settings.executor_per_server)
+    # A route never has more calls in flight than its server may run: the server's ceiling when the
+    # concurrency loop may raise it (under its floor, a route could never show the loop saturation).
+    per_server = max(settings.executor_per_server, settings.executor_per_server_max or 0)
+    maximum = min(settings.admission_max_limit, per_server)
     return LimiterConfig(
         initial=settings.admission_initial_limit,
         minimum=min(settings.admission_min_limit, maximum),
@@ -77,6 +82,7 @@ class Admission:
         self.enabled = settings.admission
         self.max_wait_ms = settings.admission_max_wait_ms
         self.limits = RouteLimits(limiter_config(settings))
+        self.book = RouteBook()  # what the admission loop (admission_loop) records and verifies by
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
 
     async def admit(self, server: str, tool: str) -> Ticket | ev.ExecutionFailed | None:
@@ -93,6 +99,7 @@ class Admission:
                 if not limiter.congested:
                     return None
                 metrics.OVERLOADED.labels(route).inc()
+                self.book.record_refused(route, datetime.now(UTC))
                 return overloaded(route, limiter.limit, limiter.retry_after_ms())
         metrics.ADMISSION_IN_FLIGHT.labels(route).set(limiter.in_flight)
         metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
@@ -100,6 +107,8 @@ class Admission:
 
     def release(self, ticket: Ticket) -> None:
         limiter = self.limits.of(ticket.route)
+        if ticket.rtt_ms is not None and self.enabled:
+            self.book.record_call(ticket.route, datetime.now(UTC), ticket.rtt_ms, limiter.in_flight)
         adjustment = limiter.release(ticket.rtt_ms, time.monotonic())
         metrics.ADMISSION_IN_FLIGHT.labels(ticket.route).set(limiter.in_flight)
         if adjustment is not None:
@@ -110,6 +119,12 @@ class Admission:
             if not waiter.done():
                 waiter.set_result(None)
                 break
+
+    def adopt(self, route: str, limit: int) -> None:
+        """Set the route's limit to one the admission loop recorded (or a restart found recorded)."""
+        limiter = self.limits.of(route)
+        limiter.limit = min(limiter.config.maximum, max(limiter.config.minimum, limit))
+        metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
 
     async def _wait_for_place(self, route: str, limiter: RouteLimiter) -> bool:
         loop = asyncio.get_running_loop()

@@ -3,11 +3,14 @@
 * :class:`execution.Execution`: consumes intent.authorized and makes the one call with outside
   effects (lease, fenced ``execution.started``, the call, its outcome), and ``reconcile``.
 * :class:`tuner.ConcurrencyTuner`: each server's slots and the concurrency loop that moves them.
+* :class:`admission_loop.AdmissionLoop`: records each route's admission limit moves as events,
+  verifies each against its baseline, reverts the ones that made things worse.
 * :class:`secret_commands.SecretCommands`: ``set_secret``, ``delete_secret``, ``list_secrets``.
 * :class:`server_operations.ServerOperations`: ``discover`` for the registry, ``list_offered`` for
   the gateway; :class:`server_operations.ToolRefresh`: rediscovery when a server's tools change.
 
-The rules they follow are pure, in ``domain.py``, ``tuning.py``, ``limiter.py`` and ``failures.py``.
+The rules they follow are pure, in ``domain.py``, ``tuning.py``, ``limiter.py``,
+``admission_tuning.py`` and ``failures.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import redis.asyncio as aioredis
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_common.stranded import sweep_execution
+from writ_executor.admission_loop import AdmissionLoop
 from writ_executor.execution import ACK_WAIT, Execution
 from writ_executor.known_servers import KnownServers
 from writ_executor.lease import Leases
@@ -54,6 +58,7 @@ class Executor:
             leases=Leases(self.redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000)),
             tuner=self.tuner,
         )
+        self.admission_loop = AdmissionLoop(svc, settings, self.execution.admission)
         self.secret_commands = SecretCommands(svc, self.store, self.servers)
         self.server_operations = ServerOperations(svc, self.servers, self.secrets, self.pool)
 
@@ -69,6 +74,7 @@ class Executor:
         """Every subscription, command and background task of the executor, in one place."""
         scrub_logs(self.secrets.scrub_text)
         self.tuner.wire()
+        self.admission_loop.wire()
         self.execution.wire()
         # Nothing stranded: an unanswered call past its deadline ends outcome_unknown (non-idempotent)
         # or expired (idempotent), named by its attempt as on_authorized would name it.

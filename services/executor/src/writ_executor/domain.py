@@ -12,6 +12,7 @@ import msgspec
 
 from writ_common import events as ev
 from writ_common.approvals import request_digest
+from writ_common.cancellation import cancel_reason
 from writ_common.digest import sha256_digest
 from writ_common.envelope import MAX_CONTENT_DEPTH, nesting_depth_exceeds
 from writ_common.errors import Refusal
@@ -70,6 +71,8 @@ def next_step(view: IntentView, max_attempts: int = MAX_ATTEMPTS) -> Invoke | ev
     """
     if view.is_terminal or view.authorized is None or view.planned is None:
         return None
+    if (cancelled := cancelled_step(view)) is not None:
+        return cancelled
     if view.approval is not None and (mismatch := approval_mismatch(view)):
         return not_run(view.last_attempt, mismatch)
     if not view.started:
@@ -92,6 +95,28 @@ def next_step(view: IntentView, max_attempts: int = MAX_ATTEMPTS) -> Invoke | ev
             reason=f"{why} (gave up after {view.last_attempt} attempts)",
         )
     return Invoke(attempt=view.last_attempt + 1)
+
+
+def cancelled_step(view: IntentView) -> ev.IntentCancelled | None:
+    """The agent asked to cancel an authorized intent that no call of this executor is running
+    (one running here is stopped by :mod:`writ_executor.cancels`): no call yet, or a failed attempt
+    waiting for its retry, ends ``cancelled`` and is not called; an interrupted attempt of an
+    idempotent tool is not called again. An interrupted attempt of any other tool may have run:
+    None, and the unknown-outcome rule holds (a cancel request does not hide a possible effect)."""
+    request = view.cancel_requested
+    if request is None or view.is_terminal:
+        return None
+    if not view.started:
+        return ev.IntentCancelled(stage="execute", reason=cancel_reason(request, "before its call was made"))
+    attempt = view.last_attempt
+    if (failed := view.last_attempt_failed) is not None:
+        why = f"after attempt {attempt} failed ({failed.code}); it is not tried again"
+        return ev.IntentCancelled(stage="execute", attempt=attempt, reason=cancel_reason(request, why))
+    assert view.planned is not None
+    if not view.planned.annotations.idempotent:
+        return None
+    why = f"after attempt {attempt} of idempotent {view.planned.server}/{view.planned.tool} was interrupted; not called again"
+    return ev.IntentCancelled(stage="execute", attempt=attempt, reason=cancel_reason(request, why))
 
 
 def after_error(

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from writ_common import commands, metrics, operations, subjects
 from writ_common import events as ev
 from writ_common.bus import AppendUnresolved, StaleAppend, read_history
+from writ_common.cancellation import call_cancelled
 from writ_common.commands import CommandError, granted
 from writ_common.digest import within_canonical_domain
 from writ_common.envelope import StoredEvent
@@ -31,6 +32,7 @@ from writ_common.service import FENCE_RETRIES, Service
 from writ_common.settings import WritSettings
 from writ_executor.admission import Admission, Ticket
 from writ_executor.breaker import CircuitBreaker, Transition
+from writ_executor.cancels import Running, RunningCalls, until_stopped
 from writ_executor.domain import (
     CallError,
     Invoke,
@@ -118,6 +120,7 @@ class Execution:
         self.admission = Admission(settings)  # adaptive limit per route; a first attempt past it: overloaded
         self.breakers: dict[str, CircuitBreaker] = {}
         self.policy = PolicyInForce(svc)
+        self.running = RunningCalls(lambda: svc.nc)  # what a cancel request may stop here
 
     # -- the stage ----------------------------------------------------------------------------
 
@@ -237,16 +240,19 @@ class Execution:
             server=view.planned.server,
             tool=view.planned.tool,
         )
-        try:
-            # Recorded before the call: a crash after this point is seen on redelivery. A lost
-            # answer is resolved by looking for our own event: the call is made once it is known
-            # stored, and never when it is not.
-            [started_seq] = await self.svc.append_all(
-                view, trigger, [started], last_seq, occurrence=attempt, settle=SETTLE_STARTED
-            )
-        except StaleAppend as exc:
-            raise Redeliver(0.0, "the intent moved on before the call started") from exc
-        result = await self.invoke(view, attempt, ticket)
+        # From before execution.started: a cancel request landing after our fold moves the fence
+        # (the append below is refused and the trigger decided afresh) or stops the call.
+        with self.running.track(view.agent_id or "", view.intent_id or "") as running:
+            try:
+                # Recorded before the call: a crash after this point is seen on redelivery. A lost
+                # answer is resolved by looking for our own event: the call is made once it is known
+                # stored, and never when it is not.
+                [started_seq] = await self.svc.append_all(
+                    view, trigger, [started], last_seq, occurrence=attempt, settle=SETTLE_STARTED
+                )
+            except StaleAppend as exc:
+                raise Redeliver(0.0, "the intent moved on before the call started") from exc
+            result = await self.invoke_unless_cancelled(view, attempt, ticket, running)
         if not await self.record_outcome(trigger, view, result, started_seq, attempt):
             return None
         return result
@@ -297,6 +303,19 @@ class Execution:
         raise RuntimeError(f"{view.intent_id}: could not record attempt {attempt} after {FENCE_RETRIES} tries")
 
     # -- the call -----------------------------------------------------------------------------
+
+    async def invoke_unless_cancelled(
+        self, view: IntentView, attempt: int, ticket: Ticket, running: Running
+    ) -> ev.Payload:
+        """:meth:`invoke`, stopped when the agent's cancel request arrives meanwhile: then the
+        intent ends ``cancelled`` (the server was sent ``notifications/cancelled``)."""
+        if running.request is not None:
+            return call_cancelled(running.request, attempt, sent=False)
+        result, stopped = await until_stopped(self.invoke(view, attempt, ticket), running)
+        if stopped or result is None:
+            log.info("%s: attempt %d cancelled at its agent's request", view.intent_id, attempt)
+            return call_cancelled(running.request or ev.IntentCancelRequested(), attempt, sent=True)
+        return result
 
     async def invoke(self, view: IntentView, attempt: int, ticket: Ticket) -> ev.Payload:
         """Make the call (or find it cannot be made) and name how it ended."""
@@ -422,6 +441,8 @@ class Execution:
             concurrency=self.settings.executor_concurrency,
         )
         self.svc.command("reconcile", self.reconcile_intent)
+        self.svc.on_startup(self.running.start)
+        self.svc.on_shutdown(self.running.stop)
 
 
 class AgentRelay:

@@ -7,7 +7,9 @@ are queueing somewhere (the tool server, its session, this replica's loop) once 
 in a row say so: the limit becomes the calls in use (or the limit, if lower) times bound / latency,
 kept between 0.5 and ``backoff`` (and at least one less), at most once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
 bound, finished while at least half the limit was in use, adds one (a route used far below its
-limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``.
+limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``, and within
+the ``floor`` and ``ceiling`` the admission loop (``admission_tuning``) sets while it records and
+verifies the route's changes.
 
 The baseline is the fastest call of the current and the previous window (``window_s``): it
 follows a route that has become slower for good instead of shedding it forever, and comes back
@@ -65,6 +67,9 @@ class RouteLimiter:
         self.route = route
         self.config = config
         self.limit = min(config.maximum, max(config.minimum, config.initial))
+        # Where the admission loop (``admission_tuning``) lets the limit move in memory now.
+        self.floor = config.minimum
+        self.ceiling = config.maximum
         self.in_flight = 0
         self.smoothed_ms: float | None = None
         self._min_now = math.inf
@@ -78,6 +83,14 @@ class RouteLimiter:
         """The fastest call of the current and previous window (None before the first call)."""
         best = min(self._min_now, self._min_prev)
         return None if math.isinf(best) else best
+
+    @property
+    def target_ms(self) -> float | None:
+        """The latency a call may take before it counts as slow (None before the first call)."""
+        baseline = self.baseline_ms
+        if baseline is None:
+            return None
+        return max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
 
     @property
     def congested(self) -> bool:
@@ -102,8 +115,8 @@ class RouteLimiter:
         self.smoothed_ms = rtt_ms if self.smoothed_ms is None else 0.8 * self.smoothed_ms + 0.2 * rtt_ms
         self._observe(rtt_ms, now)
         baseline = self.baseline_ms
-        assert baseline is not None
-        bound = max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
+        bound = self.target_ms
+        assert baseline is not None and bound is not None
         old = self.limit
         self._slow = self._slow + 1 if rtt_ms > bound else 0
         if rtt_ms > bound:
@@ -114,10 +127,10 @@ class RouteLimiter:
             self._last_cut = now
             factor = max(0.5, min(self.config.backoff, bound / rtt_ms))
             # From what was in use, not from a limit far above it (which would bind nothing).
-            new = max(self.config.minimum, min(old - 1, math.floor(min(old, in_use) * factor)))
+            new = min(old, max(self.floor, min(old - 1, math.floor(min(old, in_use) * factor))))
             signal = f"latency {rtt_ms:.1f} ms > {bound:.1f} ms (baseline {baseline:.1f} ms)"
         elif in_use * 2 >= old:
-            new = min(self.config.maximum, old + 1)
+            new = max(old, min(self.ceiling, old + 1))
             signal = f"latency {rtt_ms:.1f} ms <= {bound:.1f} ms with {in_use}/{old} in use"
         else:
             return None

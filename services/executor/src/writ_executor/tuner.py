@@ -4,7 +4,6 @@ stream, from which every replica folds the limits in force."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +13,7 @@ from writ_common.envelope import StoredEvent
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_executor.slots import ServerSlots
+from writ_executor.ticker import Ticker
 from writ_executor.tuning import CallBook, Limits, Tuning, apply_limit_event, next_change, slot_limits
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class ConcurrencyTuner:
         self.limits = Limits()  # the loop's changes, and the one awaiting its verdict
         self.calls = CallBook()
         self.follower = svc.follow(subjects.EXECUTOR_STREAM, self.on_limit)
-        self.tasks: list[asyncio.Task[None]] = []
+        self.ticker = Ticker(svc, "concurrency loop", self.tune_once, period=TUNE_TICK, enabled=self.tuning.enabled)
 
     def on_limit(self, event: StoredEvent) -> None:
         apply_limit_event(self.limits, event)
@@ -57,22 +57,5 @@ class ConcurrencyTuner:
         await self.svc.append_control(subject, change, message_id=f"limit:{change.server}:after:{self.limits.seq}")
         await self.follower.ensure_fresh()
 
-    async def loop(self) -> None:
-        while True:
-            await asyncio.sleep(TUNE_TICK)
-            try:
-                await self.tune_once()
-            except Exception:
-                log.exception("executor: the concurrency loop failed this tick; trying again")
-
-    async def start(self) -> None:
-        if self.tuning.enabled:
-            self.tasks.append(asyncio.create_task(self.loop(), name="concurrency-tuning"))
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
     def wire(self) -> None:
-        self.svc.on_startup(self.start)
-        self.svc.on_shutdown(self.stop)
+        self.ticker.wire()

@@ -5,6 +5,8 @@
 - consumer lag: each service's durable consumer on the intents stream (JetStream consumer info);
 - dead letters: ``WRIT_DLQ``'s count per service and its latest messages' reasons (headers);
 - breakers: the last ``breaker.transitioned`` per tool server on the executor's stream;
+- loop changes: the executor's own loops (per-server concurrency, per-route admission) over the
+  last hour, each change and its verdict with old and new value and the reason;
 - quarantine: the registry stream folded into the catalog registry and executor use, each pending
   definition beside the accepted one as a unified diff;
 - rate limits: policy's sliding windows in Redis (``writ:rate:<permit>:<agent>:<tool>``), read only.
@@ -19,7 +21,7 @@ import difflib
 import json
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,11 @@ from redis.exceptions import RedisError
 
 from writ_common import events as ev
 from writ_common import subjects
+from writ_common.bus import direct_get_batch, stored
 from writ_common.busauth import durable_of
 from writ_common.catalog import Catalog
 from writ_common.control import ControlFollower
-from writ_common.envelope import UndecodableEvent, decode
+from writ_common.envelope import StoredEvent, UndecodableEvent, decode
 from writ_common.settings import WritSettings
 from writ_common.topology import CONTROL_PREFIX_BY_SERVICE
 
@@ -43,6 +46,16 @@ log = logging.getLogger(__name__)
 
 SERVICES = tuple(CONTROL_PREFIX_BY_SERVICE)  # the five services, each with one durable consumer
 DEAD_LETTERS_SHOWN = 5
+LOOP_CHANGES_SHOWN = 20
+LOOP_CHANGES_SINCE = timedelta(hours=1)
+LOOP_EVENTS = (
+    ev.ConcurrencyAdjusted,
+    ev.ConcurrencyVerified,
+    ev.ConcurrencyReverted,
+    ev.AdmissionAdjusted,
+    ev.AdmissionVerified,
+    ev.AdmissionReverted,
+)
 RATE_WINDOWS_SHOWN = 50
 RATE_PREFIX = "writ:rate:"
 READ_TIMEOUT = 2.0
@@ -120,6 +133,28 @@ def dead_letter(seq: int, time: datetime | None, headers: Mapping[str, str]) -> 
     }
 
 
+def loop_change(event: StoredEvent) -> dict[str, Any] | None:
+    """One step of the executor's loops as the page lists it; None for any other event."""
+    payload = event.payload
+    if not isinstance(payload, LOOP_EVENTS):
+        return None
+    row: dict[str, Any] = {"at": event.envelope.occurred_at, "step": event.envelope.type.rpartition("_")[2]}
+    match payload:
+        case ev.ConcurrencyAdjusted() as p:
+            row |= {"loop": "concurrency", "of": p.server, "from": p.old_limit, "to": p.new_limit}
+        case ev.ConcurrencyVerified() as p:
+            row |= {"loop": "concurrency", "of": p.server, "from": p.limit, "to": p.limit}
+        case ev.ConcurrencyReverted() as p:
+            row |= {"loop": "concurrency", "of": p.server, "from": p.from_limit, "to": p.to_limit}
+        case ev.AdmissionAdjusted() as p:
+            row |= {"loop": "admission", "of": f"{p.server}/{p.tool}", "from": p.old_limit, "to": p.new_limit}
+        case ev.AdmissionVerified() as p:
+            row |= {"loop": "admission", "of": f"{p.server}/{p.tool}", "from": p.limit, "to": p.limit}
+        case ev.AdmissionReverted() as p:
+            row |= {"loop": "admission", "of": f"{p.server}/{p.tool}", "from": p.from_limit, "to": p.to_limit}
+    return row | {"reason": payload.reason}
+
+
 def rate_window(key: str, count: int, oldest_ms: float | None, ttl_ms: int, now_ms: float) -> dict[str, Any] | None:
     """One sliding window (``writ:rate:<permit>:<agent>:<tool>``); None for a key of another shape."""
     if not key.startswith(RATE_PREFIX):
@@ -171,9 +206,14 @@ class PlaneReader:
     async def read(self) -> dict[str, Any]:
         """The whole snapshot; a part that cannot be read says why instead of failing the rest."""
         parts = await asyncio.gather(
-            self._consumers(), self._dead_letters(), self._breakers(), self._rate_windows(), return_exceptions=True
+            self._consumers(),
+            self._dead_letters(),
+            self._breakers(),
+            self._loop_changes(),
+            self._rate_windows(),
+            return_exceptions=True,
         )
-        consumers, dead, breakers, rates = (_or_problem(p) for p in parts)
+        consumers, dead, breakers, loops, rates = (_or_problem(p) for p in parts)
         runtime = _read_json(self._settings.runtime_file())
         return {
             "supervisor": {
@@ -185,6 +225,7 @@ class PlaneReader:
             "consumers": consumers,
             "dead_letters": dead,
             "breakers": breakers,
+            "loop_changes": loops,
             "quarantined": quarantined(self._catalog),
             "rate_limits": rates,
         }
@@ -252,6 +293,20 @@ class PlaneReader:
                     }
                 )
         return rows
+
+    async def _loop_changes(self) -> list[dict[str, Any]]:
+        """The last hour's steps of both loops, newest first."""
+        since = datetime.now(UTC) - LOOP_CHANGES_SINCE
+        rows = []
+        for where in (subjects.limit_subject("*", "*"), subjects.admission_subject("*", "*")):
+            for msg in await direct_get_batch(self._nc, subjects.EXECUTOR_STREAM, where, start_time=since):
+                try:
+                    row = loop_change(stored(msg))
+                except UndecodableEvent:
+                    continue
+                if row is not None:
+                    rows.append(row)
+        return sorted(rows, key=lambda r: str(r["at"]), reverse=True)[:LOOP_CHANGES_SHOWN]
 
     async def _rate_windows(self) -> dict[str, Any]:
         if self._redis is None:

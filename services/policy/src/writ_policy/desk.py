@@ -13,14 +13,14 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from writ_common import cancel_requests, subjects
 from writ_common import events as ev
-from writ_common import subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, read_history, stored
 from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode
 from writ_common.fold import IntentView, fold_intent
-from writ_common.service import FENCE_RETRIES, Service
+from writ_common.service import FENCE_RETRIES, Decide, Service
 from writ_policy import approvals, domain
 from writ_policy.approvals import SignedDecision
 from writ_policy.state import PolicyState
@@ -60,7 +60,11 @@ class ApprovalDesk:
             with contextlib.suppress(UndecodableEvent):
                 self.remember(stored(msg))
         await self.svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=self.on_requested)
+        # A request waiting for people ends when its agent cancels the intent: heard live, and
+        # looked for once at start (a cancel sent while policy was down).
+        await self.svc.nc.subscribe(cancel_requests.SUBJECT, cb=self.on_cancel_requested)
         self.tasks.append(asyncio.create_task(self.expire_loop(), name="approval-expiry"))
+        self.tasks.append(asyncio.create_task(self.end_cancelled(list(self.pending)), name="approval-cancelled"))
 
     async def start_redeciding(self) -> None:
         """A bundle loaded while we were down still re-decides what waits for people."""
@@ -77,6 +81,36 @@ class ApprovalDesk:
     async def on_requested(self, msg: Msg) -> None:
         with contextlib.suppress(UndecodableEvent):
             self.remember(decode(msg.data, subject=msg.subject))
+
+    async def on_cancel_requested(self, msg: Msg) -> None:
+        """A request waiting for people whose agent asked to cancel the intent ends now (read from
+        the history: its approval request may not be in ``pending`` yet, the two notices are
+        handled apart)."""
+        view = await cancel_requests.confirmed(self.svc.nc, msg)
+        requested = next((e for e in view.events if e.type == "approval.requested"), None) if view else None
+        if view is not None and view.approval_pending and requested is not None and view.intent_id:
+            self.remember(requested)
+            await self.end_cancelled([view.intent_id])
+
+    async def end_cancelled(self, intent_ids: list[str]) -> None:
+        """End, ``cancelled``, the waiting requests whose agent asked to cancel the intent (the
+        stage's own rule: :func:`writ_common.cancellation.cancellation`)."""
+        await self.settle_pending(intent_ids, self.decide_nothing, "end the cancelled")
+
+    async def settle_pending(self, intent_ids: list[str], decide: Decide, what: str) -> None:
+        """Run policy's stage on each of these waiting requests; one it ended is no longer pending."""
+        for intent_id in intent_ids:
+            requested = self.pending.get(intent_id)
+            if requested is None:
+                continue
+            try:
+                if await self.svc.run_stage(requested, "authorize", decide):
+                    self.pending.pop(intent_id, None)
+            except Exception:
+                log.exception("policy: could not %s approval request of %s", what, intent_id)
+
+    async def decide_nothing(self, _view: IntentView) -> list[ev.Payload]:
+        return []  # run_stage ends a cancelled (or expired) intent; nothing else to decide here
 
     async def expire_loop(self) -> None:
         while True:
@@ -102,12 +136,7 @@ class ApprovalDesk:
         (:func:`writ_policy.domain.redecision`)."""
         if self.state.current is None:
             return
-        for intent_id, requested in list(self.pending.items()):
-            try:
-                if await self.svc.run_stage(requested, "authorize", self.decide_again):
-                    self.pending.pop(intent_id, None)
-            except Exception:
-                log.exception("policy: could not re-decide the approval of %s under the new bundle", intent_id)
+        await self.settle_pending(list(self.pending), self.decide_again, "re-decide under the new bundle the")
 
     async def decide_again(self, view: IntentView) -> list[ev.Payload]:
         return domain.redecision(view, self.state.enforced_for(view.agent_id), now=datetime.now(UTC))

@@ -58,8 +58,8 @@ class IntentRow(BaseModel):
 
 
 class PlaneSnapshot(BaseModel):
-    """The Plane page (an operator token): processes, consumer lag, dead letters, breakers,
-    quarantined tools with their definition diff, rate-limit windows. A part that could not be
+    """The Plane page (an operator token): processes, consumer lag, dead letters, breakers, the
+    executor's loop changes, quarantined tools with their definition diff, rate-limit windows. A part that could not be
     read holds ``{"problem": ...}`` instead."""
 
     supervisor: dict[str, Any]
@@ -67,6 +67,11 @@ class PlaneSnapshot(BaseModel):
     consumers: Any
     dead_letters: Any
     breakers: Any
+    loop_changes: Any = Field(
+        default=None,
+        description="the executor's loops (concurrency per server, admission per route) over the last hour:"
+        " each change and verdict with old and new limit and the reason, newest first",
+    )
     quarantined: list[dict[str, Any]]
     rate_limits: Any
     views_lag: list[StreamLag] = Field(description="how far the ledger's views are behind each stream")

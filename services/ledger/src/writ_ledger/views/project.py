@@ -128,7 +128,8 @@ def apply_intent_event(db: sqlite3.Connection, event: StoredEvent) -> None:
     status = ev.TERMINAL_STATUS.get(env.type)
     if status is not None:
         _ended(db, event, status, row)
-        _rollup(db, row.hour, agent_id, row.tool or "", ROLLUP_COLUMN[status])
+        if (column := ROLLUP_COLUMN.get(status)) is not None:  # a cancelled call counts among calls only
+            _rollup(db, row.hour, agent_id, row.tool or "", column)
 
 
 def _intent_row(db: sqlite3.Connection, intent_id: str, agent_id: str) -> IntentRow | None:
@@ -232,8 +233,17 @@ def _attempt_failed(db: sqlite3.Connection, event: StoredEvent, p: ev.ExecutionA
 
 
 Step = Callable[[sqlite3.Connection, StoredEvent, Any, IntentRow], None]
+
+
 # payload type -> its step (submitted, the endings, reconciliations and shadow decisions are apart)
+def _cancel_requested(db: sqlite3.Connection, event: StoredEvent, _p: ev.Payload, row: IntentRow) -> None:
+    """The agent asked to cancel: in the intent's timeline (intent_events); the row changes when a
+    stage ends it (``cancelled``), or not at all if its call had already ended."""
+    _update(db, row.intent_id, event.envelope.occurred_at)
+
+
 STEPS: dict[type, Step] = {
+    ev.IntentCancelRequested: _cancel_requested,
     ev.IntentAuthenticated: _authenticated,
     ev.IntentPlanned: _planned,
     ev.ApprovalRequested: _approval_requested,
@@ -297,7 +307,9 @@ def _ended(db: sqlite3.Connection, event: StoredEvent, status: str, row: IntentR
             columns["decided_at"] = at
         case _:
             pass
-    if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown):
+    if isinstance(p, ev.ExecutionSucceeded | ev.ExecutionFailed | ev.ExecutionOutcomeUnknown) or (
+        isinstance(p, ev.IntentCancelled) and p.attempt
+    ):
         _execution(db, intent_id, p, at)
         columns["execute_ms"] = ms_between(row.started_at, at)
     _update(db, intent_id, at, status=status, stage=stage, code=code, reason=reason, ended_at=at,
@@ -385,6 +397,8 @@ def _execution(db: sqlite3.Connection, intent_id: str, p: ev.Payload, at: str) -
             _end_attempt(
                 db, intent_id, p.attempt, at, outcome="outcome_unknown", code="outcome_unknown", reason=p.reason
             )
+        case ev.IntentCancelled():  # the attempt it stopped (or did not try again)
+            _end_attempt(db, intent_id, p.attempt, at, outcome="cancelled", code="cancelled", reason=p.reason)
         case _:
             pass
 

@@ -402,6 +402,10 @@ function showPlane(p) {
   $("plane-breakers").replaceChildren(problem(p.breakers) || (breakers.length
     ? table(["server", "state", "since", "failures", "reason"], breakers.map((b) => [b.server, badge(b.state), b.since, String(b.consecutive_failures), b.reason]))
     : el("p", { class: "muted" }, "every breaker closed (none has tripped)")));
+  const loops = Array.isArray(p.loop_changes) ? p.loop_changes : [];
+  $("plane-loops").replaceChildren(problem(p.loop_changes) || (loops.length
+    ? table(["at", "loop", "of", "step", "limit", "reason"], loops.map((c) => [c.at, c.loop, c.of, c.step, c.from === c.to ? String(c.to) : `${c.from} → ${c.to}`, c.reason]))
+    : el("p", { class: "muted" }, "no limit changed in the last hour")));
   $("plane-quarantine").replaceChildren(...(p.quarantined.length ? p.quarantined.map((q) => el("article", { class: "card", "data-tool": q.tool },
     el("h4", {}, q.tool), facts([["pending version", el("code", {}, q.pending_digest)], ["accepted version", q.accepted_digest ? el("code", {}, q.accepted_digest) : "none (a new tool)"], ["to accept", el("code", {}, q.accept)]]),
     el("pre", { class: "diff", tabindex: "0", "aria-label": `definition diff of ${q.tool}` }, q.diff))) : [el("p", { class: "muted" }, "no tool waits in quarantine")]));
