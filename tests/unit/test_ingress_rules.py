@@ -4,17 +4,21 @@ strictly after the suspension's second, status)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 import nkeys
 import pytest
 
 from writ_common import events as ev
-from writ_common.busauth import public_nkey, union_of_revocations
+from writ_common.busauth import Issuer, public_nkey, union_of_revocations
 from writ_common.busjwt import new_seed
 from writ_common.envelope import Producer, decode, encode, make_envelope
+from writ_common.settings import WritSettings
 from writ_identity import domain
 from writ_identity.domain import Agent
+from writ_identity.ingress import IngressGuard
 from writ_identity.ingress_rules import (
     Budget,
     Connection,
@@ -200,3 +204,20 @@ def test_a_revocation_after_a_suspension_wins_and_the_union_keeps_the_latest_tim
     assert agent.status == "revoked"
     assert domain.bus_revocations({"bot": agent}) == {BUS_KEY: int(datetime(2026, 1, 2, 4, tzinfo=UTC).timestamp())}
     assert union_of_revocations({"U1": 10, "U2": 5}, {"U1": 7, "U3": 1}) == {"U1": 10, "U2": 5, "U3": 1}
+
+
+async def test_the_guard_is_off_on_an_open_bus_and_with_no_budget_and_says_so(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    async def never(_rate: Rate, _budget: Budget) -> None:
+        raise AssertionError("nothing is metered")
+
+    caplog.set_level(logging.INFO, logger="writ_identity.ingress")
+    open_bus = IngressGuard(WritSettings(data_dir=tmp_path), None, {}, never)
+    await open_bus.start()
+    issuer = Issuer(account="A", account_signing_seed="", operator_signing_seed="", system_creds="")
+    no_budget = WritSettings(data_dir=tmp_path, agent_ingress_msgs_per_second=0, agent_ingress_bytes_per_second=0)
+    unlimited = IngressGuard(no_budget, issuer, {}, never)
+    await unlimited.start()
+    assert open_bus.task is None and unlimited.task is None
+    assert "ingress guard off: an open bus" in caplog.text and "are 0" in caplog.text
