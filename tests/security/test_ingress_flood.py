@@ -7,6 +7,7 @@ again (``writ agent creds``) reinstates it."""
 from __future__ import annotations
 
 import contextlib
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,16 @@ pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 # Direct Get requests on its own intents' subjects, fire and forget (no reply subject, no answer).
 FLOOD = 8_000
 CONNECT = {"allow_reconnect": False, "connect_timeout": 2}
+
+
+def suspensions(scene: Scene) -> float:
+    url = scene.plane.metrics_url("identity")
+    assert url, "identity serves /metrics"
+    with urllib.request.urlopen(url, timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith('writ_agent_suspensions_total{code="ingress_budget_exceeded"}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def refused(url: str, creds: str) -> bool:
@@ -67,6 +78,7 @@ async def test_an_agent_flooding_the_bus_is_suspended_and_others_are_not(scene: 
         shown = await scene.ok("agent", "show", name)
         assert "suspended" in shown and "ingress_budget_exceeded" in shown and "msgs/s" in shown, shown
         assert "suspended" in await scene.ok("agent", "list")
+        assert suspensions(scene) >= 1, "identity counts the suspension in its /metrics"
         # Another agent is not touched, and the flooder's stored intent ends as it would have.
         other = await scene.agent.call(f"{scene.server}/count", {"token": scene.suffix}, timeout=30)
         assert other.status == "succeeded", other.reason

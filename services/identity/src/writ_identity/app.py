@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import metrics, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, last_on_subject
 from writ_common.busauth import agent_user, approver_user, is_user_nkey
@@ -250,9 +250,10 @@ class Identity:
         suspended = suspension(rate, budget, suspended_at=utcnow())
         try:
             await self.append_agent_event(agent.agent_id, "suspended", suspended, domain.suspension_message_id(agent))
+            metrics.AGENT_SUSPENSIONS.labels(suspended.code).inc()
+            log.warning("identity: suspended at the bus (%s): %s", suspended.code, suspended.reason)
         except StaleAppend:
             await self.follower.ensure_fresh()  # another replica recorded it first: push what the log says
-        log.warning("identity: suspended at the bus (%s): %s", suspended.code, suspended.reason)
         with contextlib.suppress(CommandError):  # logged; the resync pushes it again
             await self.bus.push()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import nats.errors
 
+from writ_common import metrics
 from writ_common.busauth import Issuer, system_connection
 from writ_common.settings import WritSettings
 from writ_identity.domain import Agent, metered_agents
@@ -188,6 +189,7 @@ class IngressGuard:
                         meter.forget(rate.agent_id)
                         await self.suspend(rate, self.budget)
                 except Exception:
+                    metrics.INGRESS_CHECK_FAILURES.inc()
                     log.exception("identity: the ingress check failed; the next period tries again")
                 await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
         finally:
