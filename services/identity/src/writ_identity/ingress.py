@@ -19,7 +19,7 @@ from typing import Any
 import nats.errors
 
 from writ_common import metrics
-from writ_common.busauth import Issuer, system_connection
+from writ_common.busauth import BusUpdateFailed, Issuer, system_connection
 from writ_common.settings import WritSettings
 from writ_identity.domain import Agent, metered_agents
 from writ_identity.ingress_rules import (
@@ -188,6 +188,9 @@ class IngressGuard:
                     for rate in over_budget(rates, self.budget):
                         meter.forget(rate.agent_id)
                         await self.suspend(rate, self.budget)
+                except BusUpdateFailed as exc:  # the bus is down or restarting: one line, not a traceback a second
+                    metrics.INGRESS_CHECK_FAILURES.inc()
+                    log.warning("identity: the ingress check could not reach the bus (%s)", exc.message)
                 except Exception:
                     metrics.INGRESS_CHECK_FAILURES.inc()
                     log.exception("identity: the ingress check failed; the next period tries again")
