@@ -24,6 +24,7 @@ from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ_common import busauth, busjwt, subjects
+from writ_identity.ingress import read_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -156,6 +157,42 @@ async def test_a_member_down_during_a_revocation_gets_it_at_identitys_next_check
     await busauth.reconcile_revocations(servers, issuer, revocations)
     assert await reached(lambda: not_connecting(cluster, "nats-3", creds), 5)
     assert not await busauth.reconcile_revocations(servers, issuer, revocations)  # all agree: nothing pushed
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_identitys_ingress_reading_adds_up_an_agents_connections_on_every_member_page_by_page(
+    cluster: Plane,
+) -> None:
+    # What identity's ingress guard reads each check: one PING.CONNZ answered by every member, and
+    # further pages asked of a member directly. Five connections of one agent over three members.
+    issuer = cluster.bus.issuer()
+    creds, key = agent_creds(issuer, "chatty")
+    nodes = [*cluster.nats_units, "nats-1", "nats-1"]
+    connections = [await connect(cluster.nats_node_url(node), creds) for node in nodes]
+    system = await busauth.system_connection(cluster.settings.nats_servers(), issuer, 2.0)
+    try:
+        subject = f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.chatty.x.submitted"
+        for n, nc in enumerate(connections, start=1):
+            for _ in range(10 * n):
+                await nc.publish(subject, b"ab")
+            await nc.flush()
+        first = {r.server_id: r for r in await read_nodes(system, issuer.account, page=1)}
+        assert len(first) == 3
+        mine = [c for r in first.values() for c in r.connections.values() if c.user == key and not c.closed]
+        assert len(mine) == 5
+        assert (sum(c.in_msgs for c in mine), sum(c.in_bytes for c in mine)) == (150, 300)
+        # A connection that lives between two checks is read among the closed ones, final counters.
+        brief = await connect(cluster.nats_node_url("nats-2"), creds)
+        for _ in range(7):
+            await brief.publish(subject, b"abc")
+        await brief.close()
+        later = await read_nodes(system, issuer.account, first, page=1)
+        gone = [c for r in later for c in r.connections.values() if c.user == key and c.closed]
+        assert [(c.in_msgs, c.in_bytes) for c in gone] == [(7, 21)]
+    finally:
+        await system.close()
+        for nc in connections:
+            await nc.close()
 
 
 async def not_connecting(cluster: Plane, node: str, creds: str) -> bool:

@@ -65,10 +65,10 @@ def test_the_sdk_imports_only_the_contract_and_a_nats_client(path: Path) -> None
     assert outside(path, third_party, modules_of(CONTRACT) | modules_of(SDK)) == []
 
 
-RULES = sorted(ROOT.glob("services/*/src/*/domain.py"))
+RULES = sorted([*ROOT.glob("services/*/src/*/domain.py"), *ROOT.glob("services/*/src/*/*_rules.py")])
 
 
-@pytest.mark.parametrize("path", RULES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", RULES, ids=lambda p: f"{p.parent.name}.{p.stem}")
 def test_a_services_rules_import_no_io(path: Path) -> None:
     kit_io = {m for m in modules_of(KIT) | modules_of(SDK) if m.split(".")[-1] not in ("stranded", "faults")}
     touched = sorted(

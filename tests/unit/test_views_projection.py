@@ -310,3 +310,28 @@ def test_every_intent_event_type_has_exactly_one_place_in_the_projection() -> No
         places = [route.type in stepped, route.type in ev.TERMINAL_TYPES, route.type in apart]
         assert places.count(True) == 1, (route.type, places)
     assert stepped <= {route.type for route in topology.INTENT_ROUTES}
+
+
+def test_an_agent_suspended_at_the_bus_shows_so_until_reinstated(tmp_path: Path) -> None:
+    producer = Producer(service="identity", instance="t", version="0")
+    suspended = ev.AgentSuspended(agent_id="bot", suspended_at="2026-01-02T03:04:05Z", reason="over its budget")
+    payloads: list[tuple[str, ev.Payload]] = [
+        (subjects.agent_subject("bot"), ev.AgentRegistered(agent_id="bot", public_key="k" * 43 + "=", owner="o")),
+        (subjects.agent_event_subject("bot", "suspended"), suspended),
+        (
+            subjects.agent_event_subject("bot", "reinstated"),
+            ev.AgentReinstated(
+                agent_id="bot", reinstated_at="2026-01-02T03:05:00Z", suspended_at=suspended.suspended_at
+            ),
+        ),
+    ]
+    events = [
+        (seq, decode(encode(make_envelope(p, producer=producer, agent_id="bot")), seq=seq, subject=subject))
+        for seq, (subject, p) in enumerate(payloads, 1)
+    ]
+    store = ViewStore(tmp_path / "v.sqlite3")
+    row = "SELECT status, suspended_at, suspended_reason FROM agents WHERE agent_id = 'bot'"
+    store.apply(subjects.IDENTITY_STREAM, events[:2])
+    assert store.db.execute(row).fetchone() == ("suspended", "2026-01-02T03:04:05Z", "over its budget")
+    store.apply(subjects.IDENTITY_STREAM, events[2:])
+    assert store.db.execute(row).fetchone() == ("active", None, None)

@@ -132,12 +132,15 @@ def agent_creds(
     ] = None,
 ) -> None:
     """Write the agent's bus creds again (<data>/keys/agents/NAME.creds): identity signs a user JWT
-    for the bus key it registered. For lost creds, or a data dir from before JWT auth."""
-    done = run(write_agent_creds(name, seed_file))
+    for the bus key it registered. For lost creds, a data dir from before JWT auth, or to reinstate
+    an agent suspended at the bus (once the cause of its flood is fixed)."""
+    done, reinstated = run(write_agent_creds(name, seed_file))
+    if reinstated:
+        console.print(f"[green]reinstated[/] agent [bold]{name}[/]: its suspension at the bus ends with these creds")
     console.print(f"[green]bus creds[/] {done}")
 
 
-async def write_agent_creds(name: str, seed_file: Path | None) -> Path:
+async def write_agent_creds(name: str, seed_file: Path | None) -> tuple[Path, bool]:
     from writ.keys import agent_bus_creds_path
     from writ_common.busauth import public_nkey, write_private
     from writ_common.busjwt import creds, creds_parts
@@ -150,16 +153,16 @@ async def write_agent_creds(name: str, seed_file: Path | None) -> Path:
     text = source.read_text()
     seed = creds_parts(text)[1] if "BEGIN NATS USER JWT" in text else text.strip()
     async with connect(cfg) as nc:
-        issued = await call(nc, "identity", "agent_bus_jwt", {"agent_id": name})
+        issued = await call(nc, "identity", "agent_bus_jwt", {"agent_id": name, "bus_key": public_nkey(seed)})
     if issued["bus_key"] != public_nkey(seed):
         fail("bus_key_mismatch", f"{source} is not the seed of the bus key agent {name!r} registered")
     write_private(path, creds(issued["bus_jwt"], seed))
-    return path.resolve()
+    return path.resolve(), bool(issued.get("reinstated"))
 
 
 @agent_app.command("show")
 def agent_show(name: Annotated[str, typer.Argument(help="Agent id")]) -> None:
-    """One agent: owner, teams, delegation, current and previous key, revocation."""
+    """One agent: owner, teams, delegation, current and previous key, revocation, suspension at the bus."""
     shown = run(query("identity", "show_agent", {"agent_id": name}))
     for field_name, value in shown.items():
         console.print(f"  {field_name:<22} {value if value not in (None, []) else '-'}")

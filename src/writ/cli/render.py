@@ -53,6 +53,7 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
     for column in ("owner", "teams", "acts for"):
         table.add_column(column)
     table.add_column("key id", **whole("key id", [r.get("key_id") or "-" for r in rows]))
+    table.add_column("status")
     for row in rows:
         table.add_row(
             row["agent_id"],
@@ -60,8 +61,17 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
             ", ".join(row.get("teams") or []) or "-",
             ", ".join(row.get("acts_for") or []) or "-",
             row.get("key_id") or "-",
+            agent_status(row),
         )
     return table
+
+
+def agent_status(row: dict[str, Any]) -> str:
+    """active, revoked, or suspended with its code and since when (``writ agent show`` has the figures)."""
+    status = str(row.get("status") or "active")
+    if status == "suspended":
+        return f"[red]suspended[/] ({row.get('suspended_code')}, since {row.get('suspended_at')})"
+    return f"[red]{status}[/]" if status == "revoked" else status
 
 
 def servers_table(rows: list[dict[str, Any]]) -> Table:

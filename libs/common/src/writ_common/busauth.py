@@ -403,7 +403,14 @@ def claims_lookup_subject(account: str) -> str:
     return f"$SYS.REQ.ACCOUNT.{account}.CLAIMS.LOOKUP"
 
 
-async def _system_connection(servers: list[str], issuer: Issuer, timeout: float) -> Any:
+async def system_connection(
+    servers: list[str], issuer: Issuer, timeout: float, *, name: str = "writ-identity-claims", reconnect: bool = False
+) -> Any:
+    """A connection as the system account's user (the servers' own requests: claims, CONNZ).
+
+    Raises:
+        BusUpdateFailed: it could not connect.
+    """
     import nats
     from nats.aio.client import RawCredentials
 
@@ -411,12 +418,13 @@ async def _system_connection(servers: list[str], issuer: Issuer, timeout: float)
         return await nats.connect(
             servers,
             user_credentials=RawCredentials(issuer.system_creds),
-            name="writ-identity-claims",
-            allow_reconnect=False,
+            name=name,
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1,
             connect_timeout=timeout,
         )
     except Exception as exc:  # nats-py raises several unrelated types for "could not connect"
-        raise BusUpdateFailed(f"the bus account was not pushed: cannot connect as the system user: {exc}") from exc
+        raise BusUpdateFailed(f"cannot connect to the bus as the system user: {exc}") from exc
 
 
 async def _push(nc: Any, issuer: Issuer, revocations: Mapping[str, int], timeout: float) -> None:
@@ -439,18 +447,18 @@ async def push_revocations(
 
     A node takes any account JWT its operator signed, even one older than what it holds, so the
     cluster's current list is read first and kept: a replica of identity that has not yet seen a
-    revocation cannot undo it (revoking is for good, so the union is always right).
+    revocation (or a later suspension) cannot undo it (the union, each key at its latest time).
 
     Raises:
         BusUpdateFailed: no node took it (unreachable, or its answer names why).
     """
-    nc = await _system_connection(servers, issuer, timeout)
+    nc = await system_connection(servers, issuer, timeout)
     try:
         try:
             current = await nc.request(claims_lookup_subject(issuer.account), b"", timeout=timeout)
         except Exception as exc:  # a timeout or no responders
             raise BusUpdateFailed(f"the bus account was not pushed: {exc}") from exc
-        merged = {**_revocations_of(current.data), **revocations}
+        merged = union_of_revocations(_revocations_of(current.data), revocations)
         await _push(nc, issuer, merged, timeout)
     finally:
         await nc.close()
@@ -469,7 +477,7 @@ async def reconcile_revocations(
     Raises:
         BusUpdateFailed: the push was needed and no node took it.
     """
-    nc = await _system_connection(servers, issuer, timeout)
+    nc = await system_connection(servers, issuer, timeout)
     try:
         inbox = nc.new_inbox()
         held: list[dict[str, int]] = []
@@ -482,15 +490,23 @@ async def reconcile_revocations(
         await nc.flush(timeout=timeout)
         await asyncio.sleep(listen)
         await sub.unsubscribe()
-        merged = dict(revocations)
-        for node in held:
-            merged = {**node, **merged}
-        if held and all(node.keys() >= merged.keys() for node in held):
+        merged = union_of_revocations(*held, revocations)
+        if held and all(all(node.get(k, -1) >= t for k, t in merged.items()) for node in held):
             return False
         await _push(nc, issuer, merged, timeout)
         return True
     finally:
         await nc.close()
+
+
+def union_of_revocations(*lists: Mapping[str, int]) -> dict[str, int]:
+    """Every key any list revokes, each as of the latest time any list says: a later time refuses
+    more (every JWT issued until then), so no replica behind the log can shorten a suspension."""
+    merged: dict[str, int] = {}
+    for revocations in lists:
+        for key, at in revocations.items():
+            merged[key] = max(at, merged.get(key, at))
+    return merged
 
 
 def _revocations_of(account_jwt: bytes) -> dict[str, int]:

@@ -49,6 +49,12 @@ ADMISSION_IN_FLIGHT = Gauge("writ_admission_in_flight", "Calls a route has in fl
 ADMISSION_ADJUSTMENTS = Counter(
     "writ_admission_adjustments_total", "Changes of a route's adaptive limit", ["route", "direction"]
 )
+AGENT_SUSPENSIONS = Counter(
+    "writ_agent_suspensions_total", "Agents identity suspended at the bus (over their ingress budget)", ["code"]
+)
+INGRESS_CHECK_FAILURES = Counter(
+    "writ_ingress_check_failures_total", "Ingress checks that could not read the bus nodes' connections"
+)
 OVERLOADED = Counter(
     "writ_overloaded_total", "Calls answered `overloaded` (not run: their route was at its limit)", ["route"]
 )

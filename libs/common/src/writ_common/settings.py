@@ -187,6 +187,30 @@ class WritSettings(BaseSettings):
         description="Identity: how often it checks that every bus node holds every revocation, and pushes"
         " the account to one that does not (a node down during a revocation); 0: only at start",
     )
+    agent_ingress_msgs_per_second: float = Field(
+        default=1000.0,
+        ge=0.0,
+        description="Identity: messages per second one agent may send on the bus (all its connections, averaged"
+        " over ingress_window_seconds); above it the agent is suspended at the bus; 0: no message budget",
+    )
+    agent_ingress_bytes_per_second: float = Field(
+        default=16 * 1024 * 1024,
+        ge=0.0,
+        description="Identity: bytes per second one agent may send on the bus (as the message budget); 0: no"
+        " byte budget. Both 0: no ingress guard",
+    )
+    ingress_check_seconds: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="Identity: how often it reads every bus node's connections in the Writ account"
+        " ($SYS.REQ.SERVER.PING.CONNZ) to measure each agent's ingress",
+    )
+    ingress_window_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="Identity: the sliding window an agent's ingress rate is averaged over (a burst of up to"
+        " budget x window is allowed)",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,

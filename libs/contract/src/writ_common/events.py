@@ -240,6 +240,35 @@ class AgentRevoked(Payload, frozen=True, kw_only=True):
     reason: str = ""
 
 
+INGRESS_BUDGET_EXCEEDED = "ingress_budget_exceeded"  # why identity suspends an agent at the bus
+
+
+class AgentSuspended(Payload, frozen=True, kw_only=True):
+    """Identity measured the agent sending more than its ingress budget on the bus: its bus key is
+    refused as of ``suspended_at`` (every node closes its connections and refuses its current user
+    JWT). Not a revocation: its stored intents run as usual, and an operator reinstates it by
+    issuing its bus JWT again (``agent.reinstated``)."""
+
+    agent_id: str
+    suspended_at: str
+    code: str = INGRESS_BUDGET_EXCEEDED
+    reason: str = ""
+    msgs_per_second: float = 0.0  # measured over the window, all its connections together
+    bytes_per_second: float = 0.0
+    budget_msgs_per_second: float = 0.0
+    budget_bytes_per_second: float = 0.0
+    window_seconds: float = 0.0
+
+
+class AgentReinstated(Payload, frozen=True, kw_only=True):
+    """An operator issued the suspended agent's bus JWT again: it connects from ``reinstated_at``
+    (the new JWT is issued strictly after the suspension, which refuses every earlier one)."""
+
+    agent_id: str
+    reinstated_at: str
+    suspended_at: str  # the suspension it ends
+
+
 class ApproverRegistered(Payload, frozen=True, kw_only=True):
     """A person (or approver service) who may answer approval requests for its groups."""
 
@@ -642,6 +671,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("agent.registered", 1): AgentRegistered,
     ("agent.key_rotated", 1): AgentKeyRotated,
     ("agent.revoked", 1): AgentRevoked,
+    ("agent.suspended", 1): AgentSuspended,
+    ("agent.reinstated", 1): AgentReinstated,
     ("approver.registered", 1): ApproverRegistered,
     ("reader_token.issued", 1): ReaderTokenIssued,
     ("reader_token.revoked", 1): ReaderTokenRevoked,

@@ -40,7 +40,7 @@ def agent_subject(agent_id: str) -> str:
 
 
 def agent_event_subject(agent_id: str, event: str) -> str:
-    """``key_rotated`` or ``revoked`` events of one agent."""
+    """``key_rotated``, ``revoked``, ``suspended`` or ``reinstated`` events of one agent."""
     return f"writ.identity.agent.{agent_id}.{event}"
 
 

@@ -89,6 +89,12 @@ ROUTES: tuple[Route, ...] = (
     _control(
         "agent.revoked", subjects.IDENTITY_STREAM, subjects.agent_event_subject("{agent_id}", "revoked"), "identity"
     ),
+    *(
+        _control(
+            f"agent.{step}", subjects.IDENTITY_STREAM, subjects.agent_event_subject("{agent_id}", step), "identity"
+        )
+        for step in ("suspended", "reinstated")
+    ),
     _control("approver.registered", subjects.IDENTITY_STREAM, subjects.approver_subject("{approver_id}"), "identity"),
     _control(
         "reader_token.issued",

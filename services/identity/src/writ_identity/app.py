@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +15,7 @@ import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
 from writ_common import events as ev
-from writ_common import subjects
+from writ_common import metrics, subjects
 from writ_common.approvals import Approver, apply_approver_event
 from writ_common.bus import StaleAppend, last_on_subject
 from writ_common.busauth import agent_user, approver_user, is_user_nkey
@@ -25,6 +29,10 @@ from writ_common.signing import key_id
 from writ_identity import domain
 from writ_identity.busaccount import BusAccount
 from writ_identity.domain import Agent, apply_identity_event
+from writ_identity.ingress import IngressGuard
+from writ_identity.ingress_rules import Budget, Rate, suspension
+
+log = logging.getLogger(__name__)
 
 
 class RegisterAgent(msgspec.Struct, kw_only=True):
@@ -49,6 +57,11 @@ class RevokeAgent(msgspec.Struct, kw_only=True):
 
 class AgentQuery(msgspec.Struct, kw_only=True):
     agent_id: str
+
+
+class IssueBusJwt(msgspec.Struct, kw_only=True):
+    agent_id: str
+    bus_key: str | None = None  # the key the caller holds the seed of: refused before anything is recorded
 
 
 class RegisterApprover(msgspec.Struct, kw_only=True):
@@ -81,6 +94,7 @@ class Identity:
         self.redis = aioredis.from_url(settings.resolved_redis_url(), **settings.redis_options())
         self.follower = svc.follow(subjects.IDENTITY_STREAM, self.apply)
         self.bus = BusAccount(settings, self.agents, self.follower)
+        self.ingress = IngressGuard(settings, self.bus.issuer, self.agents, self.suspend_over_budget)
 
     def apply(self, event: StoredEvent) -> None:
         apply_identity_event(self.agents, event)
@@ -90,6 +104,8 @@ class Identity:
         """Every subscription, command and background task of the service, in one place."""
         svc = self.svc
         svc.on_startup(self.bus.start)
+        svc.on_startup(self.ingress.start)
+        svc.on_shutdown(self.ingress.stop)
         svc.on_shutdown(self.bus.stop)
         svc.on_shutdown(self.redis.aclose)
         svc.consume_intents(subjects.intents_of_type("intent.submitted"), self.on_submitted)
@@ -175,6 +191,8 @@ class Identity:
                 "teams": list(a.teams),
                 "acts_for": list(a.acts_for),
                 "key_id": a.key_id,
+                "status": a.status,
+                **suspension_row(a),
             }
             for a in sorted(self.agents.values(), key=lambda a: a.agent_id)
         ]
@@ -221,16 +239,52 @@ class Identity:
         await self.bus.push()  # and every node drops its bus connections and refuses it
         return {"agent_id": cmd.agent_id, "revoked_at": revoked.revoked_at}
 
+    async def suspend_over_budget(self, rate: Rate, budget: Budget) -> None:
+        """Suspend an agent measured over its ingress budget: record it (once, however many replicas
+        measured it), then push the account refusing its bus key as of now, so every node closes its
+        connections. Its stored intents run as usual; it is not revoked."""
+        await self.follower.ensure_fresh()
+        agent = self.agents.get(rate.agent_id)
+        if agent is None or agent.status != "active":
+            return
+        suspended = suspension(rate, budget, suspended_at=utcnow())
+        try:
+            await self.append_agent_event(agent.agent_id, "suspended", suspended, domain.suspension_message_id(agent))
+            metrics.AGENT_SUSPENSIONS.labels(suspended.code).inc()
+            log.warning("identity: suspended at the bus (%s): %s", suspended.code, suspended.reason)
+        except StaleAppend:
+            await self.follower.ensure_fresh()  # another replica recorded it first: push what the log says
+        with contextlib.suppress(CommandError):  # logged; the resync pushes it again
+            await self.bus.push()
+
     async def agent_bus_jwt(self, body: dict[str, Any]) -> Any:
         """The user JWT for a registered, unrevoked agent's bus key, issued again: for creds lost,
-        or written by an older Writ (a bare ``.nk`` seed). Operators only, like every identity command."""
-        agent_id = msgspec.convert(body, AgentQuery).agent_id
-        agent = granted(domain.bus_key_holder(await self.lookup(agent_id), agent_id))
+        or written by an older Writ (a bare ``.nk`` seed). For a suspended agent it is the
+        reinstatement (recorded): the JWT is issued strictly after the suspension, which refuses
+        every JWT issued until then. Operators only, like every identity command."""
+        cmd = msgspec.convert(body, IssueBusJwt)
+        agent_id = cmd.agent_id
+        await self.follower.ensure_fresh()  # a suspension another replica recorded dates the new JWT
+        agent = granted(domain.bus_key_holder(self.agents.get(agent_id), agent_id))
         assert agent.bus_key is not None
-        issued = self.bus.user_jwt(f"agent {agent_id!r}", functools.partial(agent_user, agent_id, agent.bus_key))
-        if not issued:
+        if cmd.bus_key is not None and cmd.bus_key != agent.bus_key:
+            raise CommandError("bus_key_mismatch", f"that seed is not of the bus key agent {agent_id!r} registered")
+        if self.bus.issuer is None:
             raise CommandError("open_bus", "this plane's identity issues no bus credentials (no WRIT_NATS_ISSUER_FILE)")
-        return {"agent_id": agent_id, "bus_key": agent.bus_key, **issued}
+        not_before = domain.bus_jwt_not_before(agent)
+        if not_before is not None and time.time() < not_before:
+            await asyncio.sleep(not_before - time.time())  # at most a second: the bus compares whole seconds
+        if reinstated := domain.reinstatement(agent, reinstated_at=utcnow()):
+            try:
+                await self.append_agent_event(
+                    agent_id, "reinstated", reinstated, f"reinstate:{agent_id}:{reinstated.suspended_at}"
+                )
+            except StaleAppend as exc:
+                raise CommandError(
+                    "concurrent_update", f"agent {agent_id!r} changed at the same moment; retry"
+                ) from exc
+        issued = self.bus.user_jwt(f"agent {agent_id!r}", functools.partial(agent_user, agent_id, agent.bus_key))
+        return {"agent_id": agent_id, "bus_key": agent.bus_key, "reinstated": reinstated is not None, **issued}
 
     async def show_agent(self, body: dict[str, Any]) -> Any:
         agent_id = msgspec.convert(body, AgentQuery).agent_id
@@ -314,6 +368,20 @@ def agent_row(agent: Agent) -> dict[str, Any]:
         "previous_key_id": key_id(agent.previous_public_key) if agent.previous_public_key else None,
         "previous_valid_until": agent.previous_valid_until.isoformat() if agent.previous_valid_until else None,
         "revoked_at": agent.revoked_at.isoformat() if agent.revoked_at else None,
+        "status": agent.status,
+        **suspension_row(agent),
+    }
+
+
+def suspension_row(agent: Agent) -> dict[str, Any]:
+    """Why and since when a suspended agent is refused at the bus, with the figures measured."""
+    s = agent.suspension
+    if s is None:
+        return {}
+    return {
+        "suspended_at": s.suspended_at,
+        "suspended_code": s.code,
+        "suspended_reason": s.reason,
     }
 
 

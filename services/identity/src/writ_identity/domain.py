@@ -30,6 +30,13 @@ class Agent:
     previous_valid_until: datetime | None = None
     revoked_at: datetime | None = None
     bus_key: str | None = None
+    suspension: ev.AgentSuspended | None = None  # suspended at the bus now (ingress budget), until reinstated
+    suspensions: int = 0  # how many times, ever: names the next suspension's message id
+    bus_refused_at: datetime | None = None  # the latest suspension: the bus refuses its JWTs issued until then
+
+    @property
+    def status(self) -> str:
+        return "revoked" if self.revoked_at else "suspended" if self.suspension else "active"
 
 
 def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
@@ -55,6 +62,14 @@ def apply_identity_event(agents: dict[str, Agent], event: StoredEvent) -> None:
             )
         case ev.AgentRevoked() as p if p.agent_id in agents:
             agents[p.agent_id] = replace(agents[p.agent_id], revoked_at=parse_time(p.revoked_at))
+        case ev.AgentSuspended() as p if p.agent_id in agents:
+            agent, at = agents[p.agent_id], parse_time(p.suspended_at)
+            refused = max(at, agent.bus_refused_at) if agent.bus_refused_at else at
+            agents[p.agent_id] = replace(agent, suspension=p, suspensions=agent.suspensions + 1, bus_refused_at=refused)
+        case ev.AgentReinstated() as p if p.agent_id in agents:
+            agent = agents[p.agent_id]
+            if agent.suspension is not None and agent.suspension.suspended_at == p.suspended_at:
+                agents[p.agent_id] = replace(agent, suspension=None)
         case _:
             pass
 
@@ -193,9 +208,42 @@ def authenticated(agent: Agent) -> ev.IntentAuthenticated:
 
 
 def bus_revocations(agents: Mapping[str, Agent]) -> dict[str, int]:
-    """The Writ account's revocations: each revoked agent's bus key -> when (unix seconds). The
-    cluster refuses every user JWT of that key issued at or before then, and drops its connections."""
-    return {a.bus_key: int(a.revoked_at.timestamp()) for a in agents.values() if a.bus_key and a.revoked_at is not None}
+    """The Writ account's revocations: each revoked or ever suspended agent's bus key -> when (unix
+    seconds; the later of its revocation and its last suspension). The cluster refuses every user
+    JWT of that key issued at or before then (nats-server ``isRevoked``: refused while ``iat <=`` the
+    time), and drops its connections. A reinstated agent's new JWT is issued after it."""
+    revoked = {}
+    for a in agents.values():
+        times = [t for t in (a.revoked_at, a.bus_refused_at) if t is not None]
+        if a.bus_key and times:
+            revoked[a.bus_key] = int(max(times).timestamp())
+    return revoked
+
+
+def metered_agents(agents: Mapping[str, Agent]) -> dict[str, str]:
+    """Bus key -> agent id of the agents whose ingress is metered: registered with a bus key, neither
+    revoked nor suspended (the bus refuses those already). Every other user is not an agent."""
+    return {a.bus_key: a.agent_id for a in agents.values() if a.bus_key and a.status == "active"}
+
+
+def suspension_message_id(agent: Agent) -> str:
+    """The next suspension's message id: replicas measuring the same flood append it once."""
+    return f"suspend:{agent.agent_id}:{agent.suspensions + 1}"
+
+
+def bus_jwt_not_before(agent: Agent) -> int | None:
+    """The first unix second a new user JWT of the agent may be issued at to be let in: strictly
+    after its last suspension (a JWT issued in the same second is refused), or None."""
+    return int(agent.bus_refused_at.timestamp()) + 1 if agent.bus_refused_at else None
+
+
+def reinstatement(agent: Agent, *, reinstated_at: str) -> ev.AgentReinstated | None:
+    """Issuing a suspended agent's bus JWT again reinstates it; nothing to record otherwise."""
+    if agent.suspension is None:
+        return None
+    return ev.AgentReinstated(
+        agent_id=agent.agent_id, reinstated_at=reinstated_at, suspended_at=agent.suspension.suspended_at
+    )
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -464,6 +464,18 @@ def apply_identity_event(db: sqlite3.Connection, event: StoredEvent) -> None:
                 "UPDATE agents SET status = 'revoked', revoked_at = ?, revoked_reason = ? WHERE agent_id = ?",
                 (p.revoked_at, p.reason, p.agent_id),
             )
+        case ev.AgentSuspended():
+            db.execute(
+                "UPDATE agents SET status = 'suspended', suspended_at = ?, suspended_reason = ?"
+                " WHERE agent_id = ? AND status != 'revoked'",
+                (p.suspended_at, p.reason, p.agent_id),
+            )
+        case ev.AgentReinstated():
+            db.execute(
+                "UPDATE agents SET status = 'active', suspended_at = NULL, suspended_reason = NULL"
+                " WHERE agent_id = ? AND status = 'suspended' AND suspended_at = ?",
+                (p.agent_id, p.suspended_at),
+            )
         case ev.ReaderTokenIssued():
             db.execute(
                 "INSERT INTO reader_tokens(name, token_hash, scope, issued_at) VALUES (?, ?, ?, ?) ON CONFLICT(name)"

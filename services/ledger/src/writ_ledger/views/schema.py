@@ -3,7 +3,7 @@ rebuild from the first event yields identical tables; ``SCHEMA_VERSION`` changes
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 DDL = """
 CREATE TABLE IF NOT EXISTS tracking (
@@ -180,6 +180,8 @@ CREATE TABLE IF NOT EXISTS agents (
     previous_key_id TEXT,
     revoked_at TEXT,
     revoked_reason TEXT,
+    suspended_at TEXT,
+    suspended_reason TEXT,
     status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS servers (
