@@ -108,16 +108,26 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
 
 
-def cpu_by_process(plane: Plane) -> dict[str, float]:
-    """CPU ms so far of every plane process, the tool servers under ``tool:<pid>``."""
-    out: dict[str, float] = {}
+def cpu_by_process(plane: Plane) -> dict[str, tuple[int, float]]:
+    """(pid, CPU ms so far) of every plane process, the tool servers under ``tool:<pid>``."""
+    out: dict[str, tuple[int, float]] = {}
     for status in plane.status():
         if status.pid is None:
             continue
-        out[status.name] = cpu_ms(status.pid)
+        out[status.name] = (status.pid, cpu_ms(status.pid))
         for child in process_tree(status.pid)[1:]:
-            out[f"tool:{status.name}:{child}"] = cpu_ms(child)
+            out[f"tool:{status.name}:{child}"] = (child, cpu_ms(child))
     return out
+
+
+def cpu_spent(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]]) -> dict[str, float]:
+    """CPU ms each process spent between two readings. A process restarted in between (another
+    pid) counts from its start: what the killed one spent since ``before`` cannot be read back."""
+    spent: dict[str, float] = {}
+    for name, (pid, ms) in after.items():
+        was = before.get(name)
+        spent[name] = ms - was[1] if was is not None and was[0] == pid else ms
+    return spent
 
 
 async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[WritAgent]]:
@@ -168,7 +178,7 @@ async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Le
 
     await asyncio.gather(*(caller(a) for a in agents[: level.callers]))
     after = cpu_by_process(plane)
-    level.cpu_ms = {name: after[name] - before.get(name, 0.0) for name in after}
+    level.cpu_ms = cpu_spent(before, after)
     return level
 
 
@@ -298,7 +308,7 @@ async def measured(plane: Plane, nc: Client, agents: list[WritAgent], run: OpenR
     before = cpu_by_process(plane)
     await open_loop(agents, name, kw.pop("arguments", arguments), run, **kw)
     after = cpu_by_process(plane)
-    run.cpu_ms = {k: after[k] - before.get(k, 0.0) for k in after}
+    run.cpu_ms = cpu_spent(before, after)
     await sample_queue_ages(nc, run)
     return run
 
