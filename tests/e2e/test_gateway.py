@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
-from cli_runner import TIME_SERVER, Writ, cli
+from cli_runner import INTENT_ID, TIME_SERVER, Writ, cli
 from waiting import wait_until
 from writ.cli.base import default_policy
 from writ.gateway.auth import gateway_token_path
@@ -270,6 +270,24 @@ async def test_a_client_that_cannot_answer_a_sampling_request_fails_the_call(set
     assert isinstance(answered, ExecutionInputAnswered)
     assert (answered.outcome, answered.code, answered.by) == ("failed", "client_error", setup.agent)
     assert (await operator_receipt(setup.plane, intent_id)).status == "failed"  # never a false success
+
+
+async def test_a_call_with_no_client_listening_fails_at_once_rather_than_waiting(setup: Setup, fidelity: str) -> None:
+    """Submitted with the CLI: no gateway listens for the intent's requests for input, and the
+    executor hears so from NATS at once (no responders), not after the call's timeout."""
+    started = time.monotonic()
+    submitted = await asyncio.to_thread(
+        cli(setup.plane),
+        "intent", "submit", f"{fidelity}/{fidelity}_samples", "--args", '{"prompt": "anyone?"}',
+        "--as", setup.agent, "--wait",
+    )  # fmt: skip
+    found = INTENT_ID.search(submitted.stdout)
+    assert found, submitted.output
+    assert time.monotonic() - started < 20, "waited for an answer nobody could give"
+    requested, answered = await inputs_recorded(setup.plane, setup.agent, found.group(1))
+    assert isinstance(requested, ExecutionInputRequested) and requested.kind == "sampling"
+    assert isinstance(answered, ExecutionInputAnswered) and (answered.outcome, answered.code) == ("failed", "no_client")
+    assert (await operator_receipt(setup.plane, found.group(1))).status == "failed"
 
 
 async def test_invalid_arguments_come_back_as_an_error_with_writs_rejection_reason(setup: Setup) -> None:
