@@ -517,16 +517,25 @@ async def test_over_http_a_call_cancelled_while_it_runs_ends_cancelled_upstream_
     assert "notifications/cancelled" in receipt.reason and time.monotonic() - cancelled_at < 15
 
 
-async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str) -> None:
+async def test_over_streamable_http_on_loopback(setup: Setup, fidelity: str, http_gateway: str) -> None:
+    async def declines(_context: ClientRequestContext, _params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
     assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
     async with (
         authorized_client(gateway_token(setup)) as http,
         streamable_http_client(http_gateway, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
+        ClientSession(read, write, elicitation_callback=declines) as session,
     ):
         await session.initialize()
         listed = await listed_by_writ_name(session)
         result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
+        elicited = await session.call_tool(f"{fidelity}_elicits", {})  # asked on the call's own stream
+
+    assert text_of(elicited) == "decline: None", text_of(elicited)
+    [_, declined] = await inputs_recorded(setup.plane, setup.agent, intent_of(elicited))
+    assert isinstance(declined, ExecutionInputAnswered)
+    assert (declined.outcome, declined.via) == ("declined", "writ-gateway/http")
 
     assert f"{setup.server}/get_current_time" in listed
     assert not result.is_error, text_of(result)
