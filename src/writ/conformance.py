@@ -47,12 +47,7 @@ SERVER = "everything"
 REFUSED_ON_PURPOSE: dict[str, str] = {}
 # Scenarios that pass directly and not yet through Writ, each with what is missing (docs/gateway.md).
 # Like the suite's own expected-failures baseline: one that starts passing must be taken off.
-KNOWN_GAPS: dict[str, str] = {
-    "tools-call-sampling": "not yet: sampling/createMessage from a server relayed to the calling client",
-    "tools-call-elicitation": "not yet: elicitation/create from a server relayed to the calling client",
-    "elicitation-sep1034-defaults": "not yet: elicitation/create from a server relayed to the calling client",
-    "elicitation-sep1330-enums": "not yet: elicitation/create from a server relayed to the calling client",
-}
+KNOWN_GAPS: dict[str, str] = {}
 _RESULT_DIR = re.compile(r"server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
 

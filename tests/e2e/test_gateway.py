@@ -13,25 +13,28 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
 import mcp_types as types
 import pytest
 from mcp import ClientSession, StdioServerParameters
+from mcp.client.session import ClientRequestContext, ElicitationFnT, SamplingFnT
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from plane_reads import as_operator, stored_on
 
-from cli_runner import TIME_SERVER, Writ, cli
+from cli_runner import INTENT_ID, TIME_SERVER, Writ, cli
 from waiting import wait_until
 from writ.cli.base import default_policy
 from writ.gateway.auth import gateway_token_path
 from writ.runtime.supervisor import Plane
 from writ.sdk import fetch_receipt
 from writ_common import commands, subjects
-from writ_common.events import Receipt
+from writ_common.bus import read_history
+from writ_common.events import ExecutionInputAnswered, ExecutionInputRequested, Receipt
 from writ_common.ids import derive_intent_id
 from writ_common.receipts import verify_receipt
 
@@ -101,16 +104,23 @@ class Notifications:
 
 @asynccontextmanager
 async def over_stdio(
-    setup: Setup, *options: str, notifications: Notifications | None = None
+    setup: Setup,
+    *options: str,
+    notifications: Notifications | None = None,
+    sampling: SamplingFnT | None = None,
+    elicitation: ElicitationFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """An MCP client session with `writ gateway --as AGENT`, launched by the client as its command."""
+    """An MCP client session with `writ gateway --as AGENT`, launched by the client as its command
+    (answering a server's sampling and elicitation requests when given the callbacks)."""
     params = StdioServerParameters(
         command=str(BIN / "writ"), args=["gateway", "--as", setup.agent, *options], env=setup.env
     )
     with setup.log.open("a") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(read, write, message_handler=notifications) as session,
+            ClientSession(
+                read, write, message_handler=notifications, sampling_callback=sampling, elicitation_callback=elicitation
+            ) as session,
         ):
             await session.initialize()
             yield session
@@ -201,6 +211,83 @@ async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_
     )  # SERVER.TOOL -> SERVER/TOOL
     recorded = types.CallToolResult.model_validate(receipt.result)  # what the tool returned, as the ledger kept it
     assert result.content == recorded.content and result.structured_content == recorded.structured_content
+
+
+async def inputs_recorded(plane: Plane, agent: str, intent_id: str) -> list[Any]:
+    """What the intent's history says was asked of the client during its call, and answered."""
+    async with as_operator(plane) as nc:
+        history = await read_history(nc, agent, intent_id)
+    kinds = (ExecutionInputRequested, ExecutionInputAnswered)
+    return [e.payload for e in history.events if isinstance(e.payload, kinds)]
+
+
+async def test_a_servers_sampling_and_elicitation_are_answered_by_the_client_and_recorded(
+    setup: Setup, fidelity: str
+) -> None:
+    asked: list[types.CreateMessageRequestParams] = []
+
+    async def sampling(
+        _context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        asked.append(params)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(text="forty-two"), model="test-llm"
+        )
+
+    async def elicitation(_context: ClientRequestContext, _params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with over_stdio(setup, sampling=sampling, elicitation=elicitation) as session:
+        sampled = await session.call_tool(f"{fidelity}_samples", {"prompt": "the answer?"})
+        elicited = await session.call_tool(f"{fidelity}_elicits", {})
+
+    assert not sampled.is_error and text_of(sampled) == "test-llm said: forty-two", text_of(sampled)
+    assert not elicited.is_error and text_of(elicited) == "accept: {'name': 'Ada'}", text_of(elicited)
+    assert isinstance(asked[0].messages[0].content, types.TextContent)
+    assert asked[0].messages[0].content.text == "the answer?"  # the server's request, as it asked
+    requested, answered = await inputs_recorded(setup.plane, setup.agent, intent_of(sampled))
+    assert isinstance(requested, ExecutionInputRequested) and (requested.kind, requested.ask) == ("sampling", 1)
+    assert requested.request is not None and requested.request["messages"][0]["content"]["text"] == "the answer?"
+    assert isinstance(answered, ExecutionInputAnswered) and answered.outcome == "answered"
+    assert (answered.by, answered.via) == (setup.agent, "writ-gateway/stdio")
+    assert answered.answer is not None and answered.answer["model"] == "test-llm"
+    [_, said] = await inputs_recorded(setup.plane, setup.agent, intent_of(elicited))
+    assert isinstance(said, ExecutionInputAnswered) and (said.kind, said.outcome) == ("elicitation", "answered")
+    receipt = await operator_receipt(setup.plane, intent_of(sampled))
+    assert receipt.status == "succeeded"
+
+
+async def test_a_client_that_cannot_answer_a_sampling_request_fails_the_call(setup: Setup, fidelity: str) -> None:
+    key = f"no-sampling-{uuid.uuid4().hex[:8]}"
+    async with over_stdio(setup) as session:  # no sampling callback: the client declares no sampling
+        with pytest.raises(MCPError) as refused:
+            await session.call_tool(f"{fidelity}_samples", {"prompt": "hello?"}, meta={KEY: key})
+
+    assert "the MCP client does not support sampling" in refused.value.error.message
+    intent_id = derive_intent_id(setup.agent, key)
+    requested, answered = await inputs_recorded(setup.plane, setup.agent, intent_id)
+    assert isinstance(requested, ExecutionInputRequested) and requested.kind == "sampling"
+    assert isinstance(answered, ExecutionInputAnswered)
+    assert (answered.outcome, answered.code, answered.by) == ("failed", "client_error", setup.agent)
+    assert (await operator_receipt(setup.plane, intent_id)).status == "failed"  # never a false success
+
+
+async def test_a_call_with_no_client_listening_fails_at_once_rather_than_waiting(setup: Setup, fidelity: str) -> None:
+    """Submitted with the CLI: no gateway listens for the intent's requests for input, and the
+    executor hears so from NATS at once (no responders), not after the call's timeout."""
+    started = time.monotonic()
+    submitted = await asyncio.to_thread(
+        cli(setup.plane),
+        "intent", "submit", f"{fidelity}/{fidelity}_samples", "--args", '{"prompt": "anyone?"}',
+        "--as", setup.agent, "--wait",
+    )  # fmt: skip
+    found = INTENT_ID.search(submitted.stdout)
+    assert found, submitted.output
+    assert time.monotonic() - started < 20, "waited for an answer nobody could give"
+    requested, answered = await inputs_recorded(setup.plane, setup.agent, found.group(1))
+    assert isinstance(requested, ExecutionInputRequested) and requested.kind == "sampling"
+    assert isinstance(answered, ExecutionInputAnswered) and (answered.outcome, answered.code) == ("failed", "no_client")
+    assert (await operator_receipt(setup.plane, found.group(1))).status == "failed"
 
 
 async def test_invalid_arguments_come_back_as_an_error_with_writs_rejection_reason(setup: Setup) -> None:
@@ -430,16 +517,25 @@ async def test_over_http_a_call_cancelled_while_it_runs_ends_cancelled_upstream_
     assert "notifications/cancelled" in receipt.reason and time.monotonic() - cancelled_at < 15
 
 
-async def test_over_streamable_http_on_loopback(setup: Setup, http_gateway: str) -> None:
+async def test_over_streamable_http_on_loopback(setup: Setup, fidelity: str, http_gateway: str) -> None:
+    async def declines(_context: ClientRequestContext, _params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
     assert http_gateway.startswith("http://127.0.0.1:") and http_gateway.endswith("/mcp")
     async with (
         authorized_client(gateway_token(setup)) as http,
         streamable_http_client(http_gateway, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
+        ClientSession(read, write, elicitation_callback=declines) as session,
     ):
         await session.initialize()
         listed = await listed_by_writ_name(session)
         result = await session.call_tool(setup.tool("get_current_time"), {"timezone": "Asia/Tokyo"})
+        elicited = await session.call_tool(f"{fidelity}_elicits", {})  # asked on the call's own stream
+
+    assert text_of(elicited) == "decline: None", text_of(elicited)
+    [_, declined] = await inputs_recorded(setup.plane, setup.agent, intent_of(elicited))
+    assert isinstance(declined, ExecutionInputAnswered)
+    assert (declined.outcome, declined.via) == ("declined", "writ-gateway/http")
 
     assert f"{setup.server}/get_current_time" in listed
     assert not result.is_error, text_of(result)

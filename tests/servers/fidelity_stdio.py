@@ -1,6 +1,7 @@
 """An MCP server (stdio) whose tools exercise what a gateway must pass through unchanged: a listing
 with a title, icons, _meta, an outputSchema and only some annotations; a tool that answers with its
-own error result; one that refuses with a JSON-RPC error; a slow one. Written on the SDK's low-level
+own error result; one that refuses with a JSON-RPC error; a slow one; two that ask the calling
+client for input (sampling, elicitation) and fail with a JSON-RPC error when it cannot answer. Written on the SDK's low-level
 server so the listing is exactly what it says.
 
 Tool names start with TOOL_PREFIX (from the environment), so each test's tools are unique across
@@ -10,16 +11,21 @@ the servers a shared plane has registered.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
+warnings.simplefilter("ignore")  # the SDK marks sampling and elicitation deprecated in its newest revision
 PREFIX = os.environ.get("TOOL_PREFIX", "fx")
-SHAPED, FAILS, REFUSES, SLOW = (f"{PREFIX}_{n}" for n in ("shaped", "fails", "refuses", "slow"))
+SHAPED, FAILS, REFUSES, SLOW, SAMPLES, ELICITS = (
+    f"{PREFIX}_{n}" for n in ("shaped", "fails", "refuses", "slow", "samples", "elicits")
+)
 READ_ONLY = types.ToolAnnotations(read_only_hint=True)
 REFUSAL_CODE = -32602
 
@@ -47,6 +53,18 @@ TOOLS = [
         annotations=READ_ONLY,
     ),
     types.Tool(
+        name=SAMPLES,
+        description="Asks the client's LLM to complete `prompt`, and says what it answered.",
+        input_schema={"type": "object", "properties": {"prompt": {"type": "string"}}},
+        annotations=READ_ONLY,
+    ),
+    types.Tool(
+        name=ELICITS,
+        description="Asks the client's user for a name, and says what they did.",
+        input_schema={"type": "object"},
+        annotations=READ_ONLY,
+    ),
+    types.Tool(
         name=SLOW,
         description="Sleeps for `seconds`, then says so.",
         input_schema={"type": "object", "properties": {"seconds": {"type": "number"}}},
@@ -59,7 +77,7 @@ async def list_tools(_ctx: Any, _params: types.PaginatedRequestParams | None) ->
     return types.ListToolsResult(tools=TOOLS)
 
 
-async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
     arguments = params.arguments or {}
     if params.name == SHAPED:
         n = int(arguments.get("n", 1))
@@ -68,11 +86,27 @@ async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> types.Cal
         return types.CallToolResult(content=[types.TextContent(text="it broke, in the tool's words")], is_error=True)
     if params.name == REFUSES:
         raise MCPError(REFUSAL_CODE, "no such thing here", {"why": "a test server refuses"})
+    if params.name in (SAMPLES, ELICITS):
+        return await asking(ctx, params.name, arguments)
     if params.name == SLOW:
         seconds = float(arguments.get("seconds", 1))
         await anyio.sleep(seconds)
         return types.CallToolResult(content=[types.TextContent(text=f"slept {seconds:g}s")])
     raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}")
+
+
+async def asking(ctx: ServerRequestContext[Any], name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+    try:
+        if name == SAMPLES:
+            message = types.SamplingMessage(role="user", content=types.TextContent(text=str(arguments.get("prompt"))))
+            sampled = await ctx.session.create_message([message], max_tokens=50, related_request_id=ctx.request_id)
+            said = sampled.content.text if isinstance(sampled.content, types.TextContent) else "?"
+            return types.CallToolResult(content=[types.TextContent(text=f"{sampled.model} said: {said}")])
+        schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+        answer = await ctx.session.elicit_form("Your name?", schema, related_request_id=ctx.request_id)
+        return types.CallToolResult(content=[types.TextContent(text=f"{answer.action}: {answer.content}")])
+    except MCPError as exc:  # no answer: the call fails, in the client's (or Writ's) words
+        raise MCPError(exc.code, f"{name} got no answer: {exc.message}") from exc
 
 
 async def main() -> None:

@@ -38,6 +38,14 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     assert all("bot-1" in s or "receipt" in s for s in agent.publish if s not in commands)
     assert agent.subscribe == ("writ.intent.bot-1.>", "writ.notice.bot-1.>", "_INBOX_agent-bot-1.>")
     assert not agent.allow_responses
+    # its client's answers to a server's requests for input, under its own id only
+    assert "writ.answer.bot-1.>" in agent.publish and not any(s.startswith("writ.answer.*") for s in agent.publish)
+
+
+def test_only_the_executor_asks_agents_for_input_and_hears_their_answers() -> None:
+    executor, ledger = busauth.service_user("executor", "UEX"), busauth.service_user("ledger", "ULEDGER")
+    assert "writ.notice.*.*.input" in executor.publish and "writ.answer.>" in executor.subscribe
+    assert "writ.notice.*.*.input" not in ledger.publish and "writ.answer.>" not in ledger.subscribe
 
 
 def test_the_servers_config_holds_no_seed_and_each_holder_gets_its_own(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
@@ -230,6 +232,8 @@ class Gateway:
                         reached = done
                         whole = len(_STAGES) + float(total) if isinstance(total, int | float) else None
                         await ctx.session.report_progress(done, whole, said.get("message"))
+                elif kind == "input" and msg.reply:
+                    tasks.append(asyncio.create_task(self._answer_input(ctx, msg)))
                 elif kind == "message" and rank(said.get("level")) >= level:
                     await ctx.session.send_log_message(
                         said["level"], said.get("data"), said.get("logger"), related_request_id=ctx.request_id
@@ -253,6 +257,22 @@ class Gateway:
                 for sub in subs:
                     with contextlib.suppress(nats.errors.Error):
                         await sub.unsubscribe()
+
+    async def _answer_input(self, ctx: ServerRequestContext[Any], msg: Msg) -> None:
+        """A server asked this call's client for input (relayed by the executor): ask the client,
+        as part of its tools/call, and reply with its result or its error."""
+        try:
+            result = await ask_client(ctx, json.loads(msg.data))
+            body: dict[str, Any] = {"result": result}
+        except MCPError as exc:
+            body = {"error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:  # the request could not be put to the client: the server hears why
+            body = {
+                "error": {"code": types.INTERNAL_ERROR, "message": f"writ gateway: could not ask the client: {exc!r}"}
+            }
+        body["via"] = self.options.via
+        with contextlib.suppress(nats.errors.Error):
+            await msg.respond(json.dumps(body).encode())
 
     async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
@@ -471,6 +491,37 @@ class _Server(Server[Any]):
         return super().create_initialization_options(
             notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
         )
+
+
+async def ask_client(ctx: ServerRequestContext[Any], asked: dict[str, Any]) -> dict[str, Any]:
+    """Put a server's request for input (``kind`` sampling or elicitation, its ``params`` as the
+    server sent them) to the MCP client of the tools/call in ``ctx``; the client's result as JSON.
+
+    Raises:
+        MCPError: the client did not declare the capability, or answered with an error.
+    """
+    kind, params = asked.get("kind"), asked.get("params")
+    capabilities = ctx.session.client_capabilities
+    request: types.CreateMessageRequest | types.ElicitRequest
+    result_type: type[types.CreateMessageResult | types.CreateMessageResultWithTools | types.ElicitResult]
+    if kind == "sampling":
+        if capabilities is None or capabilities.sampling is None:
+            raise MCPError(types.INVALID_REQUEST, "writ gateway: the MCP client does not support sampling")
+        request = types.CreateMessageRequest.model_validate({"method": "sampling/createMessage", "params": params})
+        tools = request.params.tools or request.params.tool_choice
+        result_type = types.CreateMessageResultWithTools if tools else types.CreateMessageResult
+    elif kind == "elicitation":
+        if capabilities is None or capabilities.elicitation is None:
+            raise MCPError(types.INVALID_REQUEST, "writ gateway: the MCP client does not support elicitation")
+        request = types.ElicitRequest.model_validate({"method": "elicitation/create", "params": params})
+        result_type = types.ElicitResult
+    else:
+        raise MCPError(types.INVALID_REQUEST, f"writ gateway: no such request for input: {kind!r}")
+    result = await ctx.session.send_request(
+        request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+    )
+    dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
 
 
 def _described(exc: BaseException) -> str:

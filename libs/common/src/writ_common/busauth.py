@@ -36,8 +36,12 @@ NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
     # What a tool's server said during a call (progress, log messages), for the agent that asked.
-    "executor": tuple(f"writ.notice.*.*.{kind}" for kind in ("progress", "message")),
+    # and its requests for the client's input (sampling, elicitation).
+    "executor": tuple(f"writ.notice.*.*.{kind}" for kind in ("progress", "message", "input")),
 }
+# Core NATS answers a service hears beyond its own subtree: the agents' answers to its requests
+# for input (each under the agent's id, where only that agent may publish).
+ANSWERS_BY_SERVICE: Mapping[str, tuple[str, ...]] = {"executor": (f"{subjects.ANSWER_PREFIX}.>",)}
 # What a service needs of the JetStream API: reads and stream info of any stream; of consumers,
 # only its own durable on the intents stream (create, info, pull, ack). Never stream admin, never
 # another service's consumer (deleting or draining it would stall that stage).
@@ -136,6 +140,7 @@ def service_user(service: str, nkey: str) -> BusUser:
             "writ.ledger.>",
             f"writ.cmd.{service}.>",
             f"{inbox_prefix(service)}.>",
+            *ANSWERS_BY_SERVICE.get(service, ()),
             # JetStream announces a deletion of its consumer here (it recreates it at once).
             f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
             "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
@@ -161,6 +166,8 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
             f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}.{subjects.INTENT_PREFIX}.{agent_id}.>",
             f"$JS.API.DIRECT.GET.{subjects.LEDGER_STREAM}.{subjects.agent_receipts(agent_id)}",
             *(f"writ.cmd.{call}" for call in COMMANDS_CALLED_BY_AGENT),
+            # Its client's answers to a server's requests for input during its own calls.
+            f"{subjects.ANSWER_PREFIX}.{agent_id}.>",
         ),
         subscribe=(
             f"{subjects.INTENT_PREFIX}.{agent_id}.>",

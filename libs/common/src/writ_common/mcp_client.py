@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TextIO
 
 from mcp import ClientSession, StdioServerParameters
-from mcp.client.session import LoggingFnT, MessageHandlerFnT
+from mcp.client.session import ElicitationFnT, LoggingFnT, MessageHandlerFnT, SamplingFnT
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -26,6 +26,8 @@ async def open_session(
     errlog: TextIO | None = None,
     on_message: MessageHandlerFnT | None = None,
     on_log: LoggingFnT | None = None,
+    on_sampling: SamplingFnT | None = None,
+    on_elicitation: ElicitationFnT | None = None,
 ) -> AsyncIterator[ClientSession]:
     """An initialized MCP client session to ``server``; closed (and a stdio process stopped) on exit.
 
@@ -34,6 +36,9 @@ async def open_session(
         errlog: where a stdio server's stderr goes (a real file: it needs a descriptor); ours by default.
         on_message: receives the server's notifications (``notifications/tools/list_changed``...).
         on_log: receives the server's log messages (``notifications/message``).
+        on_sampling: answers the server's ``sampling/createMessage`` (the session then declares
+            the sampling capability); refused without it.
+        on_elicitation: answers the server's ``elicitation/create`` (declaring elicitation); refused without it.
     """
     async with AsyncExitStack() as stack:
         if server.transport == "stdio":
@@ -49,7 +54,14 @@ async def open_session(
                 http.event_hooks = {"request": [idempotency_header_hook(server.idempotency_header)]}
             read, write = await stack.enter_async_context(streamable_http_client(server.url, http_client=http))
         session = await stack.enter_async_context(
-            ClientSession(read, write, message_handler=on_message, logging_callback=on_log)
+            ClientSession(
+                read,
+                write,
+                message_handler=on_message,
+                logging_callback=on_log,
+                sampling_callback=on_sampling,
+                elicitation_callback=on_elicitation,
+            )
         )
         await session.initialize()
         yield session

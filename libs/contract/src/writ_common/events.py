@@ -210,6 +210,38 @@ class ExecutionReconciled(Payload, frozen=True, kw_only=True):
     retry_intent_id: str | None = None
 
 
+class ExecutionInputRequested(Payload, frozen=True, kw_only=True):
+    """During attempt ``attempt``, the tool's server asked the calling client for input: ``kind``
+    ``sampling`` (an LLM completion) or ``elicitation`` (an answer from the user). ``request`` is
+    what it asked, scrubbed of secret values as tool output is (None when over the output limit:
+    then only its digest is kept). Beside the intent's course: the fold leaves it out."""
+
+    attempt: int
+    kind: Literal["sampling", "elicitation"]
+    ask: int  # the attempt's n-th request for input, from 1
+    request_digest: str
+    request: dict[str, Any] | None = None
+
+
+class ExecutionInputAnswered(Payload, frozen=True, kw_only=True):
+    """What became of request ``ask`` of attempt ``attempt``: ``answered`` (the client's result),
+    ``declined`` or ``cancelled`` (an elicitation the user refused or dismissed), or ``failed``
+    (no client to ask, no answer in time, or the client's error: ``code`` and ``reason`` say
+    which). ``by`` is the agent whose client answered (its subject proves it), ``via`` what it
+    says it is (the gateway). The server was given the answer, or the error."""
+
+    attempt: int
+    kind: Literal["sampling", "elicitation"]
+    ask: int
+    outcome: Literal["answered", "declined", "cancelled", "failed"]
+    by: str = ""
+    via: str = ""
+    answer_digest: str | None = None
+    answer: dict[str, Any] | None = None
+    code: str = ""
+    reason: str = ""
+
+
 class ExecutionAttemptFailed(Payload, frozen=True, kw_only=True):
     """One attempt failed in a way known not to have taken effect (or on an idempotent tool);
     another attempt follows after ``retry_after_ms`` unless attempts or the deadline run out."""
@@ -668,6 +700,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("execution.outcome_unknown", 1): ExecutionOutcomeUnknown,
     ("execution.attempt_failed", 1): ExecutionAttemptFailed,
     ("execution.reconciled", 1): ExecutionReconciled,
+    ("execution.input_requested", 1): ExecutionInputRequested,
+    ("execution.input_answered", 1): ExecutionInputAnswered,
     ("agent.registered", 1): AgentRegistered,
     ("agent.key_rotated", 1): AgentKeyRotated,
     ("agent.revoked", 1): AgentRevoked,
@@ -728,4 +762,4 @@ STAGE_STATUS: dict[str, str] = {
 }
 # Intent events that record something beside the intent's course and change nothing in it: the
 # fold (and so every stage and every receipt) leaves them out.
-ADVISORY_TYPES = frozenset({"policy.shadow_decided"})
+ADVISORY_TYPES = frozenset({"policy.shadow_decided", "execution.input_requested", "execution.input_answered"})

@@ -130,6 +130,22 @@ def relay_notice_subject(agent_id: str, intent_id: str, kind: str) -> str:
     return f"writ.notice.{agent_id}.{intent_id}.{kind}"
 
 
+def input_request_subject(agent_id: str, intent_id: str) -> str:
+    """Core NATS only: a tool's server asks the calling client for input (sampling, elicitation)
+    during the intent's call; published by the executor with the reply subject
+    :func:`input_answer_subject`, where only the agent that asked may answer."""
+    return relay_notice_subject(agent_id, intent_id, "input")
+
+
+def input_answer_subject(agent_id: str, intent_id: str, ask: str) -> str:
+    """Core NATS only: the agent's answer to request ``ask`` for input during its intent's call;
+    under the agent's id, so the executor knows whose client answered."""
+    return f"{ANSWER_PREFIX}.{agent_id}.{intent_id}.{ask}"
+
+
+ANSWER_PREFIX = "writ.answer"
+
+
 def approval_notice_subject(group: str, intent_id: str) -> str:
     """Core NATS only: "a request waits for ``group``"; an approver's bus user hears only its groups'."""
     return f"writ.notice.approvals.{group}.{intent_id}"

@@ -77,6 +77,10 @@ ROUTES: tuple[Route, ...] = (
     _intent("execution.outcome_unknown", "executor"),
     _intent("execution.attempt_failed", "executor"),
     _intent("execution.reconciled", "executor"),
+    # A server asked the calling client for input (sampling, elicitation) during a call, and how it
+    # was answered: advisory, the fold leaves them out.
+    _intent("execution.input_requested", "executor"),
+    _intent("execution.input_answered", "executor"),
     _intent("policy.shadow_decided", "policy"),
     # Control state: one stream per owning service.
     _control("agent.registered", subjects.IDENTITY_STREAM, subjects.agent_subject("{agent_id}"), "identity"),

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+import nats.errors
+from mcp.shared.exceptions import MCPError
 from nats.aio.msg import Msg
 
 from writ_common import commands, metrics, operations, subjects
@@ -53,6 +56,19 @@ from writ_executor.domain import (
     unknown_server,
 )
 from writ_executor.failures import CALL_FAILURES, classify
+from writ_executor.input_rules import (
+    ASK_MARGIN,
+    Answer,
+    Failed,
+    Kind,
+    input_answered,
+    input_requested,
+    no_answer,
+    no_client,
+    no_time,
+    read_answer,
+    too_large,
+)
 from writ_executor.known_servers import KnownServers
 from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.redaction import Redactor, references, resolve
@@ -366,6 +382,9 @@ class Execution:
         timeout = call_timeout(view, datetime.now(UTC), self.settings.tool_timeout)
         meta = {IDEMPOTENCY_META_KEY: idempotency_key(view), "writ/attempt": attempt}
         operation = submitted.operation if submitted else operations.CALL_TOOL
+        relay = AgentRelay(
+            self.svc, self.settings, view.agent_id or "", view.intent_id, redactor, attempt=attempt, timeout=timeout
+        )
         try:
             if operation == operations.CALL_TOOL:
                 called = await self.pool.call(
@@ -374,7 +393,8 @@ class Execution:
                     call_arguments(view),
                     meta=meta,
                     timeout=timeout,
-                    relay=AgentRelay(self.svc, self.settings, view.agent_id or "", view.intent_id, redactor),
+                    relay=relay,
+                    ask=lambda kind, params: relay.ask(kind, params, record=self.record_input(view)),
                     on_session=ticket.sent,
                 )
                 return called.model_dump(mode="json", by_alias=True, exclude_none=True), bool(called.is_error)
@@ -386,6 +406,28 @@ class Execution:
             return answered, False
         finally:
             ticket.received()  # the route's latency signal: the call itself, not a session's start
+
+    def record_input(self, view: IntentView) -> Callable[[ev.Payload, str], Awaitable[None]]:
+        """Appends what a call asked its client, and what was answered, to the intent's history
+        while the call runs: after whatever is last on it (beside the intent's course, so no
+        decision is retaken; the outcome's append then finds the fence moved, and folds again)."""
+
+        async def record(payload: ev.Payload, occurrence: str) -> None:
+            assert view.submitted_event is not None
+            for _ in range(FENCE_RETRIES):
+                history = await read_history(self.svc.nc, view.agent_id or "", view.intent_id or "")
+                if fold_intent(history.events).is_terminal:
+                    return
+                try:
+                    await self.svc.append_all(
+                        view, view.submitted_event, [payload], history.last_seq, occurrence=occurrence
+                    )
+                    return
+                except StaleAppend:
+                    continue
+            log.warning("%s: could not record %s after %d tries", view.intent_id, payload, FENCE_RETRIES)
+
+        return record
 
     def after_error(self, view: IntentView, attempt: int, error: CallError) -> ev.Payload:
         return after_error(view, attempt, error, now=datetime.now(UTC), max_attempts=self.settings.max_attempts)
@@ -448,14 +490,82 @@ class Execution:
 class AgentRelay:
     """What the tool's server says during the call (progress, log messages), scrubbed of secret
     values, published for the agent that asked (core NATS, not recorded: a gateway waiting on
-    the call hears it; nobody else may). Over the output limit, it is not passed on."""
+    the call hears it; nobody else may). Over the output limit, it is not passed on.
 
-    def __init__(self, svc: Service, settings: WritSettings, agent_id: str, intent_id: str, redactor: Redactor) -> None:
+    And what the server asks the agent's client (sampling, elicitation): recorded in the intent's
+    history with its answer, asked on core NATS with the answer subject as reply, under the call's
+    deadline."""
+
+    def __init__(
+        self,
+        svc: Service,
+        settings: WritSettings,
+        agent_id: str,
+        intent_id: str,
+        redactor: Redactor,
+        *,
+        attempt: int = 0,
+        timeout: float = 0.0,
+    ) -> None:
         self.svc = svc
         self.max_bytes = settings.max_output_bytes
         self.agent_id = agent_id
         self.intent_id = intent_id
         self.redactor = redactor
+        self.attempt = attempt
+        self.deadline = time.monotonic() + timeout
+        self.asks = 0
+
+    async def ask(
+        self, kind: Kind, params: dict[str, Any], *, record: Callable[[ev.Payload, str], Awaitable[None]]
+    ) -> dict[str, Any]:
+        """The client's answer to the server's request (its result as JSON), each recorded.
+
+        Raises:
+            MCPError: no answer (no client listening, none in time, the client's own error): the
+                server is told so, and the call ends as the server then decides.
+        """
+        self.asks += 1
+        ask = self.asks
+        request: dict[str, Any] = within_canonical_domain(self.redactor.value(params))
+        occurrence = f"{self.attempt}.{ask}"
+        await record(input_requested(self.attempt, kind, ask, request, max_bytes=self.max_bytes), occurrence)
+        answer, result = await self._asked(kind, ask, request)
+        # Recorded scrubbed; the server gets the answer as the client gave it.
+        kept = result if isinstance(result, Failed) else within_canonical_domain(self.redactor.value(result))
+        answered = input_answered(
+            self.attempt, kind, ask, by=self.agent_id, answer=answer, result=kept, max_bytes=self.max_bytes
+        )
+        await record(answered, occurrence)
+        if isinstance(result, Failed):
+            log.info("%s: %s request %d not answered: %s", self.intent_id, kind, ask, result.message)
+            raise MCPError(result.rpc_code, result.message)
+        return result
+
+    async def _asked(
+        self, kind: Kind, ask: int, request: dict[str, Any]
+    ) -> tuple[Answer | None, dict[str, Any] | Failed]:
+        waited = self.deadline - time.monotonic() - ASK_MARGIN
+        if (late := no_time(waited)) is not None:
+            return None, late
+        body = msgspec.json.encode({"ask": ask, "kind": kind, "params": request})
+        if len(body) > self.max_bytes:
+            return None, too_large(len(body), self.max_bytes)
+        nc = self.svc.nc
+        reply = subjects.input_answer_subject(self.agent_id, self.intent_id, f"{self.attempt}-{ask}")
+        sub = await nc.subscribe(reply, max_msgs=1)
+        try:
+            # With a reply subject: nobody listening, the server says so at once (no responders).
+            await nc.publish(subjects.input_request_subject(self.agent_id, self.intent_id), body, reply=reply)
+            msg = await sub.next_msg(timeout=waited)
+        except nats.errors.TimeoutError:
+            return None, no_answer(waited)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        if msg.headers and msg.headers.get("Status") == "503":
+            return None, no_client(self.intent_id)
+        return read_answer(kind, msg.data)
 
     async def __call__(self, kind: str, params: dict[str, Any]) -> None:
         body = msgspec.json.encode(within_canonical_domain(self.redactor.value(params)))

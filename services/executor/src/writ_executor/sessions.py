@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TextIO, TypeVar, cast
 
 from mcp import ClientSession
-from mcp.client.session import IncomingMessage
+from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     CONNECTION_CLOSED,
@@ -23,7 +23,13 @@ from mcp.types import (
     CallToolResult,
     CompleteRequest,
     CompleteResult,
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    CreateMessageResultWithTools,
+    ElicitRequestParams,
+    ElicitResult,
     EmptyResult,
+    ErrorData,
     GetPromptRequest,
     GetPromptResult,
     ListPromptsRequest,
@@ -41,9 +47,11 @@ from mcp.types import (
     ToolListChangedNotification,
     UnsubscribeRequest,
 )
+from pydantic import ValidationError
 
 from writ_common import events as ev
 from writ_common.mcp_client import open_session
+from writ_executor.input_rules import INTERNAL_ERROR, Kind, whose
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,9 @@ ToolsChanged = Callable[[str], None]
 # Hands what a server sent during one call (``progress``, or ``message``: a log message) to whoever
 # asked for that call.
 Relay = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Asks the client of one call for input (``sampling`` or ``elicitation``, with the server's params
+# as JSON): its result as JSON, or an MCPError for the server.
+Ask = Callable[[Kind, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def session_forgotten(exc: MCPError) -> bool:
@@ -107,13 +118,19 @@ class _Warm:
         self.error: BaseException | None = None
         self.in_flight = 0  # calls sent on this session and not yet answered
         self.relays: list[Relay] = []  # of the calls in flight that want what the server says meanwhile
+        self.askers: list[Ask] = []  # of the calls in flight that can ask their client for input
         self.task = asyncio.create_task(self._hold(), name=f"mcp-session-{server.name}")
 
     async def _hold(self) -> None:
         try:
             with self._stderr() if self.server.transport == "stdio" else nullcontext(None) as errlog:
                 async with open_session(
-                    self.server, errlog=errlog, on_message=self._on_message, on_log=self._on_log
+                    self.server,
+                    errlog=errlog,
+                    on_message=self._on_message,
+                    on_log=self._on_log,
+                    on_sampling=self._on_sampling,
+                    on_elicitation=self._on_elicitation,
                 ) as session:
                     self.session = session
                     self.ready.set()
@@ -136,6 +153,44 @@ class _Warm:
         if self.in_flight == 1 and len(self.relays) == 1:
             with contextlib.suppress(Exception):
                 await self.relays[0]("message", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: CreateMessageRequestParams
+    ) -> CreateMessageResult | CreateMessageResultWithTools | ErrorData:
+        answer = await self._ask("sampling", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if isinstance(answer, ErrorData):
+            return answer
+        result_type = CreateMessageResultWithTools if params.tools or params.tool_choice else CreateMessageResult
+        try:
+            return result_type.model_validate(answer)
+        except ValidationError:
+            return ErrorData(code=INTERNAL_ERROR, message="writ: the client's answer is not a sampling result")
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: ElicitRequestParams
+    ) -> ElicitResult | ErrorData:
+        answer = await self._ask("elicitation", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if isinstance(answer, ErrorData):
+            return answer
+        try:
+            return ElicitResult.model_validate(answer)
+        except ValidationError:
+            return ErrorData(code=INTERNAL_ERROR, message="writ: the client's answer is not an elicitation result")
+
+    async def _ask(self, kind: Kind, params: dict[str, Any]) -> dict[str, Any] | ErrorData:
+        """A server's request for input goes to the client of the one call in flight on this
+        session (MCP names no request it belongs to); with several, whose it is cannot be told."""
+        asker = whose(self.askers, self.in_flight)
+        if isinstance(asker, str):
+            log.warning("%s asked for %s: %s", self.server.name, kind, asker)
+            return ErrorData(code=INVALID_REQUEST, message=asker)
+        try:
+            return await asker(kind, params)
+        except MCPError as exc:
+            return ErrorData(code=exc.code, message=exc.message)
+        except Exception as exc:  # not recorded, or not asked: the server is refused, never left waiting
+            log.warning("%s asked for %s; the client could not be asked: %r", self.server.name, kind, exc)
+            return ErrorData(code=INTERNAL_ERROR, message=f"writ: the client could not be asked ({type(exc).__name__})")
 
     @property
     def alive(self) -> bool:
@@ -186,10 +241,13 @@ class SessionPool:
         meta: dict[str, Any],
         timeout: float,
         relay: Relay | None = None,
+        ask: Ask | None = None,
         on_session: Callable[[], None] | None = None,
     ) -> CallToolResult:
         """Call ``tool`` on ``server`` within ``timeout`` seconds; ``relay`` gets the server's
         progress for this call (MCP ties it to the request) and its log messages meanwhile;
+        ``ask`` answers the server's requests for input (sampling, elicitation) while this is the
+        one call in flight on the session (else the server is refused);
         ``on_session()`` runs once a session is ready, just before the request is sent (so a
         caller can time the call without a session's start).
 
@@ -214,8 +272,9 @@ class SessionPool:
                 progress_callback=on_progress if relay is not None else None,
             ),
             timeout,
-            relay,
-            on_session,
+            relay=relay,
+            on_session=on_session,
+            ask=ask,
         )
 
     async def request(
@@ -263,26 +322,30 @@ class SessionPool:
         server: ev.ServerRegistered,
         send: Callable[[ClientSession], Awaitable[T]],
         timeout: float,
+        *,
         relay: Relay | None = None,
         on_session: Callable[[], None] | None = None,
+        ask: Ask | None = None,
     ) -> T:
         try:
-            return await self._send_once(server, send, timeout, relay, on_session)
+            return await self._send_once(server, send, timeout, relay=relay, on_session=on_session, ask=ask)
         except MCPError as exc:
             if not session_forgotten(exc):
                 raise
         # The server no longer knows the session (an HTTP server restarted): it refused the request
         # before running it, so it is sent once more on a fresh session, whatever the call.
         log.warning("%s forgot its MCP session; starting a new one", server.name)
-        return await self._send_once(server, send, timeout, relay, on_session)
+        return await self._send_once(server, send, timeout, relay=relay, on_session=on_session, ask=ask)
 
     async def _send_once(
         self,
         server: ev.ServerRegistered,
         send: Callable[[ClientSession], Awaitable[T]],
         timeout: float,
+        *,
         relay: Relay | None,
         on_session: Callable[[], None] | None = None,
+        ask: Ask | None = None,
     ) -> T:
         warm, session = await self._session(server)
         if on_session is not None:
@@ -290,6 +353,8 @@ class SessionPool:
         warm.in_flight += 1
         if relay is not None:
             warm.relays.append(relay)
+        if ask is not None:
+            warm.askers.append(ask)
         try:
             return await asyncio.wait_for(send(session), timeout)
         except MCPError as exc:
@@ -310,6 +375,8 @@ class SessionPool:
             warm.in_flight -= 1
             if relay is not None:
                 warm.relays.remove(relay)
+            if ask is not None:
+                warm.askers.remove(ask)
 
     async def _after_failure(self, warm: _Warm, *, timed_out: bool) -> None:
         """A broken session is replaced; a call that only timed out does not take down the calls
