@@ -299,12 +299,13 @@ def test_shadow_decisions_project_beside_the_intent_and_change_nothing_in_it(tmp
 
 
 def test_every_intent_event_type_has_exactly_one_place_in_the_projection() -> None:
-    """A new intent event type must be placed: a step, an ending, or one of the three handled apart."""
+    """A new intent event type must be placed: a step, an ending, or handled apart (the submission,
+    a reconciliation, and the advisory events: the timeline only, or the shadow table)."""
     from writ_common import topology
     from writ_common.envelope import EVENT_TYPE
     from writ_ledger.views.project import STEPS
 
-    apart = {"intent.submitted", "execution.reconciled", "policy.shadow_decided"}
+    apart = {"intent.submitted", "execution.reconciled", *ev.ADVISORY_TYPES}
     stepped = {EVENT_TYPE[cls] for cls in STEPS}
     for route in topology.INTENT_ROUTES:
         places = [route.type in stepped, route.type in ev.TERMINAL_TYPES, route.type in apart]
