@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client, RawCredentials
 from typer.testing import CliRunner
 
-from waiting import reached
+from waiting import eventually, reached
 from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
@@ -186,9 +186,16 @@ async def test_identitys_ingress_reading_adds_up_an_agents_connections_on_every_
         for _ in range(7):
             await brief.publish(subject, b"abc")
         await brief.close()
-        later = await read_nodes(system, issuer.account, first, page=1)
-        gone = [c for r in later for c in r.connections.values() if c.user == key and c.closed]
-        assert [(c.in_msgs, c.in_bytes) for c in gone] == [(7, 21)]
+
+        async def closed_ones() -> list[tuple[int, int]] | None:
+            # The node lists a connection as closed once it has seen the close, a beat after ours.
+            later = await read_nodes(system, issuer.account, first, page=1)
+            gone = [
+                (c.in_msgs, c.in_bytes) for r in later for c in r.connections.values() if c.user == key and c.closed
+            ]
+            return gone or None
+
+        assert await eventually(closed_ones, 5, "the brief connection listed as closed") == [(7, 21)]
     finally:
         await system.close()
         for nc in connections:
