@@ -399,6 +399,8 @@ class SessionPool:
             await warm.close()
 
     async def close(self) -> None:
-        for warm in list(self._warm.values()):
-            await warm.close()
+        # All at once: each close is bounded by CLOSE_TIMEOUT, and one after the other a few slow
+        # ones (a stdio server that ignores its closed stdin, an HTTP server already gone: about 4 s
+        # each) outlast the supervisor's grace, and the executor is killed instead of stopping.
+        await asyncio.gather(*(warm.close() for warm in self._warm.values()))
         self._warm.clear()
