@@ -31,12 +31,17 @@ class ControlFollower:
     def __init__(self, stream: str, apply: Callable[[StoredEvent], None]) -> None:
         self._nc: Client | None = None
         self._stream = stream
-        self._apply = apply
+        self._applies = [apply]  # every view folded from this stream, each told every event in order
         self._applied = 0
         self._subject = ">"
         self._lock = asyncio.Lock()
         self._nudge: Subscription | None = None
         self._poller: asyncio.Task[None] | None = None
+
+    def also(self, apply: Callable[[StoredEvent], None]) -> None:
+        """Fold another view from the same reads (before ``start``: it sees the replay too)."""
+        assert self._nc is None, "add a view before the follower starts"
+        self._applies.append(apply)
 
     @property
     def applied_seq(self) -> int:
@@ -68,16 +73,20 @@ class ControlFollower:
 
     def _apply_one(self, msg: Msg) -> None:
         seq = int((msg.headers or {})["Nats-Sequence"])
+        self._applied = seq
         try:
-            self._apply(stored(msg))
+            event = stored(msg)
         except UndecodableEvent as exc:
             metrics.SKIPPED_EVENTS.labels(self._stream, exc.code).inc()
             log.warning("control event %s:%d skipped: %s", self._stream, seq, exc)
-        except Exception:
-            # One event the view cannot take must not stop it for every event after.
-            metrics.SKIPPED_EVENTS.labels(self._stream, "unappliable").inc()
-            log.exception("control event %s:%d could not be applied; skipped", self._stream, seq)
-        self._applied = seq
+            return
+        for apply in self._applies:
+            try:
+                apply(event)
+            except Exception:
+                # One event a view cannot take must not stop it (or another view) for every event after.
+                metrics.SKIPPED_EVENTS.labels(self._stream, "unappliable").inc()
+                log.exception("control event %s:%d could not be applied; skipped", self._stream, seq)
 
     async def _on_nudge(self, _msg: Msg) -> None:
         with contextlib.suppress(Exception):

@@ -97,6 +97,7 @@ class Service:
         self.bus_stats: dict[str, int] = {}
         self._appends = 0
         self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._followers: dict[str, ControlFollower] = {}  # one per control stream, shared by its views
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._drains: list[Callable[[], Awaitable[None]]] = []
         self._consumers: list[Callable[[], Awaitable[None]]] = []  # pull loops, started last
@@ -124,8 +125,12 @@ class Service:
         self._shutdown.append(fn)
 
     def follow(self, stream: str, apply: Callable[[StoredEvent], None]) -> ControlFollower:
-        """Fold a control stream into a view: replayed at start, followed live, stopped at shutdown."""
-        follower = ControlFollower(stream, apply)
+        """Fold a control stream into a view: replayed at start, followed live, stopped at shutdown.
+        Views of one stream share one follower: one replay, one nudge subscription, one poll."""
+        if (follower := self._followers.get(stream)) is not None:
+            follower.also(apply)
+            return follower
+        follower = self._followers[stream] = ControlFollower(stream, apply)
 
         async def start() -> None:
             await follower.start(self.nc)
