@@ -185,7 +185,8 @@ async def test_the_listing_is_the_servers_own_and_both_spellings_call_the_tool(s
     async with over_stdio(setup) as session:
         listed = {t.name: t for t in (await session.list_tools()).tools}
         bare = await session.call_tool(f"{fidelity}_shaped", {"n": 7})
-        prefixed = await session.call_tool(f"{fidelity}.{fidelity}_shaped", {"n": 8})
+        prefixed = await session.call_tool(f"{fidelity}__{fidelity}_shaped", {"n": 8})
+        dotted = await session.call_tool(f"{fidelity}.{fidelity}_shaped", {"n": 9})  # MCP's dotted spelling too
 
     shaped = listed[f"{fidelity}_shaped"]  # unique across servers: the server's own name
     assert shaped.title == "A shaped tool"
@@ -195,6 +196,7 @@ async def test_the_listing_is_the_servers_own_and_both_spellings_call_the_tool(s
     assert shaped.meta == {"example.com/shape": "kept", "writ/tool": f"{fidelity}/{fidelity}_shaped"}
     assert not bare.is_error and bare.structured_content == {"n": 7}, text_of(bare)
     assert not prefixed.is_error and prefixed.structured_content == {"n": 8}, text_of(prefixed)
+    assert not dotted.is_error and dotted.structured_content == {"n": 9}, text_of(dotted)
 
 
 async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_agents_name(setup: Setup) -> None:
@@ -577,3 +579,5 @@ async def test_a_naming_the_gateway_cannot_use_is_refused_before_it_serves(setup
     for alias, said in (("nope", "write --alias SERVER=ALIAS"), ("a=c.r", "no '.'")):
         refused = await asyncio.to_thread(writ, "gateway", "--as", setup.agent, "--alias", alias)
         assert refused.exit_code == 1 and "invalid_alias" in refused.output and said in refused.output, refused.output
+    refused = await asyncio.to_thread(writ, "gateway", "--as", setup.agent, "--separator", "/")
+    assert refused.exit_code == 1 and "separator '/'" in refused.output, refused.output

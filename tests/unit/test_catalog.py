@@ -84,10 +84,26 @@ def test_the_same_version_rediscovered_keeps_its_acceptance_and_the_fuller_defin
     assert set(catalog.quarantined["time"]) == {"convert_time"}
 
 
-def test_the_gateways_server_dot_tool_spelling_resolves_as_server_slash_tool() -> None:
-    catalog = time_catalog()
-    resolved = catalog.resolve("time.get_current_time")
+@pytest.mark.parametrize("spelled", ["time__get_current_time", "time.get_current_time"])
+def test_the_gateways_spellings_resolve_as_server_slash_tool(spelled: str) -> None:
+    resolved = time_catalog().resolve(spelled)
     assert not isinstance(resolved, Refusal) and resolved[0] == "time" and resolved[1].name == "get_current_time"
+
+
+def test_a_gateway_spelling_finds_the_one_split_that_names_a_server_and_its_tool() -> None:
+    catalog = Catalog()
+    catalog.apply(stored(ev.ServerRegistered(name="my__srv", transport="stdio", command="/bin/t"), 1))
+    catalog.apply(stored(ev.ToolsDiscovered(server="my__srv", tools=[tool("do__it")]), 2))
+    resolved = catalog.resolve("my__srv__do__it")
+    assert not isinstance(resolved, Refusal) and (resolved[0], resolved[1].name) == ("my__srv", "do__it")
+    # Two splits that each name a server offering that tool: ambiguous, so no guess.
+    catalog.apply(stored(ev.ServerRegistered(name="my", transport="stdio", command="/bin/t"), 3))
+    catalog.apply(stored(ev.ToolsDiscovered(server="my", tools=[tool("srv__do__it")]), 4))
+    assert str(catalog.resolve("my__srv__do__it")).startswith("unknown_tool: ")
+
+
+def test_the_gateways_server_dot_tool_spelling_never_shadows_a_tool_of_that_name() -> None:
+    catalog = time_catalog()
     # A tool really named with a dot keeps its own name; an unknown server.tool stays unknown.
     catalog.apply(stored(ev.ToolsDiscovered(server="time", tools=[tool("time.get_current_time")]), 4))
     named = catalog.resolve("time.get_current_time")

@@ -9,6 +9,7 @@ import pytest
 
 from writ.gateway.translate import (
     IDEMPOTENCY_META_KEY,
+    MODEL_TOOL_NAME,
     Naming,
     call_result,
     callable_tools,
@@ -49,16 +50,19 @@ def receipt(status: str, code: str, reason: str, result: dict[str, Any] | None =
 @pytest.mark.parametrize(
     ("server", "tool"), [("time", "get_current_time"), ("a-b_c", "x.y"), ("s1", "with.dots.and-dashes")]
 )
-def test_tool_names_go_to_mcp_and_back(server: str, tool: str) -> None:
+def test_prefixed_tool_names_are_model_safe(server: str, tool: str) -> None:
     name = mcp_tool_name(server, tool)
-    assert name is not None and "/" not in name
-    assert writ_tool_name(name) == f"{server}/{tool}"
+    assert name == f"{server}__{tool}" and "/" not in name
+    if MODEL_TOOL_NAME.fullmatch(tool):  # what Writ adds never makes a name a model API refuses
+        assert MODEL_TOOL_NAME.fullmatch(name)
+    assert mcp_tool_name(server, tool, Naming(separator=".")) == f"{server}.{tool}"
+    assert writ_tool_name(name) == name  # the registry reads it back (test_catalog)
 
 
 def test_names_mcp_cannot_carry_are_not_offered() -> None:
     assert mcp_tool_name("s", "has space") is None
     assert mcp_tool_name("s", "a/b") is None
-    assert mcp_tool_name("s", "x" * 127) is None  # 129 characters with "s."
+    assert mcp_tool_name("s", "x" * 126) is None  # 129 characters with "s__"
     assert writ_tool_name("bare_tool") == "bare_tool"  # Writ resolves a bare name itself
 
 
@@ -77,9 +81,9 @@ def test_only_accepted_tools_without_a_waiting_version_are_listed() -> None:
 def test_a_name_is_the_servers_own_unless_two_servers_offer_it() -> None:
     rows = [row("a", "search"), row("b", "search"), row("a", "only_a"), row("c", "only_c", "quarantined")]
     listed = listing(rows)
-    assert [t.name for t in listed.tools] == ["a.search", "b.search", "only_a"]
-    assert listed.writ_name("only_a") == listed.writ_name("a.only_a") == "a/only_a"  # both spellings
-    assert listed.writ_name("a.search") == "a/search" and listed.writ_name("search") is None
+    assert [t.name for t in listed.tools] == ["a__search", "b__search", "only_a"]
+    assert listed.writ_name("only_a") == listed.writ_name("a__only_a") == "a/only_a"  # both spellings
+    assert listed.writ_name("a__search") == "a/search" and listed.writ_name("search") is None
     assert listed.tools[0].meta == {"writ/tool": "a/search"}
     assert listed.digest != listing(rows[1:]).digest and listed.digest == listing(rows).digest
 
@@ -171,25 +175,29 @@ def test_pending_says_how_to_reattach() -> None:
 def test_prefixed_names_never_change_when_a_server_is_added() -> None:
     alone = listing([row("a", "search")], Naming(prefixed=True))
     both = listing([row("a", "search"), row("b", "search")], Naming(prefixed=True))
-    assert [t.name for t in alone.tools] == ["a.search"]
-    assert [t.name for t in both.tools] == ["a.search", "b.search"]
+    assert [t.name for t in alone.tools] == ["a__search"]
+    assert [t.name for t in both.tools] == ["a__search", "b__search"]
     assert renamed(alone, both) == []
 
 
 def test_by_default_a_name_that_becomes_ambiguous_is_said_renamed() -> None:
     alone = listing([row("a", "search")])
     both = listing([row("a", "search"), row("b", "search")])
-    assert renamed(alone, both) == [("a/search", "search", "a.search")]
+    assert renamed(alone, both) == [("a/search", "search", "a__search")]
 
 
 def test_an_alias_names_a_servers_tools_and_reads_back_to_the_server() -> None:
     naming = Naming(prefixed=True, aliases={"salesforce-prod": "crm"})
     listed = listing([row("salesforce-prod", "search"), row("b", "search")], naming)
-    assert [t.name for t in listed.tools] == ["crm.search", "b.search"]
-    assert listed.writ_name("crm.search") == "salesforce-prod/search"
+    assert [t.name for t in listed.tools] == ["crm__search", "b__search"]
+    assert listed.writ_name("crm__search") == "salesforce-prod/search"
+    dotted = listing([row("salesforce-prod", "search")], Naming(prefixed=True, aliases=naming.aliases, separator="."))
+    assert [t.name for t in dotted.tools] == ["crm.search"]
 
 
 def test_an_alias_that_is_no_name_or_stands_for_two_servers_is_refused() -> None:
-    assert Naming(aliases={"a": "crm"}).refusal() is None
-    assert "no '.'" in (Naming(aliases={"a": "c.r"}).refusal() or "")
+    assert Naming(aliases={"a": "crm", "b": "crm_eu-1"}).refusal() is None
+    for bad in ("c.r", "c__r", "crm_", "_crm", "", "x" * 33):
+        assert "no '.', no '__'" in (Naming(aliases={"a": bad}).refusal() or ""), bad
     assert "both" in (Naming(aliases={"a": "crm", "b": "crm"}).refusal() or "")
+    assert "separator" in (Naming(separator="/").refusal() or "")

@@ -165,8 +165,8 @@ class TestGatewayListing:
         assert listing.server_of_template("test://t/{id}/data") == "b"
         assert listing.resources[0].meta == {"writ/server": "a"}
         # A prompt name two servers offer is listed as SERVER.NAME by each; a unique one as it is.
-        assert sorted(listing.prompt_names) == ["a.greet", "b.greet", "only_a"]
-        assert listing.prompt_names["b.greet"] == ("b", "greet")
+        assert sorted(listing.prompt_names) == ["a__greet", "b__greet", "only_a"]
+        assert listing.prompt_names["b__greet"] == ("b", "greet")
 
     def test_a_template_variable_never_spans_a_path_segment(self) -> None:
         pattern = template_pattern("file:///{dir}/{name}.txt")

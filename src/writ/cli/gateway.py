@@ -86,14 +86,15 @@ async def serve(
         await writ_agent.nc.close()
 
 
-def configured_naming(prefixed: bool, aliases: list[str]) -> Naming:
-    """``--prefixed`` and ``--alias SERVER=ALIAS`` as the gateway's naming, or a clear refusal."""
+def configured_naming(prefixed: bool, aliases: list[str], separator: str = "__") -> Naming:
+    """``--prefixed``, ``--alias SERVER=ALIAS`` and ``--separator`` as the gateway's naming, or a
+    clear refusal."""
     from writ.gateway.translate import Naming
 
     pairs = [a.partition("=") for a in aliases]
     if bad := [a for a, (server, eq, name) in zip(aliases, pairs, strict=True) if not (server and eq and name)]:
         fail("invalid_alias", f"{bad[0]!r}: write --alias SERVER=ALIAS")
-    naming = Naming(prefixed=prefixed, aliases={server: name for server, _eq, name in pairs})
+    naming = Naming(prefixed=prefixed, aliases={server: name for server, _eq, name in pairs}, separator=separator)
     if (why := naming.refusal()) is not None:
         fail("invalid_alias", why)
     return naming
@@ -148,12 +149,16 @@ def gateway(
     ] = None,
     prefixed: Annotated[
         bool,
-        typer.Option("--prefixed", help="Name every tool SERVER.TOOL, so no name changes when a server is added"),
+        typer.Option("--prefixed", help="Name every tool SERVER__TOOL, so no name changes when a server is added"),
     ] = False,
     alias: Annotated[
         list[str] | None,
-        typer.Option(metavar="SERVER=ALIAS", help="List SERVER's tools as ALIAS.TOOL where prefixed (repeatable)"),
+        typer.Option(metavar="SERVER=ALIAS", help="List SERVER's tools as ALIAS__TOOL where prefixed (repeatable)"),
     ] = None,
+    separator: Annotated[
+        str,
+        typer.Option(help="Between a prefix and a tool's name: __ (model APIs accept it) or . (MCP's own)"),
+    ] = "__",
     no_token: Annotated[
         bool,
         typer.Option(
@@ -163,7 +168,7 @@ def gateway(
 ) -> None:
     """Serve Writ's tools to any MCP client, as one MCP server (stdio by default).
 
-    tools/list: the registry's accepted tools as their servers list them; SERVER.TOOL only where two share a name.
+    tools/list: the registry's accepted tools as their servers list them; SERVER__TOOL only where two share a name.
 
     tools/call: a signed intent as the agent; the answer is the tool's result, else isError with the reason.
 
@@ -171,13 +176,13 @@ def gateway(
 
     Idempotency: send _meta {"writ/idempotency_key": KEY}; the same key re-attaches to the same intent.
 
-    Names: --prefixed lists every tool as SERVER.TOOL; --alias SERVER=ALIAS uses ALIAS as SERVER's prefix.
+    Names: --prefixed lists every tool as SERVER__TOOL; --alias SERVER=ALIAS uses ALIAS as SERVER's prefix.
 
     HTTP: every request carries Authorization: Bearer TOKEN (the token file, made on first use, 0600).
     """
     from writ.gateway.auth import gateway_token_path
 
-    naming = report(lambda: configured_naming(prefixed, alias or []))
+    naming = report(lambda: configured_naming(prefixed, alias or [], separator))
     cfg, signing_key = report(lambda: agent_credentials(agent, key, bus_creds))
     if no_token and token_file is not None:
         report(lambda: fail("invalid_token_file", "pass --token-file or --no-token, not both"))

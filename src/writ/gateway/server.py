@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from writ.gateway.translate import (
+    MODEL_TOOL_NAME,
     Listing,
     Naming,
     Offered,
@@ -86,6 +87,7 @@ class Gateway:
         self.offered = Offered()  # the resources, templates and prompts last listed: where each is read
         self._log_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # by client session
         self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
+        self._said_unsafe: set[str] = set()  # listed names model APIs refuse, already said in the log
 
     async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
         """Look at the registry's accepted tools every ``interval`` seconds, and wake every client
@@ -129,6 +131,11 @@ class Gateway:
         self.listing = listing(await self._registry_tools(), self.options.naming)
         for writ_name, old, new in renamed(before, self.listing):
             log(f"{writ_name} is listed as {new!r} now, not {old!r}: another server offers a tool of that name")
+        if self.listing.digest != before.digest:
+            for tool in self.listing.tools:
+                if not MODEL_TOOL_NAME.fullmatch(tool.name) and tool.name not in self._said_unsafe:
+                    self._said_unsafe.add(tool.name)
+                    log(f"{tool.name!r} (its server's own name) is not a name model APIs accept ([A-Za-z0-9_-], 1-64)")
         return self.listing
 
     async def writ_name(self, mcp_name: str) -> str:
@@ -325,7 +332,8 @@ class Gateway:
             )
         except (CommandError, nats.errors.Error) as exc:
             raise MCPError(types.INTERNAL_ERROR, f"cannot list what Writ's servers offer: {_described(exc)}") from exc
-        self.offered = offered(*answers)
+        resources, templates, prompts = answers
+        self.offered = offered(resources, templates, prompts, self.options.naming)
         return self.offered
 
     async def list_resources(

@@ -1,11 +1,14 @@
 """What the MCP gateway says, decided without I/O: tool names, the tool list, and call results.
 
 Tool names: a tool is listed under its server's own name when no other registered server offers a
-tool of that name; where two do, each is listed as ``server.tool`` (Writ's ``server/tool``: MCP
-allows only ``[A-Za-z0-9_.-]``, 1-128 characters). Both spellings are accepted in tools/call for
-every listed tool, and the gateway maps the name it listed back to the exact ``server/tool`` it
-stands for, so a name keeps meaning the tool the client saw listed. A tool whose name does not fit
-MCP's rule is not listed.
+tool of that name; where two do, each is listed as ``server__tool`` (Writ's ``server/tool``). The
+separator is ``__`` because the model APIs a client hands the list to accept only
+``[A-Za-z0-9_-]`` in a function name (OpenAI, Anthropic; MCP itself also allows ``.``, which the
+gateway uses with ``--separator .``). Both spellings are accepted in tools/call for every listed
+tool, and the gateway maps the name it listed back to the exact ``server/tool`` it stands for, so a
+name keeps meaning the tool the client saw listed. What Writ adds to a name (a prefix, an alias,
+the separator) is always model-safe; a tool's own name is kept as its server gave it. A tool whose
+name does not fit MCP's rule (``[A-Za-z0-9_.-]``, 1-128 characters) is not listed.
 
 The listing is the server's own: the tool as it listed it (title, icons, annotations as given,
 outputSchema, _meta), Writ adding only ``writ/tool`` under ``_meta``.
@@ -32,8 +35,13 @@ from writ_common.digest import sha256_digest
 from writ_common.events import Receipt
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY
 
-SEPARATOR = "."
+SEPARATOR = "__"  # between a server's prefix and a tool's name, by default
+SEPARATORS = ("__", ".")  # the choices: model-safe, or MCP's own dotted spelling
 MCP_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# What model APIs accept as a function name (OpenAI, Anthropic): a listed name outside it is logged.
+MODEL_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A prefix (alias) of its own: no separator inside it, none at its ends.
+PREFIX = re.compile(r"[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*")
 
 # Keys of the results' _meta: which intent answered, how it ended.
 INTENT_META_KEY = "writ/intent_id"
@@ -69,10 +77,10 @@ __all__ = [
 
 
 def mcp_tool_name(server: str, tool: str, naming: Naming | None = None) -> str | None:
-    """``server.tool`` (``alias.tool`` when the server has an alias), or None when that cannot be
-    an MCP tool name."""
-    prefix = naming.aliases.get(server, server) if naming is not None else server
-    name = f"{prefix}{SEPARATOR}{tool}"
+    """``server__tool`` (``alias__tool`` when the server has an alias; ``.`` when the naming says
+    so), or None when that cannot be an MCP tool name."""
+    naming = naming or Naming()
+    name = f"{naming.aliases.get(server, server)}{naming.separator}{tool}"
     return name if MCP_TOOL_NAME.fullmatch(name) else None
 
 
@@ -80,33 +88,39 @@ def mcp_tool_name(server: str, tool: str, naming: Naming | None = None) -> str |
 class Naming:
     """How the gateway names tools for its clients, as its operator configured it.
 
-    ``prefixed``: every tool is ``SERVER.TOOL``, so no name ever changes when a server is added
+    ``prefixed``: every tool is ``SERVER__TOOL``, so no name ever changes when a server is added
     (by default a tool keeps its bare name while it is unique across servers, and turns
-    ``SERVER.TOOL`` when a second server offers the same name; the gateway then says so in its
+    ``SERVER__TOOL`` when a second server offers the same name; the gateway then says so in its
     log and in tools/list_changed). ``aliases``: the prefix a server's tools take instead of the
-    server's own name (a short or stable one)."""
+    server's own name (a short or stable one). ``separator``: ``__`` or ``.``."""
 
     prefixed: bool = False
     aliases: Mapping[str, str] = field(default_factory=dict)
+    separator: str = SEPARATOR
 
     def refusal(self) -> str | None:
         """Why this naming cannot be used, or None: an alias must be a name prefix of its own and
         may not stand for two servers."""
+        if self.separator not in SEPARATORS:
+            return f"separator {self.separator!r}: use one of {', '.join(SEPARATORS)}"
         seen: dict[str, str] = {}
         for server, alias in self.aliases.items():
-            if not MCP_TOOL_NAME.fullmatch(alias) or SEPARATOR in alias:
-                return f"alias {alias!r} for {server!r}: use letters, digits, '_' or '-' (no '.')"
+            if len(alias) > 32 or not PREFIX.fullmatch(alias):
+                return (
+                    f"alias {alias!r} for {server!r}: use up to 32 letters, digits, '-' or single '_'"
+                    " inside (no '.', no '__')"
+                )
             if (other := seen.setdefault(alias, server)) != server:
                 return f"alias {alias!r} stands for both {other!r} and {server!r}"
         return None
 
 
 def writ_tool_name(mcp_name: str) -> str:
-    """The Writ tool an MCP tool name stands for when the gateway did not list it:
-    ``server.tool`` -> ``server/tool``; a name without a dot as it is (Writ resolves a bare name
-    unique across servers itself)."""
-    server, dot, tool = mcp_name.partition(SEPARATOR)
-    return f"{server}/{tool}" if dot else mcp_name
+    """The Writ tool an MCP tool name stands for when the gateway did not list it: as it is, since
+    the registry reads ``server/tool``, a bare name unique across servers, and the gateway's
+    ``server__tool`` and ``server.tool`` spellings itself (:meth:`Catalog.resolve`), and says why
+    when it knows no such tool."""
+    return mcp_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +345,11 @@ def offered(
     resources: Iterable[Mapping[str, Any]],
     templates: Iterable[Mapping[str, Any]],
     prompts: Iterable[Mapping[str, Any]],
+    naming: Naming | None = None,
 ) -> Offered:
     """The executor's ``list_offered`` answers (``[{server, items}]`` each) as one listing. A
     resource URI two servers list is read from the first by server name; a prompt name two servers
-    offer is listed as ``SERVER.NAME`` by each, as tools are."""
+    offer is listed as ``SERVER__NAME`` by each, as tools are."""
     result = Offered()
     for answer in resources:
         for item in answer["items"]:
@@ -351,7 +366,7 @@ def offered(
     offered_by = Counter(item.get("name") for _server, item in rows)
     for server, item in rows:
         name = item.get("name", "")
-        listed = name if offered_by[name] == 1 else f"{server}{SEPARATOR}{name}"
+        listed = name if offered_by[name] == 1 else f"{server}{(naming or Naming()).separator}{name}"
         if listed in result.prompt_names:
             continue
         result.prompt_names[listed] = (server, name)

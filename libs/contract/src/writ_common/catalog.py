@@ -9,11 +9,15 @@ Registry plans with this; executor finds the server configuration in it.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from writ_common import events as ev
 from writ_common.envelope import StoredEvent
 from writ_common.errors import Refusal
+
+# How `writ gateway` may join a server's name and a tool's (its --separator choices).
+GATEWAY_SEPARATORS = ("__", ".")
 
 
 @dataclass(slots=True)
@@ -118,14 +122,19 @@ class Catalog:
         return server, self.tools[server][tool]
 
     def _gateway_spelling(self, name: str) -> str | None:
-        """``server/tool`` for ``server.tool`` (how `writ gateway` lists a tool whose name two servers
-        offer), when no tool is named ``server.tool`` itself and that server offers that tool: one
-        spelling works everywhere, the SDK and the CLI included."""
-        server, dot, tool = name.partition(".")
-        if not dot or any(name in tools for tools in (*self.tools.values(), *self.quarantined.values())):
+        """``server/tool`` for ``server__tool`` or ``server.tool`` (how `writ gateway` lists a tool
+        whose name two servers offer), when no tool is named so itself and exactly one split of the
+        name is a server offering that tool (a server's name may hold ``_`` too): one spelling works
+        everywhere, the SDK and the CLI included."""
+        if any(name in tools for tools in (*self.tools.values(), *self.quarantined.values())):
             return None
-        offered = tool in self.tools.get(server, {}) or tool in self.quarantined.get(server, {})
-        return f"{server}/{tool}" if offered else None
+        found = {
+            f"{server}/{tool}"
+            for separator in GATEWAY_SEPARATORS
+            for server, tool in _splits(name, separator)
+            if tool in self.tools.get(server, {}) or tool in self.quarantined.get(server, {})
+        }
+        return found.pop() if len(found) == 1 else None
 
     def _did_you_mean(self, name: str) -> str:
         """``; did you mean 'x', 'y'?`` for the nearest known names (bare or ``server/tool``), or ''."""
@@ -142,3 +151,11 @@ class Catalog:
             tool = name.partition("/")[2]
             close = sorted(k for k in known if k.endswith(f"/{tool}"))[:3]
         return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _splits(name: str, separator: str) -> Iterator[tuple[str, str]]:
+    """Every ``(server, tool)`` that ``server + separator + tool`` spells ``name``."""
+    at = name.find(separator)
+    while at > 0:
+        yield name[:at], name[at + len(separator) :]
+        at = name.find(separator, at + 1)
