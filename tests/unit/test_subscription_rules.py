@@ -6,16 +6,8 @@ from __future__ import annotations
 import pytest
 
 from writ_common import events as ev
-from writ_executor.subscription_rules import (
-    Subscriptions,
-    listing_changed,
-    listing_digest,
-    recipients,
-    reconcile,
-    subscribe_upstream,
-    subscription_event,
-    unsubscribe_upstream,
-)
+from writ_executor import subscription_rules as rules
+from writ_executor.subscription_rules import Subscriptions
 
 pytestmark = pytest.mark.unit
 
@@ -59,11 +51,11 @@ def test_rebuilding_from_the_same_events_gives_the_same_view() -> None:
 
 
 def test_one_upstream_subscription_serves_every_agent() -> None:
-    assert subscribe_upstream(session_holds=False)
-    assert not subscribe_upstream(session_holds=True)  # another agent's, or this agent's again
-    assert unsubscribe_upstream({"a"}, "a", session_holds=True)  # the last holder leaves
-    assert not unsubscribe_upstream({"a", "b"}, "a", session_holds=True)  # b still holds it
-    assert not unsubscribe_upstream(set(), "a", session_holds=False)  # a fresh session holds nothing
+    assert rules.subscribe_upstream(session_holds=False)
+    assert not rules.subscribe_upstream(session_holds=True)  # another agent's, or this agent's again
+    assert rules.unsubscribe_upstream({"a"}, "a", session_holds=True)  # the last holder leaves
+    assert not rules.unsubscribe_upstream({"a", "b"}, "a", session_holds=True)  # b still holds it
+    assert not rules.unsubscribe_upstream(set(), "a", session_holds=False)  # a fresh session holds nothing
 
 
 @pytest.mark.parametrize(
@@ -71,26 +63,26 @@ def test_one_upstream_subscription_serves_every_agent() -> None:
     [(True, False, "subscribe"), (False, True, "unsubscribe"), (True, True, None), (False, False, None)],
 )
 def test_a_session_follows_the_view(wanted: bool, holds: bool, action: str | None) -> None:
-    assert reconcile(wanted=wanted, session_holds=holds) == action
+    assert rules.reconcile(wanted=wanted, session_holds=holds) == action
 
 
 def test_an_update_goes_to_exactly_the_holders_of_that_uri_on_that_server() -> None:
     view = Subscriptions()
     for event in (sub("a", "i1"), sub("b", "i2"), sub("c", "i3", uri="other"), sub("d", "i4", server="db")):
         view.apply(event)
-    assert list(recipients(view, "fs", URI)) == ["a", "b"]
-    assert list(recipients(view, "fs", "file:///nobody")) == []
-    assert list(recipients(view, "evil", URI)) == []  # the same URI on another server is another resource
+    assert list(rules.recipients(view, "fs", URI)) == ["a", "b"]
+    assert list(rules.recipients(view, "fs", "file:///nobody")) == []
+    assert list(rules.recipients(view, "evil", URI)) == []  # the same URI on another server is another resource
 
 
 def test_only_a_succeeded_subscription_operation_is_recorded() -> None:
-    assert subscription_event("subscribe_resource", "fs", URI, "a", "i1") == sub("a", "i1")
-    assert subscription_event("unsubscribe_resource", "fs", URI, "a", "i2") == unsub("a", "i2")
-    assert subscription_event("read_resource", "fs", URI, "a", "i3") is None
+    assert rules.subscription_event("subscribe_resource", "fs", URI, "a", "i1") == sub("a", "i1")
+    assert rules.subscription_event("unsubscribe_resource", "fs", URI, "a", "i2") == unsub("a", "i2")
+    assert rules.subscription_event("read_resource", "fs", URI, "a", "i3") is None
 
 
 def test_a_listing_changed_only_against_an_earlier_answer() -> None:
-    before, after = listing_digest([{"uri": "a"}]), listing_digest([{"uri": "a"}, {"uri": "b"}])
-    assert not listing_changed(None, before)  # the first answer: nothing known to compare
-    assert not listing_changed(before, listing_digest([{"uri": "a"}]))
-    assert listing_changed(before, after)
+    before, after = rules.listing_digest([{"uri": "a"}]), rules.listing_digest([{"uri": "a"}, {"uri": "b"}])
+    assert not rules.listing_changed(None, before)  # the first answer: nothing known to compare
+    assert not rules.listing_changed(before, rules.listing_digest([{"uri": "a"}]))
+    assert rules.listing_changed(before, after)
