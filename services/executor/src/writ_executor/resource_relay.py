@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SUBSCRIPTION_OPERATIONS = ("subscribe_resource", "unsubscribe_resource")
 KEEP_INTERVAL = 2.0  # seconds between two looks for a server with live subscriptions and no session
+PING_EVERY = 10.0  # seconds between two pings of a session that carries live subscriptions
 KEEP_BACKOFF_MAX = 60.0  # the longest wait before trying a server that could not be opened again
 RESUBSCRIBE_TIMEOUT = 10.0  # seconds one re-subscription (or reconciliation) may take
 
@@ -176,12 +177,23 @@ class ResourceRelay:
     # -- sessions for live subscriptions ----------------------------------------------------------
 
     async def keep(self) -> None:
-        """Every server with live subscriptions has a session (and so its subscriptions upstream)."""
+        """Every server with live subscriptions has a session (and so its subscriptions upstream);
+        a session the server forgot (an HTTP server restarted, with no call to find out) is seen
+        by a ping every PING_EVERY seconds and replaced."""
+        pinged = time.monotonic()
         while True:
             now = time.monotonic()
+            servers = sorted(self.view.servers())
+            if now - pinged >= PING_EVERY:
+                pinged = now
+                open_ = [name for name in servers if self.pool.is_open(name)]
+                lost_ones = await asyncio.gather(*(self.pool.forgotten(n, RESUBSCRIBE_TIMEOUT) for n in open_))
+                for name, lost in zip(open_, lost_ones, strict=True):
+                    if lost:
+                        log.warning("executor: %s forgot its session; opening a new one for its subscriptions", name)
             due = [
                 name
-                for name in sorted(self.view.servers())
+                for name in servers
                 if not self.pool.is_open(name) and self._retry_at.get(name, (0.0, 0.0))[0] <= now
             ]
             await asyncio.gather(*(self._open(name) for name in due))

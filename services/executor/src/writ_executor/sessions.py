@@ -398,6 +398,27 @@ class SessionPool:
         warm = self._warm.get(name)
         return warm is not None and warm.alive and uri in warm.subscribed
 
+    async def forgotten(self, name: str, timeout: float) -> bool:
+        """Ping ``name``'s open session: True when the server forgot it ("Session not found": an
+        HTTP server restarted) or it broke, and it was dropped (the next open re-subscribes). A
+        slow answer is not taken for a lost session: calls may be running on it."""
+        warm = self._warm.get(name)
+        if warm is None or not warm.alive or warm.session is None:
+            return False
+        try:
+            await asyncio.wait_for(warm.session.send_ping(), timeout)
+        except MCPError as exc:
+            if not (session_forgotten(exc) or exc.code == CONNECTION_CLOSED):
+                return False
+        except TimeoutError:
+            return False
+        except Exception as exc:  # the transport itself broke
+            log.warning("%s: ping failed: %r", name, exc)
+        else:
+            return False
+        await self._discard(warm)
+        return True
+
     async def open(self, server: ev.ServerRegistered) -> None:
         """Open ``server``'s session now if it has none (its live subscriptions with it).
         Raises: ServerUnavailable."""
