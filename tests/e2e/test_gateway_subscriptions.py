@@ -2,7 +2,7 @@
 of one gateway, from a real stdio MCP server (tests/servers/subscribable_stdio.py) on the session's
 plane: an update reaches exactly the clients holding its URI; one client's unsubscribe leaves the
 other's; the subscription outlives the executor (SIGKILLed, restarted by the supervisor);
-resources/list_changed reaches every client; a client that leaves is unsubscribed for; and a
+resources/list_changed reaches every client (said by the server, or seen in a listing that changed); a client that leaves is unsubscribed for; and a
 malformed notice on the agent's subject is ignored by the gateway, which goes on relaying."""
 
 from __future__ import annotations
@@ -133,9 +133,14 @@ async def relayed(setup: Setup, gateway: str, heard_one: Notifications, heard_tw
         assert (updated(heard_one), updated(heard_two)) == ([a, a], [b, b])
 
         # (d) the server lists one more resource: every client hears resources/list_changed.
-        await one.call_tool(f"{server}_add_resource", {"name": "c"})
+        await one.call_tool(f"{server}_add_resource", {"name": "c", "quiet": False})
         await heard_one.wait_for(types.ResourceListChangedNotification, 1)
         await heard_two.wait_for(types.ResourceListChangedNotification, 1)
+        # A server that changes its listing without saying so: seen when a client lists again.
+        await one.call_tool(f"{server}_add_resource", {"name": "d", "quiet": True})
+        listed = {str(r.uri) for r in (await one.list_resources()).resources}
+        assert {f"watch://{server}/c", f"watch://{server}/d"} <= listed
+        await heard_two.wait_for(types.ResourceListChangedNotification, 2)
 
         # (c) the executor dies; its successor subscribes again on its own, nobody asked anew.
         killed = await asyncio.to_thread(setup.plane.kill_service, "executor")

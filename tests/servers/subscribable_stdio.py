@@ -3,7 +3,8 @@
 Resources ``watch://PREFIX/a`` and ``watch://PREFIX/b`` (PREFIX from the environment). Tools:
 ``touch(uri)`` sends notifications/resources/updated for ``uri`` when its client subscribed to it;
 ``subscribed()`` says which URIs its client holds now (what the server itself keeps);
-``add_resource(name)`` lists one more resource and sends notifications/resources/list_changed.
+``add_resource(name, quiet)`` lists one more resource and sends notifications/resources/list_changed
+(unless ``quiet``: then only a client that lists again can tell).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ async def list_tools(_ctx: Any, _params: Any) -> types.ListToolsResult:
                 input_schema=_schema(),
                 annotations=READ_ONLY,
             ),
-            types.Tool(name=f"{PREFIX}_add_resource", description="List one more", input_schema=_schema(name="string")),
+            types.Tool(
+                name=f"{PREFIX}_add_resource",
+                description="List one more",
+                input_schema=_schema(name="string", quiet="boolean"),
+            ),
         ]
     )
 
@@ -59,7 +64,8 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         said = sorted(SUBSCRIBED)
     elif params.name == f"{PREFIX}_add_resource":
         RESOURCES.append(f"watch://{PREFIX}/{args['name']}")
-        await ctx.session.send_resource_list_changed()
+        if not args.get("quiet"):
+            await ctx.session.send_resource_list_changed()
         said = RESOURCES
     else:
         return types.CallToolResult(content=[types.TextContent(type="text", text="no such tool")], is_error=True)
