@@ -246,6 +246,30 @@ async def test_an_approver_hears_only_its_groups_and_may_only_ask_policy(writ: W
         await approver.nc.close()
 
 
+async def test_an_agent_cannot_hear_of_another_agents_resources_nor_say_one_changed(
+    writ: Writ, plane: Plane, agent: Agent
+) -> None:
+    nosy = f"bus-{uuid.uuid4().hex[:8]}"
+    assert (await asyncio.to_thread(writ, "agent", "register", nosy)).exit_code == 0
+    other = await connect_as(plane, agent_bus_creds_path(plane.data_dir, nosy), f"agent-{nosy}")
+    try:
+        await other.nc.subscribe(subjects.resource_updated_subject(nosy))  # its own: fine
+        await other.nc.subscribe(subjects.LIST_CHANGED_FILTER)  # every agent's: fine
+        for attempt in (subjects.resource_updated_subject(agent.name), "writ.notice.*.resources.updated"):
+            await other.nc.subscribe(attempt)
+        await other.nc.publish(subjects.resource_updated_subject(nosy), b'{"server": "s", "uri": "u"}')
+        await other.nc.publish(subjects.list_changed_subject("s", "resources"), b"")
+        await other.nc.flush()
+        await asyncio.sleep(0.3)
+        refused = [e.lower() for e in other.errors]
+        assert sum("subscription" in e and "resources.updated" in e for e in refused) == 2, refused
+        assert not [e for e in refused if nosy in e and "subscription" in e], refused
+        assert not [e for e in refused if "list_changed" in e and "subscription" in e], refused
+        assert sum("publish" in e for e in refused) == 2, refused
+    finally:
+        await other.nc.close()
+
+
 async def test_lost_or_pre_jwt_creds_are_issued_again_for_the_registered_key_only(writ: Writ, plane: Plane) -> None:
     name = f"bus-{uuid.uuid4().hex[:8]}"
     assert (await asyncio.to_thread(writ, "agent", "register", name)).exit_code == 0

@@ -58,3 +58,30 @@ async def test_a_restarted_http_server_gets_a_new_session_and_the_call_goes_thro
         await pool.close()
     assert [r.is_error for r in (first, second, third)] == [False, False, False]
     assert "after" in str(second.content[0].model_dump()) and "again" in str(third.content[0].model_dump())
+
+
+async def test_a_session_the_server_forgot_is_seen_by_a_ping_and_a_new_one_subscribes_again() -> None:
+    """No call needed: the executor pings the sessions that carry live subscriptions, and each new
+    session runs the pool's on_open (where the executor re-subscribes) before any call uses it."""
+    port = free_port()
+    server = ev.ServerRegistered(name="echo", transport="http", url=f"http://127.0.0.1:{port}/mcp")
+    opened: list[object] = []
+
+    async def on_open(name: str, session: object) -> set[str]:
+        opened.append(session)
+        return {f"watch://{name}"}
+
+    pool = SessionPool(on_open=on_open)
+    try:
+        with echo_server(port):
+            await pool.open(server)
+            kept = await pool.forgotten("echo", 5.0)
+            assert pool.holds("echo", "watch://echo")
+        with echo_server(port):  # the same URL, a new process: it knows no session
+            lost = await pool.forgotten("echo", 5.0)
+            assert not pool.is_open("echo")
+            await pool.open(server)
+    finally:
+        await pool.close()
+    assert (kept, lost, len(opened)) == (False, True, 2)
+    assert opened[0] is not opened[1]

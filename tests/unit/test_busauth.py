@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from writ_common import busauth, busjwt
+from writ_common import busauth, busjwt, subjects
 from writ_common.events import CATALOG
 from writ_common.subjects import event_token
 
@@ -36,7 +36,12 @@ def test_an_agent_submits_and_reads_under_its_own_id_only() -> None:
     # the MCP gateway's tools/list and resources/prompts listings, read-only
     assert commands == ["writ.cmd.registry.list_tools", "writ.cmd.executor.list_offered"]
     assert all("bot-1" in s or "receipt" in s for s in agent.publish if s not in commands)
-    assert agent.subscribe == ("writ.intent.bot-1.>", "writ.notice.bot-1.>", "_INBOX_agent-bot-1.>")
+    assert agent.subscribe == (
+        "writ.intent.bot-1.>",
+        "writ.notice.bot-1.>",
+        "_INBOX_agent-bot-1.>",
+        "writ.list_changed.>",  # a server's resources or prompts listing changed: for every agent
+    )
     assert not agent.allow_responses
     # its client's answers to a server's requests for input, under its own id only
     assert "writ.answer.bot-1.>" in agent.publish and not any(s.startswith("writ.answer.*") for s in agent.publish)
@@ -46,6 +51,34 @@ def test_only_the_executor_asks_agents_for_input_and_hears_their_answers() -> No
     executor, ledger = busauth.service_user("executor", "UEX"), busauth.service_user("ledger", "ULEDGER")
     assert "writ.notice.*.*.input" in executor.publish and "writ.answer.>" in executor.subscribe
     assert "writ.notice.*.*.input" not in ledger.publish and "writ.answer.>" not in ledger.subscribe
+
+
+def covers(pattern: str, subject: str) -> bool:
+    """Whether a NATS allow ``pattern`` lets a user subscribe to ``subject`` (itself perhaps a
+    wildcard): every subject ``subject`` can match, ``pattern`` matches too."""
+    wanted, asked = pattern.split("."), subject.split(".")
+    for i, token in enumerate(wanted):
+        if token == ">":
+            return i < len(asked)
+        if i >= len(asked) or (token == "*" and asked[i] == ">") or token not in ("*", asked[i]):
+            return False
+    return len(wanted) == len(asked)
+
+
+def test_only_the_agent_hears_of_its_resources_and_only_the_executor_tells_it() -> None:
+    alice, mallory = busauth.agent_user("alice", "UA"), busauth.agent_user("mallory", "UM")
+    updated = subjects.resource_updated_subject("alice")
+    assert any(covers(p, updated) for p in alice.subscribe)
+    # Mallory can name Alice's subject, or any wildcard over it: the bus refuses each.
+    for attempt in (updated, "writ.notice.*.resources.updated", "writ.notice.alice.>", "writ.notice.>", ">"):
+        assert not any(covers(p, attempt) for p in mallory.subscribe), attempt
+    # Nobody but the executor says a resource changed, or that a listing did.
+    changed = subjects.list_changed_subject("fs", "resources")
+    for who in (alice, mallory, *(busauth.service_user(s, "U") for s in ("identity", "registry", "policy", "ledger"))):
+        assert not any(covers(p, s) for p in who.publish for s in (updated, changed)), who.name
+    executor = busauth.service_user("executor", "UEX")
+    assert all(any(covers(p, s) for p in executor.publish) for s in (updated, changed))
+    assert all(any(covers(p, changed) for p in agent.subscribe) for agent in (alice, mallory))
 
 
 def test_the_servers_config_holds_no_seed_and_each_holder_gets_its_own(tmp_path: Path) -> None:

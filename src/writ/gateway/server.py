@@ -9,6 +9,7 @@ import contextlib
 import json
 import socket
 import sys
+import uuid
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from mcp.shared.message import ServerMessageMetadata
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from writ.gateway.notices import held_elsewhere, holders_of, list_change_of, updated_of
 from writ.gateway.translate import (
     MODEL_TOOL_NAME,
     Listing,
@@ -64,6 +66,7 @@ _STAGES = {
 }
 _LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 WATCH_INTERVAL = 2.0  # seconds between two looks at the registry's accepted tools, for tools/list_changed
+RELEASE_TIMEOUT = 10.0  # seconds the gateway gives the unsubscribes of clients that left, as it stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,15 @@ class CallOptions:
     naming: Naming = field(default_factory=Naming)  # how tools are named for clients
 
 
+@dataclass(eq=False)
+class _Client:
+    """One client connection: the resources it subscribed to through this gateway (URI -> server)
+    and the notifications waiting to be sent to it (kind, URI)."""
+
+    uris: dict[str, str] = field(default_factory=dict)
+    outbox: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+
+
 class Gateway:
     """The gateway's two MCP handlers, speaking to Writ as ``agent``."""
 
@@ -85,8 +97,11 @@ class Gateway:
         self.options = options
         self.listing = Listing()  # the last one listed: how tools/call reads a name back
         self.offered = Offered()  # the resources, templates and prompts last listed: where each is read
-        self._log_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # by client session
-        self._tools_changed = asyncio.Event()  # set (and replaced) each time the accepted tools change
+        # Per client connection (connection_of a handler's session), gone with it.
+        self._log_levels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[Any, _Client] = weakref.WeakKeyDictionary()
+        self._subscribing: dict[str, asyncio.Lock] = {}  # by URI: one subscribe or unsubscribe at a time
+        self._releases: set[asyncio.Task[None]] = set()  # unsubscribes for clients that left
         self._said_unsafe: set[str] = set()  # listed names model APIs refuse, already said in the log
 
     async def watch_tools(self, interval: float = WATCH_INTERVAL) -> None:
@@ -103,18 +118,91 @@ class Gateway:
             except (CommandError, nats.errors.Error):
                 digest = seen  # the plane unreachable for a moment: nothing to announce
             if seen is not None and digest != seen:
-                changed, self._tools_changed = self._tools_changed, asyncio.Event()
-                changed.set()
+                self._tell_all("tools")
             seen = digest
             await asyncio.sleep(interval)
 
-    async def announce_tool_changes(self, ctx: ServerRequestContext[Any], _params: types.NotificationParams) -> None:
+    def _tell_all(self, kind: str, uri: str = "") -> None:
+        for client in list(self._clients.values()):
+            client.outbox.put_nowait((kind, uri))
+
+    def _client(self, session: Any) -> _Client:
+        connection = connection_of(session)
+        client = self._clients.get(connection)
+        if client is None:
+            client = self._clients[connection] = _Client()
+        return client
+
+    async def serve_client(self, ctx: ServerRequestContext[Any], _params: types.NotificationParams) -> None:
         """Runs for the life of one client connection (from its notifications/initialized): sends it
-        notifications/tools/list_changed each time the listing changes. The SDK cancels this
-        handler with the connection's other handlers when the connection closes."""
-        while True:
-            await self._tools_changed.wait()
-            await ctx.session.send_tool_list_changed()
+        what concerns it unasked: tools/list_changed when the listing changes, resources and prompts
+        list_changed when a server says so, resources/updated for the URIs it subscribed to. The SDK
+        cancels this handler with the connection's other handlers when the connection closes: then
+        what it alone still held is unsubscribed on its behalf."""
+        client = self._client(ctx.session)
+        send = {
+            "tools": ctx.session.send_tool_list_changed,
+            "resources": ctx.session.send_resource_list_changed,
+            "prompts": ctx.session.send_prompt_list_changed,
+        }
+        try:
+            while True:
+                kind, uri = await client.outbox.get()
+                if kind == "updated":
+                    if uri in client.uris:  # not if it unsubscribed meanwhile
+                        await ctx.session.send_resource_updated(uri)
+                else:
+                    await send[kind]()
+        finally:
+            self._clients.pop(connection_of(ctx.session), None)
+            if client.uris:
+                task = asyncio.get_running_loop().create_task(self._release(dict(client.uris)))
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+
+    async def watch_notices(self) -> None:
+        """Hear what the executor says for this agent's clients: a resource one of them subscribed
+        to changed (``writ.notice.<agent>.resources.updated``), a server's resources or prompts
+        listing changed (``writ.list_changed.<server>.<kind>``, for every agent). A notice that is
+        not one is ignored (and said in the log); the relay goes on."""
+        nc = self.agent.nc
+        updated = await nc.subscribe(subjects.resource_updated_subject(self.agent.agent_id))
+        changed = await nc.subscribe(subjects.LIST_CHANGED_FILTER)
+
+        async def updates() -> None:
+            async for msg in updated.messages:
+                self.on_updated(msg.data)
+
+        async def changes() -> None:
+            async for msg in changed.messages:
+                self.on_list_changed(msg.subject)
+
+        try:
+            await asyncio.gather(updates(), changes())
+        finally:
+            for sub in (updated, changed):
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
+    def on_updated(self, data: bytes) -> None:
+        update = updated_of(data)
+        if update is None:
+            log(f"ignored a resources/updated notice that is not one ({len(data)} bytes)")
+            return
+        for session in holders_of({session: client.uris for session, client in list(self._clients.items())}, update):
+            self._clients[session].outbox.put_nowait(("updated", update.uri))
+
+    def on_list_changed(self, subject: str) -> None:
+        kind = list_change_of(subject)
+        if kind is None:
+            log(f"ignored a list-changed notice on {subject!r}")
+            return
+        self._tell_all(kind)
+
+    async def released(self, timeout: float = RELEASE_TIMEOUT) -> None:
+        """Wait (at most ``timeout`` seconds) for the unsubscribes of the clients that left."""
+        if self._releases:
+            await asyncio.wait(set(self._releases), timeout=timeout)
 
     async def list_tools(self, _ctx: Any, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         # Asked afresh each time, so a tool accepted a moment ago is listed (and a quarantined one is not).
@@ -214,7 +302,7 @@ class Gateway:
         progressToken; and the log messages the tool's server sent during the call, at or above the
         level the client set. The agent's bus user hears its own intents' events and notices."""
         reached = 0.0
-        level = _LOG_LEVELS.index(self._log_levels.get(ctx.session, "debug"))
+        level = _LOG_LEVELS.index(self._log_levels.get(connection_of(ctx.session), "debug"))
 
         def rank(said_level: Any) -> int:
             return _LOG_LEVELS.index(said_level) if said_level in _LOG_LEVELS else -1
@@ -375,19 +463,53 @@ class Gateway:
         result = await self._operate(ctx, "read_resource", await self._resource_server(uri), uri, {})
         return types.ReadResourceResult.model_validate(result)
 
+    def _lock_of(self, uri: str) -> asyncio.Lock:
+        return self._subscribing.setdefault(uri, asyncio.Lock())
+
     async def subscribe_resource(
         self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
+        """Every client's subscribe is its own intent (its own decision and receipt), even where
+        another client of this gateway holds the URI already (the executor subscribes once)."""
         uri = str(params.uri)
-        done = await self._operate(ctx, "subscribe_resource", await self._resource_server(uri), uri, {})
+        server = await self._resource_server(uri)
+        async with self._lock_of(uri):
+            done = await self._operate(ctx, "subscribe_resource", server, uri, {})
+            self._client(ctx.session).uris[uri] = server
         return types.EmptyResult.model_validate(done)
 
     async def unsubscribe_resource(
         self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
+        """An intent only when no other client of this gateway still holds the URI; else this
+        client alone stops hearing of it, and the subscription (the agent's) stays."""
         uri = str(params.uri)
-        done = await self._operate(ctx, "unsubscribe_resource", await self._resource_server(uri), uri, {})
+        async with self._lock_of(uri):
+            client = self._client(ctx.session)
+            others = (held for conn, held in list(self._clients.items()) if conn is not connection_of(ctx.session))
+            if held_elsewhere((c.uris for c in others), uri):
+                client.uris.pop(uri, None)
+                return types.EmptyResult.model_validate(
+                    {"_meta": {"writ/unsubscribed": "this client only: another client of this gateway holds it"}}
+                )
+            server = client.uris.get(uri) or await self._resource_server(uri)
+            done = await self._operate(ctx, "unsubscribe_resource", server, uri, {})
+            client.uris.pop(uri, None)
         return types.EmptyResult.model_validate(done)
+
+    async def _release(self, uris: dict[str, str]) -> None:
+        """A client left holding ``uris``: unsubscribe, on its behalf, each that no other client of
+        this gateway holds (best effort: each is an intent of its own, said in the log)."""
+        for uri, server in sorted(uris.items()):
+            async with self._lock_of(uri):
+                if held_elsewhere((c.uris for c in list(self._clients.values())), uri):
+                    continue
+                key = f"writ-gateway-left-{uuid.uuid4().hex}"
+                try:
+                    await self._run_operation("unsubscribe_resource", server, uri, {}, key)
+                    log(f"a client left subscribed to {uri!r}; unsubscribed on its behalf (key {key})")
+                except MCPError as exc:
+                    log(f"a client left subscribed to {uri!r}; could not unsubscribe on its behalf: {exc.message}")
 
     async def get_prompt(
         self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
@@ -416,7 +538,7 @@ class Gateway:
     ) -> types.EmptyResult:
         # The lowest level of the log messages this client is passed from its calls' servers; not
         # sent upstream, where one session serves every agent (docs/gateway.md).
-        self._log_levels[ctx.session] = params.level
+        self._log_levels[connection_of(ctx.session)] = params.level
         return types.EmptyResult()
 
     async def _operate(
@@ -432,18 +554,25 @@ class Gateway:
                 not_completed("invalid_idempotency_key", "the _meta idempotency key must be a non-empty string")
             )
         intent_id = derive_intent_id(self.agent.agent_id, key)
+        async with self._cancelled_with_its_request(f"{operation} {server}/{target}", intent_id, key):
+            return await self._run_operation(operation, server, target, arguments, key)
+
+    async def _run_operation(
+        self, operation: str, server: str, target: str, arguments: dict[str, Any], key: str
+    ) -> dict[str, Any]:
+        """Submit the intent under ``key`` and wait for its receipt; as :meth:`_operate` answers."""
+        intent_id = derive_intent_id(self.agent.agent_id, key)
         try:
-            async with self._cancelled_with_its_request(f"{operation} {server}/{target}", intent_id, key):
-                submission = await self.agent.submit(
-                    f"{server}/{target}",
-                    arguments,
-                    idempotency_key=key,
-                    on_behalf_of=self.options.on_behalf_of,
-                    deadline_seconds=self.options.deadline_seconds,
-                    operation=operation,
-                    via=self.options.via,
-                )
-                receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+            submission = await self.agent.submit(
+                f"{server}/{target}",
+                arguments,
+                idempotency_key=key,
+                on_behalf_of=self.options.on_behalf_of,
+                deadline_seconds=self.options.deadline_seconds,
+                operation=operation,
+                via=self.options.via,
+            )
+            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
         except ValueError as exc:
             raise MCPError.from_error_data(not_completed("invalid_arguments", str(exc), key)) from exc
         except ReceiptTimeout as exc:
@@ -459,9 +588,7 @@ class Gateway:
         with warnings.catch_warnings():  # logging: deprecated by MCP 2026-07-28, in 2025-11-25 and before
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             server = self._server()
-        server.add_notification_handler(
-            "notifications/initialized", types.NotificationParams, self.announce_tool_changes
-        )
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, self.serve_client)
         return server
 
     def _server(self) -> Server[Any]:
@@ -487,8 +614,8 @@ class Gateway:
 
 
 class _Server(Server[Any]):
-    """The SDK's low-level server, advertising tools.listChanged on every transport (streamable
-    HTTP builds its initialization options itself)."""
+    """The SDK's low-level server, advertising tools, resources and prompts listChanged on every
+    transport (streamable HTTP builds its initialization options itself)."""
 
     def create_initialization_options(
         self,
@@ -497,7 +624,10 @@ class _Server(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+            notification_options
+            or NotificationOptions(tools_changed=True, resources_changed=True, prompts_changed=True),
+            experimental_capabilities,
+            extensions,
         )
 
 
@@ -532,6 +662,13 @@ async def ask_client(ctx: ServerRequestContext[Any], asked: dict[str, Any]) -> d
     return dumped
 
 
+def connection_of(session: Any) -> Any:
+    """The client connection a handler's session object speaks for: the ``mcp`` SDK (2.x) makes a
+    ServerSession per request and notification, all over one ``Connection`` per client (read from
+    its private ``_connection``, pinned by uv.lock; the session itself where there is none)."""
+    return getattr(session, "_connection", session)
+
+
 def _described(exc: BaseException) -> str:
     if isinstance(exc, CommandError):
         return f"{exc.code}: {exc.message}"
@@ -543,8 +680,10 @@ async def serve_stdio(gateway: Gateway) -> None:
     server = gateway.mcp_server()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(gateway.watch_tools)
+        tasks.start_soon(gateway.watch_notices)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
+        await gateway.released()  # the client closed without unsubscribing: unsubscribed for it
         tasks.cancel_scope.cancel()
 
 
@@ -567,7 +706,9 @@ async def serve_http(gateway: Gateway, port: int, on_listening: Callable[[str], 
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(gateway.watch_tools)
+            tasks.start_soon(gateway.watch_notices)
             await uvicorn.Server(config).serve(sockets=[sock])
+            await gateway.released()
             tasks.cancel_scope.cancel()
     finally:
         sock.close()

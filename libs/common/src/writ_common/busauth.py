@@ -36,8 +36,13 @@ NOTICES_BY_SERVICE: Mapping[str, tuple[str, ...]] = {
     "ledger": ("writ.notice.*.*.receipt",),
     "policy": ("writ.notice.approvals.>",),
     # What a tool's server said during a call (progress, log messages), for the agent that asked.
-    # and its requests for the client's input (sampling, elicitation).
-    "executor": tuple(f"writ.notice.*.*.{kind}" for kind in ("progress", "message", "input")),
+    # and its requests for the client's input (sampling, elicitation); a resource an agent
+    # subscribed to changed (for that agent); a server's resources or prompts listing changed (for all).
+    "executor": (
+        *(f"writ.notice.*.*.{kind}" for kind in ("progress", "message", "input")),
+        subjects.resource_updated_subject("*"),
+        subjects.LIST_CHANGED_FILTER,
+    ),
 }
 # Core NATS answers a service hears beyond its own subtree: the agents' answers to its requests
 # for input (each under the agent's id, where only that agent may publish).
@@ -173,6 +178,7 @@ def agent_user(agent_id: str, nkey: str) -> BusUser:
             f"{subjects.INTENT_PREFIX}.{agent_id}.>",
             f"writ.notice.{agent_id}.>",
             f"{inbox_prefix(f'agent-{agent_id}')}.>",
+            subjects.LIST_CHANGED_FILTER,  # any server's resources or prompts listing changed
         ),
     )
 

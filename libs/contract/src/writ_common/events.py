@@ -435,6 +435,24 @@ class SecretDeleted(Payload, frozen=True, kw_only=True):
     deleted_by: str = ""
 
 
+class ResourceSubscription(Payload, frozen=True, kw_only=True):
+    """An agent's subscription to a server's resource, as its intent (``subscribe_resource`` or
+    ``unsubscribe_resource``) succeeded: the executor folds these into who holds which URI."""
+
+    server: str
+    uri: str
+    agent_id: str
+    intent_id: str  # the intent that did it: a second event for one intent is the same fact
+
+
+class ResourceSubscribed(ResourceSubscription, frozen=True, kw_only=True):
+    """The agent holds a subscription to ``uri`` on ``server`` (its subscribe_resource intent succeeded)."""
+
+
+class ResourceUnsubscribed(ResourceSubscription, frozen=True, kw_only=True):
+    """The agent no longer holds ``uri`` on ``server`` (its unsubscribe_resource intent succeeded)."""
+
+
 class PolicyBundlePublished(Payload, frozen=True, kw_only=True):
     policy_digest: str
     cedar: str
@@ -718,6 +736,8 @@ CATALOG: dict[tuple[str, int], type[Payload]] = {
     ("breaker.transitioned", 1): BreakerTransitioned,
     ("secret.set", 1): SecretSet,
     ("secret.deleted", 1): SecretDeleted,
+    ("resource.subscribed", 1): ResourceSubscribed,
+    ("resource.unsubscribed", 1): ResourceUnsubscribed,
     ("policy.published", 1): PolicyBundlePublished,
     ("policy.shadow_published", 1): PolicyShadowPublished,
     ("policy.shadow_stopped", 1): PolicyShadowStopped,

@@ -100,6 +100,12 @@ def secret_subject(name: str, event: str) -> str:
     return f"writ.executor.secret.{name}.{event}"
 
 
+def subscription_subject(server: str, event: str) -> str:
+    """``subscribed`` or ``unsubscribed``: an agent's subscription to one of the server's resources
+    (its URI in the body: a URI is not a subject token) took effect upstream."""
+    return f"writ.executor.subscription.{server}.{event}"
+
+
 def receipt_subject(agent_id: str, intent_id: str) -> str:
     """Under the agent's id, so an agent's bus user can be let read its own receipts and no one
     else's (intent ids derive from agent and idempotency key, so they can be guessed)."""
@@ -144,6 +150,26 @@ def input_answer_subject(agent_id: str, intent_id: str, ask: str) -> str:
 
 
 ANSWER_PREFIX = "writ.answer"
+RESOURCE_UPDATED = "resources.updated"
+
+
+def resource_updated_subject(agent_id: str) -> str:
+    """Core NATS only: a server said a resource the agent subscribed to changed
+    (``notifications/resources/updated``); body ``{"server", "uri"}``, the URI exactly as the
+    agent subscribed to it. Published by the executor, under the agent's id so only it may listen."""
+    return f"writ.notice.{agent_id}.{RESOURCE_UPDATED}"
+
+
+LIST_CHANGED_PREFIX = "writ.list_changed"
+LIST_CHANGED_FILTER = f"{LIST_CHANGED_PREFIX}.>"
+LIST_CHANGED_KINDS = ("resources", "prompts")
+
+
+def list_changed_subject(server: str, kind: str) -> str:
+    """Core NATS only: ``kind`` (``resources`` or ``prompts``) that ``server`` lists changed; no
+    body beyond the subject. Published by the executor, every agent may listen (listings are not
+    governed: any agent may ask for them)."""
+    return f"{LIST_CHANGED_PREFIX}.{server}.{kind}"
 
 
 def approval_notice_subject(group: str, intent_id: str) -> str:

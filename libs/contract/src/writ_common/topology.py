@@ -135,6 +135,12 @@ ROUTES: tuple[Route, ...] = (
     ),
     _control("secret.set", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "set"), "executor"),
     _control("secret.deleted", subjects.EXECUTOR_STREAM, subjects.secret_subject("{name}", "deleted"), "executor"),
+    *(
+        _control(
+            f"resource.{step}", subjects.EXECUTOR_STREAM, subjects.subscription_subject("{server}", step), "executor"
+        )
+        for step in ("subscribed", "unsubscribed")
+    ),
     _control("policy.published", subjects.POLICY_STREAM, subjects.POLICY_SUBJECT, "policy"),
     _control("policy.shadow_published", subjects.POLICY_STREAM, subjects.SHADOW_PUBLISHED_SUBJECT, "policy"),
     _control("policy.shadow_stopped", subjects.POLICY_STREAM, subjects.SHADOW_STOPPED_SUBJECT, "policy"),

@@ -8,9 +8,11 @@
 * :class:`secret_commands.SecretCommands`: ``set_secret``, ``delete_secret``, ``list_secrets``.
 * :class:`server_operations.ServerOperations`: ``discover`` for the registry, ``list_offered`` for
   the gateway; :class:`server_operations.ToolRefresh`: rediscovery when a server's tools change.
+* :class:`resource_relay.ResourceRelay`: resource subscriptions kept across sessions and restarts,
+  ``resources/updated`` to the agents holding the URI, list changes to every agent.
 
 The rules they follow are pure, in ``domain.py``, ``tuning.py``, ``limiter.py``,
-``admission_tuning.py`` and ``failures.py``.
+``admission_tuning.py``, ``failures.py`` and ``subscription_rules.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from writ_executor.admission_loop import AdmissionLoop
 from writ_executor.execution import ACK_WAIT, Execution
 from writ_executor.known_servers import KnownServers
 from writ_executor.lease import Leases
+from writ_executor.resource_relay import ResourceRelay
 from writ_executor.scrubbed_output import scrub_logs
 from writ_executor.secret_commands import SecretCommands, Secrets
 from writ_executor.secret_store import SecretStore
@@ -44,11 +47,13 @@ class Executor:
         self.secrets = Secrets(self.store)
         self.refresh = ToolRefresh(svc)
         self.pool = SessionPool(stderr=self.secrets.stderr, on_tools_changed=self.refresh.on_tools_changed)
+        self.servers = KnownServers(svc)
+        self.relay = ResourceRelay(svc, self.servers, self.secrets, self.pool)
+        self.pool.on_notice = self.relay.on_notice
         self.tuner = ConcurrencyTuner(svc, settings)
         self.redis = aioredis.from_url(
             settings.resolved_redis_url(), **settings.redis_options(), socket_timeout=2.0, socket_connect_timeout=2.0
         )
-        self.servers = KnownServers(svc)
         self.execution = Execution(
             svc,
             settings,
@@ -57,10 +62,13 @@ class Executor:
             pool=self.pool,
             leases=Leases(self.redis, settings.instance, ttl_ms=int(ACK_WAIT * 1000)),
             tuner=self.tuner,
+            relay=self.relay,
         )
         self.admission_loop = AdmissionLoop(svc, settings, self.execution.admission)
         self.secret_commands = SecretCommands(svc, self.store, self.servers)
-        self.server_operations = ServerOperations(svc, self.servers, self.secrets, self.pool)
+        self.server_operations = ServerOperations(
+            svc, self.servers, self.secrets, self.pool, on_listed=self.relay.listed
+        )
 
     async def ping(self, _body: dict[str, Any]) -> Any:
         return {
@@ -82,6 +90,7 @@ class Executor:
         self.secret_commands.wire()
         self.server_operations.wire()
         self.svc.command("ping", self.ping)
+        self.relay.wire()
         self.svc.on_shutdown(self.refresh.cancel)
         self.svc.on_shutdown(self.pool.close)
         self.svc.on_shutdown(self.redis.aclose)

@@ -72,6 +72,7 @@ from writ_executor.input_rules import (
 from writ_executor.known_servers import KnownServers
 from writ_executor.lease import Leases, LeaseUnavailable
 from writ_executor.redaction import Redactor, references, resolve
+from writ_executor.resource_relay import SUBSCRIPTION_OPERATIONS, ResourceRelay
 from writ_executor.secret_commands import Secrets
 from writ_executor.secret_store import SecretStoreError
 from writ_executor.sessions import SessionPool
@@ -125,6 +126,7 @@ class Execution:
         pool: SessionPool,
         leases: Leases,
         tuner: ConcurrencyTuner,
+        relay: ResourceRelay,
     ) -> None:
         self.svc = svc
         self.settings = settings
@@ -133,6 +135,7 @@ class Execution:
         self.pool = pool
         self.leases = leases
         self.tuner = tuner
+        self.relay = relay  # subscribe_resource / unsubscribe_resource run there
         self.admission = Admission(settings)  # adaptive limit per route; a first attempt past it: overloaded
         self.breakers: dict[str, CircuitBreaker] = {}
         self.policy = PolicyInForce(svc)
@@ -398,6 +401,9 @@ class Execution:
                     on_session=ticket.sent,
                 )
                 return called.model_dump(mode="json", by_alias=True, exclude_none=True), bool(called.is_error)
+            if operation in SUBSCRIPTION_OPERATIONS:
+                # One upstream subscription per resource serves every agent holding it.
+                return await self.relay.execute(view, server, meta=meta, timeout=timeout, on_session=ticket.sent), False
             method = operations.OPERATIONS[operation].method
             params = operations.request_params(operation, planned.tool, submitted.arguments if submitted else {})
             answered = await self.pool.request(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -78,11 +79,20 @@ class ToolRefresh:
 class ServerOperations:
     """The ``discover`` (for the registry) and ``list_offered`` (for the gateway) commands."""
 
-    def __init__(self, svc: Service, servers: KnownServers, secrets: Secrets, pool: SessionPool) -> None:
+    def __init__(
+        self,
+        svc: Service,
+        servers: KnownServers,
+        secrets: Secrets,
+        pool: SessionPool,
+        *,
+        on_listed: Callable[[str, str, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
         self.svc = svc
         self.servers = servers
         self.secrets = secrets
         self.pool = pool
+        self.on_listed = on_listed  # each server's listing as answered (a change is a list change)
 
     async def discover_tools(self, body: dict[str, Any]) -> Any:
         """For the registry: list the tools of a server whose configuration refers to secrets."""
@@ -123,7 +133,10 @@ class ServerOperations:
             return {"server": server.name, "items": [], "error": f"no answer within {LIST_TIMEOUT:g}s"}
         except (ServerUnavailable, CallInterrupted, MCPError) as exc:
             return {"server": server.name, "items": [], "error": redactor.text(str(exc))}
-        return {"server": server.name, "items": redactor.value(items)}
+        scrubbed = redactor.value(items)
+        if self.on_listed is not None:
+            self.on_listed(server.name, method, scrubbed)
+        return {"server": server.name, "items": scrubbed}
 
     def wire(self) -> None:
         self.svc.command("discover", self.discover_tools)

@@ -40,9 +40,13 @@ from mcp.types import (
     ListResourceTemplatesResult,
     LoggingMessageNotificationParams,
     PaginatedRequestParams,
+    PromptListChangedNotification,
     ReadResourceRequest,
     ReadResourceResult,
     RequestParamsMeta,
+    ResourceListChangedNotification,
+    ResourceUpdatedNotification,
+    ServerNotification,
     SubscribeRequest,
     ToolListChangedNotification,
     UnsubscribeRequest,
@@ -92,6 +96,13 @@ class CallInterrupted(Exception):
 
 
 ToolsChanged = Callable[[str], None]
+# A server's notifications/resources/updated, resources/list_changed or prompts/list_changed, with
+# the server's name: handed over from the session's receive loop, so it must not block.
+Noticed = Callable[[str, ServerNotification], None]
+# Run on each new session before any call uses it: re-subscribes the server's live resources and
+# returns the URIs it subscribed.
+Resubscribe = Callable[[str, ClientSession], Awaitable[set[str]]]
+NOTICED_TYPES = (ResourceUpdatedNotification, ResourceListChangedNotification, PromptListChangedNotification)
 # Hands what a server sent during one call (``progress``, or ``message``: a log message) to whoever
 # asked for that call.
 Relay = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -107,11 +118,38 @@ def session_forgotten(exc: MCPError) -> bool:
     return exc.code == INVALID_REQUEST and "session" in message and ("not found" in message or "terminated" in message)
 
 
+async def subscribe_all(session: ClientSession, uris: list[str], timeout: float) -> set[str]:
+    """``resources/subscribe`` to each of ``uris`` on ``session``; the URIs the server accepted
+    (one it refuses, or does not answer in time, is left out and the others still go)."""
+    done: set[str] = set()
+    for uri in uris:
+        request = SubscribeRequest.model_validate({"method": "resources/subscribe", "params": {"uri": uri}})
+        try:
+            await asyncio.wait_for(
+                session.send_request(request, EmptyResult, request_read_timeout_seconds=timeout), timeout
+            )
+        except (MCPError, TimeoutError, ValidationError) as exc:
+            log.warning("re-subscribing %s: %s", uri, exc)
+            continue
+        done.add(uri)
+    return done
+
+
 class _Warm:
-    def __init__(self, server: ev.ServerRegistered, stderr: Stderr, on_tools_changed: ToolsChanged) -> None:
+    def __init__(
+        self,
+        server: ev.ServerRegistered,
+        stderr: Stderr,
+        on_tools_changed: ToolsChanged,
+        on_notice: Noticed,
+        on_open: Resubscribe | None,
+    ) -> None:
         self.server = server  # resolved: it may hold secret values, so it is never logged or recorded
         self._stderr = stderr
         self._on_tools_changed = on_tools_changed
+        self._on_notice = on_notice
+        self._on_open = on_open
+        self.subscribed: set[str] = set()  # the resource URIs this session has subscribed to upstream
         self.session: ClientSession | None = None
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
@@ -132,6 +170,9 @@ class _Warm:
                     on_sampling=self._on_sampling,
                     on_elicitation=self._on_elicitation,
                 ) as session:
+                    if self._on_open is not None:
+                        # Before any call: a session the server just started holds no subscription.
+                        self.subscribed = await self._on_open(self.server.name, session)
                     self.session = session
                     self.ready.set()
                     await self.stop.wait()
@@ -146,6 +187,8 @@ class _Warm:
         # Runs in the session's receive loop: hand over, never block it.
         if isinstance(message, ToolListChangedNotification):
             self._on_tools_changed(self.server.name)
+        elif isinstance(message, NOTICED_TYPES):
+            self._on_notice(self.server.name, message)
 
     async def _on_log(self, params: LoggingMessageNotificationParams) -> None:
         """A log message belongs to no request in MCP: it is relayed only while exactly one call
@@ -210,11 +253,21 @@ class SessionPool:
     """One warm session per server; a dead or reconfigured one (a changed secret too) is replaced
     on next use. ``stderr`` gives each stdio server process its stderr (default: ours)."""
 
-    def __init__(self, stderr: Stderr | None = None, on_tools_changed: ToolsChanged | None = None) -> None:
+    def __init__(
+        self,
+        stderr: Stderr | None = None,
+        on_tools_changed: ToolsChanged | None = None,
+        *,
+        on_notice: Noticed | None = None,
+        on_open: Resubscribe | None = None,
+    ) -> None:
         self._warm: dict[str, _Warm] = {}
         self._lock = asyncio.Lock()
         self._stderr: Stderr = stderr or (lambda: nullcontext(None))
         self._on_tools_changed: ToolsChanged = on_tools_changed or (lambda _name: None)
+        # Both may be set after construction, before the first session opens.
+        self.on_notice: Noticed = on_notice or (lambda _name, _notice: None)
+        self.on_open = on_open
 
     async def _session(self, server: ev.ServerRegistered) -> tuple[_Warm, ClientSession]:
         async with self._lock:
@@ -223,7 +276,9 @@ class SessionPool:
                 await warm.close()
                 warm = None
             if warm is None:
-                warm = self._warm[server.name] = _Warm(server, self._stderr, self._on_tools_changed)
+                warm = self._warm[server.name] = _Warm(
+                    server, self._stderr, self._on_tools_changed, self.on_notice, self.on_open
+                )
         try:
             await asyncio.wait_for(warm.ready.wait(), CONNECT_TIMEOUT)
         except TimeoutError as exc:
@@ -298,6 +353,76 @@ class SessionPool:
         )
         dumped: dict[str, Any] = result.model_dump(mode="json", by_alias=True, exclude_none=True)
         return dumped
+
+    async def subscription(
+        self,
+        server: ev.ServerRegistered,
+        uri: str,
+        wanted: bool,
+        *,
+        meta: dict[str, Any],
+        timeout: float,
+        on_session: Callable[[], None] | None = None,
+    ) -> bool:
+        """``resources/subscribe`` (``wanted``) or ``resources/unsubscribe`` ``uri`` on ``server``'s
+        session, unless that session is as wanted already: one upstream subscription serves every
+        agent, and a fresh session holds none (no session is opened to unsubscribe). Returns
+        whether it was sent. Raises as :meth:`call`."""
+        if not wanted and not self.holds(server.name, uri):
+            return False
+        method = "resources/subscribe" if wanted else "resources/unsubscribe"
+
+        async def send(session: ClientSession) -> bool:
+            warm = self._holding(server.name, session)
+            if (warm is not None and uri in warm.subscribed) == wanted:
+                return False  # as wanted already
+            request = _REQUESTS[method].model_validate({"method": method, "params": {"uri": uri, "_meta": meta}})
+            await session.send_request(request, EmptyResult, request_read_timeout_seconds=timeout)
+            if warm is not None:
+                (warm.subscribed.add if wanted else warm.subscribed.discard)(uri)
+            return True
+
+        return await self._send(server, send, timeout, on_session=on_session)
+
+    def _holding(self, name: str, session: ClientSession) -> _Warm | None:
+        warm = self._warm.get(name)
+        return warm if warm is not None and warm.session is session else None
+
+    def is_open(self, name: str) -> bool:
+        """Whether ``name`` has a live session now."""
+        warm = self._warm.get(name)
+        return warm is not None and warm.alive and warm.session is not None
+
+    def holds(self, name: str, uri: str) -> bool:
+        """Whether ``name``'s live session has subscribed to ``uri`` upstream."""
+        warm = self._warm.get(name)
+        return warm is not None and warm.alive and uri in warm.subscribed
+
+    async def forgotten(self, name: str, timeout: float) -> bool:
+        """Ping ``name``'s open session: True when the server forgot it ("Session not found": an
+        HTTP server restarted) or it broke, and it was dropped (the next open re-subscribes). A
+        slow answer is not taken for a lost session: calls may be running on it."""
+        warm = self._warm.get(name)
+        if warm is None or not warm.alive or warm.session is None:
+            return False
+        try:
+            await asyncio.wait_for(warm.session.send_ping(), timeout)
+        except MCPError as exc:
+            if not (session_forgotten(exc) or exc.code == CONNECTION_CLOSED):
+                return False
+        except TimeoutError:
+            return False
+        except Exception as exc:  # the transport itself broke
+            log.warning("%s: ping failed: %r", name, exc)
+        else:
+            return False
+        await self._discard(warm)
+        return True
+
+    async def open(self, server: ev.ServerRegistered) -> None:
+        """Open ``server``'s session now if it has none (its live subscriptions with it).
+        Raises: ServerUnavailable."""
+        await self._session(server)
 
     async def listing(self, server: ev.ServerRegistered, method: str, *, timeout: float) -> list[dict[str, Any]]:
         """Everything ``server`` lists for ``method`` (``resources/list``, ``resources/templates/list``,
