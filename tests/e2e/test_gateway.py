@@ -54,7 +54,7 @@ class Setup:
     log: Path
 
     def tool(self, name: str) -> str:
-        return f"{self.server}.{name}"
+        return f"{self.server}__{name}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -210,7 +210,7 @@ async def test_a_call_answers_with_the_tools_result_and_a_signed_receipt_in_the_
     assert (receipt.server, receipt.tool) == (
         setup.server,
         f"{setup.server}/get_current_time",
-    )  # SERVER.TOOL -> SERVER/TOOL
+    )  # SERVER__TOOL -> SERVER/TOOL
     recorded = types.CallToolResult.model_validate(receipt.result)  # what the tool returned, as the ledger kept it
     assert result.content == recorded.content and result.structured_content == recorded.structured_content
 

@@ -83,7 +83,8 @@ def test_a_name_is_the_servers_own_unless_two_servers_offer_it() -> None:
     listed = listing(rows)
     assert [t.name for t in listed.tools] == ["a__search", "b__search", "only_a"]
     assert listed.writ_name("only_a") == listed.writ_name("a__only_a") == "a/only_a"  # both spellings
-    assert listed.writ_name("a__search") == "a/search" and listed.writ_name("search") is None
+    assert listed.writ_name("a__search") == listed.writ_name("a.search") == "a/search"
+    assert listed.writ_name("search") is None
     assert listed.tools[0].meta == {"writ/tool": "a/search"}
     assert listed.digest != listing(rows[1:]).digest and listed.digest == listing(rows).digest
 

@@ -25,7 +25,7 @@ import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mcp_types as types
@@ -159,8 +159,10 @@ def listing(rows: Iterable[Mapping[str, Any]], naming: Naming | None = None) -> 
         if name is None or name in names:
             continue
         names[name] = writ_name
-        if prefixed is not None:
-            aliases.setdefault(prefixed, writ_name)
+        for separator in SEPARATORS:  # every listed tool answers to both spellings
+            spelled = mcp_tool_name(server, tool, replace(naming, separator=separator))
+            if spelled is not None:
+                aliases.setdefault(spelled, writ_name)
         tools.append(_mcp_tool(name, writ_name, row))
     for alias, writ_name in aliases.items():
         names.setdefault(alias, writ_name)
