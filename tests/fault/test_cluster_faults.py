@@ -1,7 +1,8 @@
 """The deployed shape on one machine (`writ up --cluster 3`: three nats-servers, R3 streams) under
 node loss: kill the WRIT_INTENTS stream leader, kill a follower, take two of three nodes down for
-10 s, each while an agent keeps submitting calls to a non-idempotent tool that writes one row per
-call (faulty/append_row); then the steady state, N intents one after another with no fault.
+10 s, kill all three at once (the stages' memory-state consumers lose their progress and replay),
+each while an agent keeps submitting calls to a non-idempotent tool that writes one row per call
+(faulty/append_row); then the steady state, N intents one after another with no fault.
 
 For every intent the server acknowledged: exactly one receipt, no row written twice, nothing
 stranded (no receipt). Each scenario prints its figures into one summary table, recovery time
@@ -243,6 +244,17 @@ async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
             victim = rng.choice(followers)
             await asyncio.to_thread(rig.plane.kill_service, victim)
             summary.note = f"killed follower {victim} (leader {leader})"
+        elif fault == "all":
+            # Every node at once: memory-state consumers (consumer_state auto on R3) lose the
+            # stages' progress, and the stages replay the stream: still nothing twice, nothing lost.
+            stage = await rig.nc.jetstream().consumer_info(subjects.INTENTS_STREAM, "writ-policy")
+            assert stage.config.mem_storage, "the stages' consumers should keep memory state on R3"
+            for name in rig.plane.nats_units:
+                await asyncio.to_thread(rig.plane.hold_service, name, kill=True)
+            summary.note = "SIGKILLed every node at once (memory-state consumers)"
+            await asyncio.sleep(2.0)
+            for name in rig.plane.nats_units:
+                await asyncio.to_thread(rig.plane.release_service, name)
         else:
             down = [leader, rng.choice(followers)]
             for name in down:
@@ -273,6 +285,10 @@ async def test_killing_a_follower_under_load(rig: Rig) -> None:
 
 async def test_two_of_three_nodes_down_for_10s_under_load(rig: Rig) -> None:
     await run_fault(rig, "2 of 3 down 10 s", "two")
+
+
+async def test_every_node_killed_at_once_under_load(rig: Rig) -> None:
+    await run_fault(rig, "all 3 killed at once", "all")
 
 
 async def test_steady_state_sequential_intents_none_stranded(rig: Rig) -> None:

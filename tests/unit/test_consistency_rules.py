@@ -264,3 +264,18 @@ class TestOneNamePerStage:
         shown = [view_of(intent, *later[:n]).status for n in range(len(later) + 1)]
         assert shown == list(ev.STAGE_STATUS.values())
         assert list(ev.STAGE_STATUS) == ["intent.submitted", *(ev.EVENT_TYPE[type(p)] for p in later)]
+
+
+class TestConsumerState:
+    """On a cluster the stages' consumers keep their progress in (replicated) memory by default;
+    a single node keeps it on file, since there a restart of the node is a restart of everything."""
+
+    @pytest.mark.parametrize(
+        ("replicas", "state", "in_memory"),
+        [(1, "auto", False), (3, "auto", True), (3, "file", False), (1, "memory", True)],
+    )
+    def test_auto_means_memory_only_when_streams_are_replicated(
+        self, replicas: int, state: str, in_memory: bool
+    ) -> None:
+        settings = WritSettings(stream_replicas=replicas, consumer_state=state)  # type: ignore[arg-type]
+        assert settings.consumer_state_in_memory is in_memory

@@ -44,6 +44,10 @@ from writ_common.tracing import inject_headers, tracer
 SDK_PRODUCER = Producer(service="agent-sdk", instance="sdk", version="0.1.0")
 
 
+# A read of the ledger stream nobody answered: its servers restarting, its leader being elected.
+_NOT_ANSWERED = (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+
+
 class ReceiptTimeout(Exception):
     """No receipt arrived in time; the intent may still be in flight (query it again later)."""
 
@@ -166,21 +170,40 @@ async def wait_receipt(
     # from the stream, where only the stored one lives.
     sub = await nc.subscribe(wake_subject or _receipt_subject(intent_id, agent_id))  # subscribe first: no gap
     deadline = time.monotonic() + timeout
+    unanswered: list[str] = []  # the bus's answer to the last read, when it had none (nodes restarting)
+
+    async def look() -> Receipt | None:
+        try:
+            found = await fetch_receipt(nc, intent_id, agent_id=agent_id)
+        except _NOT_ANSWERED as exc:  # the ledger stream not (yet) serving: not yet, not an error
+            unanswered[:] = [f"{type(exc).__name__}: {exc}"]
+            await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            return None
+        unanswered.clear()
+        return found
+
     try:
         while True:
-            stored = await fetch_receipt(nc, intent_id, agent_id=agent_id)
+            stored = await look()
             if stored is not None:
                 return stored
             left = deadline - time.monotonic()
             if left <= 0:
-                raise await _timed_out(nc, intent_id, timeout, agent_id)
+                try:
+                    timed_out = await _timed_out(nc, intent_id, timeout, agent_id)
+                except _NOT_ANSWERED as exc:
+                    unanswered[:] = [f"{type(exc).__name__}: {exc}"]
+                    timed_out = ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s", intent_id=intent_id)
+                if unanswered:
+                    timed_out.args = (f"{timed_out}; the bus did not answer the last read ({unanswered[0]})",)
+                raise timed_out
             try:
                 await sub.next_msg(timeout=min(left, 1.0))
             except nats.errors.TimeoutError:
                 continue
             # Core delivery can run a moment ahead of the stream's write: look again shortly.
             for pause in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
-                if (stored := await fetch_receipt(nc, intent_id, agent_id=agent_id)) is not None:
+                if (stored := await look()) is not None:
                     return stored
                 await asyncio.sleep(pause)
     finally:

@@ -177,6 +177,9 @@ class Service:
             max_deliver=-1,
             deliver_policy=DeliverPolicy.ALL,
             filter_subject=filter_subject,
+            # On a cluster a file-state consumer pays a replicated, fsync'd write per delivery:
+            # the stream is the truth, this is progress, and replaying it is resumption.
+            mem_storage=self.settings.consumer_state_in_memory or None,
         )
         # A deleted consumer would stall this stage for good: recreate it at once.
         guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config)
