@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .venv-tools/bin/uv
 BIN := .venv/bin
 
-.PHONY: venv run demo browser test unit integration e2e fault check schemas docs conformance bench bench-load bench-views bench-console bench-bus soak soak-cluster soak-tuning lock clean distclean
+.PHONY: venv run demo browser test unit integration e2e fault check schemas docs conformance bench bench-load bench-views bench-console bench-bus bench-hop soak soak-cluster soak-tuning lock clean distclean
 
 $(UV):
 	$(PYTHON) -m venv .venv-tools
@@ -82,6 +82,10 @@ bench-console: venv
 # Revocation on `writ up --cluster 3`: connect a user JWT to every node, push, closed everywhere.
 bench-bus: venv
 	$(BIN)/python -m writ.bench_bus
+
+# The bus's floor under one hop (append -> ack -> delivered), single node vs. R3, consumer state on file vs. memory.
+bench-hop: venv
+	$(BIN)/python -m writ.bench_hop $(BENCH_HOP_ARGS)
 
 # Not in CI: the kill scenarios at length (override with SOAK_INTENTS / SOAK_KILLS), then a summary.
 SOAK_INTENTS ?= 1000

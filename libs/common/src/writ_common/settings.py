@@ -222,7 +222,7 @@ class WritSettings(BaseSettings):
         description="Where the stages' durable consumers keep their delivery state (ack floor, pending) when"
         " created: memory (still replicated across the stream's replicas) or file; auto: memory when"
         " STREAM_REPLICAS > 1, file on a single node. On R3 a file-state consumer pays a replicated, fsync'd"
-        " write per delivery (about 1.3 ms a hop on loopback); memory state survives any node but loses the"
+        " write per delivery (make bench-hop); memory state survives any node but loses the"
         " stages' progress if every node restarts at once, and then the stages replay the stream (every"
         " handler is idempotent: nothing twice, nothing lost)",
     )
