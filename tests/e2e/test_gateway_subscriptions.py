@@ -2,7 +2,7 @@
 of one gateway, from a real stdio MCP server (tests/servers/subscribable_stdio.py) on the session's
 plane: an update reaches exactly the clients holding its URI; one client's unsubscribe leaves the
 other's; the subscription outlives the executor (SIGKILLed, restarted by the supervisor);
-resources/list_changed reaches every client (said by the server, or seen in a listing that changed); a client that leaves is unsubscribed for; and a
+resources/list_changed and prompts/list_changed reach every client (said by the server, or seen in a listing that changed); a client that leaves is unsubscribed for; and a
 malformed notice on the agent's subject is ignored by the gateway, which goes on relaying."""
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ async def relayed(setup: Setup, gateway: str, heard_one: Notifications, heard_tw
         listed = {str(r.uri) for r in (await one.list_resources()).resources}
         assert {f"watch://{server}/c", f"watch://{server}/d"} <= listed
         await heard_two.wait_for(types.ResourceListChangedNotification, 2)
+        # A server that offers one more prompt: every client hears prompts/list_changed.
+        await two.call_tool(f"{server}_add_prompt", {"name": "bye"})
+        await heard_one.wait_for(types.PromptListChangedNotification, 1)
+        await heard_two.wait_for(types.PromptListChangedNotification, 1)
+        assert f"{server}_bye" in {p.name for p in (await one.list_prompts()).prompts}
 
         # (c) the executor dies; its successor subscribes again on its own, nobody asked anew.
         killed = await asyncio.to_thread(setup.plane.kill_service, "executor")

@@ -4,7 +4,8 @@ Resources ``watch://PREFIX/a`` and ``watch://PREFIX/b`` (PREFIX from the environ
 ``touch(uri)`` sends notifications/resources/updated for ``uri`` when its client subscribed to it;
 ``subscribed()`` says which URIs its client holds now (what the server itself keeps);
 ``add_resource(name, quiet)`` lists one more resource and sends notifications/resources/list_changed
-(unless ``quiet``: then only a client that lists again can tell).
+(unless ``quiet``: then only a client that lists again can tell); ``add_prompt(name)`` offers one
+more prompt and sends notifications/prompts/list_changed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mcp.server.stdio import stdio_server
 PREFIX = os.environ.get("PREFIX", "sub")
 RESOURCES = [f"watch://{PREFIX}/a", f"watch://{PREFIX}/b"]
 SUBSCRIBED: set[str] = set()
+PROMPTS: list[str] = [f"{PREFIX}_hello"]
 READ_ONLY = types.ToolAnnotations(read_only_hint=True, idempotent_hint=True)
 
 
@@ -48,6 +50,9 @@ async def list_tools(_ctx: Any, _params: Any) -> types.ListToolsResult:
                 description="List one more",
                 input_schema=_schema(name="string", quiet="boolean"),
             ),
+            types.Tool(
+                name=f"{PREFIX}_add_prompt", description="Offer one more prompt", input_schema=_schema(name="string")
+            ),
         ]
     )
 
@@ -67,6 +72,10 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         if not args.get("quiet"):
             await ctx.session.send_resource_list_changed()
         said = RESOURCES
+    elif params.name == f"{PREFIX}_add_prompt":
+        PROMPTS.append(f"{PREFIX}_{args['name']}")
+        await ctx.session.send_prompt_list_changed()
+        said = PROMPTS
     else:
         return types.CallToolResult(content=[types.TextContent(type="text", text="no such tool")], is_error=True)
     return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(said))])
@@ -76,6 +85,10 @@ async def list_resources(_ctx: Any, _params: Any) -> types.ListResourcesResult:
     return types.ListResourcesResult(
         resources=[types.Resource(uri=uri, name=uri.rsplit("/", 1)[-1]) for uri in RESOURCES]
     )
+
+
+async def list_prompts(_ctx: Any, _params: Any) -> types.ListPromptsResult:
+    return types.ListPromptsResult(prompts=[types.Prompt(name=name) for name in PROMPTS])
 
 
 async def read_resource(_ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
@@ -101,8 +114,9 @@ async def main() -> None:
         on_read_resource=read_resource,
         on_subscribe_resource=subscribe,
         on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
     )
-    options = server.create_initialization_options(NotificationOptions(resources_changed=True))
+    options = server.create_initialization_options(NotificationOptions(resources_changed=True, prompts_changed=True))
     async with stdio_server() as (read, write):
         await server.run(read, write, options)
 
