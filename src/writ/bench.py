@@ -2,12 +2,14 @@
 
 Starts an embedded plane (separate service processes, nats-server with fsync always) on a
 temporary data directory, runs N sequential intents to ``mcp-server-time``, then N direct calls
-over one warm ``mcp`` SDK session, and prints p50/p99 of both and the overhead. Then it splits
-the plane's time into hops, from the event timestamps the views projected for the measured intents,
+over one warm ``mcp`` SDK session, and prints p50/p99 of both and the overhead. Then it splits the
+plane's time into hops, from the event timestamps the views projected for the measured intents,
 so the next person tuning it sees where the time goes.
 
-``--cluster`` runs the same intents a second time on a 3-node loopback cluster with R3 streams
-(``writ up --cluster 3``) and prints both, with the ratio of their p50 (target: within 1.5x).
+``--cluster`` also starts a 3-node loopback cluster with R3 streams (``writ up --cluster 3``) and
+interleaves its intents with the others, and prints the ratio of their p50 (target: within 1.5x).
+Run one after the other, the two planes' p50 moved between runs by up to 40 % on this machine
+(the host, not Writ), and so did their ratio; interleaved, both see the same moments.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -58,9 +62,8 @@ HOPS = (
 )
 
 
-async def through_plane(settings: WritSettings, n: int, warmup: int) -> tuple[dict[str, float], int]:
-    """Latency (ms) of each measured intent, by intent id, and how many got no receipt within
-    ``STRANDED_AFTER`` seconds (left out of the figures, counted and printed)."""
+async def bench_agent(settings: WritSettings) -> WritAgent:
+    """An agent allowed to call the time server on the plane at ``settings``."""
     nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
     key = generate_key()
     await commands.call(
@@ -68,24 +71,85 @@ async def through_plane(settings: WritSettings, n: int, warmup: int) -> tuple[di
     )
     await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
     await commands.call(nc, "policy", "load", {"cedar": POLICY.read_text()})
-    agent = WritAgent(nc, "bench-agent", key)
-    samples = {}
-    stranded = 0
-    for i in range(warmup + n):
+    return WritAgent(nc, "bench-agent", key)
+
+
+Call = Callable[[int], Awaitable[tuple[str, float] | None]]
+
+
+@dataclass
+class Side:
+    """One way of making the call, and what it measured: latency (ms) by intent id (or call
+    number), and how many intents got no receipt within ``STRANDED_AFTER`` seconds."""
+
+    label: str
+    call: Call
+    samples: dict[str, float] = field(default_factory=dict)
+    stranded: int = 0
+
+
+def through(agent: WritAgent) -> Call:
+    async def call(i: int) -> tuple[str, float] | None:
         started = time.perf_counter()
         try:
             receipt = await agent.call("get_current_time", ARGS, timeout=STRANDED_AFTER)
         except ReceiptTimeout as exc:
             print(f"intent {i}: {exc}", file=sys.stderr)
-            stranded += 1
-            continue
+            return None
         elapsed = time.perf_counter() - started
         if receipt.status != "succeeded":
             raise SystemExit(f"intent {i} ended {receipt.status}: {receipt.reason}")
-        if i >= warmup:
-            samples[receipt.intent_id] = elapsed * 1000
-    await nc.close()
-    return samples, stranded
+        return receipt.intent_id, elapsed * 1000
+
+    return call
+
+
+def directly(session: ClientSession) -> Call:
+    async def call(i: int) -> tuple[str, float] | None:
+        started = time.perf_counter()
+        result = await session.call_tool("get_current_time", ARGS)
+        elapsed = time.perf_counter() - started
+        if result.is_error:
+            raise SystemExit(f"direct call {i} failed")
+        return str(i), elapsed * 1000
+
+    return call
+
+
+async def interleaved(planes: list[tuple[str, WritSettings]], n: int, warmup: int) -> list[Side]:
+    """``n`` sequential calls on each plane, interleaved call by call (the order rotating each
+    round), so a slower or faster moment of the machine falls on every plane alike and their
+    ratio compares like with like."""
+    agents = [await bench_agent(settings) for _, settings in planes]
+    try:
+        sides = [Side(label, through(agent)) for (label, _), agent in zip(planes, agents, strict=True)]
+        await run_calls(sides, n, warmup)
+        return sides
+    finally:
+        for agent in agents:
+            await agent.nc.close()
+
+
+async def run_calls(sides: list[Side], n: int, warmup: int) -> None:
+    for i in range(warmup + n):
+        for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            outcome = await side.call(i)
+            if outcome is None:
+                side.stranded += 1
+            elif i >= warmup:
+                side.samples[outcome[0]] = outcome[1]
+
+
+async def direct(n: int, warmup: int) -> Side:
+    """The same call over one warm ``mcp`` SDK session, on its own (as a direct caller makes it)."""
+    async with (
+        stdio_client(StdioServerParameters(command=TIME_SERVER)) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        side = Side("direct mcp SDK call", directly(session))
+        await run_calls([side], n, warmup)
+        return side
 
 
 def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 30.0) -> list[tuple[str, list[float]]]:
@@ -121,35 +185,14 @@ def hop_breakdown(views_db: Path, plane_ms: dict[str, float], timeout: float = 3
     return hops
 
 
-async def direct(n: int, warmup: int) -> list[float]:
-    samples = []
-    async with (
-        stdio_client(StdioServerParameters(command=TIME_SERVER)) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        for i in range(warmup + n):
-            started = time.perf_counter()
-            result = await session.call_tool("get_current_time", ARGS)
-            elapsed = time.perf_counter() - started
-            if result.is_error:
-                raise SystemExit(f"direct call {i} failed")
-            if i >= warmup:
-                samples.append(elapsed * 1000)
-    return samples
-
-
-def measure(n: int, warmup: int, cluster: int = 1) -> tuple[list[float], list[tuple[str, list[float]]], int]:
-    """Latencies (ms) of ``n`` sequential intents through a fresh plane of ``cluster`` nats-servers,
-    their hop breakdown, and how many intents got no receipt."""
-    with (
-        tempfile.TemporaryDirectory(prefix="writ-bench-") as tmp,
-        Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port(), cluster=cluster) as plane,
-    ):
-        plane.wait_ready(timeout=120)
-        by_intent, stranded = asyncio.run(through_plane(plane.settings, n, warmup))
-        hops = hop_breakdown(plane.settings.data_dir / "ledger" / "views.sqlite3", by_intent)
-    return list(by_intent.values()), hops, stranded
+def fresh_plane(stack: contextlib.ExitStack, cluster: int) -> Plane:
+    """A fresh plane of ``cluster`` nats-servers on a temporary data directory, up and ready."""
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="writ-bench-"))
+    plane = stack.enter_context(
+        Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port(), cluster=cluster)
+    )
+    plane.wait_ready(timeout=120)
+    return plane
 
 
 def print_row(label: str, samples: list[float]) -> None:
@@ -176,16 +219,23 @@ def main() -> None:
         f" and compare p50 with the single node (target: within {CLUSTER_TARGET:g}x)",
     )
     args = parser.parse_args()
-    plane_ms, hops, stranded = measure(args.n, args.warmup)
-    cluster_ms, cluster_hops, cluster_stranded = (
-        measure(args.n, args.warmup, cluster=3) if args.cluster else ([], [], 0)
+    with contextlib.ExitStack() as stack:
+        planes: list[tuple[str, Plane]] = [("through Writ (submit -> signed receipt)", fresh_plane(stack, 1))]
+        if args.cluster:
+            planes.append(("through Writ, 3-node cluster, R3 streams", fresh_plane(stack, 3)))
+        sides = asyncio.run(interleaved([(label, plane.settings) for label, plane in planes], args.n, args.warmup))
+        views = [plane.settings.data_dir / "ledger" / "views.sqlite3" for _, plane in planes]
+        hops = hop_breakdown(views[0], sides[0].samples)
+        cluster_hops = hop_breakdown(views[1], sides[1].samples) if args.cluster else []
+    sides.append(asyncio.run(direct(args.n, args.warmup)))
+    plane_ms, direct_ms = list(sides[0].samples.values()), list(sides[-1].samples.values())
+    cluster_ms = list(sides[1].samples.values()) if args.cluster else []
+    stranded, cluster_stranded = sides[0].stranded, (sides[1].stranded if args.cluster else 0)
+    rows = [(side.label, list(side.samples.values())) for side in sides]
+    print(
+        f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up"
+        + (", the two planes interleaved call by call" if args.cluster else "")
     )
-    direct_ms = asyncio.run(direct(args.n, args.warmup))
-    rows = [("through Writ (submit -> signed receipt)", plane_ms)]
-    if cluster_ms:
-        rows.append(("through Writ, 3-node cluster, R3 streams", cluster_ms))
-    rows.append(("direct mcp SDK call", direct_ms))
-    print(f"\nget_current_time on mcp-server-time (stdio), {args.n} sequential calls each, {args.warmup} warm-up")
     print(f"{'':42} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
     for label, samples in rows:
         print_row(label, samples)
