@@ -68,3 +68,11 @@ async def test_a_wildcard_group_name_cannot_freeze_the_bus_users(plane: Plane, w
     assert exit_code == 0, output
     with pytest.raises(Exception, match=r"[Aa]uthorization"):
         await connect_agent(plane, doomed)
+
+
+async def test_an_agent_cannot_take_a_name_whose_notices_are_the_approvers(plane: Plane, writ: Writ) -> None:
+    """Agent notices live under writ.notice.<agent>.>, approvers' under writ.notice.approvals.>: an
+    agent registered as 'approvals' would be let read every group's approval notices (and its own
+    receipt notices would reach approvers). The name is refused, with the reason."""
+    exit_code, output = await run(writ, "agent", "register", "approvals", "--owner", "tests")
+    assert exit_code != 0 and "invalid_agent_id:" in output and "reserved" in output, output

@@ -158,6 +158,7 @@ class TestCommands:
         ("overrides", "code"),
         [
             ({"agent_id": "Bot!"}, "invalid_agent_id"),
+            ({"agent_id": "approvals"}, "invalid_agent_id"),  # its notices would be the approvers'
             ({"public_key": "not base64!"}, "invalid_public_key"),
             ({"public_key": public_key_b64(KEY)[:-4]}, "invalid_public_key"),
             ({"bus_key": "U" + "A" * 55}, "invalid_bus_key"),  # right shape, bad checksum

@@ -172,9 +172,14 @@ def list_changed_subject(server: str, kind: str) -> str:
     return f"{LIST_CHANGED_PREFIX}.{server}.{kind}"
 
 
+APPROVALS_NOTICE_TOKEN = "approvals"
+# Agent ids that would make an agent's notices (writ.notice.<agent>.>) overlap others': refused.
+RESERVED_AGENT_IDS = frozenset({APPROVALS_NOTICE_TOKEN})
+
+
 def approval_notice_subject(group: str, intent_id: str) -> str:
     """Core NATS only: "a request waits for ``group``"; an approver's bus user hears only its groups'."""
-    return f"writ.notice.approvals.{group}.{intent_id}"
+    return f"writ.notice.{APPROVALS_NOTICE_TOKEN}.{group}.{intent_id}"
 
 
 def dlq_subject(service: str) -> str:

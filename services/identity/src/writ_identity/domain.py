@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from writ_common import events as ev
+from writ_common import subjects
 from writ_common.digest import canonical_json
 from writ_common.envelope import StoredEvent, parse_time
 from writ_common.errors import Refusal
@@ -254,6 +255,17 @@ def token_refusal(value: str, *, code: str, what: str) -> Refusal | None:
     return None if is_token(value) else Refusal(code=code, reason=f"{what} {value!r} must match {TOKEN_RULE}")
 
 
+def reserved_refusal(agent_id: str) -> Refusal | None:
+    """An agent's notices are ``writ.notice.<agent id>.>``: an id that names other notices (the
+    approvers' ``writ.notice.approvals.>``) would let the agent read them."""
+    if agent_id not in subjects.RESERVED_AGENT_IDS:
+        return None
+    return Refusal(
+        code="invalid_agent_id",
+        reason=f"agent id {agent_id!r} is reserved: writ.notice.{agent_id}.> carries other notices; choose another",
+    )
+
+
 def public_key_refusal(public_key: str) -> Refusal | None:
     """Why ``public_key`` is not a base64 Ed25519 public key, or None."""
     try:
@@ -277,6 +289,7 @@ def agent_registration_refusal(
     """Why an agent cannot be registered with these keys, or None."""
     return (
         token_refusal(agent_id, code="invalid_agent_id", what="agent id")
+        or reserved_refusal(agent_id)
         or public_key_refusal(public_key)
         or bus_key_refusal(bus_key, is_user_nkey=is_user_nkey)
     )
