@@ -21,6 +21,7 @@ import msgspec
 import nats
 from nacl.signing import SigningKey
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from writ_common import local, subjects
 from writ_common.bus import StaleAppend, append, last_on_subject, msg_id, read_history, split_servers
@@ -151,13 +152,21 @@ async def fetch_receipt(nc: Client, intent_id: str, *, agent_id: str | None = No
 
 
 async def wait_receipt(
-    nc: Client, intent_id: str, timeout: float = 30.0, *, agent_id: str | None = None, wake_subject: str | None = None
+    nc: Client,
+    intent_id: str,
+    timeout: float = 30.0,
+    *,
+    agent_id: str | None = None,
+    wake_subject: str | None = None,
+    listening: Subscription | None = None,
 ) -> Receipt:
     """Wait for the receipt of ``intent_id`` (returns at once if it already exists).
 
     ``agent_id``: as for :func:`fetch_receipt`. ``wake_subject``: what to listen on for "something
     happened" (default: the receipt subject); an agent's bus user may only listen to its own,
-    ``writ.notice.<agent>.<intent>.receipt``.
+    ``writ.notice.<agent>.<intent>.receipt``. ``listening``: a subscription to it made before the
+    intent was submitted (so its notice cannot have gone by): the receipt is then first read when
+    the notice says it is stored, not at once; the caller keeps and ends the subscription.
 
     Raises:
         AwaitingApproval: none within ``timeout`` seconds because the intent waits for approvers
@@ -168,7 +177,7 @@ async def wait_receipt(
     # The core subscription is only a wake-up: a publish the stream refused (a ledger replica
     # losing the chain fence) still reaches core subscribers, so the receipt is always read back
     # from the stream, where only the stored one lives.
-    sub = await nc.subscribe(wake_subject or _receipt_subject(intent_id, agent_id))  # subscribe first: no gap
+    sub = listening or await nc.subscribe(wake_subject or _receipt_subject(intent_id, agent_id))  # first: no gap
     deadline = time.monotonic() + timeout
     unanswered: list[str] = []  # the bus's answer to the last read, when it had none (nodes restarting)
 
@@ -182,9 +191,11 @@ async def wait_receipt(
         unanswered.clear()
         return found
 
+    heard_first = listening is not None  # a new intent's receipt cannot be stored before its notice
     try:
         while True:
-            stored = await look()
+            stored = None if heard_first else await look()
+            heard_first = False
             if stored is not None:
                 return stored
             left = deadline - time.monotonic()
@@ -207,7 +218,8 @@ async def wait_receipt(
                     return stored
                 await asyncio.sleep(pause)
     finally:
-        await sub.unsubscribe()
+        if listening is None:
+            await sub.unsubscribe()
 
 
 # What an agent may read of its own intent (its bus user may get the last message of each of its
@@ -438,10 +450,34 @@ class WritAgent:
         """
         return await cancel_intent(self.nc, self.agent_id, intent_id, reason=reason, timeout=timeout)
 
-    async def call(self, tool: str, arguments: dict[str, Any], *, timeout: float = 30.0, **kwargs: Any) -> Receipt:
-        """Submit and wait for the receipt (raises as :meth:`receipt`)."""
-        submission = await self.submit(tool, arguments, **kwargs)
-        return await self.receipt(submission.intent_id, timeout)
+    async def call(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout: float = 30.0,
+        idempotency_key: str | None = None,
+        caused_by: str | None = None,
+        **kwargs: Any,
+    ) -> Receipt:
+        """Submit and wait for the receipt (raises as :meth:`receipt`).
+
+        It listens for the receipt's notice before it submits, so a new intent's receipt is read
+        once, when the notice says it is stored (a repeated idempotency key reads it at once)."""
+        key = idempotency_key or str(uuid.uuid4())
+        intent_id = derive_intent_id(self.agent_id, key)
+        listening = await self.nc.subscribe(subjects.receipt_notice_subject(self.agent_id, intent_id))
+        try:
+            submission = await self.submit(tool, arguments, idempotency_key=key, caused_by=caused_by, **kwargs)
+            return await wait_receipt(
+                self.nc,
+                submission.intent_id,
+                timeout,
+                agent_id=self.agent_id,
+                listening=None if submission.duplicate else listening,
+            )
+        finally:
+            await listening.unsubscribe()
 
 
 def retry_after(receipt: Receipt) -> float | None:
