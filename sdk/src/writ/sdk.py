@@ -8,10 +8,11 @@ print(receipt.status, receipt.result)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -429,15 +430,30 @@ class WritAgent:
         )
         return await publish_intent(self.nc, sign_intent(intent, self._key), causation_id=caused_by)
 
-    async def receipt(self, intent_id: str, timeout: float = 30.0) -> Receipt:
-        """Wait for the receipt of one of this agent's intents.
+    async def receipt(self, intent_id: str, timeout: float = 30.0, *, listening: Subscription | None = None) -> Receipt:
+        """Wait for the receipt of one of this agent's intents. ``listening``: from
+        :meth:`receipt_notices`, entered before the intent was submitted (pass None for a
+        resubmitted key, whose receipt may be stored already).
 
         Raises:
             AwaitingApproval: the intent waits for approvers (``group``, ``quorum``, ``expires_at``).
             ReceiptTimeout: none within ``timeout`` seconds for another reason.
         """
         wake = subjects.receipt_notice_subject(self.agent_id, intent_id)
-        return await wait_receipt(self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake)
+        return await wait_receipt(
+            self.nc, intent_id, timeout, agent_id=self.agent_id, wake_subject=wake, listening=listening
+        )
+
+    @contextlib.asynccontextmanager
+    async def receipt_notices(self, intent_id: str) -> AsyncIterator[Subscription]:
+        """Listen for an intent's receipt notice; entered before submitting it, no notice goes by
+        unheard, so a new intent's receipt is read once, when the notice says it is stored."""
+        listening = await self.nc.subscribe(subjects.receipt_notice_subject(self.agent_id, intent_id))
+        try:
+            yield listening
+        finally:
+            with contextlib.suppress(nats.errors.Error):  # a connection gone takes its subscriptions along
+                await listening.unsubscribe()
 
     async def cancel(self, intent_id: str, *, reason: str = "", timeout: float = 10.0) -> Cancellation:
         """Ask Writ to cancel one of this agent's intents and wait up to ``timeout`` seconds for
@@ -465,19 +481,11 @@ class WritAgent:
         It listens for the receipt's notice before it submits, so a new intent's receipt is read
         once, when the notice says it is stored (a repeated idempotency key reads it at once)."""
         key = idempotency_key or str(uuid.uuid4())
-        intent_id = derive_intent_id(self.agent_id, key)
-        listening = await self.nc.subscribe(subjects.receipt_notice_subject(self.agent_id, intent_id))
-        try:
+        async with self.receipt_notices(derive_intent_id(self.agent_id, key)) as listening:
             submission = await self.submit(tool, arguments, idempotency_key=key, caused_by=caused_by, **kwargs)
-            return await wait_receipt(
-                self.nc,
-                submission.intent_id,
-                timeout,
-                agent_id=self.agent_id,
-                listening=None if submission.duplicate else listening,
+            return await self.receipt(
+                submission.intent_id, timeout, listening=None if submission.duplicate else listening
             )
-        finally:
-            await listening.unsubscribe()
 
 
 def retry_after(receipt: Receipt) -> float | None:

@@ -371,6 +371,15 @@ class Gateway:
 
     async def _call(self, params: types.CallToolRequestParams, key: str) -> types.CallToolResult:
         try:
+            async with self.agent.receipt_notices(derive_intent_id(self.agent.agent_id, key)) as listening:
+                return await self._submit_call(params, key, listening)
+        except nats.errors.Error as exc:  # the bus gone before the call could even listen for its receipt
+            return refusal_result("writ_unavailable", _described(exc), key)
+
+    async def _submit_call(
+        self, params: types.CallToolRequestParams, key: str, listening: Subscription
+    ) -> types.CallToolResult:
+        try:
             submission = await self.agent.submit(
                 await self.writ_name(params.name),
                 params.arguments or {},
@@ -384,7 +393,9 @@ class Gateway:
         except nats.errors.Error as exc:
             return refusal_result("writ_unavailable", _described(exc), key)
         try:
-            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+            receipt = await self.agent.receipt(
+                submission.intent_id, self.options.timeout, listening=None if submission.duplicate else listening
+            )
         except ReceiptTimeout:
             return pending_result(
                 submission.intent_id,
@@ -563,16 +574,19 @@ class Gateway:
         """Submit the intent under ``key`` and wait for its receipt; as :meth:`_operate` answers."""
         intent_id = derive_intent_id(self.agent.agent_id, key)
         try:
-            submission = await self.agent.submit(
-                f"{server}/{target}",
-                arguments,
-                idempotency_key=key,
-                on_behalf_of=self.options.on_behalf_of,
-                deadline_seconds=self.options.deadline_seconds,
-                operation=operation,
-                via=self.options.via,
-            )
-            receipt = await self.agent.receipt(submission.intent_id, self.options.timeout)
+            async with self.agent.receipt_notices(intent_id) as listening:
+                submission = await self.agent.submit(
+                    f"{server}/{target}",
+                    arguments,
+                    idempotency_key=key,
+                    on_behalf_of=self.options.on_behalf_of,
+                    deadline_seconds=self.options.deadline_seconds,
+                    operation=operation,
+                    via=self.options.via,
+                )
+                receipt = await self.agent.receipt(
+                    submission.intent_id, self.options.timeout, listening=None if submission.duplicate else listening
+                )
         except ValueError as exc:
             raise MCPError.from_error_data(not_completed("invalid_arguments", str(exc), key)) from exc
         except ReceiptTimeout as exc:
