@@ -24,16 +24,12 @@ import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+from writ.bench import percentile
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 
 STREAM = "BENCH_HOP"
 PAYLOAD = b"x" * 600  # about one intent event
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def one_consumer(plane: Plane, replicas: int, in_memory: bool, n: int) -> dict[str, list[float]]:
