@@ -19,7 +19,6 @@ from writ.gateway.translate import (
     pending_result,
     renamed,
     upstream_error,
-    writ_tool_name,
 )
 from writ_common.digest import tool_digest
 from writ_common.events import Receipt
@@ -56,14 +55,12 @@ def test_prefixed_tool_names_are_model_safe(server: str, tool: str) -> None:
     if MODEL_TOOL_NAME.fullmatch(tool):  # what Writ adds never makes a name a model API refuses
         assert MODEL_TOOL_NAME.fullmatch(name)
     assert mcp_tool_name(server, tool, Naming(separator=".")) == f"{server}.{tool}"
-    assert writ_tool_name(name) == name  # the registry reads it back (test_catalog)
 
 
 def test_names_mcp_cannot_carry_are_not_offered() -> None:
     assert mcp_tool_name("s", "has space") is None
     assert mcp_tool_name("s", "a/b") is None
     assert mcp_tool_name("s", "x" * 126) is None  # 129 characters with "s__"
-    assert writ_tool_name("bare_tool") == "bare_tool"  # Writ resolves a bare name itself
 
 
 def test_only_accepted_tools_without_a_waiting_version_are_listed() -> None:

@@ -46,7 +46,6 @@ from writ.gateway.translate import (
     refusal_result,
     renamed,
     upstream_error,
-    writ_tool_name,
 )
 from writ.sdk import ReceiptTimeout, WritAgent, request_cancel
 from writ_common import commands, subjects
@@ -228,14 +227,15 @@ class Gateway:
 
     async def writ_name(self, mcp_name: str) -> str:
         """The ``server/tool`` an MCP tool name stands for: as last listed; else as listed now; else
-        spelled out (Writ then says why it knows no such tool)."""
+        the name as given (the registry reads ``server/tool``, a bare name unique across servers and
+        the gateway's spellings itself, and says why when it knows no such tool)."""
         if (known := self.listing.writ_name(mcp_name)) is not None:
             return known
         try:
             known = (await self.refresh_listing()).writ_name(mcp_name)
         except (CommandError, nats.errors.Error):
             known = None
-        return known or writ_tool_name(mcp_name)
+        return known or mcp_name
 
     async def _registry_tools(self) -> list[dict[str, Any]]:
         try:

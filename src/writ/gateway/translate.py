@@ -31,12 +31,12 @@ from typing import Any
 import mcp_types as types
 from pydantic import ValidationError
 
+from writ_common.catalog import GATEWAY_SEPARATORS as SEPARATORS
 from writ_common.digest import sha256_digest
 from writ_common.events import Receipt
 from writ_common.mcp_client import IDEMPOTENCY_META_KEY
 
 SEPARATOR = "__"  # between a server's prefix and a tool's name, by default
-SEPARATORS = ("__", ".")  # the choices: model-safe, or MCP's own dotted spelling
 MCP_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 # What model APIs accept as a function name (OpenAI, Anthropic): a listed name outside it is logged.
 MODEL_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -72,7 +72,6 @@ __all__ = [
     "renamed",
     "template_pattern",
     "upstream_error",
-    "writ_tool_name",
 ]
 
 
@@ -113,14 +112,6 @@ class Naming:
             if (other := seen.setdefault(alias, server)) != server:
                 return f"alias {alias!r} stands for both {other!r} and {server!r}"
         return None
-
-
-def writ_tool_name(mcp_name: str) -> str:
-    """The Writ tool an MCP tool name stands for when the gateway did not list it: as it is, since
-    the registry reads ``server/tool``, a bare name unique across servers, and the gateway's
-    ``server__tool`` and ``server.tool`` spellings itself (:meth:`Catalog.resolve`), and says why
-    when it knows no such tool."""
-    return mcp_name
 
 
 @dataclass(frozen=True, slots=True)
