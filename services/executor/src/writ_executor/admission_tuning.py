@@ -24,13 +24,12 @@ route per tick, summarising the move since the route's last recorded limit:
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from writ_common import events as ev
 from writ_common.envelope import StoredEvent, parse_time
+from writ_executor.call_window import Timeline, nearest_rank, throughput
 
 MIN_CALLS = 5  # a baseline or a verdict over fewer calls says nothing
 BOOK_SIZE = 20_000  # calls (and refusals) kept per route: enough for any window at hundreds of calls/s
@@ -64,47 +63,33 @@ def route_of(server: str, tool: str) -> str:
 
 @dataclass(slots=True)
 class RouteBook:
-    """Per route: when calls ended, their latency and the calls in flight then; when calls were refused."""
+    """Per route: when calls ended, their latency (ms) and the calls in flight then; when calls were refused."""
 
-    calls: dict[str, deque[tuple[datetime, float, int]]] = field(default_factory=dict)
-    refused: dict[str, deque[datetime]] = field(default_factory=dict)
+    calls: Timeline[tuple[float, int]] = field(default_factory=lambda: Timeline(BOOK_SIZE))
+    refused: Timeline[None] = field(default_factory=lambda: Timeline(BOOK_SIZE))
 
     def record_call(self, route: str, at: datetime, rtt_ms: float, in_flight: int) -> None:
-        self.calls.setdefault(route, deque(maxlen=BOOK_SIZE)).append((at, rtt_ms, in_flight))
+        self.calls.add(route, at, (rtt_ms, in_flight))
 
     def record_refused(self, route: str, at: datetime) -> None:
-        self.refused.setdefault(route, deque(maxlen=BOOK_SIZE)).append(at)
+        self.refused.add(route, at, None)
 
     def prune(self, before: datetime) -> None:
-        for calls in self.calls.values():
-            while calls and calls[0][0] < before:
-                calls.popleft()
-        for refused in self.refused.values():
-            while refused and refused[0] < before:
-                refused.popleft()
+        self.calls.prune(before)
+        self.refused.prune(before)
 
     def signals(self, route: str, since: datetime, until: datetime, target_ms: float | None) -> ev.AdmissionSignals:
-        ended = [(at, ms, n) for at, ms, n in self.calls.get(route, ()) if since <= at <= until]
-        took = sorted(ms for _, ms, _ in ended)
-        refused = sum(1 for at in self.refused.get(route, ()) if since <= at <= until)
-        # Over the calls' own span, so a window that began before the load does not dilute it.
-        span = (ended[-1][0] - ended[0][0]).total_seconds() if len(ended) > 1 else 0.0
+        ended = self.calls.between(route, since, until)
+        took = sorted(ms for _, (ms, _n) in ended)
         return ev.AdmissionSignals(
             calls=len(took),
-            overloaded=refused,
-            throughput=round((len(took) - 1) / span, 3) if span > 0 else 0.0,
-            p50_ms=rank(took, 0.5),
-            p99_ms=rank(took, 0.99),
+            overloaded=len(self.refused.between(route, since, until)),
+            throughput=throughput(ended),
+            p50_ms=nearest_rank(took, 0.5),
+            p99_ms=nearest_rank(took, 0.99),
             target_ms=None if target_ms is None else round(target_ms, 3),
-            peak_in_flight=max((n for _, _, n in ended), default=0),
+            peak_in_flight=max((n for _, (_ms, n) in ended), default=0),
         )
-
-
-def rank(ordered: list[float], q: float) -> float | None:
-    """The nearest-rank ``q`` quantile of sorted milliseconds (None: no calls)."""
-    if not ordered:
-        return None
-    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 3)
 
 
 @dataclass(slots=True)

@@ -13,13 +13,13 @@ Pure.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from writ_common import events as ev
 from writ_common.envelope import StoredEvent, parse_time
+from writ_executor.call_window import Timeline, nearest_rank, throughput
 
 MIN_CALLS = 5  # a baseline or a verdict over fewer calls says nothing
 
@@ -39,50 +39,36 @@ class Tuning:
 
 @dataclass(slots=True)
 class CallBook:
-    """Per server: when calls ended and how long each took, and when a call found no slot."""
+    """Per server: when calls ended and how long each took (seconds), and when a call found no slot."""
 
-    calls: dict[str, deque[tuple[datetime, float]]] = field(default_factory=dict)
-    busy: dict[str, deque[datetime]] = field(default_factory=dict)
+    calls: Timeline[float] = field(default_factory=Timeline)
+    busy: Timeline[None] = field(default_factory=Timeline)
 
     def record_call(self, server: str, at: datetime, seconds: float) -> None:
         """A call that ended; a server's first one is left out: it opened the session, and would
         stand for seconds of start-up in any percentile of the calls after it."""
-        if server not in self.calls:
-            self.calls[server] = deque()
+        if server not in self.calls.by_key:
+            self.calls.by_key[server] = deque()
             return
-        self.calls[server].append((at, seconds))
+        self.calls.add(server, at, seconds)
 
     def record_busy(self, server: str, at: datetime) -> None:
-        self.busy.setdefault(server, deque()).append(at)
+        self.busy.add(server, at, None)
 
     def prune(self, before: datetime) -> None:
-        for calls in self.calls.values():
-            while calls and calls[0][0] < before:
-                calls.popleft()
-        for busy in self.busy.values():
-            while busy and busy[0] < before:
-                busy.popleft()
+        self.calls.prune(before)
+        self.busy.prune(before)
 
     def signals(self, server: str, since: datetime, until: datetime) -> ev.LimitSignals:
-        ended = [(at, s) for at, s in self.calls.get(server, ()) if since <= at <= until]
+        ended = self.calls.between(server, since, until)
         took = sorted(s for _, s in ended)
-        busy = sum(1 for at in self.busy.get(server, ()) if since <= at <= until)
-        # Over the calls' own span, so a window that began before the load does not dilute it.
-        span = (ended[-1][0] - ended[0][0]).total_seconds() if len(ended) > 1 else 0.0
         return ev.LimitSignals(
             calls=len(took),
-            busy=busy,
-            throughput=round((len(took) - 1) / span, 3) if span > 0 else 0.0,
-            p50_ms=rank_ms(took, 0.5),
-            p95_ms=rank_ms(took, 0.95),
+            busy=len(self.busy.between(server, since, until)),
+            throughput=throughput(ended),
+            p50_ms=nearest_rank(took, 0.5, scale=1000),
+            p95_ms=nearest_rank(took, 0.95, scale=1000),
         )
-
-
-def rank_ms(sorted_seconds: list[float], q: float) -> float | None:
-    """The nearest-rank ``q`` quantile, in milliseconds (None: no calls)."""
-    if not sorted_seconds:
-        return None
-    return round(sorted_seconds[max(0, math.ceil(q * len(sorted_seconds)) - 1)] * 1000, 3)
 
 
 @dataclass(slots=True)
@@ -133,7 +119,7 @@ def next_change(limits: Limits, book: CallBook, tuning: Tuning, now: datetime) -
         return verdict(limits.pending, limits.pending_at, book, tuning, now)
     window = timedelta(seconds=tuning.window_s)
     candidates = []
-    for server in book.busy:
+    for server in book.busy.by_key:
         old = limits.limit(server, tuning.floor)
         base = book.signals(server, now - window, now)
         if base.busy and base.calls >= MIN_CALLS and old < tuning.ceiling:
