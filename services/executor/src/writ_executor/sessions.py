@@ -51,7 +51,7 @@ from mcp.types import (
     ToolListChangedNotification,
     UnsubscribeRequest,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from writ_common import events as ev
 from writ_common.mcp_client import open_session
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0  # seconds a session has to close (the SDK stops its server within about 4 s)
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 # The MCP requests of the governed operations other than tools/call (writ_common.operations), by method.
 _REQUESTS: dict[str, Any] = {
     "resources/read": ReadResourceRequest,
@@ -118,16 +119,22 @@ def session_forgotten(exc: MCPError) -> bool:
     return exc.code == INVALID_REQUEST and "session" in message and ("not found" in message or "terminated" in message)
 
 
+async def send_subscription(
+    session: ClientSession, uri: str, wanted: bool, *, meta: dict[str, Any], timeout: float
+) -> None:
+    """``resources/subscribe`` (``wanted``) or ``resources/unsubscribe`` ``uri`` on ``session``."""
+    method = "resources/subscribe" if wanted else "resources/unsubscribe"
+    request = _REQUESTS[method].model_validate({"method": method, "params": {"uri": uri, "_meta": meta}})
+    await session.send_request(request, EmptyResult, request_read_timeout_seconds=timeout)
+
+
 async def subscribe_all(session: ClientSession, uris: list[str], timeout: float) -> set[str]:
     """``resources/subscribe`` to each of ``uris`` on ``session``; the URIs the server accepted
     (one it refuses, or does not answer in time, is left out and the others still go)."""
     done: set[str] = set()
     for uri in uris:
-        request = SubscribeRequest.model_validate({"method": "resources/subscribe", "params": {"uri": uri}})
         try:
-            await asyncio.wait_for(
-                session.send_request(request, EmptyResult, request_read_timeout_seconds=timeout), timeout
-            )
+            await asyncio.wait_for(send_subscription(session, uri, True, meta={}, timeout=timeout), timeout)
         except (MCPError, TimeoutError, ValidationError) as exc:
             log.warning("re-subscribing %s: %s", uri, exc)
             continue
@@ -200,25 +207,25 @@ class _Warm:
     async def _on_sampling(
         self, context: ClientRequestContext, params: CreateMessageRequestParams
     ) -> CreateMessageResult | CreateMessageResultWithTools | ErrorData:
-        answer = await self._ask("sampling", params.model_dump(mode="json", by_alias=True, exclude_none=True))
-        if isinstance(answer, ErrorData):
-            return answer
         result_type = CreateMessageResultWithTools if params.tools or params.tool_choice else CreateMessageResult
-        try:
-            return result_type.model_validate(answer)
-        except ValidationError:
-            return ErrorData(code=INTERNAL_ERROR, message="writ: the client's answer is not a sampling result")
+        return await self._answered("sampling", params, result_type)
 
     async def _on_elicitation(
         self, context: ClientRequestContext, params: ElicitRequestParams
     ) -> ElicitResult | ErrorData:
-        answer = await self._ask("elicitation", params.model_dump(mode="json", by_alias=True, exclude_none=True))
+        return await self._answered("elicitation", params, ElicitResult)
+
+    async def _answered(self, kind: Kind, params: BaseModel, result_type: type[R]) -> R | ErrorData:
+        """The client's answer to the server's request, read as ``result_type`` (or the error the
+        server is told)."""
+        answer = await self._ask(kind, params.model_dump(mode="json", by_alias=True, exclude_none=True))
         if isinstance(answer, ErrorData):
             return answer
         try:
-            return ElicitResult.model_validate(answer)
+            return result_type.model_validate(answer)
         except ValidationError:
-            return ErrorData(code=INTERNAL_ERROR, message="writ: the client's answer is not an elicitation result")
+            what = "a sampling result" if kind == "sampling" else "an elicitation result"
+            return ErrorData(code=INTERNAL_ERROR, message=f"writ: the client's answer is not {what}")
 
     async def _ask(self, kind: Kind, params: dict[str, Any]) -> dict[str, Any] | ErrorData:
         """A server's request for input goes to the client of the one call in flight on this
@@ -370,14 +377,12 @@ class SessionPool:
         whether it was sent. Raises as :meth:`call`."""
         if not wanted and not self.holds(server.name, uri):
             return False
-        method = "resources/subscribe" if wanted else "resources/unsubscribe"
 
         async def send(session: ClientSession) -> bool:
             warm = self._holding(server.name, session)
             if (warm is not None and uri in warm.subscribed) == wanted:
                 return False  # as wanted already
-            request = _REQUESTS[method].model_validate({"method": method, "params": {"uri": uri, "_meta": meta}})
-            await session.send_request(request, EmptyResult, request_read_timeout_seconds=timeout)
+            await send_subscription(session, uri, wanted, meta=meta, timeout=timeout)
             if warm is not None:
                 (warm.subscribed.add if wanted else warm.subscribed.discard)(uri)
             return True
