@@ -180,35 +180,40 @@ async def wait_receipt(
     # from the stream, where only the stored one lives.
     sub = listening or await nc.subscribe(wake_subject or _receipt_subject(intent_id, agent_id))  # first: no gap
     deadline = time.monotonic() + timeout
-    unanswered: list[str] = []  # the bus's answer to the last read, when it had none (nodes restarting)
+    silence: str | None = None  # why the bus did not answer the last read (nodes restarting), if so
 
     async def look() -> Receipt | None:
+        nonlocal silence
         try:
             found = await fetch_receipt(nc, intent_id, agent_id=agent_id)
         except _NOT_ANSWERED as exc:  # the ledger stream not (yet) serving: not yet, not an error
-            unanswered[:] = [f"{type(exc).__name__}: {exc}"]
+            silence = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
             return None
-        unanswered.clear()
+        silence = None
         return found
 
-    heard_first = listening is not None  # a new intent's receipt cannot be stored before its notice
+    async def timed_out() -> ReceiptTimeout:
+        nonlocal silence
+        try:
+            said = await _timed_out(nc, intent_id, timeout, agent_id)
+        except _NOT_ANSWERED as exc:
+            silence = f"{type(exc).__name__}: {exc}"
+            said = ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s", intent_id=intent_id)
+        if silence is not None:
+            said.args = (f"{said}; the bus did not answer the last read ({silence})",)
+        return said
+
+    # Heard from before its submission, a new intent's receipt is not stored before its notice.
+    look_now = listening is None
     try:
         while True:
-            stored = None if heard_first else await look()
-            heard_first = False
-            if stored is not None:
+            if look_now and (stored := await look()) is not None:
                 return stored
+            look_now = True
             left = deadline - time.monotonic()
             if left <= 0:
-                try:
-                    timed_out = await _timed_out(nc, intent_id, timeout, agent_id)
-                except _NOT_ANSWERED as exc:
-                    unanswered[:] = [f"{type(exc).__name__}: {exc}"]
-                    timed_out = ReceiptTimeout(f"no receipt for {intent_id} within {timeout:g}s", intent_id=intent_id)
-                if unanswered:
-                    timed_out.args = (f"{timed_out}; the bus did not answer the last read ({unanswered[0]})",)
-                raise timed_out
+                raise await timed_out()
             try:
                 await sub.next_msg(timeout=min(left, 1.0))
             except nats.errors.TimeoutError:
