@@ -305,29 +305,25 @@ class Service:
             log.warning("%s: fault hook: exiting after append %d, before the ack", self.name, self._appends)
             os._exit(faults.EXIT_CODE)
 
-    def sweep(self, rule: SweepRule, *, occurrence: Callable[[IntentView], int | str] = lambda _v: 0) -> None:
-        """Nothing stranded: every ``SWEEP_TICK``, end by ``rule`` the open intents past their
-        deadline (and ``SWEEP_GRACE``), whatever left them open. Appends are fenced, so every
-        replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
-        so a sweep and a stage deciding the same end store it once."""
-        index = OpenIntents()
+    def every(self, what: str, period: float, step: Callable[[], Awaitable[None]], *, at_start: bool = False) -> None:
+        """Run ``step`` every ``period`` seconds from the service's start to its stop (the sweeper,
+        the executor's control loops), the first time at start when ``at_start``; a step that fails
+        is logged and the next tick tries again. Stopped before the broker: a step in the middle
+        of its reads would meet a draining connection."""
         tasks: list[asyncio.Task[None]] = []
 
         async def loop() -> None:
+            wait = 0.0 if at_start else period
             while True:
-                await asyncio.sleep(SWEEP_TICK)
+                await asyncio.sleep(wait)
+                wait = period
                 try:
-                    await index.catch_up(self.nc)
-                    now = datetime.now(UTC)
-                    for intent_id, submitted in list(index.open.items()):
-                        if past_due(submitted, now):
-                            await self.sweep_one(index, submitted, rule, occurrence)
-                            log.debug("%s: swept %s", self.name, intent_id)
+                    await step()
                 except Exception:
-                    log.exception("%s: sweeping for stranded intents failed; next tick tries again", self.name)
+                    log.exception("%s: the %s failed this tick; the next one tries again", self.name, what)
 
         async def start() -> None:
-            tasks.append(asyncio.create_task(loop(), name=f"{self.name}-sweep"))
+            tasks.append(asyncio.create_task(loop(), name=f"{self.name}-{what}"))
 
         async def stop() -> None:
             for task in tasks:
@@ -336,8 +332,24 @@ class Service:
                     await task
 
         self.on_startup(start)
-        # Before the broker stops: a sweep in the middle of its reads would meet a draining connection.
         self._before_stop.append(stop)
+
+    def sweep(self, rule: SweepRule, *, occurrence: Callable[[IntentView], int | str] = lambda _v: 0) -> None:
+        """Nothing stranded: every ``SWEEP_TICK``, end by ``rule`` the open intents past their
+        deadline (and ``SWEEP_GRACE``), whatever left them open. Appends are fenced, so every
+        replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
+        so a sweep and a stage deciding the same end store it once."""
+        index = OpenIntents()
+
+        async def sweep_once() -> None:
+            await index.catch_up(self.nc)
+            now = datetime.now(UTC)
+            for intent_id, submitted in list(index.open.items()):
+                if past_due(submitted, now):
+                    await self.sweep_one(index, submitted, rule, occurrence)
+                    log.debug("%s: swept %s", self.name, intent_id)
+
+        self.every("sweep for stranded intents", SWEEP_TICK, sweep_once)
 
     async def sweep_one(
         self,

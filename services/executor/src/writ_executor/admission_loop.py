@@ -23,7 +23,6 @@ from writ_executor.admission_tuning import (
     next_changes,
     route_of,
 )
-from writ_executor.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ class AdmissionLoop:
         self.tuning = admission_tuning(settings)
         self.record = AdmissionRecord()
         self.follower = svc.follow(subjects.EXECUTOR_STREAM, self.on_event)
-        period = min(1.0, self.tuning.verify_s / 3)
-        self.ticker = Ticker(svc, "admission loop", self.tune_once, period=period, enabled=settings.admission)
+        self.enabled = settings.admission
 
     def on_event(self, event: StoredEvent) -> None:
         route = apply_admission_event(self.record, event)
@@ -86,4 +84,5 @@ class AdmissionLoop:
         )
 
     def wire(self) -> None:
-        self.ticker.wire()
+        if self.enabled:
+            self.svc.every("admission loop", min(1.0, self.tuning.verify_s / 3), self.tune_once)

@@ -76,7 +76,8 @@ class ResourceRelay:
         self.digests: dict[tuple[str, str], str] = {}  # (server, list method) -> digest of its last answer
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._keeper: asyncio.Task[None] | None = None
+        self._started = False  # the view changes after start reconcile this replica's sessions
+        self._pinged = time.monotonic()
         self._retry_at: dict[str, tuple[float, float]] = {}  # server -> (when, backoff) after a failed open
         pool.on_open = self.resubscribe
 
@@ -84,7 +85,7 @@ class ResourceRelay:
 
     def apply(self, event: StoredEvent) -> None:
         key = self.view.apply(event.payload)
-        if key is not None and self._keeper is not None and self.pool.is_open(key[0]):
+        if key is not None and self._started and self.pool.is_open(key[0]):
             # Perhaps another replica's subscription: this replica's session follows the view too.
             self._spawn(self.reconcile(*key))
 
@@ -179,25 +180,21 @@ class ResourceRelay:
     async def keep(self) -> None:
         """Every server with live subscriptions has a session (and so its subscriptions upstream);
         a session the server forgot (an HTTP server restarted, with no call to find out) is seen
-        by a ping every PING_EVERY seconds and replaced."""
-        pinged = time.monotonic()
-        while True:
-            now = time.monotonic()
-            servers = sorted(self.view.servers())
-            if now - pinged >= PING_EVERY:
-                pinged = now
-                open_ = [name for name in servers if self.pool.is_open(name)]
-                lost_ones = await asyncio.gather(*(self.pool.forgotten(n, RESUBSCRIBE_TIMEOUT) for n in open_))
-                for name, lost in zip(open_, lost_ones, strict=True):
-                    if lost:
-                        log.warning("executor: %s forgot its session; opening a new one for its subscriptions", name)
-            due = [
-                name
-                for name in servers
-                if not self.pool.is_open(name) and self._retry_at.get(name, (0.0, 0.0))[0] <= now
-            ]
-            await asyncio.gather(*(self._open(name) for name in due))
-            await asyncio.sleep(KEEP_INTERVAL)
+        by a ping every PING_EVERY seconds and replaced. One step: the service runs it every
+        KEEP_INTERVAL seconds."""
+        now = time.monotonic()
+        servers = sorted(self.view.servers())
+        if now - self._pinged >= PING_EVERY:
+            self._pinged = now
+            open_ = [name for name in servers if self.pool.is_open(name)]
+            lost_ones = await asyncio.gather(*(self.pool.forgotten(n, RESUBSCRIBE_TIMEOUT) for n in open_))
+            for name, lost in zip(open_, lost_ones, strict=True):
+                if lost:
+                    log.warning("executor: %s forgot its session; opening a new one for its subscriptions", name)
+        due = [
+            name for name in servers if not self.pool.is_open(name) and self._retry_at.get(name, (0.0, 0.0))[0] <= now
+        ]
+        await asyncio.gather(*(self._open(name) for name in due))
 
     async def _open(self, name: str) -> None:
         resolved = await self.resolved(name)
@@ -221,17 +218,12 @@ class ResourceRelay:
         resolved = resolve(server, self.secrets.current_or_none())
         return None if isinstance(resolved, Refusal) else resolved
 
-    async def start(self) -> None:
-        self._keeper = asyncio.create_task(self.keep(), name="resource-subscriptions")
-
     async def stop(self) -> None:
-        for task in (self._keeper, *self._tasks):
-            if task is not None:
-                task.cancel()
-        for task in (self._keeper, *self._tasks):
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await task
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
 
     def _lock(self, server: str, uri: str) -> asyncio.Lock:
         return self._locks.setdefault((server, uri), asyncio.Lock())
@@ -242,5 +234,9 @@ class ResourceRelay:
         task.add_done_callback(self._tasks.discard)
 
     def wire(self) -> None:
-        self.svc.on_startup(self.start)
+        self.svc.on_startup(self.started)
+        self.svc.every("resource subscriptions' sessions", KEEP_INTERVAL, self.keep, at_start=True)
         self.svc.on_shutdown(self.stop)
+
+    async def started(self) -> None:
+        self._started = True

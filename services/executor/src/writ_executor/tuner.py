@@ -13,7 +13,6 @@ from writ_common.envelope import StoredEvent
 from writ_common.service import Service
 from writ_common.settings import WritSettings
 from writ_executor.slots import ServerSlots
-from writ_executor.ticker import Ticker
 from writ_executor.tuning import CallBook, Limits, Tuning, apply_limit_event, next_change, slot_limits
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ class ConcurrencyTuner:
         self.limits = Limits()  # the loop's changes, and the one awaiting its verdict
         self.calls = CallBook()
         self.follower = svc.follow(subjects.EXECUTOR_STREAM, self.on_limit)
-        self.ticker = Ticker(svc, "concurrency loop", self.tune_once, period=TUNE_TICK, enabled=self.tuning.enabled)
 
     def on_limit(self, event: StoredEvent) -> None:
         apply_limit_event(self.limits, event)
@@ -58,4 +56,5 @@ class ConcurrencyTuner:
         await self.follower.ensure_fresh()
 
     def wire(self) -> None:
-        self.ticker.wire()
+        if self.tuning.enabled:
+            self.svc.every("concurrency loop", TUNE_TICK, self.tune_once)
