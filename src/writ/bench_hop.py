@@ -37,20 +37,16 @@ async def one_consumer(plane: Plane, replicas: int, in_memory: bool, n: int) -> 
     publisher = await nats.connect(settings.nats_servers(), **settings.bus_options())
     stage = await nats.connect(settings.nats_servers(), **settings.bus_options())
     js, stage_js = publisher.jetstream(), stage.jetstream()
-    prefix = f"bench.hop.{'memory' if in_memory else 'file'}"
-    durable = f"hop-{'memory' if in_memory else 'file'}"
-    with contextlib.suppress(nats.errors.Error):
-        await js.add_stream(
-            StreamConfig(
-                name=STREAM,
-                subjects=["bench.hop.>"],
-                num_replicas=replicas,
-                storage=StorageType.FILE,
-                allow_direct=True,
-            )
+    state = "memory" if in_memory else "file"
+    prefix, durable, stream = f"bench.hop.{state}", f"hop-{state}", f"{STREAM}_{state.upper()}"
+    # A stream of its own per consumer: created once, nothing to take for "already there".
+    await js.add_stream(
+        StreamConfig(
+            name=stream, subjects=[f"{prefix}.>"], num_replicas=replicas, storage=StorageType.FILE, allow_direct=True
         )
+    )
     await js.add_consumer(
-        STREAM,
+        stream,
         ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -58,7 +54,7 @@ async def one_consumer(plane: Plane, replicas: int, in_memory: bool, n: int) -> 
             mem_storage=in_memory or None,
         ),
     )
-    pull = await stage_js.pull_subscribe_bind(durable, stream=STREAM)
+    pull = await stage_js.pull_subscribe_bind(durable, stream=stream)
     delivered: dict[str, float] = {}
     arrived = asyncio.Event()
 
