@@ -144,9 +144,10 @@ async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[Writ
             "env": {"FAULTY_DB": str(settings.data_dir / "slow.sqlite3")},
         },
     )
-    await commands.call(
-        nc, "registry", "add_server", {"name": "serial", "command": sys.executable, "args": [str(SERIAL_SERVER)]}
-    )
+    # The same one-at-a-time tool twice: declared as such at registration, and not.
+    serial = {"command": sys.executable, "args": [str(SERIAL_SERVER)]}
+    await commands.call(nc, "registry", "add_server", {"name": "serial", "max_concurrency": 1, **serial})
+    await commands.call(nc, "registry", "add_server", {"name": "serial-undeclared", **serial})
     await commands.call(nc, "policy", "load", {"cedar": POLICY})
     agents = []
     for i in range(callers):  # one agent per caller, as real agents would be
@@ -198,6 +199,7 @@ TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast": ("time/get_current_time", {"timezone": "UTC"}),
     "slow": ("slow/slow", {"seconds": 0.2, "token": "bench"}),
     "serial": ("serial/work", {"seconds": SERIAL_WORK_S}),
+    "serial-undeclared": ("serial-undeclared/work", {"seconds": SERIAL_WORK_S}),
 }
 
 
@@ -367,14 +369,17 @@ async def recovery_phase(
     out["recovery"] = {"capacity_calls_per_s": None, "runs": tried}
 
 
-async def overload_phase(plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any]) -> None:
+async def overload_phase(
+    plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any], *, tool: str = "serial"
+) -> None:
     """A route that serves one call at a time (capacity 1/work seconds calls/s): half its capacity,
-    then 4x its capacity for ``overload_seconds``, then half again; the executor's adaptive limit
-    sheds the excess as `overloaded`."""
+    then 4x its capacity for ``overload_seconds``, then half again; admission sheds the excess as
+    `overloaded`. ``tool``: ``serial``, whose server is registered with ``max_concurrency: 1``, or
+    ``serial-undeclared``, the same server with nothing declared (the adaptive limit alone)."""
     work = opts.overload_work_seconds
     capacity = 1 / work
     calm, burst, after = opts.overload_seconds, opts.overload_seconds, 10.0
-    name, arguments = TOOLS["serial"][0], {"seconds": work}
+    name, arguments = TOOLS[tool][0], {"seconds": work}
     await agents[0].call(name, arguments, idempotency_key=uuid.uuid4().hex, timeout=60)  # start its session
     log = plane.data_dir / "logs" / "executor.log"
     log_from = log.stat().st_size if log.exists() else 0
@@ -382,8 +387,8 @@ async def overload_phase(plane: Plane, nc: Client, agents: list[WritAgent], opts
         plane,
         nc,
         agents,
-        OpenRun("serial", 4 * capacity, calm + burst + after),
-        "serial",
+        OpenRun(tool, 4 * capacity, calm + burst + after),
+        tool,
         arguments=arguments,
         schedule=[(calm, capacity / 2), (burst, 4 * capacity), (after, capacity / 2)],
     )
@@ -396,9 +401,10 @@ async def overload_phase(plane: Plane, nc: Client, agents: list[WritAgent], opts
     adjustments = []
     with contextlib.suppress(OSError), log.open() as f:
         f.seek(log_from)
-        adjustments = [ln for ln in f if "admission serial/work: limit" in ln]
+        adjustments = [ln for ln in f if f"admission {name}: limit" in ln]
     limits = [int(ln.rsplit("-> ", 1)[1].split()[0]) for ln in adjustments]
     result = {
+        "server_declared_max_concurrency": 1 if tool == "serial" else None,
         "route_capacity_calls_per_s": capacity,
         "offered_calls_per_s": {"calm": capacity / 2, "burst": 4 * capacity},
         "burst_seconds": burst,
@@ -420,9 +426,10 @@ async def overload_phase(plane: Plane, nc: Client, agents: list[WritAgent], opts
         "limit_lowest": min(limits) if limits else None,
         "limit_at_end": limits[-1] if limits else None,
     }
-    out["overload"] = result
+    out["overload" if tool == "serial" else f"overload_{tool.replace('-', '_')}"] = result
+    declared = "declared max_concurrency 1" if tool == "serial" else "nothing declared"
     print(
-        f"overload: unloaded p99 {result['unloaded_p99_ms']} ms; during the 4x burst {result['accepted_during_burst']}"
+        f"overload ({declared}): unloaded p99 {result['unloaded_p99_ms']} ms; during the 4x burst {result['accepted_during_burst']}"
         f" accepted, p99 {result['accepted_p99_ms']} ms ({result['accepted_p99_over_unloaded_p99']}x;"
         f" second half {result['accepted_p99_ms_second_half']} ms),"
         f" {result['overloaded_answers']} overloaded (answered within {result['overloaded_answer_p99_ms']} ms p99,"
@@ -472,7 +479,8 @@ def main() -> None:
                         f"recovery capacity (executor killed and restarted): {out['recovery']['capacity_calls_per_s']}"
                     )
                 if "overload" in opts.phases:
-                    await overload_phase(plane, nc, agents[:16], opts, out)
+                    await overload_phase(plane, nc, agents[:16], opts, out, tool="serial")
+                    await overload_phase(plane, nc, agents[:16], opts, out, tool="serial-undeclared")
             finally:
                 await nc.close()
 

@@ -1,12 +1,16 @@
-"""Admission control on the session plane. A tool that serves one call at a time gets more calls
-than it can take: their latency grows, the executor cuts that route's limit (a metric and a log
-line say so, and the cut that persists is recorded as an event), and a burst that comes on top
-gets prompt, explicit ``overloaded`` answers with a retry-after; those calls never started; every
-intent ends in exactly one receipt; and the route takes a call again once the burst is over."""
+"""Admission control on the session plane, against a tool that serves one call at a time.
+
+Declared (``writ server add --max-concurrency 1``): Writ never sends it a second call; a burst gets
+prompt, explicit ``overloaded`` answers with a retry-after for what it has no place for (those
+calls never started), and the calls it took run. Not declared: the calls queue at the tool, their
+latency grows, the executor cuts that route's limit (a metric and a log line say so, and the cut
+that persists is recorded as an event), and a burst that comes on top is answered at once. Either
+way every intent ends in exactly one receipt, and the route takes a call again afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 import urllib.request
@@ -20,7 +24,7 @@ from writ.sdk import retry_after
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import direct_get_batch
-from writ_common.envelope import decode
+from writ_common.envelope import decode, parse_time
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 
@@ -37,6 +41,75 @@ def route_limit(scene: Scene, route: str) -> float | None:
             if line.startswith(f'writ_admission_limit{{route="{route}"}}'):
                 return float(line.rsplit(" ", 1)[1])
     return None
+
+
+async def burst_onto(scene: Scene, route: str, n: int) -> list[tuple[ev.Receipt, float]]:
+    """``n`` calls submitted at once: each one's receipt, and when it came (seconds from the burst)."""
+    began = time.monotonic()
+    burst = [await scene.agent.submit(route, {"seconds": WORK}) for _ in range(n)]
+
+    async def answer(intent_id: str) -> tuple[ev.Receipt, float]:
+        receipt = await scene.receipt(intent_id, timeout=60)
+        return receipt, time.monotonic() - began
+
+    return await asyncio.gather(*(answer(s.intent_id) for s in burst))
+
+
+async def test_a_burst_on_a_server_declared_one_at_a_time_is_answered_at_once_past_one_call(
+    scene: Scene, tmp_path: Path
+) -> None:
+    server = f"serial1-{scene.suffix}"
+    route = f"{server}/work"
+    await scene.ok("server", "add", server, "--max-concurrency", "1", "--", sys.executable, str(SERIAL))
+    await scene.load_policy(
+        f'@id("all1") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
+    )
+    warm = await scene.agent.call(route, {"seconds": WORK}, timeout=30)  # the session, and a baseline
+    assert warm.status == "succeeded", warm.reason
+    answers = await burst_onto(scene, route, FIRST)
+    refused = [(r, at) for r, at in answers if r.code == "overloaded"]
+    ran = [r for r, _ in answers if r.code != "overloaded"]
+    assert len(refused) >= FIRST // 2, Counter((r.status, r.code) for r, _ in answers)
+    assert ran and {r.status for r in ran} == {"succeeded"}, "the calls it took all ran"
+    for receipt, at in refused:
+        assert receipt.status == "failed" and "did not run" in receipt.reason, receipt.reason
+        assert at < FIRST * WORK / 2, f"an overloaded answer came after {at:.1f} s: not prompt"
+        assert (retry_after(receipt) or 0) >= 0.1, receipt.result
+        kinds = [type(e.payload) for e in await scene.history(receipt.intent_id)]
+        assert ev.ExecutionStarted not in kinds, "an overloaded call never started"
+    stored = await direct_get_batch(
+        scene.operator, subjects.LEDGER_STREAM, subjects.agent_receipts(scene.agent.agent_id)
+    )
+    per_intent = Counter(decode(m.data).envelope.intent_id for m in stored)
+    submitted = [r.intent_id for r, _ in answers]
+    assert {i: per_intent[i] for i in submitted} == dict.fromkeys(submitted, 1), "exactly one receipt per intent"
+    # Callers that keep coming, each back after its retry-after: the calls it takes never overlap.
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            receipt = await scene.agent.call(route, {"seconds": WORK}, timeout=60)
+            assert receipt.code in {"ok", "overloaded"}, receipt
+            if receipt.code == "ok":
+                ran.append(receipt)
+            await asyncio.sleep(retry_after(receipt) or 0.0)
+
+    callers = [asyncio.create_task(caller()) for _ in range(3)]
+    await asyncio.sleep(8 * WORK)
+    stop.set()
+    await asyncio.gather(*callers)
+    assert len(ran) >= 4, ran
+    spans = []
+    for receipt in ran:
+        history = await scene.history(receipt.intent_id)
+        started = [parse_time(e.envelope.occurred_at) for e in history if isinstance(e.payload, ev.ExecutionStarted)]
+        ended = [parse_time(e.envelope.occurred_at) for e in history if isinstance(e.payload, ev.ExecutionSucceeded)]
+        spans.append((started[0], ended[0]))
+    spans.sort()
+    for (_, ended), (started, _) in itertools.pairwise(spans):
+        assert started >= ended, f"two calls at once on a server declared to take one: {spans}"
+    again = await scene.agent.call(route, {"seconds": 0.01}, timeout=30)
+    assert again.status == "succeeded", again.reason
 
 
 async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_receipt_each(
@@ -60,14 +133,7 @@ async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_rec
     limit = route_limit(scene, route)
     assert limit is not None and limit < 32, f"the route's limit was cut from 32: {limit}"
 
-    began = time.monotonic()
-    burst = [await scene.agent.submit(route, {"seconds": WORK}) for _ in range(BURST)]
-
-    async def answer(intent_id: str) -> tuple[ev.Receipt, float]:
-        receipt = await scene.receipt(intent_id, timeout=60)
-        return receipt, time.monotonic() - began
-
-    answers = await asyncio.gather(*(answer(s.intent_id) for s in burst))
+    answers = await burst_onto(scene, route, BURST)
     refused = [(r, at) for r, at in answers if r.code == "overloaded"]
     assert len(refused) >= BURST // 2, Counter((r.status, r.code) for r, _ in answers)
     assert {r.code for r, _ in answers} <= {"ok", "overloaded"}
@@ -80,7 +146,7 @@ async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_rec
         assert ev.ExecutionStarted not in kinds, "an overloaded call never started"
     assert {r.status for r in await asyncio.gather(*waits)} == {"succeeded"}, "the first calls all ran"
 
-    submitted = [s.intent_id for s in [*first, *burst]]
+    submitted = [*(s.intent_id for s in first), *(r.intent_id for r, _ in answers)]
     stored = await direct_get_batch(
         scene.operator, subjects.LEDGER_STREAM, subjects.agent_receipts(scene.agent.agent_id)
     )

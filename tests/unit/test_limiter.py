@@ -123,13 +123,53 @@ def test_a_cut_starts_from_the_calls_in_use_not_from_a_limit_far_above_them() ->
     assert cut is not None and (cut.old, cut.new) == (32, 4)
 
 
-def test_a_route_is_congested_only_once_latency_has_cut_its_limit() -> None:
-    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0, streak=1))
+def test_a_route_is_congested_once_latency_cut_its_limit_and_for_one_window_after() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0, streak=1, window_s=30.0))
     fill(limiter)
-    assert not limiter.congested, "full at its maximum: a burst, not a struggling tool"
+    assert not limiter.congested(0.0), "full at its maximum: a burst, not a struggling tool"
     limiter.release(100.0, now=0.0)
     limiter.release(300.0, now=1.0)
-    assert limiter.limit < 4 and limiter.congested
+    assert limiter.limit < 4 and limiter.congested(1.0) and limiter.congested(30.9)
+    assert not limiter.congested(31.0), "a window later, the cut is history"
+
+
+def test_a_call_in_flight_past_the_bound_makes_the_route_congested_before_it_ends() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0, streak=1))
+    limiter.try_acquire()
+    limiter.release(100.0, now=0.0)  # baseline 100 ms: bound 150 ms
+    limiter.try_acquire()
+    limiter.sent(7, 1.0)
+    assert not limiter.congested(1.1)
+    assert limiter.congested(1.2), "200 ms and still running, against a bound of 150 ms"
+    limiter.release(None, now=1.3, token=7)
+    assert not limiter.congested(1.3), "it ended: nothing in flight is late"
+
+
+def test_after_a_cut_the_limit_holds_for_a_window_then_rises_again() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=8, slack_ms=0.0, streak=1, window_s=30.0))
+    fill(limiter)
+    limiter.release(100.0, now=0.0)
+    assert limiter.release(300.0, now=1.0) is not None
+    cut = limiter.limit
+    for t in (2.0, 10.0, 30.0):
+        fill(limiter)
+        assert limiter.release(100.0, now=t) is None
+    assert limiter.limit == cut, "held while the route is congested"
+    fill(limiter)
+    raised = limiter.release(100.0, now=31.5)
+    assert raised is not None and raised.new == cut + 1
+
+
+def test_queue_room_is_the_bound_less_two_fastest_calls() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(tolerance=1.5, slack_ms=250.0))
+    assert limiter.queue_room_ms() is None, "before any call: unknown"
+    limiter.try_acquire()
+    limiter.release(500.0, now=0.0)  # bound 750 ms: one more call behind it would take 1000
+    assert limiter.queue_room_ms() == 0.0
+    fast = RouteLimiter("s/u", LimiterConfig(tolerance=1.5, slack_ms=250.0))
+    fast.try_acquire()
+    fast.release(2.0, now=0.0)
+    assert fast.queue_room_ms() == pytest.approx(248.0)
 
 
 def test_routes_have_limits_of_their_own() -> None:
@@ -152,3 +192,13 @@ def test_the_overloaded_answer_names_route_limit_and_retry_after() -> None:
     assert isinstance(answer, ev.ExecutionFailed) and answer.code == "overloaded" and answer.retryable
     assert "retry after 250 ms" in answer.reason and "did not run" in answer.reason
     assert answer.result == {"retry_after_ms": 250, "route": "time/get_current_time", "limit": 4}
+
+
+def test_a_declared_capacity_caps_the_limit_and_no_raise_passes_it() -> None:
+    limiter = RouteLimiter("s/t", LimiterConfig(initial=32, maximum=32), capacity=1)
+    assert limiter.limit == 1 and fill(limiter) == 1
+    assert limiter.release(100.0, now=0.0) is None and limiter.limit == 1, "good latency: still one"
+    limiter.declare(4)
+    assert limiter.limit == 1 and limiter.maximum == 4, "a larger capacity is room to rise, not a raise"
+    limiter.declare(None)
+    assert limiter.limit == 32 and limiter.maximum == 32, "no longer declared: the configured start again"

@@ -64,6 +64,7 @@ class TestAddServer:
             server(name="mail", transport="http", command=None, url="https://mail.example/mcp"),
             server(secret_env={"TOKEN": "mail-token"}),
             server(name="mail", transport="http", command=None, url="https://m/", secret_headers={"Auth": "m-key"}),
+            server(max_concurrency=1),
         ],
     )
     def test_a_complete_configuration_is_accepted(self, config: ev.ServerRegistered) -> None:
@@ -92,6 +93,10 @@ class TestAddServer:
             (
                 server(env={"TOKEN": "plain"}, secret_env={"TOKEN": "k"}),
                 Refusal(code="invalid_server", reason="'TOKEN' is given both a value and a secret reference"),
+            ),
+            (
+                server(max_concurrency=0),
+                Refusal(code="invalid_server", reason="max_concurrency must be between 1 and 1024, not 0"),
             ),
         ],
     )

@@ -197,6 +197,7 @@ async def _add_server(
     env: list[str] | None,
     headers: list[str] | None,
     idempotency_header: str | None,
+    max_concurrency: int | None = None,
 ) -> dict[str, Any]:
     env_values, env_secrets = parse_pairs(env, "--env")
     header_values, header_secrets = parse_pairs(headers, "--header")
@@ -209,6 +210,8 @@ async def _add_server(
         if body["transport"] != "http":
             fail("invalid_server", "--idempotency-header is for an HTTP server (--url)")
         body["idempotency_header"] = idempotency_header
+    if max_concurrency is not None:
+        body["max_concurrency"] = max_concurrency
     async with connect(settings()) as nc:
         return dict(await call(nc, "registry", "add_server", body, timeout=ADD_SERVER_TIMEOUT))
 
@@ -258,10 +261,25 @@ def server_add(
     idempotency_header: Annotated[
         str | None, typer.Option(help="HTTP: the header through which the server takes Writ's idempotency key")
     ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="The most calls the server takes at once (1: one at a time). Writ never sends it more;"
+            " a call past it waits briefly or is answered `overloaded` with a retry-after"
+        ),
+    ] = None,
 ) -> None:
     """Register an MCP server (stdio: `writ server add NAME -- COMMAND ARGS`; HTTP: --url) and list its tools."""
     added = run(
-        _add_server(name, command or [], url=url, env=env, headers=header, idempotency_header=idempotency_header)
+        _add_server(
+            name,
+            command or [],
+            url=url,
+            env=env,
+            headers=header,
+            idempotency_header=idempotency_header,
+            max_concurrency=max_concurrency,
+        )
     )
     console.print(f"[green]registered[/] server [bold]{added['server']}[/] · {len(added['tools'])} tools discovered")
     console.print(render.tools_table(added["tools"], title=f"tools of {added['server']}", width=console.width))

@@ -107,14 +107,16 @@ class WritSettings(BaseSettings):
         description="Admission control: a first attempt past its route's limit ends at once as `overloaded`",
     )
     admission_initial_limit: int = Field(
-        default=32, ge=1, description="Calls in flight per route (server/tool) at start, before any latency is seen"
+        default=32,
+        ge=1,
+        description="The adaptive limit per route (server/tool) at start, before any change is recorded",
     )
     admission_min_limit: int = Field(default=1, ge=1, description="The adaptive limit per route never goes below this")
     admission_max_limit: int = Field(
         default=32,
         ge=1,
         description="The adaptive limit per route never goes above this (nor above EXECUTOR_PER_SERVER,"
-        " or EXECUTOR_PER_SERVER_MAX when set)",
+        " or EXECUTOR_PER_SERVER_MAX when set, nor a server's declared max_concurrency)",
     )
     admission_tolerance: float = Field(
         default=1.5, ge=1.0, description="A call slower than this times its route's baseline cuts the limit"
@@ -129,13 +131,16 @@ class WritSettings(BaseSettings):
     )
     admission_backoff: float = Field(default=0.9, gt=0.0, lt=1.0, description="A cut multiplies the limit by this")
     admission_window_seconds: float = Field(
-        default=30.0, gt=0.0, description="The baseline is the fastest call of the last one to two such windows"
+        default=30.0,
+        gt=0.0,
+        description="The baseline is the fastest call of the last one to two such windows; after a cut,"
+        " a route is congested (its limit held, a call with no place answered at once) for one",
     )
     admission_max_wait_ms: int = Field(
         default=1000,
         ge=0,
-        description="A call that finds its route full waits for a place up to half a typical call of the route,"
-        " at most this long, before it is answered `overloaded`",
+        description="A call that finds its healthy route full waits in place up to half a typical call"
+        " (within the room its route's bound leaves for a queue), at most this long, before it waits in the stream",
     )
     admission_retry_after_min_ms: int = Field(
         default=100, ge=0, description="Least retry-after given with an `overloaded` answer"

@@ -353,6 +353,9 @@ class ServerRegistered(Payload, frozen=True, kw_only=True):
     url: str | None = None
     headers: dict[str, str] = {}
     idempotency_header: str | None = None  # http: the header through which the server takes the key
+    # The most calls the server takes at once, as its operator declares it (a server that serves
+    # one call at a time: 1); None: unknown, the executor's limits and latency decide.
+    max_concurrency: int | None = None
     # Secrets by reference, never by value: variable or header name -> secret name. Only the
     # executor resolves them, from its own store, when it opens a session.
     secret_env: dict[str, str] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -60,11 +61,15 @@ class Ticket:
     failure); None when it was never sent (that says nothing about the route's latency)."""
 
     route: str
+    token: int = 0
     rtt_ms: float | None = None
     _sent_at: float | None = None
+    _limiter: RouteLimiter | None = None
 
     def sent(self) -> None:
         self._sent_at = time.perf_counter()
+        if self._limiter is not None:
+            self._limiter.sent(self.token, time.monotonic())
 
     def received(self) -> None:
         if self._sent_at is not None:
@@ -72,11 +77,14 @@ class Ticket:
 
 
 class Admission:
-    """Tickets per route. A call that finds its route full waits in place for a freed place, at
-    most half a typical call of that route (half its retry-after, capped at ``admission_max_wait_ms``).
-    Past that, on a route whose latency has cut its limit, it is answered ``overloaded`` instead of
-    queueing without bound; on a route still at its maximum (no sign the tool is struggling: a
-    burst, or the backlog a restarted executor finds) it waits its turn in the stream."""
+    """Tickets per route. A call that finds its route full is answered ``overloaded`` at once when
+    the route is congested (latency cut its limit lately, or a call in flight is past the bound) or
+    has no room for a queue (its calls take longer than the slack: one call behind another already
+    breaks the bound): waiting would only make it, and every call behind it, slower. Otherwise it
+    waits in place for a freed place, at most the room and half a typical call (capped at
+    ``admission_max_wait_ms``); past that, unless the route has become congested meanwhile, it
+    waits its turn in the stream (a burst on a healthy route, the backlog a restarted executor
+    finds)."""
 
     def __init__(self, settings: WritSettings) -> None:
         self.enabled = settings.admission
@@ -84,32 +92,34 @@ class Admission:
         self.limits = RouteLimits(limiter_config(settings))
         self.book = RouteBook()  # what the admission loop (admission_loop) records and verifies by
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._tokens = itertools.count(1)
 
-    async def admit(self, server: str, tool: str) -> Ticket | ev.ExecutionFailed | None:
-        """A ticket for the call; or the ``overloaded`` answer to record (the route's latency has cut
-        its limit and no place freed in time); or None: the route is at its configured maximum
-        with healthy latency (a burst or a backlog the tool keeps up with), so the call waits its
-        turn in the stream. Admission off: always a ticket."""
+    async def admit(self, server: str, tool: str, capacity: int | None = None) -> Ticket | ev.ExecutionFailed | None:
+        """A ticket for the call; or the ``overloaded`` answer to record (the route had no place for
+        it and is congested, or cannot hold a queue within its bound); or None: the route is full
+        but healthy, so the call waits its turn in the stream. ``capacity``: the most calls the
+        server takes at once, as declared at its registration. Admission off: always a ticket."""
         route = f"{server}/{tool}"
         limiter = self.limits.of(route)
+        limiter.declare(capacity)
         if not limiter.try_acquire():
             if not self.enabled:
                 limiter.in_flight += 1  # not enforced: still measured, so the limit is observable
             elif not await self._wait_for_place(route, limiter):
-                if not limiter.congested:
+                if not limiter.congested(time.monotonic()) and limiter.queue_room_ms() != 0.0:
                     return None
                 metrics.OVERLOADED.labels(route).inc()
                 self.book.record_refused(route, datetime.now(UTC))
                 return overloaded(route, limiter.limit, limiter.retry_after_ms())
         metrics.ADMISSION_IN_FLIGHT.labels(route).set(limiter.in_flight)
         metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
-        return Ticket(route)
+        return Ticket(route, token=next(self._tokens), _limiter=limiter)
 
     def release(self, ticket: Ticket) -> None:
         limiter = self.limits.of(ticket.route)
         if ticket.rtt_ms is not None and self.enabled:
             self.book.record_call(ticket.route, datetime.now(UTC), ticket.rtt_ms, limiter.in_flight)
-        adjustment = limiter.release(ticket.rtt_ms, time.monotonic())
+        adjustment = limiter.release(ticket.rtt_ms, time.monotonic(), token=ticket.token)
         metrics.ADMISSION_IN_FLIGHT.labels(ticket.route).set(limiter.in_flight)
         if adjustment is not None:
             record(adjustment)
@@ -123,12 +133,21 @@ class Admission:
     def adopt(self, route: str, limit: int) -> None:
         """Set the route's limit to one the admission loop recorded (or a restart found recorded)."""
         limiter = self.limits.of(route)
-        limiter.limit = min(limiter.config.maximum, max(limiter.config.minimum, limit))
+        limiter.limit = limiter.clamp(limit)
         metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
+
+    def wait_ms(self, limiter: RouteLimiter) -> float:
+        """How long a call that found its route full may wait in place for a place: not at all on
+        a congested route; else half a typical call, within the route's room for a queue."""
+        if limiter.congested(time.monotonic()):
+            return 0.0
+        wait = min(limiter.retry_after_ms() / 2, self.max_wait_ms)
+        room = limiter.queue_room_ms()
+        return wait if room is None else min(wait, room)
 
     async def _wait_for_place(self, route: str, limiter: RouteLimiter) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(limiter.retry_after_ms() / 2, self.max_wait_ms) / 1000
+        deadline = loop.time() + self.wait_ms(limiter) / 1000
         waiters = self._waiters.setdefault(route, deque())
         while (remaining := deadline - loop.time()) > 0:
             waiter: asyncio.Future[None] = loop.create_future()

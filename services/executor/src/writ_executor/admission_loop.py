@@ -23,6 +23,7 @@ from writ_executor.admission_tuning import (
     next_changes,
     route_of,
 )
+from writ_executor.limiter import RouteLimiter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,14 @@ def admission_tuning(settings: WritSettings) -> AdmissionTuning:
         cooldown_s=settings.admission_cooldown_seconds,
         tolerance=settings.admission_verify_tolerance,
     )
+
+
+def proposal(limiter: RouteLimiter, recorded: int) -> int:
+    """The move of the route's limit to record: where the limiter has it, except that a server's
+    declared capacity capping it is no move of the loop's (recording it would only be reverted)."""
+    if limiter.capacity is not None and limiter.limit >= limiter.maximum:
+        return max(recorded, limiter.limit)
+    return limiter.limit
 
 
 class AdmissionLoop:
@@ -62,7 +71,9 @@ class AdmissionLoop:
         await self.follower.ensure_fresh()
         now = datetime.now(UTC)
         routes = self.admission.limits.routes
-        proposed = {route: limiter.limit for route, limiter in routes.items()}
+        proposed = {
+            route: proposal(limiter, self.record.limit(route, self.tuning)) for route, limiter in routes.items()
+        }
         targets = {route: limiter.target_ms for route, limiter in routes.items()}
         changes = next_changes(self.record, proposed, self.admission.book, self.tuning, now=now, targets=targets)
         self.admission.book.prune(now - timedelta(seconds=4 * self.tuning.verify_s))

@@ -154,7 +154,8 @@ class Execution:
                     return
                 continue
             assert view.planned is not None
-            ticket = await self.admission.admit(view.planned.server, view.planned.tool)
+            capacity = await self.declared_capacity(view.planned.server)
+            ticket = await self.admission.admit(view.planned.server, view.planned.tool, capacity)
             if not isinstance(ticket, Ticket):
                 if ticket is None or not may_shed(view, step.attempt):
                     # Its route is at its limit; a retry of a call already begun, or a call a
@@ -169,6 +170,11 @@ class Execution:
                 self.admission.release(ticket)
             return
         raise RuntimeError(f"{trigger.envelope.intent_id}: gave up after {FENCE_RETRIES} stale appends")
+
+    async def declared_capacity(self, server: str) -> int | None:
+        """The most calls ``server`` takes at once, as declared at its registration (None: not said)."""
+        registered = await self.servers.get(server)
+        return registered.max_concurrency if registered is not None else None
 
     async def fold(self, trigger: StoredEvent, min_seq: int | None = None) -> tuple[IntentView, int]:
         """The intent as of at least ``trigger`` (or ``min_seq``: an event we appended)."""
@@ -211,9 +217,10 @@ class Execution:
         assert view.planned is not None
         server = view.planned.server
         slots = self.tuner.slots
-        if not slots.take(server):
+        capacity = await self.declared_capacity(server)
+        if not slots.take(server, capacity):
             self.tuner.calls.record_busy(server, datetime.now(UTC))
-            raise Redeliver(SERVER_BUSY_RETRY, f"{server!r} runs {slots.limit_of(server)} calls already")
+            raise Redeliver(SERVER_BUSY_RETRY, f"{server!r} runs {slots.limit_of(server, capacity)} calls already")
         try:
             await self.attempt_call(trigger, raw, attempt, ticket=ticket, view=view, last_seq=last_seq)
         finally:

@@ -5,11 +5,17 @@ and a cut sized by the latency gradient as in their Gradient limiter. A call tha
 the bound (``tolerance`` times the route's baseline, and at least ``slack_ms`` above it) says calls
 are queueing somewhere (the tool server, its session, this replica's loop) once ``streak`` calls
 in a row say so: the limit becomes the calls in use (or the limit, if lower) times bound / latency,
-kept between 0.5 and ``backoff`` (and at least one less), at most once per baseline round trip, so one slow wave is not one cut per call in it. A call within the
-bound, finished while at least half the limit was in use, adds one (a route used far below its
-limit proves nothing about a higher one). The limit stays within ``[minimum, maximum]``, and within
-the ``floor`` and ``ceiling`` the admission loop (``admission_tuning``) sets while it records and
-verifies the route's changes.
+kept between 0.5 and ``backoff`` (and at least one less), at most once per baseline round trip, so
+one slow wave is not one cut per call in it. A call within the bound, finished while at least half
+the limit was in use, adds one (a route used far below its limit proves nothing about a higher
+one), except within ``window_s`` of a cut: the route is *congested* then, and the limit latency set
+holds, so a tool that is the bottleneck is not probed again call after call. A route is congested
+too while a call in flight has been running past the bound: the queue shows before it ends.
+
+The limit stays within ``[minimum, maximum]``, the route's server's declared ``capacity`` (the
+most calls it takes at once, when its operator said so at registration), and the ``floor`` and
+``ceiling`` the admission loop (``admission_tuning``) sets while it records and verifies the
+route's changes.
 
 The baseline is the fastest call of the current and the previous window (``window_s``): it
 follows a route that has become slower for good instead of shedding it forever, and comes back
@@ -63,20 +69,38 @@ class Adjustment:
 class RouteLimiter:
     """The limit of one route and the calls it has in flight."""
 
-    def __init__(self, route: str, config: LimiterConfig) -> None:
+    def __init__(self, route: str, config: LimiterConfig, capacity: int | None = None) -> None:
         self.route = route
         self.config = config
-        self.limit = min(config.maximum, max(config.minimum, config.initial))
+        self.capacity = capacity
+        self.limit = self.clamp(config.initial)
         # Where the admission loop (``admission_tuning``) lets the limit move in memory now.
         self.floor = config.minimum
         self.ceiling = config.maximum
         self.in_flight = 0
         self.smoothed_ms: float | None = None
+        self._sent: dict[int, float] = {}  # calls on their way to the tool: when each was sent
         self._min_now = math.inf
         self._min_prev = math.inf
-        self._window_start: float | None = None
+        self._period_start: float | None = None
         self._last_cut = -math.inf
         self._slow = 0  # calls past the bound in a row
+
+    @property
+    def maximum(self) -> int:
+        """The highest the limit goes: the configured maximum, or the server's declared capacity."""
+        if self.capacity is None:
+            return self.config.maximum
+        return max(1, min(self.config.maximum, self.capacity))
+
+    def clamp(self, limit: int) -> int:
+        return min(self.maximum, max(min(self.config.minimum, self.maximum), limit))
+
+    def declare(self, capacity: int | None) -> None:
+        """The route's server declares (or no longer declares) how many calls it takes at once."""
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self.limit = self.clamp(self.limit if capacity is not None else self.config.initial)
 
     @property
     def baseline_ms(self) -> float | None:
@@ -92,10 +116,23 @@ class RouteLimiter:
             return None
         return max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
 
-    @property
-    def congested(self) -> bool:
-        """Latency has cut the limit below its maximum: the route itself is the bottleneck."""
-        return self.limit < self.config.maximum
+    def congested(self, now: float) -> bool:
+        """The route itself is the bottleneck: latency cut its limit within the last window, or a
+        call in flight has been running past the bound already."""
+        if now - self._last_cut < self.config.window_s:
+            return True
+        target = self.target_ms
+        return target is not None and any((now - at) * 1000 > target for at in self._sent.values())
+
+    def queue_room_ms(self) -> float | None:
+        """How long a call may wait for a place and still end within the bound behind one more
+        call at the tool: the bound less two of the route's fastest calls (None before the first
+        call). 0 for a tool whose calls take longer than the slack: there, one call queued behind
+        another already breaks the bound."""
+        target, baseline = self.target_ms, self.baseline_ms
+        if target is None or baseline is None:
+            return None
+        return max(0.0, target - 2 * baseline)
 
     def try_acquire(self) -> bool:
         """Take a place for one call; False when the route is at its limit."""
@@ -104,11 +141,16 @@ class RouteLimiter:
         self.in_flight += 1
         return True
 
-    def release(self, rtt_ms: float | None, now: float) -> Adjustment | None:
+    def sent(self, token: int, now: float) -> None:
+        """The call ``token`` went out to the tool on a ready session (``now``: monotonic seconds)."""
+        self._sent[token] = now
+
+    def release(self, rtt_ms: float | None, now: float, *, token: int = 0) -> Adjustment | None:
         """Give a place back. ``rtt_ms``: how long the call took (None: it never reached the tool,
         which says nothing about the route's latency). ``now``: monotonic seconds."""
         in_use = self.in_flight
         self.in_flight = max(0, self.in_flight - 1)
+        self._sent.pop(token, None)
         if rtt_ms is None:
             return None
         rtt_ms = max(0.0, rtt_ms)
@@ -129,11 +171,11 @@ class RouteLimiter:
             # From what was in use, not from a limit far above it (which would bind nothing).
             new = min(old, max(self.floor, min(old - 1, math.floor(min(old, in_use) * factor))))
             signal = f"latency {rtt_ms:.1f} ms > {bound:.1f} ms (baseline {baseline:.1f} ms)"
-        elif in_use * 2 >= old:
-            new = max(old, min(self.ceiling, old + 1))
+        elif in_use * 2 >= old and now - self._last_cut >= self.config.window_s:
+            new = max(old, min(self.ceiling, self.maximum, old + 1))
             signal = f"latency {rtt_ms:.1f} ms <= {bound:.1f} ms with {in_use}/{old} in use"
         else:
-            return None
+            return None  # below half its limit, or held since a cut: proves nothing about more
         if new == old:
             return None
         self.limit = new
@@ -145,10 +187,10 @@ class RouteLimiter:
         return int(min(self.config.retry_after_max_ms, max(self.config.retry_after_min_ms, typical)))
 
     def _observe(self, rtt_ms: float, now: float) -> None:
-        if self._window_start is None:
-            self._window_start = now
-        elif now - self._window_start >= self.config.window_s:
-            self._min_prev, self._min_now, self._window_start = self._min_now, math.inf, now
+        if self._period_start is None:
+            self._period_start = now
+        elif now - self._period_start >= self.config.window_s:
+            self._min_prev, self._min_now, self._period_start = self._min_now, math.inf, now
         self._min_now = min(self._min_now, rtt_ms)
 
 

@@ -15,11 +15,13 @@ class ServerSlots:
         self.limits: dict[str, int] = {}  # a server's own limit, as the executor's loop set it
         self._in_flight: Counter[str] = Counter()
 
-    def limit_of(self, server: str) -> int:
-        return self.limits.get(server, self.limit)
+    def limit_of(self, server: str, capacity: int | None = None) -> int:
+        """The server's limit; ``capacity``: the most calls it takes at once, as declared for it."""
+        limit = self.limits.get(server, self.limit)
+        return limit if capacity is None else max(1, min(limit, capacity))
 
-    def take(self, server: str) -> bool:
-        if self._in_flight[server] >= self.limit_of(server):
+    def take(self, server: str, capacity: int | None = None) -> bool:
+        if self._in_flight[server] >= self.limit_of(server, capacity):
             return False
         self._in_flight[server] += 1
         return True

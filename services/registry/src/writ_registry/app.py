@@ -44,6 +44,7 @@ class AddServer(msgspec.Struct, kw_only=True):
     url: str | None = None
     headers: dict[str, str] = {}
     idempotency_header: str | None = None
+    max_concurrency: int | None = None
     secret_env: dict[str, str] = {}  # variable -> secret name (stdio)
     secret_headers: dict[str, str] = {}  # header -> secret name (http)
 

@@ -165,15 +165,24 @@ def secret_reference_problem(server: ev.ServerRegistered) -> str | None:
 # -- commands ----------------------------------------------------------------------------------
 
 
+MAX_DECLARED_CONCURRENCY = 1024  # a server's declared capacity; past it, a typo rather than a server
+
+
 def server_refusal(server: ev.ServerRegistered) -> Refusal | None:
     """Why a server cannot be registered as configured, or None: its name must be a subject token,
-    a stdio server needs a command and an http server a url, and its secret references must hold."""
+    a stdio server needs a command and an http server a url, a declared capacity is at least one
+    call, and its secret references must hold."""
     if not is_token(server.name):
         return Refusal(code="invalid_server_name", reason=f"server name {server.name!r} must match {TOKEN_RULE}")
     if server.transport == "stdio" and not server.command:
         return Refusal(code="invalid_server", reason="a stdio server needs a command")
     if server.transport == "http" and not server.url:
         return Refusal(code="invalid_server", reason="an http server needs a url")
+    if server.max_concurrency is not None and not 1 <= server.max_concurrency <= MAX_DECLARED_CONCURRENCY:
+        return Refusal(
+            code="invalid_server",
+            reason=f"max_concurrency must be between 1 and {MAX_DECLARED_CONCURRENCY}, not {server.max_concurrency}",
+        )
     if problem := secret_reference_problem(server):
         return Refusal(code="invalid_server", reason=problem)
     return None
