@@ -133,16 +133,18 @@ def test_a_route_is_congested_once_latency_cut_its_limit_and_for_one_window_afte
     assert not limiter.congested(31.0), "a window later, the cut is history"
 
 
-def test_a_call_in_flight_past_the_bound_makes_the_route_congested_before_it_ends() -> None:
+def test_calls_in_flight_past_the_bound_on_half_the_places_make_the_route_congested_before_they_end() -> None:
     limiter = RouteLimiter("s/t", LimiterConfig(initial=4, maximum=4, slack_ms=0.0, streak=1))
     limiter.try_acquire()
     limiter.release(100.0, now=0.0)  # baseline 100 ms: bound 150 ms
-    limiter.try_acquire()
+    fill(limiter)
     limiter.sent(7, 1.0)
+    assert not limiter.congested(1.2), "one hung call among four places: not a queue"
+    limiter.sent(8, 1.0)
     assert not limiter.congested(1.1)
-    assert limiter.congested(1.2), "200 ms and still running, against a bound of 150 ms"
+    assert limiter.congested(1.2), "two of four places held 200 ms, against a bound of 150 ms"
     limiter.release(None, now=1.3, token=7)
-    assert not limiter.congested(1.3), "it ended: nothing in flight is late"
+    assert not limiter.congested(1.3), "one of them ended: one late call of four places is left"
 
 
 def test_after_a_cut_the_limit_holds_for_a_window_then_rises_again() -> None:

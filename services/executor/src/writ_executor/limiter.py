@@ -10,7 +10,7 @@ one slow wave is not one cut per call in it. A call within the bound, finished w
 the limit was in use, adds one (a route used far below its limit proves nothing about a higher
 one), except within ``window_s`` of a cut: the route is *congested* then, and the limit latency set
 holds, so a tool that is the bottleneck is not probed again call after call. A route is congested
-too while a call in flight has been running past the bound: the queue shows before it ends.
+too while calls in flight past the bound hold half its places: the queue shows before they end.
 
 The limit stays within ``[minimum, maximum]``, the route's server's declared ``capacity`` (the
 most calls it takes at once, when its operator said so at registration), and the ``floor`` and
@@ -117,12 +117,16 @@ class RouteLimiter:
         return max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
 
     def congested(self, now: float) -> bool:
-        """The route itself is the bottleneck: latency cut its limit within the last window, or a
-        call in flight has been running past the bound already."""
+        """The route itself is the bottleneck: latency cut its limit within the last window, or
+        calls in flight past the bound already hold half its places (one hung call among calls
+        that come and go is not a queue)."""
         if now - self._last_cut < self.config.window_s:
             return True
         target = self.target_ms
-        return target is not None and any((now - at) * 1000 > target for at in self._sent.values())
+        if target is None:
+            return False
+        late = sum(1 for at in self._sent.values() if (now - at) * 1000 > target)
+        return late > 0 and 2 * late >= self.limit
 
     def queue_room_ms(self) -> float | None:
         """How long a call may wait for a place and still end within the bound behind one more
