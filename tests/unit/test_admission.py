@@ -52,8 +52,8 @@ async def test_a_route_whose_calls_take_longer_than_the_slack_refuses_at_once_wh
 
 
 async def test_a_healthy_route_full_in_a_burst_sends_the_call_back_to_the_stream() -> None:
-    gate = admission(admission_initial_limit=2)
-    served(gate, await gate.admit("fast", "ping"), 2.0)
+    gate = admission(admission_initial_limit=2, admission_max_limit=3)
+    served(gate, await gate.admit("fast", "ping"), 2.0)  # 2 -> 3: at its maximum
     await fill(gate, "fast", "ping")
     began = time.monotonic()
     assert await gate.admit("fast", "ping") is None, "not congested: it waits its turn in the stream"
@@ -61,8 +61,8 @@ async def test_a_healthy_route_full_in_a_burst_sends_the_call_back_to_the_stream
 
 
 async def test_a_freed_place_goes_to_the_call_waiting_for_it() -> None:
-    gate = admission(admission_initial_limit=2)
-    served(gate, await gate.admit("fast", "ping"), 2.0)
+    gate = admission(admission_initial_limit=2, admission_max_limit=3)
+    served(gate, await gate.admit("fast", "ping"), 2.0)  # 2 -> 3: at its maximum
     held = await fill(gate, "fast", "ping")
     waiting = asyncio.ensure_future(gate.admit("fast", "ping"))
     await asyncio.sleep(0.01)

@@ -133,8 +133,7 @@ class WritSettings(BaseSettings):
     admission_window_seconds: float = Field(
         default=30.0,
         gt=0.0,
-        description="The baseline is the fastest call of the last one to two such windows; after a cut,"
-        " a route is congested (its limit held, a call with no place answered at once) for one",
+        description="The baseline is the fastest call of the last one to two such windows",
     )
     admission_max_wait_ms: int = Field(
         default=1000,

@@ -8,9 +8,8 @@ in a row say so: the limit becomes the calls in use (or the limit, if lower) tim
 kept between 0.5 and ``backoff`` (and at least one less), at most once per baseline round trip, so
 one slow wave is not one cut per call in it. A call within the bound, finished while at least half
 the limit was in use, adds one (a route used far below its limit proves nothing about a higher
-one), except within ``window_s`` of a cut: the route is *congested* then, and the limit latency set
-holds, so a tool that is the bottleneck is not probed again call after call. A route is congested
-too while calls in flight past the bound hold half its places: the queue shows before they end.
+one). A route is *congested* while latency holds its limit below its maximum, and while calls in
+flight past the bound hold half its places: the queue shows before they end.
 
 The limit stays within ``[minimum, maximum]``, the route's server's declared ``capacity`` (the
 most calls it takes at once, when its operator said so at registration), and the ``floor`` and
@@ -117,10 +116,10 @@ class RouteLimiter:
         return max(baseline * self.config.tolerance, baseline + self.config.slack_ms)
 
     def congested(self, now: float) -> bool:
-        """The route itself is the bottleneck: latency cut its limit within the last window, or
+        """The route itself is the bottleneck: latency has cut its limit below its maximum, or
         calls in flight past the bound already hold half its places (one hung call among calls
         that come and go is not a queue)."""
-        if now - self._last_cut < self.config.window_s:
+        if self.limit < self.maximum:
             return True
         target = self.target_ms
         if target is None:
@@ -175,11 +174,11 @@ class RouteLimiter:
             # From what was in use, not from a limit far above it (which would bind nothing).
             new = min(old, max(self.floor, min(old - 1, math.floor(min(old, in_use) * factor))))
             signal = f"latency {rtt_ms:.1f} ms > {bound:.1f} ms (baseline {baseline:.1f} ms)"
-        elif in_use * 2 >= old and now - self._last_cut >= self.config.window_s:
+        elif in_use * 2 >= old:
             new = max(old, min(self.ceiling, self.maximum, old + 1))
             signal = f"latency {rtt_ms:.1f} ms <= {bound:.1f} ms with {in_use}/{old} in use"
         else:
-            return None  # below half its limit, or held since a cut: proves nothing about more
+            return None  # used far below its limit: proves nothing about a higher one
         if new == old:
             return None
         self.limit = new
