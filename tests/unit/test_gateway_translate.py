@@ -137,6 +137,16 @@ def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
     assert "forbidden: forbidden" not in text
 
 
+def test_an_overloaded_answer_says_when_to_call_again_in_text_and_meta() -> None:
+    reason = "overloaded: ocr/read has 1 calls in flight, its limit now; the call did not run; retry after 480 ms"
+    answer = call_result(receipt("failed", "overloaded", reason, {"retry_after_ms": 480, "route": "ocr/read"}), "k1")
+    assert answer.is_error and isinstance(answer.content[0], types.TextContent)
+    assert "did not run" in answer.content[0].text and "retry after 480 ms" in answer.content[0].text
+    assert answer.meta is not None and answer.meta["writ/retry_after_ms"] == 480
+    refused = call_result(receipt("denied", "forbidden", "forbidden: no", {"retry_after_ms": 5}), "k1")
+    assert refused.meta is not None and "writ/retry_after_ms" not in refused.meta, "only an overloaded answer"
+
+
 def test_a_tool_error_is_the_tools_own_result_with_nothing_of_writs_before_it() -> None:
     tool_result = {"content": [{"type": "text", "text": "boom"}], "isError": True, "_meta": {"tool/k": 1}}
     answer = call_result(receipt("failed", "tool_error", "tool_error: boom", tool_result), "k1")

@@ -49,6 +49,7 @@ STATUS_META_KEY = "writ/status"
 CODE_META_KEY = "writ/code"
 STAGE_META_KEY = "writ/stage"
 REASON_META_KEY = "writ/reason"
+RETRY_AFTER_META_KEY = "writ/retry_after_ms"  # an `overloaded` answer: when to call again
 # Key of a listed tool's _meta: the Writ tool it stands for (server/tool).
 TOOL_META_KEY = "writ/tool"
 
@@ -217,12 +218,17 @@ def _meta(intent_id: str | None, status: str, code: str, key: str | None) -> dic
 
 
 def receipt_meta(receipt: Receipt, key: str) -> dict[str, Any]:
-    """Writ's word on a call, for a result's ``_meta``: status, stage, code, reason, intent, key."""
-    return {
+    """Writ's word on a call, for a result's ``_meta``: status, stage, code, reason, intent, key;
+    and for an ``overloaded`` answer, the retry-after in milliseconds."""
+    meta = {
         **_meta(receipt.intent_id, receipt.status, receipt.code, key),
         STAGE_META_KEY: receipt.stage,
         REASON_META_KEY: receipt.reason,
     }
+    retry_after_ms = (receipt.result or {}).get("retry_after_ms") if receipt.code == "overloaded" else None
+    if isinstance(retry_after_ms, int) and not isinstance(retry_after_ms, bool):
+        meta[RETRY_AFTER_META_KEY] = retry_after_ms
+    return meta
 
 
 def _text(text: str) -> types.TextContent:
