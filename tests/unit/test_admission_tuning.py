@@ -12,6 +12,7 @@ from stored_events import stored_at
 from writ_common import events as ev
 from writ_common.settings import WritSettings
 from writ_executor.admission import limiter_config
+from writ_executor.admission_loop import proposal
 from writ_executor.admission_tuning import (
     AdmissionRecord,
     AdmissionTuning,
@@ -200,3 +201,15 @@ def test_a_route_may_use_what_its_server_may_be_raised_to() -> None:
     assert limiter_config(WritSettings(executor_per_server=1)).maximum == 1
     assert limiter_config(WritSettings(executor_per_server=1, executor_per_server_max=2)).maximum == 2
     assert limiter_config(WritSettings(executor_per_server=64, executor_per_server_max=128)).maximum == 32
+
+
+def test_a_declared_capacity_capping_the_limit_is_no_move_of_the_loops() -> None:
+    capped = RouteLimiter(ROUTE, LimiterConfig(initial=16, maximum=16), capacity=1)
+    assert capped.limit == 1
+    assert proposal(capped, 8) == 8, "the cap is the server's, not a cut to record (and revert)"
+    book = book_of(start=0, calls=20, ms=100.0)
+    assert changes(AdmissionRecord(), {ROUTE: proposal(capped, 8)}, book, 10) == []
+    cut_below = RouteLimiter(ROUTE, LimiterConfig(initial=16, maximum=16), capacity=4)
+    cut_below.limit = 2  # latency cut it under the capacity: that is the loop's to record
+    assert proposal(cut_below, 8) == 2
+    assert proposal(RouteLimiter(ROUTE, LimiterConfig(initial=16, maximum=16)), 8) == 16
