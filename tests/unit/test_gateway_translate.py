@@ -138,7 +138,7 @@ def test_a_refusal_is_an_error_naming_status_code_reason_and_intent() -> None:
 
 
 def test_an_overloaded_answer_says_when_to_call_again_in_text_and_meta() -> None:
-    reason = "overloaded: ocr/read has 1 calls in flight, its limit now; the call did not run; retry after 480 ms"
+    reason = "overloaded: ocr/read has 1 call in flight, its limit now; the call did not run; retry after 480 ms"
     answer = call_result(receipt("failed", "overloaded", reason, {"retry_after_ms": 480, "route": "ocr/read"}), "k1")
     assert answer.is_error and isinstance(answer.content[0], types.TextContent)
     assert "did not run" in answer.content[0].text and "retry after 480 ms" in answer.content[0].text

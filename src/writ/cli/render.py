@@ -77,14 +77,15 @@ def agent_status(row: dict[str, Any]) -> str:
 def servers_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="servers", title_justify="left")
     table.add_column("server", **whole("server", [r["name"] for r in rows]))
-    for column in ("transport", "target", "tools", "secrets"):
-        table.add_column(column, justify="right" if column == "tools" else "left", overflow="fold")
+    for column in ("transport", "target", "tools", "at once", "secrets"):
+        table.add_column(column, justify="right" if column in ("tools", "at once") else "left", overflow="fold")
     for row in rows:
         table.add_row(
             row["name"],
             row["transport"],
             row.get("target") or "-",
             str(row.get("tools", 0)),
+            str(row.get("max_concurrency") or "-"),  # its declared capacity: the most calls it takes at once
             ", ".join(row.get("secrets") or []) or "-",
         )
     return table

@@ -48,7 +48,8 @@ def overloaded(route: str, limit: int, retry_after_ms: int) -> ev.ExecutionFaile
         retryable=True,
         code="overloaded",
         reason=(
-            f"overloaded: {route} has {limit} calls in flight, its limit now; the call did not run;"
+            f"overloaded: {route} has {limit} {'call' if limit == 1 else 'calls'} in flight, its limit now;"
+            " the call did not run;"
             f" retry after {retry_after_ms} ms"
         ),
         result={"retry_after_ms": retry_after_ms, "route": route, "limit": limit},

@@ -288,6 +288,7 @@ def server_row(server: ev.ServerRegistered, catalog: Catalog) -> dict[str, Any]:
         "transport": server.transport,
         "target": describe_target(server),
         "tools": len(catalog.tools.get(server.name, {})),
+        "max_concurrency": server.max_concurrency,
         "secrets": sorted(
             [f"env {k}=secret:{v}" for k, v in server.secret_env.items()]
             + [f"header {k}=secret:{v}" for k, v in server.secret_headers.items()]
