@@ -25,6 +25,7 @@ from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import direct_get_batch
 from writ_common.envelope import decode, parse_time
+from writ_common.ids import derive_intent_id
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 
@@ -43,6 +44,19 @@ def route_limit(scene: Scene, route: str) -> float | None:
     return None
 
 
+async def serial_route(scene: Scene, tmp_path: Path, name: str, *declared: str) -> str:
+    """A one-at-a-time server registered (with ``declared`` options) and permitted; its route,
+    warmed: its session open and a baseline taken."""
+    server = f"{name}-{scene.suffix}"
+    await scene.ok("server", "add", server, *declared, "--", sys.executable, str(SERIAL))
+    await scene.load_policy(
+        f'@id("all-{name}") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
+    )
+    warm = await scene.agent.call(f"{server}/work", {"seconds": WORK}, timeout=30)
+    assert warm.status == "succeeded", warm.reason
+    return f"{server}/work"
+
+
 async def burst_onto(scene: Scene, route: str, n: int) -> list[tuple[ev.Receipt, float]]:
     """``n`` calls submitted at once: each one's receipt, and when it came (seconds from the burst)."""
     began = time.monotonic()
@@ -58,14 +72,7 @@ async def burst_onto(scene: Scene, route: str, n: int) -> list[tuple[ev.Receipt,
 async def test_a_burst_on_a_server_declared_one_at_a_time_is_answered_at_once_past_one_call(
     scene: Scene, tmp_path: Path
 ) -> None:
-    server = f"serial1-{scene.suffix}"
-    route = f"{server}/work"
-    await scene.ok("server", "add", server, "--max-concurrency", "1", "--", sys.executable, str(SERIAL))
-    await scene.load_policy(
-        f'@id("all1") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
-    )
-    warm = await scene.agent.call(route, {"seconds": WORK}, timeout=30)  # the session, and a baseline
-    assert warm.status == "succeeded", warm.reason
+    route = await serial_route(scene, tmp_path, "serial1", "--max-concurrency", "1")
     answers = await burst_onto(scene, route, FIRST)
     refused = [(r, at) for r, at in answers if r.code == "overloaded"]
     ran = [r for r, _ in answers if r.code != "overloaded"]
@@ -115,14 +122,8 @@ async def test_a_burst_on_a_server_declared_one_at_a_time_is_answered_at_once_pa
 async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_receipt_each(
     scene: Scene, tmp_path: Path
 ) -> None:
-    server = f"serial-{scene.suffix}"
-    route = f"{server}/work"
-    await scene.ok("server", "add", server, "--", sys.executable, str(SERIAL))
-    await scene.load_policy(
-        f'@id("all") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
-    )
-    warm = await scene.agent.call(route, {"seconds": WORK}, timeout=30)  # the session, and a baseline
-    assert warm.status == "succeeded", warm.reason
+    route = await serial_route(scene, tmp_path, "serial")
+    server = route.partition("/")[0]
     first = [await scene.agent.submit(route, {"seconds": WORK}) for _ in range(FIRST)]
     waits = [asyncio.ensure_future(scene.receipt(s.intent_id, timeout=60)) for s in first]
     # The calls queue at the tool: each ends later than the one before, and the limit comes down.
@@ -164,3 +165,24 @@ async def test_a_burst_on_a_struggling_route_gets_overloaded_answers_and_one_rec
     await asyncio.sleep(max(retry_after(r) or 0 for r, _ in refused))
     again = await scene.agent.call(route, {"seconds": 0.01}, timeout=30)
     assert again.status == "succeeded", again.reason
+
+
+async def test_the_sdk_follows_an_overloaded_answers_retry_after_when_asked_and_stays_idempotent(
+    scene: Scene, tmp_path: Path
+) -> None:
+    route = await serial_route(scene, tmp_path, "serialr", "--max-concurrency", "1")
+    long = await scene.agent.submit(route, {"seconds": 6 * WORK})
+    await scene.wait_status(long.intent_id, "executing")
+
+    plain = await scene.agent.call(route, {"seconds": 0.01}, timeout=30)
+    assert plain.code == "overloaded", "not asked to retry: the answer as it came"
+    key = f"retry-{scene.suffix}"
+    followed = await scene.agent.call(route, {"seconds": 0.01}, timeout=30, idempotency_key=key, overloaded_retries=20)
+    assert followed.status == "succeeded", followed.reason
+    first = await scene.receipt(derive_intent_id(scene.agent.agent_id, key))
+    assert first.code == "overloaded", "the first try was answered overloaded, and kept its receipt"
+    (submitted,) = [e.payload for e in await scene.history(followed.intent_id) if e.type == "intent.submitted"]
+    assert submitted.idempotency_key.startswith(f"{key}#overloaded-"), "a retry: a new intent, its key derived"
+
+    again = await scene.agent.call(route, {"seconds": 0.01}, timeout=30, idempotency_key=key, overloaded_retries=20)
+    assert again.intent_id == followed.intent_id and again.status == "succeeded", "the same key: the same intents"

@@ -479,18 +479,39 @@ class WritAgent:
         timeout: float = 30.0,
         idempotency_key: str | None = None,
         caused_by: str | None = None,
+        overloaded_retries: int = 0,
         **kwargs: Any,
     ) -> Receipt:
         """Submit and wait for the receipt (raises as :meth:`receipt`).
 
         It listens for the receipt's notice before it submits, so a new intent's receipt is read
-        once, when the notice says it is stored (a repeated idempotency key reads it at once)."""
+        once, when the notice says it is stored (a repeated idempotency key reads it at once).
+
+        ``overloaded_retries``: how many times an ``overloaded`` answer (the call did not run) is
+        followed, after its retry-after, by the same call as a new intent, within ``timeout`` in all.
+        Each retry's idempotency key is derived from the first (``KEY#overloaded-N``), so calling
+        again with the same key finds the same intents; the receipt returned is the last one."""
         key = idempotency_key or str(uuid.uuid4())
-        async with self.receipt_notices(derive_intent_id(self.agent_id, key)) as listening:
-            submission = await self.submit(tool, arguments, idempotency_key=key, caused_by=caused_by, **kwargs)
-            return await self.receipt(
-                submission.intent_id, timeout, listening=None if submission.duplicate else listening
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        retries = 0
+        while True:
+            attempt_key = f"{key}#overloaded-{retries}" if retries else key
+            async with self.receipt_notices(derive_intent_id(self.agent_id, attempt_key)) as listening:
+                submission = await self.submit(
+                    tool, arguments, idempotency_key=attempt_key, caused_by=caused_by, **kwargs
+                )
+                receipt = await self.receipt(
+                    submission.intent_id,
+                    max(0.1, deadline - loop.time()),
+                    listening=None if submission.duplicate else listening,
+                )
+            wait = retry_after(receipt)
+            if wait is None or retries >= overloaded_retries or loop.time() + wait >= deadline:
+                return receipt
+            if not submission.duplicate:  # an answer from an earlier call with this key: waited then
+                await asyncio.sleep(wait)
+            retries += 1
 
 
 def retry_after(receipt: Receipt) -> float | None:
