@@ -21,6 +21,7 @@ from writ_common.ids import derive_intent_id
 from writ_policy import approvals, domain
 from writ_policy import rollout as rules
 from writ_policy.approvals import SignedDecision
+from writ_policy.decisions import Decisions
 from writ_policy.domain import RateExceeded, RateLimit, Uncounted, compile_bundle, decide
 from writ_policy.rollout import Rollouts, apply_rollout_event, bucket
 from writ_policy.state import PolicyState
@@ -281,3 +282,43 @@ def test_policys_rule_modules_import_no_io(module: str) -> None:
         or (name.startswith("writ_policy.") and name not in own)
     )
     assert touched == []
+
+
+class CatchingUp:
+    """A policy stream follower a load behind: catching up puts ``loaded`` in force."""
+
+    def __init__(self, state: PolicyState, loaded: str | None) -> None:
+        self.state, self.loaded, self.asked = state, loaded, 0
+
+    async def ensure_fresh(self, timeout: float = 5.0) -> bool:
+        self.asked += 1
+        if self.loaded is not None:
+            self.state.current = compile_bundle(self.loaded)
+        return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("behind", "loaded"), [(None, PERMIT_ALL), (FORBID_ALL, PERMIT_ALL)])
+async def test_a_denial_is_decided_again_once_the_replica_has_caught_up_with_the_bundles(
+    behind: str | None, loaded: str
+) -> None:
+    state = PolicyState()
+    state.current = compile_bundle(behind) if behind else None
+    follower = CatchingUp(state, loaded)
+    decisions = Decisions(None, state, follower, None)  # type: ignore[arg-type]
+    (decision,) = await decisions.decide_intent(view())
+    assert isinstance(decision, ev.IntentAuthorized), decision
+    assert follower.asked == 1
+
+
+@pytest.mark.asyncio
+async def test_an_allow_is_decided_without_a_catch_up_and_a_denial_in_force_stays() -> None:
+    state = PolicyState()
+    state.current = compile_bundle(PERMIT_ALL)
+    follower = CatchingUp(state, FORBID_ALL)
+    (allowed,) = await Decisions(None, state, follower, None).decide_intent(view())  # type: ignore[arg-type]
+    assert isinstance(allowed, ev.IntentAuthorized) and follower.asked == 0, "no round trip on the hot path"
+    state.current = compile_bundle(FORBID_ALL)
+    fresh = CatchingUp(state, None)  # caught up already: nothing newer in the stream
+    (denied,) = await Decisions(None, state, fresh, None).decide_intent(view())  # type: ignore[arg-type]
+    assert isinstance(denied, ev.IntentDenied) and denied.code == "forbidden" and fresh.asked == 1, denied

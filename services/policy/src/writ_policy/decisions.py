@@ -68,6 +68,12 @@ class Decisions:
         bundle = self.state.enforced_for(view.agent_id)
         now = datetime.now(UTC)
         decision = domain.decide(view, bundle, now=now)
+        if isinstance(decision, ev.IntentDenied):
+            # A denial is final (an allow is rechecked by the executor): it must come from the
+            # bundle in force, not from this replica's fold a nudge behind a load made a moment ago.
+            await self.policies.ensure_fresh()
+            if (fresh := self.state.enforced_for(view.agent_id)) is not bundle:
+                bundle, decision = fresh, domain.decide(view, fresh, now=now)
         # Recorded before the decision, so nothing waits on it and a retry dedupes it.
         shadow = self.state.shadow
         beside = [shadow_decided(view, decision, bundle, shadow, now=now)] if shadow else []
