@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from cli_runner import INTENT_ID, TIME_SERVER, Writ
+from cli_runner import INTENT_ID, TIME_SERVER, Writ, cli
 from writ.runtime.processes import free_port
+from writ.runtime.supervisor import Plane
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = pytest.mark.e2e
@@ -29,19 +30,27 @@ class Ready:
     server: str
 
 
-@pytest.fixture
-def ready(writ: Writ) -> Ready:
-    """A fresh agent with its key, a fresh server running mcp-server-time, and the default policy."""
-    suffix = uuid.uuid4().hex[:8]
-    name, server = f"cli-agent-{suffix}", f"time-{suffix}"
-    registered = writ("agent", "register", name, "--owner", "tests")
-    assert registered.exit_code == 0, registered.output
-    added = writ("server", "add", server, "--", TIME_SERVER)
+@pytest.fixture(scope="module")
+def time_server(plane: Plane) -> str:
+    """A server running mcp-server-time for the module, added once (discovery and the executor's
+    warm session are paid once): its tests call only get_current_time, and the one that overrides
+    hints overrides convert_time."""
+    server = f"time-{uuid.uuid4().hex[:8]}"
+    added = cli(plane)("server", "add", server, "--", TIME_SERVER)
     assert added.exit_code == 0, added.output
     assert "get_current_time" in added.stdout
+    return server
+
+
+@pytest.fixture
+def ready(writ: Writ, time_server: str) -> Ready:
+    """A fresh agent with its key, the module's mcp-server-time, and the default policy."""
+    name = f"cli-agent-{uuid.uuid4().hex[:8]}"
+    registered = writ("agent", "register", name, "--owner", "tests")
+    assert registered.exit_code == 0, registered.output
     loaded = writ("policy", "load", "--default")
     assert loaded.exit_code == 0, loaded.output
-    return Ready(name, server)
+    return Ready(name, time_server)
 
 
 def submit(writ: Writ, ready: Ready, tool: str, args: dict[str, object]) -> tuple[Result, str]:
