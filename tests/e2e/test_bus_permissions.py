@@ -135,7 +135,9 @@ async def test_an_agent_cannot_read_another_agents_receipt(writ: Writ, plane: Pl
             subjects.any_receipt_subject(mine.intent_id),
         ):
             with pytest.raises(nats.errors.TimeoutError):
-                await other.nc.jetstream().get_last_msg(subjects.LEDGER_STREAM, subject, direct=True)
+                # The server drops a denied request and says so at once (the error checked below):
+                # no answer comes, however long the wait (nats-py's default is 5 s).
+                await other.nc.jetstream(timeout=1.0).get_last_msg(subjects.LEDGER_STREAM, subject, direct=True)
             await asyncio.sleep(0.1)
             assert any("permissions violation" in e.lower() for e in other.errors), other.errors
             other.errors.clear()
