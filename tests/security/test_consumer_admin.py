@@ -40,10 +40,14 @@ async def test_a_service_credential_cannot_delete_or_drain_another_services_cons
                 json.dumps({"batch": 1, "no_wait": True}).encode(),
             ),
         }
-        for label, (subject, body) in attempts.items():
+
+        async def refused(label: str, subject: str, body: bytes) -> None:
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 reply = await registry.request(subject, body, timeout=2.0)
                 raise AssertionError(f"{label}: the bus let the registry ask {subject}: {reply.data[:200]!r}")
+
+        # Both at once: each refused one waits out its timeout.
+        await asyncio.gather(*(refused(label, subject, body) for label, (subject, body) in attempts.items()))
         info = await operator.jetstream().consumer_info(stream, EXECUTOR_CONSUMER)
         assert info.name == EXECUTOR_CONSUMER
     finally:
