@@ -72,3 +72,18 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     with Plane(tmp_path_factory.mktemp("plane") / "data", nats_port=free_port(), redis_port=free_port()) as running:
         running.wait_ready(timeout=60.0)
         yield running
+
+
+@pytest.fixture(scope="session")
+def time_server(plane: Plane) -> str:
+    """One mcp-server-time on the session plane, added once, for every test that only calls it
+    (discovery and the executor's warm session are paid once, not per module): tests isolate by
+    their own agents and policies, and a test that changes a server's tools adds a server of its own."""
+    import uuid
+
+    from cli_runner import TIME_SERVER, cli
+
+    server = f"time-{uuid.uuid4().hex[:8]}"
+    added = cli(plane)("server", "add", server, "--", TIME_SERVER)
+    assert added.exit_code == 0 and "get_current_time" in added.stdout, added.output
+    return server

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from cli_runner import INTENT_ID, TIME_SERVER, Writ, cli
+from cli_runner import INTENT_ID, TIME_SERVER, Writ
 from writ.runtime.processes import free_port
-from writ.runtime.supervisor import Plane
 from writ_common.signing import generate_key, public_key_b64
 
 pytestmark = pytest.mark.e2e
@@ -30,21 +29,9 @@ class Ready:
     server: str
 
 
-@pytest.fixture(scope="module")
-def time_server(plane: Plane) -> str:
-    """A server running mcp-server-time for the module, added once (discovery and the executor's
-    warm session are paid once): its tests call only get_current_time, and the one that overrides
-    hints overrides convert_time."""
-    server = f"time-{uuid.uuid4().hex[:8]}"
-    added = cli(plane)("server", "add", server, "--", TIME_SERVER)
-    assert added.exit_code == 0, added.output
-    assert "get_current_time" in added.stdout
-    return server
-
-
 @pytest.fixture
 def ready(writ: Writ, time_server: str) -> Ready:
-    """A fresh agent with its key, the module's mcp-server-time, and the default policy."""
+    """A fresh agent with its key, the session's mcp-server-time, and the default policy."""
     name = f"cli-agent-{uuid.uuid4().hex[:8]}"
     registered = writ("agent", "register", name, "--owner", "tests")
     assert registered.exit_code == 0, registered.output
@@ -240,13 +227,16 @@ def test_ledger_verify_and_an_offline_export_that_names_each_tampering(
 
 
 def test_tool_override_changes_the_hints_policy_and_retries_see(writ: Writ, ready: Ready) -> None:
-    overridden = writ("tool", "override", f"{ready.server}/convert_time", "--not-idempotent", "--destructive")
+    server = f"time-{uuid.uuid4().hex[:8]}"  # its own: the session's time server stays as it declares itself
+    added = writ("server", "add", server, "--", TIME_SERVER)
+    assert added.exit_code == 0, added.output
+    overridden = writ("tool", "override", f"{server}/convert_time", "--not-idempotent", "--destructive")
     assert overridden.exit_code == 0, overridden.output
-    listed = writ("tool", "list", "--server", ready.server)
+    listed = writ("tool", "list", "--server", server)
     row = next(line for line in listed.stdout.splitlines() if "convert_time" in line)
     assert row.split()[3:6] == ["yes", "yes", "no"], row  # read-only, destructive, idempotent
     assert_one_error_line(writ("tool", "override", "no-slash", "--idempotent"), "invalid_tool")
-    assert_one_error_line(writ("tool", "override", f"{ready.server}/nope", "--idempotent"), "unknown_tool")
+    assert_one_error_line(writ("tool", "override", f"{server}/nope", "--idempotent"), "unknown_tool")
 
 
 def test_reconcile_an_unknown_outcome_from_the_cli(

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def swept(plane: Plane) -> tuple[str, str]:
-    """The agent and time server both services' cases submit with (each its own intent)."""
-    return time_agent(plane, "swept")
+def swept(plane: Plane, time_server: str) -> tuple[str, str]:
+    """The agent and the time server both services' cases submit with (each its own intent)."""
+    return time_agent(plane, "swept"), time_server
 
 
 @pytest.mark.parametrize("service", ["policy", "executor"])

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
-from cli_runner import TIME_SERVER, Writ
+from cli_runner import Writ
 from writ.keys import agent_bus_creds_path, agent_key_path, approver_bus_creds_path, read_key
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
@@ -56,10 +56,9 @@ async def as_approver(plane: Plane, approver_id: str) -> Client:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def scene(plane: Plane, writ: Writ, tmp_path: Path) -> AsyncIterator[Scene]:
+async def scene(plane: Plane, writ: Writ, tmp_path: Path, time_server: str) -> AsyncIterator[Scene]:
     suffix = uuid.uuid4().hex[:8]
-    server, group = f"time-{suffix}", f"payments-{suffix}"
-    await ok(writ, "server", "add", server, "--", TIME_SERVER)
+    server, group = time_server, f"payments-{suffix}"
     policy = tmp_path / "policy.cedar"
     policy.write_text(
         f'@id("needs-{group}") @approval("{group}") @quorum("1")\n'
