@@ -170,11 +170,16 @@ class SharedSpine:
     def __init__(self) -> None:
         self._running: Spine | None = None
         self._stack: AsyncExitStack | None = None
+        self._where: tuple[str, str, Path] | None = None
 
-    async def get(self, nats_server: str, redis_server: str, data_dir: Path) -> Spine:
+    def configure(self, nats_server: str, redis_server: str, data_dir: Path) -> None:
+        self._where = (nats_server, redis_server, data_dir)
+
+    async def get(self) -> Spine:
         if self._running is None:
+            assert self._where is not None, "the shared_spine fixture configures it first"
             stack = AsyncExitStack()
-            self._running = await stack.enter_async_context(_spine(nats_server, redis_server, data_dir))
+            self._running = await stack.enter_async_context(_spine(*self._where))
             self._stack = stack
         return self._running
 
@@ -188,8 +193,13 @@ SHARED = SharedSpine()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def shared_spine() -> AsyncIterator[SharedSpine]:
-    """Stops the shared services at the session's end (whichever conftest's copy runs it)."""
+async def shared_spine(
+    nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SharedSpine]:
+    """Where the shared services run (the session's servers: set up before it, so torn down after
+    it), stopped at the session's end whichever conftest's copy of this fixture runs that."""
+    # One data dir for every module: one ledger key signs the whole chain on the shared server.
+    SHARED.configure(nats_server, redis_server, tmp_path_factory.getbasetemp() / "inprocess-plane")
     try:
         yield SHARED
     finally:
@@ -197,10 +207,6 @@ async def shared_spine() -> AsyncIterator[SharedSpine]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def spine(
-    shared_spine: SharedSpine, nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Spine:
+async def spine(shared_spine: SharedSpine) -> Spine:
     """The shared services with this module's own agent."""
-    # One data dir for every module: one ledger key signs the whole chain on the shared server.
-    running = await shared_spine.get(nats_server, redis_server, tmp_path_factory.getbasetemp() / "inprocess-plane")
-    return await own_agent(running)
+    return await own_agent(await shared_spine.get())
