@@ -1,7 +1,14 @@
 """Session fixtures: real servers on free ports with temporary stores; nothing is mocked.
 
 ``nats_server`` and ``redis_server`` need only the binaries; ``plane`` also runs the five
-services and waits until each answers ``ping``. Everything is stopped by pid at teardown.
+services and waits until each answers ``ping``; ``time_server`` is one mcp-server-time on it.
+Everything is stopped by pid at teardown.
+
+Shared, not restarted: starting a plane, five services or an MCP server costs seconds of a
+2-core machine, so tests share the session's (``plane``, ``time_server``, the integration tier's
+in-process ``spine``) and isolate by data instead: an agent, approvers, server names and a policy
+of their own. A test that needs other settings, or changes what it shares (a tool's hints, a
+service's limits), makes its own.
 """
 
 from __future__ import annotations
