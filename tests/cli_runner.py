@@ -38,20 +38,18 @@ def writ(plane: Plane) -> Writ:
     return cli(plane)
 
 
-def time_agent(plane: Plane, prefix: str) -> tuple[str, str]:
-    """The default policy, a fresh time server and a fresh agent on the session plane, by the CLI;
-    returns (agent id, server name)."""
+def time_agent(plane: Plane, prefix: str) -> str:
+    """The default policy and a fresh agent on the session plane, by the CLI, to call the session's
+    ``time_server`` (tests/conftest.py); returns the agent id."""
     import uuid
 
     runner = CliRunner()
     env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
-    suffix = uuid.uuid4().hex[:8]
-    agent, server = f"{prefix}-{suffix}", f"time-{prefix}-{suffix}"
+    agent = f"{prefix}-{uuid.uuid4().hex[:8]}"
     for args in (
         ["policy", "load", "--default"],
-        ["server", "add", server, "--", TIME_SERVER],
         ["agent", "register", agent, "--owner", "tests"],
     ):
         done = runner.invoke(app, args, env=env)
         assert done.exit_code == 0, done.output
-    return agent, server
+    return agent

@@ -1,7 +1,14 @@
 """Session fixtures: real servers on free ports with temporary stores; nothing is mocked.
 
 ``nats_server`` and ``redis_server`` need only the binaries; ``plane`` also runs the five
-services and waits until each answers ``ping``. Everything is stopped by pid at teardown.
+services and waits until each answers ``ping``; ``time_server`` is one mcp-server-time on it.
+Everything is stopped by pid at teardown.
+
+Shared, not restarted: starting a plane, five services or an MCP server costs seconds of a
+2-core machine, so tests share the session's (``plane``, ``time_server``, the integration tier's
+in-process ``spine``) and isolate by data instead: an agent, approvers, server names and a policy
+of their own. A test that needs other settings, or changes what it shares (a tool's hints, a
+service's limits), makes its own.
 """
 
 from __future__ import annotations
@@ -72,3 +79,18 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     with Plane(tmp_path_factory.mktemp("plane") / "data", nats_port=free_port(), redis_port=free_port()) as running:
         running.wait_ready(timeout=60.0)
         yield running
+
+
+@pytest.fixture(scope="session")
+def time_server(plane: Plane) -> str:
+    """One mcp-server-time on the session plane, added once, for every test that only calls it
+    (discovery and the executor's warm session are paid once, not per module): tests isolate by
+    their own agents and policies, and a test that changes a server's tools adds a server of its own."""
+    import uuid
+
+    from cli_runner import TIME_SERVER, cli
+
+    server = f"time-{uuid.uuid4().hex[:8]}"
+    added = cli(plane)("server", "add", server, "--", TIME_SERVER)
+    assert added.exit_code == 0 and "get_current_time" in added.stdout, added.output
+    return server

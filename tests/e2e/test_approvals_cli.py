@@ -20,7 +20,7 @@ from typing import IO
 import pytest
 from typer.testing import Result
 
-from cli_runner import INTENT_ID, Writ
+from cli_runner import INTENT_ID, Writ, cli
 from waiting import eventually_sync
 from writ.runtime.supervisor import Plane
 
@@ -46,21 +46,31 @@ def ok(result: Result) -> Result:
     return result
 
 
+@pytest.fixture(scope="module")
+def faulty_server(
+    plane: Plane,
+    tmp_path_factory: pytest.TempPathFactory,
+    faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]],
+) -> tuple[str, Path]:
+    """A faulty MCP server for the module, added once, and its database (name, db): each test
+    writes rows under tokens of its own and counts only those."""
+    db = tmp_path_factory.mktemp("approvals-cli") / "faulty.sqlite3"
+    argv, env = faulty_mcp(db)
+    server = f"faulty-{uuid.uuid4().hex[:8]}"
+    added = ok(cli(plane)("server", "add", server, *(f"--env={k}={v}" for k, v in env.items()), "--", *argv))
+    assert "append_row" in added.stdout
+    return server, db
+
+
 @pytest.fixture
-def setup(
-    plane: Plane, writ: Writ, tmp_path: Path, faulty_mcp: Callable[[Path], tuple[list[str], dict[str, str]]]
-) -> Setup:
-    """Our own policy (destructive tools need 1 approval from `operators`), a faulty MCP server, an agent,
-    an approver in `operators` and one outside it — all under fresh names."""
+def setup(plane: Plane, writ: Writ, tmp_path: Path, faulty_server: tuple[str, Path]) -> Setup:
+    """Our own policy (destructive tools need 1 approval from `operators`), the module's faulty MCP
+    server, an agent, an approver in `operators` and one outside it — all under fresh names."""
     suffix = uuid.uuid4().hex[:8]
     policy = tmp_path / "policy.cedar"
     policy.write_text(re.sub(r'@quorum\("\d+"\)', '@quorum("1")', POLICY))
     ok(writ("policy", "load", str(policy)))
-    db = tmp_path / "faulty.sqlite3"
-    argv, env = faulty_mcp(db)
-    server = f"faulty-{suffix}"
-    added = ok(writ("server", "add", server, *(f"--env={k}={v}" for k, v in env.items()), "--", *argv))
-    assert "append_row" in added.stdout
+    server, db = faulty_server
     agent, approver, outsider = f"ap-agent-{suffix}", f"carol-{suffix}", f"mallory-{suffix}"
     ok(writ("agent", "register", agent, "--owner", "tests"))
     ok(writ("approver", "register", approver, "--group", "operators"))

@@ -135,7 +135,9 @@ async def test_an_agent_cannot_read_another_agents_receipt(writ: Writ, plane: Pl
             subjects.any_receipt_subject(mine.intent_id),
         ):
             with pytest.raises(nats.errors.TimeoutError):
-                await other.nc.jetstream().get_last_msg(subjects.LEDGER_STREAM, subject, direct=True)
+                # The server drops a denied request and says so at once (the error checked below):
+                # no answer comes, however long the wait (nats-py's default is 5 s).
+                await other.nc.jetstream(timeout=1.0).get_last_msg(subjects.LEDGER_STREAM, subject, direct=True)
             await asyncio.sleep(0.1)
             assert any("permissions violation" in e.lower() for e in other.errors), other.errors
             other.errors.clear()
@@ -154,18 +156,19 @@ async def test_an_agent_may_list_the_tools_and_ask_the_registry_nothing_else(pla
     assert isinstance(offered, list)
     assert not [e for e in agent.bus.errors if "violation" in e.lower()], agent.bus.errors
     body = json.dumps({"name": "sneaky", "command": "/bin/true"}).encode()
-    for command in (
-        "registry.add_server",
-        "registry.accept_tool",
-        "registry.list_servers",
-        "executor.set_secret",
-        "executor.discover",
-    ):
-        before = len(agent.bus.errors)
+    denied = ("registry.add_server", "registry.accept_tool", "registry.list_servers", "executor.set_secret")
+    denied += ("executor.discover",)
+
+    async def unanswered(command: str) -> None:
         with pytest.raises(nats.errors.TimeoutError):
             await agent.bus.nc.request(f"writ.cmd.{command}", body, timeout=1.0)
-        await asyncio.sleep(0.1)
-        assert any("permissions violation" in e.lower() for e in agent.bus.errors[before:]), command
+
+    # All at once (each waits out its timeout); the server names each refused subject in its error.
+    await asyncio.gather(*(unanswered(command) for command in denied))
+    await asyncio.sleep(0.1)
+    for command in denied:
+        violations = [e for e in agent.bus.errors if "permissions violation" in e.lower()]
+        assert any(f'"writ.cmd.{command}"' in e for e in violations), (command, agent.bus.errors)
 
 
 async def test_a_forged_authorization_from_an_agent_is_refused_by_the_server(plane: Plane, agent: Agent) -> None:

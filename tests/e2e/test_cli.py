@@ -30,18 +30,14 @@ class Ready:
 
 
 @pytest.fixture
-def ready(writ: Writ) -> Ready:
-    """A fresh agent with its key, a fresh server running mcp-server-time, and the default policy."""
-    suffix = uuid.uuid4().hex[:8]
-    name, server = f"cli-agent-{suffix}", f"time-{suffix}"
+def ready(writ: Writ, time_server: str) -> Ready:
+    """A fresh agent with its key, the session's mcp-server-time, and the default policy."""
+    name = f"cli-agent-{uuid.uuid4().hex[:8]}"
     registered = writ("agent", "register", name, "--owner", "tests")
     assert registered.exit_code == 0, registered.output
-    added = writ("server", "add", server, "--", TIME_SERVER)
-    assert added.exit_code == 0, added.output
-    assert "get_current_time" in added.stdout
     loaded = writ("policy", "load", "--default")
     assert loaded.exit_code == 0, loaded.output
-    return Ready(name, server)
+    return Ready(name, time_server)
 
 
 def submit(writ: Writ, ready: Ready, tool: str, args: dict[str, object]) -> tuple[Result, str]:
@@ -231,13 +227,16 @@ def test_ledger_verify_and_an_offline_export_that_names_each_tampering(
 
 
 def test_tool_override_changes_the_hints_policy_and_retries_see(writ: Writ, ready: Ready) -> None:
-    overridden = writ("tool", "override", f"{ready.server}/convert_time", "--not-idempotent", "--destructive")
+    server = f"time-{uuid.uuid4().hex[:8]}"  # its own: the session's time server stays as it declares itself
+    added = writ("server", "add", server, "--", TIME_SERVER)
+    assert added.exit_code == 0, added.output
+    overridden = writ("tool", "override", f"{server}/convert_time", "--not-idempotent", "--destructive")
     assert overridden.exit_code == 0, overridden.output
-    listed = writ("tool", "list", "--server", ready.server)
+    listed = writ("tool", "list", "--server", server)
     row = next(line for line in listed.stdout.splitlines() if "convert_time" in line)
     assert row.split()[3:6] == ["yes", "yes", "no"], row  # read-only, destructive, idempotent
     assert_one_error_line(writ("tool", "override", "no-slash", "--idempotent"), "invalid_tool")
-    assert_one_error_line(writ("tool", "override", f"{ready.server}/nope", "--idempotent"), "unknown_tool")
+    assert_one_error_line(writ("tool", "override", f"{server}/nope", "--idempotent"), "unknown_tool")
 
 
 def test_reconcile_an_unknown_outcome_from_the_cli(

@@ -62,16 +62,14 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(plane: Plane, tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    """One agent (registered with the CLI), one mcp-server-time, and the default policy plus a forbid
-    on this server's convert_time, for the module: its tests only read them (a test that changes a
-    server adds its own)."""
+def setup(plane: Plane, tmp_path_factory: pytest.TempPathFactory, time_server: str) -> Setup:
+    """One agent (registered with the CLI), the session's mcp-server-time, and the default policy plus
+    a forbid on this server's convert_time, for the module: its tests only read them (a test that
+    changes a server adds its own)."""
     writ = cli(plane)
     folder = tmp_path_factory.mktemp("gateway")
-    suffix = uuid.uuid4().hex[:8]
-    agent, server = f"gw-agent-{suffix}", f"gw-time-{suffix}"
+    agent, server = f"gw-agent-{uuid.uuid4().hex[:8]}", time_server
     assert (registered := writ("agent", "register", agent, "--owner", "tests")).exit_code == 0, registered.output
-    assert (added := writ("server", "add", server, "--", TIME_SERVER)).exit_code == 0, added.output
     policy = folder / "gateway.cedar"
     policy.write_text(
         default_policy()[0] + '\n@id("gateway-no-convert")\nforbid(principal, action == Action::"call_tool", resource)'

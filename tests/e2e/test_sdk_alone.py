@@ -64,14 +64,16 @@ def sdk_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def test_the_sdk_installs_alone_and_an_agent_gets_a_verified_receipt(plane: Plane, sdk_venv: Path) -> None:
+def test_the_sdk_installs_alone_and_an_agent_gets_a_verified_receipt(
+    plane: Plane, sdk_venv: Path, time_server: str
+) -> None:
     listed = subprocess.run(
         [str(sdk_venv), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=False
     )
     names = {row["name"] for row in json.loads(listed.stdout)} if listed.returncode == 0 else set()
     assert not names & {"faststream", "pydantic", "writ-common", "writ"}, names
 
-    agent, server = time_agent(plane, "alone")
+    agent, server = time_agent(plane, "alone"), time_server
 
     script = sdk_venv.parent / "agent.py"
     script.write_text(AGENT_SCRIPT)

@@ -20,9 +20,17 @@ from writ_common.sweeper import OpenIntents
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def swept(plane: Plane, time_server: str) -> tuple[str, str]:
+    """The agent and the time server both services' cases submit with (each its own intent)."""
+    return time_agent(plane, "swept"), time_server
+
+
 @pytest.mark.parametrize("service", ["policy", "executor"])
-def test_the_sweepers_index_reads_the_intents_with_the_services_own_credential(plane: Plane, service: str) -> None:
-    agent, server = time_agent(plane, "swept")
+def test_the_sweepers_index_reads_the_intents_with_the_services_own_credential(
+    plane: Plane, swept: tuple[str, str], service: str
+) -> None:
+    agent, server = swept
     runner = CliRunner()
     env = {"WRIT_DATA_DIR": str(plane.data_dir), "WRIT_NATS_URL": plane.nats_url, "COLUMNS": "200"}
     submitted = runner.invoke(app, ["intent", "submit", f"{server}/get_current_time", "--as", agent], env=env)

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from cli_runner import INTENT_ID, TIME_SERVER, Writ
+from cli_runner import INTENT_ID, Writ
 from writ.runtime.supervisor import Plane
 
 pytestmark = pytest.mark.e2e
@@ -27,11 +27,10 @@ def api_status(url: str, token: str | None) -> int:
         return exc.code
 
 
-def test_views_commands_show_an_intent_its_stats_and_refuse_writes(writ: Writ, plane: Plane) -> None:
+def test_views_commands_show_an_intent_its_stats_and_refuse_writes(writ: Writ, plane: Plane, time_server: str) -> None:
     suffix = uuid.uuid4().hex[:8]
-    agent, server = f"views-agent-{suffix}", f"views-time-{suffix}"
+    agent, server = f"views-agent-{suffix}", time_server
     assert writ("agent", "register", agent, "--owner", "tests").exit_code == 0
-    assert writ("server", "add", server, "--", TIME_SERVER).exit_code == 0
     assert writ("policy", "load", "--default").exit_code == 0
     submitted = writ(
         "intent", "submit", f"{server}/get_current_time", "--args", '{"timezone": "UTC"}', "--as", agent, "--wait"

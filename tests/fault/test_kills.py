@@ -199,6 +199,47 @@ async def test_killing_the_nats_server_loses_no_acknowledged_intent(rig: Rig) ->
         assert receipt.status == "succeeded", f"{intent_id}: {receipt.status}: {receipt.reason}"
 
 
+# Lost acks: nats-server killed three times while 80 row writes are in flight (on this module's
+# plane: one plane start fewer than a module of its own; its fault hook is never armed here).
+LOST_ACK_INTENTS = 80
+NATS_KILLS = 3
+
+
+async def kill_nats_repeatedly(rig: Rig, kills: int) -> None:
+    rng = random.Random("lost-acks")
+    for _ in range(kills):
+        await asyncio.sleep(rng.uniform(0.3, 1.0))
+        await asyncio.to_thread(rig.plane.kill_service, "nats")
+        await asyncio.to_thread(rig.plane.wait_ready, 90)
+
+
+async def test_killing_nats_under_load_makes_no_outcome_unknown_and_nothing_twice(rig: Rig) -> None:
+    """Lost answers are resolved by looking, not guessed: the embedded nats-server is SIGKILLed (and
+    restarted) while intents to a non-idempotent row-writing tool are in flight, so appends around
+    ``execution.started`` and the verdict lose their acks. The executor never dies here, so no intent
+    may end ``outcome_unknown``: every call whose start was stored is made once and its outcome
+    recorded; a start never stored is simply made (once) later."""
+    run = f"lost-{uuid.uuid4().hex[:6]}"
+    executor_restarts = rig.plane.status_of("executor").restarts
+    kills = asyncio.create_task(kill_nats_repeatedly(rig, NATS_KILLS))
+    tokens = await submit_rows(rig, LOST_ACK_INTENTS, run)
+    await kills
+    receipts = await receipts_of(rig, list(tokens), timeout=180)
+
+    assert rig.plane.status_of("executor").restarts == executor_restarts, "the executor never died"
+    per_intent = Counter(r.intent_id for r in await all_receipts(rig.nc))
+    wrong = {i: per_intent[i] for i in tokens if per_intent[i] != 1}
+    assert not wrong, f"every intent has exactly one receipt: {wrong}"
+    rows = row_counts(rig.sqlite_db)
+    statuses = Counter(r.status for r in receipts.values())
+    assert statuses == {"succeeded": LOST_ACK_INTENTS}, {
+        i: (r.status, r.reason) for i, r in receipts.items() if r.status != "succeeded"
+    }
+    for intent_id in receipts:
+        assert rows[tokens[intent_id]] == 1, f"{intent_id}: wrote {rows[tokens[intent_id]]} rows"
+    await assert_chain_verifies(rig)
+
+
 async def test_a_service_whose_metrics_port_was_taken_comes_back_on_another(rig: Rig) -> None:
     plane = rig.plane
     old = plane.metrics_url("policy")
@@ -386,9 +427,12 @@ async def test_a_pending_approval_survives_restarting_everything_then_runs_once(
         token = f"approved-{uuid.uuid4().hex[:6]}"
         submission = await rig.agent.submit("faulty/append_row", {"token": token})
         await pending_for(approver, submission.intent_id)
-        for name in ("identity", "registry", "policy", "executor", "ledger", "nats"):
+        # Every service SIGKILLed at once (none is up to hold anything for another), then nats-server.
+        for name in ("identity", "registry", "policy", "executor", "ledger"):
             await asyncio.to_thread(rig.plane.kill_service, name)
-            await asyncio.to_thread(rig.plane.wait_ready, 60)
+        await asyncio.to_thread(rig.plane.wait_ready, 60)
+        await asyncio.to_thread(rig.plane.kill_service, "nats")
+        await asyncio.to_thread(rig.plane.wait_ready, 60)
         request = await pending_for(approver, submission.intent_id)
         reply = await approver.decide(request, "grant")
         assert reply["outcome"] == "authorized"

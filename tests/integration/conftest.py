@@ -1,5 +1,5 @@
 """Fixtures for the integration tier (the in-process plane lives in ``inprocess.py``)."""
 
-from inprocess import spine
+from inprocess import shared_spine, spine
 
-__all__ = ["spine"]
+__all__ = ["shared_spine", "spine"]

@@ -1,5 +1,12 @@
 """In-process plane for integration tests: the five real services run in the test's event loop
-against the session's real nats-server and Redis (so spans land in an in-memory exporter)."""
+against the session's real nats-server and Redis (so spans land in an in-memory exporter).
+
+The ``spine`` fixture gives each module the session's one set of services (started once, see
+:class:`SharedSpine`) with an agent of the module's own: modules are isolated by data (their own
+agent, servers and policy), not by restarting five services and rediscovering the time server.
+A module that needs services of its own (other limits, another Redis) opens them with
+:func:`open_spine`, which first stops the shared ones: two sets would split the same durable
+consumers between them."""
 
 from __future__ import annotations
 
@@ -8,8 +15,8 @@ import io
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +94,17 @@ async def open_spine(
 ) -> AsyncIterator[Spine]:
     """The five services, an agent and the time server; ``policy_redis`` gives policy its own Redis
     (so a test can take policy's rate-limit store away while identity's nonces keep working);
-    ``overrides``: other settings (e.g. the executor's limits)."""
+    ``overrides``: other settings (e.g. the executor's limits). The shared services stop first
+    (the next ``spine`` starts them again)."""
+    await SHARED.stop()
+    async with _spine(nats_server, redis_server, data_dir, policy_redis=policy_redis, **overrides) as spine:
+        yield spine
+
+
+@asynccontextmanager
+async def _spine(
+    nats_server: str, redis_server: str, data_dir: Path, *, policy_redis: str | None = None, **overrides: Any
+) -> AsyncIterator[Spine]:
     settings = WritSettings(
         data_dir=data_dir,
         nats_url=nats_server,
@@ -135,8 +152,61 @@ async def stopped(svc: Service, timeout: float = 45.0) -> None:
     stopping.result()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def spine(nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Spine]:
+async def own_agent(spine: Spine, prefix: str = "spine") -> Spine:
+    """``spine`` with a freshly registered agent of its own (same services, connection and views)."""
+    key = generate_key()
+    agent_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    await commands.call(
+        spine.nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)}
+    )
+    return replace(spine, agent=WritAgent(spine.nc, agent_id, key), key=key)
+
+
+class SharedSpine:
+    """The session's one set of in-process services, started by the first module that asks and
+    kept for the next ones, until :func:`open_spine` or the session's end stops it. One object for
+    the session whichever tier's conftest asks (both import this module)."""
+
+    def __init__(self) -> None:
+        self._running: Spine | None = None
+        self._stack: AsyncExitStack | None = None
+        self._where: tuple[str, str, Path] | None = None
+
+    def configure(self, nats_server: str, redis_server: str, data_dir: Path) -> None:
+        self._where = (nats_server, redis_server, data_dir)
+
+    async def get(self) -> Spine:
+        if self._running is None:
+            assert self._where is not None, "the shared_spine fixture configures it first"
+            stack = AsyncExitStack()
+            self._running = await stack.enter_async_context(_spine(*self._where))
+            self._stack = stack
+        return self._running
+
+    async def stop(self) -> None:
+        stack, self._running, self._stack = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+
+SHARED = SharedSpine()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_spine(
+    nats_server: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[SharedSpine]:
+    """Where the shared services run (the session's servers: set up before it, so torn down after
+    it), stopped at the session's end whichever conftest's copy of this fixture runs that."""
     # One data dir for every module: one ledger key signs the whole chain on the shared server.
-    async with open_spine(nats_server, redis_server, tmp_path_factory.getbasetemp() / "inprocess-plane") as spine:
-        yield spine
+    SHARED.configure(nats_server, redis_server, tmp_path_factory.getbasetemp() / "inprocess-plane")
+    try:
+        yield SHARED
+    finally:
+        await SHARED.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def spine(shared_spine: SharedSpine) -> Spine:
+    """The shared services with this module's own agent."""
+    return await own_agent(await shared_spine.get())

@@ -21,9 +21,9 @@ from writ.sdk import WritAgent
 # Tests that need only the services (not the supervisor) use the integration tier's in-process
 # spine: the five real services against the session's real nats-server and Redis.
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-from inprocess import spine
+from inprocess import shared_spine, spine
 
-__all__ = ["scene", "spine", "writ"]
+__all__ = ["scene", "shared_spine", "spine", "writ"]
 
 
 @pytest_asyncio.fixture(loop_scope="session")

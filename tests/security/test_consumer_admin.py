@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from cli_runner import INTENT_ID, TIME_SERVER, Writ
+from cli_runner import INTENT_ID, Writ
 from writ.runtime.supervisor import Plane
 from writ_common import subjects
 
@@ -40,10 +40,14 @@ async def test_a_service_credential_cannot_delete_or_drain_another_services_cons
                 json.dumps({"batch": 1, "no_wait": True}).encode(),
             ),
         }
-        for label, (subject, body) in attempts.items():
+
+        async def refused(label: str, subject: str, body: bytes) -> None:
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 reply = await registry.request(subject, body, timeout=2.0)
                 raise AssertionError(f"{label}: the bus let the registry ask {subject}: {reply.data[:200]!r}")
+
+        # Both at once: each refused one waits out its timeout.
+        await asyncio.gather(*(refused(label, subject, body) for label, (subject, body) in attempts.items()))
         info = await operator.jetstream().consumer_info(stream, EXECUTOR_CONSUMER)
         assert info.name == EXECUTOR_CONSUMER
     finally:
@@ -51,7 +55,7 @@ async def test_a_service_credential_cannot_delete_or_drain_another_services_cons
         await operator.close()
 
 
-async def test_a_deleted_consumer_is_recreated_at_once(plane: Plane, writ: Writ) -> None:
+async def test_a_deleted_consumer_is_recreated_at_once(plane: Plane, writ: Writ, time_server: str) -> None:
     operator = await nats.connect(plane.nats_url, **plane.settings.bus_options())
     js = operator.jetstream()
     try:
@@ -67,11 +71,9 @@ async def test_a_deleted_consumer_is_recreated_at_once(plane: Plane, writ: Writ)
     finally:
         await operator.close()
     # And execution goes on through it.
-    suffix = uuid.uuid4().hex[:8]
-    agent, server = f"after-delete-{suffix}", f"time-{suffix}"
+    agent, server = f"after-delete-{uuid.uuid4().hex[:8]}", time_server
     for args in (
         ("agent", "register", agent, "--owner", "tests"),
-        ("server", "add", server, "--", TIME_SERVER),
         ("policy", "load", "--default"),
     ):
         result = await asyncio.to_thread(writ, *args)
