@@ -58,19 +58,22 @@ def overloaded(route: str, limit: int, retry_after_ms: int) -> ev.ExecutionFaile
 
 @dataclass
 class Ticket:
-    """One admitted call; ``rtt_ms``: from the request sent on a ready session to the answer (or
-    failure); None when it was never sent (that says nothing about the route's latency)."""
+    """One admitted call on ``limiter``'s route; ``rtt_ms``: from the request sent on a ready
+    session to the answer (or failure); None when it was never sent (that says nothing about the
+    route's latency)."""
 
-    route: str
-    token: int = 0
+    limiter: RouteLimiter
+    token: int
     rtt_ms: float | None = None
     _sent_at: float | None = None
-    _limiter: RouteLimiter | None = None
+
+    @property
+    def route(self) -> str:
+        return self.limiter.route
 
     def sent(self) -> None:
         self._sent_at = time.perf_counter()
-        if self._limiter is not None:
-            self._limiter.sent(self.token, time.monotonic())
+        self.limiter.sent(self.token, time.monotonic())
 
     def received(self) -> None:
         if self._sent_at is not None:
@@ -114,10 +117,10 @@ class Admission:
                 return overloaded(route, limiter.limit, limiter.retry_after_ms())
         metrics.ADMISSION_IN_FLIGHT.labels(route).set(limiter.in_flight)
         metrics.ADMISSION_LIMIT.labels(route).set(limiter.limit)
-        return Ticket(route, token=next(self._tokens), _limiter=limiter)
+        return Ticket(limiter, next(self._tokens))
 
     def release(self, ticket: Ticket) -> None:
-        limiter = self.limits.of(ticket.route)
+        limiter = ticket.limiter
         if ticket.rtt_ms is not None and self.enabled:
             self.book.record_call(ticket.route, datetime.now(UTC), ticket.rtt_ms, limiter.in_flight)
         adjustment = limiter.release(ticket.rtt_ms, time.monotonic(), token=ticket.token)

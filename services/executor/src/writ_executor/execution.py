@@ -165,7 +165,9 @@ class Execution:
                     return
                 continue
             try:
-                await self.in_a_slot(trigger, raw, step.attempt, ticket=ticket, view=view, last_seq=last_seq)
+                await self.in_a_slot(
+                    trigger, raw, step.attempt, ticket=ticket, view=view, last_seq=last_seq, capacity=capacity
+                )
             finally:
                 self.admission.release(ticket)
             return
@@ -211,13 +213,21 @@ class Execution:
         return True
 
     async def in_a_slot(
-        self, trigger: StoredEvent, raw: Msg, attempt: int, *, ticket: Ticket, view: IntentView, last_seq: int
+        self,
+        trigger: StoredEvent,
+        raw: Msg,
+        attempt: int,
+        *,
+        ticket: Ticket,
+        view: IntentView,
+        last_seq: int,
+        capacity: int | None,
     ) -> None:
-        """Run the attempt in one of its server's slots; none free: it comes back shortly, holding none."""
+        """Run the attempt in one of its server's slots (at most ``capacity``, the server's declared
+        one); none free: it comes back shortly, holding none."""
         assert view.planned is not None
         server = view.planned.server
         slots = self.tuner.slots
-        capacity = await self.declared_capacity(server)
         if not slots.take(server, capacity):
             self.tuner.calls.record_busy(server, datetime.now(UTC))
             raise Redeliver(SERVER_BUSY_RETRY, f"{server!r} runs {slots.limit_of(server, capacity)} calls already")
