@@ -87,13 +87,26 @@ class AppendUnresolved(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """One stored message of an intent as read: what a history is decoded from (and what a stage
+    carries forward to the next one, :mod:`writ_common.carried`)."""
+
+    seq: int
+    subject: str
+    msg_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """An intent's decoded events in order; ``last_seq`` is the fence for the next append;
-    ``msg_ids`` maps each message's ``Nats-Msg-Id`` to its sequence (admitted or not)."""
+    ``msg_ids`` maps each message's ``Nats-Msg-Id`` to its sequence (admitted or not);
+    ``records`` are the messages it was decoded from, forged ones included."""
 
     events: list[StoredEvent]
     last_seq: int
     msg_ids: dict[str, int] = field(default_factory=dict)
+    records: tuple[Record, ...] = ()
 
 
 def msg_id(intent_id: str, event_type: str, occurrence: int | str = 0) -> str:
@@ -114,6 +127,7 @@ async def append(
     occurrence: int | str = 0,
     headers: dict[str, str] | None = None,
     settle: float | None = SETTLE_SECONDS,
+    data: bytes | None = None,
 ) -> PubAck:
     """Append an intent event, fenced and deduplicated; a lost answer is resolved by looking.
 
@@ -130,6 +144,7 @@ async def append(
         expected_last_seq: stream sequence of the intent's last event as we folded it (0: none).
         occurrence: part of ``Nats-Msg-Id`` for events that may legitimately repeat (:func:`msg_id`).
         headers: extra headers; ``traceparent`` of the current span is added.
+        data: ``envelope`` already encoded (by a caller that keeps the bytes), else encoded here.
         settle: seconds to keep looking after a lost answer; None: neither look nor judge
             duplicates (an agent's submission: a duplicate is the same intent by construction,
             and an agent may not read through the stream leader).
@@ -149,7 +164,8 @@ async def append(
         envelope.agent_id, envelope.intent_id
     )
     subject = subjects.intent_subject(envelope.agent_id, envelope.intent_id, envelope.type)
-    data = encode(envelope)
+    if data is None:
+        data = encode(envelope)
     if settle is None:
         try:
             return await js.publish(subject, data, headers=all_headers)
@@ -377,23 +393,32 @@ def stored(msg: Msg) -> StoredEvent:
     return event
 
 
-def _history(records: Iterable[tuple[int, str, bytes, Mapping[str, str]]]) -> History:
-    """Decode (seq, subject, data, headers) records; forged or undecodable ones count only for
-    the fence and the message ids (their consumers dead-letter them)."""
+def history_of(records: Iterable[Record]) -> History:
+    """Decode an intent's records; forged or undecodable ones count only for the fence and the
+    message ids (their consumers dead-letter them)."""
     events: list[StoredEvent] = []
     msg_ids: dict[str, int] = {}
+    kept: list[Record] = []
     last = 0
-    for seq, subject, data, headers in records:
-        last = seq
-        if ident := headers.get("Nats-Msg-Id"):
-            msg_ids[ident] = seq
+    for record in records:
+        kept.append(record)
+        last = record.seq
+        if record.msg_id:
+            msg_ids[record.msg_id] = record.seq
         try:
-            event = decode(data, seq=seq, subject=subject)
+            event = decode(record.data, seq=record.seq, subject=record.subject)
             topology.admit(event)
         except UndecodableEvent:
             continue
         events.append(event)  # admitted: its subject names this agent and intent
-    return History(events=events, last_seq=last, msg_ids=msg_ids)
+    return History(events=events, last_seq=last, msg_ids=msg_ids, records=tuple(kept))
+
+
+def _history(records: Iterable[tuple[int, str, bytes, Mapping[str, str]]]) -> History:
+    """:func:`history_of` (seq, subject, data, headers) as read."""
+    return history_of(
+        Record(seq, subject, headers.get("Nats-Msg-Id", ""), data) for seq, subject, data, headers in records
+    )
 
 
 async def direct_history(nc: Client, agent_id: str, intent_id: str) -> History:

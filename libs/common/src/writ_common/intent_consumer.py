@@ -62,6 +62,10 @@ class ConsumingService(Protocol):
 
     async def dead_letter(self, raw: Msg, code: str, reason: str) -> None: ...
 
+    def handling(self, trigger: StoredEvent, raw: Msg) -> None: ...
+
+    def handled(self, trigger: StoredEvent) -> None: ...
+
 
 def retry_delay(delivered: int) -> float:
     """Backoff of a handler that raised: 0.5 s after the first delivery, doubling, at most 30 s."""
@@ -203,6 +207,7 @@ class IntentConsumer:
         """Run the handler on one admitted event, then ack, or nack for a later redelivery."""
         name = self.svc.name
         started = time.perf_counter()
+        self.svc.handling(event, raw)
         try:
             span = {"writ.intent_id": event.envelope.intent_id or "", "writ.service": name}
             with stage_span(f"{name}.{event.type}", raw.headers, **span):
@@ -224,6 +229,8 @@ class IntentConsumer:
             log.exception("%s: handling %s failed (delivery %d); will retry", name, raw.subject, delivered)
             await raw.nak(delay=retry_delay(delivered))
             return
+        finally:
+            self.svc.handled(event)
         metrics.STAGE_SECONDS.labels(name, event.type).observe(time.perf_counter() - started)
         await raw.ack()
 

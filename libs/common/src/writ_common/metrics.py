@@ -29,6 +29,11 @@ SKIPPED_EVENTS = Counter(
     "Events a reader moved past without applying them (undecodable, or its view could not take them)",
     ["reader", "code"],
 )
+HISTORY_FOLDS = Counter(
+    "writ_history_folds_total",
+    "Intent histories a stage folded, by source: carried by the trigger, or read from the stream",
+    ["service", "source"],
+)
 REDELIVERIES = Counter("writ_redeliveries_total", "Messages handed back for redelivery", ["service", "why"])
 DECISIONS = Counter(
     "writ_decisions_total", "Terminal and authorization decisions by code", ["service", "event", "code"]

@@ -28,13 +28,16 @@ from writ_common.bus import (
     SETTLE_SECONDS,
     History,
     HistoryBehind,
+    Record,
     StaleAppend,
     append,
     append_control,
     dead_letter,
+    msg_id,
     read_history,
 )
 from writ_common.cancellation import cancellation
+from writ_common.carried import carried_history, header_for
 from writ_common.consumers import ConsumerGuard
 from writ_common.control import ControlFollower
 from writ_common.envelope import (
@@ -43,6 +46,7 @@ from writ_common.envelope import (
     StoredEvent,
     UndecodableEvent,
     decode_json,
+    encode,
     make_envelope,
     parse_time,
 )
@@ -103,6 +107,11 @@ class Service:
         self._consumers: list[Callable[[], Awaitable[None]]] = []  # pull loops, started last
         self._stopping = False
         self._before_stop: list[Callable[[], Awaitable[None]]] = []  # before the broker drains
+        # Per trigger being handled (by envelope id): its message on a first delivery (the history
+        # it carries serves the first fold), and the records last folded or appended with their last sequence,
+        # which the events appended right after them carry.
+        self._carried: dict[str, Msg] = {}
+        self._basis: dict[str, tuple[int, tuple[Record, ...]]] = {}
 
     async def _on_disconnected(self) -> None:
         log.warning("%s: disconnected from NATS; reconnecting", self.name)
@@ -228,9 +237,23 @@ class Service:
                 log.info("%s: %s moved on while deciding; folding again", self.name, intent_id)
         raise RuntimeError(f"{intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
+    def handling(self, trigger: StoredEvent, raw: Msg) -> None:
+        """A consumer hands ``trigger`` to its handler: on its first delivery, the history its
+        message carries (:mod:`writ_common.carried`) serves the first fold. A redelivery reads:
+        whatever made it come again may have moved the intent on."""
+        if raw.metadata.num_delivered == 1:
+            self._carried[trigger.envelope.id] = raw  # decoded only if the handler folds
+
+    def handled(self, trigger: StoredEvent) -> None:
+        self._carried.pop(trigger.envelope.id, None)
+        self._basis.pop(trigger.envelope.id, None)
+
     async def history(self, trigger: StoredEvent, *, min_seq: int | None = None) -> History:
         """The history of ``trigger``'s intent, at least as new as the trigger (or ``min_seq``):
         a stage never decides from a read that may be behind what it was told.
+
+        The first fold of a trigger that carried its history takes that (no read); any later
+        one reads (a fold again means the fence said the intent moved on).
 
         Raises:
             Redeliver: no read reached the trigger (replicas behind, a leader change): the
@@ -238,17 +261,28 @@ class Service:
         """
         agent_id, intent_id = trigger.envelope.agent_id, trigger.envelope.intent_id
         assert agent_id and intent_id
-        try:
-            return await read_history(
-                self.nc,
-                agent_id,
-                intent_id,
-                min_seq=trigger.seq if min_seq is None else min_seq,
-                event_id=trigger.envelope.id,
-            )
-        except HistoryBehind as exc:
-            metrics.REDELIVERIES.labels(self.name, "history_behind").inc()
-            raise Redeliver(BEHIND_RETRY, str(exc)) from exc
+        raw = self._carried.pop(trigger.envelope.id, None)
+        carried = None
+        if raw is not None and (min_seq is None or min_seq <= trigger.seq):
+            carried = carried_history(raw, trigger)
+        if carried is not None:
+            metrics.HISTORY_FOLDS.labels(self.name, "carried").inc()
+            history = carried
+        else:
+            metrics.HISTORY_FOLDS.labels(self.name, "read").inc()
+            try:
+                history = await read_history(
+                    self.nc,
+                    agent_id,
+                    intent_id,
+                    min_seq=trigger.seq if min_seq is None else min_seq,
+                    event_id=trigger.envelope.id,
+                )
+            except HistoryBehind as exc:
+                metrics.REDELIVERIES.labels(self.name, "history_behind").inc()
+                raise Redeliver(BEHIND_RETRY, str(exc)) from exc
+        self._basis[trigger.envelope.id] = (history.last_seq, history.records)
+        return history
 
     async def append_all(
         self,
@@ -261,6 +295,10 @@ class Service:
         settle: float = SETTLE_SECONDS,
     ) -> list[int]:
         seqs = []
+        # The records this append follows, when it follows the history last folded for the
+        # trigger: the appended event carries them to the stage it triggers.
+        folded = self._basis.get(trigger.envelope.id)
+        basis = folded[1] if folded is not None and folded[0] == last_seq else None
         for payload in payloads:
             envelope = make_envelope(
                 payload,
@@ -270,7 +308,21 @@ class Service:
                 causation_id=trigger.envelope.id,
                 correlation_id=view.submitted_event.envelope.id if view.submitted_event else trigger.envelope.id,
             )
-            ack = await append(self.js, envelope, expected_last_seq=last_seq, occurrence=occurrence, settle=settle)
+            data = encode(envelope)
+            ack = await append(
+                self.js,
+                envelope,
+                expected_last_seq=last_seq,
+                occurrence=occurrence,
+                settle=settle,
+                data=data,
+                headers=header_for(envelope.type, basis) if basis else None,
+            )
+            if basis is not None:
+                assert envelope.agent_id and envelope.intent_id
+                subject = subjects.intent_subject(envelope.agent_id, envelope.intent_id, envelope.type)
+                basis = (*basis, Record(ack.seq, subject, msg_id(envelope.intent_id, envelope.type, occurrence), data))
+                self._basis[trigger.envelope.id] = (ack.seq, basis)
             last_seq = ack.seq
             seqs.append(ack.seq)
             if code := getattr(payload, "code", None):
