@@ -336,3 +336,30 @@ def test_an_agent_suspended_at_the_bus_shows_so_until_reinstated(tmp_path: Path)
     assert store.db.execute(row).fetchone() == ("suspended", "2026-01-02T03:04:05Z", "over its budget")
     store.apply(subjects.IDENTITY_STREAM, events[2:])
     assert store.db.execute(row).fetchone() == ("active", None, None)
+
+
+def test_the_views_tell_the_ledger_no_receipt_exists_only_when_in_step_with_the_chain(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    """The receipt writer skips looking in the stream for an intent's receipt only where the views
+    applied the ledger stream exactly up to the head it fences on and hold none."""
+    from writ_ledger.views.runner import Views
+
+    views = Views(tmp_path / "views.sqlite3")
+    try:
+        receipts = log[subjects.LEDGER_STREAM]
+        views.store.apply(subjects.LEDGER_STREAM, receipts[:-1])
+        head = len(receipts) - 1
+        last = receipts[-1][1]
+        assert last is not None and isinstance(last.payload, ev.Receipt)
+        first = receipts[0][1]
+        assert first is not None and isinstance(first.payload, ev.Receipt)
+        assert views.no_receipt_until(last.payload.intent_id, head)
+        assert not views.no_receipt_until(first.payload.intent_id, head)  # it has one
+        assert not views.no_receipt_until(last.payload.intent_id, head + 1)  # behind the chain
+        assert not views.no_receipt_until(last.payload.intent_id, head - 1)  # ahead of the head
+        views.store.apply(subjects.LEDGER_STREAM, receipts[-1:])
+        assert not views.no_receipt_until(last.payload.intent_id, head + 1)
+    finally:
+        views.store.close()
+        views.release()

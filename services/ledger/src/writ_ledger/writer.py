@@ -36,6 +36,7 @@ class ReceiptWriter:
         self.histories = histories
         self.views = views
         self.head: ChainHead | None = None  # None: read it from the stream before the next append
+        self.receipt_lookups = 0  # receipts looked for in the stream (the views could not tell)
 
     async def chain_head(self) -> ChainHead:
         """The last receipt's head; the chain's one fence.
@@ -83,14 +84,18 @@ class ReceiptWriter:
         """Write the receipt of the intent ``trigger`` ended, once, at the chain's head."""
         intent_id, agent_id = trigger.envelope.intent_id or "", trigger.envelope.agent_id or ""
         for _ in range(FENCE_RETRIES):
-            if await self.has_own_receipt(agent_id, intent_id):
-                return  # exactly one receipt per intent
+            head = await self.chain_head()
+            # Exactly one receipt per intent. The append below is fenced on ``head``, so where the
+            # views show none up to it there is none, and the stream need not be asked.
+            if not self.views.no_receipt_until(intent_id, head.seq):
+                self.receipt_lookups += 1
+                if await self.has_own_receipt(agent_id, intent_id):
+                    return
             view = fold_intent(await self.events_of(trigger))
             how = domain.ended(view)
             if isinstance(how, Refusal):
                 log.debug("ledger: no receipt for %s: %s", intent_id, how)
                 return
-            head = await self.chain_head()
             receipt = domain.next_receipt(view, head, recorded_at=utcnow(), key=self.key, key_id=self.key_id)
             envelope = self.envelope(trigger, view, receipt)
             try:

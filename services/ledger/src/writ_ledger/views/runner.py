@@ -141,6 +141,13 @@ class Views:
         """Let another writer have the file (closing the lock file drops the lock)."""
         self._writer_lock.close()
 
+    def no_receipt_until(self, intent_id: str, seq: int) -> bool:
+        """The views applied the ledger stream exactly up to ``seq`` and hold no receipt of
+        ``intent_id``: none is stored up to there (they apply the stream without gaps). False
+        says nothing either way (behind, ahead, or one is there: look in the stream)."""
+        store = self.store
+        return store.position(subjects.LEDGER_STREAM) == seq and not store.has_receipt(intent_id)
+
     # -- following ----------------------------------------------------------------------------
 
     async def apply_live(self, stream: str, event: StoredEvent) -> None:

@@ -49,6 +49,10 @@ class ViewStore:
             known = self._positions[stream] = int(row[0]) if row else 0
         return known
 
+    def has_receipt(self, intent_id: str) -> bool:
+        """A receipt of ``intent_id`` is among those applied (any ledger's key)."""
+        return self.db.execute("SELECT 1 FROM receipts WHERE intent_id = ?", (intent_id,)).fetchone() is not None
+
     def positions(self) -> dict[str, tuple[int, str | None]]:
         """stream -> (last applied sequence, occurred_at of the last event applied)."""
         return {s: (int(q), at) for s, q, at in self.db.execute("SELECT stream, seq, event_at FROM tracking")}
