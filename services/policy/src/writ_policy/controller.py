@@ -5,13 +5,16 @@ rules are in :mod:`writ_policy.rollout`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from writ_common import events as ev
 from writ_common import subjects, topology
@@ -51,15 +54,30 @@ class RolloutController:
         self.bundles = bundles
         self.signals = Signals()
         self.tasks: list[asyncio.Task[None]] = []
+        # The slice's decisions as they happen, heard only while a rollout is active: every
+        # governed call's events would otherwise come here for nothing.
+        self.listening: list[Subscription] = []
 
     async def start(self) -> None:
-        for event_type in OBSERVED_TYPES:
-            await self.svc.nc.subscribe(subjects.intents_of_type(event_type), cb=self.on_observed)
         self.tasks.append(asyncio.create_task(self.loop(), name="rollout-controller"))
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        await self.stop_listening()
+
+    async def listen(self) -> None:
+        if not self.listening:
+            for event_type in OBSERVED_TYPES:
+                self.listening.append(
+                    await self.svc.nc.subscribe(subjects.intents_of_type(event_type), cb=self.on_observed)
+                )
+
+    async def stop_listening(self) -> None:
+        subs, self.listening = self.listening, []
+        for sub in subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -125,10 +143,16 @@ class RolloutController:
     async def tick(self) -> None:
         await self.policies.ensure_fresh()
         rollout = rules.in_progress(self.state.rollouts)
+        if rollout is None or not rollout.active:
+            await self.stop_listening()
+        else:
+            # Listening first, then reading the log since the start: a decision made in between
+            # is seen twice, never missed (a sample takes the same event alike twice).
+            await self.listen()
+            if self.signals.reset_for(rollout.plan.rollout_id):
+                await self.read_slice_since_start(rollout)
         if rollout is None:
             return
-        if rollout.active and self.signals.reset_for(rollout.plan.rollout_id):
-            await self.read_slice_since_start(rollout)
         now = datetime.now(UTC)
         readings = self.readings_of(rollout)
         step, self.signals.watch = rules.next_step(rollout, self.signals.watch, readings, now)
