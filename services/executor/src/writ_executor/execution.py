@@ -252,11 +252,17 @@ class Execution:
         # From here to the recorded outcome, the message stays ours and the lease held, however
         # long a lost answer takes to resolve.
         heartbeat = asyncio.create_task(keep_alive(raw, self.leases, intent_id, attempt))
+        ended = False
         try:
             result = await self.start_and_call(trigger, attempt, ticket=ticket, view=view, last_seq=last_seq)
+            ended = not isinstance(result, ev.ExecutionAttemptFailed)
         finally:
             heartbeat.cancel()
-            await self.leases.release(intent_id, attempt)
+            # The lease of an intent that has ended is left to expire: nothing asks for it again
+            # (a redelivery finds the intent ended), and letting go costs a Redis round trip per
+            # call. A failed attempt, or one cut short, lets go at once for the next.
+            if not ended:
+                await self.leases.release(intent_id, attempt)
         if isinstance(result, ev.ExecutionAttemptFailed):
             raise Redeliver(result.retry_after_ms / 1000, f"attempt {attempt} failed: {result.reason}")
 
