@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class Level:
     failures: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    bus: dict[str, tuple[int, int]] = field(default_factory=dict)  # connection -> messages in, out
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms or [0.0]
@@ -79,6 +81,11 @@ class Level:
             "max_ms": round(max(lat), 2),
             "plane_cpu_ms_per_call": round(plane, 3),
             "cpu_ms_per_call": per_call,
+            # Messages each connection sent to / got from the nats-server per call (server's view).
+            "bus_msgs_per_call": {
+                name: [round(sent / max(1, self.calls), 2), round(got / max(1, self.calls), 2)]
+                for name, (sent, got) in sorted(self.bus.items())
+            },
         }
 
 
@@ -158,10 +165,30 @@ async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[Writ
     return nc, agents
 
 
+def bus_messages(plane: Plane) -> dict[str, tuple[int, int]]:
+    """Messages each named connection sent and received so far, summed over the nats-servers
+    (``/connz``: the server's count, a service's connection named ``writ-<service>``; the load's
+    own agents under ``agents``)."""
+    out: Counter[str] = Counter()
+    got: Counter[str] = Counter()
+    for url in plane.nats_monitor_urls().values():
+        try:
+            with urllib.request.urlopen(f"{url}/connz?limit=4096", timeout=5) as page:
+                connz = json.load(page)
+        except OSError:
+            continue
+        for conn in connz.get("connections") or []:
+            name = str(conn.get("name") or "agents").removeprefix("writ-")
+            out[name] += int(conn.get("in_msgs", 0))
+            got[name] += int(conn.get("out_msgs", 0))
+    return {name: (out[name], got[name]) for name in out}
+
+
 async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Level:
     tool, arguments = TOOLS[level.tool]
     stop_at = time.monotonic() + level.seconds
     before = cpu_by_process(plane)
+    bus_before = await asyncio.to_thread(bus_messages, plane)
 
     async def caller(agent: WritAgent) -> None:
         while time.monotonic() < stop_at:
@@ -180,6 +207,11 @@ async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Le
     await asyncio.gather(*(caller(a) for a in agents[: level.callers]))
     after = cpu_by_process(plane)
     level.cpu_ms = cpu_spent(before, after)
+    bus_after = await asyncio.to_thread(bus_messages, plane)
+    level.bus = {
+        name: (sent - bus_before.get(name, (0, 0))[0], got - bus_before.get(name, (0, 0))[1])
+        for name, (sent, got) in bus_after.items()
+    }
     return level
 
 
@@ -189,6 +221,11 @@ def print_level(summary: dict[str, Any]) -> None:
         f" {summary['p99_ms']:9.2f} {summary['max_ms']:9.2f} {summary['plane_cpu_ms_per_call']:9.2f}"
         f" {summary['failures']:6}"
     )
+    bus = summary.get("bus_msgs_per_call") or {}
+    if bus:
+        total = [sum(v[0] for v in bus.values()), sum(v[1] for v in bus.values())]
+        each = ", ".join(f"{name} {sent:g}/{got:g}" for name, (sent, got) in bus.items())
+        print(f"      bus messages per call, sent/received: {total[0]:.1f}/{total[1]:.1f} ({each})")
 
 
 # The overload phase's tool serves one call at a time, 500 ms each: 2 calls/s at most, so its 4x

@@ -316,6 +316,17 @@ class Plane:
     def pid(self, name: str) -> int | None:
         return self._unit(name).status().pid
 
+    def nats_monitor_urls(self) -> dict[str, str]:
+        """Each nats-server unit's HTTP monitoring endpoint (``/varz``, ``/connz``), by unit name."""
+        if self.nats_monitors:
+            return dict(self.nats_monitors)
+        out = {}
+        for name in self.nats_units:
+            process = self._units[name].process if name in self._units else None
+            if process is not None and process.monitor_url:
+                out[name] = process.monitor_url
+        return out
+
     def kill_service(self, name: str) -> int:
         """SIGKILL one child (a service, ``nats`` or ``redis``); the monitor restarts it.
 
