@@ -406,6 +406,25 @@ async def recovery_phase(
     out["recovery"] = {"capacity_calls_per_s": None, "runs": tried}
 
 
+async def fresh_recovery_phase(opts: Options, out: dict[str, Any], *, rate: float) -> None:
+    """:func:`recovery_phase` on a plane of its own: what a restart costs, apart from what the
+    phases before left behind (the admission limits the open phase's overloads taught its routes,
+    a log of tens of thousands of intents)."""
+    with tempfile.TemporaryDirectory(prefix="writ-bench-recovery-") as tmp:
+        fresh = Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port())
+        await asyncio.to_thread(fresh.start)
+        try:
+            await asyncio.to_thread(fresh.wait_ready, 60)
+            nc, agents = await setup(fresh.settings, 16)
+            try:
+                await closed_loop(fresh, agents, Level("fast", 1, 3.0))  # warm the sessions
+                await recovery_phase(fresh, nc, agents, opts, out, rate=rate)
+            finally:
+                await nc.close()
+        finally:
+            await asyncio.to_thread(fresh.stop)
+
+
 async def overload_phase(
     plane: Plane, nc: Client, agents: list[WritAgent], opts: Options, out: dict[str, Any], *, tool: str = "serial"
 ) -> None:
@@ -511,7 +530,7 @@ def main() -> None:
                     out["sustainable_calls_per_s"] = sustainable
                     print(f"sustainable throughput (highest rate kept up): {sustainable}")
                 if "recovery" in opts.phases:
-                    await recovery_phase(plane, nc, agents[:16], opts, out, rate=sustainable.get("fast", opts.rates[0]))
+                    await fresh_recovery_phase(opts, out, rate=sustainable.get("fast", opts.rates[0]))
                     print(
                         f"recovery capacity (executor killed and restarted): {out['recovery']['capacity_calls_per_s']}"
                     )
