@@ -22,6 +22,7 @@ import msgspec
 import nats
 from nacl.signing import SigningKey
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from writ_common import local, subjects
@@ -215,9 +216,11 @@ async def wait_receipt(
             if left <= 0:
                 raise await timed_out()
             try:
-                await sub.next_msg(timeout=min(left, 1.0))
+                heard = await sub.next_msg(timeout=min(left, 1.0))
             except nats.errors.TimeoutError:
                 continue
+            if (told := receipt_in_notice(heard, intent_id, agent_id)) is not None:
+                return told
             # Core delivery can run a moment ahead of the stream's write: look again shortly.
             for pause in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
                 if (stored := await look()) is not None:
@@ -348,6 +351,21 @@ async def cancel_intent(
         return Cancellation(intent_id, "requested", status=exc.status)
     outcome: Literal["cancelled", "finished"] = "cancelled" if receipt.status == "cancelled" else "finished"
     return Cancellation(intent_id, outcome, status=receipt.status, receipt=receipt)
+
+
+def receipt_in_notice(msg: Msg, intent_id: str, agent_id: str | None) -> Receipt | None:
+    """The receipt a ledger's notice carries, or None (then it is read from the stream).
+
+    Believed only on ``writ.notice.<agent>.<intent>.receipt``, which the bus lets only the ledger
+    publish, and which it publishes after the receipt was stored, never for a publish the stream
+    refused (unlike a core delivery of the receipt's own subject); and only for this intent."""
+    if not msg.data or agent_id is None or msg.subject != subjects.receipt_notice_subject(agent_id, intent_id):
+        return None
+    try:
+        receipt = _as_receipt(msg.data)
+    except UndecodableEvent:
+        return None
+    return receipt if (receipt.intent_id, receipt.agent_id) == (intent_id, agent_id) else None
 
 
 def _as_receipt(data: bytes) -> Receipt:

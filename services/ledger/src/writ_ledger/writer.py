@@ -24,6 +24,8 @@ from writ_ledger.views.runner import Views
 
 log = logging.getLogger(__name__)
 
+NOTICE_MAX_BYTES = 64 * 1024  # a receipt larger than this (a kept tool output) is read, not sent along
+
 
 class ReceiptWriter:
     """The chain as this replica last wrote or read it, and the histories the views applied."""
@@ -139,11 +141,15 @@ class ReceiptWriter:
         self.head = domain.head_after(receipt, ack.seq, duplicate=bool(ack.duplicate))
         self.histories.forget(trigger)
         intent_id = trigger.envelope.intent_id or ""
-        await self.svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), b"")
+        data = encode(envelope)
+        # The notice carries the receipt just stored, so whoever waits need not read it back; a
+        # duplicate's stored receipt is an earlier one, and a large one is read from the stream.
+        notice = b"" if ack.duplicate or len(data) > NOTICE_MAX_BYTES else data
+        await self.svc.nc.publish(subjects.receipt_notice_subject(view.agent_id or "", intent_id), notice)
         self.svc.fault_point()
         if not ack.duplicate:
             subject = subjects.receipt_subject(trigger.envelope.agent_id or "", intent_id)
-            await self.apply_own(decode(encode(envelope), seq=ack.seq, subject=subject))
+            await self.apply_own(decode(data, seq=ack.seq, subject=subject))
 
     async def apply_own(self, receipt: StoredEvent) -> None:
         """Our receipt, into the views at once: the views do not read back what this ledger wrote
