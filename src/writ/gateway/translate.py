@@ -31,6 +31,7 @@ from typing import Any
 import mcp_types as types
 from pydantic import ValidationError
 
+from writ.sdk import retry_after
 from writ_common.catalog import GATEWAY_SEPARATORS as SEPARATORS
 from writ_common.digest import sha256_digest
 from writ_common.events import Receipt
@@ -225,9 +226,8 @@ def receipt_meta(receipt: Receipt, key: str) -> dict[str, Any]:
         STAGE_META_KEY: receipt.stage,
         REASON_META_KEY: receipt.reason,
     }
-    retry_after_ms = (receipt.result or {}).get("retry_after_ms") if receipt.code == "overloaded" else None
-    if isinstance(retry_after_ms, int) and not isinstance(retry_after_ms, bool):
-        meta[RETRY_AFTER_META_KEY] = retry_after_ms
+    if (wait := retry_after(receipt)) is not None:
+        meta[RETRY_AFTER_META_KEY] = round(wait * 1000)
     return meta
 
 
