@@ -38,7 +38,6 @@ class ReceiptWriter:
         self.histories = histories
         self.views = views
         self.head: ChainHead | None = None  # None: read it from the stream before the next append
-        self.receipt_lookups = 0  # receipts looked for in the stream (the views could not tell)
 
     async def chain_head(self) -> ChainHead:
         """The last receipt's head; the chain's one fence.
@@ -89,10 +88,8 @@ class ReceiptWriter:
             head = await self.chain_head()
             # Exactly one receipt per intent. The append below is fenced on ``head``, so where the
             # views show none up to it there is none, and the stream need not be asked.
-            if not self.views.no_receipt_until(intent_id, head.seq):
-                self.receipt_lookups += 1
-                if await self.has_own_receipt(agent_id, intent_id):
-                    return
+            if not self.views.no_receipt_until(intent_id, head.seq) and await self.has_own_receipt(agent_id, intent_id):
+                return
             view = fold_intent(await self.events_of(trigger))
             how = domain.ended(view)
             if isinstance(how, Refusal):
