@@ -54,6 +54,9 @@ def refusal(exc: APIError, stream: str) -> StorageRefused | None:
 # Pauses before each further Direct Get of a history that is behind its trigger (any replica may
 # answer; a follower is typically a millisecond or two behind the leader on a LAN), then the stream
 # leader is asked. Short first: on R3 about one read in fifty meets a replica a beat behind.
+# The fence of an intent append, as sent and as the server keeps it with the stored message.
+FENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
+FENCE_SUBJECT_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject"
 READ_PAUSES = (0.002, 0.008, 0.03)
 DIRECT_READS = len(READ_PAUSES)
 SETTLE_SECONDS = 30.0  # how long an append whose answer was lost keeps looking before giving up
@@ -159,10 +162,8 @@ async def append(
     ident = msg_id(envelope.intent_id, envelope.type, occurrence)
     all_headers = inject_headers(dict(headers or {}))
     all_headers["Nats-Msg-Id"] = ident
-    all_headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
-    all_headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subjects.intent_filter(
-        envelope.agent_id, envelope.intent_id
-    )
+    all_headers[FENCE_HEADER] = str(expected_last_seq)
+    all_headers[FENCE_SUBJECT_HEADER] = subjects.intent_filter(envelope.agent_id, envelope.intent_id)
     subject = subjects.intent_subject(envelope.agent_id, envelope.intent_id, envelope.type)
     if data is None:
         data = encode(envelope)

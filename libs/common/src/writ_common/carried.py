@@ -28,14 +28,14 @@ import msgspec
 from nats.aio.msg import Msg
 
 from writ_common import subjects, topology
+from writ_common.bus import FENCE_HEADER as FENCE
+from writ_common.bus import FENCE_SUBJECT_HEADER as FENCE_SUBJECT
 from writ_common.bus import History, Record, history_of
 from writ_common.envelope import StoredEvent
 
 log = logging.getLogger(__name__)
 
 HEADER = "Writ-History"
-FENCE = "Nats-Expected-Last-Subject-Sequence"
-FENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 # Above this the next stage reads instead (large arguments would otherwise be stored once more per
 # stage); most histories are a few kilobytes.
 MAX_HEADER_BYTES = 64 * 1024
@@ -70,13 +70,14 @@ def carried_history(msg: Msg, trigger: StoredEvent) -> History | None:
     carries nothing that can be believed (then the history is read)."""
     headers = msg.headers or {}
     agent_id, intent_id = trigger.envelope.agent_id or "", trigger.envelope.intent_id or ""
-    own = Record(trigger.seq, trigger.subject, headers.get("Nats-Msg-Id", ""), msg.data)
-    if headers.get(FENCE_SUBJECT) != subjects.intent_filter(agent_id, intent_id):
+    fence_subject = subjects.intent_filter(agent_id, intent_id)
+    if headers.get(FENCE_SUBJECT) != fence_subject:
         return None
     try:
         fence = int(headers.get(FENCE, ""))
     except ValueError:
         return None
+    own = Record(trigger.seq, trigger.subject, headers.get("Nats-Msg-Id", ""), msg.data)
     if fence == 0:
         return history_of([own])  # stored only because nothing came before it
     if topology.AGENT in topology.ROUTE[trigger.type].publishers or HEADER not in headers:
@@ -86,7 +87,7 @@ def carried_history(msg: Msg, trigger: StoredEvent) -> History | None:
     except (binascii.Error, ValueError, msgspec.DecodeError):
         log.warning("%s: %s carries a history that does not decode; reading it", intent_id, trigger.subject)
         return None
-    prefix = subjects.intent_filter(agent_id, intent_id)[:-1]  # "writ.intent.<agent>.<intent>."
+    prefix = fence_subject[:-1]  # "writ.intent.<agent>.<intent>."
     seqs = [w.seq for w in wire]
     if (
         not wire

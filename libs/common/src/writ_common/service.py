@@ -107,9 +107,9 @@ class Service:
         self._consumers: list[Callable[[], Awaitable[None]]] = []  # pull loops, started last
         self._stopping = False
         self._before_stop: list[Callable[[], Awaitable[None]]] = []  # before the broker drains
-        # Per trigger being handled (by envelope id): its message on a first delivery (the history
-        # it carries serves the first fold), and the records last folded or appended with their last sequence,
-        # which the events appended right after them carry.
+        # Per trigger being handled (by envelope id): its message (on a first delivery, the
+        # history it carries serves the first fold), and the records last folded or appended,
+        # with their last sequence, which the events appended right after them carry.
         self._carried: dict[str, Msg] = {}
         self._basis: dict[str, tuple[int, tuple[Record, ...]]] = {}
 
@@ -238,11 +238,9 @@ class Service:
         raise RuntimeError(f"{intent_id}: gave up after {FENCE_RETRIES} stale appends")
 
     def handling(self, trigger: StoredEvent, raw: Msg) -> None:
-        """A consumer hands ``trigger`` to its handler: on its first delivery, the history its
-        message carries (:mod:`writ_common.carried`) serves the first fold. A redelivery reads:
-        whatever made it come again may have moved the intent on."""
-        if raw.metadata.num_delivered == 1:
-            self._carried[trigger.envelope.id] = raw  # decoded only if the handler folds
+        """A consumer hands ``trigger`` to its handler: the history its message carries
+        (:mod:`writ_common.carried`) may serve the handler's first fold."""
+        self._carried[trigger.envelope.id] = raw  # looked at only if the handler folds
 
     def handled(self, trigger: StoredEvent) -> None:
         self._carried.pop(trigger.envelope.id, None)
@@ -263,7 +261,8 @@ class Service:
         assert agent_id and intent_id
         raw = self._carried.pop(trigger.envelope.id, None)
         carried = None
-        if raw is not None and (min_seq is None or min_seq <= trigger.seq):
+        # Only on a first delivery: whatever made a message come again may have moved the intent on.
+        if raw is not None and (min_seq is None or min_seq <= trigger.seq) and raw.metadata.num_delivered == 1:
             carried = carried_history(raw, trigger)
         if carried is not None:
             metrics.HISTORY_FOLDS.labels(self.name, "carried").inc()
