@@ -6,6 +6,7 @@ import base64
 import hashlib
 
 import pytest
+import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,6 +36,41 @@ KEY = b"k" * 32  # the plane secret that keys args_digest
 
 
 # --- RFC 8785 canonical JSON ---------------------------------------------------------------------
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)  # beyond JCS's range too: both refuse it
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()  # any code point, control characters and lone surrogates included
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),  # non-ASCII keys: UTF-16 order
+    max_leaves=25,
+)
+
+
+def jcs_reference(value: object) -> bytes | type[Exception]:
+    try:
+        return rfc8785.dumps(value)
+    except Exception as exc:  # which error: only that both refuse
+        return ValueError if isinstance(exc, ValueError) else type(exc)
+
+
+@given(JSON_VALUES)
+def test_canonical_json_is_byte_for_byte_the_rfc8785_reference(value: object) -> None:
+    """The fast path (msgspec, sorted keys) is taken only where it writes exactly what rfc8785 does:
+    any difference would change every digest, receipt hash and signature Writ has issued."""
+    expected = jcs_reference(value)
+    if isinstance(expected, bytes):
+        assert canonical_json(value) == expected
+    else:
+        with pytest.raises(ValueError):
+            canonical_json(value)
 
 
 def test_canonical_json_sorts_keys_and_has_no_whitespace() -> None:

@@ -3,6 +3,8 @@ result does not depend on how streams interleave, and the read side is read-only
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -363,3 +365,89 @@ def test_the_views_tell_the_ledger_no_receipt_exists_only_when_in_step_with_the_
     finally:
         views.store.close()
         views.release()
+
+
+def committed_positions(path: Path) -> dict[str, int]:
+    with contextlib.closing(open_reader(path)) as db:
+        return {s: int(q) for s, q in db.execute("SELECT stream, seq FROM tracking")}
+
+
+def test_deferred_batches_are_seen_by_readers_only_once_committed(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    """The live views keep batches in one open transaction: another connection sees none of them
+    until the commit, then all of them, rows and positions together."""
+    path = tmp_path / "views.sqlite3"
+    store = ViewStore(path, deferred=True)
+    try:
+        events = log[subjects.INTENTS_STREAM]
+        store.apply(subjects.INTENTS_STREAM, events[:40])
+        store.apply(subjects.INTENTS_STREAM, events[40:90])
+        assert store.uncommitted
+        assert store.position(subjects.INTENTS_STREAM) == 90  # the writer sees its own batches
+        assert committed_positions(path).get(subjects.INTENTS_STREAM, 0) == 0
+        store.commit()
+        assert not store.uncommitted
+        assert committed_positions(path)[subjects.INTENTS_STREAM] == 90
+        with contextlib.closing(open_reader(path)) as db:
+            assert db.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == count(store, "intents") > 0
+    finally:
+        store.close()
+
+
+def test_a_failing_batch_takes_back_only_itself(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    """A batch that fails midway is rolled back to where it began: the batches applied before it
+    in the same open transaction stay, with their position, and commit."""
+    events = log[subjects.INTENTS_STREAM]
+    seen: list[int] = []
+
+    def on_applied(_stream: str, seq: int, _event: StoredEvent | None) -> None:
+        if seq == 65:
+            raise RuntimeError("the cache refused it")
+        seen.append(seq)
+
+    store = ViewStore(tmp_path / "views.sqlite3", on_applied, deferred=True)
+    try:
+        store.apply(subjects.INTENTS_STREAM, events[:50])
+        with pytest.raises(RuntimeError):
+            store.apply(subjects.INTENTS_STREAM, events[50:80])
+        assert store.position(subjects.INTENTS_STREAM) == 50
+        store.commit()
+        assert committed_positions(tmp_path / "views.sqlite3")[subjects.INTENTS_STREAM] == 50
+        reference = build(
+            tmp_path / "reference.sqlite3", {subjects.INTENTS_STREAM: events[:50]}, (subjects.INTENTS_STREAM,)
+        )
+        try:
+            assert store.table_digests()["intents"] == reference.table_digests()["intents"]
+        finally:
+            reference.close()
+    finally:
+        store.close()
+
+
+async def test_whoever_reads_through_the_views_sees_what_was_applied(
+    tmp_path: Path, log: dict[str, list[tuple[int, StoredEvent | None]]]
+) -> None:
+    """Read-your-writes: an event the live views applied is in the answer of the next read through
+    them, with no wait for the commit timer; the timer commits it for other readers of the file."""
+    from writ_ledger.views import runner
+    from writ_ledger.views.runner import Views
+
+    views = Views(tmp_path / "views.sqlite3")
+    try:
+        events = [e for _, e in log[subjects.INTENTS_STREAM][:30] if e is not None]
+        await views.apply_live_batch(subjects.INTENTS_STREAM, events[:29])
+        await views.apply_live(subjects.INTENTS_STREAM, events[29])
+        last = events[29].envelope.intent_id
+        assert views.store.uncommitted
+        found = await views.read(get_intent, last)
+        assert found is not None and found["intent"]["intent_id"] == last
+        await views.apply_live(subjects.INTENTS_STREAM, log[subjects.INTENTS_STREAM][30][1])  # type: ignore[arg-type]
+        assert views.store.uncommitted
+        await asyncio.sleep(runner.COMMIT_AFTER_SECONDS * 4)
+        assert not views.store.uncommitted
+        assert committed_positions(tmp_path / "views.sqlite3")[subjects.INTENTS_STREAM] == 31
+    finally:
+        await views.stop()

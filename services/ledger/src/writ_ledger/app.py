@@ -158,6 +158,7 @@ class Ledger:
     async def views_sql(self, body: dict[str, Any]) -> Any:
         q = msgspec.convert(body, SqlQuery)
         rows = domain.sql_rows(q.max_rows, queries.SQL_MAX_ROWS)
+        self.views.commit()  # the file is read by another connection: it sees what was applied
         return await answered(asyncio.to_thread(queries.run_sql, self.views.path, q.sql, max_rows=rows))
 
     async def views_status(self, _body: dict[str, Any]) -> Any:

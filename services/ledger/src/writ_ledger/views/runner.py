@@ -14,6 +14,7 @@ import fcntl
 import itertools
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ STREAMS: dict[str, str] = {
 }
 PAGE = 2048
 POLL_SECONDS = 1.0
+# The live views commit this long after the first batch a reader of the file does not see yet
+# (and at once before a read through them): one commit for many calls' events under load.
+COMMIT_AFTER_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,8 @@ class Views:
         self._writer_lock.truncate(0)
         self._writer_lock.write(f"pid {os.getpid()}\n")
         self._writer_lock.flush()
-        self.store = ViewStore(path, on_applied)
+        self.store = ViewStore(path, on_applied, deferred=True)
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._nc: Client | None = None
         self._lock = asyncio.Lock()
         self._rebuilding = False
@@ -134,6 +139,9 @@ class Views:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         self.store.close()
         self.release()
 
@@ -156,6 +164,7 @@ class Views:
             position = self.store.position(stream)
             if event.seq == position + 1:
                 self.store.apply(stream, [(event.seq, event)])
+                self._commit_soon()
                 self.pulse.beat()
             elif event.seq > position:
                 await self._catch_up(stream, self.store)
@@ -172,6 +181,7 @@ class Views:
                 await self._catch_up(stream, self.store)  # a gap (e.g. an invalid event): from the log
                 return
             self.store.apply(stream, run)
+            self._commit_soon()
             self.pulse.beat()
 
     async def catch_up(self, stream: str) -> int:
@@ -182,8 +192,27 @@ class Views:
         applied = 0
         async for msgs in pages_after(self.nc, stream, STREAMS[stream], store.position(stream), page=PAGE):
             applied += store.apply(stream, [_decoded(stream, m) for m in msgs])
+            if store is self.store:
+                self._commit_soon()
             self.pulse.beat()
         return applied
+
+    # -- committing ---------------------------------------------------------------------------
+
+    def _commit_soon(self) -> None:
+        if self._commit_timer is None and self.store.uncommitted:
+            self._commit_timer = asyncio.get_running_loop().call_later(COMMIT_AFTER_SECONDS, self.commit)
+
+    def commit(self) -> None:
+        """What the live views applied, visible to every reader of the file. Safe between any two
+        awaits: the open transaction always holds whole batches with their positions."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        try:
+            self.store.commit()
+        except sqlite3.Error:
+            log.exception("views: a commit failed; the rows are applied again from the log")
 
     async def snapshot(self) -> dict[str, Any]:
         """Catch every stream up to its head, then the digest of the tables and the positions it
@@ -274,11 +303,12 @@ class Views:
                 for stream in STREAMS:
                     events += await self._catch_up(stream, fresh)
                 fresh.close()
+                self.commit()
                 self.store.close()
                 os.replace(fresh_path, self.path)
                 for stale in sidecars(self.path):
                     stale.unlink(missing_ok=True)
-                self.store = ViewStore(self.path, self._on_applied)
+                self.store = ViewStore(self.path, self._on_applied, deferred=True)
                 # Under the lock: the digest covers exactly these positions.
                 covered = self.store.snapshot(STREAMS)
             seconds = time.perf_counter() - started
@@ -295,7 +325,9 @@ class Views:
     # -- reading ------------------------------------------------------------------------------
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(db, ...)`` on a fresh read-only connection in a worker thread."""
+        """Run ``fn(db, ...)`` on a fresh read-only connection in a worker thread, after committing
+        what was applied: whoever heard of an event (a receipt notice, a pulse) reads it."""
+        self.commit()
 
         def run() -> T:
             db = open_reader(self.path)

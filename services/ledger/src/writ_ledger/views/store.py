@@ -1,7 +1,9 @@
-"""The views' SQLite file (WAL): positions per stream and rows, written in one transaction per batch."""
+"""The views' SQLite file (WAL): positions per stream and rows, each batch in a savepoint of the
+open transaction, committed per batch or (the live views) when the owner says."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,11 +26,19 @@ Applied = Callable[[str, int, StoredEvent | None], None]
 
 class ViewStore:
     """The one writer of the views file. Idempotent by construction: the sequence applied per
-    stream is stored in the same transaction as the rows, so a replayed event is a no-op."""
+    stream is stored in the same transaction as the rows, so a replayed event is a no-op.
 
-    def __init__(self, path: Path, on_applied: Applied | None = None) -> None:
+    ``deferred``: batches stay in one open transaction until :meth:`commit` (the live views
+    commit on a short timer and before anyone else reads the file). A commit costs more than
+    projecting a call's events, so one per batch was most of the views' CPU at low load; what a
+    crash loses of an open transaction is rows and their position together, applied again from
+    the log."""
+
+    def __init__(self, path: Path, on_applied: Applied | None = None, *, deferred: bool = False) -> None:
         self.path = path
         self.on_applied = on_applied  # told every (stream, seq, event) applied, in order
+        self.deferred = deferred
+        self._open = False  # a transaction is open (BEGIN IMMEDIATE) and holds applied batches
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = _open(path)
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
@@ -61,7 +71,10 @@ class ViewStore:
         """Apply ``(seq, event)`` pairs of ``stream`` in order (event None: not a valid event, only
         advance). Sequences at or below the stored position are skipped. Returns how many applied."""
         applied = 0
-        self.db.execute("BEGIN IMMEDIATE")
+        if not self._open:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._open = True
+        self.db.execute("SAVEPOINT batch")
         try:
             position = self.position(stream)
             last_at: str | None = None
@@ -81,11 +94,40 @@ class ViewStore:
                     (stream, position, last_at),
                 )
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK TO batch")  # this batch only: the ones before it stay
+            self.db.execute("RELEASE batch")
+            if not self.deferred:
+                self.commit()
             raise
-        self.db.execute("COMMIT")
+        self.db.execute("RELEASE batch")
         self._positions[stream] = position
+        if not self.deferred:
+            self.commit()
         return applied
+
+    @property
+    def uncommitted(self) -> bool:
+        """Batches are applied that readers of the file do not see yet."""
+        return self._open
+
+    def commit(self) -> None:
+        """Make every applied batch visible to readers (another connection) and keep it in the file.
+
+        Raises:
+            sqlite3.Error: the commit failed; nothing of the open transaction is kept, and the
+                positions are read from the file again (the log gives the rows back).
+        """
+        if not self._open:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            self._positions.clear()
+            raise
+        finally:
+            self._open = False
 
     def _apply_one(self, stream: str, seq: int, event: StoredEvent) -> bool:
         """Apply one event in its own savepoint: an event the projection cannot take is rolled back
@@ -120,7 +162,8 @@ class ViewStore:
         }
 
     def close(self) -> None:
-        """Checkpoint the WAL into the file and close (a closed store is one self-contained file)."""
+        """Commit, checkpoint the WAL into the file and close (a closed store is one self-contained file)."""
+        self.commit()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
