@@ -244,11 +244,17 @@ class Execution:
         ``last_seq``, so if anything landed on the intent since (another replica's attempt, an
         end), the append is refused and the trigger comes again to be decided afresh."""
         intent_id = trigger.envelope.intent_id or ""
+        # A first attempt is rechecked under the lease against the policy in force, which needs the
+        # policy stream read to its head: that read goes out beside the lease's round trip.
+        reads: list[Awaitable[bool]] = [self.leases.acquire(intent_id, attempt)]
+        if attempt == 1:
+            reads.append(self.policy.follower.ensure_fresh())
         try:
-            if not await self.leases.acquire(intent_id, attempt):
-                raise Redeliver(LEASE_BUSY_RETRY, f"attempt {attempt} is leased by another executor")
+            leased, *_ = await asyncio.gather(*reads)
         except LeaseUnavailable as exc:
             raise Redeliver(LEASE_BUSY_RETRY, f"not executing without a lease: {exc}") from exc
+        if not leased:
+            raise Redeliver(LEASE_BUSY_RETRY, f"attempt {attempt} is leased by another executor")
         # From here to the recorded outcome, the message stays ours and the lease held, however
         # long a lost answer takes to resolve.
         heartbeat = asyncio.create_task(keep_alive(raw, self.leases, intent_id, attempt))
@@ -301,8 +307,8 @@ class Execution:
 
     async def refused_by_current_policy(self, view: IntentView) -> ev.ExecutionFailed | None:
         """A call authorized under an earlier bundle runs only if its permit still holds now;
-        policy decides (it owns the rules), asked only when the bundle has changed."""
-        await self.policy.follower.ensure_fresh()
+        policy decides (it owns the rules), asked only when the bundle has changed. The policy
+        stream was read to its head beside taking the lease (``attempt_call``)."""
         if not needs_recheck(view, self.policy.digest):
             return None
         try:
