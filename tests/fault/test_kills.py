@@ -307,6 +307,24 @@ async def test_a_crashing_tool_server_is_restarted_and_the_breaker_opens_and_clo
     assert ("closed", "open") in moves and ("half_open", "closed") in moves
 
 
+async def test_a_clean_restart_lets_the_call_in_flight_finish(rig: Rig) -> None:
+    """A clean stop (SIGTERM: a rolling restart, `writ up` ending) while a non-idempotent call runs
+    longer than a nats-server is given to stop: the executor drains the call, so it ends succeeded,
+    its row written once, not cut off by a SIGKILL into outcome_unknown."""
+    token = f"drain-{uuid.uuid4().hex}"
+    submission = await rig.agent.submit("faulty/slow", {"seconds": 12, "token": token})
+
+    async def started() -> bool:
+        history = await read_history(rig.nc, rig.agent.agent_id, submission.intent_id)
+        return any(e.type == "execution.started" for e in history.events)
+
+    await wait_until(started, 30, "the slow call started")
+    await asyncio.to_thread(rig.plane.restart_service, "executor")
+    receipt = await wait_receipt(rig.nc, submission.intent_id, 90, agent_id=rig.agent.agent_id)
+    assert receipt.status == "succeeded", receipt.reason
+    assert row_counts(rig.faulty_db)[token] == 1
+
+
 async def test_an_idempotent_put_honours_the_key_across_attempts(rig: Rig) -> None:
     receipt = await rig.agent.call("faulty/put", {"key": "same", "value": "once"}, idempotency_key="idem-1", timeout=60)
     again = await rig.agent.call("faulty/put", {"key": "same", "value": "once"}, idempotency_key="idem-1", timeout=60)

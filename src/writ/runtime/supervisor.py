@@ -37,6 +37,7 @@ from writ.runtime.processes import (
 from writ_common import faults, topology
 from writ_common.bus import split_servers
 from writ_common.busauth import BusTrust, init_trust
+from writ_common.intent_consumer import DRAIN_TIMEOUT
 from writ_common.metrics import read_port_file
 from writ_common.settings import WritSettings
 
@@ -48,7 +49,10 @@ DEFAULT_NATS_PORT = 4222
 DEFAULT_REDIS_PORT = 6379
 MAX_CLUSTER = 5  # nats-servers in a local cluster (JetStream streams take at most 5 replicas)
 CLUSTER_READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0  # nats-server, redis: SIGTERM, then SIGKILL this long after
+# A service's clean stop first lets the calls in flight finish (up to DRAIN_TIMEOUT), then closes
+# what it holds: a SIGKILL before that would cut a call it was finishing into outcome_unknown.
+SERVICE_STOP_TIMEOUT = DRAIN_TIMEOUT + 10.0
 POLL_INTERVAL = 0.2
 
 T = TypeVar("T")
@@ -280,7 +284,8 @@ class Plane:
         self._monitor.start()
 
     def stop(self) -> None:
-        """Stop services (SIGTERM, SIGKILL after 10s), then redis, then nats; forget runtime.json."""
+        """Stop services (SIGTERM; SIGKILL once they had the time to finish the calls in flight),
+        then redis, then nats; forget runtime.json."""
         self._stopping.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
@@ -289,7 +294,7 @@ class Plane:
         for unit in services:
             if unit.process is not None and unit.process.alive():
                 unit.process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + SERVICE_STOP_TIMEOUT
         for unit in services:
             self._stop_unit(unit, max(0.0, deadline - time.monotonic()))
         for name in ("redis", *self.nats_units):
@@ -344,11 +349,14 @@ class Plane:
         unit = self._unit(name)
         with unit.busy:
             if unit.process is not None:
-                unit.last_exit = unit.process.stop(STOP_TIMEOUT)
+                unit.last_exit = unit.process.stop(self._stop_timeout(name))
             unit.restarts += 1
             self._launch(unit)
             assert unit.process is not None
             return unit.process.pid
+
+    def _stop_timeout(self, name: str) -> float:
+        return STOP_TIMEOUT if self._is_server(name) else SERVICE_STOP_TIMEOUT
 
     def hold_service(self, name: str, *, kill: bool = False) -> None:
         """Stop one child gracefully (SIGKILL it when ``kill``) and keep it down (the monitor
@@ -356,7 +364,7 @@ class Plane:
         unit = self._unit(name)
         with unit.busy:
             if unit.process is not None:
-                unit.last_exit = unit.process.kill() if kill else unit.process.stop(STOP_TIMEOUT)
+                unit.last_exit = unit.process.kill() if kill else unit.process.stop(self._stop_timeout(name))
             unit.state = "held"
             self._emit(name, "held down")
             self._write_runtime()
