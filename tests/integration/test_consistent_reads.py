@@ -15,13 +15,14 @@ import pytest
 from inprocess import Spine
 
 from writ.synthetic import producer_of
-from writ_common import bus
+from writ_common import bus, subjects
 from writ_common import events as ev
 from writ_common.bus import StaleAppend, append, read_history
 from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
+from writ_common.sweeper import FOLLOWED_TYPES, OpenIntents
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -189,3 +190,21 @@ async def test_a_service_given_several_seeds_connects_through_one_that_is_up(nat
         assert svc.nc.connected_url.port == int(nats_server.rsplit(":", 1)[1])
     finally:
         await svc.broker.stop()
+
+
+async def test_the_sweeper_asks_for_a_type_not_seen_lately_from_the_head_it_read_to(spine: Spine) -> None:
+    """A terminal type absent from the log for a while (here: expired, rejected...) is asked for
+    from the stream's head as of the last read, not from its last occurrence: otherwise the
+    server looks through every event stored since, on every tick, at a cost growing with the log.
+    An intent submitted and ended is not left open."""
+    index = OpenIntents()
+    await index.catch_up(spine.nc)
+    receipt = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)  # ends (denied here)
+    for _ in range(3):
+        await authenticated_intent(spine)  # traffic of no followed type
+    head = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq
+    await index.catch_up(spine.nc)
+    for event_type in FOLLOWED_TYPES:
+        if event_type != "intent.submitted":
+            assert index.position(event_type) == head + 1, event_type
+    assert receipt.intent_id not in index.open  # submitted, then ended: never left open
