@@ -251,6 +251,7 @@ class Options:
     overload_seconds: float
     overload_work_seconds: float
     phases: set[str]
+    endurance_windows: int = 12
 
 
 def parse_options() -> Options:
@@ -265,7 +266,12 @@ def parse_options() -> Options:
     parser.add_argument(
         "--overload-work-seconds", type=float, default=SERIAL_WORK_S, help="the overload tool's time per call (0.5)"
     )
-    parser.add_argument("--phases", default="closed,open,recovery,overload", help="which phases to run")
+    parser.add_argument(
+        "--phases",
+        default="closed,open,recovery,overload",
+        help="which phases to run; also `endurance` (not in the default): 16 callers for --endurance-windows x 15 s",
+    )
+    parser.add_argument("--endurance-windows", type=int, default=12, help="15 s windows of the endurance phase (12)")
     parser.add_argument("--quick", action="store_true", help="short runs: 5 s levels, 15 s open-loop rates, 10 s burst")
     args = parser.parse_args()
     if args.quick:
@@ -280,6 +286,7 @@ def parse_options() -> Options:
         overload_seconds=args.overload_seconds,
         overload_work_seconds=args.overload_work_seconds,
         phases={p.strip() for p in args.phases.split(",")},
+        endurance_windows=args.endurance_windows,
     )
 
 
@@ -494,6 +501,60 @@ async def overload_phase(
     )
 
 
+async def endurance_phase(plane: Plane, agents: list[WritAgent], opts: Options, out: dict[str, Any]) -> None:
+    """16 callers for ``endurance_windows`` windows of 15 s on one plane, as the log grows: what a
+    window costs should not depend on how many intents came before it. A cost that grows with
+    the log (a read that looks through it all, an index kept forever) shows here as a falling
+    rate and a rising CPU per call, window after window; a short level cannot show it."""
+    windows = []
+    stored = 0
+    print(f"endurance: 16 callers, {opts.endurance_windows} windows of 15 s")
+    for number in range(opts.endurance_windows):
+        summary = (await closed_loop(plane, agents, Level("fast", 16, 15.0))).summary()
+        stored += summary["calls"]
+        window = {
+            "window": number,
+            "intents_before_end": stored,
+            "calls_per_s": summary["calls_per_s"],
+            "p50_ms": summary["p50_ms"],
+            "plane_cpu_ms_per_call": summary["plane_cpu_ms_per_call"],
+            "nats_cpu_ms_per_call": summary["cpu_ms_per_call"].get("nats", 0.0),
+        }
+        windows.append(window)
+        print(
+            f"  window {number:2d} ({stored:6d} intents): {window['calls_per_s']:6.1f} calls/s, p50 {window['p50_ms']:6.1f} ms,"
+            f" plane CPU {window['plane_cpu_ms_per_call']:5.2f} ms per call (nats {window['nats_cpu_ms_per_call']:4.2f})"
+        )
+    # Thirds, not single windows: the machine's own noise moves one window by 10-20 %.
+    third = max(1, len(windows) // 3)
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        return sum(float(r[key]) for r in rows) / len(rows)
+
+    first, last = windows[:third], windows[-third:]
+    result = {
+        "windows": windows,
+        "calls_per_s_last_over_first_third": round(
+            mean(last, "calls_per_s") / max(mean(first, "calls_per_s"), 0.001), 3
+        ),
+        "plane_cpu_last_over_first_third": round(
+            mean(last, "plane_cpu_ms_per_call") / max(mean(first, "plane_cpu_ms_per_call"), 0.001), 3
+        ),
+        "nats_share_first_third": round(
+            mean(first, "nats_cpu_ms_per_call") / max(mean(first, "plane_cpu_ms_per_call"), 0.001), 3
+        ),
+        "nats_share_last_third": round(
+            mean(last, "nats_cpu_ms_per_call") / max(mean(last, "plane_cpu_ms_per_call"), 0.001), 3
+        ),
+    }
+    out["endurance"] = result
+    print(
+        f"endurance: last third / first third: calls/s {result['calls_per_s_last_over_first_third']}x,"
+        f" plane CPU per call {result['plane_cpu_last_over_first_third']}x; nats share of the plane's CPU"
+        f" {result['nats_share_first_third']} -> {result['nats_share_last_third']}"
+    )
+
+
 def main() -> None:
     opts = parse_options()
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -537,6 +598,8 @@ def main() -> None:
                 if "overload" in opts.phases:
                     await overload_phase(plane, nc, agents[:16], opts, out, tool="serial")
                     await overload_phase(plane, nc, agents[:16], opts, out, tool="serial-undeclared")
+                if "endurance" in opts.phases:
+                    await endurance_phase(plane, agents, opts, out)
             finally:
                 await nc.close()
 
