@@ -5,7 +5,9 @@ with its receipt once its deadline passes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import uuid
 from typing import Any
 
@@ -208,3 +210,30 @@ async def test_the_sweeper_asks_for_a_type_not_seen_lately_from_the_head_it_read
         if event_type != "intent.submitted":
             assert index.position(event_type) == head + 1, event_type
     assert receipt.intent_id not in index.open  # submitted, then ended: never left open
+
+
+async def test_a_history_read_never_asks_for_more_than_the_intent_holds(spine: Spine) -> None:
+    """Reading an intent's history asks the server for its first event, then for exactly as many
+    as the server says remain: a batch larger than that makes the server look through every
+    message stored after the intent's last one (for an old intent, the whole log since)."""
+    receipt = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
+    where = subjects.intent_filter(spine.agent.agent_id, receipt.intent_id)
+    asked: list[int] = []
+
+    async def on_request(msg: Any) -> None:
+        body = json.loads(msg.data or b"{}")
+        if body.get("next_by_subj") == where:
+            asked.append(int(body.get("batch", 1)))
+
+    watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
+    try:
+        await spine.nc.flush()
+        history = await read_history(spine.nc, spine.agent.agent_id, receipt.intent_id)
+        for _ in range(20):  # the watch's callback runs in its own task: let it catch up
+            if sum(asked) >= len(history.records):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await watch.unsubscribe()
+    assert history.events and history.events[-1].type in ev.TERMINAL_TYPES
+    assert asked == [1, len(history.records) - 1]
