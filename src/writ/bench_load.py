@@ -528,24 +528,20 @@ async def endurance_phase(plane: Plane, agents: list[WritAgent], opts: Options, 
     # Thirds, not single windows: the machine's own noise moves one window by 10-20 %.
     third = max(1, len(windows) // 3)
 
-    def mean(rows: list[dict[str, Any]], key: str) -> float:
-        return sum(float(r[key]) for r in rows) / len(rows)
-
     first, last = windows[:third], windows[-third:]
+
+    def ratio(top: list[dict[str, Any]], top_key: str, bottom: list[dict[str, Any]], bottom_key: str) -> float:
+        """The mean of ``top_key`` over ``top`` against that of ``bottom_key`` over ``bottom``."""
+        mean_top = sum(float(r[top_key]) for r in top) / len(top)
+        mean_bottom = sum(float(r[bottom_key]) for r in bottom) / len(bottom)
+        return round(mean_top / max(mean_bottom, 0.001), 3)
+
     result = {
         "windows": windows,
-        "calls_per_s_last_over_first_third": round(
-            mean(last, "calls_per_s") / max(mean(first, "calls_per_s"), 0.001), 3
-        ),
-        "plane_cpu_last_over_first_third": round(
-            mean(last, "plane_cpu_ms_per_call") / max(mean(first, "plane_cpu_ms_per_call"), 0.001), 3
-        ),
-        "nats_share_first_third": round(
-            mean(first, "nats_cpu_ms_per_call") / max(mean(first, "plane_cpu_ms_per_call"), 0.001), 3
-        ),
-        "nats_share_last_third": round(
-            mean(last, "nats_cpu_ms_per_call") / max(mean(last, "plane_cpu_ms_per_call"), 0.001), 3
-        ),
+        "calls_per_s_last_over_first_third": ratio(last, "calls_per_s", first, "calls_per_s"),
+        "plane_cpu_last_over_first_third": ratio(last, "plane_cpu_ms_per_call", first, "plane_cpu_ms_per_call"),
+        "nats_share_first_third": ratio(first, "nats_cpu_ms_per_call", first, "plane_cpu_ms_per_call"),
+        "nats_share_last_third": ratio(last, "nats_cpu_ms_per_call", last, "plane_cpu_ms_per_call"),
     }
     out["endurance"] = result
     print(

@@ -24,7 +24,7 @@ from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
-from writ_common.sweeper import FOLLOWED_TYPES, OpenIntents
+from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, OpenIntents
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -207,7 +207,7 @@ async def test_the_sweeper_asks_for_a_type_not_seen_lately_from_the_head_it_read
     head = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq
     await index.catch_up(spine.nc)
     for event_type in FOLLOWED_TYPES:
-        if event_type != "intent.submitted":
+        if event_type != SUBMITTED:
             assert index.position(event_type) == head + 1, event_type
     assert receipt.intent_id not in index.open  # submitted, then ended: never left open
 

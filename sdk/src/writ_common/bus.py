@@ -51,12 +51,12 @@ def refusal(exc: APIError, stream: str) -> StorageRefused | None:
     return None
 
 
-# Pauses before each further Direct Get of a history that is behind its trigger (any replica may
-# answer; a follower is typically a millisecond or two behind the leader on a LAN), then the stream
-# leader is asked. Short first: on R3 about one read in fifty meets a replica a beat behind.
 # The fence of an intent append, as sent and as the server keeps it with the stored message.
 FENCE_HEADER = "Nats-Expected-Last-Subject-Sequence"
 FENCE_SUBJECT_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject"
+# Pauses before each further Direct Get of a history that is behind its trigger (any replica may
+# answer; a follower is typically a millisecond or two behind the leader on a LAN), then the stream
+# leader is asked. Short first: on R3 about one read in fifty meets a replica a beat behind.
 READ_PAUSES = (0.002, 0.008, 0.03)
 DIRECT_READS = len(READ_PAUSES)
 SETTLE_SECONDS = 30.0  # how long an append whose answer was lost keeps looking before giving up

@@ -299,7 +299,7 @@ class Plane:
             self._stop_unit(unit, max(0.0, deadline - time.monotonic()))
         for name in ("redis", *self.nats_units):
             if name in self._units:
-                self._stop_unit(self._units[name], STOP_TIMEOUT)
+                self._stop_unit(self._units[name], self._stop_timeout(name))
         runtime = self._read_runtime()
         if runtime.get("pid") == os.getpid() and runtime.get("started_at") == self._started_at:
             self.data_dir.joinpath("runtime.json").unlink(missing_ok=True)
