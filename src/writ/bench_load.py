@@ -28,6 +28,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,7 +42,7 @@ from writ.bench_open import OpenRun, back_to_normal, open_loop, sample_queue_age
 from writ.runtime.processes import find_binary, free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import WritAgent
-from writ_common import commands
+from writ_common import commands, profiling
 from writ_common.settings import WritSettings
 from writ_common.signing import generate_key, public_key_b64
 
@@ -215,6 +216,34 @@ async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Le
     return level
 
 
+@contextlib.contextmanager
+def profiled(directory: Path | None, label: str) -> Iterator[Path | None]:
+    """Name the services' profiling window ``label`` while the block runs (``--profile``): the
+    window's stacks are in ``directory/label`` after it (:mod:`writ_common.profiling`)."""
+    if directory is None:
+        yield None
+        return
+    (directory / profiling.WINDOW_FILE).write_text(label)
+    try:
+        yield directory / label
+    finally:
+        (directory / profiling.WINDOW_FILE).write_text(profiling.IDLE)
+        time.sleep(3 * profiling.WATCH_EVERY)  # each service writes the window when it sees it end
+
+
+def print_profile(window: Path) -> dict[str, Any]:
+    """Where each service's CPU went in ``window``: by library at the leaf, and our functions with
+    the largest inclusive share."""
+    found = profiling.summary(window, top=6)
+    for service, entry in found.items():
+        libraries = ", ".join(f"{lib} {share:.0%}" for lib, share in entry["libraries"].items() if share >= 0.01)
+        nearest = ", ".join(f"{fn.partition(':')[2] or fn} {share:.0%}" for fn, share in entry["nearest_ours"].items())
+        print(f"      {service:9} {entry['samples']:6} samples, by library: {libraries}")
+        print(f"      {'':9} {'':6} by nearest function of ours: {nearest}")
+    print(f"      (stacks: {window}/*.folded)")
+    return found
+
+
 def print_level(summary: dict[str, Any]) -> None:
     print(
         f"{summary['tool']:5} {summary['callers']:5} {summary['calls_per_s']:9.1f} {summary['p50_ms']:9.2f}"
@@ -252,6 +281,7 @@ class Options:
     overload_work_seconds: float
     phases: set[str]
     endurance_windows: int = 12
+    profile: Path | None = None
 
 
 def parse_options() -> Options:
@@ -273,6 +303,13 @@ def parse_options() -> Options:
     )
     parser.add_argument("--endurance-windows", type=int, default=12, help="15 s windows of the endurance phase (12)")
     parser.add_argument("--quick", action="store_true", help="short runs: 5 s levels, 15 s open-loop rates, 10 s burst")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each service's CPU time per closed-loop level into DIR/<tool>-<callers>/ (folded stacks)"
+        " and print where each service's CPU went",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.run_seconds, args.overload_seconds = 5.0, 15.0, 10.0
@@ -287,6 +324,7 @@ def parse_options() -> Options:
         overload_work_seconds=args.overload_work_seconds,
         phases={p.strip() for p in args.phases.split(",")},
         endurance_windows=args.endurance_windows,
+        profile=args.profile.resolve() if args.profile else None,
     )
 
 
@@ -337,7 +375,8 @@ def envelope(plane: Plane, opts: Options) -> dict[str, Any]:
         "plane": {"fsync": "always", "services": list(plane.services), "replicas": plane.replicas},
         "settings": settings,
         "environment": {k: v for k, v in os.environ.items() if k.startswith("WRIT_")},
-        "options": dataclasses.asdict(opts) | {"phases": sorted(opts.phases)},
+        "options": dataclasses.asdict(opts)
+        | {"phases": sorted(opts.phases), "profile": opts.profile and str(opts.profile)},
     }
 
 
@@ -556,6 +595,10 @@ def main() -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # each figure as it comes, also into a file
     out: dict[str, Any] = {"bench": "load"}
+    if opts.profile is not None:
+        opts.profile.mkdir(parents=True, exist_ok=True)
+        (opts.profile / profiling.WINDOW_FILE).write_text(profiling.IDLE)
+        os.environ["WRIT_PROFILE_DIR"] = str(opts.profile)  # the plane's services inherit it
     with (
         tempfile.TemporaryDirectory(prefix="writ-bench-load-") as tmp,
         Plane(Path(tmp) / "data", nats_port=free_port(), redis_port=free_port()) as plane,
@@ -575,8 +618,12 @@ def main() -> None:
                     for tool in opts.tools:
                         await closed_loop(plane, agents, Level(tool, 1, 3.0))
                         for callers in opts.levels:
-                            summary = (await closed_loop(plane, agents, Level(tool, callers, opts.seconds))).summary()
+                            with profiled(opts.profile, f"{tool}-{callers}") as window:
+                                level = await closed_loop(plane, agents, Level(tool, callers, opts.seconds))
+                            summary = level.summary()
                             print_level(summary)
+                            if window is not None:
+                                summary["profile"] = print_profile(window)
                             out.setdefault("closed", []).append(summary)
                 floor = (await closed_loop(plane, agents, Level("fast", 1, max(5.0, opts.seconds / 3)))).summary()
                 out["floor_latency"] = {k: floor[k] for k in ("p50_ms", "p99_ms", "calls")}

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import cProfile
 import json
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +51,7 @@ from writ_common.envelope import (
 from writ_common.events import Payload, Stage
 from writ_common.fold import IntentView, fold_intent
 from writ_common.intent_consumer import DRAIN_TIMEOUT, BatchHandler, IntentConsumer, Redeliver
+from writ_common.profiling import CpuSampler
 from writ_common.settings import WritSettings
 from writ_common.stranded import expiry, past_due
 from writ_common.streams import ensure_streams
@@ -112,6 +111,9 @@ class Service:
         # with their last sequence, which the events appended right after them carry.
         self._carried: dict[str, Msg] = {}
         self._basis: dict[str, tuple[int, tuple[Record, ...]]] = {}
+        # Which intents are still open (followed by the sweep; read by whoever else asks, e.g.
+        # policy's approval desk at start): one index per service, caught up on demand.
+        self.open_intents = OpenIntents()
 
     async def _on_disconnected(self) -> None:
         log.warning("%s: disconnected from NATS; reconnecting", self.name)
@@ -390,7 +392,7 @@ class Service:
         deadline (and ``SWEEP_GRACE``), whatever left them open. Appends are fenced, so every
         replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
         so a sweep and a stage deciding the same end store it once."""
-        index = OpenIntents()
+        index = self.open_intents
 
         async def sweep_once() -> None:
             await index.catch_up(self.nc)
@@ -556,18 +558,16 @@ def run_service(name: str, build: Callable[[WritSettings], Service]) -> None:
     settings = WritSettings()
     provider = setup_tracing(f"writ-{name}", trace_file=settings.trace_file)
     # CPU time, not wall time: what a service costs, whatever else the machine runs.
-    profiler = cProfile.Profile(time.process_time) if settings.profile_dir else None
+    sampler = CpuSampler(settings.profile_dir, name) if settings.profile_dir else None
     service = build(settings)
     try:
-        if profiler is not None:
-            profiler.enable()
+        if sampler is not None:
+            sampler.start()
         with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
             runner.run(service.serve_forever())
     finally:
-        if profiler is not None and settings.profile_dir:
-            profiler.disable()
-            settings.profile_dir.mkdir(parents=True, exist_ok=True)
-            profiler.dump_stats(settings.profile_dir / f"{name}.prof")
+        if sampler is not None and settings.profile_dir:
+            sampler.stop()
             # Messages and bytes this service's connection sent and received: its round trips.
             (settings.profile_dir / f"{name}.bus.json").write_text(json.dumps(service.bus_stats))
         provider.shutdown()  # flushes spans still batched for OTLP

@@ -271,7 +271,10 @@ class WritSettings(BaseSettings):
     )
     profile_dir: Path | None = Field(
         default=None,
-        description="Tuning only: each service writes a cProfile of its run to <dir>/<service>.prof when it stops",
+        description=(
+            "Tuning only: each service samples its CPU time and writes the stacks per window to"
+            " <dir>/<window>/<service>-<pid>.folded (writ_common.profiling)"
+        ),
     )
 
     def stream_limits(self) -> StreamLimits:
