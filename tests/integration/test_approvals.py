@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -16,11 +17,13 @@ from inprocess import DEFAULT_POLICY, Spine, add_described_server, add_faulty_se
 from waiting import eventually
 from writ.approver import ApproverClient, signed_decision
 from writ.sdk import WritAgent
-from writ_common import commands
+from writ_common import commands, subjects
 from writ_common import events as ev
 from writ_common.bus import History, read_history
 from writ_common.digest import approval_digest, args_digest, policy_digest
 from writ_common.signing import generate_key, public_key_b64
+from writ_common.sweeper import OpenIntents
+from writ_policy.desk import requests_maybe_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -237,3 +240,36 @@ async def test_a_confused_deputy_is_stopped_by_policy_and_the_chain_shows_why_it
     assert (receipt.status, receipt.code) == ("denied", "approval_denied")
     assert receipt.caused_by == first.event_ids[-1]  # the chain shows the cause
     assert rows(faulty_server, rest.strip()) == 0
+
+
+async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(spine: Spine) -> None:
+    """At start, policy finds the requests waiting for people in the log (so expiry fires even if
+    it was down), reading from the oldest intent still open on: a request whose intent has ended
+    is not taken up again (each cost two history reads at every start, for every request ever)."""
+    bob = await approver(spine, "bob", ["operators"])
+    ended = await destructive(spine, f"e-{uuid.uuid4().hex[:8]}")
+    await bob.decide(await pending_request(spine, bob, ended), "deny", comment="ended before the restart")
+    await spine.agent.receipt(ended, timeout=30)
+    waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
+    await pending_request(spine, bob, waiting)
+    asked: list[int] = []
+
+    async def on_request(msg: Any) -> None:
+        body = json.loads(msg.data or b"{}")
+        if body.get("next_by_subj") == subjects.intents_of_type("approval.requested"):
+            asked.append(int(body.get("seq", 0)))
+
+    watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
+    try:
+        index = OpenIntents()  # a policy starting afresh
+        found = await requests_maybe_open(spine.nc, index)
+        await spine.nc.flush()
+        await asyncio.sleep(0.1)  # the watch's callback runs in its own task
+    finally:
+        await watch.unsubscribe()
+    taken = {e.envelope.intent_id for e in found}
+    assert waiting in taken
+    assert ended not in taken
+    assert asked and asked[0] == index.oldest_open()  # not from the log's first message
+    ended_submitted = (await read_history(spine.nc, spine.agent.agent_id, ended)).events[0]
+    assert ended_submitted.type == "intent.submitted" and ended not in index.open

@@ -25,6 +25,7 @@ The submitted filter moves only past what it was given: an intent it missed woul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -67,6 +68,18 @@ class OpenIntents:
         # intent id -> sequence of a terminal event read before the intent's ``submitted``
         self.ended: dict[str, int] = {}
         self._next_seq = dict.fromkeys(FOLLOWED_TYPES, 1)
+        self._reading = asyncio.Lock()  # the sweep and a start-up reader may both catch up
+
+    def oldest_open(self) -> int:
+        """A stream sequence no event of an intent still open here lies before: the oldest open
+        intent's ``submitted`` (an intent's events follow it), else where the index reads next."""
+        return min((e.seq for e in self.open.values()), default=self.position())
+
+    def may_be_open(self, event: StoredEvent) -> bool:
+        """Whether ``event``'s intent may still be open: it is open here, or newer than what the
+        index has read (its ``submitted`` may not be read yet). Below that, an intent not open
+        here has ended: its ``submitted`` came before ``event`` and was read."""
+        return (event.envelope.intent_id or "") in self.open or event.seq >= self.position()
 
     def position(self, event_type: str = SUBMITTED) -> int:
         """The next stream sequence the index will read on ``event_type``'s filter."""
@@ -78,12 +91,13 @@ class OpenIntents:
         Raises:
             nats.errors.TimeoutError: the stream stopped answering; the next call resumes here.
         """
-        head = await stream_head(nc)  # before the reads: everything up to it was stored
-        for event_type in FOLLOWED_TYPES:  # submitted first: fewer terminals meet no open intent
-            await self._follow(nc, event_type)
-            if event_type != SUBMITTED and head is not None:
-                self._next_seq[event_type] = max(self._next_seq[event_type], head + 1)
-        self.forget_ended_before(self._next_seq[SUBMITTED])
+        async with self._reading:
+            head = await stream_head(nc)  # before the reads: everything up to it was stored
+            for event_type in FOLLOWED_TYPES:  # submitted first: fewer terminals meet no open intent
+                await self._follow(nc, event_type)
+                if event_type != SUBMITTED and head is not None:
+                    self._next_seq[event_type] = max(self._next_seq[event_type], head + 1)
+            self.forget_ended_before(self._next_seq[SUBMITTED])
 
     def forget_ended_before(self, submitted_read: int) -> None:
         """A terminal event comes after its submitted one: once the submitted filter is past it,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from writ_common import cancel_requests, subjects
@@ -21,6 +22,7 @@ from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode
 from writ_common.fold import IntentView, fold_intent
 from writ_common.service import FENCE_RETRIES, Decide, Service
+from writ_common.sweeper import OpenIntents
 from writ_policy import approvals, domain
 from writ_policy.approvals import SignedDecision
 from writ_policy.state import PolicyState
@@ -33,6 +35,23 @@ EXPIRY_TICK = 1.0
 class ApprovalQuery(msgspec.Struct, kw_only=True):
     approver_id: str | None = None
     intent_id: str | None = None
+
+
+async def requests_maybe_open(nc: Client, index: OpenIntents) -> list[StoredEvent]:
+    """The ``approval.requested`` events of intents that may still be open, read from the oldest
+    open intent on (``index`` caught up first): every request ever made would cost two history
+    reads each at every start of policy."""
+    await index.catch_up(nc)
+    found = await direct_get_batch(
+        nc, subjects.INTENTS_STREAM, subjects.intents_of_type("approval.requested"), start_seq=index.oldest_open()
+    )
+    out = []
+    for msg in found:
+        with contextlib.suppress(UndecodableEvent):  # not ours to handle here: nothing to remember
+            event = stored(msg)
+            if index.may_be_open(event):
+                out.append(event)
+    return out
 
 
 class ApprovalDesk:
@@ -52,14 +71,11 @@ class ApprovalDesk:
     # -- the open requests ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Open approvals are found in the log, so expiry fires even if we were down at the time.
-        requested = await direct_get_batch(
-            self.svc.nc, subjects.INTENTS_STREAM, subjects.intents_of_type("approval.requested")
-        )
-        for msg in requested:
-            with contextlib.suppress(UndecodableEvent):
-                self.remember(stored(msg))
+        # Heard live first, so a request stored while the log is read below is not missed.
         await self.svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=self.on_requested)
+        # Open approvals are found in the log, so expiry fires even if we were down at the time.
+        for requested in await requests_maybe_open(self.svc.nc, self.svc.open_intents):
+            self.remember(requested)
         # A request waiting for people ends when its agent cancels the intent: heard live, and
         # looked for once at start (a cancel sent while policy was down).
         await self.svc.nc.subscribe(cancel_requests.SUBJECT, cb=self.on_cancel_requested)
