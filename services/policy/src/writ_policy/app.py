@@ -38,7 +38,6 @@ def build(settings: WritSettings) -> Service:
 
     svc.on_startup(desk.start)
     svc.on_startup(rollouts.start)
-    svc.on_startup(desk.start_redeciding)
     svc.on_shutdown(desk.stop)
     svc.on_shutdown(rollouts.stop)
     svc.on_shutdown(redis.aclose)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -30,6 +31,7 @@ from writ_policy.state import PolicyState
 log = logging.getLogger(__name__)
 
 EXPIRY_TICK = 1.0
+TAKE_UP_RETRY = 1.0  # seconds between tries to read the open requests at start
 
 
 class ApprovalQuery(msgspec.Struct, kw_only=True):
@@ -64,6 +66,7 @@ class ApprovalDesk:
         self.pending: dict[str, StoredEvent] = {}  # while the request may be open
         self.directory = svc.follow(subjects.IDENTITY_STREAM, self.apply_directory)
         self.tasks: list[asyncio.Task[None]] = []
+        self.taken_up = asyncio.Event()  # the requests open at start are in ``pending``
 
     def apply_directory(self, event: StoredEvent) -> None:
         apply_approver_event(self.approvers, event)
@@ -73,18 +76,28 @@ class ApprovalDesk:
     async def start(self) -> None:
         # Heard live first, so a request stored while the log is read below is not missed.
         await self.svc.nc.subscribe(subjects.intents_of_type("approval.requested"), cb=self.on_requested)
-        # Open approvals are found in the log, so expiry fires even if we were down at the time.
-        for requested in await requests_maybe_open(self.svc.nc, self.svc.open_intents):
-            self.remember(requested)
         # A request waiting for people ends when its agent cancels the intent: heard live, and
         # looked for once at start (a cancel sent while policy was down).
         await self.svc.nc.subscribe(cancel_requests.SUBJECT, cb=self.on_cancel_requested)
+        self.tasks.append(asyncio.create_task(self.take_up_open_requests(), name="approval-take-up"))
         self.tasks.append(asyncio.create_task(self.expire_loop(), name="approval-expiry"))
-        self.tasks.append(asyncio.create_task(self.end_cancelled(list(self.pending)), name="approval-cancelled"))
 
-    async def start_redeciding(self) -> None:
-        """A bundle loaded while we were down still re-decides what waits for people."""
-        self.tasks.append(asyncio.create_task(self.redecide_pending(), name="approval-redecide"))
+    async def take_up_open_requests(self) -> None:
+        """Open approvals are found in the log, so expiry fires even if we were down at the time;
+        those whose agent cancelled meanwhile end now. In the background: on a long log the
+        open-intents index takes a while to read, and policy decides new intents meanwhile."""
+        while True:
+            try:
+                found = await requests_maybe_open(self.svc.nc, self.svc.open_intents)
+                break
+            except nats.errors.Error as exc:
+                log.warning("policy: could not read the open approval requests yet (%s); trying again", exc)
+                await asyncio.sleep(TAKE_UP_RETRY)
+        for requested in found:
+            self.remember(requested)
+        self.taken_up.set()
+        await self.end_cancelled([e.envelope.intent_id or "" for e in found])
+        await self.redecide_pending()  # a bundle loaded while we were down decides them afresh
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -150,8 +163,8 @@ class ApprovalDesk:
     async def redecide_pending(self) -> None:
         """Under a new bundle, a request still waiting for people is decided again
         (:func:`writ_policy.domain.redecision`)."""
-        if self.state.current is None:
-            return
+        if self.state.current is None or not self.taken_up.is_set():
+            return  # not yet: the requests open at start are re-decided once taken up
         await self.settle_pending(list(self.pending), self.decide_again, "re-decide under the new bundle the")
 
     async def decide_again(self, view: IntentView) -> list[ev.Payload]:
