@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 import uuid
 from typing import Any
 
@@ -15,7 +16,9 @@ import msgspec
 import nats.errors
 import pytest
 from inprocess import Spine
+from nats.js.api import AckPolicy, ConsumerConfig
 
+from waiting import eventually
 from writ.synthetic import producer_of
 from writ_common import bus, subjects
 from writ_common import events as ev
@@ -24,7 +27,7 @@ from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
-from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, OpenIntents
+from writ_common.sweeper import CHECKPOINT_KEY, FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -237,3 +240,85 @@ async def test_a_history_read_never_asks_for_more_than_the_intent_holds(spine: S
         await watch.unsubscribe()
     assert history.events and history.events[-1].type in ev.TERMINAL_TYPES
     assert asked == [1, len(history.records) - 1]
+
+
+async def test_a_sweeper_checkpoint_is_kept_in_its_consumer_and_leaves_the_consumer_as_it_was(spine: Spine) -> None:
+    """The checkpoint lives in the metadata of the service's own durable consumer: written as an
+    update of that consumer (its filter and settings as they were), read back at the next start."""
+    durable = f"writ-checkpoint-{uuid.uuid4().hex[:8]}"
+    config = ConsumerConfig(
+        durable_name=durable, name=durable, ack_policy=AckPolicy.EXPLICIT, filter_subject="writ.intent.*.*.planned"
+    )
+    await spine.js.add_consumer(subjects.INTENTS_STREAM, config)
+    try:
+        checkpoint = Checkpoint(lambda: spine.nc, durable)
+        assert await checkpoint.read() is None  # none yet: the index reads from the first message
+        assert checkpoint.due(42, time.monotonic())
+        await checkpoint.write(42)
+        assert not checkpoint.due(43, time.monotonic())  # at most one a minute
+        assert await Checkpoint(lambda: spine.nc, durable).read() == 42
+        info = await spine.js.consumer_info(subjects.INTENTS_STREAM, durable)
+        assert info.config.filter_subject == "writ.intent.*.*.planned"
+        assert info.config.ack_policy == AckPolicy.EXPLICIT
+    finally:
+        await spine.js.delete_consumer(subjects.INTENTS_STREAM, durable)
+    assert await Checkpoint(lambda: spine.nc, durable).read() is None  # a consumer made again starts afresh
+
+
+async def test_a_sweeper_resuming_from_its_checkpoint_reads_nothing_below_it(spine: Spine) -> None:
+    """Below the checkpoint every intent had ended: a restarted sweeper asks the server for
+    nothing there, and reads on from it as before (an intent after it is read, and ends there)."""
+    before = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
+    before_submitted = (await read_history(spine.nc, spine.agent.agent_id, before.intent_id)).events[0]
+    open_from = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq + 1
+    after = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
+    after_submitted = (await read_history(spine.nc, spine.agent.agent_id, after.intent_id)).events[0]
+    asked: list[int] = []
+
+    async def on_request(msg: Any) -> None:
+        body = json.loads(msg.data or b"{}")
+        if str(body.get("next_by_subj", "")).startswith(f"{subjects.INTENT_PREFIX}.*.*."):
+            asked.append(int(body.get("seq", 0)))
+
+    async def resume() -> int | None:
+        return open_from
+
+    watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
+    try:
+        index = OpenIntents(resume)
+        await index.catch_up(spine.nc)
+        await spine.nc.flush()
+        await asyncio.sleep(0.1)  # the watch's callback runs in its own task
+    finally:
+        await watch.unsubscribe()
+    assert before_submitted.seq < open_from <= after_submitted.seq
+    assert asked and min(asked) >= open_from  # one read per followed type, none from the start
+    assert index.position(SUBMITTED) > after_submitted.seq  # read on from the checkpoint
+    assert after.intent_id not in index.open and before.intent_id not in index.open
+
+
+@pytest.mark.parametrize("service", ["policy", "executor"])
+async def test_each_sweeping_service_writes_its_checkpoint_into_its_own_consumer(spine: Spine, service: str) -> None:
+    """Policy and the executor sweep; each writes its checkpoint into its own consumer through its
+    own bus user (the first at its first sweep, then at most one a minute), and no intent the log
+    shows open lies below it."""
+
+    async def written() -> int | None:
+        info = await spine.js.consumer_info(subjects.INTENTS_STREAM, f"writ-{service}")
+        value = (info.config.metadata or {}).get(CHECKPOINT_KEY, "")
+        return int(value) if value.isdigit() else None
+
+    open_from = await eventually(written, 15, f"{service}'s sweeper checkpoint")
+    head = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq
+    assert 1 <= open_from <= head + 1
+    below = await bus.direct_get_batch(
+        spine.nc, subjects.INTENTS_STREAM, subjects.intents_of_type(SUBMITTED), limit=open_from
+    )
+    for msg in below:
+        submitted = bus.stored(msg)
+        if submitted.seq >= open_from:
+            break
+        history = await read_history(spine.nc, submitted.envelope.agent_id or "", submitted.envelope.intent_id or "")
+        assert any(e.type in ev.TERMINAL_TYPES for e in history.events), (
+            f"{submitted.envelope.intent_id} lies below {service}'s checkpoint {open_from} and is open"
+        )

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +56,7 @@ from writ_common.profiling import CpuSampler
 from writ_common.settings import WritSettings
 from writ_common.stranded import expiry, past_due
 from writ_common.streams import ensure_streams
-from writ_common.sweeper import OpenIntents
+from writ_common.sweeper import Checkpoint, OpenIntents
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,10 @@ class Service:
         replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
         so a sweep and a stage deciding the same end store it once."""
         index = self.open_intents
+        # A restart reads the log from below the oldest intent open at the last checkpoint, not
+        # from its first message (two events an intent, the whole log, at every start).
+        checkpoint = Checkpoint(lambda: self.nc, f"writ-{self.name}")
+        index.resume_with(checkpoint.read)
 
         async def sweep_once() -> None:
             await index.catch_up(self.nc)
@@ -401,6 +406,8 @@ class Service:
                 if past_due(submitted, now):
                     await self.sweep_one(index, submitted, rule, occurrence)
                     log.debug("%s: swept %s", self.name, intent_id)
+            if checkpoint.due(index.oldest_open(), time.monotonic()):
+                await checkpoint.write(index.oldest_open())
 
         self.every("sweep for stranded intents", SWEEP_TICK, sweep_once)
 

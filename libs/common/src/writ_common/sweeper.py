@@ -21,6 +21,10 @@ head as it was before the read. A replica behind that head may not have shown a 
 below it: that intent then stays open here until it is past due, when the sweep reads its history,
 finds it ended and drops it (the sweep's append is fenced, so it never ends an intent twice).
 The submitted filter moves only past what it was given: an intent it missed would never be swept.
+
+A restart begins at the service's :class:`Checkpoint` (below it every intent had ended), not at
+the stream's first message: reading two events of every intent ever stored at each start grew
+with the log.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from writ_common import events as ev
 from writ_common import subjects
@@ -40,6 +47,7 @@ from writ_common.envelope import StoredEvent, UndecodableEvent
 log = logging.getLogger(__name__)
 
 FETCH = 512
+Resume = Callable[[], Awaitable[int | None]]
 SUBMITTED = "intent.submitted"
 FOLLOWED_TYPES = (SUBMITTED, *sorted(ev.TERMINAL_TYPES))
 
@@ -61,14 +69,24 @@ def type_filter(event_type: str) -> str:
 
 
 class OpenIntents:
-    """intent id -> its ``submitted`` event, for every intent with no terminal event yet."""
+    """intent id -> its ``submitted`` event, for every intent with no terminal event yet.
 
-    def __init__(self) -> None:
+    ``resume`` (when given) says, once, before the first read, from where: a sequence below which
+    every intent has ended (:class:`Checkpoint`); without it, or when it knows none, from the
+    stream's first message.
+    """
+
+    def __init__(self, resume: Resume | None = None) -> None:
         self.open: dict[str, StoredEvent] = {}
         # intent id -> sequence of a terminal event read before the intent's ``submitted``
         self.ended: dict[str, int] = {}
         self._next_seq = dict.fromkeys(FOLLOWED_TYPES, 1)
         self._reading = asyncio.Lock()  # the sweep and a start-up reader may both catch up
+        self._resume = resume
+
+    def resume_with(self, resume: Resume) -> None:
+        """Before the first read: begin where ``resume`` says."""
+        self._resume = resume
 
     def oldest_open(self) -> int:
         """A stream sequence no event of an intent still open here lies before: the oldest open
@@ -92,6 +110,11 @@ class OpenIntents:
             nats.errors.TimeoutError: the stream stopped answering; the next call resumes here.
         """
         async with self._reading:
+            if self._resume is not None:
+                start = await self._resume()
+                self._resume = None
+                for event_type in FOLLOWED_TYPES:  # every event of an intent open there is at or past it
+                    self._next_seq[event_type] = max(self._next_seq[event_type], start or 1)
             head = await stream_head(nc)  # before the reads: everything up to it was stored
             for event_type in FOLLOWED_TYPES:  # submitted first: fewer terminals meet no open intent
                 await self._follow(nc, event_type)
@@ -121,3 +144,52 @@ class OpenIntents:
                 self.open.setdefault(intent_id, event)
         elif self.open.pop(intent_id, None) is None:
             self.ended[intent_id] = event.seq
+
+
+CHECKPOINT_KEY = "writ.open_from"  # in the sweeping service's durable consumer's metadata
+CHECKPOINT_EVERY = 60.0  # seconds between two checkpoints at most
+
+
+class Checkpoint:
+    """Where a restarted sweeper may begin: a sequence of the intents stream below which every
+    intent had ended when it was written (:meth:`OpenIntents.oldest_open`). Ended is for good, so
+    any such sequence stays true; a lower one only costs reading more.
+
+    Kept in the metadata of the service's own durable consumer on the intents stream: a service's
+    bus user may update its own consumer, and the consumer lives and dies with the stream whose
+    sequences it names (a stream deleted and made again takes the checkpoint with it). Without it
+    (a first start, a consumer recreated) the index reads from the stream's first message, as it
+    always could: this is where to start, never what is true.
+    """
+
+    def __init__(self, connection: Callable[[], Client], durable: str) -> None:
+        self._connection = connection  # the service's, once it is connected
+        self._durable = durable
+        self.written = 0  # the last sequence written (or read at start)
+        self._written_at = 0.0
+
+    async def read(self) -> int | None:
+        try:
+            info = await self._connection().jetstream().consumer_info(subjects.INTENTS_STREAM, self._durable)
+        except NotFoundError:
+            return None
+        value = (info.config.metadata or {}).get(CHECKPOINT_KEY, "")
+        self.written = int(value) if value.isdigit() else 0
+        return self.written or None
+
+    def due(self, open_from: int, now: float) -> bool:
+        """Worth writing: it moved on, and the last one is ``CHECKPOINT_EVERY`` old."""
+        return open_from > self.written and now - self._written_at >= CHECKPOINT_EVERY
+
+    async def write(self, open_from: int) -> None:
+        """Store ``open_from`` in the consumer's metadata, the rest of its configuration as the
+        server has it (an update, not a new consumer: its deliveries go on)."""
+        js = self._connection().jetstream()
+        try:
+            info = await js.consumer_info(subjects.INTENTS_STREAM, self._durable)
+        except NotFoundError:
+            return  # not made yet (or deleted, and about to be made again): the next time
+        metadata = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")}
+        metadata[CHECKPOINT_KEY] = str(open_from)
+        await js.add_consumer(subjects.INTENTS_STREAM, info.config.evolve(metadata=metadata))
+        self.written, self._written_at = open_from, time.monotonic()
