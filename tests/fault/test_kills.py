@@ -44,11 +44,13 @@ from writ.approver import ApproverClient
 from writ.runtime.processes import HOST, free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import wait_receipt
+from writ.synthetic import producer_of
 from writ_common import commands, subjects
 from writ_common import events as ev
-from writ_common.bus import direct_get_batch, read_history
-from writ_common.envelope import decode, parse_time
+from writ_common.bus import append_control, direct_get_batch, last_on_subject, read_history
+from writ_common.envelope import decode, make_envelope, parse_time
 from writ_common.signing import generate_key, public_key_b64
+from writ_policy.domain import compile_bundle
 
 pytestmark = [pytest.mark.fault, pytest.mark.asyncio(loop_scope="session")]
 
@@ -475,3 +477,51 @@ async def test_a_pending_approval_survives_restarting_everything_then_runs_once(
         await commands.call(rig.nc, "policy", "load", {"cedar": PERMIT_ALL})
     expired = await wait_receipt(rig.nc, late.intent_id, timeout=60)
     assert (expired.status, expired.stage) == ("expired", "authorize"), expired.reason
+
+
+async def test_a_bundle_loaded_while_policy_was_down_decides_the_waiting_request_when_it_comes_back(
+    rig: Rig,
+) -> None:
+    """Another policy replica loaded an emergency forbid while this one was down: coming back, it
+    takes up the request still waiting for people and decides it again under that bundle (denied,
+    nothing runs), not only the requests made after it."""
+    key = generate_key()
+    await commands.call(
+        rig.nc,
+        "identity",
+        "register_approver",
+        {"approver_id": "ops-2", "public_key": public_key_b64(key), "groups": ["ops"]},
+    )
+    approver = ApproverClient(rig.nc, "ops-2", key)
+    waits_long = APPROVE_APPEND.replace('@ttl("6")', '@ttl("120")')
+    forbid = waits_long + '@id("freeze") forbid(principal, action, resource) when { resource.name == "append_row" };\n'
+    token = f"frozen-{uuid.uuid4().hex[:6]}"
+    await commands.call(rig.nc, "policy", "load", {"cedar": waits_long})
+    try:
+        submission = await rig.agent.submit("faulty/append_row", {"token": token}, idempotency_key=token)
+        await pending_for(approver, submission.intent_id)
+        await asyncio.to_thread(rig.plane.hold_service, "policy")
+        try:
+            # What `writ policy load` on another replica appends: the bundle, fenced on the last one.
+            bundle = compile_bundle(forbid)
+            published = ev.PolicyBundlePublished(
+                policy_digest=bundle.digest, cedar=bundle.cedar, policy_ids=bundle.names
+            )
+            js = rig.nc.jetstream()
+            last = await last_on_subject(js, subjects.POLICY_STREAM, subjects.POLICY_SUBJECT)
+            await append_control(
+                js,
+                subjects.POLICY_SUBJECT,
+                make_envelope(published, producer=producer_of(published)),
+                message_id=f"policy:{bundle.digest}",
+                expected_last_subject_seq=last.seq if last is not None else 0,
+            )
+        finally:
+            await asyncio.to_thread(rig.plane.release_service, "policy")
+        receipt = await wait_receipt(rig.nc, submission.intent_id, timeout=60)
+        assert (receipt.status, receipt.stage) == ("denied", "authorize"), receipt.reason
+        with sqlite3.connect(rig.faulty_db) as db:
+            assert db.execute("SELECT COUNT(*) FROM rows WHERE token = ?", (token,)).fetchone()[0] == 0
+    finally:
+        await asyncio.to_thread(rig.plane.wait_ready, 60)
+        await commands.call(rig.nc, "policy", "load", {"cedar": PERMIT_ALL})
