@@ -433,15 +433,16 @@ async def pending_for(client: ApproverClient, intent_id: str) -> dict[str, Any]:
     return found[0]
 
 
-async def test_a_pending_approval_survives_restarting_everything_then_runs_once(rig: Rig) -> None:
+async def ops_approver(rig: Rig, approver_id: str) -> ApproverClient:
+    """A new approver in the ``ops`` group, registered with identity."""
     key = generate_key()
-    await commands.call(
-        rig.nc,
-        "identity",
-        "register_approver",
-        {"approver_id": "ops-1", "public_key": public_key_b64(key), "groups": ["ops"]},
-    )
-    approver = ApproverClient(rig.nc, "ops-1", key)
+    body = {"approver_id": approver_id, "public_key": public_key_b64(key), "groups": ["ops"]}
+    await commands.call(rig.nc, "identity", "register_approver", body)
+    return ApproverClient(rig.nc, approver_id, key)
+
+
+async def test_a_pending_approval_survives_restarting_everything_then_runs_once(rig: Rig) -> None:
+    approver = await ops_approver(rig, "ops-1")
     await commands.call(rig.nc, "policy", "load", {"cedar": APPROVE_APPEND.replace('@ttl("6")', '@ttl("120")')})
     try:
         token = f"approved-{uuid.uuid4().hex[:6]}"
@@ -485,14 +486,7 @@ async def test_a_bundle_loaded_while_policy_was_down_decides_the_waiting_request
     """Another policy replica loaded an emergency forbid while this one was down: coming back, it
     takes up the request still waiting for people and decides it again under that bundle (denied,
     nothing runs), not only the requests made after it."""
-    key = generate_key()
-    await commands.call(
-        rig.nc,
-        "identity",
-        "register_approver",
-        {"approver_id": "ops-2", "public_key": public_key_b64(key), "groups": ["ops"]},
-    )
-    approver = ApproverClient(rig.nc, "ops-2", key)
+    approver = await ops_approver(rig, "ops-2")
     waits_long = APPROVE_APPEND.replace('@ttl("6")', '@ttl("120")')
     forbid = waits_long + '@id("freeze") forbid(principal, action, resource) when { resource.name == "append_row" };\n'
     token = f"frozen-{uuid.uuid4().hex[:6]}"
