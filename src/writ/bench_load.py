@@ -6,7 +6,9 @@ receipt and submit the next, for a fixed time per level. Two tools: ``mcp-server
 get_current_time (fast) and the ``slow`` tool of tests/servers/faulty_stdio.py (200 ms). For each
 level it prints calls/s, latency p50/p99/max, queue age p50 (submitted -> authenticated, from the
 views) and the CPU each process spent per call (utime+stime from /proc, plane processes and tool
-servers apart), and ends with one JSON line holding every figure and the experiment's envelope.
+servers apart), then the same level's baseline measured right after it in the same run: the same
+callers making the same call over one warm ``mcp`` SDK session, no plane, and the plane's ratios
+to it. It ends with one JSON line holding every figure and the experiment's envelope.
 
 Not a test: nothing here asserts; the figures are for people to read and compare.
 """
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from nats.aio.client import Client
 
 from writ.bench import percentile
@@ -183,6 +187,57 @@ def bus_messages(plane: Plane) -> dict[str, tuple[int, int]]:
             out[name] += int(conn.get("in_msgs", 0))
             got[name] += int(conn.get("out_msgs", 0))
     return {name: (out[name], got[name]) for name in out}
+
+
+def direct_tool(tool: str, data_dir: Path) -> tuple[StdioServerParameters, str, dict[str, Any]]:
+    """The server a level's tool lives on, started as a direct caller would, and the call's name
+    and arguments."""
+    name = TOOLS[tool][0].partition("/")[2]
+    if tool == "fast":
+        return StdioServerParameters(command=TIME_SERVER), name, TOOLS[tool][1]
+    env = {**os.environ, "FAULTY_DB": str(data_dir / "slow-direct.sqlite3")}
+    return StdioServerParameters(command=sys.executable, args=[str(SLOW_SERVER)], env=env), name, TOOLS[tool][1]
+
+
+async def direct_loop(level: Level, data_dir: Path) -> Level:
+    """The baseline, in the same run: the level's callers making the same call over one warm
+    ``mcp`` SDK session of their own, with no plane (as the plane's executor shares one session
+    among concurrent calls)."""
+    server, name, arguments = direct_tool(level.tool, data_dir)
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await session.call_tool(name, arguments)  # warm
+        stop_at = time.monotonic() + level.seconds
+
+        async def caller() -> None:
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                result = await session.call_tool(name, arguments)
+                if result.is_error:
+                    level.failures += 1
+                    continue
+                level.calls += 1
+                level.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(caller() for _ in range(level.callers)))
+    return level
+
+
+def compare_with_direct(summary: dict[str, Any], direct: Level) -> None:
+    """Add the direct baseline to a level's figures, with the plane's ratios to it."""
+    base = direct.summary()
+    summary["direct"] = {k: base[k] for k in ("calls", "failures", "calls_per_s", "p50_ms", "p99_ms")}
+    summary["plane_over_direct"] = {
+        "calls_per_s": round(summary["calls_per_s"] / max(base["calls_per_s"], 1e-9), 3),
+        "p50": round(summary["p50_ms"] / max(base["p50_ms"], 1e-9), 2),
+        "p99": round(summary["p99_ms"] / max(base["p99_ms"], 1e-9), 2),
+    }
+    ratio = summary["plane_over_direct"]
+    print(
+        f"      direct, same callers on one warm mcp session: {base['calls_per_s']:.1f} calls/s, p50 {base['p50_ms']:.2f}"
+        f" ms, p99 {base['p99_ms']:.2f} ms; plane / direct: calls/s {ratio['calls_per_s']}x, p50 {ratio['p50']}x,"
+        f" p99 {ratio['p99']}x"
+    )
 
 
 async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Level:
@@ -622,6 +677,8 @@ def main() -> None:
                                 level = await closed_loop(plane, agents, Level(tool, callers, opts.seconds))
                             summary = level.summary()
                             print_level(summary)
+                            direct = await direct_loop(Level(tool, callers, opts.seconds), settings.data_dir)
+                            compare_with_direct(summary, direct)
                             if window is not None:
                                 summary["profile"] = print_profile(window)
                             out.setdefault("closed", []).append(summary)
