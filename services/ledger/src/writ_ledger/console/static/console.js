@@ -84,6 +84,11 @@ $("key-forget").addEventListener("click", async () => {
   keyUi();
 });
 
+function quorumText(req) {
+  const by = req.granted_by || [];
+  return `${by.length} of ${req.quorum}${by.length ? " · granted by " + by.join(", ") : ""}`;
+}
+
 function card(req) {
   const outcome = el("p", { class: "outcome", role: "status", "aria-live": "polite" });
   const comment = el("textarea", { "aria-label": "Comment (signed with the decision)", placeholder: "comment (signed with your decision)" });
@@ -122,7 +127,7 @@ function card(req) {
       ["policy", `${(req.policy_ids || []).join(", ") || "—"}`],
       ["policy digest", el("code", {}, req.policy_digest)],
       ["approver group", req.approvers],
-      ["quorum", el("span", { class: "quorum" }, `${(req.granted_by || []).length} of ${req.quorum}${req.granted_by && req.granted_by.length ? " · granted by " + req.granted_by.join(", ") : ""}`)],
+      ["quorum", el("span", { class: "quorum" }, quorumText(req))],
       ["approval expires", [req.expires_at, " · ", remaining]],
       ["call deadline", [req.deadline || "—", " · ", deadline]],
       ["args digest", el("code", {}, req.args_digest)],
@@ -161,7 +166,16 @@ function renderInbox(rows, how) {
   }
   for (const r of rows) {
     const known = pending.get(r.intent_id);
-    if (known && known.req.approval_digest === r.approval_digest && (known.req.granted_by || []).join() === (r.granted_by || []).join()) continue;
+    if (known && known.req.approval_digest === r.approval_digest) {
+      if ((known.req.granted_by || []).join() === (r.granted_by || []).join()) continue;
+      if (known.node.querySelector(".outcome").textContent) {
+        // Decided (or being decided) on this page: a new card would drop the decision's outcome,
+        // which the push of its own grant may beat here. Keep the card; show the new quorum.
+        known.node.querySelector(".quorum").textContent = quorumText(r);
+        known.req = { ...known.req, granted_by: r.granted_by };
+        continue;
+      }
+    }
     const c = card(r);
     if (known) known.node.replaceWith(c.node); else $("inbox").prepend(c.node);
     pending.set(r.intent_id, c);
