@@ -167,14 +167,12 @@ function renderInbox(rows, how) {
   for (const r of rows) {
     const known = pending.get(r.intent_id);
     if (known && known.req.approval_digest === r.approval_digest) {
-      if ((known.req.granted_by || []).join() === (r.granted_by || []).join()) continue;
-      if (known.node.querySelector(".outcome").textContent) {
-        // Decided (or being decided) on this page: a new card would drop the decision's outcome,
-        // which the push of its own grant may beat here. Keep the card; show the new quorum.
-        known.node.querySelector(".quorum").textContent = quorumText(r);
-        known.req = { ...known.req, granted_by: r.granted_by };
-        continue;
-      }
+      // The same request, maybe with more grants: update the card in place. A new card would drop
+      // what this one holds (a comment being typed, the outcome of a decision made here, which the
+      // push of its own grant may beat).
+      known.node.querySelector(".quorum").textContent = quorumText(r);
+      known.req = { ...known.req, granted_by: r.granted_by };
+      continue;
     }
     const c = card(r);
     if (known) known.node.replaceWith(c.node); else $("inbox").prepend(c.node);
