@@ -66,7 +66,7 @@ class ApprovalDesk:
         self.pending: dict[str, StoredEvent] = {}  # while the request may be open
         self.directory = svc.follow(subjects.IDENTITY_STREAM, self.apply_directory)
         self.tasks: list[asyncio.Task[None]] = []
-        self.taken_up = asyncio.Event()  # the requests open at start are in ``pending``
+        self.taken_up = False  # the requests open at start are in ``pending``
 
     def apply_directory(self, event: StoredEvent) -> None:
         apply_approver_event(self.approvers, event)
@@ -95,7 +95,7 @@ class ApprovalDesk:
                 await asyncio.sleep(TAKE_UP_RETRY)
         for requested in found:
             self.remember(requested)
-        self.taken_up.set()
+        self.taken_up = True
         await self.end_cancelled([e.envelope.intent_id or "" for e in found])
         await self.redecide_pending()  # a bundle loaded while we were down decides them afresh
 
@@ -163,7 +163,7 @@ class ApprovalDesk:
     async def redecide_pending(self) -> None:
         """Under a new bundle, a request still waiting for people is decided again
         (:func:`writ_policy.domain.redecision`)."""
-        if self.state.current is None or not self.taken_up.is_set():
+        if self.state.current is None or not self.taken_up:
             return  # not yet: the requests open at start are re-decided once taken up
         await self.settle_pending(list(self.pending), self.decide_again, "re-decide under the new bundle the")
 
