@@ -23,11 +23,12 @@ from writ.synthetic import producer_of
 from writ_common import bus, subjects
 from writ_common import events as ev
 from writ_common.bus import StaleAppend, append, read_history
+from writ_common.busauth import durable_of
 from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
-from writ_common.sweeper import CHECKPOINT_KEY, FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents
+from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -285,7 +286,8 @@ async def test_a_sweeper_resuming_from_its_checkpoint_reads_nothing_below_it(spi
 
     watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
     try:
-        index = OpenIntents(resume)
+        index = OpenIntents()
+        index.resume_with(resume)
         await index.catch_up(spine.nc)
         await spine.nc.flush()
         await asyncio.sleep(0.1)  # the watch's callback runs in its own task
@@ -303,12 +305,8 @@ async def test_each_sweeping_service_writes_its_checkpoint_into_its_own_consumer
     own bus user (the first at its first sweep, then at most one a minute), and no intent the log
     shows open lies below it."""
 
-    async def written() -> int | None:
-        info = await spine.js.consumer_info(subjects.INTENTS_STREAM, f"writ-{service}")
-        value = (info.config.metadata or {}).get(CHECKPOINT_KEY, "")
-        return int(value) if value.isdigit() else None
-
-    open_from = await eventually(written, 15, f"{service}'s sweeper checkpoint")
+    checkpoint = Checkpoint(lambda: spine.nc, durable_of(service))
+    open_from = await eventually(checkpoint.read, 15, f"{service}'s sweeper checkpoint")
     head = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq
     assert 1 <= open_from <= head + 1
     below = await bus.direct_get_batch(

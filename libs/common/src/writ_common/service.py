@@ -35,6 +35,7 @@ from writ_common.bus import (
     msg_id,
     read_history,
 )
+from writ_common.busauth import durable_of
 from writ_common.cancellation import cancellation
 from writ_common.carried import carried_history, header_for
 from writ_common.consumers import ConsumerGuard
@@ -181,7 +182,7 @@ class Service:
         cheaper per batch).
         """
 
-        durable = durable or f"writ-{self.name}"
+        durable = durable or durable_of(self.name)
         config = ConsumerConfig(
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
@@ -396,7 +397,7 @@ class Service:
         index = self.open_intents
         # A restart reads the log from below the oldest intent open at the last checkpoint, not
         # from its first message (two events an intent, the whole log, at every start).
-        checkpoint = Checkpoint(lambda: self.nc, f"writ-{self.name}")
+        checkpoint = Checkpoint(lambda: self.nc, durable_of(self.name))
         index.resume_with(checkpoint.read)
 
         async def sweep_once() -> None:
@@ -406,8 +407,9 @@ class Service:
                 if past_due(submitted, now):
                     await self.sweep_one(index, submitted, rule, occurrence)
                     log.debug("%s: swept %s", self.name, intent_id)
-            if checkpoint.due(index.oldest_open(), time.monotonic()):
-                await checkpoint.write(index.oldest_open())
+            open_from = index.oldest_open()
+            if checkpoint.due(open_from, time.monotonic()):
+                await checkpoint.write(open_from)
 
         self.every("sweep for stranded intents", SWEEP_TICK, sweep_once)
 

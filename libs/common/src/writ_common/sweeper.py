@@ -71,18 +71,18 @@ def type_filter(event_type: str) -> str:
 class OpenIntents:
     """intent id -> its ``submitted`` event, for every intent with no terminal event yet.
 
-    ``resume`` (when given) says, once, before the first read, from where: a sequence below which
+    :meth:`resume_with` says, once, before the first read, from where: a sequence below which
     every intent has ended (:class:`Checkpoint`); without it, or when it knows none, from the
     stream's first message.
     """
 
-    def __init__(self, resume: Resume | None = None) -> None:
+    def __init__(self) -> None:
         self.open: dict[str, StoredEvent] = {}
         # intent id -> sequence of a terminal event read before the intent's ``submitted``
         self.ended: dict[str, int] = {}
         self._next_seq = dict.fromkeys(FOLLOWED_TYPES, 1)
         self._reading = asyncio.Lock()  # the sweep and a start-up reader may both catch up
-        self._resume = resume
+        self._resume: Resume | None = None
 
     def resume_with(self, resume: Resume) -> None:
         """Before the first read: begin where ``resume`` says."""
