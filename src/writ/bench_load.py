@@ -30,7 +30,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -69,6 +69,26 @@ class Level:
     latencies_ms: list[float] = field(default_factory=list)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     bus: dict[str, tuple[int, int]] = field(default_factory=dict)  # connection -> messages in, out
+
+    async def drive(self, calls: Sequence[Callable[[], Awaitable[bool]]]) -> None:
+        """One caller per entry of ``calls``, each making its call again and again for ``seconds``
+        (closed loop): True counts a call and its latency, False or an exception a failure."""
+        stop_at = time.monotonic() + self.seconds
+
+        async def caller(call: Callable[[], Awaitable[bool]]) -> None:
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                try:
+                    ok = await call()
+                except Exception:
+                    ok = False
+                if not ok:
+                    self.failures += 1
+                    continue
+                self.calls += 1
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(caller(c) for c in calls))
 
     def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms or [0.0]
@@ -207,19 +227,11 @@ async def direct_loop(level: Level, data_dir: Path) -> Level:
     async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         await session.call_tool(name, arguments)  # warm
-        stop_at = time.monotonic() + level.seconds
 
-        async def caller() -> None:
-            while time.monotonic() < stop_at:
-                started = time.perf_counter()
-                result = await session.call_tool(name, arguments)
-                if result.is_error:
-                    level.failures += 1
-                    continue
-                level.calls += 1
-                level.latencies_ms.append((time.perf_counter() - started) * 1000)
+        async def call() -> bool:
+            return not (await session.call_tool(name, arguments)).is_error
 
-        await asyncio.gather(*(caller() for _ in range(level.callers)))
+        await level.drive([call] * level.callers)
     return level
 
 
@@ -242,25 +254,17 @@ def compare_with_direct(summary: dict[str, Any], direct: Level) -> None:
 
 async def closed_loop(plane: Plane, agents: list[WritAgent], level: Level) -> Level:
     tool, arguments = TOOLS[level.tool]
-    stop_at = time.monotonic() + level.seconds
     before = cpu_by_process(plane)
     bus_before = await asyncio.to_thread(bus_messages, plane)
 
-    async def caller(agent: WritAgent) -> None:
-        while time.monotonic() < stop_at:
-            started = time.perf_counter()
-            try:
-                receipt = await agent.call(tool, arguments, idempotency_key=uuid.uuid4().hex, timeout=60)
-            except Exception:
-                level.failures += 1
-                continue
-            if receipt.status != "succeeded":
-                level.failures += 1
-                continue
-            level.calls += 1
-            level.latencies_ms.append((time.perf_counter() - started) * 1000)
+    def through(agent: WritAgent) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            receipt = await agent.call(tool, arguments, idempotency_key=uuid.uuid4().hex, timeout=60)
+            return receipt.status == "succeeded"
 
-    await asyncio.gather(*(caller(a) for a in agents[: level.callers]))
+        return call
+
+    await level.drive([through(a) for a in agents[: level.callers]])
     after = cpu_by_process(plane)
     level.cpu_ms = cpu_spent(before, after)
     bus_after = await asyncio.to_thread(bus_messages, plane)
