@@ -130,6 +130,14 @@ class TestPolicy:
         assert isinstance(denied, ev.IntentDenied) and denied.code == "no_permit"
         assert "subscribe_resource docs/test://a" in denied.reason
 
+    def test_any_resource_uri_reaches_cedar_as_it_is(self) -> None:
+        # Ids go to Cedar as {type, id}: no surface syntax, so no quoting to get wrong, and ids
+        # Cedar's parser would refuse (a newline, a backslash) are decided like any other.
+        for uri in ('test://a"b', "test://a\\b", "test://a\nb", "test://ünï"):
+            assert isinstance(decided(asked("read_resource", f"docs/{uri}")), ev.IntentAuthorized), uri
+        denied = decided(asked("read_resource", "docs/test://secret\n/key"))
+        assert isinstance(denied, ev.IntentDenied) and denied.policy_ids == ["no-secrets"]
+
     def test_a_forbidden_resource_read_is_denied_naming_the_policy(self) -> None:
         denied = decided(asked("read_resource", "docs/test://secret/key"))
         assert isinstance(denied, ev.IntentDenied) and denied.code == "forbidden"
