@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from inprocess import DEFAULT_POLICY, Spine, add_described_server, add_faulty_server
+from resuming import resumed_index
 
 from waiting import eventually
 from writ.approver import ApproverClient, signed_decision
@@ -273,3 +274,32 @@ async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(
     assert asked and asked[0] == index.oldest_open()  # not from the log's first message
     ended_submitted = (await read_history(spine.nc, spine.agent.agent_id, ended)).events[0]
     assert ended_submitted.type == "intent.submitted" and ended not in index.open
+
+
+async def test_a_request_left_waiting_does_not_hold_back_where_a_restart_reads(spine: Spine) -> None:
+    """A request may wait days for a person. A restarted sweeper used to read everything stored
+    since its intent (two events of every intent after it); now the checkpoint begins above the
+    oldest open intents and names them: a restart reads those by themselves, the log from the
+    point on, and the waiting intent still ends when a person decides."""
+    bob = await approver(spine, "bob", ["operators"])
+    waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
+    await pending_request(spine, bob, waiting)
+    waiting_submitted = (await read_history(spine.nc, spine.agent.agent_id, waiting)).events[0]
+    later = [await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30) for _ in range(3)]
+    running = OpenIntents()  # the service before its restart
+    await running.catch_up(spine.nc)
+    assert waiting in running.open
+    point = running.resume_point()
+    assert waiting_submitted.seq in point.held
+    later_submitted = [(await read_history(spine.nc, spine.agent.agent_id, r.intent_id)).events[0] for r in later]
+    assert point.start > max(e.seq for e in later_submitted)  # the calls after it are not read again
+    restarted, asked = await resumed_index(spine.nc, point)
+    # The filters' reads (a named intent is read as one message) begin at the point.
+    filtered_from = [int(body.get("seq", 0)) for body in asked if int(body.get("batch", 0)) > 1]
+    assert filtered_from and min(filtered_from) >= point.start
+    assert waiting in restarted.open
+    assert not {r.intent_id for r in later} & set(restarted.open)
+    await bob.decide(await pending_request(spine, bob, waiting), "deny", comment="decided after the restart")
+    await spine.agent.receipt(waiting, timeout=30)
+    await restarted.catch_up(spine.nc)
+    assert waiting not in restarted.open  # its end is read past the point, like any other

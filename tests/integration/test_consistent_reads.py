@@ -17,6 +17,7 @@ import nats.errors
 import pytest
 from inprocess import Spine
 from nats.js.api import AckPolicy, ConsumerConfig
+from resuming import resumed_index
 
 from waiting import eventually
 from writ.synthetic import producer_of
@@ -28,7 +29,7 @@ from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
-from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents
+from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents, ResumePoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -255,9 +256,11 @@ async def test_a_sweeper_checkpoint_is_kept_in_its_consumer_and_leaves_the_consu
         checkpoint = Checkpoint(lambda: spine.nc, durable)
         assert await checkpoint.read() is None  # none yet: the index reads from the first message
         assert checkpoint.due(42, time.monotonic())
-        await checkpoint.write(42)
+        await checkpoint.write(ResumePoint(42, (7, 9)))  # two intents open below it, named
         assert not checkpoint.due(43, time.monotonic())  # at most one a minute
-        assert await Checkpoint(lambda: spine.nc, durable).read() == 42
+        assert await Checkpoint(lambda: spine.nc, durable).read() == ResumePoint(42, (7, 9))
+        await checkpoint.write(ResumePoint(50))
+        assert await Checkpoint(lambda: spine.nc, durable).read() == ResumePoint(50)
         info = await spine.js.consumer_info(subjects.INTENTS_STREAM, durable)
         assert info.config.filter_subject == "writ.intent.*.*.planned"
         assert info.config.ack_policy == AckPolicy.EXPLICIT
@@ -274,25 +277,9 @@ async def test_a_sweeper_resuming_from_its_checkpoint_reads_nothing_below_it(spi
     open_from = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq + 1
     after = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
     after_submitted = (await read_history(spine.nc, spine.agent.agent_id, after.intent_id)).events[0]
-    asked: list[int] = []
-
-    async def on_request(msg: Any) -> None:
-        body = json.loads(msg.data or b"{}")
-        if str(body.get("next_by_subj", "")).startswith(f"{subjects.INTENT_PREFIX}.*.*."):
-            asked.append(int(body.get("seq", 0)))
-
-    async def resume() -> int | None:
-        return open_from
-
-    watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
-    try:
-        index = OpenIntents()
-        index.resume_with(resume)
-        await index.catch_up(spine.nc)
-        await spine.nc.flush()
-        await asyncio.sleep(0.1)  # the watch's callback runs in its own task
-    finally:
-        await watch.unsubscribe()
+    index, bodies = await resumed_index(spine.nc, ResumePoint(open_from))
+    followed = f"{subjects.INTENT_PREFIX}.*.*."
+    asked = [int(body.get("seq", 0)) for body in bodies if str(body.get("next_by_subj", "")).startswith(followed)]
     assert before_submitted.seq < open_from <= after_submitted.seq
     assert asked and min(asked) >= open_from  # one read per followed type, none from the start
     assert index.position(SUBMITTED) > after_submitted.seq  # read on from the checkpoint
@@ -303,10 +290,11 @@ async def test_a_sweeper_resuming_from_its_checkpoint_reads_nothing_below_it(spi
 async def test_each_sweeping_service_writes_its_checkpoint_into_its_own_consumer(spine: Spine, service: str) -> None:
     """Policy and the executor sweep; each writes its checkpoint into its own consumer through its
     own bus user (the first at its first sweep, then at most one a minute), and no intent the log
-    shows open lies below it."""
+    shows open lies below it but those it names."""
 
     checkpoint = Checkpoint(lambda: spine.nc, durable_of(service))
-    open_from = await eventually(checkpoint.read, 15, f"{service}'s sweeper checkpoint")
+    point = await eventually(checkpoint.read, 15, f"{service}'s sweeper checkpoint")
+    open_from = point.start
     head = (await spine.js.stream_info(subjects.INTENTS_STREAM)).state.last_seq
     assert 1 <= open_from <= head + 1
     below = await bus.direct_get_batch(
@@ -316,6 +304,8 @@ async def test_each_sweeping_service_writes_its_checkpoint_into_its_own_consumer
         submitted = bus.stored(msg)
         if submitted.seq >= open_from:
             break
+        if submitted.seq in point.held:
+            continue  # named: a restart reads it by itself
         history = await read_history(spine.nc, submitted.envelope.agent_id or "", submitted.envelope.intent_id or "")
         assert any(e.type in ev.TERMINAL_TYPES for e in history.events), (
             f"{submitted.envelope.intent_id} lies below {service}'s checkpoint {open_from} and is open"

@@ -395,8 +395,8 @@ class Service:
         replica may sweep; ``occurrence`` names the appended events as the stage's own path does,
         so a sweep and a stage deciding the same end store it once."""
         index = self.open_intents
-        # A restart reads the log from below the oldest intent open at the last checkpoint, not
-        # from its first message (two events an intent, the whole log, at every start).
+        # A restart reads the log from the last checkpoint (above every intent open then but the
+        # few it names), not from its first message (two events an intent, the whole log).
         checkpoint = Checkpoint(lambda: self.nc, durable_of(self.name))
         index.resume_with(checkpoint.read)
 
@@ -407,9 +407,9 @@ class Service:
                 if past_due(submitted, now):
                     await self.sweep_one(index, submitted, rule, occurrence)
                     log.debug("%s: swept %s", self.name, intent_id)
-            open_from = index.oldest_open()
-            if checkpoint.due(open_from, time.monotonic()):
-                await checkpoint.write(open_from)
+            point = index.resume_point()
+            if checkpoint.due(point.start, time.monotonic()):
+                await checkpoint.write(point)
 
         self.every("sweep for stranded intents", SWEEP_TICK, sweep_once)
 

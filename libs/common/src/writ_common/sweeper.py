@@ -24,7 +24,10 @@ The submitted filter moves only past what it was given: an intent it missed woul
 
 A restart begins at the service's :class:`Checkpoint` (below it every intent had ended), not at
 the stream's first message: reading two events of every intent ever stored at each start grew
-with the log.
+with the log. An intent that stays open long (a request waiting days for a person) would hold
+that point back to it, and every restart would read everything stored since: so the checkpoint
+names the few oldest open intents (their ``submitted`` sequences, at most ``HELD_MAX``) and
+begins above them; a restart reads those one by one.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.client import Client
@@ -41,13 +45,25 @@ from nats.js.errors import NotFoundError
 
 from writ_common import events as ev
 from writ_common import subjects
-from writ_common.bus import pages_after, stored
+from writ_common.bus import direct_get_batch, pages_after, stored
 from writ_common.envelope import StoredEvent, UndecodableEvent
 
 log = logging.getLogger(__name__)
 
 FETCH = 512
-Resume = Callable[[], Awaitable[int | None]]
+HELD_MAX = 32  # open intents a checkpoint names below where it begins (a few hundred bytes of metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a restarted index begins: every intent with an event below ``start`` had ended, but
+    those whose ``submitted`` sequence is in ``held``, still open then."""
+
+    start: int
+    held: tuple[int, ...] = ()
+
+
+Resume = Callable[[], Awaitable[ResumePoint | None]]
 SUBMITTED = "intent.submitted"
 FOLLOWED_TYPES = (SUBMITTED, *sorted(ev.TERMINAL_TYPES))
 
@@ -71,9 +87,9 @@ def type_filter(event_type: str) -> str:
 class OpenIntents:
     """intent id -> its ``submitted`` event, for every intent with no terminal event yet.
 
-    :meth:`resume_with` says, once, before the first read, from where: a sequence below which
-    every intent has ended (:class:`Checkpoint`); without it, or when it knows none, from the
-    stream's first message.
+    :meth:`resume_with` says, once, before the first read, from where (a :class:`ResumePoint`,
+    kept by :class:`Checkpoint`); without it, or when it knows none, from the stream's first
+    message.
     """
 
     def __init__(self) -> None:
@@ -93,6 +109,16 @@ class OpenIntents:
         intent's ``submitted`` (an intent's events follow it), else where the index reads next."""
         return min((e.seq for e in self.open.values()), default=self.position())
 
+    def resume_point(self, hold: int = HELD_MAX) -> ResumePoint:
+        """Where a restart may begin: above the ``hold`` oldest open intents, which it names.
+
+        Safe as :meth:`oldest_open` is: a terminal event not read yet was stored after what the
+        submitted filter has read, so at or past ``start``, where a restart reads again."""
+        oldest = sorted(e.seq for e in self.open.values())
+        if len(oldest) <= hold:
+            return ResumePoint(self.position(), tuple(oldest))
+        return ResumePoint(oldest[hold], tuple(oldest[:hold]))
+
     def may_be_open(self, event: StoredEvent) -> bool:
         """Whether ``event``'s intent may still be open: it is open here, or newer than what the
         index has read (its ``submitted`` may not be read yet). Below that, an intent not open
@@ -111,16 +137,30 @@ class OpenIntents:
         """
         async with self._reading:
             if self._resume is not None:
-                start = await self._resume()
+                point = await self._resume()
+                if point is not None:
+                    await self._take_up(nc, point)
                 self._resume = None
-                for event_type in FOLLOWED_TYPES:  # every event of an intent open there is at or past it
-                    self._next_seq[event_type] = max(self._next_seq[event_type], start or 1)
             head = await stream_head(nc)  # before the reads: everything up to it was stored
             for event_type in FOLLOWED_TYPES:  # submitted first: fewer terminals meet no open intent
                 await self._follow(nc, event_type)
                 if event_type != SUBMITTED and head is not None:
                     self._next_seq[event_type] = max(self._next_seq[event_type], head + 1)
             self.forget_ended_before(self._next_seq[SUBMITTED])
+
+    async def _take_up(self, nc: Client, point: ResumePoint) -> None:
+        """Begin at ``point``: its held intents opened from their ``submitted`` events (one read
+        each; one no longer stored, or not a submission, is left out), every filter at its start
+        (every event of an intent open there, but the held ones' submissions, is at or past it)."""
+        for seq in point.held:
+            found = await direct_get_batch(
+                nc, subjects.INTENTS_STREAM, type_filter(SUBMITTED), start_seq=seq, batch=1, limit=1
+            )
+            with contextlib.suppress(UndecodableEvent):
+                if found and (event := stored(found[0])).seq == seq:
+                    self.note(event)
+        for event_type in FOLLOWED_TYPES:
+            self._next_seq[event_type] = max(self._next_seq[event_type], point.start)
 
     def forget_ended_before(self, submitted_read: int) -> None:
         """A terminal event comes after its submitted one: once the submitted filter is past it,
@@ -147,13 +187,15 @@ class OpenIntents:
 
 
 CHECKPOINT_KEY = "writ.open_from"  # in the sweeping service's durable consumer's metadata
+HELD_KEY = "writ.open_below"  # the held intents' submitted sequences, comma-separated
 CHECKPOINT_EVERY = 60.0  # seconds between two checkpoints at most
 
 
 class Checkpoint:
     """Where a restarted sweeper may begin: a sequence of the intents stream below which every
-    intent had ended when it was written (:meth:`OpenIntents.oldest_open`). Ended is for good, so
-    any such sequence stays true; a lower one only costs reading more.
+    intent had ended when it was written, but the few it names (:meth:`OpenIntents.resume_point`).
+    Ended is for good, so any such point stays true (a named intent that ended since is read,
+    found ended at its deadline and dropped); a lower one only costs reading more.
 
     Kept in the metadata of the service's own durable consumer on the intents stream: a service's
     bus user may update its own consumer, and the consumer lives and dies with the stream whose
@@ -168,20 +210,24 @@ class Checkpoint:
         self.written = 0  # the last sequence written (or read at start)
         self._written_at = 0.0
 
-    async def read(self) -> int | None:
+    async def read(self) -> ResumePoint | None:
         try:
             info = await self._connection().jetstream().consumer_info(subjects.INTENTS_STREAM, self._durable)
         except NotFoundError:
             return None
-        value = (info.config.metadata or {}).get(CHECKPOINT_KEY, "")
+        metadata = info.config.metadata or {}
+        value = metadata.get(CHECKPOINT_KEY, "")
         self.written = int(value) if value.isdigit() else 0
-        return self.written or None
+        if not self.written:
+            return None
+        held = tuple(int(seq) for seq in metadata.get(HELD_KEY, "").split(",") if seq.isdigit())
+        return ResumePoint(self.written, tuple(seq for seq in held if seq < self.written)[:HELD_MAX])
 
     def due(self, open_from: int, now: float) -> bool:
         """Worth writing: it moved on, and the last one is ``CHECKPOINT_EVERY`` old."""
         return open_from > self.written and now - self._written_at >= CHECKPOINT_EVERY
 
-    async def write(self, open_from: int) -> None:
+    async def write(self, point: ResumePoint) -> None:
         """Store ``open_from`` in the consumer's metadata, the rest of its configuration as the
         server has it (an update, not a new consumer: its deliveries go on)."""
         js = self._connection().jetstream()
@@ -190,6 +236,7 @@ class Checkpoint:
         except NotFoundError:
             return  # not made yet (or deleted, and about to be made again): the next time
         metadata = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")}
-        metadata[CHECKPOINT_KEY] = str(open_from)
+        metadata[CHECKPOINT_KEY] = str(point.start)
+        metadata[HELD_KEY] = ",".join(str(seq) for seq in point.held)
         await js.add_consumer(subjects.INTENTS_STREAM, info.config.evolve(metadata=metadata))
-        self.written, self._written_at = open_from, time.monotonic()
+        self.written, self._written_at = point.start, time.monotonic()
