@@ -50,6 +50,32 @@ async def authenticated_intent(spine: Spine) -> tuple[str, StoredEvent]:
     return intent_id, trigger
 
 
+async def test_a_history_read_through_the_leader_stops_at_the_intents_last_message(spine: Spine) -> None:
+    """The leader's read (the fallback when replicas are behind) gives the history a Direct Get
+    gives, and never asks past the intent's last message: that last request, finding nothing,
+    made the server look through the whole log after the intent."""
+    done = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
+    direct = await read_history(spine.nc, spine.agent.agent_id, done.intent_id)
+    asked: list[dict[str, Any]] = []
+
+    async def on_request(msg: Any) -> None:
+        asked.append(json.loads(msg.data or b"{}"))
+
+    watch = await spine.nc.subscribe(f"$JS.API.STREAM.MSG.GET.{subjects.INTENTS_STREAM}", cb=on_request)
+    try:
+        through_leader = await bus.leader_history(spine.js, spine.agent.agent_id, done.intent_id)
+        await spine.nc.flush()
+        await asyncio.sleep(0.1)  # the watch's callback runs in its own task
+    finally:
+        await watch.unsubscribe()
+    assert [r.seq for r in through_leader.records] == [r.seq for r in direct.records]
+    assert through_leader.last_seq == direct.last_seq
+    assert len(asked) == len(direct.records) + 1  # its last message, then each one
+    assert all(int(body.get("seq", 0)) <= direct.last_seq for body in asked)
+    missing = await bus.leader_history(spine.js, spine.agent.agent_id, f"in-none{uuid.uuid4().hex[:12]}")
+    assert not missing.records and missing.last_seq == 0
+
+
 async def test_a_history_that_misses_the_trigger_is_read_again_then_redelivered_never_acked(
     spine: Spine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

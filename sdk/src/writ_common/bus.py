@@ -450,19 +450,27 @@ async def direct_history(nc: Client, agent_id: str, intent_id: str) -> History:
 
 async def leader_history(js: JetStreamContext, agent_id: str, intent_id: str) -> History:
     """An intent's history read message by message through ``$JS.API.STREAM.MSG.GET``, which the
-    stream leader answers: as new as the stream's committed writes (slower; the fallback)."""
+    stream leader answers: as new as the stream's committed writes (slower; the fallback).
+
+    Its last message is asked first and the reading stops there: asking past an intent's last
+    message for a next one that is not there makes the server look through the whole log after it.
+    """
+    subject = subjects.intent_filter(agent_id, intent_id)
+    try:
+        last = await js.get_last_msg(subjects.INTENTS_STREAM, subject)
+    except NotFoundError:
+        return _history([])
     records: list[tuple[int, str, bytes, Mapping[str, str]]] = []
-    seq = 1
-    while True:
+    seq, last_seq = 1, last.seq or 0
+    while seq <= last_seq:
         try:
-            raw = await js.get_msg(
-                subjects.INTENTS_STREAM, seq=seq, subject=subjects.intent_filter(agent_id, intent_id), next=True
-            )
+            raw = await js.get_msg(subjects.INTENTS_STREAM, seq=seq, subject=subject, next=True)
         except NotFoundError:
-            return _history(records)
+            break  # removed meanwhile (the stream's limits): the history as it still is
         assert raw.seq is not None
         records.append((raw.seq, raw.subject or "", raw.data or b"", raw.headers or {}))
         seq = raw.seq + 1
+    return _history(records)
 
 
 async def read_history(
