@@ -29,7 +29,16 @@ from writ_common.envelope import Envelope, StoredEvent, make_envelope
 from writ_common.fold import IntentView
 from writ_common.ids import derive_intent_id
 from writ_common.intent_consumer import Redeliver
-from writ_common.sweeper import FOLLOWED_TYPES, SUBMITTED, Checkpoint, OpenIntents, ResumePoint
+from writ_common.sweeper import (
+    CHECKPOINT_KEY,
+    FOLLOWED_TYPES,
+    HELD_KEY,
+    RESUME_KEY,
+    SUBMITTED,
+    Checkpoint,
+    OpenIntents,
+    ResumePoint,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -285,8 +294,15 @@ async def test_a_sweeper_checkpoint_is_kept_in_its_consumer_and_leaves_the_consu
         await checkpoint.write(ResumePoint(42, (7, 9)))  # two intents open below it, named
         assert not checkpoint.due(43, time.monotonic())  # at most one a minute
         assert await Checkpoint(lambda: spine.nc, durable).read() == ResumePoint(42, (7, 9))
+        info = await spine.js.consumer_info(subjects.INTENTS_STREAM, durable)
+        assert (info.config.metadata or {})[CHECKPOINT_KEY] == "7"  # what a Writ before names read: the oldest
         await checkpoint.write(ResumePoint(50))
         assert await Checkpoint(lambda: spine.nc, durable).read() == ResumePoint(50)
+        # A checkpoint written before points named intents: the oldest open intent, none named.
+        old = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")}
+        old = {CHECKPOINT_KEY: "31"} | {k: v for k, v in old.items() if k not in (CHECKPOINT_KEY, RESUME_KEY, HELD_KEY)}
+        await spine.js.add_consumer(subjects.INTENTS_STREAM, info.config.evolve(metadata=old))
+        assert await Checkpoint(lambda: spine.nc, durable).read() == ResumePoint(31)
         info = await spine.js.consumer_info(subjects.INTENTS_STREAM, durable)
         assert info.config.filter_subject == "writ.intent.*.*.planned"
         assert info.config.ack_policy == AckPolicy.EXPLICIT

@@ -186,8 +186,11 @@ class OpenIntents:
             self.ended[intent_id] = event.seq
 
 
-CHECKPOINT_KEY = "writ.open_from"  # in the sweeping service's durable consumer's metadata
-HELD_KEY = "writ.open_below"  # the held intents' submitted sequences, comma-separated
+# In the sweeping service's durable consumer's metadata. ``writ.open_from`` keeps its first meaning
+# (below it every intent had ended, none named), so a Writ that knows only it stays right.
+CHECKPOINT_KEY = "writ.open_from"  # the oldest open intent's submitted sequence
+RESUME_KEY = "writ.resume_at"  # the point's start
+HELD_KEY = "writ.open_below"  # the named intents' submitted sequences, comma-separated
 CHECKPOINT_EVERY = 60.0  # seconds between two checkpoints at most
 
 
@@ -216,7 +219,9 @@ class Checkpoint:
         except NotFoundError:
             return None
         metadata = info.config.metadata or {}
-        value = metadata.get(CHECKPOINT_KEY, "")
+        value = metadata.get(RESUME_KEY, "")
+        if not value.isdigit():  # written before points named intents: the oldest open one
+            value, metadata = metadata.get(CHECKPOINT_KEY, ""), {}
         self.written = int(value) if value.isdigit() else 0
         if not self.written:
             return None
@@ -236,7 +241,8 @@ class Checkpoint:
         except NotFoundError:
             return  # not made yet (or deleted, and about to be made again): the next time
         metadata = {k: v for k, v in (info.config.metadata or {}).items() if not k.startswith("_nats.")}
-        metadata[CHECKPOINT_KEY] = str(point.start)
+        metadata[CHECKPOINT_KEY] = str(min(point.held, default=point.start))
+        metadata[RESUME_KEY] = str(point.start)
         metadata[HELD_KEY] = ",".join(str(seq) for seq in point.held)
         await js.add_consumer(subjects.INTENTS_STREAM, info.config.evolve(metadata=metadata))
         self.written, self._written_at = point.start, time.monotonic()
