@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -12,8 +11,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from direct_gets import direct_gets_of, resumed_index
 from inprocess import DEFAULT_POLICY, Spine, add_described_server, add_faulty_server
-from resuming import resumed_index
 
 from waiting import eventually
 from writ.approver import ApproverClient, signed_decision
@@ -253,21 +252,11 @@ async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(
     await spine.agent.receipt(ended, timeout=30)
     waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
     await pending_request(spine, bob, waiting)
-    asked: list[int] = []
-
-    async def on_request(msg: Any) -> None:
-        body = json.loads(msg.data or b"{}")
-        if body.get("next_by_subj") == subjects.intents_of_type("approval.requested"):
-            asked.append(int(body.get("seq", 0)))
-
-    watch = await spine.nc.subscribe(f"$JS.API.DIRECT.GET.{subjects.INTENTS_STREAM}", cb=on_request)
-    try:
+    async with direct_gets_of(spine.nc) as bodies:
         index = OpenIntents()  # a policy starting afresh
         found = await requests_maybe_open(spine.nc, index)
-        await spine.nc.flush()
-        await asyncio.sleep(0.1)  # the watch's callback runs in its own task
-    finally:
-        await watch.unsubscribe()
+    requested = subjects.intents_of_type("approval.requested")
+    asked = [int(body.get("seq", 0)) for body in bodies if body.get("next_by_subj") == requested]
     taken = {e.envelope.intent_id for e in found}
     assert waiting in taken
     assert ended not in taken

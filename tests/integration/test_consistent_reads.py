@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import nats.errors
 import pytest
+from direct_gets import resumed_index
 from inprocess import Spine
 from nats.js.api import AckPolicy, ConsumerConfig
-from resuming import resumed_index
 
 from waiting import eventually
 from writ.synthetic import producer_of
@@ -65,10 +65,13 @@ async def test_a_history_read_through_the_leader_stops_at_the_intents_last_messa
     made the server look through the whole log after the intent."""
     done = await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)
     direct = await read_history(spine.nc, spine.agent.agent_id, done.intent_id)
+    where = subjects.intent_filter(spine.agent.agent_id, done.intent_id)
     asked: list[dict[str, Any]] = []
 
     async def on_request(msg: Any) -> None:
-        asked.append(json.loads(msg.data or b"{}"))
+        body = json.loads(msg.data or b"{}")
+        if where in (body.get("next_by_subj"), body.get("last_by_subj")):  # this intent's, no one else's
+            asked.append(body)
 
     watch = await spine.nc.subscribe(f"$JS.API.STREAM.MSG.GET.{subjects.INTENTS_STREAM}", cb=on_request)
     try:
