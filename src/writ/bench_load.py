@@ -164,18 +164,8 @@ def cpu_spent(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, 
 
 async def setup(settings: WritSettings, callers: int) -> tuple[Client, list[WritAgent]]:
     nc = await nats.connect(settings.nats_servers(), **settings.bus_options())
-    await commands.call(nc, "registry", "add_server", {"name": "time", "command": TIME_SERVER})
-    await commands.call(
-        nc,
-        "registry",
-        "add_server",
-        {
-            "name": "slow",
-            "command": sys.executable,
-            "args": [str(SLOW_SERVER)],
-            "env": {"FAULTY_DB": str(settings.data_dir / "slow.sqlite3")},
-        },
-    )
+    await commands.call(nc, "registry", "add_server", {"name": "time", **server_of("fast", settings.data_dir)})
+    await commands.call(nc, "registry", "add_server", {"name": "slow", **server_of("slow", settings.data_dir)})
     # The same one-at-a-time tool twice: declared as such at registration, and not.
     serial = {"command": sys.executable, "args": [str(SERIAL_SERVER)]}
     await commands.call(nc, "registry", "add_server", {"name": "serial", "max_concurrency": 1, **serial})
@@ -209,14 +199,22 @@ def bus_messages(plane: Plane) -> dict[str, tuple[int, int]]:
     return {name: (out[name], got[name]) for name in out}
 
 
+def server_of(tool: str, data_dir: Path, db: str = "slow.sqlite3") -> dict[str, Any]:
+    """How a level's tool server starts (command, args, env): registered with the plane, and
+    started by the direct baseline (``db``: the slow tool's own rows)."""
+    if tool == "fast":
+        return {"command": TIME_SERVER}
+    return {"command": sys.executable, "args": [str(SLOW_SERVER)], "env": {"FAULTY_DB": str(data_dir / db)}}
+
+
 def direct_tool(tool: str, data_dir: Path) -> tuple[StdioServerParameters, str, dict[str, Any]]:
     """The server a level's tool lives on, started as a direct caller would, and the call's name
     and arguments."""
-    name = TOOLS[tool][0].partition("/")[2]
-    if tool == "fast":
-        return StdioServerParameters(command=TIME_SERVER), name, TOOLS[tool][1]
-    env = {**os.environ, "FAULTY_DB": str(data_dir / "slow-direct.sqlite3")}
-    return StdioServerParameters(command=sys.executable, args=[str(SLOW_SERVER)], env=env), name, TOOLS[tool][1]
+    server = server_of(tool, data_dir, "slow-direct.sqlite3")
+    env = {**os.environ, **server["env"]} if "env" in server else None
+    params = StdioServerParameters(command=server["command"], args=server.get("args", []), env=env)
+    name, arguments = TOOLS[tool]
+    return params, name.partition("/")[2], arguments
 
 
 async def direct_loop(level: Level, data_dir: Path) -> Level:
