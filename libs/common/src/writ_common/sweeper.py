@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -114,7 +115,7 @@ class OpenIntents:
 
         Safe as :meth:`oldest_open` is: a terminal event not read yet was stored after what the
         submitted filter has read, so at or past ``start``, where a restart reads again."""
-        oldest = sorted(e.seq for e in self.open.values())
+        oldest = heapq.nsmallest(hold + 1, (e.seq for e in self.open.values()))  # once a sweep
         if len(oldest) <= hold:
             return ResumePoint(self.position(), tuple(oldest))
         return ResumePoint(oldest[hold], tuple(oldest[:hold]))
@@ -210,7 +211,7 @@ class Checkpoint:
     def __init__(self, connection: Callable[[], Client], durable: str) -> None:
         self._connection = connection  # the service's, once it is connected
         self._durable = durable
-        self.written = 0  # the last sequence written (or read at start)
+        self.written = 0  # the start of the last point written (or read at start)
         self._written_at = 0.0
 
     async def read(self) -> ResumePoint | None:
@@ -219,22 +220,23 @@ class Checkpoint:
         except NotFoundError:
             return None
         metadata = info.config.metadata or {}
-        value = metadata.get(RESUME_KEY, "")
-        if not value.isdigit():  # written before points named intents: the oldest open one
-            value, metadata = metadata.get(CHECKPOINT_KEY, ""), {}
+        # Without RESUME_KEY (written before points named intents), the oldest open intent. A
+        # point left there by a later Writ is only lower than that one: still true.
+        value = metadata.get(RESUME_KEY) or metadata.get(CHECKPOINT_KEY, "")
         self.written = int(value) if value.isdigit() else 0
         if not self.written:
             return None
         held = tuple(int(seq) for seq in metadata.get(HELD_KEY, "").split(",") if seq.isdigit())
         return ResumePoint(self.written, tuple(seq for seq in held if seq < self.written)[:HELD_MAX])
 
-    def due(self, open_from: int, now: float) -> bool:
-        """Worth writing: it moved on, and the last one is ``CHECKPOINT_EVERY`` old."""
-        return open_from > self.written and now - self._written_at >= CHECKPOINT_EVERY
+    def due(self, start: int, now: float) -> bool:
+        """Worth writing a point that begins at ``start``: it moved on, and the last one is
+        ``CHECKPOINT_EVERY`` old."""
+        return start > self.written and now - self._written_at >= CHECKPOINT_EVERY
 
     async def write(self, point: ResumePoint) -> None:
-        """Store ``open_from`` in the consumer's metadata, the rest of its configuration as the
-        server has it (an update, not a new consumer: its deliveries go on)."""
+        """Store ``point`` in the consumer's metadata, the rest of its configuration as the server
+        has it (an update, not a new consumer: its deliveries go on)."""
         js = self._connection().jetstream()
         try:
             info = await js.consumer_info(subjects.INTENTS_STREAM, self._durable)
