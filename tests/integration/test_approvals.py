@@ -244,25 +244,30 @@ async def test_a_confused_deputy_is_stopped_by_policy_and_the_chain_shows_why_it
 
 async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(spine: Spine) -> None:
     """At start, policy finds the requests waiting for people in the log (so expiry fires even if
-    it was down), reading from the oldest intent still open on: a request whose intent has ended
-    is not taken up again (each cost two history reads at every start, for every request ever)."""
+    it was down): a request whose intent has ended is not taken up again (each cost two history
+    reads at every start, for every request ever), and one left waiting does not make it read
+    every request made since (the oldest open intents are read one intent at a time)."""
     bob = await approver(spine, "bob", ["operators"])
+    waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
+    await pending_request(spine, bob, waiting)
     ended = await destructive(spine, f"e-{uuid.uuid4().hex[:8]}")
     await bob.decide(await pending_request(spine, bob, ended), "deny", comment="ended before the restart")
     await spine.agent.receipt(ended, timeout=30)
-    waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
-    await pending_request(spine, bob, waiting)
+    await spine.agent.call("time/get_current_time", {"timezone": "UTC"}, timeout=30)  # a call after it
     async with direct_gets_of(spine.nc) as bodies:
         index = OpenIntents()  # a policy starting afresh
         found = await requests_maybe_open(spine.nc, index)
-    requested = subjects.intents_of_type("approval.requested")
-    asked = [int(body.get("seq", 0)) for body in bodies if body.get("next_by_subj") == requested]
     taken = {e.envelope.intent_id for e in found}
     assert waiting in taken
     assert ended not in taken
-    assert asked and asked[0] == index.oldest_open()  # not from the log's first message
-    ended_submitted = (await read_history(spine.nc, spine.agent.agent_id, ended)).events[0]
-    assert ended_submitted.type == "intent.submitted" and ended not in index.open
+    ended_history = (await read_history(spine.nc, spine.agent.agent_id, ended)).events
+    assert ended_history[0].type == "intent.submitted" and ended not in index.open
+    ended_request = next(e for e in ended_history if e.type == "approval.requested")
+    requested = subjects.intents_of_type("approval.requested")
+    typed_from = [int(body.get("seq", 0)) for body in bodies if body.get("next_by_subj") == requested]
+    assert typed_from and min(typed_from) > ended_request.seq  # not every request since the waiting one
+    own = subjects.intent_subject(spine.agent.agent_id, waiting, "approval.requested")
+    assert any(body.get("next_by_subj") == own for body in bodies)  # the waiting one read by itself
 
 
 async def test_a_request_left_waiting_does_not_hold_back_where_a_restart_reads(spine: Spine) -> None:

@@ -52,7 +52,9 @@ from writ_common.envelope import StoredEvent, UndecodableEvent
 log = logging.getLogger(__name__)
 
 FETCH = 512
-HELD_MAX = 32  # open intents a checkpoint names below where it begins (a few hundred bytes of metadata)
+# Open intents a checkpoint names below where it begins: about 3 KB of consumer metadata, and one
+# read each at a restart. Past as many intents open for long, the point waits for the oldest.
+HELD_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +117,16 @@ class OpenIntents:
 
         Safe as :meth:`oldest_open` is: a terminal event not read yet was stored after what the
         submitted filter has read, so at or past ``start``, where a restart reads again."""
-        oldest = heapq.nsmallest(hold + 1, (e.seq for e in self.open.values()))  # once a sweep
+        held, start = self.oldest(hold)
+        return ResumePoint(start, tuple(e.seq for e in held))
+
+    def oldest(self, hold: int = HELD_MAX) -> tuple[list[StoredEvent], int]:
+        """The ``submitted`` events of the ``hold`` oldest open intents, oldest first, and a
+        sequence no event of any other open intent lies before."""
+        oldest = heapq.nsmallest(hold + 1, self.open.values(), key=lambda e: e.seq)  # once a sweep
         if len(oldest) <= hold:
-            return ResumePoint(self.position(), tuple(oldest))
-        return ResumePoint(oldest[hold], tuple(oldest[:hold]))
+            return oldest, self.position()
+        return oldest[:hold], oldest[hold].seq
 
     def may_be_open(self, event: StoredEvent) -> bool:
         """Whether ``event``'s intent may still be open: it is open here, or newer than what the

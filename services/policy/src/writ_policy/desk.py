@@ -18,7 +18,14 @@ from nats.aio.msg import Msg
 from writ_common import cancel_requests, subjects
 from writ_common import events as ev
 from writ_common.approvals import Approver, apply_approver_event
-from writ_common.bus import HistoryBehind, StaleAppend, direct_get_batch, read_history, stored
+from writ_common.bus import (
+    HistoryBehind,
+    StaleAppend,
+    direct_get_batch,
+    direct_get_matching,
+    read_history,
+    stored,
+)
 from writ_common.commands import CommandError, granted, refuse_if
 from writ_common.envelope import StoredEvent, UndecodableEvent, decode
 from writ_common.fold import IntentView, fold_intent
@@ -40,20 +47,28 @@ class ApprovalQuery(msgspec.Struct, kw_only=True):
 
 
 async def requests_maybe_open(nc: Client, index: OpenIntents) -> list[StoredEvent]:
-    """The ``approval.requested`` events of intents that may still be open, read from the oldest
-    open intent on (``index`` caught up first): every request ever made would cost two history
-    reads each at every start of policy."""
+    """The ``approval.requested`` events of intents that may still be open (``index`` caught up
+    first): every request ever made would cost two history reads each at every start of policy.
+
+    The oldest open intents are often requests waiting days for a person, and reading the type
+    from the oldest on would read every request made since: so those (the ones a sweeper's
+    checkpoint names) are read one intent at a time, and the type from above them."""
     await index.catch_up(nc)
-    found = await direct_get_batch(
-        nc, subjects.INTENTS_STREAM, subjects.intents_of_type("approval.requested"), start_seq=index.oldest_open()
-    )
-    out = []
+    held, start = index.oldest()
+    found: list[Msg] = []
+    for submitted in held:
+        agent_id, intent_id = submitted.envelope.agent_id or "", submitted.envelope.intent_id or ""
+        where = subjects.intent_subject(agent_id, intent_id, "approval.requested")
+        found += await direct_get_matching(nc, subjects.INTENTS_STREAM, where, start_seq=submitted.seq)
+    requested = subjects.intents_of_type("approval.requested")
+    found += await direct_get_batch(nc, subjects.INTENTS_STREAM, requested, start_seq=start)
+    out: dict[int, StoredEvent] = {}  # by sequence: a held intent's later request is read twice
     for msg in found:
         with contextlib.suppress(UndecodableEvent):  # not ours to handle here: nothing to remember
             event = stored(msg)
             if index.may_be_open(event):
-                out.append(event)
-    return out
+                out[event.seq] = event
+    return [out[seq] for seq in sorted(out)]  # in stream order: an intent's latest request last
 
 
 class ApprovalDesk:
