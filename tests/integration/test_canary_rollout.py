@@ -4,7 +4,6 @@ service in the middle of a rollout resumes it from the log; a bad declaration ch
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +12,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 from inprocess import DEFAULT_POLICY, Spine
+from rollouts import ended, new_agent, policy
 
 from writ.sdk import WritAgent
 from writ_common import commands, metrics, subjects
@@ -20,7 +20,6 @@ from writ_common import events as ev
 from writ_common.bus import last_on_subject
 from writ_common.commands import CommandError
 from writ_common.envelope import decode
-from writ_common.signing import generate_key, public_key_b64
 from writ_policy.app import build as build_policy
 from writ_policy.rollout import bucket
 
@@ -38,35 +37,12 @@ HARMLESS = DEFAULT_POLICY + (
 FAST = {"cooldown": "1s", "min_decisions": 3}
 
 
-async def policy(spine: Spine, command: str, body: dict[str, Any] | None = None) -> Any:
-    return await commands.call(spine.nc, "policy", command, body or {})
-
-
-async def new_agent(spine: Spine, agent_id: str) -> WritAgent:
-    key = generate_key()
-    await commands.call(
-        spine.nc, "identity", "register_agent", {"agent_id": agent_id, "public_key": public_key_b64(key)}
-    )
-    return WritAgent(spine.nc, agent_id, key)
-
-
 def named_in_bucket(prefix: str, *, below: float) -> str:
     """A fresh agent id whose bucket is below ``below`` (or at/above it, with a negative bound)."""
     while True:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         if (bucket(name) < below) if below > 0 else (bucket(name) >= -below):
             return name
-
-
-async def ended(spine: Spine, within: float) -> dict[str, Any]:
-    """The rollout's status once it has ended (promoted or rolled back), waiting at most ``within``."""
-    status: dict[str, Any] = {}
-    for _ in range(int(within / 0.2)):
-        status = await policy(spine, "rollout_status")
-        if status["status"] != "in_progress":
-            return status
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the rollout did not end within {within}s: {status}")
 
 
 def sample_count(histogram: Any, *labels: str) -> float:
@@ -164,6 +140,7 @@ async def test_a_canary_whose_trigger_fires_rolls_back_by_itself_and_says_why(sp
 
 async def test_a_healthy_canary_is_promoted_after_its_soak(spine: Spine, baseline: str) -> None:
     inside = await new_agent(spine, named_in_bucket("canary-in", below=50.0))
+    beside = await new_agent(spine, named_in_bucket("canary-in", below=50.0))  # no one agent carries a signal
     outside = await new_agent(spine, named_in_bucket("canary-out", below=-50.0))
     started = await policy(
         spine,
@@ -180,6 +157,7 @@ async def test_a_healthy_canary_is_promoted_after_its_soak(spine: Spine, baselin
     assert started["percent"] == 50.0
     allowed = [await inside.call(CLOCK, {"timezone": "UTC"}) for _ in range(3)]
     assert [(r.status, r.policy_digest) for r in allowed] == [("succeeded", candidate)] * 3
+    assert [(await beside.call(CLOCK, {"timezone": "UTC"})).status for _ in range(3)] == ["succeeded"] * 3
     assert (await outside.call(CLOCK, {"timezone": "UTC"})).policy_digest == baseline
     # The same decisions, segmented per agent and tool in the Prometheus metrics.
     labels = (inside.agent_id, "time", "get_current_time")
@@ -192,7 +170,7 @@ async def test_a_healthy_canary_is_promoted_after_its_soak(spine: Spine, baselin
     promoted = await last_event(spine, subjects.ROLLOUT_PROMOTED_SUBJECT)
     assert isinstance(promoted, ev.PolicyRolloutPromoted)
     assert (promoted.rollout_id, promoted.previous_digest) == (started["rollout_id"], baseline)
-    assert [(s.value, s.samples) for s in promoted.signals] == [(0.0, 3)]
+    assert [(s.value, s.samples) for s in promoted.signals] == [(0.0, 6)]
     assert (await policy(spine, "show"))["policy_digest"] == candidate  # published for everyone
     assert (await outside.call(CLOCK, {"timezone": "UTC"})).policy_digest == candidate
 

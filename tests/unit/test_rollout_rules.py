@@ -149,13 +149,13 @@ def test_denial_rate_counts_first_decisions_in_the_window_and_needs_enough_of_th
     for i, kind in enumerate(["intent.denied", "intent.authorized"]):
         book.observe("intent.planned", f"i{i}", at(i))
         book.observe(kind, f"i{i}", at(i + 0.01))
-    assert read(book, trigger, at(10), 3).value is None  # two decisions say nothing yet
+    assert read(book, trigger, at(10), 3, one_agent_counts=True).value is None  # two decisions say nothing yet
     book.observe("approval.requested", "i2", at(3))
     book.observe("intent.authorized", "i2", at(4))  # the grant ends the request: not a second decision
     book.observe("intent.denied", "i0", at(1))  # a redelivered event changes nothing
-    r = read(book, trigger, at(10), 3)
+    r = read(book, trigger, at(10), 3, one_agent_counts=True)
     assert (r.value, r.samples) == (0.3333, 3)
-    assert read(book, trigger, at(62), 3).value is None  # i0 and i1 slid out of the window
+    assert read(book, trigger, at(62), 3, one_agent_counts=True).value is None  # i0 and i1 slid out of the window
 
 
 def test_backlog_and_p99_latency() -> None:
@@ -163,16 +163,73 @@ def test_backlog_and_p99_latency() -> None:
     for i in range(100):
         book.observe("intent.planned", f"i{i}", at(i))
         book.observe("intent.authorized", f"i{i}", at(i + (0.5 if i == 99 else 0.01)))
-    p99 = read(book, parse_trigger("p99_decision_ms>50 over 10m"), at(100), 5)
+    p99 = read(book, parse_trigger("p99_decision_ms>50 over 10m"), at(100), 5, one_agent_counts=True)
     assert p99.value == pytest.approx(10.0, abs=0.01)
     book.observe("intent.authorized", "i98", at(98 + 0.9))  # later events do not move the first decision
     book.observe("approval.requested", "a1", at(100))
     book.observe("approval.requested", "a2", at(100))
     book.observe("approval.expired", "a2", at(101))
-    backlog = read(book, parse_trigger("approval_backlog>0"), at(102), 5)
+    backlog = read(book, parse_trigger("approval_backlog>0"), at(102), 5, one_agent_counts=True)
     assert (backlog.value, backlog.samples) == (1.0, 1)
     book.prune(at(200))
     assert set(book.samples) == {"a1"}  # an open request stays: it is the backlog
+
+
+def decisions(book: SampleBook, agent: str, kinds: list[str], *, start: float = 0.0, took: float = 0.01) -> None:
+    """``agent``'s intents, one per kind (``intent.denied``, ``intent.authorized``, ``approval.requested``)."""
+    for i, kind in enumerate(kinds):
+        intent = f"{agent}-{start + i}"
+        book.observe("intent.planned", intent, at(start + i), agent)
+        book.observe(kind, intent, at(start + i + took), agent)
+
+
+def test_one_agent_flooding_denied_calls_does_not_roll_back_its_canary() -> None:
+    """An agent of the slice that wants its old permissions back floods calls the candidate denies:
+    by all decisions the rate is 0.92; no one agent carries it, so it reads as the others' 0.1."""
+    book = SampleBook()
+    for agent in ("a", "b", "c"):
+        decisions(book, agent, ["intent.authorized"] * 9 + ["intent.denied"])
+    decisions(book, "mallory", ["intent.denied"] * 300, start=10)
+    trigger = parse_trigger("denial_rate>0.5 over 10m")
+    assert read(book, trigger, at(400), 5, one_agent_counts=True).value == 0.9182  # what it was
+    r = read(book, trigger, at(400), 5)
+    assert (r.value, r.samples) == (0.1, 330)
+    # The other way is not covered: a flood of allowed calls dilutes a rate (docs/policies.md).
+    diluted = SampleBook()
+    for agent in ("a", "b", "c"):
+        decisions(diluted, agent, ["intent.denied"] * 8 + ["intent.authorized"] * 2)
+    assert read(diluted, trigger, at(400), 5).value == 0.8
+    decisions(diluted, "mallory", ["intent.authorized"] * 300, start=10)
+    assert read(diluted, trigger, at(400), 5).value == 0.05
+
+
+def test_a_harm_every_agent_sees_still_reads_in_full() -> None:
+    book = SampleBook()
+    for agent in ("a", "b", "c"):
+        decisions(book, agent, ["intent.denied"] * 4)
+    assert read(book, parse_trigger("denial_rate>0.5 over 10m"), at(100), 5).value == 1.0
+    # A signal that hangs on one agent (the others alone too few to say anything) reads nothing.
+    thin = SampleBook()
+    decisions(thin, "mallory", ["intent.denied"] * 50)
+    decisions(thin, "a", ["intent.denied"] * 2, start=60)
+    assert read(thin, parse_trigger("denial_rate>0.5 over 10m"), at(100), 5).value is None
+
+
+def test_one_agent_cannot_fill_the_backlog_or_the_p99_alone() -> None:
+    book = SampleBook()
+    decisions(book, "mallory", ["approval.requested"] * 40)  # each waits for a person
+    decisions(book, "a", ["approval.requested"] * 2, start=50)
+    decisions(book, "b", ["approval.requested"], start=60)
+    backlog = read(book, parse_trigger("approval_backlog>10"), at(100), 5)
+    assert (backlog.value, backlog.samples) == (3.0, 43)
+    assert read(book, parse_trigger("approval_backlog>10"), at(100), 5, one_agent_counts=True).value == 43.0
+    slow = SampleBook()
+    for agent in ("a", "b", "c"):
+        decisions(slow, agent, ["intent.authorized"] * 50, took=0.005)
+    decisions(slow, "mallory", ["intent.denied"] * 20, start=200, took=2.0)  # arguments that take Cedar long
+    p99 = parse_trigger("p99_decision_ms>100 over 10m")
+    assert read(slow, p99, at(300), 5, one_agent_counts=True).value == pytest.approx(2000.0, abs=1)
+    assert read(slow, p99, at(300), 5).value == pytest.approx(5.0, abs=0.1)
 
 
 def test_events_out_of_order_come_to_the_same_sample() -> None:

@@ -175,7 +175,8 @@ class RolloutController:
     def readings_of(self, rollout: Rollout) -> list[ev.SignalReading]:
         now = datetime.now(UTC)
         book, least = self.signals.book, rollout.plan.min_decisions
-        return [rules.read(book, t, now, least) for t in rollout.plan.triggers]
+        alone = rules.one_agent_counts(rollout.plan)
+        return [rules.read(book, t, now, least, one_agent_counts=alone) for t in rollout.plan.triggers]
 
     async def end(
         self,
@@ -216,8 +217,8 @@ class RolloutController:
             topology.admit(event)
         except UndecodableEvent:
             return
-        event_type, intent_id = seen
-        self.signals.book.observe(event_type, intent_id, parse_time(event.envelope.occurred_at))
+        event_type, intent_id, agent_id = seen
+        self.signals.book.observe(event_type, intent_id, parse_time(event.envelope.occurred_at), agent_id)
 
     async def read_slice_since_start(self, rollout: Rollout) -> None:
         """After a restart (or on a replica that saw the start late): the slice's decisions since

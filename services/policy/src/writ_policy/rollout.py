@@ -8,7 +8,7 @@ The rules an operator relies on, and the controller applies on every tick:
 * **Triggers** (:func:`parse_trigger`): ``SIGNAL>THRESHOLD [over WINDOW] [for HOLD]``, validated
   before anything starts.
 * **Signals** (:class:`SampleBook`, :func:`read`): what the slice's decisions since the rollout
-  began say, per trigger window.
+  began say, per trigger window, with no one agent of the slice carrying a signal.
 * **The next step** (:func:`next_step`): from the folded rollout, the hysteresis memory, the
   readings and the time: wait, roll back, promote, or finish a promotion.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast, get_args
@@ -279,6 +280,7 @@ OBSERVED_TYPES = (
 
 @dataclass(slots=True)
 class Sample:
+    agent_id: str = ""
     planned_at: datetime | None = None
     decided_at: datetime | None = None
     kind: DecisionKind | None = None  # the first decision: a grant after a request is not another
@@ -297,8 +299,8 @@ class SampleBook:
 
     samples: dict[str, Sample] = field(default_factory=dict)
 
-    def observe(self, event_type: str, intent_id: str, at: datetime) -> None:
-        sample = self.samples.setdefault(intent_id, Sample())
+    def observe(self, event_type: str, intent_id: str, at: datetime, agent_id: str = "") -> None:
+        sample = self.samples.setdefault(intent_id, Sample(agent_id=agent_id))
         match event_type:
             case "intent.planned":
                 sample.planned_at = min(sample.planned_at or at, at)
@@ -339,26 +341,71 @@ class Signals:
         return True
 
 
-def read(book: SampleBook, trigger: ev.RolloutTrigger, now: datetime, min_decisions: int) -> ev.SignalReading:
-    """The trigger's signal now: ``value`` None while fewer than ``min_decisions`` decisions say anything."""
+def read(
+    book: SampleBook, trigger: ev.RolloutTrigger, now: datetime, min_decisions: int, *, one_agent_counts: bool = False
+) -> ev.SignalReading:
+    """The trigger's signal now: ``value`` None while fewer than ``min_decisions`` decisions say anything.
+
+    No one agent carries a signal: the value is the lowest the signal reads with any one agent's
+    intents left out, so an agent of the slice cannot roll its candidate back by itself (flooding
+    it with calls it knows are denied, or that need a person) to keep the bundle it had. Unless
+    ``one_agent_counts`` (a slice named as that one agent: its signals are its own)."""
     if trigger.signal == "approval_backlog":
-        open_requests = sum(1 for s in book.samples.values() if s.open_approval)
-        return reading(trigger, float(open_requests), open_requests)
+        open_requests = Counter(s.agent_id for s in book.samples.values() if s.open_approval)
+        total = sum(open_requests.values())
+        most = 0 if one_agent_counts else max(open_requests.values(), default=0)
+        return reading(trigger, float(total - most), total)
     since = now - timedelta(seconds=trigger.window_s)
     decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
     if trigger.signal == "denial_rate":
-        denials = sum(1 for s in decided if s.kind == "deny")
-        value = denials / len(decided) if len(decided) >= min_decisions else None
-        return reading(trigger, None if value is None else round(value, 4), len(decided))
-    latencies = sorted(
-        (s.decided_at - s.planned_at).total_seconds() * 1000.0
+        value, samples = denial_rate(decided, min_decisions, one_agent_counts)
+    else:
+        value, samples = p99_decision_ms(decided, min_decisions, one_agent_counts)
+    return reading(
+        trigger, None if value is None else round(value, 4 if trigger.signal == "denial_rate" else 3), samples
+    )
+
+
+def denial_rate(decided: list[Sample], least: int, one_agent_counts: bool) -> tuple[float | None, int]:
+    """Denials over decisions (None under ``least`` decisions); the lowest with one agent left out."""
+    decisions = Counter(s.agent_id for s in decided)
+    denials = Counter(s.agent_id for s in decided if s.kind == "deny")
+    total, denied = len(decided), sum(denials.values())
+    if total < least:
+        return None, total
+    value = denied / total
+    if not one_agent_counts:
+        for agent, made in decisions.items():
+            if total - made < least:
+                return None, total  # the signal hangs on this one agent
+            value = min(value, (denied - denials[agent]) / (total - made))
+    return value, total
+
+
+def p99_decision_ms(decided: list[Sample], least: int, one_agent_counts: bool) -> tuple[float | None, int]:
+    """Nearest-rank p99 of planned -> decision (None under ``least`` decisions); the lowest with one
+    agent left out. Leaving out an agent with no sample at or above the p99 cannot lower it, so
+    only those are tried."""
+    timed = sorted(
+        ((s.decided_at - s.planned_at).total_seconds() * 1000.0, s.agent_id)
         for s in decided
         if s.decided_at is not None and s.planned_at is not None
     )
-    if len(latencies) < min_decisions:
-        return reading(trigger, None, len(latencies))
-    rank = max(1, math.ceil(0.99 * len(latencies)))  # nearest rank
-    return reading(trigger, round(latencies[rank - 1], 3), len(latencies))
+    if len(timed) < least:
+        return None, len(timed)
+    value = nearest_rank_p99([ms for ms, _ in timed])
+    if not one_agent_counts:
+        made = Counter(agent for _, agent in timed)
+        if any(len(timed) - n < least for n in made.values()):
+            return None, len(timed)
+        rank = max(1, math.ceil(0.99 * len(timed)))
+        for agent in {agent for _, agent in timed[rank - 1 :]}:
+            value = min(value, nearest_rank_p99([ms for ms, other in timed if other != agent]))
+    return value, len(timed)
+
+
+def nearest_rank_p99(ascending: list[float]) -> float:
+    return ascending[max(1, math.ceil(0.99 * len(ascending))) - 1]
 
 
 def reading(trigger: ev.RolloutTrigger, value: float | None, samples: int) -> ev.SignalReading:
@@ -485,14 +532,19 @@ def abort_lost(rollouts: Rollouts, aborted: Rollout) -> Refusal | None:
     return None
 
 
-def observed_on(subject: str, plan: ev.PolicyRolloutStarted) -> tuple[str, str] | None:
-    """(event type, intent id) of an intent event on ``subject`` that the slice's signals read;
-    None for any other type, or an agent outside the slice."""
+def observed_on(subject: str, plan: ev.PolicyRolloutStarted) -> tuple[str, str, str] | None:
+    """(event type, intent id, agent id) of an intent event on ``subject`` that the slice's signals
+    read; None for any other type, or an agent outside the slice."""
     parts = subject.split(".")
     event_type = topology.TYPE_OF_TOKEN.get(parts[-1]) if len(parts) == 5 else None
     if event_type is None or event_type not in OBSERVED_TYPES or not in_slice(plan, parts[2]):
         return None
-    return event_type, parts[3]
+    return event_type, parts[3], parts[2]
+
+
+def one_agent_counts(plan: ev.PolicyRolloutStarted) -> bool:
+    """A slice named as one agent: its signals are that agent's own (see :func:`read`)."""
+    return len(plan.agents) == 1
 
 
 def rollout_picture(rollout: Rollout | None, readings: list[ev.SignalReading]) -> dict[str, Any]:
