@@ -73,6 +73,8 @@ async def test_an_agent_cannot_roll_back_its_canary_by_flooding_it_with_denied_c
     assert status["status"] == "promoted", status
     signals = {s["trigger"]: s for s in status["signals"]}
     assert signals[TRIGGER]["value"] == 0.0 and signals[TRIGGER]["samples"] == 18
+    # The operator sees who moved the signal alone.
+    assert (signals[TRIGGER]["every_agent"], signals[TRIGGER]["left_out"]) == (0.6667, mallory.agent_id)
     assert (await policy(spine, "show"))["policy_digest"] == started["candidate_digest"]
 
 

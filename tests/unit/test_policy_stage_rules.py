@@ -228,7 +228,11 @@ def test_a_canary_needs_a_bundle_to_fall_back_to_and_a_different_candidate() -> 
 def test_the_signals_read_only_observed_types_of_agents_in_the_slice() -> None:
     plan = started(percent=None, agents=["inside"])
     authorized = topology.ROUTE["intent.authorized"].token
-    assert rules.observed_on(f"{subjects.INTENT_PREFIX}.inside.i1.{authorized}", plan) == ("intent.authorized", "i1", "inside")
+    assert rules.observed_on(f"{subjects.INTENT_PREFIX}.inside.i1.{authorized}", plan) == (
+        "intent.authorized",
+        "i1",
+        "inside",
+    )
     assert rules.observed_on(f"{subjects.INTENT_PREFIX}.outside.i1.{authorized}", plan) is None
     submitted = topology.ROUTE["intent.submitted"].token
     assert rules.observed_on(f"{subjects.INTENT_PREFIX}.inside.i1.{submitted}", plan) is None

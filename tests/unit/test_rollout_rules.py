@@ -194,6 +194,7 @@ def test_one_agent_flooding_denied_calls_does_not_roll_back_its_canary() -> None
     assert read(book, trigger, at(400), 5, one_agent_counts=True).value == 0.9182  # what it was
     r = read(book, trigger, at(400), 5)
     assert (r.value, r.samples) == (0.1, 330)
+    assert (r.every_agent, r.left_out) == (0.9182, "mallory")  # who moved it, for the operator
     # The other way is not covered: a flood of allowed calls dilutes a rate (docs/policies.md).
     diluted = SampleBook()
     for agent in ("a", "b", "c"):
@@ -207,7 +208,8 @@ def test_a_harm_every_agent_sees_still_reads_in_full() -> None:
     book = SampleBook()
     for agent in ("a", "b", "c"):
         decisions(book, agent, ["intent.denied"] * 4)
-    assert read(book, parse_trigger("denial_rate>0.5 over 10m"), at(100), 5).value == 1.0
+    everyone = read(book, parse_trigger("denial_rate>0.5 over 10m"), at(100), 5)
+    assert (everyone.value, everyone.every_agent, everyone.left_out) == (1.0, 1.0, "")
     # A signal that hangs on one agent (the others alone too few to say anything) reads nothing.
     thin = SampleBook()
     decisions(thin, "mallory", ["intent.denied"] * 50)
@@ -221,7 +223,7 @@ def test_one_agent_cannot_fill_the_backlog_or_the_p99_alone() -> None:
     decisions(book, "a", ["approval.requested"] * 2, start=50)
     decisions(book, "b", ["approval.requested"], start=60)
     backlog = read(book, parse_trigger("approval_backlog>10"), at(100), 5)
-    assert (backlog.value, backlog.samples) == (3.0, 43)
+    assert (backlog.value, backlog.samples, backlog.every_agent, backlog.left_out) == (3.0, 43, 43.0, "mallory")
     assert read(book, parse_trigger("approval_backlog>10"), at(100), 5, one_agent_counts=True).value == 43.0
     slow = SampleBook()
     for agent in ("a", "b", "c"):
@@ -230,6 +232,7 @@ def test_one_agent_cannot_fill_the_backlog_or_the_p99_alone() -> None:
     p99 = parse_trigger("p99_decision_ms>100 over 10m")
     assert read(slow, p99, at(300), 5, one_agent_counts=True).value == pytest.approx(2000.0, abs=1)
     assert read(slow, p99, at(300), 5).value == pytest.approx(5.0, abs=0.1)
+    assert read(slow, p99, at(300), 5).left_out == "mallory"
 
 
 def test_events_out_of_order_come_to_the_same_sample() -> None:

@@ -519,8 +519,9 @@ def rollout_text(r: dict[str, Any]) -> Group:
             table.add_column(column, overflow="fold")
         breach = r.get("in_breach") or {}
         for s in r["signals"]:
-            value = "-" if s["value"] is None else f"{s['value']:g}"
-            table.add_row(s["trigger"], value, f"{s['threshold']:g}", str(s["samples"]), breach.get(s["trigger"], "-"))
+            table.add_row(
+                s["trigger"], signal_value(s), f"{s['threshold']:g}", str(s["samples"]), breach.get(s["trigger"], "-")
+            )
         lines.append(table)
     for earlier in r.get("earlier") or []:
         lines.append(
@@ -530,6 +531,16 @@ def rollout_text(r: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
+def signal_value(s: dict[str, Any]) -> str:
+    """A trigger's value, and what every agent's intents read where leaving one out made it lower
+    (no one agent carries a signal)."""
+    value = "-" if s["value"] is None else f"{s['value']:g}"
+    if s.get("left_out"):
+        every = "-" if s.get("every_agent") is None else f"{s['every_agent']:g}"
+        value += f" ({every} with {s['left_out']}'s intents)"
+    return value
+
+
 def rollouts_table(rows: list[dict[str, Any]]) -> Table:
     """The views' rollouts: one row each, with the signals its ending read."""
     table = Table(title="rollouts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -537,10 +548,7 @@ def rollouts_table(rows: list[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for r in rows:
         slice_ = f"{r['percent']:g}%" if r.get("percent") is not None else ",".join(r.get("agents") or [])
-        signals = "; ".join(
-            f"{s['signal']}={'-' if s['value'] is None else format(s['value'], 'g')} (n={s['samples']})"
-            for s in r["signals"]
-        )
+        signals = "; ".join(f"{s['signal']}={signal_value(s)} (n={s['samples']})" for s in r["signals"])
         decided = ", ".join(f"{k} {v}" for k, v in sorted(r["candidate_decisions"].items())) or "-"
         status = r["status"] + (f" by {r['ended_by']}" if r.get("ended_by") else "")
         table.add_row(

@@ -498,6 +498,11 @@ class SignalReading(msgspec.Struct, frozen=True, kw_only=True):
     value: float | None
     threshold: float
     samples: int  # decisions of the slice in the window (open requests, for approval_backlog)
+    # No one agent carries a signal: ``value`` is the lowest with any one agent's intents left out.
+    # What it reads with every agent's, and the agent whose leaving out gave ``value`` (where it
+    # differs): the one that moved the signal alone.
+    every_agent: float | None = None
+    left_out: str = ""
 
 
 class PolicyRolloutStarted(Payload, frozen=True, kw_only=True):

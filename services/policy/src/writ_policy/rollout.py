@@ -349,68 +349,87 @@ def read(
     No one agent carries a signal: the value is the lowest the signal reads with any one agent's
     intents left out, so an agent of the slice cannot roll its candidate back by itself (flooding
     it with calls it knows are denied, or that need a person) to keep the bundle it had. Unless
-    ``one_agent_counts`` (a slice named as that one agent: its signals are its own)."""
+    ``one_agent_counts`` (a slice named as that one agent: its signals are its own). The reading
+    also says what every agent's intents read and which agent's leaving out made the difference."""
     if trigger.signal == "approval_backlog":
         open_requests = Counter(s.agent_id for s in book.samples.values() if s.open_approval)
         total = sum(open_requests.values())
-        most = 0 if one_agent_counts else max(open_requests.values(), default=0)
-        return reading(trigger, float(total - most), total)
+        every = Measure(float(total), total)
+        if one_agent_counts or not open_requests:
+            return reading(trigger, every, every)
+        agent, most = open_requests.most_common(1)[0]
+        return reading(trigger, Measure(float(total - most), total, agent), every)
     since = now - timedelta(seconds=trigger.window_s)
     decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
     if trigger.signal == "denial_rate":
-        value, samples = denial_rate(decided, min_decisions, one_agent_counts)
+        every, lowest = denial_rate(decided, min_decisions)
     else:
-        value, samples = p99_decision_ms(decided, min_decisions, one_agent_counts)
-    return reading(
-        trigger, None if value is None else round(value, 4 if trigger.signal == "denial_rate" else 3), samples
-    )
+        every, lowest = p99_decision_ms(decided, min_decisions)
+    return reading(trigger, every if one_agent_counts else lowest, every)
 
 
-def denial_rate(decided: list[Sample], least: int, one_agent_counts: bool) -> tuple[float | None, int]:
-    """Denials over decisions (None under ``least`` decisions); the lowest with one agent left out."""
+@dataclass(frozen=True, slots=True)
+class Measure:
+    value: float | None
+    samples: int
+    left_out: str = ""  # the agent whose intents were left out, if one was
+
+
+def denial_rate(decided: list[Sample], least: int) -> tuple[Measure, Measure]:
+    """Denials over first decisions (None under ``least`` of them): with every agent's, and the
+    lowest with one agent's left out (None where the rest are too few: the signal hangs on it)."""
+    total = len(decided)
     decisions = Counter(s.agent_id for s in decided)
     denials = Counter(s.agent_id for s in decided if s.kind == "deny")
-    total, denied = len(decided), sum(denials.values())
+    denied = sum(denials.values())
     if total < least:
-        return None, total
-    value = denied / total
-    if not one_agent_counts:
-        for agent, made in decisions.items():
-            if total - made < least:
-                return None, total  # the signal hangs on this one agent
-            value = min(value, (denied - denials[agent]) / (total - made))
-    return value, total
+        return Measure(None, total), Measure(None, total)
+    every = lowest = Measure(denied / total, total)
+    for agent, made in decisions.items():
+        if total - made < least:
+            return every, Measure(None, total, agent)
+        rate = (denied - denials[agent]) / (total - made)
+        if rate < (lowest.value or 0.0):
+            lowest = Measure(rate, total, agent)
+    return every, lowest
 
 
-def p99_decision_ms(decided: list[Sample], least: int, one_agent_counts: bool) -> tuple[float | None, int]:
-    """Nearest-rank p99 of planned -> decision (None under ``least`` decisions); the lowest with one
-    agent left out. Leaving out an agent with no sample at or above the p99 cannot lower it, so
-    only those are tried."""
+def p99_decision_ms(decided: list[Sample], least: int) -> tuple[Measure, Measure]:
+    """Nearest-rank p99 of planned -> decision, in ms, as :func:`denial_rate`. Leaving out an agent
+    with no sample at or above the p99 cannot lower it, so only those are tried."""
     timed = sorted(
         ((s.decided_at - s.planned_at).total_seconds() * 1000.0, s.agent_id)
         for s in decided
         if s.decided_at is not None and s.planned_at is not None
     )
     if len(timed) < least:
-        return None, len(timed)
-    value = nearest_rank_p99([ms for ms, _ in timed])
-    if not one_agent_counts:
-        made = Counter(agent for _, agent in timed)
-        if any(len(timed) - n < least for n in made.values()):
-            return None, len(timed)
-        rank = max(1, math.ceil(0.99 * len(timed)))
-        for agent in {agent for _, agent in timed[rank - 1 :]}:
-            value = min(value, nearest_rank_p99([ms for ms, other in timed if other != agent]))
-    return value, len(timed)
+        return Measure(None, len(timed)), Measure(None, len(timed))
+    every = lowest = Measure(nearest_rank_p99([ms for ms, _ in timed]), len(timed))
+    for agent, made in Counter(agent for _, agent in timed).items():
+        if len(timed) - made < least:
+            return every, Measure(None, len(timed), agent)
+    rank = max(1, math.ceil(0.99 * len(timed)))
+    for agent in sorted({agent for _, agent in timed[rank - 1 :]}):
+        p99 = nearest_rank_p99([ms for ms, other in timed if other != agent])
+        if p99 < (lowest.value or 0.0):
+            lowest = Measure(p99, len(timed), agent)
+    return every, lowest
 
 
 def nearest_rank_p99(ascending: list[float]) -> float:
     return ascending[max(1, math.ceil(0.99 * len(ascending))) - 1]
 
 
-def reading(trigger: ev.RolloutTrigger, value: float | None, samples: int) -> ev.SignalReading:
+def reading(trigger: ev.RolloutTrigger, read: Measure, every: Measure) -> ev.SignalReading:
+    digits = 4 if trigger.signal == "denial_rate" else 3
     return ev.SignalReading(
-        trigger=trigger.text, signal=trigger.signal, value=value, threshold=trigger.threshold, samples=samples
+        trigger=trigger.text,
+        signal=trigger.signal,
+        value=None if read.value is None else round(read.value, digits),
+        threshold=trigger.threshold,
+        samples=every.samples,
+        every_agent=None if every.value is None else round(every.value, digits),
+        left_out=read.left_out,
     )
 
 
