@@ -537,7 +537,7 @@ def signal_value(s: dict[str, Any]) -> str:
     value = "-" if s["value"] is None else f"{s['value']:g}"
     if s.get("left_out"):
         every = "-" if s.get("every_agent") is None else f"{s['every_agent']:g}"
-        value += f" ({every} with {s['left_out']}'s intents)"
+        value += f" ({every} counting {s['left_out']})"
     return value
 
 
