@@ -1,4 +1,5 @@
-"""The CLI's first-hour hints: no data directory here, and a relative program path made absolute."""
+"""The CLI's first-hour hints: no data directory here, a relative program path made absolute, the
+id rule shown whole in the help."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from writ.cli import app
 from writ.cli.base import no_data_dir
 from writ.cli.control import absolute_command
 from writ_common.settings import WritSettings
@@ -30,3 +33,14 @@ def test_a_relative_program_path_is_registered_absolute(tmp_path: Path, monkeypa
     assert absolute_command(os.path.join("bin", "server")) == str(tmp_path / "bin" / "server")
     assert absolute_command("mcp-server-time") == "mcp-server-time"  # a name on PATH stays a name
     assert absolute_command(os.path.join("bin", "absent")) == os.path.join("bin", "absent")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["agent", "register"], ["server", "add"], ["approver", "register"], ["secret", "set"]],
+)
+def test_the_help_shows_the_id_rule_whole(command: list[str]) -> None:
+    """rich reads ``[a-z0-9]`` as markup and drops it: the help said ``Agent id: {0,62}``."""
+    shown = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert shown.exit_code == 0, shown.output
+    assert "[a-z0-9][a-z0-9_-]{0,62}" in shown.output

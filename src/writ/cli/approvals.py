@@ -13,7 +13,7 @@ import typer
 from nacl.signing import SigningKey
 
 from writ.cli import render
-from writ.cli.base import connect, console, fail, query, register_with_identity, report, run, settings
+from writ.cli.base import TOKEN_HELP, connect, console, fail, query, register_with_identity, report, run, settings
 from writ.cli.intents import check_intent_id
 from writ.keys import approver_bus_creds_path, approver_key_path
 from writ_common.approvals import Decision
@@ -115,7 +115,7 @@ async def register_approver(
 
 @approver_app.command("register")
 def approver_register(
-    name: Annotated[str, typer.Argument(help="Approver id: [a-z0-9][a-z0-9_-]{0,62}")],
+    name: Annotated[str, typer.Argument(help=f"Approver id: {TOKEN_HELP}")],
     group: Annotated[
         list[str] | None, typer.Option("--group", help="A group whose requests it decides (repeat)")
     ] = None,
@@ -161,7 +161,7 @@ def _new_approver_key(name: str, path: Path) -> tuple[Path, Path, str]:
 
 @approver_app.command("keygen")
 def approver_keygen(
-    name: Annotated[str, typer.Argument(help="Approver id the key is for: [a-z0-9][a-z0-9_-]{0,62}")],
+    name: Annotated[str, typer.Argument(help=f"Approver id the key is for: {TOKEN_HELP}")],
     out: Annotated[
         Path | None, typer.Option("--out", help="Private key file to write (default: ./NAME.key); NAME.pub beside it")
     ] = None,

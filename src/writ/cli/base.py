@@ -13,14 +13,19 @@ import typer
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 from rich.console import Console
+from rich.markup import escape
 
 from writ_common.errors import CodedError
+from writ_common.ids import TOKEN_RULE
 from writ_common.settings import WritSettings
 
 T = TypeVar("T")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+# The id rule as help text shows it: escaped, or rich takes ``[a-z0-9]`` for markup and drops it.
+TOKEN_HELP = escape(TOKEN_RULE)
 
 CONNECT_TIMEOUT = 2.0
 ADD_SERVER_TIMEOUT = 75.0  # the registry allows discovery 60s

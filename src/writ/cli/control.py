@@ -11,6 +11,7 @@ from rich.syntax import Syntax
 from writ.cli import render
 from writ.cli.base import (
     ADD_SERVER_TIMEOUT,
+    TOKEN_HELP,
     call,
     connect,
     console,
@@ -62,7 +63,7 @@ async def register_agent(
 
 @agent_app.command("register")
 def agent_register(
-    name: Annotated[str, typer.Argument(help="Agent id: [a-z0-9][a-z0-9_-]{0,62}")],
+    name: Annotated[str, typer.Argument(help=f"Agent id: {TOKEN_HELP}")],
     owner: Annotated[str, typer.Option(help="Who answers for this agent")] = "unknown",
     team: Annotated[list[str] | None, typer.Option("--team", help="A team it belongs to (repeat)")] = None,
     acts_for: Annotated[list[str] | None, typer.Option("--acts-for", help="A user it may act for (repeat)")] = None,
@@ -246,7 +247,7 @@ def absolute_command(command: str) -> str:
 
 @server_app.command("add")
 def server_add(
-    name: Annotated[str, typer.Argument(help="Server name: [a-z0-9][a-z0-9_-]{0,62}")],
+    name: Annotated[str, typer.Argument(help=f"Server name: {TOKEN_HELP}")],
     command: Annotated[list[str] | None, typer.Argument(help="stdio: `-- COMMAND [ARGS...]`")] = None,
     *,
     url: Annotated[str | None, typer.Option(help="Streamable HTTP endpoint")] = None,

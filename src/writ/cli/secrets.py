@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from writ.cli import render
-from writ.cli.base import console, err_console, fail, query, report, run
+from writ.cli.base import TOKEN_HELP, console, err_console, fail, query, report, run
 
 secret_app = typer.Typer(
     help="Secrets for tool servers: stored by the executor, referenced by name (--env K=secret:NAME).",
@@ -45,7 +45,7 @@ def read_value(from_file: Path | None) -> str:
 
 @secret_app.command("set")
 def secret_set(
-    name: Annotated[str, typer.Argument(help="Secret name: [a-z0-9][a-z0-9_-]{0,62}")],
+    name: Annotated[str, typer.Argument(help=f"Secret name: {TOKEN_HELP}")],
     from_file: Annotated[
         Path | None, typer.Option("--from-file", help="Read the value from this file instead of stdin")
     ] = None,
