@@ -19,6 +19,7 @@ import hashlib
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast, get_args
@@ -352,82 +353,98 @@ def read(
     ``one_agent_counts`` (a slice named as that one agent: its signals are its own). The reading
     also says what every agent's intents read and which agent's leaving out made the difference."""
     if trigger.signal == "approval_backlog":
-        open_requests = Counter(s.agent_id for s in book.samples.values() if s.open_approval)
-        total = sum(open_requests.values())
-        every = Measure(float(total), total)
-        if one_agent_counts or not open_requests:
-            return reading(trigger, every, every)
-        agent, most = open_requests.most_common(1)[0]
-        return reading(trigger, Measure(float(total - most), total, agent), every)
-    since = now - timedelta(seconds=trigger.window_s)
-    decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
-    if trigger.signal == "denial_rate":
-        every, lowest = denial_rate(decided, min_decisions)
+        samples, every, lowest = approval_backlog(book)
     else:
-        every, lowest = p99_decision_ms(decided, min_decisions)
-    return reading(trigger, every if one_agent_counts else lowest, every)
+        since = now - timedelta(seconds=trigger.window_s)
+        decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
+        measure = denial_rate if trigger.signal == "denial_rate" else p99_decision_ms
+        samples, every, lowest = measure(decided, min_decisions)
+    return reading(trigger, samples, every, every if one_agent_counts else lowest)
 
 
 @dataclass(frozen=True, slots=True)
 class Measure:
+    """A signal over the slice's intents, ``left_out``'s left out if one was."""
+
     value: float | None
-    samples: int
-    left_out: str = ""  # the agent whose intents were left out, if one was
+    left_out: str = ""
 
 
-def denial_rate(decided: list[Sample], least: int) -> tuple[Measure, Measure]:
-    """Denials over first decisions (None under ``least`` of them): with every agent's, and the
-    lowest with one agent's left out (None where the rest are too few: the signal hangs on it)."""
+NOTHING = Measure(None)
+# How many samples, the signal with every agent's intents, and the lowest with one agent's left out.
+Readings = tuple[int, Measure, Measure]
+
+
+def approval_backlog(book: SampleBook) -> Readings:
+    """Open requests now; leaving out the agent with the most of them is the lowest."""
+    open_requests = Counter(s.agent_id for s in book.samples.values() if s.open_approval)
+    total = sum(open_requests.values())
+    if not open_requests:
+        return 0, Measure(0.0), Measure(0.0)
+    agent, most = open_requests.most_common(1)[0]
+    return total, Measure(float(total)), Measure(float(total - most), agent)
+
+
+def denial_rate(decided: list[Sample], least: int) -> Readings:
+    """Denials over first decisions (no value under ``least`` of them)."""
     total = len(decided)
-    decisions = Counter(s.agent_id for s in decided)
+    if total < least:
+        return total, NOTHING, NOTHING
+    made = Counter(s.agent_id for s in decided)
     denials = Counter(s.agent_id for s in decided if s.kind == "deny")
     denied = sum(denials.values())
-    if total < least:
-        return Measure(None, total), Measure(None, total)
-    every = lowest = Measure(denied / total, total)
-    for agent, made in decisions.items():
-        if total - made < least:
-            return every, Measure(None, total, agent)
-        rate = (denied - denials[agent]) / (total - made)
-        if rate < (lowest.value or 0.0):
-            lowest = Measure(rate, total, agent)
-    return every, lowest
+    every = denied / total
+    if (agent := hangs_on(made, total, least)) is not None:
+        return total, Measure(every), Measure(None, agent)
+    rates = (((denied - denials[a]) / (total - n), a) for a, n in made.items())
+    return total, Measure(every), lowest_of(every, rates)
 
 
-def p99_decision_ms(decided: list[Sample], least: int) -> tuple[Measure, Measure]:
-    """Nearest-rank p99 of planned -> decision, in ms, as :func:`denial_rate`. Leaving out an agent
-    with no sample at or above the p99 cannot lower it, so only those are tried."""
+def p99_decision_ms(decided: list[Sample], least: int) -> Readings:
+    """Nearest-rank p99 of planned -> decision, in ms (no value under ``least`` decisions). Leaving
+    out an agent with no sample at or above the p99 cannot lower it, so only those are tried."""
     timed = sorted(
         ((s.decided_at - s.planned_at).total_seconds() * 1000.0, s.agent_id)
         for s in decided
         if s.decided_at is not None and s.planned_at is not None
     )
-    if len(timed) < least:
-        return Measure(None, len(timed)), Measure(None, len(timed))
-    every = lowest = Measure(nearest_rank_p99([ms for ms, _ in timed]), len(timed))
-    for agent, made in Counter(agent for _, agent in timed).items():
-        if len(timed) - made < least:
-            return every, Measure(None, len(timed), agent)
-    rank = max(1, math.ceil(0.99 * len(timed)))
-    for agent in sorted({agent for _, agent in timed[rank - 1 :]}):
-        p99 = nearest_rank_p99([ms for ms, other in timed if other != agent])
-        if p99 < (lowest.value or 0.0):
-            lowest = Measure(p99, len(timed), agent)
-    return every, lowest
+    total = len(timed)
+    if total < least:
+        return total, NOTHING, NOTHING
+    every = p99_of([ms for ms, _ in timed])
+    if (agent := hangs_on(Counter(a for _, a in timed), total, least)) is not None:
+        return total, Measure(every), Measure(None, agent)
+    tail = sorted({a for _, a in timed[p99_rank(total) - 1 :]})
+    return total, Measure(every), lowest_of(every, ((p99_of([ms for ms, o in timed if o != a]), a) for a in tail))
 
 
-def nearest_rank_p99(ascending: list[float]) -> float:
-    return ascending[max(1, math.ceil(0.99 * len(ascending))) - 1]
+def hangs_on(made: Counter[str], total: int, least: int) -> str | None:
+    """The agent without whose intents fewer than ``least`` remain: the signal hangs on it."""
+    return next((agent for agent, n in made.items() if total - n < least), None)
 
 
-def reading(trigger: ev.RolloutTrigger, read: Measure, every: Measure) -> ev.SignalReading:
+def lowest_of(every: float, left_out: Iterable[tuple[float, str]]) -> Measure:
+    """The lowest reading with one agent left out, where it is lower than ``every``."""
+    value, agent = min(left_out, default=(every, ""))
+    return Measure(value, agent) if value < every else Measure(every)
+
+
+def p99_rank(n: int) -> int:
+    return max(1, math.ceil(0.99 * n))  # nearest rank
+
+
+def p99_of(ascending: list[float]) -> float:
+    return ascending[p99_rank(len(ascending)) - 1]
+
+
+def reading(trigger: ev.RolloutTrigger, samples: int, every: Measure, read: Measure) -> ev.SignalReading:
     digits = 4 if trigger.signal == "denial_rate" else 3
     return ev.SignalReading(
         trigger=trigger.text,
         signal=trigger.signal,
         value=None if read.value is None else round(read.value, digits),
         threshold=trigger.threshold,
-        samples=every.samples,
+        samples=samples,
         every_agent=None if every.value is None else round(every.value, digits),
         left_out=read.left_out,
     )
