@@ -21,11 +21,11 @@ def admission(**kwargs: object) -> Admission:
     return Admission(WritSettings(**kwargs))  # type: ignore[arg-type]
 
 
-async def fill(admission: Admission, server: str, tool: str) -> list[Ticket]:
+async def fill(admission: Admission, server: str, tool: str, agent: str = "") -> list[Ticket]:
     """Take every place the route has now."""
     limiter, held = admission.limits.of(f"{server}/{tool}"), []
     while limiter.in_flight < limiter.limit:
-        ticket = await admission.admit(server, tool)
+        ticket = await admission.admit(server, tool, agent=agent)
         assert isinstance(ticket, Ticket), ticket
         held.append(ticket)
     return held
@@ -103,3 +103,44 @@ async def test_admission_off_counts_the_call_but_never_refuses_it() -> None:
     tickets = [await gate.admit("serial", "work") for _ in range(5)]
     assert all(isinstance(t, Ticket) for t in tickets)
     assert gate.limits.of("serial/work").in_flight == 5
+
+
+async def test_a_freed_place_goes_to_the_agent_holding_none_before_the_flooders_older_waiters() -> None:
+    gate = admission(admission_initial_limit=2, admission_max_limit=3, admission_max_wait_ms=500)
+    served(gate, await gate.admit("fast", "ping", agent="mallory"), 20.0)  # 2 -> 3: at its maximum
+    held = [await gate.admit("fast", "ping", agent="mallory") for _ in range(3)]
+    flood = [asyncio.ensure_future(gate.admit("fast", "ping", agent="mallory")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    alice = asyncio.ensure_future(gate.admit("fast", "ping", agent="alice"))
+    await asyncio.sleep(0.01)
+    served(gate, held[0], 20.0)
+    ticket = await asyncio.wait_for(alice, 1)
+    assert isinstance(ticket, Ticket) and ticket.agent == "alice", "mallory's calls waited longer; alice holds none"
+    assert not any(f.done() for f in flood), "mallory's waiting calls got nothing"
+    served(gate, held[1], 20.0)
+    await asyncio.sleep(0.01)
+    assert [f.done() for f in flood] == [True, False, False], "with alice served, mallory's oldest is next"
+    for f in flood:
+        answer = await f
+        if isinstance(answer, Ticket):
+            gate.release(answer)
+
+
+async def test_an_agent_at_its_share_is_refused_a_place_an_agent_refused_lately_is_due() -> None:
+    gate = admission(admission_initial_limit=2, admission_max_limit=3)
+    served(gate, await gate.admit("serial", "work", agent="mallory"), 500.0)  # no room for a queue; 2 -> 3
+    held = await fill(gate, "serial", "work", "mallory")
+    for _ in range(2):  # alice asks, and asks again while her claim is open: she comes back
+        refused = await gate.admit("serial", "work", agent="alice")
+        assert isinstance(refused, ev.ExecutionFailed) and refused.code == "overloaded"
+    served(gate, held[0], 500.0)  # one place free
+    again = await gate.admit("serial", "work", agent="mallory")
+    assert isinstance(again, ev.ExecutionFailed) and again.code == "overloaded", "the freed place is alice's"
+    assert again.result is not None and (again.result["held"], again.result["share"]) == (2, 1), again.result
+    assert "this agent has 2 in flight (its share: 1)" in again.reason, again.reason
+    assert isinstance(await gate.admit("serial", "work", agent="alice"), Ticket), "alice, back after her retry-after"
+
+
+async def test_one_agent_alone_still_gets_every_place() -> None:
+    gate = admission(admission_initial_limit=4)
+    assert len(await fill(gate, "solo", "op")) == 4

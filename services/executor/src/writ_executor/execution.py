@@ -155,7 +155,9 @@ class Execution:
                 continue
             assert view.planned is not None
             capacity = await self.declared_capacity(view.planned.server)
-            ticket = await self.admission.admit(view.planned.server, view.planned.tool, capacity)
+            ticket = await self.admission.admit(
+                view.planned.server, view.planned.tool, capacity, agent=view.agent_id or ""
+            )
             if not isinstance(ticket, Ticket):
                 if ticket is None or not may_shed(view, step.attempt):
                     # Its route is at its limit; a retry of a call already begun, or a call a
