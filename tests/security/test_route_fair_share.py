@@ -1,9 +1,11 @@
-"""One agent keeps a shared route busy to keep another out. The route is a tool that serves one
-call at a time (declared so at registration); mallory calls it from six callers at once, each
-coming back the moment its retry-after says; alice calls it from one. Without a share per agent,
-whichever call reaches the executor first after a place frees takes it, so six callers win about
-six times in seven. With it, the place a refused agent is due is kept for it until it comes back:
-alice gets about half the calls, and mallory's refusals say that it is at its share."""
+"""One agent keeps a shared tool busy to keep another out. Without a share per agent, whichever
+call reaches the executor first after a place frees takes it, so six callers win about six times
+in seven. With it, the place a refused agent is due is kept for it until it comes back: alice gets
+about half the calls, and mallory's refusals say another agent is due the next place.
+
+Two shapes: both agents on one route, a tool that serves one call at a time (its places, the
+route's); and each agent on its own tool of a server that takes two calls at once (its places, the
+server's)."""
 
 from __future__ import annotations
 
@@ -21,21 +23,20 @@ from writ.sdk import WritAgent, retry_after
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio(loop_scope="session")]
 
-SERIAL = Path(__file__).parents[1] / "servers" / "serial_stdio.py"
-WORK = 0.25  # seconds a call holds the server's one worker
+SERVERS = Path(__file__).parents[1] / "servers"
+WORK = 0.25  # seconds a call holds its place
 RUN = 8.0  # seconds both agents keep calling
 FLOODERS = 6
 
 
-async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_shared_route(
-    scene: Scene, tmp_path: Path
-) -> None:
-    server = f"shared-{scene.suffix}"
-    await scene.ok("server", "add", server, "--max-concurrency", "1", "--", sys.executable, str(SERIAL))
+async def contest(scene: Scene, tmp_path: Path, mallory_route: str, alice_route: str) -> tuple[Counter[str], list[str]]:
+    """Mallory calls ``mallory_route`` from six callers and alice ``alice_route`` from one, each
+    back after its retry-after, for ``RUN`` seconds: how many calls each got, and the reasons
+    mallory was refused."""
+    server = mallory_route.partition("/")[0]
     await scene.load_policy(
         f'@id("shared") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
     )
-    route = f"{server}/work"
     name = f"alice-{scene.suffix}"
     await scene.ok("agent", "register", name, "--owner", f"owner-{scene.suffix}")
     alice = await WritAgent.connect(
@@ -45,17 +46,19 @@ async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_sh
         creds_file=agent_bus_creds_path(scene.plane.data_dir, name),
     )
     mallory = scene.agent
-    # Its baseline: calls longer than the slack, so a call that finds it full is refused at once (no
-    # room for a queue) and comes back after its retry-after. (Where calls wait in place instead, a
-    # freed place goes to the waiting agent first by rank: tests/unit/test_admission.py.)
-    warm = await mallory.call(route, {"seconds": WORK}, timeout=30)
-    assert warm.status == "succeeded", warm.reason
+    # The routes' baselines: calls longer than the slack, so a call that finds no place is
+    # refused at once (no room for a queue) and comes back after its retry-after. (Where calls
+    # wait in place instead, a freed place goes to the waiting agent first by rank:
+    # tests/unit/test_admission.py.)
+    for route in {mallory_route, alice_route}:
+        warm = await mallory.call(route, {"seconds": WORK}, timeout=30)
+        assert warm.status == "succeeded", warm.reason
 
     ran: Counter[str] = Counter()
     refusals: list[str] = []
     stop = time.monotonic() + RUN
 
-    async def caller(agent: WritAgent, who: str) -> None:
+    async def caller(agent: WritAgent, who: str, route: str) -> None:
         while time.monotonic() < stop:
             receipt = await agent.call(route, {"seconds": WORK}, timeout=60)
             assert receipt.code in {"ok", "overloaded"}, receipt
@@ -67,14 +70,40 @@ async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_sh
                 await asyncio.sleep(retry_after(receipt) or 0.0)
 
     try:
-        flood = [asyncio.create_task(caller(mallory, "mallory")) for _ in range(FLOODERS)]
-        await asyncio.sleep(0.5)  # mallory holds the route first
-        await caller(alice, "alice")
+        flood = [asyncio.create_task(caller(mallory, "mallory", mallory_route)) for _ in range(FLOODERS)]
+        await asyncio.sleep(0.5)  # mallory holds the places first
+        await caller(alice, "alice", alice_route)
         await asyncio.gather(*flood)
     finally:
         await alice.close()
+    return ran, refusals
 
+
+def fair(ran: Counter[str], capacity: int) -> None:
     total = ran["alice"] + ran["mallory"]
-    assert total >= RUN / WORK / 2, f"the route kept serving: {ran}"
+    assert total >= capacity * RUN / WORK / 2, f"the places kept serving: {ran}"
     assert ran["alice"] >= total / 3, f"alice got {ran['alice']} of {total} calls against mallory's {FLOODERS} callers"
+
+
+async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_shared_route(
+    scene: Scene, tmp_path: Path
+) -> None:
+    server = f"serial-{scene.suffix}"
+    await scene.ok(
+        "server", "add", server, "--max-concurrency", "1", "--", sys.executable, str(SERVERS / "serial_stdio.py")
+    )
+    route = f"{server}/work"
+    ran, refusals = await contest(scene, tmp_path, route, route)
+    fair(ran, capacity=1)
     assert any("another agent is due the next place" in reason for reason in refusals), refusals[:3]
+
+
+async def test_an_agent_flooding_one_tool_does_not_keep_another_off_its_servers_other_tool(
+    scene: Scene, tmp_path: Path
+) -> None:
+    server = f"paced-{scene.suffix}"
+    await scene.ok(
+        "server", "add", server, "--max-concurrency", "2", "--", sys.executable, str(SERVERS / "paced_stdio.py")
+    )
+    ran, _ = await contest(scene, tmp_path, f"{server}/parallel", f"{server}/thrashing")
+    fair(ran, capacity=2)

@@ -127,13 +127,14 @@ async def test_a_freed_place_goes_to_the_agent_holding_none_before_the_flooders_
 
 
 async def test_an_agent_at_its_share_is_refused_a_place_an_agent_refused_lately_is_due() -> None:
-    gate = admission(admission_initial_limit=2, admission_max_limit=3)
-    served(gate, await gate.admit("serial", "work", agent="mallory"), 500.0)  # no room for a queue; 2 -> 3
+    gate = admission(admission_initial_limit=2, admission_max_limit=3, admission_slack_ms=50.0)
+    served(gate, await gate.admit("serial", "work", agent="mallory"), 100.0)  # no room for a queue; 2 -> 3
     held = await fill(gate, "serial", "work", "mallory")
-    for _ in range(2):  # alice asks, and asks again while her claim is open: she comes back
+    for _ in range(2):  # alice asks, and again after her retry-after (100 ms): she comes back as told
         refused = await gate.admit("serial", "work", agent="alice")
         assert isinstance(refused, ev.ExecutionFailed) and refused.code == "overloaded"
-    served(gate, held[0], 500.0)  # one place free
+        await asyncio.sleep(0.09)
+    served(gate, held[0], 100.0)  # one place free
     again = await gate.admit("serial", "work", agent="mallory")
     assert isinstance(again, ev.ExecutionFailed) and again.code == "overloaded", "the freed place is alice's"
     assert again.result is not None and (again.result["held"], again.result["share"]) == (2, 1), again.result

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from writ_executor.fair_share import FairShare
+from writ_executor.slots import ServerSlots
 
 pytestmark = [pytest.mark.unit]
 
@@ -40,8 +41,8 @@ def test_places_nobody_else_asks_for_go_to_whoever_asks() -> None:
 
 def test_an_agent_refused_lately_keeps_its_claim_until_it_comes_back_or_it_lapses() -> None:
     share = holding(mallory=1)
-    share.wanted("alice", now=9.0, for_s=3.0)
-    share.wanted("alice", now=10.0, for_s=3.0)  # she came back while her claim was open
+    share.wanted("alice", now=9.0, retry_after_s=1.0)  # her claim: until 11.0
+    share.wanted("alice", now=10.0, retry_after_s=1.0)  # she came back as told: until 12.0
     assert not share.may_take("mallory", 2, 1, now=11.0, waiting=[]), "alice was refused 1 s ago"
     assert share.may_take("alice", 2, 1, now=11.0, waiting=[])
     assert share.may_take("mallory", 2, 1, now=13.5, waiting=[]), "alice did not come back: the claim lapsed"
@@ -49,8 +50,8 @@ def test_an_agent_refused_lately_keeps_its_claim_until_it_comes_back_or_it_lapse
 
 def test_a_served_agent_no_longer_blocks_others_beyond_its_share() -> None:
     share = holding(mallory=3)
-    share.wanted("alice", now=0.0, for_s=5.0)
-    share.wanted("alice", now=0.1, for_s=5.0)
+    share.wanted("alice", now=0.0, retry_after_s=0.1)
+    share.wanted("alice", now=0.1, retry_after_s=0.1)
     assert share.may_take("mallory", 5, 3, now=0.2, waiting=[]), "two places free: one for alice, one left"
     assert not share.may_take("mallory", 4, 3, now=0.2, waiting=[]), "one place free: alice's"
     share.took("alice", now=0.5)
@@ -70,8 +71,8 @@ def test_a_freed_place_goes_to_the_waiting_agent_that_holds_the_fewest() -> None
 
 def test_no_waiting_call_is_handed_a_place_its_agent_may_not_take() -> None:
     share = holding(mallory=3)
-    share.wanted("alice", now=0.0, for_s=5.0)
-    share.wanted("alice", now=0.1, for_s=5.0)
+    share.wanted("alice", now=0.0, retry_after_s=0.1)
+    share.wanted("alice", now=0.1, retry_after_s=0.1)  # her claim: until 1.1
     assert share.next_of(["mallory"], 4, 3, now=1.0) is None, "alice, refused 1 s ago, is due the place"
     assert share.next_of(["mallory"], 4, 3, now=6.0) == 0
 
@@ -88,7 +89,7 @@ def test_agents_that_outnumber_the_places_take_turns() -> None:
     # whichever of the two was served longer ago, though mallory's call always arrives first.
     share, now = FairShare(), 0.0
     share.took("mallory", now)
-    share.wanted("alice", now, for_s=2.0)  # alice asked while mallory held it
+    share.wanted("alice", now, retry_after_s=1.0)  # alice asked while mallory held it
     turns = ["mallory"]  # then mallory again: alice has not yet shown that she comes back
     for _ in range(6):
         now += 1.0
@@ -100,7 +101,7 @@ def test_agents_that_outnumber_the_places_take_turns() -> None:
                 turns.append(agent)
                 taken = True
             else:
-                share.wanted(agent, now, for_s=2.0)
+                share.wanted(agent, now, retry_after_s=1.0)
         assert taken, f"nobody took the free place at {now}"
     assert turns[1:] == ["mallory", "alice"] * 3
 
@@ -111,13 +112,37 @@ def test_no_place_is_kept_for_an_agent_that_does_not_come_back() -> None:
     share = FairShare()
     share.took("bob", now=0.0)
     for i, agent in enumerate(["c1", "c2", "c3"]):
-        share.wanted(agent, now=0.1 * i, for_s=2.0)
+        share.wanted(agent, now=0.1 * i, retry_after_s=1.0)  # each told: come back after 1 s
     share.gave_back("bob")
     assert share.may_take("bob", 1, 0, now=0.5, waiting=[]), "none of them has shown it comes back"
     share.took("bob", now=0.5)
-    share.wanted("c1", now=0.6, for_s=2.0)  # c1 asks again while its claim is open
+    share.wanted("c1", now=0.9, retry_after_s=1.0)  # c1 comes back as told: its claim until 2.9
     share.gave_back("bob")
-    assert not share.may_take("bob", 1, 0, now=0.7, waiting=[]), "c1 comes back: the place is kept for it"
-    assert share.may_take("bob", 1, 0, now=2.7, waiting=[]), "its claim lapsed unused"
-    share.wanted("c1", now=3.0, for_s=2.0)
-    assert share.may_take("bob", 1, 0, now=3.1, waiting=[]), "a lapsed claim: c1 has to show it again"
+    assert not share.may_take("bob", 1, 0, now=1.0, waiting=[]), "c1 comes back: the place is kept for it"
+    assert share.may_take("bob", 1, 0, now=3.0, waiting=[]), "its claim lapsed unused"
+    share.wanted("c1", now=3.1, retry_after_s=1.0)
+    assert share.may_take("bob", 1, 0, now=3.2, waiting=[]), "a lapsed claim: c1 has to show it again"
+
+
+def test_no_place_is_kept_for_an_agent_that_comes_at_its_own_pace_whatever_it_is_told() -> None:
+    # An open-loop caller: told to come back after 3 s, it comes every 2 s. Its claims would
+    # keep a place idle most of the time, and it does not wait for them anyway.
+    share = FairShare()
+    share.took("bob", now=0.0)
+    for now in (0.0, 2.0, 4.0, 6.0):
+        share.wanted("open", now=now, retry_after_s=3.0)
+    share.gave_back("bob")
+    assert share.may_take("bob", 1, 0, now=6.5, waiting=[])
+
+
+def test_a_servers_slots_are_shared_between_agents_whichever_tool_they_call() -> None:
+    slots = ServerSlots(2)
+    assert slots.take("db", agent="mallory", now=0.0) and slots.take("db", agent="mallory", now=0.0)
+    assert not slots.take("db", agent="alice", now=0.1), "both slots are mallory's"
+    assert not slots.take("db", agent="alice", now=0.3), "she comes back (a redelivery): her claim stands"
+    slots.give_back("db", "mallory")
+    assert not slots.take("db", agent="mallory", now=0.4), "the freed slot is alice's"
+    assert slots.take("db", agent="alice", now=0.5)
+    slots.give_back("db", "alice")
+    slots.give_back("db", "mallory")
+    assert slots.take("db", agent="mallory", now=0.6), "nobody else asks: mallory may have both again"

@@ -19,6 +19,7 @@ from writ_common.settings import WritSettings
 from writ_executor.admission_tuning import RouteBook
 from writ_executor.fair_share import FairShare
 from writ_executor.limiter import Adjustment, LimiterConfig, RouteLimiter, RouteLimits
+from writ_executor.slots import SERVER_BUSY_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,10 @@ class Admission:
             elif not await self._wait_for_place(route, limiter, agent):
                 now = time.monotonic()
                 held, fair = share.held[agent], share.share(limiter.limit, now, self._waiting_agents(route), agent)
-                share.wanted(agent, now, max(1.0, 2 * limiter.retry_after_ms() / 1000))
                 if not limiter.congested(now) and limiter.queue_room_ms() != 0.0:
+                    share.wanted(agent, now, SERVER_BUSY_RETRY)  # back in the stream: redelivered then
                     return None
+                share.wanted(agent, now, limiter.retry_after_ms() / 1000)
                 metrics.OVERLOADED.labels(route).inc()
                 self.book.record_refused(route, datetime.now(UTC))
                 if limiter.in_flight < limiter.limit:  # a place was free, but another agent is due it

@@ -76,6 +76,7 @@ from writ_executor.resource_relay import SUBSCRIPTION_OPERATIONS, ResourceRelay
 from writ_executor.secret_commands import Secrets
 from writ_executor.secret_store import SecretStoreError
 from writ_executor.sessions import SessionPool
+from writ_executor.slots import SERVER_BUSY_RETRY
 from writ_executor.tuner import ConcurrencyTuner
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ LEASE_BUSY_RETRY = 2.0
 # is redelivered and the log decides). An outcome, once known, is held on to until recorded.
 SETTLE_STARTED = 300.0
 SETTLE_OUTCOME = 60.0
-SERVER_BUSY_RETRY = 0.2  # seconds before a call whose server is at its limit comes again
 RECHECK_TIMEOUT = 10.0  # seconds policy has to recheck a call authorized under an earlier bundle
 
 
@@ -229,14 +229,14 @@ class Execution:
         one); none free: it comes back shortly, holding none."""
         assert view.planned is not None
         server = view.planned.server
-        slots = self.tuner.slots
-        if not slots.take(server, capacity):
+        slots, agent = self.tuner.slots, view.agent_id or ""
+        if not slots.take(server, capacity, agent=agent, now=time.monotonic()):
             self.tuner.calls.record_busy(server, datetime.now(UTC))
             raise Redeliver(SERVER_BUSY_RETRY, f"{server!r} runs {slots.limit_of(server, capacity)} calls already")
         try:
             await self.attempt_call(trigger, raw, attempt, ticket=ticket, view=view, last_seq=last_seq)
         finally:
-            slots.give_back(server)
+            slots.give_back(server, agent)
 
     async def attempt_call(
         self, trigger: StoredEvent, raw: Msg, attempt: int, *, ticket: Ticket, view: IntentView, last_seq: int

@@ -15,9 +15,11 @@ that comes first by the same order, the oldest among an agent's calls.
 "Refused lately" is what makes this hold on a slow route, where a call that finds the route full
 does not wait in place but is answered at once: the refused agent comes back after its
 retry-after, and until then the flooder's next calls may not take the place it is due. A place is
-kept only for an agent that has shown it comes back: one that asked again while its last claim
-was still open. A refused agent that does not come back (an open-loop caller, an agent that gave
-up) would otherwise leave the place idle for its whole claim, refusal after refusal.
+kept only for an agent that has shown it comes back as told: one that asked again after most of
+its last retry-after and before its claim lapsed (twice the retry-after, at least a second). A
+refused agent that does not come back (an agent that gave up), or that comes at its own pace
+whatever it is told (an open-loop caller), would otherwise leave the place idle for its whole
+claim, refusal after refusal.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 SERVED_KEPT = 4096  # agents whose last place on a route is remembered (for the turn order)
+MIN_CLAIM_S = 1.0  # the shortest a refused agent counts as wanting a place
+RETRY_AFTER_KEPT = 0.8  # asking again after this much of its retry-after is coming back as told
 
 
 class FairShare:
@@ -35,6 +39,7 @@ class FairShare:
     def __init__(self) -> None:
         self.held: Counter[str] = Counter()
         self._wanting: dict[str, float] = {}  # agent -> until when (monotonic) it counts as wanting a place
+        self._due_back: dict[str, float] = {}  # agent -> from when (monotonic) its asking again is coming back
         self._served: dict[str, float] = {}  # agent -> when (monotonic) it last took a place
         self._returns: set[str] = set()  # agents that asked again while their claim was open
 
@@ -42,6 +47,7 @@ class FairShare:
         self.held[agent] += 1
         self._came_back(agent, now)
         self._wanting.pop(agent, None)  # served: if it wants more, its next call says so
+        self._due_back.pop(agent, None)
         self._served[agent] = now
         if len(self._served) > SERVED_KEPT:  # long-gone agents: their turn order no longer matters
             for gone in sorted(self._served, key=self._served.__getitem__)[: SERVED_KEPT // 2]:
@@ -52,22 +58,24 @@ class FairShare:
         if self.held[agent] <= 0:
             del self.held[agent]
 
-    def wanted(self, agent: str, now: float, for_s: float) -> None:
-        """``agent``'s call found no place (``now``: monotonic seconds); it counts as wanting one for
-        ``for_s``, about when it comes back."""
+    def wanted(self, agent: str, now: float, retry_after_s: float) -> None:
+        """``agent``'s call found no place (``now``: monotonic seconds) and was told to come back
+        after ``retry_after_s``: it counts as wanting one until twice that (at least a second)."""
         self._came_back(agent, now)
-        self._wanting[agent] = max(self._wanting.get(agent, 0.0), now + for_s)
+        self._wanting[agent] = max(self._wanting.get(agent, 0.0), now + max(MIN_CLAIM_S, 2 * retry_after_s))
+        self._due_back[agent] = now + RETRY_AFTER_KEPT * retry_after_s
 
     def hungry(self, now: float, waiting: Sequence[str]) -> set[str]:
         """The agents asking for a place now: a call waiting in place, or refused lately (those
         shown to come back)."""
         for agent in [a for a, until in self._wanting.items() if until <= now]:
             del self._wanting[agent]
+            self._due_back.pop(agent, None)
             self._returns.discard(agent)  # its claim lapsed: it did not come back this time
         return {*(a for a in self._wanting if a in self._returns), *waiting}
 
     def _came_back(self, agent: str, now: float) -> None:
-        if self._wanting.get(agent, -math.inf) > now:
+        if self._due_back.get(agent, math.inf) <= now < self._wanting.get(agent, -math.inf):
             self._returns.add(agent)
 
     def share(self, limit: int, now: float, waiting: Sequence[str], asking: str | None = None) -> int:

@@ -4,29 +4,41 @@ from __future__ import annotations
 
 from collections import Counter
 
+from writ_executor.fair_share import FairShare
+
+SERVER_BUSY_RETRY = 0.2  # seconds before a call that found no slot (or no place on its route) comes again
+
 
 class ServerSlots:
     """At most ``limit`` calls per server at once: a slow or hanging server fills its own slots and
     no one else's. Taken before ``execution.started`` is recorded, so a call that finds no slot
-    has not begun and simply comes back later."""
+    has not begun and simply comes back later. A server's slots are shared between the agents
+    calling it (``fair_share``), whichever of its tools they call: one agent flooding one tool does
+    not keep another off the server's other tools."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.limits: dict[str, int] = {}  # a server's own limit, as the executor's loop set it
         self._in_flight: Counter[str] = Counter()
+        self._shares: dict[str, FairShare] = {}
 
     def limit_of(self, server: str, capacity: int | None = None) -> int:
         """The server's limit; ``capacity``: the most calls it takes at once, as declared for it."""
         limit = self.limits.get(server, self.limit)
         return limit if capacity is None else max(1, min(limit, capacity))
 
-    def take(self, server: str, capacity: int | None = None) -> bool:
-        if self._in_flight[server] >= self.limit_of(server, capacity):
+    def take(self, server: str, capacity: int | None = None, *, agent: str = "", now: float = 0.0) -> bool:
+        """A slot for ``agent``'s call (``now``: monotonic seconds); False: none it may take now."""
+        share = self._shares.setdefault(server, FairShare())
+        if not share.may_take(agent, self.limit_of(server, capacity), self._in_flight[server], now, ()):
+            share.wanted(agent, now, SERVER_BUSY_RETRY)
             return False
         self._in_flight[server] += 1
+        share.took(agent, now)
         return True
 
-    def give_back(self, server: str) -> None:
+    def give_back(self, server: str, agent: str = "") -> None:
         self._in_flight[server] -= 1
+        self._shares[server].gave_back(agent)
         if self._in_flight[server] <= 0:
             del self._in_flight[server]
