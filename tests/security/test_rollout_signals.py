@@ -2,10 +2,13 @@
 read the slice's own decisions, so the agent floods the candidate with calls it knows are denied,
 to push the denial rate over the trigger and have the controller restore the bundle it had. No one
 agent carries a signal: the canary soaks and is promoted; a harm the other agents see still rolls
-it back."""
+it back. And the other way: an agent that wants a candidate kept, though it harms the others,
+floods it with calls it allows so the others' denials weigh less. Nor does one agent hide a
+signal: promotion waits, and the status says what the signal reads without that agent."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,6 +79,26 @@ async def test_an_agent_cannot_roll_back_its_canary_by_flooding_it_with_denied_c
     # The operator sees who moved the signal alone.
     assert (signals[TRIGGER]["every_agent"], signals[TRIGGER]["left_out"]) == (0.6667, mallory.agent_id)
     assert (await policy(spine, "show"))["policy_digest"] == started["candidate_digest"]
+
+
+async def test_an_agent_cannot_get_a_canary_that_harms_the_others_promoted_by_flooding_it_with_allowed_calls(
+    spine: Spine, enforced: None
+) -> None:
+    alice, bob, mallory = [await agent(spine, name) for name in ("alice", "bob", "mallory")]
+    started = await canary(spine, [alice, bob, mallory], soak="4s")
+    for _ in range(20):
+        assert (await mallory.call(CLOCK, {"timezone": "UTC"})).status == "succeeded"
+    for _ in range(3):
+        for caller in (alice, bob):
+            assert (await caller.call(CONVERT, CONVERSION)).status == "denied"
+    # By all decisions 6/26; with alice or bob left out, 3/23: no rollback. Without mallory, 1.0.
+    await asyncio.sleep(7.0)  # past the soak
+    status = await policy(spine, "rollout_status")
+    assert status["status"] == "in_progress", f"promoted though it harms alice and bob: {status}"
+    signals = {s["trigger"]: s for s in status["signals"]}
+    assert signals[TRIGGER]["value"] == 0.1304 and signals[TRIGGER]["samples"] == 26, signals
+    assert (signals[TRIGGER]["hidden"], signals[TRIGGER]["hidden_by"]) == (1.0, mallory.agent_id)
+    assert (await policy(spine, "show"))["policy_digest"] == started["previous_digest"], "the others keep theirs"
 
 
 async def test_a_harm_the_others_see_still_rolls_the_canary_back(spine: Spine, enforced: None) -> None:

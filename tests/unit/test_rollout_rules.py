@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from stored_events import stored_at
+from writ.cli.render import signal_value
 from writ_common import events as ev
 from writ_common import metrics
 from writ_common.envelope import StoredEvent
@@ -195,13 +196,44 @@ def test_one_agent_flooding_denied_calls_does_not_roll_back_its_canary() -> None
     r = read(book, trigger, at(400), 5)
     assert (r.value, r.samples) == (0.1, 330)
     assert (r.every_agent, r.left_out) == (0.9182, "mallory")  # who moved it, for the operator
-    # The other way is not covered: a flood of allowed calls dilutes a rate (docs/policies.md).
+    assert (r.hidden, r.hidden_by) == (None, ""), "nobody hides anything: the others read 0.1"
+
+
+def test_one_agent_flooding_allowed_calls_does_not_get_its_canary_promoted() -> None:
+    """The other way: an agent of the slice that wants the candidate kept floods it with calls it
+    allows, so the others' denials weigh less. The rate with it reads 0.05 and rolls nothing back;
+    the reading says what it hides (0.8 without mallory), and promotion waits on that."""
+    trigger = parse_trigger("denial_rate>0.5 over 10m")
     diluted = SampleBook()
     for agent in ("a", "b", "c"):
         decisions(diluted, agent, ["intent.denied"] * 8 + ["intent.authorized"] * 2)
-    assert read(diluted, trigger, at(400), 5).value == 0.8
+    honest = read(diluted, trigger, at(400), 5)
+    assert (honest.value, honest.hidden) == (0.8, None), "a harm they all see: it reads in full already"
     decisions(diluted, "mallory", ["intent.authorized"] * 300, start=10)
-    assert read(diluted, trigger, at(400), 5).value == 0.05
+    r = read(diluted, trigger, at(400), 5)
+    assert (r.value, r.every_agent) == (0.05, 0.0727)
+    assert (r.hidden, r.hidden_by) == (0.8, "mallory")
+    assert read(diluted, trigger, at(400), 5, one_agent_counts=True).hidden is None, "a slice of one: its own"
+    rollout = Rollout(plan=plan(), started_at=T0)
+    step, _ = next_step(rollout, {}, [r], at(300))
+    assert step.action == "wait", step
+    assert step.reason == (
+        "promotion waits: denial_rate reads 0.8 without mallory's intents, above 0.5 (0.05 with them):"
+        " denial_rate>0.5 over 10m"
+    )
+    # Hiding needs the others to agree: a harm only one of them sees reads as that one agent's.
+    alone = SampleBook()
+    decisions(alone, "a", ["intent.denied"] * 8 + ["intent.authorized"] * 2)
+    for agent in ("b", "c"):
+        decisions(alone, agent, ["intent.authorized"] * 10)
+    decisions(alone, "mallory", ["intent.authorized"] * 300, start=10)
+    assert read(alone, trigger, at(400), 5).hidden is None
+    # And flooding denied calls does not make it look hidden either (the attack above, reversed).
+    flood = SampleBook()
+    for agent in ("a", "b", "c"):
+        decisions(flood, agent, ["intent.authorized"] * 10)
+    decisions(flood, "mallory", ["intent.denied"] * 300, start=10)
+    assert read(flood, trigger, at(400), 5).hidden is None
 
 
 def test_a_harm_every_agent_sees_still_reads_in_full() -> None:
@@ -232,6 +264,15 @@ def test_one_agent_cannot_fill_the_backlog_or_the_p99_alone() -> None:
     p99 = parse_trigger("p99_decision_ms>100 over 10m")
     assert read(slow, p99, at(300), 5, one_agent_counts=True).value == pytest.approx(2000.0, abs=1)
     assert read(slow, p99, at(300), 5).value == pytest.approx(5.0, abs=0.1)
+    # A slow tail two agents see, outnumbered by one agent's fast decisions: hidden, and said so.
+    hid = SampleBook()
+    for agent in ("a", "b"):
+        decisions(hid, agent, ["intent.authorized"] * 5, took=2.0)
+    decisions(hid, "c", ["intent.authorized"] * 5, took=0.005)
+    decisions(hid, "mallory", ["intent.authorized"] * 2000, start=20, took=0.005)
+    r = read(hid, parse_trigger("p99_decision_ms>100 over 1h"), at(2100), 5)
+    assert r.value == pytest.approx(5.0, abs=0.1)
+    assert r.hidden == pytest.approx(2000.0, abs=1) and r.hidden_by == "mallory"
     assert read(slow, p99, at(300), 5).left_out == "mallory"
 
 
@@ -325,3 +366,11 @@ def test_a_segment_is_bounded_per_label_and_dashed_where_unknown() -> None:
     assert metrics.segment(None, None, None) == ("-", "-", "-")
     agent, server, tool = metrics.segment("seg-agent", "seg-server", "seg-tool")
     assert (agent, server, tool) == ("seg-agent", "seg-server", "seg-tool")
+
+
+def test_the_status_says_who_moved_a_signal_and_who_hides_one() -> None:
+    plain = {"value": 0.1, "every_agent": 0.1, "left_out": "", "hidden": None, "hidden_by": ""}
+    assert signal_value(plain) == "0.1"
+    both = {**plain, "value": 0.1304, "every_agent": 0.2308, "left_out": "alice", "hidden": 1.0, "hidden_by": "mallory"}
+    assert signal_value(both) == "0.1304 (0.2308 counting alice; 1 without mallory: promotion waits)"
+    assert signal_value({"value": None, "threshold": 0.5}) == "-", "a reading stored before either was recorded"

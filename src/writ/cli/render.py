@@ -532,13 +532,16 @@ def rollout_text(r: dict[str, Any]) -> Group:
 
 
 def signal_value(s: dict[str, Any]) -> str:
-    """A trigger's value, and what every agent's intents read where leaving one out made it lower
-    (no one agent carries a signal)."""
+    """A trigger's value, what every agent's intents read where leaving one out made it lower (no
+    one agent carries a signal), and what it reads without the agent that hides it (nor hides one)."""
     value = "-" if s["value"] is None else f"{s['value']:g}"
+    notes = []
     if s.get("left_out"):
         every = "-" if s.get("every_agent") is None else f"{s['every_agent']:g}"
-        value += f" ({every} counting {s['left_out']})"
-    return value
+        notes.append(f"{every} counting {s['left_out']}")
+    if s.get("hidden") is not None:
+        notes.append(f"{s['hidden']:g} without {s['hidden_by']}: promotion waits")
+    return f"{value} ({'; '.join(notes)})" if notes else value
 
 
 def rollouts_table(rows: list[dict[str, Any]]) -> Table:

@@ -503,6 +503,11 @@ class SignalReading(msgspec.Struct, frozen=True, kw_only=True):
     # differs): the one that moved the signal alone.
     every_agent: float | None = None
     left_out: str = ""
+    # Nor does one agent hide a signal: what it reads with ``hidden_by``'s intents left out (the
+    # agent whose leaving out raises it most above the threshold), and still with no other one agent
+    # carrying it. Promotion waits while that is above the threshold; None where no such agent is.
+    hidden: float | None = None
+    hidden_by: str = ""
 
 
 class PolicyRolloutStarted(Payload, frozen=True, kw_only=True):

@@ -351,15 +351,24 @@ def read(
     intents left out, so an agent of the slice cannot roll its candidate back by itself (flooding
     it with calls it knows are denied, or that need a person) to keep the bundle it had. Unless
     ``one_agent_counts`` (a slice named as that one agent: its signals are its own). The reading
-    also says what every agent's intents read and which agent's leaving out made the difference."""
+    also says what every agent's intents read and which agent's leaving out made the difference.
+
+    Nor can one agent hide a signal to have its candidate promoted (flooding it with calls it knows
+    are allowed, or decided fast, so that the others' denials or slow decisions weigh less): the
+    reading also says what the signal reads with the agent whose leaving out raises it most left
+    out, and with any one other agent left out as well, the lowest of those (``hidden``). Promotion
+    waits while that is above the threshold (:func:`next_step`)."""
     if trigger.signal == "approval_backlog":
         samples, every, lowest = approval_backlog(book)
+        hidden = NOTHING  # a count: another agent's open requests cannot make one's fewer
     else:
         since = now - timedelta(seconds=trigger.window_s)
         decided = [s for s in book.samples.values() if s.decided_at is not None and s.decided_at >= since]
         measure = denial_rate if trigger.signal == "denial_rate" else p99_decision_ms
-        samples, every, lowest = measure(decided, min_decisions)
-    return reading(trigger, samples, every, every if one_agent_counts else lowest)
+        samples, every, lowest, hidden = measure(decided, min_decisions, trigger.threshold)
+    if one_agent_counts:
+        return reading(trigger, samples, every, every, NOTHING)
+    return reading(trigger, samples, every, lowest, hidden)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +382,9 @@ class Measure:
 NOTHING = Measure(None)
 # How many samples, the signal with every agent's intents, and the lowest with one agent's left out.
 Readings = tuple[int, Measure, Measure]
+# The same, and what one agent hides: the highest above ``threshold`` with that agent left out, then
+# the lowest with one more left out.
+RateReadings = tuple[int, Measure, Measure, Measure]
 
 
 def approval_backlog(book: SampleBook) -> Readings:
@@ -385,24 +397,36 @@ def approval_backlog(book: SampleBook) -> Readings:
     return total, Measure(float(total)), Measure(float(total - most), agent)
 
 
-def denial_rate(decided: list[Sample], least: int) -> Readings:
+def denial_rate(decided: list[Sample], least: int, threshold: float) -> RateReadings:
     """Denials over first decisions (no value under ``least`` of them)."""
     total = len(decided)
     if total < least:
-        return total, NOTHING, NOTHING
+        return total, NOTHING, NOTHING, NOTHING
     made = Counter(s.agent_id for s in decided)
     denials = Counter(s.agent_id for s in decided if s.kind == "deny")
     denied = sum(denials.values())
     every = denied / total
     if (agent := hangs_on(made, total, least)) is not None:
-        return total, Measure(every), Measure(None, agent)
-    rates = (((denied - denials[a]) / (total - n), a) for a, n in made.items())
-    return total, Measure(every), lowest_of(every, rates)
+        return total, Measure(every), Measure(None, agent), NOTHING
+
+    def without(*agents: str) -> float:
+        return (denied - sum(denials[a] for a in agents)) / (total - sum(made[a] for a in agents))
+
+    def hidden_by(suspect: str) -> float | None:
+        rest = made - Counter({suspect: made[suspect]})
+        if hangs_on(rest, total - made[suspect], least) is not None:
+            return None
+        return min(without(suspect, other) for other in rest)
+
+    suspects = [a for a in made if without(a) > threshold]  # only these can hide a breach
+    lowest = lowest_of(every, ((without(a), a) for a in made))
+    return total, Measure(every), lowest, highest_hidden(threshold, lowest, ((hidden_by(a), a) for a in suspects))
 
 
-def p99_decision_ms(decided: list[Sample], least: int) -> Readings:
+def p99_decision_ms(decided: list[Sample], least: int, threshold: float) -> RateReadings:
     """Nearest-rank p99 of planned -> decision, in ms (no value under ``least`` decisions). Leaving
-    out an agent with no sample at or above the p99 cannot lower it, so only those are tried."""
+    out an agent with no sample at or above the p99 cannot lower it, so only those are tried; an
+    agent hides a slow tail by outnumbering it, so only the three with most decisions are suspects."""
     timed = sorted(
         ((s.decided_at - s.planned_at).total_seconds() * 1000.0, s.agent_id)
         for s in decided
@@ -410,12 +434,33 @@ def p99_decision_ms(decided: list[Sample], least: int) -> Readings:
     )
     total = len(timed)
     if total < least:
-        return total, NOTHING, NOTHING
+        return total, NOTHING, NOTHING, NOTHING
+    made = Counter(a for _, a in timed)
     every = p99_of([ms for ms, _ in timed])
-    if (agent := hangs_on(Counter(a for _, a in timed), total, least)) is not None:
-        return total, Measure(every), Measure(None, agent)
-    tail = sorted({a for _, a in timed[p99_rank(total) - 1 :]})
-    return total, Measure(every), lowest_of(every, ((p99_of([ms for ms, o in timed if o != a]), a) for a in tail))
+    if (agent := hangs_on(made, total, least)) is not None:
+        return total, Measure(every), Measure(None, agent), NOTHING
+
+    def lowest_without(rest: list[tuple[float, str]], fallback: float) -> Measure:
+        tail = sorted({a for _, a in rest[p99_rank(len(rest)) - 1 :]})
+        return lowest_of(fallback, ((p99_of([ms for ms, o in rest if o != a]), a) for a in tail))
+
+    def hidden_by(suspect: str) -> float | None:
+        rest = [(ms, a) for ms, a in timed if a != suspect]
+        if hangs_on(Counter(a for _, a in rest), len(rest), least) is not None:
+            return None
+        return lowest_without(rest, p99_of([ms for ms, _ in rest])).value
+
+    suspects = [a for a, _ in made.most_common(3) if p99_of([ms for ms, o in timed if o != a]) > threshold]
+    lowest = lowest_without(timed, every)
+    return total, Measure(every), lowest, highest_hidden(threshold, lowest, ((hidden_by(a), a) for a in suspects))
+
+
+def highest_hidden(threshold: float, shown: Measure, hidden: Iterable[tuple[float | None, str]]) -> Measure:
+    """The highest of what suspects hide, where it is above ``threshold`` and what is ``shown``."""
+    value, agent = max(((v, a) for v, a in hidden if v is not None), default=(None, ""))
+    if value is None or value <= threshold or (shown.value is not None and value <= shown.value):
+        return NOTHING
+    return Measure(value, agent)
 
 
 def hangs_on(made: Counter[str], total: int, least: int) -> str | None:
@@ -437,7 +482,9 @@ def p99_of(ascending: list[float]) -> float:
     return ascending[p99_rank(len(ascending)) - 1]
 
 
-def reading(trigger: ev.RolloutTrigger, samples: int, every: Measure, read: Measure) -> ev.SignalReading:
+def reading(
+    trigger: ev.RolloutTrigger, samples: int, every: Measure, read: Measure, hidden: Measure
+) -> ev.SignalReading:
     digits = 4 if trigger.signal == "denial_rate" else 3
     return ev.SignalReading(
         trigger=trigger.text,
@@ -447,6 +494,8 @@ def reading(trigger: ev.RolloutTrigger, samples: int, every: Measure, read: Meas
         samples=samples,
         every_agent=None if every.value is None else round(every.value, digits),
         left_out=read.left_out,
+        hidden=None if hidden.value is None else round(hidden.value, digits),
+        hidden_by=hidden.left_out,
     )
 
 
@@ -510,6 +559,13 @@ def next_step(
         return Step("wait", f"soaking for {plan.promote_after_s - elapsed:.0f}s more"), watch
     if watch:
         return Step("wait", f"promotion waits: {', '.join(sorted(watch))} in breach"), watch
+    for r in readings:
+        if r.hidden is not None and r.hidden > r.threshold:
+            return Step(
+                "wait",
+                f"promotion waits: {r.signal} reads {r.hidden:g} without {r.hidden_by}'s intents,"
+                f" above {r.threshold:g} ({r.value:g} with them): {r.trigger}",
+            ), watch
     return Step("promote", f"no trigger held in {plan.promote_after_s:g}s of soak"), watch
 
 
