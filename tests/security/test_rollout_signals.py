@@ -49,7 +49,9 @@ async def enforced(spine: Spine) -> AsyncIterator[None]:
     await policy(spine, "load", {"cedar": DEFAULT_POLICY})
 
 
-async def canary(spine: Spine, agents: list[WritAgent], soak: str) -> dict[str, Any]:
+async def canary_of(spine: Spine, names: tuple[str, ...], soak: str) -> tuple[list[WritAgent], dict[str, Any]]:
+    """New agents named ``names``, and the canary (conversions forbidden) started for exactly them."""
+    agents = [await agent(spine, name) for name in names]
     body = {
         "cedar": NO_CONVERSIONS,
         "agents": [a.agent_id for a in agents],
@@ -58,14 +60,13 @@ async def canary(spine: Spine, agents: list[WritAgent], soak: str) -> dict[str, 
         "cooldown": "1s",
         "min_decisions": 3,
     }
-    return dict(await policy(spine, "rollout", body))
+    return agents, dict(await policy(spine, "rollout", body))
 
 
 async def test_an_agent_cannot_roll_back_its_canary_by_flooding_it_with_denied_calls(
     spine: Spine, enforced: None
 ) -> None:
-    alice, bob, mallory = [await agent(spine, name) for name in ("alice", "bob", "mallory")]
-    started = await canary(spine, [alice, bob, mallory], soak="8s")
+    (alice, bob, mallory), started = await canary_of(spine, ("alice", "bob", "mallory"), soak="8s")
     for _ in range(3):
         for caller in (alice, bob):
             assert (await caller.call(CLOCK, {"timezone": "UTC"})).status == "succeeded"
@@ -84,8 +85,7 @@ async def test_an_agent_cannot_roll_back_its_canary_by_flooding_it_with_denied_c
 async def test_an_agent_cannot_get_a_canary_that_harms_the_others_promoted_by_flooding_it_with_allowed_calls(
     spine: Spine, enforced: None
 ) -> None:
-    alice, bob, mallory = [await agent(spine, name) for name in ("alice", "bob", "mallory")]
-    started = await canary(spine, [alice, bob, mallory], soak="4s")
+    (alice, bob, mallory), started = await canary_of(spine, ("alice", "bob", "mallory"), soak="4s")
     for _ in range(20):
         assert (await mallory.call(CLOCK, {"timezone": "UTC"})).status == "succeeded"
     for _ in range(3):
@@ -102,8 +102,7 @@ async def test_an_agent_cannot_get_a_canary_that_harms_the_others_promoted_by_fl
 
 
 async def test_a_harm_the_others_see_still_rolls_the_canary_back(spine: Spine, enforced: None) -> None:
-    alice, bob, carol = [await agent(spine, name) for name in ("alice", "bob", "carol")]
-    started = await canary(spine, [alice, bob, carol], soak="60s")
+    (alice, bob, carol), started = await canary_of(spine, ("alice", "bob", "carol"), soak="60s")
     for _ in range(2):
         for caller in (alice, bob, carol):
             assert (await caller.call(CONVERT, CONVERSION)).status == "denied"
