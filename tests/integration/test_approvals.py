@@ -246,7 +246,7 @@ async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(
     """At start, policy finds the requests waiting for people in the log (so expiry fires even if
     it was down): a request whose intent has ended is not taken up again (each cost two history
     reads at every start, for every request ever), and one left waiting does not make it read
-    every request made since (the oldest open intents are read one intent at a time)."""
+    every request made since (the oldest open intents' latest requests are read by name, together)."""
     bob = await approver(spine, "bob", ["operators"])
     waiting = await destructive(spine, f"w-{uuid.uuid4().hex[:8]}")
     await pending_request(spine, bob, waiting)
@@ -267,7 +267,11 @@ async def test_policy_starting_takes_up_only_the_requests_of_intents_still_open(
     typed_from = [int(body.get("seq", 0)) for body in bodies if body.get("next_by_subj") == requested]
     assert typed_from and min(typed_from) > ended_request.seq  # not every request since the waiting one
     own = subjects.intent_subject(spine.agent.agent_id, waiting, "approval.requested")
-    assert any(body.get("next_by_subj") == own for body in bodies)  # the waiting one read by itself
+    latest = [body["multi_last"] for body in bodies if "multi_last" in body]
+    assert any(own in named for named in latest)  # the waiting one's latest request, asked by name
+    held, _ = index.oldest()
+    assert len(latest) == -(-len(held) // 128), "the held intents' requests: one request per 128, not one each"
+    assert not any(body.get("next_by_subj") == own for body in bodies)
 
 
 async def test_a_request_left_waiting_does_not_hold_back_where_a_restart_reads(spine: Spine) -> None:

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -323,35 +323,60 @@ async def direct_get_batch(
     out: list[Msg] = []
     seq = start_seq
     since = start_time.astimezone(UTC).isoformat().replace("+00:00", "Z") if start_time else None
-    replies = _replies(nc)
     while True:
-        inbox, queue = await replies.open()
-        try:
-            request: dict[str, object] = {"next_by_subj": subject_filter, "batch": batch}
-            if since is not None and not out:
-                request["start_time"] = since  # the server takes a time or a sequence, not both
-            else:
-                request["seq"] = seq
-            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-            more = False
-            while True:
-                try:
-                    msg = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError as exc:
-                    raise nats.errors.TimeoutError from exc
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:
-                    # 204: end of this batch (the server may cap it below ``batch``), and how many
-                    # matching messages remain; 404: nothing (more) found.
-                    more = status == "204" and int(headers.get("Nats-Num-Pending", "0")) > 0
-                    break
-                out.append(msg)
-                seq = int(headers["Nats-Sequence"]) + 1
-        finally:
-            replies.close(inbox)
+        request: dict[str, object] = {"next_by_subj": subject_filter, "batch": batch}
+        if since is not None and not out:
+            request["start_time"] = since  # the server takes a time or a sequence, not both
+        else:
+            request["seq"] = seq
+        msgs, more = await _direct_get(nc, stream, request, timeout)
+        out += msgs
+        if msgs:
+            seq = int((msgs[-1].headers or {})["Nats-Sequence"]) + 1
         if not more or (limit is not None and len(out) >= limit):
             return out
+
+
+MULTI_LAST_SUBJECTS = 128  # subjects per multi_last request (the server caps how many it takes)
+
+
+async def direct_get_last_of(nc: Client, stream: str, subjects_: Sequence[str], *, timeout: float = 5.0) -> list[Msg]:
+    """The last message stored on each of ``subjects_`` (none for a subject with none), in stream
+    order within each request: one batched Direct Get (``multi_last``) per 128 subjects, where a
+    read per subject would be one round trip each.
+
+    Raises:
+        nats.errors.TimeoutError: a request's replies stopped for ``timeout`` seconds.
+    """
+    out: list[Msg] = []
+    for i in range(0, len(subjects_), MULTI_LAST_SUBJECTS):
+        chunk = list(subjects_[i : i + MULTI_LAST_SUBJECTS])
+        msgs, _ = await _direct_get(nc, stream, {"multi_last": chunk, "batch": len(chunk)}, timeout)
+        out += msgs
+    return out
+
+
+async def _direct_get(nc: Client, stream: str, request: dict[str, object], timeout: float) -> tuple[list[Msg], bool]:
+    """One batched Direct Get: its messages, and whether more match than the batch held."""
+    replies = _replies(nc)
+    inbox, queue = await replies.open()
+    out: list[Msg] = []
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError as exc:
+                raise nats.errors.TimeoutError from exc
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status is not None:
+                # 204: end of this batch (the server may cap it below ``batch``), and how many
+                # matching messages remain; 404: nothing (more) found.
+                return out, status == "204" and int(headers.get("Nats-Num-Pending", "0")) > 0
+            out.append(msg)
+    finally:
+        replies.close(inbox)
 
 
 async def pages_after(

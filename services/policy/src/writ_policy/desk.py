@@ -22,7 +22,7 @@ from writ_common.bus import (
     HistoryBehind,
     StaleAppend,
     direct_get_batch,
-    direct_get_matching,
+    direct_get_last_of,
     read_history,
     stored,
 )
@@ -51,15 +51,16 @@ async def requests_maybe_open(nc: Client, index: OpenIntents) -> list[StoredEven
     first): every request ever made would cost two history reads each at every start of policy.
 
     The oldest open intents are often requests waiting days for a person, and reading the type
-    from the oldest on would read every request made since: so those (the ones a sweeper's
-    checkpoint names) are read one intent at a time, and the type from above them."""
+    from the oldest on would read every request made since: so for those (the ones a sweeper's
+    checkpoint names) each one's latest request is read, all in one request (``multi_last``), and
+    the type from above them."""
     await index.catch_up(nc)
     held, start = index.oldest()
-    found: list[Msg] = []
-    for submitted in held:
-        agent_id, intent_id = submitted.envelope.agent_id or "", submitted.envelope.intent_id or ""
-        where = subjects.intent_subject(agent_id, intent_id, "approval.requested")
-        found += await direct_get_matching(nc, subjects.INTENTS_STREAM, where, start_seq=submitted.seq)
+    latest = [
+        subjects.intent_subject(s.envelope.agent_id or "", s.envelope.intent_id or "", "approval.requested")
+        for s in held
+    ]
+    found: list[Msg] = await direct_get_last_of(nc, subjects.INTENTS_STREAM, latest)
     requested = subjects.intents_of_type("approval.requested")
     found += await direct_get_batch(nc, subjects.INTENTS_STREAM, requested, start_seq=start)
     out: dict[int, StoredEvent] = {}  # by sequence: a held intent's later request is read twice
