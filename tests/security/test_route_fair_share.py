@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -79,6 +80,17 @@ async def contest(scene: Scene, tmp_path: Path, mallory_route: str, alice_route:
     return ran, refusals
 
 
+def deferrals(scene: Scene, scope: str, name: str) -> float:
+    """The executor's count of calls kept off a free place that another agent was due."""
+    url = scene.plane.metrics_url("executor")
+    assert url, "the executor serves /metrics"
+    with urllib.request.urlopen(url, timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(f'writ_share_deferrals_total{{name="{name}",scope="{scope}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def fair(ran: Counter[str], capacity: int) -> None:
     total = ran["alice"] + ran["mallory"]
     assert total >= capacity * RUN / WORK / 2, f"the places kept serving: {ran}"
@@ -96,6 +108,7 @@ async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_sh
     ran, refusals = await contest(scene, tmp_path, route, route)
     fair(ran, capacity=1)
     assert any("another agent is due the next place" in reason for reason in refusals), refusals[:3]
+    assert deferrals(scene, "route", route) > 0
 
 
 async def test_an_agent_flooding_one_tool_does_not_keep_another_off_its_servers_other_tool(
@@ -107,3 +120,4 @@ async def test_an_agent_flooding_one_tool_does_not_keep_another_off_its_servers_
     )
     ran, _ = await contest(scene, tmp_path, f"{server}/parallel", f"{server}/thrashing")
     fair(ran, capacity=2)
+    assert deferrals(scene, "server", server) > 0

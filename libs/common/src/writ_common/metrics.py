@@ -63,6 +63,12 @@ INGRESS_CHECK_FAILURES = Counter(
 OVERLOADED = Counter(
     "writ_overloaded_total", "Calls answered `overloaded` (not run: their route was at its limit)", ["route"]
 )
+SHARE_DEFERRALS = Counter(
+    "writ_share_deferrals_total",
+    "Calls not given a free place because another agent calling the same route or server was due it"
+    " (answered `overloaded`, or back to the stream)",
+    ["scope", "name"],
+)
 VIEW_LAG_EVENTS = Gauge(
     "writ_view_lag_events", "Events in a stream the ledger's views have not applied yet (head - position)", ["stream"]
 )

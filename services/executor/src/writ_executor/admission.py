@@ -19,7 +19,6 @@ from writ_common.settings import WritSettings
 from writ_executor.admission_tuning import RouteBook
 from writ_executor.fair_share import FairShare
 from writ_executor.limiter import Adjustment, LimiterConfig, RouteLimiter, RouteLimits
-from writ_executor.slots import SERVER_BUSY_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +136,16 @@ class Admission:
             elif not await self._wait_for_place(route, limiter, agent):
                 now = time.monotonic()
                 held, fair = share.held[agent], share.share(limiter.limit, now, self._waiting_agents(route), agent)
-                if not limiter.congested(now) and limiter.queue_room_ms() != 0.0:
-                    share.wanted(agent, now, SERVER_BUSY_RETRY)  # back in the stream: redelivered then
+                if limiter.in_flight < limiter.limit:
+                    metrics.SHARE_DEFERRALS.labels("route", route).inc()
+                if limiter.queue_room_ms() == 0.0:
+                    # Its calls outlast the slack: a call is refused rather than kept waiting, so
+                    # the place it is due is kept until it comes back. Not on a route whose calls
+                    # are short: there a call waits in place for its turn, and a place kept idle
+                    # for a caller on its way back would cost more calls than it gives.
+                    share.wanted(agent, now, limiter.retry_after_ms() / 1000)
+                elif not limiter.congested(now):
                     return None
-                share.wanted(agent, now, limiter.retry_after_ms() / 1000)
                 metrics.OVERLOADED.labels(route).inc()
                 self.book.record_refused(route, datetime.now(UTC))
                 if limiter.in_flight < limiter.limit:  # a place was free, but another agent is due it

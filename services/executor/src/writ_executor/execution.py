@@ -230,7 +230,11 @@ class Execution:
         assert view.planned is not None
         server = view.planned.server
         slots, agent = self.tuner.slots, view.agent_id or ""
-        if not slots.take(server, capacity, agent=agent, now=time.monotonic()):
+        long = ticket.limiter.queue_room_ms() == 0.0
+        if not slots.take(server, capacity, agent=agent, now=time.monotonic(), long=long):
+            if slots.has_room(server, capacity):
+                metrics.SHARE_DEFERRALS.labels("server", server).inc()
+                raise Redeliver(SERVER_BUSY_RETRY, f"another agent is due {server!r}'s next slot")
             self.tuner.calls.record_busy(server, datetime.now(UTC))
             raise Redeliver(SERVER_BUSY_RETRY, f"{server!r} runs {slots.limit_of(server, capacity)} calls already")
         try:

@@ -27,15 +27,24 @@ class ServerSlots:
         limit = self.limits.get(server, self.limit)
         return limit if capacity is None else max(1, min(limit, capacity))
 
-    def take(self, server: str, capacity: int | None = None, *, agent: str = "", now: float = 0.0) -> bool:
-        """A slot for ``agent``'s call (``now``: monotonic seconds); False: none it may take now."""
+    def take(
+        self, server: str, capacity: int | None = None, *, agent: str = "", now: float = 0.0, long: bool = True
+    ) -> bool:
+        """A slot for ``agent``'s call (``now``: monotonic seconds); False: none it may take now.
+        ``long``: the call's route has calls longer than the slack; only for those is a slot kept
+        for an agent refused one (a short call's slot kept idle would cost more calls than it gives)."""
         share = self._shares.setdefault(server, FairShare())
         if not share.may_take(agent, self.limit_of(server, capacity), self._in_flight[server], now, ()):
-            share.wanted(agent, now, SERVER_BUSY_RETRY)
+            if long:
+                share.wanted(agent, now, SERVER_BUSY_RETRY)
             return False
         self._in_flight[server] += 1
         share.took(agent, now)
         return True
+
+    def has_room(self, server: str, capacity: int | None = None) -> bool:
+        """Whether the server has a slot free (that a call found none means another agent was due it)."""
+        return self._in_flight[server] < self.limit_of(server, capacity)
 
     def give_back(self, server: str, agent: str = "") -> None:
         self._in_flight[server] -= 1
