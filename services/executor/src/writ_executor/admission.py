@@ -135,8 +135,9 @@ class Admission:
                 limiter.in_flight += 1  # not enforced: still measured, so the limit is observable
             elif not await self._wait_for_place(route, limiter, agent):
                 now = time.monotonic()
+                deferred = limiter.in_flight < limiter.limit  # a place was free, but another agent was due it
                 held, fair = share.held[agent], share.share(limiter.limit, now, self._waiting_agents(route), agent)
-                if limiter.in_flight < limiter.limit:
+                if deferred:
                     metrics.SHARE_DEFERRALS.labels("route", route).inc()
                 if limiter.queue_room_ms() == 0.0:
                     # Its calls outlast the slack: a call is refused rather than kept waiting, so
@@ -148,7 +149,7 @@ class Admission:
                     return None
                 metrics.OVERLOADED.labels(route).inc()
                 self.book.record_refused(route, datetime.now(UTC))
-                if limiter.in_flight < limiter.limit:  # a place was free, but another agent is due it
+                if deferred:
                     return overloaded(route, limiter.limit, limiter.retry_after_ms(), held=held, share=fair)
                 return overloaded(route, limiter.limit, limiter.retry_after_ms())
         share.took(agent, time.monotonic())
