@@ -145,3 +145,23 @@ async def test_an_agent_at_its_share_is_refused_a_place_an_agent_refused_lately_
 async def test_one_agent_alone_still_gets_every_place() -> None:
     gate = admission(admission_initial_limit=4)
     assert len(await fill(gate, "solo", "op")) == 4
+
+
+async def test_a_place_handed_to_a_call_cancelled_meanwhile_goes_to_the_next_waiting_call() -> None:
+    # The executor stopping (or a cancel) may cancel a waiting call in the instant a place is
+    # handed to it: the place must not be lost, or the route would run one call short for good.
+    gate = admission(admission_initial_limit=1, admission_max_limit=1, admission_slack_ms=1000.0)
+    served(gate, await gate.admit("fast", "ping", agent="a"), 400.0)  # room for a queue: calls wait 200 ms
+    (held,) = await fill(gate, "fast", "ping", "a")
+    first = asyncio.ensure_future(gate.admit("fast", "ping", agent="b"))
+    second = asyncio.ensure_future(gate.admit("fast", "ping", agent="c"))
+    await asyncio.sleep(0.01)
+    served(gate, held, 400.0)  # handed to b's call...
+    first.cancel()  # ...which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    ticket = await asyncio.wait_for(second, 1)
+    assert isinstance(ticket, Ticket) and ticket.agent == "c", "b's place went on to c"
+    assert gate.limits.of("fast/ping").in_flight == 1
+    gate.release(ticket)
+    assert gate.limits.of("fast/ping").in_flight == 0
