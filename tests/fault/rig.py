@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from waiting import reached
 from writ.runtime.supervisor import Plane
@@ -130,23 +128,6 @@ async def submit_until(rig: Rig, done: Callable[[], bool], run: str, timeout: fl
         tokens |= await submit_rows(rig, 1, f"{run}-{len(tokens)}")
         await reached(done, 0.5)
     return tokens
-
-
-async def metric_value(plane: Plane, process: str, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples with ``labels`` on ``process``'s ``/metrics`` (0 if none)."""
-    url = plane.metrics_url(process)
-    assert url is not None, f"{process} has not reported its metrics port"
-
-    def scrape() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(await asyncio.to_thread(scrape))
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def assert_chain_verifies(rig: Rig) -> None:

@@ -32,13 +32,13 @@ from rig import (
     Rig,
     all_receipts,
     assert_chain_verifies,
-    metric_value,
     receipts_of,
     row_counts,
     submit_rows,
     submit_until,
 )
 
+from plane_metrics import metric_value
 from waiting import reached, wait_until
 from writ.approver import ApproverClient
 from writ.runtime.processes import HOST, free_port

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from scene import Scene
 
+from plane_metrics import metric_value
 from writ.keys import agent_bus_creds_path, agent_key_path, read_key
 from writ.sdk import WritAgent, retry_after
 
@@ -80,44 +80,34 @@ async def contest(scene: Scene, tmp_path: Path, mallory_route: str, alice_route:
     return ran, refusals
 
 
-def deferrals(scene: Scene, scope: str, name: str) -> float:
-    """The executor's count of calls kept off a free place that another agent was due."""
-    url = scene.plane.metrics_url("executor")
-    assert url, "the executor serves /metrics"
-    with urllib.request.urlopen(url, timeout=5) as page:
-        for line in page.read().decode().splitlines():
-            if line.startswith(f'writ_share_deferrals_total{{name="{name}",scope="{scope}"}}'):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def fair(ran: Counter[str], capacity: int) -> None:
     total = ran["alice"] + ran["mallory"]
     assert total >= capacity * RUN / WORK / 2, f"the places kept serving: {ran}"
     assert ran["alice"] >= total / 3, f"alice got {ran['alice']} of {total} calls against mallory's {FLOODERS} callers"
 
 
+async def shared_server(scene: Scene, kind: str, capacity: int) -> str:
+    """A server from ``tests/servers/<kind>_stdio.py``, declared to take ``capacity`` calls at once."""
+    server = f"{kind}-{scene.suffix}"
+    script = str(SERVERS / f"{kind}_stdio.py")
+    await scene.ok("server", "add", server, "--max-concurrency", str(capacity), "--", sys.executable, script)
+    return server
+
+
 async def test_an_agent_calling_from_many_callers_does_not_keep_another_off_a_shared_route(
     scene: Scene, tmp_path: Path
 ) -> None:
-    server = f"serial-{scene.suffix}"
-    await scene.ok(
-        "server", "add", server, "--max-concurrency", "1", "--", sys.executable, str(SERVERS / "serial_stdio.py")
-    )
-    route = f"{server}/work"
+    route = f"{await shared_server(scene, 'serial', 1)}/work"
     ran, refusals = await contest(scene, tmp_path, route, route)
     fair(ran, capacity=1)
     assert any("another agent is due the next place" in reason for reason in refusals), refusals[:3]
-    assert deferrals(scene, "route", route) > 0
+    assert await metric_value(scene.plane, "executor", "writ_share_deferrals_total", scope="route", name=route) > 0
 
 
 async def test_an_agent_flooding_one_tool_does_not_keep_another_off_its_servers_other_tool(
     scene: Scene, tmp_path: Path
 ) -> None:
-    server = f"paced-{scene.suffix}"
-    await scene.ok(
-        "server", "add", server, "--max-concurrency", "2", "--", sys.executable, str(SERVERS / "paced_stdio.py")
-    )
+    server = await shared_server(scene, "paced", 2)
     ran, _ = await contest(scene, tmp_path, f"{server}/parallel", f"{server}/thrashing")
     fair(ran, capacity=2)
-    assert deferrals(scene, "server", server) > 0
+    assert await metric_value(scene.plane, "executor", "writ_share_deferrals_total", scope="server", name=server) > 0

@@ -80,7 +80,10 @@ class FairShare:
 
     def share(self, limit: int, now: float, waiting: Sequence[str], asking: str | None = None) -> int:
         """Each wanting agent's share of ``limit`` places (none when they outnumber the places)."""
-        contenders = {*self.held, *self.hungry(now, waiting)}
+        return self._share_among(limit, self.hungry(now, waiting), asking)
+
+    def _share_among(self, limit: int, hungry: set[str], asking: str | None) -> int:
+        contenders = {*self.held, *hungry}
         if asking is not None:
             contenders.add(asking)
         return limit // max(1, len(contenders))
@@ -95,10 +98,11 @@ class FairShare:
         free = limit - in_flight
         if free <= 0:
             return False
-        if self.held[agent] < self.share(limit, now, waiting, agent):
+        hungry = self.hungry(now, waiting)
+        if self.held[agent] < self._share_among(limit, hungry, agent):
             return True
         mine = self.rank(agent)
-        ahead = sum(1 for other in self.hungry(now, waiting) if other != agent and self.rank(other) < mine)
+        ahead = sum(1 for other in hungry if other != agent and self.rank(other) < mine)
         return free > ahead
 
     def next_of(self, waiting: Sequence[str], limit: int, in_flight: int, now: float) -> int | None:
