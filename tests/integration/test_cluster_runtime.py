@@ -24,6 +24,7 @@ from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ_common import busauth, busjwt, subjects
+from writ_common.service import stage_consumer_config
 from writ_identity.ingress import read_nodes
 
 pytestmark = pytest.mark.integration
@@ -83,6 +84,29 @@ async def test_three_members_each_with_its_own_store_and_r3_streams(cluster: Pla
             assert info.config.num_replicas == 3
             assert info.cluster is not None and len(info.cluster.replicas or []) == 2
     finally:
+        await nc.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize(("consumer_replicas", "replicas", "in_memory"), [(0, 3, True), (1, 1, False)])
+async def test_a_stages_consumer_keeps_its_progress_on_every_member_or_on_one_on_file(
+    cluster: Plane, consumer_replicas: int, replicas: int, in_memory: bool
+) -> None:
+    """By default a stage's consumer is replicated like its stream (in memory: it goes on through
+    any node's loss); ``WRIT_CONSUMER_REPLICAS=1`` keeps it on one member, on file, so that
+    member's restart does not lose its progress."""
+    settings = cluster.settings.model_copy(update={"consumer_replicas": consumer_replicas, "stream_replicas": 3})
+    durable = f"writ-test-{consumer_replicas}-{int(time.time() * 1000)}"
+    config = stage_consumer_config(settings, f"{subjects.INTENT_PREFIX}.*.*.submitted", ack_wait=10, max_ack_pending=8)
+    nc = await nats.connect(cluster.settings.nats_servers(), **cluster.settings.bus_options())
+    js = nc.jetstream()
+    try:
+        await js.add_consumer(subjects.INTENTS_STREAM, config.evolve(durable_name=durable, name=durable))
+        info = await js.consumer_info(subjects.INTENTS_STREAM, durable)
+        assert info.cluster is not None and 1 + len(info.cluster.replicas or []) == replicas
+        assert bool(info.config.mem_storage) is in_memory
+    finally:
+        await js.delete_consumer(subjects.INTENTS_STREAM, durable)
         await nc.close()
 
 

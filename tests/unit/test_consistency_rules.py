@@ -279,3 +279,11 @@ class TestConsumerState:
     ) -> None:
         settings = WritSettings(stream_replicas=replicas, consumer_state=state)  # type: ignore[arg-type]
         assert settings.consumer_state_in_memory is in_memory
+
+    @pytest.mark.parametrize(("consumer_replicas", "in_memory"), [(0, True), (3, True), (1, False)])
+    def test_a_consumer_kept_on_one_node_keeps_its_progress_on_file(
+        self, consumer_replicas: int, in_memory: bool
+    ) -> None:
+        """Memory on one node would be lost with that node's restart: the stage would replay the stream."""
+        settings = WritSettings(stream_replicas=3, consumer_replicas=consumer_replicas)
+        assert settings.consumer_state_in_memory is in_memory

@@ -81,6 +81,27 @@ CommandHandler = Callable[[dict[str, Any]], Awaitable[Any]]
 CallerCommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
+def stage_consumer_config(
+    settings: WritSettings, filter_subject: str, *, ack_wait: float, max_ack_pending: int
+) -> ConsumerConfig:
+    """A stage's durable consumer on the intents stream, as it is created: every event until
+    acked (explicit acks, redelivered without limit), its progress kept as ``settings`` say."""
+    return ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        max_deliver=-1,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=filter_subject,
+        # On a cluster a file-state consumer pays a replicated, fsync'd write per delivery:
+        # the stream is the truth, this is progress, and replaying it is resumption.
+        mem_storage=settings.consumer_state_in_memory or None,
+        # On a cluster, every replica of a consumer records each delivery and ack in a round of
+        # its own consensus: kept on one node (an operator's choice), a hop costs less.
+        num_replicas=settings.consumer_replicas or None,
+    )
+
+
 class Service:
     """One Writ service process: a faststream NATS broker plus the helpers its handlers use."""
 
@@ -183,16 +204,8 @@ class Service:
         """
 
         durable = durable or durable_of(self.name)
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_ack_pending=max_ack_pending,
-            max_deliver=-1,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=filter_subject,
-            # On a cluster a file-state consumer pays a replicated, fsync'd write per delivery:
-            # the stream is the truth, this is progress, and replaying it is resumption.
-            mem_storage=self.settings.consumer_state_in_memory or None,
+        config = stage_consumer_config(
+            self.settings, filter_subject, ack_wait=ack_wait, max_ack_pending=max_ack_pending
         )
         # A deleted consumer would stall this stage for good: recreate it at once.
         guard = ConsumerGuard(self.name, subjects.INTENTS_STREAM, durable, config)

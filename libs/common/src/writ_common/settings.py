@@ -230,6 +230,15 @@ class WritSettings(BaseSettings):
         " stages' progress if every node restarts at once, and then the stages replay the stream (every"
         " handler is idempotent: nothing twice, nothing lost)",
     )
+    consumer_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="How many of the stream's servers keep each stage's consumer progress, when created: 0 (as"
+        " many as the stream: a stage goes on through the loss of any node) or 1 (on one node, on file: R3"
+        " calls about 0.25x a single node's faster on loopback, but a stage waits while that node is down,"
+        " and a node lost for good needs an operator; docs/configuration.md)",
+    )
     intents_max_bytes: int = Field(
         default=StreamLimits().intents_max_bytes,
         ge=1024 * 1024,
@@ -306,8 +315,11 @@ class WritSettings(BaseSettings):
 
     @property
     def consumer_state_in_memory(self) -> bool:
-        """Whether new durable consumers keep their state in memory (``consumer_state``)."""
-        return self.consumer_state == "memory" or (self.consumer_state == "auto" and self.stream_replicas > 1)
+        """Whether new durable consumers keep their state in memory (``consumer_state``): auto
+        means only where that memory is replicated. A consumer kept on one node keeps it on file,
+        so that node's restart does not make the stage replay the stream."""
+        replicated = self.stream_replicas > 1 and self.consumer_replicas != 1
+        return self.consumer_state == "memory" or (self.consumer_state == "auto" and replicated)
 
     def bus_options(self, user: str = "operator") -> dict[str, Any]:
         """Connect options for nats.connect / NatsBroker: the user's creds and its own inbox."""
