@@ -36,6 +36,7 @@ from writ.sdk import ReceiptTimeout, Submission, wait_receipt
 from writ_common import events as ev
 from writ_common import subjects
 from writ_common.bus import read_history
+from writ_common.settings import WritSettings
 
 pytestmark = [
     pytest.mark.fault,
@@ -247,11 +248,13 @@ async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
         elif fault == "all":
             # Every node at once: memory-state consumers (consumer_state auto on R3) lose the
             # stages' progress, and the stages replay the stream: still nothing twice, nothing lost.
+            # Kept on one node (WRIT_CONSUMER_REPLICAS=1), they keep it on file.
             stage = await rig.nc.jetstream().consumer_info(subjects.INTENTS_STREAM, "writ-policy")
-            assert stage.config.mem_storage, "the stages' consumers should keep memory state on R3"
+            in_memory = WritSettings(stream_replicas=3).consumer_state_in_memory  # as this run's env says
+            assert bool(stage.config.mem_storage) is in_memory, "the stages' consumers keep their state elsewhere"
             for name in rig.plane.nats_units:
                 await asyncio.to_thread(rig.plane.hold_service, name, kill=True)
-            summary.note = "SIGKILLed every node at once (memory-state consumers)"
+            summary.note = f"SIGKILLed every node at once ({'memory' if in_memory else 'file'}-state consumers)"
             await asyncio.sleep(2.0)
             for name in rig.plane.nats_units:
                 await asyncio.to_thread(rig.plane.release_service, name)
