@@ -44,15 +44,15 @@ def route_limit(scene: Scene, route: str) -> float | None:
     return None
 
 
-async def serial_route(scene: Scene, tmp_path: Path, name: str, *declared: str) -> str:
+async def serial_route(scene: Scene, tmp_path: Path, name: str, *declared: str, work: float = WORK) -> str:
     """A one-at-a-time server registered (with ``declared`` options) and permitted; its route,
-    warmed: its session open and a baseline taken."""
+    warmed: its session open and a baseline taken (a call of ``work`` seconds)."""
     server = f"{name}-{scene.suffix}"
     await scene.ok("server", "add", server, *declared, "--", sys.executable, str(SERIAL))
     await scene.load_policy(
         f'@id("all-{name}") permit(principal, action, resource) when {{ resource.server == "{server}" }};', tmp_path
     )
-    warm = await scene.agent.call(f"{server}/work", {"seconds": WORK}, timeout=30)
+    warm = await scene.agent.call(f"{server}/work", {"seconds": work}, timeout=30)
     assert warm.status == "succeeded", warm.reason
     return f"{server}/work"
 
@@ -186,3 +186,21 @@ async def test_the_sdk_follows_an_overloaded_answers_retry_after_when_asked_and_
 
     again = await scene.agent.call(route, {"seconds": 0.01}, timeout=30, idempotency_key=key, overloaded_retries=20)
     assert again.intent_id == followed.intent_id and again.status == "succeeded", "the same key: the same intents"
+
+
+async def test_a_call_its_deadline_leaves_no_time_for_ends_expired_and_is_never_sent(
+    scene: Scene, tmp_path: Path
+) -> None:
+    """An intent that reaches the executor with less time left than its route's fastest call of
+    late: sent, the call would only time out (this tool, idempotent, then ended ``failed``,
+    call_interrupted; a non-idempotent one ends ``outcome_unknown``, for a person to settle). It
+    ends expired, and the call is never sent."""
+    route = await serial_route(scene, tmp_path, "late", work=1.0)
+    late = await scene.agent.submit(route, {"seconds": 1.0}, deadline_seconds=0.6)
+    receipt = await scene.receipt(late.intent_id, timeout=30)
+    assert (receipt.status, receipt.stage) == ("expired", "execute"), receipt.reason
+    assert "not called" in receipt.reason and "less than the 1." in receipt.reason, receipt.reason
+    assert receipt.result is None
+    # With time for it, the same call runs.
+    ran = await scene.agent.call(route, {"seconds": 1.0}, timeout=30)
+    assert ran.status == "succeeded", ran.reason

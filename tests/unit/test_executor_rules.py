@@ -28,6 +28,7 @@ from writ_executor.domain import (
     not_run,
     reconcile,
     returned_error,
+    too_late_to_call,
     unknown_server,
 )
 from writ_executor.failures import classify
@@ -141,6 +142,23 @@ class TestDeadline:
         assert (
             call_timeout(replace(view, submitted=None), datetime.now(UTC), 30.0) == 30.0
         )  # no deadline: the tool timeout
+
+    def test_a_call_the_deadline_leaves_no_time_for_ends_expired_not_sent(self) -> None:
+        """Sent with no time left it would time out at once, and a non-idempotent call that timed
+        out is an unknown outcome: a person would have to settle a call that surely did not run."""
+        view = authorized(False, deadline_seconds=300)
+        deadline = view.deadline
+        assert deadline is not None
+        assert too_late_to_call(view, deadline - timedelta(seconds=2), fastest_call_ms=5.0) is None
+        late = too_late_to_call(view, deadline - timedelta(milliseconds=20), fastest_call_ms=5.0)
+        assert isinstance(late, ev.IntentExpired) and late.stage == "execute"
+        assert "left 0.020s, less than the 0.050s" in late.reason and "not called" in late.reason
+        # A route whose calls take longer needs more: its fastest call of late.
+        slow = too_late_to_call(view, deadline - timedelta(seconds=1), fastest_call_ms=1500.0)
+        assert slow is not None and "less than the 1.500s" in slow.reason
+        assert too_late_to_call(view, deadline - timedelta(seconds=1), fastest_call_ms=None) is None
+        assert too_late_to_call(view, deadline + timedelta(seconds=1), fastest_call_ms=None) is not None
+        assert too_late_to_call(replace(view, submitted=None), datetime.now(UTC), 5.0) is None  # no deadline
 
 
 class TestRefusals:

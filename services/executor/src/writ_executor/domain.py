@@ -313,6 +313,31 @@ def may_shed(view: IntentView, attempt: int) -> bool:
     return attempt == 1 and view.approval is None
 
 
+MIN_CALL_SECONDS = 0.05  # the least a call is given to be answered, however fast its route
+
+
+def too_late_to_call(view: IntentView, now: datetime, fastest_call_ms: float | None) -> ev.IntentExpired | None:
+    """An attempt not worth starting: the deadline leaves less than the route's fastest call of
+    late (at least :data:`MIN_CALL_SECONDS`). Sent, it would time out at once, and a
+    non-idempotent call that timed out ends ``outcome_unknown`` for a person to settle, where not
+    sending it is surely not running it: the intent ends expired, not called. None: call it."""
+    deadline, planned = view.deadline, view.planned
+    if deadline is None or planned is None:
+        return None
+    left = (deadline - now).total_seconds()
+    needs = max(MIN_CALL_SECONDS, (fastest_call_ms or 0.0) / 1000)
+    if left >= needs:
+        return None
+    return ev.IntentExpired(
+        stage="execute",
+        reason=(
+            f"deadline {view.submitted.deadline if view.submitted else deadline.isoformat()} left"
+            f" {max(left, 0.0):.3f}s, less than the {needs:.3f}s a call to {planned.server}/{planned.tool} needs"
+            " (its fastest lately); not called"
+        ),
+    )
+
+
 def call_timeout(view: IntentView, now: datetime, tool_timeout: float) -> float:
     """How long the call may take: the tool timeout, and never past the agent's deadline (at least
     a millisecond, so a call decided just in time is still sent, and times out at once)."""

@@ -53,6 +53,7 @@ from writ_executor.domain import (
     outcome,
     policy_changed,
     reconcile,
+    too_late_to_call,
     unknown_server,
 )
 from writ_executor.failures import CALL_FAILURES, classify
@@ -287,6 +288,10 @@ class Execution:
         assert view.planned is not None
         if attempt == 1 and (refusal := await self.refused_by_current_policy(view)) is not None:
             await self.record_outcome(trigger, view, refusal, last_seq, attempt)
+            return None
+        # Decided in time, but the admission wait, the lease and the recheck took what was left.
+        if (late := too_late_to_call(view, datetime.now(UTC), ticket.limiter.baseline_ms)) is not None:
+            await self.record_outcome(trigger, view, late, last_seq, attempt)
             return None
         started = ev.ExecutionStarted(
             attempt=attempt,
