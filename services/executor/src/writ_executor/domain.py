@@ -340,7 +340,8 @@ def too_late_to_call(view: IntentView, now: datetime, fastest_call_ms: float | N
 
 def call_timeout(view: IntentView, now: datetime, tool_timeout: float) -> float:
     """How long the call may take: the tool timeout, and never past the agent's deadline (at least
-    a millisecond, so a call decided just in time is still sent, and times out at once)."""
+    a millisecond; a call with less time left than its route needs is not sent at all:
+    :func:`too_late_to_call`)."""
     deadline = view.deadline
     if deadline is None:
         return tool_timeout
