@@ -321,8 +321,8 @@ def too_late_to_call(view: IntentView, now: datetime, fastest_call_ms: float | N
     late (at least :data:`MIN_CALL_SECONDS`). Sent, it would time out at once, and a
     non-idempotent call that timed out ends ``outcome_unknown`` for a person to settle, where not
     sending it is surely not running it: the intent ends expired, not called. None: call it."""
-    deadline, planned = view.deadline, view.planned
-    if deadline is None or planned is None:
+    deadline, planned, submitted = view.deadline, view.planned, view.submitted
+    if deadline is None or planned is None or submitted is None:
         return None
     left = (deadline - now).total_seconds()
     needs = max(MIN_CALL_SECONDS, (fastest_call_ms or 0.0) / 1000)
@@ -331,7 +331,7 @@ def too_late_to_call(view: IntentView, now: datetime, fastest_call_ms: float | N
     return ev.IntentExpired(
         stage="execute",
         reason=(
-            f"deadline {view.submitted.deadline if view.submitted else deadline.isoformat()} left"
+            f"deadline {submitted.deadline} left"
             f" {max(left, 0.0):.3f}s, less than the {needs:.3f}s a call to {planned.server}/{planned.tool} needs"
             " (its fastest lately); not called"
         ),
