@@ -1,7 +1,7 @@
 """The deployed shape on one machine (`writ up --cluster 3`: three nats-servers, R3 streams) under
 node loss: kill the WRIT_INTENTS stream leader, kill a follower, take two of three nodes down for
-10 s, kill all three at once (the stages' memory-state consumers lose their progress and replay),
-each while an agent keeps submitting calls to a non-idempotent tool that writes one row per call
+10 s, kill all three at once, lose one node for good (`writ bus remove-node`, last: the cluster stays
+at two), each while an agent keeps submitting calls to a non-idempotent tool that writes one row per call
 (faulty/append_row); then the steady state, N intents one after another with no fault.
 
 For every intent the server acknowledged: exactly one receipt, no row written twice, nothing
@@ -21,6 +21,7 @@ import os
 import random
 import sqlite3
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -29,13 +30,16 @@ from pathlib import Path
 
 import pytest
 from rig import Rig, all_receipts
+from typer.testing import CliRunner
 
+from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
 from writ.sdk import ReceiptTimeout, Submission, wait_receipt
+from writ_common import busauth, subjects, topology
 from writ_common import events as ev
-from writ_common import subjects
 from writ_common.bus import read_history
+from writ_common.consumers import CHECK_INTERVAL
 from writ_common.settings import WritSettings
 
 pytestmark = [
@@ -313,3 +317,80 @@ async def test_steady_state_sequential_intents_none_stranded(rig: Rig) -> None:
     await settle(rig, summary, load.acked)
     summary.note = f"{elapsed / max(1, STEADY) * 1000:.0f} ms per intent; {len(slow)} took over 10 s"
     assert_promises(summary)
+
+
+def lost_progress_noticed(plane: Plane, service: str) -> float:
+    """How often ``service`` found its consumer behind the progress it had seen: consumers reset,
+    and deliveries acked unhandled meanwhile (its /metrics)."""
+    url = plane.metrics_url(service)
+    assert url, f"{service} serves /metrics"
+    total = 0.0
+    with urllib.request.urlopen(url, timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            for metric in ("writ_consumers_restored_total", "writ_replay_skipped_total"):
+                if line.startswith(f'{metric}{{service="{service}"}}'):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_progress(rig: Rig) -> None:
+    """Last in the module: the node stays gone. The stages' consumers kept on it alone
+    (WRIT_CONSUMER_REPLICAS=1) wait while it is down; `writ bus remove-node` takes it out of the
+    cluster, JetStream places those consumers on the others with no progress, and each service
+    resets its own to the ack floor it had seen: every acked intent still ends in exactly one
+    receipt, with no row twice and no replay of the stream."""
+    if WritSettings(stream_replicas=3).consumer_replicas != 1:
+        pytest.skip("the stages' consumers are replicated (WRIT_CONSUMER_REPLICAS=0): a lost node takes none away")
+    run = f"lost-{uuid.uuid4().hex[:6]}"
+    summary = Summary("a node lost for good")
+    SUMMARY.append(summary)
+    await wait_cluster_whole(rig)
+    js = rig.nc.jetstream()
+    placed: dict[str, str] = {}  # service -> node holding its consumer
+    for service in topology.SERVICES:
+        info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
+        assert info.cluster is not None and info.cluster.leader and not info.cluster.replicas, info.cluster
+        placed[service] = str(info.cluster.leader)
+    victim = Counter(placed.values()).most_common(1)[0][0]
+    stranded_stages = sorted(s for s, node in placed.items() if node == victim)
+    noticed_before = {s: lost_progress_noticed(rig.plane, s) for s in stranded_stages}
+    # Progress each service has seen (its guard reads the ack floor every CHECK_INTERVAL seconds).
+    warm = Load(rig, f"{run}-warm")
+    await warm.drive(INTENTS // 4)
+    await settle(rig, Summary("warm-up"), warm.acked)
+    await asyncio.sleep(CHECK_INTERVAL + 1.0)
+
+    load = Load(rig, run)
+    started = asyncio.Event()
+    driving = asyncio.create_task(load.drive(INTENTS, started))
+    try:
+        await asyncio.wait_for(started.wait(), 120)
+        floors = {}
+        for service in stranded_stages:
+            info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
+            floors[service] = info.ack_floor.stream_seq if info.ack_floor else 0
+        struck = time.monotonic()
+        await asyncio.to_thread(rig.plane.hold_service, victim, kill=True)  # and never released
+        await asyncio.sleep(DOWN_SECONDS / 2)  # an operator notices: the stages on it wait meanwhile
+        removed = await asyncio.to_thread(
+            CliRunner().invoke, app, ["--data-dir", str(rig.plane.data_dir), "bus", "remove-node", victim]
+        )
+        assert removed.exit_code == 0, removed.output
+        summary.note = f"SIGKILLed {victim} for good (it held {', '.join(stranded_stages)}), then remove-node"
+        summary.recovery = await probe_recovery(rig, struck, run)
+        await driving
+    finally:
+        driving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await driving
+    summary.submit_errors, summary.longest_submit_outage = load.errors, load.longest_outage
+    await settle(rig, summary, load.acked)
+    assert_promises(summary)
+    for service in stranded_stages:
+        info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
+        assert info.cluster is not None and info.cluster.leader not in (None, victim), (service, info.cluster)
+        assert info.ack_floor is not None and info.ack_floor.stream_seq >= floors[service], service
+        deadline = time.monotonic() + 10
+        while lost_progress_noticed(rig.plane, service) <= noticed_before[service]:
+            assert time.monotonic() < deadline, f"{service} did not notice that its consumer lost its progress"
+            await asyncio.sleep(0.2)

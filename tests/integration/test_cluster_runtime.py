@@ -252,3 +252,16 @@ def test_the_deploy_files_with_what_bus_init_writes_are_a_config_nats_server_acc
             check=False,
         )
         assert checked.returncode == 0, checked.stderr
+
+
+def test_remove_node_refuses_a_running_member_and_one_the_cluster_does_not_have(cluster: Plane) -> None:
+    """`writ bus remove-node` is for a node lost for good (soak-cluster removes one and every
+    intent still gets its receipt): a running member, or a name no member has, is refused."""
+    runner = CliRunner()
+    running = runner.invoke(app, ["--data-dir", str(cluster.data_dir), "bus", "remove-node", "nats-2"])
+    assert running.exit_code == 1
+    assert "node_running: nats-2 is up" in " ".join(running.output.split()), running.output
+    unknown = runner.invoke(app, ["--data-dir", str(cluster.data_dir), "bus", "remove-node", "nats-9"])
+    assert unknown.exit_code == 1
+    assert "remove_refused: JetStream did not remove nats-9" in " ".join(unknown.output.split()), unknown.output
+    assert all(cluster.status_of(name).state == "running" for name in cluster.nats_units)

@@ -1,12 +1,15 @@
 """A compromised service (here the registry's own bus credential) tries to stall another stage by
-administering its durable consumer: deleting it, or pulling (and so stealing) its messages. The bus
-must refuse, and a consumer deleted anyway (by an operator's slip) must come back at once.
+administering its durable consumer: deleting it, resetting it, or pulling (and so stealing) its
+messages. The bus must refuse; a consumer deleted anyway (by an operator's slip) must come back at
+once, and one that lost its progress (moved back to the stream's start) must be moved forward again
+by its own service, to the progress that service had seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 import uuid
 
 import nats
@@ -35,6 +38,7 @@ async def test_a_service_credential_cannot_delete_or_drain_another_services_cons
         stream = subjects.INTENTS_STREAM
         attempts = {
             "delete": (f"{api}.DELETE.{stream}.{EXECUTOR_CONSUMER}", b""),
+            "reset": (f"{api}.RESET.{stream}.{EXECUTOR_CONSUMER}", json.dumps({"seq": 1}).encode()),
             "pull": (
                 f"{api}.MSG.NEXT.{stream}.{EXECUTOR_CONSUMER}",
                 json.dumps({"batch": 1, "no_wait": True}).encode(),
@@ -83,3 +87,63 @@ async def test_a_deleted_consumer_is_recreated_at_once(plane: Plane, writ: Writ,
     )
     assert INTENT_ID.search(submitted.stdout), submitted.output
     assert submitted.exit_code == 0 and "succeeded" in submitted.stdout, submitted.output
+
+
+def lost_progress_noticed(plane: Plane, service: str) -> float:
+    """How often ``service`` found its consumer behind the progress it had seen: consumers reset,
+    and deliveries acked unhandled meanwhile (its /metrics)."""
+    url = plane.metrics_url(service)
+    assert url, f"{service} serves /metrics"
+    total = 0.0
+    with urllib.request.urlopen(url, timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            for metric in ("writ_consumers_restored_total", "writ_replay_skipped_total"):
+                if line.startswith(f'{metric}{{service="{service}"}}'):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_consumer_that_lost_its_progress_is_moved_back_to_it(
+    plane: Plane, writ: Writ, time_server: str
+) -> None:
+    """What a consumer kept on one node finds when that node is lost for good and removed: JetStream
+    places it anew with no progress. Here the operator moves it back to the stream's start (the same
+    state, without losing a node); the executor's guard resets it to the ack floor it had seen."""
+    agent = f"lost-progress-{uuid.uuid4().hex[:8]}"
+    for args in (("agent", "register", agent, "--owner", "tests"), ("policy", "load", "--default")):
+        result = await asyncio.to_thread(writ, *args)
+        assert result.exit_code == 0, result.output
+    call = ("intent", "submit", f"{time_server}/get_current_time", "--args", '{"timezone": "UTC"}', "--as", agent)
+    submitted = await asyncio.to_thread(writ, *call, "--wait")
+    assert submitted.exit_code == 0 and "succeeded" in submitted.stdout, submitted.output
+
+    operator = await nats.connect(plane.nats_url, **plane.settings.bus_options())
+    js = operator.jetstream()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15.0
+        seen = await js.consumer_info(subjects.INTENTS_STREAM, EXECUTOR_CONSUMER)
+        while seen.num_ack_pending or seen.num_pending:  # every event so far handled: the floor is the guard's too
+            assert loop.time() < deadline, f"the executor's consumer did not catch up: {seen}"
+            await asyncio.sleep(0.2)
+            seen = await js.consumer_info(subjects.INTENTS_STREAM, EXECUTOR_CONSUMER)
+        floor = seen.ack_floor.stream_seq if seen.ack_floor else 0
+        assert floor > 1
+        await asyncio.sleep(6.0)  # the guard's periodic check sees this floor
+        before = lost_progress_noticed(plane, "executor")
+        reply = await operator.request(
+            f"$JS.API.CONSUMER.RESET.{subjects.INTENTS_STREAM}.{EXECUTOR_CONSUMER}", json.dumps({"seq": 1}).encode()
+        )
+        assert json.loads(reply.data).get("reset_seq") == 1, reply.data
+
+        deadline = loop.time() + 15.0
+        while lost_progress_noticed(plane, "executor") <= before:
+            assert loop.time() < deadline, "the executor did not move its consumer back to the progress it had seen"
+            await asyncio.sleep(0.2)
+        info = await js.consumer_info(subjects.INTENTS_STREAM, EXECUTOR_CONSUMER)
+        assert info.ack_floor is not None and info.ack_floor.stream_seq >= floor
+    finally:
+        await operator.close()
+    # And execution goes on through it.
+    again = await asyncio.to_thread(writ, *call, "--wait")
+    assert again.exit_code == 0 and "succeeded" in again.stdout, again.output

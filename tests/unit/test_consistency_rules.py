@@ -267,17 +267,21 @@ class TestOneNamePerStage:
 
 
 class TestConsumerState:
-    """On a cluster the stages' consumers keep their progress in (replicated) memory by default;
-    a single node keeps it on file, since there a restart of the node is a restart of everything."""
+    """By default the stages' consumers live on one node and keep their progress on file; replicated
+    on a cluster (WRIT_CONSUMER_REPLICAS=0), in memory (every replica keeps it)."""
+
+    def test_by_default_a_consumer_lives_on_one_node_on_file(self) -> None:
+        settings = WritSettings(stream_replicas=3)
+        assert settings.consumer_replicas == 1 and not settings.consumer_state_in_memory
 
     @pytest.mark.parametrize(
         ("replicas", "state", "in_memory"),
         [(1, "auto", False), (3, "auto", True), (3, "file", False), (1, "memory", True)],
     )
-    def test_auto_means_memory_only_when_streams_are_replicated(
+    def test_auto_means_memory_only_when_the_consumer_is_replicated(
         self, replicas: int, state: str, in_memory: bool
     ) -> None:
-        settings = WritSettings(stream_replicas=replicas, consumer_state=state)  # type: ignore[arg-type]
+        settings = WritSettings(stream_replicas=replicas, consumer_state=state, consumer_replicas=0)  # type: ignore[arg-type]
         assert settings.consumer_state_in_memory is in_memory
 
     @pytest.mark.parametrize(("consumer_replicas", "in_memory"), [(0, True), (3, True), (1, False)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -45,3 +46,90 @@ def bus_init(
         console.print(f"  {service:<12} {trust.creds_file(service)} -> WRIT_NATS_CREDS_FILE")
     console.print(f"  operator     {trust.creds_file('operator')} (the CLI: WRIT_NATS_CREDS_FILE)")
     console.print(f"  keep offline {directory / 'keys'} (the operator's and the accounts' own seeds)")
+
+
+PING_WAIT = 1.0  # seconds to hear every running node answer $SYS.REQ.SERVER.PING
+REMOVE_WITHIN = 60.0  # seconds to keep asking while the cluster elects a meta leader
+
+
+@bus_app.command("remove-node")
+def bus_remove_node(
+    name: Annotated[str, typer.Argument(help="The lost node's server_name (nats-1, nats-2, ...)")],
+    issuer_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Identity's issuer (it holds the system account's user); default: WRIT_NATS_ISSUER_FILE,"
+            " else the embedded plane's"
+        ),
+    ] = None,
+) -> None:
+    """Take a node lost for good out of the JetStream cluster (a peer-remove), so that what it held
+    is placed on the others: its streams' replicas, and the stages' consumers kept on it alone
+    (WRIT_CONSUMER_REPLICAS=1), which each service then moves back to the progress it had seen.
+    Refused while the node is up: stop it first. A replacement node joins under a new name."""
+    from writ.cli.base import run
+
+    run(_remove_node(name, issuer_file))
+
+
+async def _remove_node(name: str, issuer_file: Path | None) -> None:
+    import json
+
+    import nats.errors
+
+    from writ.cli.base import fail, settings
+    from writ_common.busauth import ISSUER_FILE, Issuer, system_connection
+
+    cfg = settings()
+    path = issuer_file or cfg.nats_issuer_file or cfg.data_dir / "bus" / ISSUER_FILE
+    try:
+        issuer = Issuer.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        fail("no_issuer", f"cannot read the bus issuer at {path} ({exc}); pass --issuer-file (from `writ bus init`)")
+    nc = await system_connection(cfg.nats_servers(), issuer, 2.0, name="writ-cli-system")
+    try:
+        running: list[str] = []
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SYS.REQ.SERVER.PING", b"", reply=inbox)
+        loop_end = asyncio.get_running_loop().time() + PING_WAIT
+        while (left := loop_end - asyncio.get_running_loop().time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            running.append(json.loads(msg.data).get("server", {}).get("name", ""))
+        await sub.unsubscribe()
+        if name in running:
+            fail(
+                "node_running",
+                f"{name} is up (running: {', '.join(sorted(running))}); remove-node is for a node"
+                " lost for good: stop it first",
+            )
+        # The meta leader answers; just after a node's loss (it may have been the leader) there is
+        # none for a few seconds: ask again until REMOVE_WITHIN.
+        give_up = asyncio.get_running_loop().time() + REMOVE_WITHIN
+        while True:
+            try:
+                reply = await nc.request("$JS.API.SERVER.REMOVE", json.dumps({"peer": name}).encode(), timeout=5.0)
+                break
+            except nats.errors.TimeoutError:
+                if asyncio.get_running_loop().time() > give_up:
+                    fail(
+                        "no_meta_leader",
+                        f"no JetStream meta leader answered within {REMOVE_WITHIN:g}s (running:"
+                        f" {', '.join(sorted(running))}); a majority of the nodes must be up",
+                    )
+        answer = json.loads(reply.data)
+        if not answer.get("success"):
+            error = answer.get("error", {})
+            fail(
+                "remove_refused",
+                f"JetStream did not remove {name}: {error.get('description', answer)}"
+                f" (running: {', '.join(sorted(running))})",
+            )
+    finally:
+        await nc.close()
+    console.print(f"[green]removed {name}[/] from the JetStream cluster (running: {', '.join(sorted(running))})")
+    console.print("  its replicas and the consumers it alone held are placed on the others within seconds;")
+    console.print("  each service resets its consumer to the progress it had seen (writ_consumers_restored_total)")

@@ -73,6 +73,8 @@ def service_js_api(service: str) -> tuple[str, ...]:
         f"$JS.API.CONSUMER.CREATE.{consumer}",
         f"$JS.API.CONSUMER.CREATE.{consumer}.>",  # the named form carries the filter subject
         f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+        # Moving its own consumer back to the progress it had (ConsumerGuard): never another's.
+        f"$JS.API.CONSUMER.RESET.{consumer}",
         f"$JS.ACK.{consumer}.>",
     )
 
@@ -146,8 +148,10 @@ def service_user(service: str, nkey: str) -> BusUser:
             f"writ.cmd.{service}.>",
             f"{inbox_prefix(service)}.>",
             *ANSWERS_BY_SERVICE.get(service, ()),
-            # JetStream announces a deletion of its consumer here (it recreates it at once).
+            # JetStream announces a deletion of its consumer here (it recreates it at once), and a
+            # new leader (placed anew after a node's removal, it may have lost its progress).
             f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
+            f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
             "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
         ),
         allow_responses=True,

@@ -1,4 +1,5 @@
-"""Keeping a service's durable consumer in existence: recreated at once when someone deletes it.
+"""Keeping a service's durable consumer in existence and its progress: recreated at once when
+someone deletes it, moved back to where it was when its progress is lost.
 
 A deleted durable stalls its stage for good (the pull loop asks a consumer that is gone). The bus
 lets a service administer only its own consumers (see ``busauth.service_user``), but an operator's
@@ -6,12 +7,20 @@ slip can still delete one. The guard hears JetStream's "consumer deleted" adviso
 the consumer at once, with the same settings, from just past the last acknowledged position it saw
 (redelivered events are no-ops: every handler folds first); a periodic check covers an advisory
 missed while disconnected.
+
+A consumer kept on one node (``WRIT_CONSUMER_REPLICAS=1``) loses its progress when that node is
+lost for good: once an operator removes the node (``writ bus remove-node``), JetStream places the
+consumer on another node with no progress at all, and it would deliver the whole stream again. The
+guard hears the new leader's election, sees an ack floor below the one it saw, and resets the
+consumer (``$JS.API.CONSUMER.RESET``, nats-server 2.14+) to just past that floor. Until then, the
+stage acks what such a consumer delivers at or below that floor without handling it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 from nats.aio.client import Client
@@ -26,12 +35,24 @@ from writ_common import metrics
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 5.0  # seconds between existence checks (the advisory is the fast path)
+CHECK_TIMEOUT = 2.0  # a check that waits longer holds back the next (an advisory's) while its node is down
 CONSUMER_EXISTS = 10148  # JSConsumerNameExistErr: same name, other settings (a replica won the race)
 
 
 def deleted_advisory(stream: str, durable: str) -> str:
     """Core NATS subject on which JetStream announces that ``durable`` was deleted."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{stream}.{durable}"
+
+
+def leader_elected_advisory(stream: str, durable: str) -> str:
+    """Core NATS subject on which JetStream announces that ``durable`` has a new leader (also when
+    it was placed on another node after its own was removed)."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{durable}"
+
+
+def reset_subject(stream: str, durable: str) -> str:
+    """JetStream API subject that moves ``durable`` to a stream sequence (ADR-60)."""
+    return f"$JS.API.CONSUMER.RESET.{stream}.{durable}"
 
 
 class ConsumerGuard:
@@ -46,33 +67,60 @@ class ConsumerGuard:
         self.config = config
         self.interval = interval
         self.recreated = 0
+        self.restored = 0
         self._floor = 0  # the consumer's ack floor (stream sequence), as last seen
         self._lock = asyncio.Lock()
         self._nc: Client | None = None
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None
 
     async def start(self, nc: Client) -> None:
         """Listen for the deletion advisory and check periodically (the first check after ``interval``:
         at start-up the subscriber creates the consumer itself)."""
         self._nc = nc
-        self._sub = await nc.subscribe(deleted_advisory(self.stream, self.durable), cb=self._on_deleted)
+        self._subs = [
+            await nc.subscribe(deleted_advisory(self.stream, self.durable), cb=self._on_advisory),
+            await nc.subscribe(leader_elected_advisory(self.stream, self.durable), cb=self._on_advisory),
+        ]
         self._task = asyncio.create_task(self._watch(), name=f"consumer-guard-{self.durable}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._sub is not None:
+        for task in (self._task, self._check):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for sub in self._subs:
             with contextlib.suppress(NatsError):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
-    async def _on_deleted(self, _msg: Msg) -> None:
+    def handled_before(self, stream_seq: int, num_delivered: int) -> bool:
+        """Whether a delivery the pull loop got is one this stage acked already: a first delivery at
+        or below the ack floor seen, which only a consumer that lost its progress makes. Then the
+        consumer is checked now, not at the next tick, and moved back to its progress."""
+        if num_delivered != 1 or stream_seq > self._floor:
+            return False
+        if self._check is None or self._check.done():
+            # The delivery itself is the proof: reset at once (a check by consumer info could be
+            # overtaken by the replay, which acks without handling, and so never see it).
+            self._check = asyncio.create_task(
+                self._restore(f"delivered stream sequence {stream_seq} anew"), name=f"consumer-reset-{self.durable}"
+            )
+        return True
+
+    async def _restore(self, why: str) -> None:
+        try:
+            async with self._lock:
+                await self._reset(why)
+        except (NatsError, OSError) as exc:  # the next such delivery tries again
+            log.warning("%s: could not reset consumer %s yet: %s", self.service, self.durable, exc)
+
+    async def _on_advisory(self, _msg: Msg) -> None:
         try:
             await self.ensure()
         except (NatsError, OSError) as exc:
-            log.warning("%s: could not recreate consumer %s yet: %s", self.service, self.durable, exc)
+            log.warning("%s: could not check consumer %s yet: %s", self.service, self.durable, exc)
 
     async def _watch(self) -> None:
         while True:
@@ -83,17 +131,25 @@ class ConsumerGuard:
                 log.warning("%s: could not check consumer %s: %s", self.service, self.durable, exc)
 
     async def ensure(self) -> bool:
-        """Recreate the consumer if it is missing; returns True when it did."""
+        """Recreate the consumer if it is missing, or move it back to the ack floor it had if it lost
+        its progress; returns True when it did either."""
         assert self._nc is not None
         js = self._nc.jetstream()
         async with self._lock:
             try:
-                info = await js.consumer_info(self.stream, self.durable)
+                info = await js.consumer_info(self.stream, self.durable, timeout=CHECK_TIMEOUT)
             except NotFoundError:
                 pass
             else:
-                self._floor = max(self._floor, info.ack_floor.stream_seq if info.ack_floor else 0)
-                return False
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                if floor >= self._floor:
+                    self._floor = floor
+                    return False
+                # An ack floor only moves forward: one behind what was seen is progress lost
+                # (a consumer placed anew on another node). Every event up to the seen floor was
+                # handled; delivering them again would only replay the stream.
+                await self._reset(f"ack floor {floor}")
+                return True
             start = self._floor + 1
             config = self.config.evolve(
                 durable_name=self.durable,
@@ -116,3 +172,24 @@ class ConsumerGuard:
                 start if self._floor else 1,
             )
             return True
+
+    async def _reset(self, why: str) -> None:
+        assert self._nc is not None
+        start = self._floor + 1
+        reply = await self._nc.request(
+            reset_subject(self.stream, self.durable), json.dumps({"seq": start}).encode(), timeout=5.0
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            APIError.from_error(answer["error"])  # raises
+        self.restored += 1
+        metrics.CONSUMERS_RESTORED.labels(self.service).inc()
+        log.warning(
+            "%s: consumer %s on %s lost its progress (%s; its ack floor was %d); reset it to stream sequence %d",
+            self.service,
+            self.durable,
+            self.stream,
+            why,
+            self._floor,
+            start,
+        )

@@ -24,6 +24,7 @@ from nats.js.errors import NotFoundError
 
 from writ_common import metrics, subjects
 from writ_common.bus import StorageRefused, stored
+from writ_common.consumers import ConsumerGuard
 from writ_common.envelope import StoredEvent, UndecodableEvent, parse_time
 from writ_common.puller import Puller
 from writ_common.telemetry import stage_span
@@ -90,8 +91,10 @@ class IntentConsumer:
         batch_size: int,
         concurrency: int,
         on_batch: BatchHandler | None = None,
+        guard: ConsumerGuard | None = None,
     ) -> None:
         self.svc = svc
+        self.guard = guard
         self.handler = handler
         self.on_batch = on_batch
         self.durable = durable
@@ -148,6 +151,10 @@ class IntentConsumer:
                 continue
             finally:
                 self.idle.discard(me)
+            if self.guard is not None:
+                msgs = await self.skip_handled(self.guard, msgs)
+                if not msgs:
+                    continue
             decoded = [_decoded(raw) for raw in msgs]
             if self.on_batch is not None:
                 await self.prepare(decoded)
@@ -160,6 +167,23 @@ class IntentConsumer:
                     await self.consume(raw, event)
                 except nats.errors.Error as exc:  # an ack or a dead letter lost: redelivered
                     log.warning("%s: %s: %s; it comes again", self.svc.name, raw.subject, exc)
+
+    async def skip_handled(self, guard: ConsumerGuard, msgs: list[Msg]) -> list[Msg]:
+        """``msgs`` without what this stage acked already (a consumer that lost its progress
+        delivers the stream again): those are acked, not handled a second time."""
+        fresh = []
+        for raw in msgs:
+            try:
+                handled = guard.handled_before(raw.metadata.sequence.stream, raw.metadata.num_delivered)
+            except (nats.errors.Error, ValueError):  # not a JetStream delivery: no position to judge
+                handled = False
+            if not handled:
+                fresh.append(raw)
+                continue
+            metrics.REPLAY_SKIPPED.labels(self.svc.name).inc()
+            with contextlib.suppress(nats.errors.Error):  # a lost ack: delivered again, skipped again
+                await raw.ack()
+        return fresh
 
     async def prepare(self, decoded: list[StoredEvent | UndecodableEvent]) -> None:
         """Show ``on_batch`` the batch's admitted events before they are handled one by one (the

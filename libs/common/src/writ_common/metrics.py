@@ -24,6 +24,16 @@ DEAD_LETTERS = Counter("writ_dead_letters_total", "Messages parked in WRIT_DLQ",
 CONSUMERS_RECREATED = Counter(
     "writ_consumers_recreated_total", "Durable consumers found deleted and recreated", ["service"]
 )
+REPLAY_SKIPPED = Counter(
+    "writ_replay_skipped_total",
+    "Deliveries at or below the ack floor a stage had seen (its consumer lost its progress), acked unhandled",
+    ["service"],
+)
+CONSUMERS_RESTORED = Counter(
+    "writ_consumers_restored_total",
+    "Durable consumers found with less progress than seen (placed anew after a node's removal) and reset",
+    ["service"],
+)
 SKIPPED_EVENTS = Counter(
     "writ_skipped_events_total",
     "Events a reader moved past without applying them (undecodable, or its view could not take them)",

@@ -97,7 +97,8 @@ def stage_consumer_config(
         # the stream is the truth, this is progress, and replaying it is resumption.
         mem_storage=settings.consumer_state_in_memory or None,
         # On a cluster, every replica of a consumer records each delivery and ack in a round of
-        # its own consensus: kept on one node (an operator's choice), a hop costs less.
+        # its own consensus: kept on one node (the default), a hop costs less; a node lost for good
+        # is removed by an operator, and the service moves its consumer back (ConsumerGuard).
         num_replicas=settings.consumer_replicas or None,
     )
 
@@ -219,6 +220,7 @@ class Service:
             batch_size=batch_size,
             concurrency=concurrency,
             on_batch=on_batch,
+            guard=guard,
         )
         self._consumers.append(consumer.start)
         self._drains.append(consumer.drain)

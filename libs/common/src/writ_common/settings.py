@@ -224,20 +224,21 @@ class WritSettings(BaseSettings):
     consumer_state: Literal["auto", "file", "memory"] = Field(
         default="auto",
         description="Where the stages' durable consumers keep their delivery state (ack floor, pending) when"
-        " created: memory (still replicated across the stream's replicas) or file; auto: memory when"
-        " STREAM_REPLICAS > 1, file on a single node. On R3 a file-state consumer pays a replicated, fsync'd"
-        " write per delivery (make bench-hop); memory state survives any node but loses the"
-        " stages' progress if every node restarts at once, and then the stages replay the stream (every"
-        " handler is idempotent: nothing twice, nothing lost)",
+        " created: memory or file; auto: memory where that memory is replicated (STREAM_REPLICAS > 1 with"
+        " CONSUMER_REPLICAS=0), else file. A replicated file-state consumer pays a replicated, fsync'd write"
+        " per delivery (make bench-hop); replicated memory state survives any node but loses the stages'"
+        " progress if every node restarts at once, and then the stages replay the stream (every handler is"
+        " idempotent: nothing twice, nothing lost)",
     )
     consumer_replicas: int = Field(
-        default=0,
+        default=1,
         ge=0,
         le=5,
-        description="How many of the stream's servers keep each stage's consumer progress, when created: 0 (as"
-        " many as the stream: a stage goes on through the loss of any node) or 1 (on one node, on file: an R3"
-        " call at 1.4-1.5x a single node's p50 instead of 1.7x on loopback, but a stage waits while that node"
-        " is down, and a node lost for good needs an operator; docs/configuration.md)",
+        description="How many of the stream's servers keep each stage's consumer progress, when created: 1 (on"
+        " one node, on file: an R3 call at 1.4-1.5x a single node's p50 on loopback; a stage waits while that"
+        " node is down, and a node lost for good is taken out with `writ bus remove-node`, after which each"
+        " service moves its consumer back to its progress) or 0 (as many as the stream: a stage goes on through"
+        " the loss of any node, at 1.7x; docs/configuration.md)",
     )
     intents_max_bytes: int = Field(
         default=StreamLimits().intents_max_bytes,
