@@ -25,3 +25,10 @@ async def metric_value(plane: Plane, process: str, name: str, /, **labels: str) 
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+async def lost_progress_noticed(plane: Plane, service: str) -> float:
+    """How often ``service`` found its consumer behind the progress it had seen (a consumer placed
+    anew after its node's removal): consumers reset, and deliveries acked unhandled meanwhile."""
+    resets = await metric_value(plane, service, "writ_consumers_restored_total", service=service)
+    return resets + await metric_value(plane, service, "writ_replay_skipped_total", service=service)

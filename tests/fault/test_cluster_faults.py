@@ -21,10 +21,9 @@ import os
 import random
 import sqlite3
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import pytest
 from rig import Rig, all_receipts
 from typer.testing import CliRunner
 
+from plane_metrics import lost_progress_noticed
 from writ.cli import app
 from writ.runtime.processes import free_port
 from writ.runtime.supervisor import Plane
@@ -229,16 +229,31 @@ async def wait_cluster_whole(rig: Rig) -> None:
     await asyncio.to_thread(rig.plane.wait_ready, 60)
 
 
-async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
-    run = f"{scenario}-{uuid.uuid4().hex[:6]}"
-    summary = Summary(scenario)
-    SUMMARY.append(summary)
-    await wait_cluster_whole(rig)
+@contextlib.asynccontextmanager
+async def under_load(rig: Rig, run: str, summary: Summary) -> AsyncIterator[Load]:
+    """``INTENTS`` calls driven while the body runs (it starts a third of the way in); then every
+    acknowledged one waited for and counted into ``summary``."""
     load = Load(rig, run)
     started = asyncio.Event()
     driving = asyncio.create_task(load.drive(INTENTS, started))
     try:
         await asyncio.wait_for(started.wait(), 120)
+        yield load
+        await driving
+    finally:
+        driving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await driving
+    summary.submit_errors, summary.longest_submit_outage = load.errors, load.longest_outage
+    await settle(rig, summary, load.acked)
+
+
+async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
+    run = f"{scenario}-{uuid.uuid4().hex[:6]}"
+    summary = Summary(scenario)
+    SUMMARY.append(summary)
+    await wait_cluster_whole(rig)
+    async with under_load(rig, run, summary):
         leader, followers = await intents_leader(rig)
         rng = random.Random(run)
         struck = time.monotonic()
@@ -250,9 +265,9 @@ async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
             await asyncio.to_thread(rig.plane.kill_service, victim)
             summary.note = f"killed follower {victim} (leader {leader})"
         elif fault == "all":
-            # Every node at once: memory-state consumers (consumer_state auto on R3) lose the
-            # stages' progress, and the stages replay the stream: still nothing twice, nothing lost.
-            # Kept on one node (WRIT_CONSUMER_REPLICAS=1), they keep it on file.
+            # Every node at once: consumers kept on one node (the default) keep their progress on
+            # file; replicated ones (WRIT_CONSUMER_REPLICAS=0) keep it in memory, lose it, and the
+            # stages replay the stream: still nothing twice, nothing lost.
             stage = await rig.nc.jetstream().consumer_info(subjects.INTENTS_STREAM, "writ-policy")
             in_memory = WritSettings(stream_replicas=3).consumer_state_in_memory  # as this run's env says
             assert bool(stage.config.mem_storage) is in_memory, "the stages' consumers keep their state elsewhere"
@@ -271,13 +286,6 @@ async def run_fault(rig: Rig, scenario: str, fault: str) -> None:
             for name in down:
                 await asyncio.to_thread(rig.plane.release_service, name)
         summary.recovery = await probe_recovery(rig, struck, run)
-        await driving
-    finally:
-        driving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await driving
-    summary.submit_errors, summary.longest_submit_outage = load.errors, load.longest_outage
-    await settle(rig, summary, load.acked)
     await wait_cluster_whole(rig)
     assert_promises(summary)
 
@@ -319,23 +327,9 @@ async def test_steady_state_sequential_intents_none_stranded(rig: Rig) -> None:
     assert_promises(summary)
 
 
-def lost_progress_noticed(plane: Plane, service: str) -> float:
-    """How often ``service`` found its consumer behind the progress it had seen: consumers reset,
-    and deliveries acked unhandled meanwhile (its /metrics)."""
-    url = plane.metrics_url(service)
-    assert url, f"{service} serves /metrics"
-    total = 0.0
-    with urllib.request.urlopen(url, timeout=5) as page:
-        for line in page.read().decode().splitlines():
-            for metric in ("writ_consumers_restored_total", "writ_replay_skipped_total"):
-                if line.startswith(f'{metric}{{service="{service}"}}'):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_progress(rig: Rig) -> None:
-    """Last in the module: the node stays gone. The stages' consumers kept on it alone
-    (WRIT_CONSUMER_REPLICAS=1) wait while it is down; `writ bus remove-node` takes it out of the
+    """Last in the module: the node stays gone. The stages' consumers kept on it alone (the
+    default, WRIT_CONSUMER_REPLICAS=1) wait while it is down; `writ bus remove-node` takes it out of the
     cluster, JetStream places those consumers on the others with no progress, and each service
     resets its own to the ack floor it had seen: every acked intent still ends in exactly one
     receipt, with no row twice and no replay of the stream."""
@@ -353,18 +347,14 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
         placed[service] = str(info.cluster.leader)
     victim = Counter(placed.values()).most_common(1)[0][0]
     stranded_stages = sorted(s for s, node in placed.items() if node == victim)
-    noticed_before = {s: lost_progress_noticed(rig.plane, s) for s in stranded_stages}
+    noticed_before = {s: await lost_progress_noticed(rig.plane, s) for s in stranded_stages}
     # Progress each service has seen (its guard reads the ack floor every CHECK_INTERVAL seconds).
     warm = Load(rig, f"{run}-warm")
     await warm.drive(INTENTS // 4)
     await settle(rig, Summary("warm-up"), warm.acked)
     await asyncio.sleep(CHECK_INTERVAL + 1.0)
 
-    load = Load(rig, run)
-    started = asyncio.Event()
-    driving = asyncio.create_task(load.drive(INTENTS, started))
-    try:
-        await asyncio.wait_for(started.wait(), 120)
+    async with under_load(rig, run, summary):
         floors = {}
         for service in stranded_stages:
             info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
@@ -378,19 +368,12 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
         assert removed.exit_code == 0, removed.output
         summary.note = f"SIGKILLed {victim} for good (it held {', '.join(stranded_stages)}), then remove-node"
         summary.recovery = await probe_recovery(rig, struck, run)
-        await driving
-    finally:
-        driving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await driving
-    summary.submit_errors, summary.longest_submit_outage = load.errors, load.longest_outage
-    await settle(rig, summary, load.acked)
     assert_promises(summary)
     for service in stranded_stages:
         info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
         assert info.cluster is not None and info.cluster.leader not in (None, victim), (service, info.cluster)
         assert info.ack_floor is not None and info.ack_floor.stream_seq >= floors[service], service
         deadline = time.monotonic() + 10
-        while lost_progress_noticed(rig.plane, service) <= noticed_before[service]:
+        while await lost_progress_noticed(rig.plane, service) <= noticed_before[service]:
             assert time.monotonic() < deadline, f"{service} did not notice that its consumer lost its progress"
             await asyncio.sleep(0.2)

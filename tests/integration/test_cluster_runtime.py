@@ -92,9 +92,9 @@ async def test_three_members_each_with_its_own_store_and_r3_streams(cluster: Pla
 async def test_a_stages_consumer_keeps_its_progress_on_every_member_or_on_one_on_file(
     cluster: Plane, consumer_replicas: int, replicas: int, in_memory: bool
 ) -> None:
-    """By default a stage's consumer is replicated like its stream (in memory: it goes on through
-    any node's loss); ``WRIT_CONSUMER_REPLICAS=1`` keeps it on one member, on file, so that
-    member's restart does not lose its progress."""
+    """By default (``WRIT_CONSUMER_REPLICAS=1``) a stage's consumer lives on one member, on file, so
+    that member's restart does not lose its progress; with 0 it is replicated like its stream (in
+    memory: it goes on through any node's loss)."""
     settings = cluster.settings.model_copy(update={"consumer_replicas": consumer_replicas, "stream_replicas": 3})
     durable = f"writ-test-{consumer_replicas}-{int(time.time() * 1000)}"
     config = stage_consumer_config(settings, f"{subjects.INTENT_PREFIX}.*.*.submitted", ack_wait=10, max_ack_pending=8)

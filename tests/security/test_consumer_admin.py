@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 import uuid
 
 import nats
@@ -17,6 +16,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from cli_runner import INTENT_ID, Writ
+from plane_metrics import lost_progress_noticed
 from writ.runtime.supervisor import Plane
 from writ_common import subjects
 
@@ -89,20 +89,6 @@ async def test_a_deleted_consumer_is_recreated_at_once(plane: Plane, writ: Writ,
     assert submitted.exit_code == 0 and "succeeded" in submitted.stdout, submitted.output
 
 
-def lost_progress_noticed(plane: Plane, service: str) -> float:
-    """How often ``service`` found its consumer behind the progress it had seen: consumers reset,
-    and deliveries acked unhandled meanwhile (its /metrics)."""
-    url = plane.metrics_url(service)
-    assert url, f"{service} serves /metrics"
-    total = 0.0
-    with urllib.request.urlopen(url, timeout=5) as page:
-        for line in page.read().decode().splitlines():
-            for metric in ("writ_consumers_restored_total", "writ_replay_skipped_total"):
-                if line.startswith(f'{metric}{{service="{service}"}}'):
-                    total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def test_a_consumer_that_lost_its_progress_is_moved_back_to_it(
     plane: Plane, writ: Writ, time_server: str
 ) -> None:
@@ -130,14 +116,14 @@ async def test_a_consumer_that_lost_its_progress_is_moved_back_to_it(
         floor = seen.ack_floor.stream_seq if seen.ack_floor else 0
         assert floor > 1
         await asyncio.sleep(6.0)  # the guard's periodic check sees this floor
-        before = lost_progress_noticed(plane, "executor")
+        before = await lost_progress_noticed(plane, "executor")
         reply = await operator.request(
             f"$JS.API.CONSUMER.RESET.{subjects.INTENTS_STREAM}.{EXECUTOR_CONSUMER}", json.dumps({"seq": 1}).encode()
         )
         assert json.loads(reply.data).get("reset_seq") == 1, reply.data
 
         deadline = loop.time() + 15.0
-        while lost_progress_noticed(plane, "executor") <= before:
+        while await lost_progress_noticed(plane, "executor") <= before:
             assert loop.time() < deadline, "the executor did not move its consumer back to the progress it had seen"
             await asyncio.sleep(0.2)
         info = await js.consumer_info(subjects.INTENTS_STREAM, EXECUTOR_CONSUMER)
