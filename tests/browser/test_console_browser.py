@@ -313,6 +313,7 @@ async def test_the_plane_page_refuses_all_but_an_operator_token(browser: Browser
             assert status == 403 and json.loads(body)["error"] == "not_operator", body
     status, body = await asyncio.to_thread(http_get, f"{scene.url}/plane", scene.operator_token)
     assert status == 200 and "registry" in json.loads(body)["consumers"][1]["service"], body
+    assert "node" in json.loads(body)["consumers"][1], body  # where the stage's consumer lives
     assert page.errors == []  # type: ignore[attr-defined]
     await page.context.close()
 

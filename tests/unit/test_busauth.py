@@ -147,6 +147,9 @@ def test_a_service_administers_only_its_own_consumer() -> None:
     assert consumer_api and all(".WRIT_INTENTS.writ-registry" in p for p in consumer_api), consumer_api
     assert not any("DELETE" in p or p.endswith("CONSUMER.>") for p in registry.publish)
     assert "$JS.EVENT.ADVISORY.CONSUMER.DELETED.WRIT_INTENTS.writ-registry" in registry.subscribe
+    # Moving its own consumer back to the progress it had, once it is placed anew after a node's loss.
+    assert "$JS.API.CONSUMER.RESET.WRIT_INTENTS.writ-registry" in registry.publish
+    assert "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.WRIT_INTENTS.writ-registry" in registry.subscribe
 
 
 def test_the_ledger_reads_every_services_consumer_info_and_administers_only_its_own() -> None:

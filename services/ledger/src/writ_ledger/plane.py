@@ -240,12 +240,21 @@ class PlaneReader:
                 rows.append({"service": service, "consumer": durable_of(service), "problem": "no such consumer"})
                 continue
             except (NatsError, TimeoutError) as exc:
-                rows.append({"service": service, "consumer": durable_of(service), "problem": str(exc) or "unreadable"})
+                problem = str(exc) or "unreadable"
+                if isinstance(exc, TimeoutError):  # nats-py's timeout is one too
+                    # On a cluster a stage's consumer lives on one node (WRIT_CONSUMER_REPLICAS=1):
+                    # no answer most likely means that node is down, and the stage waits for it.
+                    problem = (
+                        f"no answer within {READ_TIMEOUT:g}s: on a cluster, the node holding it may be down"
+                        " (the stage waits for it; a node lost for good: `writ bus remove-node NAME`)"
+                    )
+                rows.append({"service": service, "consumer": durable_of(service), "problem": problem})
                 continue
             rows.append(
                 {
                     "service": service,
                     "consumer": durable_of(service),
+                    "node": info.cluster.leader if info.cluster else None,
                     "pending": info.num_pending or 0,
                     "ack_pending": info.num_ack_pending or 0,
                     "redelivered": info.num_redelivered or 0,

@@ -403,7 +403,7 @@ function showPlane(p) {
     el("td", { class: "restarts" }, String(u.restarts)), el("td", {}, dash(u.last_exit)), el("td", {}, dash(u.running_since)))));
   const consumers = Array.isArray(p.consumers) ? p.consumers : [];
   $("plane-consumers").tBodies[0].replaceChildren(...consumers.map((c) => el("tr", {},
-    el("th", { scope: "row" }, c.service), el("td", {}, dash(c.pending)), el("td", {}, dash(c.ack_pending)), el("td", {}, dash(c.redelivered)), el("td", {}, dash(c.problem)))));
+    el("th", { scope: "row" }, c.service), el("td", {}, dash(c.node)), el("td", {}, dash(c.pending)), el("td", {}, dash(c.ack_pending)), el("td", {}, dash(c.redelivered)), el("td", {}, dash(c.problem)))));
   $("plane-consumers-problem").replaceChildren(problem(p.consumers) || "");
   const dl = p.dead_letters || {};
   $("plane-dlq").replaceChildren(...(dl.problem ? [problem(dl)] : [
