@@ -105,13 +105,16 @@ class ConsumerGuard:
             # The delivery itself is the proof: reset at once (a check by consumer info could be
             # overtaken by the replay, which acks without handling, and so never see it).
             self._check = asyncio.create_task(
-                self._restore(f"delivered stream sequence {stream_seq} anew"), name=f"consumer-reset-{self.durable}"
+                self._restore(f"delivered stream sequence {stream_seq} anew", self.restored),
+                name=f"consumer-reset-{self.durable}",
             )
         return True
 
-    async def _restore(self, why: str) -> None:
+    async def _restore(self, why: str, restored_before: int) -> None:
         try:
             async with self._lock:
+                if self.restored != restored_before:
+                    return  # a check reset it meanwhile (the new leader's advisory): once is enough
                 await self._reset(why)
         except (NatsError, OSError) as exc:  # the next such delivery tries again
             log.warning("%s: could not reset consumer %s yet: %s", self.service, self.durable, exc)
