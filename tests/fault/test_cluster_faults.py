@@ -39,7 +39,7 @@ from writ.sdk import ReceiptTimeout, Submission, wait_receipt
 from writ_common import busauth, subjects, topology
 from writ_common import events as ev
 from writ_common.bus import read_history
-from writ_common.consumers import CHECK_INTERVAL
+from writ_common.consumers import CHECK_INTERVAL, kept_floor
 from writ_common.settings import WritSettings
 
 pytestmark = [
@@ -331,7 +331,8 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
     """Last in the module: the node stays gone. The stages' consumers kept on it alone (the
     default, WRIT_CONSUMER_REPLICAS=1) wait while it is down; `writ bus remove-node` takes it out of the
     cluster, JetStream places those consumers on the others with no progress, and each service
-    resets its own to the ack floor it had seen: every acked intent still ends in exactly one
+    resets its own to the ack floor it had seen (one of them restarted meanwhile: to the floor kept
+    in its consumer's metadata): every acked intent still ends in exactly one
     receipt, with no row twice and no replay of the stream."""
     if WritSettings(stream_replicas=3).consumer_replicas != 1:
         pytest.skip("the stages' consumers are replicated (WRIT_CONSUMER_REPLICAS=0): a lost node takes none away")
@@ -348,11 +349,15 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
     victim = Counter(placed.values()).most_common(1)[0][0]
     stranded_stages = sorted(s for s, node in placed.items() if node == victim)
     noticed_before = {s: await lost_progress_noticed(rig.plane, s) for s in stranded_stages}
-    # Progress each service has seen (its guard reads the ack floor every CHECK_INTERVAL seconds).
+    # Progress each service has seen (its guard reads the ack floor every CHECK_INTERVAL seconds)
+    # and has kept in its consumer's metadata.
     warm = Load(rig, f"{run}-warm")
     await warm.drive(INTENTS // 4)
     await settle(rig, Summary("warm-up"), warm.acked)
     await asyncio.sleep(CHECK_INTERVAL + 1.0)
+    for service in stranded_stages:
+        info = await js.consumer_info(subjects.INTENTS_STREAM, busauth.durable_of(service))
+        assert kept_floor(info.config) > 0, f"{service} kept no floor in its consumer"
 
     async with under_load(rig, run, summary):
         floors = {}
@@ -361,12 +366,16 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
             floors[service] = info.ack_floor.stream_seq if info.ack_floor else 0
         struck = time.monotonic()
         await asyncio.to_thread(rig.plane.hold_service, victim, kill=True)  # and never released
+        # One of those services restarts meanwhile: it has seen no floor of its own, and moves
+        # its consumer back by the floor kept in the consumer's metadata.
+        restarted = stranded_stages[0]
+        await asyncio.to_thread(rig.plane.restart_service, restarted)
         await asyncio.sleep(DOWN_SECONDS / 2)  # an operator notices: the stages on it wait meanwhile
         removed = await asyncio.to_thread(
             CliRunner().invoke, app, ["--data-dir", str(rig.plane.data_dir), "bus", "remove-node", victim]
         )
         assert removed.exit_code == 0, removed.output
-        summary.note = f"SIGKILLed {victim} for good (it held {', '.join(stranded_stages)}), then remove-node"
+        summary.note = f"SIGKILLed {victim} for good (it held {', '.join(stranded_stages)}), restarted {restarted}, then remove-node"
         summary.recovery = await probe_recovery(rig, struck, run)
     assert_promises(summary)
     for service in stranded_stages:
@@ -374,6 +383,7 @@ async def test_a_node_lost_for_good_is_removed_and_the_stages_go_on_from_their_p
         assert info.cluster is not None and info.cluster.leader not in (None, victim), (service, info.cluster)
         assert info.ack_floor is not None and info.ack_floor.stream_seq >= floors[service], service
         deadline = time.monotonic() + 10
-        while await lost_progress_noticed(rig.plane, service) <= noticed_before[service]:
+        before = 0.0 if service == restarted else noticed_before[service]  # a new process counts from 0
+        while await lost_progress_noticed(rig.plane, service) <= before:
             assert time.monotonic() < deadline, f"{service} did not notice that its consumer lost its progress"
             await asyncio.sleep(0.2)
