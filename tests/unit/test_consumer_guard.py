@@ -17,7 +17,7 @@ def guard_at(floor: int, resets: list[str]) -> ConsumerGuard:
     guard = ConsumerGuard("policy", "WRIT_INTENTS", "writ-policy", ConsumerConfig())
     guard._floor = floor  # as its last check read it
 
-    async def restore(why: str, restored_before: int) -> None:
+    async def restore(why: str) -> None:
         resets.append(why)
 
     guard._restore = restore  # type: ignore[method-assign]

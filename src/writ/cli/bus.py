@@ -78,28 +78,18 @@ async def _remove_node(name: str, issuer_file: Path | None) -> None:
     import nats.errors
 
     from writ.cli.base import fail, settings
-    from writ_common.busauth import ISSUER_FILE, Issuer, system_connection
+    from writ_common.busauth import BusTrust, Issuer, every_node_answers, system_connection
 
     cfg = settings()
-    path = issuer_file or cfg.nats_issuer_file or cfg.data_dir / "bus" / ISSUER_FILE
+    path = issuer_file or cfg.nats_issuer_file or BusTrust.of_plane(cfg.data_dir).issuer_file
     try:
         issuer = Issuer.load(path)
     except (OSError, ValueError, KeyError) as exc:
         fail("no_issuer", f"cannot read the bus issuer at {path} ({exc}); pass --issuer-file (from `writ bus init`)")
     nc = await system_connection(cfg.nats_servers(), issuer, 2.0, name="writ-cli-system")
     try:
-        running: list[str] = []
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish("$SYS.REQ.SERVER.PING", b"", reply=inbox)
-        loop_end = asyncio.get_running_loop().time() + PING_WAIT
-        while (left := loop_end - asyncio.get_running_loop().time()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            running.append(json.loads(msg.data).get("server", {}).get("name", ""))
-        await sub.unsubscribe()
+        pongs = await every_node_answers(nc, "$SYS.REQ.SERVER.PING", listen=PING_WAIT, timeout=2.0)
+        running = [json.loads(data).get("server", {}).get("name", "") for data in pongs]
         if name in running:
             fail(
                 "node_running",

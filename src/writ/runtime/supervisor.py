@@ -191,7 +191,7 @@ class Plane:
         self.metrics_ports: dict[str, int] = {}
         self.views_port = 0
         # The bus's operator, accounts and credentials, as `writ bus init` lays them out (0700).
-        self.bus = BusTrust(self.data_dir / "bus")
+        self.bus = BusTrust.of_plane(self.data_dir)
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import nkeys
 
-from writ_common import busjwt, subjects, topology
+from writ_common import busjwt, consumers, subjects, topology
 from writ_common.errors import CodedError
 from writ_common.ids import check_token
 from writ_common.subjects import approver_bus_name, inbox_prefix
@@ -74,7 +74,7 @@ def service_js_api(service: str) -> tuple[str, ...]:
         f"$JS.API.CONSUMER.CREATE.{consumer}.>",  # the named form carries the filter subject
         f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
         # Moving its own consumer back to the progress it had (ConsumerGuard): never another's.
-        f"$JS.API.CONSUMER.RESET.{consumer}",
+        consumers.reset_subject(stream, durable),
         f"$JS.ACK.{consumer}.>",
     )
 
@@ -150,8 +150,8 @@ def service_user(service: str, nkey: str) -> BusUser:
             *ANSWERS_BY_SERVICE.get(service, ()),
             # JetStream announces a deletion of its consumer here (it recreates it at once), and a
             # new leader (placed anew after a node's removal, it may have lost its progress).
-            f"$JS.EVENT.ADVISORY.CONSUMER.DELETED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
-            f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{subjects.INTENTS_STREAM}.{durable_of(service)}",
+            consumers.deleted_advisory(subjects.INTENTS_STREAM, durable_of(service)),
+            consumers.leader_elected_advisory(subjects.INTENTS_STREAM, durable_of(service)),
             "_INBOX.>",  # nats-py's pull consumers fetch into the default inbox, whatever the prefix
         ),
         allow_responses=True,
@@ -334,6 +334,11 @@ class BusTrust:
 
     root: Path
 
+    @classmethod
+    def of_plane(cls, data_dir: Path) -> BusTrust:
+        """The bus ``writ up`` keeps in its data directory."""
+        return cls(data_dir / "bus")
+
     def key_file(self, name: str) -> Path:
         return self.root / "keys" / f"{name}.nk"
 
@@ -482,6 +487,25 @@ async def push_revocations(
     return merged
 
 
+async def every_node_answers(nc: Any, subject: str, body: bytes = b"", *, listen: float, timeout: float) -> list[bytes]:
+    """What every node answers to a system request (``$SYS.REQ...``) within ``listen`` seconds:
+    each running node answers once; one that is down, not at all."""
+    inbox = nc.new_inbox()
+    answers: list[bytes] = []
+
+    async def answer(msg: Any) -> None:
+        answers.append(msg.data)
+
+    sub = await nc.subscribe(inbox, cb=answer)
+    try:
+        await nc.publish(subject, body, reply=inbox)
+        await nc.flush(timeout=timeout)
+        await asyncio.sleep(listen)
+    finally:
+        await sub.unsubscribe()
+    return answers
+
+
 async def reconcile_revocations(
     servers: list[str], issuer: Issuer, revocations: Mapping[str, int], *, listen: float = 0.5, timeout: float = 5.0
 ) -> bool:
@@ -496,17 +520,8 @@ async def reconcile_revocations(
     """
     nc = await system_connection(servers, issuer, timeout)
     try:
-        inbox = nc.new_inbox()
-        held: list[dict[str, int]] = []
-
-        async def answer(msg: Any) -> None:
-            held.append(_revocations_of(msg.data))
-
-        sub = await nc.subscribe(inbox, cb=answer)
-        await nc.publish(claims_lookup_subject(issuer.account), b"", reply=inbox)
-        await nc.flush(timeout=timeout)
-        await asyncio.sleep(listen)
-        await sub.unsubscribe()
+        answers = await every_node_answers(nc, claims_lookup_subject(issuer.account), listen=listen, timeout=timeout)
+        held = [_revocations_of(data) for data in answers]
         merged = union_of_revocations(*held, revocations)
         if held and all(all(node.get(k, -1) >= t for k, t in merged.items()) for node in held):
             return False

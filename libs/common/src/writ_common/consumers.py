@@ -127,20 +127,22 @@ class ConsumerGuard:
         consumer is checked now, not at the next tick, and moved back to its progress."""
         if num_delivered != 1 or stream_seq > self._floor:
             return False
-        settled = time.monotonic() - self._reset_at > RESET_SETTLES  # else: sent before that reset
-        if settled and (self._check is None or self._check.done()):
+        if not self._just_reset() and (self._check is None or self._check.done()):
             # The delivery itself is the proof: reset at once (a check by consumer info could be
             # overtaken by the replay, which acks without handling, and so never see it).
             self._check = asyncio.create_task(
-                self._restore(f"delivered stream sequence {stream_seq} anew", self.restored),
-                name=f"consumer-reset-{self.durable}",
+                self._restore(f"delivered stream sequence {stream_seq} anew"), name=f"consumer-reset-{self.durable}"
             )
         return True
 
-    async def _restore(self, why: str, restored_before: int) -> None:
+    def _just_reset(self) -> bool:
+        """A reset landed moments ago: deliveries below it were on their way before it."""
+        return time.monotonic() - self._reset_at <= RESET_SETTLES
+
+    async def _restore(self, why: str) -> None:
         try:
             async with self._lock:
-                if self.restored != restored_before:
+                if self._just_reset():
                     return  # a check reset it meanwhile (the new leader's advisory): once is enough
                 await self._reset(why)
         except (NatsError, OSError) as exc:  # the next such delivery tries again
