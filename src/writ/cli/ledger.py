@@ -265,14 +265,18 @@ async def _read_all() -> tuple[str, list[ev.Receipt], list[Finding], dict[str, I
 async def _read_export() -> tuple[str, SignedHead, list[ev.Receipt], set[str]]:
     """The key, the signed head, the receipts up to it, and the intents ended by then.
 
-    The ended intents are read first and the head next, so an intent that ends in between has
-    its receipt after the head; such intents are left out with their receipts.
+    The head is read first, then the receipts (all of those up to the head are there), then the
+    log: every intent with a receipt up to the head has ended in it by then. The intents listed as
+    ended are those: one that ended but whose receipt the ledger had not written by the head
+    (moments ago, or after it) belongs to a later export, and a stalled ledger is what the live
+    `writ ledger verify` reports. A receipt whose intent the log does not show ended stays out of
+    the list, so verifying the export reports it.
     """
     async with connect(settings()) as nc:
-        views = await intent_views(nc)
         head = msgspec.convert(await call(nc, "ledger", "signed_head", {}), SignedHead)
         public_key = str((await call(nc, "ledger", "public_key", {}))["public_key"])
         receipts, _foreign = await read_chain(nc, public_key)
+        views = await intent_views(nc)
     try:
         verify_head(head, public_key)
     except HeadInvalid as exc:
@@ -280,8 +284,7 @@ async def _read_export() -> tuple[str, SignedHead, list[ev.Receipt], set[str]]:
             "ledger_invalid", f"the ledger's signed head does not verify with its public key: {exc}"
         ) from exc
     kept = [r for r in receipts if r.position <= head.position]
-    later = {r.intent_id for r in receipts if r.position > head.position}
-    ended = {intent_id for intent_id, view in views.items() if view.is_terminal} - later
+    ended = {r.intent_id for r in kept if (view := views.get(r.intent_id)) is not None and view.is_terminal}
     return public_key, head, kept, ended
 
 
